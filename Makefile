@@ -1,0 +1,50 @@
+# Tollgate task runner. `make run` and `make test` work on a fresh Debian 12
+# machine with Swift 6.3: both install the Debian packages they need first.
+SWIFT        ?= swift
+DATA_DIR     ?= $(CURDIR)/var/dev
+RELEASE_PATH ?= $(CURDIR)/.build-release
+
+.PHONY: all deps python build run test test-swift check-proto build-release proto bench clean
+
+all: build
+
+deps:
+	@tools/install-deps.sh
+
+python: deps
+	@tools/python-env.sh >/dev/null
+
+build: deps
+	$(SWIFT) build
+
+## make run: an all-in-one development node on $(DATA_DIR)
+run: build
+	mkdir -p $(DATA_DIR)
+	$$($(SWIFT) build --show-bin-path)/tollgated --all-in-one --data-dir $(DATA_DIR)
+
+## make test: everything CI runs
+test: check-proto test-swift build-release
+
+test-swift: python
+	$(SWIFT) build --build-tests
+	TOLLGATE_PYTHON=$(CURDIR)/.venv/bin/python $(SWIFT) test --skip-build
+
+# Release builds catch whole-module import problems debug builds miss, and are
+# what the Debian package ships (Swift runtime linked statically).
+build-release: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH)
+
+check-proto: python
+	tools/generate-proto.sh --check
+
+## make proto: regenerate the C and Swift code derived from proto/
+proto: python
+	tools/generate-proto.sh
+
+## make bench: storage and message benchmarks (release build)
+bench: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH) --product tollgate-bench
+	$(RELEASE_PATH)/release/tollgate-bench
+
+clean:
+	rm -rf .build $(RELEASE_PATH) var

@@ -1,0 +1,2 @@
+// LMDB's public header; imported only by the LMDBKit Swift module.
+#include <lmdb.h>

@@ -1,0 +1,81 @@
+public import TollgateStorage
+import SystemdKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The version every binary reports.
+public enum TollgateVersion {
+    public static let current = "0.1.0"
+}
+
+/// The roles a node can run (DESIGN.md: publisher, store, keymanager,
+/// gateway, trafficmanager, analytics).
+public enum Role: String, CaseIterable, Sendable {
+    case publisher, store, keymanager, gateway, trafficmanager, analytics
+
+    /// The logical databases a role opens. The gateway opens none: it works
+    /// from what its peers send it.
+    public var databases: Set<LogicalDatabaseName> {
+        switch self {
+        case .publisher, .store: [.userdb, .apimgtdb, .regdb, .statdb]
+        case .keymanager: [.userdb, .apimgtdb, .regdb]
+        case .gateway: []
+        case .trafficmanager: [.mbstoredb]
+        case .analytics: [.statdb]
+        }
+    }
+}
+
+/// A running node: its roles and the databases they opened.
+public final class Node: Sendable {
+    public let roles: [Role]
+    public let databases: Databases
+
+    private init(roles: [Role], databases: Databases) {
+        self.roles = roles
+        self.databases = databases
+    }
+
+    /// Opens every database the roles need under `dataDirectory`.
+    public static func open(roles: [Role], dataDirectory: String) throws -> Node {
+        let needed = roles.reduce(into: Set<LogicalDatabaseName>()) { $0.formUnion($1.databases) }
+        let databases = try Databases.open(dataDirectory: dataDirectory, only: needed)
+        return Node(roles: roles, databases: databases)
+    }
+
+    public var statusLine: String {
+        let opened = databases.opened.map(\.rawValue).sorted().joined(separator: ", ")
+        return "ready: roles \(roles.map(\.rawValue).joined(separator: ", ")); databases \(opened) in \(databases.dataDirectory)"
+    }
+
+    /// Tells systemd (if present) and the operator that the node is ready.
+    public func reportReady() {
+        ServiceNotifier.ready(status: statusLine)
+        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
+    }
+
+    public func reportStopping(signal: Int32) {
+        ServiceNotifier.stopping(status: "stopping on signal \(signal)")
+        printLine("tollgated stopping on signal \(signal)")
+    }
+
+    /// Blocks SIGTERM and SIGINT for the process and waits for one of them.
+    public static func waitForTerminationSignal() -> Int32 {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        var received: Int32 = 0
+        sigwait(&set, &received)
+        return received
+    }
+}
+
+/// Writes one line to stdout unbuffered (journald reads it line by line).
+func printLine(_ line: String) {
+    var line = line + "\n"
+    line.withUTF8 { bytes in _ = write(STDOUT_FILENO, bytes.baseAddress, bytes.count) }
+}

@@ -1,0 +1,118 @@
+/// A protobuf message as a Swift value.
+///
+/// Every conforming type is generated from `proto/` by
+/// `tools/protoc-gen-tollgate-swift`; encoding and decoding run through
+/// protobuf-c's `pack`/`unpack`, so the bytes are standard protobuf that any
+/// implementation reads. No C pointer survives a call.
+public protocol ProtoMessage: Sendable, Hashable {
+    /// The fully qualified protobuf name, e.g. `tollgate.v1.Api`.
+    static var protoName: String { get }
+
+    /// A message with every field at its default (unset) value.
+    init()
+
+    /// Decodes a message from protobuf wire bytes.
+    ///
+    /// - Throws: ``ProtoDecodingError`` naming the message type when the bytes
+    ///   are truncated, malformed, larger than ``ProtoLimits/maxMessageBytes``
+    ///   or carry a string that is not valid UTF-8.
+    init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError)
+
+    /// The protobuf wire bytes of this message.
+    func serializedBytes() -> [UInt8]
+}
+
+extension ProtoMessage {
+    /// Decodes a message from protobuf wire bytes held in any contiguous collection.
+    @inlinable
+    public init<Bytes: Collection<UInt8>>(serializedBytes bytes: Bytes) throws(ProtoDecodingError) {
+        let decoded = bytes.withContiguousStorageIfAvailable { buffer in
+            Result { () throws(ProtoDecodingError) -> Self in try Self(serializedBytes: UnsafeRawBufferPointer(buffer)) }
+        } ?? Array(bytes).withUnsafeBytes { raw in
+            Result { () throws(ProtoDecodingError) -> Self in try Self(serializedBytes: raw) }
+        }
+        self = try decoded.get()
+    }
+}
+
+/// Limits applied before protobuf-c allocates anything for a message.
+public enum ProtoLimits {
+    /// The largest encoded message accepted by `init(serializedBytes:)`:
+    /// 16 MiB, far above any record or RPC message Tollgate produces. Transports
+    /// enforce their own, usually smaller, frame limit before this is reached.
+    public static let maxMessageBytes = 16 * 1024 * 1024
+
+    /// How many bytes of unpacked structs one wire byte may cost. Real
+    /// messages stay far below it; a hostile run of empty repeated
+    /// sub-messages (two wire bytes, a struct and a pointer each) would not.
+    public static let unpackExpansion = 64
+}
+
+/// Why bytes could not be decoded as a given message type.
+public struct ProtoDecodingError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Reason: Hashable, Sendable {
+        /// protobuf-c rejected the bytes: truncated, a bad tag, wire type or length.
+        case malformed
+        /// The buffer is larger than ``ProtoLimits/maxMessageBytes``.
+        case tooLarge(size: Int, limit: Int)
+        /// Unpacking would need more memory than ``ProtoLimits/unpackExpansion`` allows.
+        case unpackedTooLarge(limit: Int)
+        /// A string field holds bytes that are not UTF-8.
+        case invalidUTF8(field: String)
+    }
+
+    /// The fully qualified protobuf name of the message being decoded.
+    public let messageType: String
+    public let reason: Reason
+
+    public init(messageType: String, reason: Reason) {
+        self.messageType = messageType
+        self.reason = reason
+    }
+
+    public var description: String {
+        switch reason {
+        case .malformed:
+            return "cannot decode \(messageType): the bytes are truncated or not valid protobuf"
+        case .tooLarge(let size, let limit):
+            return "cannot decode \(messageType): \(size) bytes exceed the \(limit)-byte message limit"
+        case .unpackedTooLarge(let limit):
+            return "cannot decode \(messageType): unpacking would take more than \(limit) bytes of memory"
+        case .invalidUTF8(let field):
+            return "cannot decode \(messageType): field '\(field)' is not valid UTF-8"
+        }
+    }
+}
+
+/// A proto enum as a Swift enum: the named values plus `unrecognized` for
+/// numbers this build does not know, so proto3's open enums round-trip.
+public protocol ProtoEnum: Hashable, Sendable, CaseIterable, RawRepresentable where RawValue == Int32 {
+    /// The value's name as written in the `.proto` file, or its number when unrecognized.
+    var protoName: String { get }
+}
+
+/// One RPC method of a service declared in `proto/`.
+public struct ProtoMethod: Hashable, Sendable, CustomStringConvertible {
+    /// Fully qualified service name, e.g. `tollgate.v1.PublisherService`.
+    public let service: String
+    /// Method name as declared, e.g. `CreateApi`.
+    public let name: String
+    public let inputType: String
+    public let outputType: String
+    public let clientStreaming: Bool
+    public let serverStreaming: Bool
+
+    public init(service: String, name: String, inputType: String, outputType: String, clientStreaming: Bool, serverStreaming: Bool) {
+        self.service = service
+        self.name = name
+        self.inputType = inputType
+        self.outputType = outputType
+        self.clientStreaming = clientStreaming
+        self.serverStreaming = serverStreaming
+    }
+
+    /// `/<service>/<method>`, the name a call carries on the wire.
+    public var path: String { "/\(service)/\(name)" }
+
+    public var description: String { path }
+}

@@ -1,0 +1,117 @@
+import OpenSSLKit
+public import TollgateProto
+
+/// Stored secrets: passwords and OAuth consumer secrets as slow KDF hashes,
+/// tokens and codes as SHA-256 only, so the database files never hold a
+/// secret in the clear.
+public struct SecretHasher: Sendable {
+    /// The KDF settings used for new hashes. Existing hashes keep the
+    /// parameters stored beside them, so settings can be raised at any time.
+    public enum Settings: Sendable, Hashable {
+        case scrypt(n: UInt64, r: UInt32, p: UInt32)
+        case pbkdf2SHA256(iterations: UInt32)
+
+        /// scrypt N=2^15, r=8, p=1: 32 MiB and roughly 50–100 ms per hash on
+        /// this class of machine; the memory cost is what resists GPU cracking.
+        public static let standard = Settings.scrypt(n: 1 << 15, r: 8, p: 1)
+        /// Cheap parameters for tests that create many accounts. Never for production data.
+        public static let testing = Settings.scrypt(n: 1 << 4, r: 8, p: 1)
+    }
+
+    public static let saltBytes = 16
+    public static let hashBytes = 32
+
+    public let settings: Settings
+
+    public init(settings: Settings = .standard) {
+        self.settings = settings
+    }
+
+    /// A new salted hash of `secret`.
+    public func hash(_ secret: String) throws -> SecretHash {
+        let salt = try SecureRandom.bytes(Self.saltBytes)
+        var record = SecretHash()
+        record.salt = salt
+        switch settings {
+        case .scrypt(let n, let r, let p):
+            record.algorithm = .scrypt
+            record.scryptN = n
+            record.scryptR = r
+            record.scryptP = p
+        case .pbkdf2SHA256(let iterations):
+            record.algorithm = .pbkdf2Sha256
+            record.iterations = iterations
+        }
+        record.hash = try Self.derive(secret, with: record)
+        return record
+    }
+
+    /// Whether `secret` matches `stored`, compared in constant time.
+    /// A record with an unknown algorithm never matches.
+    public func verify(_ secret: String, against stored: SecretHash) throws -> Bool {
+        guard stored.hash.count == Self.hashBytes, !stored.salt.isEmpty else { return false }
+        switch stored.algorithm {
+        case .scrypt, .pbkdf2Sha256:
+            return constantTimeEquals(try Self.derive(secret, with: stored), stored.hash)
+        case .unspecified, .unrecognized:
+            return false
+        }
+    }
+
+    /// Whether `stored` was made with weaker settings than the current ones
+    /// (so a successful login can re-hash the password).
+    public func needsRehash(_ stored: SecretHash) -> Bool {
+        switch (settings, stored.algorithm) {
+        case (.scrypt(let n, let r, let p), .scrypt):
+            return stored.scryptN < n || stored.scryptR < r || stored.scryptP < p
+        case (.pbkdf2SHA256(let iterations), .pbkdf2Sha256):
+            return stored.iterations < iterations
+        default:
+            return true
+        }
+    }
+
+    private static func derive(_ secret: String, with parameters: SecretHash) throws -> [UInt8] {
+        let password = Array(secret.utf8)
+        switch parameters.algorithm {
+        case .scrypt:
+            return try KeyDerivation.scrypt(
+                password: password, salt: parameters.salt,
+                n: parameters.scryptN, r: UInt64(parameters.scryptR), p: UInt64(parameters.scryptP),
+                length: hashBytes)
+        case .pbkdf2Sha256:
+            return try KeyDerivation.pbkdf2SHA256(password: password, salt: parameters.salt, iterations: parameters.iterations, length: hashBytes)
+        case .unspecified, .unrecognized:
+            return []
+        }
+    }
+
+    /// SHA-256 of a bearer secret (access token, refresh token, session
+    /// token, authorization code): the only form in which they are stored.
+    /// These are long random values, so a fast hash is enough.
+    public static func tokenHash(_ token: String) -> [UInt8] {
+        SHA256.hash(token)
+    }
+
+    /// A new random bearer token: 32 bytes, base64url without padding.
+    public static func newToken() throws -> String {
+        base64URL(try SecureRandom.bytes(32))
+    }
+
+    static func base64URL(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            var value = UInt32(0)
+            for (offset, byte) in chunk.enumerated() { value |= UInt32(byte) << (16 - 8 * offset) }
+            for position in 0..<(chunk.count + 1) {
+                out.append(alphabet[Int((value >> (18 - 6 * position)) & 0x3F)])
+            }
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,266 @@
+public import LMDBKit
+public import TollgateProto
+
+/// A secondary index over a table: each record yields zero or more keys.
+///
+/// A unique index maps its key to one record and refuses a second; a
+/// non-unique index keeps one entry per (key, record). Entries are written in
+/// the same transaction as the record, so they can never disagree with it.
+public struct IndexDefinition<Record: ProtoMessage>: Sendable {
+    public let name: String
+    public let unique: Bool
+    let keys: @Sendable (Record) -> [Key]
+
+    public init(_ name: String, unique: Bool, keys: @escaping @Sendable (Record) -> [Key]) {
+        self.name = name
+        self.unique = unique
+        self.keys = keys
+    }
+
+    /// An index with one key per record.
+    public init(_ name: String, unique: Bool, key: @escaping @Sendable (Record) -> Key?) {
+        self.init(name, unique: unique, keys: { record in key(record).map { [$0] } ?? [] })
+    }
+}
+
+/// How to store one kind of record: its table name, primary key and indexes.
+public struct TableDefinition<Record: ProtoMessage>: Sendable {
+    public let name: String
+    let primaryKey: @Sendable (Record) -> Key
+    let indexes: [IndexDefinition<Record>]
+
+    public init(_ name: String, primaryKey: @escaping @Sendable (Record) -> Key, indexes: [IndexDefinition<Record>] = []) {
+        self.name = name
+        self.primaryKey = primaryKey
+        self.indexes = indexes
+    }
+}
+
+/// One page of a listing, and where the next page starts.
+public struct Page<Record: Sendable>: Sendable {
+    public var items: [Record]
+    /// Opaque; pass it back to get the next page. Empty when this is the last page.
+    public var nextPageToken: [UInt8]
+
+    public init(items: [Record], nextPageToken: [UInt8]) {
+        self.items = items
+        self.nextPageToken = nextPageToken
+    }
+}
+
+/// Errors of the storage layer, each naming the table involved.
+public enum StorageError: Error, Hashable, Sendable, CustomStringConvertible {
+    case alreadyExists(table: String)
+    case uniqueConflict(table: String, index: String)
+    case keyTooLong(table: String, index: String?)
+    case corruptRecord(table: String, detail: String)
+    case invalidPageToken(table: String)
+    case newerSchema(database: String, found: Int, supported: Int)
+    case dataDirectory(String)
+
+    public var description: String {
+        switch self {
+        case .alreadyExists(let table):
+            return "\(table): a record with this key already exists"
+        case .uniqueConflict(let table, let index):
+            return "\(table): another record already has this \(index)"
+        case .keyTooLong(let table, let index):
+            return "\(table): key\(index.map { " for index \($0)" } ?? "") exceeds LMDB's 511-byte limit"
+        case .corruptRecord(let table, let detail):
+            return "\(table): stored record cannot be read: \(detail)"
+        case .invalidPageToken(let table):
+            return "\(table): the page token does not belong to this listing"
+        case .newerSchema(let database, let found, let supported):
+            return "\(database) was written by a newer Tollgate (schema version \(found); this build supports up to \(supported)): upgrade tollgate, or restore a backup made by this version; nothing was changed"
+        case .dataDirectory(let message):
+            return message
+        }
+    }
+}
+
+/// An opened table: the record database plus one database per index.
+public struct Table<Record: ProtoMessage>: Sendable {
+    public let name: String
+    let records: Database
+    let definition: TableDefinition<Record>
+    let indexDatabases: [String: Database]
+
+    init(definition: TableDefinition<Record>, records: Database, indexDatabases: [String: Database]) {
+        self.name = definition.name
+        self.definition = definition
+        self.records = records
+        self.indexDatabases = indexDatabases
+    }
+
+    // MARK: Reading
+
+    /// The record stored under `key`, or nil.
+    public func get<T: TransactionReading & ~Copyable>(_ key: Key, in txn: borrowing T) throws -> Record? {
+        try txn.withValue(key.bytes, in: records) { try decode($0) }
+    }
+
+    /// The record a unique index maps `key` to, or nil.
+    public func get<T: TransactionReading & ~Copyable>(_ index: IndexDefinition<Record>, _ key: Key, in txn: borrowing T) throws -> Record? {
+        precondition(index.unique, "\(name).\(index.name) is not unique; use list(index:prefix:)")
+        guard let primaryKey = try txn.get(key.bytes, in: database(of: index)) else { return nil }
+        guard let record = try get(Key(bytes: primaryKey), in: txn) else {
+            throw StorageError.corruptRecord(table: name, detail: "index \(index.name) points at a missing record")
+        }
+        return record
+    }
+
+    /// Records whose primary key starts with `prefix`, in key order.
+    public func list<T: TransactionReading & ~Copyable>(prefix: Key = Key(), pageSize: Int, pageToken: [UInt8] = [], in txn: borrowing T) throws -> Page<Record> {
+        try page(database: records, prefix: prefix.bytes, pageSize: pageSize, pageToken: pageToken, in: txn) { _, value in
+            try decode(value)
+        }
+    }
+
+    /// Records whose key in `index` starts with `prefix`, in index-key order.
+    public func list<T: TransactionReading & ~Copyable>(index: IndexDefinition<Record>, prefix: Key, pageSize: Int, pageToken: [UInt8] = [], in txn: borrowing T) throws -> Page<Record> {
+        try page(database: database(of: index), prefix: prefix.bytes, pageSize: pageSize, pageToken: pageToken, in: txn) { _, primaryKey in
+            guard let record = try txn.withValue(Array(primaryKey), in: records, { try decode($0) }) else {
+                throw StorageError.corruptRecord(table: name, detail: "index \(index.name) points at a missing record")
+            }
+            return record
+        }
+    }
+
+    /// Every record whose key in `index` starts with `prefix` (no paging: for small sets).
+    public func all<T: TransactionReading & ~Copyable>(index: IndexDefinition<Record>, prefix: Key, in txn: borrowing T) throws -> [Record] {
+        try list(index: index, prefix: prefix, pageSize: Int.max, in: txn).items
+    }
+
+    /// Visits records in `index` order (from the start of `prefix`) while `body` returns true.
+    public func forEach<T: TransactionReading & ~Copyable>(index: IndexDefinition<Record>, prefix: Key = Key(), in txn: borrowing T, _ body: (Record) throws -> Bool) throws {
+        try txn.scan(database(of: index), prefix: prefix.bytes) { _, primaryKey in
+            guard let record = try txn.withValue(Array(primaryKey), in: records, { try decode($0) }) else {
+                throw StorageError.corruptRecord(table: name, detail: "index \(index.name) points at a missing record")
+            }
+            return try body(record)
+        }
+    }
+
+    /// Number of records in the table.
+    public func count<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Int {
+        try txn.count(records)
+    }
+
+    // MARK: Writing
+
+    /// Stores `record`, replacing the one with the same primary key, and
+    /// brings every index up to date in the same transaction.
+    ///
+    /// - Throws: ``StorageError/uniqueConflict(table:index:)`` when another
+    ///   record holds one of its unique index keys.
+    @discardableResult
+    public func put(_ record: Record, in txn: inout WriteTransaction) throws -> Record? {
+        let primaryKey = definition.primaryKey(record)
+        let previous = try get(primaryKey, in: txn)
+        try write(record, primaryKey: primaryKey, replacing: previous, in: &txn)
+        return previous
+    }
+
+    /// Stores a new record; throws ``StorageError/alreadyExists(table:)`` if its key is taken.
+    public func insert(_ record: Record, in txn: inout WriteTransaction) throws {
+        let primaryKey = definition.primaryKey(record)
+        if try txn.contains(primaryKey.bytes, in: records) {
+            throw StorageError.alreadyExists(table: name)
+        }
+        try write(record, primaryKey: primaryKey, replacing: nil, in: &txn)
+    }
+
+    /// Removes the record under `key` and its index entries; returns it.
+    @discardableResult
+    public func delete(_ key: Key, in txn: inout WriteTransaction) throws -> Record? {
+        guard let previous = try get(key, in: txn) else { return nil }
+        for index in definition.indexes {
+            let database = database(of: index)
+            for indexKey in Set(index.keys(previous)) {
+                try txn.delete(entryKey(index, indexKey, key), in: database)
+            }
+        }
+        try txn.delete(key.bytes, in: records)
+        return previous
+    }
+
+    /// Removes `record` (by its primary key).
+    @discardableResult
+    public func delete(_ record: Record, in txn: inout WriteTransaction) throws -> Record? {
+        try delete(definition.primaryKey(record), in: &txn)
+    }
+
+    /// The primary key `record` is stored under.
+    public func primaryKey(of record: Record) -> Key {
+        definition.primaryKey(record)
+    }
+
+    // MARK: Internals
+
+    private func write(_ record: Record, primaryKey: Key, replacing previous: Record?, in txn: inout WriteTransaction) throws {
+        for index in definition.indexes {
+            let database = database(of: index)
+            let old = previous.map { Set(index.keys($0)) } ?? []
+            let new = Set(index.keys(record))
+            for stale in old.subtracting(new) {
+                try txn.delete(entryKey(index, stale, primaryKey), in: database)
+            }
+            for added in new.subtracting(old) {
+                let entry = entryKey(index, added, primaryKey)
+                if index.unique, let holder = try txn.get(entry, in: database), holder != primaryKey.bytes {
+                    throw StorageError.uniqueConflict(table: name, index: index.name)
+                }
+                do {
+                    try txn.put(primaryKey.bytes, forKey: entry, in: database)
+                } catch LMDBError.badValueSize {
+                    throw StorageError.keyTooLong(table: name, index: index.name)
+                }
+            }
+        }
+        do {
+            try txn.put(record.serializedBytes(), forKey: primaryKey.bytes, in: records)
+        } catch LMDBError.badValueSize {
+            throw StorageError.keyTooLong(table: name, index: nil)
+        }
+    }
+
+    private func entryKey(_ index: IndexDefinition<Record>, _ indexKey: Key, _ primaryKey: Key) -> [UInt8] {
+        index.unique ? indexKey.bytes : indexKey.bytes + primaryKey.bytes
+    }
+
+    private func database(of index: IndexDefinition<Record>) -> Database {
+        guard let database = indexDatabases[index.name] else {
+            preconditionFailure("index \(index.name) is not declared on table \(name)")
+        }
+        return database
+    }
+
+    private func decode(_ bytes: UnsafeRawBufferPointer) throws -> Record {
+        do {
+            return try Record(serializedBytes: bytes)
+        } catch {
+            throw StorageError.corruptRecord(table: name, detail: error.description)
+        }
+    }
+
+    private func page<T: TransactionReading & ~Copyable>(
+        database: Database, prefix: [UInt8], pageSize: Int, pageToken: [UInt8], in txn: borrowing T,
+        _ make: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Record
+    ) throws -> Page<Record> {
+        if !pageToken.isEmpty && !pageToken.starts(with: prefix) {
+            throw StorageError.invalidPageToken(table: name)
+        }
+        let limit = max(pageSize, 1)
+        var items: [Record] = []
+        var next: [UInt8] = []
+        try txn.scan(database, prefix: prefix, from: pageToken.isEmpty ? nil : pageToken) { key, value in
+            if items.count == limit {
+                next = Array(key)
+                return false
+            }
+            items.append(try make(key, value))
+            return true
+        }
+        return Page(items: items, nextPageToken: next)
+    }
+}

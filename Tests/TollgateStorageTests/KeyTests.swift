@@ -1,0 +1,30 @@
+import Testing
+import TollgateStorage
+
+@Suite struct KeyTests {
+    @Test func byteOrderFollowsComponentOrder() {
+        let strings = ["", "a", "a\u{0}", "a\u{0}b", "ab", "b", "é", "\u{0}", "zz", "a\u{1}"]
+        var tuples: [(String, Int64)] = []
+        for s in strings { for n: Int64 in [Int64.min, -1, 0, 1, Int64.max] { tuples.append((s, n)) } }
+        let sorted = tuples.sorted { lhs, rhs in
+            let l = Array(lhs.0.utf8), r = Array(rhs.0.utf8)
+            return l == r ? lhs.1 < rhs.1 : l.lexicographicallyPrecedes(r)
+        }
+        let byKey = tuples.sorted { Key(.string($0.0), .int64($0.1)).bytes.lexicographicallyPrecedes(Key(.string($1.0), .int64($1.1)).bytes) }
+        #expect(byKey.map { "\($0.0)|\($0.1)" } == sorted.map { "\($0.0)|\($0.1)" })
+    }
+
+    @Test func noStringComponentIsAPrefixOfAnother() {
+        let a = Key(.string("ab"), .string("c")).bytes
+        let b = Key(.string("a"), .string("bc")).bytes
+        #expect(a != b)
+        #expect(!a.starts(with: Key(.string("a")).bytes))
+        #expect(a.starts(with: Key(.string("ab")).bytes))
+    }
+
+    @Test func unsignedIntegersSortNumerically() {
+        let values: [UInt64] = [0, 1, 255, 256, 1 << 40, UInt64.max]
+        let encoded = values.map { Key(.uint64($0)).bytes }
+        #expect(encoded == encoded.sorted { $0.lexicographicallyPrecedes($1) })
+    }
+}
