@@ -75,11 +75,16 @@ func benchProtobuf() throws {
 }
 
 func benchLMDB() throws {
+    // A hot set that fits the CPU caches, and one several times larger than them.
+    try benchLMDB(records: 10_000)
+    try benchLMDB(records: 100_000)
+}
+
+func benchLMDB(records count: Int) throws {
     let path = try temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: path) }
     let env = try Environment(path: path)
     let db = try env.openDatabase("bench")
-    let count = 100_000
     let keys = (0..<count).map { i in withUnsafeBytes(of: UInt64(i).bigEndian, Array.init) + Array("-token-key".utf8) }
     let value = tokenRecord().serializedBytes()
     try env.write { txn in for key in keys { try txn.put(value, forKey: key, in: db) } }
@@ -88,7 +93,7 @@ func benchLMDB() throws {
     order.shuffle()
     let reads = 2_000_000
     var found = 0
-    try measure("LMDB point reads, random keys, 1 read txn per 1000 reads", operations: reads, target: 1_000_000) {
+    try measure("LMDB point reads of \(count / 1000)k records, 1 read txn per 1000", operations: reads, target: 1_000_000) {
         var done = 0
         while done < reads {
             try env.read { txn in
@@ -100,11 +105,12 @@ func benchLMDB() throws {
         }
     }
     let single = 200_000
-    try measure("LMDB point reads, random keys, 1 read txn per read", operations: single) {
+    try measure("LMDB point reads of \(count / 1000)k records, 1 read txn per read", operations: single) {
         for i in 0..<single {
             if try env.read({ txn in try txn.withValue(keys[order[i % count]], in: db, { $0.count }) }) != nil { found += 1 }
         }
     }
+    guard count == 100_000 else { return }
     let commits = 2_000
     try measure("LMDB write commits (1 put each, fsync on commit)", operations: commits) {
         for i in 0..<commits { try env.write { txn in try txn.put(value, forKey: keys[i], in: db) } }
@@ -146,7 +152,10 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
+// `tollgate-bench [protobuf|lmdb|storage]…` runs only the named groups.
+let groups = Set(CommandLine.arguments.dropFirst())
+func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
 print("tollgate-bench: single thread, \(ProcessInfo.processInfo.activeProcessorCount) cores")
-try benchProtobuf()
-try benchLMDB()
-try benchStorage()
+if wanted("protobuf") { try benchProtobuf() }
+if wanted("lmdb") { try benchLMDB() }
+if wanted("storage") { try benchStorage() }

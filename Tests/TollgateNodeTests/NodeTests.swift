@@ -19,7 +19,7 @@ import TollgateStorage
         let node = try Node.open(roles: Role.allCases, dataDirectory: dir)
         #expect(node.databases.opened == LogicalDatabaseName.allCases)
         #expect(node.statusLine.contains("ready"))
-        let gatewayOnly = try Node.open(roles: [.gateway], dataDirectory: dir + "/..")
+        let gatewayOnly = try Node.open(roles: [.gateway], dataDirectory: dir)
         #expect(gatewayOnly.databases.opened.isEmpty)
     }
 

@@ -80,6 +80,10 @@ final class ProtoArena {
 
     // MARK: One arena per thread
 
+    /// Set while a call is using the arena, so a nested call takes a fresh one.
+    private var busy = false
+
+    /// Each thread's arena, owned by the thread (released when it exits).
     private static let threadKey: pthread_key_t = {
         var key = pthread_key_t()
         let status = pthread_key_create(&key) { pointer in
@@ -91,21 +95,26 @@ final class ProtoArena {
 
     /// Runs `body` with this thread's arena (or a fresh one if it is busy)
     /// and resets it afterwards.
-    static func withScratch<Result, Failure: Error>(_ body: (ProtoArena) throws(Failure) -> Result) throws(Failure) -> Result {
-        let arena: ProtoArena
-        if let stored = pthread_getspecific(threadKey) {
-            arena = Unmanaged<ProtoArena>.fromOpaque(stored).takeRetainedValue()
-            pthread_setspecific(threadKey, nil)
-        } else {
-            arena = ProtoArena()
+    static func withScratch<Value, Failure: Error>(_ body: (ProtoArena) throws(Failure) -> Value) throws(Failure) -> Value {
+        guard let stored = pthread_getspecific(threadKey) else {
+            let arena = ProtoArena()
+            pthread_setspecific(threadKey, Unmanaged.passRetained(arena).toOpaque())
+            return try arena.use(body)
         }
+        // The thread keeps its arena alive, so borrowing it needs no retain.
+        let outcome = Unmanaged<ProtoArena>.fromOpaque(stored)._withUnsafeGuaranteedRef { arena in
+            Result { () throws(Failure) -> Value in try (arena.busy ? ProtoArena() : arena).use(body) }
+        }
+        return try outcome.get()
+    }
+
+    private func use<Result, Failure: Error>(_ body: (ProtoArena) throws(Failure) -> Result) throws(Failure) -> Result {
+        busy = true
         defer {
-            arena.reset()
-            if pthread_getspecific(threadKey) == nil {
-                pthread_setspecific(threadKey, Unmanaged.passRetained(arena).toOpaque())
-            }
+            reset()
+            busy = false
         }
-        return try body(arena)
+        return try body(self)
     }
 
     /// A protobuf-c allocator drawing from this arena, refusing to hand out
