@@ -31,4 +31,64 @@ static inline int COpenSSLShims_sk_X509_num(const STACK_OF(X509) *stack) {
     return sk_X509_num(stack);
 }
 
+static inline uint64_t COpenSSLShims_SSL_OP_IGNORE_UNEXPECTED_EOF(void) {
+    return SSL_OP_IGNORE_UNEXPECTED_EOF;
+}
+
+static inline uint64_t COpenSSLShims_SSL_OP_NO_RENEGOTIATION(void) {
+    return SSL_OP_NO_RENEGOTIATION;
+}
+
+static inline uint64_t COpenSSLShims_SSL_OP_NO_COMPRESSION(void) {
+    return SSL_OP_NO_COMPRESSION;
+}
+
+static inline uint64_t COpenSSLShims_SSL_OP_CIPHER_SERVER_PREFERENCE(void) {
+    return SSL_OP_CIPHER_SERVER_PREFERENCE;
+}
+
+static inline long COpenSSLShims_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_mode(ctx, mode);
+}
+
+static inline long COpenSSLShims_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_session_cache_mode(ctx, mode);
+}
+
+static inline int COpenSSLShims_SSL_CTX_set_app_data(SSL_CTX *ctx, void *data) {
+    return SSL_CTX_set_app_data(ctx, data);
+}
+
+static inline void *COpenSSLShims_SSL_CTX_get_app_data(const SSL_CTX *ctx) {
+    return SSL_CTX_get_app_data(ctx);
+}
+
+static inline const char *COpenSSLShims_OBJ_nid2sn(int nid) {
+    return OBJ_nid2sn(nid);
+}
+
+static inline GENERAL_NAME *COpenSSLShims_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int index) {
+    return sk_GENERAL_NAME_value(names, index);
+}
+
+static inline int COpenSSLShims_sk_GENERAL_NAME_num(const GENERAL_NAMES *names) {
+    return sk_GENERAL_NAME_num(names);
+}
+
+static inline void COpenSSLShims_GENERAL_NAMES_free(GENERAL_NAMES *names) {
+    GENERAL_NAMES_free(names);
+}
+
+static inline long COpenSSLShims_BIO_get_mem_data(BIO *bio, char **data) {
+    return BIO_get_mem_data(bio, data);
+}
+
+/* X509V3_EXT_conf_nid with no config database, as the x509v3 macros expect. */
+static inline X509_EXTENSION *COpenSSLShims_make_extension(X509 *issuer, X509 *subject, int nid, const char *value) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, issuer, subject, NULL, NULL, 0);
+    X509V3_set_ctx_nodb(&ctx);
+    return X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+}
+
 #endif

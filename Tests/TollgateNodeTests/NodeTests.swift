@@ -90,4 +90,32 @@ import TollgateStorage
         #expect(text.hasPrefix("tollgated: data directory \(dir)/missing does not exist"))
         #expect(text.split(separator: "\n").count == 1)
     }
+
+    /// An existing directory the node's user cannot write: refused with one
+    /// line naming the path. Run as an unprivileged user (root may write anywhere).
+    @Test func anUnwritableDataDirectoryIsRefused() throws {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("tollgated")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tollgated-ro-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let process = Process()
+        if getuid() == 0 {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary.path, "--all-in-one", "--data-dir", dir]
+        } else {
+            try FileManager.default.setAttributes([.posixPermissions: 0o555], ofItemAtPath: dir)
+            process.executableURL = binary
+            process.arguments = ["--all-in-one", "--data-dir", dir]
+        }
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        process.waitUntilExit()
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 1)
+        #expect(text.hasPrefix("tollgated: data directory \(dir) is not writable"), "\(text)")
+        #expect(text.split(separator: "\n").count == 1)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/userdb"))
+    }
 }

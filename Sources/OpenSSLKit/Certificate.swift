@@ -1,0 +1,86 @@
+internal import COpenSSL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An X.509 certificate as plain values: what the cluster needs to know
+/// about a peer (its names and validity), plus the DER bytes.
+public struct Certificate: Sendable, Hashable {
+    public let der: [UInt8]
+    public let subjectCommonName: String?
+    /// `URI:` subject alternative names; Tollgate node certificates carry the
+    /// node's id and role in one (see certs/README.md).
+    public let uniformResourceIdentifiers: [String]
+    public let dnsNames: [String]
+    public let notValidBefore: Int64
+    public let notValidAfter: Int64
+
+    init?(x509: OpaquePointer) {
+        var derPointer: UnsafeMutablePointer<UInt8>?
+        let length = i2d_X509(x509, &derPointer)
+        guard length > 0, let derPointer else { return nil }
+        der = Array(UnsafeBufferPointer(start: derPointer, count: Int(length)))
+        CRYPTO_free(derPointer, #fileID, #line)
+
+        var commonName: String?
+        if let name = X509_get_subject_name(x509) {
+            let index = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
+            if index >= 0, let entry = X509_NAME_get_entry(name, index), let data = X509_NAME_ENTRY_get_data(entry) {
+                var utf8: UnsafeMutablePointer<UInt8>?
+                let count = ASN1_STRING_to_UTF8(&utf8, data)
+                if count >= 0, let utf8 {
+                    commonName = String(decoding: UnsafeBufferPointer(start: utf8, count: Int(count)), as: UTF8.self)
+                    CRYPTO_free(utf8, #fileID, #line)
+                }
+            }
+        }
+        subjectCommonName = commonName
+
+        var uris: [String] = []
+        var dns: [String] = []
+        if let raw = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) {
+            let names = OpaquePointer(raw)
+            for index in 0..<COpenSSLShims_sk_GENERAL_NAME_num(names) {
+                guard let name = COpenSSLShims_sk_GENERAL_NAME_value(names, index) else { continue }
+                var kind: Int32 = 0
+                guard let value = GENERAL_NAME_get0_value(name, &kind) else { continue }
+                let string = value.assumingMemoryBound(to: ASN1_STRING.self)
+                guard let bytes = ASN1_STRING_get0_data(string) else { continue }
+                let text = String(decoding: UnsafeBufferPointer(start: bytes, count: Int(ASN1_STRING_length(string))), as: UTF8.self)
+                if kind == GEN_URI { uris.append(text) } else if kind == GEN_DNS { dns.append(text) }
+            }
+            COpenSSLShims_GENERAL_NAMES_free(names)
+        }
+        uniformResourceIdentifiers = uris
+        dnsNames = dns
+        notValidBefore = Certificate.unixTime(X509_get0_notBefore(x509))
+        notValidAfter = Certificate.unixTime(X509_get0_notAfter(x509))
+    }
+
+    private static func unixTime(_ time: UnsafePointer<ASN1_TIME>?) -> Int64 {
+        guard let time else { return 0 }
+        var parts = tm()
+        guard ASN1_TIME_to_tm(time, &parts) == 1 else { return 0 }
+        return Int64(timegm(&parts))
+    }
+
+    /// Every certificate in a PEM file, in order.
+    public static func load(pemFile path: String) throws -> [Certificate] {
+        ERR_clear_error()
+        guard let file = BIO_new_file(path, "r") else {
+            throw TLSError.fromQueue(.configuration, "opening certificate file \(path)")
+        }
+        defer { BIO_free(file) }
+        var certificates: [Certificate] = []
+        while let x509 = PEM_read_bio_X509(file, nil, nil, nil) {
+            defer { X509_free(x509) }
+            if let certificate = Certificate(x509: x509) { certificates.append(certificate) }
+        }
+        ERR_clear_error()  // the loop ends on "no start line"
+        guard !certificates.isEmpty else {
+            throw TLSError(kind: .configuration, context: "reading certificate file \(path): no PEM certificate in it")
+        }
+        return certificates
+    }
+}
