@@ -31,6 +31,9 @@ let package = Package(
         .target(name: "OpenSSLKit", dependencies: ["COpenSSL"]),
         .target(name: "SystemdKit", dependencies: ["CSystemd"]),
 
+        // MARK: Protocol cores (no NIO)
+        .target(name: "RPCCore", dependencies: ["TollgateProto"]),
+
         // MARK: Storage for the five logical databases
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
 
@@ -46,6 +49,7 @@ let package = Package(
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
+        .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
