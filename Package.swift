@@ -5,6 +5,9 @@
 import PackageDescription
 
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
+let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
 
 let package = Package(
     name: "Tollgate",
@@ -15,6 +18,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // MARK: C system libraries. Each is imported by exactly one Swift module.
@@ -30,6 +34,9 @@ let package = Package(
         .target(name: "LMDBKit", dependencies: ["CLMDB"]),
         .target(name: "OpenSSLKit", dependencies: ["COpenSSL"]),
         .target(name: "SystemdKit", dependencies: ["CSystemd"]),
+
+        // MARK: Transports
+        .target(name: "TollgateTLS", dependencies: ["OpenSSLKit", nioCore]),
 
         // MARK: Protocol cores (no NIO)
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
@@ -50,8 +57,11 @@ let package = Package(
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
-        .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit"]),
+        // Shared by the test targets: a throwaway PKI and similar helpers.
+        .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
+        .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
         .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit"]),
     ]

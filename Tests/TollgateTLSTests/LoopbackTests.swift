@@ -1,0 +1,165 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import TestSupport
+import Testing
+import TollgateTLS
+
+/// Echoes plaintext back, line by line as it arrives.
+final class EchoHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(data, promise: nil)
+    }
+}
+
+/// Collects plaintext on a client channel and completes when `expected` bytes arrived.
+final class Collector: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked Sendable: mutated only on the channel's event loop.
+    typealias InboundIn = ByteBuffer
+    let done: EventLoopPromise<String>
+    let expected: Int
+    var text = ""
+    init(expected: Int, promise: EventLoopPromise<String>) {
+        self.expected = expected
+        self.done = promise
+    }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        text += String(buffer: unwrapInboundIn(data))
+        if text.utf8.count >= expected { done.succeed(text) }
+    }
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { done.fail(error) }
+    func channelInactive(context: ChannelHandlerContext) { done.fail(ChannelError.eof) }
+}
+
+/// A TLS echo server on an ephemeral loopback port.
+func startEchoServer(_ context: TLSContext, group: MultiThreadedEventLoopGroup) throws -> Channel {
+    try ServerBootstrap(group: group)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(TLSHandler(context: context))
+                try channel.pipeline.syncOperations.addHandler(EchoHandler())
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0).wait()
+}
+
+func run(_ executable: String, _ arguments: [String], input: String? = nil, timeout: TimeInterval = 20) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let output = Pipe()
+    let stdin = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    process.standardInput = stdin
+    try process.run()
+    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+    // s_client with -ign_eof keeps the connection until killed.
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    try? stdin.fileHandleForWriting.close()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+}
+
+@Suite(.serialized) struct LoopbackTests {
+    @Test func echoOverLoopbackWithMutualTLS() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
+        defer { try? server.close().wait() }
+        let port = try #require(server.localAddress?.port)
+
+        let clientContext = try pki.client(as: "admin", alpn: ["tollgate-rpc/1"])
+        let message = String(repeating: "0123456789", count: 5000)  // several TLS records
+        let promise = group.next().makePromise(of: String.self)
+        let client = try ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: clientContext, serverHostname: "localhost"))
+                    try channel.pipeline.syncOperations.addHandler(Collector(expected: message.utf8.count, promise: promise))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).wait()
+        try client.writeAndFlush(ByteBuffer(string: message)).wait()
+        #expect(try promise.futureResult.wait() == message)
+        try client.close().wait()
+    }
+
+    /// `openssl s_client` against our server: mutual TLS, ALPN, echo; and
+    /// without a client certificate it is refused.
+    @Test func opensslClientTalksToOurServer() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
+        defer { try? server.close().wait() }
+        let port = try #require(server.localAddress?.port)
+        let common = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"), "-verify_return_error",
+                      "-alpn", "tollgate-rpc/1", "-servername", "localhost", "-verify_hostname", "localhost"]
+        let (status, output) = try run("/usr/bin/openssl", common + ["-cert", pki.certificate("admin"), "-key", pki.key("admin"), "-ign_eof"],
+                                       input: "ping-from-openssl\n", timeout: 3)
+        #expect(output.contains("ALPN protocol: tollgate-rpc/1"), "\(output)")
+        #expect(output.contains("Verify return code: 0 (ok)"), "\(output)")
+        // s_client prints only what the server sent, so the line is our echo.
+        #expect(output.contains("ping-from-openssl"), "\(output)")
+        _ = status
+
+        let (_, refused) = try run("/usr/bin/openssl", common, input: "hello\n", timeout: 3)
+        #expect(refused.contains("alert"), "\(refused)")
+        #expect(!refused.contains("hello"), "\(refused)")
+    }
+
+    /// Our client against `openssl s_server -rev`, which answers each line reversed.
+    @Test func ourClientTalksToOpensslServer() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        // Find a free port, then let s_server take it.
+        let probe = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+        let port = try #require(probe.localAddress?.port)
+        try probe.close().wait()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.arguments = ["s_server", "-accept", "127.0.0.1:\(port)", "-cert", pki.certificate("node"), "-key", pki.key("node"),
+                             "-CAfile", pki.certificate("ca"), "-Verify", "1", "-verify_return_error", "-alpn", "tollgate-rpc/1", "-rev", "-naccept", "1"]
+        let log = Pipe()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let clientContext = try pki.client(as: "admin", alpn: ["tollgate-rpc/1"])
+        var client: Channel?
+        for _ in 0..<50 where client == nil {
+            let promise = group.next().makePromise(of: String.self)
+            client = try? ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(TLSHandler(context: clientContext, serverHostname: "localhost"))
+                        try channel.pipeline.syncOperations.addHandler(Collector(expected: 6, promise: promise))
+                    }
+                }
+                .connect(host: "127.0.0.1", port: port).wait()
+            if let client {
+                try client.writeAndFlush(ByteBuffer(string: "stressed\n")).wait()
+                let reply = try promise.futureResult.wait()
+                #expect(reply.hasPrefix("desserts"), "\(reply)")
+                try? client.close().wait()
+            } else {
+                promise.fail(ChannelError.connectTimeout(.seconds(0)))
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        #expect(client != nil, "could not reach openssl s_server")
+    }
+}
