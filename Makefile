@@ -4,7 +4,7 @@ SWIFT        ?= swift
 DATA_DIR     ?= $(CURDIR)/var/dev
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
-.PHONY: all deps python build run test test-swift check-proto build-release proto bench clean
+.PHONY: all deps python build run test test-swift check-proto build-release proto bench fuzz clean
 
 all: build
 
@@ -48,3 +48,16 @@ bench: deps
 
 clean:
 	rm -rf .build $(RELEASE_PATH) var
+
+## make fuzz: libFuzzer targets for the frame and metadata decoders (FUZZ_SECONDS each)
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := frames metadata
+fuzz: deps
+	cd Fuzz && $(SWIFT) build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
+	mkdir -p Fuzz/crashes
+	set -e; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p .build-fuzz-corpus/$$t; \
+	    echo "== fuzz-$$t for $(FUZZ_SECONDS) s"; \
+	    Fuzz/.build/debug/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=Fuzz/crashes/$$t- .build-fuzz-corpus/$$t Fuzz/corpus/$$t 2>&1 | tail -15; \
+	done

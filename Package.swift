@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollctl", targets: ["tollctl"]),
+        // For the fuzzing package in Fuzz/ (make fuzz).
+        .library(name: "RPCCore", targets: ["RPCCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -47,7 +49,7 @@ let package = Package(
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit"]),
         .executableTarget(name: "tollgated", dependencies: ["TollgateNode", argumentParser]),
-        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", argumentParser]),
+        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "OpenSSLKit", argumentParser]),
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage"]),

@@ -84,3 +84,31 @@ public struct Certificate: Sendable, Hashable {
         return certificates
     }
 }
+
+extension Certificate {
+    /// Checks that the first certificate in `pemFile` chains to a CA in
+    /// `trustRootsFile` and is valid now. Returns nil when it verifies, or
+    /// OpenSSL's reason when it does not.
+    public static func verificationFailure(pemFile: String, trustRootsFile: String) throws -> String? {
+        ERR_clear_error()
+        guard let file = BIO_new_file(pemFile, "r") else { throw TLSError.fromQueue(.configuration, "opening \(pemFile)") }
+        defer { BIO_free(file) }
+        guard let certificate = PEM_read_bio_X509(file, nil, nil, nil) else {
+            throw TLSError.fromQueue(.configuration, "reading a certificate from \(pemFile)")
+        }
+        defer { X509_free(certificate) }
+        guard let store = X509_STORE_new() else { throw TLSError.fromQueue(.configuration, "X509_STORE_new") }
+        defer { X509_STORE_free(store) }
+        guard X509_STORE_load_file(store, trustRootsFile) == 1 else {
+            throw TLSError.fromQueue(.configuration, "loading trust roots \(trustRootsFile)")
+        }
+        guard let context = X509_STORE_CTX_new() else { throw TLSError.fromQueue(.configuration, "X509_STORE_CTX_new") }
+        defer { X509_STORE_CTX_free(context) }
+        guard X509_STORE_CTX_init(context, store, certificate, nil) == 1 else {
+            throw TLSError.fromQueue(.configuration, "X509_STORE_CTX_init")
+        }
+        if X509_verify_cert(context) == 1 { return nil }
+        ERR_clear_error()
+        return String(cString: X509_verify_cert_error_string(Int(X509_STORE_CTX_get_error(context))))
+    }
+}

@@ -4,6 +4,11 @@ internal import COpenSSL
 public struct IssuedCertificate: Sendable, Hashable {
     public let certificatePEM: String
     public let privateKeyPEM: String
+
+    public init(certificatePEM: String, privateKeyPEM: String) {
+        self.certificatePEM = certificatePEM
+        self.privateKeyPEM = privateKeyPEM
+    }
 }
 
 /// What a new certificate says about its holder.

@@ -1,3 +1,5 @@
+public import TollgateProto
+
 /// Ordered call metadata: keys may repeat and order is kept. Keys are
 /// lower-case; keys ending in `-bin` carry bytes, all others text.
 public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLiteral {
@@ -85,5 +87,30 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
 
     private static func isKeyByte(_ byte: UInt8) -> Bool {
         (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2D || byte == 0x5F || byte == 0x2E
+    }
+}
+
+extension Metadata {
+    /// Metadata from the entries of a HEADERS or TRAILERS message. An entry
+    /// with no value is an empty text value.
+    public init(protoEntries: [RpcMetadataEntry]) {
+        self.init()
+        for entry in protoEntries {
+            switch entry.value {
+            case .binary(let bytes)?: entries.append(Entry(key: entry.key, value: .binary(bytes)))
+            case .text(let text)?: entries.append(Entry(key: entry.key, value: .text(text)))
+            case nil: entries.append(Entry(key: entry.key, value: .text("")))
+            }
+        }
+    }
+
+    /// The entries as protocol messages, in order.
+    public var protoEntries: [RpcMetadataEntry] {
+        entries.map { entry in
+            switch entry.value {
+            case .text(let text): RpcMetadataEntry(key: entry.key, value: .text(text))
+            case .binary(let bytes): RpcMetadataEntry(key: entry.key, value: .binary(bytes))
+            }
+        }
     }
 }

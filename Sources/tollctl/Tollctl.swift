@@ -10,7 +10,7 @@ struct Tollctl: ParsableCommand {
         commandName: "tollctl",
         abstract: "Administer a Tollgate cluster.",
         version: "0.1.0",
-        subcommands: [Methods.self]
+        subcommands: [Certs.self, Methods.self]
     )
 }
 

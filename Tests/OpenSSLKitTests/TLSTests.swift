@@ -158,3 +158,15 @@ func send(_ text: String, from: TLSConnection, to: TLSConnection) -> String? {
         }
     }
 }
+
+@Suite struct CertificateVerificationTests {
+    @Test func verifiesChainsAndValidity() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        #expect(try Certificate.verificationFailure(pemFile: pki.certificate("node"), trustRootsFile: pki.certificate("ca")) == nil)
+        #expect(try Certificate.verificationFailure(pemFile: pki.certificate("expired"), trustRootsFile: pki.certificate("ca")) == "certificate has expired")
+        let foreign = try Certificate.verificationFailure(pemFile: pki.certificate("stranger"), trustRootsFile: pki.certificate("ca"))
+        #expect(foreign?.contains("unable to get local issuer") == true)
+        #expect(throws: TLSError.self) { try Certificate.verificationFailure(pemFile: "/nonexistent.pem", trustRootsFile: pki.certificate("ca")) }
+    }
+}

@@ -1,0 +1,14 @@
+// swift-tools-version: 6.1
+// libFuzzer targets, kept out of the main package because they have no
+// `main` of their own: libFuzzer supplies it. Built by `make fuzz` with
+// -sanitize=fuzzer,address.
+import PackageDescription
+
+let package = Package(
+    name: "TollgateFuzz",
+    dependencies: [.package(name: "Tollgate", path: "..")],
+    targets: [
+        .executableTarget(name: "fuzz-frames", dependencies: [.product(name: "RPCCore", package: "Tollgate")]),
+        .executableTarget(name: "fuzz-metadata", dependencies: [.product(name: "RPCCore", package: "Tollgate")]),
+    ]
+)
