@@ -163,3 +163,50 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         #expect(client != nil, "could not reach openssl s_server")
     }
 }
+
+/// A scripted probe of the listener's TLS configuration with `openssl
+/// s_client`: old protocol versions and weak ciphers are refused, a client
+/// certificate is required, and what is accepted is TLS 1.3 or a forward-
+/// secret AEAD suite under TLS 1.2.
+@Suite(.serialized) struct TLSConfigurationProbeTests {
+    func attempt(port: Int, pki: TestPKI, _ extra: [String]) throws -> String {
+        let arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"),
+                         "-cert", pki.certificate("admin"), "-key", pki.key("admin")] + extra
+        return try run("/usr/bin/openssl", arguments, input: "", timeout: 3).1
+    }
+
+    func accepted(_ output: String) -> Bool {
+        output.contains("Verify return code: 0 (ok)") && !output.contains("alert") && output.contains("Cipher is ")
+            && !output.contains("Cipher is (NONE)")
+    }
+
+    @Test func oldVersionsAndWeakCiphersAreRefused() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let server = try startEchoServer(pki.server(), group: group)
+        defer { try? server.close().wait() }
+        let port = try #require(server.localAddress?.port)
+
+        // The client is allowed everything (security level 0), so only our server can say no.
+        let lax = "DEFAULT:@SECLEVEL=0"
+        for version in ["-tls1", "-tls1_1"] {
+            let output = try attempt(port: port, pki: pki, [version, "-cipher", lax])
+            #expect(!accepted(output), "\(version) was accepted:\n\(output)")
+        }
+        for weak in ["RC4-SHA", "DES-CBC3-SHA", "AES128-SHA", "AES256-SHA256", "ECDHE-RSA-AES128-SHA", "NULL-SHA256", "aNULL"] {
+            let output = try attempt(port: port, pki: pki, ["-tls1_2", "-cipher", weak + ":@SECLEVEL=0"])
+            #expect(!accepted(output), "\(weak) was accepted:\n\(output)")
+        }
+        let tls12 = try attempt(port: port, pki: pki, ["-tls1_2"])
+        #expect(accepted(tls12) && tls12.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "\(tls12)")
+        let tls13 = try attempt(port: port, pki: pki, ["-tls1_3"])
+        #expect(accepted(tls13) && tls13.contains("TLS_AES_256_GCM_SHA384"), "\(tls13)")
+
+        // No client certificate: refused.
+        let anonymous = try run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca")],
+                                input: "", timeout: 3).1
+        #expect(anonymous.contains("alert"), "\(anonymous)")
+    }
+}
