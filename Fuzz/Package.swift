@@ -8,7 +8,8 @@ let package = Package(
     name: "TollgateFuzz",
     dependencies: [.package(name: "Tollgate", path: "..")],
     targets: [
-        .executableTarget(name: "fuzz-frames", dependencies: [.product(name: "RPCCore", package: "Tollgate")]),
-        .executableTarget(name: "fuzz-metadata", dependencies: [.product(name: "RPCCore", package: "Tollgate")]),
+        .target(name: "FuzzDriver"),
+        .executableTarget(name: "fuzz-frames", dependencies: ["FuzzDriver", .product(name: "RPCCore", package: "Tollgate")]),
+        .executableTarget(name: "fuzz-metadata", dependencies: ["FuzzDriver", .product(name: "RPCCore", package: "Tollgate")]),
     ]
 )

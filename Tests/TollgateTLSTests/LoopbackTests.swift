@@ -47,6 +47,18 @@ func startEchoServer(_ context: TLSContext, group: MultiThreadedEventLoopGroup) 
         .bind(host: "127.0.0.1", port: 0).wait()
 }
 
+/// A TLS client channel whose plaintext goes to `collector`.
+func connectClient(_ context: TLSContext, group: MultiThreadedEventLoopGroup, port: Int, collector: Collector) throws -> Channel {
+    try ClientBootstrap(group: group)
+        .channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(TLSHandler(context: context, serverHostname: "localhost"))
+                try channel.pipeline.syncOperations.addHandler(collector)
+            }
+        }
+        .connect(host: "127.0.0.1", port: port).wait()
+}
+
 func run(_ executable: String, _ arguments: [String], input: String? = nil, timeout: TimeInterval = 20) throws -> (Int32, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -80,14 +92,8 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         let clientContext = try pki.client(as: "admin", alpn: ["tollgate-rpc/1"])
         let message = String(repeating: "0123456789", count: 5000)  // several TLS records
         let promise = group.next().makePromise(of: String.self)
-        let client = try ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: clientContext, serverHostname: "localhost"))
-                    try channel.pipeline.syncOperations.addHandler(Collector(expected: message.utf8.count, promise: promise))
-                }
-            }
-            .connect(host: "127.0.0.1", port: port).wait()
+        let client = try connectClient(clientContext, group: group, port: port,
+                                       collector: Collector(expected: message.utf8.count, promise: promise))
         try client.writeAndFlush(ByteBuffer(string: message)).wait()
         #expect(try promise.futureResult.wait() == message)
         try client.close().wait()
@@ -142,14 +148,7 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         var client: Channel?
         for _ in 0..<50 where client == nil {
             let promise = group.next().makePromise(of: String.self)
-            client = try? ClientBootstrap(group: group)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(TLSHandler(context: clientContext, serverHostname: "localhost"))
-                        try channel.pipeline.syncOperations.addHandler(Collector(expected: 6, promise: promise))
-                    }
-                }
-                .connect(host: "127.0.0.1", port: port).wait()
+            client = try? connectClient(clientContext, group: group, port: port, collector: Collector(expected: 6, promise: promise))
             if let client {
                 try client.writeAndFlush(ByteBuffer(string: "stressed\n")).wait()
                 let reply = try promise.futureResult.wait()
