@@ -209,3 +209,59 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         #expect(anonymous.contains("alert"), "\(anonymous)")
     }
 }
+
+/// Python's `ssl` module (OpenSSL underneath, but its own configuration and
+/// state handling) against our handler, both ways.
+@Suite(.serialized) struct PythonTLSInteropTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let script = root.appendingPathComponent("Tests/Interop/tls_peer.py").path
+    var python: String { ProcessInfo.processInfo.environment["TOLLGATE_PYTHON"] ?? "/usr/bin/python3" }
+
+    @Test func pythonClientTalksToOurServer() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
+        defer { try? server.close().wait() }
+        let port = try #require(server.localAddress?.port)
+        let (status, output) = try run(python, [script, "client", String(port), pki.certificate("ca"), pki.certificate("admin"),
+                                                pki.key("admin"), "hello from python"])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("protocol TLSv1.3") && output.contains("alpn tollgate-rpc/1"), "\(output)")
+        #expect(output.contains("reply hello from python"), "\(output)")
+    }
+
+    @Test func ourClientTalksToPythonServer() throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script, "server", pki.certificate("ca"), pki.certificate("node"), pki.key("node")]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        // The first line names the port.
+        var text = ""
+        while !text.contains("\n") {
+            let data = output.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            text += String(decoding: data, as: UTF8.self)
+        }
+        let port = try #require(Int(text.split(separator: "\n")[0].dropFirst("port ".count)))
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let promise = group.next().makePromise(of: String.self)
+        let client = try connectClient(pki.client(as: "admin", alpn: ["tollgate-rpc/1"]), group: group, port: port,
+                                       collector: Collector(expected: 5, promise: promise))
+        try client.writeAndFlush(ByteBuffer(string: "shout")).wait()
+        #expect(try promise.futureResult.wait() == "SHOUT")
+        try client.close().wait()
+        process.waitUntilExit()
+        let rest = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect((text + rest).contains("peer tollgate://user/admin"))
+        #expect(process.terminationStatus == 0)
+    }
+}
