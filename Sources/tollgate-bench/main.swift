@@ -152,10 +152,11 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
-// `tollgate-bench [protobuf|lmdb|storage]…` runs only the named groups.
+// `tollgate-bench [protobuf|lmdb|storage|tls]…` runs only the named groups.
 let groups = Set(CommandLine.arguments.dropFirst())
 func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
-print("tollgate-bench: single thread, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+print("tollgate-bench on \(ProcessInfo.processInfo.activeProcessorCount) cores (storage and message groups run on one thread)")
 if wanted("protobuf") { try benchProtobuf() }
 if wanted("lmdb") { try benchLMDB() }
 if wanted("storage") { try benchStorage() }
+if wanted("tls") { try benchTLS() }
