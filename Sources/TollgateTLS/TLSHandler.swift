@@ -162,27 +162,27 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func readPlaintext(context: ChannelHandlerContext) {
         var delivered = false
-        reading: while true {
-            var buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
-            var result = TLSConnection.ReadResult.wantsMore
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { space in
-                result = connection.read(into: space)
-                if case .bytes(let count) = result { return count }
-                return 0
-            }
-            switch result {
-            case .bytes:
-                delivered = true
-                if case .active = state { context.fireChannelRead(wrapInboundOut(buffer)) }
-            case .wantsMore:
-                break reading
-            case .closed:
-                peerSentCloseNotify(context: context)
-                break reading
-            case .failed(let error):
-                flushCiphertext(context: context)
-                fail(context: context, error: .protocolError(error))
-                break reading
+        // Decrypt into scratch space and hand on right-sized buffers, rather
+        // than allocating a full record's worth for every (often small) read.
+        withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 16) { scratch in
+            reading: while true {
+                switch connection.read(into: scratch) {
+                case .bytes(let count):
+                    delivered = true
+                    guard case .active = state else { continue }
+                    var buffer = context.channel.allocator.buffer(capacity: count)
+                    buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[0..<count]))
+                    context.fireChannelRead(wrapInboundOut(buffer))
+                case .wantsMore:
+                    break reading
+                case .closed:
+                    peerSentCloseNotify(context: context)
+                    break reading
+                case .failed(let error):
+                    flushCiphertext(context: context)
+                    fail(context: context, error: .protocolError(error))
+                    break reading
+                }
             }
         }
         if delivered { context.fireChannelReadComplete() }
