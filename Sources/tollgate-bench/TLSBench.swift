@@ -66,7 +66,7 @@ func benchTLS() throws {
                                                               trustRootsFile: directory + "/ca.pem", verification: .peerRequired))
     let clientContext = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: directory + "/node.pem",
                                                               privateKeyFile: directory + "/node.key"))
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2)
     defer { try? group.syncShutdownGracefully() }
     let server = try ServerBootstrap(group: group)
         .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
