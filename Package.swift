@@ -43,6 +43,9 @@ let package = Package(
         // MARK: Protocol cores (no NIO)
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
 
+        .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
+                                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+
         // MARK: Storage for the five logical databases
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
 
@@ -59,6 +62,7 @@ let package = Package(
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TestSupport", "OpenSSLKit", nioPosix]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         // Shared by the test targets: a throwaway PKI and similar helpers.

@@ -4,7 +4,7 @@ public import OpenSSLKit
 /// A throwaway PKI written to a temporary directory: a cluster CA, a node
 /// certificate, an admin client certificate, an expired one, and a client
 /// certificate from an unrelated CA.
-public struct TestPKI {
+public struct TestPKI: Sendable {
     public let directory: URL
     public let ca: IssuedCertificate
 

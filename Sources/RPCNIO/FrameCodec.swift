@@ -1,0 +1,106 @@
+import NIOCore
+import RPCCore
+
+/// Bytes to frames: checks each header (and its length against the limit)
+/// before the payload is buffered. A bad header is a ``ConnectionError``.
+final class FrameDecoderHandler: ByteToMessageDecoder {
+    typealias InboundOut = Frame
+    let maxFrameSize: Int
+
+    init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
+
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard buffer.readableBytes >= FrameHeader.byteCount else { return .needMoreData }
+        let limit = maxFrameSize
+        let header = try buffer.withUnsafeReadableBytes { raw in
+            try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: raw[0..<FrameHeader.byteCount]), maxFrameSize: limit)
+        }
+        guard buffer.readableBytes >= FrameHeader.byteCount + Int(header.length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: FrameHeader.byteCount)
+        var frame = Frame(type: header.type, flags: header.flags, streamID: header.streamID,
+                          payload: buffer.readBytes(length: Int(header.length)) ?? [])
+        frame.header = header
+        context.fireChannelRead(wrapInboundOut(frame))
+        return .continue
+    }
+
+    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        return .needMoreData
+    }
+}
+
+/// Frames to bytes.
+final class FrameEncoderHandler: MessageToByteEncoder {
+    typealias OutboundIn = Frame
+
+    func encode(data frame: Frame, out: inout ByteBuffer) throws {
+        out.reserveCapacity(minimumWritableBytes: FrameHeader.byteCount + frame.payload.count)
+        out.writeInteger(frame.header.length)
+        out.writeInteger(frame.header.type.rawValue)
+        out.writeInteger(frame.header.flags.rawValue)
+        out.writeInteger(UInt16(0))
+        out.writeInteger(frame.header.streamID)
+        out.writeBytes(frame.payload)
+    }
+}
+
+/// Limits a side enforces and advertises in SETTINGS (docs/rpc-protocol.md §9).
+public struct RPCLimits: Sendable, Hashable {
+    public var maxFrameSize = 4 * 1024 * 1024
+    public var maxConcurrentStreams = 100
+    public var initialWindowSize = 1024 * 1024
+    public var maxMetadataSize = 16 * 1024
+
+    public init(maxFrameSize: Int = 4 * 1024 * 1024, maxConcurrentStreams: Int = 100, initialWindowSize: Int = 1024 * 1024, maxMetadataSize: Int = 16 * 1024) {
+        self.maxFrameSize = maxFrameSize
+        self.maxConcurrentStreams = maxConcurrentStreams
+        self.initialWindowSize = initialWindowSize
+        self.maxMetadataSize = maxMetadataSize
+    }
+
+    var settingsFrame: Frame {
+        let settings = RpcSettings(maxFrameSize: UInt32(maxFrameSize), maxConcurrentStreams: UInt32(maxConcurrentStreams),
+                                   initialWindowSize: UInt32(initialWindowSize), maxMetadataSize: UInt32(maxMetadataSize))
+        return Frame(type: .settings, streamID: 0, payload: settings.serializedBytes())
+    }
+}
+
+import TollgateProto
+
+extension ConnectionError.Reason {
+    var goAwayReason: RpcGoAwayReason {
+        switch self {
+        case .protocolError: .protocolError
+        case .frameTooLarge: .frameTooLarge
+        case .idle: .idle
+        case .keepaliveTimeout: .keepaliveTimeout
+        }
+    }
+}
+
+func goAwayFrame(lastStreamID: UInt32, reason: RpcGoAwayReason, message: String) -> Frame {
+    Frame(type: .goAway, streamID: 0, payload: RpcGoAway(lastStreamId: lastStreamID, reason: reason, message: message).serializedBytes())
+}
+
+func windowUpdateFrame(streamID: UInt32, increment: Int) -> Frame {
+    let value = UInt32(clamping: increment)
+    return Frame(type: .windowUpdate, streamID: streamID,
+                 payload: [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)])
+}
+
+func windowIncrement(_ payload: [UInt8]) -> Int {
+    payload.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+}
+
+func trailersFrame(streamID: UInt32, error: RPCError?, metadata: Metadata) -> Frame {
+    var trailers = RpcTrailers()
+    trailers.code = error?.code.rawValue ?? 0
+    trailers.message = error?.message ?? ""
+    trailers.metadata = (metadata.isEmpty ? (error?.metadata ?? Metadata()) : metadata).protoEntries
+    return Frame(type: .trailers, streamID: streamID, payload: trailers.serializedBytes())
+}
+
+func cancelFrame(streamID: UInt32, code: RPCCode, message: String) -> Frame {
+    Frame(type: .cancel, streamID: streamID, payload: RpcCancel(code: code.rawValue, message: message).serializedBytes())
+}

@@ -1,0 +1,66 @@
+public import NIOCore
+import NIOConcurrencyHelpers
+import NIOPosix
+public import OpenSSLKit
+public import RPCCore
+import TollgateProto
+import TollgateTLS
+
+/// Serves RPC methods over TLS (docs/rpc-protocol.md).
+public final class RPCServer: Sendable {
+    public static let alpn = "tollgate-rpc/1"
+
+    private let methods: [String: RPCMethodHandler]
+    private let tls: TLSContext
+    private let limits: RPCLimits
+    private let authorize: @Sendable (ServerCallContext) -> RPCError?
+    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let listener = NIOLockedValueBox<(any Channel)?>(nil)
+
+    /// - Parameter authorize: decides, before a handler runs, whether the
+    ///   caller may call the method: nil to allow, or the error to answer with
+    ///   (UNAUTHENTICATED or PERMISSION_DENIED).
+    public init(methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
+                authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) {
+        self.methods = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
+        self.tls = tls
+        self.limits = limits
+        self.authorize = authorize
+    }
+
+    /// Binds and starts accepting; returns the bound address.
+    public func bind(host: String, port: Int, group: any EventLoopGroup) async throws -> SocketAddress {
+        let methods = self.methods, tls = self.tls, limits = self.limits, authorize = self.authorize, connections = self.connections
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
+                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authorize: authorize))
+                    let id = ObjectIdentifier(channel)
+                    connections.withLockedValue { $0[id] = channel }
+                    channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                }
+            }
+            .bind(host: host, port: port).get()
+        listener.withLockedValue { $0 = channel }
+        guard let address = channel.localAddress else { throw RPCError(.internal, "bound socket has no address") }
+        return address
+    }
+
+    /// Stops accepting, sends GOAWAY on every connection, lets calls in
+    /// flight finish (up to `drainTimeout`), then closes what is left.
+    public func shutdown(drainTimeout: Duration = .seconds(30)) async {
+        if let listener = listener.withLockedValue({ $0 }) { try? await listener.close() }
+        let open = connections.withLockedValue { Array($0.values) }
+        for channel in open { channel.pipeline.fireUserInboundEventTriggered(ServerConnectionHandler.Quiesce()) }
+        let deadline = ContinuousClock.now + drainTimeout
+        for channel in open {
+            while channel.isActive && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
+            if channel.isActive { try? await channel.close() }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RPCCore
+import RPCNIO
+import TestSupport
+import Testing
+import TollgateProto
+
+/// Tests/Interop/rpc_client.py, written from docs/rpc-protocol.md alone with
+/// Python's ssl and protobuf, calls our server: the document is enough to
+/// interoperate.
+@Suite(.serialized) struct PythonClientTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let script = root.appendingPathComponent("Tests/Interop/rpc_client.py").path
+    var python: String {
+        ProcessInfo.processInfo.environment["TOLLGATE_PYTHON"] ?? Self.root.appendingPathComponent(".venv/bin/python").path
+    }
+
+    func runClient(_ arguments: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script] + arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    @Test func unaryAndServerStreamingWithATokenAndAClientCertificate() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let ping = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, context) in
+            PingResponse(payload: request.payload, serverTimeUnixMs: 42, nodeId: context.peer?.description ?? "?")
+        }
+        let server = RPCServer(methods: [ping] + echoHandlers(), tls: try pki.server(alpn: [RPCServer.alpn])) { context in
+            context.metadata["authorization"] == "Bearer sekrit" ? nil : RPCError(.unauthenticated, "a valid session token is required")
+        }
+        let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
+        let common = ["--host", "127.0.0.1", "--server-name", "localhost", "--port", String(port), "--ca", pki.certificate("ca"),
+                      "--cert", pki.certificate("admin"), "--key", pki.key("admin"), "--timeout-ms", "10000"]
+
+        let (status, output) = try runClient(common + ["--token", "sekrit", "unary", NodeServiceDescriptor.ping.path,
+                                                       PingRequest.protoName, PingResponse.protoName, "--request-json", #"{"payload": "AQID"}"#])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains(#""payload": "AQID""#) && output.contains(#""node_id": "user admin""#), "\(output)")
+        #expect(output.contains("status 0"), "\(output)")
+
+        // 2,000 responses of 256 bytes: more than the 1 MiB window, so the
+        // Python client's WINDOW_UPDATEs are exercised.
+        let (streamStatus, streamed) = try runClient(common + ["--token", "sekrit", "stream", Echo.expand.path, PingRequest.protoName,
+                                                               PingResponse.protoName, "--request-json", #"{"payload": "Ag=="}"#])
+        #expect(streamStatus == 0, "\(streamed.suffix(500))")
+        #expect(streamed.split(separator: "\n").filter { $0.hasPrefix("{") }.count == 2000, "\(streamed.suffix(500))")
+
+        let (refusedStatus, refused) = try runClient(common + ["unary", NodeServiceDescriptor.ping.path, PingRequest.protoName, PingResponse.protoName])
+        #expect(refusedStatus == 1 && refused.contains("status 16"), "\(refused)")
+        await server.shutdown(drainTimeout: .seconds(2))
+        try? await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,237 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RPCCore
+import RPCNIO
+import Synchronization
+import TestSupport
+import Testing
+import TollgateProto
+
+/// Test methods over the Ping messages, one per call shape.
+enum Echo {
+    static func method(_ name: String, client: Bool, server: Bool) -> ProtoMethod {
+        ProtoMethod(service: "tollgate.test.Echo", name: name, inputType: PingRequest.protoName, outputType: PingResponse.protoName,
+                    clientStreaming: client, serverStreaming: server)
+    }
+    static let unary = method("Unary", client: false, server: false)
+    static let expand = method("Expand", client: false, server: true)
+    static let collect = method("Collect", client: true, server: false)
+    static let chat = method("Chat", client: true, server: true)
+    static let slow = method("Slow", client: false, server: false)
+    static let fail = method("Fail", client: false, server: false)
+    static let crash = method("Crash", client: false, server: false)
+}
+
+/// Counts handler cancellations seen by the slow method.
+let cancellations = Atomic<Int>(0)
+
+struct Unexpected: Error {}
+
+func echoHandlers() -> [RPCMethodHandler] {
+    [
+        .unary(Echo.unary) { (request: PingRequest, context) in
+            PingResponse(payload: request.payload, nodeId: context.metadata["x-who"] ?? context.peer?.description ?? "anonymous")
+        },
+        .serverStreaming(Echo.expand) { (request: PingRequest, writer: ResponseWriter<PingResponse>, _) in
+            // The request's first byte says how many thousand responses to send.
+            for index in 0..<(Int(request.payload.first ?? 1) * 1000) {
+                try await writer.write(PingResponse(payload: [UInt8](repeating: UInt8(index % 251), count: 256), serverTimeUnixMs: Int64(index)))
+            }
+        },
+        .clientStreaming(Echo.collect) { (requests: RequestStream<PingRequest>, _) in
+            var total: [UInt8] = []
+            for try await request in requests { total += request.payload }
+            return PingResponse(payload: total)
+        },
+        .bidirectional(Echo.chat) { (requests: RequestStream<PingRequest>, writer: ResponseWriter<PingResponse>, _) in
+            for try await request in requests { try await writer.write(PingResponse(payload: request.payload.reversed())) }
+        },
+        .unary(Echo.slow) { (_: PingRequest, _) -> PingResponse in
+            do {
+                try await Task.sleep(for: .seconds(30))
+            } catch {
+                cancellations.add(1, ordering: .relaxed)
+                throw error
+            }
+            return PingResponse()
+        },
+        .unary(Echo.fail) { (_: PingRequest, _) -> PingResponse in throw RPCError(.notFound, "no such thing") },
+        .unary(Echo.crash) { (_: PingRequest, _) -> PingResponse in throw Unexpected() },
+    ]
+}
+
+/// A server on loopback and a connected client, with mutual TLS from a test PKI.
+struct Harness {
+    let pki: TestPKI
+    let group: MultiThreadedEventLoopGroup
+    let server: RPCServer
+    let port: Int
+
+    init(authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) async throws {
+        pki = try TestPKI()
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        server = RPCServer(methods: echoHandlers(), tls: try pki.server(alpn: [RPCServer.alpn]), authorize: authorize)
+        port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
+    }
+
+    func connect(as name: String? = "admin") async throws -> RPCConnection {
+        try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost",
+                                        tls: try pki.client(as: name, alpn: [RPCServer.alpn]), group: group)
+    }
+
+    func stop() async {
+        await server.shutdown(drainTimeout: .seconds(2))
+        try? await group.shutdownGracefully()
+        pki.remove()
+    }
+}
+
+@Suite(.serialized) struct RPCTests {
+    @Test func allFourCallShapes() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        var options = CallOptions()
+        options.metadata.add("x-who", "tester")
+
+        let reply: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [1, 2, 3]), options: options)
+        #expect(reply.payload == [1, 2, 3] && reply.nodeId == "tester")
+        let anonymous: PingResponse = try await client.unary(Echo.unary, PingRequest())
+        #expect(anonymous.nodeId == "user admin", "the server read the caller from the certificate")
+
+        // 10,000 responses of 256 bytes: 2.5 MB, more than the 1 MiB window.
+        let received = Atomic<Int>(0)
+        try await client.serverStreaming(Echo.expand, PingRequest(payload: [10])) { (response: PingResponse) in
+            #expect(response.serverTimeUnixMs == Int64(received.load(ordering: .relaxed)))
+            received.add(1, ordering: .relaxed)
+        }
+        #expect(received.load(ordering: .relaxed) == 10_000)
+
+        let requests = AsyncStream<PingRequest> { continuation in
+            for index in 0..<1000 { continuation.yield(PingRequest(payload: [UInt8(index % 256)])) }
+            continuation.finish()
+        }
+        let collected: PingResponse = try await client.clientStreaming(Echo.collect, requests: requests)
+        #expect(collected.payload == (0..<1000).map { UInt8($0 % 256) })
+
+        let chat = AsyncStream<PingRequest> { continuation in
+            for word in ["abc", "tollgate", "xyz"] { continuation.yield(PingRequest(payload: Array(word.utf8))) }
+            continuation.finish()
+        }
+        let replies = Mutex<[String]>([])
+        try await client.bidirectional(Echo.chat, requests: chat) { (response: PingResponse) in
+            replies.withLock { $0.append(String(decoding: response.payload, as: UTF8.self)) }
+        }
+        #expect(replies.withLock { $0 } == ["cba", "etagllot", "zyx"])
+        await client.close()
+        await harness.stop()
+    }
+
+    @Test func errorsMapToStatusCodes() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        // Trailers also carry the request id, so compare code and message.
+        await #expect { let _: PingResponse = try await client.unary(Echo.fail, PingRequest()) } throws: { error in
+            (error as? RPCError).map { ($0.code, $0.message) == (.notFound, "no such thing") } ?? false
+        }
+        // An error the server does not know becomes UNKNOWN with no details.
+        await #expect { let _: PingResponse = try await client.unary(Echo.crash, PingRequest()) } throws: { error in
+            (error as? RPCError).map { ($0.code, $0.message) == (.unknown, "") } ?? false
+        }
+        let missing = ProtoMethod(service: "tollgate.test.Echo", name: "Missing", inputType: "", outputType: "", clientStreaming: false, serverStreaming: false)
+        do {
+            let _: PingResponse = try await client.unary(missing, PingRequest())
+            Issue.record("unknown method answered")
+        } catch let error as RPCError {
+            #expect(error.code == .unimplemented)
+        }
+        // The connection is still good after failed calls.
+        let reply: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [9]))
+        #expect(reply.payload == [9])
+        await client.close()
+        await harness.stop()
+    }
+
+    @Test func deadlinesAreEnforcedAndCancelTheHandler() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        let before = cancellations.load(ordering: .relaxed)
+        let start = ContinuousClock.now
+        await #expect { let _: PingResponse = try await client.unary(Echo.slow, PingRequest(), options: CallOptions(timeout: .milliseconds(300))) }
+            throws: { ($0 as? RPCError)?.code == .deadlineExceeded }
+        #expect(ContinuousClock.now - start < .seconds(10))
+        // The server side noticed too and cancelled its handler.
+        for _ in 0..<100 where cancellations.load(ordering: .relaxed) == before { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(cancellations.load(ordering: .relaxed) > before)
+        await client.close()
+        await harness.stop()
+    }
+
+    @Test func clientCancellationReachesTheServer() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        let before = cancellations.load(ordering: .relaxed)
+        let call = Task {
+            let _: PingResponse = try await client.unary(Echo.slow, PingRequest())
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        call.cancel()
+        await #expect { try await call.value } throws: { ($0 as? RPCError)?.code == .cancelled }
+        for _ in 0..<100 where cancellations.load(ordering: .relaxed) == before { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(cancellations.load(ordering: .relaxed) > before)
+        await client.close()
+        await harness.stop()
+    }
+
+    @Test func aHundredConcurrentCallsShareOneConnection() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<100 {
+                group.addTask {
+                    let payload = Array("call-\(index)".utf8)
+                    let reply: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: payload))
+                    #expect(reply.payload == payload)
+                }
+            }
+            try await group.waitForAll()
+        }
+        await client.close()
+        await harness.stop()
+    }
+
+    @Test func authorizationRunsBeforeTheHandler() async throws {
+        let harness = try await Harness { context in
+            guard let peer = context.peer else { return RPCError(.unauthenticated, "no identity") }
+            if case .user(let name) = peer, name != "admin" { return RPCError(.permissionDenied, "\(name) may not call \(context.method.name)") }
+            return nil
+        }
+        let admin = try await harness.connect(as: "admin")
+        let reply: PingResponse = try await admin.unary(Echo.unary, PingRequest(payload: [1]))
+        #expect(reply.payload == [1])
+        await admin.close()
+        await harness.stop()
+    }
+
+    @Test func shutdownLetsCallsInFlightFinishAndRefusesNewOnes() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        // A long stream is running when the server starts shutting down.
+        let streaming = Task {
+            let count = Atomic<Int>(0)
+            try await client.serverStreaming(Echo.expand, PingRequest(payload: [20])) { (_: PingResponse) in count.add(1, ordering: .relaxed) }
+            return count.load(ordering: .relaxed)
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let shutdown = Task { await harness.server.shutdown(drainTimeout: .seconds(20)) }
+        let finished = try await streaming.value
+        #expect(finished == 20_000, "the call in flight completed")
+        await shutdown.value
+        await #expect { let _: PingResponse = try await client.unary(Echo.unary, PingRequest()) }
+            throws: { ($0 as? RPCError)?.code == .unavailable }
+        await client.close()
+        try? await harness.group.shutdownGracefully()
+        harness.pki.remove()
+    }
+}
