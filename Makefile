@@ -27,7 +27,10 @@ test: check-proto test-swift build-release
 
 test-swift: python
 	$(SWIFT) build --build-tests
-	TOLLGATE_PYTHON=$(CURDIR)/.venv/bin/python $(SWIFT) test --skip-build
+	# One test at a time: several tests block a thread on child processes or
+	# sockets, and in parallel they could starve the RPC handler tasks of the
+	# tests beside them on a 2-core machine.
+	TOLLGATE_PYTHON=$(CURDIR)/.venv/bin/python $(SWIFT) test --skip-build --no-parallel
 
 # Release builds catch whole-module import problems debug builds miss, and are
 # what the Debian package ships (Swift runtime linked statically).

@@ -97,7 +97,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func sendMessage(streamID: UInt32, bytes: [UInt8], endStream: Bool) -> EventLoopFuture<Void> {
         guard let context else { return ready.futureResult.eventLoop.makeFailedFuture(RPCError(.unavailable, "connection closed")) }
-        guard let stream = streams[streamID] else { return context.eventLoop.makeFailedFuture(RPCError(.cancelled, "the call has ended")) }
+        // The server may end a call (TRAILERS or CANCEL) before the client has
+        // sent everything; the outcome is in the call's events, so a message
+        // for an ended stream is simply dropped.
+        guard let stream = streams[streamID] else { return context.eventLoop.makeSucceededVoidFuture() }
         do {
             try stream.state.send(.message, flags: endStream ? .endStream : [])
         } catch {

@@ -18,17 +18,28 @@ import TollgateProto
         ProcessInfo.processInfo.environment["TOLLGATE_PYTHON"] ?? Self.root.appendingPathComponent(".venv/bin/python").path
     }
 
-    func runClient(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [script] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+    /// Runs the client on a thread of its own: blocking a Swift concurrency
+    /// thread here would starve the server's handler tasks in this process.
+    func runClient(_ arguments: [String]) async throws -> (Int32, String) {
+        let python = self.python, script = self.script
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                do {
+                    let process = Process()
+                    process.executableURL = URL(fileURLWithPath: python)
+                    process.arguments = [script] + arguments
+                    let output = Pipe()
+                    process.standardOutput = output
+                    process.standardError = output
+                    try process.run()
+                    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    process.waitUntilExit()
+                    continuation.resume(returning: (process.terminationStatus, text))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
     }
 
     @Test func unaryAndServerStreamingWithATokenAndAClientCertificate() async throws {
@@ -45,7 +56,7 @@ import TollgateProto
         let common = ["--host", "127.0.0.1", "--server-name", "localhost", "--port", String(port), "--ca", pki.certificate("ca"),
                       "--cert", pki.certificate("admin"), "--key", pki.key("admin"), "--timeout-ms", "10000"]
 
-        let (status, output) = try runClient(common + ["--token", "sekrit", "unary", NodeServiceDescriptor.ping.path,
+        let (status, output) = try await runClient(common + ["--token", "sekrit", "unary", NodeServiceDescriptor.ping.path,
                                                        PingRequest.protoName, PingResponse.protoName, "--request-json", #"{"payload": "AQID"}"#])
         #expect(status == 0, "\(output)")
         #expect(output.contains(#""payload": "AQID""#) && output.contains(#""node_id": "user admin""#), "\(output)")
@@ -53,12 +64,12 @@ import TollgateProto
 
         // 2,000 responses of 256 bytes: more than the 1 MiB window, so the
         // Python client's WINDOW_UPDATEs are exercised.
-        let (streamStatus, streamed) = try runClient(common + ["--token", "sekrit", "stream", Echo.expand.path, PingRequest.protoName,
+        let (streamStatus, streamed) = try await runClient(common + ["--token", "sekrit", "stream", Echo.expand.path, PingRequest.protoName,
                                                                PingResponse.protoName, "--request-json", #"{"payload": "Ag=="}"#])
         #expect(streamStatus == 0, "\(streamed.suffix(500))")
         #expect(streamed.split(separator: "\n").filter { $0.hasPrefix("{") }.count == 2000, "\(streamed.suffix(500))")
 
-        let (refusedStatus, refused) = try runClient(common + ["unary", NodeServiceDescriptor.ping.path, PingRequest.protoName, PingResponse.protoName])
+        let (refusedStatus, refused) = try await runClient(common + ["unary", NodeServiceDescriptor.ping.path, PingRequest.protoName, PingResponse.protoName])
         #expect(refusedStatus == 1 && refused.contains("status 16"), "\(refused)")
         await server.shutdown(drainTimeout: .seconds(2))
         try? await group.shutdownGracefully()
