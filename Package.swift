@@ -55,7 +55,8 @@ let package = Package(
         .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "OpenSSLKit", argumentParser]),
 
         // MARK: Benchmarks and test helpers
-        .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS", nioCore, nioPosix]),
+        .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
+                                                               "RPCCore", "RPCNIO", nioCore, nioPosix]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage"], path: "Tests/StorageProbe"),

@@ -1,0 +1,62 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RPCCore
+import RPCNIO
+import TollgateProto
+
+/// Unary echo of a 256-byte message over mutual TLS on loopback, with 1 and
+/// 16 concurrent callers on one connection (compare with `tls`).
+func benchRPC() async throws {
+    let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
+    let node = try CertificateIssuer.issue(CertificateRequest(commonName: "bench", usage: .node, dnsNames: ["localhost"], validUntilOffset: 3600), signedBy: ca)
+    let directory = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    for (name, text) in [("ca.pem", ca.certificatePEM), ("node.pem", node.certificatePEM), ("node.key", node.privateKeyPEM)] {
+        try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+    }
+    let serverTLS = try TLSContext(configuration: .server(certificateChainFile: directory + "/node.pem", privateKeyFile: directory + "/node.key",
+                                                          trustRootsFile: directory + "/ca.pem", verification: .peerRequired,
+                                                          applicationProtocols: [RPCServer.alpn]))
+    let clientTLS = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: directory + "/node.pem",
+                                                          privateKeyFile: directory + "/node.key", applicationProtocols: [RPCServer.alpn]))
+    let loops = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
+    let echo = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, _) in PingResponse(payload: request.payload) }
+    let server = RPCServer(methods: [echo], tls: serverTLS)
+    let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
+    let client = try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost", tls: clientTLS, group: group)
+    let request = PingRequest(payload: [UInt8](repeating: 0x5A, count: 256))
+
+    for callers in [1, 16] {
+        let perCaller = callers == 1 ? 20_000 : 2_000
+        let start = ContinuousClock.now
+        let latencies = try await withThrowingTaskGroup(of: [Double].self) { tasks in
+            for _ in 0..<callers {
+                tasks.addTask {
+                    var samples: [Double] = []
+                    samples.reserveCapacity(perCaller)
+                    for _ in 0..<perCaller {
+                        let began = ContinuousClock.now
+                        let _: PingResponse = try await client.unary(NodeServiceDescriptor.ping, request)
+                        let elapsed = ContinuousClock.now - began
+                        samples.append(Double(elapsed.components.seconds) * 1e6 + Double(elapsed.components.attoseconds) / 1e12)
+                    }
+                    return samples
+                }
+            }
+            var all: [Double] = []
+            for try await samples in tasks { all += samples }
+            return all.sorted()
+        }
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        print("RPC unary echo 256 B, mutual TLS, \(callers) caller(s), \(loops) loop(s)".padding(toLength: 62, withPad: " ", startingAt: 0)
+              + String(format: "%12.0f calls/s  p50 %.1f µs  p99 %.1f µs", Double(latencies.count) / seconds,
+                       latencies[latencies.count / 2], latencies[latencies.count * 99 / 100]))
+    }
+    await client.close()
+    await server.shutdown(drainTimeout: .seconds(2))
+    try await group.shutdownGracefully()
+}
