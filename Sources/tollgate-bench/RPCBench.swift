@@ -9,18 +9,8 @@ import TollgateProto
 /// Unary echo of a 256-byte message over mutual TLS on loopback, with 1 and
 /// 16 concurrent callers on one connection (compare with `tls`).
 func benchRPC() async throws {
-    let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
-    let node = try CertificateIssuer.issue(CertificateRequest(commonName: "bench", usage: .node, dnsNames: ["localhost"], validUntilOffset: 3600), signedBy: ca)
-    let directory = try temporaryDirectory()
+    let (directory, serverTLS, clientTLS) = try makeBenchTLS(alpn: [RPCServer.alpn])
     defer { try? FileManager.default.removeItem(atPath: directory) }
-    for (name, text) in [("ca.pem", ca.certificatePEM), ("node.pem", node.certificatePEM), ("node.key", node.privateKeyPEM)] {
-        try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
-    }
-    let serverTLS = try TLSContext(configuration: .server(certificateChainFile: directory + "/node.pem", privateKeyFile: directory + "/node.key",
-                                                          trustRootsFile: directory + "/ca.pem", verification: .peerRequired,
-                                                          applicationProtocols: [RPCServer.alpn]))
-    let clientTLS = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: directory + "/node.pem",
-                                                          privateKeyFile: directory + "/node.key", applicationProtocols: [RPCServer.alpn]))
     let loops = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2
     let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
     let echo = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, _) in PingResponse(payload: request.payload) }

@@ -52,20 +52,27 @@ private final class PingPong: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) { done.fail(error) }
 }
 
-/// Raw TLS ping-pong of 256-byte messages over mutual TLS on loopback: the
-/// physical limit an RPC call over the same TLS stack is compared with.
-func benchTLS() throws {
+/// A throwaway CA and node certificate in a temporary directory, and the
+/// server and client TLS contexts using them (mutual TLS).
+func makeBenchTLS(alpn: [String]) throws -> (directory: String, server: TLSContext, client: TLSContext) {
     let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
     let node = try CertificateIssuer.issue(CertificateRequest(commonName: "bench", usage: .node, dnsNames: ["localhost"], validUntilOffset: 3600), signedBy: ca)
     let directory = try temporaryDirectory()
-    defer { try? FileManager.default.removeItem(atPath: directory) }
     for (name, text) in [("ca.pem", ca.certificatePEM), ("node.pem", node.certificatePEM), ("node.key", node.privateKeyPEM)] {
         try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
     }
-    let serverContext = try TLSContext(configuration: .server(certificateChainFile: directory + "/node.pem", privateKeyFile: directory + "/node.key",
-                                                              trustRootsFile: directory + "/ca.pem", verification: .peerRequired))
-    let clientContext = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: directory + "/node.pem",
-                                                              privateKeyFile: directory + "/node.key"))
+    let server = try TLSContext(configuration: .server(certificateChainFile: directory + "/node.pem", privateKeyFile: directory + "/node.key",
+                                                       trustRootsFile: directory + "/ca.pem", verification: .peerRequired, applicationProtocols: alpn))
+    let client = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: directory + "/node.pem",
+                                                       privateKeyFile: directory + "/node.key", applicationProtocols: alpn))
+    return (directory, server, client)
+}
+
+/// Raw TLS ping-pong of 256-byte messages over mutual TLS on loopback: the
+/// physical limit an RPC call over the same TLS stack is compared with.
+func benchTLS() throws {
+    let (directory, serverContext, clientContext) = try makeBenchTLS(alpn: [])
+    defer { try? FileManager.default.removeItem(atPath: directory) }
     let group = MultiThreadedEventLoopGroup(numberOfThreads: Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2)
     defer { try? group.syncShutdownGracefully() }
     let server = try ServerBootstrap(group: group)
