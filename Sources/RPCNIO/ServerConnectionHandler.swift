@@ -38,6 +38,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let limits: RPCLimits
     private let authorize: @Sendable (ServerCallContext) -> RPCError?
     private var context: ChannelHandlerContext?
+    /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
+    private var eventLoop: (any EventLoop)?
     private var streams: [UInt32: Stream] = [:]
     private var lastStreamID: UInt32 = 0
     private var peer: PeerIdentity?
@@ -53,6 +55,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.eventLoop = context.eventLoop
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -289,8 +292,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func closedFuture() -> EventLoopFuture<Void> {
-        guard let context else { fatalError("connection handler used after removal") }
-        return context.eventLoop.makeFailedFuture(RPCError(.cancelled, "the call has ended"))
+        // Only reachable from the loop, through a handler task's sink, after handlerAdded.
+        eventLoop!.makeFailedFuture(RPCError(.cancelled, "the call has ended"))
     }
 
     // MARK: Shutdown
