@@ -211,6 +211,15 @@ struct Harness {
         let reply: PingResponse = try await admin.unary(Echo.unary, PingRequest(payload: [1]))
         #expect(reply.payload == [1])
         await admin.close()
+        // Another user's certificate passes TLS but not the method's rule.
+        let guest = try await harness.connect(as: "guest")
+        await #expect { let _: PingResponse = try await guest.unary(Echo.unary, PingRequest()) }
+            throws: { error in (error as? RPCError).map { ($0.code, $0.message) == (.permissionDenied, "guest may not call Unary") } ?? false }
+        // Refused before the handler ran: the 30-second handler answers at once.
+        let start = ContinuousClock.now
+        await #expect { let _: PingResponse = try await guest.unary(Echo.slow, PingRequest()) } throws: { ($0 as? RPCError)?.code == .permissionDenied }
+        #expect(ContinuousClock.now - start < .seconds(20))
+        await guest.close()
         await harness.stop()
     }
 

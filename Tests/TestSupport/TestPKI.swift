@@ -18,6 +18,8 @@ public struct TestPKI: Sendable {
             dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"], validUntilOffset: 3600), signedBy: ca))
         try write("admin", CertificateIssuer.issue(CertificateRequest(
             commonName: "admin", usage: .client, uniformResourceIdentifiers: ["tollgate://user/admin"], validUntilOffset: 3600), signedBy: ca))
+        try write("guest", CertificateIssuer.issue(CertificateRequest(
+            commonName: "guest", usage: .client, uniformResourceIdentifiers: ["tollgate://user/guest"], validUntilOffset: 3600), signedBy: ca))
         try write("expired", CertificateIssuer.issue(CertificateRequest(
             commonName: "old", usage: .client, validFromOffset: -7200, validUntilOffset: -3600), signedBy: ca))
         let stranger = try CertificateIssuer.makeAuthority(commonName: "Somebody else's CA", validDays: 1)
