@@ -59,6 +59,27 @@ func connectClient(_ context: TLSContext, group: MultiThreadedEventLoopGroup, po
         .connect(host: "127.0.0.1", port: port).wait()
 }
 
+/// A test PKI, a one-thread event loop group and a TLS echo server on
+/// loopback, torn down together when the test drops it.
+final class EchoFixture {
+    let pki: TestPKI
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let server: Channel
+    let port: Int
+
+    init(alpn: [String] = []) throws {
+        pki = try TestPKI()
+        server = try startEchoServer(pki.server(alpn: alpn), group: group)
+        port = try #require(server.localAddress?.port)
+    }
+
+    deinit {
+        try? server.close().wait()
+        try? group.syncShutdownGracefully()
+        pki.remove()
+    }
+}
+
 func run(_ executable: String, _ arguments: [String], input: String? = nil, timeout: TimeInterval = 20) throws -> (Int32, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
@@ -81,13 +102,10 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
 
 @Suite(.serialized) struct LoopbackTests {
     @Test func echoOverLoopbackWithMutualTLS() throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
-        defer { try? server.close().wait() }
-        let port = try #require(server.localAddress?.port)
+        let fixture = try EchoFixture(alpn: ["tollgate-rpc/1"])
+        // Kept alive to the end of the test: dropping it stops the server.
+        defer { withExtendedLifetime(fixture) {} }
+        let pki = fixture.pki, group = fixture.group, port = fixture.port
 
         let clientContext = try pki.client(as: "admin", alpn: ["tollgate-rpc/1"])
         let message = String(repeating: "0123456789", count: 5000)  // several TLS records
@@ -102,13 +120,10 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
     /// `openssl s_client` against our server: mutual TLS, ALPN, echo; and
     /// without a client certificate it is refused.
     @Test func opensslClientTalksToOurServer() throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
-        defer { try? server.close().wait() }
-        let port = try #require(server.localAddress?.port)
+        let fixture = try EchoFixture(alpn: ["tollgate-rpc/1"])
+        // Kept alive to the end of the test: dropping it stops the server.
+        defer { withExtendedLifetime(fixture) {} }
+        let pki = fixture.pki, port = fixture.port
         let common = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"), "-verify_return_error",
                       "-alpn", "tollgate-rpc/1", "-servername", "localhost", "-verify_hostname", "localhost"]
         let (status, output) = try run("/usr/bin/openssl", common + ["-cert", pki.certificate("admin"), "-key", pki.key("admin"), "-ign_eof"],
@@ -182,13 +197,10 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
     }
 
     @Test func oldVersionsAndWeakCiphersAreRefused() throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let server = try startEchoServer(pki.server(), group: group)
-        defer { try? server.close().wait() }
-        let port = try #require(server.localAddress?.port)
+        let fixture = try EchoFixture()
+        // Kept alive to the end of the test: dropping it stops the server.
+        defer { withExtendedLifetime(fixture) {} }
+        let pki = fixture.pki, port = fixture.port
 
         // The client is allowed everything (security level 0), so only our server can say no.
         let lax = "DEFAULT:@SECLEVEL=0"
@@ -220,13 +232,10 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
     var python: String { ProcessInfo.processInfo.environment["TOLLGATE_PYTHON"] ?? "/usr/bin/python3" }
 
     @Test func pythonClientTalksToOurServer() throws {
-        let pki = try TestPKI()
-        defer { pki.remove() }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let server = try startEchoServer(pki.server(alpn: ["tollgate-rpc/1"]), group: group)
-        defer { try? server.close().wait() }
-        let port = try #require(server.localAddress?.port)
+        let fixture = try EchoFixture(alpn: ["tollgate-rpc/1"])
+        // Kept alive to the end of the test: dropping it stops the server.
+        defer { withExtendedLifetime(fixture) {} }
+        let pki = fixture.pki, port = fixture.port
         let (status, output) = try run(python, [script, "client", String(port), pki.certificate("ca"), pki.certificate("admin"),
                                                 pki.key("admin"), "hello from python"])
         #expect(status == 0, "\(output)")
