@@ -81,43 +81,73 @@ public struct ResponseWriter<Message: ProtoMessage>: Sendable {
     public func sendHeaders(_ metadata: Metadata) async throws { try await sink.sendHeaders(metadata) }
 }
 
+/// Where a server runs a method's handler.
+public enum HandlerPlacement: Sendable, Hashable {
+    /// The shared concurrency pool: the default, for handlers that may block
+    /// (database writes, password hashing) or compute for a while.
+    case pool
+    /// The connection's own event loop: no thread hop on the way in or out,
+    /// for handlers that never block and finish in microseconds (pings,
+    /// lookups in memory). A handler placed here that blocks stalls every
+    /// connection on that loop.
+    case eventLoop
+}
+
 /// One method a server offers: its descriptor, and the handler erased to bytes.
 public struct RPCMethodHandler: Sendable {
-    public let method: ProtoMethod
-    public let run: @Sendable (RawRequestStream, any ResponseSink, ServerCallContext) async throws -> Void
+    /// The handler's shape, which decides how the transport feeds it.
+    public enum Body: Sendable {
+        /// One request in, one response out: the transport collects the single
+        /// request and sends the response and the trailers together.
+        case unary(@Sendable ([UInt8], ServerCallContext) async throws -> [UInt8])
+        /// One request in, responses through the sink.
+        case singleRequest(@Sendable ([UInt8], any ResponseSink, ServerCallContext) async throws -> Void)
+        /// Requests as they arrive, responses through the sink.
+        case streaming(@Sendable (RawRequestStream, any ResponseSink, ServerCallContext) async throws -> Void)
+    }
 
-    public init(method: ProtoMethod, run: @escaping @Sendable (RawRequestStream, any ResponseSink, ServerCallContext) async throws -> Void) {
+    public let method: ProtoMethod
+    public let body: Body
+    public var placement: HandlerPlacement
+
+    public init(method: ProtoMethod, placement: HandlerPlacement = .pool, body: Body) {
         self.method = method
-        self.run = run
+        self.body = body
+        self.placement = placement
+    }
+
+    /// The same handler, run where `placement` says.
+    public func placed(_ placement: HandlerPlacement) -> RPCMethodHandler {
+        var copy = self
+        copy.placement = placement
+        return copy
     }
 
     /// One request, one response.
     public static func unary<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: ProtoMethod, _ handle: @escaping @Sendable (Request, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
-        RPCMethodHandler(method: method) { requests, sink, context in
-            let request = try await onlyRequest(RequestStream<Request>(raw: requests))
-            try await sink.sendMessage(handle(request, context).serializedBytes())
-        }
+        RPCMethodHandler(method: method, body: .unary { bytes, context in
+            try await handle(decodeRequest(bytes), context).serializedBytes()
+        })
     }
 
     /// One request, a stream of responses.
     public static func serverStreaming<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: ProtoMethod, _ handle: @escaping @Sendable (Request, ResponseWriter<Response>, ServerCallContext) async throws -> Void
     ) -> RPCMethodHandler {
-        RPCMethodHandler(method: method) { requests, sink, context in
-            let request = try await onlyRequest(RequestStream<Request>(raw: requests))
-            try await handle(request, ResponseWriter(sink: sink), context)
-        }
+        RPCMethodHandler(method: method, body: .singleRequest { bytes, sink, context in
+            try await handle(decodeRequest(bytes), ResponseWriter(sink: sink), context)
+        })
     }
 
     /// A stream of requests, one response.
     public static func clientStreaming<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: ProtoMethod, _ handle: @escaping @Sendable (RequestStream<Request>, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
-        RPCMethodHandler(method: method) { requests, sink, context in
+        RPCMethodHandler(method: method, body: .streaming { requests, sink, context in
             try await sink.sendMessage(handle(RequestStream(raw: requests), context).serializedBytes())
-        }
+        })
     }
 
     /// Streams both ways.
@@ -125,22 +155,17 @@ public struct RPCMethodHandler: Sendable {
         _ method: ProtoMethod,
         _ handle: @escaping @Sendable (RequestStream<Request>, ResponseWriter<Response>, ServerCallContext) async throws -> Void
     ) -> RPCMethodHandler {
-        RPCMethodHandler(method: method) { requests, sink, context in
+        RPCMethodHandler(method: method, body: .streaming { requests, sink, context in
             try await handle(RequestStream(raw: requests), ResponseWriter(sink: sink), context)
-        }
+        })
     }
 
-    /// The single request of a unary or server-streaming call: exactly one
-    /// message, then the end of the client's stream.
-    static func onlyRequest<Request: ProtoMessage>(_ requests: RequestStream<Request>) async throws -> Request {
-        var iterator = requests.makeAsyncIterator()
-        guard let request = try await iterator.next() else {
-            throw RPCError(.internal, "expected exactly one request message")
+    static func decodeRequest<Request: ProtoMessage>(_ bytes: [UInt8]) throws -> Request {
+        do {
+            return try Request(serializedBytes: bytes)
+        } catch {
+            throw RPCError(.invalidArgument, "request message does not decode: \(error)")
         }
-        guard try await iterator.next() == nil else {
-            throw RPCError(.internal, "expected exactly one request message")
-        }
-        return request
     }
 }
 

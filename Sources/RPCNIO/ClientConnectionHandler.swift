@@ -3,37 +3,96 @@ import RPCCore
 import TollgateProto
 import TollgateTLS
 
-/// What a client call receives on its stream.
+/// What a streaming client call receives on its stream.
 enum ClientStreamEvent: Sendable {
     case headers(Metadata)
     case message([UInt8])
     case trailers(RPCError?, Metadata)
 }
 
-/// One client-side connection: opens streams, routes their frames to the
-/// calls, answers PING, honours GOAWAY. Lives on the channel's event loop.
+/// One call as the connection handler sees it, created by the calling task
+/// and handed to the loop.
+final class ClientCallToken: @unchecked Sendable {
+    // @unchecked: every stored property is read and written on the
+    // connection's event loop only (the token is created off the loop, then
+    // reaches the loop through `execute`, which orders the accesses).
+    var streamID: UInt32?
+    var ended = false
+}
+
+/// One client-side connection: opens streams (queuing them beyond the
+/// server's `max_concurrent_streams`), routes frames to the calls, answers
+/// PING, honours GOAWAY. Lives on the channel's event loop. Frames are
+/// written as produced and flushed once per loop turn.
 final class ClientConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 
+    /// Where a stream's responses go.
+    enum Receiver {
+        /// A unary call: one message collected, resumed at the trailers.
+        case unary(CheckedContinuation<[UInt8], any Error>, response: [UInt8]?, deadline: Scheduled<Void>?)
+        case events(AsyncThrowingStream<ClientStreamEvent, any Error>.Continuation)
+    }
+
     private final class Stream {
         var state = StreamState(role: .client)
-        let events: AsyncThrowingStream<ClientStreamEvent, any Error>.Continuation
+        var receiver: Receiver
+        let token: ClientCallToken
         var sendWindow: Int
         var windowWaiters: [(frame: Frame, promise: EventLoopPromise<Void>)] = []
         var consumedUngranted = 0
 
-        init(events: AsyncThrowingStream<ClientStreamEvent, any Error>.Continuation, sendWindow: Int) {
-            self.events = events
+        init(receiver: Receiver, token: ClientCallToken, sendWindow: Int) {
+            self.receiver = receiver
+            self.token = token
             self.sendWindow = sendWindow
         }
+
+        /// Ends the call with `error` (nil: the trailers said OK).
+        func end(_ error: RPCError?, trailers: Metadata = Metadata()) {
+            token.ended = true
+            switch receiver {
+            case .unary(let continuation, let response, let deadline):
+                deadline?.cancel()
+                if let error {
+                    continuation.resume(throwing: error)
+                } else if let response {
+                    continuation.resume(returning: response)
+                } else {
+                    continuation.resume(throwing: RPCError(.internal, "the server sent no response message"))
+                }
+            case .events(let events):
+                if let error {
+                    events.finish(throwing: error)
+                } else {
+                    events.yield(.trailers(nil, trailers))
+                    events.finish()
+                }
+            }
+            for waiter in windowWaiters { waiter.promise.fail(error ?? RPCError(.internal, "call ended")) }
+            windowWaiters = []
+        }
+    }
+
+    /// A call waiting for a stream slot.
+    private struct PendingOpen {
+        let headers: RpcRequestHeaders
+        let message: [UInt8]?
+        let receiver: Receiver
+        let token: ClientCallToken
+        let opened: EventLoopPromise<UInt32>?
     }
 
     private let limits: RPCLimits
     private var context: ChannelHandlerContext?
     private var streams: [UInt32: Stream] = [:]
+    private var pending: [PendingOpen] = []
+    private var pendingStart = 0
     private var nextStreamID: UInt32 = 1
-    private var peerInitialWindow = 1024 * 1024
+    private var peerSettings = PeerSettings()
+    private var receivedSettings = false
+    private var flushScheduled = false
     /// Set by GOAWAY: no stream above it will be processed.
     private var goAwayLimit: UInt32?
     let ready: EventLoopPromise<Void>
@@ -52,7 +111,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
-            context.writeAndFlush(wrapOutboundOut(limits.settingsFrame), promise: nil)
+            emit(limits.settingsFrame, context: context)
             ready.succeed()
         }
         context.fireUserInboundEventTriggered(event)
@@ -61,38 +120,124 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         ready.fail(error)
         if let error = error as? ConnectionError {
-            context.writeAndFlush(wrapOutboundOut(goAwayFrame(lastStreamID: 0, reason: error.reason.goAwayReason, message: error.message)), promise: nil)
+            connectionError(context: context, error)
+        } else {
+            context.close(promise: nil)
         }
+    }
+
+    private func connectionError(context: ChannelHandlerContext, _ error: ConnectionError) {
+        emit(goAwayFrame(lastStreamID: 0, reason: error.reason.goAwayReason, message: error.message), context: context)
+        context.flush()
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         ready.fail(RPCError(.unavailable, "connection closed"))
-        for stream in streams.values {
-            stream.events.finish(throwing: RPCError(.unavailable, "connection closed"))
-            for waiter in stream.windowWaiters { waiter.promise.fail(RPCError(.unavailable, "connection closed")) }
-        }
+        let closed = RPCError(.unavailable, "connection closed")
+        for stream in streams.values { stream.end(closed) }
         streams.removeAll()
+        failPending(closed)
         self.context = nil
         context.fireChannelInactive()
     }
 
     var isUsable: Bool { context != nil && goAwayLimit == nil && nextStreamID < UInt32.max - 1 }
 
+    // MARK: Writing
+
+    private func emit(_ frame: Frame, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(frame), promise: nil)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute { [self] in
+            flushScheduled = false
+            self.context?.flush()
+        }
+    }
+
     // MARK: Calls (on the loop)
 
-    /// Opens a stream: sends HEADERS, returns its id and its events.
-    func open(headers: RpcRequestHeaders, endStream: Bool) -> Result<(UInt32, AsyncThrowingStream<ClientStreamEvent, any Error>), RPCError> {
-        guard let context, goAwayLimit == nil else { return .failure(RPCError(.unavailable, "connection is closing")) }
+    /// Starts a unary call: HEADERS and the request go out together.
+    func startUnary(token: ClientCallToken, headers: RpcRequestHeaders, request: [UInt8], timeout: TimeAmount?,
+                    continuation: CheckedContinuation<[UInt8], any Error>) {
+        if token.ended { return continuation.resume(throwing: RPCError(.cancelled, "cancelled by the client")) }
+        var deadline: Scheduled<Void>?
+        if let timeout, let context {
+            deadline = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+                cancel(token: token, code: .deadlineExceeded, message: "deadline exceeded")
+            }
+        }
+        open(PendingOpen(headers: headers, message: request, receiver: .unary(continuation, response: nil, deadline: deadline), token: token, opened: nil))
+    }
+
+    /// Starts a streaming call; `opened` gets its stream id once it has a slot.
+    func startStream(token: ClientCallToken, headers: RpcRequestHeaders,
+                     events: AsyncThrowingStream<ClientStreamEvent, any Error>.Continuation, opened: EventLoopPromise<UInt32>) {
+        if token.ended {
+            events.finish(throwing: RPCError(.cancelled, "cancelled by the client"))
+            return opened.fail(RPCError(.cancelled, "cancelled by the client"))
+        }
+        open(PendingOpen(headers: headers, message: nil, receiver: .events(events), token: token, opened: opened))
+    }
+
+    private func open(_ call: PendingOpen) {
+        guard let context, goAwayLimit == nil, nextStreamID < UInt32.max - 1 else {
+            return fail(call, RPCError(.unavailable, "the connection is closing; the call was not sent"))
+        }
+        if let message = call.message, message.count > peerSettings.maxFrameSize {
+            return fail(call, RPCError(.resourceExhausted, "request message of \(message.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)"))
+        }
+        if streams.count >= peerSettings.maxConcurrentStreams {
+            pending.append(call)
+            return
+        }
         let id = nextStreamID
         nextStreamID += 1
-        let (events, continuation) = AsyncThrowingStream<ClientStreamEvent, any Error>.makeStream()
-        let stream = Stream(events: continuation, sendWindow: peerInitialWindow)
-        try? stream.state.send(.headers, flags: endStream ? .endStream : [])
+        let stream = Stream(receiver: call.receiver, token: call.token, sendWindow: peerSettings.initialWindowSize)
+        call.token.streamID = id
         streams[id] = stream
-        context.writeAndFlush(wrapOutboundOut(Frame(type: .headers, flags: endStream ? .endStream : [], streamID: id,
-                                                     payload: headers.serializedBytes())), promise: nil)
-        return .success((id, events))
+        let endStream = call.message != nil
+        try? stream.state.send(.headers)
+        emit(Frame(type: .headers, streamID: id, payload: call.headers.serializedBytes()), context: context)
+        if let message = call.message {
+            try? stream.state.send(.message, flags: .endStream)
+            stream.sendWindow -= message.count
+            emit(Frame(type: .message, flags: endStream ? .endStream : [], streamID: id, payload: message), context: context)
+        }
+        call.opened?.succeed(id)
+    }
+
+    private func fail(_ call: PendingOpen, _ error: RPCError) {
+        call.token.ended = true
+        switch call.receiver {
+        case .unary(let continuation, _, let deadline):
+            deadline?.cancel()
+            continuation.resume(throwing: error)
+        case .events(let events):
+            events.finish(throwing: error)
+        }
+        call.opened?.fail(error)
+    }
+
+    private func failPending(_ error: RPCError) {
+        let waiting = pending[pendingStart...]
+        pending = []
+        pendingStart = 0
+        for call in waiting where !call.token.ended { fail(call, error) }
+    }
+
+    /// A stream slot came free: the oldest waiting call takes it.
+    private func openNextPending() {
+        while pendingStart < pending.count, streams.count < peerSettings.maxConcurrentStreams {
+            let call = pending[pendingStart]
+            pendingStart += 1
+            if pendingStart == pending.count {
+                pending = []
+                pendingStart = 0
+            }
+            if !call.token.ended { open(call) }
+        }
     }
 
     func sendMessage(streamID: UInt32, bytes: [UInt8], endStream: Bool) -> EventLoopFuture<Void> {
@@ -101,6 +246,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         // sent everything; the outcome is in the call's events, so a message
         // for an ended stream is simply dropped.
         guard let stream = streams[streamID] else { return context.eventLoop.makeSucceededVoidFuture() }
+        guard bytes.count <= peerSettings.maxFrameSize else {
+            let error = RPCError(.resourceExhausted, "request message of \(bytes.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)")
+            cancel(streamID: streamID, code: .resourceExhausted, message: error.message)
+            return context.eventLoop.makeFailedFuture(error)
+        }
         do {
             try stream.state.send(.message, flags: endStream ? .endStream : [])
         } catch {
@@ -113,13 +263,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             return promise.futureResult
         }
         stream.sendWindow -= bytes.count
-        return context.writeAndFlush(wrapOutboundOut(frame))
+        emit(frame, context: context)
+        return context.eventLoop.makeSucceededVoidFuture()
     }
 
     func endStream(streamID: UInt32) {
         guard let context, let stream = streams[streamID], (try? stream.state.send(.endStream)) != nil else { return }
         if stream.windowWaiters.isEmpty {
-            context.writeAndFlush(wrapOutboundOut(Frame(type: .endStream, streamID: streamID)), promise: nil)
+            emit(Frame(type: .endStream, streamID: streamID), context: context)
         } else {
             // Keep order: the end goes after the messages still waiting for window.
             let promise = context.eventLoop.makePromise(of: Void.self)
@@ -127,11 +278,22 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Abandons a call, whether it has a stream yet or is still waiting for one.
+    func cancel(token: ClientCallToken, code: RPCCode, message: String) {
+        if let id = token.streamID {
+            cancel(streamID: id, code: code, message: message)
+        } else if !token.ended, let index = pending[pendingStart...].firstIndex(where: { $0.token === token }) {
+            fail(pending[index], RPCError(code, message))
+        } else {
+            token.ended = true
+        }
+    }
+
     func cancel(streamID: UInt32, code: RPCCode, message: String) {
         guard let context, let stream = streams.removeValue(forKey: streamID) else { return }
-        stream.events.finish(throwing: RPCError(code, message))
-        for waiter in stream.windowWaiters { waiter.promise.fail(RPCError(code, message)) }
-        context.writeAndFlush(wrapOutboundOut(cancelFrame(streamID: streamID, code: code, message: message)), promise: nil)
+        stream.end(RPCError(code, message))
+        emit(cancelFrame(streamID: streamID, code: code, message: message), context: context)
+        streamEnded()
     }
 
     func consumed(_ bytes: Int, streamID: UInt32) {
@@ -140,76 +302,115 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         if stream.consumedUngranted >= limits.initialWindowSize / 2 {
             let grant = stream.consumedUngranted
             stream.consumedUngranted = 0
-            context.writeAndFlush(wrapOutboundOut(windowUpdateFrame(streamID: streamID, increment: grant)), promise: nil)
+            emit(windowUpdateFrame(streamID: streamID, increment: grant), context: context)
         }
+    }
+
+    private func streamEnded() {
+        openNextPending()
+        if goAwayLimit != nil, streams.isEmpty, let context { context.close(promise: nil) }
     }
 
     // MARK: Frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        guard receivedSettings || (frame.header.type == .settings && !frame.header.flags.contains(.ack)) else {
+            return connectionError(context: context, ConnectionError(.protocolError, "the first frame must be SETTINGS, not \(frame.header.type)"))
+        }
         let id = frame.header.streamID
         switch frame.header.type {
         case .settings:
             guard !frame.header.flags.contains(.ack) else { return }
-            if let settings = try? RpcSettings(serializedBytes: frame.payload), settings.initialWindowSize > 0 {
-                peerInitialWindow = Int(settings.initialWindowSize)
+            guard !receivedSettings else {
+                return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS"))
             }
-            context.writeAndFlush(wrapOutboundOut(Frame(type: .settings, flags: .ack, streamID: 0)), promise: nil)
+            let old = peerSettings.initialWindowSize
+            do {
+                peerSettings = try PeerSettings(payload: frame.payload)
+            } catch {
+                return connectionError(context: context, error)
+            }
+            receivedSettings = true
+            // Streams opened on the defaults take the difference (docs/rpc-protocol.md §3).
+            for stream in streams.values { stream.sendWindow += peerSettings.initialWindowSize - old }
+            emit(Frame(type: .settings, flags: .ack, streamID: 0), context: context)
+            openNextPending()
         case .ping:
             if !frame.header.flags.contains(.ack) {
-                context.writeAndFlush(wrapOutboundOut(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload)), promise: nil)
+                emit(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload), context: context)
             }
         case .goAway:
             let goAway = try? RpcGoAway(serializedBytes: frame.payload)
             let limit = goAway?.lastStreamId ?? 0
             goAwayLimit = limit
+            let notProcessed = RPCError(.unavailable, "the server is going away; the call was not processed")
             for (streamID, stream) in streams where streamID > limit {
-                stream.events.finish(throwing: RPCError(.unavailable, "the server is going away; the call was not processed"))
+                stream.end(notProcessed)
                 streams[streamID] = nil
             }
+            failPending(notProcessed)
             if streams.isEmpty { context.close(promise: nil) }
-        case .headers, .message, .trailers, .cancel, .windowUpdate, .endStream:
-            guard let stream = streams[id] else { return }
-            let event: StreamState.Event
-            do {
-                event = try stream.state.receive(frame.header.type, flags: frame.header.flags)
-            } catch {
-                cancel(streamID: id, code: .internal, message: error.message)
-                return
-            }
-            switch event {
-            case .responseHeaders:
+        case .headers, .message, .trailers, .cancel, .windowUpdate:
+            streamFrame(context: context, frame, id: id)
+        case .endStream:
+            connectionError(context: context, ConnectionError(.protocolError, "END_STREAM from a server"))
+        }
+    }
+
+    private func streamFrame(context: ChannelHandlerContext, _ frame: Frame, id: UInt32) {
+        guard let stream = streams[id] else { return }
+        let event: StreamState.Event
+        do {
+            event = try stream.state.receive(frame.header.type, flags: frame.header.flags)
+        } catch {
+            return cancel(streamID: id, code: .internal, message: error.message)
+        }
+        switch event {
+        case .responseHeaders:
+            if case .events(let events) = stream.receiver {
                 let headers = (try? RpcResponseHeaders(serializedBytes: frame.payload)) ?? RpcResponseHeaders()
-                stream.events.yield(.headers(Metadata(protoEntries: headers.metadata)))
-            case .responseMessage:
-                stream.events.yield(.message(frame.payload))
-            case .trailers:
-                streams[id] = nil
-                guard let trailers = try? RpcTrailers(serializedBytes: frame.payload) else {
-                    stream.events.finish(throwing: RPCError(.internal, "TRAILERS do not decode"))
-                    break
-                }
+                events.yield(.headers(Metadata(protoEntries: headers.metadata)))
+            }
+        case .responseMessage:
+            switch stream.receiver {
+            case .unary(let continuation, nil, let deadline):
+                stream.receiver = .unary(continuation, response: frame.payload, deadline: deadline)
+            case .unary:
+                cancel(streamID: id, code: .internal, message: "the server sent more than one response message")
+            case .events(let events):
+                events.yield(.message(frame.payload))
+            }
+        case .trailers:
+            streams[id] = nil
+            if let trailers = try? RpcTrailers(serializedBytes: frame.payload) {
                 let code = trailers.code <= 16 ? RPCCode(rawValue: trailers.code) : .unknown
                 let metadata = Metadata(protoEntries: trailers.metadata)
-                stream.events.yield(.trailers(code == .ok ? nil : RPCError(code, trailers.message, metadata: metadata), metadata))
-                stream.events.finish()
-            case .cancelled:
-                streams[id] = nil
-                let cancel = try? RpcCancel(serializedBytes: frame.payload)
-                let code = cancel.map { $0.code == 0 || $0.code > 16 ? RPCCode.unknown : RPCCode(rawValue: $0.code) } ?? .unknown
-                stream.events.finish(throwing: RPCError(code, cancel?.message ?? ""))
-            case .windowUpdate:
-                stream.sendWindow += windowIncrement(frame.payload)
-                while stream.sendWindow > 0, !stream.windowWaiters.isEmpty {
-                    let waiter = stream.windowWaiters.removeFirst()
-                    stream.sendWindow -= waiter.frame.payload.count
-                    context.writeAndFlush(wrapOutboundOut(waiter.frame)).cascade(to: waiter.promise)
-                }
-            case .requestMessage, .requestsEnded, .ignored:
-                break
+                stream.end(code == .ok ? nil : RPCError(code, trailers.message, metadata: metadata), trailers: metadata)
+            } else {
+                stream.end(RPCError(.internal, "TRAILERS do not decode"))
             }
-            if goAwayLimit != nil && streams.isEmpty { context.close(promise: nil) }
+            streamEnded()
+        case .cancelled:
+            streams[id] = nil
+            let cancel = try? RpcCancel(serializedBytes: frame.payload)
+            let code = cancel.map { $0.code == 0 || $0.code > 16 ? RPCCode.unknown : RPCCode(rawValue: $0.code) } ?? .unknown
+            stream.end(RPCError(code, cancel?.message ?? ""))
+            streamEnded()
+        case .windowUpdate:
+            do {
+                try grow(&stream.sendWindow, by: frame.payload)
+            } catch {
+                return connectionError(context: context, error)
+            }
+            while stream.sendWindow > 0, !stream.windowWaiters.isEmpty {
+                let waiter = stream.windowWaiters.removeFirst()
+                stream.sendWindow -= waiter.frame.payload.count
+                emit(waiter.frame, context: context)
+                waiter.promise.succeed()
+            }
+        case .requestMessage, .requestsEnded, .ignored:
+            break
         }
     }
 }

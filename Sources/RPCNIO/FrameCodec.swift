@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import RPCCore
 
 /// Bytes to frames: checks each header (and its length against the limit)
@@ -45,14 +45,26 @@ final class FrameEncoderHandler: MessageToByteEncoder {
     }
 }
 
-/// Limits a side enforces and advertises in SETTINGS (docs/rpc-protocol.md §9).
+/// Limits a side enforces and advertises in SETTINGS, and the timers it
+/// runs (docs/rpc-protocol.md §9–10).
 public struct RPCLimits: Sendable, Hashable {
     public var maxFrameSize = 4 * 1024 * 1024
     public var maxConcurrentStreams = 100
     public var initialWindowSize = 1024 * 1024
     public var maxMetadataSize = 16 * 1024
+    /// Server: time from accepting the socket to the client's SETTINGS.
+    public var handshakeTimeout = TimeAmount.seconds(10)
+    /// Server: silence after which it sends a PING.
+    public var keepaliveInterval = TimeAmount.seconds(30)
+    /// Server: how long it waits for that PING's ACK.
+    public var keepaliveTimeout = TimeAmount.seconds(10)
+    /// Server: how long a connection with no open stream may stay.
+    public var idleTimeout = TimeAmount.minutes(5)
+    /// Server: open connections per listener; more are closed on accept.
+    public var maxConnections = 4096
 
-    public init(maxFrameSize: Int = 4 * 1024 * 1024, maxConcurrentStreams: Int = 100, initialWindowSize: Int = 1024 * 1024, maxMetadataSize: Int = 16 * 1024) {
+    public init(maxFrameSize: Int = 4 * 1024 * 1024, maxConcurrentStreams: Int = 100, initialWindowSize: Int = 1024 * 1024,
+                maxMetadataSize: Int = 16 * 1024) {
         self.maxFrameSize = maxFrameSize
         self.maxConcurrentStreams = maxConcurrentStreams
         self.initialWindowSize = initialWindowSize
@@ -64,6 +76,37 @@ public struct RPCLimits: Sendable, Hashable {
                                    initialWindowSize: UInt32(initialWindowSize), maxMetadataSize: UInt32(maxMetadataSize))
         return Frame(type: .settings, streamID: 0, payload: settings.serializedBytes())
     }
+}
+
+/// What a peer's SETTINGS say, with zeros replaced by the defaults.
+struct PeerSettings {
+    var maxFrameSize = 4 * 1024 * 1024
+    var maxConcurrentStreams = 100
+    var initialWindowSize = 1024 * 1024
+    var maxMetadataSize = 16 * 1024
+
+    /// Decodes and range-checks a SETTINGS payload (docs/rpc-protocol.md §3).
+    init(payload: [UInt8]) throws(ConnectionError) {
+        guard let settings = try? RpcSettings(serializedBytes: payload) else {
+            throw ConnectionError(.protocolError, "SETTINGS payload does not decode")
+        }
+        if settings.maxFrameSize != 0 {
+            guard (16384...16_777_216).contains(settings.maxFrameSize) else {
+                throw ConnectionError(.protocolError, "SETTINGS max_frame_size \(settings.maxFrameSize) is out of range")
+            }
+            maxFrameSize = Int(settings.maxFrameSize)
+        }
+        if settings.maxConcurrentStreams != 0 { maxConcurrentStreams = Int(settings.maxConcurrentStreams) }
+        if settings.initialWindowSize != 0 {
+            guard settings.initialWindowSize <= Int32.max else {
+                throw ConnectionError(.protocolError, "SETTINGS initial_window_size \(settings.initialWindowSize) is out of range")
+            }
+            initialWindowSize = Int(settings.initialWindowSize)
+        }
+        if settings.maxMetadataSize != 0 { maxMetadataSize = Int(settings.maxMetadataSize) }
+    }
+
+    init() {}
 }
 
 import TollgateProto
@@ -91,6 +134,15 @@ func windowUpdateFrame(streamID: UInt32, increment: Int) -> Frame {
 
 func windowIncrement(_ payload: [UInt8]) -> Int {
     payload.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+}
+
+/// Applies a WINDOW_UPDATE to a send window: a zero increment or a window
+/// above 2^31 − 1 is a connection error (docs/rpc-protocol.md §8).
+func grow(_ window: inout Int, by payload: [UInt8]) throws(ConnectionError) {
+    let increment = windowIncrement(payload)
+    guard increment > 0 else { throw ConnectionError(.protocolError, "WINDOW_UPDATE with increment 0") }
+    guard window + increment <= Int(Int32.max) else { throw ConnectionError(.protocolError, "WINDOW_UPDATE raises the window above 2147483647") }
+    window += increment
 }
 
 func trailersFrame(streamID: UInt32, error: RPCError?, metadata: Metadata) -> Frame {

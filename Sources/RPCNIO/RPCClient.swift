@@ -5,35 +5,30 @@ public import RPCCore
 public import TollgateProto
 import TollgateTLS
 
-/// Per-call options.
-public struct CallOptions: Sendable {
-    public var metadata: Metadata
-    /// The whole call's time budget, sent to the server and enforced here too.
-    public var timeout: Duration?
-
-    public init(metadata: Metadata = Metadata(), timeout: Duration? = nil) {
-        self.metadata = metadata
-        self.timeout = timeout
-    }
-}
-
 /// A client connection to one node, multiplexing concurrent calls.
-public final class RPCConnection: Sendable {
+public final class RPCConnection: RPCClientTransport {
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientConnectionHandler>
+    /// Runs tasks on this connection's event loop: a task that makes many
+    /// calls here saves a thread hop per call by preferring it.
+    public let taskExecutor: LoopTaskExecutor
 
     private init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>) {
         self.channel = channel
         self.handler = handler
+        self.taskExecutor = LoopTaskExecutor(eventLoop: channel.eventLoop)
     }
 
-    /// Connects with TLS (offering `tollgate-rpc/1`) and exchanges SETTINGS.
+    /// Connects with TLS (offering `tollgate-rpc/1`) and sends SETTINGS.
+    /// Fails if TLS and the ALPN check are not done within the limits'
+    /// handshake timeout.
     public static func connect(host: String, port: Int, serverHostname: String?, tls: TLSContext,
                                limits: RPCLimits = RPCLimits(), group: any EventLoopGroup) async throws -> RPCConnection {
         let loop = group.next()
         let ready = loop.makePromise(of: Void.self)
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(limits.handshakeTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: serverHostname))
@@ -43,9 +38,14 @@ public final class RPCConnection: Sendable {
                 }
             }
             .connect(host: host, port: port).get()
+        let timeout = loop.scheduleTask(in: limits.handshakeTimeout) {
+            ready.fail(RPCError(.unavailable, "no TLS handshake with \(host):\(port) within \(limits.handshakeTimeout.nanoseconds / 1_000_000_000) s"))
+        }
         do {
             try await ready.futureResult.get()
+            timeout.cancel()
         } catch {
+            timeout.cancel()
             try? await channel.close()
             throw error
         }
@@ -60,22 +60,57 @@ public final class RPCConnection: Sendable {
         get async { (try? await channel.eventLoop.submit { self.handler.value.isUsable }.get()) ?? false }
     }
 
+    /// Completes when the connection has closed, for whatever reason.
+    public var closed: EventLoopFuture<Void> { channel.closeFuture }
+
     public func close() async {
         try? await channel.close()
     }
 
-    // MARK: Calls
-
-    public func unary<Request: ProtoMessage, Response: ProtoMessage>(
-        _ method: ProtoMethod, _ request: Request, options: CallOptions = CallOptions(), as: Response.Type = Response.self
-    ) async throws -> Response {
-        try await call(method, options: options) { call in
-            try await call.send(request.serializedBytes(), last: true)
-            return try await call.onlyResponse(Response.self)
+    /// Runs `body` on the loop: directly when already there.
+    private func onLoop(_ body: @escaping @Sendable (ClientConnectionHandler) -> Void) {
+        let handler = self.handler
+        if channel.eventLoop.inEventLoop {
+            body(handler.value)
+        } else {
+            channel.eventLoop.execute { body(handler.value) }
         }
     }
 
-    /// Calls `onResponse` for each response of a server-streaming call.
+    // MARK: Calls
+
+    private static func headers(_ method: ProtoMethod, _ options: CallOptions) -> RpcRequestHeaders {
+        var headers = RpcRequestHeaders()
+        headers.method = method.path
+        headers.metadata = options.metadata.protoEntries
+        headers.timeoutMs = options.timeoutMilliseconds
+        return headers
+    }
+
+    /// One request, one response: HEADERS and the request leave in one write,
+    /// the response arrives with the trailers, and the calling task waits on
+    /// nothing else. The deadline is a timer on the connection's loop.
+    public func unary<Request: ProtoMessage, Response: ProtoMessage>(
+        _ method: ProtoMethod, _ request: Request, options: CallOptions = CallOptions(), as: Response.Type = Response.self
+    ) async throws -> Response {
+        let headers = Self.headers(method, options)
+        let bytes = request.serializedBytes()
+        let timeout = options.timeout.map { TimeAmount.nanoseconds(Int64(clamping: $0.components.seconds * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000)) }
+        let token = ClientCallToken()
+        let response = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8], any Error>) in
+                onLoop { $0.startUnary(token: token, headers: headers, request: bytes, timeout: timeout, continuation: continuation) }
+            }
+        } onCancel: {
+            onLoop { $0.cancel(token: token, code: .cancelled, message: "cancelled by the client") }
+        }
+        do {
+            return try Response(serializedBytes: response)
+        } catch {
+            throw RPCError(.internal, "response message does not decode: \(error)")
+        }
+    }
+
     public func serverStreaming<Request: ProtoMessage, Response: ProtoMessage>(
         _ method: ProtoMethod, _ request: Request, options: CallOptions = CallOptions(),
         onResponse: @escaping @Sendable (Response) async throws -> Void
@@ -97,7 +132,6 @@ public final class RPCConnection: Sendable {
         }
     }
 
-    /// Sends `requests` while `onResponse` receives responses, interleaved.
     public func bidirectional<Requests: AsyncSequence & Sendable, Response: ProtoMessage>(
         _ method: ProtoMethod, requests: Requests, options: CallOptions = CallOptions(),
         onResponse: @escaping @Sendable (Response) async throws -> Void
@@ -115,36 +149,33 @@ public final class RPCConnection: Sendable {
         }
     }
 
-    /// Opens a stream and runs `body` with it under the call's deadline;
-    /// cancelling the task or passing the deadline sends CANCEL.
+    /// Opens a stream (waiting for a slot if the server's stream limit is
+    /// reached) and runs `body` with it under the call's deadline; cancelling
+    /// the task or passing the deadline sends CANCEL.
     private func call<Result: Sendable>(
         _ method: ProtoMethod, options: CallOptions, _ body: @escaping @Sendable (ClientCall) async throws -> Result
     ) async throws -> Result {
-        var request = RpcRequestHeaders()
-        request.method = method.path
-        request.metadata = options.metadata.protoEntries
+        let headers = Self.headers(method, options)
         let deadline = options.timeout.map { ContinuousClock.now + $0 }
-        if let timeout = options.timeout {
-            let (seconds, attoseconds) = timeout.components
-            request.timeoutMs = UInt64(max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
-        }
-        let headers = request
-        let handler = self.handler
-        let opened = try await channel.eventLoop.submit { handler.value.open(headers: headers, endStream: false) }.get()
-        let (streamID, events) = try opened.get()
-        let call = ClientCall(loop: channel.eventLoop, handler: handler, streamID: streamID, events: events)
+        let token = ClientCallToken()
+        let (events, continuation) = AsyncThrowingStream<ClientStreamEvent, any Error>.makeStream()
+        let opened = channel.eventLoop.makePromise(of: UInt32.self)
+        onLoop { $0.startStream(token: token, headers: headers, events: continuation, opened: opened) }
         return try await withTaskCancellationHandler {
             do {
-                return try await withDeadline(deadline) { try await body(call) }
+                return try await withDeadline(deadline) {
+                    let streamID = try await opened.futureResult.get()
+                    return try await body(ClientCall(loop: self.channel.eventLoop, handler: self.handler, streamID: streamID, events: events))
+                }
             } catch let error as RPCError where error.code == .deadlineExceeded {
-                call.cancel(code: .deadlineExceeded, message: "deadline exceeded")
+                onLoop { $0.cancel(token: token, code: .deadlineExceeded, message: "deadline exceeded") }
                 throw error
             } catch is CancellationError {
-                call.cancel(code: .cancelled, message: "cancelled by the client")
+                onLoop { $0.cancel(token: token, code: .cancelled, message: "cancelled by the client") }
                 throw RPCError(.cancelled, "cancelled by the client")
             }
         } onCancel: {
-            call.cancel(code: .cancelled, message: "cancelled by the client")
+            onLoop { $0.cancel(token: token, code: .cancelled, message: "cancelled by the client") }
         }
     }
 }
@@ -165,55 +196,34 @@ final class ClientCall: Sendable {
 
     func send(_ bytes: [UInt8], last: Bool) async throws {
         let handler = self.handler, id = streamID
-        try await loop.flatSubmit { handler.value.sendMessage(streamID: id, bytes: bytes, endStream: last) }.get()
+        if loop.inEventLoop {
+            try await handler.value.sendMessage(streamID: id, bytes: bytes, endStream: last).get()
+        } else {
+            try await loop.flatSubmit { handler.value.sendMessage(streamID: id, bytes: bytes, endStream: last) }.get()
+        }
     }
 
     func endRequests() async throws {
         let handler = self.handler, id = streamID
-        try await loop.submit { handler.value.endStream(streamID: id) }.get()
-    }
-
-    func cancel(code: RPCCode, message: String) {
-        let handler = self.handler, id = streamID
-        loop.execute { handler.value.cancel(streamID: id, code: code, message: message) }
-    }
-
-    /// Response messages until the trailers; throws the call's error status.
-    func responses<Response: ProtoMessage>(_ type: Response.Type) -> AsyncThrowingStream<Response, any Error> {
-        let events = self.events, handler = self.handler, loop = self.loop, id = streamID
-        return AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    for try await event in events {
-                        switch event {
-                        case .headers:
-                            continue
-                        case .message(let bytes):
-                            loop.execute { handler.value.consumed(bytes.count, streamID: id) }
-                            do {
-                                continuation.yield(try Response(serializedBytes: bytes))
-                            } catch {
-                                throw RPCError(.internal, "response message does not decode: \(error)")
-                            }
-                        case .trailers(let error, _):
-                            if let error { throw error }
-                        }
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
+        if loop.inEventLoop {
+            handler.value.endStream(streamID: id)
+        } else {
+            try await loop.submit { handler.value.endStream(streamID: id) }.get()
         }
     }
 
-    /// The single response of a unary or client-streaming call.
+    /// Response messages until the trailers; throws the call's error status.
+    func responses<Response: ProtoMessage>(_ type: Response.Type) -> ResponseSequence<Response> {
+        ResponseSequence(events: events, loop: loop, handler: handler, streamID: streamID)
+    }
+
+    /// The single response of a client-streaming call.
     func onlyResponse<Response: ProtoMessage>(_ type: Response.Type) async throws -> Response {
         var result: Response?
         for try await response in responses(Response.self) {
             guard result == nil else {
-                cancel(code: .internal, message: "more than one response message")
+                let handler = self.handler, id = streamID
+                loop.execute { handler.value.cancel(streamID: id, code: .internal, message: "more than one response message") }
                 throw RPCError(.internal, "the server sent more than one response message")
             }
             result = response
@@ -222,5 +232,51 @@ final class ClientCall: Sendable {
         try Task.checkCancellation()
         guard let result else { throw RPCError(.internal, "the server sent no response message") }
         return result
+    }
+}
+
+/// A streaming call's responses, decoded as the caller takes them; taking one
+/// grants the server more window.
+struct ResponseSequence<Response: ProtoMessage>: AsyncSequence, Sendable {
+    typealias Element = Response
+    let events: AsyncThrowingStream<ClientStreamEvent, any Error>
+    let loop: any EventLoop
+    let handler: NIOLoopBound<ClientConnectionHandler>
+    let streamID: UInt32
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var events: AsyncThrowingStream<ClientStreamEvent, any Error>.AsyncIterator
+        let loop: any EventLoop
+        let handler: NIOLoopBound<ClientConnectionHandler>
+        let streamID: UInt32
+
+        mutating func next() async throws -> Response? {
+            while let event = try await events.next() {
+                switch event {
+                case .headers:
+                    continue
+                case .message(let bytes):
+                    let handler = self.handler, id = streamID, count = bytes.count
+                    if loop.inEventLoop {
+                        handler.value.consumed(count, streamID: id)
+                    } else {
+                        loop.execute { handler.value.consumed(count, streamID: id) }
+                    }
+                    do {
+                        return try Response(serializedBytes: bytes)
+                    } catch {
+                        throw RPCError(.internal, "response message does not decode: \(error)")
+                    }
+                case .trailers(let error, _):
+                    if let error { throw error }
+                    return nil
+                }
+            }
+            return nil
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(events: events.makeAsyncIterator(), loop: loop, handler: handler, streamID: streamID)
     }
 }

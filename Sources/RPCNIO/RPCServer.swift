@@ -36,13 +36,19 @@ public final class RPCServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let id = ObjectIdentifier(channel)
+                    let admitted = connections.withLockedValue { open in
+                        guard open.count < limits.maxConnections else { return false }
+                        open[id] = channel
+                        return true
+                    }
+                    // Over the limit: closed before TLS costs anything (docs/rpc-protocol.md §9).
+                    guard admitted else { throw RPCError(.resourceExhausted, "more than \(limits.maxConnections) connections") }
+                    channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
-                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authorize: authorize))
-                    let id = ObjectIdentifier(channel)
-                    connections.withLockedValue { $0[id] = channel }
-                    channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authenticate: authorize))
                 }
             }
             .bind(host: host, port: port).get()
@@ -50,6 +56,9 @@ public final class RPCServer: Sendable {
         guard let address = channel.localAddress else { throw RPCError(.internal, "bound socket has no address") }
         return address
     }
+
+    /// Connections open now.
+    public var connectionCount: Int { connections.withLockedValue { $0.count } }
 
     /// Stops accepting, sends GOAWAY on every connection, lets calls in
     /// flight finish (up to `drainTimeout`), then closes what is left.
@@ -60,7 +69,11 @@ public final class RPCServer: Sendable {
         let deadline = ContinuousClock.now + drainTimeout
         for channel in open {
             while channel.isActive && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
-            if channel.isActive { try? await channel.close() }
+            if channel.isActive {
+                // Calls still running get UNAVAILABLE in TRAILERS, then the connection closes.
+                channel.pipeline.fireUserInboundEventTriggered(ServerConnectionHandler.DrainExpired())
+                try? await channel.closeFuture.get()
+            }
         }
     }
 }

@@ -4,78 +4,138 @@ import RPCCore
 import TollgateProto
 import TollgateTLS
 
-/// One server-side connection: SETTINGS, PING, GOAWAY, and a task per call
-/// running the method's handler. Lives on the channel's event loop; handler
-/// tasks reach it only by hopping onto that loop.
+/// One server-side connection: SETTINGS, PING, GOAWAY, keepalive and idle
+/// timers, and a task per call running the method's handler. Lives on the
+/// channel's event loop; handler tasks reach it by hopping onto that loop, or
+/// directly when they run there (``HandlerPlacement/eventLoop``).
+///
+/// Frames are written as they are produced and flushed once per turn of the
+/// loop, so calls finishing together leave in one TLS write.
 final class ServerConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 
     /// A graceful shutdown request, sent to every connection as a user event.
     struct Quiesce: Sendable {}
+    /// The drain period is over: calls still running get UNAVAILABLE.
+    struct DrainExpired: Sendable {}
 
     private final class Stream {
+        enum Input {
+            /// Unary and server-streaming calls: the one request is collected
+            /// here before the handler starts.
+            case single([UInt8]?)
+            /// Client-streaming and bidirectional calls: requests flow to the handler.
+            case streaming(AsyncThrowingStream<[UInt8], any Error>.Continuation)
+        }
+
         var state = StreamState(role: .server)
-        let requests: AsyncThrowingStream<[UInt8], any Error>.Continuation
+        let handler: RPCMethodHandler
+        let callContext: ServerCallContext
+        var input: Input
         var task: Task<Void, Never>?
+        var deadlineTimer: Scheduled<Void>?
         var sendWindow: Int
         var windowWaiters: [(bytes: [UInt8], promise: EventLoopPromise<Void>)] = []
         /// Consumed bytes not yet granted back with WINDOW_UPDATE.
         var consumedUngranted = 0
         /// Bytes received and not yet consumed, against our advertised window.
         var receiveWindow: Int
-        var requestID: String
+        let requestID: String
 
-        init(requests: AsyncThrowingStream<[UInt8], any Error>.Continuation, sendWindow: Int, receiveWindow: Int, requestID: String) {
-            self.requests = requests
+        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, sendWindow: Int, receiveWindow: Int, requestID: String) {
+            self.handler = handler
+            self.callContext = callContext
+            self.input = input
             self.sendWindow = sendWindow
             self.receiveWindow = receiveWindow
             self.requestID = requestID
+        }
+
+        /// Ends the handler's side: stops it and fails whatever it waits for.
+        func stop(_ error: RPCError) {
+            task?.cancel()
+            deadlineTimer?.cancel()
+            if case .streaming(let requests) = input { requests.finish(throwing: error) }
+            for waiter in windowWaiters { waiter.promise.fail(error) }
+            windowWaiters = []
         }
     }
 
     private let methods: [String: RPCMethodHandler]
     private let limits: RPCLimits
-    private let authorize: @Sendable (ServerCallContext) -> RPCError?
+    private let authenticate: @Sendable (ServerCallContext) -> RPCError?
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
+    private var loopExecutor: LoopTaskExecutor?
     private var streams: [UInt32: Stream] = [:]
     private var lastStreamID: UInt32 = 0
     private var peer: PeerIdentity?
-    private var peerInitialWindow = 1024 * 1024
+    private var peerSettings = PeerSettings()
+    private var receivedSettings = false
+    private var receivedSettingsAck = false
     private var goingAway = false
     private var requestCounter = 0
+    private var flushScheduled = false
 
-    init(methods: [String: RPCMethodHandler], limits: RPCLimits, authorize: @escaping @Sendable (ServerCallContext) -> RPCError?) {
+    // Timers are lazy: each fires at the earliest moment it could matter and
+    // re-arms itself if activity moved that moment later, so frames never
+    // touch the timer wheel.
+    private var handshakeTimer: Scheduled<Void>?
+    private var lastFrameAt = NIODeadline.now()
+    private var lastActivityAt = NIODeadline.now()
+    private var keepaliveTimer: Scheduled<Void>?
+    private var idleTimer: Scheduled<Void>?
+    private var outstandingPing: (payload: [UInt8], timeout: Scheduled<Void>)?
+    private var pingsSent: UInt64 = 0
+
+    init(methods: [String: RPCMethodHandler], limits: RPCLimits, authenticate: @escaping @Sendable (ServerCallContext) -> RPCError?) {
         self.methods = methods
         self.limits = limits
-        self.authorize = authorize
+        self.authenticate = authenticate
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.eventLoop = context.eventLoop
+        self.loopExecutor = LoopTaskExecutor(eventLoop: context.eventLoop)
+        // The TLS handshake and the client's SETTINGS together must fit in
+        // the handshake timeout (docs/rpc-protocol.md §1).
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.handshakeTimeout) { [self] in
+            guard let context = self.context else { return }
+            if receivedSettings { return }
+            connectionError(context: context, ConnectionError(.protocolError, "no SETTINGS within the handshake timeout"))
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let session)? = event as? TLSEvent {
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
             // Our SETTINGS go first, as soon as TLS is up.
-            context.writeAndFlush(wrapOutboundOut(limits.settingsFrame), promise: nil)
+            emit(limits.settingsFrame, context: context)
+            lastFrameAt = .now()
+            lastActivityAt = .now()
+            armKeepalive(context: context, at: lastFrameAt + limits.keepaliveInterval)
+            armIdle(context: context, at: lastActivityAt + limits.idleTimeout)
         } else if event is Quiesce {
             startGoingAway(context: context)
+        } else if event is DrainExpired {
+            for (id, stream) in streams {
+                stream.stop(RPCError(.unavailable, "the server's drain period is over"))
+                emit(trailersFrame(streamID: id, error: RPCError(.unavailable, "the server's drain period is over"), metadata: echo(stream)), context: context)
+            }
+            streams.removeAll()
+            flush(context: context)
+            context.close(promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        for stream in streams.values {
-            stream.task?.cancel()
-            stream.requests.finish(throwing: RPCError(.unavailable, "connection closed"))
-            for waiter in stream.windowWaiters { waiter.promise.fail(RPCError(.unavailable, "connection closed")) }
-        }
+        for stream in streams.values { stream.stop(RPCError(.unavailable, "connection closed")) }
         streams.removeAll()
+        for timer in [handshakeTimer, keepaliveTimer, idleTimer, outstandingPing?.timeout] { timer?.cancel() }
         self.context = nil
         context.fireChannelInactive()
     }
@@ -89,33 +149,84 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func connectionError(context: ChannelHandlerContext, _ error: ConnectionError) {
-        context.writeAndFlush(wrapOutboundOut(goAwayFrame(lastStreamID: lastStreamID, reason: error.reason.goAwayReason, message: error.message)),
-                              promise: nil)
+        emit(goAwayFrame(lastStreamID: lastStreamID, reason: error.reason.goAwayReason, message: error.message), context: context)
+        flush(context: context)
         context.close(promise: nil)
+    }
+
+    // MARK: Writing
+
+    /// Queues a frame; one flush per loop turn sends everything queued.
+    private func emit(_ frame: Frame, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(frame), promise: nil)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute { [self] in
+            guard let context = self.context else { return }
+            flush(context: context)
+        }
+    }
+
+    private func flush(context: ChannelHandlerContext) {
+        flushScheduled = false
+        context.flush()
     }
 
     // MARK: Frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        lastFrameAt = .now()
+        guard receivedSettings || (frame.header.type == .settings && !frame.header.flags.contains(.ack)) else {
+            return connectionError(context: context, ConnectionError(.protocolError, "the first frame must be SETTINGS, not \(frame.header.type)"))
+        }
+        if frame.header.type != .ping { lastActivityAt = lastFrameAt }
         switch frame.header.type {
         case .settings:
-            guard !frame.header.flags.contains(.ack) else { return }
-            guard let settings = try? RpcSettings(serializedBytes: frame.payload) else {
-                return connectionError(context: context, ConnectionError(.protocolError, "SETTINGS payload does not decode"))
-            }
-            if settings.initialWindowSize > 0 { peerInitialWindow = Int(settings.initialWindowSize) }
-            context.writeAndFlush(wrapOutboundOut(Frame(type: .settings, flags: .ack, streamID: 0)), promise: nil)
+            receiveSettings(frame, context: context)
         case .ping:
-            if !frame.header.flags.contains(.ack) {
-                context.writeAndFlush(wrapOutboundOut(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload)), promise: nil)
-            }
+            receivePing(frame, context: context)
         case .goAway:
+            for stream in streams.values { stream.stop(RPCError(.cancelled, "the client is going away")) }
+            streams.removeAll()
             context.close(promise: nil)
         case .headers:
             openStream(context: context, frame)
-        case .message, .endStream, .cancel, .windowUpdate, .trailers:
+        case .message, .endStream, .cancel, .windowUpdate:
             streamFrame(context: context, frame)
+        case .trailers:
+            connectionError(context: context, ConnectionError(.protocolError, "TRAILERS from a client"))
+        }
+    }
+
+    private func receiveSettings(_ frame: Frame, context: ChannelHandlerContext) {
+        if frame.header.flags.contains(.ack) {
+            guard !receivedSettingsAck else {
+                return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS ACK"))
+            }
+            receivedSettingsAck = true
+            return
+        }
+        guard !receivedSettings else {
+            return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS"))
+        }
+        do {
+            peerSettings = try PeerSettings(payload: frame.payload)
+        } catch {
+            return connectionError(context: context, error)
+        }
+        receivedSettings = true
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+        emit(Frame(type: .settings, flags: .ack, streamID: 0), context: context)
+    }
+
+    private func receivePing(_ frame: Frame, context: ChannelHandlerContext) {
+        if !frame.header.flags.contains(.ack) {
+            emit(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload), context: context)
+        } else if let outstanding = outstandingPing, outstanding.payload == frame.payload {
+            outstanding.timeout.cancel()
+            outstandingPing = nil
         }
     }
 
@@ -124,64 +235,62 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard id > lastStreamID else {
             return connectionError(context: context, ConnectionError(.protocolError, "stream id \(id) is not greater than \(lastStreamID)"))
         }
+        guard !goingAway else { return }  // above GOAWAY's last_stream_id: not processed
         lastStreamID = id
-        guard !goingAway else {
-            return send(cancelFrame(streamID: id, code: .unavailable, message: "the server is shutting down"), context: context)
-        }
         guard streams.count < limits.maxConcurrentStreams else {
-            return send(cancelFrame(streamID: id, code: .resourceExhausted, message: "more than \(limits.maxConcurrentStreams) concurrent calls"), context: context)
+            return emit(cancelFrame(streamID: id, code: .resourceExhausted, message: "more than \(limits.maxConcurrentStreams) concurrent calls"), context: context)
         }
         guard let headers = try? RpcRequestHeaders(serializedBytes: frame.payload) else {
             return connectionError(context: context, ConnectionError(.protocolError, "HEADERS payload does not decode"))
         }
         let metadata = Metadata(protoEntries: headers.metadata)
         guard metadata.byteCount <= limits.maxMetadataSize else {
-            return send(cancelFrame(streamID: id, code: .resourceExhausted, message: "metadata exceeds \(limits.maxMetadataSize) bytes"), context: context)
+            return emit(cancelFrame(streamID: id, code: .resourceExhausted, message: "metadata exceeds \(limits.maxMetadataSize) bytes"), context: context)
         }
         do {
             try metadata.validate()
         } catch {
-            return send(cancelFrame(streamID: id, code: .internal, message: error.message), context: context)
+            return emit(cancelFrame(streamID: id, code: .internal, message: error.message), context: context)
         }
         requestCounter += 1
-        let requestID = metadata["x-request-id"] ?? "\(lastStreamID)-\(requestCounter)"
+        let requestID = metadata["x-request-id"] ?? "\(id)-\(requestCounter)"
         var echo = Metadata()
         echo.add("x-request-id", requestID)
         guard let handler = methods[headers.method] else {
-            return send(trailersFrame(streamID: id, error: RPCError(.unimplemented, "unknown method \(headers.method)"), metadata: echo), context: context)
+            return emit(trailersFrame(streamID: id, error: RPCError(.unimplemented, "unknown method \(headers.method)"), metadata: echo), context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
         let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
-        if let refusal = authorize(callContext) {
-            return send(trailersFrame(streamID: id, error: refusal, metadata: echo), context: context)
+        if let refusal = authenticate(callContext) {
+            return emit(trailersFrame(streamID: id, error: refusal, metadata: echo), context: context)
         }
         if headers.timeoutMs == 0 {
-            return send(trailersFrame(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
+            return emit(trailersFrame(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
         }
 
-        let (requests, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
-        let stream = Stream(requests: continuation, sendWindow: peerInitialWindow, receiveWindow: limits.initialWindowSize, requestID: requestID)
+        let input: Stream.Input
+        var requests: AsyncThrowingStream<[UInt8], any Error>?
+        switch handler.body {
+        case .unary, .singleRequest:
+            input = .single(nil)
+        case .streaming:
+            let (stream, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+            requests = stream
+            input = .streaming(continuation)
+        }
+        let stream = Stream(handler: handler, callContext: callContext, input: input, sendWindow: peerSettings.initialWindowSize,
+                            receiveWindow: limits.initialWindowSize, requestID: requestID)
         streams[id] = stream
+        if let timeout = headers.timeoutMs {
+            stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(clamping: timeout))) { [self] in
+                fail(streamID: id, RPCError(.deadlineExceeded, "deadline exceeded"))
+            }
+        }
         if frame.header.flags.contains(.endStream) {
             _ = try? stream.state.receive(.endStream, flags: [])
-            continuation.finish()
+            requestsEnded(stream: stream, id: id, context: context)
         }
-        let loop = context.eventLoop
-        let bound = NIOLoopBound(self, eventLoop: loop)
-        let sink = StreamSink(loop: loop, connection: bound, streamID: id)
-        let raw = RawRequestStream(base: requests) { bytes in
-            loop.execute { bound.value.consumed(bytes, streamID: id) }
-        }
-        stream.task = Task {
-            var failure: RPCError?
-            do {
-                try await withDeadline(deadline) { try await handler.run(raw, sink, callContext) }
-            } catch {
-                failure = status(for: error)
-            }
-            let outcome = failure
-            loop.execute { bound.value.finish(streamID: id, error: outcome) }
-        }
+        if let requests { start(stream: stream, id: id, requests: requests, context: context) }
     }
 
     private func streamFrame(context: ChannelHandlerContext, _ frame: Frame) {
@@ -199,32 +308,131 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 return abort(stream: id, code: .resourceExhausted, message: "flow-control window exceeded", context: context)
             }
             stream.receiveWindow -= frame.payload.count
-            stream.requests.yield(frame.payload)
-            if isLast { stream.requests.finish() }
+            switch stream.input {
+            case .single(nil):
+                stream.input = .single(frame.payload)
+            case .single:
+                return fail(streamID: id, RPCError(.internal, "expected exactly one request message"))
+            case .streaming(let requests):
+                requests.yield(frame.payload)
+            }
+            if isLast { requestsEnded(stream: stream, id: id, context: context) }
         case .requestsEnded:
-            stream.requests.finish()
+            requestsEnded(stream: stream, id: id, context: context)
         case .cancelled:
-            stream.task?.cancel()
-            stream.requests.finish(throwing: CancellationError())
-            for waiter in stream.windowWaiters { waiter.promise.fail(CancellationError()) }
+            stream.stop(RPCError(.cancelled, "cancelled by the client"))
             streams[id] = nil
-            closeIfDrained(context: context)
+            streamClosed(context: context)
         case .windowUpdate:
-            stream.sendWindow += windowIncrement(frame.payload)
+            do {
+                try grow(&stream.sendWindow, by: frame.payload)
+            } catch {
+                return connectionError(context: context, error)
+            }
             flushWaiting(stream: stream, id: id, context: context)
         case .responseHeaders, .responseMessage, .trailers, .ignored:
             break
         }
     }
 
+    /// The client has sent its last request: a single-request call starts now.
+    private func requestsEnded(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
+        switch stream.input {
+        case .single(let request?):
+            start(stream: stream, id: id, request: request, context: context)
+        case .single(nil):
+            fail(streamID: id, RPCError(.internal, "expected exactly one request message"))
+        case .streaming(let requests):
+            requests.finish()
+        }
+    }
+
+    // MARK: Running handlers
+
+    private func start(stream: Stream, id: UInt32, request: [UInt8], context: ChannelHandlerContext) {
+        let callContext = stream.callContext
+        let sink = makeSink(streamID: id, context: context)
+        switch stream.handler.body {
+        case .unary(let run):
+            launch(stream, id: id, context: context) { .some(try await run(request, callContext)) }
+        case .singleRequest(let run):
+            launch(stream, id: id, context: context) {
+                try await run(request, sink, callContext)
+                return nil
+            }
+        case .streaming:
+            preconditionFailure("streaming handlers start when their stream opens")
+        }
+    }
+
+    private func start(stream: Stream, id: UInt32, requests: AsyncThrowingStream<[UInt8], any Error>, context: ChannelHandlerContext) {
+        guard case .streaming(let run) = stream.handler.body else { preconditionFailure("not a streaming handler") }
+        let callContext = stream.callContext
+        let sink = makeSink(streamID: id, context: context)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let raw = RawRequestStream(base: requests) { bytes in
+            if loop.inEventLoop {
+                bound.value.consumed(bytes, streamID: id)
+            } else {
+                loop.execute { bound.value.consumed(bytes, streamID: id) }
+            }
+        }
+        launch(stream, id: id, context: context) {
+            try await run(raw, sink, callContext)
+            return nil
+        }
+    }
+
+    private func makeSink(streamID: UInt32, context: ChannelHandlerContext) -> StreamSink {
+        StreamSink(loop: context.eventLoop, connection: NIOLoopBound(self, eventLoop: context.eventLoop), streamID: streamID)
+    }
+
+    /// Runs the handler where it is placed; its outcome comes back to the
+    /// loop (no hop when it already runs there).
+    private func launch(_ stream: Stream, id: UInt32, context: ChannelHandlerContext,
+                        _ body: @escaping @Sendable () async throws -> [UInt8]?) {
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let work: @Sendable () async -> Void = {
+            let outcome: Result<[UInt8]?, RPCError>
+            do {
+                outcome = .success(try await body())
+            } catch {
+                outcome = .failure(status(for: error))
+            }
+            if loop.inEventLoop {
+                bound.value.finish(streamID: id, outcome)
+            } else {
+                loop.execute { bound.value.finish(streamID: id, outcome) }
+            }
+        }
+        switch stream.handler.placement {
+        case .eventLoop: stream.task = Task(executorPreference: loopExecutor!) { await work() }
+        case .pool: stream.task = Task { await work() }
+        }
+    }
+
     /// Ends a stream on our side with CANCEL (a stream error; the connection stays).
     private func abort(stream id: UInt32, code: RPCCode, message: String, context: ChannelHandlerContext) {
         guard let stream = streams.removeValue(forKey: id) else { return }
-        stream.task?.cancel()
-        stream.requests.finish(throwing: RPCError(code, message))
-        for waiter in stream.windowWaiters { waiter.promise.fail(RPCError(code, message)) }
-        send(cancelFrame(streamID: id, code: code, message: message), context: context)
-        closeIfDrained(context: context)
+        stream.stop(RPCError(code, message))
+        emit(cancelFrame(streamID: id, code: code, message: message), context: context)
+        streamClosed(context: context)
+    }
+
+    /// Ends a stream with an error status in TRAILERS, stopping its handler.
+    private func fail(streamID id: UInt32, _ error: RPCError) {
+        guard let context, let stream = streams.removeValue(forKey: id) else { return }
+        stream.stop(error)
+        emit(trailersFrame(streamID: id, error: error, metadata: echo(stream)), context: context)
+        streamClosed(context: context)
+    }
+
+    private func echo(_ stream: Stream) -> Metadata {
+        var echo = Metadata()
+        echo.add("x-request-id", stream.requestID)
+        return echo
     }
 
     // MARK: From handler tasks (on the loop)
@@ -237,7 +445,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             let grant = stream.consumedUngranted
             stream.consumedUngranted = 0
             stream.receiveWindow += grant
-            send(windowUpdateFrame(streamID: streamID, increment: grant), context: context)
+            emit(windowUpdateFrame(streamID: streamID, increment: grant), context: context)
         }
     }
 
@@ -250,45 +458,70 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         var all = metadata
         all.set("x-request-id", stream.requestID)
-        let frame = Frame(type: .headers, streamID: streamID, payload: RpcResponseHeaders(metadata: all.protoEntries).serializedBytes())
-        return context.writeAndFlush(wrapOutboundOut(frame))
+        emit(Frame(type: .headers, streamID: streamID, payload: RpcResponseHeaders(metadata: all.protoEntries).serializedBytes()), context: context)
+        return context.eventLoop.makeSucceededVoidFuture()
     }
 
+    /// Queues a response message. The future completes once it is queued,
+    /// which is at once while the stream's send window is open: the window,
+    /// not the socket, bounds what a handler can have in flight.
     fileprivate func sendMessage(streamID: UInt32, bytes: [UInt8]) -> EventLoopFuture<Void> {
         guard let stream = streams[streamID], let context else { return closedFuture() }
+        guard bytes.count <= peerSettings.maxFrameSize else {
+            return context.eventLoop.makeFailedFuture(RPCError(.resourceExhausted, "response message of \(bytes.count) bytes exceeds the client's max_frame_size \(peerSettings.maxFrameSize)"))
+        }
         guard stream.sendWindow > 0, stream.windowWaiters.isEmpty else {
             let promise = context.eventLoop.makePromise(of: Void.self)
             stream.windowWaiters.append((bytes, promise))
             return promise.futureResult
         }
-        return writeMessage(stream: stream, id: streamID, bytes: bytes, context: context)
+        if let error = writeMessage(stream: stream, id: streamID, bytes: bytes, context: context) {
+            return context.eventLoop.makeFailedFuture(error)
+        }
+        return context.eventLoop.makeSucceededVoidFuture()
     }
 
-    private func writeMessage(stream: Stream, id: UInt32, bytes: [UInt8], context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+    private func writeMessage(stream: Stream, id: UInt32, bytes: [UInt8], context: ChannelHandlerContext) -> RPCError? {
         do {
             try stream.state.send(.message)
         } catch {
-            return context.eventLoop.makeFailedFuture(RPCError(.internal, error.message))
+            return RPCError(.internal, error.message)
         }
         stream.sendWindow -= bytes.count
-        return context.writeAndFlush(wrapOutboundOut(Frame(type: .message, streamID: id, payload: bytes)))
+        emit(Frame(type: .message, streamID: id, payload: bytes), context: context)
+        return nil
     }
 
     private func flushWaiting(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
         while stream.sendWindow > 0, !stream.windowWaiters.isEmpty {
             let waiter = stream.windowWaiters.removeFirst()
-            writeMessage(stream: stream, id: id, bytes: waiter.bytes, context: context).cascade(to: waiter.promise)
+            if let error = writeMessage(stream: stream, id: id, bytes: waiter.bytes, context: context) {
+                waiter.promise.fail(error)
+            } else {
+                waiter.promise.succeed()
+            }
         }
     }
 
-    fileprivate func finish(streamID: UInt32, error: RPCError?) {
+    /// A handler returned: a unary response goes out with the trailers.
+    fileprivate func finish(streamID: UInt32, _ outcome: Result<[UInt8]?, RPCError>) {
         guard let stream = streams.removeValue(forKey: streamID), let context else { return }
-        for waiter in stream.windowWaiters { waiter.promise.fail(error ?? RPCError(.internal, "call ended")) }
-        stream.requests.finish()
-        var echo = Metadata()
-        echo.add("x-request-id", stream.requestID)
-        send(trailersFrame(streamID: streamID, error: error, metadata: echo), context: context)
-        closeIfDrained(context: context)
+        var error: RPCError?
+        switch outcome {
+        case .success(let response?):
+            if response.count > peerSettings.maxFrameSize {
+                error = RPCError(.resourceExhausted, "response message of \(response.count) bytes exceeds the client's max_frame_size \(peerSettings.maxFrameSize)")
+            } else {
+                error = writeMessage(stream: stream, id: streamID, bytes: response, context: context)
+            }
+        case .success(nil):
+            break
+        case .failure(let failure):
+            error = failure
+        }
+        stream.stop(error ?? RPCError(.internal, "call ended"))
+        emit(trailersFrame(streamID: streamID, error: error, metadata: echo(stream)), context: context)
+        streamClosed(context: context)
     }
 
     private func closedFuture() -> EventLoopFuture<Void> {
@@ -296,52 +529,74 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         eventLoop!.makeFailedFuture(RPCError(.cancelled, "the call has ended"))
     }
 
-    // MARK: Shutdown
+    // MARK: Keepalive, idle, shutdown
+
+    private func armKeepalive(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        keepaliveTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            guard let context = self.context else { return }
+            let due = lastFrameAt + limits.keepaliveInterval
+            guard due <= .now() else { return armKeepalive(context: context, at: due) }
+            if outstandingPing == nil {
+                pingsSent &+= 1
+                let payload = withUnsafeBytes(of: pingsSent.bigEndian) { Array($0) }
+                let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: limits.keepaliveTimeout) { [self] in
+                    guard let context = self.context else { return }
+                    connectionError(context: context, ConnectionError(.keepaliveTimeout, "no PING ACK within \(limits.keepaliveTimeout.nanoseconds / 1_000_000_000) s"))
+                }
+                outstandingPing = (payload, timeout)
+                emit(Frame(type: .ping, streamID: 0, payload: payload), context: context)
+            }
+            armKeepalive(context: context, at: .now() + limits.keepaliveInterval)
+        }
+    }
+
+    private func armIdle(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            guard let context = self.context else { return }
+            let due = lastActivityAt + limits.idleTimeout
+            guard streams.isEmpty, due <= .now() else { return armIdle(context: context, at: max(due, .now() + .nanoseconds(limits.idleTimeout.nanoseconds / 10))) }
+            connectionError(context: context, ConnectionError(.idle, "no call for \(limits.idleTimeout.nanoseconds / 1_000_000_000) s"))
+        }
+    }
+
+    private func streamClosed(context: ChannelHandlerContext) {
+        lastActivityAt = .now()
+        if goingAway && streams.isEmpty {
+            flush(context: context)
+            context.close(promise: nil)
+        }
+    }
 
     private func startGoingAway(context: ChannelHandlerContext) {
         guard !goingAway else { return }
         goingAway = true
-        send(goAwayFrame(lastStreamID: lastStreamID, reason: .shutdown, message: "server shutting down"), context: context)
-        closeIfDrained(context: context)
-    }
-
-    private func closeIfDrained(context: ChannelHandlerContext) {
-        if goingAway && streams.isEmpty { context.close(promise: nil) }
-    }
-
-    private func send(_ frame: Frame, context: ChannelHandlerContext) {
-        context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+        emit(goAwayFrame(lastStreamID: lastStreamID, reason: .shutdown, message: "server shutting down"), context: context)
+        streamClosed(context: context)
     }
 }
 
 @available(*, unavailable)
 extension ServerConnectionHandler: Sendable {}
 
-/// A handler task's way back to its stream: every call hops onto the loop.
+/// A handler task's way back to its stream: direct on the loop, a hop otherwise.
 private struct StreamSink: ResponseSink {
     let loop: any EventLoop
     let connection: NIOLoopBound<ServerConnectionHandler>
     let streamID: UInt32
 
     func sendHeaders(_ metadata: Metadata) async throws {
-        try await loop.flatSubmit { connection.value.sendHeaders(streamID: streamID, metadata: metadata) }.get()
+        if loop.inEventLoop {
+            try await connection.value.sendHeaders(streamID: streamID, metadata: metadata).get()
+        } else {
+            try await loop.flatSubmit { connection.value.sendHeaders(streamID: streamID, metadata: metadata) }.get()
+        }
     }
 
     func sendMessage(_ bytes: [UInt8]) async throws {
-        try await loop.flatSubmit { connection.value.sendMessage(streamID: streamID, bytes: bytes) }.get()
-    }
-}
-
-/// Runs `body`, failing with DEADLINE_EXCEEDED (and cancelling it) if `deadline` passes first.
-func withDeadline<Value: Sendable>(_ deadline: ContinuousClock.Instant?, _ body: @escaping @Sendable () async throws -> Value) async throws -> Value {
-    guard let deadline else { return try await body() }
-    return try await withThrowingTaskGroup(of: Value.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(until: deadline, clock: .continuous)
-            throw RPCError(.deadlineExceeded, "deadline exceeded")
+        if loop.inEventLoop {
+            try await connection.value.sendMessage(streamID: streamID, bytes: bytes).get()
+        } else {
+            try await loop.flatSubmit { connection.value.sendMessage(streamID: streamID, bytes: bytes) }.get()
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
     }
 }

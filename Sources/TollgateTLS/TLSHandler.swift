@@ -72,6 +72,10 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var heldFlush = false
     /// Promises of plaintext already encrypted, completed when its ciphertext is written.
     private var encryptedWritePromises: [EventLoopPromise<Void>] = []
+    /// Plaintext written since the last flush: encrypted together on flush,
+    /// so many small writes become one TLS record, not one each.
+    private var unflushedPlaintext: ByteBuffer?
+    private var unflushedPromises: [EventLoopPromise<Void>] = []
     private var closePromise: EventLoopPromise<Void>?
 
     /// The established session, once the handshake completed.
@@ -223,10 +227,26 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .idle, .handshaking:
             heldWrites.append((buffer, promise))
         case .active:
-            encrypt(buffer, promise: promise, context: context)
+            if unflushedPlaintext == nil {
+                unflushedPlaintext = buffer
+            } else {
+                var incoming = buffer
+                unflushedPlaintext!.writeBuffer(&incoming)
+            }
+            if let promise { unflushedPromises.append(promise) }
         case .closing, .closed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
+    }
+
+    private func encryptUnflushed(context: ChannelHandlerContext) {
+        guard let plaintext = unflushedPlaintext else { return }
+        unflushedPlaintext = nil
+        let promises = unflushedPromises
+        unflushedPromises = []
+        // Queued before encrypting, so a failure fails them along with the rest.
+        encryptedWritePromises += promises
+        encrypt(plaintext, promise: nil, context: context)
     }
 
     public func flush(context: ChannelHandlerContext) {
@@ -234,6 +254,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .idle, .handshaking:
             heldFlush = true
         case .active:
+            encryptUnflushed(context: context)
             flushCiphertext(context: context)
         case .closing, .closed:
             break
@@ -289,6 +310,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch state {
         case .active:
+            encryptUnflushed(context: context)
             state = .closing
             closePromise = promise
             _ = connection.shutdown()
@@ -329,8 +351,10 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let held = heldWrites
         heldWrites = []
         for (_, promise) in held { promise?.fail(error) }
-        let encrypted = encryptedWritePromises
+        let encrypted = encryptedWritePromises + unflushedPromises
         encryptedWritePromises = []
+        unflushedPromises = []
+        unflushedPlaintext = nil
         for promise in encrypted { promise.fail(error) }
     }
 }
