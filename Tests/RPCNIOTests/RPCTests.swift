@@ -69,10 +69,11 @@ struct Harness {
     let server: RPCServer
     let port: Int
 
-    init(authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) async throws {
+    init(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler] = echoHandlers(),
+         authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) async throws {
         pki = try TestPKI()
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        server = RPCServer(methods: echoHandlers(), tls: try pki.server(alpn: [RPCServer.alpn]), authorize: authorize)
+        server = RPCServer(methods: methods, tls: try pki.server(alpn: [RPCServer.alpn]), limits: limits, authorize: authorize)
         port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
     }
 

@@ -1,0 +1,234 @@
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RPCCore
+@testable import RPCNIO
+import Synchronization
+import TestSupport
+import Testing
+import TollgateProto
+import TollgateTLS
+
+/// A TLS peer that speaks raw frames, to break the protocol on purpose.
+final class RawPeer: Sendable {
+    let channel: any Channel
+    let frames: AsyncStream<Frame>
+
+    private final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = Frame
+        let sink: AsyncStream<Frame>.Continuation
+        init(sink: AsyncStream<Frame>.Continuation) { self.sink = sink }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) { sink.yield(unwrapInboundIn(data)) }
+        func channelInactive(context: ChannelHandlerContext) { sink.finish() }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+
+    init(port: Int, tls: TLSContext, group: any EventLoopGroup) async throws {
+        let (frames, sink) = AsyncStream<Frame>.makeStream()
+        self.frames = frames
+        channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: "localhost"))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: 16 * 1024 * 1024)))
+                    try channel.pipeline.syncOperations.addHandler(Collector(sink: sink))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+    }
+
+    func send(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    func send(_ frame: Frame) async throws {
+        var buffer = ByteBuffer()
+        try FrameEncoderHandler().encode(data: frame, out: &buffer)
+        try await channel.writeAndFlush(buffer)
+    }
+
+    /// Frames until the server closes the connection (or `limit` passes).
+    func framesUntilClosed(limit: Duration = .seconds(20)) async -> [Frame] {
+        let frames = self.frames
+        let collect = Task {
+            var seen: [Frame] = []
+            for await frame in frames { seen.append(frame) }
+            return seen
+        }
+        let watchdog = Task {
+            try await Task.sleep(for: limit)
+            collect.cancel()
+            try? await channel.close()
+        }
+        let seen = await collect.value
+        watchdog.cancel()
+        return seen
+    }
+}
+
+func goAwayReason(_ frames: [Frame]) -> RpcGoAwayReason? {
+    frames.last { $0.header.type == .goAway }.flatMap { try? RpcGoAway(serializedBytes: $0.payload).reason }
+}
+
+@Suite(.serialized) struct ConnectionRuleTests {
+    static let settings = RPCLimits().settingsFrame
+
+    @Test func garbageClosesOnlyThatConnection() async throws {
+        let harness = try await Harness()
+        defer { Task { await harness.stop() } }
+        let client = try await harness.connect()
+        let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: [RPCServer.alpn]), group: harness.group)
+        try await peer.send(Self.settings)
+        try await peer.send([UInt8](repeating: 0xEE, count: 64))
+        let frames = await peer.framesUntilClosed()
+        #expect(goAwayReason(frames) == .protocolError)
+        // The well-behaved connection carries on.
+        let response: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [7]))
+        #expect(response.payload == [7])
+        await client.close()
+    }
+
+    @Test func theFirstFrameMustBeSettings() async throws {
+        let harness = try await Harness()
+        defer { Task { await harness.stop() } }
+        let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: [RPCServer.alpn]), group: harness.group)
+        try await peer.send(Frame(type: .ping, streamID: 0, payload: [UInt8](repeating: 1, count: 8)))
+        let frames = await peer.framesUntilClosed()
+        #expect(frames.first?.header.type == .settings, "the server's own SETTINGS still come first")
+        #expect(goAwayReason(frames) == .protocolError)
+    }
+
+    @Test func aSecondSettingsIsAProtocolError() async throws {
+        let harness = try await Harness()
+        defer { Task { await harness.stop() } }
+        let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: [RPCServer.alpn]), group: harness.group)
+        try await peer.send(Self.settings)
+        try await peer.send(Self.settings)
+        #expect(goAwayReason(await peer.framesUntilClosed()) == .protocolError)
+    }
+
+    @Test func noSettingsWithinTheHandshakeTimeout() async throws {
+        var limits = RPCLimits()
+        limits.handshakeTimeout = .milliseconds(300)
+        let harness = try await Harness(limits: limits)
+        defer { Task { await harness.stop() } }
+        let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: [RPCServer.alpn]), group: harness.group)
+        let frames = await peer.framesUntilClosed()
+        #expect(goAwayReason(frames) == .protocolError)
+    }
+
+    @Test func keepalivePingsAndClosesASilentPeer() async throws {
+        var limits = RPCLimits()
+        limits.keepaliveInterval = .milliseconds(200)
+        limits.keepaliveTimeout = .milliseconds(200)
+        let harness = try await Harness(limits: limits)
+        defer { Task { await harness.stop() } }
+        // A peer that never answers PING is closed with KEEPALIVE_TIMEOUT.
+        let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: [RPCServer.alpn]), group: harness.group)
+        try await peer.send(Self.settings)
+        let frames = await peer.framesUntilClosed()
+        #expect(frames.contains { $0.header.type == .ping && !$0.header.flags.contains(.ack) })
+        #expect(goAwayReason(frames) == .keepaliveTimeout)
+        // Our client answers, and stays connected through several intervals.
+        let client = try await harness.connect()
+        try await Task.sleep(for: .milliseconds(1200))
+        let response: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [1]))
+        #expect(response.payload == [1])
+        await client.close()
+    }
+
+    @Test func idleConnectionsAreClosedButBusyOnesAreNot() async throws {
+        var limits = RPCLimits()
+        limits.idleTimeout = .milliseconds(400)
+        let lingering = RPCMethodHandler.unary(Echo.unary) { (request: PingRequest, _) in
+            try await Task.sleep(for: .milliseconds(1200))
+            return PingResponse(payload: request.payload)
+        }
+        let harness = try await Harness(limits: limits, methods: [lingering])
+        defer { Task { await harness.stop() } }
+        let client = try await harness.connect()
+        // A call running longer than the idle timeout keeps the connection.
+        let response: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [2]))
+        #expect(response.payload == [2])
+        #expect(await client.isUsable)
+        try await client.closed.get()  // then, with nothing open, it is closed for idleness
+        #expect(await !client.isUsable)
+    }
+
+    @Test func connectionsOverTheLimitAreRefused() async throws {
+        var limits = RPCLimits()
+        limits.maxConnections = 2
+        let harness = try await Harness(limits: limits)
+        defer { Task { await harness.stop() } }
+        let first = try await harness.connect()
+        let second = try await harness.connect()
+        await #expect(throws: (any Error).self) { _ = try await harness.connect() }
+        await first.close()
+        try await Task.sleep(for: .milliseconds(100))
+        let third = try await harness.connect()
+        let response: PingResponse = try await third.unary(Echo.unary, PingRequest(payload: [3]))
+        #expect(response.payload == [3])
+        await second.close()
+        await third.close()
+    }
+
+    @Test func clientsQueueCallsBeyondTheServersStreamLimit() async throws {
+        var limits = RPCLimits()
+        limits.maxConcurrentStreams = 4
+        let inFlight = Atomic<Int>(0), peak = Atomic<Int>(0)
+        let gauge = RPCMethodHandler.unary(Echo.unary) { (request: PingRequest, _) in
+            let now = inFlight.add(1, ordering: .relaxed).newValue
+            peak.max(now, ordering: .relaxed)
+            try await Task.sleep(for: .milliseconds(5))
+            inFlight.subtract(1, ordering: .relaxed)
+            return PingResponse(payload: request.payload)
+        }
+        let harness = try await Harness(limits: limits, methods: [gauge])
+        defer { Task { await harness.stop() } }
+        let client = try await harness.connect()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<60 {
+                group.addTask {
+                    let response: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [UInt8(index)]))
+                    #expect(response.payload == [UInt8(index)])
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(peak.load(ordering: .relaxed) <= 4)
+        await client.close()
+    }
+
+    @Test func eventLoopHandlersRunOnTheConnectionsLoop() async throws {
+        let onLoop = RPCMethodHandler.unary(Echo.unary) { (request: PingRequest, _) in
+            PingResponse(payload: request.payload, nodeId: MultiThreadedEventLoopGroup.currentEventLoop == nil ? "pool" : "loop")
+        }.placed(.eventLoop)
+        let harness = try await Harness(methods: [onLoop])
+        defer { Task { await harness.stop() } }
+        let client = try await harness.connect()
+        let response: PingResponse = try await client.unary(Echo.unary, PingRequest())
+        #expect(response.nodeId == "loop")
+        // A caller running on the connection's loop works the same.
+        let pinned = try await Task(executorPreference: client.taskExecutor) {
+            let response: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [9]))
+            return response.payload
+        }.value
+        #expect(pinned == [9])
+        await client.close()
+    }
+
+    @Test func callsOutlivingTheDrainPeriodFailUnavailable() async throws {
+        let harness = try await Harness()
+        let client = try await harness.connect()
+        let slow = Task { let _: PingResponse = try await client.unary(Echo.slow, PingRequest()) }
+        try await Task.sleep(for: .milliseconds(100))
+        await harness.server.shutdown(drainTimeout: .milliseconds(200))
+        await #expect { try await slow.value } throws: { error in
+            let status = error as? RPCError
+            return status?.code == .unavailable && status?.message.contains("drain") == true
+        }
+        await client.close()
+        try? await harness.group.shutdownGracefully()
+        harness.pki.remove()
+    }
+}
