@@ -42,6 +42,10 @@ let package = Package(
 
         // MARK: Protocol cores (no NIO)
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
+        // Generated handler protocols and clients per service, plus the access table.
+        .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
+        // Role logic: users, roles, tenants and sessions (userdb).
+        .target(name: "TollgateUsers", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
 
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
@@ -66,6 +70,7 @@ let package = Package(
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
+        .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI and similar helpers.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),

@@ -2,6 +2,7 @@
 # Regenerates the code derived from proto/:
 #   Sources/CTollgateProto   protoc-c's C structs and pack/unpack functions
 #   Sources/TollgateProto/Generated   Swift value types over them
+#   Sources/TollgateServices/Generated   handler protocols and clients per service
 # With --check, generates into a scratch folder and fails if the committed
 # output differs (CI runs this through make test).
 set -euo pipefail
@@ -24,7 +25,7 @@ chmod +x "$scratch/bin/protoc-gen-tollgate-swift"
 
 # Lay the C output out as a SwiftPM C target: sources beside include/.
 out="$scratch/out"
-mkdir -p "$out/CTollgateProto/include" "$out/Generated"
+mkdir -p "$out/CTollgateProto/include" "$out/Generated" "$out/Services"
 (cd "$scratch/c" && find . -name '*.pb-c.c' | while read -r f; do
     mkdir -p "$out/CTollgateProto/$(dirname "$f")"; cp "$f" "$out/CTollgateProto/$f"; done)
 (cd "$scratch/c" && find . -name '*.pb-c.h' | while read -r f; do
@@ -39,21 +40,25 @@ mkdir -p "$out/CTollgateProto/include" "$out/Generated"
 printf 'module CTollgateProto {\n    umbrella header "CTollgateProto.h"\n    export *\n}\n' \
     > "$out/CTollgateProto/include/module.modulemap"
 cp "$scratch/swift/"*.swift "$out/Generated/"
+cp "$scratch/swift/services/"*.swift "$out/Services/"
 cp "$scratch/swift/CTollgateProtoDescriptors.h" "$out/CTollgateProto/include/"
 
 if [ "$mode" = "--check" ]; then
     if ! diff -r "$out/CTollgateProto" Sources/CTollgateProto >/dev/null 2>&1 \
-        || ! diff -r "$out/Generated" Sources/TollgateProto/Generated >/dev/null 2>&1; then
+        || ! diff -r "$out/Generated" Sources/TollgateProto/Generated >/dev/null 2>&1 \
+        || ! diff -r "$out/Services" Sources/TollgateServices/Generated >/dev/null 2>&1; then
         diff -r "$out/CTollgateProto" Sources/CTollgateProto | head -20 || true
         diff -r "$out/Generated" Sources/TollgateProto/Generated | head -20 || true
+        diff -r "$out/Services" Sources/TollgateServices/Generated | head -20 || true
         echo "generated code is stale: run 'make proto' and commit the result" >&2
         exit 1
     fi
     echo "generated code is up to date"
 else
-    rm -rf Sources/CTollgateProto Sources/TollgateProto/Generated
-    mkdir -p Sources/TollgateProto
+    rm -rf Sources/CTollgateProto Sources/TollgateProto/Generated Sources/TollgateServices/Generated
+    mkdir -p Sources/TollgateProto Sources/TollgateServices
     cp -r "$out/CTollgateProto" Sources/CTollgateProto
     cp -r "$out/Generated" Sources/TollgateProto/Generated
+    cp -r "$out/Services" Sources/TollgateServices/Generated
     echo "regenerated Sources/CTollgateProto and Sources/TollgateProto/Generated from $(echo $protos | wc -w) files"
 fi

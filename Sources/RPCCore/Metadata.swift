@@ -55,6 +55,17 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
         return nil
     }
 
+    /// Every value of `key`, in order (a binary value decoded as UTF-8).
+    public func values(for key: String) -> [String] {
+        let key = key.lowercased()
+        return entries.filter { $0.key == key }.map { entry in
+            switch entry.value {
+            case .text(let text): text
+            case .binary(let bytes): String(decoding: bytes, as: UTF8.self)
+            }
+        }
+    }
+
     public var count: Int { entries.count }
     public var isEmpty: Bool { entries.isEmpty }
 

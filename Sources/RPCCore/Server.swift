@@ -8,12 +8,22 @@ public struct ServerCallContext: Sendable {
     public let peer: PeerIdentity?
     /// When the call must be finished, if the client gave a timeout.
     public let deadline: ContinuousClock.Instant?
+    /// Who is calling, as the server's authorization decided before the
+    /// handler ran.
+    public var caller: Caller
 
-    public init(method: ProtoMethod, metadata: Metadata, peer: PeerIdentity?, deadline: ContinuousClock.Instant?) {
+    public init(method: ProtoMethod, metadata: Metadata, peer: PeerIdentity?, deadline: ContinuousClock.Instant?, caller: Caller = .anonymous) {
         self.method = method
         self.metadata = metadata
         self.peer = peer
         self.deadline = deadline
+        self.caller = caller
+    }
+
+    /// The signed-in user making the call, or UNAUTHENTICATED.
+    public func requireUser() throws(RPCError) -> UserPrincipal {
+        guard let user = caller.user else { throw RPCError(.unauthenticated, "\(method.name) needs a signed-in user") }
+        return user
     }
 }
 

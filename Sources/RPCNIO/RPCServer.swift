@@ -13,15 +13,16 @@ public final class RPCServer: Sendable {
     private let methods: [String: RPCMethodHandler]
     private let tls: TLSContext
     private let limits: RPCLimits
-    private let authorize: @Sendable (ServerCallContext) -> RPCError?
+    private let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let listener = NIOLockedValueBox<(any Channel)?>(nil)
 
-    /// - Parameter authorize: decides, before a handler runs, whether the
-    ///   caller may call the method: nil to allow, or the error to answer with
-    ///   (UNAUTHENTICATED or PERMISSION_DENIED).
+    /// - Parameter authorize: decides, before a handler runs, who the caller
+    ///   is and whether they may call the method, throwing the status to
+    ///   answer with (UNAUTHENTICATED or PERMISSION_DENIED) if not. Usually
+    ///   ``AccessController/authorize(_:)``.
     public init(methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
-                authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) {
+                authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
         self.methods = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
         self.tls = tls
         self.limits = limits
@@ -48,7 +49,7 @@ public final class RPCServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
-                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authenticate: authorize))
+                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authorize: authorize))
                 }
             }
             .bind(host: host, port: port).get()

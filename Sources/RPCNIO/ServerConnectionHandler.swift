@@ -64,7 +64,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private let methods: [String: RPCMethodHandler]
     private let limits: RPCLimits
-    private let authenticate: @Sendable (ServerCallContext) -> RPCError?
+    private let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
@@ -90,10 +90,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var outstandingPing: (payload: [UInt8], timeout: Scheduled<Void>)?
     private var pingsSent: UInt64 = 0
 
-    init(methods: [String: RPCMethodHandler], limits: RPCLimits, authenticate: @escaping @Sendable (ServerCallContext) -> RPCError?) {
+    init(methods: [String: RPCMethodHandler], limits: RPCLimits, authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
         self.methods = methods
         self.limits = limits
-        self.authenticate = authenticate
+        self.authorize = authorize
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -260,9 +260,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             return emit(trailersFrame(streamID: id, error: RPCError(.unimplemented, "unknown method \(headers.method)"), metadata: echo), context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
-        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
-        if let refusal = authenticate(callContext) {
-            return emit(trailersFrame(streamID: id, error: refusal, metadata: echo), context: context)
+        var callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
+        do {
+            callContext.caller = try authorize(callContext)
+        } catch {
+            return emit(trailersFrame(streamID: id, error: error, metadata: echo), context: context)
         }
         if headers.timeoutMs == 0 {
             return emit(trailersFrame(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)

@@ -26,6 +26,8 @@ public struct Key: Hashable, Sendable {
             appendBigEndian(value)
         case .int64(let value):
             appendBigEndian(UInt64(bitPattern: value) ^ (1 << 63))
+        case .stringPrefix(let string):
+            appendEscaped(string.utf8, closed: false)
         }
     }
 
@@ -35,13 +37,15 @@ public struct Key: Hashable, Sendable {
         return copy
     }
 
-    private mutating func appendEscaped<Bytes: Sequence<UInt8>>(_ raw: Bytes) {
+    private mutating func appendEscaped<Bytes: Sequence<UInt8>>(_ raw: Bytes, closed: Bool = true) {
         for byte in raw {
             bytes.append(byte)
             if byte == 0 { bytes.append(0xFF) }
         }
-        bytes.append(0x00)
-        bytes.append(0x01)
+        if closed {
+            bytes.append(0x00)
+            bytes.append(0x01)
+        }
     }
 
     private mutating func appendBigEndian(_ value: UInt64) {
@@ -55,4 +59,7 @@ public enum KeyComponent: Hashable, Sendable {
     case bytes([UInt8])
     case uint64(UInt64)
     case int64(Int64)
+    /// The start of a string, left open: as the last component of a prefix
+    /// it matches every string component that begins with it.
+    case stringPrefix(String)
 }

@@ -20,7 +20,7 @@ func benchRPC() async throws {
     let only = ProcessInfo.processInfo.environment["TOLLGATE_BENCH_RPC"]
     for onLoops in [false, true] where only == nil || only == (onLoops ? "loops" : "defaults") {
         let echo = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, _) in PingResponse(payload: request.payload) }
-        let server = RPCServer(methods: [echo.placed(onLoops ? .eventLoop : .pool)], tls: serverTLS)
+        let server = RPCServer(methods: [echo.placed(onLoops ? .eventLoop : .pool)], tls: serverTLS) { _ in .anonymous }
         let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
         let client = try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost", tls: clientTLS, group: group)
         try await measure(client: client, loops: loops, onLoops: onLoops)

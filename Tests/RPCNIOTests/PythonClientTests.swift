@@ -49,8 +49,9 @@ import TollgateProto
         let ping = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, context) in
             PingResponse(payload: request.payload, serverTimeUnixMs: 42, nodeId: context.peer?.description ?? "?")
         }
-        let server = RPCServer(methods: [ping] + echoHandlers(), tls: try pki.server(alpn: [RPCServer.alpn])) { context in
-            context.metadata["authorization"] == "Bearer sekrit" ? nil : RPCError(.unauthenticated, "a valid session token is required")
+        let server = RPCServer(methods: [ping] + echoHandlers(), tls: try pki.server(alpn: [RPCServer.alpn])) { (context) throws(RPCError) -> Caller in
+            guard context.metadata["authorization"] == "Bearer sekrit" else { throw RPCError(.unauthenticated, "a valid session token is required") }
+            return .anonymous
         }
         let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
         let common = ["--host", "127.0.0.1", "--server-name", "localhost", "--port", String(port), "--ca", pki.certificate("ca"),

@@ -70,7 +70,7 @@ struct Harness {
     let port: Int
 
     init(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler] = echoHandlers(),
-         authorize: @escaping @Sendable (ServerCallContext) -> RPCError? = { _ in nil }) async throws {
+         authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller = { _ in .anonymous }) async throws {
         pki = try TestPKI()
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         server = RPCServer(methods: methods, tls: try pki.server(alpn: [RPCServer.alpn]), limits: limits, authorize: authorize)
@@ -203,10 +203,10 @@ struct Harness {
     }
 
     @Test func authorizationRunsBeforeTheHandler() async throws {
-        let harness = try await Harness { context in
-            guard let peer = context.peer else { return RPCError(.unauthenticated, "no identity") }
-            if case .user(let name) = peer, name != "admin" { return RPCError(.permissionDenied, "\(name) may not call \(context.method.name)") }
-            return nil
+        let harness = try await Harness { (context) throws(RPCError) -> Caller in
+            guard let peer = context.peer else { throw RPCError(.unauthenticated, "no identity") }
+            if case .user(let name) = peer, name != "admin" { throw RPCError(.permissionDenied, "\(name) may not call \(context.method.name)") }
+            return .anonymous
         }
         let admin = try await harness.connect(as: "admin")
         let reply: PingResponse = try await admin.unary(Echo.unary, PingRequest(payload: [1]))

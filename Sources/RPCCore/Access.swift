@@ -1,0 +1,175 @@
+import TollgateProto
+
+/// The name of the default tenant, which hosts the cluster's administrators
+/// (WSO2 calls it the super tenant).
+public let superTenant = "carbon.super"
+
+/// A signed-in user, as a valid session (or an admin certificate) shows them.
+public struct UserPrincipal: Sendable, Hashable {
+    public var username: String
+    public var tenant: String
+    public var roles: [String]
+    /// Permission paths the roles grant; a path grants everything below it.
+    public var permissions: [String]
+    /// The session this came from; nil when only a certificate identified the user.
+    public var sessionID: [UInt8]?
+    public var sessionExpiresAtUnixMs: Int64
+
+    public init(username: String, tenant: String, roles: [String], permissions: [String], sessionID: [UInt8]?, sessionExpiresAtUnixMs: Int64) {
+        self.username = username
+        self.tenant = tenant
+        self.roles = roles
+        self.permissions = permissions
+        self.sessionID = sessionID
+        self.sessionExpiresAtUnixMs = sessionExpiresAtUnixMs
+    }
+
+    /// Whether the user's permissions cover `path`: a held path grants every
+    /// path below it (`/permission/admin` grants everything).
+    public func holds(_ path: String) -> Bool {
+        permissions.contains { held in
+            path == held || (path.hasPrefix(held) && path.dropFirst(held.count).first == "/")
+        }
+    }
+
+    /// `name@tenant`, as users sign in.
+    public var qualifiedName: String { "\(username)@\(tenant)" }
+}
+
+/// Who is calling, decided before the handler runs.
+public enum Caller: Sendable, Hashable, CustomStringConvertible {
+    case anonymous
+    /// A cluster node, from its certificate.
+    case node(id: String, roles: [String])
+    case user(UserPrincipal)
+
+    public var user: UserPrincipal? {
+        if case .user(let user) = self { return user }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .anonymous: "anonymous"
+        case .node(let id, let roles): "node \(id) (\(roles.joined(separator: ",")))"
+        case .user(let user): "user \(user.qualifiedName)"
+        }
+    }
+}
+
+/// Who may call a method. Every method of every service has one
+/// (TollgateServices' `AccessTable`); a method without one is refused.
+public indirect enum AccessRule: Sendable, Hashable {
+    /// No identity needed (signing in).
+    case anyone
+    /// Any signed-in user.
+    case signedIn
+    /// A signed-in user whose roles grant this permission path.
+    case permission(String)
+    /// A cluster node running one of these roles (any node when empty).
+    case node(roles: Set<String>)
+    /// Either rule admits the caller.
+    case either(AccessRule, AccessRule)
+}
+
+/// Resolves the credentials a call carries to a user.
+public protocol SessionVerifier: Sendable {
+    /// The session's user, or nil if the token is unknown, expired or revoked.
+    func user(forSessionToken token: String) throws(RPCError) -> UserPrincipal?
+    /// The user an admin certificate (`tollgate://user/<name>`) names, in the
+    /// super tenant, or nil if there is no such active user.
+    func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal?
+}
+
+/// Applies docs/rpc-protocol.md §13 before a handler runs: who is calling
+/// (certificate, session token), whether the method's rule admits them, and
+/// which tenant the call acts in.
+public struct AccessController: Sendable {
+    public let rules: [String: AccessRule]
+    public let sessions: (any SessionVerifier)?
+
+    /// - Parameter rules: method paths (`/service/Method`) to their rules.
+    public init(rules: [String: AccessRule], sessions: (any SessionVerifier)?) {
+        self.rules = rules
+        self.sessions = sessions
+    }
+
+    /// The caller, or the status that refuses the call.
+    public func authorize(_ context: ServerCallContext) throws(RPCError) -> Caller {
+        guard let rule = rules[context.method.path] else {
+            throw RPCError(.permissionDenied, "\(context.method.path) has no access rule and is refused")
+        }
+        let caller = try identify(context)
+        guard Self.admits(rule, caller) else {
+            if case .anonymous = caller {
+                throw RPCError(.unauthenticated, "\(context.method.name) needs \(Self.describe(rule)); sign in with `tollctl login` or present a cluster certificate")
+            }
+            throw RPCError(.permissionDenied, "\(caller) may not call \(context.method.name): it needs \(Self.describe(rule))")
+        }
+        // Acting in another tenant: only the super tenant's administrators may.
+        if let tenant = context.metadata["x-tenant"], let user = caller.user, tenant != user.tenant {
+            guard user.tenant == superTenant, user.holds("/permission/admin") else {
+                throw RPCError(.permissionDenied, "\(user.qualifiedName) may not act in tenant \(tenant)")
+            }
+        }
+        return caller
+    }
+
+    private func identify(_ context: ServerCallContext) throws(RPCError) -> Caller {
+        let authorization = context.metadata.values(for: "authorization")
+        if !authorization.isEmpty {
+            // Rule 1: a bad token is refused whatever else is presented.
+            guard authorization.count == 1, authorization[0].hasPrefix("Bearer "), authorization[0].count > 7 else {
+                throw RPCError(.unauthenticated, "malformed authorization metadata: expected exactly one `Bearer <session token>`")
+            }
+            guard let sessions, let user = try sessions.user(forSessionToken: String(authorization[0].dropFirst(7))) else {
+                throw RPCError(.unauthenticated, "the session token is unknown or has expired; sign in again")
+            }
+            return .user(user)
+        }
+        switch context.peer {
+        case .node(let id, let roles)?:
+            return .node(id: id, roles: roles)
+        case .user(let name)?:
+            if let sessions, let user = try sessions.user(forCertificateName: name) { return .user(user) }
+            return .anonymous
+        case nil:
+            return .anonymous
+        }
+    }
+
+    static func admits(_ rule: AccessRule, _ caller: Caller) -> Bool {
+        switch (rule, caller) {
+        case (.anyone, _):
+            return true
+        case (.signedIn, .user):
+            return true
+        case (.permission(let path), .user(let user)):
+            return user.holds(path)
+        case (.node(let roles), .node(_, let held)):
+            return roles.isEmpty || !roles.isDisjoint(with: held)
+        case (.either(let first, let second), _):
+            return admits(first, caller) || admits(second, caller)
+        default:
+            return false
+        }
+    }
+
+    static func describe(_ rule: AccessRule) -> String {
+        switch rule {
+        case .anyone: "nothing"
+        case .signedIn: "a signed-in user"
+        case .permission(let path): "permission \(path)"
+        case .node(let roles): roles.isEmpty ? "a cluster node certificate" : "a cluster node with role \(roles.sorted().joined(separator: " or "))"
+        case .either(let first, let second): "\(describe(first)), or \(describe(second))"
+        }
+    }
+}
+
+extension ServerCallContext {
+    /// The tenant the call acts in: `x-tenant` if given (already checked by
+    /// the access controller), else the user's own, else the super tenant.
+    public var tenant: String {
+        metadata["x-tenant"] ?? caller.user?.tenant ?? superTenant
+    }
+}

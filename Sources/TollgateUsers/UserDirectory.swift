@@ -1,0 +1,552 @@
+public import RPCCore
+public import TollgateProto
+public import TollgateStorage
+import FoundationEssentials
+import LMDBKit
+import TollgateServices
+
+/// Rules for accounts and sessions.
+public struct UserPolicy: Sendable, Hashable {
+    /// How long a session lasts after login.
+    public var sessionLifetimeMs: Int64 = 8 * 3600 * 1000
+    /// Consecutive failed logins that lock an account (WSO2's default is 5).
+    public var maxFailedLogins: UInt32 = 5
+    /// How long an automatic lock lasts.
+    public var lockoutMs: Int64 = 15 * 60 * 1000
+    public var minPasswordLength = 8
+    public var maxPasswordLength = 128
+
+    public init() {}
+}
+
+/// Users, roles, tenants and sessions over `userdb`: the logic behind
+/// UserService and the session check every RPC server runs.
+public final class UserDirectory: SessionVerifier {
+    public let database: UserDatabase
+    let hasher: SecretHasher
+    public let policy: UserPolicy
+    /// Milliseconds since 1970; a parameter so tests can move time.
+    let now: @Sendable () -> Int64
+
+    public init(database: UserDatabase, hasher: SecretHasher = SecretHasher(), policy: UserPolicy = UserPolicy(),
+                now: @escaping @Sendable () -> Int64 = UserDirectory.systemTimeMs) {
+        self.database = database
+        self.hasher = hasher
+        self.policy = policy
+        self.now = now
+    }
+
+    public static let systemTimeMs: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    // MARK: Bootstrap
+
+    /// What ``bootstrap(admin:)`` did.
+    public enum BootstrapOutcome: Sendable, Hashable {
+        case createdAdmin(String)
+        case adminExists
+        /// No administrator exists and none was configured: nobody can sign in yet.
+        case noAdmin
+    }
+
+    /// Makes sure the super tenant and the built-in roles exist, and creates
+    /// the first administrator from `admin` when the tenant has none. A
+    /// configured admin is never overwritten once created.
+    @discardableResult
+    public func bootstrap(admin: (username: String, password: String)?) throws -> BootstrapOutcome {
+        let timestamp = now()
+        try database.database.environment.write { txn in
+            if try database.tenants.get(UserDatabase.tenantKey(superTenant), in: txn) == nil {
+                try database.tenants.insert(Tenant(domain: superTenant, status: .active, createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp), in: &txn)
+            }
+            try installBuiltinRoles(tenant: superTenant, at: timestamp, in: &txn)
+        }
+        if !(try database.users(withRole: BuiltinRole.admin, tenant: superTenant)).isEmpty { return .adminExists }
+        guard let admin else { return .noAdmin }
+        var user = User()
+        user.username = admin.username
+        user.roles = [BuiltinRole.admin]
+        _ = try createUser(user, password: admin.password, tenant: superTenant)
+        return .createdAdmin(admin.username)
+    }
+
+    private func installBuiltinRoles(tenant: String, at timestamp: Int64, in txn: inout WriteTransaction) throws {
+        for name in BuiltinRole.all where try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) == nil {
+            try database.roles.insert(UserRole(tenantDomain: tenant, name: name, description: BuiltinRole.description(of: name),
+                                               permissions: BuiltinRole.permissions(of: name, tenant: tenant), builtin: true,
+                                               createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp), in: &txn)
+        }
+    }
+
+    // MARK: Sessions (checked on every call)
+
+    public func user(forSessionToken token: String) throws(RPCError) -> UserPrincipal? {
+        let hash = SecretHasher.tokenHash(token)
+        let timestamp = now()
+        return try storage {
+            try database.database.environment.read { txn -> UserPrincipal? in
+                guard let session = try database.sessions.get(Key(.bytes(hash)), in: txn), !session.revoked,
+                      session.expiresAtUnixMs > timestamp,
+                      session.idleTimeoutMs == 0 || session.lastUsedAtUnixMs + session.idleTimeoutMs > timestamp,
+                      let tenant = try database.tenants.get(UserDatabase.tenantKey(session.tenantDomain), in: txn), tenant.status == .active
+                else { return nil }
+                return UserPrincipal(username: session.username, tenant: session.tenantDomain, roles: session.roles,
+                                     permissions: try permissions(of: session.roles, tenant: session.tenantDomain, in: txn),
+                                     sessionID: hash, sessionExpiresAtUnixMs: session.expiresAtUnixMs)
+            }
+        }
+    }
+
+    public func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal? {
+        try storage {
+            try database.database.environment.read { txn -> UserPrincipal? in
+                guard let user = try database.users.get(UserDatabase.userKey(superTenant, name), in: txn), user.status == .active else { return nil }
+                return UserPrincipal(username: user.username, tenant: superTenant, roles: user.roles,
+                                     permissions: try permissions(of: user.roles, tenant: superTenant, in: txn),
+                                     sessionID: nil, sessionExpiresAtUnixMs: 0)
+            }
+        }
+    }
+
+    func permissions<T: TransactionReading & ~Copyable>(of roles: [String], tenant: String, in txn: borrowing T) throws -> [String] {
+        var permissions: [String] = []
+        for name in roles {
+            guard let role = try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) else { continue }
+            for permission in role.permissions where !permissions.contains(permission) { permissions.append(permission) }
+        }
+        return permissions
+    }
+
+    // MARK: Login
+
+    /// Splits `name@tenant` when the suffix is a tenant; otherwise the whole
+    /// string is a username in `defaultTenant` (usernames may be emails).
+    public func resolve(username: String, defaultTenant: String) throws(RPCError) -> (username: String, tenant: String) {
+        if let at = username.lastIndex(of: "@") {
+            let domain = String(username[username.index(after: at)...]).lowercased()
+            if try storage({ try database.tenant(domain) }) != nil {
+                return (String(username[..<at]), domain)
+            }
+        }
+        return (username, defaultTenant)
+    }
+
+    public struct LoginResult: Sendable {
+        public let token: String
+        public let session: Session
+        public let user: User
+        public let permissions: [String]
+    }
+
+    /// Checks the password and opens a session. Wrong passwords count
+    /// towards a lock; the error never says whether the user exists.
+    public func login(username qualified: String, password: String, defaultTenant: String, origin: SessionOrigin = .rpcLogin,
+                      idleTimeoutMs: Int64 = 0) throws(RPCError) -> LoginResult {
+        let (username, tenantDomain) = try resolve(username: qualified, defaultTenant: defaultTenant)
+        let invalid = RPCError(.unauthenticated, "invalid username or password")
+        guard let tenant = try storage({ try database.tenant(tenantDomain) }) else { throw invalid }
+        guard tenant.status == .active else { throw RPCError(.permissionDenied, "tenant \(tenantDomain) is deactivated; sign-in is refused") }
+        guard var user = try storage({ try database.user(username, tenant: tenantDomain) }) else {
+            // Spend the same time as a real check, so timing does not reveal unknown users.
+            _ = try? hasher.hash(password)
+            throw invalid
+        }
+        let timestamp = now()
+        if user.status == .locked, let until = user.lockedUntilUnixMs, until <= timestamp {
+            user.status = .active
+            user.lockedUntilUnixMs = nil
+            user.failedLoginCount = 0
+        }
+        switch user.status {
+        case .active:
+            break
+        case .locked:
+            if let until = user.lockedUntilUnixMs {
+                let minutes = max(1, (until - timestamp + 59_999) / 60_000)
+                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(minutes) min or ask an administrator to unlock it")
+            }
+            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked; ask an administrator to unlock it")
+        default:
+            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is disabled")
+        }
+        let matches = try storage { try hasher.verify(password, against: user.passwordHash ?? SecretHash()) }
+        guard matches else {
+            user.failedLoginCount += 1
+            if user.failedLoginCount >= policy.maxFailedLogins {
+                user.status = .locked
+                user.lockedUntilUnixMs = timestamp + policy.lockoutMs
+            }
+            user.updatedAtUnixMs = timestamp
+            let locked = user.status == .locked
+            try storage { try database.database.environment.write { txn in _ = try database.users.put(user, in: &txn) } }
+            if locked {
+                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is now locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(policy.lockoutMs / 60_000) min or ask an administrator to unlock it")
+            }
+            throw invalid
+        }
+        let token = try storage { try SecretHasher.newToken() }
+        let session = Session(tokenHash: SecretHasher.tokenHash(token), tenantDomain: tenantDomain, username: user.username, roles: user.roles,
+                              origin: origin, issuedAtUnixMs: timestamp, expiresAtUnixMs: timestamp + policy.sessionLifetimeMs,
+                              idleTimeoutMs: idleTimeoutMs, lastUsedAtUnixMs: timestamp)
+        user.failedLoginCount = 0
+        if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? hasher.hash(password) { user.passwordHash = upgraded }
+        let stored = user
+        let granted = try storage {
+            try database.database.environment.write { txn in
+                _ = try database.users.put(stored, in: &txn)
+                try database.sessions.insert(session, in: &txn)
+                return try self.permissions(of: stored.roles, tenant: tenantDomain, in: txn)
+            }
+        }
+        return LoginResult(token: token, session: session, user: Self.redacted(stored), permissions: granted)
+    }
+
+    public func logout(sessionID: [UInt8]) throws(RPCError) {
+        try storage { try database.database.environment.write { txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
+    }
+
+    // MARK: Users
+
+    static func redacted(_ user: User) -> User {
+        var copy = user
+        copy.passwordHash = nil
+        return copy
+    }
+
+    func checkPassword(_ password: String, username: String) throws(RPCError) {
+        guard password.count >= policy.minPasswordLength, password.count <= policy.maxPasswordLength else {
+            throw RPCError(.invalidArgument, "the password must have \(policy.minPasswordLength) to \(policy.maxPasswordLength) characters")
+        }
+        guard password.contains(where: \.isLetter), password.contains(where: \.isNumber) else {
+            throw RPCError(.invalidArgument, "the password must contain at least one letter and one digit")
+        }
+        guard password.lowercased() != username.lowercased() else {
+            throw RPCError(.invalidArgument, "the password must differ from the username")
+        }
+    }
+
+    static func checkUsername(_ name: String) throws(RPCError) {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
+        guard (1...64).contains(name.count), name.allSatisfy(allowed.contains), name.first != "@", name.last != "@" else {
+            throw RPCError(.invalidArgument, "username \"\(name)\" is invalid: use 1 to 64 of letters, digits and . _ - + @")
+        }
+    }
+
+    static func checkEmail(_ email: String) throws(RPCError) {
+        guard !email.isEmpty else { return }
+        let parts = email.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, parts[1].contains("."), !parts[1].hasPrefix("."), !parts[1].hasSuffix("."),
+              !email.contains(where: { $0.isWhitespace }) else {
+            throw RPCError(.invalidArgument, "email \"\(email)\" is not an email address")
+        }
+    }
+
+    /// Creates a user in `tenant`, who must not exist, holding existing roles.
+    public func createUser(_ template: User, password: String, tenant: String) throws(RPCError) -> User {
+        try Self.checkUsername(template.username)
+        try Self.checkEmail(template.email)
+        try checkPassword(password, username: template.username)
+        let hash = try storage { try hasher.hash(password) }
+        let timestamp = now()
+        var user = template
+        user.tenantDomain = tenant
+        user.status = .active
+        user.lockedUntilUnixMs = nil
+        user.failedLoginCount = 0
+        user.passwordHash = hash
+        user.passwordChangedAtUnixMs = timestamp
+        user.createdAtUnixMs = timestamp
+        user.updatedAtUnixMs = timestamp
+        let stored = user
+        try storage {
+            try database.database.environment.write { txn in
+                for role in stored.roles where try database.roles.get(UserDatabase.roleKey(tenant, role), in: txn) == nil {
+                    throw RPCError(.invalidArgument, "role \(role) does not exist in tenant \(tenant)")
+                }
+                do {
+                    try database.users.insert(stored, in: &txn)
+                } catch StorageError.alreadyExists {
+                    throw RPCError(.alreadyExists, "user \(stored.username) already exists in tenant \(tenant)")
+                }
+            }
+        }
+        return Self.redacted(stored)
+    }
+
+    public func user(named username: String, tenant: String) throws(RPCError) -> User {
+        guard let user = try storage({ try database.user(username, tenant: tenant) }) else {
+            throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
+        }
+        return Self.redacted(user)
+    }
+
+    /// Replaces profile claims and status. ACTIVE unlocks and clears failed logins.
+    public func updateUser(_ changes: User, tenant: String) throws(RPCError) -> User {
+        try Self.checkEmail(changes.email)
+        return try modifyUser(changes.username, tenant: tenant) { user throws(RPCError) in
+            user.email = changes.email
+            user.givenName = changes.givenName
+            user.familyName = changes.familyName
+            user.claims = changes.claims
+            switch changes.status {
+            case .unspecified:
+                break
+            case .active:
+                user.status = .active
+                user.lockedUntilUnixMs = nil
+                user.failedLoginCount = 0
+            case .locked, .disabled:
+                user.status = changes.status
+                user.lockedUntilUnixMs = nil
+            case .unrecognized(let number):
+                throw RPCError(.invalidArgument, "unknown user status \(number)")
+            }
+        }
+    }
+
+    /// Reads, changes and writes one user in one transaction.
+    func modifyUser(_ username: String, tenant: String, _ change: (inout User) throws(RPCError) -> Void) throws(RPCError) -> User {
+        let timestamp = now()
+        return try storage {
+            try database.database.environment.write { txn in
+                guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
+                    throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
+                }
+                try change(&user)
+                user.updatedAtUnixMs = timestamp
+                _ = try database.users.put(user, in: &txn)
+                return Self.redacted(user)
+            }
+        }
+    }
+
+    public func deleteUser(_ username: String, tenant: String, by caller: UserPrincipal) throws(RPCError) {
+        guard !(caller.username == username && caller.tenant == tenant) else {
+            throw RPCError(.failedPrecondition, "you cannot delete your own account")
+        }
+        try storage {
+            try database.database.environment.write { txn in
+                guard let user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
+                    throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
+                }
+                if user.roles.contains(BuiltinRole.admin) {
+                    try requireAnotherAdmin(than: username, tenant: tenant, in: txn)
+                }
+                _ = try database.users.delete(user, in: &txn)
+                for session in try database.sessions.all(index: UserDatabase.sessionsByUser, prefix: UserDatabase.userKey(tenant, username), in: txn) {
+                    _ = try database.sessions.delete(session, in: &txn)
+                }
+            }
+        }
+    }
+
+    private func requireAnotherAdmin<T: TransactionReading & ~Copyable>(than username: String, tenant: String, in txn: borrowing T) throws {
+        let admins = try database.users.all(index: UserDatabase.usersByRole, prefix: Key(.string(tenant.lowercased()), .string(BuiltinRole.admin)), in: txn)
+        guard admins.contains(where: { $0.username != username && $0.status == .active }) else {
+            throw RPCError(.failedPrecondition, "\(username) is the last active administrator of tenant \(tenant)")
+        }
+    }
+
+    public func listUsers(tenant: String, prefix: String, role: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<User> {
+        let size = pageSize == 0 ? 100 : min(pageSize, 1000)
+        return try storage {
+            try database.database.environment.read { txn in
+                if !role.isEmpty {
+                    let page = try database.users.list(index: UserDatabase.usersByRole, prefix: Key(.string(tenant.lowercased()), .string(role)),
+                                                       pageSize: size, pageToken: pageToken, in: txn)
+                    return Page(items: page.items.filter { $0.username.hasPrefix(prefix) }.map(Self.redacted), nextPageToken: page.nextPageToken)
+                }
+                let keyPrefix = prefix.isEmpty ? UserDatabase.tenantKey(tenant) : Key(.string(tenant.lowercased()), .stringPrefix(prefix))
+                let page = try database.users.list(prefix: keyPrefix, pageSize: size, pageToken: pageToken, in: txn)
+                return Page(items: page.items.map(Self.redacted), nextPageToken: page.nextPageToken)
+            }
+        }
+    }
+
+    /// Sets a password. Every session of the user is revoked except `keeping`.
+    public func changePassword(_ username: String, tenant: String, current: String?, new password: String, keeping: [UInt8]?) throws(RPCError) {
+        try checkPassword(password, username: username)
+        let hash = try storage { try hasher.hash(password) }
+        if let current {
+            guard let user = try storage({ try database.user(username, tenant: tenant) }),
+                  try storage({ try hasher.verify(current, against: user.passwordHash ?? SecretHash()) }) else {
+                throw RPCError(.permissionDenied, "the current password is wrong")
+            }
+        }
+        let timestamp = now()
+        _ = try modifyUser(username, tenant: tenant) { user in
+            user.passwordHash = hash
+            user.passwordChangedAtUnixMs = timestamp
+        }
+        try storage {
+            try database.database.environment.write { txn in
+                for session in try database.sessions.all(index: UserDatabase.sessionsByUser, prefix: UserDatabase.userKey(tenant, username), in: txn)
+                where session.tokenHash != keeping {
+                    _ = try database.sessions.delete(session, in: &txn)
+                }
+            }
+        }
+    }
+
+    public func assignRoles(_ username: String, tenant: String, add: [String], remove: [String]) throws(RPCError) -> User {
+        let timestamp = now()
+        return try storage {
+            try database.database.environment.write { txn in
+                guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
+                    throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
+                }
+                for role in add where try database.roles.get(UserDatabase.roleKey(tenant, role), in: txn) == nil {
+                    throw RPCError(.invalidArgument, "role \(role) does not exist in tenant \(tenant)")
+                }
+                if remove.contains(BuiltinRole.admin) && user.roles.contains(BuiltinRole.admin) && !add.contains(BuiltinRole.admin) {
+                    try requireAnotherAdmin(than: username, tenant: tenant, in: txn)
+                }
+                user.roles.removeAll { remove.contains($0) }
+                for role in add where !user.roles.contains(role) { user.roles.append(role) }
+                user.updatedAtUnixMs = timestamp
+                _ = try database.users.put(user, in: &txn)
+                // Open sessions carry the roles they were opened with: refresh them.
+                for var session in try database.sessions.all(index: UserDatabase.sessionsByUser, prefix: UserDatabase.userKey(tenant, username), in: txn) {
+                    session.roles = user.roles
+                    _ = try database.sessions.put(session, in: &txn)
+                }
+                return Self.redacted(user)
+            }
+        }
+    }
+
+    // MARK: Roles
+
+    public func createRole(_ template: UserRole, tenant: String) throws(RPCError) -> UserRole {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
+        guard (1...64).contains(template.name.count), template.name.allSatisfy(allowed.contains) else {
+            throw RPCError(.invalidArgument, "role name \"\(template.name)\" is invalid: use 1 to 64 of letters, digits and . _ - /")
+        }
+        for permission in template.permissions {
+            guard permission.hasPrefix("/permission/"), !permission.hasSuffix("/"), !permission.contains("//") else {
+                throw RPCError(.invalidArgument, "permission \"\(permission)\" is not a path under /permission/")
+            }
+            if tenant != superTenant && (permission == Permission.protected || permission.hasPrefix(Permission.protected + "/")) {
+                throw RPCError(.permissionDenied, "only the super tenant may grant \(permission)")
+            }
+        }
+        let timestamp = now()
+        var role = template
+        role.tenantDomain = tenant
+        role.builtin = false
+        role.createdAtUnixMs = timestamp
+        role.updatedAtUnixMs = timestamp
+        let stored = role
+        try storage {
+            try database.database.environment.write { txn in
+                do {
+                    try database.roles.insert(stored, in: &txn)
+                } catch StorageError.alreadyExists {
+                    throw RPCError(.alreadyExists, "role \(stored.name) already exists in tenant \(tenant)")
+                }
+            }
+        }
+        return stored
+    }
+
+    public func deleteRole(_ name: String, tenant: String) throws(RPCError) {
+        try storage {
+            try database.database.environment.write { txn in
+                guard let role = try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) else {
+                    throw RPCError(.notFound, "no role \(name) in tenant \(tenant)")
+                }
+                guard !role.builtin else { throw RPCError(.failedPrecondition, "\(name) is a built-in role and cannot be deleted") }
+                let holders = try database.users.all(index: UserDatabase.usersByRole, prefix: Key(.string(tenant.lowercased()), .string(name)), in: txn)
+                guard holders.isEmpty else {
+                    throw RPCError(.failedPrecondition, "\(holders.count) user(s) hold role \(name); remove it from them first (tollctl user roles)")
+                }
+                _ = try database.roles.delete(role, in: &txn)
+            }
+        }
+    }
+
+    public func listRoles(tenant: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<UserRole> {
+        try storage {
+            try database.database.environment.read { txn in
+                try database.roles.list(prefix: UserDatabase.tenantKey(tenant), pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
+            }
+        }
+    }
+
+    // MARK: Tenants
+
+    static func checkDomain(_ domain: String) throws(RPCError) {
+        let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        guard domain.count <= 253, labels.count >= 2,
+              labels.allSatisfy({ (1...63).contains($0.count) && $0.allSatisfy(allowed.contains) && $0.first != "-" && $0.last != "-" }) else {
+            throw RPCError(.invalidArgument, "tenant domain \"\(domain)\" is invalid: use a lower-case DNS name such as example.com")
+        }
+    }
+
+    public func createTenant(_ request: CreateTenantRequest) throws(RPCError) -> Tenant {
+        let domain = request.domain.lowercased()
+        try Self.checkDomain(domain)
+        try Self.checkUsername(request.adminUsername)
+        try Self.checkEmail(request.adminEmail)
+        try checkPassword(request.adminPassword, username: request.adminUsername)
+        let timestamp = now()
+        let tenant = Tenant(domain: domain, status: .active, adminUsername: request.adminUsername, adminEmail: request.adminEmail,
+                            createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp)
+        try storage {
+            try database.database.environment.write { txn in
+                do {
+                    try database.tenants.insert(tenant, in: &txn)
+                } catch StorageError.alreadyExists {
+                    throw RPCError(.alreadyExists, "tenant \(domain) already exists")
+                }
+                try installBuiltinRoles(tenant: domain, at: timestamp, in: &txn)
+            }
+        }
+        var admin = User()
+        admin.username = request.adminUsername
+        admin.email = request.adminEmail
+        admin.givenName = request.adminGivenName
+        admin.familyName = request.adminFamilyName
+        admin.roles = [BuiltinRole.admin]
+        _ = try createUser(admin, password: request.adminPassword, tenant: domain)
+        return tenant
+    }
+
+    public func listTenants(status: TenantStatus, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<Tenant> {
+        try storage {
+            try database.database.environment.read { txn in
+                let page = try database.tenants.list(pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
+                return Page(items: status == .unspecified ? page.items : page.items.filter { $0.status == status }, nextPageToken: page.nextPageToken)
+            }
+        }
+    }
+
+    public func setTenantStatus(_ domain: String, status: TenantStatus) throws(RPCError) -> Tenant {
+        guard status == .active || status == .inactive else { throw RPCError(.invalidArgument, "a tenant is either ACTIVE or INACTIVE") }
+        guard domain.lowercased() != superTenant else { throw RPCError(.failedPrecondition, "the super tenant cannot be deactivated") }
+        let timestamp = now()
+        return try storage {
+            try database.database.environment.write { txn in
+                guard var tenant = try database.tenants.get(UserDatabase.tenantKey(domain), in: txn) else {
+                    throw RPCError(.notFound, "no tenant \(domain)")
+                }
+                tenant.status = status
+                tenant.updatedAtUnixMs = timestamp
+                _ = try database.tenants.put(tenant, in: &txn)
+                return tenant
+            }
+        }
+    }
+
+    /// Runs storage work, passing status errors through and turning anything
+    /// else into INTERNAL (the details are for the log, not the caller).
+    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
+        do {
+            return try body()
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            throw RPCError(.internal, "user database error: \(error)")
+        }
+    }
+}
