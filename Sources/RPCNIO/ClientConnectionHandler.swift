@@ -1,3 +1,4 @@
+import Synchronization
 import NIOCore
 import RPCCore
 import TollgateProto
@@ -8,6 +9,11 @@ enum ClientStreamEvent: Sendable {
     case headers(Metadata)
     case message([UInt8])
     case trailers(RPCError?, Metadata)
+}
+
+/// Whether a connection has received GOAWAY, readable from any thread.
+final class GoAwayFlag: Sendable {
+    let value = Atomic<Bool>(false)
 }
 
 /// One call as the connection handler sees it, created by the calling task
@@ -96,10 +102,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Set by GOAWAY: no stream above it will be processed.
     private var goAwayLimit: UInt32?
     let ready: EventLoopPromise<Void>
+    /// Set once GOAWAY arrives, readable from any thread.
+    let goingAway: GoAwayFlag
 
-    init(limits: RPCLimits, ready: EventLoopPromise<Void>) {
+    init(limits: RPCLimits, ready: EventLoopPromise<Void>, goingAway: GoAwayFlag) {
         self.limits = limits
         self.ready = ready
+        self.goingAway = goingAway
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -344,6 +353,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             let goAway = try? RpcGoAway(serializedBytes: frame.payload)
             let limit = goAway?.lastStreamId ?? 0
             goAwayLimit = limit
+            goingAway.value.store(true, ordering: .relaxed)
             let notProcessed = RPCError(.unavailable, "the server is going away; the call was not processed")
             for (streamID, stream) in streams where streamID > limit {
                 stream.end(notProcessed)

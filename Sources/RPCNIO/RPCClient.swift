@@ -1,3 +1,4 @@
+import Synchronization
 public import NIOCore
 import NIOPosix
 public import OpenSSLKit
@@ -9,13 +10,15 @@ import TollgateTLS
 public final class RPCConnection: RPCClientTransport {
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientConnectionHandler>
+    private let goingAway: GoAwayFlag
     /// Runs tasks on this connection's event loop: a task that makes many
     /// calls here saves a thread hop per call by preferring it.
     public let taskExecutor: LoopTaskExecutor
 
-    private init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>) {
+    private init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>, goingAway: GoAwayFlag) {
         self.channel = channel
         self.handler = handler
+        self.goingAway = goingAway
         self.taskExecutor = LoopTaskExecutor(eventLoop: channel.eventLoop)
     }
 
@@ -26,6 +29,7 @@ public final class RPCConnection: RPCClientTransport {
                                limits: RPCLimits = RPCLimits(), group: any EventLoopGroup) async throws -> RPCConnection {
         let loop = group.next()
         let ready = loop.makePromise(of: Void.self)
+        let goingAway = GoAwayFlag()
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(limits.handshakeTimeout)
@@ -34,7 +38,7 @@ public final class RPCConnection: RPCClientTransport {
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: serverHostname))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
-                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(limits: limits, ready: ready))
+                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(limits: limits, ready: ready, goingAway: goingAway))
                 }
             }
             .connect(host: host, port: port).get()
@@ -52,8 +56,12 @@ public final class RPCConnection: RPCClientTransport {
         let handler = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self), eventLoop: channel.eventLoop)
         }.get()
-        return RPCConnection(channel: channel, handler: handler)
+        return RPCConnection(channel: channel, handler: handler, goingAway: goingAway)
     }
+
+    /// Whether new calls can start here, answered without waiting: the
+    /// socket is open and no GOAWAY has arrived.
+    public var acceptsCalls: Bool { channel.isActive && !goingAway.value.load(ordering: .relaxed) }
 
     /// Whether new calls can start on this connection (open, no GOAWAY).
     public var isUsable: Bool {
