@@ -19,8 +19,7 @@ build: deps
 
 ## make run: an all-in-one development node on $(DATA_DIR)
 run: build
-	mkdir -p $(DATA_DIR)
-	$$($(SWIFT) build --show-bin-path)/tollgated --all-in-one --data-dir $(DATA_DIR)
+	tools/dev-node.sh "$$($(SWIFT) build --show-bin-path)"
 
 ## make test: everything CI runs
 test: check-proto test-swift build-release

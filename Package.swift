@@ -21,6 +21,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // MARK: C system libraries. Each is imported by exactly one Swift module.
@@ -54,9 +55,13 @@ let package = Package(
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
 
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit"]),
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
+                                                     .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                                                     .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(name: "tollgated", dependencies: ["TollgateNode", argumentParser]),
-        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "OpenSSLKit", argumentParser]),
+        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "OpenSSLKit", argumentParser, nioCore, nioPosix,
+                                                      .product(name: "TOMLKit", package: "TOMLKit")]),
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
@@ -75,7 +80,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit"]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport"]),
     ]
 )
 

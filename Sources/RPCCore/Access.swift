@@ -42,6 +42,10 @@ public enum Caller: Sendable, Hashable, CustomStringConvertible {
     /// A cluster node, from its certificate.
     case node(id: String, roles: [String])
     case user(UserPrincipal)
+    /// An admin certificate from the cluster CA (`tollgate://user/<name>`) on
+    /// a node that has no user of that name (a gateway has no userdb): a
+    /// cluster operator, admitted only where a rule says `operatorCertificate`.
+    case certificateHolder(name: String)
 
     public var user: UserPrincipal? {
         if case .user(let user) = self { return user }
@@ -53,6 +57,7 @@ public enum Caller: Sendable, Hashable, CustomStringConvertible {
         case .anonymous: "anonymous"
         case .node(let id, let roles): "node \(id) (\(roles.joined(separator: ",")))"
         case .user(let user): "user \(user.qualifiedName)"
+        case .certificateHolder(let name): "certificate holder \(name)"
         }
     }
 }
@@ -68,6 +73,9 @@ public indirect enum AccessRule: Sendable, Hashable {
     case permission(String)
     /// A cluster node running one of these roles (any node when empty).
     case node(roles: Set<String>)
+    /// Anyone presenting an admin certificate from the cluster CA, whether or
+    /// not this node knows the user (operators checking any node's health).
+    case operatorCertificate
     /// Either rule admits the caller.
     case either(AccessRule, AccessRule)
 }
@@ -132,7 +140,7 @@ public struct AccessController: Sendable {
             return .node(id: id, roles: roles)
         case .user(let name)?:
             if let sessions, let user = try sessions.user(forCertificateName: name) { return .user(user) }
-            return .anonymous
+            return .certificateHolder(name: name)
         case nil:
             return .anonymous
         }
@@ -148,6 +156,8 @@ public struct AccessController: Sendable {
             return user.holds(path)
         case (.node(let roles), .node(_, let held)):
             return roles.isEmpty || !roles.isDisjoint(with: held)
+        case (.operatorCertificate, .certificateHolder), (.operatorCertificate, .user):
+            return true
         case (.either(let first, let second), _):
             return admits(first, caller) || admits(second, caller)
         default:
@@ -161,6 +171,7 @@ public struct AccessController: Sendable {
         case .signedIn: "a signed-in user"
         case .permission(let path): "permission \(path)"
         case .node(let roles): roles.isEmpty ? "a cluster node certificate" : "a cluster node with role \(roles.sorted().joined(separator: " or "))"
+        case .operatorCertificate: "an admin certificate from the cluster CA"
         case .either(let first, let second): "\(describe(first)), or \(describe(second))"
         }
     }

@@ -101,6 +101,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var flushScheduled = false
     /// Set by GOAWAY: no stream above it will be processed.
     private var goAwayLimit: UInt32?
+    /// Why the connection failed, when it did: calls failing later say so.
+    private var closeReason: String?
     let ready: EventLoopPromise<Void>
     /// Set once GOAWAY arrives, readable from any thread.
     let goingAway: GoAwayFlag
@@ -128,6 +130,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         ready.fail(error)
+        if closeReason == nil { closeReason = "\(error)" }
         if let error = error as? ConnectionError {
             connectionError(context: context, error)
         } else {
@@ -142,8 +145,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        ready.fail(RPCError(.unavailable, "connection closed"))
-        let closed = RPCError(.unavailable, "connection closed")
+        let closed = RPCError(.unavailable, closeReason.map { "connection closed: \($0)" } ?? "connection closed")
+        ready.fail(closed)
         for stream in streams.values { stream.end(closed) }
         streams.removeAll()
         failPending(closed)
@@ -192,7 +195,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     private func open(_ call: PendingOpen) {
         guard let context, goAwayLimit == nil, nextStreamID < UInt32.max - 1 else {
-            return fail(call, RPCError(.unavailable, "the connection is closing; the call was not sent"))
+            let reason = closeReason.map { " (\($0))" } ?? ""
+            return fail(call, RPCError(.unavailable, "the connection is closing\(reason); the call was not sent"))
         }
         if let message = call.message, message.count > peerSettings.maxFrameSize {
             return fail(call, RPCError(.resourceExhausted, "request message of \(message.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)"))

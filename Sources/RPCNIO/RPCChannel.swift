@@ -52,7 +52,40 @@ public final class RPCChannel: RPCClientTransport {
         var failures = 0
         var retryAt: ContinuousClock.Instant?
         var lastError: String = ""
+        var lastErrorAt: ContinuousClock.Instant?
+        var connects = 0
         var closed = false
+    }
+
+    /// What the channel is doing, for status reports.
+    public struct Status: Sendable, Hashable {
+        public enum State: Sendable, Hashable { case idle, connecting, ready, backoff, closed }
+        public var state: State
+        /// Connections opened after the first.
+        public var reconnects: Int
+        public var lastError: String
+        /// How long ago the last error happened.
+        public var lastErrorAge: Duration?
+    }
+
+    public var status: Status {
+        state.withLockedValue { state in
+            let now = ContinuousClock.now
+            let current: Status.State
+            if state.closed {
+                current = .closed
+            } else if let connection = state.connection, connection.acceptsCalls {
+                current = .ready
+            } else if state.connecting != nil {
+                current = .connecting
+            } else if let retryAt = state.retryAt, retryAt > now {
+                current = .backoff
+            } else {
+                current = .idle
+            }
+            return Status(state: current, reconnects: max(0, state.connects - 1), lastError: state.lastError,
+                          lastErrorAge: state.lastErrorAt.map { now - $0 })
+        }
     }
     private let state = NIOLockedValueBox(State())
 
@@ -95,6 +128,7 @@ public final class RPCChannel: RPCClientTransport {
                 state.connecting = nil
                 state.failures = 0
                 state.retryAt = nil
+                state.connects += 1
                 guard !state.closed else { return false }
                 state.connection = connection
                 return true
@@ -109,6 +143,7 @@ public final class RPCChannel: RPCClientTransport {
                 let delay = backoff.delay(afterFailures: state.failures)
                 state.retryAt = .now + delay
                 state.lastError = description
+                state.lastErrorAt = .now
                 return delay
             }
             throw RPCError(.unavailable, "cannot reach \(host):\(port): \(description); next attempt in \(Self.milliseconds(delay)) ms")

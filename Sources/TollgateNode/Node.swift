@@ -1,4 +1,6 @@
 public import TollgateStorage
+import Dispatch
+import Foundation
 import SystemdKit
 
 #if canImport(Glibc)
@@ -61,21 +63,75 @@ public final class Node: Sendable {
         printLine("tollgated stopping on signal \(signal)")
     }
 
-    /// Blocks SIGTERM and SIGINT for the process and waits for one of them.
-    public static func waitForTerminationSignal() -> Int32 {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        var received: Int32 = 0
-        sigwait(&set, &received)
-        return received
+}
+
+/// SIGTERM and SIGINT, taken from dispatch signal sources: the default
+/// action (die at once) is replaced as soon as `catchTerminationSignals` runs,
+/// whatever threads already exist.
+public enum NodeSignals {
+    private final class Waiter: @unchecked Sendable {
+        // @unchecked: `continuation`, `pending` and `sources` are only touched on `queue`.
+        let queue = DispatchQueue(label: "tollgate.signals")
+        var continuation: CheckedContinuation<Int32, Never>?
+        var pending: Int32?
+        var sources: [any DispatchSourceSignal] = []
+    }
+    private static let waiter = Waiter()
+
+    /// Starts catching the signals; call before anything that takes time.
+    public static func catchTerminationSignals() {
+        let waiter = self.waiter
+        waiter.queue.sync {
+            guard waiter.sources.isEmpty else { return }
+            for number in [SIGTERM, SIGINT] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: waiter.queue)
+                source.setEventHandler {
+                    if let continuation = waiter.continuation {
+                        waiter.continuation = nil
+                        continuation.resume(returning: number)
+                    } else if waiter.pending == nil {
+                        waiter.pending = number
+                    }
+                }
+                source.resume()
+                waiter.sources.append(source)
+            }
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (or one that came before this call).
+    public static func nextTerminationSignal() async -> Int32 {
+        let waiter = self.waiter
+        return await withCheckedContinuation { continuation in
+            waiter.queue.async {
+                if let pending = waiter.pending {
+                    waiter.pending = nil
+                    continuation.resume(returning: pending)
+                } else {
+                    waiter.continuation = continuation
+                }
+            }
+        }
+    }
+}
+
+extension NodeRuntime {
+    /// Tells systemd (if present) and the operator that the node serves.
+    public func reportReady() {
+        ServiceNotifier.ready(status: statusLine)
+        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
+    }
+
+    public func reportStopping(signal: Int32) {
+        let status = "stopping on signal \(signal): draining calls for up to \(config.drainTimeoutSeconds) s"
+        ServiceNotifier.stopping(status: status)
+        printLine("tollgated \(status)")
     }
 }
 
 /// Writes one line to stdout unbuffered (journald reads it line by line).
-func printLine(_ line: String) {
+public func printLine(_ line: String) {
     var line = line + "\n"
     line.withUTF8 { bytes in _ = write(STDOUT_FILENO, bytes.baseAddress, bytes.count) }
 }

@@ -60,8 +60,9 @@ public enum AccessTable {
 
     public static let rules: [ProtoMethod: AccessRule] = [
         // Every node.
-        NodeServiceDescriptor.ping: .either(.signedIn, anyNode),
-        NodeServiceDescriptor.getNodeStatus: .either(.permission(Permission.monitor), anyNode),
+        // An admin certificate works on every node, including those without users.
+        NodeServiceDescriptor.ping: .either(.signedIn, .either(anyNode, .operatorCertificate)),
+        NodeServiceDescriptor.getNodeStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
 
         // Users, roles and tenants (publisher, store and keymanager nodes).
         UserServiceDescriptor.login: .anyone,
@@ -148,7 +149,7 @@ public enum AccessTable {
         KeyManagerServiceDescriptor.watchRevocations: .node(roles: ["gateway"]),
 
         // Gateway, traffic manager, analytics.
-        GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), anyNode),
+        GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         GatewayServiceDescriptor.flushCaches: .either(.permission(Permission.admin), .node(roles: ["publisher", "keymanager"])),
         TrafficManagerServiceDescriptor.publishRequestEvents: .node(roles: ["gateway"]),
         TrafficManagerServiceDescriptor.watchDecisions: .node(roles: ["gateway"]),

@@ -1,16 +1,14 @@
 import ArgumentParser
 import TollgateProto
 
-/// The Tollgate admin client. It grows a subcommand per capability as the
-/// roles come (api, app, sub, key, token, user, tenant, policy, block, stats,
-/// cluster, certs); at this stage it reports what it can talk about.
+/// The Tollgate admin client: a subcommand per capability (docs/tollctl.md).
 @main
-struct Tollctl: ParsableCommand {
+struct Tollctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollctl",
         abstract: "Administer a Tollgate cluster.",
         version: "0.1.0",
-        subcommands: [Certs.self, Methods.self]
+        subcommands: [Login.self, Logout.self, WhoAmI.self, Ping.self, Cluster.self, Certs.self, Methods.self]
     )
 }
 

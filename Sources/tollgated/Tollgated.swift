@@ -6,39 +6,58 @@ import Glibc
 #endif
 
 @main
-struct Tollgated: ParsableCommand {
+struct Tollgated: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollgated",
         abstract: "The Tollgate node daemon.",
         discussion: """
-            At this stage a node opens the logical databases its roles use under the \
-            data directory, reports that it is ready (to systemd as well, when run \
-            under it) and runs until SIGTERM or SIGINT.
+            Runs the roles its configuration file names (docs/configuration.md): opens \
+            their databases, binds the cluster and admin listeners, reports ready (to \
+            systemd too, when run under it) and serves until SIGTERM or SIGINT, then \
+            lets calls in flight finish up to the drain timeout.
             """,
         version: TollgateVersion.current
     )
 
-    @Flag(name: .long, help: "Run every role in this one process (development).")
-    var allInOne = false
+    @Option(name: .long, help: "The node's configuration file (TOML).")
+    var config: String
 
-    @Option(name: .long, help: "Directory holding the node's databases (it must exist).")
-    var dataDir: String
+    @Flag(name: .customLong("check-config"), help: "Validate the configuration and its files, then exit.")
+    var checkConfig = false
 
-    func run() throws {
-        guard allInOne else {
-            throw ValidationError("only --all-in-one is available at this stage; per-role nodes come with the node configuration file")
-        }
-        let node: Node
+    func run() async throws {
+        // First, so a SIGTERM during start-up still ends the node cleanly.
+        NodeSignals.catchTerminationSignals()
+        let loaded: NodeConfig
         do {
-            node = try Node.open(roles: Role.allCases, dataDirectory: dataDir)
+            loaded = try NodeConfig.load(path: config)
         } catch {
-            // One line the operator (and `systemctl status`) can act on.
-            var line = "tollgated: \(error)\n"
-            line.withUTF8 { bytes in _ = write(STDERR_FILENO, bytes.baseAddress, bytes.count) }
-            Glibc.exit(1)
+            fail(error.description)
         }
-        node.reportReady()
-        let signal = Node.waitForTerminationSignal()
-        node.reportStopping(signal: signal)
+        if checkConfig {
+            let problems = loaded.checkFiles()
+            guard problems.isEmpty else { fail(ConfigError(path: config, problems: problems).description) }
+            printLine("\(config): configuration is valid (node \(loaded.nodeID), roles \(loaded.roles.map(\.rawValue).joined(separator: ", ")))")
+            return
+        }
+        let runtime: NodeRuntime
+        do {
+            runtime = try await NodeRuntime.start(config: loaded)
+        } catch {
+            fail("\(error)")
+        }
+        runtime.reportReady()
+        let signal = await NodeSignals.nextTerminationSignal()
+        runtime.reportStopping(signal: signal)
+        await runtime.shutdown()
+    }
+
+    /// One line per problem on stderr (and so in `systemctl status`), exit 1.
+    func fail(_ message: String) -> Never {
+        for line in message.split(separator: "\n") {
+            var text = "tollgated: \(line)\n"
+            text.withUTF8 { bytes in _ = write(STDERR_FILENO, bytes.baseAddress, bytes.count) }
+        }
+        Glibc.exit(1)
     }
 }

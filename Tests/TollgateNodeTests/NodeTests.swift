@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TollgateNode
+import TestSupport
 import TollgateStorage
 
 @Suite struct NodeTests {
@@ -24,18 +25,16 @@ import TollgateStorage
     }
 
     /// The daemon as a process: it reports ready on stdout and to a
-    /// NOTIFY_SOCKET, stops on SIGTERM with exit 0, and refuses a missing
-    /// data directory with one line and a non-zero exit.
-    @Test func tollgatedStartsReportsReadyAndStops() throws {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("tollgated")
-        try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build tollgated first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tollgated-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// NOTIFY_SOCKET once its listeners are bound, and stops on SIGTERM with
+    /// exit 0 after STOPPING=1.
+    @Test func tollgatedStartsReportsReadyAndStops() async throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("n1", roles: Role.allCases.map(\.rawValue))
+        let config = try fixture.writeConfig("n1", roles: Role.allCases.map(\.rawValue), clusterPort: try NodeFixture.freePort(), adminPort: try NodeFixture.freePort())
 
         // A datagram socket standing in for systemd's notify socket.
-        let socketPath = dir + "/notify.sock"
+        let socketPath = fixture.path("notify.sock")
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_un()
@@ -47,75 +46,124 @@ import TollgateStorage
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         try #require(bound == 0)
-        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
 
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = ["--all-in-one", "--data-dir", dir]
-        var environment = ProcessInfo.processInfo.environment
-        environment["NOTIFY_SOCKET"] = socketPath
-        process.environment = environment
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-
+        let node = try NodeProcess(config: config, environment: ["NOTIFY_SOCKET": socketPath])
         var buffer = [UInt8](repeating: 0, count: 4096)
         let received = recv(fd, &buffer, buffer.count, 0)
-        try #require(received > 0, "no sd_notify message within 20 s")
+        try #require(received > 0, "no sd_notify message within 30 s: \(node.output)")
         let message = String(decoding: buffer.prefix(received), as: UTF8.self)
         #expect(message.contains("READY=1"))
-        #expect(message.contains("STATUS=ready: roles publisher"))
+        #expect(message.contains("STATUS=ready: node n1"))
 
-        process.terminate()
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+        #expect(await node.stop() == 0)
         let stopping = recv(fd, &buffer, buffer.count, 0)
         #expect(stopping > 0 && String(decoding: buffer.prefix(stopping), as: UTF8.self).contains("STOPPING=1"))
-        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(printed.contains("ready: roles"))
+        #expect(node.output.contains("ready: node n1"))
         for name in LogicalDatabaseName.allCases {
-            #expect(FileManager.default.fileExists(atPath: "\(dir)/\(name.rawValue)/data.mdb"))
+            #expect(FileManager.default.fileExists(atPath: fixture.path("data-n1/\(name.rawValue)/data.mdb")))
         }
+    }
 
-        let failing = Process()
-        failing.executableURL = binary
-        failing.arguments = ["--all-in-one", "--data-dir", dir + "/missing"]
+    /// Runs tollgated on `config` expecting it to refuse to start.
+    func refusal(_ config: String, asNobody: Bool = false) throws -> (Int32, [String]) {
+        let process = Process()
+        let binary = NodeFixture.binDirectory.appendingPathComponent("tollgated").path
+        if asNobody {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary, "--config", config]
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["--config", config]
+        }
         let errors = Pipe()
-        failing.standardError = errors
-        try failing.run()
-        failing.waitUntilExit()
+        process.standardError = errors
+        process.standardOutput = errors
+        try process.run()
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(failing.terminationStatus != 0)
-        #expect(text.hasPrefix("tollgated: data directory \(dir)/missing does not exist"))
-        #expect(text.split(separator: "\n").count == 1)
+        process.waitUntilExit()
+        return (process.terminationStatus, text.split(separator: "\n").map(String.init))
+    }
+
+    @Test func badConfigurationsAreRefusedWithOneLineEach() throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("n1", roles: ["publisher"])
+        let port = try NodeFixture.freePort()
+
+        // Unknown key and wrong type: one line each, with key and line.
+        let typo = try fixture.writeConfig("n1", roles: ["publisher"], clusterPort: port, adminPort: nil, extra: "\n[limits]\nmax_conections = 5\nidle_timeout_seconds = \"soon\"\n")
+        let (status, lines) = try refusal(typo)
+        #expect(status == 1)
+        #expect(lines.count == 2, "\(lines)")
+        #expect(lines.contains { $0.contains("limits.idle_timeout_seconds: must be an integer, not string (line ") }, "\(lines)")
+        #expect(lines.contains { $0.contains("limits.max_conections: unknown key") && $0.contains("(line ") }, "\(lines)")
+
+        // Syntax errors carry TOMLKit's line.
+        let broken = fixture.path("broken.toml")
+        try "node_id = \"n1\"\nroles = [\n".write(toFile: broken, atomically: true, encoding: .utf8)
+        let (brokenStatus, brokenLines) = try refusal(broken)
+        #expect(brokenStatus == 1 && brokenLines.count == 1 && brokenLines[0].contains("not valid TOML") && brokenLines[0].contains("(line "), "\(brokenLines)")
+
+        // A certificate file that is not there.
+        let missingCertificate = try fixture.writeConfig("n2", roles: ["publisher"], clusterPort: port, adminPort: nil)
+        let (certStatus, certLines) = try refusal(missingCertificate)
+        #expect(certStatus == 1 && certLines.count == 2, "\(certLines)")
+        #expect(certLines.contains { $0.contains("tls.certificate: \(fixture.path("n2.pem")) does not exist") }, "\(certLines)")
+        #expect(certLines.contains { $0.contains("tls.private_key: \(fixture.path("n2.key")) does not exist") }, "\(certLines)")
+
+        // A certificate for another node.
+        try fixture.issueNode("n3", roles: ["gateway"])
+        let wrongRole = try fixture.writeConfig("n3", roles: ["publisher"], clusterPort: port, adminPort: nil)
+        let (roleStatus, roleLines) = try refusal(wrongRole)
+        #expect(roleStatus == 1 && roleLines == ["tollgated: tls.certificate: the certificate does not carry role(s) publisher that this node runs"], "\(roleLines)")
+
+        // A data directory that does not exist.
+        let config = try fixture.writeConfig("n1", roles: ["publisher"], clusterPort: port, adminPort: nil)
+        try FileManager.default.removeItem(atPath: fixture.path("data-n1"))
+        let (dataStatus, dataLines) = try refusal(config)
+        #expect(dataStatus == 1 && dataLines.count == 1 && dataLines[0].contains("data_directory: \(fixture.path("data-n1")) is not a directory"), "\(dataLines)")
+
+        // `--check-config` says the same without starting, and accepts a good file.
+        try FileManager.default.createDirectory(atPath: fixture.path("data-n1"), withIntermediateDirectories: true)
+        let check = Process()
+        check.executableURL = NodeFixture.binDirectory.appendingPathComponent("tollgated")
+        check.arguments = ["--config", config, "--check-config"]
+        let out = Pipe()
+        check.standardOutput = out
+        try check.run()
+        let checked = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        check.waitUntilExit()
+        #expect(check.terminationStatus == 0 && checked.contains("configuration is valid"), "\(checked)")
+    }
+
+    @Test func aPortInUseIsRefused() async throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("n1", roles: ["gateway"])
+        try fixture.issueNode("n2", roles: ["gateway"])
+        let port = try NodeFixture.freePort()
+        let first = try NodeProcess(config: try fixture.writeConfig("n1", roles: ["gateway"], clusterPort: port, adminPort: nil))
+        #expect(await first.waitFor("ready: node n1"), "\(first.output)")
+        let (status, lines) = try refusal(try fixture.writeConfig("n2", roles: ["gateway"], clusterPort: port, adminPort: nil))
+        #expect(status == 1 && lines == ["tollgated: listen.cluster: cannot listen on 127.0.0.1:\(port): address already in use"], "\(lines)")
+        #expect(await first.stop() == 0)
     }
 
     /// An existing directory the node's user cannot write: refused with one
     /// line naming the path. Run as an unprivileged user (root may write anywhere).
-    @Test func anUnwritableDataDirectoryIsRefused() throws {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-            .deletingLastPathComponent().appendingPathComponent("tollgated")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tollgated-ro-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let process = Process()
-        if getuid() == 0 {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary.path, "--all-in-one", "--data-dir", dir]
-        } else {
-            try FileManager.default.setAttributes([.posixPermissions: 0o555], ofItemAtPath: dir)
-            process.executableURL = binary
-            process.arguments = ["--all-in-one", "--data-dir", dir]
-        }
-        let errors = Pipe()
-        process.standardError = errors
-        try process.run()
-        process.waitUntilExit()
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(process.terminationStatus == 1)
-        #expect(text.hasPrefix("tollgated: data directory \(dir) is not writable"), "\(text)")
-        #expect(text.split(separator: "\n").count == 1)
-        #expect(!FileManager.default.fileExists(atPath: dir + "/userdb"))
+    @Test(.enabled(if: getuid() == 0, "needs root to run tollgated as another user"))
+    func anUnwritableDataDirectoryIsRefused() throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("n1", roles: ["publisher"])
+        let config = try fixture.writeConfig("n1", roles: ["publisher"], clusterPort: try NodeFixture.freePort(), adminPort: nil)
+        // Everything readable by the unprivileged user, the data directory not writable.
+        chmod(fixture.directory.path, 0o755)
+        for file in try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path) { chmod(fixture.path(file), 0o755) }
+        let (status, lines) = try refusal(config, asNobody: true)
+        #expect(status == 1 && lines.count == 1 && lines[0].contains("data_directory: \(fixture.path("data-n1")) is not writable by this user"), "\(lines)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.path("data-n1/userdb")))
     }
 }

@@ -190,7 +190,9 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
         // An admin certificate names a user of the super tenant.
         let admin = try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "root")))
         #expect(admin.user?.username == "root")
-        #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "ghost"))) }, throws: status(.unauthenticated))
+        // An unknown certificate user is only a certificate holder: enough for health checks, nothing else.
+        #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "ghost"))) }, throws: status(.permissionDenied))
+        #expect(try access.authorize(context(NodeServiceDescriptor.ping, peer: .user(name: "ghost"))) == .certificateHolder(name: "ghost"))
     }
 
     @Test func everyMethodHasAnAccessRule() {

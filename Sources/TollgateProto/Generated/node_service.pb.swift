@@ -127,6 +127,14 @@ public struct PeerConnection: ProtoMessage {
     public var lastErrorMessage: String = ""
     /// Field 10.
     public var lastErrorAtUnixMs: Int64 = 0
+    /// Field 11.
+    public var version: String = ""
+    /// Field 12.
+    public var uptimeMs: Int64 = 0
+    /// Field 13.
+    public var ready: Bool = false
+    /// Field 14.
+    public var reportedAtUnixMs: Int64 = 0
 
     public init() {}
 
@@ -140,7 +148,11 @@ public struct PeerConnection: ProtoMessage {
         activeCalls: UInt32 = 0,
         reconnectCount: UInt64 = 0,
         lastErrorMessage: String = "",
-        lastErrorAtUnixMs: Int64 = 0
+        lastErrorAtUnixMs: Int64 = 0,
+        version: String = "",
+        uptimeMs: Int64 = 0,
+        ready: Bool = false,
+        reportedAtUnixMs: Int64 = 0
     ) {
         self.nodeId = nodeId
         self.role = role
@@ -152,6 +164,10 @@ public struct PeerConnection: ProtoMessage {
         self.reconnectCount = reconnectCount
         self.lastErrorMessage = lastErrorMessage
         self.lastErrorAtUnixMs = lastErrorAtUnixMs
+        self.version = version
+        self.uptimeMs = uptimeMs
+        self.ready = ready
+        self.reportedAtUnixMs = reportedAtUnixMs
     }
 }
 
@@ -272,6 +288,10 @@ extension PeerConnection {
         c.pointee.reconnect_count = self.reconnectCount
         c.pointee.last_error_message = arena.cString(self.lastErrorMessage)
         c.pointee.last_error_at_unix_ms = self.lastErrorAtUnixMs
+        c.pointee.version = arena.cString(self.version)
+        c.pointee.uptime_ms = self.uptimeMs
+        c.pointee.ready = (self.ready ? 1 : 0)
+        c.pointee.reported_at_unix_ms = self.reportedAtUnixMs
         return c
     }
 
@@ -288,6 +308,10 @@ extension PeerConnection {
         self.reconnectCount = c.pointee.reconnect_count
         self.lastErrorMessage = try ProtoDecode.string(c.pointee.last_error_message, field: "last_error_message", in: Self.protoName)
         self.lastErrorAtUnixMs = c.pointee.last_error_at_unix_ms
+        self.version = try ProtoDecode.string(c.pointee.version, field: "version", in: Self.protoName)
+        self.uptimeMs = c.pointee.uptime_ms
+        self.ready = (c.pointee.ready != 0)
+        self.reportedAtUnixMs = c.pointee.reported_at_unix_ms
     }
 }
 

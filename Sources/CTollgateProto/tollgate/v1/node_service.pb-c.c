@@ -232,7 +232,7 @@ void   tollgate__v1__get_node_status_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__get_node_status_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tollgate__v1__peer_connection__field_descriptors[10] =
+static const ProtobufCFieldDescriptor tollgate__v1__peer_connection__field_descriptors[14] =
 {
   {
     "node_id",
@@ -354,6 +354,54 @@ static const ProtobufCFieldDescriptor tollgate__v1__peer_connection__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "version",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PeerConnection, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "uptime_ms",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PeerConnection, uptime_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ready",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PeerConnection, ready),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reported_at_unix_ms",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PeerConnection, reported_at_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__peer_connection__field_indices_by_name[] = {
   6,   /* field[6] = active_calls */
@@ -362,15 +410,19 @@ static const unsigned tollgate__v1__peer_connection__field_indices_by_name[] = {
   9,   /* field[9] = last_error_at_unix_ms */
   8,   /* field[8] = last_error_message */
   0,   /* field[0] = node_id */
+  12,   /* field[12] = ready */
   7,   /* field[7] = reconnect_count */
+  13,   /* field[13] = reported_at_unix_ms */
   1,   /* field[1] = role */
   4,   /* field[4] = state */
   5,   /* field[5] = state_since_unix_ms */
+  11,   /* field[11] = uptime_ms */
+  10,   /* field[10] = version */
 };
 static const ProtobufCIntRange tollgate__v1__peer_connection__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__peer_connection__descriptor =
 {
@@ -380,7 +432,7 @@ const ProtobufCMessageDescriptor tollgate__v1__peer_connection__descriptor =
   "Tollgate__V1__PeerConnection",
   "tollgate.v1",
   sizeof(Tollgate__V1__PeerConnection),
-  10,
+  14,
   tollgate__v1__peer_connection__field_descriptors,
   tollgate__v1__peer_connection__field_indices_by_name,
   1,  tollgate__v1__peer_connection__number_ranges,

@@ -79,10 +79,18 @@ struct  Tollgate__V1__PeerConnection
   uint64_t reconnect_count;
   char *last_error_message;
   int64_t last_error_at_unix_ms;
+  /*
+   * What the peer itself last reported (GetNodeStatus, polled every few
+   * seconds), so one node's status shows the whole cluster it sees.
+   */
+  char *version;
+  int64_t uptime_ms;
+  protobuf_c_boolean ready;
+  int64_t reported_at_unix_ms;
 };
 #define TOLLGATE__V1__PEER_CONNECTION__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__peer_connection__descriptor) \
-    , (char *)protobuf_c_empty_string, TOLLGATE__V1__NODE_ROLE__NODE_ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__PEER_STATE__PEER_STATE_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
+    , (char *)protobuf_c_empty_string, TOLLGATE__V1__NODE_ROLE__NODE_ROLE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__PEER_STATE__PEER_STATE_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
 
 
 struct  Tollgate__V1__PingRequest

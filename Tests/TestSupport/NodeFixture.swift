@@ -1,0 +1,169 @@
+public import Foundation
+public import OpenSSLKit
+
+/// Files for real `tollgated` processes: a cluster CA, node certificates,
+/// an admin password, configuration files, and the built binaries.
+public final class NodeFixture: @unchecked Sendable {
+    // @unchecked: the fields are set in init and never change; the CA key is only read.
+    public let directory: URL
+    public let ca: IssuedCertificate
+    public let adminPassword = "fixture-Admin-1"
+
+    public init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-nodes-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        ca = try CertificateIssuer.makeAuthority(commonName: "Tollgate fixture CA", validDays: 1)
+        try ca.certificatePEM.write(to: directory.appendingPathComponent("ca.pem"), atomically: true, encoding: .utf8)
+        try (adminPassword + "\n").write(to: directory.appendingPathComponent("admin.password"), atomically: true, encoding: .utf8)
+        let admin = try CertificateIssuer.issue(CertificateRequest(commonName: "admin", usage: .client, uniformResourceIdentifiers: ["tollgate://user/admin"],
+                                                                   validUntilOffset: 3600), signedBy: ca)
+        try admin.certificatePEM.write(to: directory.appendingPathComponent("admin.pem"), atomically: true, encoding: .utf8)
+        try admin.privateKeyPEM.write(to: directory.appendingPathComponent("admin.key"), atomically: true, encoding: .utf8)
+    }
+
+    public func remove() { try? FileManager.default.removeItem(at: directory) }
+
+    public var caPath: String { directory.appendingPathComponent("ca.pem").path }
+    public func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    /// Issues `<id>.pem` and `<id>.key` for a node running `roles` on localhost.
+    public func issueNode(_ id: String, roles: [String]) throws {
+        let uri = "tollgate://node/\(id)?" + roles.map { "role=\($0)" }.joined(separator: "&")
+        let issued = try CertificateIssuer.issue(CertificateRequest(commonName: id, usage: .node, uniformResourceIdentifiers: [uri], dnsNames: ["localhost"],
+                                                                    ipAddresses: ["127.0.0.1"], validUntilOffset: 3600), signedBy: ca)
+        try issued.certificatePEM.write(to: directory.appendingPathComponent("\(id).pem"), atomically: true, encoding: .utf8)
+        try issued.privateKeyPEM.write(to: directory.appendingPathComponent("\(id).key"), atomically: true, encoding: .utf8)
+    }
+
+    /// A port nothing listens on right now.
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(fd, pointer, length) == 0 else { return -1 }
+                return getsockname(fd, pointer, &length)
+            }
+        }
+        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Writes `<id>.toml` for a node with its data directory under the fixture.
+    @discardableResult
+    public func writeConfig(_ id: String, roles: [String], clusterPort: Int, adminPort: Int?, peers: [String: [String]] = [:],
+                            extra: String = "") throws -> String {
+        let data = directory.appendingPathComponent("data-\(id)")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        var text = """
+            node_id = "\(id)"
+            roles = [\(roles.map { "\"\($0)\"" }.joined(separator: ", "))]
+            data_directory = "data-\(id)"
+
+            [listen]
+            cluster = "127.0.0.1:\(clusterPort)"
+
+            """
+        if let adminPort { text += "admin = \"127.0.0.1:\(adminPort)\"\n" }
+        text += """
+
+            [tls]
+            ca = "ca.pem"
+            certificate = "\(id).pem"
+            private_key = "\(id).key"
+
+            [users]
+            bootstrap_admin = "admin"
+            bootstrap_password_file = "admin.password"
+
+            """
+        if !peers.isEmpty {
+            text += "\n[peers]\n"
+            for (role, addresses) in peers.sorted(by: { $0.key < $1.key }) {
+                text += "\(role) = [\(addresses.map { "\"\($0)\"" }.joined(separator: ", "))]\n"
+            }
+        }
+        text += extra
+        let path = directory.appendingPathComponent("\(id).toml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The directory holding the built executables (beside the test bundle).
+    public static var binDirectory: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    }
+}
+
+/// A running `tollgated`, its output collected.
+public final class NodeProcess: @unchecked Sendable {
+    // @unchecked: `process` and the pipes are used from the test's thread;
+    // the collected output is guarded by `lock`.
+    public let process = Process()
+    private let lock = NSLock()
+    private var collected = ""
+
+    public init(config: String, environment extra: [String: String] = [:], arguments: [String] = []) throws {
+        process.executableURL = NodeFixture.binDirectory.appendingPathComponent("tollgated")
+        process.arguments = ["--config", config] + arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment.removeValue(forKey: "NOTIFY_SOCKET")
+        for (key, value) in extra { environment[key] = value }
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lock.withLock { self.collected += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    public var output: String { lock.withLock { collected } }
+
+    /// Waits until the output contains `text` or the process exits.
+    public func waitFor(_ text: String, timeout: Duration = .seconds(30)) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if output.contains(text) { return true }
+            if !process.isRunning { return output.contains(text) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    public func stop() async -> Int32 {
+        if process.isRunning { process.terminate() }
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+        return process.terminationStatus
+    }
+}
+
+/// Runs `tollctl` to completion, returning its status and output.
+public func runTollctl(_ arguments: [String], environment extra: [String: String] = [:], input: String? = nil) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = NodeFixture.binDirectory.appendingPathComponent("tollctl")
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    for (key, value) in extra { environment[key] = value }
+    process.environment = environment
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    let stdin = Pipe()
+    process.standardInput = stdin
+    try process.run()
+    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+    try stdin.fileHandleForWriting.close()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
