@@ -72,7 +72,8 @@ let package = Package(
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
-        .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
+        .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
+                                                       "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
