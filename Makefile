@@ -1,7 +1,6 @@
 # Tollgate task runner. `make run` and `make test` work on a fresh Debian 12
 # machine with Swift 6.3: both install the Debian packages they need first.
 SWIFT        ?= swift
-DATA_DIR     ?= $(CURDIR)/var/dev
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
 .PHONY: all deps python build run test test-swift check-proto build-release proto bench fuzz clean
@@ -17,7 +16,7 @@ python: deps
 build: deps
 	$(SWIFT) build
 
-## make run: an all-in-one development node on $(DATA_DIR)
+## make run: an all-in-one development node (config, certificates and data in .dev/)
 run: build
 	tools/dev-node.sh "$$($(SWIFT) build --show-bin-path)"
 
@@ -49,7 +48,7 @@ bench: deps
 	$(RELEASE_PATH)/release/tollgate-bench
 
 clean:
-	rm -rf .build $(RELEASE_PATH) var
+	rm -rf .build $(RELEASE_PATH) .dev
 
 ## make fuzz: libFuzzer targets for the frame and metadata decoders (FUZZ_SECONDS each)
 FUZZ_SECONDS ?= 300
