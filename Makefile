@@ -3,7 +3,7 @@
 SWIFT        ?= swift
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
-.PHONY: all deps python build run test test-swift check-proto build-release proto bench fuzz clean
+.PHONY: all deps python build run test test-swift check-proto build-release proto bench fuzz clean deb test-package
 
 all: build
 
@@ -48,7 +48,15 @@ bench: deps
 	$(RELEASE_PATH)/release/tollgate-bench
 
 clean:
-	rm -rf .build $(RELEASE_PATH) .dev
+	rm -rf .build $(RELEASE_PATH) .dev .build-deb
+
+## make deb: the Debian package (packaging/debian) in .build-deb/, checked by lintian
+deb: deps
+	SWIFT_SCRATCH=$(RELEASE_PATH) tools/build-deb.sh
+
+## make test-package: installs the package in a booted Debian 12 container and checks the nodes under systemd
+test-package: deb
+	tools/test-package.sh
 
 ## make fuzz: libFuzzer targets for the frame and metadata decoders (FUZZ_SECONDS each)
 FUZZ_SECONDS ?= 300

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Tollgate builds and tests with, if any are
 # missing (apt-get, through sudo when not root). Swift 6.3 itself is expected
-# on PATH.
+# on PATH. `tools/install-deps.sh package` adds what `make deb` and
+# `make test-package` need.
 set -euo pipefail
 packages=(
     pkg-config
@@ -10,7 +11,11 @@ packages=(
     libssl-dev openssl
     libsystemd-dev
     python3 python3-venv
+    prometheus
 )
+if [ "${1:-}" = "package" ]; then
+    packages+=(debhelper dpkg-dev lintian debootstrap systemd-container systemd)
+fi
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -123,7 +123,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 return
             }
             emit(limits.settingsFrame, context: context)
-            ready.succeed()
+            // Ready once the server's SETTINGS arrive: calls then start with
+            // its real limits (stream count, frame size), not the defaults.
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -345,6 +346,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 return connectionError(context: context, error)
             }
             receivedSettings = true
+            ready.succeed()
             // Streams opened on the defaults take the difference (docs/rpc-protocol.md §3).
             for stream in streams.values { stream.sendWindow += peerSettings.initialWindowSize - old }
             emit(Frame(type: .settings, flags: .ack, streamID: 0), context: context)

@@ -1,5 +1,6 @@
 import Synchronization
 public import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 public import OpenSSLKit
 public import RPCCore
@@ -22,14 +23,15 @@ public final class RPCConnection: RPCClientTransport {
         self.taskExecutor = LoopTaskExecutor(eventLoop: channel.eventLoop)
     }
 
-    /// Connects with TLS (offering `tollgate-rpc/1`) and sends SETTINGS.
-    /// Fails if TLS and the ALPN check are not done within the limits'
-    /// handshake timeout.
+    /// Connects with TLS (offering `tollgate-rpc/1`), exchanges SETTINGS,
+    /// and returns once the server's SETTINGS have arrived. Fails if that
+    /// takes longer than the limits' handshake timeout.
     public static func connect(host: String, port: Int, serverHostname: String?, tls: TLSContext,
                                limits: RPCLimits = RPCLimits(), group: any EventLoopGroup) async throws -> RPCConnection {
         let loop = group.next()
         let ready = loop.makePromise(of: Void.self)
         let goingAway = GoAwayFlag()
+        let installed = NIOLockedValueBox<NIOLoopBound<ClientConnectionHandler>?>(nil)
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(limits.handshakeTimeout)
@@ -38,7 +40,9 @@ public final class RPCConnection: RPCClientTransport {
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: serverHostname))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
-                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(limits: limits, ready: ready, goingAway: goingAway))
+                    let handler = ClientConnectionHandler(limits: limits, ready: ready, goingAway: goingAway)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    installed.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
                 }
             }
             .connect(host: host, port: port).get()
@@ -53,9 +57,7 @@ public final class RPCConnection: RPCClientTransport {
             try? await channel.close()
             throw error
         }
-        let handler = try await channel.eventLoop.submit {
-            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientConnectionHandler.self), eventLoop: channel.eventLoop)
-        }.get()
+        guard let handler = installed.withLockedValue({ $0 }) else { throw RPCError(.internal, "connection handler missing") }
         return RPCConnection(channel: channel, handler: handler, goingAway: goingAway)
     }
 
