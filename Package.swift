@@ -22,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // MARK: C system libraries. Each is imported by exactly one Swift module.
@@ -58,8 +61,13 @@ let package = Package(
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                                                     .product(name: "TOMLKit", package: "TOMLKit")]),
-        .executableTarget(name: "tollgated", dependencies: ["TollgateNode", argumentParser]),
+                                                     .product(name: "TOMLKit", package: "TOMLKit"),
+                                                     .product(name: "NIOHTTP1", package: "swift-nio"),
+                                                     .product(name: "Logging", package: "swift-log"),
+                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                                     .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                                                     .product(name: "Prometheus", package: "swift-prometheus")]),
+        .executableTarget(name: "tollgated", dependencies: ["TollgateNode", argumentParser, .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "OpenSSLKit", argumentParser, nioCore, nioPosix,
                                                       .product(name: "TOMLKit", package: "TOMLKit")]),
 
@@ -81,7 +89,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport"]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", nioCore, nioPosix]),
     ]
 )
 

@@ -19,4 +19,8 @@ int sd_listen_fds(int unset_environment);
 int sd_listen_fds_with_names(int unset_environment, char ***names);
 int sd_is_socket(int fd, int family, int type, int listening);
 
+// sd-journal: structured entries, one "FIELD=value" per iovec.
+struct iovec;
+int sd_journal_sendv(const struct iovec *iov, int n);
+
 #endif

@@ -186,3 +186,16 @@ public func status(for error: any Error) -> RPCError {
     if let convertible = error as? any RPCErrorConvertible { return convertible.rpcError }
     return RPCError(.unknown, "")
 }
+
+/// What a server reports about its work, for metrics and logs. Called on
+/// event loop threads: implementations must be quick and thread-safe.
+public protocol RPCServerObserver: Sendable {
+    func connectionOpened()
+    func connectionClosed()
+    /// A connection was closed for breaking the protocol (garbage bytes,
+    /// wrong frames, timeouts); `peer` is the remote address.
+    func connectionFailed(peer: String, reason: String)
+    /// A call ended with `code`, `duration` after its HEADERS arrived.
+    /// `path` is the method path the client asked for (known or not).
+    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String)
+}

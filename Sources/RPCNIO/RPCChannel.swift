@@ -41,7 +41,7 @@ public final class RPCChannel: RPCClientTransport {
     public let host: String
     public let port: Int
     private let serverHostname: String?
-    private let tls: TLSContext
+    private let tls: NIOLockedValueBox<TLSContext>
     private let limits: RPCLimits
     private let group: any EventLoopGroup
     private let backoff: ReconnectBackoff
@@ -94,7 +94,7 @@ public final class RPCChannel: RPCClientTransport {
         self.host = host
         self.port = port
         self.serverHostname = serverHostname
-        self.tls = tls
+        self.tls = NIOLockedValueBox(tls)
         self.limits = limits
         self.group = group
         self.backoff = backoff
@@ -123,7 +123,8 @@ public final class RPCChannel: RPCClientTransport {
 
     private func connect() async throws -> RPCConnection {
         do {
-            let connection = try await RPCConnection.connect(host: host, port: port, serverHostname: serverHostname, tls: tls, limits: limits, group: group)
+            let connection = try await RPCConnection.connect(host: host, port: port, serverHostname: serverHostname, tls: tls.withLockedValue { $0 },
+                                                             limits: limits, group: group)
             let keep = state.withLockedValue { state -> Bool in
                 state.connecting = nil
                 state.failures = 0
@@ -148,6 +149,11 @@ public final class RPCChannel: RPCClientTransport {
             }
             throw RPCError(.unavailable, "cannot reach \(host):\(port): \(description); next attempt in \(Self.milliseconds(delay)) ms")
         }
+    }
+
+    /// The next connection uses `tls` (new certificates after a reload).
+    public func updateTLS(_ tls: TLSContext) {
+        self.tls.withLockedValue { $0 = tls }
     }
 
     /// Closes the current connection; later calls fail.

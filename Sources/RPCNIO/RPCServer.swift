@@ -11,7 +11,9 @@ public final class RPCServer: Sendable {
     public static let alpn = "tollgate-rpc/1"
 
     private let methods: [String: RPCMethodHandler]
-    private let tls: TLSContext
+    /// Read for each new connection, so new certificates apply without a restart.
+    private let tls: NIOLockedValueBox<TLSContext>
+    private let observer: (any RPCServerObserver)?
     private let limits: RPCLimits
     private let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -21,18 +23,41 @@ public final class RPCServer: Sendable {
     ///   is and whether they may call the method, throwing the status to
     ///   answer with (UNAUTHENTICATED or PERMISSION_DENIED) if not. Usually
     ///   ``AccessController/authorize(_:)``.
-    public init(methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
+    public init(methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(), observer: (any RPCServerObserver)? = nil,
                 authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
         self.methods = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
-        self.tls = tls
+        self.tls = NIOLockedValueBox(tls)
+        self.observer = observer
         self.limits = limits
         self.authorize = authorize
     }
 
+    /// New connections use `tls` from now on; open ones keep theirs.
+    public func updateTLS(_ tls: TLSContext) {
+        self.tls.withLockedValue { $0 = tls }
+    }
+
     /// Binds and starts accepting; returns the bound address.
     public func bind(host: String, port: Int, group: any EventLoopGroup) async throws -> SocketAddress {
+        try await listen(bootstrap(group: group).bind(host: host, port: port).get())
+    }
+
+    /// Accepts on a socket that is already bound and listening (socket
+    /// activation); the server takes ownership of the descriptor.
+    public func bind(listeningSocket descriptor: CInt, group: any EventLoopGroup) async throws -> SocketAddress {
+        try await listen(bootstrap(group: group).withBoundSocket(descriptor).get())
+    }
+
+    private func listen(_ channel: any Channel) throws -> SocketAddress {
+        listener.withLockedValue { $0 = channel }
+        guard let address = channel.localAddress else { throw RPCError(.internal, "bound socket has no address") }
+        return address
+    }
+
+    private func bootstrap(group: any EventLoopGroup) -> ServerBootstrap {
         let methods = self.methods, tls = self.tls, limits = self.limits, authorize = self.authorize, connections = self.connections
-        let channel = try await ServerBootstrap(group: group)
+        let observer = self.observer
+        return ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
@@ -44,18 +69,21 @@ public final class RPCServer: Sendable {
                         return true
                     }
                     // Over the limit: closed before TLS costs anything (docs/rpc-protocol.md §9).
-                    guard admitted else { throw RPCError(.resourceExhausted, "more than \(limits.maxConnections) connections") }
-                    channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
-                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls))
+                    guard admitted else {
+                        observer?.connectionFailed(peer: channel.remoteAddress?.description ?? "unknown", reason: "more than \(limits.maxConnections) connections")
+                        throw RPCError(.resourceExhausted, "more than \(limits.maxConnections) connections")
+                    }
+                    observer?.connectionOpened()
+                    channel.closeFuture.whenComplete { _ in
+                        _ = connections.withLockedValue { $0.removeValue(forKey: id) }
+                        observer?.connectionClosed()
+                    }
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoderHandler()))
-                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, authorize: authorize))
+                    try channel.pipeline.syncOperations.addHandler(ServerConnectionHandler(methods: methods, limits: limits, observer: observer, authorize: authorize))
                 }
             }
-            .bind(host: host, port: port).get()
-        listener.withLockedValue { $0 = channel }
-        guard let address = channel.localAddress else { throw RPCError(.internal, "bound socket has no address") }
-        return address
     }
 
     /// Connections open now.

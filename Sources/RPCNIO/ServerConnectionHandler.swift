@@ -42,6 +42,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         /// Bytes received and not yet consumed, against our advertised window.
         var receiveWindow: Int
         let requestID: String
+        let started = ContinuousClock.now
 
         init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, sendWindow: Int, receiveWindow: Int, requestID: String) {
             self.handler = handler
@@ -65,6 +66,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let methods: [String: RPCMethodHandler]
     private let limits: RPCLimits
     private let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller
+    private let observer: (any RPCServerObserver)?
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
@@ -90,9 +92,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var outstandingPing: (payload: [UInt8], timeout: Scheduled<Void>)?
     private var pingsSent: UInt64 = 0
 
-    init(methods: [String: RPCMethodHandler], limits: RPCLimits, authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
+    init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
+         authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
         self.methods = methods
         self.limits = limits
+        self.observer = observer
         self.authorize = authorize
     }
 
@@ -144,11 +148,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if let error = error as? ConnectionError {
             connectionError(context: context, error)
         } else {
+            // TLS failures (bad certificates, garbage before the handshake): the TLS handler closes.
+            observer?.connectionFailed(peer: context.remoteAddress?.description ?? "unknown", reason: "\(error)")
             context.fireErrorCaught(error)
         }
     }
 
     private func connectionError(context: ChannelHandlerContext, _ error: ConnectionError) {
+        observer?.connectionFailed(peer: context.remoteAddress?.description ?? "unknown", reason: error.message)
         emit(goAwayFrame(lastStreamID: lastStreamID, reason: error.reason.goAwayReason, message: error.message), context: context)
         flush(context: context)
         context.close(promise: nil)
@@ -257,13 +264,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var echo = Metadata()
         echo.add("x-request-id", requestID)
         guard let handler = methods[headers.method] else {
-            return emit(trailersFrame(streamID: id, error: RPCError(.unimplemented, "unknown method \(headers.method)"), metadata: echo), context: context)
+            let error = RPCError(.unimplemented, "unknown method \(headers.method)")
+            observer?.callFinished(path: headers.method, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
+            return emit(trailersFrame(streamID: id, error: error, metadata: echo), context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
         var callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
         do {
             callContext.caller = try authorize(callContext)
         } catch {
+            observer?.callFinished(path: headers.method, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
             return emit(trailersFrame(streamID: id, error: error, metadata: echo), context: context)
         }
         if headers.timeoutMs == 0 {
@@ -322,6 +332,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .requestsEnded:
             requestsEnded(stream: stream, id: id, context: context)
         case .cancelled:
+            report(stream, code: .cancelled, message: "cancelled by the client")
             stream.stop(RPCError(.cancelled, "cancelled by the client"))
             streams[id] = nil
             streamClosed(context: context)
@@ -418,6 +429,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Ends a stream on our side with CANCEL (a stream error; the connection stays).
     private func abort(stream id: UInt32, code: RPCCode, message: String, context: ChannelHandlerContext) {
         guard let stream = streams.removeValue(forKey: id) else { return }
+        report(stream, code: code, message: message)
         stream.stop(RPCError(code, message))
         emit(cancelFrame(streamID: id, code: code, message: message), context: context)
         streamClosed(context: context)
@@ -426,6 +438,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Ends a stream with an error status in TRAILERS, stopping its handler.
     private func fail(streamID id: UInt32, _ error: RPCError) {
         guard let context, let stream = streams.removeValue(forKey: id) else { return }
+        report(stream, code: error.code, message: error.message)
         stream.stop(error)
         emit(trailersFrame(streamID: id, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
@@ -521,9 +534,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .failure(let failure):
             error = failure
         }
+        report(stream, code: error?.code ?? .ok, message: error?.message ?? "")
         stream.stop(error ?? RPCError(.internal, "call ended"))
         emit(trailersFrame(streamID: streamID, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
+    }
+
+    private func report(_ stream: Stream, code: RPCCode, message: String) {
+        observer?.callFinished(path: stream.handler.method.path, code: code, duration: ContinuousClock.now - stream.started,
+                               requestID: stream.requestID, caller: stream.callContext.caller, message: message)
     }
 
     private func closedFuture() -> EventLoopFuture<Void> {

@@ -1,5 +1,4 @@
 public import TollgateStorage
-import Dispatch
 import Foundation
 import SystemdKit
 
@@ -50,83 +49,6 @@ public final class Node: Sendable {
     public var statusLine: String {
         let opened = databases.opened.map(\.rawValue).sorted().joined(separator: ", ")
         return "ready: roles \(roles.map(\.rawValue).joined(separator: ", ")); databases \(opened) in \(databases.dataDirectory)"
-    }
-
-    /// Tells systemd (if present) and the operator that the node is ready.
-    public func reportReady() {
-        ServiceNotifier.ready(status: statusLine)
-        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
-    }
-
-    public func reportStopping(signal: Int32) {
-        ServiceNotifier.stopping(status: "stopping on signal \(signal)")
-        printLine("tollgated stopping on signal \(signal)")
-    }
-
-}
-
-/// SIGTERM and SIGINT, taken from dispatch signal sources: the default
-/// action (die at once) is replaced as soon as `catchTerminationSignals` runs,
-/// whatever threads already exist.
-public enum NodeSignals {
-    private final class Waiter: @unchecked Sendable {
-        // @unchecked: `continuation`, `pending` and `sources` are only touched on `queue`.
-        let queue = DispatchQueue(label: "tollgate.signals")
-        var continuation: CheckedContinuation<Int32, Never>?
-        var pending: Int32?
-        var sources: [any DispatchSourceSignal] = []
-    }
-    private static let waiter = Waiter()
-
-    /// Starts catching the signals; call before anything that takes time.
-    public static func catchTerminationSignals() {
-        let waiter = self.waiter
-        waiter.queue.sync {
-            guard waiter.sources.isEmpty else { return }
-            for number in [SIGTERM, SIGINT] {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: waiter.queue)
-                source.setEventHandler {
-                    if let continuation = waiter.continuation {
-                        waiter.continuation = nil
-                        continuation.resume(returning: number)
-                    } else if waiter.pending == nil {
-                        waiter.pending = number
-                    }
-                }
-                source.resume()
-                waiter.sources.append(source)
-            }
-        }
-    }
-
-    /// The next SIGTERM or SIGINT (or one that came before this call).
-    public static func nextTerminationSignal() async -> Int32 {
-        let waiter = self.waiter
-        return await withCheckedContinuation { continuation in
-            waiter.queue.async {
-                if let pending = waiter.pending {
-                    waiter.pending = nil
-                    continuation.resume(returning: pending)
-                } else {
-                    waiter.continuation = continuation
-                }
-            }
-        }
-    }
-}
-
-extension NodeRuntime {
-    /// Tells systemd (if present) and the operator that the node serves.
-    public func reportReady() {
-        ServiceNotifier.ready(status: statusLine)
-        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
-    }
-
-    public func reportStopping(signal: Int32) {
-        let status = "stopping on signal \(signal): draining calls for up to \(config.drainTimeoutSeconds) s"
-        ServiceNotifier.stopping(status: status)
-        printLine("tollgated \(status)")
     }
 }
 

@@ -103,7 +103,9 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 
 extension NodeConfig {
     /// Reads and validates a configuration file, reporting every problem.
-    public static func load(path: String) throws(ConfigError) -> NodeConfig {
+    public static func load(path relative: String) throws(ConfigError) -> NodeConfig {
+        // Absolute, so a reload finds the same file whatever the directory.
+        let path = URL(fileURLWithPath: relative).standardizedFileURL.path
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)

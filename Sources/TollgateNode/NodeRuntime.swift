@@ -1,35 +1,46 @@
 import Foundation
-public import NIOCore
+public import Logging
 import NIOConcurrencyHelpers
+public import NIOCore
 public import NIOPosix
 import OpenSSLKit
 import RPCCore
 public import RPCNIO
+import ServiceLifecycle
+import SystemdKit
 import TollgateProto
 import TollgateServices
 import TollgateStorage
 public import TollgateUsers
+import UnixSignals
 
-/// A node that serves: databases open, listeners bound, peers watched.
+/// A node that serves: databases open, listeners bound, peers watched. Its
+/// steady state runs as a service group (swift-service-lifecycle): peers,
+/// metrics, listeners, then systemd; graceful shutdown goes in reverse.
 public final class NodeRuntime: Sendable {
-    public let config: NodeConfig
     public let node: Node
     public let group: MultiThreadedEventLoopGroup
     public let directory: UserDirectory?
+    public let metrics: NodeMetrics
     let servers: [(name: String, server: RPCServer, address: SocketAddress)]
-    public let peers: [PeerLink]
-    let startedAtUnixMs: Int64
-    let started = ContinuousClock.now
-    private let monitor: Task<Void, Never>
+    let metricsServer: MetricsServer?
+    private let state: NIOLockedValueBox<(config: NodeConfig, peers: [PeerLink], reloads: Int)>
+    let logger: Logger
 
-    /// The bound addresses (cluster first, then admin), for tests and status.
+    public var currentConfig: NodeConfig { state.withLockedValue { $0.config } }
+    public var peers: [PeerLink] { state.withLockedValue { $0.peers } }
+
+    /// The bound addresses by listener name (cluster, admin, metrics).
     public var boundAddresses: [String: SocketAddress] {
-        Dictionary(uniqueKeysWithValues: servers.map { ($0.name, $0.address) })
+        var addresses = Dictionary(uniqueKeysWithValues: servers.map { ($0.name, $0.address) })
+        if let address = metricsServer?.address { addresses["metrics"] = address }
+        return addresses
     }
 
-    /// Opens the databases, prepares users, binds every listener and starts
-    /// watching peers. Fails with a message naming what is wrong.
-    public static func start(config: NodeConfig, threads: Int = System.coreCount) async throws -> NodeRuntime {
+    /// Opens the databases, prepares users, binds every listener (or takes
+    /// them from systemd's socket activation) and creates the peer links.
+    /// Fails with a message naming what is wrong.
+    public static func start(config: NodeConfig, logger: Logger, threads: Int = System.coreCount) async throws -> NodeRuntime {
         let problems = config.checkFiles()
         guard problems.isEmpty else { throw ConfigError(path: config.path, problems: problems) }
         try checkCertificate(config)
@@ -37,102 +48,142 @@ public final class NodeRuntime: Sendable {
         let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory)
         var directory: UserDirectory?
         if let userdb = node.databases.userdb {
-            var policy = UserPolicy()
-            policy.sessionLifetimeMs = Int64(config.sessionLifetimeMinutes) * 60_000
-            policy.maxFailedLogins = UInt32(config.maxFailedLogins)
-            policy.lockoutMs = Int64(config.lockoutMinutes) * 60_000
-            let users = UserDirectory(database: userdb, policy: policy)
+            let users = UserDirectory(database: userdb, policy: userPolicy(config))
             var admin: (String, String)?
             if let name = config.bootstrapAdmin, let file = config.bootstrapPasswordFile {
                 let password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines)
                 admin = (name, password)
             }
             do {
-                try users.bootstrap(admin: admin)
+                switch try users.bootstrap(admin: admin) {
+                case .createdAdmin(let name): logger.notice("created the first administrator", metadata: ["user": "\(name)"])
+                case .noAdmin: logger.warning("no administrator exists and users.bootstrap_admin is not set: nobody can sign in")
+                case .adminExists: break
+                }
             } catch let error as RPCError {
                 throw NodeStartError("users.bootstrap_admin: \(error.message)")
             }
             directory = users
         }
 
+        let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,
+                                  dataDirectory: config.dataDirectory, databases: node.databases.opened)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
-        var limits = RPCLimits(maxFrameSize: config.maxFrameSize, maxConcurrentStreams: config.maxConcurrentStreams)
-        limits.maxConnections = config.maxConnections
-        limits.idleTimeout = .seconds(Int64(config.idleTimeoutSeconds))
-
-        let clientTLS = try TLSContext(configuration: .client(trustRootsFile: config.caPath, certificateChainFile: config.certificatePath,
-                                                              privateKeyFile: config.privateKeyPath, applicationProtocols: [RPCServer.alpn]))
-        let peers = config.peers.sorted { $0.key.rawValue < $1.key.rawValue }.flatMap { role, endpoints in
-            endpoints.map { endpoint in
-                PeerLink(role: role, endpoint: endpoint,
-                         channel: RPCChannel(host: endpoint.host, port: endpoint.port, serverHostname: endpoint.host, tls: clientTLS, limits: limits, group: group))
-            }
-        }
+        let limits = rpcLimits(config)
+        let peers = try makePeers(config, limits: limits, group: group)
 
         let startedAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, peers: peers)
-        var methods = status.methodHandlers.map { handler in
-            // Ping and status never block: they answer on the connection's loop.
-            handler.placed(.eventLoop)
-        }
+        let peerBox = NIOLockedValueBox(peers)
+        let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, peers: { peerBox.withLockedValue { $0 } })
+        // Ping and status never block: they answer on the connection's loop.
+        var methods = status.methodHandlers.map { $0.placed(.eventLoop) }
         if let directory { methods += UserService(directory: directory).methodHandlers }
         let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
         let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { (context) throws(RPCError) -> Caller in
             try access.authorize(context)
         }
+        let observer = CallLogger(metrics: metrics, logger: logger)
 
+        let activated = Dictionary(ServiceNotifier.listenedSockets().map { ($0.name, $0.descriptor) }, uniquingKeysWith: { first, _ in first })
         var servers: [(String, RPCServer, SocketAddress)] = []
+        var metricsServer: MetricsServer?
         do {
-            let clusterTLS = try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
-                                                                   trustRootsFile: config.caPath, verification: .peerRequired,
-                                                                   applicationProtocols: [RPCServer.alpn]))
-            let cluster = RPCServer(methods: methods, tls: clusterTLS, limits: limits, authorize: authorize)
-            servers.append(("cluster", cluster, try await bind(cluster, config.clusterListen, key: "listen.cluster", group: group)))
+            let (clusterTLS, adminTLS) = try serverTLS(config)
+            let cluster = RPCServer(methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorize: authorize)
+            servers.append(("cluster", cluster, try await bind(cluster, config.clusterListen, key: "listen.cluster", socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
-                let adminTLS = try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
-                                                                     trustRootsFile: config.caPath, verification: .peer,
-                                                                     applicationProtocols: [RPCServer.alpn]))
-                let admin = RPCServer(methods: methods, tls: adminTLS, limits: limits, authorize: authorize)
-                servers.append(("admin", admin, try await bind(admin, adminListen, key: "listen.admin", group: group)))
+                let admin = RPCServer(methods: methods, tls: adminTLS, limits: limits, observer: observer, authorize: authorize)
+                servers.append(("admin", admin, try await bind(admin, adminListen, key: "listen.admin", socket: activated["admin"], group: group)))
+            }
+            if let endpoint = config.metricsListen {
+                do {
+                    metricsServer = try await MetricsServer.start(host: endpoint.host, port: endpoint.port, group: group) {
+                        metrics.render(peers: peerBox.withLockedValue { $0 })
+                    }
+                } catch {
+                    throw NodeStartError("listen.metrics: cannot listen on \(endpoint): \(describeBindError(error))")
+                }
             }
         } catch {
             for (_, server, _) in servers { await server.shutdown(drainTimeout: .zero) }
+            await metricsServer?.close()
             try? await group.shutdownGracefully()
             throw error
         }
-        return NodeRuntime(config: config, node: node, group: group, directory: directory, servers: servers, peers: peers,
-                           startedAtUnixMs: startedAtUnixMs)
+        return NodeRuntime(config: config, node: node, group: group, directory: directory, metrics: metrics, servers: servers,
+                           metricsServer: metricsServer, peers: peerBox, logger: logger)
     }
 
-    private init(config: NodeConfig, node: Node, group: MultiThreadedEventLoopGroup, directory: UserDirectory?,
-                 servers: [(String, RPCServer, SocketAddress)], peers: [PeerLink], startedAtUnixMs: Int64) {
-        self.config = config
+    private let peerBox: NIOLockedValueBox<[PeerLink]>
+
+    private init(config: NodeConfig, node: Node, group: MultiThreadedEventLoopGroup, directory: UserDirectory?, metrics: NodeMetrics,
+                 servers: [(String, RPCServer, SocketAddress)], metricsServer: MetricsServer?, peers: NIOLockedValueBox<[PeerLink]>, logger: Logger) {
         self.node = node
         self.group = group
         self.directory = directory
+        self.metrics = metrics
         self.servers = servers.map { (name: $0.0, server: $0.1, address: $0.2) }
-        self.peers = peers
-        self.startedAtUnixMs = startedAtUnixMs
-        // Keep peer connections warm and their status current.
-        monitor = Task {
-            while !Task.isCancelled {
-                await withTaskGroup(of: Void.self) { tasks in
-                    for peer in peers { tasks.addTask { await peer.probe() } }
-                }
-                try? await Task.sleep(for: .seconds(5))
+        self.metricsServer = metricsServer
+        self.peerBox = peers
+        self.state = NIOLockedValueBox((config, peers.withLockedValue { $0 }, 0))
+        self.logger = logger
+    }
+
+    static func userPolicy(_ config: NodeConfig) -> UserPolicy {
+        var policy = UserPolicy()
+        policy.sessionLifetimeMs = Int64(config.sessionLifetimeMinutes) * 60_000
+        policy.maxFailedLogins = UInt32(config.maxFailedLogins)
+        policy.lockoutMs = Int64(config.lockoutMinutes) * 60_000
+        return policy
+    }
+
+    static func rpcLimits(_ config: NodeConfig) -> RPCLimits {
+        var limits = RPCLimits(maxFrameSize: config.maxFrameSize, maxConcurrentStreams: config.maxConcurrentStreams)
+        limits.maxConnections = config.maxConnections
+        limits.idleTimeout = .seconds(Int64(config.idleTimeoutSeconds))
+        return limits
+    }
+
+    static func clientTLS(_ config: NodeConfig) throws -> TLSContext {
+        try TLSContext(configuration: .client(trustRootsFile: config.caPath, certificateChainFile: config.certificatePath,
+                                              privateKeyFile: config.privateKeyPath, applicationProtocols: [RPCServer.alpn]))
+    }
+
+    /// The cluster listener requires a certificate from the CA; the admin
+    /// listener verifies one if presented.
+    static func serverTLS(_ config: NodeConfig) throws -> (cluster: TLSContext, admin: TLSContext) {
+        let cluster = try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
+                                                            trustRootsFile: config.caPath, verification: .peerRequired, applicationProtocols: [RPCServer.alpn]))
+        let admin = try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
+                                                          trustRootsFile: config.caPath, verification: .peer, applicationProtocols: [RPCServer.alpn]))
+        return (cluster, admin)
+    }
+
+    static func makePeers(_ config: NodeConfig, limits: RPCLimits, group: any EventLoopGroup) throws -> [PeerLink] {
+        let tls = try clientTLS(config)
+        return config.peers.sorted { $0.key.rawValue < $1.key.rawValue }.flatMap { role, endpoints in
+            endpoints.map { endpoint in
+                PeerLink(role: role, endpoint: endpoint,
+                         channel: RPCChannel(host: endpoint.host, port: endpoint.port, serverHostname: endpoint.host, tls: tls, limits: limits, group: group))
             }
         }
     }
 
-    private static func bind(_ server: RPCServer, _ endpoint: Endpoint, key: String, group: any EventLoopGroup) async throws -> SocketAddress {
+    private static func bind(_ server: RPCServer, _ endpoint: Endpoint, key: String, socket: Int32?, group: any EventLoopGroup) async throws -> SocketAddress {
         do {
+            if let socket { return try await server.bind(listeningSocket: socket, group: group) }
             return try await server.bind(host: endpoint.host, port: endpoint.port, group: group)
         } catch {
-            let text = "\(error)"
-            let reason = text.contains("Address already in use") ? "address already in use"
-                : text.contains("Cannot assign requested address") ? "no such local address" : text
-            throw NodeStartError("\(key): cannot listen on \(endpoint): \(reason)")
+            throw NodeStartError("\(key): cannot listen on \(endpoint): \(describeBindError(error))")
         }
+    }
+
+    static func describeBindError(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.contains("Address already in use") { return "address already in use" }
+        if text.contains("Cannot assign requested address") { return "no such local address" }
+        if text.contains("Permission denied") { return "permission denied (ports below 1024 need privileges)" }
+        return text
     }
 
     /// The node certificate must name this node and its roles, or peers would refuse it.
@@ -159,23 +210,104 @@ public final class NodeRuntime: Sendable {
         }
     }
 
-    /// One line for systemd's STATUS= and the log.
-    public var statusLine: String {
-        let listening = servers.map { "\($0.name) \($0.address.ipAddress ?? "?"):\($0.address.port ?? 0)" }.joined(separator: ", ")
-        return "ready: node \(config.nodeID), roles \(config.roles.map(\.rawValue).joined(separator: ",")); listening \(listening)"
+    // MARK: Running
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    public func run() async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: PeerMonitorService(runtime: self), serviceName: "peers"),
+        ]
+        if let metricsServer { services.append(.init(service: MetricsService(server: metricsServer), serviceName: "metrics")) }
+        services.append(.init(service: ListenersService(runtime: self), serviceName: "listeners"))
+        services.append(.init(service: SystemdService(runtime: self, logger: logger), serviceName: "systemd"))
+        var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Past the drain period plus slack, remaining work is cancelled.
+        configuration.maximumGracefulShutdownDuration = .seconds(currentConfig.drainTimeoutSeconds + 10)
+        try await ServiceGroup(configuration: configuration).run()
+        try? await group.shutdownGracefully()
     }
 
-    /// Stops accepting, lets calls finish up to the drain timeout, closes peers.
-    public func shutdown() async {
-        monitor.cancel()
-        await withTaskGroup(of: Void.self) { tasks in
-            for entry in servers {
-                let server = entry.server, drain = Duration.seconds(config.drainTimeoutSeconds)
-                tasks.addTask { await server.shutdown(drainTimeout: drain) }
-            }
+    /// One line for systemd's STATUS= and the log.
+    public var statusLine: String {
+        let config = currentConfig
+        let listening = servers.map { "\($0.name) \($0.address.ipAddress ?? "?"):\($0.address.port ?? 0)" }
+            + (metricsServer?.address.map { ["metrics \($0.ipAddress ?? "?"):\($0.port ?? 0)"] } ?? [])
+        let reloads = state.withLockedValue { $0.reloads }
+        return "ready: node \(config.nodeID), roles \(config.roles.map(\.rawValue).joined(separator: ",")); listening \(listening.joined(separator: ", "))"
+            + (reloads > 0 ? "; configuration reloaded \(reloads)×" : "")
+    }
+
+    /// Tells systemd (if present) and the operator that the node serves.
+    func reportReady() {
+        ServiceNotifier.ready(status: statusLine)
+        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
+        logger.notice("\(statusLine)")
+    }
+
+    func reportStopping() {
+        let status = "stopping: draining calls for up to \(currentConfig.drainTimeoutSeconds) s"
+        ServiceNotifier.stopping(status: status)
+        printLine("tollgated \(status)")
+        logger.notice("\(status)")
+    }
+
+    // MARK: Reload (SIGHUP)
+
+    /// Re-reads the configuration file. A file with problems is refused and
+    /// the running configuration kept. Log level, certificates, peers and
+    /// user policy apply at once; other changes need a restart and are
+    /// reported as such.
+    func reload(logger: Logger) async {
+        let old = currentConfig
+        ServiceNotifier.reloading(status: "reloading \(old.path)")
+        logger.notice("reloading configuration", metadata: ["path": "\(old.path)"])
+        let new: NodeConfig
+        do {
+            new = try NodeConfig.load(path: old.path)
+            let problems = new.checkFiles()
+            guard problems.isEmpty else { throw ConfigError(path: old.path, problems: problems) }
+            try Self.checkCertificate(new)
+        } catch {
+            let line = "\(error)".split(separator: "\n").joined(separator: "; ")
+            logger.error("reload refused; keeping the running configuration: \(line)")
+            ServiceNotifier.ready(status: statusLine + "; last reload refused: \(line)")
+            return
         }
-        for peer in peers { await peer.channel.close() }
-        try? await group.shutdownGracefully()
+        var restartNeeded: [String] = []
+        if new.nodeID != old.nodeID { restartNeeded.append("node_id") }
+        if new.roles != old.roles { restartNeeded.append("roles") }
+        if new.dataDirectory != old.dataDirectory { restartNeeded.append("data_directory") }
+        if new.clusterListen != old.clusterListen || new.adminListen != old.adminListen || new.metricsListen != old.metricsListen {
+            restartNeeded.append("listen")
+        }
+        if Self.rpcLimits(new) != Self.rpcLimits(old) || new.drainTimeoutSeconds != old.drainTimeoutSeconds { restartNeeded.append("limits") }
+
+        NodeLogging.level.level = new.logLevel.swiftLog
+        do {
+            let (cluster, admin) = try Self.serverTLS(new)
+            for entry in servers { entry.server.updateTLS(entry.name == "cluster" ? cluster : admin) }
+            let client = try Self.clientTLS(new)
+            var peers = self.peers
+            if new.peers != old.peers {
+                for peer in peers { await peer.channel.close() }
+                peers = try Self.makePeers(new, limits: Self.rpcLimits(new), group: group)
+            } else {
+                for peer in peers { peer.channel.updateTLS(client) }
+            }
+            let updated = peers
+            peerBox.withLockedValue { $0 = updated }
+            directory?.updatePolicy(Self.userPolicy(new))
+            state.withLockedValue { $0 = (new, updated, $0.reloads + 1) }
+        } catch {
+            logger.error("reload could not load the new certificates; keeping the old ones: \(error)")
+            ServiceNotifier.ready(status: statusLine + "; last reload refused: \(error)")
+            return
+        }
+        if !restartNeeded.isEmpty {
+            logger.warning("changed settings that take effect after a restart: \(restartNeeded.joined(separator: ", "))")
+        }
+        logger.notice("configuration reloaded")
+        ServiceNotifier.ready(status: statusLine + (restartNeeded.isEmpty ? "" : "; restart to apply \(restartNeeded.joined(separator: ", "))"))
     }
 }
 
@@ -183,6 +315,34 @@ public final class NodeRuntime: Sendable {
 public struct NodeStartError: Error, Sendable, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Metrics and the log for every call and failed connection.
+struct CallLogger: RPCServerObserver {
+    let metrics: NodeMetrics
+    let logger: Logger
+
+    func connectionOpened() { metrics.connectionOpened() }
+    func connectionClosed() { metrics.connectionClosed() }
+
+    func connectionFailed(peer: String, reason: String) {
+        metrics.connectionFailed(peer: peer, reason: reason)
+        logger.warning("closed a connection: \(reason)", metadata: ["peer": "\(peer)"])
+    }
+
+    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
+        metrics.callFinished(path: path, code: code, duration: duration, requestID: requestID, caller: caller, message: message)
+        let metadata: Logger.Metadata = ["request_id": "\(requestID)", "method": "\(path)", "code": "\(code)", "caller": "\(caller)",
+                                         "duration_us": "\(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)"]
+        switch code {
+        case .unknown, .internal, .dataLoss:
+            logger.error("call failed: \(message)", metadata: metadata)
+        case .ok:
+            logger.debug("call", metadata: metadata)
+        default:
+            logger.info("call refused: \(message)", metadata: metadata)
+        }
+    }
 }
 
 /// A connection this node keeps to another node.

@@ -8,7 +8,7 @@ import TollgateServices
 struct NodeStatusService: NodeServiceHandler {
     let config: NodeConfig
     let startedAtUnixMs: Int64
-    let peers: [PeerLink]
+    let peers: @Sendable () -> [PeerLink]
 
     func ping(_ request: PingRequest, context: ServerCallContext) async throws -> PingResponse {
         PingResponse(payload: request.payload, serverTimeUnixMs: Int64(Date().timeIntervalSince1970 * 1000), nodeId: config.nodeID)
@@ -19,7 +19,7 @@ struct NodeStatusService: NodeServiceHandler {
         return GetNodeStatusResponse(
             nodeId: config.nodeID, roles: config.roles.map(\.protoRole), version: TollgateVersion.current,
             hostname: ProcessInfo.processInfo.hostName, startedAtUnixMs: startedAtUnixMs, uptimeMs: now - startedAtUnixMs, ready: true,
-            peers: peers.map { peer in
+            peers: peers().map { peer in
                 let status = peer.channel.status
                 var connection = PeerConnection()
                 if let report = peer.report {

@@ -2,6 +2,7 @@ public import RPCCore
 public import TollgateProto
 public import TollgateStorage
 import FoundationEssentials
+import Synchronization
 import LMDBKit
 import TollgateServices
 
@@ -24,7 +25,8 @@ public struct UserPolicy: Sendable, Hashable {
 public final class UserDirectory: SessionVerifier {
     public let database: UserDatabase
     let hasher: SecretHasher
-    public let policy: UserPolicy
+    private let policyState: Mutex<UserPolicy>
+    public var policy: UserPolicy { policyState.withLock { $0 } }
     /// Milliseconds since 1970; a parameter so tests can move time.
     let now: @Sendable () -> Int64
 
@@ -32,8 +34,13 @@ public final class UserDirectory: SessionVerifier {
                 now: @escaping @Sendable () -> Int64 = UserDirectory.systemTimeMs) {
         self.database = database
         self.hasher = hasher
-        self.policy = policy
+        self.policyState = Mutex(policy)
         self.now = now
+    }
+
+    /// New sessions and sign-ins follow `policy` from now on.
+    public func updatePolicy(_ policy: UserPolicy) {
+        policyState.withLock { $0 = policy }
     }
 
     public static let systemTimeMs: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
@@ -65,7 +72,13 @@ public final class UserDirectory: SessionVerifier {
         var user = User()
         user.username = admin.username
         user.roles = [BuiltinRole.admin]
-        _ = try createUser(user, password: admin.password, tenant: superTenant)
+        do throws(RPCError) {
+            _ = try createUser(user, password: admin.password, tenant: superTenant)
+        } catch {
+            // Another node sharing this userdb may have created it first.
+            guard error.code == .alreadyExists else { throw error }
+            return .adminExists
+        }
         return .createdAdmin(admin.username)
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import TollgateNode
 
 #if canImport(Glibc)
@@ -26,8 +27,6 @@ struct Tollgated: AsyncParsableCommand {
     var checkConfig = false
 
     func run() async throws {
-        // First, so a SIGTERM during start-up still ends the node cleanly.
-        NodeSignals.catchTerminationSignals()
         let loaded: NodeConfig
         do {
             loaded = try NodeConfig.load(path: config)
@@ -40,16 +39,19 @@ struct Tollgated: AsyncParsableCommand {
             printLine("\(config): configuration is valid (node \(loaded.nodeID), roles \(loaded.roles.map(\.rawValue).joined(separator: ", ")))")
             return
         }
+        NodeLogging.bootstrap(level: loaded.logLevel, nodeID: loaded.nodeID, roles: loaded.roles)
+        let logger = Logger(label: "tollgated")
         let runtime: NodeRuntime
         do {
-            runtime = try await NodeRuntime.start(config: loaded)
+            runtime = try await NodeRuntime.start(config: loaded, logger: logger)
         } catch {
             fail("\(error)")
         }
-        runtime.reportReady()
-        let signal = await NodeSignals.nextTerminationSignal()
-        runtime.reportStopping(signal: signal)
-        await runtime.shutdown()
+        do {
+            try await runtime.run()
+        } catch {
+            fail("\(error)")
+        }
     }
 
     /// One line per problem on stderr (and so in `systemctl status`), exit 1.

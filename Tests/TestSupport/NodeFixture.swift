@@ -167,3 +167,48 @@ public func runTollctl(_ arguments: [String], environment extra: [String: String
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
+
+/// A datagram socket standing in for systemd's `NOTIFY_SOCKET`.
+public final class NotifyListener: @unchecked Sendable {
+    // @unchecked: the descriptor is only read after init, by one test task at a time.
+    public let path: String
+    private let fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8.prefix(raw.count - 1))
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+    }
+
+    deinit { close(fd) }
+
+    /// The next datagram, or nil after `timeout`.
+    public func next(timeout: Duration = .seconds(30)) -> String? {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let milliseconds = Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        guard poll(&poller, 1, milliseconds) == 1 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = recv(fd, &buffer, buffer.count, 0)
+        return count > 0 ? String(decoding: buffer.prefix(count), as: UTF8.self) : nil
+    }
+
+    /// Datagrams until one contains `text` (included), or nil on timeout.
+    public func until(_ text: String, timeout: Duration = .seconds(30)) -> [String]? {
+        let deadline = ContinuousClock.now + timeout
+        var seen: [String] = []
+        while ContinuousClock.now < deadline {
+            guard let message = next(timeout: deadline - ContinuousClock.now) else { return nil }
+            seen.append(message)
+            if message.contains(text) { return seen }
+        }
+        return nil
+    }
+}

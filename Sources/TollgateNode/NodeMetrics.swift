@@ -1,0 +1,106 @@
+import Foundation
+public import Prometheus
+public import RPCCore
+import RPCNIO
+import TollgateProto
+import TollgateStorage
+
+/// The node's Prometheus metrics. Every metric carries HELP text, which
+/// `promtool check metrics` requires; that is why they are made through
+/// swift-prometheus's registry (swift-metrics' Prometheus backend) directly:
+/// the swift-metrics API has no help text, and the registry refuses a
+/// second registration of a name with different help.
+public final class NodeMetrics: RPCServerObserver {
+    public let registry = PrometheusCollectorRegistry()
+    let startedAt = Date()
+    let dataDirectory: String
+    let databases: [LogicalDatabaseName]
+    private let knownPaths: Set<String>
+    private let openConnections: Gauge
+    private let connectionErrors: Counter
+    private let startTime: Gauge
+    private let uptime: Gauge
+    private let residentMemory: Gauge
+    private let virtualMemory: Gauge
+
+    static let durationBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5), .milliseconds(5),
+        .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+    ]
+
+    init(version: String, nodeID: String, roles: [Role], dataDirectory: String, databases: [LogicalDatabaseName]) {
+        self.dataDirectory = dataDirectory
+        self.databases = databases
+        knownPaths = Set(ProtoRegistry.methods.map(\.path))
+        openConnections = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "tollgate", subsystem: "rpc", metricName: "open_connections", unitName: "", helpText: "RPC connections open now, both listeners."))
+        connectionErrors = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "tollgate", subsystem: "rpc", metricName: "connection_errors", unitName: "total",
+            helpText: "Connections closed for protocol or TLS errors, or refused over the connection limit."))
+        startTime = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "process", metricName: "start_time", unitName: "seconds", helpText: "Start time of the process since the Unix epoch."))
+        uptime = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "tollgate", metricName: "uptime", unitName: "seconds", helpText: "Seconds since the node started."))
+        residentMemory = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "process", metricName: "resident_memory", unitName: "bytes", helpText: "Resident memory size."))
+        virtualMemory = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "process", metricName: "virtual_memory", unitName: "bytes", helpText: "Virtual memory size."))
+        let build = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "tollgate", metricName: "build_info", unitName: "", helpText: "Always 1; the labels say what runs here."),
+            labels: [("version", version), ("node_id", nodeID), ("roles", roles.map(\.rawValue).joined(separator: ","))])
+        build.set(to: 1)
+        startTime.set(to: startedAt.timeIntervalSince1970)
+    }
+
+    // MARK: RPCServerObserver
+
+    public func connectionOpened() { openConnections.increment() }
+    public func connectionClosed() { openConnections.decrement() }
+    public func connectionFailed(peer: String, reason: String) { connectionErrors.increment() }
+
+    public func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
+        // Unknown paths are counted together, so clients cannot grow the label set.
+        let (service, method) = knownPaths.contains(path) ? Self.split(path) : ("unknown", "unknown")
+        registry.makeCounter(descriptor: Self.callsDescriptor, labels: [("service", service), ("method", method), ("code", "\(code)")]).increment()
+        registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: [("service", service), ("method", method)],
+                                       buckets: Self.durationBuckets).record(duration)
+    }
+
+    static var callsDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", subsystem: "rpc", metricName: "calls", unitName: "total",
+                                                      helpText: "RPC calls served, by service, method and status code.") }
+    static var durationDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", subsystem: "rpc", metricName: "call_duration", unitName: "seconds",
+                                                         helpText: "Time from a call's HEADERS to its end, by service and method.") }
+    static var databaseDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", metricName: "database_size", unitName: "bytes",
+                                                         helpText: "Size of each logical database's data file.") }
+    static var peerDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", metricName: "peer_up", unitName: "",
+                                                     helpText: "1 while the connection to a configured peer is up.") }
+
+    static func split(_ path: String) -> (String, String) {
+        let parts = path.split(separator: "/")
+        return parts.count == 2 ? (String(parts[0]), String(parts[1])) : ("unknown", "unknown")
+    }
+
+    /// Refreshes the values read at scrape time, then renders the text format.
+    func render(peers: [PeerLink]) -> [UInt8] {
+        uptime.set(to: Date().timeIntervalSince(startedAt))
+        if let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) {
+            let pages = statm.split(separator: " ").compactMap { Double($0) }
+            let pageSize = Double(sysconf(Int32(_SC_PAGESIZE)))
+            if pages.count >= 2 {
+                virtualMemory.set(to: pages[0] * pageSize)
+                residentMemory.set(to: pages[1] * pageSize)
+            }
+        }
+        for database in databases {
+            let path = "\(dataDirectory)/\(database.rawValue)/data.mdb"
+            let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int
+            registry.makeGauge(descriptor: Self.databaseDescriptor, labels: [("database", database.rawValue)]).set(to: Double(size ?? 0))
+        }
+        for peer in peers {
+            registry.makeGauge(descriptor: Self.peerDescriptor, labels: [("role", peer.role.rawValue), ("address", peer.endpoint.description)])
+                .set(to: peer.channel.status.state == .ready ? 1 : 0)
+        }
+        return registry.emitToBuffer()
+    }
+}
