@@ -45,6 +45,7 @@ proto: python
 ## make bench: storage and message benchmarks (release build)
 bench: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH) --product tollgate-bench
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH) --product tollgated
 	$(RELEASE_PATH)/release/tollgate-bench
 
 clean:

@@ -331,7 +331,7 @@ struct ConfigReader {
                         "bootstrap_admin and bootstrap_password_file go together")
             }
         }
-        if let admin, admin == config.clusterListen { problem("listen", "admin", "must differ from listen.cluster") }
+        if let admin, admin == config.clusterListen, admin.port != 0 { problem("listen", "admin", "must differ from listen.cluster") }
         return problems.isEmpty ? config : nil
     }
 }

@@ -152,7 +152,7 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
-// `tollgate-bench [protobuf|lmdb|storage|tls|rpc]…` runs only the named groups.
+// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node]…` runs only the named groups.
 let groups = Set(CommandLine.arguments.dropFirst())
 func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
 print("tollgate-bench on \(ProcessInfo.processInfo.activeProcessorCount) cores (storage and message groups run on one thread)")
@@ -160,6 +160,7 @@ if wanted("protobuf") { try benchProtobuf() }
 if wanted("lmdb") { try benchLMDB() }
 if wanted("storage") { try benchStorage() }
 if wanted("tls") { try benchTLS() }
+if wanted("node") { try benchNodes() }
 if wanted("rpc") {
     // The RPC client is async; run it to completion from this synchronous
     // main. Detached: a plain Task would wait for the main actor we block.
