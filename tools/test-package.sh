@@ -66,37 +66,37 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 [ -n "$pid1" ] || { echo "the container did not boot" >&2; cat "$top/.build-deb/container.log" >&2; exit 1; }
-in() { nsenter -t "$pid1" -a -- env LANG=C.UTF-8 HOME=/root "$@"; }
-state=$(in systemctl is-system-running --wait || true)
+inside() { nsenter -t "$pid1" -a -- env LANG=C.UTF-8 HOME=/root "$@"; }
+state=$(inside systemctl is-system-running --wait || true)
 echo "system: $state"
 
-fail() { echo "FAIL: $*" >&2; in journalctl --no-pager -n 60 -u 'tollgate@*' >&2 || true; exit 1; }
+fail() { echo "FAIL: $*" >&2; inside journalctl --no-pager -n 60 -u 'tollgate@*' >&2 || true; exit 1; }
 check() { local what=$1; shift; if "$@"; then echo "ok: $what"; else fail "$what"; fi; }
 
 echo "== install"
-in env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "/mnt/deb/$debname" >"$top/.build-deb/install.log" 2>&1 \
+inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "/mnt/deb/$debname" >"$top/.build-deb/install.log" 2>&1 \
     || { cat "$top/.build-deb/install.log" >&2; fail "apt install"; }
-check "user tollgate exists" in getent passwd tollgate
-check "cluster CA created" in test -s /etc/tollgate/certs/ca.pem
-check "admin password created, not world-readable" in sh -c '[ "$(stat -c %a /etc/tollgate/admin.password)" = 640 ]'
-check "CA key private to root" in sh -c '[ "$(stat -c %U:%a /etc/tollgate/certs/ca.key)" = root:600 ]'
+check "user tollgate exists" inside getent passwd tollgate
+check "cluster CA created" inside test -s /etc/tollgate/certs/ca.pem
+check "admin password created, not world-readable" inside sh -c '[ "$(stat -c %a /etc/tollgate/admin.password)" = 640 ]'
+check "CA key private to root" inside sh -c '[ "$(stat -c %U:%a /etc/tollgate/certs/ca.key)" = root:600 ]'
 
 roles="publisher store keymanager gateway trafficmanager analytics"
 echo "== start a node for every role"
-for role in $roles; do in systemctl start "tollgate@$role.service" || fail "start tollgate@$role"; done
+for role in $roles; do inside systemctl start "tollgate@$role.service" || fail "start tollgate@$role"; done
 for role in $roles; do
     check "tollgate@$role active" sh -c "[ \"\$(nsenter -t $pid1 -a systemctl is-active tollgate@$role)\" = active ]"
-    status=$(in systemctl show -p StatusText --value "tollgate@$role")
+    status=$(inside systemctl show -p StatusText --value "tollgate@$role")
     check "tollgate@$role status: $status" sh -c "case \"$status\" in 'ready: node $role'*) true;; *) false;; esac"
 done
 
 echo "== tollctl"
-in sh -c 'tollctl login --node 127.0.0.1:7444 --ca /etc/tollgate/certs/ca.pem --user admin --password-stdin < /etc/tollgate/admin.password' \
+inside sh -c 'tollctl login --node 127.0.0.1:7444 --ca /etc/tollgate/certs/ca.pem --user admin --password-stdin < /etc/tollgate/admin.password' \
     || fail "tollctl login"
 all_ready() {
     local view
-    view=$(in tollctl cluster status --node 127.0.0.1:7444 --ca /etc/tollgate/certs/ca.pem; \
-           in tollctl cluster status --node 127.0.0.1:7473 --ca /etc/tollgate/certs/ca.pem \
+    view=$(inside tollctl cluster status --node 127.0.0.1:7444 --ca /etc/tollgate/certs/ca.pem; \
+           inside tollctl cluster status --node 127.0.0.1:7473 --ca /etc/tollgate/certs/ca.pem \
               --cert /etc/tollgate/certs/admin.pem --key /etc/tollgate/certs/admin.key)
     for role in $roles; do
         echo "$view" | grep -E "^$role " | grep -q ' yes ' || return 1
@@ -104,31 +104,31 @@ all_ready() {
     ! echo "$view" | grep -E 'retrying|connecting' >/dev/null
 }
 for _ in $(seq 60); do all_ready && break; sleep 0.5; done
-in tollctl cluster status --node 127.0.0.1:7473 --ca /etc/tollgate/certs/ca.pem --cert /etc/tollgate/certs/admin.pem --key /etc/tollgate/certs/admin.key
+inside tollctl cluster status --node 127.0.0.1:7473 --ca /etc/tollgate/certs/ca.pem --cert /etc/tollgate/certs/admin.pem --key /etc/tollgate/certs/admin.key
 check "tollctl cluster status: every node ready and connected" all_ready
 
 echo "== reload"
-in systemctl reload tollgate@publisher.service || fail "systemctl reload"
+inside systemctl reload tollgate@publisher.service || fail "systemctl reload"
 sleep 1
 check "publisher active after reload" sh -c "[ \"\$(nsenter -t $pid1 -a systemctl is-active tollgate@publisher)\" = active ]"
 check "publisher reported the reload" sh -c "nsenter -t $pid1 -a systemctl show -p StatusText --value tollgate@publisher | grep -q 'configuration reloaded'"
 
 echo "== watchdog"
-frozen=$(in systemctl show -p MainPID --value tollgate@gateway.service)
-in kill -STOP "$frozen"
+frozen=$(inside systemctl show -p MainPID --value tollgate@gateway.service)
+inside kill -STOP "$frozen"
 restarted=
 for _ in $(seq 60); do
-    now=$(in systemctl show -p MainPID --value tollgate@gateway.service)
-    if [ "$now" != "$frozen" ] && [ "$now" != 0 ] && [ "$(in systemctl is-active tollgate@gateway)" = active ]; then restarted=1; break; fi
+    now=$(inside systemctl show -p MainPID --value tollgate@gateway.service)
+    if [ "$now" != "$frozen" ] && [ "$now" != 0 ] && [ "$(inside systemctl is-active tollgate@gateway)" = active ]; then restarted=1; break; fi
     sleep 0.5
 done
 check "a frozen gateway is killed by the watchdog and restarted" test -n "$restarted"
 check "the journal names the watchdog" sh -c "nsenter -t $pid1 -a journalctl --no-pager -u tollgate@gateway | grep -qi watchdog"
 
 echo "== journal fields"
-in tollctl whoami --node 127.0.0.1:7454 --ca /etc/tollgate/certs/ca.pem >/dev/null 2>&1 || true  # a refused call is logged
+inside tollctl whoami --node 127.0.0.1:7454 --ca /etc/tollgate/certs/ca.pem >/dev/null 2>&1 || true  # a refused call is logged
 sleep 0.5
-fields=$(in journalctl --no-pager -u tollgate@store -o verbose)
+fields=$(inside journalctl --no-pager -u tollgate@store -o verbose)
 check "TOLLGATE_NODE_ID" sh -c "echo \"\$0\" | grep -q 'TOLLGATE_NODE_ID=store'" "$fields"
 check "TOLLGATE_ROLE" sh -c "echo \"\$0\" | grep -q 'TOLLGATE_ROLE=store'" "$fields"
 check "TOLLGATE_REQUEST_ID on call logs" sh -c "echo \"\$0\" | grep -q 'TOLLGATE_REQUEST_ID='" "$fields"
@@ -140,12 +140,12 @@ for port in 9464 9465 9466 9467 9468 9469; do
 done
 
 echo "== systemd-analyze verify"
-verify=$(in systemd-analyze verify tollgate@publisher.service tollgate.target 2>&1 || echo "rc=$?")
+verify=$(inside systemd-analyze verify tollgate@publisher.service tollgate.target 2>&1 || echo "rc=$?")
 check "systemd-analyze verify is clean${verify:+: $verify}" test -z "$verify"
 
 echo "== purge"
-in systemctl stop tollgate.target 'tollgate@*.service' || true
-in env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tollgate >"$top/.build-deb/purge.log" 2>&1 || { cat "$top/.build-deb/purge.log" >&2; fail "apt purge"; }
+inside systemctl stop tollgate.target 'tollgate@*.service' || true
+inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tollgate >"$top/.build-deb/purge.log" 2>&1 || { cat "$top/.build-deb/purge.log" >&2; fail "apt purge"; }
 check "no tollgate user" sh -c "! nsenter -t $pid1 -a getent passwd tollgate"
 check "no tollgate group" sh -c "! nsenter -t $pid1 -a getent group tollgate"
 check "no state" sh -c "! nsenter -t $pid1 -a test -e /var/lib/tollgate"

@@ -76,7 +76,7 @@ func benchTLS() throws {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2)
     defer { try? group.syncShutdownGracefully() }
     let server = try ServerBootstrap(group: group)
-        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
         .childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(TLSHandler(context: serverContext))
@@ -96,7 +96,7 @@ func benchTLS() throws {
             let promise = group.next().makePromise(of: [Double].self)
             futures.append(promise.futureResult)
             channels.append(try ClientBootstrap(group: group)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(TLSHandler(context: clientContext, serverHostname: "localhost"))

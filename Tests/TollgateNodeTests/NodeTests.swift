@@ -151,6 +151,37 @@ import TollgateStorage
         #expect(await first.stop() == 0)
     }
 
+    /// A node without privileges (as under systemd: no CAP_NET_ADMIN) serves
+    /// connections. Socket options that need privileges would make every
+    /// accepted connection close at once.
+    @Test(.enabled(if: getuid() == 0, "needs root to run tollgated as another user"))
+    func anUnprivilegedNodeServesConnections() async throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("n1", roles: ["gateway"])
+        let port = try NodeFixture.freePort()
+        let config = try fixture.writeConfig("n1", roles: ["gateway"], clusterPort: port, adminPort: nil)
+        chmod(fixture.directory.path, 0o755)
+        for file in try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path) { chmod(fixture.path(file), 0o755) }
+        chown(fixture.path("data-n1"), 65534, 65534)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                             NodeFixture.binDirectory.appendingPathComponent("tollgated").path, "--config", config]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
+        var result = (status: Int32(1), output: "")
+        for _ in 0..<100 {
+            result = try runTollctl(["ping", "--count", "1", "--node", "127.0.0.1:\(port)", "--server-name", "localhost", "--ca", fixture.caPath,
+                                     "--cert", fixture.path("admin.pem"), "--key", fixture.path("admin.key")])
+            if result.status == 0 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(result.status == 0 && result.output.contains("reply from n1"), "\(result.output)")
+    }
+
     /// An existing directory the node's user cannot write: refused with one
     /// line naming the path. Run as an unprivileged user (root may write anywhere).
     @Test(.enabled(if: getuid() == 0, "needs root to run tollgated as another user"))
