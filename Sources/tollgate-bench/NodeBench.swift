@@ -25,7 +25,9 @@ func benchNodes() throws {
         var readyTimes: [Double] = []
         var rss = 0
         for round in 0..<5 {
-            let data = "\(directory)/data-\(name)-\(round)"
+            // Round 0 is the first start (databases created, first admin's
+            // password hashed); later rounds restart on the same data.
+            let data = "\(directory)/data-\(name)"
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
             let config = """
                 node_id = "\(name)"
@@ -45,6 +47,7 @@ func benchNodes() throws {
             let configPath = "\(directory)/\(name).toml"
             try config.write(toFile: configPath, atomically: true, encoding: .utf8)
             let socketPath = "\(directory)/notify-\(name)-\(round).sock"
+            defer { unlink(socketPath) }
             let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
             defer { close(fd) }
             var address = sockaddr_un()
