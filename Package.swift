@@ -50,6 +50,8 @@ let package = Package(
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
         // Role logic: users, roles, tenants and sessions (userdb).
         .target(name: "TollgateUsers", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
+        // Role logic: throttling policies and block conditions (apimgtdb).
+        .target(name: "TollgatePolicies", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
 
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
@@ -58,7 +60,7 @@ let package = Package(
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
 
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgateServices", "RPCCore", "RPCNIO",
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgatePolicies", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -84,6 +86,7 @@ let package = Package(
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
+        .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI and similar helpers.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),

@@ -8,6 +8,7 @@ import RPCCore
 public import RPCNIO
 import ServiceLifecycle
 import SystemdKit
+import TollgatePolicies
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -78,6 +79,15 @@ public final class NodeRuntime: Sendable {
         // Ping and status never block: they answer on the connection's loop.
         var methods = status.methodHandlers.map { $0.placed(.eventLoop) }
         if let directory { methods += UserService(directory: directory).methodHandlers }
+        if let apimgtdb = node.databases.apimgtdb {
+            let policies = PolicyStore(database: apimgtdb)
+            do {
+                try policies.installDefaults(tenant: superTenant)
+            } catch {
+                throw NodeStartError("apimgtdb: cannot install the default throttling policies: \(error.message)")
+            }
+            methods += AdminService(store: policies).methodHandlers
+        }
         let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
         let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { (context) throws(RPCError) -> Caller in
             try access.authorize(context)

@@ -71,6 +71,20 @@ import Testing
         let refused = try runTollctl(["ping", "--count", "1"], environment: noCertificate)
         #expect(refused.status != 0 && refused.output.contains("cannot connect to 127.0.0.1:\(gwCluster)"), "\(refused.output)")
 
+        // Throttling policies and block conditions, as the publisher's admin.
+        let tiers = try runTollctl(["policy", "list", "--kind", "subscription"], environment: environment)
+        #expect(tiers.status == 0 && tiers.output.contains("Gold") && tiers.output.contains("5000 requests/minute"), "\(tiers.output)")
+        let created = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
+        #expect(created.status == 0 && created.output.contains("created subscription policy Platinum: 10000 requests/minute"), "\(created.output)")
+        let duplicate = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
+        #expect(duplicate.status != 0 && duplicate.output.contains("already exists"), "\(duplicate.output)")
+        let added = try runTollctl(["block", "add", "--type", "ip", "203.0.113.7"], environment: environment)
+        #expect(added.status == 0 && added.output.contains("added block condition"), "\(added.output)")
+        let id = String(added.output.split(separator: " ").last ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try runTollctl(["block", "disable", id], environment: environment).status == 0)
+        let blocks = try runTollctl(["block", "list"], environment: environment)
+        #expect(blocks.status == 0 && blocks.output.contains("203.0.113.7") && blocks.output.contains("disabled"), "\(blocks.output)")
+
         let logout = try runTollctl(["logout"], environment: environment)
         #expect(logout.status == 0 && !FileManager.default.fileExists(atPath: sessionFile), "\(logout.output)")
 
