@@ -74,8 +74,8 @@ import Testing
         // Throttling policies and block conditions, as the publisher's admin.
         let tiers = try runTollctl(["policy", "list", "--kind", "subscription"], environment: environment)
         #expect(tiers.status == 0 && tiers.output.contains("Gold") && tiers.output.contains("5000 requests/minute"), "\(tiers.output)")
-        let created = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
-        #expect(created.status == 0 && created.output.contains("created subscription policy Platinum: 10000 requests/minute"), "\(created.output)")
+        let platinum = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
+        #expect(platinum.status == 0 && platinum.output.contains("created subscription policy Platinum: 10000 requests/minute"), "\(platinum.output)")
         let duplicate = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
         #expect(duplicate.status != 0 && duplicate.output.contains("already exists"), "\(duplicate.output)")
         let added = try runTollctl(["block", "add", "--type", "ip", "203.0.113.7"], environment: environment)
@@ -84,6 +84,26 @@ import Testing
         #expect(try runTollctl(["block", "disable", id], environment: environment).status == 0)
         let blocks = try runTollctl(["block", "list"], environment: environment)
         #expect(blocks.status == 0 && blocks.output.contains("203.0.113.7") && blocks.output.contains("disabled"), "\(blocks.output)")
+
+        // Users, roles and tenants.
+        let created = try runTollctl(["user", "create", "sam", "--role", "subscriber", "--email", "sam@example.com", "--password-stdin"],
+                                     environment: environment, input: "sam-Secret-1\n")
+        #expect(created.status == 0 && created.output.contains("created user sam@carbon.super with roles subscriber"), "\(created.output)")
+        let weak = try runTollctl(["user", "create", "ann", "--password-stdin"], environment: environment, input: "short\n")
+        #expect(weak.status != 0 && weak.output.contains("8 to 128 characters"), "\(weak.output)")
+        let users = try runTollctl(["user", "list"], environment: environment)
+        #expect(users.status == 0 && users.output.contains("sam") && users.output.contains("subscriber") && users.output.contains("active"), "\(users.output)")
+        #expect(try runTollctl(["role", "create", "auditor", "--permission", "/permission/admin/configure/security"], environment: environment).status == 0)
+        let granted = try runTollctl(["user", "roles", "sam", "--add", "auditor"], environment: environment)
+        #expect(granted.status == 0 && granted.output.contains("sam now holds: subscriber, auditor"), "\(granted.output)")
+        let disabled = try runTollctl(["user", "status", "sam", "disabled"], environment: environment)
+        #expect(disabled.status == 0 && disabled.output.contains("sam is disabled"), "\(disabled.output)")
+        let tenant = try runTollctl(["tenant", "create", "example.com", "--admin", "boss", "--password-stdin"], environment: environment, input: "boss-Secret-1\n")
+        #expect(tenant.status == 0 && tenant.output.contains("boss@example.com"), "\(tenant.output)")
+        let tenants = try runTollctl(["tenant", "list"], environment: environment)
+        #expect(tenants.status == 0 && tenants.output.contains("example.com") && tenants.output.contains("carbon.super"), "\(tenants.output)")
+        let deleted = try runTollctl(["user", "delete", "sam"], environment: environment)
+        #expect(deleted.status == 0, "\(deleted.output)")
 
         let logout = try runTollctl(["logout"], environment: environment)
         #expect(logout.status == 0 && !FileManager.default.fileExists(atPath: sessionFile), "\(logout.output)")
