@@ -59,3 +59,16 @@ public protocol RPCErrorConvertible: Error {
 extension RPCError: RPCErrorConvertible {
     public var rpcError: RPCError { self }
 }
+
+/// Runs storage work for a handler: status errors pass through; anything
+/// else (LMDB, decoding) becomes INTERNAL naming `database`, the details
+/// being for the server's log rather than the caller.
+public func withStorageErrors<Result>(_ database: String, _ body: () throws -> Result) throws(RPCError) -> Result {
+    do {
+        return try body()
+    } catch let error as RPCError {
+        throw error
+    } catch {
+        throw RPCError(.internal, "\(database) error: \(error)")
+    }
+}

@@ -86,9 +86,6 @@ public final class RPCServer: Sendable {
             }
     }
 
-    /// Connections open now.
-    public var connectionCount: Int { connections.withLockedValue { $0.count } }
-
     /// Stops accepting, sends GOAWAY on every connection, lets calls in
     /// flight finish (up to `drainTimeout`), then closes what is left.
     public func shutdown(drainTimeout: Duration = .seconds(30)) async {

@@ -2,6 +2,7 @@ import Foundation
 public import Prometheus
 public import RPCCore
 import RPCNIO
+import Synchronization
 import TollgateProto
 import TollgateStorage
 
@@ -61,11 +62,23 @@ public final class NodeMetrics: RPCServerObserver {
 
     public func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
         // Unknown paths are counted together, so clients cannot grow the label set.
-        let (service, method) = knownPaths.contains(path) ? Self.split(path) : ("unknown", "unknown")
-        registry.makeCounter(descriptor: Self.callsDescriptor, labels: [("service", service), ("method", method), ("code", "\(code)")]).increment()
-        registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: [("service", service), ("method", method)],
-                                       buckets: Self.durationBuckets).record(duration)
+        let key = knownPaths.contains(path) ? path : "unknown"
+        let (calls, durations) = callMetrics.withLock { cache in
+            if let found = cache[key]?.calls[code], let durations = cache[key]?.durations { return (found, durations) }
+            let (service, method) = key == "unknown" ? ("unknown", "unknown") : Self.split(path)
+            let durations = cache[key]?.durations ?? registry.makeDurationHistogram(
+                descriptor: Self.durationDescriptor, labels: [("service", service), ("method", method)], buckets: Self.durationBuckets)
+            let calls = registry.makeCounter(descriptor: Self.callsDescriptor, labels: [("service", service), ("method", method), ("code", "\(code)")])
+            cache[key, default: (durations, [:])].calls[code] = calls
+            return (calls, durations)
+        }
+        calls.increment()
+        durations.record(duration)
     }
+
+    /// The collectors of each method, made once: the registry's own lookup
+    /// builds names and hashes labels, which a call should not pay for.
+    private let callMetrics = Mutex<[String: (durations: DurationHistogram, calls: [RPCCode: Counter])]>([:])
 
     static var callsDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", subsystem: "rpc", metricName: "calls", unitName: "total",
                                                       helpText: "RPC calls served, by service, method and status code.") }

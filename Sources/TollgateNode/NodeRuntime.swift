@@ -342,15 +342,19 @@ struct CallLogger: RPCServerObserver {
 
     func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
         metrics.callFinished(path: path, code: code, duration: duration, requestID: requestID, caller: caller, message: message)
-        let metadata: Logger.Metadata = ["request_id": "\(requestID)", "method": "\(path)", "code": "\(code)", "caller": "\(caller)",
-                                         "duration_us": "\(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)"]
+        // Built only when the level is enabled (swift-log takes it as an autoclosure):
+        // successful calls log at debug, which is usually off.
+        func metadata() -> Logger.Metadata {
+            ["request_id": "\(requestID)", "method": "\(path)", "code": "\(code)", "caller": "\(caller)",
+             "duration_us": "\(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)"]
+        }
         switch code {
         case .unknown, .internal, .dataLoss:
-            logger.error("call failed: \(message)", metadata: metadata)
+            logger.error("call failed: \(message)", metadata: metadata())
         case .ok:
-            logger.debug("call", metadata: metadata)
+            logger.debug("call", metadata: metadata())
         default:
-            logger.info("call refused: \(message)", metadata: metadata)
+            logger.info("call refused: \(message)", metadata: metadata())
         }
     }
 }

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import LMDBKit
+import Synchronization
 public import RPCCore
 public import TollgateProto
 public import TollgateStorage
@@ -9,6 +10,9 @@ public import TollgateStorage
 public final class PolicyStore: Sendable {
     public let database: ApiManagerDatabase
     let now: @Sendable () -> Int64
+    /// Tenants whose defaults are known to be installed, so the AdminService
+    /// calls that make sure of them cost nothing after the first.
+    private let tenantsWithDefaults = Mutex<Set<String>>([])
 
     public init(database: ApiManagerDatabase, now: (@Sendable () -> Int64)? = nil) {
         self.database = database
@@ -58,30 +62,35 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    /// Installs the default policies a tenant does not have yet (first start,
-    /// new tenants). Existing policies, edited or not, are left alone.
+    /// Installs WSO2's default policies into a tenant once (first start, new
+    /// tenants). The installation is recorded in the database, so a default
+    /// an administrator deleted or changed stays as they left it.
     @discardableResult
     public func installDefaults(tenant: String) throws(RPCError) -> Int {
-        let timestamp = now()
-        let defaults = Self.defaults(tenant: tenant)
-        // Usually all there: a read answers that without a write (and its fsync).
-        let missing = try storage {
-            try database.database.environment.read { txn in
-                try defaults.contains { try database.policies.get(ApiManagerDatabase.policyKey($0), in: txn) == nil }
-            }
-        }
-        guard missing else { return 0 }
-        return try storage {
-            try database.database.environment.write { txn in
-                var installed = 0
-                for var policy in defaults where try database.policies.get(ApiManagerDatabase.policyKey(policy), in: txn) == nil {
-                    policy.stamp(id: UUID().uuidString.lowercased(), created: timestamp, updated: timestamp)
-                    try database.policies.insert(policy, in: &txn)
-                    installed += 1
+        let tenant = tenant.lowercased()
+        if tenantsWithDefaults.withLock({ $0.contains(tenant) }) { return 0 }
+        let marker = "defaults-installed." + tenant
+        let done = try storage { try database.database.environment.read { try database.database.metaValue(marker, in: $0) != nil } }
+        var installed = 0
+        if !done {
+            let timestamp = now()
+            installed = try storage {
+                try database.database.environment.write { txn in
+                    // Another process sharing this apimgtdb may have done it meanwhile.
+                    guard try database.database.metaValue(marker, in: txn) == nil else { return 0 }
+                    var count = 0
+                    for var policy in Self.defaults(tenant: tenant) where try database.policies.get(ApiManagerDatabase.policyKey(policy), in: txn) == nil {
+                        policy.stamp(id: UUID().uuidString.lowercased(), created: timestamp, updated: timestamp)
+                        try database.policies.insert(policy, in: &txn)
+                        count += 1
+                    }
+                    try database.database.setMetaValue([1], for: marker, in: &txn)
+                    return count
                 }
-                return installed
             }
         }
+        tenantsWithDefaults.withLock { _ = $0.insert(tenant) }
+        return installed
     }
 
     // MARK: Policies
@@ -388,13 +397,7 @@ public final class PolicyStore: Sendable {
     }
 
     func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        do {
-            return try body()
-        } catch let error as RPCError {
-            throw error
-        } catch {
-            throw RPCError(.internal, "API manager database error: \(error)")
-        }
+        try withStorageErrors("API manager database", body)
     }
 }
 

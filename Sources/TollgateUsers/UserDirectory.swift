@@ -554,12 +554,6 @@ public final class UserDirectory: SessionVerifier {
     /// Runs storage work, passing status errors through and turning anything
     /// else into INTERNAL (the details are for the log, not the caller).
     func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        do {
-            return try body()
-        } catch let error as RPCError {
-            throw error
-        } catch {
-            throw RPCError(.internal, "user database error: \(error)")
-        }
+        try withStorageErrors("user database", body)
     }
 }

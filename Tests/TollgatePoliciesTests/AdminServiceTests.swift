@@ -80,8 +80,12 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
         #expect(policy.defaultLimit == ThrottleLimit(timeUnit: .minute, unitTime: 1, quota: .requestCount(5000)))
         #expect(Set(names(try await admin.listPolicies(ListPoliciesRequest(kind: .application)).policies)) == ["10PerMin", "20PerMin", "50PerMin", "Unlimited"])
         #expect(Set(names(try await admin.listPolicies(ListPoliciesRequest(kind: .advanced)).policies)) == ["10KPerMin", "20KPerMin", "50KPerMin", "Unlimited"])
-        // Installing again changes nothing.
-        #expect(try fixture.store.installDefaults(tenant: superTenant) == 0)
+        // Installed once: a default the administrator deleted stays deleted,
+        // even for a store opened afresh (a node restart).
+        _ = try await admin.deletePolicy(DeletePolicyRequest(policy: PolicyRef(kind: .subscription, name: "Bronze")))
+        let restarted = PolicyStore(database: fixture.store.database)
+        #expect(try restarted.installDefaults(tenant: superTenant) == 0)
+        #expect(!names(try await admin.listPolicies(ListPoliciesRequest(kind: .subscription)).policies).contains("Bronze"))
     }
 
     @Test func policiesAreValidatedCreatedUpdatedAndDeleted() async throws {
