@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // OpenAPI/Swagger documents arrive as YAML or JSON (JSON is read as YAML too).
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // MARK: C system libraries. Each is imported by exactly one Swift module.
@@ -51,7 +53,11 @@ let package = Package(
         // Role logic: users, roles, tenants and sessions (userdb).
         .target(name: "TollgateUsers", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
         // Role logic: throttling policies and block conditions (apimgtdb).
+        // The deployment log gateways watch lives here too: policy changes are among its writers.
         .target(name: "TollgatePolicies", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
+        // Role logic: APIs, lifecycle, OpenAPI, documents, API subscriptions and the deployment feed (apimgtdb, regdb).
+        .target(name: "TollgatePublisher", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgatePolicies", "TollgateProto", "LMDBKit",
+                                                          .product(name: "Yams", package: "Yams")]),
 
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
@@ -60,7 +66,7 @@ let package = Package(
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
 
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgatePolicies", "TollgateServices", "RPCCore", "RPCNIO",
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgatePolicies", "TollgatePublisher", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -87,6 +93,8 @@ let package = Package(
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
+        .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
+                                                                  "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI and similar helpers.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),

@@ -9,6 +9,7 @@ public import RPCNIO
 import ServiceLifecycle
 import SystemdKit
 import TollgatePolicies
+import TollgatePublisher
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -80,13 +81,18 @@ public final class NodeRuntime: Sendable {
         var methods = status.methodHandlers.map { $0.placed(.eventLoop) }
         if let directory { methods += UserService(directory: directory).methodHandlers }
         if let apimgtdb = node.databases.apimgtdb {
-            let policies = PolicyStore(database: apimgtdb)
+            // One log per process, shared by its writers, so watchers wake on every commit.
+            let deploymentLog = DeploymentLog(database: apimgtdb)
+            let policies = PolicyStore(database: apimgtdb, deploymentLog: deploymentLog)
             do {
                 try policies.installDefaults(tenant: superTenant)
             } catch {
                 throw NodeStartError("apimgtdb: cannot install the default throttling policies: \(error.message)")
             }
             methods += AdminService(store: policies).methodHandlers
+            if config.roles.contains(.publisher), let regdb = node.databases.regdb {
+                methods += PublisherService(store: PublisherStore(registry: regdb, policies: policies)).methodHandlers
+            }
         }
         let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
         let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { (context) throws(RPCError) -> Caller in

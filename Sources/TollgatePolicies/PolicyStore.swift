@@ -9,13 +9,16 @@ public import TollgateStorage
 /// the logic behind AdminService.
 public final class PolicyStore: Sendable {
     public let database: ApiManagerDatabase
+    /// Where policy and block-condition changes are recorded for gateways.
+    public let deploymentLog: DeploymentLog
     let now: @Sendable () -> Int64
     /// Tenants whose defaults are known to be installed, so the AdminService
     /// calls that make sure of them cost nothing after the first.
     private let tenantsWithDefaults = Mutex<Set<String>>([])
 
-    public init(database: ApiManagerDatabase, now: (@Sendable () -> Int64)? = nil) {
+    public init(database: ApiManagerDatabase, deploymentLog: DeploymentLog? = nil, now: (@Sendable () -> Int64)? = nil) {
         self.database = database
+        self.deploymentLog = deploymentLog ?? DeploymentLog(database: database, now: now)
         self.now = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
     }
 
@@ -82,12 +85,14 @@ public final class PolicyStore: Sendable {
                     for var policy in Self.defaults(tenant: tenant) where try database.policies.get(ApiManagerDatabase.policyKey(policy), in: txn) == nil {
                         policy.stamp(id: UUID().uuidString.lowercased(), created: timestamp, updated: timestamp)
                         try database.policies.insert(policy, in: &txn)
+                        try deploymentLog.recordPolicy(policy, tenant: tenant, in: &txn)
                         count += 1
                     }
                     try database.database.setMetaValue([1], for: marker, in: &txn)
                     return count
                 }
             }
+            deploymentLog.committed()
         }
         tenantsWithDefaults.withLock { _ = $0.insert(tenant) }
         return installed
@@ -202,14 +207,17 @@ public final class PolicyStore: Sendable {
                 } catch StorageError.alreadyExists {
                     throw RPCError(.alreadyExists, "a \(Self.kindName(kind)) policy named \(name) already exists in tenant \(tenant)")
                 }
+                try deploymentLog.recordPolicy(record, tenant: tenant, in: &txn)
             }
         }
+        deploymentLog.committed()
         return record
     }
 
     public func updatePolicy(_ policy: ThrottlePolicy, tenant: String) throws(RPCError) -> ThrottlePolicy {
         let (kind, name) = try Self.validate(policy)
         let timestamp = now()
+        defer { deploymentLog.committed() }
         return try storage {
             try database.database.environment.write { txn in
                 guard let existing = try database.policies.get(ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant), in: txn) else {
@@ -219,6 +227,7 @@ public final class PolicyStore: Sendable {
                 updated.setTenant(tenant)
                 updated.stamp(id: existing.id, created: existing.createdAt, updated: timestamp)
                 _ = try database.policies.put(updated, in: &txn)
+                try deploymentLog.recordPolicy(updated, tenant: tenant, in: &txn)
                 return updated
             }
         }
@@ -247,7 +256,7 @@ public final class PolicyStore: Sendable {
         try storage {
             try database.database.environment.write { txn in
                 let key = ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant)
-                guard try database.policies.get(key, in: txn) != nil else {
+                guard let existing = try database.policies.get(key, in: txn) else {
                     throw RPCError(.notFound, "no \(Self.kindName(kind)) policy named \(name) in tenant \(tenant)")
                 }
                 var users: [String] = []
@@ -274,8 +283,10 @@ public final class PolicyStore: Sendable {
                     throw RPCError(.failedPrecondition, "\(Self.kindName(kind)) policy \(name) is in use by \(users.joined(separator: ", "))")
                 }
                 _ = try database.policies.delete(key, in: &txn)
+                try deploymentLog.append(.policyRemoved(PolicyRef(kind: kind, id: existing.id, name: name)), tenant: tenant, in: &txn)
             }
         }
+        deploymentLog.committed()
     }
 
     static func kindName(_ kind: PolicyKind) -> String {
@@ -332,14 +343,17 @@ public final class PolicyStore: Sendable {
                     .first { $0.conditionType == record.conditionType && $0.target == record.target && $0.invert == record.invert }
                 if let same { throw RPCError(.alreadyExists, "the same block condition exists already (id \(same.id))") }
                 try database.blockConditions.insert(record, in: &txn)
+                try deploymentLog.append(.blockConditionUpserted(record), tenant: tenant, in: &txn)
             }
         }
+        deploymentLog.committed()
         return record
     }
 
     /// Reads, changes and writes one condition of `tenant` in one transaction.
     func modifyCondition(_ id: String, tenant: String, _ change: (inout BlockCondition) throws(RPCError) -> Void) throws(RPCError) -> BlockCondition {
         let timestamp = now()
+        defer { deploymentLog.committed() }
         return try storage {
             try database.database.environment.write { txn in
                 guard var condition = try database.blockConditions.get(Key(.string(id)), in: txn), condition.tenantDomain == tenant else {
@@ -348,6 +362,7 @@ public final class PolicyStore: Sendable {
                 try change(&condition)
                 condition.updatedAtUnixMs = timestamp
                 _ = try database.blockConditions.put(condition, in: &txn)
+                try deploymentLog.append(.blockConditionUpserted(condition), tenant: tenant, in: &txn)
                 return condition
             }
         }
@@ -382,8 +397,10 @@ public final class PolicyStore: Sendable {
                     throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
                 }
                 _ = try database.blockConditions.delete(condition, in: &txn)
+                try deploymentLog.append(.blockConditionRemoved(condition.id), tenant: tenant, in: &txn)
             }
         }
+        deploymentLog.committed()
     }
 
     public func listBlockConditions(type: BlockConditionType, tenant: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<BlockCondition> {

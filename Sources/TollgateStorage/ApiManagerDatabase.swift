@@ -26,9 +26,28 @@ public struct ApiManagerDatabase: Sendable {
     public static let apisByState = IndexDefinition<Api>("by_state", unique: false) { api in
         Key(.string(api.tenantDomain.lowercased()), .int64(Int64(api.lifecycleState.rawValue)))
     }
+    /// The search index: (tenant, field, term) for every term of an API, so
+    /// a search is a few prefix scans over keys instead of reading every API.
+    /// Name, context and tag terms are indexed with all their suffixes, which
+    /// makes a query word match anywhere inside them; description words match
+    /// from their start.
+    public static let apisBySearchTerm = IndexDefinition<Api>("by_search_term", unique: false) { api in
+        let tenant = api.tenantDomain.lowercased()
+        return ApiSearchTerms.terms(of: api).map { Key(.string(tenant), .string($0.field.rawValue), .string($0.term)) }
+    }
     public static let apiTable = TableDefinition<Api>(
         "apis", primaryKey: { Key(.string($0.id)) },
-        indexes: [apisByNameVersion, apisByContextVersion, apisByProvider, apisByTag, apisByState])
+        indexes: [apisByNameVersion, apisByContextVersion, apisByProvider, apisByTag, apisByState, apisBySearchTerm])
+
+    // MARK: Deployment log
+
+    /// Every change gateways must apply, by revision. The revision comes from
+    /// the `deployment` sequence in the same transaction as the change it
+    /// records, so revisions are gapless and never reused, even across crashes.
+    public static let deploymentChangeTable = TableDefinition<DeploymentChange>(
+        "deployment_changes", primaryKey: { Key(.uint64($0.revision)) })
+    /// The meta-table sequence deployment revisions are drawn from.
+    public static let deploymentSequence = "deployment"
 
     // MARK: Applications and subscriptions
 
@@ -98,6 +117,7 @@ public struct ApiManagerDatabase: Sendable {
     public let authorizationCodes: Table<AuthorizationCode>
     public let policies: Table<ThrottlePolicy>
     public let blockConditions: Table<BlockCondition>
+    public let deploymentChanges: Table<DeploymentChange>
 
     /// Opens `<dataDirectory>/apimgtdb`.
     public static func open(in dataDirectory: String, options: Environment.Options = .init()) throws -> ApiManagerDatabase {
@@ -112,7 +132,8 @@ public struct ApiManagerDatabase: Sendable {
                 tokens: try database.table(tokenTable),
                 authorizationCodes: try database.table(authorizationCodeTable),
                 policies: try database.table(policyTable),
-                blockConditions: try database.table(blockConditionTable))
+                blockConditions: try database.table(blockConditionTable),
+                deploymentChanges: try database.table(deploymentChangeTable))
         }
     }
 

@@ -141,6 +141,17 @@ public struct Table<Record: ProtoMessage>: Sendable {
         }
     }
 
+    /// Visits the primary keys `index` holds under `prefix`, in index-key
+    /// order, without reading the records: for filters and counts that only
+    /// need identities. The key is lent for the duration of each call.
+    public func forEachPrimaryKey<T: TransactionReading & ~Copyable>(
+        index: IndexDefinition<Record>, prefix: Key, from start: [UInt8]? = nil, in txn: borrowing T,
+        _ body: (_ indexEntry: UnsafeRawBufferPointer, _ primaryKey: UnsafeRawBufferPointer) throws -> Bool
+    ) throws {
+        // Every index entry's value is the primary key, unique index or not.
+        try txn.scan(database(of: index), prefix: prefix.bytes, from: start, body)
+    }
+
     /// Number of records in the table.
     public func count<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Int {
         try txn.count(records)

@@ -1,0 +1,691 @@
+import FoundationEssentials
+import LMDBKit
+public import RPCCore
+public import TollgatePolicies
+public import TollgateProto
+public import TollgateStorage
+
+/// The publisher's logic: APIs (apimgtdb), their definitions, documents and
+/// lifecycle history (regdb), and every change gateways must hear of,
+/// recorded in the deployment log in the same transaction as the change.
+///
+/// Every method acts within one tenant: an object of another tenant is
+/// reported as not found, so tenants cannot even learn of each other's ids.
+public final class PublisherStore: Sendable {
+    public let apimgt: ApiManagerDatabase
+    public let registry: RegistryDatabase
+    /// Tiers and advanced policies APIs name; a tenant's defaults are installed on its first API.
+    public let policies: PolicyStore
+    public var deploymentLog: DeploymentLog { policies.deploymentLog }
+    let now: @Sendable () -> Int64
+
+    public static let defaultPageSize = 25
+    public static let maxPageSize = 500
+    /// Largest document body (text or file) kept in the registry.
+    public static let maxDocumentBytes = 8 << 20
+
+    public init(registry: RegistryDatabase, policies: PolicyStore, now: (@Sendable () -> Int64)? = nil) {
+        self.apimgt = policies.database
+        self.registry = registry
+        self.policies = policies
+        self.now = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+    }
+
+    // MARK: APIs
+
+    /// Stores a new API in CREATED state, provided by `actor` unless it names another provider.
+    public func createApi(_ draft: Api, actor: String, tenant: String) throws(RPCError) -> Api {
+        var api = draft
+        api.id = UUID().uuidString.lowercased()
+        api.tenantDomain = tenant
+        if api.provider.isEmpty { api.provider = actor }
+        api.lifecycleState = .created
+        api.revision = 1
+        let timestamp = now()
+        api.createdBy = actor
+        api.createdAtUnixMs = timestamp
+        api.updatedBy = actor
+        api.updatedAtUnixMs = timestamp
+        try ApiValidation.normalize(&api)
+        try policies.installDefaults(tenant: tenant)
+        let stored = api
+        try apimgtWrite { txn in
+            try checkReferences(stored, in: txn)
+            try checkContextOwnership(stored, in: txn)
+            try insertApi(stored, in: &txn)
+        }
+        try record(LifecycleHistoryEntry(apiId: api.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
+                                         comment: "created"))
+        return api
+    }
+
+    /// Replaces an API's design. Name, version, context, provider and state stay as they are.
+    public func updateApi(_ change: Api, expectedRevision: UInt64?, actor: String, tenant: String) throws(RPCError) -> Api {
+        let timestamp = now()
+        return try apimgtWrite { txn in
+            let existing = try tenantApi(change.id, tenant: tenant, in: txn)
+            if let expectedRevision, expectedRevision != existing.revision {
+                throw RPCError(.aborted, "API \(existing.name) \(existing.version) changed meanwhile (revision \(existing.revision), not \(expectedRevision)): fetch it again and reapply your change")
+            }
+            for (field, old, new) in [("name", existing.name, change.name), ("version", existing.version, change.version), ("context", existing.context, change.context)]
+            where !new.isEmpty && new != old {
+                throw RPCError(.invalidArgument, "an API's \(field) cannot change (it is \(old)); create a new version instead")
+            }
+            var api = change
+            api.tenantDomain = existing.tenantDomain
+            api.name = existing.name
+            api.version = existing.version
+            api.context = existing.context
+            api.provider = change.provider.isEmpty ? existing.provider : change.provider
+            api.lifecycleState = existing.lifecycleState
+            api.revision = existing.revision + 1
+            api.createdBy = existing.createdBy
+            api.createdAtUnixMs = existing.createdAtUnixMs
+            api.updatedBy = actor
+            api.updatedAtUnixMs = timestamp
+            try ApiValidation.normalize(&api)
+            try checkReferences(api, in: txn)
+            if DeploymentLog.deployedStates.contains(api.lifecycleState) { try checkDeployable(api) }
+            _ = try apimgt.apis.put(api, in: &txn)
+            try afterWrite(api, previous: existing, in: &txn)
+            return api
+        }
+    }
+
+    /// Deletes an API with no subscriptions, with its definition, documents and history.
+    public func deleteApi(_ id: String, tenant: String) throws(RPCError) {
+        try apimgtWrite { txn in
+            let api = try tenantApi(id, tenant: tenant, in: txn)
+            let subscriptions = try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(id)), in: txn)
+            guard subscriptions.isEmpty else {
+                throw RPCError(.failedPrecondition, "API \(api.name) \(api.version) has \(subscriptions.count) subscription(s); they must be removed before the API can be deleted")
+            }
+            _ = try apimgt.apis.delete(api, in: &txn)
+            if DeploymentLog.deployedStates.contains(api.lifecycleState) {
+                try deploymentLog.append(.apiRemoved(api.id), tenant: api.tenantDomain, in: &txn)
+            }
+        }
+        try registryWrite { txn in
+            _ = try registry.definitions.delete(Key(.string(id)), in: &txn)
+            for document in try registry.documents.all(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)), in: txn) {
+                _ = try registry.documents.delete(document, in: &txn)
+            }
+            for entry in try registry.lifecycleHistory.list(prefix: Key(.string(id)), pageSize: Int.max, in: txn).items {
+                _ = try registry.lifecycleHistory.delete(entry, in: &txn)
+            }
+        }
+    }
+
+    public func getApi(_ id: String, tenant: String) throws(RPCError) -> Api {
+        try storage { try apimgt.database.environment.read { txn in try tenantApi(id, tenant: tenant, in: txn) } }
+    }
+
+    // MARK: Listing and search
+
+    /// A tenant's APIs by name and version, optionally only one provider's
+    /// and only in some states.
+    public func listApis(provider: String, states: [LifecycleState], pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
+        try storage {
+            try apimgt.database.environment.read { txn in
+                var matches: Set<[UInt8]>?
+                if !provider.isEmpty {
+                    matches = try primaryKeys(index: ApiManagerDatabase.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider)), in: txn)
+                }
+                if !states.isEmpty {
+                    var inStates = Set<[UInt8]>()
+                    for state in Set(states) {
+                        inStates.formUnion(try primaryKeys(index: ApiManagerDatabase.apisByState,
+                                                           prefix: Key(.string(tenant.lowercased()), .int64(Int64(state.rawValue))), in: txn))
+                    }
+                    matches = matches.map { $0.intersection(inStates) } ?? inStates
+                }
+                return try orderedPage(matching: matches, pageSize: pageSize, pageToken: pageToken, tenant: tenant, in: txn)
+            }
+        }
+    }
+
+    /// Words matched anywhere in names, contexts and tags, and from the start
+    /// of description words; `name:`, `context:`, `tag:`, `description:`,
+    /// `provider:` and `version:` narrow a word to one field. Every word must
+    /// match (AND); results come by name and version.
+    public func searchApis(query: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
+        let terms = try Self.parseQuery(query)
+        return try storage {
+            try apimgt.database.environment.read { txn in
+                var matches: Set<[UInt8]>?
+                for term in terms {
+                    var found = Set<[UInt8]>()
+                    for field in term.fields {
+                        found.formUnion(try primaryKeys(index: ApiManagerDatabase.apisBySearchTerm,
+                                                        prefix: Key(.string(tenant.lowercased()), .string(field.rawValue), .stringPrefix(term.word)), in: txn))
+                    }
+                    matches = matches.map { $0.intersection(found) } ?? found
+                    if matches?.isEmpty == true { break }
+                }
+                return try orderedPage(matching: matches, pageSize: pageSize, pageToken: pageToken, tenant: tenant, in: txn)
+            }
+        }
+    }
+
+    struct SearchTerm: Equatable {
+        var fields: [ApiSearchTerms.Field]
+        var word: String
+    }
+
+    static func parseQuery(_ query: String) throws(RPCError) -> [SearchTerm] {
+        let qualifiers: [String: ApiSearchTerms.Field] = [
+            "name": .name, "context": .context, "tag": .tag, "description": .description, "provider": .provider, "version": .version,
+        ]
+        var terms: [SearchTerm] = []
+        for token in query.split(whereSeparator: { $0.isWhitespace }) {
+            var fields: [ApiSearchTerms.Field] = [.name, .context, .tag, .description]
+            var value = Substring(token)
+            if let colon = token.firstIndex(of: ":") {
+                let qualifier = token[..<colon].lowercased()
+                guard let field = qualifiers[qualifier] else {
+                    throw RPCError(.invalidArgument, "search qualifier \"\(qualifier):\" is unknown: use name:, context:, tag:, description:, provider: or version:")
+                }
+                fields = [field]
+                value = token[token.index(after: colon)...]
+            }
+            if fields == [.provider] || fields == [.version] {
+                if !value.isEmpty { terms.append(SearchTerm(fields: fields, word: value.lowercased())) }
+            } else {
+                terms += ApiSearchTerms.words(String(value)).map { SearchTerm(fields: fields, word: $0) }
+            }
+        }
+        return terms
+    }
+
+    /// Primary keys under an index prefix, read from the index alone.
+    func primaryKeys<T: TransactionReading & ~Copyable>(index: IndexDefinition<Api>, prefix: Key, in txn: borrowing T) throws -> Set<[UInt8]> {
+        var keys = Set<[UInt8]>()
+        try apimgt.apis.forEachPrimaryKey(index: index, prefix: prefix, in: txn) { _, primaryKey in
+            keys.insert(Array(primaryKey))
+            return true
+        }
+        return keys
+    }
+
+    /// One page of the tenant's APIs in name-and-version order, only those in
+    /// `matches` when given. Only the page's records are read; the walk over
+    /// the name index touches keys alone.
+    func orderedPage<T: TransactionReading & ~Copyable>(
+        matching matches: Set<[UInt8]>?, pageSize requested: Int, pageToken: [UInt8], tenant: String, in txn: borrowing T
+    ) throws -> (apis: [ApiListing], page: PageResponse) {
+        let pageSize = requested <= 0 ? Self.defaultPageSize : min(requested, Self.maxPageSize)
+        let prefix = Key(.string(tenant.lowercased()))
+        if !pageToken.isEmpty && !pageToken.starts(with: prefix.bytes) {
+            throw RPCError(.invalidArgument, "page_token does not belong to this listing: start again without it")
+        }
+        var keys: [[UInt8]] = []
+        var next: [UInt8] = []
+        if matches?.isEmpty != true {
+            try apimgt.apis.forEachPrimaryKey(index: ApiManagerDatabase.apisByNameVersion, prefix: prefix, from: pageToken.isEmpty ? nil : pageToken, in: txn) { entry, primaryKey in
+                if let matches, !matches.contains(Array(primaryKey)) { return true }
+                if keys.count == pageSize {
+                    next = Array(entry)
+                    return false
+                }
+                keys.append(Array(primaryKey))
+                return true
+            }
+        }
+        var listings: [ApiListing] = []
+        listings.reserveCapacity(keys.count)
+        for key in keys {
+            guard let api = try apimgt.apis.get(Key(bytes: key), in: txn) else { continue }
+            listings.append(Self.listing(api))
+        }
+        let total: UInt64? = matches.map { UInt64($0.count) } ?? (pageToken.isEmpty ? nil : nil)
+        return (listings, PageResponse(nextPageToken: next, totalCount: total))
+    }
+
+    public static func listing(_ api: Api) -> ApiListing {
+        ApiListing(id: api.id, tenantDomain: api.tenantDomain, provider: api.provider, name: api.name, version: api.version, context: api.context,
+                   description: api.description, tags: api.tags, defaultVersion: api.defaultVersion, visibility: api.visibility,
+                   lifecycleState: api.lifecycleState, subscriptionPolicies: api.subscriptionPolicies, transports: api.transports,
+                   businessOwner: api.businessOwner, updatedAtUnixMs: api.updatedAtUnixMs)
+    }
+
+    // MARK: Lifecycle
+
+    public struct LifecycleOptions: Sendable {
+        public var comment: String
+        public var deprecateOldVersions: Bool
+        public var requireResubscription: Bool
+
+        public init(comment: String = "", deprecateOldVersions: Bool = false, requireResubscription: Bool = false) {
+            self.comment = comment
+            self.deprecateOldVersions = deprecateOldVersions
+            self.requireResubscription = requireResubscription
+        }
+    }
+
+    /// Moves an API along the lifecycle and records the move. Publishing
+    /// can deprecate the older published versions and, unless re-subscription
+    /// is required, subscribes the older versions' applications to this one.
+    public func changeLifecycle(_ id: String, to target: LifecycleState, options: LifecycleOptions, actor: String,
+                                tenant: String) throws(RPCError) -> (api: Api, entry: LifecycleHistoryEntry) {
+        guard Lifecycle.states.contains(target) else {
+            throw RPCError(.invalidArgument, "target_state must be one of \(Lifecycle.states.map(Lifecycle.name).joined(separator: ", "))")
+        }
+        let timestamp = now()
+        let (api, entries) = try apimgtWrite { txn -> (Api, [LifecycleHistoryEntry]) in
+            var api = try tenantApi(id, tenant: tenant, in: txn)
+            let from = api.lifecycleState
+            guard Lifecycle.allows(from, target) else { throw RPCError(.failedPrecondition, Lifecycle.refusal(from, target)) }
+            if DeploymentLog.deployedStates.contains(target) { try checkDeployable(api) }
+            if target == .published && api.subscriptionPolicies.isEmpty {
+                throw RPCError(.failedPrecondition, "API \(api.name) \(api.version) offers no subscription policy (tier): add one, e.g. Unlimited, before publishing")
+            }
+            let previous = api
+            api.lifecycleState = target
+            api.revision += 1
+            api.updatedBy = actor
+            api.updatedAtUnixMs = timestamp
+            _ = try apimgt.apis.put(api, in: &txn)
+            try afterWrite(api, previous: previous, in: &txn)
+            var entries = [LifecycleHistoryEntry(apiId: api.id, fromState: from, toState: target, actor: actor,
+                                                 occurredAtUnixMs: timestamp, comment: options.comment)]
+            if target == .published {
+                let others = try otherVersions(of: api, in: txn)
+                if options.deprecateOldVersions {
+                    for var older in others where older.lifecycleState == .published && older.createdAtUnixMs <= api.createdAtUnixMs {
+                        let before = older
+                        older.lifecycleState = .deprecated
+                        older.revision += 1
+                        older.updatedBy = actor
+                        older.updatedAtUnixMs = timestamp
+                        _ = try apimgt.apis.put(older, in: &txn)
+                        try afterWrite(older, previous: before, in: &txn)
+                        entries.append(LifecycleHistoryEntry(apiId: older.id, fromState: .published, toState: .deprecated, actor: actor,
+                                                             occurredAtUnixMs: timestamp, comment: "deprecated on publishing version \(api.version)"))
+                    }
+                }
+                if !options.requireResubscription && (from == .created || from == .prototyped) {
+                    try copySubscriptions(from: others, to: api, at: timestamp, in: &txn)
+                }
+            }
+            return (api, entries)
+        }
+        var recorded: [LifecycleHistoryEntry] = []
+        for entry in entries { recorded.append(try record(entry)) }
+        return (api, recorded[0])
+    }
+
+    public func lifecycleHistory(_ id: String, tenant: String) throws(RPCError) -> [LifecycleHistoryEntry] {
+        _ = try getApi(id, tenant: tenant)
+        return try storage { try registry.lifecycleHistory(api: id) }
+    }
+
+    /// Stores a history entry; a second move of one API within the same
+    /// millisecond is stamped a millisecond later so neither is lost.
+    @discardableResult
+    func record(_ entry: LifecycleHistoryEntry) throws(RPCError) -> LifecycleHistoryEntry {
+        try registryWrite { txn in
+            var entry = entry
+            let last = try registry.lifecycleHistory.list(prefix: Key(.string(entry.apiId)), pageSize: Int.max, in: txn).items.last
+            if let last, last.occurredAtUnixMs >= entry.occurredAtUnixMs { entry.occurredAtUnixMs = last.occurredAtUnixMs + 1 }
+            _ = try registry.lifecycleHistory.put(entry, in: &txn)
+            return entry
+        }
+    }
+
+    /// Subscriptions of the other versions' applications, copied to a newly
+    /// published version at the same tier when it offers that tier.
+    func copySubscriptions(from others: [Api], to api: Api, at timestamp: Int64, in txn: inout WriteTransaction) throws {
+        for older in others where [.published, .deprecated, .blocked].contains(older.lifecycleState) {
+            for subscription in try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(older.id)), in: txn)
+            where api.subscriptionPolicies.contains(subscription.throttlingPolicy) && subscription.status != .rejected && subscription.status != .onHold {
+                guard try apimgt.subscriptions.get(ApiManagerDatabase.subscriptionsByApplicationApi,
+                                                   Key(.string(subscription.applicationId), .string(api.id)), in: txn) == nil else { continue }
+                var copy = subscription
+                copy.id = UUID().uuidString.lowercased()
+                copy.apiId = api.id
+                copy.apiName = api.name
+                copy.apiVersion = api.version
+                copy.apiContext = api.context
+                copy.apiProvider = api.provider
+                copy.createdAtUnixMs = timestamp
+                copy.updatedAtUnixMs = timestamp
+                try apimgt.subscriptions.insert(copy, in: &txn)
+            }
+        }
+    }
+
+    // MARK: New versions
+
+    /// Copies an API (resources, tiers, endpoints, documents, definition)
+    /// under a new version, in CREATED state.
+    public func createNewVersion(_ id: String, version: String, defaultVersion: Bool, actor: String, tenant: String) throws(RPCError) -> Api {
+        try ApiValidation.checkVersion(version)
+        let timestamp = now()
+        let source = try getApi(id, tenant: tenant)
+        var copy = source
+        copy.id = UUID().uuidString.lowercased()
+        copy.version = version
+        copy.defaultVersion = defaultVersion
+        copy.lifecycleState = .created
+        copy.revision = 1
+        copy.createdBy = actor
+        copy.createdAtUnixMs = timestamp
+        copy.updatedBy = actor
+        copy.updatedAtUnixMs = timestamp
+        let api = copy
+        try apimgtWrite { txn in
+            try checkReferences(api, in: txn)
+            try insertApi(api, in: &txn)
+        }
+        try registryWrite { txn in
+            if var definition = try registry.definitions.get(Key(.string(id)), in: txn) {
+                definition.apiId = api.id
+                definition.revision = 1
+                definition.updatedAtUnixMs = timestamp
+                _ = try registry.definitions.put(definition, in: &txn)
+            }
+            for var document in try registry.documents.all(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)), in: txn) {
+                document.id = UUID().uuidString.lowercased()
+                document.apiId = api.id
+                document.createdBy = actor
+                document.createdAtUnixMs = timestamp
+                document.updatedAtUnixMs = timestamp
+                try registry.documents.insert(document, in: &txn)
+            }
+        }
+        try record(LifecycleHistoryEntry(apiId: api.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
+                                         comment: "created as a new version of \(source.version)"))
+        return api
+    }
+
+    // MARK: OpenAPI
+
+    /// Creates an API from an OpenAPI document (`template` supplies what the
+    /// document cannot), or replaces an existing API's resources and scopes.
+    public func importOpenApi(apiID: String, template: Api, document: String, format: DefinitionFormat, actor: String,
+                              tenant: String) throws(RPCError) -> (api: Api, definition: ApiDefinition, warnings: [String]) {
+        guard !document.isEmpty else { throw RPCError(.invalidArgument, "document is empty: pass the OpenAPI or Swagger text") }
+        let imported = try OpenAPIDocuments.parse(document, format: format)
+        var api: Api
+        if apiID.isEmpty {
+            var draft = template
+            if draft.name.isEmpty { draft.name = imported.title }
+            if draft.version.isEmpty { draft.version = imported.version }
+            if draft.description.isEmpty { draft.description = imported.description }
+            if draft.tags.isEmpty { draft.tags = imported.tags }
+            if draft.resources.isEmpty { draft.resources = imported.resources }
+            if draft.scopes.isEmpty { draft.scopes = imported.scopes }
+            if draft.context.isEmpty {
+                throw RPCError(.invalidArgument, "a new API needs a context (api_template.context, e.g. /pizzashack): an OpenAPI document does not give one")
+            }
+            api = try createApi(draft, actor: actor, tenant: tenant)
+        } else {
+            var existing = try getApi(apiID, tenant: tenant)
+            let expected = existing.revision
+            existing.resources = imported.resources
+            if !imported.scopes.isEmpty { existing.scopes = imported.scopes }
+            api = try updateApi(existing, expectedRevision: expected, actor: actor, tenant: tenant)
+        }
+        let timestamp = now()
+        let stored = try registryWrite { txn in
+            let previous = try registry.definitions.get(Key(.string(api.id)), in: txn)
+            let definition = ApiDefinition(apiId: api.id, format: imported.format, openapiVersion: imported.openapiVersion, document: document,
+                                           revision: (previous?.revision ?? 0) + 1, updatedAtUnixMs: timestamp)
+            _ = try registry.definitions.put(definition, in: &txn)
+            return definition
+        }
+        return (api, stored, imported.warnings)
+    }
+
+    /// The API as an OpenAPI 3.0 document, built from its current resources;
+    /// operation details kept from the imported document are carried over.
+    public func exportOpenApi(_ id: String, format: DefinitionFormat, tenant: String) throws(RPCError) -> ApiDefinition {
+        let api = try getApi(id, tenant: tenant)
+        let stored = try storage { try registry.definition(api: id) }
+        let exported = try OpenAPIDocuments.export(api, stored: stored, format: format)
+        return ApiDefinition(apiId: id, format: exported.format, openapiVersion: "3.0.3", document: exported.document,
+                             revision: stored?.revision ?? 0, updatedAtUnixMs: max(stored?.updatedAtUnixMs ?? 0, api.updatedAtUnixMs))
+    }
+
+    // MARK: Documents
+
+    static func checkDocument(_ document: Document) throws(RPCError) {
+        guard (1...100).contains(document.name.count), !document.name.contains(where: { $0.isNewline }) else {
+            throw RPCError(.invalidArgument, "document name must be 1 to 100 characters on one line")
+        }
+        switch document.documentType {
+        case .howTo, .samples, .publicForum, .supportForum, .apiMessageFormat, .swagger: break
+        case .other:
+            guard !document.otherTypeName.isEmpty else { throw RPCError(.invalidArgument, "a document of type OTHER needs other_type_name") }
+        case .unspecified, .unrecognized:
+            throw RPCError(.invalidArgument, "document_type must be HOW_TO, SAMPLES, PUBLIC_FORUM, SUPPORT_FORUM, API_MESSAGE_FORMAT, SWAGGER or OTHER")
+        }
+        switch document.visibility {
+        case .apiLevel, .ownerOnly, .private: break
+        default: throw RPCError(.invalidArgument, "visibility must be API_LEVEL, OWNER_ONLY or PRIVATE")
+        }
+        switch (document.sourceType, document.body) {
+        case (.inline, .text(let text)?), (.markdown, .text(let text)?):
+            guard text.utf8.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "document text is larger than 8 MiB") }
+        case (.url, .url(let url)?):
+            try ApiValidation.checkEndpointURL(url, field: "url")
+        case (.file, .file(let file)?):
+            guard !file.fileName.isEmpty, !file.fileName.contains("/") else { throw RPCError(.invalidArgument, "file.file_name must be a plain file name") }
+            guard !file.content.isEmpty else { throw RPCError(.invalidArgument, "file.content is empty") }
+            guard file.content.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "file is larger than 8 MiB") }
+        case (.unspecified, _), (.unrecognized, _):
+            throw RPCError(.invalidArgument, "source_type must be INLINE, MARKDOWN, URL or FILE")
+        default:
+            throw RPCError(.invalidArgument, "source_type and body disagree: INLINE and MARKDOWN take text, URL takes url, FILE takes file")
+        }
+    }
+
+    public func addDocument(_ draft: Document, actor: String, tenant: String) throws(RPCError) -> Document {
+        var document = draft
+        if document.visibility == .unspecified { document.visibility = .apiLevel }
+        try Self.checkDocument(document)
+        let api = try getApi(document.apiId, tenant: tenant)
+        let timestamp = now()
+        document.id = UUID().uuidString.lowercased()
+        document.tenantDomain = api.tenantDomain
+        document.createdBy = actor
+        document.createdAtUnixMs = timestamp
+        document.updatedAtUnixMs = timestamp
+        let stored = document
+        try registryWrite { txn in
+            do {
+                try registry.documents.insert(stored, in: &txn)
+            } catch StorageError.uniqueConflict {
+                throw RPCError(.alreadyExists, "API \(api.name) \(api.version) already has a document named \(stored.name)")
+            }
+        }
+        return stored
+    }
+
+    public func updateDocument(_ change: Document, tenant: String) throws(RPCError) -> Document {
+        var document = change
+        if document.visibility == .unspecified { document.visibility = .apiLevel }
+        try Self.checkDocument(document)
+        let timestamp = now()
+        return try registryWrite { txn in
+            guard let existing = try registry.documents.get(Key(.string(change.id)), in: txn), existing.tenantDomain == tenant else {
+                throw RPCError(.notFound, "no document \(change.id) in tenant \(tenant)")
+            }
+            document.apiId = existing.apiId
+            document.tenantDomain = existing.tenantDomain
+            document.createdBy = existing.createdBy
+            document.createdAtUnixMs = existing.createdAtUnixMs
+            document.updatedAtUnixMs = timestamp
+            do {
+                _ = try registry.documents.put(document, in: &txn)
+            } catch StorageError.uniqueConflict {
+                throw RPCError(.alreadyExists, "the API already has a document named \(document.name)")
+            }
+            return document
+        }
+    }
+
+    public func deleteDocument(_ id: String, tenant: String) throws(RPCError) {
+        try registryWrite { txn in
+            guard let existing = try registry.documents.get(Key(.string(id)), in: txn), existing.tenantDomain == tenant else {
+                throw RPCError(.notFound, "no document \(id) in tenant \(tenant)")
+            }
+            _ = try registry.documents.delete(existing, in: &txn)
+        }
+    }
+
+    public func document(_ id: String, tenant: String) throws(RPCError) -> Document {
+        guard let document = try storage({ try registry.document(id: id) }), document.tenantDomain == tenant else {
+            throw RPCError(.notFound, "no document \(id) in tenant \(tenant)")
+        }
+        return document
+    }
+
+    /// An API's documents by name, without their bodies.
+    public func listDocuments(api id: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (documents: [Document], page: PageResponse) {
+        _ = try getApi(id, tenant: tenant)
+        let page = try storage {
+            try registry.database.environment.read { txn in
+                try registry.documents.list(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)),
+                                            pageSize: pageSize <= 0 ? 100 : min(pageSize, Self.maxPageSize), pageToken: pageToken, in: txn)
+            }
+        }
+        let documents = page.items.map { document in
+            var listed = document
+            listed.body = nil
+            return listed
+        }
+        return (documents, PageResponse(nextPageToken: page.nextPageToken))
+    }
+
+    // MARK: Subscriptions of an API
+
+    public func listSubscriptions(api id: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (subscriptions: [Subscription], page: PageResponse) {
+        _ = try getApi(id, tenant: tenant)
+        let page = try storage {
+            try apimgt.database.environment.read { txn in
+                try apimgt.subscriptions.list(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(id)),
+                                              pageSize: pageSize <= 0 ? 100 : min(pageSize, Self.maxPageSize), pageToken: pageToken, in: txn)
+            }
+        }
+        return (page.items, PageResponse(nextPageToken: page.nextPageToken))
+    }
+
+    /// Blocks (both key types, or production keys only) or unblocks one
+    /// subscription, and tells gateways to drop what they cached about it.
+    public func setSubscriptionStatus(_ id: String, to status: SubscriptionStatus, tenant: String) throws(RPCError) -> Subscription {
+        let timestamp = now()
+        return try apimgtWrite { txn in
+            guard var subscription = try apimgt.subscriptions.get(Key(.string(id)), in: txn),
+                  let api = try apimgt.apis.get(Key(.string(subscription.apiId)), in: txn), api.tenantDomain == tenant else {
+                throw RPCError(.notFound, "no subscription \(id) in tenant \(tenant)")
+            }
+            switch subscription.status {
+            case .onHold, .rejected:
+                throw RPCError(.failedPrecondition, "subscription \(id) is \(subscription.status == .onHold ? "awaiting approval" : "rejected"): only active subscriptions can be blocked or unblocked")
+            default: break
+            }
+            guard subscription.status != status else { return subscription }
+            subscription.status = status
+            subscription.updatedAtUnixMs = timestamp
+            _ = try apimgt.subscriptions.put(subscription, in: &txn)
+            try deploymentLog.append(.subscriptionChanged(SubscriptionChange(subscriptionId: subscription.id, apiId: subscription.apiId,
+                                                                             applicationId: subscription.applicationId, status: status)),
+                                     tenant: tenant, in: &txn)
+            return subscription
+        }
+    }
+
+    // MARK: Internals
+
+    /// The API `id` of `tenant`, or NOT_FOUND.
+    func tenantApi<T: TransactionReading & ~Copyable>(_ id: String, tenant: String, in txn: borrowing T) throws -> Api {
+        guard !id.isEmpty else { throw RPCError(.invalidArgument, "api_id is required") }
+        guard let api = try apimgt.apis.get(Key(.string(id)), in: txn), api.tenantDomain == tenant else {
+            throw RPCError(.notFound, "no API \(id) in tenant \(tenant)")
+        }
+        return api
+    }
+
+    /// The tenant's other versions of the API with the same name.
+    func otherVersions<T: TransactionReading & ~Copyable>(of api: Api, in txn: borrowing T) throws -> [Api] {
+        try apimgt.apis.all(index: ApiManagerDatabase.apisByNameVersion,
+                            prefix: Key(.string(api.tenantDomain.lowercased()), .string(api.name.lowercased())), in: txn)
+            .filter { $0.id != api.id }
+    }
+
+    /// Policies an API names must exist in its tenant.
+    func checkReferences<T: TransactionReading & ~Copyable>(_ api: Api, in txn: borrowing T) throws {
+        for tier in api.subscriptionPolicies {
+            guard try apimgt.policies.get(ApiManagerDatabase.policyKey(kind: .subscription, name: tier, tenant: api.tenantDomain), in: txn) != nil else {
+                throw RPCError(.invalidArgument, "subscription policy (tier) \(tier) does not exist in tenant \(api.tenantDomain): see `tollctl policy list --kind subscription`")
+            }
+        }
+        for name in Set(api.resources.map(\.throttlingPolicy) + [api.apiPolicy]) where !name.isEmpty {
+            guard try apimgt.policies.get(ApiManagerDatabase.policyKey(kind: .advanced, name: name, tenant: api.tenantDomain), in: txn) != nil else {
+                throw RPCError(.invalidArgument, "advanced policy \(name) does not exist in tenant \(api.tenantDomain): see `tollctl policy list --kind advanced`")
+            }
+        }
+    }
+
+    /// A context belongs to one API name: other versions of the same API
+    /// share it, a differently named API may not.
+    func checkContextOwnership<T: TransactionReading & ~Copyable>(_ api: Api, in txn: borrowing T) throws {
+        var owner: Api?
+        try apimgt.apis.forEach(index: ApiManagerDatabase.apisByContextVersion,
+                                prefix: Key(.string(api.tenantDomain.lowercased()), .string(api.context)), in: txn) { other in
+            if other.name.lowercased() != api.name.lowercased() { owner = other }
+            return owner == nil
+        }
+        if let owner {
+            throw RPCError(.alreadyExists, "context \(api.context) is already used by API \(owner.name) in tenant \(api.tenantDomain)")
+        }
+    }
+
+    /// A deployed API must have somewhere to send calls.
+    func checkDeployable(_ api: Api) throws(RPCError) {
+        guard api.productionEndpoints != nil || api.sandboxEndpoints != nil else {
+            throw RPCError(.failedPrecondition, "API \(api.name) \(api.version) has no production or sandbox endpoint: add one before deploying it")
+        }
+    }
+
+    func insertApi(_ api: Api, in txn: inout WriteTransaction) throws {
+        do {
+            try apimgt.apis.insert(api, in: &txn)
+        } catch StorageError.uniqueConflict(_, let index) where index == ApiManagerDatabase.apisByNameVersion.name {
+            throw RPCError(.alreadyExists, "API \(api.name) version \(api.version) already exists in tenant \(api.tenantDomain)")
+        } catch StorageError.uniqueConflict(_, let index) where index == ApiManagerDatabase.apisByContextVersion.name {
+            throw RPCError(.alreadyExists, "context \(api.context) version \(api.version) is already taken in tenant \(api.tenantDomain)")
+        }
+    }
+
+    /// What follows every write of a stored API: the default-version flag
+    /// moves to it from the other versions when it is deployed, and the
+    /// gateways hear of it.
+    func afterWrite(_ api: Api, previous: Api, in txn: inout WriteTransaction) throws {
+        let deployed = DeploymentLog.deployedStates.contains(api.lifecycleState)
+        if api.defaultVersion && deployed {
+            for var other in try otherVersions(of: api, in: txn) where other.defaultVersion {
+                other.defaultVersion = false
+                other.revision += 1
+                _ = try apimgt.apis.put(other, in: &txn)
+                try deploymentLog.recordApi(other, wasDeployed: DeploymentLog.deployedStates.contains(other.lifecycleState), in: &txn)
+            }
+        }
+        try deploymentLog.recordApi(api, wasDeployed: DeploymentLog.deployedStates.contains(previous.lifecycleState), in: &txn)
+    }
+
+    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
+        try withStorageErrors("publisher database", body)
+    }
+
+    /// A write to apimgtdb; watchers hear of it once it commits.
+    func apimgtWrite<Result>(_ body: (inout WriteTransaction) throws -> Result) throws(RPCError) -> Result {
+        defer { deploymentLog.committed() }
+        return try storage { try apimgt.database.environment.write(body) }
+    }
+
+    func registryWrite<Result>(_ body: (inout WriteTransaction) throws -> Result) throws(RPCError) -> Result {
+        try storage { try registry.database.environment.write(body) }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import LMDBKit
+import RPCCore
+import Testing
+import TollgatePolicies
+import TollgateProto
+import TollgatePublisher
+import TollgateServices
+import TollgateStorage
+
+@Suite struct DeploymentFeedTests {
+    func kind(_ change: DeploymentChange) -> String {
+        switch change.change {
+        case .apiUpserted(let deployed)?: "api+\(deployed.api?.name ?? "?")/\(deployed.api?.version ?? "?")"
+        case .apiRemoved?: "api-"
+        case .policyUpserted?: "policy+"
+        case .policyRemoved(let ref)?: "policy-\(ref.name)"
+        case .blockConditionUpserted?: "block+"
+        case .blockConditionRemoved?: "block-"
+        case .subscriptionChanged(let change)?: "sub:\(change.status)"
+        case nil: "?"
+        }
+    }
+
+    @Test func snapshotThenDeltasThenExactlyTheMissedChanges() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        let defaults = try store.deploymentLog.currentRevision()
+        #expect(defaults == 13, "the 13 default policies were recorded")
+
+        // Three deployed APIs, one not: the snapshot (chunks of 2) has the three.
+        var ids: [String] = []
+        for index in 0..<4 {
+            let api = try store.createApi(sampleApi("Api\(index)", context: "/api\(index)"), actor: "carol", tenant: superTenant)
+            if index < 3 { _ = try store.changeLifecycle(api.id, to: index == 2 ? .prototyped : .published, options: .init(), actor: "paul", tenant: superTenant) }
+            ids.append(api.id)
+        }
+        let (task, feed) = watch(fixture, since: 0)
+        try await feed.wait(for: "the snapshot") { snapshots, _ in snapshots.last?.last == true }
+        let snapshots = await feed.snapshots
+        #expect(snapshots.count == 2 && snapshots.allSatisfy { $0.revision == defaults + 3 })
+        let deployed = snapshots.flatMap(\.apis)
+        #expect(deployed.compactMap(\.api?.name) == ["Api0", "Api1", "Api2"])
+        #expect(deployed[0].gatewayContext == "/api0/1.0.0" && deployed[0].resources.count == 3)
+        #expect(snapshots.last?.policies.count == 13)
+
+        // Deltas arrive as they happen, in order.
+        _ = try store.changeLifecycle(ids[3], to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try store.changeLifecycle(ids[0], to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.1")), tenant: superTenant)
+        _ = try store.changeLifecycle(ids[1], to: .created, options: .init(), actor: "paul", tenant: superTenant)
+        try await feed.wait(for: "four changes") { _, changes in changes.count == 4 }
+        var changes = await feed.changes
+        #expect(changes.map(\.revision) == Array((defaults + 4)...(defaults + 7)))
+        #expect(changes.map(kind) == ["api+Api3/1.0.0", "api+Api0/1.0.0", "block+", "api-"])
+        if case .apiUpserted(let blocked)? = changes[1].change { #expect(blocked.api?.lifecycleState == .blocked) }
+        task.cancel()
+
+        // More changes while nobody watches; a watcher resuming from what it
+        // applied gets exactly those, with no snapshot.
+        let resumeFrom = changes.last!.revision
+        try fixture.policies.deletePolicy(kind: .subscription, name: "Bronze", tenant: superTenant)
+        var gold = try fixture.policies.policy(kind: .subscription, name: "Gold", tenant: superTenant)
+        if case .subscriptionPolicy(var p)? = gold.policy { p.description = "more"; gold.policy = .subscriptionPolicy(p) }
+        _ = try fixture.policies.updatePolicy(gold, tenant: superTenant)
+        let (again, resumed) = watch(fixture, since: resumeFrom)
+        try await resumed.wait(for: "the two missed changes") { _, changes in changes.count == 2 }
+        try await Task.sleep(for: .milliseconds(50))
+        changes = await resumed.changes
+        #expect(await resumed.snapshots.isEmpty)
+        #expect(changes.map(\.revision) == [resumeFrom + 1, resumeFrom + 2] && changes.map(kind) == ["policy-Bronze", "policy+"])
+        again.cancel()
+    }
+
+    @Test func advancedPolicyChangesResendTheApisUsingThem() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        var draft = sampleApi()
+        draft.apiPolicy = "10KPerMin"
+        let api = try fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
+        let published = try fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let revision = try fixture.publisher.deploymentLog.currentRevision()
+        var policy = try fixture.policies.policy(kind: .advanced, name: "10KPerMin", tenant: superTenant)
+        if case .advancedPolicy(var p)? = policy.policy { p.description = "changed"; policy.policy = .advancedPolicy(p) }
+        _ = try fixture.policies.updatePolicy(policy, tenant: superTenant)
+        let changes = try #require(try fixture.publisher.deploymentLog.changes(after: revision, limit: 10))
+        #expect(changes.map(kind) == ["policy+", "api+PizzaShack/1.0.0"])
+        guard case .apiUpserted(let deployed)? = changes[1].change else { return }
+        #expect(deployed.advancedPolicies.map(\.description) == ["changed"])
+        #expect(deployed.resources.allSatisfy { $0.throttlingPolicy == "10KPerMin" && $0.applicableLevel == .api })
+        #expect(published.api.id == deployed.api?.id)
+    }
+
+    @Test func defaultVersionMovesAndTenantsGetTheirPrefix() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        try fixture.policies.installDefaults(tenant: "acme.com")
+        var first = sampleApi()
+        first.defaultVersion = true
+        let v1 = try store.createApi(first, actor: "carol", tenant: "acme.com")
+        _ = try store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
+        let v2 = try store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: "acme.com")
+        let before = try store.deploymentLog.currentRevision()
+        _ = try store.changeLifecycle(v2.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
+        #expect(try store.getApi(v1.id, tenant: "acme.com").defaultVersion == false)
+        let changes = try #require(try store.deploymentLog.changes(after: before, limit: 10))
+        let upserts = changes.compactMap { change -> DeployedApi? in
+            if case .apiUpserted(let api)? = change.change { return api }
+            return nil
+        }
+        #expect(upserts.map { "\($0.api!.version) \($0.gatewayContext) \($0.defaultVersionContext)" }
+                == ["1.0.0 /t/acme.com/pizzashack/1.0.0 ", "2.0.0 /t/acme.com/pizzashack/2.0.0 /t/acme.com/pizzashack"])
+    }
+
+    @Test func revisionsStayMonotonicAcrossRestarts() async throws {
+        var first: PublisherFixture? = try PublisherFixture()
+        let path = first!.path
+        let api = try first!.publisher.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        _ = try first!.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let before = try first!.publisher.deploymentLog.currentRevision()
+        first = nil
+
+        // A new process over the same files: the counter continues from the log.
+        let second = try PublisherFixture(path: path)
+        defer { second.remove() }
+        #expect(try second.publisher.deploymentLog.currentRevision() == before)
+        _ = try second.publisher.changeLifecycle(api.id, to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
+        let after = try #require(try second.publisher.deploymentLog.changes(after: before, limit: 10))
+        #expect(after.map(\.revision) == [before + 1])
+
+        // A watcher that is ahead of the log (a restored backup) gets a snapshot.
+        let (task, feed) = watch(second, since: before + 100)
+        try await feed.wait(for: "a snapshot") { snapshots, _ in snapshots.last?.last == true }
+        #expect(await feed.snapshots.last?.revision == before + 1)
+        task.cancel()
+    }
+
+    @Test func aWatcherBehindTheRetainedLogGetsASnapshot() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let apimgt = fixture.publisher.apimgt
+        let shortLog = DeploymentLog(database: apimgt, retainedChanges: 5)
+        let policies = PolicyStore(database: apimgt, deploymentLog: shortLog)
+        for index in 0..<12 {
+            _ = try policies.createBlockCondition(BlockCondition(conditionType: .ip, target: .value("10.0.0.\(index)")), tenant: superTenant)
+        }
+        let current = try shortLog.currentRevision()
+        #expect(try shortLog.changes(after: 1, limit: 10) == nil, "pruned: a snapshot is needed")
+        #expect(try shortLog.changes(after: current - 5, limit: 10)?.map(\.revision) == Array((current - 4)...current))
+        #expect(try shortLog.changes(after: current - 6, limit: 10) == nil, "the log keeps exactly the last five")
+        let snapshot = try shortLog.snapshot()
+        #expect(snapshot.last?.blockConditions.count == 12 && snapshot.last?.revision == current)
+    }
+}
