@@ -100,7 +100,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", nioCore, nioPosix]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
     ]
 )
 

@@ -549,7 +549,7 @@ struct ApiCreate: AsyncParsableCommand {
             """)
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "The API's name.") var name: String
-    @Option(help: "Its version, e.g. 1.0.0.") var version: String
+    @Option(name: .customLong("api-version"), help: "Its version, e.g. 1.0.0.") var version: String
     @Option(help: "The path it is served under, without the version, e.g. /pizzashack.") var context: String
     @Option(name: .customLong("tag"), help: "A tag for the store (repeat).") var tags: [String] = []
     @Option(name: .customLong("resource"), help: "An operation, \"VERB /path\" (repeat).") var resources: [String] = []
@@ -590,7 +590,7 @@ struct ApiImport: AsyncParsableCommand {
     @Argument(help: "The OpenAPI document, JSON or YAML (- for standard input).") var file: String
     @Option(name: .customLong("api"), help: "Replace the resources and definition of this API (its id) instead of creating one.") var apiID: String?
     @Option(help: "The API's name, if not the document's title.") var name: String?
-    @Option(help: "Its version, if not the document's.") var version: String?
+    @Option(name: .customLong("api-version"), help: "Its version, if not the document's.") var version: String?
     @Option(help: "The path it is served under, without the version, e.g. /pizzashack.") var context: String?
     @Option(name: .customLong("tag"), help: "A tag for the store (repeat).") var tags: [String] = []
     @OptionGroup var settings: ApiSettings

@@ -237,7 +237,7 @@ struct NodeSession {
             case .permissionDenied:
                 throw CommandFailure("permission denied: \(error.message)")
             case .unimplemented:
-                throw CommandFailure("\(settings.node) does not offer this (\(error.message)); users live on publisher, store and keymanager nodes")
+                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and subscriptions: publisher)")
             default:
                 throw CommandFailure("\(error.code): \(error.message)")
             }
