@@ -81,7 +81,8 @@ let package = Package(
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
-                                                               "RPCCore", "RPCNIO", nioCore, nioPosix]),
+                                                               "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
+                                                               "TollgatePublisher", nioCore, nioPosix]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage"], path: "Tests/StorageProbe"),

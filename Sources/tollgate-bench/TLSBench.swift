@@ -54,9 +54,11 @@ private final class PingPong: ChannelInboundHandler, @unchecked Sendable {
 
 /// A throwaway CA and node certificate in a temporary directory, and the
 /// server and client TLS contexts using them (mutual TLS).
-func makeBenchTLS(alpn: [String]) throws -> (directory: String, server: TLSContext, client: TLSContext) {
+/// `uris` go into the one certificate both ends use (e.g. a node identity).
+func makeBenchTLS(alpn: [String], uris: [String] = []) throws -> (directory: String, server: TLSContext, client: TLSContext) {
     let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
-    let node = try CertificateIssuer.issue(CertificateRequest(commonName: "bench", usage: .node, dnsNames: ["localhost"], validUntilOffset: 3600), signedBy: ca)
+    let node = try CertificateIssuer.issue(CertificateRequest(commonName: "bench", usage: .node, uniformResourceIdentifiers: uris, dnsNames: ["localhost"],
+                                                              validUntilOffset: 3600), signedBy: ca)
     let directory = try temporaryDirectory()
     for (name, text) in [("ca.pem", ca.certificatePEM), ("node.pem", node.certificatePEM), ("node.key", node.privateKeyPEM)] {
         try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)

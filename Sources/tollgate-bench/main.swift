@@ -152,7 +152,7 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
-// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node]…` runs only the named groups.
+// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node|publisher]…` runs only the named groups.
 let groups = Set(CommandLine.arguments.dropFirst())
 func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
 print("tollgate-bench on \(ProcessInfo.processInfo.activeProcessorCount) cores (storage and message groups run on one thread)")
@@ -161,12 +161,24 @@ if wanted("lmdb") { try benchLMDB() }
 if wanted("storage") { try benchStorage() }
 if wanted("tls") { try benchTLS() }
 if wanted("node") { try benchNodes() }
+if wanted("publisher") { runAsync { try await benchPublisher() } }
 if wanted("rpc") {
     // The RPC client is async; run it to completion from this synchronous
     // main. Detached: a plain Task would wait for the main actor we block.
     let done = DispatchSemaphore(value: 0)
     Task.detached {
         do { try await benchRPC() } catch { print("rpc benchmark failed: \(error)") }
+        done.signal()
+    }
+    done.wait()
+}
+
+/// Runs async work to completion from this synchronous main. Detached: a
+/// plain Task would wait for the main actor this thread blocks.
+func runAsync(_ body: @escaping @Sendable () async throws -> Void) {
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        do { try await body() } catch { print("benchmark failed: \(error)") }
         done.signal()
     }
     done.wait()
