@@ -34,7 +34,8 @@ public enum Lifecycle {
     /// Why a move is refused, listing the moves that are allowed instead.
     public static func refusal(_ from: LifecycleState, _ to: LifecycleState) -> String {
         let allowed = states.filter { allows(from, $0) }.map(name)
-        let options = allowed.isEmpty ? "a \(name(from)) API cannot move any more" : "from \(name(from)) an API can move to \(allowed.joined(separator: " or "))"
+        let list = allowed.count > 1 ? allowed.dropLast().joined(separator: ", ") + " or " + allowed[allowed.count - 1] : allowed.joined()
+        let options = allowed.isEmpty ? "a \(name(from)) API cannot move any more" : "from \(name(from)) an API can move to \(list)"
         return "an API cannot move from \(name(from)) to \(name(to)): \(options)"
     }
 }
