@@ -180,7 +180,8 @@ public struct AccessController: Sendable {
 extension ServerCallContext {
     /// The tenant the call acts in: `x-tenant` if given (already checked by
     /// the access controller), else the user's own, else the super tenant.
+    /// Tenant domains are lower-case everywhere they are stored and compared.
     public var tenant: String {
-        metadata["x-tenant"] ?? caller.user?.tenant ?? superTenant
+        (metadata["x-tenant"] ?? caller.user?.tenant ?? superTenant).lowercased()
     }
 }

@@ -102,19 +102,35 @@ public final class DeploymentLog: Sendable {
         }
     }
 
+    /// A snapshot chunk is closed once its APIs pass this many serialized
+    /// bytes, keeping each message well inside one 4 MiB RPC frame (an API
+    /// is at most 1 MiB, and its policies are small).
+    public static let maxChunkBytes = 1 << 20
+
     /// Everything gateways serve, as of one revision, in chunks of at most
-    /// `apisPerChunk` APIs (policies and block conditions come in the last).
+    /// `apisPerChunk` APIs and about ``maxChunkBytes`` (policies and block
+    /// conditions come in the last).
     public func snapshot(apisPerChunk: Int = 200) throws -> [DeploymentSnapshotChunk] {
         try database.database.environment.read { txn in
             let revision = try currentRevision(in: txn)
             var chunks: [DeploymentSnapshotChunk] = []
             var apis: [DeployedApi] = []
+            var bytes = 0
             try database.apis.forEach(index: ApiManagerDatabase.apisByNameVersion, in: txn) { api in
                 if Self.deployedStates.contains(api.lifecycleState) {
-                    apis.append(try deployedApi(api, in: txn))
+                    let deployed = try deployedApi(api, in: txn)
+                    let size = deployed.serializedBytes().count
+                    if !apis.isEmpty && bytes + size > Self.maxChunkBytes {
+                        chunks.append(DeploymentSnapshotChunk(revision: revision, apis: apis))
+                        apis = []
+                        bytes = 0
+                    }
+                    apis.append(deployed)
+                    bytes += size
                     if apis.count == max(apisPerChunk, 1) {
                         chunks.append(DeploymentSnapshotChunk(revision: revision, apis: apis))
                         apis = []
+                        bytes = 0
                     }
                 }
                 return true

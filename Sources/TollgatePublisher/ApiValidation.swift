@@ -121,8 +121,15 @@ public enum ApiValidation {
         try checkVersion(api.version)
         try checkContext(api.context)
         guard api.description.utf8.count <= 64 * 1024 else { throw RPCError(.invalidArgument, "description is longer than 64 KiB") }
+        try checkProvider(api.provider)
         api.tags = api.tags.map { $0.trimmingSpaces }.filter { !$0.isEmpty }
-        for tag in api.tags where tag.count > 60 { throw RPCError(.invalidArgument, "tag \"\(tag)\" is longer than 60 characters") }
+        guard api.tags.count <= maxTags else { throw RPCError(.invalidArgument, "an API can have at most \(maxTags) tags") }
+        for tag in api.tags where tag.count > 60 || tag.utf8.count > 120 {
+            throw RPCError(.invalidArgument, "tag \"\(tag.prefix(60))…\" is too long: at most 60 characters")
+        }
+        guard api.resources.count <= maxResources else {
+            throw RPCError(.invalidArgument, "an API can have at most \(maxResources) resources; split it into several APIs")
+        }
 
         guard !api.resources.isEmpty else {
             throw RPCError(.invalidArgument, "an API needs at least one resource (a verb and a URI template such as GET /menu)")
@@ -174,6 +181,22 @@ public enum ApiValidation {
         }
         var tiers = Set<String>()
         api.subscriptionPolicies = api.subscriptionPolicies.filter { tiers.insert($0).inserted }
+        // Gateways receive an API as one message beside its policies; keep it well inside one 4 MiB frame.
+        guard api.serializedBytes().count <= maxApiBytes else {
+            throw RPCError(.invalidArgument, "the API is larger than 1 MiB stored; shorten its description, scopes or resources")
+        }
+    }
+
+    public static let maxTags = 50
+    public static let maxResources = 1000
+    public static let maxApiBytes = 1 << 20
+
+    /// A provider is a username (possibly an e-mail address).
+    public static func checkProvider(_ provider: String) throws(RPCError) {
+        guard !provider.isEmpty, provider.utf8.count <= 96, !provider.contains(where: { $0.isWhitespace || $0.isNewline || $0 == "/" }),
+              provider.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
+            throw RPCError(.invalidArgument, "provider \"\(provider.prefix(96))\" is not a username: up to 96 bytes, no spaces, slashes or control characters")
+        }
     }
 
     public static func verbName(_ verb: HttpVerb) -> String {

@@ -66,14 +66,14 @@ indirect enum DocumentValue: Sendable {
 
 /// Reads YAML (and so JSON, which YAML's flow style covers) into ``DocumentValue``.
 enum DocumentTree {
-    static let maxBytes = 8 << 20
+    static let maxBytes = 2 << 20
     static let maxDepth = 64
     /// Aliases are expanded into copies, so a small document could otherwise grow without bound.
     static let maxValues = 1_000_000
 
     static func parse(_ text: String) throws(RPCError) -> DocumentValue {
         guard text.utf8.count <= maxBytes else {
-            throw RPCError(.invalidArgument, "the definition is \(text.utf8.count) bytes; at most 8 MiB is accepted")
+            throw RPCError(.invalidArgument, "the definition is \(text.utf8.count) bytes; at most 2 MiB is accepted")
         }
         let root: Yams.Node?
         do {

@@ -21,8 +21,12 @@ public final class PublisherStore: Sendable {
 
     public static let defaultPageSize = 25
     public static let maxPageSize = 500
-    /// Largest document body (text or file) kept in the registry.
-    public static let maxDocumentBytes = 8 << 20
+    /// Largest document body (text or file) kept in the registry: what fits,
+    /// with the rest of the document, in one RPC message (4 MiB frames).
+    public static let maxDocumentBytes = 3 << 20
+    /// Listings stop short of this many serialized bytes per page, so a page
+    /// of long descriptions still fits in one RPC message.
+    static let maxPageBytes = 2 << 20
 
     public init(registry: RegistryDatabase, policies: PolicyStore, now: (@Sendable () -> Int64)? = nil) {
         self.apimgt = policies.database
@@ -76,7 +80,7 @@ public final class PublisherStore: Sendable {
             api.name = existing.name
             api.version = existing.version
             api.context = existing.context
-            api.provider = change.provider.isEmpty ? existing.provider : change.provider
+            api.provider = existing.provider
             api.lifecycleState = existing.lifecycleState
             api.revision = existing.revision + 1
             api.createdBy = existing.createdBy
@@ -86,6 +90,17 @@ public final class PublisherStore: Sendable {
             try ApiValidation.normalize(&api)
             try checkReferences(api, in: txn)
             if DeploymentLog.deployedStates.contains(api.lifecycleState) { try checkDeployable(api) }
+            if api.lifecycleState == .published && api.subscriptionPolicies.isEmpty {
+                throw RPCError(.failedPrecondition, "API \(api.name) \(api.version) is published: it must keep at least one subscription policy (tier)")
+            }
+            let removedTiers = Set(existing.subscriptionPolicies).subtracting(api.subscriptionPolicies)
+            if !removedTiers.isEmpty {
+                let inUse = try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(api.id)), in: txn)
+                    .map(\.throttlingPolicy).filter(removedTiers.contains)
+                if let tier = inUse.first {
+                    throw RPCError(.failedPrecondition, "tier \(tier) cannot be removed from API \(api.name) \(api.version): \(inUse.filter { $0 == tier }.count) subscription(s) use it")
+                }
+            }
             _ = try apimgt.apis.put(api, in: &txn)
             try afterWrite(api, previous: existing, in: &txn)
             return api
@@ -129,7 +144,7 @@ public final class PublisherStore: Sendable {
             try apimgt.database.environment.read { txn in
                 var matches: Set<[UInt8]>?
                 if !provider.isEmpty {
-                    matches = try primaryKeys(index: ApiManagerDatabase.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider)), in: txn)
+                    matches = try primaryKeys(index: ApiManagerDatabase.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider.lowercased())), in: txn)
                 }
                 if !states.isEmpty {
                     var inStates = Set<[UInt8]>()
@@ -218,26 +233,34 @@ public final class PublisherStore: Sendable {
         if !pageToken.isEmpty && !pageToken.starts(with: prefix.bytes) {
             throw RPCError(.invalidArgument, "page_token does not belong to this listing: start again without it")
         }
-        var keys: [[UInt8]] = []
+        var candidates: [(entry: [UInt8], primaryKey: [UInt8])] = []
         var next: [UInt8] = []
         if matches?.isEmpty != true {
             try apimgt.apis.forEachPrimaryKey(index: ApiManagerDatabase.apisByNameVersion, prefix: prefix, from: pageToken.isEmpty ? nil : pageToken, in: txn) { entry, primaryKey in
                 if let matches, !matches.contains(Array(primaryKey)) { return true }
-                if keys.count == pageSize {
+                if candidates.count == pageSize {
                     next = Array(entry)
                     return false
                 }
-                keys.append(Array(primaryKey))
+                candidates.append((Array(entry), Array(primaryKey)))
                 return true
             }
         }
         var listings: [ApiListing] = []
-        listings.reserveCapacity(keys.count)
-        for key in keys {
-            guard let api = try apimgt.apis.get(Key(bytes: key), in: txn) else { continue }
-            listings.append(Self.listing(api))
+        listings.reserveCapacity(candidates.count)
+        var bytes = 0
+        for (index, candidate) in candidates.enumerated() {
+            guard let api = try apimgt.apis.get(Key(bytes: candidate.primaryKey), in: txn) else { continue }
+            let listing = Self.listing(api)
+            bytes += listing.serializedBytes().count
+            if bytes > Self.maxPageBytes && !listings.isEmpty {
+                // A shorter page, continued from this API.
+                next = candidates[index].entry
+                break
+            }
+            listings.append(listing)
         }
-        let total: UInt64? = matches.map { UInt64($0.count) } ?? (pageToken.isEmpty ? nil : nil)
+        let total: UInt64? = matches.map { UInt64($0.count) }
         return (listings, PageResponse(nextPageToken: next, totalCount: total))
     }
 
@@ -270,8 +293,9 @@ public final class PublisherStore: Sendable {
         guard Lifecycle.states.contains(target) else {
             throw RPCError(.invalidArgument, "target_state must be one of \(Lifecycle.states.map(Lifecycle.name).joined(separator: ", "))")
         }
-        let timestamp = now()
         let (api, entries) = try apimgtWrite { txn -> (Api, [LifecycleHistoryEntry]) in
+            // Taken under the write lock, so concurrent moves are stamped in the order they happen.
+            let timestamp = now()
             var api = try tenantApi(id, tenant: tenant, in: txn)
             let from = api.lifecycleState
             guard Lifecycle.allows(from, target) else { throw RPCError(.failedPrecondition, Lifecycle.refusal(from, target)) }
@@ -304,7 +328,7 @@ public final class PublisherStore: Sendable {
                     }
                 }
                 if !options.requireResubscription && (from == .created || from == .prototyped) {
-                    try copySubscriptions(from: others, to: api, at: timestamp, in: &txn)
+                    try copySubscriptions(from: others.filter { $0.createdAtUnixMs <= api.createdAtUnixMs }, to: api, at: timestamp, in: &txn)
                 }
             }
             return (api, entries)
@@ -332,7 +356,7 @@ public final class PublisherStore: Sendable {
         }
     }
 
-    /// Subscriptions of the other versions' applications, copied to a newly
+    /// Subscriptions of the older versions' applications, copied to a newly
     /// published version at the same tier when it offers that tier.
     func copySubscriptions(from others: [Api], to api: Api, at timestamp: Int64, in txn: inout WriteTransaction) throws {
         for older in others where [.published, .deprecated, .blocked].contains(older.lifecycleState) {
@@ -466,13 +490,13 @@ public final class PublisherStore: Sendable {
         }
         switch (document.sourceType, document.body) {
         case (.inline, .text(let text)?), (.markdown, .text(let text)?):
-            guard text.utf8.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "document text is larger than 8 MiB") }
+            guard text.utf8.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "document text is larger than 3 MiB: upload it as a URL document instead") }
         case (.url, .url(let url)?):
             try ApiValidation.checkEndpointURL(url, field: "url")
         case (.file, .file(let file)?):
             guard !file.fileName.isEmpty, !file.fileName.contains("/") else { throw RPCError(.invalidArgument, "file.file_name must be a plain file name") }
             guard !file.content.isEmpty else { throw RPCError(.invalidArgument, "file.content is empty") }
-            guard file.content.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "file is larger than 8 MiB") }
+            guard file.content.count <= maxDocumentBytes else { throw RPCError(.invalidArgument, "file is larger than 3 MiB: link to it with a URL document instead") }
         case (.unspecified, _), (.unrecognized, _):
             throw RPCError(.invalidArgument, "source_type must be INLINE, MARKDOWN, URL or FILE")
         default:
@@ -629,16 +653,27 @@ public final class PublisherStore: Sendable {
     }
 
     /// A context belongs to one API name: other versions of the same API
-    /// share it, a differently named API may not.
+    /// share it; no other API may use it, or a context nested in it or
+    /// around it (`/pizza` and `/pizza/v1`), which would make two APIs
+    /// answer for the same gateway paths.
     func checkContextOwnership<T: TransactionReading & ~Copyable>(_ api: Api, in txn: borrowing T) throws {
-        var owner: Api?
-        try apimgt.apis.forEach(index: ApiManagerDatabase.apisByContextVersion,
-                                prefix: Key(.string(api.tenantDomain.lowercased()), .string(api.context)), in: txn) { other in
-            if other.name.lowercased() != api.name.lowercased() { owner = other }
-            return owner == nil
+        let tenant = Key(.string(api.tenantDomain.lowercased()))
+        var prefixes = [tenant.appending(.string(api.context)), tenant.appending(.stringPrefix(api.context + "/"))]
+        var ancestor = Substring(api.context)
+        while let slash = ancestor.lastIndex(of: "/"), slash != ancestor.startIndex {
+            ancestor = ancestor[..<slash]
+            prefixes.append(tenant.appending(.string(String(ancestor))))
         }
-        if let owner {
-            throw RPCError(.alreadyExists, "context \(api.context) is already used by API \(owner.name) in tenant \(api.tenantDomain)")
+        for prefix in prefixes {
+            var owner: Api?
+            try apimgt.apis.forEach(index: ApiManagerDatabase.apisByContextVersion, prefix: prefix, in: txn) { other in
+                if other.name.lowercased() != api.name.lowercased() { owner = other }
+                return owner == nil
+            }
+            if let owner {
+                let how = owner.context == api.context ? "is already used" : "overlaps context \(owner.context), used"
+                throw RPCError(.alreadyExists, "context \(api.context) \(how) by API \(owner.name) in tenant \(api.tenantDomain)")
+            }
         }
     }
 
@@ -665,7 +700,8 @@ public final class PublisherStore: Sendable {
     func afterWrite(_ api: Api, previous: Api, in txn: inout WriteTransaction) throws {
         let deployed = DeploymentLog.deployedStates.contains(api.lifecycleState)
         if api.defaultVersion && deployed {
-            for var other in try otherVersions(of: api, in: txn) where other.defaultVersion {
+            // A version still being designed keeps its mark: it takes over when it is deployed.
+            for var other in try otherVersions(of: api, in: txn) where other.defaultVersion && DeploymentLog.deployedStates.contains(other.lifecycleState) {
                 other.defaultVersion = false
                 other.revision += 1
                 _ = try apimgt.apis.put(other, in: &txn)

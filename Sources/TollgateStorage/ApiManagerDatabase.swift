@@ -18,7 +18,7 @@ public struct ApiManagerDatabase: Sendable {
         Key(.string(api.tenantDomain.lowercased()), .string(api.context), .string(api.version))
     }
     public static let apisByProvider = IndexDefinition<Api>("by_provider", unique: false) { api in
-        Key(.string(api.tenantDomain.lowercased()), .string(api.provider))
+        Key(.string(api.tenantDomain.lowercased()), .string(api.provider.lowercased()))
     }
     public static let apisByTag = IndexDefinition<Api>("by_tag", unique: false) { api in
         Set(api.tags.map { $0.lowercased() }).map { Key(.string(api.tenantDomain.lowercased()), .string($0)) }
@@ -186,7 +186,7 @@ public struct ApiManagerDatabase: Sendable {
 
     public func apis(provider: String, tenant: String, pageSize: Int, pageToken: [UInt8] = []) throws -> Page<Api> {
         try database.environment.read {
-            try apis.list(index: Self.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider)), pageSize: pageSize, pageToken: pageToken, in: $0)
+            try apis.list(index: Self.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider.lowercased())), pageSize: pageSize, pageToken: pageToken, in: $0)
         }
     }
 

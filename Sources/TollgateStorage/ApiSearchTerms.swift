@@ -14,8 +14,9 @@ public enum ApiSearchTerms {
         case version = "v"
     }
 
-    /// Longest term kept; longer words are cut (keys must stay under 511 bytes).
-    static let maxTermLength = 48
+    /// Longest term kept, in UTF-8 bytes; longer words are cut (keys must
+    /// stay under LMDB's 511 bytes).
+    public static let maxTermBytes = 96
     /// Description words kept per API.
     static let maxDescriptionWords = 200
 
@@ -32,7 +33,20 @@ public enum ApiSearchTerms {
             }
         }
         if !current.isEmpty { words.append(current) }
-        return words.map { String($0.prefix(maxTermLength)) }
+        return words.map(cut)
+    }
+
+    /// The longest prefix of whole characters within ``maxTermBytes``.
+    static func cut(_ word: String) -> String {
+        guard word.utf8.count > maxTermBytes else { return word }
+        var kept = ""
+        var bytes = 0
+        for character in word {
+            bytes += character.utf8.count
+            if bytes > maxTermBytes { break }
+            kept.append(character)
+        }
+        return kept
     }
 
     /// Every suffix of every word (of two characters or more, plus the word itself).

@@ -140,7 +140,7 @@ public final class UserDirectory: SessionVerifier {
                 return (String(username[..<at]), domain)
             }
         }
-        return (username, defaultTenant)
+        return (username, defaultTenant.lowercased())
     }
 
     public struct LoginResult: Sendable {

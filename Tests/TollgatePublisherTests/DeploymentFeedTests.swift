@@ -102,6 +102,11 @@ import TollgateStorage
         let v1 = try store.createApi(first, actor: "carol", tenant: "acme.com")
         _ = try store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
         let v2 = try store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: "acme.com")
+        // Changing the deployed 1.0.0 meanwhile leaves 2.0.0's mark alone.
+        var change = try store.getApi(v1.id, tenant: "acme.com")
+        change.description = "still the default"
+        _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: "acme.com")
+        #expect(try store.getApi(v2.id, tenant: "acme.com").defaultVersion)
         let before = try store.deploymentLog.currentRevision()
         _ = try store.changeLifecycle(v2.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
         #expect(try store.getApi(v1.id, tenant: "acme.com").defaultVersion == false)
@@ -112,6 +117,34 @@ import TollgateStorage
         }
         #expect(upserts.map { "\($0.api!.version) \($0.gatewayContext) \($0.defaultVersionContext)" }
                 == ["1.0.0 /t/acme.com/pizzashack/1.0.0 ", "2.0.0 /t/acme.com/pizzashack/2.0.0 /t/acme.com/pizzashack"])
+    }
+
+    @Test func largeApisAreSplitAcrossChunksAndPages() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        for index in 0..<40 {
+            var api = sampleApi("Big\(index)", context: "/big\(index)")
+            api.description = String(repeating: "long description ", count: 3_800)  // about 64 KB
+            let stored = try store.createApi(api, actor: "carol", tenant: superTenant)
+            _ = try store.changeLifecycle(stored.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        }
+        let chunks = try store.deploymentLog.snapshot()
+        #expect(chunks.count >= 3 && chunks.flatMap(\.apis).count == 40)
+        #expect(chunks.allSatisfy { $0.serializedBytes().count < DeploymentLog.maxChunkBytes + 200_000 })
+
+        // A page of 500 stops short of the per-page byte budget and says where to go on.
+        var names: [String] = []
+        var token: [UInt8] = []
+        var pages = 0
+        repeat {
+            let page = try store.listApis(provider: "", states: [], pageSize: 500, pageToken: token, tenant: superTenant)
+            #expect(page.apis.map { $0.serializedBytes().count }.reduce(0, +) <= 2 << 20)
+            names += page.apis.map(\.name)
+            token = page.page.nextPageToken
+            pages += 1
+        } while !token.isEmpty
+        #expect(pages >= 2 && names.count == 40 && Set(names).count == 40)
     }
 
     @Test func revisionsStayMonotonicAcrossRestarts() async throws {

@@ -85,6 +85,84 @@ import TollgateStorage
         _ = try fixture.publisher.createApi(sampleApi(), actor: "dave", tenant: "acme.com")
     }
 
+    @Test func contextsOfDifferentApisMayNotNest() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        _ = try store.createApi(sampleApi("Pizza", version: "v1", context: "/pizza"), actor: "carol", tenant: superTenant)
+        // /pizza/v1 would also be where Pizza v1 is served.
+        await expectStatus(.alreadyExists, "overlaps context /pizza") {
+            _ = try store.createApi(sampleApi("Other", context: "/pizza/v1"), actor: "dave", tenant: superTenant)
+        }
+        _ = try store.createApi(sampleApi("Deep", context: "/food/italian/pizza"), actor: "dave", tenant: superTenant)
+        await expectStatus(.alreadyExists, "overlaps context /food/italian/pizza") {
+            _ = try store.createApi(sampleApi("Food", context: "/food"), actor: "dave", tenant: superTenant)
+        }
+        // A sibling that only shares a prefix of characters is fine.
+        _ = try store.createApi(sampleApi("Pizzeria", context: "/pizzeria"), actor: "dave", tenant: superTenant)
+    }
+
+    @Test func updatesKeepTheProviderAndTheTiersPeopleUse() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        let api = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        var change = api
+        change.provider = "mallory"
+        #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).provider == "carol")
+
+        _ = try store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        change = try store.getApi(api.id, tenant: superTenant)
+        change.subscriptionPolicies = []
+        await expectStatus(.failedPrecondition, "at least one subscription policy") {
+            _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
+        }
+        try store.apimgt.database.environment.write { txn in
+            try store.apimgt.subscriptions.insert(Subscription(id: "sub-1", tenantDomain: superTenant, apiId: api.id, applicationId: "app-1",
+                                                               throttlingPolicy: "Gold", status: .unblocked), in: &txn)
+        }
+        change.subscriptionPolicies = ["Unlimited"]
+        await expectStatus(.failedPrecondition, "tier Gold cannot be removed") {
+            _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
+        }
+        change.subscriptionPolicies = ["Gold"]
+        #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).subscriptionPolicies == ["Gold"])
+    }
+
+    @Test func sizesAreBounded() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        var api = sampleApi()
+        api.resources = (0...ApiValidation.maxResources).map { ApiResource(uriTemplate: "/r\($0)", verb: .get) }
+        let tooMany = api
+        await expectStatus(.invalidArgument, "at most 1000 resources") { _ = try fixture.publisher.createApi(tooMany, actor: "carol", tenant: superTenant) }
+        api = sampleApi()
+        api.tags = (0...ApiValidation.maxTags).map { "tag\($0)" }
+        let tags = api
+        await expectStatus(.invalidArgument, "at most 50 tags") { _ = try fixture.publisher.createApi(tags, actor: "carol", tenant: superTenant) }
+        api = sampleApi()
+        api.provider = String(repeating: "p", count: 97)
+        let provider = api
+        await expectStatus(.invalidArgument, "not a username") { _ = try fixture.publisher.createApi(provider, actor: "carol", tenant: superTenant) }
+        api = sampleApi()
+        api.scopes = (0..<20).map { ApiScope(key: "s\($0)", description: String(repeating: "x", count: 60_000)) }
+        let large = api
+        await expectStatus(.invalidArgument, "larger than 1 MiB") { _ = try fixture.publisher.createApi(large, actor: "carol", tenant: superTenant) }
+    }
+
+    @Test func tenantNamesIgnoreCase() async throws {
+        let fixture = try PublisherFixture()
+        defer { fixture.remove() }
+        let root = try await fixture.session("root")
+        _ = try await UserServiceClient(fixture.transport, defaultOptions: root)
+            .createTenant(CreateTenantRequest(domain: "acme.com", adminUsername: "boss", adminPassword: PublisherFixture.password))
+        let shouting = fixture.publisherClient(try await fixture.session("root", tenant: "ACME.com"))
+        let created = try #require(try await shouting.createApi(CreateApiRequest(api: sampleApi())).api)
+        #expect(created.tenantDomain == "acme.com")
+        let boss = fixture.publisherClient(try await fixture.session("boss@acme.com"))
+        #expect(try await boss.getApi(GetApiRequest(apiId: created.id)).api?.id == created.id)
+    }
+
     @Test func newVersionCopiesResourcesDocumentsAndDefinition() async throws {
         let fixture = try PublisherFixture()
         defer { fixture.remove() }
