@@ -10,6 +10,7 @@ packages=(
     libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     libssl-dev openssl
     libsystemd-dev
+    libyaml-dev
     python3 python3-venv
     prometheus
 )

@@ -32,7 +32,7 @@ if [ ! -e "$cache/.complete" ]; then
     echo "== debootstrap bookworm into $cache (cached for later runs)"
     rm -rf "$cache.partial"
     mkdir -p "$(dirname "$cache")"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,adduser,libssl3,liblmdb0,libprotobuf-c1,libsystemd0,curl,procps \
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,adduser,libssl3,liblmdb0,libprotobuf-c1,libsystemd0,libyaml-0-2,curl,procps \
         bookworm "$cache.partial" "$(mirror)" >/dev/null
     touch "$cache.partial/.complete"
     rm -rf "$cache"

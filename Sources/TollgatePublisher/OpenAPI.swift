@@ -1,6 +1,6 @@
 import RPCCore
 import TollgateProto
-import Yams
+import YAMLKit
 
 /// What an OpenAPI 3.x or Swagger 2.0 document says about an API.
 struct ImportedDefinition: Sendable {
@@ -75,71 +75,51 @@ enum DocumentTree {
         guard text.utf8.count <= maxBytes else {
             throw RPCError(.invalidArgument, "the definition is \(text.utf8.count) bytes; at most 2 MiB is accepted")
         }
-        let root: Yams.Node?
+        let root: YAMLNode?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try YAMLParser.parse(text, maxDepth: maxDepth)
         } catch {
-            throw RPCError(.invalidArgument, "the definition is not valid YAML or JSON: \(describe(error))")
+            throw RPCError(.invalidArgument, "the definition is not valid YAML or JSON: \(error)")
         }
         guard let root else { throw RPCError(.invalidArgument, "the definition is empty") }
         var budget = maxValues
         return try value(of: root, depth: 0, budget: &budget)
     }
 
-    private static func describe(_ error: any Error) -> String {
-        guard let yamlError = error as? YamlError else { return String(describing: error) }
-        switch yamlError {
-        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            return "\(problem) at line \(mark.line), column \(mark.column)"
-        case .duplicatedKeysInMapping(let duplicates, let context):
-            return "duplicate keys \(duplicates.joined(separator: ", ")) at line \(context.mark.line), column \(context.mark.column)"
-        case .reader(let problem, let offset, _, _):
-            return offset.map { "\(problem) at character \($0)" } ?? problem
-        default:
-            return String(describing: yamlError)
-        }
-    }
-
-    private static func location(_ mark: Yams.Mark?) -> String {
-        mark.map { " at line \($0.line), column \($0.column)" } ?? ""
-    }
-
-    private static func value(of node: Yams.Node, depth: Int, budget: inout Int) throws(RPCError) -> DocumentValue {
+    private static func value(of node: YAMLNode, depth: Int, budget: inout Int) throws(RPCError) -> DocumentValue {
         budget -= 1
         guard budget >= 0 else {
             throw RPCError(.invalidArgument, "the definition holds more than \(maxValues) values (aliases counted as copies)")
         }
         guard depth <= maxDepth else {
-            throw RPCError(.invalidArgument, "the definition nests deeper than \(maxDepth) levels\(location(node.mark))")
+            throw RPCError(.invalidArgument, "the definition nests deeper than \(maxDepth) levels at \(node.mark)")
         }
         switch node {
         case .scalar(let scalar):
             // Quoted, block and `!!str` scalars are strings; only plain ones are typed by their spelling.
-            guard scalar.style == .plain, scalar.tag.rawValue != Yams.Tag.Name.str.rawValue else { return .string(scalar.string) }
-            return coreSchemaValue(scalar.string) ?? .string(scalar.string)
-        case .sequence(let sequence):
+            guard !scalar.isExplicitString else { return .string(scalar.value) }
+            return coreSchemaValue(scalar.value) ?? .string(scalar.value)
+        case .sequence(let sequence, _):
             var elements: [DocumentValue] = []
             for element in sequence {
                 elements.append(try value(of: element, depth: depth + 1, budget: &budget))
             }
             return .array(elements)
-        case .mapping(let mapping):
+        case .mapping(let mapping, _):
             var members: [(key: String, value: DocumentValue)] = []
             var seen: Set<String> = []
             for (key, element) in mapping {
                 guard case .scalar(let keyScalar) = key else {
-                    throw RPCError(.invalidArgument, "mapping keys must be plain values\(location(key.mark))")
+                    throw RPCError(.invalidArgument, "mapping keys must be plain values at \(key.mark)")
                 }
-                // Yams tells `200` from `"200"`; as member names they are the same.
-                guard seen.insert(keyScalar.string).inserted else {
-                    throw RPCError(.invalidArgument, "duplicate key `\(keyScalar.string)`\(location(key.mark))")
+                // `200` and `"200"` are the same member name.
+                guard seen.insert(keyScalar.value).inserted else {
+                    throw RPCError(.invalidArgument, "duplicate key `\(keyScalar.value)` at \(key.mark)")
                 }
                 let converted = try value(of: element, depth: depth + 1, budget: &budget)
-                members.append((key: keyScalar.string, value: converted))
+                members.append((key: keyScalar.value, value: converted))
             }
             return .object(members)
-        case .alias:
-            throw RPCError(.invalidArgument, "the definition has an alias Yams did not resolve\(location(node.mark))")
         }
     }
 
@@ -187,7 +167,7 @@ enum DocumentTree {
     }
 }
 
-/// Writes ``DocumentValue`` as JSON (by hand, for a stable layout) or YAML (through Yams).
+/// Writes ``DocumentValue`` as JSON or block-style YAML, by hand, for a stable layout.
 enum DocumentWriter {
     static func json(_ value: DocumentValue) -> String {
         var output = ""
@@ -239,7 +219,8 @@ enum DocumentWriter {
             case "\t": output += "\\t"
             case "\u{08}": output += "\\b"
             case "\u{0C}": output += "\\f"
-            case _ where scalar.value < 0x20:
+            // Controls, and the C1 range YAML does not allow unescaped (JSON does not mind either way).
+            case _ where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0xFEFF:
                 let hex = String(scalar.value, radix: 16, uppercase: true)
                 output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
             default: output.unicodeScalars.append(scalar)
@@ -248,34 +229,77 @@ enum DocumentWriter {
         output += "\""
     }
 
-    static func yaml(_ value: DocumentValue) throws(RPCError) -> String {
-        do {
-            // width -1: libyaml never folds long lines.
-            return try Yams.serialize(node: node(value), width: -1, allowUnicode: true)
-        } catch {
-            throw RPCError(.internal, "could not write the definition as YAML: \(error)")
-        }
-    }
-
-    private static func node(_ value: DocumentValue) -> Yams.Node {
+    /// Block-style YAML. Strings are written plain only when no YAML 1.1 or
+    /// 1.2 reader could take them for anything else; all others are
+    /// double-quoted with JSON's escapes, which YAML shares.
+    static func yaml(_ value: DocumentValue) -> String {
+        var output = ""
         switch value {
-        case .null: return Yams.Node("null", Yams.Tag(.null))
-        case .bool(let bool): return Yams.Node(bool ? "true" : "false", Yams.Tag(.bool))
-        case .int(let int): return Yams.Node(String(int), Yams.Tag(.int))
-        case .double(let double):
-            let text = double.isNaN ? ".nan" : double.isInfinite ? (double < 0 ? "-.inf" : ".inf") : double.description
-            return Yams.Node(text, Yams.Tag(.float))
-        case .string(let string): return stringNode(string)
-        case .array(let elements): return Yams.Node(elements.map { node($0) })
-        case .object(let members): return Yams.Node(members.map { (stringNode($0.key), node($0.value)) })
+        case .object(let members) where !members.isEmpty: writeYAMLObject(members, indent: 0, continuing: false, into: &output)
+        case .array(let elements) where !elements.isEmpty: writeYAMLArray(elements, indent: 0, into: &output)
+        default: output += yamlScalar(value) + "\n"
+        }
+        return output
+    }
+
+    private static func writeYAMLObject(_ members: [(key: String, value: DocumentValue)], indent: Int, continuing: Bool, into output: inout String) {
+        for (position, member) in members.enumerated() {
+            if position > 0 || !continuing { output += String(repeating: " ", count: indent) }
+            output += yamlString(member.key) + ":"
+            switch member.value {
+            case .object(let inner) where !inner.isEmpty:
+                output += "\n"
+                writeYAMLObject(inner, indent: indent + 2, continuing: false, into: &output)
+            case .array(let elements) where !elements.isEmpty:
+                output += "\n"
+                writeYAMLArray(elements, indent: indent, into: &output)
+            default:
+                output += " " + yamlScalar(member.value) + "\n"
+            }
         }
     }
 
-    /// libyaml writes a string plain whenever it can, so one a reader would take for a
-    /// number, boolean, null or date (`"200"`, `"1.0"`, `"yes"`) is quoted here.
-    private static func stringNode(_ string: String) -> Yams.Node {
-        let ambiguous = DocumentTree.coreSchemaValue(string) != nil || Yams.Node(string).tag != Yams.Tag(.str)
-        return Yams.Node(string, Yams.Tag(.str), ambiguous ? .doubleQuoted : .any)
+    private static func writeYAMLArray(_ elements: [DocumentValue], indent: Int, into output: inout String) {
+        for element in elements {
+            output += String(repeating: " ", count: indent) + "-"
+            switch element {
+            case .object(let members) where !members.isEmpty:
+                output += " "
+                writeYAMLObject(members, indent: indent + 2, continuing: true, into: &output)
+            case .array(let inner) where !inner.isEmpty:
+                output += "\n"
+                writeYAMLArray(inner, indent: indent + 2, into: &output)
+            default:
+                output += " " + yamlScalar(element) + "\n"
+            }
+        }
+    }
+
+    private static func yamlScalar(_ value: DocumentValue) -> String {
+        switch value {
+        case .null: "null"
+        case .bool(let bool): bool ? "true" : "false"
+        case .int(let int): String(int)
+        case .double(let double): double.isNaN ? ".nan" : double.isInfinite ? (double < 0 ? "-.inf" : ".inf") : double.description
+        case .string(let string): yamlString(string)
+        case .array: "[]"
+        case .object: "{}"
+        }
+    }
+
+    /// YAML 1.1's booleans and nulls beyond the core schema's (`yes`, `off`, `~`…).
+    static let yaml11Words: Set<String> = ["y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"]
+    static let plainCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-./(){}$+=,;")
+
+    private static func yamlString(_ string: String) -> String {
+        let plain = !string.isEmpty && string.first.map { $0.isLetter || $0 == "/" || $0 == "_" } == true
+            && string.last != " " && string.allSatisfy(plainCharacters.contains)
+            && DocumentTree.coreSchemaValue(string) == nil && !yaml11Words.contains(string.lowercased())
+            && Double(string) == nil
+        guard !plain else { return string }
+        var quoted = ""
+        writeJSONString(string, into: &quoted)
+        return quoted
     }
 }
 
@@ -519,7 +543,7 @@ enum OpenAPIDocuments {
         if components.members?.isEmpty == false { document.set("components", components) }
 
         if outputFormat == .yaml {
-            let text = try DocumentWriter.yaml(document)
+            let text = DocumentWriter.yaml(document)
             return (text, .yaml)
         }
         return (DocumentWriter.json(document), .json)

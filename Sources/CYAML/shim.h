@@ -1,0 +1,2 @@
+// libyaml's public header; imported only by the YAMLKit Swift module.
+#include <yaml.h>
