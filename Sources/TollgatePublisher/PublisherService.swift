@@ -129,15 +129,15 @@ public struct PublisherService: PublisherServiceHandler {
         // Subscribe before reading, so no commit falls between the read and the wait.
         let wakeups = log.wakeups()
         var applied = request.sinceRevision
-        if try applied == 0 || storage({ try log.changes(after: applied, limit: 1) }) == nil {
-            let chunks = try storage { try log.snapshot(apisPerChunk: snapshotChunkSize) }
+        if try applied == 0 || store.storage({ try log.changes(after: applied, limit: 1) }) == nil {
+            let chunks = try store.storage { try log.snapshot(apisPerChunk: snapshotChunkSize) }
             for chunk in chunks { try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk))) }
             applied = chunks.last?.revision ?? 0
         }
         var iterator = wakeups.makeAsyncIterator()
         repeat {
             while true {
-                guard let changes = try storage({ try log.changes(after: applied, limit: 256) }) else {
+                guard let changes = try store.storage({ try log.changes(after: applied, limit: 256) }) else {
                     // The log was pruned past this watcher while it lagged: it must start over.
                     throw RPCError(.aborted, "the deployment log no longer holds revision \(applied + 1): reconnect with since_revision 0 for a new snapshot")
                 }
@@ -146,9 +146,5 @@ public struct PublisherService: PublisherServiceHandler {
                 applied = changes[changes.count - 1].revision
             }
         } while await iterator.next() != nil && !Task.isCancelled
-    }
-
-    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try withStorageErrors("publisher database", body)
     }
 }

@@ -228,7 +228,7 @@ public final class PublisherStore: Sendable {
     func orderedPage<T: TransactionReading & ~Copyable>(
         matching matches: Set<[UInt8]>?, pageSize requested: Int, pageToken: [UInt8], tenant: String, in txn: borrowing T
     ) throws -> (apis: [ApiListing], page: PageResponse) {
-        let pageSize = requested <= 0 ? Self.defaultPageSize : min(requested, Self.maxPageSize)
+        let pageSize = Self.pageSize(requested, default: Self.defaultPageSize)
         let prefix = Key(.string(tenant.lowercased()))
         if !pageToken.isEmpty && !pageToken.starts(with: prefix.bytes) {
             throw RPCError(.invalidArgument, "page_token does not belong to this listing: start again without it")
@@ -262,6 +262,11 @@ public final class PublisherStore: Sendable {
         }
         let total: UInt64? = matches.map { UInt64($0.count) }
         return (listings, PageResponse(nextPageToken: next, totalCount: total))
+    }
+
+    /// A requested page size, or `fallback` for 0, capped at ``maxPageSize``.
+    static func pageSize(_ requested: Int, default fallback: Int) -> Int {
+        requested <= 0 ? fallback : min(requested, maxPageSize)
     }
 
     public static func listing(_ api: Api) -> ApiListing {
@@ -571,7 +576,7 @@ public final class PublisherStore: Sendable {
         let page = try storage {
             try registry.database.environment.read { txn in
                 try registry.documents.list(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)),
-                                            pageSize: pageSize <= 0 ? 100 : min(pageSize, Self.maxPageSize), pageToken: pageToken, in: txn)
+                                            pageSize: Self.pageSize(pageSize, default: 100), pageToken: pageToken, in: txn)
             }
         }
         let documents = page.items.map { document in
@@ -589,7 +594,7 @@ public final class PublisherStore: Sendable {
         let page = try storage {
             try apimgt.database.environment.read { txn in
                 try apimgt.subscriptions.list(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(id)),
-                                              pageSize: pageSize <= 0 ? 100 : min(pageSize, Self.maxPageSize), pageToken: pageToken, in: txn)
+                                              pageSize: Self.pageSize(pageSize, default: 100), pageToken: pageToken, in: txn)
             }
         }
         return (page.items, PageResponse(nextPageToken: page.nextPageToken))
