@@ -8,6 +8,10 @@ let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package
 let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 let nioPosix: Target.Dependency = .product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+let nioHTTP1: Target.Dependency = .product(name: "NIOHTTP1", package: "swift-nio")
+let nioConcurrency: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 
 let package = Package(
     name: "Tollgate",
@@ -52,22 +56,29 @@ let package = Package(
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
         // Generated handler protocols and clients per service, plus the access table.
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
-        // Role logic: users, roles, tenants and sessions (userdb).
-        .target(name: "TollgateUsers", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
-        // Role logic: throttling policies and block conditions (apimgtdb).
-        // The deployment log gateways watch lives here too: policy changes are among its writers.
-        .target(name: "TollgatePolicies", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit"]),
-        // Role logic: APIs, lifecycle, OpenAPI, documents, API subscriptions and the deployment feed (apimgtdb, regdb).
-        .target(name: "TollgatePublisher", dependencies: ["RPCCore", "TollgateServices", "TollgateStorage", "TollgatePolicies", "TollgateProto", "LMDBKit", "YAMLKit"]),
 
-        .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
-                                               .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        // MARK: Storage for the five logical databases, change-logs, outboxes, blocking executors
+        .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit", "RPCCore"]),
 
-        // MARK: Storage for the five logical databases
-        .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit"]),
+        // MARK: What a role module declares and what the node gives it (no NIO)
+        .target(name: "RoleCore", dependencies: ["RPCCore", "TollgateStorage", logging, serviceLifecycle]),
+
+        // MARK: Listeners of every kind over NIO: shared bind, activation, limits, drain; HTTP/1.1 and raw streams
+        .target(name: "TollgateListeners", dependencies: ["RoleCore", "TollgateTLS", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
+        // The RPC listener and client over NIO and the TLS handler.
+        .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioConcurrency]),
+
+        // MARK: Role modules (no NIO, no C): each declares a RoleModule
+        // Users, roles, tenants and sessions (userdb); the tenancy rule.
+        .target(name: "TollgateUsers", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "LMDBKit", logging]),
+        // Throttling policies and block conditions (apimgtdb).
+        .target(name: "TollgatePolicies", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit"]),
+        // APIs, lifecycle, OpenAPI, documents, API subscriptions, the deployment feed (apimgtdb, regdb).
+        .target(name: "TollgatePublisher", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "YAMLKit",
+                                                        logging, serviceLifecycle]),
 
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "TollgateUsers", "TollgatePolicies", "TollgatePublisher", "TollgateServices", "RPCCore", "RPCNIO",
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -76,14 +87,14 @@ let package = Package(
                                                      .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                      .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                                      .product(name: "Prometheus", package: "swift-prometheus")]),
-        .executableTarget(name: "tollgated", dependencies: ["TollgateNode", argumentParser, .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "tollgated", dependencies: ["TollgateNode", "RoleCore", argumentParser, .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "OpenSSLKit", argumentParser, nioCore, nioPosix,
                                                       .product(name: "TOMLKit", package: "TOMLKit")]),
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
-                                                               "TollgatePublisher", nioCore, nioPosix]),
+                                                               "TollgatePublisher", "RoleCore", "TollgateNode", logging, nioCore, nioPosix]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage"], path: "Tests/StorageProbe"),
@@ -102,7 +113,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
     ]
 )
 

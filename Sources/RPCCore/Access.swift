@@ -1,9 +1,5 @@
 import TollgateProto
 
-/// The name of the default tenant, which hosts the cluster's administrators
-/// (WSO2 calls it the super tenant).
-public let superTenant = "carbon.super"
-
 /// A signed-in user, as a valid session (or an admin certificate) shows them.
 public struct UserPrincipal: Sendable, Hashable {
     public var username: String
@@ -80,6 +76,13 @@ public indirect enum AccessRule: Sendable, Hashable {
     case either(AccessRule, AccessRule)
 }
 
+/// Whether a signed-in user may act in a tenant other than their own (the
+/// `x-tenant` metadata). Tenancy is the users module's policy; the access
+/// controller only asks.
+public protocol TenantAccessPolicy: Sendable {
+    func mayAct(in tenant: String, as user: UserPrincipal) -> Bool
+}
+
 /// Resolves the credentials a call carries to a user.
 public protocol SessionVerifier: Sendable {
     /// The session's user, or nil if the token is unknown, expired or revoked.
@@ -95,11 +98,15 @@ public protocol SessionVerifier: Sendable {
 public struct AccessController: Sendable {
     public let rules: [String: AccessRule]
     public let sessions: (any SessionVerifier)?
+    public let tenants: (any TenantAccessPolicy)?
 
-    /// - Parameter rules: method paths (`/service/Method`) to their rules.
-    public init(rules: [String: AccessRule], sessions: (any SessionVerifier)?) {
+    /// - Parameters:
+    ///   - rules: method paths (`/service/Method`) to their rules.
+    ///   - tenants: who may act in another tenant; without one, nobody may.
+    public init(rules: [String: AccessRule], sessions: (any SessionVerifier)?, tenants: (any TenantAccessPolicy)? = nil) {
         self.rules = rules
         self.sessions = sessions
+        self.tenants = tenants
     }
 
     /// The caller, or the status that refuses the call.
@@ -114,9 +121,9 @@ public struct AccessController: Sendable {
             }
             throw RPCError(.permissionDenied, "\(caller) may not call \(context.method.name): it needs \(Self.describe(rule))")
         }
-        // Acting in another tenant: only the super tenant's administrators may.
-        if let tenant = context.metadata["x-tenant"], let user = caller.user, tenant != user.tenant {
-            guard user.tenant == superTenant, user.holds("/permission/admin") else {
+        // Acting in another tenant is the tenancy policy's decision.
+        if let tenant = context.metadata["x-tenant"], let user = caller.user, tenant.lowercased() != user.tenant.lowercased() {
+            guard let tenants, tenants.mayAct(in: tenant, as: user) else {
                 throw RPCError(.permissionDenied, "\(user.qualifiedName) may not act in tenant \(tenant)")
             }
         }
@@ -174,14 +181,5 @@ public struct AccessController: Sendable {
         case .operatorCertificate: "an admin certificate from the cluster CA"
         case .either(let first, let second): "\(describe(first)), or \(describe(second))"
         }
-    }
-}
-
-extension ServerCallContext {
-    /// The tenant the call acts in: `x-tenant` if given (already checked by
-    /// the access controller), else the user's own, else the super tenant.
-    /// Tenant domains are lower-case everywhere they are stored and compared.
-    public var tenant: String {
-        (metadata["x-tenant"] ?? caller.user?.tenant ?? superTenant).lowercased()
     }
 }

@@ -179,12 +179,10 @@ public struct RPCMethodHandler: Sendable {
     }
 }
 
-/// How a server maps a thrown error to the status it sends: its own code and
-/// message for ``RPCErrorConvertible`` errors, UNKNOWN with no message for
-/// anything else (the details belong in the server's log, not on the wire).
+/// How a server maps a thrown error to the status it sends: see
+/// ``RPCError/init(mapping:)``.
 public func status(for error: any Error) -> RPCError {
-    if let convertible = error as? any RPCErrorConvertible { return convertible.rpcError }
-    return RPCError(.unknown, "")
+    RPCError(mapping: error)
 }
 
 /// What a server reports about its work, for metrics and logs. Called on

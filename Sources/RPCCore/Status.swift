@@ -34,41 +34,87 @@ public struct RPCCode: RawRepresentable, Hashable, Sendable, CustomStringConvert
 }
 
 /// A failed call: a status code, a message for people, and trailing metadata.
+///
+/// `message` is what the client sees, so it names the problem in the
+/// caller's terms and never carries library text (LMDB, OpenSSL, decoder
+/// internals). What went wrong underneath goes in `cause`, which the server
+/// logs with the call's request id and never sends.
 public struct RPCError: Error, Hashable, Sendable, CustomStringConvertible {
     public var code: RPCCode
     public var message: String
     public var metadata: Metadata
+    /// The underlying error, for the server's log only.
+    public var cause: (any Error)?
 
-    public init(_ code: RPCCode, _ message: String, metadata: Metadata = Metadata()) {
+    public init(_ code: RPCCode, _ message: String, metadata: Metadata = Metadata(), cause: (any Error)? = nil) {
         precondition(code != .ok, "an RPCError cannot carry OK")
         self.code = code
         self.message = message
         self.metadata = metadata
+        self.cause = cause
+    }
+
+    /// The one mapping from any error to the status a client receives;
+    /// transports answer every failed call through it.
+    ///
+    /// Status errors pass through; domain errors (``RPCErrorConvertible``)
+    /// say their own status and keep themselves as the cause; cancellation
+    /// is CANCELLED; anything else is INTERNAL with a message that points at
+    /// the server's log, where the cause is written with the request id.
+    public init(mapping error: any Error) {
+        switch error {
+        case let status as RPCError:
+            self = status
+        case let convertible as any RPCErrorConvertible:
+            self = convertible.rpcError
+            if cause == nil { cause = error }
+        case is CancellationError:
+            self = RPCError(.cancelled, "the call was cancelled")
+        default:
+            self = RPCError(.internal, "internal error: the server's log has the details under this call's request id", cause: error)
+        }
+    }
+
+    /// Runs `body`, turning whatever it throws into a status through
+    /// ``init(mapping:)``; for functions with a typed `RPCError` throw.
+    public static func catching<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
+        do {
+            return try body()
+        } catch {
+            throw RPCError(mapping: error)
+        }
+    }
+
+    /// The asynchronous form of ``catching(_:)``.
+    public static func catching<Result>(_ body: () async throws -> Result) async throws(RPCError) -> Result {
+        do {
+            return try await body()
+        } catch {
+            throw RPCError(mapping: error)
+        }
     }
 
     public var description: String { message.isEmpty ? "\(code)" : "\(code): \(message)" }
+
+    /// Status, message and metadata: the cause is not part of what a status is.
+    public static func == (lhs: RPCError, rhs: RPCError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message && lhs.metadata == rhs.metadata
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(message)
+        hasher.combine(metadata)
+    }
 }
 
-/// Domain errors that know which status they map to. Errors that do not
-/// conform reach callers as UNKNOWN with an empty message; their details stay
-/// in the server's log.
+/// A domain error that knows the status it maps to (storage, users,
+/// publisher and other role errors). The same protocol will carry the
+/// mapping to HTTP and Thrift faults, through the status code.
 public protocol RPCErrorConvertible: Error {
     var rpcError: RPCError { get }
 }
 
 extension RPCError: RPCErrorConvertible {
     public var rpcError: RPCError { self }
-}
-
-/// Runs storage work for a handler: status errors pass through; anything
-/// else (LMDB, decoding) becomes INTERNAL naming `database`, the details
-/// being for the server's log rather than the caller.
-public func withStorageErrors<Result>(_ database: String, _ body: () throws -> Result) throws(RPCError) -> Result {
-    do {
-        return try body()
-    } catch let error as RPCError {
-        throw error
-    } catch {
-        throw RPCError(.internal, "\(database) error: \(error)")
-    }
 }

@@ -1,3 +1,4 @@
+public import RoleCore
 import Foundation
 public import Logging
 import Synchronization

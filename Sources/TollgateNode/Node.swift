@@ -1,3 +1,4 @@
+public import RoleCore
 public import TollgateStorage
 import Foundation
 import SystemdKit
@@ -9,24 +10,6 @@ import Glibc
 /// The version every binary reports.
 public enum TollgateVersion {
     public static let current = "0.1.0"
-}
-
-/// The roles a node can run (DESIGN.md: publisher, store, keymanager,
-/// gateway, trafficmanager, analytics).
-public enum Role: String, CaseIterable, Sendable {
-    case publisher, store, keymanager, gateway, trafficmanager, analytics
-
-    /// The logical databases a role opens. The gateway opens none: it works
-    /// from what its peers send it.
-    public var databases: Set<LogicalDatabaseName> {
-        switch self {
-        case .publisher, .store: [.userdb, .apimgtdb, .regdb, .statdb]
-        case .keymanager: [.userdb, .apimgtdb, .regdb]
-        case .gateway: []
-        case .trafficmanager: [.mbstoredb]
-        case .analytics: [.statdb]
-        }
-    }
 }
 
 /// A running node: its roles and the databases they opened.
@@ -41,7 +24,7 @@ public final class Node: Sendable {
 
     /// Opens every database the roles need under `dataDirectory`.
     public static func open(roles: [Role], dataDirectory: String) throws -> Node {
-        let needed = roles.reduce(into: Set<LogicalDatabaseName>()) { $0.formUnion($1.databases) }
+        let needed = roles.reduce(into: Set<LogicalDatabaseName>()) { $0.formUnion(RoleModules.databases(for: $1)) }
         let databases = try Databases.open(dataDirectory: dataDirectory, only: needed)
         return Node(roles: roles, databases: databases)
     }

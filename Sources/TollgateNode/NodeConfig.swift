@@ -1,4 +1,5 @@
 import Foundation
+public import RoleCore
 import TOMLKit
 
 /// A host and port to listen on or connect to.
@@ -50,6 +51,8 @@ public struct NodeConfig: Sendable, Hashable {
     public var adminListen: Endpoint?
     /// Prometheus metrics over plain HTTP.
     public var metricsListen: Endpoint?
+    /// Listeners role modules declare, by name (`[listen] <name> = "host:port"`).
+    public var moduleListen: [String: Endpoint] = [:]
 
     public var caPath: String
     public var certificatePath: String
@@ -64,12 +67,8 @@ public struct NodeConfig: Sendable, Hashable {
     public var idleTimeoutSeconds = 300
     public var drainTimeoutSeconds = 30
 
-    public var sessionLifetimeMinutes = 480
-    public var maxFailedLogins = 5
-    public var lockoutMinutes = 15
-    /// The first administrator, created on first start only.
-    public var bootstrapAdmin: String?
-    public var bootstrapPasswordFile: String?
+    /// Role modules' sections (`[users]`, …), checked against their declared keys.
+    public var sections: [String: ConfigSection] = [:]
 
     /// Where the file was read from; relative paths in it are relative to its folder.
     public var path: String = ""
@@ -149,8 +148,13 @@ extension NodeConfig {
                     ? "\(file) is not readable by this user" : "\(file) does not exist"))
             }
         }
-        if let file = bootstrapPasswordFile, !FileManager.default.isReadableFile(atPath: file) {
-            problems.append(ConfigProblem(key: "users.bootstrap_password_file", line: nil, message: "\(file) cannot be read"))
+        for spec in RoleModules.all.compactMap({ $0.configSection }) {
+            for key in spec.keys {
+                guard case .path = key.kind, let file = sections[spec.name]?.string(key.name) else { continue }
+                if !FileManager.default.isReadableFile(atPath: file) {
+                    problems.append(ConfigProblem(key: "\(spec.name).\(key.name)", line: nil, message: "\(file) cannot be read"))
+                }
+            }
         }
         var isDirectory: ObjCBool = false
         if !FileManager.default.fileExists(atPath: dataDirectory, isDirectory: &isDirectory) || !isDirectory.boolValue {
@@ -240,7 +244,8 @@ struct ConfigReader {
     }
 
     mutating func read(_ root: TOMLTable, base: String) -> NodeConfig? {
-        unknownKeys(root, name: "", known: ["node_id", "roles", "data_directory", "log_level", "listen", "tls", "peers", "limits", "users"])
+        let specs = RoleModules.all.compactMap { $0.configSection }
+        unknownKeys(root, name: "", known: Set(["node_id", "roles", "data_directory", "log_level", "listen", "tls", "peers", "limits"] + specs.map(\.name)))
         let nodeID = string(root, "", "node_id", required: true)
         if let nodeID, !nodeID.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) || nodeID.count > 63 {
             problem("", "node_id", "\"\(nodeID)\" must be up to 63 letters, digits, - _ or . (it goes into the node's certificate)")
@@ -271,11 +276,14 @@ struct ConfigReader {
         }
 
         var cluster: Endpoint?, admin: Endpoint?, metrics: Endpoint?
+        var moduleListen: [String: Endpoint] = [:]
         if let listen = subtable(root, "listen") {
-            unknownKeys(listen, name: "listen", known: ["cluster", "admin", "metrics"])
+            let declared = RoleModules.all.flatMap { $0.listenerNames }
+            unknownKeys(listen, name: "listen", known: Set(["cluster", "admin", "metrics"] + declared))
             cluster = endpoint(listen, "listen", "cluster", required: true)
             admin = endpoint(listen, "listen", "admin", required: false)
             metrics = endpoint(listen, "listen", "metrics", required: false)
+            for name in declared { moduleListen[name] = endpoint(listen, "listen", name, required: false) }
         } else {
             problems.append(ConfigProblem(key: "listen.cluster", line: nil, message: "is required"))
         }
@@ -319,17 +327,27 @@ struct ConfigReader {
             config.idleTimeoutSeconds = int(limits, "limits", "idle_timeout_seconds", range: 1...86400) ?? config.idleTimeoutSeconds
             config.drainTimeoutSeconds = int(limits, "limits", "drain_timeout_seconds", range: 0...3600) ?? config.drainTimeoutSeconds
         }
-        if let users = subtable(root, "users") {
-            unknownKeys(users, name: "users", known: ["session_lifetime_minutes", "max_failed_logins", "lockout_minutes", "bootstrap_admin", "bootstrap_password_file"])
-            config.sessionLifetimeMinutes = int(users, "users", "session_lifetime_minutes", range: 1...43200) ?? config.sessionLifetimeMinutes
-            config.maxFailedLogins = int(users, "users", "max_failed_logins", range: 1...100) ?? config.maxFailedLogins
-            config.lockoutMinutes = int(users, "users", "lockout_minutes", range: 1...10080) ?? config.lockoutMinutes
-            config.bootstrapAdmin = string(users, "users", "bootstrap_admin", required: false)
-            config.bootstrapPasswordFile = string(users, "users", "bootstrap_password_file", required: false).map { Self.absolute($0, base: base) }
-            if (config.bootstrapAdmin == nil) != (config.bootstrapPasswordFile == nil) {
-                problem("users", config.bootstrapAdmin == nil ? "bootstrap_password_file" : "bootstrap_admin",
-                        "bootstrap_admin and bootstrap_password_file go together")
+        config.moduleListen = moduleListen
+        for spec in specs {
+            guard let table = subtable(root, spec.name) else { continue }
+            unknownKeys(table, name: spec.name, known: Set(spec.keys.map(\.name)))
+            var section = ConfigSection()
+            for key in spec.keys {
+                switch key.kind {
+                case .integer(let range):
+                    if let value = int(table, spec.name, key.name, range: range) { section.values[key.name] = .integer(value) }
+                case .string:
+                    if let value = string(table, spec.name, key.name, required: false) { section.values[key.name] = .string(value) }
+                case .path:
+                    if let value = string(table, spec.name, key.name, required: false) { section.values[key.name] = .string(Self.absolute(value, base: base)) }
+                case .boolean:
+                    if let value = table[key.name] {
+                        if let flag = value.bool { section.values[key.name] = .boolean(flag) } else { problem(spec.name, key.name, "must be true or false, not \(value.type)") }
+                    }
+                }
             }
+            for (key, message) in spec.check(section) { problem(spec.name, key, message) }
+            config.sections[spec.name] = section
         }
         if let admin, admin == config.clusterListen, admin.port != 0 { problem("listen", "admin", "must differ from listen.cluster") }
         return problems.isEmpty ? config : nil

@@ -1,3 +1,4 @@
+import RoleCore
 import Foundation
 public import Prometheus
 public import RPCCore

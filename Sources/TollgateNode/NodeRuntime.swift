@@ -4,69 +4,62 @@ import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOPosix
 import OpenSSLKit
+public import RoleCore
 import RPCCore
 public import RPCNIO
 import ServiceLifecycle
 import SystemdKit
-import TollgatePolicies
-import TollgatePublisher
+import TollgateListeners
 import TollgateProto
 import TollgateServices
 import TollgateStorage
-public import TollgateUsers
 import UnixSignals
 
-/// A node that serves: databases open, listeners bound, peers watched. Its
-/// steady state runs as a service group (swift-service-lifecycle): peers,
-/// metrics, listeners, then systemd; graceful shutdown goes in reverse.
+/// A node that serves: databases open, role modules assembled, listeners
+/// bound, peers watched. Its steady state runs as a service group
+/// (swift-service-lifecycle): peers, the modules' services, listeners, then
+/// systemd; graceful shutdown goes in reverse.
 public final class NodeRuntime: Sendable {
     public let node: Node
     public let group: MultiThreadedEventLoopGroup
-    public let directory: UserDirectory?
     public let metrics: NodeMetrics
-    let servers: [(name: String, server: RPCServer, address: SocketAddress)]
-    let metricsServer: MetricsServer?
+    /// The role modules this node assembled, in order.
+    public let modules: [any RoleModule]
+    /// The RPC listeners (`cluster`, `admin`), whose certificates reload.
+    let rpcServers: [(name: String, server: RPCServer)]
+    /// Every listener of every kind, in the order they were bound.
+    let listeners: [(name: String, listener: Listener, address: SocketAddress)]
+    /// The TLS contexts of module listeners, replaced on reload.
+    let moduleTLS: NIOLockedValueBox<[String: TLSContext]>
+    let moduleListeners: [String: ListenerDeclaration]
     private let state: NIOLockedValueBox<(config: NodeConfig, peers: [PeerLink], reloads: Int)>
     let logger: Logger
 
     public var currentConfig: NodeConfig { state.withLockedValue { $0.config } }
     public var peers: [PeerLink] { state.withLockedValue { $0.peers } }
 
-    /// The bound addresses by listener name (cluster, admin, metrics).
+    /// The bound addresses by listener name (cluster, admin, metrics, and the modules').
     public var boundAddresses: [String: SocketAddress] {
-        var addresses = Dictionary(uniqueKeysWithValues: servers.map { ($0.name, $0.address) })
-        if let address = metricsServer?.address { addresses["metrics"] = address }
-        return addresses
+        Dictionary(listeners.map { ($0.name, $0.address) }, uniquingKeysWith: { first, _ in first })
     }
 
-    /// Opens the databases, prepares users, binds every listener (or takes
-    /// them from systemd's socket activation) and creates the peer links.
-    /// Fails with a message naming what is wrong.
+    /// The assembled module of a type, if this node runs it.
+    public func module<Module: RoleModule>(_ type: Module.Type) -> Module? {
+        modules.lazy.compactMap { $0 as? Module }.first
+    }
+
+    /// Opens the databases, assembles the role modules, binds every listener
+    /// (or takes them from systemd's socket activation) and creates the peer
+    /// links. Fails with a message naming what is wrong.
     public static func start(config: NodeConfig, logger: Logger, threads: Int = System.coreCount) async throws -> NodeRuntime {
         let problems = config.checkFiles()
         guard problems.isEmpty else { throw ConfigError(path: config.path, problems: problems) }
         try checkCertificate(config)
 
         let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory)
-        var directory: UserDirectory?
-        if let userdb = node.databases.userdb {
-            let users = UserDirectory(database: userdb, policy: userPolicy(config))
-            var admin: (String, String)?
-            if let name = config.bootstrapAdmin, let file = config.bootstrapPasswordFile {
-                let password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines)
-                admin = (name, password)
-            }
-            do {
-                switch try users.bootstrap(admin: admin) {
-                case .createdAdmin(let name): logger.notice("created the first administrator", metadata: ["user": "\(name)"])
-                case .noAdmin: logger.warning("no administrator exists and users.bootstrap_admin is not set: nobody can sign in")
-                case .adminExists: break
-                }
-            } catch let error as RPCError {
-                throw NodeStartError("users.bootstrap_admin: \(error.message)")
-            }
-            directory = users
-        }
+        let assembly = try await NodeAssembly.assemble(roles: config.roles, nodeID: config.nodeID, databases: node.databases,
+                                                       sections: config.sections, logger: logger)
+        let modules = assembly.modules
 
         let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,
                                   dataDirectory: config.dataDirectory, databases: node.databases.opened)
@@ -78,79 +71,94 @@ public final class NodeRuntime: Sendable {
         let peerBox = NIOLockedValueBox(peers)
         let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, peers: { peerBox.withLockedValue { $0 } })
         // Ping and status never block: they answer on the connection's loop.
-        var methods = status.methodHandlers.map { $0.placed(.eventLoop) }
-        if let directory { methods += UserService(directory: directory).methodHandlers }
-        if let apimgtdb = node.databases.apimgtdb {
-            // One log per process, shared by its writers, so watchers wake on every commit.
-            let deploymentLog = DeploymentLog(database: apimgtdb)
-            let policies = PolicyStore(database: apimgtdb, deploymentLog: deploymentLog)
-            do {
-                try policies.installDefaults(tenant: superTenant)
-            } catch {
-                throw NodeStartError("apimgtdb: cannot install the default throttling policies: \(error.message)")
-            }
-            methods += AdminService(store: policies).methodHandlers
-            if config.roles.contains(.publisher), let regdb = node.databases.regdb {
-                methods += PublisherService(store: PublisherStore(registry: regdb, policies: policies)).methodHandlers
-            }
-        }
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
+        let methods = status.methodHandlers.map { $0.placed(.eventLoop) } + modules.flatMap(\.methods)
+        let access = assembly.access
         let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { (context) throws(RPCError) -> Caller in
             try access.authorize(context)
         }
         let observer = CallLogger(metrics: metrics, logger: logger)
 
         let activated = Dictionary(ServiceNotifier.listenedSockets().map { ($0.name, $0.descriptor) }, uniquingKeysWith: { first, _ in first })
-        var servers: [(String, RPCServer, SocketAddress)] = []
-        var metricsServer: MetricsServer?
+        var bound: [(name: String, listener: Listener, address: SocketAddress)] = []
+        var rpcServers: [(name: String, server: RPCServer)] = []
+        var declarations: [String: ListenerDeclaration] = [:]
+        let moduleTLS = NIOLockedValueBox<[String: TLSContext]>([:])
         do {
             let (clusterTLS, adminTLS) = try serverTLS(config)
-            let cluster = RPCServer(methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorize: authorize)
-            servers.append(("cluster", cluster, try await bind(cluster, config.clusterListen, key: "listen.cluster", socket: activated["cluster"], group: group)))
+            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorize: authorize)
+            rpcServers.append(("cluster", cluster))
+            bound.append(("cluster", cluster.listener, try await bind(cluster.listener, config.clusterListen, socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
-                let admin = RPCServer(methods: methods, tls: adminTLS, limits: limits, observer: observer, authorize: authorize)
-                servers.append(("admin", admin, try await bind(admin, adminListen, key: "listen.admin", socket: activated["admin"], group: group)))
+                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer, authorize: authorize)
+                rpcServers.append(("admin", admin))
+                bound.append(("admin", admin.listener, try await bind(admin.listener, adminListen, socket: activated["admin"], group: group)))
             }
+            let listenerObserver = NodeListenerObserver(metrics: metrics, logger: logger)
             if let endpoint = config.metricsListen {
-                do {
-                    metricsServer = try await MetricsServer.start(host: endpoint.host, port: endpoint.port, group: group) {
-                        metrics.render(peers: peerBox.withLockedValue { $0 })
+                let responder = MetricsResponder { metrics.render(peers: peerBox.withLockedValue { $0 }) }
+                let listener = Listener(name: "metrics", maxConnections: 64, observer: listenerObserver,
+                                        configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))
+                bound.append(("metrics", listener, try await bind(listener, endpoint, socket: activated["metrics"], group: group)))
+            }
+            for module in modules {
+                for declaration in module.listeners {
+                    let configured = config.moduleListen[declaration.name]
+                    guard configured != nil || declaration.defaultEndpoint != nil else { continue }
+                    guard let endpoint = configured ?? declaration.defaultEndpoint.flatMap(Endpoint.init) else {
+                        throw NodeStartError("listen.\(declaration.name): the default \(declaration.defaultEndpoint ?? "") is not host:port")
                     }
-                } catch {
-                    throw NodeStartError("listen.metrics: cannot listen on \(endpoint): \(describeBindError(error))")
+                    declarations[declaration.name] = declaration
+                    let tls: (@Sendable () -> TLSContext)?
+                    if declaration.security == .plain {
+                        tls = nil
+                    } else {
+                        let context = try moduleServerTLS(config, declaration)
+                        moduleTLS.withLockedValue { $0[declaration.name] = context }
+                        let name = declaration.name
+                        tls = { moduleTLS.withLockedValue { $0[name] ?? context } }
+                    }
+                    let configure = switch declaration.kind {
+                    case .http(let responder): HTTPListener.configure(responder: responder, tls: tls, limits: HTTPListenerLimits())
+                    case .stream(let service): StreamListener.configure(service: service, tls: tls, idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)))
+                    }
+                    let listener = Listener(name: declaration.name, maxConnections: config.maxConnections, observer: listenerObserver, configure: configure)
+                    bound.append((declaration.name, listener, try await bind(listener, endpoint, socket: activated[declaration.name], group: group)))
                 }
             }
         } catch {
-            for (_, server, _) in servers { await server.shutdown(drainTimeout: .zero) }
-            await metricsServer?.close()
+            for entry in bound { await entry.listener.shutdown(drainTimeout: .zero) }
             try? await group.shutdownGracefully()
             throw error
         }
-        return NodeRuntime(config: config, node: node, group: group, directory: directory, metrics: metrics, servers: servers,
-                           metricsServer: metricsServer, peers: peerBox, logger: logger)
+        return NodeRuntime(config: config, node: node, group: group, modules: modules, metrics: metrics, rpcServers: rpcServers,
+                           listeners: bound, moduleTLS: moduleTLS, moduleListeners: declarations, peers: peerBox, logger: logger)
     }
 
     private let peerBox: NIOLockedValueBox<[PeerLink]>
 
-    private init(config: NodeConfig, node: Node, group: MultiThreadedEventLoopGroup, directory: UserDirectory?, metrics: NodeMetrics,
-                 servers: [(String, RPCServer, SocketAddress)], metricsServer: MetricsServer?, peers: NIOLockedValueBox<[PeerLink]>, logger: Logger) {
+    private init(config: NodeConfig, node: Node, group: MultiThreadedEventLoopGroup, modules: [any RoleModule], metrics: NodeMetrics,
+                 rpcServers: [(name: String, server: RPCServer)], listeners: [(name: String, listener: Listener, address: SocketAddress)],
+                 moduleTLS: NIOLockedValueBox<[String: TLSContext]>, moduleListeners: [String: ListenerDeclaration],
+                 peers: NIOLockedValueBox<[PeerLink]>, logger: Logger) {
         self.node = node
         self.group = group
-        self.directory = directory
+        self.modules = modules
         self.metrics = metrics
-        self.servers = servers.map { (name: $0.0, server: $0.1, address: $0.2) }
-        self.metricsServer = metricsServer
+        self.rpcServers = rpcServers
+        self.listeners = listeners
+        self.moduleTLS = moduleTLS
+        self.moduleListeners = moduleListeners
         self.peerBox = peers
         self.state = NIOLockedValueBox((config, peers.withLockedValue { $0 }, 0))
         self.logger = logger
     }
 
-    static func userPolicy(_ config: NodeConfig) -> UserPolicy {
-        var policy = UserPolicy()
-        policy.sessionLifetimeMs = Int64(config.sessionLifetimeMinutes) * 60_000
-        policy.maxFailedLogins = UInt32(config.maxFailedLogins)
-        policy.lockoutMs = Int64(config.lockoutMinutes) * 60_000
-        return policy
+    /// A module listener's server context: the node's certificate; a client
+    /// certificate from the cluster CA verified if presented, or required.
+    static func moduleServerTLS(_ config: NodeConfig, _ declaration: ListenerDeclaration) throws -> TLSContext {
+        try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
+                                              trustRootsFile: config.caPath, verification: declaration.security == .mutualTLS ? .peerRequired : .peer,
+                                              applicationProtocols: declaration.applicationProtocols))
     }
 
     static func rpcLimits(_ config: NodeConfig) -> RPCLimits {
@@ -185,12 +193,12 @@ public final class NodeRuntime: Sendable {
         }
     }
 
-    private static func bind(_ server: RPCServer, _ endpoint: Endpoint, key: String, socket: Int32?, group: any EventLoopGroup) async throws -> SocketAddress {
+    private static func bind(_ listener: Listener, _ endpoint: Endpoint, socket: Int32?, group: any EventLoopGroup) async throws -> SocketAddress {
         do {
-            if let socket { return try await server.bind(listeningSocket: socket, group: group) }
-            return try await server.bind(host: endpoint.host, port: endpoint.port, group: group)
+            if let socket { return try await listener.bind(listeningSocket: socket, group: group) }
+            return try await listener.bind(host: endpoint.host, port: endpoint.port, group: group)
         } catch {
-            throw NodeStartError("\(key): cannot listen on \(endpoint): \(describeBindError(error))")
+            throw NodeStartError("listen.\(listener.name): cannot listen on \(endpoint): \(describeBindError(error))")
         }
     }
 
@@ -233,7 +241,9 @@ public final class NodeRuntime: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: PeerMonitorService(runtime: self), serviceName: "peers"),
         ]
-        if let metricsServer { services.append(.init(service: MetricsService(server: metricsServer), serviceName: "metrics")) }
+        for module in modules {
+            for service in module.services { services.append(.init(service: service, serviceName: type(of: module).name)) }
+        }
         services.append(.init(service: ListenersService(runtime: self), serviceName: "listeners"))
         services.append(.init(service: SystemdService(runtime: self, logger: logger), serviceName: "systemd"))
         var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -246,8 +256,7 @@ public final class NodeRuntime: Sendable {
     /// One line for systemd's STATUS= and the log.
     public var statusLine: String {
         let config = currentConfig
-        let listening = servers.map { "\($0.name) \($0.address.ipAddress ?? "?"):\($0.address.port ?? 0)" }
-            + (metricsServer?.address.map { ["metrics \($0.ipAddress ?? "?"):\($0.port ?? 0)"] } ?? [])
+        let listening = listeners.map { "\($0.name) \($0.address.ipAddress ?? "?"):\($0.address.port ?? 0)" }
         let reloads = state.withLockedValue { $0.reloads }
         return "ready: node \(config.nodeID), roles \(config.roles.map(\.rawValue).joined(separator: ",")); listening \(listening.joined(separator: ", "))"
             + (reloads > 0 ? "; configuration reloaded \(reloads)×" : "")
@@ -293,7 +302,8 @@ public final class NodeRuntime: Sendable {
         if new.nodeID != old.nodeID { restartNeeded.append("node_id") }
         if new.roles != old.roles { restartNeeded.append("roles") }
         if new.dataDirectory != old.dataDirectory { restartNeeded.append("data_directory") }
-        if new.clusterListen != old.clusterListen || new.adminListen != old.adminListen || new.metricsListen != old.metricsListen {
+        if new.clusterListen != old.clusterListen || new.adminListen != old.adminListen || new.metricsListen != old.metricsListen
+            || new.moduleListen != old.moduleListen {
             restartNeeded.append("listen")
         }
         if Self.rpcLimits(new) != Self.rpcLimits(old) || new.drainTimeoutSeconds != old.drainTimeoutSeconds { restartNeeded.append("limits") }
@@ -301,7 +311,12 @@ public final class NodeRuntime: Sendable {
         NodeLogging.level.level = new.logLevel.swiftLog
         do {
             let (cluster, admin) = try Self.serverTLS(new)
-            for entry in servers { entry.server.updateTLS(entry.name == "cluster" ? cluster : admin) }
+            for entry in rpcServers { entry.server.updateTLS(entry.name == "cluster" ? cluster : admin) }
+            var reloadedTLS: [String: TLSContext] = [:]
+            for (name, declaration) in moduleListeners where declaration.security != .plain {
+                reloadedTLS[name] = try Self.moduleServerTLS(new, declaration)
+            }
+            moduleTLS.withLockedValue { $0.merge(reloadedTLS) { _, new in new } }
             let client = try Self.clientTLS(new)
             var peers = self.peers
             if new.peers != old.peers {
@@ -312,7 +327,10 @@ public final class NodeRuntime: Sendable {
             }
             let updated = peers
             peerBox.withLockedValue { $0 = updated }
-            directory?.updatePolicy(Self.userPolicy(new))
+            for module in modules {
+                let name = type(of: module).configSection?.name ?? ""
+                restartNeeded += try await module.reload(new.sections[name] ?? ConfigSection())
+            }
             state.withLockedValue { $0 = (new, updated, $0.reloads + 1) }
         } catch {
             logger.error("reload could not load the new certificates; keeping the old ones: \(error)")
@@ -325,12 +343,6 @@ public final class NodeRuntime: Sendable {
         logger.notice("configuration reloaded")
         ServiceNotifier.ready(status: statusLine + (restartNeeded.isEmpty ? "" : "; restart to apply \(restartNeeded.joined(separator: ", "))"))
     }
-}
-
-/// Why a node could not start: one line for the operator.
-public struct NodeStartError: Error, Sendable, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }
 
 /// Metrics and the log for every call and failed connection.
@@ -390,4 +402,18 @@ public final class PeerLink: Sendable {
     }
 
     var report: (status: GetNodeStatusResponse, atUnixMs: Int64)? { lastReport.withLockedValue { $0 } }
+}
+
+/// Connection counts and refusals of the HTTP and stream listeners.
+struct NodeListenerObserver: ListenerObserver {
+    let metrics: NodeMetrics
+    let logger: Logger
+
+    func connectionOpened(listener: String) { metrics.connectionOpened() }
+    func connectionClosed(listener: String) { metrics.connectionClosed() }
+
+    func connectionFailed(listener: String, peer: String, reason: String) {
+        metrics.connectionFailed(peer: peer, reason: reason)
+        logger.warning("closed a connection: \(reason)", metadata: ["peer": "\(peer)", "listener": "\(listener)"])
+    }
 }

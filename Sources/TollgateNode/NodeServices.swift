@@ -4,6 +4,7 @@ import NIOPosix
 import RPCNIO
 import ServiceLifecycle
 import SystemdKit
+import TollgateListeners
 import UnixSignals
 
 /// Keeps peer connections warm and their status current (every 5 s).
@@ -24,18 +25,9 @@ struct PeerMonitorService: Service {
     }
 }
 
-/// The Prometheus endpoint, closed last but one.
-struct MetricsService: Service {
-    let server: MetricsServer
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        await server.close()
-    }
-}
-
-/// The RPC listeners. On graceful shutdown they stop accepting, send
-/// GOAWAY, and give calls in flight up to the drain timeout.
+/// Every listener. On graceful shutdown they stop accepting, ask their
+/// connections to finish (RPC sends GOAWAY), and give work in flight up to
+/// the drain timeout.
 struct ListenersService: Service {
     let runtime: NodeRuntime
 
@@ -43,9 +35,9 @@ struct ListenersService: Service {
         try? await gracefulShutdown()
         let drain = Duration.seconds(runtime.currentConfig.drainTimeoutSeconds)
         await withTaskGroup(of: Void.self) { tasks in
-            for entry in runtime.servers {
-                let server = entry.server
-                tasks.addTask { await server.shutdown(drainTimeout: drain) }
+            for entry in runtime.listeners {
+                let listener = entry.listener
+                tasks.addTask { await listener.shutdown(drainTimeout: drain) }
             }
         }
     }

@@ -1,3 +1,4 @@
+import RoleCore
 import Foundation
 import RPCCore
 import RPCNIO

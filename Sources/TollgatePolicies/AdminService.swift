@@ -2,6 +2,7 @@ public import RPCCore
 public import TollgateProto
 public import TollgateServices
 import TollgateStorage
+import TollgateUsers
 
 /// `tollgate.v1.AdminService`: throttling policies and block conditions,
 /// per tenant (the caller's, or `x-tenant` for the super tenant's admins).
@@ -13,30 +14,30 @@ public struct AdminService: AdminServiceHandler {
     }
 
     public func createPolicy(_ request: CreatePolicyRequest, context: ServerCallContext) async throws -> CreatePolicyResponse {
-        try store.installDefaults(tenant: context.tenant)
-        return CreatePolicyResponse(policy: try store.createPolicy(request.policy ?? ThrottlePolicy(), tenant: context.tenant))
+        try await store.installDefaults(tenant: context.tenant)
+        return CreatePolicyResponse(policy: try await store.createPolicy(request.policy ?? ThrottlePolicy(), tenant: context.tenant))
     }
 
     public func updatePolicy(_ request: UpdatePolicyRequest, context: ServerCallContext) async throws -> UpdatePolicyResponse {
-        try store.installDefaults(tenant: context.tenant)
-        return UpdatePolicyResponse(policy: try store.updatePolicy(request.policy ?? ThrottlePolicy(), tenant: context.tenant))
+        try await store.installDefaults(tenant: context.tenant)
+        return UpdatePolicyResponse(policy: try await store.updatePolicy(request.policy ?? ThrottlePolicy(), tenant: context.tenant))
     }
 
     public func deletePolicy(_ request: DeletePolicyRequest, context: ServerCallContext) async throws -> DeletePolicyResponse {
         let ref = try Self.reference(request.policy)
-        try store.installDefaults(tenant: context.tenant)
-        try store.deletePolicy(kind: ref.kind, name: ref.name, tenant: context.tenant)
+        try await store.installDefaults(tenant: context.tenant)
+        try await store.deletePolicy(kind: ref.kind, name: ref.name, tenant: context.tenant)
         return DeletePolicyResponse()
     }
 
     public func getPolicy(_ request: GetPolicyRequest, context: ServerCallContext) async throws -> GetPolicyResponse {
         let ref = try Self.reference(request.policy)
-        try store.installDefaults(tenant: context.tenant)
+        try await store.installDefaults(tenant: context.tenant)
         return GetPolicyResponse(policy: try store.policy(kind: ref.kind, name: ref.name, tenant: context.tenant))
     }
 
     public func listPolicies(_ request: ListPoliciesRequest, context: ServerCallContext) async throws -> ListPoliciesResponse {
-        try store.installDefaults(tenant: context.tenant)
+        try await store.installDefaults(tenant: context.tenant)
         let page = try store.listPolicies(kind: request.kind, tenant: context.tenant, pageSize: Int(request.page?.pageSize ?? 0),
                                           pageToken: request.page?.pageToken ?? [])
         return ListPoliciesResponse(policies: page.items, page: PageResponse(nextPageToken: page.nextPageToken))
@@ -50,15 +51,15 @@ public struct AdminService: AdminServiceHandler {
     }
 
     public func createBlockCondition(_ request: CreateBlockConditionRequest, context: ServerCallContext) async throws -> CreateBlockConditionResponse {
-        CreateBlockConditionResponse(condition: try store.createBlockCondition(request.condition ?? BlockCondition(), tenant: context.tenant))
+        CreateBlockConditionResponse(condition: try await store.createBlockCondition(request.condition ?? BlockCondition(), tenant: context.tenant))
     }
 
     public func updateBlockCondition(_ request: UpdateBlockConditionRequest, context: ServerCallContext) async throws -> UpdateBlockConditionResponse {
-        UpdateBlockConditionResponse(condition: try store.updateBlockCondition(request.condition ?? BlockCondition(), tenant: context.tenant))
+        UpdateBlockConditionResponse(condition: try await store.updateBlockCondition(request.condition ?? BlockCondition(), tenant: context.tenant))
     }
 
     public func deleteBlockCondition(_ request: DeleteBlockConditionRequest, context: ServerCallContext) async throws -> DeleteBlockConditionResponse {
-        try store.deleteBlockCondition(request.conditionId, tenant: context.tenant)
+        try await store.deleteBlockCondition(request.conditionId, tenant: context.tenant)
         return DeleteBlockConditionResponse()
     }
 
@@ -73,6 +74,6 @@ public struct AdminService: AdminServiceHandler {
     }
 
     public func setBlockConditionEnabled(_ request: SetBlockConditionEnabledRequest, context: ServerCallContext) async throws -> SetBlockConditionEnabledResponse {
-        SetBlockConditionEnabledResponse(condition: try store.setBlockConditionEnabled(request.conditionId, enabled: request.enabled, tenant: context.tenant))
+        SetBlockConditionEnabledResponse(condition: try await store.setBlockConditionEnabled(request.conditionId, enabled: request.enabled, tenant: context.tenant))
     }
 }

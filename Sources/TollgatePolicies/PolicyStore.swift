@@ -4,10 +4,11 @@ import Synchronization
 public import RPCCore
 public import TollgateProto
 public import TollgateStorage
+public import RoleCore
 
 /// Throttling policies and block conditions of every tenant (`apimgtdb`):
 /// the logic behind AdminService.
-public final class PolicyStore: Sendable {
+public final class PolicyStore: TenantProvisioning {
     public let database: ApiManagerDatabase
     /// Where policy and block-condition changes are recorded for gateways.
     public let deploymentLog: DeploymentLog
@@ -15,6 +16,11 @@ public final class PolicyStore: Sendable {
     /// Tenants whose defaults are known to be installed, so the AdminService
     /// calls that make sure of them cost nothing after the first.
     private let tenantsWithDefaults = Mutex<Set<String>>([])
+
+    /// Installs the tenant's default policies before its first object (``TenantProvisioning``).
+    public func prepare(tenant: String) async throws(RPCError) {
+        _ = try await installDefaults(tenant: tenant)
+    }
 
     public init(database: ApiManagerDatabase, deploymentLog: DeploymentLog? = nil, now: (@Sendable () -> Int64)? = nil) {
         self.database = database
@@ -69,7 +75,7 @@ public final class PolicyStore: Sendable {
     /// tenants). The installation is recorded in the database, so a default
     /// an administrator deleted or changed stays as they left it.
     @discardableResult
-    public func installDefaults(tenant: String) throws(RPCError) -> Int {
+    public func installDefaults(tenant: String) async throws(RPCError) -> Int {
         let tenant = tenant.lowercased()
         if tenantsWithDefaults.withLock({ $0.contains(tenant) }) { return 0 }
         let marker = "defaults-installed." + tenant
@@ -77,8 +83,8 @@ public final class PolicyStore: Sendable {
         var installed = 0
         if !done {
             let timestamp = now()
-            installed = try storage {
-                try database.database.environment.write { txn in
+            installed = try await storageWrite {
+                try await database.database.write { [self] txn in
                     // Another process sharing this apimgtdb may have done it meanwhile.
                     guard try database.database.metaValue(marker, in: txn) == nil else { return 0 }
                     var count = 0
@@ -193,15 +199,15 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    public func createPolicy(_ policy: ThrottlePolicy, tenant: String) throws(RPCError) -> ThrottlePolicy {
+    public func createPolicy(_ policy: ThrottlePolicy, tenant: String) async throws(RPCError) -> ThrottlePolicy {
         let (kind, name) = try Self.validate(policy)
         let timestamp = now()
         var stored = policy
         stored.setTenant(tenant)
         stored.stamp(id: UUID().uuidString.lowercased(), created: timestamp, updated: timestamp)
         let record = stored
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 do {
                     try database.policies.insert(record, in: &txn)
                 } catch StorageError.alreadyExists {
@@ -214,12 +220,12 @@ public final class PolicyStore: Sendable {
         return record
     }
 
-    public func updatePolicy(_ policy: ThrottlePolicy, tenant: String) throws(RPCError) -> ThrottlePolicy {
+    public func updatePolicy(_ policy: ThrottlePolicy, tenant: String) async throws(RPCError) -> ThrottlePolicy {
         let (kind, name) = try Self.validate(policy)
         let timestamp = now()
         defer { deploymentLog.committed() }
-        return try storage {
-            try database.database.environment.write { txn in
+        return try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard let existing = try database.policies.get(ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant), in: txn) else {
                     throw RPCError(.notFound, "no \(Self.kindName(kind)) policy named \(name) in tenant \(tenant)")
                 }
@@ -252,9 +258,9 @@ public final class PolicyStore: Sendable {
     /// Deletes a policy nothing uses: an API offering a subscription policy
     /// or naming an advanced one, a subscription on a tier, or an application
     /// on an application policy keeps it.
-    public func deletePolicy(kind: PolicyKind, name: String, tenant: String) throws(RPCError) {
-        try storage {
-            try database.database.environment.write { txn in
+    public func deletePolicy(kind: PolicyKind, name: String, tenant: String) async throws(RPCError) {
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 let key = ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant)
                 guard let existing = try database.policies.get(key, in: txn) else {
                     throw RPCError(.notFound, "no \(Self.kindName(kind)) policy named \(name) in tenant \(tenant)")
@@ -328,7 +334,7 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    public func createBlockCondition(_ condition: BlockCondition, tenant: String) throws(RPCError) -> BlockCondition {
+    public func createBlockCondition(_ condition: BlockCondition, tenant: String) async throws(RPCError) -> BlockCondition {
         try Self.validate(condition)
         let timestamp = now()
         var stored = condition
@@ -337,8 +343,8 @@ public final class PolicyStore: Sendable {
         stored.createdAtUnixMs = timestamp
         stored.updatedAtUnixMs = timestamp
         let record = stored
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 let same = try database.blockConditions.all(index: ApiManagerDatabase.blockConditionsByTenant, prefix: Key(.string(tenant.lowercased())), in: txn)
                     .first { $0.conditionType == record.conditionType && $0.target == record.target && $0.invert == record.invert }
                 if let same { throw RPCError(.alreadyExists, "the same block condition exists already (id \(same.id))") }
@@ -351,11 +357,11 @@ public final class PolicyStore: Sendable {
     }
 
     /// Reads, changes and writes one condition of `tenant` in one transaction.
-    func modifyCondition(_ id: String, tenant: String, _ change: (inout BlockCondition) throws(RPCError) -> Void) throws(RPCError) -> BlockCondition {
+    func modifyCondition(_ id: String, tenant: String, _ change: @escaping @Sendable (inout BlockCondition) throws(RPCError) -> Void) async throws(RPCError) -> BlockCondition {
         let timestamp = now()
         defer { deploymentLog.committed() }
-        return try storage {
-            try database.database.environment.write { txn in
+        return try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard var condition = try database.blockConditions.get(Key(.string(id)), in: txn), condition.tenantDomain == tenant else {
                     throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
                 }
@@ -368,9 +374,9 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    public func updateBlockCondition(_ condition: BlockCondition, tenant: String) throws(RPCError) -> BlockCondition {
+    public func updateBlockCondition(_ condition: BlockCondition, tenant: String) async throws(RPCError) -> BlockCondition {
         try Self.validate(condition)
-        return try modifyCondition(condition.id, tenant: tenant) { stored in
+        return try await modifyCondition(condition.id, tenant: tenant) { stored in
             stored.conditionType = condition.conditionType
             stored.target = condition.target
             stored.invert = condition.invert
@@ -378,8 +384,8 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    public func setBlockConditionEnabled(_ id: String, enabled: Bool, tenant: String) throws(RPCError) -> BlockCondition {
-        try modifyCondition(id, tenant: tenant) { $0.enabled = enabled }
+    public func setBlockConditionEnabled(_ id: String, enabled: Bool, tenant: String) async throws(RPCError) -> BlockCondition {
+        try await modifyCondition(id, tenant: tenant) { $0.enabled = enabled }
     }
 
     public func blockCondition(_ id: String, tenant: String) throws(RPCError) -> BlockCondition {
@@ -390,9 +396,9 @@ public final class PolicyStore: Sendable {
         return condition
     }
 
-    public func deleteBlockCondition(_ id: String, tenant: String) throws(RPCError) {
-        try storage {
-            try database.database.environment.write { txn in
+    public func deleteBlockCondition(_ id: String, tenant: String) async throws(RPCError) {
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard let condition = try database.blockConditions.get(Key(.string(id)), in: txn), condition.tenantDomain == tenant else {
                     throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
                 }
@@ -414,7 +420,11 @@ public final class PolicyStore: Sendable {
     }
 
     func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try withStorageErrors("API manager database", body)
+        try RPCError.catching(body)
+    }
+
+    func storageWrite<Result>(_ body: () async throws -> Result) async throws(RPCError) -> Result {
+        try await RPCError.catching(body)
     }
 }
 

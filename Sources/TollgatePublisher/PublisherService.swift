@@ -1,7 +1,8 @@
 public import RPCCore
 public import TollgateProto
 public import TollgateServices
-import TollgatePolicies
+import TollgateStorage
+import TollgateUsers
 
 /// `tollgate.v1.PublisherService`: the transport-facing side of
 /// ``PublisherStore``. Authorization has already happened (see
@@ -28,16 +29,16 @@ public struct PublisherService: PublisherServiceHandler {
     }
 
     public func createApi(_ request: CreateApiRequest, context: ServerCallContext) async throws -> CreateApiResponse {
-        CreateApiResponse(api: try store.createApi(request.api ?? Api(), actor: Self.actor(context), tenant: context.tenant))
+        CreateApiResponse(api: try await store.createApi(request.api ?? Api(), actor: Self.actor(context), tenant: context.tenant))
     }
 
     public func updateApi(_ request: UpdateApiRequest, context: ServerCallContext) async throws -> UpdateApiResponse {
-        UpdateApiResponse(api: try store.updateApi(request.api ?? Api(), expectedRevision: request.expectedRevision,
+        UpdateApiResponse(api: try await store.updateApi(request.api ?? Api(), expectedRevision: request.expectedRevision,
                                                    actor: Self.actor(context), tenant: context.tenant))
     }
 
     public func deleteApi(_ request: DeleteApiRequest, context: ServerCallContext) async throws -> DeleteApiResponse {
-        try store.deleteApi(request.apiId, tenant: context.tenant)
+        try await store.deleteApi(request.apiId, tenant: context.tenant)
         return DeleteApiResponse()
     }
 
@@ -58,7 +59,7 @@ public struct PublisherService: PublisherServiceHandler {
     }
 
     public func importOpenApi(_ request: ImportOpenApiRequest, context: ServerCallContext) async throws -> ImportOpenApiResponse {
-        let result = try store.importOpenApi(apiID: request.apiId, template: request.apiTemplate ?? Api(), document: request.document,
+        let result = try await store.importOpenApi(apiID: request.apiId, template: request.apiTemplate ?? Api(), document: request.document,
                                              format: request.format, actor: Self.actor(context), tenant: context.tenant)
         return ImportOpenApiResponse(api: result.api, definition: result.definition, warnings: result.warnings)
     }
@@ -70,7 +71,7 @@ public struct PublisherService: PublisherServiceHandler {
     public func changeLifecycle(_ request: ChangeLifecycleRequest, context: ServerCallContext) async throws -> ChangeLifecycleResponse {
         let options = PublisherStore.LifecycleOptions(comment: request.comment, deprecateOldVersions: request.deprecateOldVersions,
                                                       requireResubscription: request.requireResubscription)
-        let result = try store.changeLifecycle(request.apiId, to: request.targetState, options: options, actor: Self.actor(context), tenant: context.tenant)
+        let result = try await store.changeLifecycle(request.apiId, to: request.targetState, options: options, actor: Self.actor(context), tenant: context.tenant)
         return ChangeLifecycleResponse(api: result.api, entry: result.entry)
     }
 
@@ -79,20 +80,20 @@ public struct PublisherService: PublisherServiceHandler {
     }
 
     public func createNewVersion(_ request: CreateNewVersionRequest, context: ServerCallContext) async throws -> CreateNewVersionResponse {
-        CreateNewVersionResponse(api: try store.createNewVersion(request.apiId, version: request.newVersion, defaultVersion: request.defaultVersion,
+        CreateNewVersionResponse(api: try await store.createNewVersion(request.apiId, version: request.newVersion, defaultVersion: request.defaultVersion,
                                                                  actor: Self.actor(context), tenant: context.tenant))
     }
 
     public func addDocument(_ request: AddDocumentRequest, context: ServerCallContext) async throws -> AddDocumentResponse {
-        AddDocumentResponse(document: try store.addDocument(request.document ?? Document(), actor: Self.actor(context), tenant: context.tenant))
+        AddDocumentResponse(document: try await store.addDocument(request.document ?? Document(), actor: Self.actor(context), tenant: context.tenant))
     }
 
     public func updateDocument(_ request: UpdateDocumentRequest, context: ServerCallContext) async throws -> UpdateDocumentResponse {
-        UpdateDocumentResponse(document: try store.updateDocument(request.document ?? Document(), tenant: context.tenant))
+        UpdateDocumentResponse(document: try await store.updateDocument(request.document ?? Document(), tenant: context.tenant))
     }
 
     public func deleteDocument(_ request: DeleteDocumentRequest, context: ServerCallContext) async throws -> DeleteDocumentResponse {
-        try store.deleteDocument(request.documentId, tenant: context.tenant)
+        try await store.deleteDocument(request.documentId, tenant: context.tenant)
         return DeleteDocumentResponse()
     }
 
@@ -113,12 +114,12 @@ public struct PublisherService: PublisherServiceHandler {
     }
 
     public func blockSubscription(_ request: BlockSubscriptionRequest, context: ServerCallContext) async throws -> BlockSubscriptionResponse {
-        BlockSubscriptionResponse(subscription: try store.setSubscriptionStatus(request.subscriptionId, to: request.productionOnly ? .prodOnlyBlocked : .blocked,
+        BlockSubscriptionResponse(subscription: try await store.setSubscriptionStatus(request.subscriptionId, to: request.productionOnly ? .prodOnlyBlocked : .blocked,
                                                                                 tenant: context.tenant))
     }
 
     public func unblockSubscription(_ request: UnblockSubscriptionRequest, context: ServerCallContext) async throws -> UnblockSubscriptionResponse {
-        UnblockSubscriptionResponse(subscription: try store.setSubscriptionStatus(request.subscriptionId, to: .unblocked, tenant: context.tenant))
+        UnblockSubscriptionResponse(subscription: try await store.setSubscriptionStatus(request.subscriptionId, to: .unblocked, tenant: context.tenant))
     }
 
     /// A snapshot when the watcher's revision is 0 or no longer in the log,
@@ -126,25 +127,19 @@ public struct PublisherService: PublisherServiceHandler {
     /// and by polling for other processes' commits.
     public func watchDeployments(_ request: WatchDeploymentsRequest, writer: ResponseWriter<WatchDeploymentsResponse>, context: ServerCallContext) async throws {
         let log = store.deploymentLog
-        // Subscribe before reading, so no commit falls between the read and the wait.
-        let wakeups = log.wakeups()
-        var applied = request.sinceRevision
-        if try applied == 0 || store.storage({ try log.changes(after: applied, limit: 1) }) == nil {
-            let chunks = try store.storage { try log.snapshot(apisPerChunk: snapshotChunkSize) }
-            for chunk in chunks { try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk))) }
-            applied = chunks.last?.revision ?? 0
-        }
-        var iterator = wakeups.makeAsyncIterator()
-        repeat {
-            while true {
-                guard let changes = try store.storage({ try log.changes(after: applied, limit: 256) }) else {
-                    // The log was pruned past this watcher while it lagged: it must start over.
-                    throw RPCError(.aborted, "the deployment log no longer holds revision \(applied + 1): reconnect with since_revision 0 for a new snapshot")
+        do {
+            try await log.log.follow(since: request.sinceRevision, snapshot: {
+                let chunks = try log.snapshot(apisPerChunk: snapshotChunkSize)
+                return (chunks, chunks.last?.revision ?? 0)
+            }, send: { event in
+                switch event {
+                case .snapshot(let chunk): try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk)))
+                case .change(let change): try await writer.write(WatchDeploymentsResponse(frame: .change(change)))
                 }
-                if changes.isEmpty { break }
-                for change in changes { try await writer.write(WatchDeploymentsResponse(frame: .change(change))) }
-                applied = changes[changes.count - 1].revision
-            }
-        } while await iterator.next() != nil && !Task.isCancelled
+            })
+        } catch ChangeLog<DeploymentChange>.FollowError.prunedPast(let revision) {
+            // The log was pruned past this watcher while it lagged: it must start over.
+            throw RPCError(.aborted, "the deployment log no longer holds revision \(revision): reconnect with since_revision 0 for a new snapshot")
+        }
     }
 }

@@ -1,9 +1,10 @@
 import FoundationEssentials
 import LMDBKit
+public import Logging
 public import RPCCore
-public import TollgatePolicies
 public import TollgateProto
 public import TollgateStorage
+public import RoleCore
 
 /// The publisher's logic: APIs (apimgtdb), their definitions, documents and
 /// lifecycle history (regdb), and every change gateways must hear of,
@@ -14,10 +15,14 @@ public import TollgateStorage
 public final class PublisherStore: Sendable {
     public let apimgt: ApiManagerDatabase
     public let registry: RegistryDatabase
-    /// Tiers and advanced policies APIs name; a tenant's defaults are installed on its first API.
-    public let policies: PolicyStore
-    public var deploymentLog: DeploymentLog { policies.deploymentLog }
+    public let deploymentLog: DeploymentLog
+    /// Installs a tenant's default tiers before its first API.
+    let tenants: any TenantProvisioning
+    /// Carries regdb's half of a write that starts in apimgtdb (history,
+    /// definitions, documents of a new version, deletions).
+    public let registryOutbox: Outbox
     let now: @Sendable () -> Int64
+    let logger: Logger?
 
     public static let defaultPageSize = 25
     public static let maxPageSize = 500
@@ -28,17 +33,28 @@ public final class PublisherStore: Sendable {
     /// of long descriptions still fits in one RPC message.
     static let maxPageBytes = 2 << 20
 
-    public init(registry: RegistryDatabase, policies: PolicyStore, now: (@Sendable () -> Int64)? = nil) {
-        self.apimgt = policies.database
+    public init(registry: RegistryDatabase, deploymentLog: DeploymentLog, tenants: any TenantProvisioning,
+                logger: Logger? = nil, now: (@Sendable () -> Int64)? = nil) throws {
+        self.logger = logger
+        self.apimgt = deploymentLog.database
         self.registry = registry
-        self.policies = policies
-        self.now = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+        self.deploymentLog = deploymentLog
+        self.tenants = tenants
+        let clock = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+        self.now = clock
+        self.registryOutbox = try Outbox(source: deploymentLog.database.database, target: registry.database,
+                                         appliers: [Self.registryOperationKind: RegistryOperations(registry: registry).apply], now: clock)
     }
 
     // MARK: APIs
 
     /// Stores a new API in CREATED state, provided by `actor` unless it names another provider.
-    public func createApi(_ draft: Api, actor: String, tenant: String) throws(RPCError) -> Api {
+    public func createApi(_ draft: Api, actor: String, tenant: String) async throws(RPCError) -> Api {
+        try await createApi(draft, actor: actor, tenant: tenant, definition: nil)
+    }
+
+    /// Creates an API, storing `definition` (an imported document) with it.
+    func createApi(_ draft: Api, actor: String, tenant: String, definition: ApiDefinition?) async throws(RPCError) -> Api {
         var api = draft
         api.id = UUID().uuidString.lowercased()
         api.tenantDomain = tenant
@@ -51,22 +67,33 @@ public final class PublisherStore: Sendable {
         api.updatedBy = actor
         api.updatedAtUnixMs = timestamp
         try ApiValidation.normalize(&api)
-        try policies.installDefaults(tenant: tenant)
+        try await tenants.prepare(tenant: tenant)
         let stored = api
-        try apimgtWrite { txn in
+        try await apimgtWrite { [self] txn in
             try checkReferences(stored, in: txn)
             try checkContextOwnership(stored, in: txn)
             try insertApi(stored, in: &txn)
+            try enqueue(.recordHistory(LifecycleHistoryEntries(entries: [
+                LifecycleHistoryEntry(apiId: stored.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
+                                      comment: "created")])), in: &txn)
+            if var definition { 
+                definition.apiId = stored.id
+                try enqueue(.storeDefinition(definition), in: &txn)
+            }
         }
-        try record(LifecycleHistoryEntry(apiId: api.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
-                                         comment: "created"))
         return api
     }
 
     /// Replaces an API's design. Name, version, context, provider and state stay as they are.
-    public func updateApi(_ change: Api, expectedRevision: UInt64?, actor: String, tenant: String) throws(RPCError) -> Api {
+    public func updateApi(_ change: Api, expectedRevision: UInt64?, actor: String, tenant: String) async throws(RPCError) -> Api {
+        try await updateApi(change, expectedRevision: expectedRevision, actor: actor, tenant: tenant, definition: nil)
+    }
+
+    /// Updates an API, storing `definition` (an imported document) with it.
+    func updateApi(_ change: Api, expectedRevision: UInt64?, actor: String, tenant: String,
+                   definition: ApiDefinition?) async throws(RPCError) -> Api {
         let timestamp = now()
-        return try apimgtWrite { txn in
+        return try await apimgtWrite { [self] txn in
             let existing = try tenantApi(change.id, tenant: tenant, in: txn)
             if let expectedRevision, expectedRevision != existing.revision {
                 throw RPCError(.aborted, "API \(existing.name) \(existing.version) changed meanwhile (revision \(existing.revision), not \(expectedRevision)): fetch it again and reapply your change")
@@ -103,13 +130,14 @@ public final class PublisherStore: Sendable {
             }
             _ = try apimgt.apis.put(api, in: &txn)
             try afterWrite(api, previous: existing, in: &txn)
+            if let definition { try enqueue(.storeDefinition(definition), in: &txn) }
             return api
         }
     }
 
     /// Deletes an API with no subscriptions, with its definition, documents and history.
-    public func deleteApi(_ id: String, tenant: String) throws(RPCError) {
-        try apimgtWrite { txn in
+    public func deleteApi(_ id: String, tenant: String) async throws(RPCError) {
+        try await apimgtWrite { [self] txn in
             let api = try tenantApi(id, tenant: tenant, in: txn)
             let subscriptions = try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(id)), in: txn)
             guard subscriptions.isEmpty else {
@@ -119,15 +147,7 @@ public final class PublisherStore: Sendable {
             if DeploymentLog.deployedStates.contains(api.lifecycleState) {
                 try deploymentLog.append(.apiRemoved(api.id), tenant: api.tenantDomain, in: &txn)
             }
-        }
-        try registryWrite { txn in
-            _ = try registry.definitions.delete(Key(.string(id)), in: &txn)
-            for document in try registry.documents.all(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)), in: txn) {
-                _ = try registry.documents.delete(document, in: &txn)
-            }
-            for entry in try registry.lifecycleHistory.list(prefix: Key(.string(id)), pageSize: Int.max, in: txn).items {
-                _ = try registry.lifecycleHistory.delete(entry, in: &txn)
-            }
+            try enqueue(.deleteApiArtifacts(api.id), in: &txn)
         }
     }
 
@@ -294,11 +314,11 @@ public final class PublisherStore: Sendable {
     /// can deprecate the older published versions and, unless re-subscription
     /// is required, subscribes the older versions' applications to this one.
     public func changeLifecycle(_ id: String, to target: LifecycleState, options: LifecycleOptions, actor: String,
-                                tenant: String) throws(RPCError) -> (api: Api, entry: LifecycleHistoryEntry) {
+                                tenant: String) async throws(RPCError) -> (api: Api, entry: LifecycleHistoryEntry) {
         guard Lifecycle.states.contains(target) else {
             throw RPCError(.invalidArgument, "target_state must be one of \(Lifecycle.states.map(Lifecycle.name).joined(separator: ", "))")
         }
-        let (api, entries) = try apimgtWrite { txn -> (Api, [LifecycleHistoryEntry]) in
+        let (api, entries) = try await apimgtWrite { [self] txn -> (Api, [LifecycleHistoryEntry]) in
             // Taken under the write lock, so concurrent moves are stamped in the order they happen.
             let timestamp = now()
             var api = try tenantApi(id, tenant: tenant, in: txn)
@@ -336,29 +356,18 @@ public final class PublisherStore: Sendable {
                     try copySubscriptions(from: others.filter { $0.createdAtUnixMs <= api.createdAtUnixMs }, to: api, at: timestamp, in: &txn)
                 }
             }
+            try enqueue(.recordHistory(LifecycleHistoryEntries(entries: entries)), in: &txn)
             return (api, entries)
         }
-        var recorded: [LifecycleHistoryEntry] = []
-        for entry in entries { recorded.append(try record(entry)) }
-        return (api, recorded[0])
+        // The entry as recorded: a second move within the same millisecond is stamped later.
+        let recorded = try storage { try registry.lifecycleHistory(api: api.id) }
+            .last { $0.toState == target && $0.occurredAtUnixMs >= entries[0].occurredAtUnixMs } ?? entries[0]
+        return (api, recorded)
     }
 
     public func lifecycleHistory(_ id: String, tenant: String) throws(RPCError) -> [LifecycleHistoryEntry] {
         _ = try getApi(id, tenant: tenant)
         return try storage { try registry.lifecycleHistory(api: id) }
-    }
-
-    /// Stores a history entry; a second move of one API within the same
-    /// millisecond is stamped a millisecond later so neither is lost.
-    @discardableResult
-    func record(_ entry: LifecycleHistoryEntry) throws(RPCError) -> LifecycleHistoryEntry {
-        try registryWrite { txn in
-            var entry = entry
-            let last = try registry.lifecycleHistory.list(prefix: Key(.string(entry.apiId)), pageSize: Int.max, in: txn).items.last
-            if let last, last.occurredAtUnixMs >= entry.occurredAtUnixMs { entry.occurredAtUnixMs = last.occurredAtUnixMs + 1 }
-            _ = try registry.lifecycleHistory.put(entry, in: &txn)
-            return entry
-        }
     }
 
     /// Subscriptions of the older versions' applications, copied to a newly
@@ -387,7 +396,7 @@ public final class PublisherStore: Sendable {
 
     /// Copies an API (resources, tiers, endpoints, documents, definition)
     /// under a new version, in CREATED state.
-    public func createNewVersion(_ id: String, version: String, defaultVersion: Bool, actor: String, tenant: String) throws(RPCError) -> Api {
+    public func createNewVersion(_ id: String, version: String, defaultVersion: Bool, actor: String, tenant: String) async throws(RPCError) -> Api {
         try ApiValidation.checkVersion(version)
         let timestamp = now()
         let source = try getApi(id, tenant: tenant)
@@ -402,28 +411,15 @@ public final class PublisherStore: Sendable {
         copy.updatedBy = actor
         copy.updatedAtUnixMs = timestamp
         let api = copy
-        try apimgtWrite { txn in
+        let sourceVersion = source.version
+        try await apimgtWrite { [self] txn in
             try checkReferences(api, in: txn)
             try insertApi(api, in: &txn)
+            try enqueue(.copyApiArtifacts(CopyApiArtifacts(sourceApiId: id, targetApiId: api.id, actor: actor, atUnixMs: timestamp)), in: &txn)
+            try enqueue(.recordHistory(LifecycleHistoryEntries(entries: [
+                LifecycleHistoryEntry(apiId: api.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
+                                      comment: "created as a new version of \(sourceVersion)")])), in: &txn)
         }
-        try registryWrite { txn in
-            if var definition = try registry.definitions.get(Key(.string(id)), in: txn) {
-                definition.apiId = api.id
-                definition.revision = 1
-                definition.updatedAtUnixMs = timestamp
-                _ = try registry.definitions.put(definition, in: &txn)
-            }
-            for var document in try registry.documents.all(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)), in: txn) {
-                document.id = UUID().uuidString.lowercased()
-                document.apiId = api.id
-                document.createdBy = actor
-                document.createdAtUnixMs = timestamp
-                document.updatedAtUnixMs = timestamp
-                try registry.documents.insert(document, in: &txn)
-            }
-        }
-        try record(LifecycleHistoryEntry(apiId: api.id, fromState: .unspecified, toState: .created, actor: actor, occurredAtUnixMs: timestamp,
-                                         comment: "created as a new version of \(source.version)"))
         return api
     }
 
@@ -432,9 +428,13 @@ public final class PublisherStore: Sendable {
     /// Creates an API from an OpenAPI document (`template` supplies what the
     /// document cannot), or replaces an existing API's resources and scopes.
     public func importOpenApi(apiID: String, template: Api, document: String, format: DefinitionFormat, actor: String,
-                              tenant: String) throws(RPCError) -> (api: Api, definition: ApiDefinition, warnings: [String]) {
+                              tenant: String) async throws(RPCError) -> (api: Api, definition: ApiDefinition, warnings: [String]) {
         guard !document.isEmpty else { throw RPCError(.invalidArgument, "document is empty: pass the OpenAPI or Swagger text") }
         let imported = try OpenAPIDocuments.parse(document, format: format)
+        // Stored with the API's change, through the outbox; its revision is
+        // the previous definition's plus one, decided when it is applied.
+        let definition = ApiDefinition(apiId: apiID, format: imported.format, openapiVersion: imported.openapiVersion, document: document,
+                                       updatedAtUnixMs: now())
         var api: Api
         if apiID.isEmpty {
             var draft = template
@@ -447,22 +447,16 @@ public final class PublisherStore: Sendable {
             if draft.context.isEmpty {
                 throw RPCError(.invalidArgument, "a new API needs a context (api_template.context, e.g. /pizzashack): an OpenAPI document does not give one")
             }
-            api = try createApi(draft, actor: actor, tenant: tenant)
+            api = try await createApi(draft, actor: actor, tenant: tenant, definition: definition)
         } else {
             var existing = try getApi(apiID, tenant: tenant)
             let expected = existing.revision
             existing.resources = imported.resources
             if !imported.scopes.isEmpty { existing.scopes = imported.scopes }
-            api = try updateApi(existing, expectedRevision: expected, actor: actor, tenant: tenant)
+            api = try await updateApi(existing, expectedRevision: expected, actor: actor, tenant: tenant, definition: definition)
         }
-        let timestamp = now()
-        let stored = try registryWrite { txn in
-            let previous = try registry.definitions.get(Key(.string(api.id)), in: txn)
-            let definition = ApiDefinition(apiId: api.id, format: imported.format, openapiVersion: imported.openapiVersion, document: document,
-                                           revision: (previous?.revision ?? 0) + 1, updatedAtUnixMs: timestamp)
-            _ = try registry.definitions.put(definition, in: &txn)
-            return definition
-        }
+        let apiID = api.id
+        let stored = try storage { try registry.definition(api: apiID) } ?? definition
         return (api, stored, imported.warnings)
     }
 
@@ -509,7 +503,7 @@ public final class PublisherStore: Sendable {
         }
     }
 
-    public func addDocument(_ draft: Document, actor: String, tenant: String) throws(RPCError) -> Document {
+    public func addDocument(_ draft: Document, actor: String, tenant: String) async throws(RPCError) -> Document {
         var document = draft
         if document.visibility == .unspecified { document.visibility = .apiLevel }
         try Self.checkDocument(document)
@@ -521,7 +515,7 @@ public final class PublisherStore: Sendable {
         document.createdAtUnixMs = timestamp
         document.updatedAtUnixMs = timestamp
         let stored = document
-        try registryWrite { txn in
+        try await registryWrite { [self] txn in
             do {
                 try registry.documents.insert(stored, in: &txn)
             } catch StorageError.uniqueConflict {
@@ -531,12 +525,14 @@ public final class PublisherStore: Sendable {
         return stored
     }
 
-    public func updateDocument(_ change: Document, tenant: String) throws(RPCError) -> Document {
+    public func updateDocument(_ change: Document, tenant: String) async throws(RPCError) -> Document {
         var document = change
         if document.visibility == .unspecified { document.visibility = .apiLevel }
         try Self.checkDocument(document)
         let timestamp = now()
-        return try registryWrite { txn in
+        let requested = document
+        return try await registryWrite { [self] txn in
+            var document = requested
             guard let existing = try registry.documents.get(Key(.string(change.id)), in: txn), existing.tenantDomain == tenant else {
                 throw RPCError(.notFound, "no document \(change.id) in tenant \(tenant)")
             }
@@ -554,8 +550,8 @@ public final class PublisherStore: Sendable {
         }
     }
 
-    public func deleteDocument(_ id: String, tenant: String) throws(RPCError) {
-        try registryWrite { txn in
+    public func deleteDocument(_ id: String, tenant: String) async throws(RPCError) {
+        try await registryWrite { [self] txn in
             guard let existing = try registry.documents.get(Key(.string(id)), in: txn), existing.tenantDomain == tenant else {
                 throw RPCError(.notFound, "no document \(id) in tenant \(tenant)")
             }
@@ -602,9 +598,9 @@ public final class PublisherStore: Sendable {
 
     /// Blocks (both key types, or production keys only) or unblocks one
     /// subscription, and tells gateways to drop what they cached about it.
-    public func setSubscriptionStatus(_ id: String, to status: SubscriptionStatus, tenant: String) throws(RPCError) -> Subscription {
+    public func setSubscriptionStatus(_ id: String, to status: SubscriptionStatus, tenant: String) async throws(RPCError) -> Subscription {
         let timestamp = now()
-        return try apimgtWrite { txn in
+        return try await apimgtWrite { [self] txn in
             guard var subscription = try apimgt.subscriptions.get(Key(.string(id)), in: txn),
                   let api = try apimgt.apis.get(Key(.string(subscription.apiId)), in: txn), api.tenantDomain == tenant else {
                 throw RPCError(.notFound, "no subscription \(id) in tenant \(tenant)")
@@ -717,16 +713,39 @@ public final class PublisherStore: Sendable {
     }
 
     func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try withStorageErrors("publisher database", body)
+        try RPCError.catching(body)
     }
 
-    /// A write to apimgtdb; watchers hear of it once it commits.
-    func apimgtWrite<Result>(_ body: (inout WriteTransaction) throws -> Result) throws(RPCError) -> Result {
-        defer { deploymentLog.committed() }
-        return try storage { try apimgt.database.environment.write(body) }
+    /// The outbox kind of a ``RegistryOperation``.
+    static let registryOperationKind = "publisher.registry"
+
+    /// Records regdb's half of the write in progress (see ``registryOutbox``).
+    func enqueue(_ operation: RegistryOperation.Operation, in txn: inout WriteTransaction) throws {
+        try registryOutbox.enqueue(kind: Self.registryOperationKind, operation: RegistryOperation(operation: operation).serializedBytes(), in: &txn)
     }
 
-    func registryWrite<Result>(_ body: (inout WriteTransaction) throws -> Result) throws(RPCError) -> Result {
-        try storage { try registry.database.environment.write(body) }
+    /// A write to apimgtdb, on its writer. Once it commits, watchers hear of
+    /// it and regdb's half (if any) is applied.
+    func apimgtWrite<Result: Sendable>(_ body: @escaping @Sendable (inout WriteTransaction) throws -> Result) async throws(RPCError) -> Result {
+        let result = try await RPCError.catching { try await apimgt.database.write(body) }
+        deploymentLog.committed()
+        await deliverRegistryOperations()
+        return result
+    }
+
+    /// Applies what apimgtdb's outbox holds for regdb. A failure (a full
+    /// disk) leaves the operations pending: the next write, the periodic
+    /// retry and the next start apply them, so the caller's committed change
+    /// is not reported as failed.
+    public func deliverRegistryOperations() async {
+        do {
+            try await registryOutbox.deliver()
+        } catch {
+            logger?.error("regdb: operations from apimgtdb stay pending and will be retried: \(error)")
+        }
+    }
+
+    func registryWrite<Result: Sendable>(_ body: @escaping @Sendable (inout WriteTransaction) throws -> Result) async throws(RPCError) -> Result {
+        try await RPCError.catching { try await registry.database.write(body) }
     }
 }

@@ -30,10 +30,11 @@ public enum BuiltinRole {
 
     public static let all = [admin, creator, publisher, subscriber]
 
-    /// The permissions of a built-in role in `tenant`.
-    public static func permissions(of role: String, tenant: String) -> [String] {
+    /// The permissions of a built-in role; the super tenant's admin also
+    /// holds the protected, cluster-wide permissions.
+    public static func permissions(of role: String, inSuperTenant: Bool) -> [String] {
         switch role {
-        case admin: tenant == superTenant ? [Permission.admin, Permission.protected] : [Permission.admin]
+        case admin: inSuperTenant ? [Permission.admin, Permission.protected] : [Permission.admin]
         case creator: [Permission.createApis]
         case publisher: [Permission.publishApis]
         case subscriber: [Permission.subscribe]

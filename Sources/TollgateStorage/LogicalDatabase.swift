@@ -37,6 +37,9 @@ public final class LogicalDatabase: Sendable {
     public let schema: Schema
     public let environment: Environment
     let meta: Database
+    /// Where this process runs the environment's write transactions: one
+    /// thread at a time, off the event loops and the cooperative pool.
+    public let writer: BlockingExecutor
 
     static let versionKey = Array("schema_version".utf8)
 
@@ -83,6 +86,22 @@ public final class LogicalDatabase: Sendable {
         self.schema = schema
         self.environment = environment
         self.meta = meta
+        self.writer = BlockingExecutor(name: "tollgate.\(schema.name).writer")
+    }
+
+    /// Runs `body` in a write transaction on the environment's writer and
+    /// commits it. The caller's task waits without holding a thread; writes
+    /// queue in arrival order. `body` may run more than once (map growth) and
+    /// must not suspend or change anything outside the transaction.
+    public func write<Result: Sendable>(_ body: @escaping @Sendable (inout WriteTransaction) throws -> Result) async throws -> Result {
+        let environment = self.environment
+        return try await writer.run { () throws -> Result in try environment.write(body) }
+    }
+
+    /// Runs `body` in a read-only snapshot. Reads take no lock and never wait
+    /// for writers, so they run where the caller is.
+    public func read<Result>(_ body: (borrowing ReadTransaction) throws -> Result) throws -> Result {
+        try environment.read(body)
     }
 
     /// Opens (creating on first use) the record and index databases of a table.

@@ -4,6 +4,7 @@ public import TollgateStorage
 import FoundationEssentials
 import Synchronization
 import LMDBKit
+import Logging
 import TollgateServices
 
 /// Rules for accounts and sessions.
@@ -23,6 +24,7 @@ public struct UserPolicy: Sendable, Hashable {
 /// Users, roles, tenants and sessions over `userdb`: the logic behind
 /// UserService and the session check every RPC server runs.
 public final class UserDirectory: SessionVerifier {
+    // Sendable through SessionVerifier: every stored property is immutable or a Mutex.
     public let database: UserDatabase
     let hasher: SecretHasher
     private let policyState: Mutex<UserPolicy>
@@ -59,9 +61,9 @@ public final class UserDirectory: SessionVerifier {
     /// the first administrator from `admin` when the tenant has none. A
     /// configured admin is never overwritten once created.
     @discardableResult
-    public func bootstrap(admin: (username: String, password: String)?) throws -> BootstrapOutcome {
+    public func bootstrap(admin: (username: String, password: String)?) async throws -> BootstrapOutcome {
         let timestamp = now()
-        try database.database.environment.write { txn in
+        try await database.database.write { [self] txn in
             if try database.tenants.get(UserDatabase.tenantKey(superTenant), in: txn) == nil {
                 try database.tenants.insert(Tenant(domain: superTenant, status: .active, createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp), in: &txn)
             }
@@ -73,7 +75,7 @@ public final class UserDirectory: SessionVerifier {
         user.username = admin.username
         user.roles = [BuiltinRole.admin]
         do throws(RPCError) {
-            _ = try createUser(user, password: admin.password, tenant: superTenant)
+            _ = try await createUser(user, password: admin.password, tenant: superTenant)
         } catch {
             // Another node sharing this userdb may have created it first.
             guard error.code == .alreadyExists else { throw error }
@@ -85,7 +87,7 @@ public final class UserDirectory: SessionVerifier {
     private func installBuiltinRoles(tenant: String, at timestamp: Int64, in txn: inout WriteTransaction) throws {
         for name in BuiltinRole.all where try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) == nil {
             try database.roles.insert(UserRole(tenantDomain: tenant, name: name, description: BuiltinRole.description(of: name),
-                                               permissions: BuiltinRole.permissions(of: name, tenant: tenant), builtin: true,
+                                               permissions: BuiltinRole.permissions(of: name, inSuperTenant: tenant == superTenant), builtin: true,
                                                createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp), in: &txn)
         }
     }
@@ -153,14 +155,14 @@ public final class UserDirectory: SessionVerifier {
     /// Checks the password and opens a session. Wrong passwords count
     /// towards a lock; the error never says whether the user exists.
     public func login(username qualified: String, password: String, defaultTenant: String, origin: SessionOrigin = .rpcLogin,
-                      idleTimeoutMs: Int64 = 0) throws(RPCError) -> LoginResult {
+                      idleTimeoutMs: Int64 = 0) async throws(RPCError) -> LoginResult {
         let (username, tenantDomain) = try resolve(username: qualified, defaultTenant: defaultTenant)
         let invalid = RPCError(.unauthenticated, "invalid username or password")
         guard let tenant = try storage({ try database.tenant(tenantDomain) }) else { throw invalid }
         guard tenant.status == .active else { throw RPCError(.permissionDenied, "tenant \(tenantDomain) is deactivated; sign-in is refused") }
         guard var user = try storage({ try database.user(username, tenant: tenantDomain) }) else {
             // Spend the same time as a real check, so timing does not reveal unknown users.
-            _ = try? hasher.hash(password)
+            _ = try? await derive { [hasher] in try hasher.hash(password) }
             throw invalid
         }
         let timestamp = now()
@@ -181,7 +183,8 @@ public final class UserDirectory: SessionVerifier {
         default:
             throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is disabled")
         }
-        let matches = try storage { try hasher.verify(password, against: user.passwordHash ?? SecretHash()) }
+        let storedHash = user.passwordHash ?? SecretHash()
+        let matches = try await derive { [hasher] in try hasher.verify(password, against: storedHash) }
         guard matches else {
             user.failedLoginCount += 1
             if user.failedLoginCount >= policy.maxFailedLogins {
@@ -190,7 +193,8 @@ public final class UserDirectory: SessionVerifier {
             }
             user.updatedAtUnixMs = timestamp
             let locked = user.status == .locked
-            try storage { try database.database.environment.write { txn in _ = try database.users.put(user, in: &txn) } }
+            let failed = user
+            try await storageWrite { try await database.database.write { [self] txn in _ = try database.users.put(failed, in: &txn) } }
             if locked {
                 throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is now locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(policy.lockoutMs / 60_000) min or ask an administrator to unlock it")
             }
@@ -201,10 +205,10 @@ public final class UserDirectory: SessionVerifier {
                               origin: origin, issuedAtUnixMs: timestamp, expiresAtUnixMs: timestamp + policy.sessionLifetimeMs,
                               idleTimeoutMs: idleTimeoutMs, lastUsedAtUnixMs: timestamp)
         user.failedLoginCount = 0
-        if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? hasher.hash(password) { user.passwordHash = upgraded }
+        if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? await derive({ [hasher] in try hasher.hash(password) }) { user.passwordHash = upgraded }
         let stored = user
-        let granted = try storage {
-            try database.database.environment.write { txn in
+        let granted = try await storageWrite {
+            try await database.database.write { [self] txn in
                 _ = try database.users.put(stored, in: &txn)
                 try database.sessions.insert(session, in: &txn)
                 return try self.permissions(of: stored.roles, tenant: tenantDomain, in: txn)
@@ -213,8 +217,8 @@ public final class UserDirectory: SessionVerifier {
         return LoginResult(token: token, session: session, user: Self.redacted(stored), permissions: granted)
     }
 
-    public func logout(sessionID: [UInt8]) throws(RPCError) {
-        try storage { try database.database.environment.write { txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
+    public func logout(sessionID: [UInt8]) async throws(RPCError) {
+        try await storageWrite { try await database.database.write { [self] txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
     }
 
     // MARK: Users
@@ -254,11 +258,11 @@ public final class UserDirectory: SessionVerifier {
     }
 
     /// Creates a user in `tenant`, who must not exist, holding existing roles.
-    public func createUser(_ template: User, password: String, tenant: String) throws(RPCError) -> User {
+    public func createUser(_ template: User, password: String, tenant: String) async throws(RPCError) -> User {
         try Self.checkUsername(template.username)
         try Self.checkEmail(template.email)
         try checkPassword(password, username: template.username)
-        let hash = try storage { try hasher.hash(password) }
+        let hash = try await derive { [hasher] in try hasher.hash(password) }
         let timestamp = now()
         var user = template
         user.tenantDomain = tenant
@@ -270,8 +274,8 @@ public final class UserDirectory: SessionVerifier {
         user.createdAtUnixMs = timestamp
         user.updatedAtUnixMs = timestamp
         let stored = user
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 for role in stored.roles where try database.roles.get(UserDatabase.roleKey(tenant, role), in: txn) == nil {
                     throw RPCError(.invalidArgument, "role \(role) does not exist in tenant \(tenant)")
                 }
@@ -293,9 +297,9 @@ public final class UserDirectory: SessionVerifier {
     }
 
     /// Replaces profile claims and status. ACTIVE unlocks and clears failed logins.
-    public func updateUser(_ changes: User, tenant: String) throws(RPCError) -> User {
+    public func updateUser(_ changes: User, tenant: String) async throws(RPCError) -> User {
         try Self.checkEmail(changes.email)
-        return try modifyUser(changes.username, tenant: tenant) { user throws(RPCError) in
+        return try await modifyUser(changes.username, tenant: tenant) { user throws(RPCError) in
             user.email = changes.email
             user.givenName = changes.givenName
             user.familyName = changes.familyName
@@ -317,10 +321,10 @@ public final class UserDirectory: SessionVerifier {
     }
 
     /// Reads, changes and writes one user in one transaction.
-    func modifyUser(_ username: String, tenant: String, _ change: (inout User) throws(RPCError) -> Void) throws(RPCError) -> User {
+    func modifyUser(_ username: String, tenant: String, _ change: @escaping @Sendable (inout User) throws(RPCError) -> Void) async throws(RPCError) -> User {
         let timestamp = now()
-        return try storage {
-            try database.database.environment.write { txn in
+        return try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
                 }
@@ -332,12 +336,12 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func deleteUser(_ username: String, tenant: String, by caller: UserPrincipal) throws(RPCError) {
+    public func deleteUser(_ username: String, tenant: String, by caller: UserPrincipal) async throws(RPCError) {
         guard !(caller.username == username && caller.tenant == tenant) else {
             throw RPCError(.failedPrecondition, "you cannot delete your own account")
         }
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard let user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
                 }
@@ -376,22 +380,22 @@ public final class UserDirectory: SessionVerifier {
     }
 
     /// Sets a password. Every session of the user is revoked except `keeping`.
-    public func changePassword(_ username: String, tenant: String, current: String?, new password: String, keeping: [UInt8]?) throws(RPCError) {
+    public func changePassword(_ username: String, tenant: String, current: String?, new password: String, keeping: [UInt8]?) async throws(RPCError) {
         try checkPassword(password, username: username)
-        let hash = try storage { try hasher.hash(password) }
+        let hash = try await derive { [hasher] in try hasher.hash(password) }
         if let current {
             guard let user = try storage({ try database.user(username, tenant: tenant) }),
-                  try storage({ try hasher.verify(current, against: user.passwordHash ?? SecretHash()) }) else {
+                  try await derive({ [hasher] in try hasher.verify(current, against: user.passwordHash ?? SecretHash()) }) else {
                 throw RPCError(.permissionDenied, "the current password is wrong")
             }
         }
         let timestamp = now()
-        _ = try modifyUser(username, tenant: tenant) { user in
+        _ = try await modifyUser(username, tenant: tenant) { user in
             user.passwordHash = hash
             user.passwordChangedAtUnixMs = timestamp
         }
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 for session in try database.sessions.all(index: UserDatabase.sessionsByUser, prefix: UserDatabase.userKey(tenant, username), in: txn)
                 where session.tokenHash != keeping {
                     _ = try database.sessions.delete(session, in: &txn)
@@ -400,10 +404,10 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func assignRoles(_ username: String, tenant: String, add: [String], remove: [String]) throws(RPCError) -> User {
+    public func assignRoles(_ username: String, tenant: String, add: [String], remove: [String]) async throws(RPCError) -> User {
         let timestamp = now()
-        return try storage {
-            try database.database.environment.write { txn in
+        return try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
                 }
@@ -429,7 +433,7 @@ public final class UserDirectory: SessionVerifier {
 
     // MARK: Roles
 
-    public func createRole(_ template: UserRole, tenant: String) throws(RPCError) -> UserRole {
+    public func createRole(_ template: UserRole, tenant: String) async throws(RPCError) -> UserRole {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/")
         guard (1...64).contains(template.name.count), template.name.allSatisfy(allowed.contains) else {
             throw RPCError(.invalidArgument, "role name \"\(template.name)\" is invalid: use 1 to 64 of letters, digits and . _ - /")
@@ -449,8 +453,8 @@ public final class UserDirectory: SessionVerifier {
         role.createdAtUnixMs = timestamp
         role.updatedAtUnixMs = timestamp
         let stored = role
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 do {
                     try database.roles.insert(stored, in: &txn)
                 } catch StorageError.alreadyExists {
@@ -461,9 +465,9 @@ public final class UserDirectory: SessionVerifier {
         return stored
     }
 
-    public func deleteRole(_ name: String, tenant: String) throws(RPCError) {
-        try storage {
-            try database.database.environment.write { txn in
+    public func deleteRole(_ name: String, tenant: String) async throws(RPCError) {
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard let role = try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) else {
                     throw RPCError(.notFound, "no role \(name) in tenant \(tenant)")
                 }
@@ -496,7 +500,7 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func createTenant(_ request: CreateTenantRequest) throws(RPCError) -> Tenant {
+    public func createTenant(_ request: CreateTenantRequest) async throws(RPCError) -> Tenant {
         let domain = request.domain.lowercased()
         try Self.checkDomain(domain)
         try Self.checkUsername(request.adminUsername)
@@ -505,8 +509,8 @@ public final class UserDirectory: SessionVerifier {
         let timestamp = now()
         let tenant = Tenant(domain: domain, status: .active, adminUsername: request.adminUsername, adminEmail: request.adminEmail,
                             createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp)
-        try storage {
-            try database.database.environment.write { txn in
+        try await storageWrite {
+            try await database.database.write { [self] txn in
                 do {
                     try database.tenants.insert(tenant, in: &txn)
                 } catch StorageError.alreadyExists {
@@ -521,7 +525,7 @@ public final class UserDirectory: SessionVerifier {
         admin.givenName = request.adminGivenName
         admin.familyName = request.adminFamilyName
         admin.roles = [BuiltinRole.admin]
-        _ = try createUser(admin, password: request.adminPassword, tenant: domain)
+        _ = try await createUser(admin, password: request.adminPassword, tenant: domain)
         return tenant
     }
 
@@ -534,12 +538,12 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func setTenantStatus(_ domain: String, status: TenantStatus) throws(RPCError) -> Tenant {
+    public func setTenantStatus(_ domain: String, status: TenantStatus) async throws(RPCError) -> Tenant {
         guard status == .active || status == .inactive else { throw RPCError(.invalidArgument, "a tenant is either ACTIVE or INACTIVE") }
         guard domain.lowercased() != superTenant else { throw RPCError(.failedPrecondition, "the super tenant cannot be deactivated") }
         let timestamp = now()
-        return try storage {
-            try database.database.environment.write { txn in
+        return try await storageWrite {
+            try await database.database.write { [self] txn in
                 guard var tenant = try database.tenants.get(UserDatabase.tenantKey(domain), in: txn) else {
                     throw RPCError(.notFound, "no tenant \(domain)")
                 }
@@ -554,6 +558,16 @@ public final class UserDirectory: SessionVerifier {
     /// Runs storage work, passing status errors through and turning anything
     /// else into INTERNAL (the details are for the log, not the caller).
     func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try withStorageErrors("user database", body)
+        try RPCError.catching(body)
+    }
+
+    func storageWrite<Result>(_ body: () async throws -> Result) async throws(RPCError) -> Result {
+        try await RPCError.catching(body)
+    }
+
+    /// Key derivation (scrypt, PBKDF2) on the process's KDF threads: each
+    /// takes tens of milliseconds of a core, which must not be a pool thread.
+    func derive<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws(RPCError) -> Result {
+        try await RPCError.catching { try await BlockingExecutor.keyDerivation.run(body) }
     }
 }

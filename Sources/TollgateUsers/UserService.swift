@@ -17,7 +17,7 @@ public struct UserService: UserServiceHandler {
         guard !request.username.isEmpty, !request.password.isEmpty else {
             throw RPCError(.invalidArgument, "username and password are required")
         }
-        let result = try directory.login(username: request.username, password: request.password, defaultTenant: context.metadata["x-tenant"] ?? superTenant)
+        let result = try await directory.login(username: request.username, password: request.password, defaultTenant: context.metadata["x-tenant"] ?? superTenant)
         return LoginResponse(sessionToken: result.token, expiresAtUnixMs: result.session.expiresAtUnixMs, user: result.user, permissions: result.permissions)
     }
 
@@ -25,7 +25,7 @@ public struct UserService: UserServiceHandler {
         guard let session = try context.requireUser().sessionID else {
             throw RPCError(.failedPrecondition, "this call was authenticated by a certificate; there is no session to end")
         }
-        try directory.logout(sessionID: session)
+        try await directory.logout(sessionID: session)
         return LogoutResponse()
     }
 
@@ -36,15 +36,15 @@ public struct UserService: UserServiceHandler {
     }
 
     public func createUser(_ request: CreateUserRequest, context: ServerCallContext) async throws -> CreateUserResponse {
-        CreateUserResponse(user: try directory.createUser(request.user ?? User(), password: request.password, tenant: context.tenant))
+        CreateUserResponse(user: try await directory.createUser(request.user ?? User(), password: request.password, tenant: context.tenant))
     }
 
     public func updateUser(_ request: UpdateUserRequest, context: ServerCallContext) async throws -> UpdateUserResponse {
-        UpdateUserResponse(user: try directory.updateUser(request.user ?? User(), tenant: context.tenant))
+        UpdateUserResponse(user: try await directory.updateUser(request.user ?? User(), tenant: context.tenant))
     }
 
     public func deleteUser(_ request: DeleteUserRequest, context: ServerCallContext) async throws -> DeleteUserResponse {
-        try directory.deleteUser(request.username, tenant: context.tenant, by: try context.requireUser())
+        try await directory.deleteUser(request.username, tenant: context.tenant, by: try context.requireUser())
         return DeleteUserResponse()
     }
 
@@ -63,23 +63,23 @@ public struct UserService: UserServiceHandler {
         let own = request.username.isEmpty || (request.username == caller.username && context.tenant == caller.tenant)
         if own {
             guard !request.currentPassword.isEmpty else { throw RPCError(.invalidArgument, "the current password is required") }
-            try directory.changePassword(caller.username, tenant: caller.tenant, current: request.currentPassword, new: request.newPassword,
+            try await directory.changePassword(caller.username, tenant: caller.tenant, current: request.currentPassword, new: request.newPassword,
                                          keeping: caller.sessionID)
         } else {
             guard caller.holds(Permission.manageUsers) else {
                 throw RPCError(.permissionDenied, "changing another user's password needs permission \(Permission.manageUsers)")
             }
-            try directory.changePassword(request.username, tenant: context.tenant, current: nil, new: request.newPassword, keeping: nil)
+            try await directory.changePassword(request.username, tenant: context.tenant, current: nil, new: request.newPassword, keeping: nil)
         }
         return ChangePasswordResponse()
     }
 
     public func createRole(_ request: CreateRoleRequest, context: ServerCallContext) async throws -> CreateRoleResponse {
-        CreateRoleResponse(role: try directory.createRole(request.role ?? UserRole(), tenant: context.tenant))
+        CreateRoleResponse(role: try await directory.createRole(request.role ?? UserRole(), tenant: context.tenant))
     }
 
     public func deleteRole(_ request: DeleteRoleRequest, context: ServerCallContext) async throws -> DeleteRoleResponse {
-        try directory.deleteRole(request.name, tenant: context.tenant)
+        try await directory.deleteRole(request.name, tenant: context.tenant)
         return DeleteRoleResponse()
     }
 
@@ -89,11 +89,11 @@ public struct UserService: UserServiceHandler {
     }
 
     public func assignRoles(_ request: AssignRolesRequest, context: ServerCallContext) async throws -> AssignRolesResponse {
-        AssignRolesResponse(user: try directory.assignRoles(request.username, tenant: context.tenant, add: request.addRoles, remove: request.removeRoles))
+        AssignRolesResponse(user: try await directory.assignRoles(request.username, tenant: context.tenant, add: request.addRoles, remove: request.removeRoles))
     }
 
     public func createTenant(_ request: CreateTenantRequest, context: ServerCallContext) async throws -> CreateTenantResponse {
-        CreateTenantResponse(tenant: try directory.createTenant(request))
+        CreateTenantResponse(tenant: try await directory.createTenant(request))
     }
 
     public func listTenants(_ request: ListTenantsRequest, context: ServerCallContext) async throws -> ListTenantsResponse {
@@ -102,6 +102,6 @@ public struct UserService: UserServiceHandler {
     }
 
     public func setTenantStatus(_ request: SetTenantStatusRequest, context: ServerCallContext) async throws -> SetTenantStatusResponse {
-        SetTenantStatusResponse(tenant: try directory.setTenantStatus(request.domain, status: request.status))
+        SetTenantStatusResponse(tenant: try await directory.setTenantStatus(request.domain, status: request.status))
     }
 }

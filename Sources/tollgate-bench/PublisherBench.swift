@@ -9,6 +9,9 @@ import TollgateProto
 import TollgatePublisher
 import TollgateServices
 import TollgateStorage
+import TollgateNode
+import RoleCore
+import Logging
 import TollgateUsers
 
 /// The publisher through real RPC over mutual TLS: API creation and
@@ -21,15 +24,15 @@ func benchPublisher() async throws {
     let data = try temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: data) }
 
-    let directory = UserDirectory(database: try UserDatabase.open(in: data))
-    try directory.bootstrap(admin: ("admin", "bench-Admin-1"))
-    let policies = PolicyStore(database: try ApiManagerDatabase.open(in: data))
-    try policies.installDefaults(tenant: superTenant)
-    let publisher = PublisherStore(registry: try RegistryDatabase.open(in: data), policies: policies)
-    let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
+    // The node's own assembly of the publisher role, as tollgated builds it.
+    try "bench-Admin-1\n".write(toFile: data + "/admin.password", atomically: true, encoding: .utf8)
+    let assembly = try await NodeAssembly.assemble(
+        roles: [.publisher], databases: try Databases.open(dataDirectory: data, only: RoleModules.databases(for: .publisher)),
+        sections: ["users": ConfigSection(values: ["bootstrap_admin": .string("admin"), "bootstrap_password_file": .string(data + "/admin.password")])],
+        logger: Logger(label: "bench"))
+    let access = assembly.access
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    let server = RPCServer(methods: UserService(directory: directory).methodHandlers + PublisherService(store: publisher).methodHandlers,
-                           tls: serverTLS) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
+    let server = RPCServer(methods: assembly.methods, tls: serverTLS) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
     let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
     let connection = try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost", tls: clientTLS, group: group)
     let token = try await UserServiceClient(connection).login(LoginRequest(username: "admin", password: "bench-Admin-1")).sessionToken

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import TollgateNode
+import RoleCore
 
 #if canImport(Glibc)
 import Glibc

@@ -55,10 +55,10 @@ import TollgateUsers
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: data) }
         let directory = UserDirectory(database: try UserDatabase.open(in: data), hasher: SecretHasher(settings: .testing))
-        try directory.bootstrap(admin: ("root", "python-Peer-1"))
+        try await directory.bootstrap(admin: ("root", "python-Peer-1"))
         var rules = AccessTable.rulesByPath
         rules[Echo.expand.path] = .signedIn
-        let access = AccessController(rules: rules, sessions: directory)
+        let access = AccessController(rules: rules, sessions: directory, tenants: SuperTenantAdministration())
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let ping = RPCMethodHandler.unary(NodeServiceDescriptor.ping) { (request: PingRequest, context) in

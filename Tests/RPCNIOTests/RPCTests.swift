@@ -136,9 +136,10 @@ struct Harness {
         await #expect { let _: PingResponse = try await client.unary(Echo.fail, PingRequest()) } throws: { error in
             (error as? RPCError).map { ($0.code, $0.message) == (.notFound, "no such thing") } ?? false
         }
-        // An error the server does not know becomes UNKNOWN with no details.
+        // An error the server does not know becomes INTERNAL pointing at the
+        // server's log; its own text (the cause) never reaches the client.
         await #expect { let _: PingResponse = try await client.unary(Echo.crash, PingRequest()) } throws: { error in
-            (error as? RPCError).map { ($0.code, $0.message) == (.unknown, "") } ?? false
+            (error as? RPCError).map { $0.code == .internal && $0.message.contains("server's log") && $0.cause == nil } ?? false
         }
         let missing = ProtoMethod(service: "tollgate.test.Echo", name: "Missing", inputType: "", outputType: "", clientStreaming: false, serverStreaming: false)
         do {

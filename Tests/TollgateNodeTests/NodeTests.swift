@@ -3,14 +3,15 @@ import Testing
 import TollgateNode
 import TestSupport
 import TollgateStorage
+import RoleCore
 
 @Suite struct NodeTests {
     @Test func eachRoleOpensOnlyItsDatabases() {
-        #expect(Role.gateway.databases.isEmpty)
-        #expect(Role.trafficmanager.databases == [.mbstoredb])
-        #expect(Role.analytics.databases == [.statdb])
-        #expect(Role.keymanager.databases == [.userdb, .apimgtdb, .regdb])
-        #expect(Role.allCases.reduce(into: Set()) { $0.formUnion($1.databases) } == Set(LogicalDatabaseName.allCases))
+        #expect(RoleModules.databases(for: .gateway).isEmpty)
+        #expect(RoleModules.databases(for: .trafficmanager) == [.mbstoredb])
+        #expect(RoleModules.databases(for: .analytics) == [.statdb])
+        #expect(RoleModules.databases(for: .keymanager) == [.userdb, .apimgtdb, .regdb])
+        #expect(Role.allCases.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) } == Set(LogicalDatabaseName.allCases))
     }
 
     @Test func anAllInOneNodeOpensTheFiveDatabases() throws {

@@ -16,14 +16,14 @@ final class PolicyFixture: Sendable {
     let store: PolicyStore
     let transport: InProcessTransport
 
-    init() throws {
+    init() async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-policies-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         directory = UserDirectory(database: try UserDatabase.open(in: path), hasher: SecretHasher(settings: .testing))
-        try directory.bootstrap(admin: ("root", "first-Secret-1"))
+        try await directory.bootstrap(admin: ("root", "first-Secret-1"))
         store = PolicyStore(database: try ApiManagerDatabase.open(in: path))
-        try store.installDefaults(tenant: superTenant)
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
+        _ = try await store.installDefaults(tenant: superTenant)
+        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory, tenants: SuperTenantAdministration())
         transport = InProcessTransport(methods: UserService(directory: directory).methodHandlers + AdminService(store: store).methodHandlers) {
             (context) throws(RPCError) -> Caller in try access.authorize(context)
         }
@@ -71,7 +71,7 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
 
 @Suite struct AdminServiceTests {
     @Test func wso2DefaultsAreInstalled() async throws {
-        let fixture = try PolicyFixture()
+        let fixture = try await PolicyFixture()
         let admin = fixture.admin(as: try await fixture.session("root", "first-Secret-1"))
         let subscription = try await admin.listPolicies(ListPoliciesRequest(kind: .subscription)).policies
         #expect(Set(names(subscription)) == ["Gold", "Silver", "Bronze", "Unauthenticated", "Unlimited"])
@@ -84,12 +84,12 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
         // even for a store opened afresh (a node restart).
         _ = try await admin.deletePolicy(DeletePolicyRequest(policy: PolicyRef(kind: .subscription, name: "Bronze")))
         let restarted = PolicyStore(database: fixture.store.database)
-        #expect(try restarted.installDefaults(tenant: superTenant) == 0)
+        await #expect(try restarted.installDefaults(tenant: superTenant) == 0)
         #expect(!names(try await admin.listPolicies(ListPoliciesRequest(kind: .subscription)).policies).contains("Bronze"))
     }
 
     @Test func policiesAreValidatedCreatedUpdatedAndDeleted() async throws {
-        let fixture = try PolicyFixture()
+        let fixture = try await PolicyFixture()
         let admin = fixture.admin(as: try await fixture.session("root", "first-Secret-1"))
         let platinum = ThrottlePolicy(policy: .subscriptionPolicy(SubscriptionPolicy(
             name: "Platinum", description: "10k a minute", defaultLimit: ThrottleLimit(timeUnit: .minute, unitTime: 1, quota: .requestCount(10_000)),
@@ -128,7 +128,7 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
     }
 
     @Test func aPolicyInUseCannotBeDeleted() async throws {
-        let fixture = try PolicyFixture()
+        let fixture = try await PolicyFixture()
         let admin = fixture.admin(as: try await fixture.session("root", "first-Secret-1"))
         var api = Api(id: "api-1", tenantDomain: superTenant, provider: "root", name: "PizzaShack", version: "1.0.0", context: "/pizzashack")
         api.subscriptionPolicies = ["Gold"]
@@ -138,7 +138,7 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
     }
 
     @Test func blockConditions() async throws {
-        let fixture = try PolicyFixture()
+        let fixture = try await PolicyFixture()
         let admin = fixture.admin(as: try await fixture.session("root", "first-Secret-1"))
         let byContext = try await admin.createBlockCondition(CreateBlockConditionRequest(condition: block(.apiContext, .value("/pizzashack/1.0.0"), enabled: true))).condition!
         let byRange = try await admin.createBlockCondition(CreateBlockConditionRequest(condition: block(.ipRange, .ipRange(IpRange(startAddress: "192.168.1.1", endAddress: "192.168.1.200")), enabled: true, invert: true))).condition!
@@ -164,7 +164,7 @@ func block(_ type: BlockConditionType, _ target: BlockCondition.Target, enabled:
     }
 
     @Test func rolesAndTenantsDecideWhoSeesWhat() async throws {
-        let fixture = try PolicyFixture()
+        let fixture = try await PolicyFixture()
         let root = try await fixture.session("root", "first-Secret-1")
         let users = UserServiceClient(fixture.transport, defaultOptions: root)
         _ = try await users.createUser(CreateUserRequest(user: User(username: "cara", roles: ["creator"]), password: "cara-Secret-1"))

@@ -39,7 +39,7 @@ import TollgateStorage
     /// and never refused when allowed (the handler then answers for itself,
     /// mostly with INVALID_ARGUMENT or NOT_FOUND for the empty request).
     @Test func everyMethodByEveryRole() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         var sessions: [String: CallOptions] = ["admin": try await fixture.session("root")]
         for role in ["creator", "publisher", "subscriber"] { sessions[role] = try await fixture.user("user-\(role)", roles: [role]) }
@@ -89,7 +89,7 @@ import TollgateStorage
     }
 
     @Test func gatewaysAndTrafficManagersMayWatchOtherNodesMayNot() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         for (roles, allowed) in [(["gateway"], true), (["trafficmanager"], true), (["store"], false), (["keymanager", "publisher"], false)] {
             let transport = fixture.transport.calling(as: .node(id: "n1", roles: roles))
@@ -107,7 +107,7 @@ import TollgateStorage
 
 @Suite struct TenantIsolationTests {
     @Test func tenantsCannotSeeOrTouchEachOthersObjects() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let root = try await fixture.session("root")
         _ = try await UserServiceClient(fixture.transport, defaultOptions: root)

@@ -23,7 +23,7 @@ import TollgateStorage
     }
 
     @Test func snapshotThenDeltasThenExactlyTheMissedChanges() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
         let defaults = try store.deploymentLog.currentRevision()
@@ -32,8 +32,8 @@ import TollgateStorage
         // Three deployed APIs, one not: the snapshot (chunks of 2) has the three.
         var ids: [String] = []
         for index in 0..<4 {
-            let api = try store.createApi(sampleApi("Api\(index)", context: "/api\(index)"), actor: "carol", tenant: superTenant)
-            if index < 3 { _ = try store.changeLifecycle(api.id, to: index == 2 ? .prototyped : .published, options: .init(), actor: "paul", tenant: superTenant) }
+            let api = try await store.createApi(sampleApi("Api\(index)", context: "/api\(index)"), actor: "carol", tenant: superTenant)
+            if index < 3 { _ = try await store.changeLifecycle(api.id, to: index == 2 ? .prototyped : .published, options: .init(), actor: "paul", tenant: superTenant) }
             ids.append(api.id)
         }
         let (task, feed) = watch(fixture, since: 0)
@@ -46,10 +46,10 @@ import TollgateStorage
         #expect(snapshots.last?.policies.count == 13)
 
         // Deltas arrive as they happen, in order.
-        _ = try store.changeLifecycle(ids[3], to: .published, options: .init(), actor: "paul", tenant: superTenant)
-        _ = try store.changeLifecycle(ids[0], to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
-        _ = try fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.1")), tenant: superTenant)
-        _ = try store.changeLifecycle(ids[1], to: .created, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await store.changeLifecycle(ids[3], to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await store.changeLifecycle(ids[0], to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.1")), tenant: superTenant)
+        _ = try await store.changeLifecycle(ids[1], to: .created, options: .init(), actor: "paul", tenant: superTenant)
         try await feed.wait(for: "four changes") { _, changes in changes.count == 4 }
         var changes = await feed.changes
         #expect(changes.map(\.revision) == Array((defaults + 4)...(defaults + 7)))
@@ -60,10 +60,10 @@ import TollgateStorage
         // More changes while nobody watches; a watcher resuming from what it
         // applied gets exactly those, with no snapshot.
         let resumeFrom = changes.last!.revision
-        try fixture.policies.deletePolicy(kind: .subscription, name: "Bronze", tenant: superTenant)
+        try await fixture.policies.deletePolicy(kind: .subscription, name: "Bronze", tenant: superTenant)
         var gold = try fixture.policies.policy(kind: .subscription, name: "Gold", tenant: superTenant)
         if case .subscriptionPolicy(var p)? = gold.policy { p.description = "more"; gold.policy = .subscriptionPolicy(p) }
-        _ = try fixture.policies.updatePolicy(gold, tenant: superTenant)
+        _ = try await fixture.policies.updatePolicy(gold, tenant: superTenant)
         let (again, resumed) = watch(fixture, since: resumeFrom)
         try await resumed.wait(for: "the two missed changes") { _, changes in changes.count == 2 }
         try await Task.sleep(for: .milliseconds(50))
@@ -74,16 +74,16 @@ import TollgateStorage
     }
 
     @Test func advancedPolicyChangesResendTheApisUsingThem() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         var draft = sampleApi()
         draft.apiPolicy = "10KPerMin"
-        let api = try fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
-        let published = try fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let api = try await fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
+        let published = try await fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         let revision = try fixture.publisher.deploymentLog.currentRevision()
         var policy = try fixture.policies.policy(kind: .advanced, name: "10KPerMin", tenant: superTenant)
         if case .advancedPolicy(var p)? = policy.policy { p.description = "changed"; policy.policy = .advancedPolicy(p) }
-        _ = try fixture.policies.updatePolicy(policy, tenant: superTenant)
+        _ = try await fixture.policies.updatePolicy(policy, tenant: superTenant)
         let changes = try #require(try fixture.publisher.deploymentLog.changes(after: revision, limit: 10))
         #expect(changes.map(kind) == ["policy+", "api+PizzaShack/1.0.0"])
         guard case .apiUpserted(let deployed)? = changes[1].change else { return }
@@ -93,22 +93,22 @@ import TollgateStorage
     }
 
     @Test func defaultVersionMovesAndTenantsGetTheirPrefix() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        try fixture.policies.installDefaults(tenant: "acme.com")
+        try await fixture.policies.installDefaults(tenant: "acme.com")
         var first = sampleApi()
         first.defaultVersion = true
-        let v1 = try store.createApi(first, actor: "carol", tenant: "acme.com")
-        _ = try store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
-        let v2 = try store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: "acme.com")
+        let v1 = try await store.createApi(first, actor: "carol", tenant: "acme.com")
+        _ = try await store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
+        let v2 = try await store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: "acme.com")
         // Changing the deployed 1.0.0 meanwhile leaves 2.0.0's mark alone.
         var change = try store.getApi(v1.id, tenant: "acme.com")
         change.description = "still the default"
-        _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: "acme.com")
+        _ = try await store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: "acme.com")
         #expect(try store.getApi(v2.id, tenant: "acme.com").defaultVersion)
         let before = try store.deploymentLog.currentRevision()
-        _ = try store.changeLifecycle(v2.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
+        _ = try await store.changeLifecycle(v2.id, to: .published, options: .init(), actor: "paul", tenant: "acme.com")
         #expect(try store.getApi(v1.id, tenant: "acme.com").defaultVersion == false)
         let changes = try #require(try store.deploymentLog.changes(after: before, limit: 10))
         let upserts = changes.compactMap { change -> DeployedApi? in
@@ -120,14 +120,14 @@ import TollgateStorage
     }
 
     @Test func largeApisAreSplitAcrossChunksAndPages() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
         for index in 0..<40 {
             var api = sampleApi("Big\(index)", context: "/big\(index)")
             api.description = String(repeating: "long description ", count: 3_800)  // about 64 KB
-            let stored = try store.createApi(api, actor: "carol", tenant: superTenant)
-            _ = try store.changeLifecycle(stored.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+            let stored = try await store.createApi(api, actor: "carol", tenant: superTenant)
+            _ = try await store.changeLifecycle(stored.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         }
         let chunks = try store.deploymentLog.snapshot()
         #expect(chunks.count >= 3 && chunks.flatMap(\.apis).count == 40)
@@ -148,18 +148,18 @@ import TollgateStorage
     }
 
     @Test func revisionsStayMonotonicAcrossRestarts() async throws {
-        var first: PublisherFixture? = try PublisherFixture()
+        var first: PublisherFixture? = try await PublisherFixture()
         let path = first!.path
-        let api = try first!.publisher.createApi(sampleApi(), actor: "carol", tenant: superTenant)
-        _ = try first!.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let api = try await first!.publisher.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        _ = try await first!.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         let before = try first!.publisher.deploymentLog.currentRevision()
         first = nil
 
         // A new process over the same files: the counter continues from the log.
-        let second = try PublisherFixture(path: path)
+        let second = try await PublisherFixture(path: path)
         defer { second.remove() }
         #expect(try second.publisher.deploymentLog.currentRevision() == before)
-        _ = try second.publisher.changeLifecycle(api.id, to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await second.publisher.changeLifecycle(api.id, to: .blocked, options: .init(), actor: "paul", tenant: superTenant)
         let after = try #require(try second.publisher.deploymentLog.changes(after: before, limit: 10))
         #expect(after.map(\.revision) == [before + 1])
 
@@ -171,13 +171,13 @@ import TollgateStorage
     }
 
     @Test func aWatcherBehindTheRetainedLogGetsASnapshot() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let apimgt = fixture.publisher.apimgt
         let shortLog = DeploymentLog(database: apimgt, retainedChanges: 5)
         let policies = PolicyStore(database: apimgt, deploymentLog: shortLog)
         for index in 0..<12 {
-            _ = try policies.createBlockCondition(BlockCondition(conditionType: .ip, target: .value("10.0.0.\(index)")), tenant: superTenant)
+            _ = try await policies.createBlockCondition(BlockCondition(conditionType: .ip, target: .value("10.0.0.\(index)")), tenant: superTenant)
         }
         let current = try shortLog.currentRevision()
         #expect(try shortLog.changes(after: 1, limit: 10) == nil, "pruned: a snapshot is needed")

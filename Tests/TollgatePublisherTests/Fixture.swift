@@ -19,17 +19,17 @@ final class PublisherFixture: Sendable {
     let transport: InProcessTransport
     static let password = "first-Secret-1"
 
-    init(path existing: String? = nil) throws {
+    init(path existing: String? = nil) async throws {
         path = existing ?? FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-publisher-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         directory = UserDirectory(database: try UserDatabase.open(in: path), hasher: SecretHasher(settings: .testing))
-        try directory.bootstrap(admin: ("root", Self.password))
+        try await directory.bootstrap(admin: ("root", Self.password))
         let apimgt = try ApiManagerDatabase.open(in: path)
         let log = DeploymentLog(database: apimgt)
         policies = PolicyStore(database: apimgt, deploymentLog: log)
-        try policies.installDefaults(tenant: superTenant)
-        publisher = PublisherStore(registry: try RegistryDatabase.open(in: path), policies: policies)
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
+        _ = try await policies.installDefaults(tenant: superTenant)
+        publisher = try PublisherStore(registry: try RegistryDatabase.open(in: path), deploymentLog: log, tenants: policies)
+        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory, tenants: SuperTenantAdministration())
         transport = InProcessTransport(methods: UserService(directory: directory).methodHandlers + AdminService(store: policies).methodHandlers
                                        + PublisherService(store: publisher, snapshotChunkSize: 2).methodHandlers) {
             (context) throws(RPCError) -> Caller in try access.authorize(context)

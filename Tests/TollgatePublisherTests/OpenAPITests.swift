@@ -140,7 +140,7 @@ let swaggerJSON = """
     }
 
     @Test func openApi3ImportsTheRightResourcesAndExportsBackEquivalently() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let creator = fixture.publisherClient(try await fixture.user("carol", roles: ["creator"]))
         let imported = try await creator.importOpenApi(ImportOpenApiRequest(apiTemplate: template("/petstore"), document: petStoreYAML))
@@ -175,10 +175,10 @@ let swaggerJSON = """
     }
 
     @Test func swagger2ImportsAndExportsAsOpenApi3() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let result = try store.importOpenApi(apiID: "", template: template("/menu"), document: swaggerJSON, format: .unspecified, actor: "carol", tenant: superTenant)
+        let result = try await store.importOpenApi(apiID: "", template: template("/menu"), document: swaggerJSON, format: .unspecified, actor: "carol", tenant: superTenant)
         #expect(result.definition.openapiVersion == "2.0" && result.definition.format == .json)
         let resources = result.api.resources.map { "\(ApiValidation.verbName($0.verb)) \($0.uriTemplate) \($0.authType) [\($0.throttlingPolicy)] \($0.scope)" }
         #expect(resources == ["GET /items/{itemId} any [] menu_read", "PUT /items/{itemId} none [] "])
@@ -188,16 +188,16 @@ let swaggerJSON = """
         #expect(exported.document.hasPrefix("openapi: \"3.0.3\"\n"), "\(exported.document.prefix(40))")
         #expect(exported.document.contains("#/components/schemas/Item") && !exported.document.contains("#/definitions/"))
         #expect(exported.document.contains("requestBody"))
-        let reimported = try store.importOpenApi(apiID: "", template: template("/menu2", name: "Menu again"), document: exported.document, format: .yaml, actor: "carol", tenant: superTenant)
+        let reimported = try await store.importOpenApi(apiID: "", template: template("/menu2", name: "Menu again"), document: exported.document, format: .yaml, actor: "carol", tenant: superTenant)
         #expect(reimported.api.resources == result.api.resources && reimported.api.scopes == result.api.scopes)
     }
 
     @Test func importReplacesAnExistingApisResources() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let api = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
-        let result = try store.importOpenApi(apiID: api.id, template: Api(), document: petStoreYAML, format: .yaml, actor: "carol", tenant: superTenant)
+        let api = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        let result = try await store.importOpenApi(apiID: api.id, template: Api(), document: petStoreYAML, format: .yaml, actor: "carol", tenant: superTenant)
         #expect(result.api.id == api.id && result.api.name == "PizzaShack" && result.api.resources.count == 5 && result.api.revision == 2)
         #expect(try store.exportOpenApi(api.id, format: .unspecified, tenant: superTenant).format == .yaml, "the stored format by default")
     }
@@ -212,10 +212,10 @@ let swaggerJSON = """
         ("openapi: 3.0.0\ninfo: {title: x, version: '1'}\npaths: {/m: {get: {x-scope: missing}}}", "missing"),
     ])
     func badDocumentsAreRefusedClearly(_ document: String, _ fragment: String) async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         do {
-            _ = try fixture.publisher.importOpenApi(apiID: "", template: template("/bad"), document: document, format: .unspecified, actor: "carol", tenant: superTenant)
+            _ = try await fixture.publisher.importOpenApi(apiID: "", template: template("/bad"), document: document, format: .unspecified, actor: "carol", tenant: superTenant)
             Issue.record("accepted: \(document)")
         } catch {
             #expect(error.code == .invalidArgument)

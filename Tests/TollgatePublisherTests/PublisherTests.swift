@@ -10,7 +10,7 @@ import TollgateStorage
 
 @Suite struct ApiDesignTests {
     @Test func createGetUpdateDelete() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let creator = fixture.publisherClient(try await fixture.user("carol", roles: ["creator"]))
         let created = try #require(try await creator.createApi(CreateApiRequest(api: sampleApi())).api)
@@ -59,63 +59,63 @@ import TollgateStorage
         ({ @Sendable (api: inout Api) in api.visibility = .restricted }, "visible_roles"),
     ] as [(@Sendable (inout Api) -> Void, String)])
     func validationNamesTheProblem(_ breakIt: @Sendable (inout Api) -> Void, _ fragment: String) async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         var api = sampleApi()
         breakIt(&api)
         let draft = api
         await expectStatus(.invalidArgument, fragment) {
-            _ = try fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
+            _ = try await fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
         }
     }
 
     @Test func contextsAndNamesAreUniquePerTenant() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
-        _ = try fixture.publisher.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        _ = try await fixture.publisher.createApi(sampleApi(), actor: "carol", tenant: superTenant)
         await expectStatus(.alreadyExists, "PizzaShack version 1.0.0 already exists") {
-            _ = try fixture.publisher.createApi(sampleApi(context: "/pizza2"), actor: "carol", tenant: superTenant)
+            _ = try await fixture.publisher.createApi(sampleApi(context: "/pizza2"), actor: "carol", tenant: superTenant)
         }
         await expectStatus(.alreadyExists, "context /pizzashack") {
-            _ = try fixture.publisher.createApi(sampleApi("Other", version: "2.0.0"), actor: "carol", tenant: superTenant)
+            _ = try await fixture.publisher.createApi(sampleApi("Other", version: "2.0.0"), actor: "carol", tenant: superTenant)
         }
         // The same API's next version shares its context.
-        _ = try fixture.publisher.createApi(sampleApi(version: "2.0.0"), actor: "carol", tenant: superTenant)
+        _ = try await fixture.publisher.createApi(sampleApi(version: "2.0.0"), actor: "carol", tenant: superTenant)
         // Another tenant may use the same name and context.
-        _ = try fixture.publisher.createApi(sampleApi(), actor: "dave", tenant: "acme.com")
+        _ = try await fixture.publisher.createApi(sampleApi(), actor: "dave", tenant: "acme.com")
     }
 
     @Test func contextsOfDifferentApisMayNotNest() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        _ = try store.createApi(sampleApi("Pizza", version: "v1", context: "/pizza"), actor: "carol", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("Pizza", version: "v1", context: "/pizza"), actor: "carol", tenant: superTenant)
         // /pizza/v1 would also be where Pizza v1 is served.
         await expectStatus(.alreadyExists, "overlaps context /pizza") {
-            _ = try store.createApi(sampleApi("Other", context: "/pizza/v1"), actor: "dave", tenant: superTenant)
+            _ = try await store.createApi(sampleApi("Other", context: "/pizza/v1"), actor: "dave", tenant: superTenant)
         }
-        _ = try store.createApi(sampleApi("Deep", context: "/food/italian/pizza"), actor: "dave", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("Deep", context: "/food/italian/pizza"), actor: "dave", tenant: superTenant)
         await expectStatus(.alreadyExists, "overlaps context /food/italian/pizza") {
-            _ = try store.createApi(sampleApi("Food", context: "/food"), actor: "dave", tenant: superTenant)
+            _ = try await store.createApi(sampleApi("Food", context: "/food"), actor: "dave", tenant: superTenant)
         }
         // A sibling that only shares a prefix of characters is fine.
-        _ = try store.createApi(sampleApi("Pizzeria", context: "/pizzeria"), actor: "dave", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("Pizzeria", context: "/pizzeria"), actor: "dave", tenant: superTenant)
     }
 
     @Test func updatesKeepTheProviderAndTheTiersPeopleUse() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let api = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        let api = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
         var change = api
         change.provider = "mallory"
-        #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).provider == "carol")
+        await #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).provider == "carol")
 
-        _ = try store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         change = try store.getApi(api.id, tenant: superTenant)
         change.subscriptionPolicies = []
         await expectStatus(.failedPrecondition, "at least one subscription policy") {
-            _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
+            _ = try await store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
         }
         try store.apimgt.database.environment.write { txn in
             try store.apimgt.subscriptions.insert(Subscription(id: "sub-1", tenantDomain: superTenant, apiId: api.id, applicationId: "app-1",
@@ -123,35 +123,35 @@ import TollgateStorage
         }
         change.subscriptionPolicies = ["Unlimited"]
         await expectStatus(.failedPrecondition, "tier Gold cannot be removed") {
-            _ = try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
+            _ = try await store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant)
         }
         change.subscriptionPolicies = ["Gold"]
-        #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).subscriptionPolicies == ["Gold"])
+        await #expect(try store.updateApi(change, expectedRevision: nil, actor: "carol", tenant: superTenant).subscriptionPolicies == ["Gold"])
     }
 
     @Test func sizesAreBounded() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         var api = sampleApi()
         api.resources = (0...ApiValidation.maxResources).map { ApiResource(uriTemplate: "/r\($0)", verb: .get) }
         let tooMany = api
-        await expectStatus(.invalidArgument, "at most 1000 resources") { _ = try fixture.publisher.createApi(tooMany, actor: "carol", tenant: superTenant) }
+        await expectStatus(.invalidArgument, "at most 1000 resources") { _ = try await fixture.publisher.createApi(tooMany, actor: "carol", tenant: superTenant) }
         api = sampleApi()
         api.tags = (0...ApiValidation.maxTags).map { "tag\($0)" }
         let tags = api
-        await expectStatus(.invalidArgument, "at most 50 tags") { _ = try fixture.publisher.createApi(tags, actor: "carol", tenant: superTenant) }
+        await expectStatus(.invalidArgument, "at most 50 tags") { _ = try await fixture.publisher.createApi(tags, actor: "carol", tenant: superTenant) }
         api = sampleApi()
         api.provider = String(repeating: "p", count: 97)
         let provider = api
-        await expectStatus(.invalidArgument, "not a username") { _ = try fixture.publisher.createApi(provider, actor: "carol", tenant: superTenant) }
+        await expectStatus(.invalidArgument, "not a username") { _ = try await fixture.publisher.createApi(provider, actor: "carol", tenant: superTenant) }
         api = sampleApi()
         api.scopes = (0..<20).map { ApiScope(key: "s\($0)", description: String(repeating: "x", count: 60_000)) }
         let large = api
-        await expectStatus(.invalidArgument, "larger than 1 MiB") { _ = try fixture.publisher.createApi(large, actor: "carol", tenant: superTenant) }
+        await expectStatus(.invalidArgument, "larger than 1 MiB") { _ = try await fixture.publisher.createApi(large, actor: "carol", tenant: superTenant) }
     }
 
     @Test func tenantNamesIgnoreCase() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let root = try await fixture.session("root")
         _ = try await UserServiceClient(fixture.transport, defaultOptions: root)
@@ -164,28 +164,28 @@ import TollgateStorage
     }
 
     @Test func newVersionCopiesResourcesDocumentsAndDefinition() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let original = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
-        _ = try store.addDocument(Document(apiId: original.id, name: "Getting started", documentType: .howTo, sourceType: .markdown,
+        let original = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        _ = try await store.addDocument(Document(apiId: original.id, name: "Getting started", documentType: .howTo, sourceType: .markdown,
                                            body: .text("# Hello")), actor: "carol", tenant: superTenant)
-        let copy = try store.createNewVersion(original.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: superTenant)
+        let copy = try await store.createNewVersion(original.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: superTenant)
         #expect(copy.version == "2.0.0" && copy.id != original.id && copy.lifecycleState == .created && copy.defaultVersion)
         #expect(copy.resources == original.resources && copy.subscriptionPolicies == original.subscriptionPolicies && copy.context == original.context)
         let documents = try store.listDocuments(api: copy.id, pageSize: 0, pageToken: [], tenant: superTenant).documents
         #expect(documents.map(\.name) == ["Getting started"])
         #expect(try store.document(documents[0].id, tenant: superTenant).body == .text("# Hello"))
         await expectStatus(.alreadyExists) {
-            _ = try store.createNewVersion(original.id, version: "2.0.0", defaultVersion: false, actor: "carol", tenant: superTenant)
+            _ = try await store.createNewVersion(original.id, version: "2.0.0", defaultVersion: false, actor: "carol", tenant: superTenant)
         }
     }
 
     @Test func documentsOfEveryKind() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let api = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        let api = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
         let kinds: [(DocumentType, DocumentSourceType, Document.Body)] = [
             (.howTo, .inline, .text("<p>How</p>")), (.samples, .markdown, .text("```sh\ncurl\n```")),
             (.publicForum, .url, .url("https://forum.example.com")), (.supportForum, .url, .url("https://support.example.com")),
@@ -193,23 +193,23 @@ import TollgateStorage
             (.swagger, .inline, .text("openapi")), (.other, .inline, .text("other")),
         ]
         for (index, (type, source, body)) in kinds.enumerated() {
-            _ = try store.addDocument(Document(apiId: api.id, name: "doc \(index)", documentType: type, otherTypeName: type == .other ? "Changelog" : "",
+            _ = try await store.addDocument(Document(apiId: api.id, name: "doc \(index)", documentType: type, otherTypeName: type == .other ? "Changelog" : "",
                                                visibility: .ownerOnly, sourceType: source, body: body), actor: "carol", tenant: superTenant)
         }
         let listed = try store.listDocuments(api: api.id, pageSize: 0, pageToken: [], tenant: superTenant).documents
         #expect(listed.count == kinds.count && listed.allSatisfy { $0.body == nil })
         await expectStatus(.invalidArgument, "disagree") {
-            _ = try store.addDocument(Document(apiId: api.id, name: "bad", documentType: .howTo, sourceType: .url, body: .text("x")),
+            _ = try await store.addDocument(Document(apiId: api.id, name: "bad", documentType: .howTo, sourceType: .url, body: .text("x")),
                                       actor: "carol", tenant: superTenant)
         }
         await expectStatus(.alreadyExists, "doc 0") {
-            _ = try store.addDocument(Document(apiId: api.id, name: "doc 0", documentType: .howTo, sourceType: .inline, body: .text("x")),
+            _ = try await store.addDocument(Document(apiId: api.id, name: "doc 0", documentType: .howTo, sourceType: .inline, body: .text("x")),
                                       actor: "carol", tenant: superTenant)
         }
         var first = try store.document(listed[0].id, tenant: superTenant)
         first.summary = "changed"
-        #expect(try store.updateDocument(first, tenant: superTenant).summary == "changed")
-        try store.deleteDocument(first.id, tenant: superTenant)
+        await #expect(try store.updateDocument(first, tenant: superTenant).summary == "changed")
+        try await store.deleteDocument(first.id, tenant: superTenant)
         await expectStatus(.notFound) { _ = try store.document(first.id, tenant: superTenant) }
     }
 }
@@ -231,26 +231,26 @@ import TollgateStorage
     ]
 
     @Test func everyMoveIsAllowedOrRefusedAsWSO2Does() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
         var checked = 0
         for from in Lifecycle.states {
             for to in Lifecycle.states {
-                let api = try store.createApi(sampleApi("Api\(checked)", context: "/api\(checked)"), actor: "carol", tenant: superTenant)
+                let api = try await store.createApi(sampleApi("Api\(checked)", context: "/api\(checked)"), actor: "carol", tenant: superTenant)
                 for step in Self.paths[from]! {
-                    _ = try store.changeLifecycle(api.id, to: step, options: .init(), actor: "paul", tenant: superTenant)
+                    _ = try await store.changeLifecycle(api.id, to: step, options: .init(), actor: "paul", tenant: superTenant)
                 }
                 let pair = "\(Lifecycle.name(from))>\(Lifecycle.name(to))"
                 if Self.allowed.contains(pair) {
-                    let result = try store.changeLifecycle(api.id, to: to, options: .init(comment: pair), actor: "paul", tenant: superTenant)
+                    let result = try await store.changeLifecycle(api.id, to: to, options: .init(comment: pair), actor: "paul", tenant: superTenant)
                     #expect(result.api.lifecycleState == to, "\(pair)")
                     #expect(result.entry.fromState == from && result.entry.toState == to && result.entry.actor == "paul" && result.entry.comment == pair)
                     let history = try store.lifecycleHistory(api.id, tenant: superTenant)
                     #expect(history.map(\.toState) == [.created] + Self.paths[from]! + [to], "\(pair)")
                 } else {
                     await expectStatus(.failedPrecondition, "cannot move from \(Lifecycle.name(from)) to \(Lifecycle.name(to))", comment: "\(pair)") {
-                        _ = try store.changeLifecycle(api.id, to: to, options: .init(), actor: "paul", tenant: superTenant)
+                        _ = try await store.changeLifecycle(api.id, to: to, options: .init(), actor: "paul", tenant: superTenant)
                     }
                     #expect(try store.getApi(api.id, tenant: superTenant).lifecycleState == from, "\(pair) left the state alone")
                 }
@@ -259,66 +259,66 @@ import TollgateStorage
         }
         #expect(checked == 36)
         await expectStatus(.invalidArgument, "target_state") {
-            _ = try store.changeLifecycle(try store.createApi(sampleApi("Last", context: "/last"), actor: "c", tenant: superTenant).id,
+            _ = try await store.changeLifecycle(try store.createApi(sampleApi("Last", context: "/last"), actor: "c", tenant: superTenant).id,
                                           to: .unspecified, options: .init(), actor: "paul", tenant: superTenant)
         }
     }
 
     @Test func publishingNeedsAnEndpointAndATier() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         var draft = sampleApi()
         draft.productionEndpoints = nil
         draft.subscriptionPolicies = []
-        let api = try fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
+        let api = try await fixture.publisher.createApi(draft, actor: "carol", tenant: superTenant)
         await expectStatus(.failedPrecondition, "no production or sandbox endpoint") {
-            _ = try fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+            _ = try await fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         }
         var withEndpoint = api
         withEndpoint.sandboxEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "http://sandbox.local:8080")))
-        _ = try fixture.publisher.updateApi(withEndpoint, expectedRevision: nil, actor: "carol", tenant: superTenant)
+        _ = try await fixture.publisher.updateApi(withEndpoint, expectedRevision: nil, actor: "carol", tenant: superTenant)
         await expectStatus(.failedPrecondition, "offers no subscription policy") {
-            _ = try fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+            _ = try await fixture.publisher.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         }
         // Prototyping needs no tier: nobody subscribes to a prototype.
-        _ = try fixture.publisher.changeLifecycle(api.id, to: .prototyped, options: .init(), actor: "paul", tenant: superTenant)
+        _ = try await fixture.publisher.changeLifecycle(api.id, to: .prototyped, options: .init(), actor: "paul", tenant: superTenant)
     }
 
     @Test func publishOptionsDeprecateOldVersionsAndCarrySubscriptionsOver() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let v1 = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
-        _ = try store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let v1 = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        _ = try await store.changeLifecycle(v1.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
         try store.apimgt.database.environment.write { txn in
             for (index, tier) in ["Gold", "Bronze"].enumerated() {
                 try store.apimgt.subscriptions.insert(Subscription(id: "sub-\(index)", tenantDomain: superTenant, apiId: v1.id, applicationId: "app-\(index)",
                                                                    throttlingPolicy: tier, status: .unblocked), in: &txn)
             }
         }
-        let v2 = try store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: superTenant)
-        _ = try store.changeLifecycle(v2.id, to: .published, options: .init(deprecateOldVersions: true), actor: "paul", tenant: superTenant)
+        let v2 = try await store.createNewVersion(v1.id, version: "2.0.0", defaultVersion: true, actor: "carol", tenant: superTenant)
+        _ = try await store.changeLifecycle(v2.id, to: .published, options: .init(deprecateOldVersions: true), actor: "paul", tenant: superTenant)
         #expect(try store.getApi(v1.id, tenant: superTenant).lifecycleState == .deprecated)
         #expect(try store.lifecycleHistory(v1.id, tenant: superTenant).last?.toState == .deprecated)
         // Gold is offered by 2.0.0 too, Bronze is not: only the Gold subscriber moves over.
         let carried = try store.listSubscriptions(api: v2.id, pageSize: 0, pageToken: [], tenant: superTenant).subscriptions
         #expect(carried.map(\.applicationId) == ["app-0"] && carried[0].apiVersion == "2.0.0")
 
-        let v3 = try store.createNewVersion(v2.id, version: "3.0.0", defaultVersion: false, actor: "carol", tenant: superTenant)
-        _ = try store.changeLifecycle(v3.id, to: .published, options: .init(requireResubscription: true), actor: "paul", tenant: superTenant)
+        let v3 = try await store.createNewVersion(v2.id, version: "3.0.0", defaultVersion: false, actor: "carol", tenant: superTenant)
+        _ = try await store.changeLifecycle(v3.id, to: .published, options: .init(requireResubscription: true), actor: "paul", tenant: superTenant)
         #expect(try store.listSubscriptions(api: v3.id, pageSize: 0, pageToken: [], tenant: superTenant).subscriptions.isEmpty)
         #expect(try store.getApi(v2.id, tenant: superTenant).lifecycleState == .published, "not deprecated without the option")
         #expect(try store.getApi(v2.id, tenant: superTenant).defaultVersion)
 
         // Deleting is refused while subscriptions exist.
-        await expectStatus(.failedPrecondition, "subscription") { try store.deleteApi(v1.id, tenant: superTenant) }
+        await expectStatus(.failedPrecondition, "subscription") { try await store.deleteApi(v1.id, tenant: superTenant) }
     }
 
     @Test func blockAndUnblockSubscriptions() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        let api = try store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
+        let api = try await store.createApi(sampleApi(), actor: "carol", tenant: superTenant)
         try store.apimgt.database.environment.write { txn in
             try store.apimgt.subscriptions.insert(Subscription(id: "sub-1", tenantDomain: superTenant, apiId: api.id, applicationId: "app-1",
                                                                throttlingPolicy: "Gold", status: .unblocked), in: &txn)
@@ -335,15 +335,15 @@ import TollgateStorage
 
 @Suite struct ListAndSearchTests {
     @Test func listFiltersAndPages() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
         var ids: [String] = []
         for index in 0..<30 {
-            let api = try store.createApi(sampleApi(String(format: "Api%02d", index), context: "/api\(index)", tags: index % 3 == 0 ? ["payments"] : ["maps"]),
+            let api = try await store.createApi(sampleApi(String(format: "Api%02d", index), context: "/api\(index)", tags: index % 3 == 0 ? ["payments"] : ["maps"]),
                                           actor: index % 2 == 0 ? "alice" : "bob", tenant: superTenant)
             ids.append(api.id)
-            if index % 5 == 0 { _ = try store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant) }
+            if index % 5 == 0 { _ = try await store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant) }
         }
         var seen: [String] = []
         var token: [UInt8] = []
@@ -364,15 +364,15 @@ import TollgateStorage
     }
 
     @Test func searchMatchesWordsAndFields() async throws {
-        let fixture = try PublisherFixture()
+        let fixture = try await PublisherFixture()
         defer { fixture.remove() }
         let store = fixture.publisher
-        _ = try store.createApi(sampleApi("PizzaShackAPI", context: "/pizzashack", tags: ["food", "Delivery"]), actor: "alice", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("PizzaShackAPI", context: "/pizzashack", tags: ["food", "Delivery"]), actor: "alice", tenant: superTenant)
         var weather = sampleApi("WeatherService", version: "2.1", context: "/weather/forecast", tags: ["maps"])
         weather.description = "Forecasts for every city"
-        _ = try store.createApi(weather, actor: "bob", tenant: superTenant)
-        _ = try store.createApi(sampleApi("PizzaShackAPI", version: "2.0.0", context: "/pizzashack", tags: []), actor: "bob", tenant: superTenant)
-        _ = try store.createApi(sampleApi("Hidden", context: "/hidden", tags: ["food"]), actor: "eve", tenant: "acme.com")
+        _ = try await store.createApi(weather, actor: "bob", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("PizzaShackAPI", version: "2.0.0", context: "/pizzashack", tags: []), actor: "bob", tenant: superTenant)
+        _ = try await store.createApi(sampleApi("Hidden", context: "/hidden", tags: ["food"]), actor: "eve", tenant: "acme.com")
 
         func search(_ query: String) throws -> [String] {
             try store.searchApis(query: query, pageSize: 0, pageToken: [], tenant: superTenant).apis.map { "\($0.name) \($0.version)" }

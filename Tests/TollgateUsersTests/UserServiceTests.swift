@@ -20,14 +20,14 @@ final class UserFixture: Sendable {
     let clock = TestClock()
     let transport: InProcessTransport
 
-    init() throws {
+    init() async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-users-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         let clock = self.clock
         directory = UserDirectory(database: try UserDatabase.open(in: path), hasher: SecretHasher(settings: .testing),
                                   now: { clock.now() })
-        try directory.bootstrap(admin: ("root", "first-Secret-1"))
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory)
+        try await directory.bootstrap(admin: ("root", "first-Secret-1"))
+        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory, tenants: SuperTenantAdministration())
         transport = InProcessTransport(methods: UserService(directory: directory).methodHandlers) { (context) throws(RPCError) -> Caller in
             try access.authorize(context)
         }
@@ -58,8 +58,8 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
 
 @Suite struct UserServiceTests {
     @Test func bootstrapInstallsTheSuperTenantRolesAndFirstAdminOnce() async throws {
-        let fixture = try UserFixture()
-        #expect(try fixture.directory.bootstrap(admin: ("other", "another-Secret-2")) == .adminExists)
+        let fixture = try await UserFixture()
+        #expect(try await fixture.directory.bootstrap(admin: ("other", "another-Secret-2")) == .adminExists)
         let roles = try fixture.directory.database.roles(tenant: superTenant).map(\.name).sorted()
         #expect(roles == BuiltinRole.all.sorted())
         let token = try await fixture.login("root", "first-Secret-1")
@@ -72,11 +72,11 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: empty) }
         let fresh = UserDirectory(database: try UserDatabase.open(in: empty), hasher: SecretHasher(settings: .testing))
-        #expect(try fresh.bootstrap(admin: nil) == .noAdmin)
+        #expect(try await fresh.bootstrap(admin: nil) == .noAdmin)
     }
 
     @Test func loginLogoutAndTokens() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         await #expect(performing: { try await fixture.login("root", "wrong-Password-9") }, throws: status(.unauthenticated, "invalid username or password"))
         await #expect(performing: { try await fixture.login("nobody", "wrong-Password-9") }, throws: status(.unauthenticated, "invalid username or password"))
         let token = try await fixture.login("root", "first-Secret-1")
@@ -93,7 +93,7 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func repeatedFailuresLockTheAccountForAWhile() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         for _ in 0..<4 {
             await #expect(performing: { try await fixture.login("root", "wrong-Password-9") }, throws: status(.unauthenticated))
         }
@@ -105,7 +105,7 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func rolesDecideWhatUsersMayDo() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         let admin = fixture.client(token: try await fixture.login("root", "first-Secret-1"))
         _ = try await admin.createUser(CreateUserRequest(user: User(username: "sam", email: "sam@example.com", roles: ["subscriber"]), password: "sam-Secret-1"))
         let sam = fixture.client(token: try await fixture.login("sam", "sam-Secret-1"))
@@ -124,7 +124,7 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func validationSaysWhatIsWrong() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         let admin = fixture.client(token: try await fixture.login("root", "first-Secret-1"))
         await #expect(performing: { try await admin.createUser(CreateUserRequest(user: User(username: "ann"), password: "short1")) },
                       throws: status(.invalidArgument, "8 to 128 characters"))
@@ -142,7 +142,7 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func passwordChangesEndOtherSessions() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         let first = try await fixture.login("root", "first-Secret-1")
         let second = try await fixture.login("root", "first-Secret-1")
         await #expect(performing: { try await fixture.client(token: first).changePassword(ChangePasswordRequest(currentPassword: "nope-Nope-1", newPassword: "next-Secret-2")) },
@@ -154,7 +154,7 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func tenantsAreIsolated() async throws {
-        let fixture = try UserFixture()
+        let fixture = try await UserFixture()
         let root = fixture.client(token: try await fixture.login("root", "first-Secret-1"))
         _ = try await root.createTenant(CreateTenantRequest(domain: "example.com", adminUsername: "boss", adminPassword: "boss-Secret-1", adminEmail: "boss@example.com"))
         await #expect(performing: { try await root.createTenant(CreateTenantRequest(domain: "Not A Domain", adminUsername: "x", adminPassword: "boss-Secret-1")) },
@@ -177,8 +177,8 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
     }
 
     @Test func certificatesIdentifyNodesAndAdmins() async throws {
-        let fixture = try UserFixture()
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: fixture.directory)
+        let fixture = try await UserFixture()
+        let access = AccessController(rules: AccessTable.rulesByPath, sessions: fixture.directory, tenants: SuperTenantAdministration())
         func context(_ method: ProtoMethod, peer: PeerIdentity?) -> ServerCallContext {
             ServerCallContext(method: method, metadata: Metadata(), peer: peer, deadline: nil)
         }

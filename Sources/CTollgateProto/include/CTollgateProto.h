@@ -13,6 +13,7 @@
 #include "tollgate/v1/node_service.pb-c.h"
 #include "tollgate/v1/publisher_service.pb-c.h"
 #include "tollgate/v1/rpc.pb-c.h"
+#include "tollgate/v1/storage.pb-c.h"
 #include "tollgate/v1/store_service.pb-c.h"
 #include "tollgate/v1/throttling.pb-c.h"
 #include "tollgate/v1/traffic_manager_service.pb-c.h"

@@ -831,6 +831,73 @@ public struct ApiDefinition: ProtoMessage {
     }
 }
 
+/// `tollgate.v1.LifecycleHistoryEntries`
+public struct LifecycleHistoryEntries: ProtoMessage {
+    public static let protoName = "tollgate.v1.LifecycleHistoryEntries"
+
+    /// Field 1.
+    public var entries: [LifecycleHistoryEntry] = []
+
+    public init() {}
+
+    public init(
+        entries: [LifecycleHistoryEntry] = []
+    ) {
+        self.entries = entries
+    }
+}
+
+/// `tollgate.v1.CopyApiArtifacts`
+public struct CopyApiArtifacts: ProtoMessage {
+    public static let protoName = "tollgate.v1.CopyApiArtifacts"
+
+    /// Field 1.
+    public var sourceApiId: String = ""
+    /// Field 2.
+    public var targetApiId: String = ""
+    /// Field 3.
+    public var actor: String = ""
+    /// Field 4.
+    public var atUnixMs: Int64 = 0
+
+    public init() {}
+
+    public init(
+        sourceApiId: String = "",
+        targetApiId: String = "",
+        actor: String = "",
+        atUnixMs: Int64 = 0
+    ) {
+        self.sourceApiId = sourceApiId
+        self.targetApiId = targetApiId
+        self.actor = actor
+        self.atUnixMs = atUnixMs
+    }
+}
+
+/// `tollgate.v1.RegistryOperation`
+public struct RegistryOperation: ProtoMessage {
+    public static let protoName = "tollgate.v1.RegistryOperation"
+
+    public var operation: Operation? = nil
+
+    public init() {}
+
+    public init(
+        operation: Operation? = nil
+    ) {
+        self.operation = operation
+    }
+
+    /// The `operation` oneof: at most one of these is set.
+    public enum Operation: Hashable, Sendable {
+        case recordHistory(LifecycleHistoryEntries)
+        case deleteApiArtifacts(String)
+        case copyApiArtifacts(CopyApiArtifacts)
+        case storeDefinition(ApiDefinition)
+    }
+}
+
 extension EndpointSuspension {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
         self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension()) { (message: UnsafePointer<Tollgate__V1__EndpointSuspension>) throws(ProtoDecodingError) in
@@ -1366,5 +1433,114 @@ extension ApiDefinition {
         self.document = try ProtoDecode.string(c.pointee.document, field: "document", in: Self.protoName)
         self.revision = c.pointee.revision
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+    }
+}
+
+extension LifecycleHistoryEntries {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entries()) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntries>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntries> {
+        let c = arena.allocate(Tollgate__V1__LifecycleHistoryEntries.self)
+        tollgate__v1__lifecycle_history_entries__init(c)
+        c.pointee.n_entries = self.entries.count
+        c.pointee.entries = arena.messages(self.entries) { $0._cMessage(in: arena) }
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__LifecycleHistoryEntries>) throws(ProtoDecodingError) {
+        self.init()
+        self.entries = try ProtoDecode.messages(c.pointee.entries, count: c.pointee.n_entries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try LifecycleHistoryEntry(_cMessage: element) }
+    }
+}
+
+extension CopyApiArtifacts {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__copy_api_artifacts()) { (message: UnsafePointer<Tollgate__V1__CopyApiArtifacts>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CopyApiArtifacts> {
+        let c = arena.allocate(Tollgate__V1__CopyApiArtifacts.self)
+        tollgate__v1__copy_api_artifacts__init(c)
+        c.pointee.source_api_id = arena.cString(self.sourceApiId)
+        c.pointee.target_api_id = arena.cString(self.targetApiId)
+        c.pointee.actor = arena.cString(self.actor)
+        c.pointee.at_unix_ms = self.atUnixMs
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__CopyApiArtifacts>) throws(ProtoDecodingError) {
+        self.init()
+        self.sourceApiId = try ProtoDecode.string(c.pointee.source_api_id, field: "source_api_id", in: Self.protoName)
+        self.targetApiId = try ProtoDecode.string(c.pointee.target_api_id, field: "target_api_id", in: Self.protoName)
+        self.actor = try ProtoDecode.string(c.pointee.actor, field: "actor", in: Self.protoName)
+        self.atUnixMs = c.pointee.at_unix_ms
+    }
+}
+
+extension RegistryOperation {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__registry_operation()) { (message: UnsafePointer<Tollgate__V1__RegistryOperation>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegistryOperation> {
+        let c = arena.allocate(Tollgate__V1__RegistryOperation.self)
+        tollgate__v1__registry_operation__init(c)
+        switch self.operation {
+        case nil: break
+        case .recordHistory(let value)?:
+            c.pointee.operation_case = .init(rawValue: 1)
+            c.pointee.record_history = value._cMessage(in: arena)
+        case .deleteApiArtifacts(let value)?:
+            c.pointee.operation_case = .init(rawValue: 2)
+            c.pointee.delete_api_artifacts = arena.cString(value)
+        case .copyApiArtifacts(let value)?:
+            c.pointee.operation_case = .init(rawValue: 3)
+            c.pointee.copy_api_artifacts = value._cMessage(in: arena)
+        case .storeDefinition(let value)?:
+            c.pointee.operation_case = .init(rawValue: 4)
+            c.pointee.store_definition = value._cMessage(in: arena)
+        }
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__RegistryOperation>) throws(ProtoDecodingError) {
+        self.init()
+        switch c.pointee.operation_case.rawValue {
+        case 1:
+            if let value = c.pointee.record_history { self.operation = .recordHistory(try LifecycleHistoryEntries(_cMessage: value)) }
+        case 2:
+            self.operation = .deleteApiArtifacts(try ProtoDecode.string(c.pointee.delete_api_artifacts, field: "delete_api_artifacts", in: Self.protoName))
+        case 3:
+            if let value = c.pointee.copy_api_artifacts { self.operation = .copyApiArtifacts(try CopyApiArtifacts(_cMessage: value)) }
+        case 4:
+            if let value = c.pointee.store_definition { self.operation = .storeDefinition(try ApiDefinition(_cMessage: value)) }
+        default: break
+        }
     }
 }

@@ -592,6 +592,141 @@ void   tollgate__v1__api_definition__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__api_definition__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__lifecycle_history_entries__init
+                     (Tollgate__V1__LifecycleHistoryEntries         *message)
+{
+  static const Tollgate__V1__LifecycleHistoryEntries init_value = TOLLGATE__V1__LIFECYCLE_HISTORY_ENTRIES__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__lifecycle_history_entries__get_packed_size
+                     (const Tollgate__V1__LifecycleHistoryEntries *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__lifecycle_history_entries__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__lifecycle_history_entries__pack
+                     (const Tollgate__V1__LifecycleHistoryEntries *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__lifecycle_history_entries__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__lifecycle_history_entries__pack_to_buffer
+                     (const Tollgate__V1__LifecycleHistoryEntries *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__lifecycle_history_entries__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__LifecycleHistoryEntries *
+       tollgate__v1__lifecycle_history_entries__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__LifecycleHistoryEntries *)
+     protobuf_c_message_unpack (&tollgate__v1__lifecycle_history_entries__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__lifecycle_history_entries__free_unpacked
+                     (Tollgate__V1__LifecycleHistoryEntries *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__lifecycle_history_entries__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__copy_api_artifacts__init
+                     (Tollgate__V1__CopyApiArtifacts         *message)
+{
+  static const Tollgate__V1__CopyApiArtifacts init_value = TOLLGATE__V1__COPY_API_ARTIFACTS__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__copy_api_artifacts__get_packed_size
+                     (const Tollgate__V1__CopyApiArtifacts *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__copy_api_artifacts__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__copy_api_artifacts__pack
+                     (const Tollgate__V1__CopyApiArtifacts *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__copy_api_artifacts__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__copy_api_artifacts__pack_to_buffer
+                     (const Tollgate__V1__CopyApiArtifacts *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__copy_api_artifacts__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__CopyApiArtifacts *
+       tollgate__v1__copy_api_artifacts__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__CopyApiArtifacts *)
+     protobuf_c_message_unpack (&tollgate__v1__copy_api_artifacts__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__copy_api_artifacts__free_unpacked
+                     (Tollgate__V1__CopyApiArtifacts *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__copy_api_artifacts__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__registry_operation__init
+                     (Tollgate__V1__RegistryOperation         *message)
+{
+  static const Tollgate__V1__RegistryOperation init_value = TOLLGATE__V1__REGISTRY_OPERATION__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__registry_operation__get_packed_size
+                     (const Tollgate__V1__RegistryOperation *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__registry_operation__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__registry_operation__pack
+                     (const Tollgate__V1__RegistryOperation *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__registry_operation__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__registry_operation__pack_to_buffer
+                     (const Tollgate__V1__RegistryOperation *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__registry_operation__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__RegistryOperation *
+       tollgate__v1__registry_operation__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__RegistryOperation *)
+     protobuf_c_message_unpack (&tollgate__v1__registry_operation__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__registry_operation__free_unpacked
+                     (Tollgate__V1__RegistryOperation *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__registry_operation__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tollgate__v1__endpoint_suspension__field_descriptors[7] =
 {
   {
@@ -2119,6 +2254,198 @@ const ProtobufCMessageDescriptor tollgate__v1__api_definition__descriptor =
   tollgate__v1__api_definition__field_indices_by_name,
   1,  tollgate__v1__api_definition__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__api_definition__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__lifecycle_history_entries__field_descriptors[1] =
+{
+  {
+    "entries",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__LifecycleHistoryEntries, n_entries),
+    offsetof(Tollgate__V1__LifecycleHistoryEntries, entries),
+    &tollgate__v1__lifecycle_history_entry__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__lifecycle_history_entries__field_indices_by_name[] = {
+  0,   /* field[0] = entries */
+};
+static const ProtobufCIntRange tollgate__v1__lifecycle_history_entries__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__lifecycle_history_entries__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.LifecycleHistoryEntries",
+  "LifecycleHistoryEntries",
+  "Tollgate__V1__LifecycleHistoryEntries",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__LifecycleHistoryEntries),
+  1,
+  tollgate__v1__lifecycle_history_entries__field_descriptors,
+  tollgate__v1__lifecycle_history_entries__field_indices_by_name,
+  1,  tollgate__v1__lifecycle_history_entries__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__lifecycle_history_entries__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__copy_api_artifacts__field_descriptors[4] =
+{
+  {
+    "source_api_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__CopyApiArtifacts, source_api_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "target_api_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__CopyApiArtifacts, target_api_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "actor",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__CopyApiArtifacts, actor),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "at_unix_ms",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__CopyApiArtifacts, at_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__copy_api_artifacts__field_indices_by_name[] = {
+  2,   /* field[2] = actor */
+  3,   /* field[3] = at_unix_ms */
+  0,   /* field[0] = source_api_id */
+  1,   /* field[1] = target_api_id */
+};
+static const ProtobufCIntRange tollgate__v1__copy_api_artifacts__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__copy_api_artifacts__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.CopyApiArtifacts",
+  "CopyApiArtifacts",
+  "Tollgate__V1__CopyApiArtifacts",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__CopyApiArtifacts),
+  4,
+  tollgate__v1__copy_api_artifacts__field_descriptors,
+  tollgate__v1__copy_api_artifacts__field_indices_by_name,
+  1,  tollgate__v1__copy_api_artifacts__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__copy_api_artifacts__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__registry_operation__field_descriptors[4] =
+{
+  {
+    "record_history",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__RegistryOperation, operation_case),
+    offsetof(Tollgate__V1__RegistryOperation, record_history),
+    &tollgate__v1__lifecycle_history_entries__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "delete_api_artifacts",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tollgate__V1__RegistryOperation, operation_case),
+    offsetof(Tollgate__V1__RegistryOperation, delete_api_artifacts),
+    NULL,
+    &protobuf_c_empty_string,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "copy_api_artifacts",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__RegistryOperation, operation_case),
+    offsetof(Tollgate__V1__RegistryOperation, copy_api_artifacts),
+    &tollgate__v1__copy_api_artifacts__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "store_definition",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__RegistryOperation, operation_case),
+    offsetof(Tollgate__V1__RegistryOperation, store_definition),
+    &tollgate__v1__api_definition__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__registry_operation__field_indices_by_name[] = {
+  2,   /* field[2] = copy_api_artifacts */
+  1,   /* field[1] = delete_api_artifacts */
+  0,   /* field[0] = record_history */
+  3,   /* field[3] = store_definition */
+};
+static const ProtobufCIntRange tollgate__v1__registry_operation__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__registry_operation__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.RegistryOperation",
+  "RegistryOperation",
+  "Tollgate__V1__RegistryOperation",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__RegistryOperation),
+  4,
+  tollgate__v1__registry_operation__field_descriptors,
+  tollgate__v1__registry_operation__field_indices_by_name,
+  1,  tollgate__v1__registry_operation__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__registry_operation__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue tollgate__v1__api_visibility__enum_values_by_number[4] =

@@ -29,6 +29,9 @@ typedef struct Tollgate__V1__Api Tollgate__V1__Api;
 typedef struct Tollgate__V1__ApiListing Tollgate__V1__ApiListing;
 typedef struct Tollgate__V1__LifecycleHistoryEntry Tollgate__V1__LifecycleHistoryEntry;
 typedef struct Tollgate__V1__ApiDefinition Tollgate__V1__ApiDefinition;
+typedef struct Tollgate__V1__LifecycleHistoryEntries Tollgate__V1__LifecycleHistoryEntries;
+typedef struct Tollgate__V1__CopyApiArtifacts Tollgate__V1__CopyApiArtifacts;
+typedef struct Tollgate__V1__RegistryOperation Tollgate__V1__RegistryOperation;
 
 
 /* --- enums --- */
@@ -539,6 +542,72 @@ struct  Tollgate__V1__ApiDefinition
     , (char *)protobuf_c_empty_string, TOLLGATE__V1__DEFINITION_FORMAT__DEFINITION_FORMAT_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0 }
 
 
+/*
+ * Entries for one API's lifecycle history.
+ */
+struct  Tollgate__V1__LifecycleHistoryEntries
+{
+  ProtobufCMessage base;
+  size_t n_entries;
+  Tollgate__V1__LifecycleHistoryEntry **entries;
+};
+#define TOLLGATE__V1__LIFECYCLE_HISTORY_ENTRIES__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__lifecycle_history_entries__descriptor) \
+    , 0,NULL }
+
+
+/*
+ * Copies an API's registry artifacts (its definition and documents) to a
+ * new version of it.
+ */
+struct  Tollgate__V1__CopyApiArtifacts
+{
+  ProtobufCMessage base;
+  char *source_api_id;
+  char *target_api_id;
+  char *actor;
+  int64_t at_unix_ms;
+};
+#define TOLLGATE__V1__COPY_API_ARTIFACTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__copy_api_artifacts__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+
+
+typedef enum {
+  TOLLGATE__V1__REGISTRY_OPERATION__OPERATION__NOT_SET = 0,
+  TOLLGATE__V1__REGISTRY_OPERATION__OPERATION_RECORD_HISTORY = 1,
+  TOLLGATE__V1__REGISTRY_OPERATION__OPERATION_DELETE_API_ARTIFACTS = 2,
+  TOLLGATE__V1__REGISTRY_OPERATION__OPERATION_COPY_API_ARTIFACTS = 3,
+  TOLLGATE__V1__REGISTRY_OPERATION__OPERATION_STORE_DEFINITION = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__REGISTRY_OPERATION__OPERATION__CASE)
+} Tollgate__V1__RegistryOperation__OperationCase;
+
+/*
+ * What the publisher writes to regdb because of a change it committed in
+ * apimgtdb; carried through apimgtdb's outbox (docs/storage.md).
+ */
+struct  Tollgate__V1__RegistryOperation
+{
+  ProtobufCMessage base;
+  Tollgate__V1__RegistryOperation__OperationCase operation_case;
+  union {
+    Tollgate__V1__LifecycleHistoryEntries *record_history;
+    /*
+     * The id of a deleted API: its definition, documents and history go too.
+     */
+    char *delete_api_artifacts;
+    Tollgate__V1__CopyApiArtifacts *copy_api_artifacts;
+    /*
+     * Stores (or replaces) an API's imported definition.
+     */
+    Tollgate__V1__ApiDefinition *store_definition;
+  };
+};
+#define TOLLGATE__V1__REGISTRY_OPERATION__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__registry_operation__descriptor) \
+    , TOLLGATE__V1__REGISTRY_OPERATION__OPERATION__NOT_SET, {0} }
+
+
 /* Tollgate__V1__EndpointSuspension methods */
 void   tollgate__v1__endpoint_suspension__init
                      (Tollgate__V1__EndpointSuspension         *message);
@@ -786,6 +855,63 @@ Tollgate__V1__ApiDefinition *
 void   tollgate__v1__api_definition__free_unpacked
                      (Tollgate__V1__ApiDefinition *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__LifecycleHistoryEntries methods */
+void   tollgate__v1__lifecycle_history_entries__init
+                     (Tollgate__V1__LifecycleHistoryEntries         *message);
+size_t tollgate__v1__lifecycle_history_entries__get_packed_size
+                     (const Tollgate__V1__LifecycleHistoryEntries   *message);
+size_t tollgate__v1__lifecycle_history_entries__pack
+                     (const Tollgate__V1__LifecycleHistoryEntries   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__lifecycle_history_entries__pack_to_buffer
+                     (const Tollgate__V1__LifecycleHistoryEntries   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__LifecycleHistoryEntries *
+       tollgate__v1__lifecycle_history_entries__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__lifecycle_history_entries__free_unpacked
+                     (Tollgate__V1__LifecycleHistoryEntries *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__CopyApiArtifacts methods */
+void   tollgate__v1__copy_api_artifacts__init
+                     (Tollgate__V1__CopyApiArtifacts         *message);
+size_t tollgate__v1__copy_api_artifacts__get_packed_size
+                     (const Tollgate__V1__CopyApiArtifacts   *message);
+size_t tollgate__v1__copy_api_artifacts__pack
+                     (const Tollgate__V1__CopyApiArtifacts   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__copy_api_artifacts__pack_to_buffer
+                     (const Tollgate__V1__CopyApiArtifacts   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__CopyApiArtifacts *
+       tollgate__v1__copy_api_artifacts__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__copy_api_artifacts__free_unpacked
+                     (Tollgate__V1__CopyApiArtifacts *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__RegistryOperation methods */
+void   tollgate__v1__registry_operation__init
+                     (Tollgate__V1__RegistryOperation         *message);
+size_t tollgate__v1__registry_operation__get_packed_size
+                     (const Tollgate__V1__RegistryOperation   *message);
+size_t tollgate__v1__registry_operation__pack
+                     (const Tollgate__V1__RegistryOperation   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__registry_operation__pack_to_buffer
+                     (const Tollgate__V1__RegistryOperation   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__RegistryOperation *
+       tollgate__v1__registry_operation__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__registry_operation__free_unpacked
+                     (Tollgate__V1__RegistryOperation *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tollgate__V1__EndpointSuspension_Closure)
@@ -827,6 +953,15 @@ typedef void (*Tollgate__V1__LifecycleHistoryEntry_Closure)
 typedef void (*Tollgate__V1__ApiDefinition_Closure)
                  (const Tollgate__V1__ApiDefinition *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__LifecycleHistoryEntries_Closure)
+                 (const Tollgate__V1__LifecycleHistoryEntries *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__CopyApiArtifacts_Closure)
+                 (const Tollgate__V1__CopyApiArtifacts *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__RegistryOperation_Closure)
+                 (const Tollgate__V1__RegistryOperation *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -853,6 +988,9 @@ extern const ProtobufCMessageDescriptor tollgate__v1__api__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__api_listing__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__lifecycle_history_entry__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__api_definition__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__lifecycle_history_entries__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__copy_api_artifacts__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__registry_operation__descriptor;
 
 PROTOBUF_C__END_DECLS
 

@@ -1,32 +1,27 @@
 import FoundationEssentials
 public import LMDBKit
-import Synchronization
-import RPCCore
 public import TollgateProto
-public import TollgateStorage
 
-/// The record of everything gateways serve from, as numbered changes in
-/// `apimgtdb`: what the deployment feed (`WatchDeployments`) replays.
+/// The deployment feed's change-log in `apimgtdb`: everything gateways serve
+/// from, as numbered changes (what `WatchDeployments` replays).
 ///
 /// Writers (the publisher for APIs and subscriptions, the policy store for
-/// policies and block conditions) append changes inside the same write
-/// transaction as the change itself, so the log and the tables can never
-/// disagree, and call ``committed()`` after the commit to wake watchers in
-/// this process. Watchers also look every ``pollInterval`` for changes
-/// committed by other processes sharing the database.
+/// policies and block conditions) append inside the same write transaction
+/// as the change itself and call ``committed()`` after the commit. The log
+/// itself is a ``ChangeLog``; this type adds what a deployment change is.
 public final class DeploymentLog: Sendable {
     public let database: ApiManagerDatabase
+    public let log: ChangeLog<DeploymentChange>
     let now: @Sendable () -> Int64
-    /// Changes kept for watchers that reconnect; one further behind gets a snapshot.
-    public let retainedChanges: UInt64
-    private let watchers = Mutex<(next: Int, continuations: [Int: AsyncStream<Void>.Continuation])>((0, [:]))
-    public static let pollInterval = Duration.seconds(1)
 
     public init(database: ApiManagerDatabase, retainedChanges: UInt64 = 100_000, now: (@Sendable () -> Int64)? = nil) {
         self.database = database
-        self.retainedChanges = max(retainedChanges, 1)
+        self.log = ChangeLog(database: database.database, table: database.deploymentChanges, sequence: ApiManagerDatabase.deploymentSequence,
+                             retainedChanges: retainedChanges, revision: { $0.revision })
         self.now = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
     }
+
+    public var retainedChanges: UInt64 { log.retainedChanges }
 
     /// States in which an API is on the gateways.
     public static let deployedStates: Set<LifecycleState> = [.prototyped, .published, .blocked, .deprecated]
@@ -36,17 +31,10 @@ public final class DeploymentLog: Sendable {
     /// Appends one change in the caller's write transaction and returns its revision.
     @discardableResult
     public func append(_ change: DeploymentChange.Change, tenant: String, in txn: inout WriteTransaction) throws -> UInt64 {
-        let revision = try database.database.nextSequence(ApiManagerDatabase.deploymentSequence, in: &txn)
-        try database.deploymentChanges.put(
-            DeploymentChange(revision: revision, changedAtUnixMs: now(), tenantDomain: tenant, change: change), in: &txn)
-        // The oldest changes go a few at a time, from the front only, so the
-        // log stays one unbroken run and no single write pays for many.
-        if revision > retainedChanges {
-            let expired = try database.deploymentChanges.list(prefix: Key(), pageSize: 4, in: txn).items
-                .filter { $0.revision <= revision - retainedChanges }
-            for change in expired { try database.deploymentChanges.delete(change, in: &txn) }
+        let timestamp = now()
+        return try log.append(in: &txn) { revision in
+            DeploymentChange(revision: revision, changedAtUnixMs: timestamp, tenantDomain: tenant, change: change)
         }
-        return revision
     }
 
     /// Records an API as it now stands: upserted while deployed, removed
@@ -70,36 +58,16 @@ public final class DeploymentLog: Sendable {
     }
 
     /// Wakes the watchers in this process; call after the transaction that appended commits.
-    public func committed() {
-        watchers.withLock { state in
-            for continuation in state.continuations.values { continuation.yield() }
-        }
-    }
+    public func committed() { log.committed() }
 
     // MARK: Reading
 
     /// The revision of the newest change (0 before the first).
-    public func currentRevision() throws -> UInt64 {
-        try database.database.environment.read { txn in try currentRevision(in: txn) }
-    }
+    public func currentRevision() throws -> UInt64 { try log.currentRevision() }
 
-    func currentRevision<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> UInt64 {
-        guard let bytes = try database.database.metaValue("sequence." + ApiManagerDatabase.deploymentSequence, in: txn) else { return 0 }
-        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
-    }
-
-    /// Changes after `revision`, oldest first, at most `limit`; nil when the
-    /// log no longer holds them all (or `revision` is ahead of the log, as
-    /// after a restore from backup), which calls for a snapshot.
+    /// Changes after `revision`, oldest first, at most `limit`; nil when a snapshot is needed.
     public func changes(after revision: UInt64, limit: Int) throws -> [DeploymentChange]? {
-        try database.database.environment.read { txn in
-            let current = try currentRevision(in: txn)
-            if revision == current { return [] }
-            if revision > current { return nil }
-            let page = try database.deploymentChanges.list(prefix: Key(), pageSize: limit, pageToken: Key(.uint64(revision + 1)).bytes, in: txn)
-            guard page.items.first?.revision == revision + 1 else { return nil }
-            return page.items
-        }
+        try log.changes(after: revision, limit: limit)
     }
 
     /// A snapshot chunk is closed once its APIs pass this many serialized
@@ -111,8 +79,8 @@ public final class DeploymentLog: Sendable {
     /// `apisPerChunk` APIs and about ``maxChunkBytes`` (policies and block
     /// conditions come in the last).
     public func snapshot(apisPerChunk: Int = 200) throws -> [DeploymentSnapshotChunk] {
-        try database.database.environment.read { txn in
-            let revision = try currentRevision(in: txn)
+        try database.database.read { txn in
+            let revision = try log.currentRevision(in: txn)
             var chunks: [DeploymentSnapshotChunk] = []
             var apis: [DeployedApi] = []
             var bytes = 0
@@ -142,29 +110,8 @@ public final class DeploymentLog: Sendable {
         }
     }
 
-    /// A stream that yields whenever a change may have been committed: at
-    /// once for this process's commits, every ``pollInterval`` for others'.
-    /// It ends when the returned task is cancelled.
-    public func wakeups() -> AsyncStream<Void> {
-        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let id = watchers.withLock { state in
-            let id = state.next
-            state.next += 1
-            state.continuations[id] = continuation
-            return id
-        }
-        let ticker = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: Self.pollInterval)
-                continuation.yield()
-            }
-        }
-        continuation.onTermination = { [weak self] _ in
-            ticker.cancel()
-            _ = self?.watchers.withLock { $0.continuations.removeValue(forKey: id) }
-        }
-        return stream
-    }
+    /// Wakes at once for this process's commits, every poll interval for others'.
+    public func wakeups() -> AsyncStream<Void> { log.wakeups() }
 
     // MARK: Resolution
 

@@ -1,0 +1,73 @@
+public import Logging
+public import RoleCore
+public import RPCCore
+import TollgateServices
+import TollgatePolicies
+import TollgatePublisher
+public import TollgateStorage
+import TollgateUsers
+
+/// Which modules each role brings, in assembly order, and the databases the
+/// role opens (DESIGN.md). A module shared by several roles of one node is
+/// assembled once. Adding a role is one new module and one line here.
+public enum RoleModules {
+    public static func modules(for role: Role) -> [any RoleModule.Type] {
+        switch role {
+        case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self]
+        case .store, .keymanager: [UsersModule.self, PoliciesModule.self]
+        case .gateway, .trafficmanager, .analytics: []
+        }
+    }
+
+    /// The databases a role opens: its modules' and those DESIGN.md gives it
+    /// for work not yet built (the store's statistics, the traffic manager's log).
+    public static func databases(for role: Role) -> Set<LogicalDatabaseName> {
+        let own: Set<LogicalDatabaseName> = switch role {
+        case .publisher, .store: [.userdb, .apimgtdb, .regdb, .statdb]
+        case .keymanager: [.userdb, .apimgtdb, .regdb]
+        case .gateway: []
+        case .trafficmanager: [.mbstoredb]
+        case .analytics: [.statdb]
+        }
+        return modules(for: role).reduce(own) { $0.union($1.databases) }
+    }
+
+    /// The modules of `roles`, each once, in order.
+    public static func modules(for roles: [Role]) -> [any RoleModule.Type] {
+        var seen = Set<ObjectIdentifier>()
+        return roles.flatMap { modules(for: $0) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }
+
+    /// Every module any role brings: their configuration sections are known keys.
+    public static var all: [any RoleModule.Type] { modules(for: Role.allCases) }
+}
+
+/// A set of role modules assembled over opened databases, with the RPC
+/// methods they serve and the access controller their users module offers:
+/// how the node, the test fixtures and the benchmarks all build a node.
+public struct NodeAssembly: Sendable {
+    public let context: NodeContext
+    public let modules: [any RoleModule]
+
+    public static func assemble(roles: [Role], nodeID: String = "local", databases: Databases, sections: [String: ConfigSection] = [:],
+                                logger: Logger) async throws -> NodeAssembly {
+        let context = NodeContext(nodeID: nodeID, roles: roles, databases: databases, sections: sections, logger: logger)
+        var modules: [any RoleModule] = []
+        for type in RoleModules.modules(for: roles) { modules.append(try await type.init(context: context)) }
+        return NodeAssembly(context: context, modules: modules)
+    }
+
+    /// Every RPC method the modules serve.
+    public var methods: [RPCMethodHandler] { modules.flatMap(\.methods) }
+
+    /// The access table, with the session check and tenancy rule the users module offers.
+    public var access: AccessController {
+        AccessController(rules: AccessTable.rulesByPath, sessions: context.lookup((any SessionVerifier).self),
+                         tenants: context.lookup((any TenantAccessPolicy).self))
+    }
+
+    /// The assembled module of a type, if the roles brought it.
+    public func module<Module: RoleModule>(_ type: Module.Type) -> Module? {
+        modules.lazy.compactMap { $0 as? Module }.first
+    }
+}

@@ -1,0 +1,46 @@
+public import RoleCore
+public import RPCCore
+import TollgateServices
+public import ServiceLifecycle
+public import TollgateStorage
+
+/// The publisher role: PublisherService over apimgtdb and regdb, and the
+/// deployment feed gateways watch. Needs a module that offers
+/// ``TenantProvisioning`` (the policies module) before it.
+public struct PublisherModule: RoleModule {
+    public static let name = "publisher"
+    public static let databases: Set<LogicalDatabaseName> = [.apimgtdb, .regdb]
+
+    public let store: PublisherStore
+
+    public init(context: NodeContext) async throws {
+        let apimgtdb = try context.require(context.databases.apimgtdb, .apimgtdb, for: Self.name)
+        let regdb = try context.require(context.databases.regdb, .regdb, for: Self.name)
+        guard let tenants = context.lookup((any TenantProvisioning).self) else {
+            throw NodeStartError("the publisher needs the policies module (default tiers) assembled before it")
+        }
+        let log = context.shared(DeploymentLog.self) { DeploymentLog(database: apimgtdb) }
+        store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, logger: context.logger)
+        // A crash between an apimgtdb commit and its regdb half is repaired here.
+        await store.deliverRegistryOperations()
+    }
+
+    public var methods: [RPCMethodHandler] { PublisherService(store: store).methodHandlers }
+
+    public var services: [any Service] { [RegistryOutboxRetry(store: store)] }
+}
+
+/// Retries regdb operations a failed delivery left pending (a full disk
+/// that has since been freed), so they do not wait for the next write.
+struct RegistryOutboxRetry: Service {
+    let store: PublisherStore
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(30))
+                if (try? store.registryOutbox.pendingCount()) ?? 0 > 0 { await store.deliverRegistryOperations() }
+            }
+        }
+    }
+}
