@@ -1,8 +1,12 @@
 public import NIOCore
 import RPCCore
 
-/// Bytes to frames: checks each header (and its length against the limit)
-/// before the payload is buffered. A bad header is a ``ConnectionError``.
+/// Bytes to frames. The parsing is RPCCore's (``Frame/parse(_:maxFrameSize:)``,
+/// shared with the fuzzer and the tests): this hands it the readable bytes
+/// in place and consumes what it took, so each payload is copied once, out of
+/// the ByteBuffer. A bad header, or one over the limit, is a
+/// ``ConnectionError`` as soon as its 12 bytes are in, before the payload is
+/// buffered.
 final class FrameDecoderHandler: ByteToMessageDecoder {
     typealias InboundOut = Frame
     let maxFrameSize: Int
@@ -10,16 +14,12 @@ final class FrameDecoderHandler: ByteToMessageDecoder {
     init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard buffer.readableBytes >= FrameHeader.byteCount else { return .needMoreData }
         let limit = maxFrameSize
-        let header = try buffer.withUnsafeReadableBytes { raw in
-            try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: raw[0..<FrameHeader.byteCount]), maxFrameSize: limit)
+        let parsed = try buffer.withUnsafeReadableBytes { bytes throws(ConnectionError) in
+            try Frame.parse(bytes, maxFrameSize: limit)
         }
-        guard buffer.readableBytes >= FrameHeader.byteCount + Int(header.length) else { return .needMoreData }
-        buffer.moveReaderIndex(forwardBy: FrameHeader.byteCount)
-        var frame = Frame(type: header.type, flags: header.flags, streamID: header.streamID,
-                          payload: buffer.readBytes(length: Int(header.length)) ?? [])
-        frame.header = header
+        guard let (frame, byteCount) = parsed else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: byteCount)
         context.fireChannelRead(wrapInboundOut(frame))
         return .continue
     }
@@ -30,17 +30,16 @@ final class FrameDecoderHandler: ByteToMessageDecoder {
     }
 }
 
-/// Frames to bytes.
+/// Frames to bytes, with RPCCore's header layout (``FrameHeader/encode(into:)``).
 final class FrameEncoderHandler: MessageToByteEncoder {
     typealias OutboundIn = Frame
 
     func encode(data frame: Frame, out: inout ByteBuffer) throws {
         out.reserveCapacity(minimumWritableBytes: FrameHeader.byteCount + frame.payload.count)
-        out.writeInteger(frame.header.length)
-        out.writeInteger(frame.header.type.rawValue)
-        out.writeInteger(frame.header.flags.rawValue)
-        out.writeInteger(UInt16(0))
-        out.writeInteger(frame.header.streamID)
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: FrameHeader.byteCount) { bytes in
+            frame.header.encode(into: bytes)
+            return FrameHeader.byteCount
+        }
         out.writeBytes(frame.payload)
     }
 }
