@@ -84,26 +84,34 @@ public struct FrameHeader: Sendable, Hashable {
         if type == .windowUpdate && length != 4 {
             throw ConnectionError(.protocolError, "WINDOW_UPDATE payload must be 4 bytes, not \(length)")
         }
+        if type == .settings && FrameFlags(rawValue: bytes[5]).contains(.ack) && length != 0 {
+            throw ConnectionError(.protocolError, "SETTINGS ACK carries no payload")
+        }
         if type == .endStream && length != 0 {
             throw ConnectionError(.protocolError, "END_STREAM frames carry no payload")
         }
         return FrameHeader(length: length, type: type, flags: FrameFlags(rawValue: bytes[5]), streamID: stream)
     }
 
+    /// Writes the 12 header bytes at the start of `bytes`, which must hold
+    /// at least that many. The one place the header layout is written: both
+    /// ``Frame/bytes`` and the NIO encoder go through it.
+    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
+        precondition(bytes.count >= Self.byteCount)
+        bytes.storeBytes(of: length.bigEndian, toByteOffset: 0, as: UInt32.self)
+        bytes[4] = type.rawValue
+        bytes[5] = flags.rawValue
+        bytes[6] = 0
+        bytes[7] = 0
+        bytes.storeBytes(of: streamID.bigEndian, toByteOffset: 8, as: UInt32.self)
+    }
+
     /// Appends the 12 header bytes to `out`.
     public func write(into out: inout [UInt8]) {
-        out.append(UInt8(truncatingIfNeeded: length >> 24))
-        out.append(UInt8(truncatingIfNeeded: length >> 16))
-        out.append(UInt8(truncatingIfNeeded: length >> 8))
-        out.append(UInt8(truncatingIfNeeded: length))
-        out.append(type.rawValue)
-        out.append(flags.rawValue)
-        out.append(0)
-        out.append(0)
-        out.append(UInt8(truncatingIfNeeded: streamID >> 24))
-        out.append(UInt8(truncatingIfNeeded: streamID >> 16))
-        out.append(UInt8(truncatingIfNeeded: streamID >> 8))
-        out.append(UInt8(truncatingIfNeeded: streamID))
+        withUnsafeTemporaryAllocation(byteCount: Self.byteCount, alignment: 1) { header in
+            encode(into: header)
+            out.append(contentsOf: header)
+        }
     }
 }
 
@@ -125,6 +133,33 @@ public struct Frame: Sendable, Hashable {
         out += payload
         return out
     }
+
+    /// Reads the frame at the front of `bytes`: nil until all of it is there.
+    /// The header is checked (``FrameHeader/parse(_:maxFrameSize:)``) as soon
+    /// as its 12 bytes are present, so an oversize or malformed frame fails
+    /// before its payload is waited for or allocated. The payload is copied
+    /// once, straight from `bytes`; `byteCount` is how many bytes the frame
+    /// took, for the caller to consume.
+    ///
+    /// This is the protocol's only frame parser: the NIO decoder hands it a
+    /// ByteBuffer's readable bytes, ``FrameDecoder`` its own buffer.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, maxFrameSize: Int) throws(ConnectionError) -> (frame: Frame, byteCount: Int)? {
+        guard bytes.count >= FrameHeader.byteCount else { return nil }
+        let header = try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<FrameHeader.byteCount]), maxFrameSize: maxFrameSize)
+        let end = FrameHeader.byteCount + Int(header.length)
+        guard bytes.count >= end else { return nil }
+        let payload = [UInt8](unsafeUninitializedCapacity: Int(header.length)) { storage, initialized in
+            UnsafeMutableRawBufferPointer(storage).copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[FrameHeader.byteCount..<end]))
+            initialized = Int(header.length)
+        }
+        return (Frame(header: header, payload: payload), end)
+    }
+
+    /// A frame from a header that already carries the payload's length.
+    init(header: FrameHeader, payload: [UInt8]) {
+        self.header = header
+        self.payload = payload
+    }
 }
 
 /// Why a connection must end: sent to the peer in GOAWAY, then the connection closes.
@@ -144,13 +179,14 @@ public struct ConnectionError: Error, Hashable, Sendable, CustomStringConvertibl
     public var description: String { "\(reason): \(message)" }
 }
 
-/// Splits a byte stream into frames, whatever the chunking, refusing an
-/// oversize frame from its header alone.
+/// Splits a byte stream that arrives in arbitrary chunks into frames, for
+/// callers without a ByteBuffer (tests, the fuzzer): it only buffers, and
+/// leaves the parsing to ``Frame/parse(_:maxFrameSize:)``, as the NIO decoder
+/// does.
 public struct FrameDecoder: Sendable {
     public var maxFrameSize: Int
     private var buffer: [UInt8] = []
     private var start = 0
-    private var pendingHeader: FrameHeader?
 
     public init(maxFrameSize: Int) {
         self.maxFrameSize = maxFrameSize
@@ -169,27 +205,19 @@ public struct FrameDecoder: Sendable {
 
     /// The next complete frame, or nil until more bytes arrive.
     public mutating func next() throws(ConnectionError) -> Frame? {
-        if pendingHeader == nil {
-            guard buffer.count - start >= FrameHeader.byteCount else { return nil }
-            let outcome = buffer.withUnsafeBytes { raw in
-                Result { () throws(ConnectionError) -> FrameHeader in
-                    try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: raw[start..<start + FrameHeader.byteCount]), maxFrameSize: maxFrameSize)
-                }
+        let (start, limit) = (self.start, maxFrameSize)
+        let parsed = buffer.withUnsafeBytes { raw in
+            Result { () throws(ConnectionError) -> (frame: Frame, byteCount: Int)? in
+                try Frame.parse(UnsafeRawBufferPointer(rebasing: raw[start...]), maxFrameSize: limit)
             }
-            let header = try outcome.get()
-            start += FrameHeader.byteCount
-            pendingHeader = header
         }
-        guard let header = pendingHeader, buffer.count - start >= Int(header.length) else { return nil }
-        let payload = Array(buffer[start..<start + Int(header.length)])
-        start += Int(header.length)
-        pendingHeader = nil
-        if start > 64 * 1024 && start * 2 > buffer.count {
-            buffer.removeFirst(start)
-            start = 0
+        guard let (frame, byteCount) = try parsed.get() else { return nil }
+        self.start += byteCount
+        // Reclaim consumed space once it is most of the buffer.
+        if self.start > 64 * 1024 && self.start * 2 > buffer.count {
+            buffer.removeFirst(self.start)
+            self.start = 0
         }
-        var frame = Frame(type: header.type, flags: header.flags, streamID: header.streamID, payload: payload)
-        frame.header = header
         return frame
     }
 }

@@ -26,10 +26,13 @@ final class ClientCallToken: @unchecked Sendable {
     var ended = false
 }
 
-/// One client-side connection: opens streams (queuing them beyond the
-/// server's `max_concurrent_streams`), routes frames to the calls, answers
-/// PING, honours GOAWAY. Lives on the channel's event loop. Frames are
-/// written as produced and flushed once per loop turn.
+/// One client-side connection: opens streams (queuing calls beyond the
+/// server's `max_concurrent_streams`), routes frames to the calls, honours
+/// GOAWAY. The protocol's connection rules (SETTINGS, PING, GOAWAY, stream
+/// ids and limits, flow control) are RPCCore's ``ConnectionStateMachine``,
+/// shared with the server: this feeds it frames and carries out what it
+/// answers. Lives on the channel's event loop. Frames are written as
+/// produced and flushed once per loop turn.
 final class ClientConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
@@ -42,17 +45,15 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     private final class Stream {
-        var state = StreamState(role: .client)
         var receiver: Receiver
         let token: ClientCallToken
-        var sendWindow: Int
+        /// MESSAGE frames waiting for send window, and an END_STREAM behind
+        /// them, oldest first.
         var windowWaiters: [(frame: Frame, promise: EventLoopPromise<Void>)] = []
-        var consumedUngranted = 0
 
-        init(receiver: Receiver, token: ClientCallToken, sendWindow: Int) {
+        init(receiver: Receiver, token: ClientCallToken) {
             self.receiver = receiver
             self.token = token
-            self.sendWindow = sendWindow
         }
 
         /// Ends the call with `error` (nil: the trailers said OK).
@@ -90,17 +91,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let opened: EventLoopPromise<UInt32>?
     }
 
-    private let limits: RPCLimits
     private var context: ChannelHandlerContext?
+    /// The calls of the streams open in `machine`, by stream id.
     private var streams: [UInt32: Stream] = [:]
+    private var machine: ConnectionStateMachine
     private var pending: [PendingOpen] = []
     private var pendingStart = 0
-    private var nextStreamID: UInt32 = 1
-    private var peerSettings = PeerSettings()
-    private var receivedSettings = false
     private var flushScheduled = false
-    /// Set by GOAWAY: no stream above it will be processed.
-    private var goAwayLimit: UInt32?
     /// Why the connection failed, when it did: calls failing later say so.
     private var closeReason: String?
     let ready: EventLoopPromise<Void>
@@ -108,9 +105,9 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     let goingAway: GoAwayFlag
 
     init(limits: RPCLimits, ready: EventLoopPromise<Void>, goingAway: GoAwayFlag) {
-        self.limits = limits
         self.ready = ready
         self.goingAway = goingAway
+        self.machine = ConnectionStateMachine(role: .client, local: limits.settings)
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -122,7 +119,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
-            emit(limits.settingsFrame, context: context)
+            emit(machine.local.frame, context: context)
             // Ready once the server's SETTINGS arrive: calls then start with
             // its real limits (stream count, frame size), not the defaults.
         }
@@ -140,7 +137,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     private func connectionError(context: ChannelHandlerContext, _ error: ConnectionError) {
-        emit(goAwayFrame(lastStreamID: 0, reason: error.reason.goAwayReason, message: error.message), context: context)
+        if let goAway = machine.connectionError(error) { close(context: context, goAway: goAway) } else { context.close(promise: nil) }
+    }
+
+    private func close(context: ChannelHandlerContext, goAway: Frame) {
+        emit(goAway, context: context)
         context.flush()
         context.close(promise: nil)
     }
@@ -150,12 +151,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         ready.fail(closed)
         for stream in streams.values { stream.end(closed) }
         streams.removeAll()
+        machine.connectionClosed()
         failPending(closed)
         self.context = nil
         context.fireChannelInactive()
     }
 
-    var isUsable: Bool { context != nil && goAwayLimit == nil && nextStreamID < UInt32.max - 1 }
+    var isUsable: Bool { context != nil && machine.acceptsNewStreams }
 
     // MARK: Writing
 
@@ -195,31 +197,27 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     private func open(_ call: PendingOpen) {
-        guard let context, goAwayLimit == nil, nextStreamID < UInt32.max - 1 else {
-            let reason = closeReason.map { " (\($0))" } ?? ""
-            return fail(call, RPCError(.unavailable, "the connection is closing\(reason); the call was not sent"))
-        }
-        if let message = call.message, message.count > peerSettings.maxFrameSize {
-            return fail(call, RPCError(.resourceExhausted, "request message of \(message.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)"))
-        }
-        if streams.count >= peerSettings.maxConcurrentStreams {
+        guard let context else { return fail(call, notSent()) }
+        switch machine.openStream(requestByteCount: call.message?.count) {
+        case .closing:
+            fail(call, notSent())
+        case .refused(let error):
+            fail(call, error)
+        case .wait:
             pending.append(call)
-            return
+        case .opened(let id):
+            streams[id] = Stream(receiver: call.receiver, token: call.token)
+            call.token.streamID = id
+            emit(Frame(type: .headers, streamID: id, payload: call.headers.serializedBytes()), context: context)
+            if let message = call.message {
+                emit(Frame(type: .message, flags: .endStream, streamID: id, payload: message), context: context)
+            }
+            call.opened?.succeed(id)
         }
-        let id = nextStreamID
-        nextStreamID += 1
-        let stream = Stream(receiver: call.receiver, token: call.token, sendWindow: peerSettings.initialWindowSize)
-        call.token.streamID = id
-        streams[id] = stream
-        let endStream = call.message != nil
-        try? stream.state.send(.headers)
-        emit(Frame(type: .headers, streamID: id, payload: call.headers.serializedBytes()), context: context)
-        if let message = call.message {
-            try? stream.state.send(.message, flags: .endStream)
-            stream.sendWindow -= message.count
-            emit(Frame(type: .message, flags: endStream ? .endStream : [], streamID: id, payload: message), context: context)
-        }
-        call.opened?.succeed(id)
+    }
+
+    private func notSent() -> RPCError {
+        RPCError(.unavailable, "the connection is closing\(closeReason.map { " (\($0))" } ?? ""); the call was not sent")
     }
 
     private func fail(_ call: PendingOpen, _ error: RPCError) {
@@ -243,7 +241,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     /// A stream slot came free: the oldest waiting call takes it.
     private func openNextPending() {
-        while pendingStart < pending.count, streams.count < peerSettings.maxConcurrentStreams {
+        while pendingStart < pending.count, machine.hasStreamCapacity {
             let call = pending[pendingStart]
             pendingStart += 1
             if pendingStart == pending.count {
@@ -260,35 +258,44 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         // sent everything; the outcome is in the call's events, so a message
         // for an ended stream is simply dropped.
         guard let stream = streams[streamID] else { return context.eventLoop.makeSucceededVoidFuture() }
-        guard bytes.count <= peerSettings.maxFrameSize else {
-            let error = RPCError(.resourceExhausted, "request message of \(bytes.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)")
-            cancel(streamID: streamID, code: .resourceExhausted, message: error.message)
-            return context.eventLoop.makeFailedFuture(error)
-        }
-        do {
-            try stream.state.send(.message, flags: endStream ? .endStream : [])
-        } catch {
-            return context.eventLoop.makeFailedFuture(RPCError(.internal, error.message))
-        }
         let frame = Frame(type: .message, flags: endStream ? .endStream : [], streamID: streamID, payload: bytes)
-        guard stream.sendWindow > 0, stream.windowWaiters.isEmpty else {
+        switch machine.sendMessage(streamID: streamID, byteCount: bytes.count, endStream: endStream, queuedAhead: !stream.windowWaiters.isEmpty) {
+        case .now:
+            emit(frame, context: context)
+            return context.eventLoop.makeSucceededVoidFuture()
+        case .waitForWindow:
             let promise = context.eventLoop.makePromise(of: Void.self)
             stream.windowWaiters.append((frame, promise))
             return promise.futureResult
+        case .tooLarge(let error):
+            cancel(streamID: streamID, code: error.code, message: error.message)
+            return context.eventLoop.makeFailedFuture(error)
+        case .refused(let error):
+            return context.eventLoop.makeFailedFuture(error)
         }
-        stream.sendWindow -= bytes.count
-        emit(frame, context: context)
-        return context.eventLoop.makeSucceededVoidFuture()
     }
 
     func endStream(streamID: UInt32) {
-        guard let context, let stream = streams[streamID], (try? stream.state.send(.endStream)) != nil else { return }
+        guard let context, let stream = streams[streamID], machine.sendEndStream(streamID: streamID) else { return }
         if stream.windowWaiters.isEmpty {
             emit(Frame(type: .endStream, streamID: streamID), context: context)
         } else {
             // Keep order: the end goes after the messages still waiting for window.
             let promise = context.eventLoop.makePromise(of: Void.self)
             stream.windowWaiters.append((Frame(type: .endStream, streamID: streamID), promise))
+        }
+    }
+
+    /// Sends what waited for window, in order, while the window is open.
+    private func flushWaiting(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
+        while let waiter = stream.windowWaiters.first {
+            // END_STREAM is not flow-controlled: it only keeps its place.
+            if waiter.frame.header.type == .message {
+                guard machine.releaseQueuedMessage(streamID: id, byteCount: waiter.frame.payload.count) else { return }
+            }
+            stream.windowWaiters.removeFirst()
+            emit(waiter.frame, context: context)
+            waiter.promise.succeed()
         }
     }
 
@@ -305,60 +312,38 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func cancel(streamID: UInt32, code: RPCCode, message: String) {
         guard let context, let stream = streams.removeValue(forKey: streamID) else { return }
+        machine.closeStream(streamID)
         stream.end(RPCError(code, message))
-        emit(cancelFrame(streamID: streamID, code: code, message: message), context: context)
+        emit(.cancel(streamID: streamID, code: code, message: message), context: context)
         streamEnded()
     }
 
     func consumed(_ bytes: Int, streamID: UInt32) {
-        guard let context, let stream = streams[streamID] else { return }
-        stream.consumedUngranted += bytes
-        if stream.consumedUngranted >= limits.initialWindowSize / 2 {
-            let grant = stream.consumedUngranted
-            stream.consumedUngranted = 0
-            emit(windowUpdateFrame(streamID: streamID, increment: grant), context: context)
-        }
+        guard let context, let update = machine.consumed(bytes, streamID: streamID) else { return }
+        emit(update, context: context)
     }
 
     private func streamEnded() {
         openNextPending()
-        if goAwayLimit != nil, streams.isEmpty, let context { context.close(promise: nil) }
+        if machine.isDrained, let context { context.close(promise: nil) }
     }
 
     // MARK: Frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        guard receivedSettings || (frame.header.type == .settings && !frame.header.flags.contains(.ack)) else {
-            return connectionError(context: context, ConnectionError(.protocolError, "the first frame must be SETTINGS, not \(frame.header.type)"))
-        }
-        let id = frame.header.streamID
-        switch frame.header.type {
-        case .settings:
-            guard !frame.header.flags.contains(.ack) else { return }
-            guard !receivedSettings else {
-                return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS"))
-            }
-            let old = peerSettings.initialWindowSize
-            do {
-                peerSettings = try PeerSettings(payload: frame.payload)
-            } catch {
-                return connectionError(context: context, error)
-            }
-            receivedSettings = true
+        switch machine.receive(unwrapInboundIn(data)) {
+        case .none, .pingAcknowledged:
+            break
+        case .send(let reply):
+            emit(reply, context: context)
+        case .settingsApplied(let ack):
             ready.succeed()
-            // Streams opened on the defaults take the difference (docs/rpc-protocol.md §3).
-            for stream in streams.values { stream.sendWindow += peerSettings.initialWindowSize - old }
-            emit(Frame(type: .settings, flags: .ack, streamID: 0), context: context)
+            emit(ack, context: context)
+            // The server's window may differ from the default the streams
+            // opened with; what waited may go now.
+            for (id, stream) in streams where !stream.windowWaiters.isEmpty { flushWaiting(stream: stream, id: id, context: context) }
             openNextPending()
-        case .ping:
-            if !frame.header.flags.contains(.ack) {
-                emit(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload), context: context)
-            }
-        case .goAway:
-            let goAway = try? RpcGoAway(serializedBytes: frame.payload)
-            let limit = goAway?.lastStreamId ?? 0
-            goAwayLimit = limit
+        case .goAwayReceived(let limit):
             goingAway.value.store(true, ordering: .relaxed)
             let notProcessed = RPCError(.unavailable, "the server is going away; the call was not processed")
             for (streamID, stream) in streams where streamID > limit {
@@ -367,39 +352,39 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
             failPending(notProcessed)
             if streams.isEmpty { context.close(promise: nil) }
-        case .headers, .message, .trailers, .cancel, .windowUpdate:
-            streamFrame(context: context, frame, id: id)
-        case .endStream:
-            connectionError(context: context, ConnectionError(.protocolError, "END_STREAM from a server"))
+        case .streamOpened:
+            break  // only a server's machine opens streams on HEADERS
+        case .streamEvent(let id, let event, let payload):
+            streamEvent(context: context, id: id, event: event, payload: payload)
+        case .resetStream(let id, let error, let cancel):
+            if let stream = streams.removeValue(forKey: id) { stream.end(error) }
+            emit(cancel, context: context)
+            streamEnded()
+        case .closeConnection(_, let goAway):
+            close(context: context, goAway: goAway)
         }
     }
 
-    private func streamFrame(context: ChannelHandlerContext, _ frame: Frame, id: UInt32) {
+    private func streamEvent(context: ChannelHandlerContext, id: UInt32, event: StreamState.Event, payload: [UInt8]) {
         guard let stream = streams[id] else { return }
-        let event: StreamState.Event
-        do {
-            event = try stream.state.receive(frame.header.type, flags: frame.header.flags)
-        } catch {
-            return cancel(streamID: id, code: .internal, message: error.message)
-        }
         switch event {
         case .responseHeaders:
             if case .events(let events) = stream.receiver {
-                let headers = (try? RpcResponseHeaders(serializedBytes: frame.payload)) ?? RpcResponseHeaders()
+                let headers = (try? RpcResponseHeaders(serializedBytes: payload)) ?? RpcResponseHeaders()
                 events.yield(.headers(Metadata(protoEntries: headers.metadata)))
             }
         case .responseMessage:
             switch stream.receiver {
             case .unary(let continuation, nil, let deadline):
-                stream.receiver = .unary(continuation, response: frame.payload, deadline: deadline)
+                stream.receiver = .unary(continuation, response: payload, deadline: deadline)
             case .unary:
                 cancel(streamID: id, code: .internal, message: "the server sent more than one response message")
             case .events(let events):
-                events.yield(.message(frame.payload))
+                events.yield(.message(payload))
             }
         case .trailers:
             streams[id] = nil
-            if let trailers = try? RpcTrailers(serializedBytes: frame.payload) {
+            if let trailers = try? RpcTrailers(serializedBytes: payload) {
                 let code = trailers.code <= 16 ? RPCCode(rawValue: trailers.code) : .unknown
                 let metadata = Metadata(protoEntries: trailers.metadata)
                 stream.end(code == .ok ? nil : RPCError(code, trailers.message, metadata: metadata), trailers: metadata)
@@ -409,22 +394,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             streamEnded()
         case .cancelled:
             streams[id] = nil
-            let cancel = try? RpcCancel(serializedBytes: frame.payload)
+            let cancel = try? RpcCancel(serializedBytes: payload)
             let code = cancel.map { $0.code == 0 || $0.code > 16 ? RPCCode.unknown : RPCCode(rawValue: $0.code) } ?? .unknown
             stream.end(RPCError(code, cancel?.message ?? ""))
             streamEnded()
         case .windowUpdate:
-            do {
-                try grow(&stream.sendWindow, by: frame.payload)
-            } catch {
-                return connectionError(context: context, error)
-            }
-            while stream.sendWindow > 0, !stream.windowWaiters.isEmpty {
-                let waiter = stream.windowWaiters.removeFirst()
-                stream.sendWindow -= waiter.frame.payload.count
-                emit(waiter.frame, context: context)
-                waiter.promise.succeed()
-            }
+            flushWaiting(stream: stream, id: id, context: context)
         case .requestMessage, .requestsEnded, .ignored:
             break
         }

@@ -16,7 +16,9 @@ public final class RPCConnection: RPCClientTransport {
     /// calls here saves a thread hop per call by preferring it.
     public let taskExecutor: LoopTaskExecutor
 
-    private init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>, goingAway: GoAwayFlag) {
+    /// Wraps a channel whose pipeline ends in `handler`; ``connect(host:port:serverHostname:tls:limits:group:)``
+    /// builds one over TLS, the tests one without.
+    init(channel: any Channel, handler: NIOLoopBound<ClientConnectionHandler>, goingAway: GoAwayFlag) {
         self.channel = channel
         self.handler = handler
         self.goingAway = goingAway

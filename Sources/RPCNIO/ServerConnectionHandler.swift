@@ -4,10 +4,14 @@ import RPCCore
 import TollgateProto
 import TollgateTLS
 
-/// One server-side connection: SETTINGS, PING, GOAWAY, keepalive and idle
-/// timers, and a task per call running the method's handler. Lives on the
-/// channel's event loop; handler tasks reach it by hopping onto that loop, or
-/// directly when they run there (``HandlerPlacement/eventLoop``).
+/// One server-side connection: keepalive, idle and handshake timers, the
+/// method lookup and authorization, and a task per call running the method's
+/// handler. The protocol's connection rules (SETTINGS, PING, GOAWAY, stream
+/// ids and limits, flow control) are RPCCore's ``ConnectionStateMachine``,
+/// shared with the client: this feeds it frames and carries out what it
+/// answers. Lives on the channel's event loop; handler tasks reach it by
+/// hopping onto that loop, or directly when they run there
+/// (``HandlerPlacement/eventLoop``).
 ///
 /// Frames are written as they are produced and flushed once per turn of the
 /// loop, so calls finishing together leave in one TLS write.
@@ -29,27 +33,20 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             case streaming(AsyncThrowingStream<[UInt8], any Error>.Continuation)
         }
 
-        var state = StreamState(role: .server)
         let handler: RPCMethodHandler
         let callContext: ServerCallContext
         var input: Input
         var task: Task<Void, Never>?
         var deadlineTimer: Scheduled<Void>?
-        var sendWindow: Int
+        /// Response messages waiting for send window, oldest first.
         var windowWaiters: [(bytes: [UInt8], promise: EventLoopPromise<Void>)] = []
-        /// Consumed bytes not yet granted back with WINDOW_UPDATE.
-        var consumedUngranted = 0
-        /// Bytes received and not yet consumed, against our advertised window.
-        var receiveWindow: Int
         let requestID: String
         let started = ContinuousClock.now
 
-        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, sendWindow: Int, receiveWindow: Int, requestID: String) {
+        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, requestID: String) {
             self.handler = handler
             self.callContext = callContext
             self.input = input
-            self.sendWindow = sendWindow
-            self.receiveWindow = receiveWindow
             self.requestID = requestID
         }
 
@@ -71,13 +68,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
     private var loopExecutor: LoopTaskExecutor?
+    /// The calls of the streams open in `machine`, by stream id.
     private var streams: [UInt32: Stream] = [:]
-    private var lastStreamID: UInt32 = 0
+    private var machine: ConnectionStateMachine
     private var peer: PeerIdentity?
-    private var peerSettings = PeerSettings()
-    private var receivedSettings = false
-    private var receivedSettingsAck = false
-    private var goingAway = false
     private var requestCounter = 0
     private var flushScheduled = false
 
@@ -89,8 +83,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var lastActivityAt = NIODeadline.now()
     private var keepaliveTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
-    private var outstandingPing: (payload: [UInt8], timeout: Scheduled<Void>)?
-    private var pingsSent: UInt64 = 0
+    /// Runs while our keepalive PING awaits its ACK.
+    private var pingTimeout: Scheduled<Void>?
 
     init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
          authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
@@ -98,6 +92,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         self.limits = limits
         self.observer = observer
         self.authorize = authorize
+        self.machine = ConnectionStateMachine(role: .server, local: limits.settings)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -108,7 +103,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         // the handshake timeout (docs/rpc-protocol.md §1).
         handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.handshakeTimeout) { [self] in
             guard let context = self.context else { return }
-            if receivedSettings { return }
+            if machine.receivedSettings { return }
             connectionError(context: context, ConnectionError(.protocolError, "no SETTINGS within the handshake timeout"))
         }
     }
@@ -117,7 +112,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if case .handshakeCompleted(let session)? = event as? TLSEvent {
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
             // Our SETTINGS go first, as soon as TLS is up.
-            emit(limits.settingsFrame, context: context)
+            emit(machine.local.frame, context: context)
             lastFrameAt = .now()
             lastActivityAt = .now()
             armKeepalive(context: context, at: lastFrameAt + limits.keepaliveInterval)
@@ -126,8 +121,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             startGoingAway(context: context)
         } else if event is DrainExpired {
             for (id, stream) in streams {
+                machine.closeStream(id)
                 stream.stop(RPCError(.unavailable, "the server's drain period is over"))
-                emit(trailersFrame(streamID: id, error: RPCError(.unavailable, "the server's drain period is over"), metadata: echo(stream)), context: context)
+                emit(.trailers(streamID: id, error: RPCError(.unavailable, "the server's drain period is over"), metadata: echo(stream)), context: context)
             }
             streams.removeAll()
             flush(context: context)
@@ -139,7 +135,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         for stream in streams.values { stream.stop(RPCError(.unavailable, "connection closed")) }
         streams.removeAll()
-        for timer in [handshakeTimer, keepaliveTimer, idleTimer, outstandingPing?.timeout] { timer?.cancel() }
+        machine.connectionClosed()
+        for timer in [handshakeTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
         self.context = nil
         context.fireChannelInactive()
     }
@@ -155,8 +152,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func connectionError(context: ChannelHandlerContext, _ error: ConnectionError) {
+        guard let goAway = machine.connectionError(error) else { return context.close(promise: nil) }
+        close(context: context, error: error, goAway: goAway)
+    }
+
+    /// Reports a connection error, sends its GOAWAY and closes.
+    private func close(context: ChannelHandlerContext, error: ConnectionError, goAway: Frame) {
         observer?.connectionFailed(peer: context.remoteAddress?.description ?? "unknown", reason: error.message)
-        emit(goAwayFrame(lastStreamID: lastStreamID, reason: error.reason.goAwayReason, message: error.message), context: context)
+        emit(goAway, context: context)
         flush(context: context)
         context.close(promise: nil)
     }
@@ -184,100 +187,59 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastFrameAt = .now()
-        guard receivedSettings || (frame.header.type == .settings && !frame.header.flags.contains(.ack)) else {
-            return connectionError(context: context, ConnectionError(.protocolError, "the first frame must be SETTINGS, not \(frame.header.type)"))
-        }
         if frame.header.type != .ping { lastActivityAt = lastFrameAt }
-        switch frame.header.type {
-        case .settings:
-            receiveSettings(frame, context: context)
-        case .ping:
-            receivePing(frame, context: context)
-        case .goAway:
+        switch machine.receive(frame) {
+        case .none:
+            break
+        case .send(let reply):
+            emit(reply, context: context)
+        case .settingsApplied(let ack):
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
+            emit(ack, context: context)
+        case .pingAcknowledged:
+            pingTimeout?.cancel()
+            pingTimeout = nil
+        case .goAwayReceived:
             for stream in streams.values { stream.stop(RPCError(.cancelled, "the client is going away")) }
             streams.removeAll()
             context.close(promise: nil)
-        case .headers:
-            openStream(context: context, frame)
-        case .message, .endStream, .cancel, .windowUpdate:
-            streamFrame(context: context, frame)
-        case .trailers:
-            connectionError(context: context, ConnectionError(.protocolError, "TRAILERS from a client"))
-        }
-    }
-
-    private func receiveSettings(_ frame: Frame, context: ChannelHandlerContext) {
-        if frame.header.flags.contains(.ack) {
-            guard !receivedSettingsAck else {
-                return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS ACK"))
+        case .streamOpened(let id, let headers, let metadata, let endStream):
+            openStream(context: context, id: id, headers: headers, metadata: metadata, endStream: endStream)
+        case .streamEvent(let id, let event, let payload):
+            streamEvent(context: context, id: id, event: event, payload: payload)
+        case .resetStream(let id, let error, let cancel):
+            if let stream = streams.removeValue(forKey: id) {
+                report(stream, code: error.code, message: error.message)
+                stream.stop(error)
             }
-            receivedSettingsAck = true
-            return
-        }
-        guard !receivedSettings else {
-            return connectionError(context: context, ConnectionError(.protocolError, "a second SETTINGS"))
-        }
-        do {
-            peerSettings = try PeerSettings(payload: frame.payload)
-        } catch {
-            return connectionError(context: context, error)
-        }
-        receivedSettings = true
-        handshakeTimer?.cancel()
-        handshakeTimer = nil
-        emit(Frame(type: .settings, flags: .ack, streamID: 0), context: context)
-    }
-
-    private func receivePing(_ frame: Frame, context: ChannelHandlerContext) {
-        if !frame.header.flags.contains(.ack) {
-            emit(Frame(type: .ping, flags: .ack, streamID: 0, payload: frame.payload), context: context)
-        } else if let outstanding = outstandingPing, outstanding.payload == frame.payload {
-            outstanding.timeout.cancel()
-            outstandingPing = nil
+            emit(cancel, context: context)
+            streamClosed(context: context)
+        case .closeConnection(let error, let goAway):
+            close(context: context, error: error, goAway: goAway)
         }
     }
 
-    private func openStream(context: ChannelHandlerContext, _ frame: Frame) {
-        let id = frame.header.streamID
-        guard id > lastStreamID else {
-            return connectionError(context: context, ConnectionError(.protocolError, "stream id \(id) is not greater than \(lastStreamID)"))
-        }
-        guard !goingAway else { return }  // above GOAWAY's last_stream_id: not processed
-        lastStreamID = id
-        guard streams.count < limits.maxConcurrentStreams else {
-            return emit(cancelFrame(streamID: id, code: .resourceExhausted, message: "more than \(limits.maxConcurrentStreams) concurrent calls"), context: context)
-        }
-        guard let headers = try? RpcRequestHeaders(serializedBytes: frame.payload) else {
-            return connectionError(context: context, ConnectionError(.protocolError, "HEADERS payload does not decode"))
-        }
-        let metadata = Metadata(protoEntries: headers.metadata)
-        guard metadata.byteCount <= limits.maxMetadataSize else {
-            return emit(cancelFrame(streamID: id, code: .resourceExhausted, message: "metadata exceeds \(limits.maxMetadataSize) bytes"), context: context)
-        }
-        do {
-            try metadata.validate()
-        } catch {
-            return emit(cancelFrame(streamID: id, code: .internal, message: error.message), context: context)
-        }
+    /// A stream the protocol accepted: the method, the caller and the
+    /// deadline decide whether its handler runs.
+    private func openStream(context: ChannelHandlerContext, id: UInt32, headers: RpcRequestHeaders, metadata: Metadata, endStream: Bool) {
         requestCounter += 1
         let requestID = metadata["x-request-id"] ?? "\(id)-\(requestCounter)"
         var echo = Metadata()
         echo.add("x-request-id", requestID)
         guard let handler = methods[headers.method] else {
-            let error = RPCError(.unimplemented, "unknown method \(headers.method)")
-            observer?.callFinished(path: headers.method, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
-            return emit(trailersFrame(streamID: id, error: error, metadata: echo), context: context)
+            return refuse(id, path: headers.method, RPCError(.unimplemented, "unknown method \(headers.method)"), requestID: requestID, echo: echo, context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
         var callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
         do {
             callContext.caller = try authorize(callContext)
         } catch {
-            observer?.callFinished(path: headers.method, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
-            return emit(trailersFrame(streamID: id, error: error, metadata: echo), context: context)
+            return refuse(id, path: headers.method, error, requestID: requestID, echo: echo, context: context)
         }
         if headers.timeoutMs == 0 {
-            return emit(trailersFrame(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
+            machine.closeStream(id)
+            return emit(.trailers(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
         }
 
         let input: Stream.Input
@@ -290,43 +252,35 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             requests = stream
             input = .streaming(continuation)
         }
-        let stream = Stream(handler: handler, callContext: callContext, input: input, sendWindow: peerSettings.initialWindowSize,
-                            receiveWindow: limits.initialWindowSize, requestID: requestID)
+        let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID)
         streams[id] = stream
         if let timeout = headers.timeoutMs {
             stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(clamping: timeout))) { [self] in
                 fail(streamID: id, RPCError(.deadlineExceeded, "deadline exceeded"))
             }
         }
-        if frame.header.flags.contains(.endStream) {
-            _ = try? stream.state.receive(.endStream, flags: [])
-            requestsEnded(stream: stream, id: id, context: context)
-        }
+        if endStream { requestsEnded(stream: stream, id: id, context: context) }
         if let requests { start(stream: stream, id: id, requests: requests, context: context) }
     }
 
-    private func streamFrame(context: ChannelHandlerContext, _ frame: Frame) {
-        let id = frame.header.streamID
-        guard let stream = streams[id] else { return }  // closed or refused: late frames are ignored
-        let event: StreamState.Event
-        do {
-            event = try stream.state.receive(frame.header.type, flags: frame.header.flags)
-        } catch {
-            return abort(stream: id, code: .internal, message: error.message, context: context)
-        }
+    /// Answers a call whose handler will not run with TRAILERS.
+    private func refuse(_ id: UInt32, path: String, _ error: RPCError, requestID: String, echo: Metadata, context: ChannelHandlerContext) {
+        machine.closeStream(id)
+        observer?.callFinished(path: path, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
+        emit(.trailers(streamID: id, error: error, metadata: echo), context: context)
+    }
+
+    private func streamEvent(context: ChannelHandlerContext, id: UInt32, event: StreamState.Event, payload: [UInt8]) {
+        guard let stream = streams[id] else { return }
         switch event {
         case .requestMessage(let isLast):
-            guard stream.receiveWindow > 0 else {
-                return abort(stream: id, code: .resourceExhausted, message: "flow-control window exceeded", context: context)
-            }
-            stream.receiveWindow -= frame.payload.count
             switch stream.input {
             case .single(nil):
-                stream.input = .single(frame.payload)
+                stream.input = .single(payload)
             case .single:
                 return fail(streamID: id, RPCError(.internal, "expected exactly one request message"))
             case .streaming(let requests):
-                requests.yield(frame.payload)
+                requests.yield(payload)
             }
             if isLast { requestsEnded(stream: stream, id: id, context: context) }
         case .requestsEnded:
@@ -337,11 +291,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             streams[id] = nil
             streamClosed(context: context)
         case .windowUpdate:
-            do {
-                try grow(&stream.sendWindow, by: frame.payload)
-            } catch {
-                return connectionError(context: context, error)
-            }
             flushWaiting(stream: stream, id: id, context: context)
         case .responseHeaders, .responseMessage, .trailers, .ignored:
             break
@@ -426,21 +375,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Ends a stream on our side with CANCEL (a stream error; the connection stays).
-    private func abort(stream id: UInt32, code: RPCCode, message: String, context: ChannelHandlerContext) {
-        guard let stream = streams.removeValue(forKey: id) else { return }
-        report(stream, code: code, message: message)
-        stream.stop(RPCError(code, message))
-        emit(cancelFrame(streamID: id, code: code, message: message), context: context)
-        streamClosed(context: context)
-    }
-
     /// Ends a stream with an error status in TRAILERS, stopping its handler.
     private func fail(streamID id: UInt32, _ error: RPCError) {
         guard let context, let stream = streams.removeValue(forKey: id) else { return }
+        machine.closeStream(id)
         report(stream, code: error.code, message: error.message)
         stream.stop(error)
-        emit(trailersFrame(streamID: id, error: error, metadata: echo(stream)), context: context)
+        emit(.trailers(streamID: id, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
     }
 
@@ -453,23 +394,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: From handler tasks (on the loop)
 
     fileprivate func consumed(_ bytes: Int, streamID: UInt32) {
-        guard let stream = streams[streamID], let context else { return }
-        stream.consumedUngranted += bytes
-        // Grant in batches of half the window (docs/rpc-protocol.md §8).
-        if stream.consumedUngranted >= limits.initialWindowSize / 2 {
-            let grant = stream.consumedUngranted
-            stream.consumedUngranted = 0
-            stream.receiveWindow += grant
-            emit(windowUpdateFrame(streamID: streamID, increment: grant), context: context)
-        }
+        guard let context, let update = machine.consumed(bytes, streamID: streamID) else { return }
+        emit(update, context: context)
     }
 
     fileprivate func sendHeaders(streamID: UInt32, metadata: Metadata) -> EventLoopFuture<Void> {
         guard let stream = streams[streamID], let context else { return closedFuture() }
         do {
-            try stream.state.send(.headers)
+            try machine.sendHeaders(streamID: streamID)
         } catch {
-            return context.eventLoop.makeFailedFuture(RPCError(.internal, error.message))
+            return context.eventLoop.makeFailedFuture(error)
         }
         var all = metadata
         all.set("x-request-id", stream.requestID)
@@ -482,39 +416,24 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// not the socket, bounds what a handler can have in flight.
     fileprivate func sendMessage(streamID: UInt32, bytes: [UInt8]) -> EventLoopFuture<Void> {
         guard let stream = streams[streamID], let context else { return closedFuture() }
-        guard bytes.count <= peerSettings.maxFrameSize else {
-            return context.eventLoop.makeFailedFuture(RPCError(.resourceExhausted, "response message of \(bytes.count) bytes exceeds the client's max_frame_size \(peerSettings.maxFrameSize)"))
-        }
-        guard stream.sendWindow > 0, stream.windowWaiters.isEmpty else {
+        switch machine.sendMessage(streamID: streamID, byteCount: bytes.count, queuedAhead: !stream.windowWaiters.isEmpty) {
+        case .now:
+            emit(Frame(type: .message, streamID: streamID, payload: bytes), context: context)
+            return context.eventLoop.makeSucceededVoidFuture()
+        case .waitForWindow:
             let promise = context.eventLoop.makePromise(of: Void.self)
             stream.windowWaiters.append((bytes, promise))
             return promise.futureResult
-        }
-        if let error = writeMessage(stream: stream, id: streamID, bytes: bytes, context: context) {
+        case .tooLarge(let error), .refused(let error):
             return context.eventLoop.makeFailedFuture(error)
         }
-        return context.eventLoop.makeSucceededVoidFuture()
-    }
-
-    private func writeMessage(stream: Stream, id: UInt32, bytes: [UInt8], context: ChannelHandlerContext) -> RPCError? {
-        do {
-            try stream.state.send(.message)
-        } catch {
-            return RPCError(.internal, error.message)
-        }
-        stream.sendWindow -= bytes.count
-        emit(Frame(type: .message, streamID: id, payload: bytes), context: context)
-        return nil
     }
 
     private func flushWaiting(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
-        while stream.sendWindow > 0, !stream.windowWaiters.isEmpty {
-            let waiter = stream.windowWaiters.removeFirst()
-            if let error = writeMessage(stream: stream, id: id, bytes: waiter.bytes, context: context) {
-                waiter.promise.fail(error)
-            } else {
-                waiter.promise.succeed()
-            }
+        while let waiter = stream.windowWaiters.first, machine.releaseQueuedMessage(streamID: id, byteCount: waiter.bytes.count) {
+            stream.windowWaiters.removeFirst()
+            emit(Frame(type: .message, streamID: id, payload: waiter.bytes), context: context)
+            waiter.promise.succeed()
         }
     }
 
@@ -524,19 +443,25 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var error: RPCError?
         switch outcome {
         case .success(let response?):
-            if response.count > peerSettings.maxFrameSize {
-                error = RPCError(.resourceExhausted, "response message of \(response.count) bytes exceeds the client's max_frame_size \(peerSettings.maxFrameSize)")
-            } else {
-                error = writeMessage(stream: stream, id: streamID, bytes: response, context: context)
+            switch machine.sendMessage(streamID: streamID, byteCount: response.count) {
+            case .now:
+                emit(Frame(type: .message, streamID: streamID, payload: response), context: context)
+            case .waitForWindow:
+                // Not reached: a unary stream has sent nothing before, and a
+                // stream's window starts at 1 byte or more.
+                error = RPCError(.internal, "the client's flow-control window is closed")
+            case .tooLarge(let failure), .refused(let failure):
+                error = failure
             }
         case .success(nil):
             break
         case .failure(let failure):
             error = failure
         }
+        machine.closeStream(streamID)
         report(stream, code: error?.code ?? .ok, message: error?.message ?? "")
         stream.stop(error ?? RPCError(.internal, "call ended"))
-        emit(trailersFrame(streamID: streamID, error: error, metadata: echo(stream)), context: context)
+        emit(.trailers(streamID: streamID, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
     }
 
@@ -557,15 +482,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             guard let context = self.context else { return }
             let due = lastFrameAt + limits.keepaliveInterval
             guard due <= .now() else { return armKeepalive(context: context, at: due) }
-            if outstandingPing == nil {
-                pingsSent &+= 1
-                let payload = withUnsafeBytes(of: pingsSent.bigEndian) { Array($0) }
-                let timeout = context.eventLoop.assumeIsolated().scheduleTask(in: limits.keepaliveTimeout) { [self] in
+            if let ping = machine.keepalivePing() {
+                pingTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: limits.keepaliveTimeout) { [self] in
                     guard let context = self.context else { return }
                     connectionError(context: context, ConnectionError(.keepaliveTimeout, "no PING ACK within \(limits.keepaliveTimeout.nanoseconds / 1_000_000_000) s"))
                 }
-                outstandingPing = (payload, timeout)
-                emit(Frame(type: .ping, streamID: 0, payload: payload), context: context)
+                emit(ping, context: context)
             }
             armKeepalive(context: context, at: .now() + limits.keepaliveInterval)
         }
@@ -582,16 +504,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func streamClosed(context: ChannelHandlerContext) {
         lastActivityAt = .now()
-        if goingAway && streams.isEmpty {
+        if machine.isDrained {
             flush(context: context)
             context.close(promise: nil)
         }
     }
 
     private func startGoingAway(context: ChannelHandlerContext) {
-        guard !goingAway else { return }
-        goingAway = true
-        emit(goAwayFrame(lastStreamID: lastStreamID, reason: .shutdown, message: "server shutting down"), context: context)
+        guard let goAway = machine.startQuiescing() else { return }
+        emit(goAway, context: context)
         streamClosed(context: context)
     }
 }

@@ -55,6 +55,18 @@ func decodeAll(_ chunks: [[UInt8]], maxFrameSize: Int = 1 << 20) throws -> [Fram
         #expect(try decodeAll(chunks) == sampleFrames)
     }
 
+    @Test func parseTakesOneFrameFromTheFrontOfItsBytes() throws {
+        let two = sampleFrames[1].bytes + sampleFrames[2].bytes
+        try two.withUnsafeBytes { bytes in
+            let (frame, byteCount) = try #require(try Frame.parse(bytes, maxFrameSize: 1 << 20))
+            #expect(frame == sampleFrames[1] && byteCount == sampleFrames[1].bytes.count)
+            // Short of a whole frame, at any length: nothing yet.
+            for length in 0..<byteCount {
+                #expect(try Frame.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), maxFrameSize: 1 << 20) == nil)
+            }
+        }
+    }
+
     @Test func oversizeFramesAreRefusedFromTheHeader() {
         // Only the header arrives: the limit is enforced before any payload.
         let header = Array(Frame(type: .message, streamID: 1, payload: Array(repeating: 0, count: 2000)).bytes.prefix(12))
@@ -72,6 +84,7 @@ func decodeAll(_ chunks: [[UInt8]], maxFrameSize: Int = 1 << 20) throws -> [Fram
             ([0, 0, 0, 4, 0x06, 0, 0, 0, 0, 0, 0, 0], .protocolError),  // PING of 4 bytes
             ([0, 0, 0, 2, 0x05, 0, 0, 0, 0, 0, 0, 1], .protocolError),  // WINDOW_UPDATE of 2 bytes
             ([0, 0, 0, 1, 0x08, 0, 0, 0, 0, 0, 0, 1], .protocolError),  // END_STREAM with payload
+            ([0, 0, 0, 1, 0x00, 1, 0, 0, 0, 0, 0, 0], .protocolError),  // SETTINGS ACK with payload
             ([0xFF, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 1], .frameTooLarge),
         ]
         for (bytes, reason) in cases {

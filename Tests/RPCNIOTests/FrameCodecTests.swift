@@ -1,0 +1,83 @@
+import NIOCore
+import NIOEmbedded
+import NIOTestUtils
+import RPCCore
+@testable import RPCNIO
+import Testing
+
+/// The NIO frame codec: RPCCore's parser and header layout behind
+/// ByteToMessageDecoder and MessageToByteEncoder.
+@Suite struct FrameCodecTests {
+    static let frames: [Frame] = [
+        Frame(type: .settings, streamID: 0, payload: [0x08, 0x80, 0x80, 0x01]),
+        Frame(type: .settings, flags: .ack, streamID: 0),
+        Frame(type: .headers, flags: .endStream, streamID: 1, payload: Array("headers".utf8)),
+        Frame(type: .message, streamID: 1, payload: []),
+        Frame(type: .message, streamID: 3, payload: [UInt8](repeating: 0xAB, count: 5000)),
+        Frame(type: .windowUpdate, streamID: 3, payload: [0, 0, 0x10, 0]),
+        Frame(type: .ping, flags: .ack, streamID: 0, payload: [1, 2, 3, 4, 5, 6, 7, 8]),
+        Frame(type: .endStream, streamID: 3),
+        Frame(type: .trailers, streamID: 1, payload: [0x08, 0x00]),
+        Frame(type: .cancel, streamID: 3, payload: [0x08, 0x01]),
+        Frame(type: .goAway, streamID: 0, payload: [0x08, 0x03, 0x10, 0x01]),
+    ]
+
+    /// NIO's verifier feeds the frames whole, byte by byte and all in one
+    /// buffer, and checks nothing is left over or produced twice.
+    @Test func theDecoderPassesNIOsVerifier() throws {
+        let pairs = Self.frames.map { (ByteBuffer(bytes: $0.bytes), [$0]) }
+        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { FrameDecoderHandler(maxFrameSize: 1 << 20) }
+    }
+
+    @Test func severalFramesInOneReadComeOutInOrder() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: 1 << 20)))
+        try channel.writeInbound(ByteBuffer(bytes: Self.frames.flatMap(\.bytes)))
+        for frame in Self.frames {
+            #expect(try channel.readInbound(as: Frame.self) == frame)
+        }
+        #expect(try channel.readInbound(as: Frame.self) == nil)
+        #expect(try channel.finish().isClean)
+    }
+
+    @Test func aFrameDribbledByteByByteComesOutOnceWhole() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: 1 << 20)))
+        let frame = Frame(type: .message, flags: .endStream, streamID: 7, payload: [UInt8](repeating: 0x5A, count: 300))
+        for byte in frame.bytes.dropLast() {
+            try channel.writeInbound(ByteBuffer(bytes: [byte]))
+            #expect(try channel.readInbound(as: Frame.self) == nil)
+        }
+        try channel.writeInbound(ByteBuffer(bytes: [frame.bytes.last!]))
+        #expect(try channel.readInbound(as: Frame.self) == frame)
+        #expect(try channel.finish().isClean)
+    }
+
+    /// Only the 12 header bytes arrive: the limit is enforced on them,
+    /// before any of the payload is buffered.
+    @Test func anOversizeHeaderIsRefusedBeforeItsPayload() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: 16384)))
+        var header: [UInt8] = []
+        FrameHeader(length: 16385, type: .message, streamID: 1).write(into: &header)
+        #expect(throws: ConnectionError(.frameTooLarge, "MESSAGE frame of 16385 bytes exceeds the 16384-byte limit")) {
+            try channel.writeInbound(ByteBuffer(bytes: header))
+        }
+        _ = try? channel.finish()
+    }
+
+    @Test func malformedHeadersAreRefusedByTheSameParser() throws {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: 16384)))
+        #expect(throws: ConnectionError(.protocolError, "reserved header bytes are not zero")) {
+            try channel.writeInbound(ByteBuffer(bytes: [0, 0, 0, 0, 0x02, 0, 0, 1, 0, 0, 0, 1]))
+        }
+        _ = try? channel.finish()
+    }
+
+    @Test func theEncoderWritesWhatRPCCoreEncodes() throws {
+        let channel = EmbeddedChannel(handler: MessageToByteHandler(FrameEncoderHandler()))
+        for frame in Self.frames {
+            try channel.writeOutbound(frame)
+            let buffer = try #require(try channel.readOutbound(as: ByteBuffer.self))
+            #expect(Array(buffer.readableBytesView) == frame.bytes)
+        }
+        #expect(try channel.finish().isClean)
+    }
+}
