@@ -202,6 +202,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         if let message = call.message, message.count > peerSettings.maxFrameSize {
             return fail(call, RPCError(.resourceExhausted, "request message of \(message.count) bytes exceeds the server's max_frame_size \(peerSettings.maxFrameSize)"))
         }
+        let headers: [UInt8]
+        do {
+            headers = try call.headers.serializedBytes()
+        } catch {
+            return fail(call, RPCError(.internal, "the request headers cannot be sent: \(error)"))
+        }
         if streams.count >= peerSettings.maxConcurrentStreams {
             pending.append(call)
             return
@@ -213,7 +219,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         streams[id] = stream
         let endStream = call.message != nil
         try? stream.state.send(.headers)
-        emit(Frame(type: .headers, streamID: id, payload: call.headers.serializedBytes()), context: context)
+        emit(Frame(type: .headers, streamID: id, payload: headers), context: context)
         if let message = call.message {
             try? stream.state.send(.message, flags: .endStream)
             stream.sendWindow -= message.count

@@ -123,7 +123,12 @@ extension ConnectionError.Reason {
 }
 
 func goAwayFrame(lastStreamID: UInt32, reason: RpcGoAwayReason, message: String) -> Frame {
-    Frame(type: .goAway, streamID: 0, payload: RpcGoAway(lastStreamId: lastStreamID, reason: reason, message: message).serializedBytes())
+    do {
+        return Frame(type: .goAway, streamID: 0, payload: try RpcGoAway(lastStreamId: lastStreamID, reason: reason, message: message).serializedBytes())
+    } catch {
+        // The text holds U+0000; the peer still learns why, just not in those words.
+        return goAwayFrame(lastStreamID: lastStreamID, reason: reason, message: "(the reason cannot be sent: \(error))")
+    }
 }
 
 func windowUpdateFrame(streamID: UInt32, increment: Int) -> Frame {
@@ -150,9 +155,20 @@ func trailersFrame(streamID: UInt32, error: RPCError?, metadata: Metadata) -> Fr
     trailers.code = error?.code.rawValue ?? 0
     trailers.message = error?.message ?? ""
     trailers.metadata = (metadata.isEmpty ? (error?.metadata ?? Metadata()) : metadata).protoEntries
-    return Frame(type: .trailers, streamID: streamID, payload: trailers.serializedBytes())
+    do {
+        return Frame(type: .trailers, streamID: streamID, payload: try trailers.serializedBytes())
+    } catch {
+        // The status message or metadata holds U+0000 (text quoting some
+        // input, say). The caller must not see OK or a cut message: it gets
+        // INTERNAL naming the field, whose text never holds U+0000.
+        return trailersFrame(streamID: streamID, error: RPCError(.internal, "the call's status cannot be sent: \(error)"), metadata: Metadata())
+    }
 }
 
 func cancelFrame(streamID: UInt32, code: RPCCode, message: String) -> Frame {
-    Frame(type: .cancel, streamID: streamID, payload: RpcCancel(code: code.rawValue, message: message).serializedBytes())
+    do {
+        return Frame(type: .cancel, streamID: streamID, payload: try RpcCancel(code: code.rawValue, message: message).serializedBytes())
+    } catch {
+        return cancelFrame(streamID: streamID, code: code, message: "(the reason cannot be sent: \(error))")
+    }
 }

@@ -327,6 +327,8 @@ public struct EndpointSuspension: ProtoMessage {
     public var progressionFactor: Double = 0
     /// Field 12.
     public var maxSuspensionMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -363,6 +365,8 @@ public struct Endpoint: ProtoMessage {
     public var readTimeoutMs: Int64 = 0
     /// Field 5.
     public var suspension: EndpointSuspension? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -389,6 +393,8 @@ public struct LoadBalancedEndpoints: ProtoMessage {
     public var algorithm: LoadBalanceAlgorithm = .unspecified
     /// Field 2.
     public var endpoints: [Endpoint] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -409,6 +415,8 @@ public struct FailoverEndpoints: ProtoMessage {
     public var primary: Endpoint? = nil
     /// Field 2.
     public var secondaries: [Endpoint] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -426,6 +434,8 @@ public struct EndpointConfig: ProtoMessage {
     public static let protoName = "tollgate.v1.EndpointConfig"
 
     public var strategy: Strategy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -457,6 +467,8 @@ public struct ApiResource: ProtoMessage {
     public var throttlingPolicy: String = ""
     /// Field 5.
     public var scope: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -487,6 +499,8 @@ public struct ApiScope: ProtoMessage {
     public var description: String = ""
     /// Field 4.
     public var roles: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -517,6 +531,8 @@ public struct CorsConfig: ProtoMessage {
     public var allowMethods: [HttpVerb] = []
     /// Field 5.
     public var allowCredentials: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -543,6 +559,8 @@ public struct OwnerContact: ProtoMessage {
     public var name: String = ""
     /// Field 2.
     public var email: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -619,6 +637,8 @@ public struct Api: ProtoMessage {
     public var maxProductionTps: UInt32? = nil
     /// Field 43.
     public var maxSandboxTps: UInt32? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -721,6 +741,8 @@ public struct ApiListing: ProtoMessage {
     public var businessOwner: OwnerContact? = nil
     /// Field 15.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -775,6 +797,8 @@ public struct LifecycleHistoryEntry: ProtoMessage {
     public var occurredAtUnixMs: Int64 = 0
     /// Field 6.
     public var comment: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -811,6 +835,8 @@ public struct ApiDefinition: ProtoMessage {
     public var revision: UInt64 = 0
     /// Field 6.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -833,13 +859,22 @@ public struct ApiDefinition: ProtoMessage {
 
 extension EndpointSuspension {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension()) { (message: UnsafePointer<Tollgate__V1__EndpointSuspension>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__EndpointSuspension>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -855,6 +890,7 @@ extension EndpointSuspension {
         c.pointee.initial_suspension_ms = self.initialSuspensionMs
         c.pointee.progression_factor = self.progressionFactor
         c.pointee.max_suspension_ms = self.maxSuspensionMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -868,29 +904,39 @@ extension EndpointSuspension {
         self.initialSuspensionMs = c.pointee.initial_suspension_ms
         self.progressionFactor = c.pointee.progression_factor
         self.maxSuspensionMs = c.pointee.max_suspension_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Endpoint {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint()) { (message: UnsafePointer<Tollgate__V1__Endpoint>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Endpoint>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Endpoint> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Endpoint> {
         let c = arena.allocate(Tollgate__V1__Endpoint.self)
         tollgate__v1__endpoint__init(c)
-        c.pointee.url = arena.cString(self.url)
+        c.pointee.url = try arena.cString(self.url, field: "url", in: Self.protoName)
         c.pointee.weight = self.weight
         c.pointee.connect_timeout_ms = self.connectTimeoutMs
         c.pointee.read_timeout_ms = self.readTimeoutMs
         if let value = self.suspension { c.pointee.suspension = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -902,27 +948,37 @@ extension Endpoint {
         self.connectTimeoutMs = c.pointee.connect_timeout_ms
         self.readTimeoutMs = c.pointee.read_timeout_ms
         if let value = c.pointee.suspension { self.suspension = try EndpointSuspension(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LoadBalancedEndpoints {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__load_balanced_endpoints()) { (message: UnsafePointer<Tollgate__V1__LoadBalancedEndpoints>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__load_balanced_endpoints(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LoadBalancedEndpoints>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LoadBalancedEndpoints> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LoadBalancedEndpoints> {
         let c = arena.allocate(Tollgate__V1__LoadBalancedEndpoints.self)
         tollgate__v1__load_balanced_endpoints__init(c)
         c.pointee.algorithm = .init(rawValue: .init(truncatingIfNeeded: self.algorithm.rawValue))
         c.pointee.n_endpoints = self.endpoints.count
-        c.pointee.endpoints = arena.messages(self.endpoints) { $0._cMessage(in: arena) }
+        c.pointee.endpoints = try arena.messages(self.endpoints) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -931,27 +987,37 @@ extension LoadBalancedEndpoints {
         self.init()
         self.algorithm = LoadBalanceAlgorithm(rawValue: Int32(truncatingIfNeeded: c.pointee.algorithm.rawValue))
         self.endpoints = try ProtoDecode.messages(c.pointee.endpoints, count: c.pointee.n_endpoints, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Endpoint(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FailoverEndpoints {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__failover_endpoints()) { (message: UnsafePointer<Tollgate__V1__FailoverEndpoints>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__failover_endpoints(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__FailoverEndpoints>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__FailoverEndpoints> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__FailoverEndpoints> {
         let c = arena.allocate(Tollgate__V1__FailoverEndpoints.self)
         tollgate__v1__failover_endpoints__init(c)
-        if let value = self.primary { c.pointee.primary = value._cMessage(in: arena) }
+        if let value = self.primary { c.pointee.primary = try value._cMessage(in: arena) }
         c.pointee.n_secondaries = self.secondaries.count
-        c.pointee.secondaries = arena.messages(self.secondaries) { $0._cMessage(in: arena) }
+        c.pointee.secondaries = try arena.messages(self.secondaries) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -960,36 +1026,46 @@ extension FailoverEndpoints {
         self.init()
         if let value = c.pointee.primary { self.primary = try Endpoint(_cMessage: value) }
         self.secondaries = try ProtoDecode.messages(c.pointee.secondaries, count: c.pointee.n_secondaries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Endpoint(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension EndpointConfig {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_config()) { (message: UnsafePointer<Tollgate__V1__EndpointConfig>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_config(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__EndpointConfig>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__EndpointConfig> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__EndpointConfig> {
         let c = arena.allocate(Tollgate__V1__EndpointConfig.self)
         tollgate__v1__endpoint_config__init(c)
         switch self.strategy {
         case nil: break
         case .single(let value)?:
             c.pointee.strategy_case = .init(rawValue: 1)
-            c.pointee.single = value._cMessage(in: arena)
+            c.pointee.single = try value._cMessage(in: arena)
         case .loadBalanced(let value)?:
             c.pointee.strategy_case = .init(rawValue: 2)
-            c.pointee.load_balanced = value._cMessage(in: arena)
+            c.pointee.load_balanced = try value._cMessage(in: arena)
         case .failover(let value)?:
             c.pointee.strategy_case = .init(rawValue: 3)
-            c.pointee.failover = value._cMessage(in: arena)
+            c.pointee.failover = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1005,29 +1081,39 @@ extension EndpointConfig {
             if let value = c.pointee.failover { self.strategy = .failover(try FailoverEndpoints(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiResource {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_resource()) { (message: UnsafePointer<Tollgate__V1__ApiResource>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_resource(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiResource>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiResource> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiResource> {
         let c = arena.allocate(Tollgate__V1__ApiResource.self)
         tollgate__v1__api_resource__init(c)
-        c.pointee.uri_template = arena.cString(self.uriTemplate)
+        c.pointee.uri_template = try arena.cString(self.uriTemplate, field: "uri_template", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         c.pointee.auth_type = .init(rawValue: .init(truncatingIfNeeded: self.authType.rawValue))
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
-        c.pointee.scope = arena.cString(self.scope)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
+        c.pointee.scope = try arena.cString(self.scope, field: "scope", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1039,29 +1125,39 @@ extension ApiResource {
         self.authType = ResourceAuthType(rawValue: Int32(truncatingIfNeeded: c.pointee.auth_type.rawValue))
         self.throttlingPolicy = try ProtoDecode.string(c.pointee.throttling_policy, field: "throttling_policy", in: Self.protoName)
         self.scope = try ProtoDecode.string(c.pointee.scope, field: "scope", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiScope {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_scope()) { (message: UnsafePointer<Tollgate__V1__ApiScope>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_scope(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiScope>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiScope> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiScope> {
         let c = arena.allocate(Tollgate__V1__ApiScope.self)
         tollgate__v1__api_scope__init(c)
-        c.pointee.key = arena.cString(self.key)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.key = try arena.cString(self.key, field: "key", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1072,32 +1168,42 @@ extension ApiScope {
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
         self.description = try ProtoDecode.string(c.pointee.description, field: "description", in: Self.protoName)
         self.roles = try ProtoDecode.strings(c.pointee.roles, count: c.pointee.n_roles, field: "roles", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CorsConfig {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__cors_config()) { (message: UnsafePointer<Tollgate__V1__CorsConfig>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__cors_config(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CorsConfig>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CorsConfig> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CorsConfig> {
         let c = arena.allocate(Tollgate__V1__CorsConfig.self)
         tollgate__v1__cors_config__init(c)
         c.pointee.enabled = (self.enabled ? 1 : 0)
         c.pointee.n_allow_origins = self.allowOrigins.count
-        c.pointee.allow_origins = arena.cStrings(self.allowOrigins)
+        c.pointee.allow_origins = try arena.cStrings(self.allowOrigins, field: "allow_origins", in: Self.protoName)
         c.pointee.n_allow_headers = self.allowHeaders.count
-        c.pointee.allow_headers = arena.cStrings(self.allowHeaders)
+        c.pointee.allow_headers = try arena.cStrings(self.allowHeaders, field: "allow_headers", in: Self.protoName)
         c.pointee.n_allow_methods = self.allowMethods.count
         c.pointee.allow_methods = arena.mapped(self.allowMethods) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.allow_credentials = (self.allowCredentials ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1109,26 +1215,36 @@ extension CorsConfig {
         self.allowHeaders = try ProtoDecode.strings(c.pointee.allow_headers, count: c.pointee.n_allow_headers, field: "allow_headers", in: Self.protoName)
         self.allowMethods = ProtoDecode.mapped(c.pointee.allow_methods, count: c.pointee.n_allow_methods) { HttpVerb(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         self.allowCredentials = (c.pointee.allow_credentials != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OwnerContact {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__owner_contact()) { (message: UnsafePointer<Tollgate__V1__OwnerContact>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__owner_contact(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OwnerContact>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OwnerContact> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OwnerContact> {
         let c = arena.allocate(Tollgate__V1__OwnerContact.self)
         tollgate__v1__owner_contact__init(c)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.email = arena.cString(self.email)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.email = try arena.cString(self.email, field: "email", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1137,57 +1253,66 @@ extension OwnerContact {
         self.init()
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
         self.email = try ProtoDecode.string(c.pointee.email, field: "email", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Api {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api()) { (message: UnsafePointer<Tollgate__V1__Api>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Api>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Api> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Api> {
         let c = arena.allocate(Tollgate__V1__Api.self)
         tollgate__v1__api__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.provider = arena.cString(self.provider)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.context = arena.cString(self.context)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_tags = self.tags.count
-        c.pointee.tags = arena.cStrings(self.tags)
+        c.pointee.tags = try arena.cStrings(self.tags, field: "tags", in: Self.protoName)
         c.pointee.default_version = (self.defaultVersion ? 1 : 0)
         c.pointee.revision = self.revision
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.n_visible_roles = self.visibleRoles.count
-        c.pointee.visible_roles = arena.cStrings(self.visibleRoles)
+        c.pointee.visible_roles = try arena.cStrings(self.visibleRoles, field: "visible_roles", in: Self.protoName)
         c.pointee.n_transports = self.transports.count
         c.pointee.transports = arena.mapped(self.transports) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.authorization_header = arena.cString(self.authorizationHeader)
-        if let value = self.productionEndpoints { c.pointee.production_endpoints = value._cMessage(in: arena) }
-        if let value = self.sandboxEndpoints { c.pointee.sandbox_endpoints = value._cMessage(in: arena) }
-        if let value = self.cors { c.pointee.cors = value._cMessage(in: arena) }
+        c.pointee.authorization_header = try arena.cString(self.authorizationHeader, field: "authorization_header", in: Self.protoName)
+        if let value = self.productionEndpoints { c.pointee.production_endpoints = try value._cMessage(in: arena) }
+        if let value = self.sandboxEndpoints { c.pointee.sandbox_endpoints = try value._cMessage(in: arena) }
+        if let value = self.cors { c.pointee.cors = try value._cMessage(in: arena) }
         c.pointee.n_resources = self.resources.count
-        c.pointee.resources = arena.messages(self.resources) { $0._cMessage(in: arena) }
+        c.pointee.resources = try arena.messages(self.resources) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.messages(self.scopes) { $0._cMessage(in: arena) }
+        c.pointee.scopes = try arena.messages(self.scopes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_subscription_policies = self.subscriptionPolicies.count
-        c.pointee.subscription_policies = arena.cStrings(self.subscriptionPolicies)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
+        c.pointee.subscription_policies = try arena.cStrings(self.subscriptionPolicies, field: "subscription_policies", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
         c.pointee.lifecycle_state = .init(rawValue: .init(truncatingIfNeeded: self.lifecycleState.rawValue))
-        if let value = self.businessOwner { c.pointee.business_owner = value._cMessage(in: arena) }
-        if let value = self.technicalOwner { c.pointee.technical_owner = value._cMessage(in: arena) }
-        c.pointee.created_by = arena.cString(self.createdBy)
+        if let value = self.businessOwner { c.pointee.business_owner = try value._cMessage(in: arena) }
+        if let value = self.technicalOwner { c.pointee.technical_owner = try value._cMessage(in: arena) }
+        c.pointee.created_by = try arena.cString(self.createdBy, field: "created_by", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
-        c.pointee.updated_by = arena.cString(self.updatedBy)
+        c.pointee.updated_by = try arena.cString(self.updatedBy, field: "updated_by", in: Self.protoName)
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
         if let value = self.maxProductionTps {
             c.pointee._max_production_tps_case = .init(rawValue: 42)
@@ -1197,6 +1322,7 @@ extension Api {
             c.pointee._max_sandbox_tps_case = .init(rawValue: 43)
             c.pointee.max_sandbox_tps = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1237,42 +1363,52 @@ extension Api {
         if c.pointee._max_sandbox_tps_case.rawValue == 43 {
             self.maxSandboxTps = c.pointee.max_sandbox_tps
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiListing {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_listing()) { (message: UnsafePointer<Tollgate__V1__ApiListing>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_listing(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiListing>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiListing> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiListing> {
         let c = arena.allocate(Tollgate__V1__ApiListing.self)
         tollgate__v1__api_listing__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.provider = arena.cString(self.provider)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.context = arena.cString(self.context)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_tags = self.tags.count
-        c.pointee.tags = arena.cStrings(self.tags)
+        c.pointee.tags = try arena.cStrings(self.tags, field: "tags", in: Self.protoName)
         c.pointee.default_version = (self.defaultVersion ? 1 : 0)
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.lifecycle_state = .init(rawValue: .init(truncatingIfNeeded: self.lifecycleState.rawValue))
         c.pointee.n_subscription_policies = self.subscriptionPolicies.count
-        c.pointee.subscription_policies = arena.cStrings(self.subscriptionPolicies)
+        c.pointee.subscription_policies = try arena.cStrings(self.subscriptionPolicies, field: "subscription_policies", in: Self.protoName)
         c.pointee.n_transports = self.transports.count
         c.pointee.transports = arena.mapped(self.transports) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        if let value = self.businessOwner { c.pointee.business_owner = value._cMessage(in: arena) }
+        if let value = self.businessOwner { c.pointee.business_owner = try value._cMessage(in: arena) }
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1294,30 +1430,40 @@ extension ApiListing {
         self.transports = ProtoDecode.mapped(c.pointee.transports, count: c.pointee.n_transports) { TransportScheme(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         if let value = c.pointee.business_owner { self.businessOwner = try OwnerContact(_cMessage: value) }
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LifecycleHistoryEntry {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entry()) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntry>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entry(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntry>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntry> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntry> {
         let c = arena.allocate(Tollgate__V1__LifecycleHistoryEntry.self)
         tollgate__v1__lifecycle_history_entry__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.from_state = .init(rawValue: .init(truncatingIfNeeded: self.fromState.rawValue))
         c.pointee.to_state = .init(rawValue: .init(truncatingIfNeeded: self.toState.rawValue))
-        c.pointee.actor = arena.cString(self.actor)
+        c.pointee.actor = try arena.cString(self.actor, field: "actor", in: Self.protoName)
         c.pointee.occurred_at_unix_ms = self.occurredAtUnixMs
-        c.pointee.comment = arena.cString(self.comment)
+        c.pointee.comment = try arena.cString(self.comment, field: "comment", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1330,30 +1476,40 @@ extension LifecycleHistoryEntry {
         self.actor = try ProtoDecode.string(c.pointee.actor, field: "actor", in: Self.protoName)
         self.occurredAtUnixMs = c.pointee.occurred_at_unix_ms
         self.comment = try ProtoDecode.string(c.pointee.comment, field: "comment", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiDefinition {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_definition()) { (message: UnsafePointer<Tollgate__V1__ApiDefinition>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_definition(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiDefinition>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiDefinition> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiDefinition> {
         let c = arena.allocate(Tollgate__V1__ApiDefinition.self)
         tollgate__v1__api_definition__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.format = .init(rawValue: .init(truncatingIfNeeded: self.format.rawValue))
-        c.pointee.openapi_version = arena.cString(self.openapiVersion)
-        c.pointee.document = arena.cString(self.document)
+        c.pointee.openapi_version = try arena.cString(self.openapiVersion, field: "openapi_version", in: Self.protoName)
+        c.pointee.document = try arena.cString(self.document, field: "document", in: Self.protoName)
         c.pointee.revision = self.revision
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1366,5 +1522,6 @@ extension ApiDefinition {
         self.document = try ProtoDecode.string(c.pointee.document, field: "document", in: Self.protoName)
         self.revision = c.pointee.revision
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -415,6 +415,8 @@ public struct Application: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -483,6 +485,8 @@ public struct Subscription: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -539,6 +543,8 @@ public struct ApplicationKey: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -593,6 +599,8 @@ public struct OAuthClient: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -663,6 +671,8 @@ public struct OAuthToken: ProtoMessage {
     public var stateChangedAtUnixMs: Int64 = 0
     /// Field 21.
     public var expiresAtUnixMs: Int64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -723,6 +733,8 @@ public struct AuthorizationCode: ProtoMessage {
     public var expiresAtUnixMs: Int64 = 0
     /// Field 9.
     public var used: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -765,6 +777,8 @@ public struct IssuedToken: ProtoMessage {
     public var scopes: [String] = []
     /// Field 6.
     public var issuedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -837,6 +851,8 @@ public struct KeyValidationInfo: ProtoMessage {
     public var issuedAtUnixMs: Int64 = 0
     /// Field 51.
     public var expiresAtUnixMs: Int64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -902,6 +918,8 @@ public struct TokenRevocation: ProtoMessage {
     /// Field 2.
     public var revokedAtUnixMs: Int64 = 0
     public var target: Target? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -924,33 +942,42 @@ public struct TokenRevocation: ProtoMessage {
 
 extension Application {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application()) { (message: UnsafePointer<Tollgate__V1__Application>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Application>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Application> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Application> {
         let c = arena.allocate(Tollgate__V1__Application.self)
         tollgate__v1__application__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.owner = arena.cString(self.owner)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
-        c.pointee.callback_url = arena.cString(self.callbackUrl)
-        c.pointee.group_id = arena.cString(self.groupId)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.owner = try arena.cString(self.owner, field: "owner", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
+        c.pointee.callback_url = try arena.cString(self.callbackUrl, field: "callback_url", in: Self.protoName)
+        c.pointee.group_id = try arena.cString(self.groupId, field: "group_id", in: Self.protoName)
         c.pointee.n_attributes = self.attributes.count
-        c.pointee.attributes = arena.messages(self.attributes) { $0._cMessage(in: arena) }
+        c.pointee.attributes = try arena.messages(self.attributes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.token_format = .init(rawValue: .init(truncatingIfNeeded: self.tokenFormat.rawValue))
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -970,39 +997,49 @@ extension Application {
         self.tokenFormat = TokenFormat(rawValue: Int32(truncatingIfNeeded: c.pointee.token_format.rawValue))
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Subscription {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription()) { (message: UnsafePointer<Tollgate__V1__Subscription>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Subscription>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Subscription> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Subscription> {
         let c = arena.allocate(Tollgate__V1__Subscription.self)
         tollgate__v1__subscription__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.create_state = .init(rawValue: .init(truncatingIfNeeded: self.createState.rawValue))
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_provider = arena.cString(self.apiProvider)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.subscriber = arena.cString(self.subscriber)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_provider = try arena.cString(self.apiProvider, field: "api_provider", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.subscriber = try arena.cString(self.subscriber, field: "subscriber", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1024,32 +1061,42 @@ extension Subscription {
         self.subscriber = try ProtoDecode.string(c.pointee.subscriber, field: "subscriber", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApplicationKey {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_key()) { (message: UnsafePointer<Tollgate__V1__ApplicationKey>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_key(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApplicationKey>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApplicationKey> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApplicationKey> {
         let c = arena.allocate(Tollgate__V1__ApplicationKey.self)
         tollgate__v1__application_key__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.create_mode = .init(rawValue: .init(truncatingIfNeeded: self.createMode.rawValue))
         c.pointee.n_allowed_domains = self.allowedDomains.count
-        c.pointee.allowed_domains = arena.cStrings(self.allowedDomains)
+        c.pointee.allowed_domains = try arena.cStrings(self.allowedDomains, field: "allowed_domains", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1063,39 +1110,49 @@ extension ApplicationKey {
         self.allowedDomains = try ProtoDecode.strings(c.pointee.allowed_domains, count: c.pointee.n_allowed_domains, field: "allowed_domains", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OAuthClient {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_client()) { (message: UnsafePointer<Tollgate__V1__OAuthClient>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_client(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OAuthClient>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OAuthClient> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OAuthClient> {
         let c = arena.allocate(Tollgate__V1__OAuthClient.self)
         tollgate__v1__oauth_client__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         if let value = self.consumerSecretHash { c.pointee.consumer_secret_hash = value._cMessage(in: arena) }
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.owner = arena.cString(self.owner)
-        c.pointee.client_name = arena.cString(self.clientName)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.owner = try arena.cString(self.owner, field: "owner", in: Self.protoName)
+        c.pointee.client_name = try arena.cString(self.clientName, field: "client_name", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.n_grant_types = self.grantTypes.count
         c.pointee.grant_types = arena.mapped(self.grantTypes) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.callback_url = arena.cString(self.callbackUrl)
+        c.pointee.callback_url = try arena.cString(self.callbackUrl, field: "callback_url", in: Self.protoName)
         c.pointee.application_token_validity_seconds = self.applicationTokenValiditySeconds
         c.pointee.user_token_validity_seconds = self.userTokenValiditySeconds
         c.pointee.refresh_token_validity_seconds = self.refreshTokenValiditySeconds
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1116,36 +1173,45 @@ extension OAuthClient {
         self.refreshTokenValiditySeconds = c.pointee.refresh_token_validity_seconds
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OAuthToken {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_token()) { (message: UnsafePointer<Tollgate__V1__OAuthToken>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_token(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OAuthToken>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OAuthToken> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OAuthToken> {
         let c = arena.allocate(Tollgate__V1__OAuthToken.self)
         tollgate__v1__oauth_token__init(c)
         c.pointee.token_hash = arena.binary(self.tokenHash)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
         c.pointee.paired_token_hash = arena.binary(self.pairedTokenHash)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.user_type = .init(rawValue: .init(truncatingIfNeeded: self.userType.rawValue))
         c.pointee.grant_type = .init(rawValue: .init(truncatingIfNeeded: self.grantType.rawValue))
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_changed_at_unix_ms = self.stateChangedAtUnixMs
@@ -1153,6 +1219,7 @@ extension OAuthToken {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 21)
             c.pointee.expires_at_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1176,34 +1243,44 @@ extension OAuthToken {
         if c.pointee._expires_at_unix_ms_case.rawValue == 21 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AuthorizationCode {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__authorization_code()) { (message: UnsafePointer<Tollgate__V1__AuthorizationCode>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__authorization_code(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AuthorizationCode>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AuthorizationCode> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AuthorizationCode> {
         let c = arena.allocate(Tollgate__V1__AuthorizationCode.self)
         tollgate__v1__authorization_code__init(c)
         c.pointee.code_hash = arena.binary(self.codeHash)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
-        c.pointee.redirect_uri = arena.cString(self.redirectUri)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
+        c.pointee.redirect_uri = try arena.cString(self.redirectUri, field: "redirect_uri", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
         c.pointee.used = (self.used ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1219,31 +1296,41 @@ extension AuthorizationCode {
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         self.used = (c.pointee.used != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IssuedToken {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issued_token()) { (message: UnsafePointer<Tollgate__V1__IssuedToken>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issued_token(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IssuedToken>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IssuedToken> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IssuedToken> {
         let c = arena.allocate(Tollgate__V1__IssuedToken.self)
         tollgate__v1__issued_token__init(c)
-        c.pointee.access_token = arena.cString(self.accessToken)
-        c.pointee.refresh_token = arena.cString(self.refreshToken)
-        c.pointee.token_type = arena.cString(self.tokenType)
+        c.pointee.access_token = try arena.cString(self.accessToken, field: "access_token", in: Self.protoName)
+        c.pointee.refresh_token = try arena.cString(self.refreshToken, field: "refresh_token", in: Self.protoName)
+        c.pointee.token_type = try arena.cString(self.tokenType, field: "token_type", in: Self.protoName)
         c.pointee.expires_in_seconds = self.expiresInSeconds
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1256,54 +1343,64 @@ extension IssuedToken {
         self.expiresInSeconds = c.pointee.expires_in_seconds
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension KeyValidationInfo {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__key_validation_info()) { (message: UnsafePointer<Tollgate__V1__KeyValidationInfo>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__key_validation_info(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__KeyValidationInfo>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__KeyValidationInfo> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__KeyValidationInfo> {
         let c = arena.allocate(Tollgate__V1__KeyValidationInfo.self)
         tollgate__v1__key_validation_info__init(c)
         c.pointee.authorized = (self.authorized ? 1 : 0)
         c.pointee.validation_status = self.validationStatus
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.subscriber = arena.cString(self.subscriber)
-        c.pointee.subscriber_tenant_domain = arena.cString(self.subscriberTenantDomain)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
-        c.pointee.application_policy = arena.cString(self.applicationPolicy)
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
+        c.pointee.subscriber = try arena.cString(self.subscriber, field: "subscriber", in: Self.protoName)
+        c.pointee.subscriber_tenant_domain = try arena.cString(self.subscriberTenantDomain, field: "subscriber_tenant_domain", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        c.pointee.application_policy = try arena.cString(self.applicationPolicy, field: "application_policy", in: Self.protoName)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
         c.pointee.spike_arrest_limit = self.spikeArrestLimit
         c.pointee.spike_arrest_unit = .init(rawValue: .init(truncatingIfNeeded: self.spikeArrestUnit.rawValue))
         c.pointee.stop_on_quota_reach = (self.stopOnQuotaReach ? 1 : 0)
         c.pointee.content_aware = (self.contentAware ? 1 : 0)
         c.pointee.n_throttling_data = self.throttlingData.count
-        c.pointee.throttling_data = arena.cStrings(self.throttlingData)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_publisher = arena.cString(self.apiPublisher)
-        c.pointee.end_user_name = arena.cString(self.endUserName)
-        c.pointee.end_user_token = arena.cString(self.endUserToken)
+        c.pointee.throttling_data = try arena.cStrings(self.throttlingData, field: "throttling_data", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_publisher = try arena.cString(self.apiPublisher, field: "api_publisher", in: Self.protoName)
+        c.pointee.end_user_name = try arena.cString(self.endUserName, field: "end_user_name", in: Self.protoName)
+        c.pointee.end_user_token = try arena.cString(self.endUserToken, field: "end_user_token", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.n_authorized_domains = self.authorizedDomains.count
-        c.pointee.authorized_domains = arena.cStrings(self.authorizedDomains)
+        c.pointee.authorized_domains = try arena.cStrings(self.authorizedDomains, field: "authorized_domains", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         if let value = self.expiresAtUnixMs {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 51)
             c.pointee.expires_at_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1336,22 +1433,31 @@ extension KeyValidationInfo {
         if c.pointee._expires_at_unix_ms_case.rawValue == 51 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension TokenRevocation {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__token_revocation()) { (message: UnsafePointer<Tollgate__V1__TokenRevocation>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__token_revocation(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__TokenRevocation>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__TokenRevocation> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__TokenRevocation> {
         let c = arena.allocate(Tollgate__V1__TokenRevocation.self)
         tollgate__v1__token_revocation__init(c)
         c.pointee.sequence = self.sequence
@@ -1360,11 +1466,12 @@ extension TokenRevocation {
         case nil: break
         case .consumerKey(let value)?:
             c.pointee.target_case = .init(rawValue: 3)
-            c.pointee.consumer_key = arena.cString(value)
+            c.pointee.consumer_key = try arena.cString(value, field: "consumer_key", in: Self.protoName)
         case .tokenHash(let value)?:
             c.pointee.target_case = .init(rawValue: 4)
             c.pointee.token_hash = arena.binary(value)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1380,5 +1487,6 @@ extension TokenRevocation {
             self.target = .tokenHash(ProtoDecode.binary(c.pointee.token_hash))
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -159,6 +159,8 @@ public struct DocumentFile: ProtoMessage {
     public var mediaType: String = ""
     /// Field 3.
     public var content: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -202,6 +204,8 @@ public struct Document: ProtoMessage {
     /// Field 22.
     public var updatedAtUnixMs: Int64 = 0
     public var body: Body? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -245,22 +249,31 @@ public struct Document: ProtoMessage {
 
 extension DocumentFile {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document_file()) { (message: UnsafePointer<Tollgate__V1__DocumentFile>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document_file(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DocumentFile>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DocumentFile> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DocumentFile> {
         let c = arena.allocate(Tollgate__V1__DocumentFile.self)
         tollgate__v1__document_file__init(c)
-        c.pointee.file_name = arena.cString(self.fileName)
-        c.pointee.media_type = arena.cString(self.mediaType)
+        c.pointee.file_name = try arena.cString(self.fileName, field: "file_name", in: Self.protoName)
+        c.pointee.media_type = try arena.cString(self.mediaType, field: "media_type", in: Self.protoName)
         c.pointee.content = arena.binary(self.content)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -270,48 +283,58 @@ extension DocumentFile {
         self.fileName = try ProtoDecode.string(c.pointee.file_name, field: "file_name", in: Self.protoName)
         self.mediaType = try ProtoDecode.string(c.pointee.media_type, field: "media_type", in: Self.protoName)
         self.content = ProtoDecode.binary(c.pointee.content)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Document {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document()) { (message: UnsafePointer<Tollgate__V1__Document>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Document>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Document> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Document> {
         let c = arena.allocate(Tollgate__V1__Document.self)
         tollgate__v1__document__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
         c.pointee.document_type = .init(rawValue: .init(truncatingIfNeeded: self.documentType.rawValue))
-        c.pointee.other_type_name = arena.cString(self.otherTypeName)
-        c.pointee.summary = arena.cString(self.summary)
+        c.pointee.other_type_name = try arena.cString(self.otherTypeName, field: "other_type_name", in: Self.protoName)
+        c.pointee.summary = try arena.cString(self.summary, field: "summary", in: Self.protoName)
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.source_type = .init(rawValue: .init(truncatingIfNeeded: self.sourceType.rawValue))
-        c.pointee.created_by = arena.cString(self.createdBy)
+        c.pointee.created_by = try arena.cString(self.createdBy, field: "created_by", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
         switch self.body {
         case nil: break
         case .text(let value)?:
             c.pointee.body_case = .init(rawValue: 11)
-            c.pointee.text = arena.cString(value)
+            c.pointee.text = try arena.cString(value, field: "text", in: Self.protoName)
         case .url(let value)?:
             c.pointee.body_case = .init(rawValue: 12)
-            c.pointee.url = arena.cString(value)
+            c.pointee.url = try arena.cString(value, field: "url", in: Self.protoName)
         case .file(let value)?:
             c.pointee.body_case = .init(rawValue: 13)
-            c.pointee.file = value._cMessage(in: arena)
+            c.pointee.file = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -339,5 +362,6 @@ extension Document {
             if let value = c.pointee.file { self.body = .file(try DocumentFile(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

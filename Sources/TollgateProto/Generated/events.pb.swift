@@ -111,6 +111,8 @@ public struct RequestEvent: ProtoMessage {
     public var jwtClaims: [Attribute] = []
     /// Field 44.
     public var messageSizeBytes: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -177,6 +179,8 @@ public struct UsageFault: ProtoMessage {
     public var errorCode: Int32 = 0
     /// Field 2.
     public var errorMessage: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -257,6 +261,8 @@ public struct UsageEvent: ProtoMessage {
     public var throttledReason: String = ""
     /// Field 62.
     public var fault: UsageFault? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -385,6 +391,8 @@ public struct UsageSummary: ProtoMessage {
     public var responseBytesSum: UInt64 = 0
     /// Field 40.
     public var lastAccessUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -454,6 +462,8 @@ public struct TrafficLogRecord: ProtoMessage {
     /// Field 2.
     public var recordedAtUnixMs: Int64 = 0
     public var entry: Entry? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -476,47 +486,56 @@ public struct TrafficLogRecord: ProtoMessage {
 
 extension RequestEvent {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__request_event()) { (message: UnsafePointer<Tollgate__V1__RequestEvent>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__request_event(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RequestEvent>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RequestEvent> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RequestEvent> {
         let c = arena.allocate(Tollgate__V1__RequestEvent.self)
         tollgate__v1__request_event__init(c)
-        c.pointee.message_id = arena.cString(self.messageId)
-        c.pointee.gateway_id = arena.cString(self.gatewayId)
+        c.pointee.message_id = try arena.cString(self.messageId, field: "message_id", in: Self.protoName)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
         c.pointee.timestamp_unix_ms = self.timestampUnixMs
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_tenant_domain = arena.cString(self.apiTenantDomain)
-        c.pointee.resource = arena.cString(self.resource)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_tenant_domain = try arena.cString(self.apiTenantDomain, field: "api_tenant_domain", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_tenant_domain = arena.cString(self.applicationTenantDomain)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.api_key = arena.cString(self.apiKey)
-        c.pointee.resource_key = arena.cString(self.resourceKey)
-        c.pointee.application_key = arena.cString(self.applicationKey)
-        c.pointee.subscription_key = arena.cString(self.subscriptionKey)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
-        c.pointee.resource_policy = arena.cString(self.resourcePolicy)
-        c.pointee.application_policy = arena.cString(self.applicationPolicy)
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.client_ip = arena.cString(self.clientIp)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_tenant_domain = try arena.cString(self.applicationTenantDomain, field: "application_tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.api_key = try arena.cString(self.apiKey, field: "api_key", in: Self.protoName)
+        c.pointee.resource_key = try arena.cString(self.resourceKey, field: "resource_key", in: Self.protoName)
+        c.pointee.application_key = try arena.cString(self.applicationKey, field: "application_key", in: Self.protoName)
+        c.pointee.subscription_key = try arena.cString(self.subscriptionKey, field: "subscription_key", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
+        c.pointee.resource_policy = try arena.cString(self.resourcePolicy, field: "resource_policy", in: Self.protoName)
+        c.pointee.application_policy = try arena.cString(self.applicationPolicy, field: "application_policy", in: Self.protoName)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.client_ip = try arena.cString(self.clientIp, field: "client_ip", in: Self.protoName)
         c.pointee.n_headers = self.headers.count
-        c.pointee.headers = arena.messages(self.headers) { $0._cMessage(in: arena) }
+        c.pointee.headers = try arena.messages(self.headers) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_query_parameters = self.queryParameters.count
-        c.pointee.query_parameters = arena.messages(self.queryParameters) { $0._cMessage(in: arena) }
+        c.pointee.query_parameters = try arena.messages(self.queryParameters) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_jwt_claims = self.jwtClaims.count
-        c.pointee.jwt_claims = arena.messages(self.jwtClaims) { $0._cMessage(in: arena) }
+        c.pointee.jwt_claims = try arena.messages(self.jwtClaims) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.message_size_bytes = self.messageSizeBytes
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -548,26 +567,36 @@ extension RequestEvent {
         self.queryParameters = try ProtoDecode.messages(c.pointee.query_parameters, count: c.pointee.n_query_parameters, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Attribute(_cMessage: element) }
         self.jwtClaims = try ProtoDecode.messages(c.pointee.jwt_claims, count: c.pointee.n_jwt_claims, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Attribute(_cMessage: element) }
         self.messageSizeBytes = c.pointee.message_size_bytes
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageFault {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_fault()) { (message: UnsafePointer<Tollgate__V1__UsageFault>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_fault(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageFault>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageFault> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageFault> {
         let c = arena.allocate(Tollgate__V1__UsageFault.self)
         tollgate__v1__usage_fault__init(c)
         c.pointee.error_code = self.errorCode
-        c.pointee.error_message = arena.cString(self.errorMessage)
+        c.pointee.error_message = try arena.cString(self.errorMessage, field: "error_message", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -576,56 +605,66 @@ extension UsageFault {
         self.init()
         self.errorCode = c.pointee.error_code
         self.errorMessage = try ProtoDecode.string(c.pointee.error_message, field: "error_message", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageEvent {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_event()) { (message: UnsafePointer<Tollgate__V1__UsageEvent>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_event(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageEvent>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageEvent> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageEvent> {
         let c = arena.allocate(Tollgate__V1__UsageEvent.self)
         tollgate__v1__usage_event__init(c)
-        c.pointee.correlation_id = arena.cString(self.correlationId)
-        c.pointee.gateway_id = arena.cString(self.gatewayId)
+        c.pointee.correlation_id = try arena.cString(self.correlationId, field: "correlation_id", in: Self.protoName)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
         c.pointee.request_timestamp_unix_ms = self.requestTimestampUnixMs
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.application_owner = arena.cString(self.applicationOwner)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_creator = arena.cString(self.apiCreator)
-        c.pointee.api_creator_tenant_domain = arena.cString(self.apiCreatorTenantDomain)
-        c.pointee.resource = arena.cString(self.resource)
-        c.pointee.request_path = arena.cString(self.requestPath)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.application_owner = try arena.cString(self.applicationOwner, field: "application_owner", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.api_creator_tenant_domain = try arena.cString(self.apiCreatorTenantDomain, field: "api_creator_tenant_domain", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
+        c.pointee.request_path = try arena.cString(self.requestPath, field: "request_path", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.user_tenant_domain = arena.cString(self.userTenantDomain)
-        c.pointee.client_ip = arena.cString(self.clientIp)
-        c.pointee.user_agent = arena.cString(self.userAgent)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.user_tenant_domain = try arena.cString(self.userTenantDomain, field: "user_tenant_domain", in: Self.protoName)
+        c.pointee.client_ip = try arena.cString(self.clientIp, field: "client_ip", in: Self.protoName)
+        c.pointee.user_agent = try arena.cString(self.userAgent, field: "user_agent", in: Self.protoName)
         c.pointee.response_time_ms = self.responseTimeMs
         c.pointee.backend_time_ms = self.backendTimeMs
         c.pointee.service_time_ms = self.serviceTimeMs
         c.pointee.response_code = self.responseCode
         c.pointee.request_size_bytes = self.requestSizeBytes
         c.pointee.response_size_bytes = self.responseSizeBytes
-        c.pointee.destination = arena.cString(self.destination)
+        c.pointee.destination = try arena.cString(self.destination, field: "destination", in: Self.protoName)
         c.pointee.cache_hit = (self.cacheHit ? 1 : 0)
         c.pointee.throttled = (self.throttled ? 1 : 0)
-        c.pointee.throttled_reason = arena.cString(self.throttledReason)
-        if let value = self.fault { c.pointee.fault = value._cMessage(in: arena) }
+        c.pointee.throttled_reason = try arena.cString(self.throttledReason, field: "throttled_reason", in: Self.protoName)
+        if let value = self.fault { c.pointee.fault = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -664,35 +703,44 @@ extension UsageEvent {
         self.throttled = (c.pointee.throttled != 0)
         self.throttledReason = try ProtoDecode.string(c.pointee.throttled_reason, field: "throttled_reason", in: Self.protoName)
         if let value = c.pointee.fault { self.fault = try UsageFault(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageSummary {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_summary()) { (message: UnsafePointer<Tollgate__V1__UsageSummary>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_summary(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageSummary>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageSummary> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageSummary> {
         let c = arena.allocate(Tollgate__V1__UsageSummary.self)
         tollgate__v1__usage_summary__init(c)
         c.pointee.granularity = .init(rawValue: .init(truncatingIfNeeded: self.granularity.rawValue))
         c.pointee.bucket_start_unix_ms = self.bucketStartUnixMs
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_creator = arena.cString(self.apiCreator)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.resource = arena.cString(self.resource)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         c.pointee.request_count = self.requestCount
         c.pointee.success_count = self.successCount
@@ -709,6 +757,7 @@ extension UsageSummary {
         c.pointee.response_time_buckets = arena.scalars(self.responseTimeBuckets)
         c.pointee.response_bytes_sum = self.responseBytesSum
         c.pointee.last_access_unix_ms = self.lastAccessUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -741,22 +790,31 @@ extension UsageSummary {
         self.responseTimeBuckets = ProtoDecode.scalars(c.pointee.response_time_buckets, count: c.pointee.n_response_time_buckets)
         self.responseBytesSum = c.pointee.response_bytes_sum
         self.lastAccessUnixMs = c.pointee.last_access_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension TrafficLogRecord {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__traffic_log_record()) { (message: UnsafePointer<Tollgate__V1__TrafficLogRecord>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__traffic_log_record(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__TrafficLogRecord>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__TrafficLogRecord> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__TrafficLogRecord> {
         let c = arena.allocate(Tollgate__V1__TrafficLogRecord.self)
         tollgate__v1__traffic_log_record__init(c)
         c.pointee.sequence = self.sequence
@@ -765,11 +823,12 @@ extension TrafficLogRecord {
         case nil: break
         case .decision(let value)?:
             c.pointee.entry_case = .init(rawValue: 3)
-            c.pointee.decision = value._cMessage(in: arena)
+            c.pointee.decision = try value._cMessage(in: arena)
         case .event(let value)?:
             c.pointee.entry_case = .init(rawValue: 4)
-            c.pointee.event = value._cMessage(in: arena)
+            c.pointee.event = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -785,5 +844,6 @@ extension TrafficLogRecord {
             if let value = c.pointee.event { self.entry = .event(try RequestEvent(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

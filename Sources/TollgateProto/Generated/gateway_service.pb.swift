@@ -49,6 +49,8 @@ public enum GatewayCache: ProtoEnum {
 public struct GetGatewayStatusRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.GetGatewayStatusRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -85,6 +87,8 @@ public struct GetGatewayStatusResponse: ProtoMessage {
     public var usageEventsQueued: UInt64 = 0
     /// Field 33.
     public var usageEventsDropped: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -129,6 +133,8 @@ public struct FlushCachesRequest: ProtoMessage {
     public var caches: [GatewayCache] = []
     /// Field 2.
     public var tokenHashes: [[UInt8]] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -147,6 +153,8 @@ public struct FlushCachesResponse: ProtoMessage {
 
     /// Field 1.
     public var evictedEntries: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -159,37 +167,57 @@ public struct FlushCachesResponse: ProtoMessage {
 
 extension GetGatewayStatusRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request()) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetGatewayStatusRequest> {
         let c = arena.allocate(Tollgate__V1__GetGatewayStatusRequest.self)
         tollgate__v1__get_gateway_status_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetGatewayStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response()) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -210,6 +238,7 @@ extension GetGatewayStatusResponse {
         c.pointee.request_events_dropped = self.requestEventsDropped
         c.pointee.usage_events_queued = self.usageEventsQueued
         c.pointee.usage_events_dropped = self.usageEventsDropped
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -230,18 +259,28 @@ extension GetGatewayStatusResponse {
         self.requestEventsDropped = c.pointee.request_events_dropped
         self.usageEventsQueued = c.pointee.usage_events_queued
         self.usageEventsDropped = c.pointee.usage_events_dropped
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FlushCachesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_request()) { (message: UnsafePointer<Tollgate__V1__FlushCachesRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__FlushCachesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -252,6 +291,7 @@ extension FlushCachesRequest {
         c.pointee.caches = arena.mapped(self.caches) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.n_token_hashes = self.tokenHashes.count
         c.pointee.token_hashes = arena.binaries(self.tokenHashes)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -260,18 +300,28 @@ extension FlushCachesRequest {
         self.init()
         self.caches = ProtoDecode.mapped(c.pointee.caches, count: c.pointee.n_caches) { GatewayCache(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         self.tokenHashes = ProtoDecode.binaries(c.pointee.token_hashes, count: c.pointee.n_token_hashes)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FlushCachesResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_response()) { (message: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -279,6 +329,7 @@ extension FlushCachesResponse {
         let c = arena.allocate(Tollgate__V1__FlushCachesResponse.self)
         tollgate__v1__flush_caches_response__init(c)
         c.pointee.evicted_entries = self.evictedEntries
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -286,6 +337,7 @@ extension FlushCachesResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) {
         self.init()
         self.evictedEntries = c.pointee.evicted_entries
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

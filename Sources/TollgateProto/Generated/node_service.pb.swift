@@ -135,6 +135,8 @@ public struct PeerConnection: ProtoMessage {
     public var ready: Bool = false
     /// Field 14.
     public var reportedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -177,6 +179,8 @@ public struct PingRequest: ProtoMessage {
 
     /// Field 1.
     public var payload: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -197,6 +201,8 @@ public struct PingResponse: ProtoMessage {
     public var serverTimeUnixMs: Int64 = 0
     /// Field 3.
     public var nodeId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -215,6 +221,8 @@ public struct PingResponse: ProtoMessage {
 public struct GetNodeStatusRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.GetNodeStatusRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -239,6 +247,8 @@ public struct GetNodeStatusResponse: ProtoMessage {
     public var ready: Bool = false
     /// Field 8.
     public var peers: [PeerConnection] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -265,33 +275,42 @@ public struct GetNodeStatusResponse: ProtoMessage {
 
 extension PeerConnection {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__peer_connection()) { (message: UnsafePointer<Tollgate__V1__PeerConnection>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__peer_connection(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PeerConnection>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PeerConnection> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PeerConnection> {
         let c = arena.allocate(Tollgate__V1__PeerConnection.self)
         tollgate__v1__peer_connection__init(c)
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
         c.pointee.role = .init(rawValue: .init(truncatingIfNeeded: self.role.rawValue))
-        c.pointee.address = arena.cString(self.address)
+        c.pointee.address = try arena.cString(self.address, field: "address", in: Self.protoName)
         c.pointee.inbound = (self.inbound ? 1 : 0)
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_since_unix_ms = self.stateSinceUnixMs
         c.pointee.active_calls = self.activeCalls
         c.pointee.reconnect_count = self.reconnectCount
-        c.pointee.last_error_message = arena.cString(self.lastErrorMessage)
+        c.pointee.last_error_message = try arena.cString(self.lastErrorMessage, field: "last_error_message", in: Self.protoName)
         c.pointee.last_error_at_unix_ms = self.lastErrorAtUnixMs
-        c.pointee.version = arena.cString(self.version)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
         c.pointee.uptime_ms = self.uptimeMs
         c.pointee.ready = (self.ready ? 1 : 0)
         c.pointee.reported_at_unix_ms = self.reportedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -312,18 +331,28 @@ extension PeerConnection {
         self.uptimeMs = c.pointee.uptime_ms
         self.ready = (c.pointee.ready != 0)
         self.reportedAtUnixMs = c.pointee.reported_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PingRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_request()) { (message: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -331,6 +360,7 @@ extension PingRequest {
         let c = arena.allocate(Tollgate__V1__PingRequest.self)
         tollgate__v1__ping_request__init(c)
         c.pointee.payload = arena.binary(self.payload)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -338,27 +368,37 @@ extension PingRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) {
         self.init()
         self.payload = ProtoDecode.binary(c.pointee.payload)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PingResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_response()) { (message: UnsafePointer<Tollgate__V1__PingResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PingResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PingResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PingResponse> {
         let c = arena.allocate(Tollgate__V1__PingResponse.self)
         tollgate__v1__ping_response__init(c)
         c.pointee.payload = arena.binary(self.payload)
         c.pointee.server_time_unix_ms = self.serverTimeUnixMs
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -368,58 +408,79 @@ extension PingResponse {
         self.payload = ProtoDecode.binary(c.pointee.payload)
         self.serverTimeUnixMs = c.pointee.server_time_unix_ms
         self.nodeId = try ProtoDecode.string(c.pointee.node_id, field: "node_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetNodeStatusRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_request()) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusRequest> {
         let c = arena.allocate(Tollgate__V1__GetNodeStatusRequest.self)
         tollgate__v1__get_node_status_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetNodeStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_response()) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusResponse> {
         let c = arena.allocate(Tollgate__V1__GetNodeStatusResponse.self)
         tollgate__v1__get_node_status_response__init(c)
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
         c.pointee.roles = arena.mapped(self.roles) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.hostname = arena.cString(self.hostname)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.hostname = try arena.cString(self.hostname, field: "hostname", in: Self.protoName)
         c.pointee.started_at_unix_ms = self.startedAtUnixMs
         c.pointee.uptime_ms = self.uptimeMs
         c.pointee.ready = (self.ready ? 1 : 0)
         c.pointee.n_peers = self.peers.count
-        c.pointee.peers = arena.messages(self.peers) { $0._cMessage(in: arena) }
+        c.pointee.peers = try arena.messages(self.peers) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -434,6 +495,7 @@ extension GetNodeStatusResponse {
         self.uptimeMs = c.pointee.uptime_ms
         self.ready = (c.pointee.ready != 0)
         self.peers = try ProtoDecode.messages(c.pointee.peers, count: c.pointee.n_peers, in: Self.protoName) { (element) throws(ProtoDecodingError) in try PeerConnection(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

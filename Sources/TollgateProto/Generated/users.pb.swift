@@ -137,6 +137,8 @@ public struct Tenant: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -189,6 +191,8 @@ public struct User: ProtoMessage {
     public var updatedAtUnixMs: Int64 = 0
     /// Field 12.
     public var lockedUntilUnixMs: Int64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -243,6 +247,8 @@ public struct UserRole: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -289,6 +295,8 @@ public struct Session: ProtoMessage {
     public var lastUsedAtUnixMs: Int64 = 0
     /// Field 20.
     public var revoked: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -319,25 +327,34 @@ public struct Session: ProtoMessage {
 
 extension Tenant {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tenant()) { (message: UnsafePointer<Tollgate__V1__Tenant>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tenant(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Tenant>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Tenant> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Tenant> {
         let c = arena.allocate(Tollgate__V1__Tenant.self)
         tollgate__v1__tenant__init(c)
-        c.pointee.domain = arena.cString(self.domain)
+        c.pointee.domain = try arena.cString(self.domain, field: "domain", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
-        c.pointee.admin_username = arena.cString(self.adminUsername)
-        c.pointee.admin_email = arena.cString(self.adminEmail)
+        c.pointee.admin_username = try arena.cString(self.adminUsername, field: "admin_username", in: Self.protoName)
+        c.pointee.admin_email = try arena.cString(self.adminEmail, field: "admin_email", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -350,33 +367,42 @@ extension Tenant {
         self.adminEmail = try ProtoDecode.string(c.pointee.admin_email, field: "admin_email", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension User {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user()) { (message: UnsafePointer<Tollgate__V1__User>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__User>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__User> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__User> {
         let c = arena.allocate(Tollgate__V1__User.self)
         tollgate__v1__user__init(c)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.email = arena.cString(self.email)
-        c.pointee.given_name = arena.cString(self.givenName)
-        c.pointee.family_name = arena.cString(self.familyName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.email = try arena.cString(self.email, field: "email", in: Self.protoName)
+        c.pointee.given_name = try arena.cString(self.givenName, field: "given_name", in: Self.protoName)
+        c.pointee.family_name = try arena.cString(self.familyName, field: "family_name", in: Self.protoName)
         c.pointee.n_claims = self.claims.count
-        c.pointee.claims = arena.messages(self.claims) { $0._cMessage(in: arena) }
+        c.pointee.claims = try arena.messages(self.claims) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.failed_login_count = self.failedLoginCount
         if let value = self.passwordHash { c.pointee.password_hash = value._cMessage(in: arena) }
@@ -387,6 +413,7 @@ extension User {
             c.pointee._locked_until_unix_ms_case = .init(rawValue: 12)
             c.pointee.locked_until_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -409,32 +436,42 @@ extension User {
         if c.pointee._locked_until_unix_ms_case.rawValue == 12 {
             self.lockedUntilUnixMs = c.pointee.locked_until_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UserRole {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user_role()) { (message: UnsafePointer<Tollgate__V1__UserRole>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user_role(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UserRole>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UserRole> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UserRole> {
         let c = arena.allocate(Tollgate__V1__UserRole.self)
         tollgate__v1__user_role__init(c)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_permissions = self.permissions.count
-        c.pointee.permissions = arena.cStrings(self.permissions)
+        c.pointee.permissions = try arena.cStrings(self.permissions, field: "permissions", in: Self.protoName)
         c.pointee.builtin = (self.builtin ? 1 : 0)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -448,35 +485,45 @@ extension UserRole {
         self.builtin = (c.pointee.builtin != 0)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Session {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__session()) { (message: UnsafePointer<Tollgate__V1__Session>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__session(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Session>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Session> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Session> {
         let c = arena.allocate(Tollgate__V1__Session.self)
         tollgate__v1__session__init(c)
         c.pointee.token_hash = arena.binary(self.tokenHash)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
         c.pointee.origin = .init(rawValue: .init(truncatingIfNeeded: self.origin.rawValue))
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
         c.pointee.idle_timeout_ms = self.idleTimeoutMs
         c.pointee.last_used_at_unix_ms = self.lastUsedAtUnixMs
         c.pointee.revoked = (self.revoked ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -493,5 +540,6 @@ extension Session {
         self.idleTimeoutMs = c.pointee.idle_timeout_ms
         self.lastUsedAtUnixMs = c.pointee.last_used_at_unix_ms
         self.revoked = (c.pointee.revoked != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
