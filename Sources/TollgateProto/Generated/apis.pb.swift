@@ -574,71 +574,201 @@ public struct OwnerContact: ProtoMessage {
 }
 
 /// `tollgate.v1.Api`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Api: ProtoMessage {
     public static let protoName = "tollgate.v1.Api"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var provider: String = ""
+    public var provider: String {
+        get { _storage.provider }
+        set { _uniqueStorage().provider = newValue }
+        _modify { yield &_uniqueStorage().provider }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 6.
-    public var context: String = ""
+    public var context: String {
+        get { _storage.context }
+        set { _uniqueStorage().context = newValue }
+        _modify { yield &_uniqueStorage().context }
+    }
     /// Field 7.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 8.
-    public var tags: [String] = []
+    public var tags: [String] {
+        get { _storage.tags }
+        set { _uniqueStorage().tags = newValue }
+        _modify { yield &_uniqueStorage().tags }
+    }
     /// Field 9.
-    public var defaultVersion: Bool = false
+    public var defaultVersion: Bool {
+        get { _storage.defaultVersion }
+        set { _uniqueStorage().defaultVersion = newValue }
+        _modify { yield &_uniqueStorage().defaultVersion }
+    }
     /// Field 10.
-    public var revision: UInt64 = 0
+    public var revision: UInt64 {
+        get { _storage.revision }
+        set { _uniqueStorage().revision = newValue }
+        _modify { yield &_uniqueStorage().revision }
+    }
     /// Field 15.
-    public var visibility: ApiVisibility = .unspecified
+    public var visibility: ApiVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 16.
-    public var visibleRoles: [String] = []
+    public var visibleRoles: [String] {
+        get { _storage.visibleRoles }
+        set { _uniqueStorage().visibleRoles = newValue }
+        _modify { yield &_uniqueStorage().visibleRoles }
+    }
     /// Field 20.
-    public var transports: [TransportScheme] = []
+    public var transports: [TransportScheme] {
+        get { _storage.transports }
+        set { _uniqueStorage().transports = newValue }
+        _modify { yield &_uniqueStorage().transports }
+    }
     /// Field 21.
-    public var authorizationHeader: String = ""
+    public var authorizationHeader: String {
+        get { _storage.authorizationHeader }
+        set { _uniqueStorage().authorizationHeader = newValue }
+        _modify { yield &_uniqueStorage().authorizationHeader }
+    }
     /// Field 22.
-    public var productionEndpoints: EndpointConfig? = nil
+    public var productionEndpoints: EndpointConfig? {
+        get { _storage.productionEndpoints }
+        set { _uniqueStorage().productionEndpoints = newValue }
+        _modify { yield &_uniqueStorage().productionEndpoints }
+    }
     /// Field 23.
-    public var sandboxEndpoints: EndpointConfig? = nil
+    public var sandboxEndpoints: EndpointConfig? {
+        get { _storage.sandboxEndpoints }
+        set { _uniqueStorage().sandboxEndpoints = newValue }
+        _modify { yield &_uniqueStorage().sandboxEndpoints }
+    }
     /// Field 24.
-    public var cors: CorsConfig? = nil
+    public var cors: CorsConfig? {
+        get { _storage.cors }
+        set { _uniqueStorage().cors = newValue }
+        _modify { yield &_uniqueStorage().cors }
+    }
     /// Field 30.
-    public var resources: [ApiResource] = []
+    public var resources: [ApiResource] {
+        get { _storage.resources }
+        set { _uniqueStorage().resources = newValue }
+        _modify { yield &_uniqueStorage().resources }
+    }
     /// Field 31.
-    public var scopes: [ApiScope] = []
+    public var scopes: [ApiScope] {
+        get { _storage.scopes }
+        set { _uniqueStorage().scopes = newValue }
+        _modify { yield &_uniqueStorage().scopes }
+    }
     /// Field 40.
-    public var subscriptionPolicies: [String] = []
+    public var subscriptionPolicies: [String] {
+        get { _storage.subscriptionPolicies }
+        set { _uniqueStorage().subscriptionPolicies = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicies }
+    }
     /// Field 41.
-    public var apiPolicy: String = ""
+    public var apiPolicy: String {
+        get { _storage.apiPolicy }
+        set { _uniqueStorage().apiPolicy = newValue }
+        _modify { yield &_uniqueStorage().apiPolicy }
+    }
     /// Field 50.
-    public var lifecycleState: LifecycleState = .unspecified
+    public var lifecycleState: LifecycleState {
+        get { _storage.lifecycleState }
+        set { _uniqueStorage().lifecycleState = newValue }
+        _modify { yield &_uniqueStorage().lifecycleState }
+    }
     /// Field 55.
-    public var businessOwner: OwnerContact? = nil
+    public var businessOwner: OwnerContact? {
+        get { _storage.businessOwner }
+        set { _uniqueStorage().businessOwner = newValue }
+        _modify { yield &_uniqueStorage().businessOwner }
+    }
     /// Field 56.
-    public var technicalOwner: OwnerContact? = nil
+    public var technicalOwner: OwnerContact? {
+        get { _storage.technicalOwner }
+        set { _uniqueStorage().technicalOwner = newValue }
+        _modify { yield &_uniqueStorage().technicalOwner }
+    }
     /// Field 60.
-    public var createdBy: String = ""
+    public var createdBy: String {
+        get { _storage.createdBy }
+        set { _uniqueStorage().createdBy = newValue }
+        _modify { yield &_uniqueStorage().createdBy }
+    }
     /// Field 61.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 62.
-    public var updatedBy: String = ""
+    public var updatedBy: String {
+        get { _storage.updatedBy }
+        set { _uniqueStorage().updatedBy = newValue }
+        _modify { yield &_uniqueStorage().updatedBy }
+    }
     /// Field 63.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Field 42.
-    public var maxProductionTps: UInt32? = nil
+    public var maxProductionTps: UInt32? {
+        get { _storage.maxProductionTps }
+        set { _uniqueStorage().maxProductionTps = newValue }
+        _modify { yield &_uniqueStorage().maxProductionTps }
+    }
     /// Field 43.
-    public var maxSandboxTps: UInt32? = nil
+    public var maxSandboxTps: UInt32? {
+        get { _storage.maxSandboxTps }
+        set { _uniqueStorage().maxSandboxTps = newValue }
+        _modify { yield &_uniqueStorage().maxSandboxTps }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -674,75 +804,309 @@ public struct Api: ProtoMessage {
         maxProductionTps: UInt32? = nil,
         maxSandboxTps: UInt32? = nil
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.provider = provider
-        self.name = name
-        self.version = version
-        self.context = context
-        self.description = description
-        self.tags = tags
-        self.defaultVersion = defaultVersion
-        self.revision = revision
-        self.visibility = visibility
-        self.visibleRoles = visibleRoles
-        self.transports = transports
-        self.authorizationHeader = authorizationHeader
-        self.productionEndpoints = productionEndpoints
-        self.sandboxEndpoints = sandboxEndpoints
-        self.cors = cors
-        self.resources = resources
-        self.scopes = scopes
-        self.subscriptionPolicies = subscriptionPolicies
-        self.apiPolicy = apiPolicy
-        self.lifecycleState = lifecycleState
-        self.businessOwner = businessOwner
-        self.technicalOwner = technicalOwner
-        self.createdBy = createdBy
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedBy = updatedBy
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.maxProductionTps = maxProductionTps
-        self.maxSandboxTps = maxSandboxTps
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.provider = provider
+        _fields.name = name
+        _fields.version = version
+        _fields.context = context
+        _fields.description = description
+        _fields.tags = tags
+        _fields.defaultVersion = defaultVersion
+        _fields.revision = revision
+        _fields.visibility = visibility
+        _fields.visibleRoles = visibleRoles
+        _fields.transports = transports
+        _fields.authorizationHeader = authorizationHeader
+        _fields.productionEndpoints = productionEndpoints
+        _fields.sandboxEndpoints = sandboxEndpoints
+        _fields.cors = cors
+        _fields.resources = resources
+        _fields.scopes = scopes
+        _fields.subscriptionPolicies = subscriptionPolicies
+        _fields.apiPolicy = apiPolicy
+        _fields.lifecycleState = lifecycleState
+        _fields.businessOwner = businessOwner
+        _fields.technicalOwner = technicalOwner
+        _fields.createdBy = createdBy
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedBy = updatedBy
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.maxProductionTps = maxProductionTps
+        _fields.maxSandboxTps = maxSandboxTps
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var provider: String = ""
+        var name: String = ""
+        var version: String = ""
+        var context: String = ""
+        var description: String = ""
+        var tags: [String] = []
+        var defaultVersion: Bool = false
+        var revision: UInt64 = 0
+        var visibility: ApiVisibility = .unspecified
+        var visibleRoles: [String] = []
+        var transports: [TransportScheme] = []
+        var authorizationHeader: String = ""
+        var productionEndpoints: EndpointConfig? = nil
+        var sandboxEndpoints: EndpointConfig? = nil
+        var cors: CorsConfig? = nil
+        var resources: [ApiResource] = []
+        var scopes: [ApiScope] = []
+        var subscriptionPolicies: [String] = []
+        var apiPolicy: String = ""
+        var lifecycleState: LifecycleState = .unspecified
+        var businessOwner: OwnerContact? = nil
+        var technicalOwner: OwnerContact? = nil
+        var createdBy: String = ""
+        var createdAtUnixMs: Int64 = 0
+        var updatedBy: String = ""
+        var updatedAtUnixMs: Int64 = 0
+        var maxProductionTps: UInt32? = nil
+        var maxSandboxTps: UInt32? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            provider = other.provider
+            name = other.name
+            version = other.version
+            context = other.context
+            description = other.description
+            tags = other.tags
+            defaultVersion = other.defaultVersion
+            revision = other.revision
+            visibility = other.visibility
+            visibleRoles = other.visibleRoles
+            transports = other.transports
+            authorizationHeader = other.authorizationHeader
+            productionEndpoints = other.productionEndpoints
+            sandboxEndpoints = other.sandboxEndpoints
+            cors = other.cors
+            resources = other.resources
+            scopes = other.scopes
+            subscriptionPolicies = other.subscriptionPolicies
+            apiPolicy = other.apiPolicy
+            lifecycleState = other.lifecycleState
+            businessOwner = other.businessOwner
+            technicalOwner = other.technicalOwner
+            createdBy = other.createdBy
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedBy = other.updatedBy
+            updatedAtUnixMs = other.updatedAtUnixMs
+            maxProductionTps = other.maxProductionTps
+            maxSandboxTps = other.maxSandboxTps
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if provider != other.provider { return false }
+            if name != other.name { return false }
+            if version != other.version { return false }
+            if context != other.context { return false }
+            if description != other.description { return false }
+            if tags != other.tags { return false }
+            if defaultVersion != other.defaultVersion { return false }
+            if revision != other.revision { return false }
+            if visibility != other.visibility { return false }
+            if visibleRoles != other.visibleRoles { return false }
+            if transports != other.transports { return false }
+            if authorizationHeader != other.authorizationHeader { return false }
+            if productionEndpoints != other.productionEndpoints { return false }
+            if sandboxEndpoints != other.sandboxEndpoints { return false }
+            if cors != other.cors { return false }
+            if resources != other.resources { return false }
+            if scopes != other.scopes { return false }
+            if subscriptionPolicies != other.subscriptionPolicies { return false }
+            if apiPolicy != other.apiPolicy { return false }
+            if lifecycleState != other.lifecycleState { return false }
+            if businessOwner != other.businessOwner { return false }
+            if technicalOwner != other.technicalOwner { return false }
+            if createdBy != other.createdBy { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedBy != other.updatedBy { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if maxProductionTps != other.maxProductionTps { return false }
+            if maxSandboxTps != other.maxSandboxTps { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(provider)
+            hasher.combine(name)
+            hasher.combine(version)
+            hasher.combine(context)
+            hasher.combine(description)
+            hasher.combine(tags)
+            hasher.combine(defaultVersion)
+            hasher.combine(revision)
+            hasher.combine(visibility)
+            hasher.combine(visibleRoles)
+            hasher.combine(transports)
+            hasher.combine(authorizationHeader)
+            hasher.combine(productionEndpoints)
+            hasher.combine(sandboxEndpoints)
+            hasher.combine(cors)
+            hasher.combine(resources)
+            hasher.combine(scopes)
+            hasher.combine(subscriptionPolicies)
+            hasher.combine(apiPolicy)
+            hasher.combine(lifecycleState)
+            hasher.combine(businessOwner)
+            hasher.combine(technicalOwner)
+            hasher.combine(createdBy)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedBy)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(maxProductionTps)
+            hasher.combine(maxSandboxTps)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
 /// `tollgate.v1.ApiListing`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct ApiListing: ProtoMessage {
     public static let protoName = "tollgate.v1.ApiListing"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var provider: String = ""
+    public var provider: String {
+        get { _storage.provider }
+        set { _uniqueStorage().provider = newValue }
+        _modify { yield &_uniqueStorage().provider }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 6.
-    public var context: String = ""
+    public var context: String {
+        get { _storage.context }
+        set { _uniqueStorage().context = newValue }
+        _modify { yield &_uniqueStorage().context }
+    }
     /// Field 7.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 8.
-    public var tags: [String] = []
+    public var tags: [String] {
+        get { _storage.tags }
+        set { _uniqueStorage().tags = newValue }
+        _modify { yield &_uniqueStorage().tags }
+    }
     /// Field 9.
-    public var defaultVersion: Bool = false
+    public var defaultVersion: Bool {
+        get { _storage.defaultVersion }
+        set { _uniqueStorage().defaultVersion = newValue }
+        _modify { yield &_uniqueStorage().defaultVersion }
+    }
     /// Field 10.
-    public var visibility: ApiVisibility = .unspecified
+    public var visibility: ApiVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 11.
-    public var lifecycleState: LifecycleState = .unspecified
+    public var lifecycleState: LifecycleState {
+        get { _storage.lifecycleState }
+        set { _uniqueStorage().lifecycleState = newValue }
+        _modify { yield &_uniqueStorage().lifecycleState }
+    }
     /// Field 12.
-    public var subscriptionPolicies: [String] = []
+    public var subscriptionPolicies: [String] {
+        get { _storage.subscriptionPolicies }
+        set { _uniqueStorage().subscriptionPolicies = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicies }
+    }
     /// Field 13.
-    public var transports: [TransportScheme] = []
+    public var transports: [TransportScheme] {
+        get { _storage.transports }
+        set { _uniqueStorage().transports = newValue }
+        _modify { yield &_uniqueStorage().transports }
+    }
     /// Field 14.
-    public var businessOwner: OwnerContact? = nil
+    public var businessOwner: OwnerContact? {
+        get { _storage.businessOwner }
+        set { _uniqueStorage().businessOwner = newValue }
+        _modify { yield &_uniqueStorage().businessOwner }
+    }
     /// Field 15.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -763,21 +1127,125 @@ public struct ApiListing: ProtoMessage {
         businessOwner: OwnerContact? = nil,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.provider = provider
-        self.name = name
-        self.version = version
-        self.context = context
-        self.description = description
-        self.tags = tags
-        self.defaultVersion = defaultVersion
-        self.visibility = visibility
-        self.lifecycleState = lifecycleState
-        self.subscriptionPolicies = subscriptionPolicies
-        self.transports = transports
-        self.businessOwner = businessOwner
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.provider = provider
+        _fields.name = name
+        _fields.version = version
+        _fields.context = context
+        _fields.description = description
+        _fields.tags = tags
+        _fields.defaultVersion = defaultVersion
+        _fields.visibility = visibility
+        _fields.lifecycleState = lifecycleState
+        _fields.subscriptionPolicies = subscriptionPolicies
+        _fields.transports = transports
+        _fields.businessOwner = businessOwner
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var provider: String = ""
+        var name: String = ""
+        var version: String = ""
+        var context: String = ""
+        var description: String = ""
+        var tags: [String] = []
+        var defaultVersion: Bool = false
+        var visibility: ApiVisibility = .unspecified
+        var lifecycleState: LifecycleState = .unspecified
+        var subscriptionPolicies: [String] = []
+        var transports: [TransportScheme] = []
+        var businessOwner: OwnerContact? = nil
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            provider = other.provider
+            name = other.name
+            version = other.version
+            context = other.context
+            description = other.description
+            tags = other.tags
+            defaultVersion = other.defaultVersion
+            visibility = other.visibility
+            lifecycleState = other.lifecycleState
+            subscriptionPolicies = other.subscriptionPolicies
+            transports = other.transports
+            businessOwner = other.businessOwner
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if provider != other.provider { return false }
+            if name != other.name { return false }
+            if version != other.version { return false }
+            if context != other.context { return false }
+            if description != other.description { return false }
+            if tags != other.tags { return false }
+            if defaultVersion != other.defaultVersion { return false }
+            if visibility != other.visibility { return false }
+            if lifecycleState != other.lifecycleState { return false }
+            if subscriptionPolicies != other.subscriptionPolicies { return false }
+            if transports != other.transports { return false }
+            if businessOwner != other.businessOwner { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(provider)
+            hasher.combine(name)
+            hasher.combine(version)
+            hasher.combine(context)
+            hasher.combine(description)
+            hasher.combine(tags)
+            hasher.combine(defaultVersion)
+            hasher.combine(visibility)
+            hasher.combine(lifecycleState)
+            hasher.combine(subscriptionPolicies)
+            hasher.combine(transports)
+            hasher.combine(businessOwner)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 

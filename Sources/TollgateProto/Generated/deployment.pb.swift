@@ -42,21 +42,51 @@ public struct ResolvedResource: ProtoMessage {
 }
 
 /// `tollgate.v1.DeployedApi`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct DeployedApi: ProtoMessage {
     public static let protoName = "tollgate.v1.DeployedApi"
 
     /// Field 1.
-    public var api: Api? = nil
+    public var api: Api? {
+        get { _storage.api }
+        set { _uniqueStorage().api = newValue }
+        _modify { yield &_uniqueStorage().api }
+    }
     /// Field 2.
-    public var gatewayContext: String = ""
+    public var gatewayContext: String {
+        get { _storage.gatewayContext }
+        set { _uniqueStorage().gatewayContext = newValue }
+        _modify { yield &_uniqueStorage().gatewayContext }
+    }
     /// Field 3.
-    public var defaultVersionContext: String = ""
+    public var defaultVersionContext: String {
+        get { _storage.defaultVersionContext }
+        set { _uniqueStorage().defaultVersionContext = newValue }
+        _modify { yield &_uniqueStorage().defaultVersionContext }
+    }
     /// Field 4.
-    public var resources: [ResolvedResource] = []
+    public var resources: [ResolvedResource] {
+        get { _storage.resources }
+        set { _uniqueStorage().resources = newValue }
+        _modify { yield &_uniqueStorage().resources }
+    }
     /// Field 5.
-    public var advancedPolicies: [AdvancedPolicy] = []
+    public var advancedPolicies: [AdvancedPolicy] {
+        get { _storage.advancedPolicies }
+        set { _uniqueStorage().advancedPolicies = newValue }
+        _modify { yield &_uniqueStorage().advancedPolicies }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -67,11 +97,75 @@ public struct DeployedApi: ProtoMessage {
         resources: [ResolvedResource] = [],
         advancedPolicies: [AdvancedPolicy] = []
     ) {
-        self.api = api
-        self.gatewayContext = gatewayContext
-        self.defaultVersionContext = defaultVersionContext
-        self.resources = resources
-        self.advancedPolicies = advancedPolicies
+        let _fields = _Storage()
+        _fields.api = api
+        _fields.gatewayContext = gatewayContext
+        _fields.defaultVersionContext = defaultVersionContext
+        _fields.resources = resources
+        _fields.advancedPolicies = advancedPolicies
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var api: Api? = nil
+        var gatewayContext: String = ""
+        var defaultVersionContext: String = ""
+        var resources: [ResolvedResource] = []
+        var advancedPolicies: [AdvancedPolicy] = []
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            api = other.api
+            gatewayContext = other.gatewayContext
+            defaultVersionContext = other.defaultVersionContext
+            resources = other.resources
+            advancedPolicies = other.advancedPolicies
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if api != other.api { return false }
+            if gatewayContext != other.gatewayContext { return false }
+            if defaultVersionContext != other.defaultVersionContext { return false }
+            if resources != other.resources { return false }
+            if advancedPolicies != other.advancedPolicies { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(api)
+            hasher.combine(gatewayContext)
+            hasher.combine(defaultVersionContext)
+            hasher.combine(resources)
+            hasher.combine(advancedPolicies)
+            hasher.combine(unknownFields)
+        }
     }
 }
 

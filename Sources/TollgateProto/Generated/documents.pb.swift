@@ -176,36 +176,98 @@ public struct DocumentFile: ProtoMessage {
 }
 
 /// `tollgate.v1.Document`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Document: ProtoMessage {
     public static let protoName = "tollgate.v1.Document"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var apiId: String = ""
+    public var apiId: String {
+        get { _storage.apiId }
+        set { _uniqueStorage().apiId = newValue }
+        _modify { yield &_uniqueStorage().apiId }
+    }
     /// Field 3.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var documentType: DocumentType = .unspecified
+    public var documentType: DocumentType {
+        get { _storage.documentType }
+        set { _uniqueStorage().documentType = newValue }
+        _modify { yield &_uniqueStorage().documentType }
+    }
     /// Field 6.
-    public var otherTypeName: String = ""
+    public var otherTypeName: String {
+        get { _storage.otherTypeName }
+        set { _uniqueStorage().otherTypeName = newValue }
+        _modify { yield &_uniqueStorage().otherTypeName }
+    }
     /// Field 7.
-    public var summary: String = ""
+    public var summary: String {
+        get { _storage.summary }
+        set { _uniqueStorage().summary = newValue }
+        _modify { yield &_uniqueStorage().summary }
+    }
     /// Field 8.
-    public var visibility: DocumentVisibility = .unspecified
+    public var visibility: DocumentVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 10.
-    public var sourceType: DocumentSourceType = .unspecified
+    public var sourceType: DocumentSourceType {
+        get { _storage.sourceType }
+        set { _uniqueStorage().sourceType = newValue }
+        _modify { yield &_uniqueStorage().sourceType }
+    }
     /// Field 20.
-    public var createdBy: String = ""
+    public var createdBy: String {
+        get { _storage.createdBy }
+        set { _uniqueStorage().createdBy = newValue }
+        _modify { yield &_uniqueStorage().createdBy }
+    }
     /// Field 21.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 22.
-    public var updatedAtUnixMs: Int64 = 0
-    public var body: Body? = nil
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    public var body: Body? {
+        get { _storage.body }
+        set { _uniqueStorage().body = newValue }
+        _modify { yield &_uniqueStorage().body }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -224,19 +286,115 @@ public struct Document: ProtoMessage {
         updatedAtUnixMs: Int64 = 0,
         body: Body? = nil
     ) {
-        self.id = id
-        self.apiId = apiId
-        self.tenantDomain = tenantDomain
-        self.name = name
-        self.documentType = documentType
-        self.otherTypeName = otherTypeName
-        self.summary = summary
-        self.visibility = visibility
-        self.sourceType = sourceType
-        self.createdBy = createdBy
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.body = body
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.apiId = apiId
+        _fields.tenantDomain = tenantDomain
+        _fields.name = name
+        _fields.documentType = documentType
+        _fields.otherTypeName = otherTypeName
+        _fields.summary = summary
+        _fields.visibility = visibility
+        _fields.sourceType = sourceType
+        _fields.createdBy = createdBy
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.body = body
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var apiId: String = ""
+        var tenantDomain: String = ""
+        var name: String = ""
+        var documentType: DocumentType = .unspecified
+        var otherTypeName: String = ""
+        var summary: String = ""
+        var visibility: DocumentVisibility = .unspecified
+        var sourceType: DocumentSourceType = .unspecified
+        var createdBy: String = ""
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var body: Body? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            apiId = other.apiId
+            tenantDomain = other.tenantDomain
+            name = other.name
+            documentType = other.documentType
+            otherTypeName = other.otherTypeName
+            summary = other.summary
+            visibility = other.visibility
+            sourceType = other.sourceType
+            createdBy = other.createdBy
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            body = other.body
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if apiId != other.apiId { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if name != other.name { return false }
+            if documentType != other.documentType { return false }
+            if otherTypeName != other.otherTypeName { return false }
+            if summary != other.summary { return false }
+            if visibility != other.visibility { return false }
+            if sourceType != other.sourceType { return false }
+            if createdBy != other.createdBy { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if body != other.body { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(apiId)
+            hasher.combine(tenantDomain)
+            hasher.combine(name)
+            hasher.combine(documentType)
+            hasher.combine(otherTypeName)
+            hasher.combine(summary)
+            hasher.combine(visibility)
+            hasher.combine(sourceType)
+            hasher.combine(createdBy)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(body)
+            hasher.combine(unknownFields)
+        }
     }
 
     /// The `body` oneof: at most one of these is set.

@@ -104,39 +104,105 @@ public enum PeerState: ProtoEnum {
 }
 
 /// `tollgate.v1.PeerConnection`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct PeerConnection: ProtoMessage {
     public static let protoName = "tollgate.v1.PeerConnection"
 
     /// Field 1.
-    public var nodeId: String = ""
+    public var nodeId: String {
+        get { _storage.nodeId }
+        set { _uniqueStorage().nodeId = newValue }
+        _modify { yield &_uniqueStorage().nodeId }
+    }
     /// Field 2.
-    public var role: NodeRole = .unspecified
+    public var role: NodeRole {
+        get { _storage.role }
+        set { _uniqueStorage().role = newValue }
+        _modify { yield &_uniqueStorage().role }
+    }
     /// Field 3.
-    public var address: String = ""
+    public var address: String {
+        get { _storage.address }
+        set { _uniqueStorage().address = newValue }
+        _modify { yield &_uniqueStorage().address }
+    }
     /// Field 4.
-    public var inbound: Bool = false
+    public var inbound: Bool {
+        get { _storage.inbound }
+        set { _uniqueStorage().inbound = newValue }
+        _modify { yield &_uniqueStorage().inbound }
+    }
     /// Field 5.
-    public var state: PeerState = .unspecified
+    public var state: PeerState {
+        get { _storage.state }
+        set { _uniqueStorage().state = newValue }
+        _modify { yield &_uniqueStorage().state }
+    }
     /// Field 6.
-    public var stateSinceUnixMs: Int64 = 0
+    public var stateSinceUnixMs: Int64 {
+        get { _storage.stateSinceUnixMs }
+        set { _uniqueStorage().stateSinceUnixMs = newValue }
+        _modify { yield &_uniqueStorage().stateSinceUnixMs }
+    }
     /// Field 7.
-    public var activeCalls: UInt32 = 0
+    public var activeCalls: UInt32 {
+        get { _storage.activeCalls }
+        set { _uniqueStorage().activeCalls = newValue }
+        _modify { yield &_uniqueStorage().activeCalls }
+    }
     /// Field 8.
-    public var reconnectCount: UInt64 = 0
+    public var reconnectCount: UInt64 {
+        get { _storage.reconnectCount }
+        set { _uniqueStorage().reconnectCount = newValue }
+        _modify { yield &_uniqueStorage().reconnectCount }
+    }
     /// Field 9.
-    public var lastErrorMessage: String = ""
+    public var lastErrorMessage: String {
+        get { _storage.lastErrorMessage }
+        set { _uniqueStorage().lastErrorMessage = newValue }
+        _modify { yield &_uniqueStorage().lastErrorMessage }
+    }
     /// Field 10.
-    public var lastErrorAtUnixMs: Int64 = 0
+    public var lastErrorAtUnixMs: Int64 {
+        get { _storage.lastErrorAtUnixMs }
+        set { _uniqueStorage().lastErrorAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().lastErrorAtUnixMs }
+    }
     /// Field 11.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 12.
-    public var uptimeMs: Int64 = 0
+    public var uptimeMs: Int64 {
+        get { _storage.uptimeMs }
+        set { _uniqueStorage().uptimeMs = newValue }
+        _modify { yield &_uniqueStorage().uptimeMs }
+    }
     /// Field 13.
-    public var ready: Bool = false
+    public var ready: Bool {
+        get { _storage.ready }
+        set { _uniqueStorage().ready = newValue }
+        _modify { yield &_uniqueStorage().ready }
+    }
     /// Field 14.
-    public var reportedAtUnixMs: Int64 = 0
+    public var reportedAtUnixMs: Int64 {
+        get { _storage.reportedAtUnixMs }
+        set { _uniqueStorage().reportedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().reportedAtUnixMs }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -156,20 +222,120 @@ public struct PeerConnection: ProtoMessage {
         ready: Bool = false,
         reportedAtUnixMs: Int64 = 0
     ) {
-        self.nodeId = nodeId
-        self.role = role
-        self.address = address
-        self.inbound = inbound
-        self.state = state
-        self.stateSinceUnixMs = stateSinceUnixMs
-        self.activeCalls = activeCalls
-        self.reconnectCount = reconnectCount
-        self.lastErrorMessage = lastErrorMessage
-        self.lastErrorAtUnixMs = lastErrorAtUnixMs
-        self.version = version
-        self.uptimeMs = uptimeMs
-        self.ready = ready
-        self.reportedAtUnixMs = reportedAtUnixMs
+        let _fields = _Storage()
+        _fields.nodeId = nodeId
+        _fields.role = role
+        _fields.address = address
+        _fields.inbound = inbound
+        _fields.state = state
+        _fields.stateSinceUnixMs = stateSinceUnixMs
+        _fields.activeCalls = activeCalls
+        _fields.reconnectCount = reconnectCount
+        _fields.lastErrorMessage = lastErrorMessage
+        _fields.lastErrorAtUnixMs = lastErrorAtUnixMs
+        _fields.version = version
+        _fields.uptimeMs = uptimeMs
+        _fields.ready = ready
+        _fields.reportedAtUnixMs = reportedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var nodeId: String = ""
+        var role: NodeRole = .unspecified
+        var address: String = ""
+        var inbound: Bool = false
+        var state: PeerState = .unspecified
+        var stateSinceUnixMs: Int64 = 0
+        var activeCalls: UInt32 = 0
+        var reconnectCount: UInt64 = 0
+        var lastErrorMessage: String = ""
+        var lastErrorAtUnixMs: Int64 = 0
+        var version: String = ""
+        var uptimeMs: Int64 = 0
+        var ready: Bool = false
+        var reportedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            nodeId = other.nodeId
+            role = other.role
+            address = other.address
+            inbound = other.inbound
+            state = other.state
+            stateSinceUnixMs = other.stateSinceUnixMs
+            activeCalls = other.activeCalls
+            reconnectCount = other.reconnectCount
+            lastErrorMessage = other.lastErrorMessage
+            lastErrorAtUnixMs = other.lastErrorAtUnixMs
+            version = other.version
+            uptimeMs = other.uptimeMs
+            ready = other.ready
+            reportedAtUnixMs = other.reportedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if nodeId != other.nodeId { return false }
+            if role != other.role { return false }
+            if address != other.address { return false }
+            if inbound != other.inbound { return false }
+            if state != other.state { return false }
+            if stateSinceUnixMs != other.stateSinceUnixMs { return false }
+            if activeCalls != other.activeCalls { return false }
+            if reconnectCount != other.reconnectCount { return false }
+            if lastErrorMessage != other.lastErrorMessage { return false }
+            if lastErrorAtUnixMs != other.lastErrorAtUnixMs { return false }
+            if version != other.version { return false }
+            if uptimeMs != other.uptimeMs { return false }
+            if ready != other.ready { return false }
+            if reportedAtUnixMs != other.reportedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(nodeId)
+            hasher.combine(role)
+            hasher.combine(address)
+            hasher.combine(inbound)
+            hasher.combine(state)
+            hasher.combine(stateSinceUnixMs)
+            hasher.combine(activeCalls)
+            hasher.combine(reconnectCount)
+            hasher.combine(lastErrorMessage)
+            hasher.combine(lastErrorAtUnixMs)
+            hasher.combine(version)
+            hasher.combine(uptimeMs)
+            hasher.combine(ready)
+            hasher.combine(reportedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 

@@ -267,39 +267,105 @@ public struct TierPermission: ProtoMessage {
 }
 
 /// `tollgate.v1.SubscriptionPolicy`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct SubscriptionPolicy: ProtoMessage {
     public static let protoName = "tollgate.v1.SubscriptionPolicy"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 4.
-    public var displayName: String = ""
+    public var displayName: String {
+        get { _storage.displayName }
+        set { _uniqueStorage().displayName = newValue }
+        _modify { yield &_uniqueStorage().displayName }
+    }
     /// Field 5.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 10.
-    public var defaultLimit: ThrottleLimit? = nil
+    public var defaultLimit: ThrottleLimit? {
+        get { _storage.defaultLimit }
+        set { _uniqueStorage().defaultLimit = newValue }
+        _modify { yield &_uniqueStorage().defaultLimit }
+    }
     /// Field 11.
-    public var spikeArrestLimit: UInt32 = 0
+    public var spikeArrestLimit: UInt32 {
+        get { _storage.spikeArrestLimit }
+        set { _uniqueStorage().spikeArrestLimit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestLimit }
+    }
     /// Field 12.
-    public var spikeArrestUnit: TimeUnit = .unspecified
+    public var spikeArrestUnit: TimeUnit {
+        get { _storage.spikeArrestUnit }
+        set { _uniqueStorage().spikeArrestUnit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestUnit }
+    }
     /// Field 13.
-    public var stopOnQuotaReach: Bool = false
+    public var stopOnQuotaReach: Bool {
+        get { _storage.stopOnQuotaReach }
+        set { _uniqueStorage().stopOnQuotaReach = newValue }
+        _modify { yield &_uniqueStorage().stopOnQuotaReach }
+    }
     /// Field 14.
-    public var billingPlan: BillingPlan = .unspecified
+    public var billingPlan: BillingPlan {
+        get { _storage.billingPlan }
+        set { _uniqueStorage().billingPlan = newValue }
+        _modify { yield &_uniqueStorage().billingPlan }
+    }
     /// Field 15.
-    public var customAttributes: [Attribute] = []
+    public var customAttributes: [Attribute] {
+        get { _storage.customAttributes }
+        set { _uniqueStorage().customAttributes = newValue }
+        _modify { yield &_uniqueStorage().customAttributes }
+    }
     /// Field 16.
-    public var permission: TierPermission? = nil
+    public var permission: TierPermission? {
+        get { _storage.permission }
+        set { _uniqueStorage().permission = newValue }
+        _modify { yield &_uniqueStorage().permission }
+    }
     /// Field 20.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 21.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -319,20 +385,120 @@ public struct SubscriptionPolicy: ProtoMessage {
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.name = name
-        self.displayName = displayName
-        self.description = description
-        self.defaultLimit = defaultLimit
-        self.spikeArrestLimit = spikeArrestLimit
-        self.spikeArrestUnit = spikeArrestUnit
-        self.stopOnQuotaReach = stopOnQuotaReach
-        self.billingPlan = billingPlan
-        self.customAttributes = customAttributes
-        self.permission = permission
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.name = name
+        _fields.displayName = displayName
+        _fields.description = description
+        _fields.defaultLimit = defaultLimit
+        _fields.spikeArrestLimit = spikeArrestLimit
+        _fields.spikeArrestUnit = spikeArrestUnit
+        _fields.stopOnQuotaReach = stopOnQuotaReach
+        _fields.billingPlan = billingPlan
+        _fields.customAttributes = customAttributes
+        _fields.permission = permission
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var name: String = ""
+        var displayName: String = ""
+        var description: String = ""
+        var defaultLimit: ThrottleLimit? = nil
+        var spikeArrestLimit: UInt32 = 0
+        var spikeArrestUnit: TimeUnit = .unspecified
+        var stopOnQuotaReach: Bool = false
+        var billingPlan: BillingPlan = .unspecified
+        var customAttributes: [Attribute] = []
+        var permission: TierPermission? = nil
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            name = other.name
+            displayName = other.displayName
+            description = other.description
+            defaultLimit = other.defaultLimit
+            spikeArrestLimit = other.spikeArrestLimit
+            spikeArrestUnit = other.spikeArrestUnit
+            stopOnQuotaReach = other.stopOnQuotaReach
+            billingPlan = other.billingPlan
+            customAttributes = other.customAttributes
+            permission = other.permission
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if name != other.name { return false }
+            if displayName != other.displayName { return false }
+            if description != other.description { return false }
+            if defaultLimit != other.defaultLimit { return false }
+            if spikeArrestLimit != other.spikeArrestLimit { return false }
+            if spikeArrestUnit != other.spikeArrestUnit { return false }
+            if stopOnQuotaReach != other.stopOnQuotaReach { return false }
+            if billingPlan != other.billingPlan { return false }
+            if customAttributes != other.customAttributes { return false }
+            if permission != other.permission { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(name)
+            hasher.combine(displayName)
+            hasher.combine(description)
+            hasher.combine(defaultLimit)
+            hasher.combine(spikeArrestLimit)
+            hasher.combine(spikeArrestUnit)
+            hasher.combine(stopOnQuotaReach)
+            hasher.combine(billingPlan)
+            hasher.combine(customAttributes)
+            hasher.combine(permission)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 

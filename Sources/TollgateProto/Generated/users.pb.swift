@@ -160,39 +160,105 @@ public struct Tenant: ProtoMessage {
 }
 
 /// `tollgate.v1.User`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct User: ProtoMessage {
     public static let protoName = "tollgate.v1.User"
 
     /// Field 1.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 2.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 3.
-    public var email: String = ""
+    public var email: String {
+        get { _storage.email }
+        set { _uniqueStorage().email = newValue }
+        _modify { yield &_uniqueStorage().email }
+    }
     /// Field 4.
-    public var givenName: String = ""
+    public var givenName: String {
+        get { _storage.givenName }
+        set { _uniqueStorage().givenName = newValue }
+        _modify { yield &_uniqueStorage().givenName }
+    }
     /// Field 5.
-    public var familyName: String = ""
+    public var familyName: String {
+        get { _storage.familyName }
+        set { _uniqueStorage().familyName = newValue }
+        _modify { yield &_uniqueStorage().familyName }
+    }
     /// Field 6.
-    public var claims: [Attribute] = []
+    public var claims: [Attribute] {
+        get { _storage.claims }
+        set { _uniqueStorage().claims = newValue }
+        _modify { yield &_uniqueStorage().claims }
+    }
     /// Field 10.
-    public var roles: [String] = []
+    public var roles: [String] {
+        get { _storage.roles }
+        set { _uniqueStorage().roles = newValue }
+        _modify { yield &_uniqueStorage().roles }
+    }
     /// Field 11.
-    public var status: UserStatus = .unspecified
+    public var status: UserStatus {
+        get { _storage.status }
+        set { _uniqueStorage().status = newValue }
+        _modify { yield &_uniqueStorage().status }
+    }
     /// Field 13.
-    public var failedLoginCount: UInt32 = 0
+    public var failedLoginCount: UInt32 {
+        get { _storage.failedLoginCount }
+        set { _uniqueStorage().failedLoginCount = newValue }
+        _modify { yield &_uniqueStorage().failedLoginCount }
+    }
     /// Field 20.
-    public var passwordHash: SecretHash? = nil
+    public var passwordHash: SecretHash? {
+        get { _storage.passwordHash }
+        set { _uniqueStorage().passwordHash = newValue }
+        _modify { yield &_uniqueStorage().passwordHash }
+    }
     /// Field 21.
-    public var passwordChangedAtUnixMs: Int64 = 0
+    public var passwordChangedAtUnixMs: Int64 {
+        get { _storage.passwordChangedAtUnixMs }
+        set { _uniqueStorage().passwordChangedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().passwordChangedAtUnixMs }
+    }
     /// Field 30.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 31.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Field 12.
-    public var lockedUntilUnixMs: Int64? = nil
+    public var lockedUntilUnixMs: Int64? {
+        get { _storage.lockedUntilUnixMs }
+        set { _uniqueStorage().lockedUntilUnixMs = newValue }
+        _modify { yield &_uniqueStorage().lockedUntilUnixMs }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -212,20 +278,120 @@ public struct User: ProtoMessage {
         updatedAtUnixMs: Int64 = 0,
         lockedUntilUnixMs: Int64? = nil
     ) {
-        self.tenantDomain = tenantDomain
-        self.username = username
-        self.email = email
-        self.givenName = givenName
-        self.familyName = familyName
-        self.claims = claims
-        self.roles = roles
-        self.status = status
-        self.failedLoginCount = failedLoginCount
-        self.passwordHash = passwordHash
-        self.passwordChangedAtUnixMs = passwordChangedAtUnixMs
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.lockedUntilUnixMs = lockedUntilUnixMs
+        let _fields = _Storage()
+        _fields.tenantDomain = tenantDomain
+        _fields.username = username
+        _fields.email = email
+        _fields.givenName = givenName
+        _fields.familyName = familyName
+        _fields.claims = claims
+        _fields.roles = roles
+        _fields.status = status
+        _fields.failedLoginCount = failedLoginCount
+        _fields.passwordHash = passwordHash
+        _fields.passwordChangedAtUnixMs = passwordChangedAtUnixMs
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.lockedUntilUnixMs = lockedUntilUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var tenantDomain: String = ""
+        var username: String = ""
+        var email: String = ""
+        var givenName: String = ""
+        var familyName: String = ""
+        var claims: [Attribute] = []
+        var roles: [String] = []
+        var status: UserStatus = .unspecified
+        var failedLoginCount: UInt32 = 0
+        var passwordHash: SecretHash? = nil
+        var passwordChangedAtUnixMs: Int64 = 0
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var lockedUntilUnixMs: Int64? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            tenantDomain = other.tenantDomain
+            username = other.username
+            email = other.email
+            givenName = other.givenName
+            familyName = other.familyName
+            claims = other.claims
+            roles = other.roles
+            status = other.status
+            failedLoginCount = other.failedLoginCount
+            passwordHash = other.passwordHash
+            passwordChangedAtUnixMs = other.passwordChangedAtUnixMs
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            lockedUntilUnixMs = other.lockedUntilUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if tenantDomain != other.tenantDomain { return false }
+            if username != other.username { return false }
+            if email != other.email { return false }
+            if givenName != other.givenName { return false }
+            if familyName != other.familyName { return false }
+            if claims != other.claims { return false }
+            if roles != other.roles { return false }
+            if status != other.status { return false }
+            if failedLoginCount != other.failedLoginCount { return false }
+            if passwordHash != other.passwordHash { return false }
+            if passwordChangedAtUnixMs != other.passwordChangedAtUnixMs { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if lockedUntilUnixMs != other.lockedUntilUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(tenantDomain)
+            hasher.combine(username)
+            hasher.combine(email)
+            hasher.combine(givenName)
+            hasher.combine(familyName)
+            hasher.combine(claims)
+            hasher.combine(roles)
+            hasher.combine(status)
+            hasher.combine(failedLoginCount)
+            hasher.combine(passwordHash)
+            hasher.combine(passwordChangedAtUnixMs)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(lockedUntilUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
