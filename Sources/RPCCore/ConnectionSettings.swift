@@ -77,7 +77,12 @@ extension Frame {
     }
 
     public static func goAway(lastStreamID: UInt32, reason: RpcGoAwayReason, message: String) -> Frame {
-        Frame(type: .goAway, streamID: 0, payload: RpcGoAway(lastStreamId: lastStreamID, reason: reason, message: message).serializedBytes())
+        do {
+            return Frame(type: .goAway, streamID: 0, payload: try RpcGoAway(lastStreamId: lastStreamID, reason: reason, message: message).serializedBytes())
+        } catch {
+            // The text holds U+0000; the peer still learns why, just not in those words.
+            return goAway(lastStreamID: lastStreamID, reason: reason, message: "(the reason cannot be sent: \(error))")
+        }
     }
 
     public static func windowUpdate(streamID: UInt32, increment: Int) -> Frame {
@@ -93,11 +98,22 @@ extension Frame {
         trailers.code = error?.code.rawValue ?? 0
         trailers.message = error?.message ?? ""
         trailers.metadata = (metadata.isEmpty ? (error?.metadata ?? Metadata()) : metadata).protoEntries
-        return Frame(type: .trailers, streamID: streamID, payload: trailers.serializedBytes())
+        do {
+            return Frame(type: .trailers, streamID: streamID, payload: try trailers.serializedBytes())
+        } catch {
+            // The status message or metadata holds U+0000 (text quoting some
+            // input, say). The caller must not see OK or a cut message: it gets
+            // INTERNAL naming the field, whose text never holds U+0000.
+            return Frame.trailers(streamID: streamID, error: RPCError(.internal, "the call's status cannot be sent: \(error)"), metadata: Metadata())
+        }
     }
 
     public static func cancel(streamID: UInt32, code: RPCCode, message: String) -> Frame {
-        Frame(type: .cancel, streamID: streamID, payload: RpcCancel(code: code.rawValue, message: message).serializedBytes())
+        do {
+            return Frame(type: .cancel, streamID: streamID, payload: try RpcCancel(code: code.rawValue, message: message).serializedBytes())
+        } catch {
+            return cancel(streamID: streamID, code: code, message: "(the reason cannot be sent: \(error))")
+        }
     }
 
     /// A WINDOW_UPDATE's increment (the parser has checked it is 4 bytes).

@@ -47,7 +47,7 @@ public struct InProcessTransport: RPCClientTransport {
     ) async throws -> Response {
         let (handler, context) = try prepare(method, options)
         guard case .unary(let body) = handler.body else { throw RPCError(.internal, "\(method.path) is not a unary method") }
-        let bytes = request.serializedBytes()
+        let bytes = try request.rpcPayload()
         let response = try await run(context) { try await body(bytes, context) }
         return try Self.decode(response)
     }
@@ -58,7 +58,7 @@ public struct InProcessTransport: RPCClientTransport {
     ) async throws {
         let (handler, context) = try prepare(method, options)
         guard case .singleRequest(let body) = handler.body else { throw RPCError(.internal, "\(method.path) is not a server-streaming method") }
-        let bytes = request.serializedBytes()
+        let bytes = try request.rpcPayload()
         let sink = CallbackSink { try await onResponse(try Self.decode($0)) }
         try await run(context) { try await body(bytes, sink, context) }
     }
@@ -89,7 +89,7 @@ public struct InProcessTransport: RPCClientTransport {
         let (stream, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream(bufferingPolicy: .bufferingOldest(64))
         let feeder = Task {
             do {
-                for try await request in requests { continuation.yield(request.serializedBytes()) }
+                for try await request in requests { continuation.yield(try request.rpcPayload()) }
                 continuation.finish()
             } catch {
                 continuation.finish(throwing: error)

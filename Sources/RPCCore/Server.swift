@@ -87,7 +87,7 @@ public struct RequestStream<Message: ProtoMessage>: AsyncSequence, Sendable {
 public struct ResponseWriter<Message: ProtoMessage>: Sendable {
     let sink: any ResponseSink
     public init(sink: any ResponseSink) { self.sink = sink }
-    public func write(_ message: Message) async throws { try await sink.sendMessage(message.serializedBytes()) }
+    public func write(_ message: Message) async throws { try await sink.sendMessage(message.rpcPayload()) }
     public func sendHeaders(_ metadata: Metadata) async throws { try await sink.sendHeaders(metadata) }
 }
 
@@ -138,7 +138,7 @@ public struct RPCMethodHandler: Sendable {
         _ method: ProtoMethod, _ handle: @escaping @Sendable (Request, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
         RPCMethodHandler(method: method, body: .unary { bytes, context in
-            try await handle(decodeRequest(bytes), context).serializedBytes()
+            try await handle(decodeRequest(bytes), context).rpcPayload()
         })
     }
 
@@ -156,7 +156,7 @@ public struct RPCMethodHandler: Sendable {
         _ method: ProtoMethod, _ handle: @escaping @Sendable (RequestStream<Request>, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
         RPCMethodHandler(method: method, body: .streaming { requests, sink, context in
-            try await sink.sendMessage(handle(RequestStream(raw: requests), context).serializedBytes())
+            try await sink.sendMessage(handle(RequestStream(raw: requests), context).rpcPayload())
         })
     }
 
@@ -196,4 +196,17 @@ public protocol RPCServerObserver: Sendable {
     /// A call ended with `code`, `duration` after its HEADERS arrived.
     /// `path` is the method path the client asked for (known or not).
     func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String)
+}
+
+extension ProtoMessage {
+    /// The message's bytes for an RPC. A message that cannot be encoded (a
+    /// string holding U+0000, see docs/proto.md) is a fault of the side
+    /// sending it, not of its peer: INTERNAL, naming the message and field.
+    package func rpcPayload() throws(RPCError) -> [UInt8] {
+        do {
+            return try serializedBytes()
+        } catch {
+            throw RPCError(.internal, "\(error)")
+        }
+    }
 }

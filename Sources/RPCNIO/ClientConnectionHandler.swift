@@ -198,6 +198,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     private func open(_ call: PendingOpen) {
         guard let context else { return fail(call, notSent()) }
+        // Encoded before a stream is opened, so a header that cannot be sent
+        // (U+0000 in metadata) costs no stream id.
+        let headers: [UInt8]
+        do {
+            headers = try call.headers.serializedBytes()
+        } catch {
+            return fail(call, RPCError(.internal, "the request headers cannot be sent: \(error)"))
+        }
         switch machine.openStream(requestByteCount: call.message?.count) {
         case .closing:
             fail(call, notSent())
@@ -208,7 +216,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         case .opened(let id):
             streams[id] = Stream(receiver: call.receiver, token: call.token)
             call.token.streamID = id
-            emit(Frame(type: .headers, streamID: id, payload: call.headers.serializedBytes()), context: context)
+            emit(Frame(type: .headers, streamID: id, payload: headers), context: context)
             if let message = call.message {
                 emit(Frame(type: .message, flags: .endStream, streamID: id, payload: message), context: context)
             }

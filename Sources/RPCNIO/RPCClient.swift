@@ -106,7 +106,7 @@ public final class RPCConnection: RPCClientTransport {
         _ method: ProtoMethod, _ request: Request, options: CallOptions = CallOptions(), as: Response.Type = Response.self
     ) async throws -> Response {
         let headers = Self.headers(method, options)
-        let bytes = request.serializedBytes()
+        let bytes = try request.rpcPayload()
         let timeout = options.timeout.map { TimeAmount.nanoseconds(Int64(clamping: $0.components.seconds * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000)) }
         let token = ClientCallToken()
         let response = try await withTaskCancellationHandler {
@@ -128,7 +128,7 @@ public final class RPCConnection: RPCClientTransport {
         onResponse: @escaping @Sendable (Response) async throws -> Void
     ) async throws {
         try await call(method, options: options) { call in
-            try await call.send(request.serializedBytes(), last: true)
+            try await call.send(request.rpcPayload(), last: true)
             for try await response in call.responses(Response.self) { try await onResponse(response) }
             try Task.checkCancellation()
         }
@@ -138,7 +138,7 @@ public final class RPCConnection: RPCClientTransport {
         _ method: ProtoMethod, requests: Requests, options: CallOptions = CallOptions(), as: Response.Type = Response.self
     ) async throws -> Response where Requests.Element: ProtoMessage {
         try await call(method, options: options) { call in
-            for try await request in requests { try await call.send(request.serializedBytes(), last: false) }
+            for try await request in requests { try await call.send(request.rpcPayload(), last: false) }
             try await call.endRequests()
             return try await call.onlyResponse(Response.self)
         }
@@ -151,7 +151,7 @@ public final class RPCConnection: RPCClientTransport {
         try await call(method, options: options) { call in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for try await request in requests { try await call.send(request.serializedBytes(), last: false) }
+                    for try await request in requests { try await call.send(request.rpcPayload(), last: false) }
                     try await call.endRequests()
                 }
                 for try await response in call.responses(Response.self) { try await onResponse(response) }

@@ -407,7 +407,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         var all = metadata
         all.set("x-request-id", stream.requestID)
-        emit(Frame(type: .headers, streamID: streamID, payload: RpcResponseHeaders(metadata: all.protoEntries).serializedBytes()), context: context)
+        let headers: [UInt8]
+        do {
+            headers = try RpcResponseHeaders(metadata: all.protoEntries).serializedBytes()
+        } catch {
+            return context.eventLoop.makeFailedFuture(RPCError(.internal, "the response headers cannot be sent: \(error)"))
+        }
+        emit(Frame(type: .headers, streamID: streamID, payload: headers), context: context)
         return context.eventLoop.makeSucceededVoidFuture()
     }
 

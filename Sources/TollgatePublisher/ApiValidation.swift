@@ -182,7 +182,14 @@ public enum ApiValidation {
         var tiers = Set<String>()
         api.subscriptionPolicies = api.subscriptionPolicies.filter { tiers.insert($0).inserted }
         // Gateways receive an API as one message beside its policies; keep it well inside one 4 MiB frame.
-        guard api.serializedBytes().count <= maxApiBytes else {
+        // Measuring it also finds any string holding U+0000, which cannot be stored.
+        let size: Int
+        do {
+            size = try api.serializedSize()
+        } catch {
+            throw RPCError(.invalidArgument, "\(error)")
+        }
+        guard size <= maxApiBytes else {
             throw RPCError(.invalidArgument, "the API is larger than 1 MiB stored; shorten its description, scopes or resources")
         }
     }

@@ -272,7 +272,7 @@ public final class PublisherStore: Sendable {
         for (index, candidate) in candidates.enumerated() {
             guard let api = try apimgt.apis.get(Key(bytes: candidate.primaryKey), in: txn) else { continue }
             let listing = Self.listing(api)
-            bytes += listing.serializedBytes().count
+            bytes += try listing.serializedSize()
             if bytes > Self.maxPageBytes && !listings.isEmpty {
                 // A shorter page, continued from this API.
                 next = candidates[index].entry

@@ -87,7 +87,7 @@ public final class DeploymentLog: Sendable {
             try database.apis.forEach(index: ApiManagerDatabase.apisByNameVersion, in: txn) { api in
                 if Self.deployedStates.contains(api.lifecycleState) {
                     let deployed = try deployedApi(api, in: txn)
-                    let size = deployed.serializedBytes().count
+                    let size = try deployed.serializedSize()
                     if !apis.isEmpty && bytes + size > Self.maxChunkBytes {
                         chunks.append(DeploymentSnapshotChunk(revision: revision, apis: apis))
                         apis = []

@@ -209,6 +209,8 @@ public struct Table<Record: ProtoMessage>: Sendable {
     // MARK: Internals
 
     private func write(_ record: Record, primaryKey: Key, replacing previous: Record?, in txn: inout WriteTransaction) throws {
+        // Encoded first: a record that cannot be encoded touches no index.
+        let bytes = try record.serializedBytes()
         for index in definition.indexes {
             let database = database(of: index)
             let old = previous.map { Set(index.keys($0)) } ?? []
@@ -229,7 +231,7 @@ public struct Table<Record: ProtoMessage>: Sendable {
             }
         }
         do {
-            try txn.put(record.serializedBytes(), forKey: primaryKey.bytes, in: records)
+            try txn.put(bytes, forKey: primaryKey.bytes, in: records)
         } catch LMDBError.badValueSize {
             throw StorageError.keyTooLong(table: name, index: nil)
         }

@@ -16,6 +16,11 @@ proto/ directory at run time.
       Decodes a Swift-encoded file and prints it as JSON (proto field names).
   proto_peer.py from-json <proto-dir> <type> <json-file> <out-file>
       Encodes a message from JSON with Python's library.
+  proto_peer.py unknown <proto-dir> <type> <in-file> <out-file>
+      Parses bytes carrying fields the schema does not declare, prints as
+      JSON the unknown field numbers Python kept in each message (keyed by
+      the path of set message fields, "" for the top), and writes Python's
+      re-serialization, which should carry them all.
 """
 
 import importlib
@@ -195,8 +200,36 @@ def cmd_from_json(proto_dir, type_name, json_path, out_path):
         f.write(msg.SerializeToString())
 
 
+def unknown_numbers(msg, path, out):
+    from google.protobuf import unknown_fields
+    numbers = [field.field_number for field in unknown_fields.UnknownFieldSet(msg)]
+    if numbers:
+        out[path] = numbers
+    for field, value in msg.ListFields():
+        if field.type != FD.TYPE_MESSAGE:
+            continue
+        prefix = (path + "." if path else "") + field.name
+        if field.is_repeated:
+            for index, element in enumerate(value):
+                unknown_numbers(element, "%s[%d]" % (prefix, index), out)
+        else:
+            unknown_numbers(value, prefix, out)
+    return out
+
+
+def cmd_unknown(proto_dir, type_name, in_path, out_path):
+    pool, _ = load_pool(proto_dir)
+    cls = message_class(pool.FindMessageTypeByName(type_name))
+    with open(in_path, "rb") as f:
+        msg = cls.FromString(f.read())
+    with open(out_path, "wb") as f:
+        f.write(msg.SerializeToString())
+    print(json.dumps(unknown_numbers(msg, "", {}), sort_keys=True))
+
+
 if __name__ == "__main__":
-    commands = {"samples": cmd_samples, "check": cmd_check, "to-json": cmd_to_json, "from-json": cmd_from_json}
+    commands = {"samples": cmd_samples, "check": cmd_check, "to-json": cmd_to_json, "from-json": cmd_from_json,
+                "unknown": cmd_unknown}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

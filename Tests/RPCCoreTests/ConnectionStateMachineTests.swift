@@ -11,11 +11,11 @@ func settledMachine(_ role: ConnectionStateMachine.Role, local: ConnectionSettin
     return machine
 }
 
-func headersFrame(_ id: UInt32, method: String = "/tollgate.test.Echo/Unary", metadata: Metadata = Metadata(), endStream: Bool = false) -> Frame {
+func headersFrame(_ id: UInt32, method: String = "/tollgate.test.Echo/Unary", metadata: Metadata = Metadata(), endStream: Bool = false) throws -> Frame {
     var headers = RpcRequestHeaders()
     headers.method = method
     headers.metadata = metadata.protoEntries
-    return Frame(type: .headers, flags: endStream ? .endStream : [], streamID: id, payload: headers.serializedBytes())
+    return Frame(type: .headers, flags: endStream ? .endStream : [], streamID: id, payload: try headers.serializedBytes())
 }
 
 func windowUpdateFrame(_ id: UInt32, _ increment: UInt32) -> Frame {
@@ -39,7 +39,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
 
     @Test(arguments: [ConnectionStateMachine.Role.client, .server])
     func theFirstFrameMustBeSettings(role: ConnectionStateMachine.Role) throws {
-        for first in [Frame(type: .ping, streamID: 0, payload: [UInt8](repeating: 0, count: 8)), .settingsAck, headersFrame(1)] {
+        for first in [Frame(type: .ping, streamID: 0, payload: [UInt8](repeating: 0, count: 8)), .settingsAck, try headersFrame(1)] {
             var machine = ConnectionStateMachine(role: role, local: ConnectionSettings())
             let action = machine.receive(first)
             let (error, goAway) = try #require(closing(action))
@@ -70,13 +70,13 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(closing(secondAck)?.error == ConnectionError(.protocolError, "a second SETTINGS ACK"))
     }
 
-    @Test func zerosMeanTheDefaults() {
+    @Test func zerosMeanTheDefaults() throws {
         var machine = ConnectionStateMachine(role: .client, local: ConnectionSettings())
         _ = machine.receive(Frame(type: .settings, streamID: 0, payload: RpcSettings().serializedBytes()))
         #expect(machine.peer == ConnectionSettings())
     }
 
-    @Test func settingsOutOfRangeAreConnectionErrors() {
+    @Test func settingsOutOfRangeAreConnectionErrors() throws {
         let cases: [([UInt8], String)] = [
             (RpcSettings(maxFrameSize: 16383).serializedBytes(), "SETTINGS max_frame_size 16383 is out of range"),
             (RpcSettings(maxFrameSize: 16_777_217).serializedBytes(), "SETTINGS max_frame_size 16777217 is out of range"),
@@ -113,18 +113,18 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(next.payload != ping.payload)
     }
 
-    @Test func aClientsGoAwayEndsEveryStreamOnTheServer() {
+    @Test func aClientsGoAwayEndsEveryStreamOnTheServer() throws {
         var server = settledMachine(.server)
-        _ = server.receive(headersFrame(1))
-        _ = server.receive(headersFrame(3))
+        _ = server.receive(try headersFrame(1))
+        _ = server.receive(try headersFrame(3))
         let action = server.receive(.goAway(lastStreamID: 3, reason: .shutdown, message: "bye"))
         #expect(action == .goAwayReceived(lastStreamID: 0))
         #expect(server.openStreamCount == 0 && server.isClosing)
-        let late = server.receive(headersFrame(5))
+        let late = server.receive(try headersFrame(5))
         #expect(late == .none)
     }
 
-    @Test func aServersGoAwayDropsTheStreamsItDidNotProcess() {
+    @Test func aServersGoAwayDropsTheStreamsItDidNotProcess() throws {
         var client = settledMachine(.client)
         for expected: UInt32 in 1...3 {
             let opened = client.openStream()
@@ -146,7 +146,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
 
     @Test func connectionErrorsSendOneGoAwayNamingTheLastStream() throws {
         var server = settledMachine(.server)
-        _ = server.receive(headersFrame(5))
+        _ = server.receive(try headersFrame(5))
         let sent = server.connectionError(ConnectionError(.idle, "no call for 300 s"))
         let goAway = try #require(sent)
         let decoded = try RpcGoAway(serializedBytes: goAway.payload)
@@ -163,28 +163,28 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
 
     @Test func quiescingIgnoresNewStreamsAndDrains() throws {
         var server = settledMachine(.server)
-        _ = server.receive(headersFrame(1))
+        _ = server.receive(try headersFrame(1))
         let started = server.startQuiescing()
         let goAway = try #require(started)
         let decoded = try RpcGoAway(serializedBytes: goAway.payload)
         #expect(decoded.lastStreamId == 1 && decoded.reason == .shutdown)
         let twice = server.startQuiescing()
         #expect(twice == nil)
-        let above = server.receive(headersFrame(3))
+        let above = server.receive(try headersFrame(3))
         #expect(above == .none, "above last_stream_id: not processed")
         #expect(server.lastStreamID == 1 && !server.isDrained)
         server.closeStream(1)
         #expect(server.isDrained)
         // The id rule still holds while quiescing.
-        let reused = server.receive(headersFrame(1))
+        let reused = server.receive(try headersFrame(1))
         #expect(closing(reused) != nil)
     }
 
     // MARK: Frames a side never receives, stream ids and limits
 
-    @Test func framesFromTheWrongSideAreConnectionErrors() {
+    @Test func framesFromTheWrongSideAreConnectionErrors() throws {
         var server = settledMachine(.server)
-        _ = server.receive(headersFrame(1))
+        _ = server.receive(try headersFrame(1))
         let trailers = server.receive(.trailers(streamID: 1, error: nil, metadata: Metadata()))
         #expect(closing(trailers)?.error == ConnectionError(.protocolError, "TRAILERS from a client"))
         var client = settledMachine(.client)
@@ -195,31 +195,31 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
 
     @Test func clientStreamIdsMustIncrease() throws {
         var server = settledMachine(.server)
-        let opened = server.receive(headersFrame(3))
+        let opened = server.receive(try headersFrame(3))
         guard case .streamOpened(3, let headers, _, false) = opened else {
             Issue.record("stream 3 not opened: \(opened)")
             return
         }
         #expect(headers.method == "/tollgate.test.Echo/Unary")
         #expect(server.lastStreamID == 3)
-        let again = server.receive(headersFrame(3))
+        let again = server.receive(try headersFrame(3))
         let (error, goAway) = try #require(closing(again))
         #expect(error == ConnectionError(.protocolError, "stream id 3 is not greater than 3"))
         #expect(goAway.lastStreamId == 3)
     }
 
-    @Test func newStreamsBeyondTheLimitOrWithBadMetadataAreRefused() {
+    @Test func newStreamsBeyondTheLimitOrWithBadMetadataAreRefused() throws {
         var server = settledMachine(.server, local: ConnectionSettings(maxConcurrentStreams: 1, maxMetadataSize: 20))
-        _ = server.receive(headersFrame(1))
-        let second = server.receive(headersFrame(3))
+        _ = server.receive(try headersFrame(1))
+        let second = server.receive(try headersFrame(3))
         #expect(second == reset(3, .resourceExhausted, "more than 1 concurrent calls"))
         #expect(server.lastStreamID == 3, "a refused id is used up")
         server.closeStream(1)
 
         let large: Metadata = ["x-padding": String(repeating: "a", count: 20)]
-        let tooLarge = server.receive(headersFrame(5, metadata: large))
+        let tooLarge = server.receive(try headersFrame(5, metadata: large))
         #expect(tooLarge == reset(5, .resourceExhausted, "metadata exceeds 20 bytes"))
-        let malformed = server.receive(headersFrame(7, metadata: ["x-bad": "line\nbreak"]))
+        let malformed = server.receive(try headersFrame(7, metadata: ["x-bad": "line\nbreak"]))
         guard case .resetStream(7, let error, _) = malformed else {
             Issue.record("malformed metadata accepted: \(malformed)")
             return
@@ -231,7 +231,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(closing(garbage)?.error == ConnectionError(.protocolError, "HEADERS payload does not decode"))
     }
 
-    @Test func clientsOpenStreamsInOrderWithinTheServersLimit() {
+    @Test func clientsOpenStreamsInOrderWithinTheServersLimit() throws {
         var client = settledMachine(.client, peer: ConnectionSettings(maxFrameSize: 16384, maxConcurrentStreams: 2))
         let first = client.openStream()
         let unary = client.openStream(requestByteCount: 10)
@@ -249,7 +249,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(client.sendWindow(of: 2) == ConnectionSettings.defaultInitialWindowSize - 10)
     }
 
-    @Test func framesForUnknownStreamsAreIgnoredAndOutOfOrderOnesReset() {
+    @Test func framesForUnknownStreamsAreIgnoredAndOutOfOrderOnesReset() throws {
         var client = settledMachine(.client)
         let unknown = client.receive(Frame(type: .message, streamID: 9, payload: [1]))
         #expect(unknown == .none)
@@ -264,9 +264,9 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
 
     // MARK: Flow control
 
-    @Test func messagesWaitForWindowAndGoInOrder() {
+    @Test func messagesWaitForWindowAndGoInOrder() throws {
         var server = settledMachine(.server, peer: ConnectionSettings(initialWindowSize: 100))
-        _ = server.receive(headersFrame(1, endStream: true))
+        _ = server.receive(try headersFrame(1, endStream: true))
         let large = server.sendMessage(streamID: 1, byteCount: 150)
         #expect(large == .now, "an open window takes a message larger than itself")
         #expect(server.sendWindow(of: 1) == -50)
@@ -290,9 +290,9 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(closed == .refused(RPCError(.cancelled, "the call has ended")))
     }
 
-    @Test func badWindowUpdatesAreConnectionErrors() {
+    @Test func badWindowUpdatesAreConnectionErrors() throws {
         var zero = settledMachine(.server)
-        _ = zero.receive(headersFrame(1))
+        _ = zero.receive(try headersFrame(1))
         let zeroIncrement = zero.receive(windowUpdateFrame(1, 0))
         #expect(closing(zeroIncrement)?.error == ConnectionError(.protocolError, "WINDOW_UPDATE with increment 0"))
 
@@ -306,9 +306,9 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
     }
 
     @Test(arguments: [ConnectionStateMachine.Role.client, .server])
-    func theReceiveWindowIsEnforcedAndGrantedBackInHalves(role: ConnectionStateMachine.Role) {
+    func theReceiveWindowIsEnforcedAndGrantedBackInHalves(role: ConnectionStateMachine.Role) throws {
         var machine = settledMachine(role, local: ConnectionSettings(initialWindowSize: 100))
-        if role == .server { _ = machine.receive(headersFrame(1)) } else { _ = machine.openStream() }
+        if role == .server { _ = machine.receive(try headersFrame(1)) } else { _ = machine.openStream() }
         let first = machine.receive(Frame(type: .message, streamID: 1, payload: [UInt8](repeating: 0, count: 60)))
         guard case .streamEvent(1, _, _) = first else {
             Issue.record("message refused: \(first)")
@@ -327,7 +327,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         #expect(over == reset(1, .resourceExhausted, "flow-control window exceeded"))
     }
 
-    @Test func streamsOpenedBeforeTheServersSettingsTakeTheWindowChange() {
+    @Test func streamsOpenedBeforeTheServersSettingsTakeTheWindowChange() throws {
         var client = ConnectionStateMachine(role: .client, local: ConnectionSettings())
         let opened = client.openStream(requestByteCount: 1000)
         #expect(opened == .opened(1))
@@ -353,7 +353,7 @@ func reset(_ id: UInt32, _ code: RPCCode, _ message: String) -> ConnectionStateM
         let request: [UInt8] = [0x0A, 0x01, 0x07]
         let opened = client.openStream(requestByteCount: request.count)
         #expect(opened == .opened(1))
-        let accepted = server.receive(headersFrame(1))
+        let accepted = server.receive(try headersFrame(1))
         guard case .streamOpened(1, _, _, false) = accepted else {
             Issue.record("not opened: \(accepted)")
             return

@@ -50,14 +50,14 @@ import TollgateProto
                 let headers = try RpcRequestHeaders(serializedBytes: payload)
                 method = headers.method
                 #expect(headers.timeoutMs == 5000)
-                again = headers.serializedBytes()
+                again = try headers.serializedBytes()
             case ("S", .headers): again = try reencode(RpcResponseHeaders.self, payload)
             case ("C", .message): again = try reencode(PingRequest.self, payload)
             case ("S", .message): again = try reencode(PingResponse.self, payload)
             case (_, .trailers):
                 let trailers = try RpcTrailers(serializedBytes: payload)
                 #expect(trailers.code == RPCCode.ok.rawValue)
-                again = trailers.serializedBytes()
+                again = try trailers.serializedBytes()
             default:
                 Issue.record("unexpected \(frame.header.type) from \(sender)")
                 again = payload

@@ -22,6 +22,8 @@ enum Echo {
     static let slow = method("Slow", client: false, server: false)
     static let fail = method("Fail", client: false, server: false)
     static let crash = method("Crash", client: false, server: false)
+    static let nulResponse = method("NulResponse", client: false, server: false)
+    static let nulStatus = method("NulStatus", client: false, server: false)
 }
 
 /// Counts handler cancellations seen by the slow method.
@@ -59,6 +61,8 @@ func echoHandlers() -> [RPCMethodHandler] {
         },
         .unary(Echo.fail) { (_: PingRequest, _) -> PingResponse in throw RPCError(.notFound, "no such thing") },
         .unary(Echo.crash) { (_: PingRequest, _) -> PingResponse in throw Unexpected() },
+        .unary(Echo.nulResponse) { (_: PingRequest, _) in PingResponse(nodeId: "node\u{0}1") },
+        .unary(Echo.nulStatus) { (_: PingRequest, _) -> PingResponse in throw RPCError(.notFound, "no \u{0} thing") },
     ]
 }
 
@@ -147,6 +151,18 @@ struct Harness {
             Issue.record("unknown method answered")
         } catch let error as RPCError {
             #expect(error.code == .unimplemented)
+        }
+        // Strings holding U+0000 cannot be encoded: INTERNAL naming the field, never a cut string.
+        await #expect { let _: PingResponse = try await client.unary(Echo.nulResponse, PingRequest()) } throws: { error in
+            (error as? RPCError).map { $0.code == .internal && $0.message.contains("'node_id'") } ?? false
+        }
+        await #expect { let _: PingResponse = try await client.unary(Echo.nulStatus, PingRequest()) } throws: { error in
+            (error as? RPCError).map { $0.code == .internal && $0.message.contains("status cannot be sent") } ?? false
+        }
+        var options = CallOptions()
+        options.metadata.add("x-who", "a\u{0}b")
+        await #expect { let _: PingResponse = try await client.unary(Echo.unary, PingRequest(), options: options) } throws: { error in
+            (error as? RPCError).map { $0.code == .internal && $0.message.contains("request headers cannot be sent") } ?? false
         }
         // The connection is still good after failed calls.
         let reply: PingResponse = try await client.unary(Echo.unary, PingRequest(payload: [9]))

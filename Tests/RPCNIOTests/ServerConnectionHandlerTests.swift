@@ -11,11 +11,11 @@ import TollgateProto
 let plaintextSession = TLSSessionInfo(protocolVersion: "TLSv1.3", cipherSuite: nil, negotiatedProtocol: RPCServer.alpn, peerCertificate: nil)
 
 /// A request's HEADERS as a client sends them.
-func requestHeaders(_ id: UInt32, _ method: ProtoMethod, requestID: String? = nil, endStream: Bool = false) -> Frame {
+func requestHeaders(_ id: UInt32, _ method: ProtoMethod, requestID: String? = nil, endStream: Bool = false) throws -> Frame {
     var headers = RpcRequestHeaders()
     headers.method = method.path
     if let requestID { headers.metadata = (["x-request-id": requestID] as Metadata).protoEntries }
-    return Frame(type: .headers, flags: endStream ? .endStream : [], streamID: id, payload: headers.serializedBytes())
+    return Frame(type: .headers, flags: endStream ? .endStream : [], streamID: id, payload: try headers.serializedBytes())
 }
 
 func windowUpdate(_ id: UInt32, _ increment: UInt32) -> Frame {

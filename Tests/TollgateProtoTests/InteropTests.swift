@@ -32,7 +32,7 @@ import TollgateProto
     /// Decodes with Swift, re-encodes, and checks Swift's own round trip is stable.
     private func roundTrip<Message: ProtoMessage>(_ type: Message.Type, _ bytes: [UInt8]) throws -> [UInt8] {
         let decoded = try Message(serializedBytes: bytes)
-        let encoded = decoded.serializedBytes()
+        let encoded = try decoded.serializedBytes()
         #expect(try Message(serializedBytes: encoded) == decoded, "\(Message.protoName) does not survive a Swift round trip")
         return encoded
     }

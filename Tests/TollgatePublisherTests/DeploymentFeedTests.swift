@@ -131,7 +131,7 @@ import TollgateStorage
         }
         let chunks = try store.deploymentLog.snapshot()
         #expect(chunks.count >= 3 && chunks.flatMap(\.apis).count == 40)
-        #expect(chunks.allSatisfy { $0.serializedBytes().count < DeploymentLog.maxChunkBytes + 200_000 })
+        #expect(try chunks.allSatisfy { try $0.serializedBytes().count < DeploymentLog.maxChunkBytes + 200_000 })
 
         // A page of 500 stops short of the per-page byte budget and says where to go on.
         var names: [String] = []
@@ -139,7 +139,7 @@ import TollgateStorage
         var pages = 0
         repeat {
             let page = try store.listApis(provider: "", states: [], pageSize: 500, pageToken: token, tenant: superTenant)
-            #expect(page.apis.map { $0.serializedBytes().count }.reduce(0, +) <= 2 << 20)
+            #expect(try page.apis.map { try $0.serializedBytes().count }.reduce(0, +) <= 2 << 20)
             names += page.apis.map(\.name)
             token = page.page.nextPageToken
             pages += 1

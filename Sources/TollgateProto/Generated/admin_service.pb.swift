@@ -9,6 +9,8 @@ public struct CreatePolicyRequest: ProtoMessage {
 
     /// Field 1.
     public var policy: ThrottlePolicy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -25,6 +27,8 @@ public struct CreatePolicyResponse: ProtoMessage {
 
     /// Field 1.
     public var policy: ThrottlePolicy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -41,6 +45,8 @@ public struct UpdatePolicyRequest: ProtoMessage {
 
     /// Field 1.
     public var policy: ThrottlePolicy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -57,6 +63,8 @@ public struct UpdatePolicyResponse: ProtoMessage {
 
     /// Field 1.
     public var policy: ThrottlePolicy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -73,6 +81,8 @@ public struct DeletePolicyRequest: ProtoMessage {
 
     /// Field 1.
     public var policy: PolicyRef? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -87,6 +97,8 @@ public struct DeletePolicyRequest: ProtoMessage {
 public struct DeletePolicyResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeletePolicyResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -97,6 +109,8 @@ public struct GetPolicyRequest: ProtoMessage {
 
     /// Field 1.
     public var policy: PolicyRef? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -113,6 +127,8 @@ public struct GetPolicyResponse: ProtoMessage {
 
     /// Field 1.
     public var policy: ThrottlePolicy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -131,6 +147,8 @@ public struct ListPoliciesRequest: ProtoMessage {
     public var kind: PolicyKind = .unspecified
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -151,6 +169,8 @@ public struct ListPoliciesResponse: ProtoMessage {
     public var policies: [ThrottlePolicy] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -169,6 +189,8 @@ public struct CreateBlockConditionRequest: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -185,6 +207,8 @@ public struct CreateBlockConditionResponse: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -201,6 +225,8 @@ public struct UpdateBlockConditionRequest: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -217,6 +243,8 @@ public struct UpdateBlockConditionResponse: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -233,6 +261,8 @@ public struct DeleteBlockConditionRequest: ProtoMessage {
 
     /// Field 1.
     public var conditionId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -247,6 +277,8 @@ public struct DeleteBlockConditionRequest: ProtoMessage {
 public struct DeleteBlockConditionResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteBlockConditionResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -257,6 +289,8 @@ public struct GetBlockConditionRequest: ProtoMessage {
 
     /// Field 1.
     public var conditionId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -273,6 +307,8 @@ public struct GetBlockConditionResponse: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -291,6 +327,8 @@ public struct ListBlockConditionsRequest: ProtoMessage {
     public var conditionType: BlockConditionType = .unspecified
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -311,6 +349,8 @@ public struct ListBlockConditionsResponse: ProtoMessage {
     public var conditions: [BlockCondition] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -331,6 +371,8 @@ public struct SetBlockConditionEnabledRequest: ProtoMessage {
     public var conditionId: String = ""
     /// Field 2.
     public var enabled: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -349,6 +391,8 @@ public struct SetBlockConditionEnabledResponse: ProtoMessage {
 
     /// Field 1.
     public var condition: BlockCondition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -361,20 +405,29 @@ public struct SetBlockConditionEnabledResponse: ProtoMessage {
 
 extension CreatePolicyRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_policy_request()) { (message: UnsafePointer<Tollgate__V1__CreatePolicyRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_policy_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreatePolicyRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreatePolicyRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreatePolicyRequest> {
         let c = arena.allocate(Tollgate__V1__CreatePolicyRequest.self)
         tollgate__v1__create_policy_request__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -382,25 +435,35 @@ extension CreatePolicyRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreatePolicyRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try ThrottlePolicy(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreatePolicyResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_policy_response()) { (message: UnsafePointer<Tollgate__V1__CreatePolicyResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_policy_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreatePolicyResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreatePolicyResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreatePolicyResponse> {
         let c = arena.allocate(Tollgate__V1__CreatePolicyResponse.self)
         tollgate__v1__create_policy_response__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -408,25 +471,35 @@ extension CreatePolicyResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreatePolicyResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try ThrottlePolicy(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdatePolicyRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_policy_request()) { (message: UnsafePointer<Tollgate__V1__UpdatePolicyRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_policy_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdatePolicyRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdatePolicyRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdatePolicyRequest> {
         let c = arena.allocate(Tollgate__V1__UpdatePolicyRequest.self)
         tollgate__v1__update_policy_request__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -434,25 +507,35 @@ extension UpdatePolicyRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdatePolicyRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try ThrottlePolicy(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdatePolicyResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_policy_response()) { (message: UnsafePointer<Tollgate__V1__UpdatePolicyResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_policy_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdatePolicyResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdatePolicyResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdatePolicyResponse> {
         let c = arena.allocate(Tollgate__V1__UpdatePolicyResponse.self)
         tollgate__v1__update_policy_response__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -460,25 +543,35 @@ extension UpdatePolicyResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdatePolicyResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try ThrottlePolicy(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeletePolicyRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_policy_request()) { (message: UnsafePointer<Tollgate__V1__DeletePolicyRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_policy_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeletePolicyRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeletePolicyRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeletePolicyRequest> {
         let c = arena.allocate(Tollgate__V1__DeletePolicyRequest.self)
         tollgate__v1__delete_policy_request__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -486,49 +579,70 @@ extension DeletePolicyRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeletePolicyRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try PolicyRef(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeletePolicyResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_policy_response()) { (message: UnsafePointer<Tollgate__V1__DeletePolicyResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_policy_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeletePolicyResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeletePolicyResponse> {
         let c = arena.allocate(Tollgate__V1__DeletePolicyResponse.self)
         tollgate__v1__delete_policy_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeletePolicyResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetPolicyRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_policy_request()) { (message: UnsafePointer<Tollgate__V1__GetPolicyRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_policy_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetPolicyRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetPolicyRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetPolicyRequest> {
         let c = arena.allocate(Tollgate__V1__GetPolicyRequest.self)
         tollgate__v1__get_policy_request__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -536,25 +650,35 @@ extension GetPolicyRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetPolicyRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try PolicyRef(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetPolicyResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_policy_response()) { (message: UnsafePointer<Tollgate__V1__GetPolicyResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_policy_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetPolicyResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetPolicyResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetPolicyResponse> {
         let c = arena.allocate(Tollgate__V1__GetPolicyResponse.self)
         tollgate__v1__get_policy_response__init(c)
-        if let value = self.policy { c.pointee.policy = value._cMessage(in: arena) }
+        if let value = self.policy { c.pointee.policy = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -562,18 +686,28 @@ extension GetPolicyResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetPolicyResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.policy { self.policy = try ThrottlePolicy(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListPoliciesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_policies_request()) { (message: UnsafePointer<Tollgate__V1__ListPoliciesRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_policies_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListPoliciesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -582,6 +716,7 @@ extension ListPoliciesRequest {
         tollgate__v1__list_policies_request__init(c)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -590,27 +725,37 @@ extension ListPoliciesRequest {
         self.init()
         self.kind = PolicyKind(rawValue: Int32(truncatingIfNeeded: c.pointee.kind.rawValue))
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListPoliciesResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_policies_response()) { (message: UnsafePointer<Tollgate__V1__ListPoliciesResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_policies_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListPoliciesResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListPoliciesResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListPoliciesResponse> {
         let c = arena.allocate(Tollgate__V1__ListPoliciesResponse.self)
         tollgate__v1__list_policies_response__init(c)
         c.pointee.n_policies = self.policies.count
-        c.pointee.policies = arena.messages(self.policies) { $0._cMessage(in: arena) }
+        c.pointee.policies = try arena.messages(self.policies) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -619,25 +764,35 @@ extension ListPoliciesResponse {
         self.init()
         self.policies = try ProtoDecode.messages(c.pointee.policies, count: c.pointee.n_policies, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ThrottlePolicy(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateBlockConditionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_block_condition_request()) { (message: UnsafePointer<Tollgate__V1__CreateBlockConditionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_block_condition_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateBlockConditionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateBlockConditionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateBlockConditionRequest> {
         let c = arena.allocate(Tollgate__V1__CreateBlockConditionRequest.self)
         tollgate__v1__create_block_condition_request__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -645,25 +800,35 @@ extension CreateBlockConditionRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateBlockConditionRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateBlockConditionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_block_condition_response()) { (message: UnsafePointer<Tollgate__V1__CreateBlockConditionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_block_condition_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateBlockConditionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateBlockConditionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateBlockConditionResponse> {
         let c = arena.allocate(Tollgate__V1__CreateBlockConditionResponse.self)
         tollgate__v1__create_block_condition_response__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -671,25 +836,35 @@ extension CreateBlockConditionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateBlockConditionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateBlockConditionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_block_condition_request()) { (message: UnsafePointer<Tollgate__V1__UpdateBlockConditionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_block_condition_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateBlockConditionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateBlockConditionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateBlockConditionRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateBlockConditionRequest.self)
         tollgate__v1__update_block_condition_request__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -697,25 +872,35 @@ extension UpdateBlockConditionRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateBlockConditionRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateBlockConditionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_block_condition_response()) { (message: UnsafePointer<Tollgate__V1__UpdateBlockConditionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_block_condition_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateBlockConditionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateBlockConditionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateBlockConditionResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateBlockConditionResponse.self)
         tollgate__v1__update_block_condition_response__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -723,25 +908,35 @@ extension UpdateBlockConditionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateBlockConditionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteBlockConditionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_block_condition_request()) { (message: UnsafePointer<Tollgate__V1__DeleteBlockConditionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_block_condition_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteBlockConditionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteBlockConditionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteBlockConditionRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteBlockConditionRequest.self)
         tollgate__v1__delete_block_condition_request__init(c)
-        c.pointee.condition_id = arena.cString(self.conditionId)
+        c.pointee.condition_id = try arena.cString(self.conditionId, field: "condition_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -749,49 +944,70 @@ extension DeleteBlockConditionRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteBlockConditionRequest>) throws(ProtoDecodingError) {
         self.init()
         self.conditionId = try ProtoDecode.string(c.pointee.condition_id, field: "condition_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteBlockConditionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_block_condition_response()) { (message: UnsafePointer<Tollgate__V1__DeleteBlockConditionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_block_condition_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteBlockConditionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteBlockConditionResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteBlockConditionResponse.self)
         tollgate__v1__delete_block_condition_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteBlockConditionResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetBlockConditionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_block_condition_request()) { (message: UnsafePointer<Tollgate__V1__GetBlockConditionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_block_condition_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetBlockConditionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetBlockConditionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetBlockConditionRequest> {
         let c = arena.allocate(Tollgate__V1__GetBlockConditionRequest.self)
         tollgate__v1__get_block_condition_request__init(c)
-        c.pointee.condition_id = arena.cString(self.conditionId)
+        c.pointee.condition_id = try arena.cString(self.conditionId, field: "condition_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -799,25 +1015,35 @@ extension GetBlockConditionRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetBlockConditionRequest>) throws(ProtoDecodingError) {
         self.init()
         self.conditionId = try ProtoDecode.string(c.pointee.condition_id, field: "condition_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetBlockConditionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_block_condition_response()) { (message: UnsafePointer<Tollgate__V1__GetBlockConditionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_block_condition_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetBlockConditionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetBlockConditionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetBlockConditionResponse> {
         let c = arena.allocate(Tollgate__V1__GetBlockConditionResponse.self)
         tollgate__v1__get_block_condition_response__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -825,18 +1051,28 @@ extension GetBlockConditionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetBlockConditionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListBlockConditionsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_request()) { (message: UnsafePointer<Tollgate__V1__ListBlockConditionsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListBlockConditionsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -845,6 +1081,7 @@ extension ListBlockConditionsRequest {
         tollgate__v1__list_block_conditions_request__init(c)
         c.pointee.condition_type = .init(rawValue: .init(truncatingIfNeeded: self.conditionType.rawValue))
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -853,27 +1090,37 @@ extension ListBlockConditionsRequest {
         self.init()
         self.conditionType = BlockConditionType(rawValue: Int32(truncatingIfNeeded: c.pointee.condition_type.rawValue))
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListBlockConditionsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_response()) { (message: UnsafePointer<Tollgate__V1__ListBlockConditionsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListBlockConditionsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListBlockConditionsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListBlockConditionsResponse> {
         let c = arena.allocate(Tollgate__V1__ListBlockConditionsResponse.self)
         tollgate__v1__list_block_conditions_response__init(c)
         c.pointee.n_conditions = self.conditions.count
-        c.pointee.conditions = arena.messages(self.conditions) { $0._cMessage(in: arena) }
+        c.pointee.conditions = try arena.messages(self.conditions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -882,26 +1129,36 @@ extension ListBlockConditionsResponse {
         self.init()
         self.conditions = try ProtoDecode.messages(c.pointee.conditions, count: c.pointee.n_conditions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try BlockCondition(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SetBlockConditionEnabledRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_block_condition_enabled_request()) { (message: UnsafePointer<Tollgate__V1__SetBlockConditionEnabledRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_block_condition_enabled_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SetBlockConditionEnabledRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SetBlockConditionEnabledRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SetBlockConditionEnabledRequest> {
         let c = arena.allocate(Tollgate__V1__SetBlockConditionEnabledRequest.self)
         tollgate__v1__set_block_condition_enabled_request__init(c)
-        c.pointee.condition_id = arena.cString(self.conditionId)
+        c.pointee.condition_id = try arena.cString(self.conditionId, field: "condition_id", in: Self.protoName)
         c.pointee.enabled = (self.enabled ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -910,25 +1167,35 @@ extension SetBlockConditionEnabledRequest {
         self.init()
         self.conditionId = try ProtoDecode.string(c.pointee.condition_id, field: "condition_id", in: Self.protoName)
         self.enabled = (c.pointee.enabled != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SetBlockConditionEnabledResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_block_condition_enabled_response()) { (message: UnsafePointer<Tollgate__V1__SetBlockConditionEnabledResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_block_condition_enabled_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SetBlockConditionEnabledResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SetBlockConditionEnabledResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SetBlockConditionEnabledResponse> {
         let c = arena.allocate(Tollgate__V1__SetBlockConditionEnabledResponse.self)
         tollgate__v1__set_block_condition_enabled_response__init(c)
-        if let value = self.condition { c.pointee.condition = value._cMessage(in: arena) }
+        if let value = self.condition { c.pointee.condition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -936,6 +1203,7 @@ extension SetBlockConditionEnabledResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__SetBlockConditionEnabledResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.condition { self.condition = try BlockCondition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

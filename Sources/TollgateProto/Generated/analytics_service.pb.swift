@@ -59,6 +59,8 @@ public struct PublishUsageEventsRequest: ProtoMessage {
 
     /// Field 1.
     public var events: [UsageEvent] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -77,6 +79,8 @@ public struct PublishUsageEventsResponse: ProtoMessage {
     public var acceptedCount: UInt64 = 0
     /// Field 2.
     public var discardedCount: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -117,6 +121,8 @@ public struct QueryUsageRequest: ProtoMessage {
     public var resource: String = ""
     /// Field 20.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -157,6 +163,8 @@ public struct QueryUsageResponse: ProtoMessage {
     public var rows: [UsageSummary] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -171,21 +179,30 @@ public struct QueryUsageResponse: ProtoMessage {
 
 extension PublishUsageEventsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_request()) { (message: UnsafePointer<Tollgate__V1__PublishUsageEventsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PublishUsageEventsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PublishUsageEventsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PublishUsageEventsRequest> {
         let c = arena.allocate(Tollgate__V1__PublishUsageEventsRequest.self)
         tollgate__v1__publish_usage_events_request__init(c)
         c.pointee.n_events = self.events.count
-        c.pointee.events = arena.messages(self.events) { $0._cMessage(in: arena) }
+        c.pointee.events = try arena.messages(self.events) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -193,18 +210,28 @@ extension PublishUsageEventsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__PublishUsageEventsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.events = try ProtoDecode.messages(c.pointee.events, count: c.pointee.n_events, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageEvent(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PublishUsageEventsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_response()) { (message: UnsafePointer<Tollgate__V1__PublishUsageEventsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PublishUsageEventsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -213,6 +240,7 @@ extension PublishUsageEventsResponse {
         tollgate__v1__publish_usage_events_response__init(c)
         c.pointee.accepted_count = self.acceptedCount
         c.pointee.discarded_count = self.discardedCount
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -221,22 +249,31 @@ extension PublishUsageEventsResponse {
         self.init()
         self.acceptedCount = c.pointee.accepted_count
         self.discardedCount = c.pointee.discarded_count
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension QueryUsageRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__query_usage_request()) { (message: UnsafePointer<Tollgate__V1__QueryUsageRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__query_usage_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__QueryUsageRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__QueryUsageRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__QueryUsageRequest> {
         let c = arena.allocate(Tollgate__V1__QueryUsageRequest.self)
         tollgate__v1__query_usage_request__init(c)
         c.pointee.granularity = .init(rawValue: .init(truncatingIfNeeded: self.granularity.rawValue))
@@ -245,13 +282,14 @@ extension QueryUsageRequest {
         c.pointee.n_group_by = self.groupBy.count
         c.pointee.group_by = arena.mapped(self.groupBy) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.merge_buckets = (self.mergeBuckets ? 1 : 0)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_creator = arena.cString(self.apiCreator)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.resource = arena.cString(self.resource)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -270,27 +308,37 @@ extension QueryUsageRequest {
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.resource = try ProtoDecode.string(c.pointee.resource, field: "resource", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension QueryUsageResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__query_usage_response()) { (message: UnsafePointer<Tollgate__V1__QueryUsageResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__query_usage_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__QueryUsageResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__QueryUsageResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__QueryUsageResponse> {
         let c = arena.allocate(Tollgate__V1__QueryUsageResponse.self)
         tollgate__v1__query_usage_response__init(c)
         c.pointee.n_rows = self.rows.count
-        c.pointee.rows = arena.messages(self.rows) { $0._cMessage(in: arena) }
+        c.pointee.rows = try arena.messages(self.rows) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -299,6 +347,7 @@ extension QueryUsageResponse {
         self.init()
         self.rows = try ProtoDecode.messages(c.pointee.rows, count: c.pointee.n_rows, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageSummary(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

@@ -327,6 +327,8 @@ public struct EndpointSuspension: ProtoMessage {
     public var progressionFactor: Double = 0
     /// Field 12.
     public var maxSuspensionMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -363,6 +365,8 @@ public struct Endpoint: ProtoMessage {
     public var readTimeoutMs: Int64 = 0
     /// Field 5.
     public var suspension: EndpointSuspension? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -389,6 +393,8 @@ public struct LoadBalancedEndpoints: ProtoMessage {
     public var algorithm: LoadBalanceAlgorithm = .unspecified
     /// Field 2.
     public var endpoints: [Endpoint] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -409,6 +415,8 @@ public struct FailoverEndpoints: ProtoMessage {
     public var primary: Endpoint? = nil
     /// Field 2.
     public var secondaries: [Endpoint] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -426,6 +434,8 @@ public struct EndpointConfig: ProtoMessage {
     public static let protoName = "tollgate.v1.EndpointConfig"
 
     public var strategy: Strategy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -457,6 +467,8 @@ public struct ApiResource: ProtoMessage {
     public var throttlingPolicy: String = ""
     /// Field 5.
     public var scope: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -487,6 +499,8 @@ public struct ApiScope: ProtoMessage {
     public var description: String = ""
     /// Field 4.
     public var roles: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -517,6 +531,8 @@ public struct CorsConfig: ProtoMessage {
     public var allowMethods: [HttpVerb] = []
     /// Field 5.
     public var allowCredentials: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -543,6 +559,8 @@ public struct OwnerContact: ProtoMessage {
     public var name: String = ""
     /// Field 2.
     public var email: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -556,69 +574,201 @@ public struct OwnerContact: ProtoMessage {
 }
 
 /// `tollgate.v1.Api`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Api: ProtoMessage {
     public static let protoName = "tollgate.v1.Api"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var provider: String = ""
+    public var provider: String {
+        get { _storage.provider }
+        set { _uniqueStorage().provider = newValue }
+        _modify { yield &_uniqueStorage().provider }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 6.
-    public var context: String = ""
+    public var context: String {
+        get { _storage.context }
+        set { _uniqueStorage().context = newValue }
+        _modify { yield &_uniqueStorage().context }
+    }
     /// Field 7.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 8.
-    public var tags: [String] = []
+    public var tags: [String] {
+        get { _storage.tags }
+        set { _uniqueStorage().tags = newValue }
+        _modify { yield &_uniqueStorage().tags }
+    }
     /// Field 9.
-    public var defaultVersion: Bool = false
+    public var defaultVersion: Bool {
+        get { _storage.defaultVersion }
+        set { _uniqueStorage().defaultVersion = newValue }
+        _modify { yield &_uniqueStorage().defaultVersion }
+    }
     /// Field 10.
-    public var revision: UInt64 = 0
+    public var revision: UInt64 {
+        get { _storage.revision }
+        set { _uniqueStorage().revision = newValue }
+        _modify { yield &_uniqueStorage().revision }
+    }
     /// Field 15.
-    public var visibility: ApiVisibility = .unspecified
+    public var visibility: ApiVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 16.
-    public var visibleRoles: [String] = []
+    public var visibleRoles: [String] {
+        get { _storage.visibleRoles }
+        set { _uniqueStorage().visibleRoles = newValue }
+        _modify { yield &_uniqueStorage().visibleRoles }
+    }
     /// Field 20.
-    public var transports: [TransportScheme] = []
+    public var transports: [TransportScheme] {
+        get { _storage.transports }
+        set { _uniqueStorage().transports = newValue }
+        _modify { yield &_uniqueStorage().transports }
+    }
     /// Field 21.
-    public var authorizationHeader: String = ""
+    public var authorizationHeader: String {
+        get { _storage.authorizationHeader }
+        set { _uniqueStorage().authorizationHeader = newValue }
+        _modify { yield &_uniqueStorage().authorizationHeader }
+    }
     /// Field 22.
-    public var productionEndpoints: EndpointConfig? = nil
+    public var productionEndpoints: EndpointConfig? {
+        get { _storage.productionEndpoints }
+        set { _uniqueStorage().productionEndpoints = newValue }
+        _modify { yield &_uniqueStorage().productionEndpoints }
+    }
     /// Field 23.
-    public var sandboxEndpoints: EndpointConfig? = nil
+    public var sandboxEndpoints: EndpointConfig? {
+        get { _storage.sandboxEndpoints }
+        set { _uniqueStorage().sandboxEndpoints = newValue }
+        _modify { yield &_uniqueStorage().sandboxEndpoints }
+    }
     /// Field 24.
-    public var cors: CorsConfig? = nil
+    public var cors: CorsConfig? {
+        get { _storage.cors }
+        set { _uniqueStorage().cors = newValue }
+        _modify { yield &_uniqueStorage().cors }
+    }
     /// Field 30.
-    public var resources: [ApiResource] = []
+    public var resources: [ApiResource] {
+        get { _storage.resources }
+        set { _uniqueStorage().resources = newValue }
+        _modify { yield &_uniqueStorage().resources }
+    }
     /// Field 31.
-    public var scopes: [ApiScope] = []
+    public var scopes: [ApiScope] {
+        get { _storage.scopes }
+        set { _uniqueStorage().scopes = newValue }
+        _modify { yield &_uniqueStorage().scopes }
+    }
     /// Field 40.
-    public var subscriptionPolicies: [String] = []
+    public var subscriptionPolicies: [String] {
+        get { _storage.subscriptionPolicies }
+        set { _uniqueStorage().subscriptionPolicies = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicies }
+    }
     /// Field 41.
-    public var apiPolicy: String = ""
+    public var apiPolicy: String {
+        get { _storage.apiPolicy }
+        set { _uniqueStorage().apiPolicy = newValue }
+        _modify { yield &_uniqueStorage().apiPolicy }
+    }
     /// Field 50.
-    public var lifecycleState: LifecycleState = .unspecified
+    public var lifecycleState: LifecycleState {
+        get { _storage.lifecycleState }
+        set { _uniqueStorage().lifecycleState = newValue }
+        _modify { yield &_uniqueStorage().lifecycleState }
+    }
     /// Field 55.
-    public var businessOwner: OwnerContact? = nil
+    public var businessOwner: OwnerContact? {
+        get { _storage.businessOwner }
+        set { _uniqueStorage().businessOwner = newValue }
+        _modify { yield &_uniqueStorage().businessOwner }
+    }
     /// Field 56.
-    public var technicalOwner: OwnerContact? = nil
+    public var technicalOwner: OwnerContact? {
+        get { _storage.technicalOwner }
+        set { _uniqueStorage().technicalOwner = newValue }
+        _modify { yield &_uniqueStorage().technicalOwner }
+    }
     /// Field 60.
-    public var createdBy: String = ""
+    public var createdBy: String {
+        get { _storage.createdBy }
+        set { _uniqueStorage().createdBy = newValue }
+        _modify { yield &_uniqueStorage().createdBy }
+    }
     /// Field 61.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 62.
-    public var updatedBy: String = ""
+    public var updatedBy: String {
+        get { _storage.updatedBy }
+        set { _uniqueStorage().updatedBy = newValue }
+        _modify { yield &_uniqueStorage().updatedBy }
+    }
     /// Field 63.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Field 42.
-    public var maxProductionTps: UInt32? = nil
+    public var maxProductionTps: UInt32? {
+        get { _storage.maxProductionTps }
+        set { _uniqueStorage().maxProductionTps = newValue }
+        _modify { yield &_uniqueStorage().maxProductionTps }
+    }
     /// Field 43.
-    public var maxSandboxTps: UInt32? = nil
+    public var maxSandboxTps: UInt32? {
+        get { _storage.maxSandboxTps }
+        set { _uniqueStorage().maxSandboxTps = newValue }
+        _modify { yield &_uniqueStorage().maxSandboxTps }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -654,73 +804,309 @@ public struct Api: ProtoMessage {
         maxProductionTps: UInt32? = nil,
         maxSandboxTps: UInt32? = nil
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.provider = provider
-        self.name = name
-        self.version = version
-        self.context = context
-        self.description = description
-        self.tags = tags
-        self.defaultVersion = defaultVersion
-        self.revision = revision
-        self.visibility = visibility
-        self.visibleRoles = visibleRoles
-        self.transports = transports
-        self.authorizationHeader = authorizationHeader
-        self.productionEndpoints = productionEndpoints
-        self.sandboxEndpoints = sandboxEndpoints
-        self.cors = cors
-        self.resources = resources
-        self.scopes = scopes
-        self.subscriptionPolicies = subscriptionPolicies
-        self.apiPolicy = apiPolicy
-        self.lifecycleState = lifecycleState
-        self.businessOwner = businessOwner
-        self.technicalOwner = technicalOwner
-        self.createdBy = createdBy
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedBy = updatedBy
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.maxProductionTps = maxProductionTps
-        self.maxSandboxTps = maxSandboxTps
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.provider = provider
+        _fields.name = name
+        _fields.version = version
+        _fields.context = context
+        _fields.description = description
+        _fields.tags = tags
+        _fields.defaultVersion = defaultVersion
+        _fields.revision = revision
+        _fields.visibility = visibility
+        _fields.visibleRoles = visibleRoles
+        _fields.transports = transports
+        _fields.authorizationHeader = authorizationHeader
+        _fields.productionEndpoints = productionEndpoints
+        _fields.sandboxEndpoints = sandboxEndpoints
+        _fields.cors = cors
+        _fields.resources = resources
+        _fields.scopes = scopes
+        _fields.subscriptionPolicies = subscriptionPolicies
+        _fields.apiPolicy = apiPolicy
+        _fields.lifecycleState = lifecycleState
+        _fields.businessOwner = businessOwner
+        _fields.technicalOwner = technicalOwner
+        _fields.createdBy = createdBy
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedBy = updatedBy
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.maxProductionTps = maxProductionTps
+        _fields.maxSandboxTps = maxSandboxTps
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var provider: String = ""
+        var name: String = ""
+        var version: String = ""
+        var context: String = ""
+        var description: String = ""
+        var tags: [String] = []
+        var defaultVersion: Bool = false
+        var revision: UInt64 = 0
+        var visibility: ApiVisibility = .unspecified
+        var visibleRoles: [String] = []
+        var transports: [TransportScheme] = []
+        var authorizationHeader: String = ""
+        var productionEndpoints: EndpointConfig? = nil
+        var sandboxEndpoints: EndpointConfig? = nil
+        var cors: CorsConfig? = nil
+        var resources: [ApiResource] = []
+        var scopes: [ApiScope] = []
+        var subscriptionPolicies: [String] = []
+        var apiPolicy: String = ""
+        var lifecycleState: LifecycleState = .unspecified
+        var businessOwner: OwnerContact? = nil
+        var technicalOwner: OwnerContact? = nil
+        var createdBy: String = ""
+        var createdAtUnixMs: Int64 = 0
+        var updatedBy: String = ""
+        var updatedAtUnixMs: Int64 = 0
+        var maxProductionTps: UInt32? = nil
+        var maxSandboxTps: UInt32? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            provider = other.provider
+            name = other.name
+            version = other.version
+            context = other.context
+            description = other.description
+            tags = other.tags
+            defaultVersion = other.defaultVersion
+            revision = other.revision
+            visibility = other.visibility
+            visibleRoles = other.visibleRoles
+            transports = other.transports
+            authorizationHeader = other.authorizationHeader
+            productionEndpoints = other.productionEndpoints
+            sandboxEndpoints = other.sandboxEndpoints
+            cors = other.cors
+            resources = other.resources
+            scopes = other.scopes
+            subscriptionPolicies = other.subscriptionPolicies
+            apiPolicy = other.apiPolicy
+            lifecycleState = other.lifecycleState
+            businessOwner = other.businessOwner
+            technicalOwner = other.technicalOwner
+            createdBy = other.createdBy
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedBy = other.updatedBy
+            updatedAtUnixMs = other.updatedAtUnixMs
+            maxProductionTps = other.maxProductionTps
+            maxSandboxTps = other.maxSandboxTps
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if provider != other.provider { return false }
+            if name != other.name { return false }
+            if version != other.version { return false }
+            if context != other.context { return false }
+            if description != other.description { return false }
+            if tags != other.tags { return false }
+            if defaultVersion != other.defaultVersion { return false }
+            if revision != other.revision { return false }
+            if visibility != other.visibility { return false }
+            if visibleRoles != other.visibleRoles { return false }
+            if transports != other.transports { return false }
+            if authorizationHeader != other.authorizationHeader { return false }
+            if productionEndpoints != other.productionEndpoints { return false }
+            if sandboxEndpoints != other.sandboxEndpoints { return false }
+            if cors != other.cors { return false }
+            if resources != other.resources { return false }
+            if scopes != other.scopes { return false }
+            if subscriptionPolicies != other.subscriptionPolicies { return false }
+            if apiPolicy != other.apiPolicy { return false }
+            if lifecycleState != other.lifecycleState { return false }
+            if businessOwner != other.businessOwner { return false }
+            if technicalOwner != other.technicalOwner { return false }
+            if createdBy != other.createdBy { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedBy != other.updatedBy { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if maxProductionTps != other.maxProductionTps { return false }
+            if maxSandboxTps != other.maxSandboxTps { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(provider)
+            hasher.combine(name)
+            hasher.combine(version)
+            hasher.combine(context)
+            hasher.combine(description)
+            hasher.combine(tags)
+            hasher.combine(defaultVersion)
+            hasher.combine(revision)
+            hasher.combine(visibility)
+            hasher.combine(visibleRoles)
+            hasher.combine(transports)
+            hasher.combine(authorizationHeader)
+            hasher.combine(productionEndpoints)
+            hasher.combine(sandboxEndpoints)
+            hasher.combine(cors)
+            hasher.combine(resources)
+            hasher.combine(scopes)
+            hasher.combine(subscriptionPolicies)
+            hasher.combine(apiPolicy)
+            hasher.combine(lifecycleState)
+            hasher.combine(businessOwner)
+            hasher.combine(technicalOwner)
+            hasher.combine(createdBy)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedBy)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(maxProductionTps)
+            hasher.combine(maxSandboxTps)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
 /// `tollgate.v1.ApiListing`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct ApiListing: ProtoMessage {
     public static let protoName = "tollgate.v1.ApiListing"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var provider: String = ""
+    public var provider: String {
+        get { _storage.provider }
+        set { _uniqueStorage().provider = newValue }
+        _modify { yield &_uniqueStorage().provider }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 6.
-    public var context: String = ""
+    public var context: String {
+        get { _storage.context }
+        set { _uniqueStorage().context = newValue }
+        _modify { yield &_uniqueStorage().context }
+    }
     /// Field 7.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 8.
-    public var tags: [String] = []
+    public var tags: [String] {
+        get { _storage.tags }
+        set { _uniqueStorage().tags = newValue }
+        _modify { yield &_uniqueStorage().tags }
+    }
     /// Field 9.
-    public var defaultVersion: Bool = false
+    public var defaultVersion: Bool {
+        get { _storage.defaultVersion }
+        set { _uniqueStorage().defaultVersion = newValue }
+        _modify { yield &_uniqueStorage().defaultVersion }
+    }
     /// Field 10.
-    public var visibility: ApiVisibility = .unspecified
+    public var visibility: ApiVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 11.
-    public var lifecycleState: LifecycleState = .unspecified
+    public var lifecycleState: LifecycleState {
+        get { _storage.lifecycleState }
+        set { _uniqueStorage().lifecycleState = newValue }
+        _modify { yield &_uniqueStorage().lifecycleState }
+    }
     /// Field 12.
-    public var subscriptionPolicies: [String] = []
+    public var subscriptionPolicies: [String] {
+        get { _storage.subscriptionPolicies }
+        set { _uniqueStorage().subscriptionPolicies = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicies }
+    }
     /// Field 13.
-    public var transports: [TransportScheme] = []
+    public var transports: [TransportScheme] {
+        get { _storage.transports }
+        set { _uniqueStorage().transports = newValue }
+        _modify { yield &_uniqueStorage().transports }
+    }
     /// Field 14.
-    public var businessOwner: OwnerContact? = nil
+    public var businessOwner: OwnerContact? {
+        get { _storage.businessOwner }
+        set { _uniqueStorage().businessOwner = newValue }
+        _modify { yield &_uniqueStorage().businessOwner }
+    }
     /// Field 15.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -741,21 +1127,125 @@ public struct ApiListing: ProtoMessage {
         businessOwner: OwnerContact? = nil,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.provider = provider
-        self.name = name
-        self.version = version
-        self.context = context
-        self.description = description
-        self.tags = tags
-        self.defaultVersion = defaultVersion
-        self.visibility = visibility
-        self.lifecycleState = lifecycleState
-        self.subscriptionPolicies = subscriptionPolicies
-        self.transports = transports
-        self.businessOwner = businessOwner
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.provider = provider
+        _fields.name = name
+        _fields.version = version
+        _fields.context = context
+        _fields.description = description
+        _fields.tags = tags
+        _fields.defaultVersion = defaultVersion
+        _fields.visibility = visibility
+        _fields.lifecycleState = lifecycleState
+        _fields.subscriptionPolicies = subscriptionPolicies
+        _fields.transports = transports
+        _fields.businessOwner = businessOwner
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var provider: String = ""
+        var name: String = ""
+        var version: String = ""
+        var context: String = ""
+        var description: String = ""
+        var tags: [String] = []
+        var defaultVersion: Bool = false
+        var visibility: ApiVisibility = .unspecified
+        var lifecycleState: LifecycleState = .unspecified
+        var subscriptionPolicies: [String] = []
+        var transports: [TransportScheme] = []
+        var businessOwner: OwnerContact? = nil
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            provider = other.provider
+            name = other.name
+            version = other.version
+            context = other.context
+            description = other.description
+            tags = other.tags
+            defaultVersion = other.defaultVersion
+            visibility = other.visibility
+            lifecycleState = other.lifecycleState
+            subscriptionPolicies = other.subscriptionPolicies
+            transports = other.transports
+            businessOwner = other.businessOwner
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if provider != other.provider { return false }
+            if name != other.name { return false }
+            if version != other.version { return false }
+            if context != other.context { return false }
+            if description != other.description { return false }
+            if tags != other.tags { return false }
+            if defaultVersion != other.defaultVersion { return false }
+            if visibility != other.visibility { return false }
+            if lifecycleState != other.lifecycleState { return false }
+            if subscriptionPolicies != other.subscriptionPolicies { return false }
+            if transports != other.transports { return false }
+            if businessOwner != other.businessOwner { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(provider)
+            hasher.combine(name)
+            hasher.combine(version)
+            hasher.combine(context)
+            hasher.combine(description)
+            hasher.combine(tags)
+            hasher.combine(defaultVersion)
+            hasher.combine(visibility)
+            hasher.combine(lifecycleState)
+            hasher.combine(subscriptionPolicies)
+            hasher.combine(transports)
+            hasher.combine(businessOwner)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -775,6 +1265,8 @@ public struct LifecycleHistoryEntry: ProtoMessage {
     public var occurredAtUnixMs: Int64 = 0
     /// Field 6.
     public var comment: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -811,6 +1303,8 @@ public struct ApiDefinition: ProtoMessage {
     public var revision: UInt64 = 0
     /// Field 6.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -837,6 +1331,8 @@ public struct LifecycleHistoryEntries: ProtoMessage {
 
     /// Field 1.
     public var entries: [LifecycleHistoryEntry] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -859,6 +1355,8 @@ public struct CopyApiArtifacts: ProtoMessage {
     public var actor: String = ""
     /// Field 4.
     public var atUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -880,6 +1378,8 @@ public struct RegistryOperation: ProtoMessage {
     public static let protoName = "tollgate.v1.RegistryOperation"
 
     public var operation: Operation? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -900,13 +1400,22 @@ public struct RegistryOperation: ProtoMessage {
 
 extension EndpointSuspension {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension()) { (message: UnsafePointer<Tollgate__V1__EndpointSuspension>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__EndpointSuspension>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -922,6 +1431,7 @@ extension EndpointSuspension {
         c.pointee.initial_suspension_ms = self.initialSuspensionMs
         c.pointee.progression_factor = self.progressionFactor
         c.pointee.max_suspension_ms = self.maxSuspensionMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -935,29 +1445,39 @@ extension EndpointSuspension {
         self.initialSuspensionMs = c.pointee.initial_suspension_ms
         self.progressionFactor = c.pointee.progression_factor
         self.maxSuspensionMs = c.pointee.max_suspension_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Endpoint {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint()) { (message: UnsafePointer<Tollgate__V1__Endpoint>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Endpoint>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Endpoint> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Endpoint> {
         let c = arena.allocate(Tollgate__V1__Endpoint.self)
         tollgate__v1__endpoint__init(c)
-        c.pointee.url = arena.cString(self.url)
+        c.pointee.url = try arena.cString(self.url, field: "url", in: Self.protoName)
         c.pointee.weight = self.weight
         c.pointee.connect_timeout_ms = self.connectTimeoutMs
         c.pointee.read_timeout_ms = self.readTimeoutMs
         if let value = self.suspension { c.pointee.suspension = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -969,27 +1489,37 @@ extension Endpoint {
         self.connectTimeoutMs = c.pointee.connect_timeout_ms
         self.readTimeoutMs = c.pointee.read_timeout_ms
         if let value = c.pointee.suspension { self.suspension = try EndpointSuspension(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LoadBalancedEndpoints {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__load_balanced_endpoints()) { (message: UnsafePointer<Tollgate__V1__LoadBalancedEndpoints>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__load_balanced_endpoints(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LoadBalancedEndpoints>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LoadBalancedEndpoints> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LoadBalancedEndpoints> {
         let c = arena.allocate(Tollgate__V1__LoadBalancedEndpoints.self)
         tollgate__v1__load_balanced_endpoints__init(c)
         c.pointee.algorithm = .init(rawValue: .init(truncatingIfNeeded: self.algorithm.rawValue))
         c.pointee.n_endpoints = self.endpoints.count
-        c.pointee.endpoints = arena.messages(self.endpoints) { $0._cMessage(in: arena) }
+        c.pointee.endpoints = try arena.messages(self.endpoints) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -998,27 +1528,37 @@ extension LoadBalancedEndpoints {
         self.init()
         self.algorithm = LoadBalanceAlgorithm(rawValue: Int32(truncatingIfNeeded: c.pointee.algorithm.rawValue))
         self.endpoints = try ProtoDecode.messages(c.pointee.endpoints, count: c.pointee.n_endpoints, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Endpoint(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FailoverEndpoints {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__failover_endpoints()) { (message: UnsafePointer<Tollgate__V1__FailoverEndpoints>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__failover_endpoints(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__FailoverEndpoints>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__FailoverEndpoints> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__FailoverEndpoints> {
         let c = arena.allocate(Tollgate__V1__FailoverEndpoints.self)
         tollgate__v1__failover_endpoints__init(c)
-        if let value = self.primary { c.pointee.primary = value._cMessage(in: arena) }
+        if let value = self.primary { c.pointee.primary = try value._cMessage(in: arena) }
         c.pointee.n_secondaries = self.secondaries.count
-        c.pointee.secondaries = arena.messages(self.secondaries) { $0._cMessage(in: arena) }
+        c.pointee.secondaries = try arena.messages(self.secondaries) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1027,36 +1567,46 @@ extension FailoverEndpoints {
         self.init()
         if let value = c.pointee.primary { self.primary = try Endpoint(_cMessage: value) }
         self.secondaries = try ProtoDecode.messages(c.pointee.secondaries, count: c.pointee.n_secondaries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Endpoint(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension EndpointConfig {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_config()) { (message: UnsafePointer<Tollgate__V1__EndpointConfig>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__endpoint_config(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__EndpointConfig>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__EndpointConfig> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__EndpointConfig> {
         let c = arena.allocate(Tollgate__V1__EndpointConfig.self)
         tollgate__v1__endpoint_config__init(c)
         switch self.strategy {
         case nil: break
         case .single(let value)?:
             c.pointee.strategy_case = .init(rawValue: 1)
-            c.pointee.single = value._cMessage(in: arena)
+            c.pointee.single = try value._cMessage(in: arena)
         case .loadBalanced(let value)?:
             c.pointee.strategy_case = .init(rawValue: 2)
-            c.pointee.load_balanced = value._cMessage(in: arena)
+            c.pointee.load_balanced = try value._cMessage(in: arena)
         case .failover(let value)?:
             c.pointee.strategy_case = .init(rawValue: 3)
-            c.pointee.failover = value._cMessage(in: arena)
+            c.pointee.failover = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1072,29 +1622,39 @@ extension EndpointConfig {
             if let value = c.pointee.failover { self.strategy = .failover(try FailoverEndpoints(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiResource {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_resource()) { (message: UnsafePointer<Tollgate__V1__ApiResource>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_resource(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiResource>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiResource> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiResource> {
         let c = arena.allocate(Tollgate__V1__ApiResource.self)
         tollgate__v1__api_resource__init(c)
-        c.pointee.uri_template = arena.cString(self.uriTemplate)
+        c.pointee.uri_template = try arena.cString(self.uriTemplate, field: "uri_template", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         c.pointee.auth_type = .init(rawValue: .init(truncatingIfNeeded: self.authType.rawValue))
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
-        c.pointee.scope = arena.cString(self.scope)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
+        c.pointee.scope = try arena.cString(self.scope, field: "scope", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1106,29 +1666,39 @@ extension ApiResource {
         self.authType = ResourceAuthType(rawValue: Int32(truncatingIfNeeded: c.pointee.auth_type.rawValue))
         self.throttlingPolicy = try ProtoDecode.string(c.pointee.throttling_policy, field: "throttling_policy", in: Self.protoName)
         self.scope = try ProtoDecode.string(c.pointee.scope, field: "scope", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiScope {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_scope()) { (message: UnsafePointer<Tollgate__V1__ApiScope>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_scope(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiScope>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiScope> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiScope> {
         let c = arena.allocate(Tollgate__V1__ApiScope.self)
         tollgate__v1__api_scope__init(c)
-        c.pointee.key = arena.cString(self.key)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.key = try arena.cString(self.key, field: "key", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1139,32 +1709,42 @@ extension ApiScope {
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
         self.description = try ProtoDecode.string(c.pointee.description, field: "description", in: Self.protoName)
         self.roles = try ProtoDecode.strings(c.pointee.roles, count: c.pointee.n_roles, field: "roles", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CorsConfig {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__cors_config()) { (message: UnsafePointer<Tollgate__V1__CorsConfig>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__cors_config(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CorsConfig>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CorsConfig> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CorsConfig> {
         let c = arena.allocate(Tollgate__V1__CorsConfig.self)
         tollgate__v1__cors_config__init(c)
         c.pointee.enabled = (self.enabled ? 1 : 0)
         c.pointee.n_allow_origins = self.allowOrigins.count
-        c.pointee.allow_origins = arena.cStrings(self.allowOrigins)
+        c.pointee.allow_origins = try arena.cStrings(self.allowOrigins, field: "allow_origins", in: Self.protoName)
         c.pointee.n_allow_headers = self.allowHeaders.count
-        c.pointee.allow_headers = arena.cStrings(self.allowHeaders)
+        c.pointee.allow_headers = try arena.cStrings(self.allowHeaders, field: "allow_headers", in: Self.protoName)
         c.pointee.n_allow_methods = self.allowMethods.count
         c.pointee.allow_methods = arena.mapped(self.allowMethods) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.allow_credentials = (self.allowCredentials ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1176,26 +1756,36 @@ extension CorsConfig {
         self.allowHeaders = try ProtoDecode.strings(c.pointee.allow_headers, count: c.pointee.n_allow_headers, field: "allow_headers", in: Self.protoName)
         self.allowMethods = ProtoDecode.mapped(c.pointee.allow_methods, count: c.pointee.n_allow_methods) { HttpVerb(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         self.allowCredentials = (c.pointee.allow_credentials != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OwnerContact {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__owner_contact()) { (message: UnsafePointer<Tollgate__V1__OwnerContact>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__owner_contact(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OwnerContact>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OwnerContact> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OwnerContact> {
         let c = arena.allocate(Tollgate__V1__OwnerContact.self)
         tollgate__v1__owner_contact__init(c)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.email = arena.cString(self.email)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.email = try arena.cString(self.email, field: "email", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1204,57 +1794,66 @@ extension OwnerContact {
         self.init()
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
         self.email = try ProtoDecode.string(c.pointee.email, field: "email", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Api {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api()) { (message: UnsafePointer<Tollgate__V1__Api>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Api>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Api> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Api> {
         let c = arena.allocate(Tollgate__V1__Api.self)
         tollgate__v1__api__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.provider = arena.cString(self.provider)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.context = arena.cString(self.context)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_tags = self.tags.count
-        c.pointee.tags = arena.cStrings(self.tags)
+        c.pointee.tags = try arena.cStrings(self.tags, field: "tags", in: Self.protoName)
         c.pointee.default_version = (self.defaultVersion ? 1 : 0)
         c.pointee.revision = self.revision
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.n_visible_roles = self.visibleRoles.count
-        c.pointee.visible_roles = arena.cStrings(self.visibleRoles)
+        c.pointee.visible_roles = try arena.cStrings(self.visibleRoles, field: "visible_roles", in: Self.protoName)
         c.pointee.n_transports = self.transports.count
         c.pointee.transports = arena.mapped(self.transports) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.authorization_header = arena.cString(self.authorizationHeader)
-        if let value = self.productionEndpoints { c.pointee.production_endpoints = value._cMessage(in: arena) }
-        if let value = self.sandboxEndpoints { c.pointee.sandbox_endpoints = value._cMessage(in: arena) }
-        if let value = self.cors { c.pointee.cors = value._cMessage(in: arena) }
+        c.pointee.authorization_header = try arena.cString(self.authorizationHeader, field: "authorization_header", in: Self.protoName)
+        if let value = self.productionEndpoints { c.pointee.production_endpoints = try value._cMessage(in: arena) }
+        if let value = self.sandboxEndpoints { c.pointee.sandbox_endpoints = try value._cMessage(in: arena) }
+        if let value = self.cors { c.pointee.cors = try value._cMessage(in: arena) }
         c.pointee.n_resources = self.resources.count
-        c.pointee.resources = arena.messages(self.resources) { $0._cMessage(in: arena) }
+        c.pointee.resources = try arena.messages(self.resources) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.messages(self.scopes) { $0._cMessage(in: arena) }
+        c.pointee.scopes = try arena.messages(self.scopes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_subscription_policies = self.subscriptionPolicies.count
-        c.pointee.subscription_policies = arena.cStrings(self.subscriptionPolicies)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
+        c.pointee.subscription_policies = try arena.cStrings(self.subscriptionPolicies, field: "subscription_policies", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
         c.pointee.lifecycle_state = .init(rawValue: .init(truncatingIfNeeded: self.lifecycleState.rawValue))
-        if let value = self.businessOwner { c.pointee.business_owner = value._cMessage(in: arena) }
-        if let value = self.technicalOwner { c.pointee.technical_owner = value._cMessage(in: arena) }
-        c.pointee.created_by = arena.cString(self.createdBy)
+        if let value = self.businessOwner { c.pointee.business_owner = try value._cMessage(in: arena) }
+        if let value = self.technicalOwner { c.pointee.technical_owner = try value._cMessage(in: arena) }
+        c.pointee.created_by = try arena.cString(self.createdBy, field: "created_by", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
-        c.pointee.updated_by = arena.cString(self.updatedBy)
+        c.pointee.updated_by = try arena.cString(self.updatedBy, field: "updated_by", in: Self.protoName)
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
         if let value = self.maxProductionTps {
             c.pointee._max_production_tps_case = .init(rawValue: 42)
@@ -1264,6 +1863,7 @@ extension Api {
             c.pointee._max_sandbox_tps_case = .init(rawValue: 43)
             c.pointee.max_sandbox_tps = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1304,42 +1904,52 @@ extension Api {
         if c.pointee._max_sandbox_tps_case.rawValue == 43 {
             self.maxSandboxTps = c.pointee.max_sandbox_tps
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiListing {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_listing()) { (message: UnsafePointer<Tollgate__V1__ApiListing>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_listing(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiListing>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiListing> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiListing> {
         let c = arena.allocate(Tollgate__V1__ApiListing.self)
         tollgate__v1__api_listing__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.provider = arena.cString(self.provider)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.context = arena.cString(self.context)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_tags = self.tags.count
-        c.pointee.tags = arena.cStrings(self.tags)
+        c.pointee.tags = try arena.cStrings(self.tags, field: "tags", in: Self.protoName)
         c.pointee.default_version = (self.defaultVersion ? 1 : 0)
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.lifecycle_state = .init(rawValue: .init(truncatingIfNeeded: self.lifecycleState.rawValue))
         c.pointee.n_subscription_policies = self.subscriptionPolicies.count
-        c.pointee.subscription_policies = arena.cStrings(self.subscriptionPolicies)
+        c.pointee.subscription_policies = try arena.cStrings(self.subscriptionPolicies, field: "subscription_policies", in: Self.protoName)
         c.pointee.n_transports = self.transports.count
         c.pointee.transports = arena.mapped(self.transports) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        if let value = self.businessOwner { c.pointee.business_owner = value._cMessage(in: arena) }
+        if let value = self.businessOwner { c.pointee.business_owner = try value._cMessage(in: arena) }
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1361,30 +1971,40 @@ extension ApiListing {
         self.transports = ProtoDecode.mapped(c.pointee.transports, count: c.pointee.n_transports) { TransportScheme(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         if let value = c.pointee.business_owner { self.businessOwner = try OwnerContact(_cMessage: value) }
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LifecycleHistoryEntry {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entry()) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntry>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entry(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntry>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntry> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntry> {
         let c = arena.allocate(Tollgate__V1__LifecycleHistoryEntry.self)
         tollgate__v1__lifecycle_history_entry__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.from_state = .init(rawValue: .init(truncatingIfNeeded: self.fromState.rawValue))
         c.pointee.to_state = .init(rawValue: .init(truncatingIfNeeded: self.toState.rawValue))
-        c.pointee.actor = arena.cString(self.actor)
+        c.pointee.actor = try arena.cString(self.actor, field: "actor", in: Self.protoName)
         c.pointee.occurred_at_unix_ms = self.occurredAtUnixMs
-        c.pointee.comment = arena.cString(self.comment)
+        c.pointee.comment = try arena.cString(self.comment, field: "comment", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1397,30 +2017,40 @@ extension LifecycleHistoryEntry {
         self.actor = try ProtoDecode.string(c.pointee.actor, field: "actor", in: Self.protoName)
         self.occurredAtUnixMs = c.pointee.occurred_at_unix_ms
         self.comment = try ProtoDecode.string(c.pointee.comment, field: "comment", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApiDefinition {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_definition()) { (message: UnsafePointer<Tollgate__V1__ApiDefinition>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__api_definition(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApiDefinition>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApiDefinition> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApiDefinition> {
         let c = arena.allocate(Tollgate__V1__ApiDefinition.self)
         tollgate__v1__api_definition__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.format = .init(rawValue: .init(truncatingIfNeeded: self.format.rawValue))
-        c.pointee.openapi_version = arena.cString(self.openapiVersion)
-        c.pointee.document = arena.cString(self.document)
+        c.pointee.openapi_version = try arena.cString(self.openapiVersion, field: "openapi_version", in: Self.protoName)
+        c.pointee.document = try arena.cString(self.document, field: "document", in: Self.protoName)
         c.pointee.revision = self.revision
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1433,26 +2063,36 @@ extension ApiDefinition {
         self.document = try ProtoDecode.string(c.pointee.document, field: "document", in: Self.protoName)
         self.revision = c.pointee.revision
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LifecycleHistoryEntries {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entries()) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntries>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lifecycle_history_entries(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LifecycleHistoryEntries>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntries> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LifecycleHistoryEntries> {
         let c = arena.allocate(Tollgate__V1__LifecycleHistoryEntries.self)
         tollgate__v1__lifecycle_history_entries__init(c)
         c.pointee.n_entries = self.entries.count
-        c.pointee.entries = arena.messages(self.entries) { $0._cMessage(in: arena) }
+        c.pointee.entries = try arena.messages(self.entries) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1460,28 +2100,38 @@ extension LifecycleHistoryEntries {
     init(_cMessage c: UnsafePointer<Tollgate__V1__LifecycleHistoryEntries>) throws(ProtoDecodingError) {
         self.init()
         self.entries = try ProtoDecode.messages(c.pointee.entries, count: c.pointee.n_entries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try LifecycleHistoryEntry(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CopyApiArtifacts {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__copy_api_artifacts()) { (message: UnsafePointer<Tollgate__V1__CopyApiArtifacts>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__copy_api_artifacts(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CopyApiArtifacts>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CopyApiArtifacts> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CopyApiArtifacts> {
         let c = arena.allocate(Tollgate__V1__CopyApiArtifacts.self)
         tollgate__v1__copy_api_artifacts__init(c)
-        c.pointee.source_api_id = arena.cString(self.sourceApiId)
-        c.pointee.target_api_id = arena.cString(self.targetApiId)
-        c.pointee.actor = arena.cString(self.actor)
+        c.pointee.source_api_id = try arena.cString(self.sourceApiId, field: "source_api_id", in: Self.protoName)
+        c.pointee.target_api_id = try arena.cString(self.targetApiId, field: "target_api_id", in: Self.protoName)
+        c.pointee.actor = try arena.cString(self.actor, field: "actor", in: Self.protoName)
         c.pointee.at_unix_ms = self.atUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1492,39 +2142,49 @@ extension CopyApiArtifacts {
         self.targetApiId = try ProtoDecode.string(c.pointee.target_api_id, field: "target_api_id", in: Self.protoName)
         self.actor = try ProtoDecode.string(c.pointee.actor, field: "actor", in: Self.protoName)
         self.atUnixMs = c.pointee.at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegistryOperation {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__registry_operation()) { (message: UnsafePointer<Tollgate__V1__RegistryOperation>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__registry_operation(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegistryOperation>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegistryOperation> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegistryOperation> {
         let c = arena.allocate(Tollgate__V1__RegistryOperation.self)
         tollgate__v1__registry_operation__init(c)
         switch self.operation {
         case nil: break
         case .recordHistory(let value)?:
             c.pointee.operation_case = .init(rawValue: 1)
-            c.pointee.record_history = value._cMessage(in: arena)
+            c.pointee.record_history = try value._cMessage(in: arena)
         case .deleteApiArtifacts(let value)?:
             c.pointee.operation_case = .init(rawValue: 2)
-            c.pointee.delete_api_artifacts = arena.cString(value)
+            c.pointee.delete_api_artifacts = try arena.cString(value, field: "delete_api_artifacts", in: Self.protoName)
         case .copyApiArtifacts(let value)?:
             c.pointee.operation_case = .init(rawValue: 3)
-            c.pointee.copy_api_artifacts = value._cMessage(in: arena)
+            c.pointee.copy_api_artifacts = try value._cMessage(in: arena)
         case .storeDefinition(let value)?:
             c.pointee.operation_case = .init(rawValue: 4)
-            c.pointee.store_definition = value._cMessage(in: arena)
+            c.pointee.store_definition = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1542,5 +2202,6 @@ extension RegistryOperation {
             if let value = c.pointee.store_definition { self.operation = .storeDefinition(try ApiDefinition(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -386,35 +386,99 @@ public enum TokenUserType: ProtoEnum {
 }
 
 /// `tollgate.v1.Application`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Application: ProtoMessage {
     public static let protoName = "tollgate.v1.Application"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var owner: String = ""
+    public var owner: String {
+        get { _storage.owner }
+        set { _uniqueStorage().owner = newValue }
+        _modify { yield &_uniqueStorage().owner }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 6.
-    public var throttlingPolicy: String = ""
+    public var throttlingPolicy: String {
+        get { _storage.throttlingPolicy }
+        set { _uniqueStorage().throttlingPolicy = newValue }
+        _modify { yield &_uniqueStorage().throttlingPolicy }
+    }
     /// Field 7.
-    public var callbackUrl: String = ""
+    public var callbackUrl: String {
+        get { _storage.callbackUrl }
+        set { _uniqueStorage().callbackUrl = newValue }
+        _modify { yield &_uniqueStorage().callbackUrl }
+    }
     /// Field 8.
-    public var groupId: String = ""
+    public var groupId: String {
+        get { _storage.groupId }
+        set { _uniqueStorage().groupId = newValue }
+        _modify { yield &_uniqueStorage().groupId }
+    }
     /// Field 9.
-    public var attributes: [Attribute] = []
+    public var attributes: [Attribute] {
+        get { _storage.attributes }
+        set { _uniqueStorage().attributes = newValue }
+        _modify { yield &_uniqueStorage().attributes }
+    }
     /// Field 10.
-    public var status: ApplicationStatus = .unspecified
+    public var status: ApplicationStatus {
+        get { _storage.status }
+        set { _uniqueStorage().status = newValue }
+        _modify { yield &_uniqueStorage().status }
+    }
     /// Field 11.
-    public var tokenFormat: TokenFormat = .unspecified
+    public var tokenFormat: TokenFormat {
+        get { _storage.tokenFormat }
+        set { _uniqueStorage().tokenFormat = newValue }
+        _modify { yield &_uniqueStorage().tokenFormat }
+    }
     /// Field 20.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 21.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -433,56 +497,224 @@ public struct Application: ProtoMessage {
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.owner = owner
-        self.name = name
-        self.description = description
-        self.throttlingPolicy = throttlingPolicy
-        self.callbackUrl = callbackUrl
-        self.groupId = groupId
-        self.attributes = attributes
-        self.status = status
-        self.tokenFormat = tokenFormat
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.owner = owner
+        _fields.name = name
+        _fields.description = description
+        _fields.throttlingPolicy = throttlingPolicy
+        _fields.callbackUrl = callbackUrl
+        _fields.groupId = groupId
+        _fields.attributes = attributes
+        _fields.status = status
+        _fields.tokenFormat = tokenFormat
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var owner: String = ""
+        var name: String = ""
+        var description: String = ""
+        var throttlingPolicy: String = ""
+        var callbackUrl: String = ""
+        var groupId: String = ""
+        var attributes: [Attribute] = []
+        var status: ApplicationStatus = .unspecified
+        var tokenFormat: TokenFormat = .unspecified
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            owner = other.owner
+            name = other.name
+            description = other.description
+            throttlingPolicy = other.throttlingPolicy
+            callbackUrl = other.callbackUrl
+            groupId = other.groupId
+            attributes = other.attributes
+            status = other.status
+            tokenFormat = other.tokenFormat
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if owner != other.owner { return false }
+            if name != other.name { return false }
+            if description != other.description { return false }
+            if throttlingPolicy != other.throttlingPolicy { return false }
+            if callbackUrl != other.callbackUrl { return false }
+            if groupId != other.groupId { return false }
+            if attributes != other.attributes { return false }
+            if status != other.status { return false }
+            if tokenFormat != other.tokenFormat { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(owner)
+            hasher.combine(name)
+            hasher.combine(description)
+            hasher.combine(throttlingPolicy)
+            hasher.combine(callbackUrl)
+            hasher.combine(groupId)
+            hasher.combine(attributes)
+            hasher.combine(status)
+            hasher.combine(tokenFormat)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
 /// `tollgate.v1.Subscription`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Subscription: ProtoMessage {
     public static let protoName = "tollgate.v1.Subscription"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var apiId: String = ""
+    public var apiId: String {
+        get { _storage.apiId }
+        set { _uniqueStorage().apiId = newValue }
+        _modify { yield &_uniqueStorage().apiId }
+    }
     /// Field 4.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 5.
-    public var throttlingPolicy: String = ""
+    public var throttlingPolicy: String {
+        get { _storage.throttlingPolicy }
+        set { _uniqueStorage().throttlingPolicy = newValue }
+        _modify { yield &_uniqueStorage().throttlingPolicy }
+    }
     /// Field 6.
-    public var status: SubscriptionStatus = .unspecified
+    public var status: SubscriptionStatus {
+        get { _storage.status }
+        set { _uniqueStorage().status = newValue }
+        _modify { yield &_uniqueStorage().status }
+    }
     /// Field 7.
-    public var createState: SubscriptionCreateState = .unspecified
+    public var createState: SubscriptionCreateState {
+        get { _storage.createState }
+        set { _uniqueStorage().createState = newValue }
+        _modify { yield &_uniqueStorage().createState }
+    }
     /// Field 10.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 11.
-    public var apiVersion: String = ""
+    public var apiVersion: String {
+        get { _storage.apiVersion }
+        set { _uniqueStorage().apiVersion = newValue }
+        _modify { yield &_uniqueStorage().apiVersion }
+    }
     /// Field 12.
-    public var apiContext: String = ""
+    public var apiContext: String {
+        get { _storage.apiContext }
+        set { _uniqueStorage().apiContext = newValue }
+        _modify { yield &_uniqueStorage().apiContext }
+    }
     /// Field 13.
-    public var apiProvider: String = ""
+    public var apiProvider: String {
+        get { _storage.apiProvider }
+        set { _uniqueStorage().apiProvider = newValue }
+        _modify { yield &_uniqueStorage().apiProvider }
+    }
     /// Field 14.
-    public var applicationName: String = ""
+    public var applicationName: String {
+        get { _storage.applicationName }
+        set { _uniqueStorage().applicationName = newValue }
+        _modify { yield &_uniqueStorage().applicationName }
+    }
     /// Field 15.
-    public var subscriber: String = ""
+    public var subscriber: String {
+        get { _storage.subscriber }
+        set { _uniqueStorage().subscriber = newValue }
+        _modify { yield &_uniqueStorage().subscriber }
+    }
     /// Field 20.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 21.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -503,21 +735,125 @@ public struct Subscription: ProtoMessage {
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.apiId = apiId
-        self.applicationId = applicationId
-        self.throttlingPolicy = throttlingPolicy
-        self.status = status
-        self.createState = createState
-        self.apiName = apiName
-        self.apiVersion = apiVersion
-        self.apiContext = apiContext
-        self.apiProvider = apiProvider
-        self.applicationName = applicationName
-        self.subscriber = subscriber
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.apiId = apiId
+        _fields.applicationId = applicationId
+        _fields.throttlingPolicy = throttlingPolicy
+        _fields.status = status
+        _fields.createState = createState
+        _fields.apiName = apiName
+        _fields.apiVersion = apiVersion
+        _fields.apiContext = apiContext
+        _fields.apiProvider = apiProvider
+        _fields.applicationName = applicationName
+        _fields.subscriber = subscriber
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var apiId: String = ""
+        var applicationId: String = ""
+        var throttlingPolicy: String = ""
+        var status: SubscriptionStatus = .unspecified
+        var createState: SubscriptionCreateState = .unspecified
+        var apiName: String = ""
+        var apiVersion: String = ""
+        var apiContext: String = ""
+        var apiProvider: String = ""
+        var applicationName: String = ""
+        var subscriber: String = ""
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            apiId = other.apiId
+            applicationId = other.applicationId
+            throttlingPolicy = other.throttlingPolicy
+            status = other.status
+            createState = other.createState
+            apiName = other.apiName
+            apiVersion = other.apiVersion
+            apiContext = other.apiContext
+            apiProvider = other.apiProvider
+            applicationName = other.applicationName
+            subscriber = other.subscriber
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if apiId != other.apiId { return false }
+            if applicationId != other.applicationId { return false }
+            if throttlingPolicy != other.throttlingPolicy { return false }
+            if status != other.status { return false }
+            if createState != other.createState { return false }
+            if apiName != other.apiName { return false }
+            if apiVersion != other.apiVersion { return false }
+            if apiContext != other.apiContext { return false }
+            if apiProvider != other.apiProvider { return false }
+            if applicationName != other.applicationName { return false }
+            if subscriber != other.subscriber { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(apiId)
+            hasher.combine(applicationId)
+            hasher.combine(throttlingPolicy)
+            hasher.combine(status)
+            hasher.combine(createState)
+            hasher.combine(apiName)
+            hasher.combine(apiVersion)
+            hasher.combine(apiContext)
+            hasher.combine(apiProvider)
+            hasher.combine(applicationName)
+            hasher.combine(subscriber)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -539,6 +875,8 @@ public struct ApplicationKey: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -562,37 +900,105 @@ public struct ApplicationKey: ProtoMessage {
 }
 
 /// `tollgate.v1.OAuthClient`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct OAuthClient: ProtoMessage {
     public static let protoName = "tollgate.v1.OAuthClient"
 
     /// Field 1.
-    public var consumerKey: String = ""
+    public var consumerKey: String {
+        get { _storage.consumerKey }
+        set { _uniqueStorage().consumerKey = newValue }
+        _modify { yield &_uniqueStorage().consumerKey }
+    }
     /// Field 2.
-    public var consumerSecretHash: SecretHash? = nil
+    public var consumerSecretHash: SecretHash? {
+        get { _storage.consumerSecretHash }
+        set { _uniqueStorage().consumerSecretHash = newValue }
+        _modify { yield &_uniqueStorage().consumerSecretHash }
+    }
     /// Field 3.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 4.
-    public var owner: String = ""
+    public var owner: String {
+        get { _storage.owner }
+        set { _uniqueStorage().owner = newValue }
+        _modify { yield &_uniqueStorage().owner }
+    }
     /// Field 5.
-    public var clientName: String = ""
+    public var clientName: String {
+        get { _storage.clientName }
+        set { _uniqueStorage().clientName = newValue }
+        _modify { yield &_uniqueStorage().clientName }
+    }
     /// Field 6.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 7.
-    public var keyType: KeyType = .unspecified
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
     /// Field 10.
-    public var grantTypes: [GrantType] = []
+    public var grantTypes: [GrantType] {
+        get { _storage.grantTypes }
+        set { _uniqueStorage().grantTypes = newValue }
+        _modify { yield &_uniqueStorage().grantTypes }
+    }
     /// Field 11.
-    public var callbackUrl: String = ""
+    public var callbackUrl: String {
+        get { _storage.callbackUrl }
+        set { _uniqueStorage().callbackUrl = newValue }
+        _modify { yield &_uniqueStorage().callbackUrl }
+    }
     /// Field 12.
-    public var applicationTokenValiditySeconds: Int64 = 0
+    public var applicationTokenValiditySeconds: Int64 {
+        get { _storage.applicationTokenValiditySeconds }
+        set { _uniqueStorage().applicationTokenValiditySeconds = newValue }
+        _modify { yield &_uniqueStorage().applicationTokenValiditySeconds }
+    }
     /// Field 13.
-    public var userTokenValiditySeconds: Int64 = 0
+    public var userTokenValiditySeconds: Int64 {
+        get { _storage.userTokenValiditySeconds }
+        set { _uniqueStorage().userTokenValiditySeconds = newValue }
+        _modify { yield &_uniqueStorage().userTokenValiditySeconds }
+    }
     /// Field 14.
-    public var refreshTokenValiditySeconds: Int64 = 0
+    public var refreshTokenValiditySeconds: Int64 {
+        get { _storage.refreshTokenValiditySeconds }
+        set { _uniqueStorage().refreshTokenValiditySeconds = newValue }
+        _modify { yield &_uniqueStorage().refreshTokenValiditySeconds }
+    }
     /// Field 20.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 21.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -612,57 +1018,229 @@ public struct OAuthClient: ProtoMessage {
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.consumerKey = consumerKey
-        self.consumerSecretHash = consumerSecretHash
-        self.tenantDomain = tenantDomain
-        self.owner = owner
-        self.clientName = clientName
-        self.applicationId = applicationId
-        self.keyType = keyType
-        self.grantTypes = grantTypes
-        self.callbackUrl = callbackUrl
-        self.applicationTokenValiditySeconds = applicationTokenValiditySeconds
-        self.userTokenValiditySeconds = userTokenValiditySeconds
-        self.refreshTokenValiditySeconds = refreshTokenValiditySeconds
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.consumerKey = consumerKey
+        _fields.consumerSecretHash = consumerSecretHash
+        _fields.tenantDomain = tenantDomain
+        _fields.owner = owner
+        _fields.clientName = clientName
+        _fields.applicationId = applicationId
+        _fields.keyType = keyType
+        _fields.grantTypes = grantTypes
+        _fields.callbackUrl = callbackUrl
+        _fields.applicationTokenValiditySeconds = applicationTokenValiditySeconds
+        _fields.userTokenValiditySeconds = userTokenValiditySeconds
+        _fields.refreshTokenValiditySeconds = refreshTokenValiditySeconds
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var consumerKey: String = ""
+        var consumerSecretHash: SecretHash? = nil
+        var tenantDomain: String = ""
+        var owner: String = ""
+        var clientName: String = ""
+        var applicationId: String = ""
+        var keyType: KeyType = .unspecified
+        var grantTypes: [GrantType] = []
+        var callbackUrl: String = ""
+        var applicationTokenValiditySeconds: Int64 = 0
+        var userTokenValiditySeconds: Int64 = 0
+        var refreshTokenValiditySeconds: Int64 = 0
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            consumerKey = other.consumerKey
+            consumerSecretHash = other.consumerSecretHash
+            tenantDomain = other.tenantDomain
+            owner = other.owner
+            clientName = other.clientName
+            applicationId = other.applicationId
+            keyType = other.keyType
+            grantTypes = other.grantTypes
+            callbackUrl = other.callbackUrl
+            applicationTokenValiditySeconds = other.applicationTokenValiditySeconds
+            userTokenValiditySeconds = other.userTokenValiditySeconds
+            refreshTokenValiditySeconds = other.refreshTokenValiditySeconds
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if consumerKey != other.consumerKey { return false }
+            if consumerSecretHash != other.consumerSecretHash { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if owner != other.owner { return false }
+            if clientName != other.clientName { return false }
+            if applicationId != other.applicationId { return false }
+            if keyType != other.keyType { return false }
+            if grantTypes != other.grantTypes { return false }
+            if callbackUrl != other.callbackUrl { return false }
+            if applicationTokenValiditySeconds != other.applicationTokenValiditySeconds { return false }
+            if userTokenValiditySeconds != other.userTokenValiditySeconds { return false }
+            if refreshTokenValiditySeconds != other.refreshTokenValiditySeconds { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(consumerKey)
+            hasher.combine(consumerSecretHash)
+            hasher.combine(tenantDomain)
+            hasher.combine(owner)
+            hasher.combine(clientName)
+            hasher.combine(applicationId)
+            hasher.combine(keyType)
+            hasher.combine(grantTypes)
+            hasher.combine(callbackUrl)
+            hasher.combine(applicationTokenValiditySeconds)
+            hasher.combine(userTokenValiditySeconds)
+            hasher.combine(refreshTokenValiditySeconds)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
 /// `tollgate.v1.OAuthToken`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct OAuthToken: ProtoMessage {
     public static let protoName = "tollgate.v1.OAuthToken"
 
     /// Field 1.
-    public var tokenHash: [UInt8] = []
+    public var tokenHash: [UInt8] {
+        get { _storage.tokenHash }
+        set { _uniqueStorage().tokenHash = newValue }
+        _modify { yield &_uniqueStorage().tokenHash }
+    }
     /// Field 2.
-    public var kind: TokenKind = .unspecified
+    public var kind: TokenKind {
+        get { _storage.kind }
+        set { _uniqueStorage().kind = newValue }
+        _modify { yield &_uniqueStorage().kind }
+    }
     /// Field 3.
-    public var pairedTokenHash: [UInt8] = []
+    public var pairedTokenHash: [UInt8] {
+        get { _storage.pairedTokenHash }
+        set { _uniqueStorage().pairedTokenHash = newValue }
+        _modify { yield &_uniqueStorage().pairedTokenHash }
+    }
     /// Field 4.
-    public var consumerKey: String = ""
+    public var consumerKey: String {
+        get { _storage.consumerKey }
+        set { _uniqueStorage().consumerKey = newValue }
+        _modify { yield &_uniqueStorage().consumerKey }
+    }
     /// Field 5.
-    public var keyType: KeyType = .unspecified
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
     /// Field 6.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 7.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 8.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 9.
-    public var userType: TokenUserType = .unspecified
+    public var userType: TokenUserType {
+        get { _storage.userType }
+        set { _uniqueStorage().userType = newValue }
+        _modify { yield &_uniqueStorage().userType }
+    }
     /// Field 10.
-    public var grantType: GrantType = .unspecified
+    public var grantType: GrantType {
+        get { _storage.grantType }
+        set { _uniqueStorage().grantType = newValue }
+        _modify { yield &_uniqueStorage().grantType }
+    }
     /// Field 11.
-    public var scopes: [String] = []
+    public var scopes: [String] {
+        get { _storage.scopes }
+        set { _uniqueStorage().scopes = newValue }
+        _modify { yield &_uniqueStorage().scopes }
+    }
     /// Field 20.
-    public var issuedAtUnixMs: Int64 = 0
+    public var issuedAtUnixMs: Int64 {
+        get { _storage.issuedAtUnixMs }
+        set { _uniqueStorage().issuedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().issuedAtUnixMs }
+    }
     /// Field 22.
-    public var state: TokenState = .unspecified
+    public var state: TokenState {
+        get { _storage.state }
+        set { _uniqueStorage().state = newValue }
+        _modify { yield &_uniqueStorage().state }
+    }
     /// Field 23.
-    public var stateChangedAtUnixMs: Int64 = 0
+    public var stateChangedAtUnixMs: Int64 {
+        get { _storage.stateChangedAtUnixMs }
+        set { _uniqueStorage().stateChangedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().stateChangedAtUnixMs }
+    }
     /// Field 21.
-    public var expiresAtUnixMs: Int64? = nil
+    public var expiresAtUnixMs: Int64? {
+        get { _storage.expiresAtUnixMs }
+        set { _uniqueStorage().expiresAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().expiresAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -683,21 +1261,125 @@ public struct OAuthToken: ProtoMessage {
         stateChangedAtUnixMs: Int64 = 0,
         expiresAtUnixMs: Int64? = nil
     ) {
-        self.tokenHash = tokenHash
-        self.kind = kind
-        self.pairedTokenHash = pairedTokenHash
-        self.consumerKey = consumerKey
-        self.keyType = keyType
-        self.applicationId = applicationId
-        self.tenantDomain = tenantDomain
-        self.username = username
-        self.userType = userType
-        self.grantType = grantType
-        self.scopes = scopes
-        self.issuedAtUnixMs = issuedAtUnixMs
-        self.state = state
-        self.stateChangedAtUnixMs = stateChangedAtUnixMs
-        self.expiresAtUnixMs = expiresAtUnixMs
+        let _fields = _Storage()
+        _fields.tokenHash = tokenHash
+        _fields.kind = kind
+        _fields.pairedTokenHash = pairedTokenHash
+        _fields.consumerKey = consumerKey
+        _fields.keyType = keyType
+        _fields.applicationId = applicationId
+        _fields.tenantDomain = tenantDomain
+        _fields.username = username
+        _fields.userType = userType
+        _fields.grantType = grantType
+        _fields.scopes = scopes
+        _fields.issuedAtUnixMs = issuedAtUnixMs
+        _fields.state = state
+        _fields.stateChangedAtUnixMs = stateChangedAtUnixMs
+        _fields.expiresAtUnixMs = expiresAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var tokenHash: [UInt8] = []
+        var kind: TokenKind = .unspecified
+        var pairedTokenHash: [UInt8] = []
+        var consumerKey: String = ""
+        var keyType: KeyType = .unspecified
+        var applicationId: String = ""
+        var tenantDomain: String = ""
+        var username: String = ""
+        var userType: TokenUserType = .unspecified
+        var grantType: GrantType = .unspecified
+        var scopes: [String] = []
+        var issuedAtUnixMs: Int64 = 0
+        var state: TokenState = .unspecified
+        var stateChangedAtUnixMs: Int64 = 0
+        var expiresAtUnixMs: Int64? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            tokenHash = other.tokenHash
+            kind = other.kind
+            pairedTokenHash = other.pairedTokenHash
+            consumerKey = other.consumerKey
+            keyType = other.keyType
+            applicationId = other.applicationId
+            tenantDomain = other.tenantDomain
+            username = other.username
+            userType = other.userType
+            grantType = other.grantType
+            scopes = other.scopes
+            issuedAtUnixMs = other.issuedAtUnixMs
+            state = other.state
+            stateChangedAtUnixMs = other.stateChangedAtUnixMs
+            expiresAtUnixMs = other.expiresAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if tokenHash != other.tokenHash { return false }
+            if kind != other.kind { return false }
+            if pairedTokenHash != other.pairedTokenHash { return false }
+            if consumerKey != other.consumerKey { return false }
+            if keyType != other.keyType { return false }
+            if applicationId != other.applicationId { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if username != other.username { return false }
+            if userType != other.userType { return false }
+            if grantType != other.grantType { return false }
+            if scopes != other.scopes { return false }
+            if issuedAtUnixMs != other.issuedAtUnixMs { return false }
+            if state != other.state { return false }
+            if stateChangedAtUnixMs != other.stateChangedAtUnixMs { return false }
+            if expiresAtUnixMs != other.expiresAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(tokenHash)
+            hasher.combine(kind)
+            hasher.combine(pairedTokenHash)
+            hasher.combine(consumerKey)
+            hasher.combine(keyType)
+            hasher.combine(applicationId)
+            hasher.combine(tenantDomain)
+            hasher.combine(username)
+            hasher.combine(userType)
+            hasher.combine(grantType)
+            hasher.combine(scopes)
+            hasher.combine(issuedAtUnixMs)
+            hasher.combine(state)
+            hasher.combine(stateChangedAtUnixMs)
+            hasher.combine(expiresAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -723,6 +1405,8 @@ public struct AuthorizationCode: ProtoMessage {
     public var expiresAtUnixMs: Int64 = 0
     /// Field 9.
     public var used: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -765,6 +1449,8 @@ public struct IssuedToken: ProtoMessage {
     public var scopes: [String] = []
     /// Field 6.
     public var issuedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -786,57 +1472,165 @@ public struct IssuedToken: ProtoMessage {
 }
 
 /// `tollgate.v1.KeyValidationInfo`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct KeyValidationInfo: ProtoMessage {
     public static let protoName = "tollgate.v1.KeyValidationInfo"
 
     /// Field 1.
-    public var authorized: Bool = false
+    public var authorized: Bool {
+        get { _storage.authorized }
+        set { _uniqueStorage().authorized = newValue }
+        _modify { yield &_uniqueStorage().authorized }
+    }
     /// Field 2.
-    public var validationStatus: Int32 = 0
+    public var validationStatus: Int32 {
+        get { _storage.validationStatus }
+        set { _uniqueStorage().validationStatus = newValue }
+        _modify { yield &_uniqueStorage().validationStatus }
+    }
     /// Field 3.
-    public var keyType: KeyType = .unspecified
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
     /// Field 10.
-    public var subscriber: String = ""
+    public var subscriber: String {
+        get { _storage.subscriber }
+        set { _uniqueStorage().subscriber = newValue }
+        _modify { yield &_uniqueStorage().subscriber }
+    }
     /// Field 11.
-    public var subscriberTenantDomain: String = ""
+    public var subscriberTenantDomain: String {
+        get { _storage.subscriberTenantDomain }
+        set { _uniqueStorage().subscriberTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().subscriberTenantDomain }
+    }
     /// Field 12.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 13.
-    public var applicationName: String = ""
+    public var applicationName: String {
+        get { _storage.applicationName }
+        set { _uniqueStorage().applicationName = newValue }
+        _modify { yield &_uniqueStorage().applicationName }
+    }
     /// Field 14.
-    public var consumerKey: String = ""
+    public var consumerKey: String {
+        get { _storage.consumerKey }
+        set { _uniqueStorage().consumerKey = newValue }
+        _modify { yield &_uniqueStorage().consumerKey }
+    }
     /// Field 20.
-    public var applicationPolicy: String = ""
+    public var applicationPolicy: String {
+        get { _storage.applicationPolicy }
+        set { _uniqueStorage().applicationPolicy = newValue }
+        _modify { yield &_uniqueStorage().applicationPolicy }
+    }
     /// Field 21.
-    public var subscriptionPolicy: String = ""
+    public var subscriptionPolicy: String {
+        get { _storage.subscriptionPolicy }
+        set { _uniqueStorage().subscriptionPolicy = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicy }
+    }
     /// Field 22.
-    public var apiPolicy: String = ""
+    public var apiPolicy: String {
+        get { _storage.apiPolicy }
+        set { _uniqueStorage().apiPolicy = newValue }
+        _modify { yield &_uniqueStorage().apiPolicy }
+    }
     /// Field 23.
-    public var spikeArrestLimit: UInt32 = 0
+    public var spikeArrestLimit: UInt32 {
+        get { _storage.spikeArrestLimit }
+        set { _uniqueStorage().spikeArrestLimit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestLimit }
+    }
     /// Field 24.
-    public var spikeArrestUnit: TimeUnit = .unspecified
+    public var spikeArrestUnit: TimeUnit {
+        get { _storage.spikeArrestUnit }
+        set { _uniqueStorage().spikeArrestUnit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestUnit }
+    }
     /// Field 25.
-    public var stopOnQuotaReach: Bool = false
+    public var stopOnQuotaReach: Bool {
+        get { _storage.stopOnQuotaReach }
+        set { _uniqueStorage().stopOnQuotaReach = newValue }
+        _modify { yield &_uniqueStorage().stopOnQuotaReach }
+    }
     /// Field 26.
-    public var contentAware: Bool = false
+    public var contentAware: Bool {
+        get { _storage.contentAware }
+        set { _uniqueStorage().contentAware = newValue }
+        _modify { yield &_uniqueStorage().contentAware }
+    }
     /// Field 27.
-    public var throttlingData: [String] = []
+    public var throttlingData: [String] {
+        get { _storage.throttlingData }
+        set { _uniqueStorage().throttlingData = newValue }
+        _modify { yield &_uniqueStorage().throttlingData }
+    }
     /// Field 30.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 31.
-    public var apiPublisher: String = ""
+    public var apiPublisher: String {
+        get { _storage.apiPublisher }
+        set { _uniqueStorage().apiPublisher = newValue }
+        _modify { yield &_uniqueStorage().apiPublisher }
+    }
     /// Field 40.
-    public var endUserName: String = ""
+    public var endUserName: String {
+        get { _storage.endUserName }
+        set { _uniqueStorage().endUserName = newValue }
+        _modify { yield &_uniqueStorage().endUserName }
+    }
     /// Field 41.
-    public var endUserToken: String = ""
+    public var endUserToken: String {
+        get { _storage.endUserToken }
+        set { _uniqueStorage().endUserToken = newValue }
+        _modify { yield &_uniqueStorage().endUserToken }
+    }
     /// Field 42.
-    public var scopes: [String] = []
+    public var scopes: [String] {
+        get { _storage.scopes }
+        set { _uniqueStorage().scopes = newValue }
+        _modify { yield &_uniqueStorage().scopes }
+    }
     /// Field 43.
-    public var authorizedDomains: [String] = []
+    public var authorizedDomains: [String] {
+        get { _storage.authorizedDomains }
+        set { _uniqueStorage().authorizedDomains = newValue }
+        _modify { yield &_uniqueStorage().authorizedDomains }
+    }
     /// Field 50.
-    public var issuedAtUnixMs: Int64 = 0
+    public var issuedAtUnixMs: Int64 {
+        get { _storage.issuedAtUnixMs }
+        set { _uniqueStorage().issuedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().issuedAtUnixMs }
+    }
     /// Field 51.
-    public var expiresAtUnixMs: Int64? = nil
+    public var expiresAtUnixMs: Int64? {
+        get { _storage.expiresAtUnixMs }
+        set { _uniqueStorage().expiresAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().expiresAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -866,30 +1660,170 @@ public struct KeyValidationInfo: ProtoMessage {
         issuedAtUnixMs: Int64 = 0,
         expiresAtUnixMs: Int64? = nil
     ) {
-        self.authorized = authorized
-        self.validationStatus = validationStatus
-        self.keyType = keyType
-        self.subscriber = subscriber
-        self.subscriberTenantDomain = subscriberTenantDomain
-        self.applicationId = applicationId
-        self.applicationName = applicationName
-        self.consumerKey = consumerKey
-        self.applicationPolicy = applicationPolicy
-        self.subscriptionPolicy = subscriptionPolicy
-        self.apiPolicy = apiPolicy
-        self.spikeArrestLimit = spikeArrestLimit
-        self.spikeArrestUnit = spikeArrestUnit
-        self.stopOnQuotaReach = stopOnQuotaReach
-        self.contentAware = contentAware
-        self.throttlingData = throttlingData
-        self.apiName = apiName
-        self.apiPublisher = apiPublisher
-        self.endUserName = endUserName
-        self.endUserToken = endUserToken
-        self.scopes = scopes
-        self.authorizedDomains = authorizedDomains
-        self.issuedAtUnixMs = issuedAtUnixMs
-        self.expiresAtUnixMs = expiresAtUnixMs
+        let _fields = _Storage()
+        _fields.authorized = authorized
+        _fields.validationStatus = validationStatus
+        _fields.keyType = keyType
+        _fields.subscriber = subscriber
+        _fields.subscriberTenantDomain = subscriberTenantDomain
+        _fields.applicationId = applicationId
+        _fields.applicationName = applicationName
+        _fields.consumerKey = consumerKey
+        _fields.applicationPolicy = applicationPolicy
+        _fields.subscriptionPolicy = subscriptionPolicy
+        _fields.apiPolicy = apiPolicy
+        _fields.spikeArrestLimit = spikeArrestLimit
+        _fields.spikeArrestUnit = spikeArrestUnit
+        _fields.stopOnQuotaReach = stopOnQuotaReach
+        _fields.contentAware = contentAware
+        _fields.throttlingData = throttlingData
+        _fields.apiName = apiName
+        _fields.apiPublisher = apiPublisher
+        _fields.endUserName = endUserName
+        _fields.endUserToken = endUserToken
+        _fields.scopes = scopes
+        _fields.authorizedDomains = authorizedDomains
+        _fields.issuedAtUnixMs = issuedAtUnixMs
+        _fields.expiresAtUnixMs = expiresAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var authorized: Bool = false
+        var validationStatus: Int32 = 0
+        var keyType: KeyType = .unspecified
+        var subscriber: String = ""
+        var subscriberTenantDomain: String = ""
+        var applicationId: String = ""
+        var applicationName: String = ""
+        var consumerKey: String = ""
+        var applicationPolicy: String = ""
+        var subscriptionPolicy: String = ""
+        var apiPolicy: String = ""
+        var spikeArrestLimit: UInt32 = 0
+        var spikeArrestUnit: TimeUnit = .unspecified
+        var stopOnQuotaReach: Bool = false
+        var contentAware: Bool = false
+        var throttlingData: [String] = []
+        var apiName: String = ""
+        var apiPublisher: String = ""
+        var endUserName: String = ""
+        var endUserToken: String = ""
+        var scopes: [String] = []
+        var authorizedDomains: [String] = []
+        var issuedAtUnixMs: Int64 = 0
+        var expiresAtUnixMs: Int64? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            authorized = other.authorized
+            validationStatus = other.validationStatus
+            keyType = other.keyType
+            subscriber = other.subscriber
+            subscriberTenantDomain = other.subscriberTenantDomain
+            applicationId = other.applicationId
+            applicationName = other.applicationName
+            consumerKey = other.consumerKey
+            applicationPolicy = other.applicationPolicy
+            subscriptionPolicy = other.subscriptionPolicy
+            apiPolicy = other.apiPolicy
+            spikeArrestLimit = other.spikeArrestLimit
+            spikeArrestUnit = other.spikeArrestUnit
+            stopOnQuotaReach = other.stopOnQuotaReach
+            contentAware = other.contentAware
+            throttlingData = other.throttlingData
+            apiName = other.apiName
+            apiPublisher = other.apiPublisher
+            endUserName = other.endUserName
+            endUserToken = other.endUserToken
+            scopes = other.scopes
+            authorizedDomains = other.authorizedDomains
+            issuedAtUnixMs = other.issuedAtUnixMs
+            expiresAtUnixMs = other.expiresAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if authorized != other.authorized { return false }
+            if validationStatus != other.validationStatus { return false }
+            if keyType != other.keyType { return false }
+            if subscriber != other.subscriber { return false }
+            if subscriberTenantDomain != other.subscriberTenantDomain { return false }
+            if applicationId != other.applicationId { return false }
+            if applicationName != other.applicationName { return false }
+            if consumerKey != other.consumerKey { return false }
+            if applicationPolicy != other.applicationPolicy { return false }
+            if subscriptionPolicy != other.subscriptionPolicy { return false }
+            if apiPolicy != other.apiPolicy { return false }
+            if spikeArrestLimit != other.spikeArrestLimit { return false }
+            if spikeArrestUnit != other.spikeArrestUnit { return false }
+            if stopOnQuotaReach != other.stopOnQuotaReach { return false }
+            if contentAware != other.contentAware { return false }
+            if throttlingData != other.throttlingData { return false }
+            if apiName != other.apiName { return false }
+            if apiPublisher != other.apiPublisher { return false }
+            if endUserName != other.endUserName { return false }
+            if endUserToken != other.endUserToken { return false }
+            if scopes != other.scopes { return false }
+            if authorizedDomains != other.authorizedDomains { return false }
+            if issuedAtUnixMs != other.issuedAtUnixMs { return false }
+            if expiresAtUnixMs != other.expiresAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(authorized)
+            hasher.combine(validationStatus)
+            hasher.combine(keyType)
+            hasher.combine(subscriber)
+            hasher.combine(subscriberTenantDomain)
+            hasher.combine(applicationId)
+            hasher.combine(applicationName)
+            hasher.combine(consumerKey)
+            hasher.combine(applicationPolicy)
+            hasher.combine(subscriptionPolicy)
+            hasher.combine(apiPolicy)
+            hasher.combine(spikeArrestLimit)
+            hasher.combine(spikeArrestUnit)
+            hasher.combine(stopOnQuotaReach)
+            hasher.combine(contentAware)
+            hasher.combine(throttlingData)
+            hasher.combine(apiName)
+            hasher.combine(apiPublisher)
+            hasher.combine(endUserName)
+            hasher.combine(endUserToken)
+            hasher.combine(scopes)
+            hasher.combine(authorizedDomains)
+            hasher.combine(issuedAtUnixMs)
+            hasher.combine(expiresAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -902,6 +1836,8 @@ public struct TokenRevocation: ProtoMessage {
     /// Field 2.
     public var revokedAtUnixMs: Int64 = 0
     public var target: Target? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -924,33 +1860,42 @@ public struct TokenRevocation: ProtoMessage {
 
 extension Application {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application()) { (message: UnsafePointer<Tollgate__V1__Application>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Application>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Application> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Application> {
         let c = arena.allocate(Tollgate__V1__Application.self)
         tollgate__v1__application__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.owner = arena.cString(self.owner)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
-        c.pointee.callback_url = arena.cString(self.callbackUrl)
-        c.pointee.group_id = arena.cString(self.groupId)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.owner = try arena.cString(self.owner, field: "owner", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
+        c.pointee.callback_url = try arena.cString(self.callbackUrl, field: "callback_url", in: Self.protoName)
+        c.pointee.group_id = try arena.cString(self.groupId, field: "group_id", in: Self.protoName)
         c.pointee.n_attributes = self.attributes.count
-        c.pointee.attributes = arena.messages(self.attributes) { $0._cMessage(in: arena) }
+        c.pointee.attributes = try arena.messages(self.attributes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.token_format = .init(rawValue: .init(truncatingIfNeeded: self.tokenFormat.rawValue))
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -970,39 +1915,49 @@ extension Application {
         self.tokenFormat = TokenFormat(rawValue: Int32(truncatingIfNeeded: c.pointee.token_format.rawValue))
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Subscription {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription()) { (message: UnsafePointer<Tollgate__V1__Subscription>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Subscription>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Subscription> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Subscription> {
         let c = arena.allocate(Tollgate__V1__Subscription.self)
         tollgate__v1__subscription__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.create_state = .init(rawValue: .init(truncatingIfNeeded: self.createState.rawValue))
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_provider = arena.cString(self.apiProvider)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.subscriber = arena.cString(self.subscriber)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_provider = try arena.cString(self.apiProvider, field: "api_provider", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.subscriber = try arena.cString(self.subscriber, field: "subscriber", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1024,32 +1979,42 @@ extension Subscription {
         self.subscriber = try ProtoDecode.string(c.pointee.subscriber, field: "subscriber", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApplicationKey {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_key()) { (message: UnsafePointer<Tollgate__V1__ApplicationKey>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_key(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApplicationKey>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApplicationKey> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApplicationKey> {
         let c = arena.allocate(Tollgate__V1__ApplicationKey.self)
         tollgate__v1__application_key__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.create_mode = .init(rawValue: .init(truncatingIfNeeded: self.createMode.rawValue))
         c.pointee.n_allowed_domains = self.allowedDomains.count
-        c.pointee.allowed_domains = arena.cStrings(self.allowedDomains)
+        c.pointee.allowed_domains = try arena.cStrings(self.allowedDomains, field: "allowed_domains", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1063,39 +2028,49 @@ extension ApplicationKey {
         self.allowedDomains = try ProtoDecode.strings(c.pointee.allowed_domains, count: c.pointee.n_allowed_domains, field: "allowed_domains", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OAuthClient {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_client()) { (message: UnsafePointer<Tollgate__V1__OAuthClient>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_client(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OAuthClient>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OAuthClient> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OAuthClient> {
         let c = arena.allocate(Tollgate__V1__OAuthClient.self)
         tollgate__v1__oauth_client__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         if let value = self.consumerSecretHash { c.pointee.consumer_secret_hash = value._cMessage(in: arena) }
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.owner = arena.cString(self.owner)
-        c.pointee.client_name = arena.cString(self.clientName)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.owner = try arena.cString(self.owner, field: "owner", in: Self.protoName)
+        c.pointee.client_name = try arena.cString(self.clientName, field: "client_name", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.n_grant_types = self.grantTypes.count
         c.pointee.grant_types = arena.mapped(self.grantTypes) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.callback_url = arena.cString(self.callbackUrl)
+        c.pointee.callback_url = try arena.cString(self.callbackUrl, field: "callback_url", in: Self.protoName)
         c.pointee.application_token_validity_seconds = self.applicationTokenValiditySeconds
         c.pointee.user_token_validity_seconds = self.userTokenValiditySeconds
         c.pointee.refresh_token_validity_seconds = self.refreshTokenValiditySeconds
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1116,36 +2091,45 @@ extension OAuthClient {
         self.refreshTokenValiditySeconds = c.pointee.refresh_token_validity_seconds
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension OAuthToken {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_token()) { (message: UnsafePointer<Tollgate__V1__OAuthToken>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__oauth_token(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OAuthToken>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OAuthToken> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OAuthToken> {
         let c = arena.allocate(Tollgate__V1__OAuthToken.self)
         tollgate__v1__oauth_token__init(c)
         c.pointee.token_hash = arena.binary(self.tokenHash)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
         c.pointee.paired_token_hash = arena.binary(self.pairedTokenHash)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.user_type = .init(rawValue: .init(truncatingIfNeeded: self.userType.rawValue))
         c.pointee.grant_type = .init(rawValue: .init(truncatingIfNeeded: self.grantType.rawValue))
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_changed_at_unix_ms = self.stateChangedAtUnixMs
@@ -1153,6 +2137,7 @@ extension OAuthToken {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 21)
             c.pointee.expires_at_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1176,34 +2161,44 @@ extension OAuthToken {
         if c.pointee._expires_at_unix_ms_case.rawValue == 21 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AuthorizationCode {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__authorization_code()) { (message: UnsafePointer<Tollgate__V1__AuthorizationCode>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__authorization_code(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AuthorizationCode>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AuthorizationCode> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AuthorizationCode> {
         let c = arena.allocate(Tollgate__V1__AuthorizationCode.self)
         tollgate__v1__authorization_code__init(c)
         c.pointee.code_hash = arena.binary(self.codeHash)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
-        c.pointee.redirect_uri = arena.cString(self.redirectUri)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
+        c.pointee.redirect_uri = try arena.cString(self.redirectUri, field: "redirect_uri", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
         c.pointee.used = (self.used ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1219,31 +2214,41 @@ extension AuthorizationCode {
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         self.used = (c.pointee.used != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IssuedToken {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issued_token()) { (message: UnsafePointer<Tollgate__V1__IssuedToken>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issued_token(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IssuedToken>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IssuedToken> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IssuedToken> {
         let c = arena.allocate(Tollgate__V1__IssuedToken.self)
         tollgate__v1__issued_token__init(c)
-        c.pointee.access_token = arena.cString(self.accessToken)
-        c.pointee.refresh_token = arena.cString(self.refreshToken)
-        c.pointee.token_type = arena.cString(self.tokenType)
+        c.pointee.access_token = try arena.cString(self.accessToken, field: "access_token", in: Self.protoName)
+        c.pointee.refresh_token = try arena.cString(self.refreshToken, field: "refresh_token", in: Self.protoName)
+        c.pointee.token_type = try arena.cString(self.tokenType, field: "token_type", in: Self.protoName)
         c.pointee.expires_in_seconds = self.expiresInSeconds
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1256,54 +2261,64 @@ extension IssuedToken {
         self.expiresInSeconds = c.pointee.expires_in_seconds
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension KeyValidationInfo {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__key_validation_info()) { (message: UnsafePointer<Tollgate__V1__KeyValidationInfo>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__key_validation_info(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__KeyValidationInfo>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__KeyValidationInfo> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__KeyValidationInfo> {
         let c = arena.allocate(Tollgate__V1__KeyValidationInfo.self)
         tollgate__v1__key_validation_info__init(c)
         c.pointee.authorized = (self.authorized ? 1 : 0)
         c.pointee.validation_status = self.validationStatus
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.subscriber = arena.cString(self.subscriber)
-        c.pointee.subscriber_tenant_domain = arena.cString(self.subscriberTenantDomain)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
-        c.pointee.application_policy = arena.cString(self.applicationPolicy)
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
+        c.pointee.subscriber = try arena.cString(self.subscriber, field: "subscriber", in: Self.protoName)
+        c.pointee.subscriber_tenant_domain = try arena.cString(self.subscriberTenantDomain, field: "subscriber_tenant_domain", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        c.pointee.application_policy = try arena.cString(self.applicationPolicy, field: "application_policy", in: Self.protoName)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
         c.pointee.spike_arrest_limit = self.spikeArrestLimit
         c.pointee.spike_arrest_unit = .init(rawValue: .init(truncatingIfNeeded: self.spikeArrestUnit.rawValue))
         c.pointee.stop_on_quota_reach = (self.stopOnQuotaReach ? 1 : 0)
         c.pointee.content_aware = (self.contentAware ? 1 : 0)
         c.pointee.n_throttling_data = self.throttlingData.count
-        c.pointee.throttling_data = arena.cStrings(self.throttlingData)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_publisher = arena.cString(self.apiPublisher)
-        c.pointee.end_user_name = arena.cString(self.endUserName)
-        c.pointee.end_user_token = arena.cString(self.endUserToken)
+        c.pointee.throttling_data = try arena.cStrings(self.throttlingData, field: "throttling_data", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_publisher = try arena.cString(self.apiPublisher, field: "api_publisher", in: Self.protoName)
+        c.pointee.end_user_name = try arena.cString(self.endUserName, field: "end_user_name", in: Self.protoName)
+        c.pointee.end_user_token = try arena.cString(self.endUserToken, field: "end_user_token", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.n_authorized_domains = self.authorizedDomains.count
-        c.pointee.authorized_domains = arena.cStrings(self.authorizedDomains)
+        c.pointee.authorized_domains = try arena.cStrings(self.authorizedDomains, field: "authorized_domains", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         if let value = self.expiresAtUnixMs {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 51)
             c.pointee.expires_at_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1336,22 +2351,31 @@ extension KeyValidationInfo {
         if c.pointee._expires_at_unix_ms_case.rawValue == 51 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension TokenRevocation {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__token_revocation()) { (message: UnsafePointer<Tollgate__V1__TokenRevocation>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__token_revocation(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__TokenRevocation>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__TokenRevocation> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__TokenRevocation> {
         let c = arena.allocate(Tollgate__V1__TokenRevocation.self)
         tollgate__v1__token_revocation__init(c)
         c.pointee.sequence = self.sequence
@@ -1360,11 +2384,12 @@ extension TokenRevocation {
         case nil: break
         case .consumerKey(let value)?:
             c.pointee.target_case = .init(rawValue: 3)
-            c.pointee.consumer_key = arena.cString(value)
+            c.pointee.consumer_key = try arena.cString(value, field: "consumer_key", in: Self.protoName)
         case .tokenHash(let value)?:
             c.pointee.target_case = .init(rawValue: 4)
             c.pointee.token_hash = arena.binary(value)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1380,5 +2405,6 @@ extension TokenRevocation {
             self.target = .tokenHash(ProtoDecode.binary(c.pointee.token_hash))
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

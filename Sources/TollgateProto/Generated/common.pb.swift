@@ -199,6 +199,8 @@ public struct Attribute: ProtoMessage {
     public var key: String = ""
     /// Field 2.
     public var value: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -219,6 +221,8 @@ public struct PageRequest: ProtoMessage {
     public var pageSize: UInt32 = 0
     /// Field 2.
     public var pageToken: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -239,6 +243,8 @@ public struct PageResponse: ProtoMessage {
     public var nextPageToken: [UInt8] = []
     /// Field 2.
     public var totalCount: UInt64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -269,6 +275,8 @@ public struct SecretHash: ProtoMessage {
     public var iterations: UInt32 = 0
     /// Field 7.
     public var hash: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -293,21 +301,30 @@ public struct SecretHash: ProtoMessage {
 
 extension Attribute {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__attribute()) { (message: UnsafePointer<Tollgate__V1__Attribute>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__attribute(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Attribute>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Attribute> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Attribute> {
         let c = arena.allocate(Tollgate__V1__Attribute.self)
         tollgate__v1__attribute__init(c)
-        c.pointee.key = arena.cString(self.key)
-        c.pointee.value = arena.cString(self.value)
+        c.pointee.key = try arena.cString(self.key, field: "key", in: Self.protoName)
+        c.pointee.value = try arena.cString(self.value, field: "value", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -316,18 +333,28 @@ extension Attribute {
         self.init()
         self.key = try ProtoDecode.string(c.pointee.key, field: "key", in: Self.protoName)
         self.value = try ProtoDecode.string(c.pointee.value, field: "value", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PageRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__page_request()) { (message: UnsafePointer<Tollgate__V1__PageRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__page_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PageRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -336,6 +363,7 @@ extension PageRequest {
         tollgate__v1__page_request__init(c)
         c.pointee.page_size = self.pageSize
         c.pointee.page_token = arena.binary(self.pageToken)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -344,18 +372,28 @@ extension PageRequest {
         self.init()
         self.pageSize = c.pointee.page_size
         self.pageToken = ProtoDecode.binary(c.pointee.page_token)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PageResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__page_response()) { (message: UnsafePointer<Tollgate__V1__PageResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__page_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PageResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -367,6 +405,7 @@ extension PageResponse {
             c.pointee._total_count_case = .init(rawValue: 2)
             c.pointee.total_count = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -377,18 +416,28 @@ extension PageResponse {
         if c.pointee._total_count_case.rawValue == 2 {
             self.totalCount = c.pointee.total_count
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SecretHash {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__secret_hash()) { (message: UnsafePointer<Tollgate__V1__SecretHash>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__secret_hash(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__SecretHash>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -402,6 +451,7 @@ extension SecretHash {
         c.pointee.scrypt_p = self.scryptP
         c.pointee.iterations = self.iterations
         c.pointee.hash = arena.binary(self.hash)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -415,5 +465,6 @@ extension SecretHash {
         self.scryptP = c.pointee.scrypt_p
         self.iterations = c.pointee.iterations
         self.hash = ProtoDecode.binary(c.pointee.hash)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

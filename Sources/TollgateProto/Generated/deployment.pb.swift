@@ -19,6 +19,8 @@ public struct ResolvedResource: ProtoMessage {
     public var applicableLevel: PolicyLevel = .unspecified
     /// Field 6.
     public var scope: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -40,19 +42,51 @@ public struct ResolvedResource: ProtoMessage {
 }
 
 /// `tollgate.v1.DeployedApi`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct DeployedApi: ProtoMessage {
     public static let protoName = "tollgate.v1.DeployedApi"
 
     /// Field 1.
-    public var api: Api? = nil
+    public var api: Api? {
+        get { _storage.api }
+        set { _uniqueStorage().api = newValue }
+        _modify { yield &_uniqueStorage().api }
+    }
     /// Field 2.
-    public var gatewayContext: String = ""
+    public var gatewayContext: String {
+        get { _storage.gatewayContext }
+        set { _uniqueStorage().gatewayContext = newValue }
+        _modify { yield &_uniqueStorage().gatewayContext }
+    }
     /// Field 3.
-    public var defaultVersionContext: String = ""
+    public var defaultVersionContext: String {
+        get { _storage.defaultVersionContext }
+        set { _uniqueStorage().defaultVersionContext = newValue }
+        _modify { yield &_uniqueStorage().defaultVersionContext }
+    }
     /// Field 4.
-    public var resources: [ResolvedResource] = []
+    public var resources: [ResolvedResource] {
+        get { _storage.resources }
+        set { _uniqueStorage().resources = newValue }
+        _modify { yield &_uniqueStorage().resources }
+    }
     /// Field 5.
-    public var advancedPolicies: [AdvancedPolicy] = []
+    public var advancedPolicies: [AdvancedPolicy] {
+        get { _storage.advancedPolicies }
+        set { _uniqueStorage().advancedPolicies = newValue }
+        _modify { yield &_uniqueStorage().advancedPolicies }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -63,11 +97,75 @@ public struct DeployedApi: ProtoMessage {
         resources: [ResolvedResource] = [],
         advancedPolicies: [AdvancedPolicy] = []
     ) {
-        self.api = api
-        self.gatewayContext = gatewayContext
-        self.defaultVersionContext = defaultVersionContext
-        self.resources = resources
-        self.advancedPolicies = advancedPolicies
+        let _fields = _Storage()
+        _fields.api = api
+        _fields.gatewayContext = gatewayContext
+        _fields.defaultVersionContext = defaultVersionContext
+        _fields.resources = resources
+        _fields.advancedPolicies = advancedPolicies
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var api: Api? = nil
+        var gatewayContext: String = ""
+        var defaultVersionContext: String = ""
+        var resources: [ResolvedResource] = []
+        var advancedPolicies: [AdvancedPolicy] = []
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            api = other.api
+            gatewayContext = other.gatewayContext
+            defaultVersionContext = other.defaultVersionContext
+            resources = other.resources
+            advancedPolicies = other.advancedPolicies
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if api != other.api { return false }
+            if gatewayContext != other.gatewayContext { return false }
+            if defaultVersionContext != other.defaultVersionContext { return false }
+            if resources != other.resources { return false }
+            if advancedPolicies != other.advancedPolicies { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(api)
+            hasher.combine(gatewayContext)
+            hasher.combine(defaultVersionContext)
+            hasher.combine(resources)
+            hasher.combine(advancedPolicies)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -85,6 +183,8 @@ public struct SubscriptionChange: ProtoMessage {
     public var status: SubscriptionStatus = .unspecified
     /// Field 5.
     public var removed: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -114,6 +214,8 @@ public struct DeploymentChange: ProtoMessage {
     /// Field 3.
     public var tenantDomain: String = ""
     public var change: Change? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -155,6 +257,8 @@ public struct DeploymentSnapshotChunk: ProtoMessage {
     public var blockConditions: [BlockCondition] = []
     /// Field 5.
     public var last: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -179,6 +283,8 @@ public struct WatchDeploymentsRequest: ProtoMessage {
 
     /// Field 1.
     public var sinceRevision: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -194,6 +300,8 @@ public struct WatchDeploymentsResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.WatchDeploymentsResponse"
 
     public var frame: Frame? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -212,25 +320,34 @@ public struct WatchDeploymentsResponse: ProtoMessage {
 
 extension ResolvedResource {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__resolved_resource()) { (message: UnsafePointer<Tollgate__V1__ResolvedResource>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__resolved_resource(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ResolvedResource>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ResolvedResource> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ResolvedResource> {
         let c = arena.allocate(Tollgate__V1__ResolvedResource.self)
         tollgate__v1__resolved_resource__init(c)
-        c.pointee.uri_template = arena.cString(self.uriTemplate)
+        c.pointee.uri_template = try arena.cString(self.uriTemplate, field: "uri_template", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         c.pointee.auth_type = .init(rawValue: .init(truncatingIfNeeded: self.authType.rawValue))
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
         c.pointee.applicable_level = .init(rawValue: .init(truncatingIfNeeded: self.applicableLevel.rawValue))
-        c.pointee.scope = arena.cString(self.scope)
+        c.pointee.scope = try arena.cString(self.scope, field: "scope", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -243,31 +360,41 @@ extension ResolvedResource {
         self.throttlingPolicy = try ProtoDecode.string(c.pointee.throttling_policy, field: "throttling_policy", in: Self.protoName)
         self.applicableLevel = PolicyLevel(rawValue: Int32(truncatingIfNeeded: c.pointee.applicable_level.rawValue))
         self.scope = try ProtoDecode.string(c.pointee.scope, field: "scope", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeployedApi {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployed_api()) { (message: UnsafePointer<Tollgate__V1__DeployedApi>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployed_api(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeployedApi>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeployedApi> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeployedApi> {
         let c = arena.allocate(Tollgate__V1__DeployedApi.self)
         tollgate__v1__deployed_api__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
-        c.pointee.gateway_context = arena.cString(self.gatewayContext)
-        c.pointee.default_version_context = arena.cString(self.defaultVersionContext)
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        c.pointee.gateway_context = try arena.cString(self.gatewayContext, field: "gateway_context", in: Self.protoName)
+        c.pointee.default_version_context = try arena.cString(self.defaultVersionContext, field: "default_version_context", in: Self.protoName)
         c.pointee.n_resources = self.resources.count
-        c.pointee.resources = arena.messages(self.resources) { $0._cMessage(in: arena) }
+        c.pointee.resources = try arena.messages(self.resources) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_advanced_policies = self.advancedPolicies.count
-        c.pointee.advanced_policies = arena.messages(self.advancedPolicies) { $0._cMessage(in: arena) }
+        c.pointee.advanced_policies = try arena.messages(self.advancedPolicies) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -279,29 +406,39 @@ extension DeployedApi {
         self.defaultVersionContext = try ProtoDecode.string(c.pointee.default_version_context, field: "default_version_context", in: Self.protoName)
         self.resources = try ProtoDecode.messages(c.pointee.resources, count: c.pointee.n_resources, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ResolvedResource(_cMessage: element) }
         self.advancedPolicies = try ProtoDecode.messages(c.pointee.advanced_policies, count: c.pointee.n_advanced_policies, in: Self.protoName) { (element) throws(ProtoDecodingError) in try AdvancedPolicy(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SubscriptionChange {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription_change()) { (message: UnsafePointer<Tollgate__V1__SubscriptionChange>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription_change(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SubscriptionChange>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SubscriptionChange> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SubscriptionChange> {
         let c = arena.allocate(Tollgate__V1__SubscriptionChange.self)
         tollgate__v1__subscription_change__init(c)
-        c.pointee.subscription_id = arena.cString(self.subscriptionId)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.subscription_id = try arena.cString(self.subscriptionId, field: "subscription_id", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.removed = (self.removed ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -313,51 +450,61 @@ extension SubscriptionChange {
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.status = SubscriptionStatus(rawValue: Int32(truncatingIfNeeded: c.pointee.status.rawValue))
         self.removed = (c.pointee.removed != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeploymentChange {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployment_change()) { (message: UnsafePointer<Tollgate__V1__DeploymentChange>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployment_change(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeploymentChange>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeploymentChange> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeploymentChange> {
         let c = arena.allocate(Tollgate__V1__DeploymentChange.self)
         tollgate__v1__deployment_change__init(c)
         c.pointee.revision = self.revision
         c.pointee.changed_at_unix_ms = self.changedAtUnixMs
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
         switch self.change {
         case nil: break
         case .apiUpserted(let value)?:
             c.pointee.change_case = .init(rawValue: 10)
-            c.pointee.api_upserted = value._cMessage(in: arena)
+            c.pointee.api_upserted = try value._cMessage(in: arena)
         case .apiRemoved(let value)?:
             c.pointee.change_case = .init(rawValue: 11)
-            c.pointee.api_removed = arena.cString(value)
+            c.pointee.api_removed = try arena.cString(value, field: "api_removed", in: Self.protoName)
         case .policyUpserted(let value)?:
             c.pointee.change_case = .init(rawValue: 12)
-            c.pointee.policy_upserted = value._cMessage(in: arena)
+            c.pointee.policy_upserted = try value._cMessage(in: arena)
         case .policyRemoved(let value)?:
             c.pointee.change_case = .init(rawValue: 13)
-            c.pointee.policy_removed = value._cMessage(in: arena)
+            c.pointee.policy_removed = try value._cMessage(in: arena)
         case .blockConditionUpserted(let value)?:
             c.pointee.change_case = .init(rawValue: 14)
-            c.pointee.block_condition_upserted = value._cMessage(in: arena)
+            c.pointee.block_condition_upserted = try value._cMessage(in: arena)
         case .blockConditionRemoved(let value)?:
             c.pointee.change_case = .init(rawValue: 15)
-            c.pointee.block_condition_removed = arena.cString(value)
+            c.pointee.block_condition_removed = try arena.cString(value, field: "block_condition_removed", in: Self.protoName)
         case .subscriptionChanged(let value)?:
             c.pointee.change_case = .init(rawValue: 16)
-            c.pointee.subscription_changed = value._cMessage(in: arena)
+            c.pointee.subscription_changed = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -384,32 +531,42 @@ extension DeploymentChange {
             if let value = c.pointee.subscription_changed { self.change = .subscriptionChanged(try SubscriptionChange(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeploymentSnapshotChunk {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployment_snapshot_chunk()) { (message: UnsafePointer<Tollgate__V1__DeploymentSnapshotChunk>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployment_snapshot_chunk(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeploymentSnapshotChunk>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeploymentSnapshotChunk> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeploymentSnapshotChunk> {
         let c = arena.allocate(Tollgate__V1__DeploymentSnapshotChunk.self)
         tollgate__v1__deployment_snapshot_chunk__init(c)
         c.pointee.revision = self.revision
         c.pointee.n_apis = self.apis.count
-        c.pointee.apis = arena.messages(self.apis) { $0._cMessage(in: arena) }
+        c.pointee.apis = try arena.messages(self.apis) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_policies = self.policies.count
-        c.pointee.policies = arena.messages(self.policies) { $0._cMessage(in: arena) }
+        c.pointee.policies = try arena.messages(self.policies) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_block_conditions = self.blockConditions.count
-        c.pointee.block_conditions = arena.messages(self.blockConditions) { $0._cMessage(in: arena) }
+        c.pointee.block_conditions = try arena.messages(self.blockConditions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.last = (self.last ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -421,18 +578,28 @@ extension DeploymentSnapshotChunk {
         self.policies = try ProtoDecode.messages(c.pointee.policies, count: c.pointee.n_policies, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ThrottlePolicy(_cMessage: element) }
         self.blockConditions = try ProtoDecode.messages(c.pointee.block_conditions, count: c.pointee.n_block_conditions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try BlockCondition(_cMessage: element) }
         self.last = (c.pointee.last != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchDeploymentsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_deployments_request()) { (message: UnsafePointer<Tollgate__V1__WatchDeploymentsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_deployments_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__WatchDeploymentsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -440,6 +607,7 @@ extension WatchDeploymentsRequest {
         let c = arena.allocate(Tollgate__V1__WatchDeploymentsRequest.self)
         tollgate__v1__watch_deployments_request__init(c)
         c.pointee.since_revision = self.sinceRevision
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -447,33 +615,43 @@ extension WatchDeploymentsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__WatchDeploymentsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.sinceRevision = c.pointee.since_revision
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchDeploymentsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_deployments_response()) { (message: UnsafePointer<Tollgate__V1__WatchDeploymentsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_deployments_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__WatchDeploymentsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__WatchDeploymentsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__WatchDeploymentsResponse> {
         let c = arena.allocate(Tollgate__V1__WatchDeploymentsResponse.self)
         tollgate__v1__watch_deployments_response__init(c)
         switch self.frame {
         case nil: break
         case .snapshot(let value)?:
             c.pointee.frame_case = .init(rawValue: 1)
-            c.pointee.snapshot = value._cMessage(in: arena)
+            c.pointee.snapshot = try value._cMessage(in: arena)
         case .change(let value)?:
             c.pointee.frame_case = .init(rawValue: 2)
-            c.pointee.change = value._cMessage(in: arena)
+            c.pointee.change = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -487,5 +665,6 @@ extension WatchDeploymentsResponse {
             if let value = c.pointee.change { self.frame = .change(try DeploymentChange(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

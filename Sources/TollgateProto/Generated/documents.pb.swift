@@ -159,6 +159,8 @@ public struct DocumentFile: ProtoMessage {
     public var mediaType: String = ""
     /// Field 3.
     public var content: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -174,34 +176,98 @@ public struct DocumentFile: ProtoMessage {
 }
 
 /// `tollgate.v1.Document`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct Document: ProtoMessage {
     public static let protoName = "tollgate.v1.Document"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var apiId: String = ""
+    public var apiId: String {
+        get { _storage.apiId }
+        set { _uniqueStorage().apiId = newValue }
+        _modify { yield &_uniqueStorage().apiId }
+    }
     /// Field 3.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 4.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 5.
-    public var documentType: DocumentType = .unspecified
+    public var documentType: DocumentType {
+        get { _storage.documentType }
+        set { _uniqueStorage().documentType = newValue }
+        _modify { yield &_uniqueStorage().documentType }
+    }
     /// Field 6.
-    public var otherTypeName: String = ""
+    public var otherTypeName: String {
+        get { _storage.otherTypeName }
+        set { _uniqueStorage().otherTypeName = newValue }
+        _modify { yield &_uniqueStorage().otherTypeName }
+    }
     /// Field 7.
-    public var summary: String = ""
+    public var summary: String {
+        get { _storage.summary }
+        set { _uniqueStorage().summary = newValue }
+        _modify { yield &_uniqueStorage().summary }
+    }
     /// Field 8.
-    public var visibility: DocumentVisibility = .unspecified
+    public var visibility: DocumentVisibility {
+        get { _storage.visibility }
+        set { _uniqueStorage().visibility = newValue }
+        _modify { yield &_uniqueStorage().visibility }
+    }
     /// Field 10.
-    public var sourceType: DocumentSourceType = .unspecified
+    public var sourceType: DocumentSourceType {
+        get { _storage.sourceType }
+        set { _uniqueStorage().sourceType = newValue }
+        _modify { yield &_uniqueStorage().sourceType }
+    }
     /// Field 20.
-    public var createdBy: String = ""
+    public var createdBy: String {
+        get { _storage.createdBy }
+        set { _uniqueStorage().createdBy = newValue }
+        _modify { yield &_uniqueStorage().createdBy }
+    }
     /// Field 21.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 22.
-    public var updatedAtUnixMs: Int64 = 0
-    public var body: Body? = nil
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    public var body: Body? {
+        get { _storage.body }
+        set { _uniqueStorage().body = newValue }
+        _modify { yield &_uniqueStorage().body }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -220,19 +286,115 @@ public struct Document: ProtoMessage {
         updatedAtUnixMs: Int64 = 0,
         body: Body? = nil
     ) {
-        self.id = id
-        self.apiId = apiId
-        self.tenantDomain = tenantDomain
-        self.name = name
-        self.documentType = documentType
-        self.otherTypeName = otherTypeName
-        self.summary = summary
-        self.visibility = visibility
-        self.sourceType = sourceType
-        self.createdBy = createdBy
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.body = body
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.apiId = apiId
+        _fields.tenantDomain = tenantDomain
+        _fields.name = name
+        _fields.documentType = documentType
+        _fields.otherTypeName = otherTypeName
+        _fields.summary = summary
+        _fields.visibility = visibility
+        _fields.sourceType = sourceType
+        _fields.createdBy = createdBy
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.body = body
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var apiId: String = ""
+        var tenantDomain: String = ""
+        var name: String = ""
+        var documentType: DocumentType = .unspecified
+        var otherTypeName: String = ""
+        var summary: String = ""
+        var visibility: DocumentVisibility = .unspecified
+        var sourceType: DocumentSourceType = .unspecified
+        var createdBy: String = ""
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var body: Body? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            apiId = other.apiId
+            tenantDomain = other.tenantDomain
+            name = other.name
+            documentType = other.documentType
+            otherTypeName = other.otherTypeName
+            summary = other.summary
+            visibility = other.visibility
+            sourceType = other.sourceType
+            createdBy = other.createdBy
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            body = other.body
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if apiId != other.apiId { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if name != other.name { return false }
+            if documentType != other.documentType { return false }
+            if otherTypeName != other.otherTypeName { return false }
+            if summary != other.summary { return false }
+            if visibility != other.visibility { return false }
+            if sourceType != other.sourceType { return false }
+            if createdBy != other.createdBy { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if body != other.body { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(apiId)
+            hasher.combine(tenantDomain)
+            hasher.combine(name)
+            hasher.combine(documentType)
+            hasher.combine(otherTypeName)
+            hasher.combine(summary)
+            hasher.combine(visibility)
+            hasher.combine(sourceType)
+            hasher.combine(createdBy)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(body)
+            hasher.combine(unknownFields)
+        }
     }
 
     /// The `body` oneof: at most one of these is set.
@@ -245,22 +407,31 @@ public struct Document: ProtoMessage {
 
 extension DocumentFile {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document_file()) { (message: UnsafePointer<Tollgate__V1__DocumentFile>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document_file(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DocumentFile>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DocumentFile> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DocumentFile> {
         let c = arena.allocate(Tollgate__V1__DocumentFile.self)
         tollgate__v1__document_file__init(c)
-        c.pointee.file_name = arena.cString(self.fileName)
-        c.pointee.media_type = arena.cString(self.mediaType)
+        c.pointee.file_name = try arena.cString(self.fileName, field: "file_name", in: Self.protoName)
+        c.pointee.media_type = try arena.cString(self.mediaType, field: "media_type", in: Self.protoName)
         c.pointee.content = arena.binary(self.content)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -270,48 +441,58 @@ extension DocumentFile {
         self.fileName = try ProtoDecode.string(c.pointee.file_name, field: "file_name", in: Self.protoName)
         self.mediaType = try ProtoDecode.string(c.pointee.media_type, field: "media_type", in: Self.protoName)
         self.content = ProtoDecode.binary(c.pointee.content)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Document {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document()) { (message: UnsafePointer<Tollgate__V1__Document>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__document(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Document>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Document> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Document> {
         let c = arena.allocate(Tollgate__V1__Document.self)
         tollgate__v1__document__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
         c.pointee.document_type = .init(rawValue: .init(truncatingIfNeeded: self.documentType.rawValue))
-        c.pointee.other_type_name = arena.cString(self.otherTypeName)
-        c.pointee.summary = arena.cString(self.summary)
+        c.pointee.other_type_name = try arena.cString(self.otherTypeName, field: "other_type_name", in: Self.protoName)
+        c.pointee.summary = try arena.cString(self.summary, field: "summary", in: Self.protoName)
         c.pointee.visibility = .init(rawValue: .init(truncatingIfNeeded: self.visibility.rawValue))
         c.pointee.source_type = .init(rawValue: .init(truncatingIfNeeded: self.sourceType.rawValue))
-        c.pointee.created_by = arena.cString(self.createdBy)
+        c.pointee.created_by = try arena.cString(self.createdBy, field: "created_by", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
         switch self.body {
         case nil: break
         case .text(let value)?:
             c.pointee.body_case = .init(rawValue: 11)
-            c.pointee.text = arena.cString(value)
+            c.pointee.text = try arena.cString(value, field: "text", in: Self.protoName)
         case .url(let value)?:
             c.pointee.body_case = .init(rawValue: 12)
-            c.pointee.url = arena.cString(value)
+            c.pointee.url = try arena.cString(value, field: "url", in: Self.protoName)
         case .file(let value)?:
             c.pointee.body_case = .init(rawValue: 13)
-            c.pointee.file = value._cMessage(in: arena)
+            c.pointee.file = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -339,5 +520,6 @@ extension Document {
             if let value = c.pointee.file { self.body = .file(try DocumentFile(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -58,59 +58,171 @@ public enum BucketGranularity: ProtoEnum {
 }
 
 /// `tollgate.v1.RequestEvent`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct RequestEvent: ProtoMessage {
     public static let protoName = "tollgate.v1.RequestEvent"
 
     /// Field 1.
-    public var messageId: String = ""
+    public var messageId: String {
+        get { _storage.messageId }
+        set { _uniqueStorage().messageId = newValue }
+        _modify { yield &_uniqueStorage().messageId }
+    }
     /// Field 2.
-    public var gatewayId: String = ""
+    public var gatewayId: String {
+        get { _storage.gatewayId }
+        set { _uniqueStorage().gatewayId = newValue }
+        _modify { yield &_uniqueStorage().gatewayId }
+    }
     /// Field 3.
-    public var timestampUnixMs: Int64 = 0
+    public var timestampUnixMs: Int64 {
+        get { _storage.timestampUnixMs }
+        set { _uniqueStorage().timestampUnixMs = newValue }
+        _modify { yield &_uniqueStorage().timestampUnixMs }
+    }
     /// Field 10.
-    public var apiContext: String = ""
+    public var apiContext: String {
+        get { _storage.apiContext }
+        set { _uniqueStorage().apiContext = newValue }
+        _modify { yield &_uniqueStorage().apiContext }
+    }
     /// Field 11.
-    public var apiVersion: String = ""
+    public var apiVersion: String {
+        get { _storage.apiVersion }
+        set { _uniqueStorage().apiVersion = newValue }
+        _modify { yield &_uniqueStorage().apiVersion }
+    }
     /// Field 12.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 13.
-    public var apiTenantDomain: String = ""
+    public var apiTenantDomain: String {
+        get { _storage.apiTenantDomain }
+        set { _uniqueStorage().apiTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().apiTenantDomain }
+    }
     /// Field 14.
-    public var resource: String = ""
+    public var resource: String {
+        get { _storage.resource }
+        set { _uniqueStorage().resource = newValue }
+        _modify { yield &_uniqueStorage().resource }
+    }
     /// Field 15.
-    public var verb: HttpVerb = .unspecified
+    public var verb: HttpVerb {
+        get { _storage.verb }
+        set { _uniqueStorage().verb = newValue }
+        _modify { yield &_uniqueStorage().verb }
+    }
     /// Field 16.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 17.
-    public var applicationTenantDomain: String = ""
+    public var applicationTenantDomain: String {
+        get { _storage.applicationTenantDomain }
+        set { _uniqueStorage().applicationTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().applicationTenantDomain }
+    }
     /// Field 18.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 20.
-    public var apiKey: String = ""
+    public var apiKey: String {
+        get { _storage.apiKey }
+        set { _uniqueStorage().apiKey = newValue }
+        _modify { yield &_uniqueStorage().apiKey }
+    }
     /// Field 21.
-    public var resourceKey: String = ""
+    public var resourceKey: String {
+        get { _storage.resourceKey }
+        set { _uniqueStorage().resourceKey = newValue }
+        _modify { yield &_uniqueStorage().resourceKey }
+    }
     /// Field 22.
-    public var applicationKey: String = ""
+    public var applicationKey: String {
+        get { _storage.applicationKey }
+        set { _uniqueStorage().applicationKey = newValue }
+        _modify { yield &_uniqueStorage().applicationKey }
+    }
     /// Field 23.
-    public var subscriptionKey: String = ""
+    public var subscriptionKey: String {
+        get { _storage.subscriptionKey }
+        set { _uniqueStorage().subscriptionKey = newValue }
+        _modify { yield &_uniqueStorage().subscriptionKey }
+    }
     /// Field 30.
-    public var apiPolicy: String = ""
+    public var apiPolicy: String {
+        get { _storage.apiPolicy }
+        set { _uniqueStorage().apiPolicy = newValue }
+        _modify { yield &_uniqueStorage().apiPolicy }
+    }
     /// Field 31.
-    public var resourcePolicy: String = ""
+    public var resourcePolicy: String {
+        get { _storage.resourcePolicy }
+        set { _uniqueStorage().resourcePolicy = newValue }
+        _modify { yield &_uniqueStorage().resourcePolicy }
+    }
     /// Field 32.
-    public var applicationPolicy: String = ""
+    public var applicationPolicy: String {
+        get { _storage.applicationPolicy }
+        set { _uniqueStorage().applicationPolicy = newValue }
+        _modify { yield &_uniqueStorage().applicationPolicy }
+    }
     /// Field 33.
-    public var subscriptionPolicy: String = ""
+    public var subscriptionPolicy: String {
+        get { _storage.subscriptionPolicy }
+        set { _uniqueStorage().subscriptionPolicy = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicy }
+    }
     /// Field 40.
-    public var clientIp: String = ""
+    public var clientIp: String {
+        get { _storage.clientIp }
+        set { _uniqueStorage().clientIp = newValue }
+        _modify { yield &_uniqueStorage().clientIp }
+    }
     /// Field 41.
-    public var headers: [Attribute] = []
+    public var headers: [Attribute] {
+        get { _storage.headers }
+        set { _uniqueStorage().headers = newValue }
+        _modify { yield &_uniqueStorage().headers }
+    }
     /// Field 42.
-    public var queryParameters: [Attribute] = []
+    public var queryParameters: [Attribute] {
+        get { _storage.queryParameters }
+        set { _uniqueStorage().queryParameters = newValue }
+        _modify { yield &_uniqueStorage().queryParameters }
+    }
     /// Field 43.
-    public var jwtClaims: [Attribute] = []
+    public var jwtClaims: [Attribute] {
+        get { _storage.jwtClaims }
+        set { _uniqueStorage().jwtClaims = newValue }
+        _modify { yield &_uniqueStorage().jwtClaims }
+    }
     /// Field 44.
-    public var messageSizeBytes: UInt64 = 0
+    public var messageSizeBytes: UInt64 {
+        get { _storage.messageSizeBytes }
+        set { _uniqueStorage().messageSizeBytes = newValue }
+        _modify { yield &_uniqueStorage().messageSizeBytes }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -141,31 +253,175 @@ public struct RequestEvent: ProtoMessage {
         jwtClaims: [Attribute] = [],
         messageSizeBytes: UInt64 = 0
     ) {
-        self.messageId = messageId
-        self.gatewayId = gatewayId
-        self.timestampUnixMs = timestampUnixMs
-        self.apiContext = apiContext
-        self.apiVersion = apiVersion
-        self.apiName = apiName
-        self.apiTenantDomain = apiTenantDomain
-        self.resource = resource
-        self.verb = verb
-        self.applicationId = applicationId
-        self.applicationTenantDomain = applicationTenantDomain
-        self.username = username
-        self.apiKey = apiKey
-        self.resourceKey = resourceKey
-        self.applicationKey = applicationKey
-        self.subscriptionKey = subscriptionKey
-        self.apiPolicy = apiPolicy
-        self.resourcePolicy = resourcePolicy
-        self.applicationPolicy = applicationPolicy
-        self.subscriptionPolicy = subscriptionPolicy
-        self.clientIp = clientIp
-        self.headers = headers
-        self.queryParameters = queryParameters
-        self.jwtClaims = jwtClaims
-        self.messageSizeBytes = messageSizeBytes
+        let _fields = _Storage()
+        _fields.messageId = messageId
+        _fields.gatewayId = gatewayId
+        _fields.timestampUnixMs = timestampUnixMs
+        _fields.apiContext = apiContext
+        _fields.apiVersion = apiVersion
+        _fields.apiName = apiName
+        _fields.apiTenantDomain = apiTenantDomain
+        _fields.resource = resource
+        _fields.verb = verb
+        _fields.applicationId = applicationId
+        _fields.applicationTenantDomain = applicationTenantDomain
+        _fields.username = username
+        _fields.apiKey = apiKey
+        _fields.resourceKey = resourceKey
+        _fields.applicationKey = applicationKey
+        _fields.subscriptionKey = subscriptionKey
+        _fields.apiPolicy = apiPolicy
+        _fields.resourcePolicy = resourcePolicy
+        _fields.applicationPolicy = applicationPolicy
+        _fields.subscriptionPolicy = subscriptionPolicy
+        _fields.clientIp = clientIp
+        _fields.headers = headers
+        _fields.queryParameters = queryParameters
+        _fields.jwtClaims = jwtClaims
+        _fields.messageSizeBytes = messageSizeBytes
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var messageId: String = ""
+        var gatewayId: String = ""
+        var timestampUnixMs: Int64 = 0
+        var apiContext: String = ""
+        var apiVersion: String = ""
+        var apiName: String = ""
+        var apiTenantDomain: String = ""
+        var resource: String = ""
+        var verb: HttpVerb = .unspecified
+        var applicationId: String = ""
+        var applicationTenantDomain: String = ""
+        var username: String = ""
+        var apiKey: String = ""
+        var resourceKey: String = ""
+        var applicationKey: String = ""
+        var subscriptionKey: String = ""
+        var apiPolicy: String = ""
+        var resourcePolicy: String = ""
+        var applicationPolicy: String = ""
+        var subscriptionPolicy: String = ""
+        var clientIp: String = ""
+        var headers: [Attribute] = []
+        var queryParameters: [Attribute] = []
+        var jwtClaims: [Attribute] = []
+        var messageSizeBytes: UInt64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            messageId = other.messageId
+            gatewayId = other.gatewayId
+            timestampUnixMs = other.timestampUnixMs
+            apiContext = other.apiContext
+            apiVersion = other.apiVersion
+            apiName = other.apiName
+            apiTenantDomain = other.apiTenantDomain
+            resource = other.resource
+            verb = other.verb
+            applicationId = other.applicationId
+            applicationTenantDomain = other.applicationTenantDomain
+            username = other.username
+            apiKey = other.apiKey
+            resourceKey = other.resourceKey
+            applicationKey = other.applicationKey
+            subscriptionKey = other.subscriptionKey
+            apiPolicy = other.apiPolicy
+            resourcePolicy = other.resourcePolicy
+            applicationPolicy = other.applicationPolicy
+            subscriptionPolicy = other.subscriptionPolicy
+            clientIp = other.clientIp
+            headers = other.headers
+            queryParameters = other.queryParameters
+            jwtClaims = other.jwtClaims
+            messageSizeBytes = other.messageSizeBytes
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if messageId != other.messageId { return false }
+            if gatewayId != other.gatewayId { return false }
+            if timestampUnixMs != other.timestampUnixMs { return false }
+            if apiContext != other.apiContext { return false }
+            if apiVersion != other.apiVersion { return false }
+            if apiName != other.apiName { return false }
+            if apiTenantDomain != other.apiTenantDomain { return false }
+            if resource != other.resource { return false }
+            if verb != other.verb { return false }
+            if applicationId != other.applicationId { return false }
+            if applicationTenantDomain != other.applicationTenantDomain { return false }
+            if username != other.username { return false }
+            if apiKey != other.apiKey { return false }
+            if resourceKey != other.resourceKey { return false }
+            if applicationKey != other.applicationKey { return false }
+            if subscriptionKey != other.subscriptionKey { return false }
+            if apiPolicy != other.apiPolicy { return false }
+            if resourcePolicy != other.resourcePolicy { return false }
+            if applicationPolicy != other.applicationPolicy { return false }
+            if subscriptionPolicy != other.subscriptionPolicy { return false }
+            if clientIp != other.clientIp { return false }
+            if headers != other.headers { return false }
+            if queryParameters != other.queryParameters { return false }
+            if jwtClaims != other.jwtClaims { return false }
+            if messageSizeBytes != other.messageSizeBytes { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(messageId)
+            hasher.combine(gatewayId)
+            hasher.combine(timestampUnixMs)
+            hasher.combine(apiContext)
+            hasher.combine(apiVersion)
+            hasher.combine(apiName)
+            hasher.combine(apiTenantDomain)
+            hasher.combine(resource)
+            hasher.combine(verb)
+            hasher.combine(applicationId)
+            hasher.combine(applicationTenantDomain)
+            hasher.combine(username)
+            hasher.combine(apiKey)
+            hasher.combine(resourceKey)
+            hasher.combine(applicationKey)
+            hasher.combine(subscriptionKey)
+            hasher.combine(apiPolicy)
+            hasher.combine(resourcePolicy)
+            hasher.combine(applicationPolicy)
+            hasher.combine(subscriptionPolicy)
+            hasher.combine(clientIp)
+            hasher.combine(headers)
+            hasher.combine(queryParameters)
+            hasher.combine(jwtClaims)
+            hasher.combine(messageSizeBytes)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -177,6 +433,8 @@ public struct UsageFault: ProtoMessage {
     public var errorCode: Int32 = 0
     /// Field 2.
     public var errorMessage: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -190,73 +448,213 @@ public struct UsageFault: ProtoMessage {
 }
 
 /// `tollgate.v1.UsageEvent`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct UsageEvent: ProtoMessage {
     public static let protoName = "tollgate.v1.UsageEvent"
 
     /// Field 1.
-    public var correlationId: String = ""
+    public var correlationId: String {
+        get { _storage.correlationId }
+        set { _uniqueStorage().correlationId = newValue }
+        _modify { yield &_uniqueStorage().correlationId }
+    }
     /// Field 2.
-    public var gatewayId: String = ""
+    public var gatewayId: String {
+        get { _storage.gatewayId }
+        set { _uniqueStorage().gatewayId = newValue }
+        _modify { yield &_uniqueStorage().gatewayId }
+    }
     /// Field 3.
-    public var requestTimestampUnixMs: Int64 = 0
+    public var requestTimestampUnixMs: Int64 {
+        get { _storage.requestTimestampUnixMs }
+        set { _uniqueStorage().requestTimestampUnixMs = newValue }
+        _modify { yield &_uniqueStorage().requestTimestampUnixMs }
+    }
     /// Field 10.
-    public var consumerKey: String = ""
+    public var consumerKey: String {
+        get { _storage.consumerKey }
+        set { _uniqueStorage().consumerKey = newValue }
+        _modify { yield &_uniqueStorage().consumerKey }
+    }
     /// Field 11.
-    public var keyType: KeyType = .unspecified
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
     /// Field 12.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 13.
-    public var applicationName: String = ""
+    public var applicationName: String {
+        get { _storage.applicationName }
+        set { _uniqueStorage().applicationName = newValue }
+        _modify { yield &_uniqueStorage().applicationName }
+    }
     /// Field 14.
-    public var applicationOwner: String = ""
+    public var applicationOwner: String {
+        get { _storage.applicationOwner }
+        set { _uniqueStorage().applicationOwner = newValue }
+        _modify { yield &_uniqueStorage().applicationOwner }
+    }
     /// Field 20.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 21.
-    public var apiVersion: String = ""
+    public var apiVersion: String {
+        get { _storage.apiVersion }
+        set { _uniqueStorage().apiVersion = newValue }
+        _modify { yield &_uniqueStorage().apiVersion }
+    }
     /// Field 22.
-    public var apiContext: String = ""
+    public var apiContext: String {
+        get { _storage.apiContext }
+        set { _uniqueStorage().apiContext = newValue }
+        _modify { yield &_uniqueStorage().apiContext }
+    }
     /// Field 23.
-    public var apiCreator: String = ""
+    public var apiCreator: String {
+        get { _storage.apiCreator }
+        set { _uniqueStorage().apiCreator = newValue }
+        _modify { yield &_uniqueStorage().apiCreator }
+    }
     /// Field 24.
-    public var apiCreatorTenantDomain: String = ""
+    public var apiCreatorTenantDomain: String {
+        get { _storage.apiCreatorTenantDomain }
+        set { _uniqueStorage().apiCreatorTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().apiCreatorTenantDomain }
+    }
     /// Field 25.
-    public var resource: String = ""
+    public var resource: String {
+        get { _storage.resource }
+        set { _uniqueStorage().resource = newValue }
+        _modify { yield &_uniqueStorage().resource }
+    }
     /// Field 26.
-    public var requestPath: String = ""
+    public var requestPath: String {
+        get { _storage.requestPath }
+        set { _uniqueStorage().requestPath = newValue }
+        _modify { yield &_uniqueStorage().requestPath }
+    }
     /// Field 27.
-    public var verb: HttpVerb = .unspecified
+    public var verb: HttpVerb {
+        get { _storage.verb }
+        set { _uniqueStorage().verb = newValue }
+        _modify { yield &_uniqueStorage().verb }
+    }
     /// Field 28.
-    public var subscriptionPolicy: String = ""
+    public var subscriptionPolicy: String {
+        get { _storage.subscriptionPolicy }
+        set { _uniqueStorage().subscriptionPolicy = newValue }
+        _modify { yield &_uniqueStorage().subscriptionPolicy }
+    }
     /// Field 30.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 31.
-    public var userTenantDomain: String = ""
+    public var userTenantDomain: String {
+        get { _storage.userTenantDomain }
+        set { _uniqueStorage().userTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().userTenantDomain }
+    }
     /// Field 32.
-    public var clientIp: String = ""
+    public var clientIp: String {
+        get { _storage.clientIp }
+        set { _uniqueStorage().clientIp = newValue }
+        _modify { yield &_uniqueStorage().clientIp }
+    }
     /// Field 33.
-    public var userAgent: String = ""
+    public var userAgent: String {
+        get { _storage.userAgent }
+        set { _uniqueStorage().userAgent = newValue }
+        _modify { yield &_uniqueStorage().userAgent }
+    }
     /// Field 40.
-    public var responseTimeMs: Int64 = 0
+    public var responseTimeMs: Int64 {
+        get { _storage.responseTimeMs }
+        set { _uniqueStorage().responseTimeMs = newValue }
+        _modify { yield &_uniqueStorage().responseTimeMs }
+    }
     /// Field 41.
-    public var backendTimeMs: Int64 = 0
+    public var backendTimeMs: Int64 {
+        get { _storage.backendTimeMs }
+        set { _uniqueStorage().backendTimeMs = newValue }
+        _modify { yield &_uniqueStorage().backendTimeMs }
+    }
     /// Field 42.
-    public var serviceTimeMs: Int64 = 0
+    public var serviceTimeMs: Int64 {
+        get { _storage.serviceTimeMs }
+        set { _uniqueStorage().serviceTimeMs = newValue }
+        _modify { yield &_uniqueStorage().serviceTimeMs }
+    }
     /// Field 50.
-    public var responseCode: Int32 = 0
+    public var responseCode: Int32 {
+        get { _storage.responseCode }
+        set { _uniqueStorage().responseCode = newValue }
+        _modify { yield &_uniqueStorage().responseCode }
+    }
     /// Field 51.
-    public var requestSizeBytes: UInt64 = 0
+    public var requestSizeBytes: UInt64 {
+        get { _storage.requestSizeBytes }
+        set { _uniqueStorage().requestSizeBytes = newValue }
+        _modify { yield &_uniqueStorage().requestSizeBytes }
+    }
     /// Field 52.
-    public var responseSizeBytes: UInt64 = 0
+    public var responseSizeBytes: UInt64 {
+        get { _storage.responseSizeBytes }
+        set { _uniqueStorage().responseSizeBytes = newValue }
+        _modify { yield &_uniqueStorage().responseSizeBytes }
+    }
     /// Field 53.
-    public var destination: String = ""
+    public var destination: String {
+        get { _storage.destination }
+        set { _uniqueStorage().destination = newValue }
+        _modify { yield &_uniqueStorage().destination }
+    }
     /// Field 54.
-    public var cacheHit: Bool = false
+    public var cacheHit: Bool {
+        get { _storage.cacheHit }
+        set { _uniqueStorage().cacheHit = newValue }
+        _modify { yield &_uniqueStorage().cacheHit }
+    }
     /// Field 60.
-    public var throttled: Bool = false
+    public var throttled: Bool {
+        get { _storage.throttled }
+        set { _uniqueStorage().throttled = newValue }
+        _modify { yield &_uniqueStorage().throttled }
+    }
     /// Field 61.
-    public var throttledReason: String = ""
+    public var throttledReason: String {
+        get { _storage.throttledReason }
+        set { _uniqueStorage().throttledReason = newValue }
+        _modify { yield &_uniqueStorage().throttledReason }
+    }
     /// Field 62.
-    public var fault: UsageFault? = nil
+    public var fault: UsageFault? {
+        get { _storage.fault }
+        set { _uniqueStorage().fault = newValue }
+        _modify { yield &_uniqueStorage().fault }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -294,97 +692,385 @@ public struct UsageEvent: ProtoMessage {
         throttledReason: String = "",
         fault: UsageFault? = nil
     ) {
-        self.correlationId = correlationId
-        self.gatewayId = gatewayId
-        self.requestTimestampUnixMs = requestTimestampUnixMs
-        self.consumerKey = consumerKey
-        self.keyType = keyType
-        self.applicationId = applicationId
-        self.applicationName = applicationName
-        self.applicationOwner = applicationOwner
-        self.apiName = apiName
-        self.apiVersion = apiVersion
-        self.apiContext = apiContext
-        self.apiCreator = apiCreator
-        self.apiCreatorTenantDomain = apiCreatorTenantDomain
-        self.resource = resource
-        self.requestPath = requestPath
-        self.verb = verb
-        self.subscriptionPolicy = subscriptionPolicy
-        self.username = username
-        self.userTenantDomain = userTenantDomain
-        self.clientIp = clientIp
-        self.userAgent = userAgent
-        self.responseTimeMs = responseTimeMs
-        self.backendTimeMs = backendTimeMs
-        self.serviceTimeMs = serviceTimeMs
-        self.responseCode = responseCode
-        self.requestSizeBytes = requestSizeBytes
-        self.responseSizeBytes = responseSizeBytes
-        self.destination = destination
-        self.cacheHit = cacheHit
-        self.throttled = throttled
-        self.throttledReason = throttledReason
-        self.fault = fault
+        let _fields = _Storage()
+        _fields.correlationId = correlationId
+        _fields.gatewayId = gatewayId
+        _fields.requestTimestampUnixMs = requestTimestampUnixMs
+        _fields.consumerKey = consumerKey
+        _fields.keyType = keyType
+        _fields.applicationId = applicationId
+        _fields.applicationName = applicationName
+        _fields.applicationOwner = applicationOwner
+        _fields.apiName = apiName
+        _fields.apiVersion = apiVersion
+        _fields.apiContext = apiContext
+        _fields.apiCreator = apiCreator
+        _fields.apiCreatorTenantDomain = apiCreatorTenantDomain
+        _fields.resource = resource
+        _fields.requestPath = requestPath
+        _fields.verb = verb
+        _fields.subscriptionPolicy = subscriptionPolicy
+        _fields.username = username
+        _fields.userTenantDomain = userTenantDomain
+        _fields.clientIp = clientIp
+        _fields.userAgent = userAgent
+        _fields.responseTimeMs = responseTimeMs
+        _fields.backendTimeMs = backendTimeMs
+        _fields.serviceTimeMs = serviceTimeMs
+        _fields.responseCode = responseCode
+        _fields.requestSizeBytes = requestSizeBytes
+        _fields.responseSizeBytes = responseSizeBytes
+        _fields.destination = destination
+        _fields.cacheHit = cacheHit
+        _fields.throttled = throttled
+        _fields.throttledReason = throttledReason
+        _fields.fault = fault
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var correlationId: String = ""
+        var gatewayId: String = ""
+        var requestTimestampUnixMs: Int64 = 0
+        var consumerKey: String = ""
+        var keyType: KeyType = .unspecified
+        var applicationId: String = ""
+        var applicationName: String = ""
+        var applicationOwner: String = ""
+        var apiName: String = ""
+        var apiVersion: String = ""
+        var apiContext: String = ""
+        var apiCreator: String = ""
+        var apiCreatorTenantDomain: String = ""
+        var resource: String = ""
+        var requestPath: String = ""
+        var verb: HttpVerb = .unspecified
+        var subscriptionPolicy: String = ""
+        var username: String = ""
+        var userTenantDomain: String = ""
+        var clientIp: String = ""
+        var userAgent: String = ""
+        var responseTimeMs: Int64 = 0
+        var backendTimeMs: Int64 = 0
+        var serviceTimeMs: Int64 = 0
+        var responseCode: Int32 = 0
+        var requestSizeBytes: UInt64 = 0
+        var responseSizeBytes: UInt64 = 0
+        var destination: String = ""
+        var cacheHit: Bool = false
+        var throttled: Bool = false
+        var throttledReason: String = ""
+        var fault: UsageFault? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            correlationId = other.correlationId
+            gatewayId = other.gatewayId
+            requestTimestampUnixMs = other.requestTimestampUnixMs
+            consumerKey = other.consumerKey
+            keyType = other.keyType
+            applicationId = other.applicationId
+            applicationName = other.applicationName
+            applicationOwner = other.applicationOwner
+            apiName = other.apiName
+            apiVersion = other.apiVersion
+            apiContext = other.apiContext
+            apiCreator = other.apiCreator
+            apiCreatorTenantDomain = other.apiCreatorTenantDomain
+            resource = other.resource
+            requestPath = other.requestPath
+            verb = other.verb
+            subscriptionPolicy = other.subscriptionPolicy
+            username = other.username
+            userTenantDomain = other.userTenantDomain
+            clientIp = other.clientIp
+            userAgent = other.userAgent
+            responseTimeMs = other.responseTimeMs
+            backendTimeMs = other.backendTimeMs
+            serviceTimeMs = other.serviceTimeMs
+            responseCode = other.responseCode
+            requestSizeBytes = other.requestSizeBytes
+            responseSizeBytes = other.responseSizeBytes
+            destination = other.destination
+            cacheHit = other.cacheHit
+            throttled = other.throttled
+            throttledReason = other.throttledReason
+            fault = other.fault
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if correlationId != other.correlationId { return false }
+            if gatewayId != other.gatewayId { return false }
+            if requestTimestampUnixMs != other.requestTimestampUnixMs { return false }
+            if consumerKey != other.consumerKey { return false }
+            if keyType != other.keyType { return false }
+            if applicationId != other.applicationId { return false }
+            if applicationName != other.applicationName { return false }
+            if applicationOwner != other.applicationOwner { return false }
+            if apiName != other.apiName { return false }
+            if apiVersion != other.apiVersion { return false }
+            if apiContext != other.apiContext { return false }
+            if apiCreator != other.apiCreator { return false }
+            if apiCreatorTenantDomain != other.apiCreatorTenantDomain { return false }
+            if resource != other.resource { return false }
+            if requestPath != other.requestPath { return false }
+            if verb != other.verb { return false }
+            if subscriptionPolicy != other.subscriptionPolicy { return false }
+            if username != other.username { return false }
+            if userTenantDomain != other.userTenantDomain { return false }
+            if clientIp != other.clientIp { return false }
+            if userAgent != other.userAgent { return false }
+            if responseTimeMs != other.responseTimeMs { return false }
+            if backendTimeMs != other.backendTimeMs { return false }
+            if serviceTimeMs != other.serviceTimeMs { return false }
+            if responseCode != other.responseCode { return false }
+            if requestSizeBytes != other.requestSizeBytes { return false }
+            if responseSizeBytes != other.responseSizeBytes { return false }
+            if destination != other.destination { return false }
+            if cacheHit != other.cacheHit { return false }
+            if throttled != other.throttled { return false }
+            if throttledReason != other.throttledReason { return false }
+            if fault != other.fault { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(correlationId)
+            hasher.combine(gatewayId)
+            hasher.combine(requestTimestampUnixMs)
+            hasher.combine(consumerKey)
+            hasher.combine(keyType)
+            hasher.combine(applicationId)
+            hasher.combine(applicationName)
+            hasher.combine(applicationOwner)
+            hasher.combine(apiName)
+            hasher.combine(apiVersion)
+            hasher.combine(apiContext)
+            hasher.combine(apiCreator)
+            hasher.combine(apiCreatorTenantDomain)
+            hasher.combine(resource)
+            hasher.combine(requestPath)
+            hasher.combine(verb)
+            hasher.combine(subscriptionPolicy)
+            hasher.combine(username)
+            hasher.combine(userTenantDomain)
+            hasher.combine(clientIp)
+            hasher.combine(userAgent)
+            hasher.combine(responseTimeMs)
+            hasher.combine(backendTimeMs)
+            hasher.combine(serviceTimeMs)
+            hasher.combine(responseCode)
+            hasher.combine(requestSizeBytes)
+            hasher.combine(responseSizeBytes)
+            hasher.combine(destination)
+            hasher.combine(cacheHit)
+            hasher.combine(throttled)
+            hasher.combine(throttledReason)
+            hasher.combine(fault)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
 /// `tollgate.v1.UsageSummary`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct UsageSummary: ProtoMessage {
     public static let protoName = "tollgate.v1.UsageSummary"
 
     /// Field 1.
-    public var granularity: BucketGranularity = .unspecified
+    public var granularity: BucketGranularity {
+        get { _storage.granularity }
+        set { _uniqueStorage().granularity = newValue }
+        _modify { yield &_uniqueStorage().granularity }
+    }
     /// Field 2.
-    public var bucketStartUnixMs: Int64 = 0
+    public var bucketStartUnixMs: Int64 {
+        get { _storage.bucketStartUnixMs }
+        set { _uniqueStorage().bucketStartUnixMs = newValue }
+        _modify { yield &_uniqueStorage().bucketStartUnixMs }
+    }
     /// Field 3.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 10.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 11.
-    public var apiVersion: String = ""
+    public var apiVersion: String {
+        get { _storage.apiVersion }
+        set { _uniqueStorage().apiVersion = newValue }
+        _modify { yield &_uniqueStorage().apiVersion }
+    }
     /// Field 12.
-    public var apiContext: String = ""
+    public var apiContext: String {
+        get { _storage.apiContext }
+        set { _uniqueStorage().apiContext = newValue }
+        _modify { yield &_uniqueStorage().apiContext }
+    }
     /// Field 13.
-    public var apiCreator: String = ""
+    public var apiCreator: String {
+        get { _storage.apiCreator }
+        set { _uniqueStorage().apiCreator = newValue }
+        _modify { yield &_uniqueStorage().apiCreator }
+    }
     /// Field 14.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 15.
-    public var applicationName: String = ""
+    public var applicationName: String {
+        get { _storage.applicationName }
+        set { _uniqueStorage().applicationName = newValue }
+        _modify { yield &_uniqueStorage().applicationName }
+    }
     /// Field 16.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 17.
-    public var resource: String = ""
+    public var resource: String {
+        get { _storage.resource }
+        set { _uniqueStorage().resource = newValue }
+        _modify { yield &_uniqueStorage().resource }
+    }
     /// Field 18.
-    public var verb: HttpVerb = .unspecified
+    public var verb: HttpVerb {
+        get { _storage.verb }
+        set { _uniqueStorage().verb = newValue }
+        _modify { yield &_uniqueStorage().verb }
+    }
     /// Field 20.
-    public var requestCount: UInt64 = 0
+    public var requestCount: UInt64 {
+        get { _storage.requestCount }
+        set { _uniqueStorage().requestCount = newValue }
+        _modify { yield &_uniqueStorage().requestCount }
+    }
     /// Field 21.
-    public var successCount: UInt64 = 0
+    public var successCount: UInt64 {
+        get { _storage.successCount }
+        set { _uniqueStorage().successCount = newValue }
+        _modify { yield &_uniqueStorage().successCount }
+    }
     /// Field 22.
-    public var faultCount: UInt64 = 0
+    public var faultCount: UInt64 {
+        get { _storage.faultCount }
+        set { _uniqueStorage().faultCount = newValue }
+        _modify { yield &_uniqueStorage().faultCount }
+    }
     /// Field 23.
-    public var throttledCount: UInt64 = 0
+    public var throttledCount: UInt64 {
+        get { _storage.throttledCount }
+        set { _uniqueStorage().throttledCount = newValue }
+        _modify { yield &_uniqueStorage().throttledCount }
+    }
     /// Field 24.
-    public var cacheHitCount: UInt64 = 0
+    public var cacheHitCount: UInt64 {
+        get { _storage.cacheHitCount }
+        set { _uniqueStorage().cacheHitCount = newValue }
+        _modify { yield &_uniqueStorage().cacheHitCount }
+    }
     /// Field 25.
-    public var clientErrorCount: UInt64 = 0
+    public var clientErrorCount: UInt64 {
+        get { _storage.clientErrorCount }
+        set { _uniqueStorage().clientErrorCount = newValue }
+        _modify { yield &_uniqueStorage().clientErrorCount }
+    }
     /// Field 26.
-    public var serverErrorCount: UInt64 = 0
+    public var serverErrorCount: UInt64 {
+        get { _storage.serverErrorCount }
+        set { _uniqueStorage().serverErrorCount = newValue }
+        _modify { yield &_uniqueStorage().serverErrorCount }
+    }
     /// Field 30.
-    public var responseTimeSumMs: Int64 = 0
+    public var responseTimeSumMs: Int64 {
+        get { _storage.responseTimeSumMs }
+        set { _uniqueStorage().responseTimeSumMs = newValue }
+        _modify { yield &_uniqueStorage().responseTimeSumMs }
+    }
     /// Field 31.
-    public var backendTimeSumMs: Int64 = 0
+    public var backendTimeSumMs: Int64 {
+        get { _storage.backendTimeSumMs }
+        set { _uniqueStorage().backendTimeSumMs = newValue }
+        _modify { yield &_uniqueStorage().backendTimeSumMs }
+    }
     /// Field 32.
-    public var serviceTimeSumMs: Int64 = 0
+    public var serviceTimeSumMs: Int64 {
+        get { _storage.serviceTimeSumMs }
+        set { _uniqueStorage().serviceTimeSumMs = newValue }
+        _modify { yield &_uniqueStorage().serviceTimeSumMs }
+    }
     /// Field 33.
-    public var maxResponseTimeMs: Int64 = 0
+    public var maxResponseTimeMs: Int64 {
+        get { _storage.maxResponseTimeMs }
+        set { _uniqueStorage().maxResponseTimeMs = newValue }
+        _modify { yield &_uniqueStorage().maxResponseTimeMs }
+    }
     /// Field 34.
-    public var responseTimeBuckets: [UInt64] = []
+    public var responseTimeBuckets: [UInt64] {
+        get { _storage.responseTimeBuckets }
+        set { _uniqueStorage().responseTimeBuckets = newValue }
+        _modify { yield &_uniqueStorage().responseTimeBuckets }
+    }
     /// Field 35.
-    public var responseBytesSum: UInt64 = 0
+    public var responseBytesSum: UInt64 {
+        get { _storage.responseBytesSum }
+        set { _uniqueStorage().responseBytesSum = newValue }
+        _modify { yield &_uniqueStorage().responseBytesSum }
+    }
     /// Field 40.
-    public var lastAccessUnixMs: Int64 = 0
+    public var lastAccessUnixMs: Int64 {
+        get { _storage.lastAccessUnixMs }
+        set { _uniqueStorage().lastAccessUnixMs = newValue }
+        _modify { yield &_uniqueStorage().lastAccessUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -416,32 +1102,180 @@ public struct UsageSummary: ProtoMessage {
         responseBytesSum: UInt64 = 0,
         lastAccessUnixMs: Int64 = 0
     ) {
-        self.granularity = granularity
-        self.bucketStartUnixMs = bucketStartUnixMs
-        self.tenantDomain = tenantDomain
-        self.apiName = apiName
-        self.apiVersion = apiVersion
-        self.apiContext = apiContext
-        self.apiCreator = apiCreator
-        self.applicationId = applicationId
-        self.applicationName = applicationName
-        self.username = username
-        self.resource = resource
-        self.verb = verb
-        self.requestCount = requestCount
-        self.successCount = successCount
-        self.faultCount = faultCount
-        self.throttledCount = throttledCount
-        self.cacheHitCount = cacheHitCount
-        self.clientErrorCount = clientErrorCount
-        self.serverErrorCount = serverErrorCount
-        self.responseTimeSumMs = responseTimeSumMs
-        self.backendTimeSumMs = backendTimeSumMs
-        self.serviceTimeSumMs = serviceTimeSumMs
-        self.maxResponseTimeMs = maxResponseTimeMs
-        self.responseTimeBuckets = responseTimeBuckets
-        self.responseBytesSum = responseBytesSum
-        self.lastAccessUnixMs = lastAccessUnixMs
+        let _fields = _Storage()
+        _fields.granularity = granularity
+        _fields.bucketStartUnixMs = bucketStartUnixMs
+        _fields.tenantDomain = tenantDomain
+        _fields.apiName = apiName
+        _fields.apiVersion = apiVersion
+        _fields.apiContext = apiContext
+        _fields.apiCreator = apiCreator
+        _fields.applicationId = applicationId
+        _fields.applicationName = applicationName
+        _fields.username = username
+        _fields.resource = resource
+        _fields.verb = verb
+        _fields.requestCount = requestCount
+        _fields.successCount = successCount
+        _fields.faultCount = faultCount
+        _fields.throttledCount = throttledCount
+        _fields.cacheHitCount = cacheHitCount
+        _fields.clientErrorCount = clientErrorCount
+        _fields.serverErrorCount = serverErrorCount
+        _fields.responseTimeSumMs = responseTimeSumMs
+        _fields.backendTimeSumMs = backendTimeSumMs
+        _fields.serviceTimeSumMs = serviceTimeSumMs
+        _fields.maxResponseTimeMs = maxResponseTimeMs
+        _fields.responseTimeBuckets = responseTimeBuckets
+        _fields.responseBytesSum = responseBytesSum
+        _fields.lastAccessUnixMs = lastAccessUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var granularity: BucketGranularity = .unspecified
+        var bucketStartUnixMs: Int64 = 0
+        var tenantDomain: String = ""
+        var apiName: String = ""
+        var apiVersion: String = ""
+        var apiContext: String = ""
+        var apiCreator: String = ""
+        var applicationId: String = ""
+        var applicationName: String = ""
+        var username: String = ""
+        var resource: String = ""
+        var verb: HttpVerb = .unspecified
+        var requestCount: UInt64 = 0
+        var successCount: UInt64 = 0
+        var faultCount: UInt64 = 0
+        var throttledCount: UInt64 = 0
+        var cacheHitCount: UInt64 = 0
+        var clientErrorCount: UInt64 = 0
+        var serverErrorCount: UInt64 = 0
+        var responseTimeSumMs: Int64 = 0
+        var backendTimeSumMs: Int64 = 0
+        var serviceTimeSumMs: Int64 = 0
+        var maxResponseTimeMs: Int64 = 0
+        var responseTimeBuckets: [UInt64] = []
+        var responseBytesSum: UInt64 = 0
+        var lastAccessUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            granularity = other.granularity
+            bucketStartUnixMs = other.bucketStartUnixMs
+            tenantDomain = other.tenantDomain
+            apiName = other.apiName
+            apiVersion = other.apiVersion
+            apiContext = other.apiContext
+            apiCreator = other.apiCreator
+            applicationId = other.applicationId
+            applicationName = other.applicationName
+            username = other.username
+            resource = other.resource
+            verb = other.verb
+            requestCount = other.requestCount
+            successCount = other.successCount
+            faultCount = other.faultCount
+            throttledCount = other.throttledCount
+            cacheHitCount = other.cacheHitCount
+            clientErrorCount = other.clientErrorCount
+            serverErrorCount = other.serverErrorCount
+            responseTimeSumMs = other.responseTimeSumMs
+            backendTimeSumMs = other.backendTimeSumMs
+            serviceTimeSumMs = other.serviceTimeSumMs
+            maxResponseTimeMs = other.maxResponseTimeMs
+            responseTimeBuckets = other.responseTimeBuckets
+            responseBytesSum = other.responseBytesSum
+            lastAccessUnixMs = other.lastAccessUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if granularity != other.granularity { return false }
+            if bucketStartUnixMs != other.bucketStartUnixMs { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if apiName != other.apiName { return false }
+            if apiVersion != other.apiVersion { return false }
+            if apiContext != other.apiContext { return false }
+            if apiCreator != other.apiCreator { return false }
+            if applicationId != other.applicationId { return false }
+            if applicationName != other.applicationName { return false }
+            if username != other.username { return false }
+            if resource != other.resource { return false }
+            if verb != other.verb { return false }
+            if requestCount != other.requestCount { return false }
+            if successCount != other.successCount { return false }
+            if faultCount != other.faultCount { return false }
+            if throttledCount != other.throttledCount { return false }
+            if cacheHitCount != other.cacheHitCount { return false }
+            if clientErrorCount != other.clientErrorCount { return false }
+            if serverErrorCount != other.serverErrorCount { return false }
+            if responseTimeSumMs != other.responseTimeSumMs { return false }
+            if backendTimeSumMs != other.backendTimeSumMs { return false }
+            if serviceTimeSumMs != other.serviceTimeSumMs { return false }
+            if maxResponseTimeMs != other.maxResponseTimeMs { return false }
+            if responseTimeBuckets != other.responseTimeBuckets { return false }
+            if responseBytesSum != other.responseBytesSum { return false }
+            if lastAccessUnixMs != other.lastAccessUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(granularity)
+            hasher.combine(bucketStartUnixMs)
+            hasher.combine(tenantDomain)
+            hasher.combine(apiName)
+            hasher.combine(apiVersion)
+            hasher.combine(apiContext)
+            hasher.combine(apiCreator)
+            hasher.combine(applicationId)
+            hasher.combine(applicationName)
+            hasher.combine(username)
+            hasher.combine(resource)
+            hasher.combine(verb)
+            hasher.combine(requestCount)
+            hasher.combine(successCount)
+            hasher.combine(faultCount)
+            hasher.combine(throttledCount)
+            hasher.combine(cacheHitCount)
+            hasher.combine(clientErrorCount)
+            hasher.combine(serverErrorCount)
+            hasher.combine(responseTimeSumMs)
+            hasher.combine(backendTimeSumMs)
+            hasher.combine(serviceTimeSumMs)
+            hasher.combine(maxResponseTimeMs)
+            hasher.combine(responseTimeBuckets)
+            hasher.combine(responseBytesSum)
+            hasher.combine(lastAccessUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -454,6 +1288,8 @@ public struct TrafficLogRecord: ProtoMessage {
     /// Field 2.
     public var recordedAtUnixMs: Int64 = 0
     public var entry: Entry? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -476,47 +1312,56 @@ public struct TrafficLogRecord: ProtoMessage {
 
 extension RequestEvent {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__request_event()) { (message: UnsafePointer<Tollgate__V1__RequestEvent>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__request_event(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RequestEvent>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RequestEvent> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RequestEvent> {
         let c = arena.allocate(Tollgate__V1__RequestEvent.self)
         tollgate__v1__request_event__init(c)
-        c.pointee.message_id = arena.cString(self.messageId)
-        c.pointee.gateway_id = arena.cString(self.gatewayId)
+        c.pointee.message_id = try arena.cString(self.messageId, field: "message_id", in: Self.protoName)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
         c.pointee.timestamp_unix_ms = self.timestampUnixMs
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_tenant_domain = arena.cString(self.apiTenantDomain)
-        c.pointee.resource = arena.cString(self.resource)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_tenant_domain = try arena.cString(self.apiTenantDomain, field: "api_tenant_domain", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_tenant_domain = arena.cString(self.applicationTenantDomain)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.api_key = arena.cString(self.apiKey)
-        c.pointee.resource_key = arena.cString(self.resourceKey)
-        c.pointee.application_key = arena.cString(self.applicationKey)
-        c.pointee.subscription_key = arena.cString(self.subscriptionKey)
-        c.pointee.api_policy = arena.cString(self.apiPolicy)
-        c.pointee.resource_policy = arena.cString(self.resourcePolicy)
-        c.pointee.application_policy = arena.cString(self.applicationPolicy)
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.client_ip = arena.cString(self.clientIp)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_tenant_domain = try arena.cString(self.applicationTenantDomain, field: "application_tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.api_key = try arena.cString(self.apiKey, field: "api_key", in: Self.protoName)
+        c.pointee.resource_key = try arena.cString(self.resourceKey, field: "resource_key", in: Self.protoName)
+        c.pointee.application_key = try arena.cString(self.applicationKey, field: "application_key", in: Self.protoName)
+        c.pointee.subscription_key = try arena.cString(self.subscriptionKey, field: "subscription_key", in: Self.protoName)
+        c.pointee.api_policy = try arena.cString(self.apiPolicy, field: "api_policy", in: Self.protoName)
+        c.pointee.resource_policy = try arena.cString(self.resourcePolicy, field: "resource_policy", in: Self.protoName)
+        c.pointee.application_policy = try arena.cString(self.applicationPolicy, field: "application_policy", in: Self.protoName)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.client_ip = try arena.cString(self.clientIp, field: "client_ip", in: Self.protoName)
         c.pointee.n_headers = self.headers.count
-        c.pointee.headers = arena.messages(self.headers) { $0._cMessage(in: arena) }
+        c.pointee.headers = try arena.messages(self.headers) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_query_parameters = self.queryParameters.count
-        c.pointee.query_parameters = arena.messages(self.queryParameters) { $0._cMessage(in: arena) }
+        c.pointee.query_parameters = try arena.messages(self.queryParameters) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_jwt_claims = self.jwtClaims.count
-        c.pointee.jwt_claims = arena.messages(self.jwtClaims) { $0._cMessage(in: arena) }
+        c.pointee.jwt_claims = try arena.messages(self.jwtClaims) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.message_size_bytes = self.messageSizeBytes
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -548,26 +1393,36 @@ extension RequestEvent {
         self.queryParameters = try ProtoDecode.messages(c.pointee.query_parameters, count: c.pointee.n_query_parameters, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Attribute(_cMessage: element) }
         self.jwtClaims = try ProtoDecode.messages(c.pointee.jwt_claims, count: c.pointee.n_jwt_claims, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Attribute(_cMessage: element) }
         self.messageSizeBytes = c.pointee.message_size_bytes
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageFault {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_fault()) { (message: UnsafePointer<Tollgate__V1__UsageFault>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_fault(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageFault>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageFault> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageFault> {
         let c = arena.allocate(Tollgate__V1__UsageFault.self)
         tollgate__v1__usage_fault__init(c)
         c.pointee.error_code = self.errorCode
-        c.pointee.error_message = arena.cString(self.errorMessage)
+        c.pointee.error_message = try arena.cString(self.errorMessage, field: "error_message", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -576,56 +1431,66 @@ extension UsageFault {
         self.init()
         self.errorCode = c.pointee.error_code
         self.errorMessage = try ProtoDecode.string(c.pointee.error_message, field: "error_message", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageEvent {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_event()) { (message: UnsafePointer<Tollgate__V1__UsageEvent>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_event(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageEvent>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageEvent> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageEvent> {
         let c = arena.allocate(Tollgate__V1__UsageEvent.self)
         tollgate__v1__usage_event__init(c)
-        c.pointee.correlation_id = arena.cString(self.correlationId)
-        c.pointee.gateway_id = arena.cString(self.gatewayId)
+        c.pointee.correlation_id = try arena.cString(self.correlationId, field: "correlation_id", in: Self.protoName)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
         c.pointee.request_timestamp_unix_ms = self.requestTimestampUnixMs
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.application_owner = arena.cString(self.applicationOwner)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_creator = arena.cString(self.apiCreator)
-        c.pointee.api_creator_tenant_domain = arena.cString(self.apiCreatorTenantDomain)
-        c.pointee.resource = arena.cString(self.resource)
-        c.pointee.request_path = arena.cString(self.requestPath)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.application_owner = try arena.cString(self.applicationOwner, field: "application_owner", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.api_creator_tenant_domain = try arena.cString(self.apiCreatorTenantDomain, field: "api_creator_tenant_domain", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
+        c.pointee.request_path = try arena.cString(self.requestPath, field: "request_path", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
-        c.pointee.subscription_policy = arena.cString(self.subscriptionPolicy)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.user_tenant_domain = arena.cString(self.userTenantDomain)
-        c.pointee.client_ip = arena.cString(self.clientIp)
-        c.pointee.user_agent = arena.cString(self.userAgent)
+        c.pointee.subscription_policy = try arena.cString(self.subscriptionPolicy, field: "subscription_policy", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.user_tenant_domain = try arena.cString(self.userTenantDomain, field: "user_tenant_domain", in: Self.protoName)
+        c.pointee.client_ip = try arena.cString(self.clientIp, field: "client_ip", in: Self.protoName)
+        c.pointee.user_agent = try arena.cString(self.userAgent, field: "user_agent", in: Self.protoName)
         c.pointee.response_time_ms = self.responseTimeMs
         c.pointee.backend_time_ms = self.backendTimeMs
         c.pointee.service_time_ms = self.serviceTimeMs
         c.pointee.response_code = self.responseCode
         c.pointee.request_size_bytes = self.requestSizeBytes
         c.pointee.response_size_bytes = self.responseSizeBytes
-        c.pointee.destination = arena.cString(self.destination)
+        c.pointee.destination = try arena.cString(self.destination, field: "destination", in: Self.protoName)
         c.pointee.cache_hit = (self.cacheHit ? 1 : 0)
         c.pointee.throttled = (self.throttled ? 1 : 0)
-        c.pointee.throttled_reason = arena.cString(self.throttledReason)
-        if let value = self.fault { c.pointee.fault = value._cMessage(in: arena) }
+        c.pointee.throttled_reason = try arena.cString(self.throttledReason, field: "throttled_reason", in: Self.protoName)
+        if let value = self.fault { c.pointee.fault = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -664,35 +1529,44 @@ extension UsageEvent {
         self.throttled = (c.pointee.throttled != 0)
         self.throttledReason = try ProtoDecode.string(c.pointee.throttled_reason, field: "throttled_reason", in: Self.protoName)
         if let value = c.pointee.fault { self.fault = try UsageFault(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UsageSummary {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_summary()) { (message: UnsafePointer<Tollgate__V1__UsageSummary>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_summary(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageSummary>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UsageSummary> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageSummary> {
         let c = arena.allocate(Tollgate__V1__UsageSummary.self)
         tollgate__v1__usage_summary__init(c)
         c.pointee.granularity = .init(rawValue: .init(truncatingIfNeeded: self.granularity.rawValue))
         c.pointee.bucket_start_unix_ms = self.bucketStartUnixMs
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.api_name = arena.cString(self.apiName)
-        c.pointee.api_version = arena.cString(self.apiVersion)
-        c.pointee.api_context = arena.cString(self.apiContext)
-        c.pointee.api_creator = arena.cString(self.apiCreator)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.application_name = arena.cString(self.applicationName)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.resource = arena.cString(self.resource)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         c.pointee.request_count = self.requestCount
         c.pointee.success_count = self.successCount
@@ -709,6 +1583,7 @@ extension UsageSummary {
         c.pointee.response_time_buckets = arena.scalars(self.responseTimeBuckets)
         c.pointee.response_bytes_sum = self.responseBytesSum
         c.pointee.last_access_unix_ms = self.lastAccessUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -741,22 +1616,31 @@ extension UsageSummary {
         self.responseTimeBuckets = ProtoDecode.scalars(c.pointee.response_time_buckets, count: c.pointee.n_response_time_buckets)
         self.responseBytesSum = c.pointee.response_bytes_sum
         self.lastAccessUnixMs = c.pointee.last_access_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension TrafficLogRecord {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__traffic_log_record()) { (message: UnsafePointer<Tollgate__V1__TrafficLogRecord>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__traffic_log_record(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__TrafficLogRecord>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__TrafficLogRecord> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__TrafficLogRecord> {
         let c = arena.allocate(Tollgate__V1__TrafficLogRecord.self)
         tollgate__v1__traffic_log_record__init(c)
         c.pointee.sequence = self.sequence
@@ -765,11 +1649,12 @@ extension TrafficLogRecord {
         case nil: break
         case .decision(let value)?:
             c.pointee.entry_case = .init(rawValue: 3)
-            c.pointee.decision = value._cMessage(in: arena)
+            c.pointee.decision = try value._cMessage(in: arena)
         case .event(let value)?:
             c.pointee.entry_case = .init(rawValue: 4)
-            c.pointee.event = value._cMessage(in: arena)
+            c.pointee.event = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -785,5 +1670,6 @@ extension TrafficLogRecord {
             if let value = c.pointee.event { self.entry = .event(try RequestEvent(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

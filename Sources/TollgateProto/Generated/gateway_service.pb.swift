@@ -49,42 +49,112 @@ public enum GatewayCache: ProtoEnum {
 public struct GetGatewayStatusRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.GetGatewayStatusRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
 
 /// `tollgate.v1.GetGatewayStatusResponse`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct GetGatewayStatusResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.GetGatewayStatusResponse"
 
     /// Field 1.
-    public var deploymentRevision: UInt64 = 0
+    public var deploymentRevision: UInt64 {
+        get { _storage.deploymentRevision }
+        set { _uniqueStorage().deploymentRevision = newValue }
+        _modify { yield &_uniqueStorage().deploymentRevision }
+    }
     /// Field 2.
-    public var deploymentAppliedAtUnixMs: Int64 = 0
+    public var deploymentAppliedAtUnixMs: Int64 {
+        get { _storage.deploymentAppliedAtUnixMs }
+        set { _uniqueStorage().deploymentAppliedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().deploymentAppliedAtUnixMs }
+    }
     /// Field 3.
-    public var deploymentFeedConnected: Bool = false
+    public var deploymentFeedConnected: Bool {
+        get { _storage.deploymentFeedConnected }
+        set { _uniqueStorage().deploymentFeedConnected = newValue }
+        _modify { yield &_uniqueStorage().deploymentFeedConnected }
+    }
     /// Field 4.
-    public var servingPersistedState: Bool = false
+    public var servingPersistedState: Bool {
+        get { _storage.servingPersistedState }
+        set { _uniqueStorage().servingPersistedState = newValue }
+        _modify { yield &_uniqueStorage().servingPersistedState }
+    }
     /// Field 10.
-    public var apiCount: UInt32 = 0
+    public var apiCount: UInt32 {
+        get { _storage.apiCount }
+        set { _uniqueStorage().apiCount = newValue }
+        _modify { yield &_uniqueStorage().apiCount }
+    }
     /// Field 11.
-    public var policyCount: UInt32 = 0
+    public var policyCount: UInt32 {
+        get { _storage.policyCount }
+        set { _uniqueStorage().policyCount = newValue }
+        _modify { yield &_uniqueStorage().policyCount }
+    }
     /// Field 12.
-    public var blockConditionCount: UInt32 = 0
+    public var blockConditionCount: UInt32 {
+        get { _storage.blockConditionCount }
+        set { _uniqueStorage().blockConditionCount = newValue }
+        _modify { yield &_uniqueStorage().blockConditionCount }
+    }
     /// Field 20.
-    public var keyCacheEntries: UInt64 = 0
+    public var keyCacheEntries: UInt64 {
+        get { _storage.keyCacheEntries }
+        set { _uniqueStorage().keyCacheEntries = newValue }
+        _modify { yield &_uniqueStorage().keyCacheEntries }
+    }
     /// Field 21.
-    public var throttledKeys: UInt64 = 0
+    public var throttledKeys: UInt64 {
+        get { _storage.throttledKeys }
+        set { _uniqueStorage().throttledKeys = newValue }
+        _modify { yield &_uniqueStorage().throttledKeys }
+    }
     /// Field 22.
-    public var revocationSequence: UInt64 = 0
+    public var revocationSequence: UInt64 {
+        get { _storage.revocationSequence }
+        set { _uniqueStorage().revocationSequence = newValue }
+        _modify { yield &_uniqueStorage().revocationSequence }
+    }
     /// Field 30.
-    public var requestEventsQueued: UInt64 = 0
+    public var requestEventsQueued: UInt64 {
+        get { _storage.requestEventsQueued }
+        set { _uniqueStorage().requestEventsQueued = newValue }
+        _modify { yield &_uniqueStorage().requestEventsQueued }
+    }
     /// Field 31.
-    public var requestEventsDropped: UInt64 = 0
+    public var requestEventsDropped: UInt64 {
+        get { _storage.requestEventsDropped }
+        set { _uniqueStorage().requestEventsDropped = newValue }
+        _modify { yield &_uniqueStorage().requestEventsDropped }
+    }
     /// Field 32.
-    public var usageEventsQueued: UInt64 = 0
+    public var usageEventsQueued: UInt64 {
+        get { _storage.usageEventsQueued }
+        set { _uniqueStorage().usageEventsQueued = newValue }
+        _modify { yield &_uniqueStorage().usageEventsQueued }
+    }
     /// Field 33.
-    public var usageEventsDropped: UInt64 = 0
+    public var usageEventsDropped: UInt64 {
+        get { _storage.usageEventsDropped }
+        set { _uniqueStorage().usageEventsDropped = newValue }
+        _modify { yield &_uniqueStorage().usageEventsDropped }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -104,20 +174,120 @@ public struct GetGatewayStatusResponse: ProtoMessage {
         usageEventsQueued: UInt64 = 0,
         usageEventsDropped: UInt64 = 0
     ) {
-        self.deploymentRevision = deploymentRevision
-        self.deploymentAppliedAtUnixMs = deploymentAppliedAtUnixMs
-        self.deploymentFeedConnected = deploymentFeedConnected
-        self.servingPersistedState = servingPersistedState
-        self.apiCount = apiCount
-        self.policyCount = policyCount
-        self.blockConditionCount = blockConditionCount
-        self.keyCacheEntries = keyCacheEntries
-        self.throttledKeys = throttledKeys
-        self.revocationSequence = revocationSequence
-        self.requestEventsQueued = requestEventsQueued
-        self.requestEventsDropped = requestEventsDropped
-        self.usageEventsQueued = usageEventsQueued
-        self.usageEventsDropped = usageEventsDropped
+        let _fields = _Storage()
+        _fields.deploymentRevision = deploymentRevision
+        _fields.deploymentAppliedAtUnixMs = deploymentAppliedAtUnixMs
+        _fields.deploymentFeedConnected = deploymentFeedConnected
+        _fields.servingPersistedState = servingPersistedState
+        _fields.apiCount = apiCount
+        _fields.policyCount = policyCount
+        _fields.blockConditionCount = blockConditionCount
+        _fields.keyCacheEntries = keyCacheEntries
+        _fields.throttledKeys = throttledKeys
+        _fields.revocationSequence = revocationSequence
+        _fields.requestEventsQueued = requestEventsQueued
+        _fields.requestEventsDropped = requestEventsDropped
+        _fields.usageEventsQueued = usageEventsQueued
+        _fields.usageEventsDropped = usageEventsDropped
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var deploymentRevision: UInt64 = 0
+        var deploymentAppliedAtUnixMs: Int64 = 0
+        var deploymentFeedConnected: Bool = false
+        var servingPersistedState: Bool = false
+        var apiCount: UInt32 = 0
+        var policyCount: UInt32 = 0
+        var blockConditionCount: UInt32 = 0
+        var keyCacheEntries: UInt64 = 0
+        var throttledKeys: UInt64 = 0
+        var revocationSequence: UInt64 = 0
+        var requestEventsQueued: UInt64 = 0
+        var requestEventsDropped: UInt64 = 0
+        var usageEventsQueued: UInt64 = 0
+        var usageEventsDropped: UInt64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            deploymentRevision = other.deploymentRevision
+            deploymentAppliedAtUnixMs = other.deploymentAppliedAtUnixMs
+            deploymentFeedConnected = other.deploymentFeedConnected
+            servingPersistedState = other.servingPersistedState
+            apiCount = other.apiCount
+            policyCount = other.policyCount
+            blockConditionCount = other.blockConditionCount
+            keyCacheEntries = other.keyCacheEntries
+            throttledKeys = other.throttledKeys
+            revocationSequence = other.revocationSequence
+            requestEventsQueued = other.requestEventsQueued
+            requestEventsDropped = other.requestEventsDropped
+            usageEventsQueued = other.usageEventsQueued
+            usageEventsDropped = other.usageEventsDropped
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if deploymentRevision != other.deploymentRevision { return false }
+            if deploymentAppliedAtUnixMs != other.deploymentAppliedAtUnixMs { return false }
+            if deploymentFeedConnected != other.deploymentFeedConnected { return false }
+            if servingPersistedState != other.servingPersistedState { return false }
+            if apiCount != other.apiCount { return false }
+            if policyCount != other.policyCount { return false }
+            if blockConditionCount != other.blockConditionCount { return false }
+            if keyCacheEntries != other.keyCacheEntries { return false }
+            if throttledKeys != other.throttledKeys { return false }
+            if revocationSequence != other.revocationSequence { return false }
+            if requestEventsQueued != other.requestEventsQueued { return false }
+            if requestEventsDropped != other.requestEventsDropped { return false }
+            if usageEventsQueued != other.usageEventsQueued { return false }
+            if usageEventsDropped != other.usageEventsDropped { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(deploymentRevision)
+            hasher.combine(deploymentAppliedAtUnixMs)
+            hasher.combine(deploymentFeedConnected)
+            hasher.combine(servingPersistedState)
+            hasher.combine(apiCount)
+            hasher.combine(policyCount)
+            hasher.combine(blockConditionCount)
+            hasher.combine(keyCacheEntries)
+            hasher.combine(throttledKeys)
+            hasher.combine(revocationSequence)
+            hasher.combine(requestEventsQueued)
+            hasher.combine(requestEventsDropped)
+            hasher.combine(usageEventsQueued)
+            hasher.combine(usageEventsDropped)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -129,6 +299,8 @@ public struct FlushCachesRequest: ProtoMessage {
     public var caches: [GatewayCache] = []
     /// Field 2.
     public var tokenHashes: [[UInt8]] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -147,6 +319,8 @@ public struct FlushCachesResponse: ProtoMessage {
 
     /// Field 1.
     public var evictedEntries: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -159,37 +333,57 @@ public struct FlushCachesResponse: ProtoMessage {
 
 extension GetGatewayStatusRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request()) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetGatewayStatusRequest> {
         let c = arena.allocate(Tollgate__V1__GetGatewayStatusRequest.self)
         tollgate__v1__get_gateway_status_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetGatewayStatusRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetGatewayStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response()) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -210,6 +404,7 @@ extension GetGatewayStatusResponse {
         c.pointee.request_events_dropped = self.requestEventsDropped
         c.pointee.usage_events_queued = self.usageEventsQueued
         c.pointee.usage_events_dropped = self.usageEventsDropped
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -230,18 +425,28 @@ extension GetGatewayStatusResponse {
         self.requestEventsDropped = c.pointee.request_events_dropped
         self.usageEventsQueued = c.pointee.usage_events_queued
         self.usageEventsDropped = c.pointee.usage_events_dropped
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FlushCachesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_request()) { (message: UnsafePointer<Tollgate__V1__FlushCachesRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__FlushCachesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -252,6 +457,7 @@ extension FlushCachesRequest {
         c.pointee.caches = arena.mapped(self.caches) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.n_token_hashes = self.tokenHashes.count
         c.pointee.token_hashes = arena.binaries(self.tokenHashes)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -260,18 +466,28 @@ extension FlushCachesRequest {
         self.init()
         self.caches = ProtoDecode.mapped(c.pointee.caches, count: c.pointee.n_caches) { GatewayCache(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         self.tokenHashes = ProtoDecode.binaries(c.pointee.token_hashes, count: c.pointee.n_token_hashes)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension FlushCachesResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_response()) { (message: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__flush_caches_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -279,6 +495,7 @@ extension FlushCachesResponse {
         let c = arena.allocate(Tollgate__V1__FlushCachesResponse.self)
         tollgate__v1__flush_caches_response__init(c)
         c.pointee.evicted_entries = self.evictedEntries
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -286,6 +503,7 @@ extension FlushCachesResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__FlushCachesResponse>) throws(ProtoDecodingError) {
         self.init()
         self.evictedEntries = c.pointee.evicted_entries
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

@@ -11,6 +11,8 @@ public struct RegisterClientRequest: ProtoMessage {
     public var client: OAuthClient? = nil
     /// Field 2.
     public var consumerSecret: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -31,6 +33,8 @@ public struct RegisterClientResponse: ProtoMessage {
     public var client: OAuthClient? = nil
     /// Field 2.
     public var consumerSecret: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -49,6 +53,8 @@ public struct UpdateClientRequest: ProtoMessage {
 
     /// Field 1.
     public var client: OAuthClient? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -65,6 +71,8 @@ public struct UpdateClientResponse: ProtoMessage {
 
     /// Field 1.
     public var client: OAuthClient? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -81,6 +89,8 @@ public struct DeleteClientRequest: ProtoMessage {
 
     /// Field 1.
     public var consumerKey: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -95,6 +105,8 @@ public struct DeleteClientRequest: ProtoMessage {
 public struct DeleteClientResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteClientResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -105,6 +117,8 @@ public struct GetClientRequest: ProtoMessage {
 
     /// Field 1.
     public var consumerKey: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -121,6 +135,8 @@ public struct GetClientResponse: ProtoMessage {
 
     /// Field 1.
     public var client: OAuthClient? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -137,6 +153,8 @@ public struct RegenerateClientSecretRequest: ProtoMessage {
 
     /// Field 1.
     public var consumerKey: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -155,6 +173,8 @@ public struct RegenerateClientSecretResponse: ProtoMessage {
     public var client: OAuthClient? = nil
     /// Field 2.
     public var consumerSecret: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -189,6 +209,8 @@ public struct IssueTokenRequest: ProtoMessage {
     public var code: String = ""
     /// Field 13.
     public var redirectUri: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -221,6 +243,8 @@ public struct IssueTokenResponse: ProtoMessage {
 
     /// Field 1.
     public var token: IssuedToken? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -243,6 +267,8 @@ public struct RefreshTokenRequest: ProtoMessage {
     public var refreshToken: String = ""
     /// Field 4.
     public var scopes: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -265,6 +291,8 @@ public struct RefreshTokenResponse: ProtoMessage {
 
     /// Field 1.
     public var token: IssuedToken? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -287,6 +315,8 @@ public struct RevokeTokenRequest: ProtoMessage {
     public var token: String = ""
     /// Field 4.
     public var tokenKindHint: TokenKind = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -309,6 +339,8 @@ public struct RevokeTokenResponse: ProtoMessage {
 
     /// Field 1.
     public var revokedCount: UInt32 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -327,6 +359,8 @@ public struct IntrospectRequest: ProtoMessage {
     public var token: String = ""
     /// Field 2.
     public var tokenKindHint: TokenKind = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -361,6 +395,8 @@ public struct IntrospectResponse: ProtoMessage {
     public var issuedAtUnixMs: Int64 = 0
     /// Field 9.
     public var expiresAtUnixMs: Int64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -405,6 +441,8 @@ public struct ValidateKeyRequest: ProtoMessage {
     public var verb: HttpVerb = .unspecified
     /// Field 5.
     public var clientDomain: String? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -433,6 +471,8 @@ public struct ValidateKeyResponse: ProtoMessage {
 
     /// Field 1.
     public var info: KeyValidationInfo? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -449,6 +489,8 @@ public struct WatchRevocationsRequest: ProtoMessage {
 
     /// Field 1.
     public var sinceSequence: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -469,6 +511,8 @@ public struct WatchRevocationsResponse: ProtoMessage {
     public var revocations: [TokenRevocation] = []
     /// Field 3.
     public var headSequence: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -485,21 +529,30 @@ public struct WatchRevocationsResponse: ProtoMessage {
 
 extension RegisterClientRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__register_client_request()) { (message: UnsafePointer<Tollgate__V1__RegisterClientRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__register_client_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegisterClientRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegisterClientRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegisterClientRequest> {
         let c = arena.allocate(Tollgate__V1__RegisterClientRequest.self)
         tollgate__v1__register_client_request__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
-        c.pointee.consumer_secret = arena.cString(self.consumerSecret)
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        c.pointee.consumer_secret = try arena.cString(self.consumerSecret, field: "consumer_secret", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -508,26 +561,36 @@ extension RegisterClientRequest {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
         self.consumerSecret = try ProtoDecode.string(c.pointee.consumer_secret, field: "consumer_secret", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegisterClientResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__register_client_response()) { (message: UnsafePointer<Tollgate__V1__RegisterClientResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__register_client_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegisterClientResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegisterClientResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegisterClientResponse> {
         let c = arena.allocate(Tollgate__V1__RegisterClientResponse.self)
         tollgate__v1__register_client_response__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
-        c.pointee.consumer_secret = arena.cString(self.consumerSecret)
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        c.pointee.consumer_secret = try arena.cString(self.consumerSecret, field: "consumer_secret", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -536,25 +599,35 @@ extension RegisterClientResponse {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
         self.consumerSecret = try ProtoDecode.string(c.pointee.consumer_secret, field: "consumer_secret", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateClientRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_client_request()) { (message: UnsafePointer<Tollgate__V1__UpdateClientRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_client_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateClientRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateClientRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateClientRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateClientRequest.self)
         tollgate__v1__update_client_request__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -562,25 +635,35 @@ extension UpdateClientRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateClientRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateClientResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_client_response()) { (message: UnsafePointer<Tollgate__V1__UpdateClientResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_client_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateClientResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateClientResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateClientResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateClientResponse.self)
         tollgate__v1__update_client_response__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -588,25 +671,35 @@ extension UpdateClientResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateClientResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteClientRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_client_request()) { (message: UnsafePointer<Tollgate__V1__DeleteClientRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_client_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteClientRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteClientRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteClientRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteClientRequest.self)
         tollgate__v1__delete_client_request__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -614,49 +707,70 @@ extension DeleteClientRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteClientRequest>) throws(ProtoDecodingError) {
         self.init()
         self.consumerKey = try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteClientResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_client_response()) { (message: UnsafePointer<Tollgate__V1__DeleteClientResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_client_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteClientResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteClientResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteClientResponse.self)
         tollgate__v1__delete_client_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteClientResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetClientRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_client_request()) { (message: UnsafePointer<Tollgate__V1__GetClientRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_client_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetClientRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetClientRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetClientRequest> {
         let c = arena.allocate(Tollgate__V1__GetClientRequest.self)
         tollgate__v1__get_client_request__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -664,25 +778,35 @@ extension GetClientRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetClientRequest>) throws(ProtoDecodingError) {
         self.init()
         self.consumerKey = try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetClientResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_client_response()) { (message: UnsafePointer<Tollgate__V1__GetClientResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_client_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetClientResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetClientResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetClientResponse> {
         let c = arena.allocate(Tollgate__V1__GetClientResponse.self)
         tollgate__v1__get_client_response__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -690,25 +814,35 @@ extension GetClientResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetClientResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegenerateClientSecretRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_client_secret_request()) { (message: UnsafePointer<Tollgate__V1__RegenerateClientSecretRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_client_secret_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegenerateClientSecretRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegenerateClientSecretRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegenerateClientSecretRequest> {
         let c = arena.allocate(Tollgate__V1__RegenerateClientSecretRequest.self)
         tollgate__v1__regenerate_client_secret_request__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -716,26 +850,36 @@ extension RegenerateClientSecretRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__RegenerateClientSecretRequest>) throws(ProtoDecodingError) {
         self.init()
         self.consumerKey = try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegenerateClientSecretResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_client_secret_response()) { (message: UnsafePointer<Tollgate__V1__RegenerateClientSecretResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_client_secret_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegenerateClientSecretResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegenerateClientSecretResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegenerateClientSecretResponse> {
         let c = arena.allocate(Tollgate__V1__RegenerateClientSecretResponse.self)
         tollgate__v1__regenerate_client_secret_response__init(c)
-        if let value = self.client { c.pointee.client = value._cMessage(in: arena) }
-        c.pointee.consumer_secret = arena.cString(self.consumerSecret)
+        if let value = self.client { c.pointee.client = try value._cMessage(in: arena) }
+        c.pointee.consumer_secret = try arena.cString(self.consumerSecret, field: "consumer_secret", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -744,34 +888,44 @@ extension RegenerateClientSecretResponse {
         self.init()
         if let value = c.pointee.client { self.client = try OAuthClient(_cMessage: value) }
         self.consumerSecret = try ProtoDecode.string(c.pointee.consumer_secret, field: "consumer_secret", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IssueTokenRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issue_token_request()) { (message: UnsafePointer<Tollgate__V1__IssueTokenRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issue_token_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IssueTokenRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IssueTokenRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IssueTokenRequest> {
         let c = arena.allocate(Tollgate__V1__IssueTokenRequest.self)
         tollgate__v1__issue_token_request__init(c)
         c.pointee.grant_type = .init(rawValue: .init(truncatingIfNeeded: self.grantType.rawValue))
-        c.pointee.client_id = arena.cString(self.clientId)
-        c.pointee.client_secret = arena.cString(self.clientSecret)
+        c.pointee.client_id = try arena.cString(self.clientId, field: "client_id", in: Self.protoName)
+        c.pointee.client_secret = try arena.cString(self.clientSecret, field: "client_secret", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.validity_seconds = self.validitySeconds
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.password = arena.cString(self.password)
-        c.pointee.code = arena.cString(self.code)
-        c.pointee.redirect_uri = arena.cString(self.redirectUri)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.password = try arena.cString(self.password, field: "password", in: Self.protoName)
+        c.pointee.code = try arena.cString(self.code, field: "code", in: Self.protoName)
+        c.pointee.redirect_uri = try arena.cString(self.redirectUri, field: "redirect_uri", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -787,25 +941,35 @@ extension IssueTokenRequest {
         self.password = try ProtoDecode.string(c.pointee.password, field: "password", in: Self.protoName)
         self.code = try ProtoDecode.string(c.pointee.code, field: "code", in: Self.protoName)
         self.redirectUri = try ProtoDecode.string(c.pointee.redirect_uri, field: "redirect_uri", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IssueTokenResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issue_token_response()) { (message: UnsafePointer<Tollgate__V1__IssueTokenResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__issue_token_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IssueTokenResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IssueTokenResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IssueTokenResponse> {
         let c = arena.allocate(Tollgate__V1__IssueTokenResponse.self)
         tollgate__v1__issue_token_response__init(c)
-        if let value = self.token { c.pointee.token = value._cMessage(in: arena) }
+        if let value = self.token { c.pointee.token = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -813,29 +977,39 @@ extension IssueTokenResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__IssueTokenResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.token { self.token = try IssuedToken(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RefreshTokenRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__refresh_token_request()) { (message: UnsafePointer<Tollgate__V1__RefreshTokenRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__refresh_token_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RefreshTokenRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RefreshTokenRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RefreshTokenRequest> {
         let c = arena.allocate(Tollgate__V1__RefreshTokenRequest.self)
         tollgate__v1__refresh_token_request__init(c)
-        c.pointee.client_id = arena.cString(self.clientId)
-        c.pointee.client_secret = arena.cString(self.clientSecret)
-        c.pointee.refresh_token = arena.cString(self.refreshToken)
+        c.pointee.client_id = try arena.cString(self.clientId, field: "client_id", in: Self.protoName)
+        c.pointee.client_secret = try arena.cString(self.clientSecret, field: "client_secret", in: Self.protoName)
+        c.pointee.refresh_token = try arena.cString(self.refreshToken, field: "refresh_token", in: Self.protoName)
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -846,25 +1020,35 @@ extension RefreshTokenRequest {
         self.clientSecret = try ProtoDecode.string(c.pointee.client_secret, field: "client_secret", in: Self.protoName)
         self.refreshToken = try ProtoDecode.string(c.pointee.refresh_token, field: "refresh_token", in: Self.protoName)
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RefreshTokenResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__refresh_token_response()) { (message: UnsafePointer<Tollgate__V1__RefreshTokenResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__refresh_token_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RefreshTokenResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RefreshTokenResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RefreshTokenResponse> {
         let c = arena.allocate(Tollgate__V1__RefreshTokenResponse.self)
         tollgate__v1__refresh_token_response__init(c)
-        if let value = self.token { c.pointee.token = value._cMessage(in: arena) }
+        if let value = self.token { c.pointee.token = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -872,28 +1056,38 @@ extension RefreshTokenResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__RefreshTokenResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.token { self.token = try IssuedToken(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RevokeTokenRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_token_request()) { (message: UnsafePointer<Tollgate__V1__RevokeTokenRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_token_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RevokeTokenRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RevokeTokenRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RevokeTokenRequest> {
         let c = arena.allocate(Tollgate__V1__RevokeTokenRequest.self)
         tollgate__v1__revoke_token_request__init(c)
-        c.pointee.client_id = arena.cString(self.clientId)
-        c.pointee.client_secret = arena.cString(self.clientSecret)
-        c.pointee.token = arena.cString(self.token)
+        c.pointee.client_id = try arena.cString(self.clientId, field: "client_id", in: Self.protoName)
+        c.pointee.client_secret = try arena.cString(self.clientSecret, field: "client_secret", in: Self.protoName)
+        c.pointee.token = try arena.cString(self.token, field: "token", in: Self.protoName)
         c.pointee.token_kind_hint = .init(rawValue: .init(truncatingIfNeeded: self.tokenKindHint.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -904,18 +1098,28 @@ extension RevokeTokenRequest {
         self.clientSecret = try ProtoDecode.string(c.pointee.client_secret, field: "client_secret", in: Self.protoName)
         self.token = try ProtoDecode.string(c.pointee.token, field: "token", in: Self.protoName)
         self.tokenKindHint = TokenKind(rawValue: Int32(truncatingIfNeeded: c.pointee.token_kind_hint.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RevokeTokenResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_token_response()) { (message: UnsafePointer<Tollgate__V1__RevokeTokenResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_token_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__RevokeTokenResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -923,6 +1127,7 @@ extension RevokeTokenResponse {
         let c = arena.allocate(Tollgate__V1__RevokeTokenResponse.self)
         tollgate__v1__revoke_token_response__init(c)
         c.pointee.revoked_count = self.revokedCount
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -930,26 +1135,36 @@ extension RevokeTokenResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__RevokeTokenResponse>) throws(ProtoDecodingError) {
         self.init()
         self.revokedCount = c.pointee.revoked_count
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IntrospectRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__introspect_request()) { (message: UnsafePointer<Tollgate__V1__IntrospectRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__introspect_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IntrospectRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IntrospectRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IntrospectRequest> {
         let c = arena.allocate(Tollgate__V1__IntrospectRequest.self)
         tollgate__v1__introspect_request__init(c)
-        c.pointee.token = arena.cString(self.token)
+        c.pointee.token = try arena.cString(self.token, field: "token", in: Self.protoName)
         c.pointee.token_kind_hint = .init(rawValue: .init(truncatingIfNeeded: self.tokenKindHint.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -958,37 +1173,47 @@ extension IntrospectRequest {
         self.init()
         self.token = try ProtoDecode.string(c.pointee.token, field: "token", in: Self.protoName)
         self.tokenKindHint = TokenKind(rawValue: Int32(truncatingIfNeeded: c.pointee.token_kind_hint.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IntrospectResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__introspect_response()) { (message: UnsafePointer<Tollgate__V1__IntrospectResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__introspect_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IntrospectResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IntrospectResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IntrospectResponse> {
         let c = arena.allocate(Tollgate__V1__IntrospectResponse.self)
         tollgate__v1__introspect_response__init(c)
         c.pointee.active = (self.active ? 1 : 0)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
-        c.pointee.client_id = arena.cString(self.clientId)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
+        c.pointee.client_id = try arena.cString(self.clientId, field: "client_id", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         if let value = self.expiresAtUnixMs {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 9)
             c.pointee.expires_at_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1006,34 +1231,44 @@ extension IntrospectResponse {
         if c.pointee._expires_at_unix_ms_case.rawValue == 9 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ValidateKeyRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__validate_key_request()) { (message: UnsafePointer<Tollgate__V1__ValidateKeyRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__validate_key_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ValidateKeyRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ValidateKeyRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ValidateKeyRequest> {
         let c = arena.allocate(Tollgate__V1__ValidateKeyRequest.self)
         tollgate__v1__validate_key_request__init(c)
-        c.pointee.context = arena.cString(self.context)
-        c.pointee.version = arena.cString(self.version)
+        c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
         c.pointee.token_hash = arena.binary(self.tokenHash)
         c.pointee.required_auth_level = .init(rawValue: .init(truncatingIfNeeded: self.requiredAuthLevel.rawValue))
-        c.pointee.matching_resource = arena.cString(self.matchingResource)
+        c.pointee.matching_resource = try arena.cString(self.matchingResource, field: "matching_resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
         if let value = self.clientDomain {
             c.pointee._client_domain_case = .init(rawValue: 5)
-            c.pointee.client_domain = arena.cString(value)
+            c.pointee.client_domain = try arena.cString(value, field: "client_domain", in: Self.protoName)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1049,25 +1284,35 @@ extension ValidateKeyRequest {
         if c.pointee._client_domain_case.rawValue == 5 {
             self.clientDomain = try ProtoDecode.string(c.pointee.client_domain, field: "client_domain", in: Self.protoName)
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ValidateKeyResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__validate_key_response()) { (message: UnsafePointer<Tollgate__V1__ValidateKeyResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__validate_key_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ValidateKeyResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ValidateKeyResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ValidateKeyResponse> {
         let c = arena.allocate(Tollgate__V1__ValidateKeyResponse.self)
         tollgate__v1__validate_key_response__init(c)
-        if let value = self.info { c.pointee.info = value._cMessage(in: arena) }
+        if let value = self.info { c.pointee.info = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1075,18 +1320,28 @@ extension ValidateKeyResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__ValidateKeyResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.info { self.info = try KeyValidationInfo(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchRevocationsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_revocations_request()) { (message: UnsafePointer<Tollgate__V1__WatchRevocationsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_revocations_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__WatchRevocationsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -1094,6 +1349,7 @@ extension WatchRevocationsRequest {
         let c = arena.allocate(Tollgate__V1__WatchRevocationsRequest.self)
         tollgate__v1__watch_revocations_request__init(c)
         c.pointee.since_sequence = self.sinceSequence
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1101,28 +1357,38 @@ extension WatchRevocationsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__WatchRevocationsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.sinceSequence = c.pointee.since_sequence
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchRevocationsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_revocations_response()) { (message: UnsafePointer<Tollgate__V1__WatchRevocationsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_revocations_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__WatchRevocationsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__WatchRevocationsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__WatchRevocationsResponse> {
         let c = arena.allocate(Tollgate__V1__WatchRevocationsResponse.self)
         tollgate__v1__watch_revocations_response__init(c)
         c.pointee.reset = (self.reset ? 1 : 0)
         c.pointee.n_revocations = self.revocations.count
-        c.pointee.revocations = arena.messages(self.revocations) { $0._cMessage(in: arena) }
+        c.pointee.revocations = try arena.messages(self.revocations) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.head_sequence = self.headSequence
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1132,6 +1398,7 @@ extension WatchRevocationsResponse {
         self.reset = (c.pointee.reset != 0)
         self.revocations = try ProtoDecode.messages(c.pointee.revocations, count: c.pointee.n_revocations, in: Self.protoName) { (element) throws(ProtoDecodingError) in try TokenRevocation(_cMessage: element) }
         self.headSequence = c.pointee.head_sequence
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

@@ -104,37 +104,105 @@ public enum PeerState: ProtoEnum {
 }
 
 /// `tollgate.v1.PeerConnection`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct PeerConnection: ProtoMessage {
     public static let protoName = "tollgate.v1.PeerConnection"
 
     /// Field 1.
-    public var nodeId: String = ""
+    public var nodeId: String {
+        get { _storage.nodeId }
+        set { _uniqueStorage().nodeId = newValue }
+        _modify { yield &_uniqueStorage().nodeId }
+    }
     /// Field 2.
-    public var role: NodeRole = .unspecified
+    public var role: NodeRole {
+        get { _storage.role }
+        set { _uniqueStorage().role = newValue }
+        _modify { yield &_uniqueStorage().role }
+    }
     /// Field 3.
-    public var address: String = ""
+    public var address: String {
+        get { _storage.address }
+        set { _uniqueStorage().address = newValue }
+        _modify { yield &_uniqueStorage().address }
+    }
     /// Field 4.
-    public var inbound: Bool = false
+    public var inbound: Bool {
+        get { _storage.inbound }
+        set { _uniqueStorage().inbound = newValue }
+        _modify { yield &_uniqueStorage().inbound }
+    }
     /// Field 5.
-    public var state: PeerState = .unspecified
+    public var state: PeerState {
+        get { _storage.state }
+        set { _uniqueStorage().state = newValue }
+        _modify { yield &_uniqueStorage().state }
+    }
     /// Field 6.
-    public var stateSinceUnixMs: Int64 = 0
+    public var stateSinceUnixMs: Int64 {
+        get { _storage.stateSinceUnixMs }
+        set { _uniqueStorage().stateSinceUnixMs = newValue }
+        _modify { yield &_uniqueStorage().stateSinceUnixMs }
+    }
     /// Field 7.
-    public var activeCalls: UInt32 = 0
+    public var activeCalls: UInt32 {
+        get { _storage.activeCalls }
+        set { _uniqueStorage().activeCalls = newValue }
+        _modify { yield &_uniqueStorage().activeCalls }
+    }
     /// Field 8.
-    public var reconnectCount: UInt64 = 0
+    public var reconnectCount: UInt64 {
+        get { _storage.reconnectCount }
+        set { _uniqueStorage().reconnectCount = newValue }
+        _modify { yield &_uniqueStorage().reconnectCount }
+    }
     /// Field 9.
-    public var lastErrorMessage: String = ""
+    public var lastErrorMessage: String {
+        get { _storage.lastErrorMessage }
+        set { _uniqueStorage().lastErrorMessage = newValue }
+        _modify { yield &_uniqueStorage().lastErrorMessage }
+    }
     /// Field 10.
-    public var lastErrorAtUnixMs: Int64 = 0
+    public var lastErrorAtUnixMs: Int64 {
+        get { _storage.lastErrorAtUnixMs }
+        set { _uniqueStorage().lastErrorAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().lastErrorAtUnixMs }
+    }
     /// Field 11.
-    public var version: String = ""
+    public var version: String {
+        get { _storage.version }
+        set { _uniqueStorage().version = newValue }
+        _modify { yield &_uniqueStorage().version }
+    }
     /// Field 12.
-    public var uptimeMs: Int64 = 0
+    public var uptimeMs: Int64 {
+        get { _storage.uptimeMs }
+        set { _uniqueStorage().uptimeMs = newValue }
+        _modify { yield &_uniqueStorage().uptimeMs }
+    }
     /// Field 13.
-    public var ready: Bool = false
+    public var ready: Bool {
+        get { _storage.ready }
+        set { _uniqueStorage().ready = newValue }
+        _modify { yield &_uniqueStorage().ready }
+    }
     /// Field 14.
-    public var reportedAtUnixMs: Int64 = 0
+    public var reportedAtUnixMs: Int64 {
+        get { _storage.reportedAtUnixMs }
+        set { _uniqueStorage().reportedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().reportedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -154,20 +222,120 @@ public struct PeerConnection: ProtoMessage {
         ready: Bool = false,
         reportedAtUnixMs: Int64 = 0
     ) {
-        self.nodeId = nodeId
-        self.role = role
-        self.address = address
-        self.inbound = inbound
-        self.state = state
-        self.stateSinceUnixMs = stateSinceUnixMs
-        self.activeCalls = activeCalls
-        self.reconnectCount = reconnectCount
-        self.lastErrorMessage = lastErrorMessage
-        self.lastErrorAtUnixMs = lastErrorAtUnixMs
-        self.version = version
-        self.uptimeMs = uptimeMs
-        self.ready = ready
-        self.reportedAtUnixMs = reportedAtUnixMs
+        let _fields = _Storage()
+        _fields.nodeId = nodeId
+        _fields.role = role
+        _fields.address = address
+        _fields.inbound = inbound
+        _fields.state = state
+        _fields.stateSinceUnixMs = stateSinceUnixMs
+        _fields.activeCalls = activeCalls
+        _fields.reconnectCount = reconnectCount
+        _fields.lastErrorMessage = lastErrorMessage
+        _fields.lastErrorAtUnixMs = lastErrorAtUnixMs
+        _fields.version = version
+        _fields.uptimeMs = uptimeMs
+        _fields.ready = ready
+        _fields.reportedAtUnixMs = reportedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var nodeId: String = ""
+        var role: NodeRole = .unspecified
+        var address: String = ""
+        var inbound: Bool = false
+        var state: PeerState = .unspecified
+        var stateSinceUnixMs: Int64 = 0
+        var activeCalls: UInt32 = 0
+        var reconnectCount: UInt64 = 0
+        var lastErrorMessage: String = ""
+        var lastErrorAtUnixMs: Int64 = 0
+        var version: String = ""
+        var uptimeMs: Int64 = 0
+        var ready: Bool = false
+        var reportedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            nodeId = other.nodeId
+            role = other.role
+            address = other.address
+            inbound = other.inbound
+            state = other.state
+            stateSinceUnixMs = other.stateSinceUnixMs
+            activeCalls = other.activeCalls
+            reconnectCount = other.reconnectCount
+            lastErrorMessage = other.lastErrorMessage
+            lastErrorAtUnixMs = other.lastErrorAtUnixMs
+            version = other.version
+            uptimeMs = other.uptimeMs
+            ready = other.ready
+            reportedAtUnixMs = other.reportedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if nodeId != other.nodeId { return false }
+            if role != other.role { return false }
+            if address != other.address { return false }
+            if inbound != other.inbound { return false }
+            if state != other.state { return false }
+            if stateSinceUnixMs != other.stateSinceUnixMs { return false }
+            if activeCalls != other.activeCalls { return false }
+            if reconnectCount != other.reconnectCount { return false }
+            if lastErrorMessage != other.lastErrorMessage { return false }
+            if lastErrorAtUnixMs != other.lastErrorAtUnixMs { return false }
+            if version != other.version { return false }
+            if uptimeMs != other.uptimeMs { return false }
+            if ready != other.ready { return false }
+            if reportedAtUnixMs != other.reportedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(nodeId)
+            hasher.combine(role)
+            hasher.combine(address)
+            hasher.combine(inbound)
+            hasher.combine(state)
+            hasher.combine(stateSinceUnixMs)
+            hasher.combine(activeCalls)
+            hasher.combine(reconnectCount)
+            hasher.combine(lastErrorMessage)
+            hasher.combine(lastErrorAtUnixMs)
+            hasher.combine(version)
+            hasher.combine(uptimeMs)
+            hasher.combine(ready)
+            hasher.combine(reportedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -177,6 +345,8 @@ public struct PingRequest: ProtoMessage {
 
     /// Field 1.
     public var payload: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -197,6 +367,8 @@ public struct PingResponse: ProtoMessage {
     public var serverTimeUnixMs: Int64 = 0
     /// Field 3.
     public var nodeId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -215,6 +387,8 @@ public struct PingResponse: ProtoMessage {
 public struct GetNodeStatusRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.GetNodeStatusRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -239,6 +413,8 @@ public struct GetNodeStatusResponse: ProtoMessage {
     public var ready: Bool = false
     /// Field 8.
     public var peers: [PeerConnection] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -265,33 +441,42 @@ public struct GetNodeStatusResponse: ProtoMessage {
 
 extension PeerConnection {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__peer_connection()) { (message: UnsafePointer<Tollgate__V1__PeerConnection>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__peer_connection(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PeerConnection>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PeerConnection> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PeerConnection> {
         let c = arena.allocate(Tollgate__V1__PeerConnection.self)
         tollgate__v1__peer_connection__init(c)
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
         c.pointee.role = .init(rawValue: .init(truncatingIfNeeded: self.role.rawValue))
-        c.pointee.address = arena.cString(self.address)
+        c.pointee.address = try arena.cString(self.address, field: "address", in: Self.protoName)
         c.pointee.inbound = (self.inbound ? 1 : 0)
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_since_unix_ms = self.stateSinceUnixMs
         c.pointee.active_calls = self.activeCalls
         c.pointee.reconnect_count = self.reconnectCount
-        c.pointee.last_error_message = arena.cString(self.lastErrorMessage)
+        c.pointee.last_error_message = try arena.cString(self.lastErrorMessage, field: "last_error_message", in: Self.protoName)
         c.pointee.last_error_at_unix_ms = self.lastErrorAtUnixMs
-        c.pointee.version = arena.cString(self.version)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
         c.pointee.uptime_ms = self.uptimeMs
         c.pointee.ready = (self.ready ? 1 : 0)
         c.pointee.reported_at_unix_ms = self.reportedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -312,18 +497,28 @@ extension PeerConnection {
         self.uptimeMs = c.pointee.uptime_ms
         self.ready = (c.pointee.ready != 0)
         self.reportedAtUnixMs = c.pointee.reported_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PingRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_request()) { (message: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -331,6 +526,7 @@ extension PingRequest {
         let c = arena.allocate(Tollgate__V1__PingRequest.self)
         tollgate__v1__ping_request__init(c)
         c.pointee.payload = arena.binary(self.payload)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -338,27 +534,37 @@ extension PingRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__PingRequest>) throws(ProtoDecodingError) {
         self.init()
         self.payload = ProtoDecode.binary(c.pointee.payload)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PingResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_response()) { (message: UnsafePointer<Tollgate__V1__PingResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ping_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PingResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PingResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PingResponse> {
         let c = arena.allocate(Tollgate__V1__PingResponse.self)
         tollgate__v1__ping_response__init(c)
         c.pointee.payload = arena.binary(self.payload)
         c.pointee.server_time_unix_ms = self.serverTimeUnixMs
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -368,58 +574,79 @@ extension PingResponse {
         self.payload = ProtoDecode.binary(c.pointee.payload)
         self.serverTimeUnixMs = c.pointee.server_time_unix_ms
         self.nodeId = try ProtoDecode.string(c.pointee.node_id, field: "node_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetNodeStatusRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_request()) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusRequest> {
         let c = arena.allocate(Tollgate__V1__GetNodeStatusRequest.self)
         tollgate__v1__get_node_status_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetNodeStatusRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetNodeStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_response()) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_node_status_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetNodeStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetNodeStatusResponse> {
         let c = arena.allocate(Tollgate__V1__GetNodeStatusResponse.self)
         tollgate__v1__get_node_status_response__init(c)
-        c.pointee.node_id = arena.cString(self.nodeId)
+        c.pointee.node_id = try arena.cString(self.nodeId, field: "node_id", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
         c.pointee.roles = arena.mapped(self.roles) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.version = arena.cString(self.version)
-        c.pointee.hostname = arena.cString(self.hostname)
+        c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
+        c.pointee.hostname = try arena.cString(self.hostname, field: "hostname", in: Self.protoName)
         c.pointee.started_at_unix_ms = self.startedAtUnixMs
         c.pointee.uptime_ms = self.uptimeMs
         c.pointee.ready = (self.ready ? 1 : 0)
         c.pointee.n_peers = self.peers.count
-        c.pointee.peers = arena.messages(self.peers) { $0._cMessage(in: arena) }
+        c.pointee.peers = try arena.messages(self.peers) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -434,6 +661,7 @@ extension GetNodeStatusResponse {
         self.uptimeMs = c.pointee.uptime_ms
         self.ready = (c.pointee.ready != 0)
         self.peers = try ProtoDecode.messages(c.pointee.peers, count: c.pointee.n_peers, in: Self.protoName) { (element) throws(ProtoDecodingError) in try PeerConnection(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

@@ -9,6 +9,8 @@ public struct CreateApiRequest: ProtoMessage {
 
     /// Field 1.
     public var api: Api? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -25,6 +27,8 @@ public struct CreateApiResponse: ProtoMessage {
 
     /// Field 1.
     public var api: Api? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -43,6 +47,8 @@ public struct UpdateApiRequest: ProtoMessage {
     public var api: Api? = nil
     /// Field 2.
     public var expectedRevision: UInt64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -61,6 +67,8 @@ public struct UpdateApiResponse: ProtoMessage {
 
     /// Field 1.
     public var api: Api? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -77,6 +85,8 @@ public struct DeleteApiRequest: ProtoMessage {
 
     /// Field 1.
     public var apiId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -91,6 +101,8 @@ public struct DeleteApiRequest: ProtoMessage {
 public struct DeleteApiResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteApiResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -101,6 +113,8 @@ public struct GetApiRequest: ProtoMessage {
 
     /// Field 1.
     public var apiId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -117,6 +131,8 @@ public struct GetApiResponse: ProtoMessage {
 
     /// Field 1.
     public var api: Api? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -137,6 +153,8 @@ public struct ListApisRequest: ProtoMessage {
     public var states: [LifecycleState] = []
     /// Field 3.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -159,6 +177,8 @@ public struct ListApisResponse: ProtoMessage {
     public var apis: [ApiListing] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -179,6 +199,8 @@ public struct SearchApisRequest: ProtoMessage {
     public var query: String = ""
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -199,6 +221,8 @@ public struct SearchApisResponse: ProtoMessage {
     public var apis: [ApiListing] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -223,6 +247,8 @@ public struct ImportOpenApiRequest: ProtoMessage {
     public var document: String = ""
     /// Field 4.
     public var format: DefinitionFormat = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -249,6 +275,8 @@ public struct ImportOpenApiResponse: ProtoMessage {
     public var definition: ApiDefinition? = nil
     /// Field 3.
     public var warnings: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -271,6 +299,8 @@ public struct ExportOpenApiRequest: ProtoMessage {
     public var apiId: String = ""
     /// Field 2.
     public var format: DefinitionFormat = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -289,6 +319,8 @@ public struct ExportOpenApiResponse: ProtoMessage {
 
     /// Field 1.
     public var definition: ApiDefinition? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -313,6 +345,8 @@ public struct ChangeLifecycleRequest: ProtoMessage {
     public var deprecateOldVersions: Bool = false
     /// Field 5.
     public var requireResubscription: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -339,6 +373,8 @@ public struct ChangeLifecycleResponse: ProtoMessage {
     public var api: Api? = nil
     /// Field 2.
     public var entry: LifecycleHistoryEntry? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -357,6 +393,8 @@ public struct GetLifecycleHistoryRequest: ProtoMessage {
 
     /// Field 1.
     public var apiId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -373,6 +411,8 @@ public struct GetLifecycleHistoryResponse: ProtoMessage {
 
     /// Field 1.
     public var entries: [LifecycleHistoryEntry] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -393,6 +433,8 @@ public struct CreateNewVersionRequest: ProtoMessage {
     public var newVersion: String = ""
     /// Field 3.
     public var defaultVersion: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -413,6 +455,8 @@ public struct CreateNewVersionResponse: ProtoMessage {
 
     /// Field 1.
     public var api: Api? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -429,6 +473,8 @@ public struct AddDocumentRequest: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -445,6 +491,8 @@ public struct AddDocumentResponse: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -461,6 +509,8 @@ public struct UpdateDocumentRequest: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -477,6 +527,8 @@ public struct UpdateDocumentResponse: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -493,6 +545,8 @@ public struct DeleteDocumentRequest: ProtoMessage {
 
     /// Field 1.
     public var documentId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -507,6 +561,8 @@ public struct DeleteDocumentRequest: ProtoMessage {
 public struct DeleteDocumentResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteDocumentResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -519,6 +575,8 @@ public struct ListDocumentsRequest: ProtoMessage {
     public var apiId: String = ""
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -539,6 +597,8 @@ public struct ListDocumentsResponse: ProtoMessage {
     public var documents: [Document] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -557,6 +617,8 @@ public struct GetDocumentRequest: ProtoMessage {
 
     /// Field 1.
     public var documentId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -573,6 +635,8 @@ public struct GetDocumentResponse: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -591,6 +655,8 @@ public struct ListApiSubscriptionsRequest: ProtoMessage {
     public var apiId: String = ""
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -611,6 +677,8 @@ public struct ListApiSubscriptionsResponse: ProtoMessage {
     public var subscriptions: [Subscription] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -631,6 +699,8 @@ public struct BlockSubscriptionRequest: ProtoMessage {
     public var subscriptionId: String = ""
     /// Field 2.
     public var productionOnly: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -649,6 +719,8 @@ public struct BlockSubscriptionResponse: ProtoMessage {
 
     /// Field 1.
     public var subscription: Subscription? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -665,6 +737,8 @@ public struct UnblockSubscriptionRequest: ProtoMessage {
 
     /// Field 1.
     public var subscriptionId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -681,6 +755,8 @@ public struct UnblockSubscriptionResponse: ProtoMessage {
 
     /// Field 1.
     public var subscription: Subscription? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -693,20 +769,29 @@ public struct UnblockSubscriptionResponse: ProtoMessage {
 
 extension CreateApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_api_request()) { (message: UnsafePointer<Tollgate__V1__CreateApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateApiRequest> {
         let c = arena.allocate(Tollgate__V1__CreateApiRequest.self)
         tollgate__v1__create_api_request__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -714,25 +799,35 @@ extension CreateApiRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateApiRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_api_response()) { (message: UnsafePointer<Tollgate__V1__CreateApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_api_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateApiResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateApiResponse> {
         let c = arena.allocate(Tollgate__V1__CreateApiResponse.self)
         tollgate__v1__create_api_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -740,29 +835,39 @@ extension CreateApiResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateApiResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_api_request()) { (message: UnsafePointer<Tollgate__V1__UpdateApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateApiRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateApiRequest.self)
         tollgate__v1__update_api_request__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
         if let value = self.expectedRevision {
             c.pointee._expected_revision_case = .init(rawValue: 2)
             c.pointee.expected_revision = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -773,25 +878,35 @@ extension UpdateApiRequest {
         if c.pointee._expected_revision_case.rawValue == 2 {
             self.expectedRevision = c.pointee.expected_revision
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_api_response()) { (message: UnsafePointer<Tollgate__V1__UpdateApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_api_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateApiResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateApiResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateApiResponse.self)
         tollgate__v1__update_api_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -799,25 +914,35 @@ extension UpdateApiResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateApiResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_api_request()) { (message: UnsafePointer<Tollgate__V1__DeleteApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteApiRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteApiRequest.self)
         tollgate__v1__delete_api_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -825,49 +950,70 @@ extension DeleteApiRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteApiRequest>) throws(ProtoDecodingError) {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_api_response()) { (message: UnsafePointer<Tollgate__V1__DeleteApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_api_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteApiResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteApiResponse.self)
         tollgate__v1__delete_api_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteApiResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_request()) { (message: UnsafePointer<Tollgate__V1__GetApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiRequest> {
         let c = arena.allocate(Tollgate__V1__GetApiRequest.self)
         tollgate__v1__get_api_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -875,25 +1021,35 @@ extension GetApiRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetApiRequest>) throws(ProtoDecodingError) {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_response()) { (message: UnsafePointer<Tollgate__V1__GetApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiResponse> {
         let c = arena.allocate(Tollgate__V1__GetApiResponse.self)
         tollgate__v1__get_api_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -901,28 +1057,38 @@ extension GetApiResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetApiResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApisRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_apis_request()) { (message: UnsafePointer<Tollgate__V1__ListApisRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_apis_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApisRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApisRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApisRequest> {
         let c = arena.allocate(Tollgate__V1__ListApisRequest.self)
         tollgate__v1__list_apis_request__init(c)
-        c.pointee.provider = arena.cString(self.provider)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
         c.pointee.n_states = self.states.count
         c.pointee.states = arena.mapped(self.states) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -932,27 +1098,37 @@ extension ListApisRequest {
         self.provider = try ProtoDecode.string(c.pointee.provider, field: "provider", in: Self.protoName)
         self.states = ProtoDecode.mapped(c.pointee.states, count: c.pointee.n_states) { LifecycleState(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApisResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_apis_response()) { (message: UnsafePointer<Tollgate__V1__ListApisResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_apis_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApisResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApisResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApisResponse> {
         let c = arena.allocate(Tollgate__V1__ListApisResponse.self)
         tollgate__v1__list_apis_response__init(c)
         c.pointee.n_apis = self.apis.count
-        c.pointee.apis = arena.messages(self.apis) { $0._cMessage(in: arena) }
+        c.pointee.apis = try arena.messages(self.apis) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -961,26 +1137,36 @@ extension ListApisResponse {
         self.init()
         self.apis = try ProtoDecode.messages(c.pointee.apis, count: c.pointee.n_apis, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiListing(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SearchApisRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_apis_request()) { (message: UnsafePointer<Tollgate__V1__SearchApisRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_apis_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SearchApisRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SearchApisRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SearchApisRequest> {
         let c = arena.allocate(Tollgate__V1__SearchApisRequest.self)
         tollgate__v1__search_apis_request__init(c)
-        c.pointee.query = arena.cString(self.query)
+        c.pointee.query = try arena.cString(self.query, field: "query", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -989,27 +1175,37 @@ extension SearchApisRequest {
         self.init()
         self.query = try ProtoDecode.string(c.pointee.query, field: "query", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SearchApisResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_apis_response()) { (message: UnsafePointer<Tollgate__V1__SearchApisResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_apis_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SearchApisResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SearchApisResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SearchApisResponse> {
         let c = arena.allocate(Tollgate__V1__SearchApisResponse.self)
         tollgate__v1__search_apis_response__init(c)
         c.pointee.n_apis = self.apis.count
-        c.pointee.apis = arena.messages(self.apis) { $0._cMessage(in: arena) }
+        c.pointee.apis = try arena.messages(self.apis) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1018,28 +1214,38 @@ extension SearchApisResponse {
         self.init()
         self.apis = try ProtoDecode.messages(c.pointee.apis, count: c.pointee.n_apis, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiListing(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ImportOpenApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__import_open_api_request()) { (message: UnsafePointer<Tollgate__V1__ImportOpenApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__import_open_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ImportOpenApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ImportOpenApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ImportOpenApiRequest> {
         let c = arena.allocate(Tollgate__V1__ImportOpenApiRequest.self)
         tollgate__v1__import_open_api_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
-        if let value = self.apiTemplate { c.pointee.api_template = value._cMessage(in: arena) }
-        c.pointee.document = arena.cString(self.document)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        if let value = self.apiTemplate { c.pointee.api_template = try value._cMessage(in: arena) }
+        c.pointee.document = try arena.cString(self.document, field: "document", in: Self.protoName)
         c.pointee.format = .init(rawValue: .init(truncatingIfNeeded: self.format.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1050,28 +1256,38 @@ extension ImportOpenApiRequest {
         if let value = c.pointee.api_template { self.apiTemplate = try Api(_cMessage: value) }
         self.document = try ProtoDecode.string(c.pointee.document, field: "document", in: Self.protoName)
         self.format = DefinitionFormat(rawValue: Int32(truncatingIfNeeded: c.pointee.format.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ImportOpenApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__import_open_api_response()) { (message: UnsafePointer<Tollgate__V1__ImportOpenApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__import_open_api_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ImportOpenApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ImportOpenApiResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ImportOpenApiResponse> {
         let c = arena.allocate(Tollgate__V1__ImportOpenApiResponse.self)
         tollgate__v1__import_open_api_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
-        if let value = self.definition { c.pointee.definition = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        if let value = self.definition { c.pointee.definition = try value._cMessage(in: arena) }
         c.pointee.n_warnings = self.warnings.count
-        c.pointee.warnings = arena.cStrings(self.warnings)
+        c.pointee.warnings = try arena.cStrings(self.warnings, field: "warnings", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1081,26 +1297,36 @@ extension ImportOpenApiResponse {
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
         if let value = c.pointee.definition { self.definition = try ApiDefinition(_cMessage: value) }
         self.warnings = try ProtoDecode.strings(c.pointee.warnings, count: c.pointee.n_warnings, field: "warnings", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ExportOpenApiRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__export_open_api_request()) { (message: UnsafePointer<Tollgate__V1__ExportOpenApiRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__export_open_api_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ExportOpenApiRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ExportOpenApiRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ExportOpenApiRequest> {
         let c = arena.allocate(Tollgate__V1__ExportOpenApiRequest.self)
         tollgate__v1__export_open_api_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.format = .init(rawValue: .init(truncatingIfNeeded: self.format.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1109,25 +1335,35 @@ extension ExportOpenApiRequest {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         self.format = DefinitionFormat(rawValue: Int32(truncatingIfNeeded: c.pointee.format.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ExportOpenApiResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__export_open_api_response()) { (message: UnsafePointer<Tollgate__V1__ExportOpenApiResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__export_open_api_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ExportOpenApiResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ExportOpenApiResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ExportOpenApiResponse> {
         let c = arena.allocate(Tollgate__V1__ExportOpenApiResponse.self)
         tollgate__v1__export_open_api_response__init(c)
-        if let value = self.definition { c.pointee.definition = value._cMessage(in: arena) }
+        if let value = self.definition { c.pointee.definition = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1135,29 +1371,39 @@ extension ExportOpenApiResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__ExportOpenApiResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.definition { self.definition = try ApiDefinition(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ChangeLifecycleRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_lifecycle_request()) { (message: UnsafePointer<Tollgate__V1__ChangeLifecycleRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_lifecycle_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ChangeLifecycleRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ChangeLifecycleRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ChangeLifecycleRequest> {
         let c = arena.allocate(Tollgate__V1__ChangeLifecycleRequest.self)
         tollgate__v1__change_lifecycle_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         c.pointee.target_state = .init(rawValue: .init(truncatingIfNeeded: self.targetState.rawValue))
-        c.pointee.comment = arena.cString(self.comment)
+        c.pointee.comment = try arena.cString(self.comment, field: "comment", in: Self.protoName)
         c.pointee.deprecate_old_versions = (self.deprecateOldVersions ? 1 : 0)
         c.pointee.require_resubscription = (self.requireResubscription ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1169,26 +1415,36 @@ extension ChangeLifecycleRequest {
         self.comment = try ProtoDecode.string(c.pointee.comment, field: "comment", in: Self.protoName)
         self.deprecateOldVersions = (c.pointee.deprecate_old_versions != 0)
         self.requireResubscription = (c.pointee.require_resubscription != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ChangeLifecycleResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_lifecycle_response()) { (message: UnsafePointer<Tollgate__V1__ChangeLifecycleResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_lifecycle_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ChangeLifecycleResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ChangeLifecycleResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ChangeLifecycleResponse> {
         let c = arena.allocate(Tollgate__V1__ChangeLifecycleResponse.self)
         tollgate__v1__change_lifecycle_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
-        if let value = self.entry { c.pointee.entry = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        if let value = self.entry { c.pointee.entry = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1197,25 +1453,35 @@ extension ChangeLifecycleResponse {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
         if let value = c.pointee.entry { self.entry = try LifecycleHistoryEntry(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetLifecycleHistoryRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_lifecycle_history_request()) { (message: UnsafePointer<Tollgate__V1__GetLifecycleHistoryRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_lifecycle_history_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetLifecycleHistoryRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetLifecycleHistoryRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetLifecycleHistoryRequest> {
         let c = arena.allocate(Tollgate__V1__GetLifecycleHistoryRequest.self)
         tollgate__v1__get_lifecycle_history_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1223,26 +1489,36 @@ extension GetLifecycleHistoryRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetLifecycleHistoryRequest>) throws(ProtoDecodingError) {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetLifecycleHistoryResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_lifecycle_history_response()) { (message: UnsafePointer<Tollgate__V1__GetLifecycleHistoryResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_lifecycle_history_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetLifecycleHistoryResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetLifecycleHistoryResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetLifecycleHistoryResponse> {
         let c = arena.allocate(Tollgate__V1__GetLifecycleHistoryResponse.self)
         tollgate__v1__get_lifecycle_history_response__init(c)
         c.pointee.n_entries = self.entries.count
-        c.pointee.entries = arena.messages(self.entries) { $0._cMessage(in: arena) }
+        c.pointee.entries = try arena.messages(self.entries) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1250,27 +1526,37 @@ extension GetLifecycleHistoryResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetLifecycleHistoryResponse>) throws(ProtoDecodingError) {
         self.init()
         self.entries = try ProtoDecode.messages(c.pointee.entries, count: c.pointee.n_entries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try LifecycleHistoryEntry(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateNewVersionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_new_version_request()) { (message: UnsafePointer<Tollgate__V1__CreateNewVersionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_new_version_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateNewVersionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateNewVersionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateNewVersionRequest> {
         let c = arena.allocate(Tollgate__V1__CreateNewVersionRequest.self)
         tollgate__v1__create_new_version_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.new_version = arena.cString(self.newVersion)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.new_version = try arena.cString(self.newVersion, field: "new_version", in: Self.protoName)
         c.pointee.default_version = (self.defaultVersion ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1280,25 +1566,35 @@ extension CreateNewVersionRequest {
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         self.newVersion = try ProtoDecode.string(c.pointee.new_version, field: "new_version", in: Self.protoName)
         self.defaultVersion = (c.pointee.default_version != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateNewVersionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_new_version_response()) { (message: UnsafePointer<Tollgate__V1__CreateNewVersionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_new_version_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateNewVersionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateNewVersionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateNewVersionResponse> {
         let c = arena.allocate(Tollgate__V1__CreateNewVersionResponse.self)
         tollgate__v1__create_new_version_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1306,25 +1602,35 @@ extension CreateNewVersionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateNewVersionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AddDocumentRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__add_document_request()) { (message: UnsafePointer<Tollgate__V1__AddDocumentRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__add_document_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AddDocumentRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AddDocumentRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AddDocumentRequest> {
         let c = arena.allocate(Tollgate__V1__AddDocumentRequest.self)
         tollgate__v1__add_document_request__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1332,25 +1638,35 @@ extension AddDocumentRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__AddDocumentRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AddDocumentResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__add_document_response()) { (message: UnsafePointer<Tollgate__V1__AddDocumentResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__add_document_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AddDocumentResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AddDocumentResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AddDocumentResponse> {
         let c = arena.allocate(Tollgate__V1__AddDocumentResponse.self)
         tollgate__v1__add_document_response__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1358,25 +1674,35 @@ extension AddDocumentResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__AddDocumentResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateDocumentRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_document_request()) { (message: UnsafePointer<Tollgate__V1__UpdateDocumentRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_document_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateDocumentRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateDocumentRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateDocumentRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateDocumentRequest.self)
         tollgate__v1__update_document_request__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1384,25 +1710,35 @@ extension UpdateDocumentRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateDocumentRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateDocumentResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_document_response()) { (message: UnsafePointer<Tollgate__V1__UpdateDocumentResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_document_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateDocumentResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateDocumentResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateDocumentResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateDocumentResponse.self)
         tollgate__v1__update_document_response__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1410,25 +1746,35 @@ extension UpdateDocumentResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateDocumentResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteDocumentRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_document_request()) { (message: UnsafePointer<Tollgate__V1__DeleteDocumentRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_document_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteDocumentRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteDocumentRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteDocumentRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteDocumentRequest.self)
         tollgate__v1__delete_document_request__init(c)
-        c.pointee.document_id = arena.cString(self.documentId)
+        c.pointee.document_id = try arena.cString(self.documentId, field: "document_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1436,50 +1782,71 @@ extension DeleteDocumentRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteDocumentRequest>) throws(ProtoDecodingError) {
         self.init()
         self.documentId = try ProtoDecode.string(c.pointee.document_id, field: "document_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteDocumentResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_document_response()) { (message: UnsafePointer<Tollgate__V1__DeleteDocumentResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_document_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteDocumentResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteDocumentResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteDocumentResponse.self)
         tollgate__v1__delete_document_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteDocumentResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListDocumentsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_documents_request()) { (message: UnsafePointer<Tollgate__V1__ListDocumentsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_documents_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListDocumentsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListDocumentsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListDocumentsRequest> {
         let c = arena.allocate(Tollgate__V1__ListDocumentsRequest.self)
         tollgate__v1__list_documents_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1488,27 +1855,37 @@ extension ListDocumentsRequest {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListDocumentsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_documents_response()) { (message: UnsafePointer<Tollgate__V1__ListDocumentsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_documents_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListDocumentsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListDocumentsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListDocumentsResponse> {
         let c = arena.allocate(Tollgate__V1__ListDocumentsResponse.self)
         tollgate__v1__list_documents_response__init(c)
         c.pointee.n_documents = self.documents.count
-        c.pointee.documents = arena.messages(self.documents) { $0._cMessage(in: arena) }
+        c.pointee.documents = try arena.messages(self.documents) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1517,25 +1894,35 @@ extension ListDocumentsResponse {
         self.init()
         self.documents = try ProtoDecode.messages(c.pointee.documents, count: c.pointee.n_documents, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Document(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetDocumentRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_document_request()) { (message: UnsafePointer<Tollgate__V1__GetDocumentRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_document_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetDocumentRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetDocumentRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetDocumentRequest> {
         let c = arena.allocate(Tollgate__V1__GetDocumentRequest.self)
         tollgate__v1__get_document_request__init(c)
-        c.pointee.document_id = arena.cString(self.documentId)
+        c.pointee.document_id = try arena.cString(self.documentId, field: "document_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1543,25 +1930,35 @@ extension GetDocumentRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetDocumentRequest>) throws(ProtoDecodingError) {
         self.init()
         self.documentId = try ProtoDecode.string(c.pointee.document_id, field: "document_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetDocumentResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_document_response()) { (message: UnsafePointer<Tollgate__V1__GetDocumentResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_document_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetDocumentResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetDocumentResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetDocumentResponse> {
         let c = arena.allocate(Tollgate__V1__GetDocumentResponse.self)
         tollgate__v1__get_document_response__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1569,26 +1966,36 @@ extension GetDocumentResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetDocumentResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApiSubscriptionsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_api_subscriptions_request()) { (message: UnsafePointer<Tollgate__V1__ListApiSubscriptionsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_api_subscriptions_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApiSubscriptionsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApiSubscriptionsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApiSubscriptionsRequest> {
         let c = arena.allocate(Tollgate__V1__ListApiSubscriptionsRequest.self)
         tollgate__v1__list_api_subscriptions_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1597,27 +2004,37 @@ extension ListApiSubscriptionsRequest {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApiSubscriptionsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_api_subscriptions_response()) { (message: UnsafePointer<Tollgate__V1__ListApiSubscriptionsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_api_subscriptions_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApiSubscriptionsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApiSubscriptionsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApiSubscriptionsResponse> {
         let c = arena.allocate(Tollgate__V1__ListApiSubscriptionsResponse.self)
         tollgate__v1__list_api_subscriptions_response__init(c)
         c.pointee.n_subscriptions = self.subscriptions.count
-        c.pointee.subscriptions = arena.messages(self.subscriptions) { $0._cMessage(in: arena) }
+        c.pointee.subscriptions = try arena.messages(self.subscriptions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1626,26 +2043,36 @@ extension ListApiSubscriptionsResponse {
         self.init()
         self.subscriptions = try ProtoDecode.messages(c.pointee.subscriptions, count: c.pointee.n_subscriptions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Subscription(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension BlockSubscriptionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_subscription_request()) { (message: UnsafePointer<Tollgate__V1__BlockSubscriptionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_subscription_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__BlockSubscriptionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__BlockSubscriptionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__BlockSubscriptionRequest> {
         let c = arena.allocate(Tollgate__V1__BlockSubscriptionRequest.self)
         tollgate__v1__block_subscription_request__init(c)
-        c.pointee.subscription_id = arena.cString(self.subscriptionId)
+        c.pointee.subscription_id = try arena.cString(self.subscriptionId, field: "subscription_id", in: Self.protoName)
         c.pointee.production_only = (self.productionOnly ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1654,25 +2081,35 @@ extension BlockSubscriptionRequest {
         self.init()
         self.subscriptionId = try ProtoDecode.string(c.pointee.subscription_id, field: "subscription_id", in: Self.protoName)
         self.productionOnly = (c.pointee.production_only != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension BlockSubscriptionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_subscription_response()) { (message: UnsafePointer<Tollgate__V1__BlockSubscriptionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_subscription_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__BlockSubscriptionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__BlockSubscriptionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__BlockSubscriptionResponse> {
         let c = arena.allocate(Tollgate__V1__BlockSubscriptionResponse.self)
         tollgate__v1__block_subscription_response__init(c)
-        if let value = self.subscription { c.pointee.subscription = value._cMessage(in: arena) }
+        if let value = self.subscription { c.pointee.subscription = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1680,25 +2117,35 @@ extension BlockSubscriptionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__BlockSubscriptionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.subscription { self.subscription = try Subscription(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UnblockSubscriptionRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unblock_subscription_request()) { (message: UnsafePointer<Tollgate__V1__UnblockSubscriptionRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unblock_subscription_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UnblockSubscriptionRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UnblockSubscriptionRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UnblockSubscriptionRequest> {
         let c = arena.allocate(Tollgate__V1__UnblockSubscriptionRequest.self)
         tollgate__v1__unblock_subscription_request__init(c)
-        c.pointee.subscription_id = arena.cString(self.subscriptionId)
+        c.pointee.subscription_id = try arena.cString(self.subscriptionId, field: "subscription_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1706,25 +2153,35 @@ extension UnblockSubscriptionRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UnblockSubscriptionRequest>) throws(ProtoDecodingError) {
         self.init()
         self.subscriptionId = try ProtoDecode.string(c.pointee.subscription_id, field: "subscription_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UnblockSubscriptionResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unblock_subscription_response()) { (message: UnsafePointer<Tollgate__V1__UnblockSubscriptionResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unblock_subscription_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UnblockSubscriptionResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UnblockSubscriptionResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UnblockSubscriptionResponse> {
         let c = arena.allocate(Tollgate__V1__UnblockSubscriptionResponse.self)
         tollgate__v1__unblock_subscription_response__init(c)
-        if let value = self.subscription { c.pointee.subscription = value._cMessage(in: arena) }
+        if let value = self.subscription { c.pointee.subscription = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1732,6 +2189,7 @@ extension UnblockSubscriptionResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UnblockSubscriptionResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.subscription { self.subscription = try Subscription(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

@@ -60,6 +60,8 @@ public struct RpcMetadataEntry: ProtoMessage {
     /// Field 1.
     public var key: String = ""
     public var value: Value? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -90,6 +92,8 @@ public struct RpcSettings: ProtoMessage {
     public var initialWindowSize: UInt32 = 0
     /// Field 4.
     public var maxMetadataSize: UInt32 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -116,6 +120,8 @@ public struct RpcRequestHeaders: ProtoMessage {
     public var metadata: [RpcMetadataEntry] = []
     /// Field 2.
     public var timeoutMs: UInt64? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -136,6 +142,8 @@ public struct RpcResponseHeaders: ProtoMessage {
 
     /// Field 1.
     public var metadata: [RpcMetadataEntry] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -156,6 +164,8 @@ public struct RpcTrailers: ProtoMessage {
     public var message: String = ""
     /// Field 3.
     public var metadata: [RpcMetadataEntry] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -178,6 +188,8 @@ public struct RpcCancel: ProtoMessage {
     public var code: UInt32 = 0
     /// Field 2.
     public var message: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -200,6 +212,8 @@ public struct RpcGoAway: ProtoMessage {
     public var reason: RpcGoAwayReason = .unspecified
     /// Field 3.
     public var message: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -216,29 +230,38 @@ public struct RpcGoAway: ProtoMessage {
 
 extension RpcMetadataEntry {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_metadata_entry()) { (message: UnsafePointer<Tollgate__V1__RpcMetadataEntry>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_metadata_entry(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcMetadataEntry>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcMetadataEntry> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcMetadataEntry> {
         let c = arena.allocate(Tollgate__V1__RpcMetadataEntry.self)
         tollgate__v1__rpc_metadata_entry__init(c)
-        c.pointee.key = arena.cString(self.key)
+        c.pointee.key = try arena.cString(self.key, field: "key", in: Self.protoName)
         switch self.value {
         case nil: break
         case .text(let value)?:
             c.pointee.value_case = .init(rawValue: 2)
-            c.pointee.text = arena.cString(value)
+            c.pointee.text = try arena.cString(value, field: "text", in: Self.protoName)
         case .binary(let value)?:
             c.pointee.value_case = .init(rawValue: 3)
             c.pointee.binary = arena.binary(value)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -253,18 +276,28 @@ extension RpcMetadataEntry {
             self.value = .binary(ProtoDecode.binary(c.pointee.binary))
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcSettings {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_settings()) { (message: UnsafePointer<Tollgate__V1__RpcSettings>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_settings(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__RpcSettings>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -275,6 +308,7 @@ extension RpcSettings {
         c.pointee.max_concurrent_streams = self.maxConcurrentStreams
         c.pointee.initial_window_size = self.initialWindowSize
         c.pointee.max_metadata_size = self.maxMetadataSize
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -285,31 +319,41 @@ extension RpcSettings {
         self.maxConcurrentStreams = c.pointee.max_concurrent_streams
         self.initialWindowSize = c.pointee.initial_window_size
         self.maxMetadataSize = c.pointee.max_metadata_size
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcRequestHeaders {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_request_headers()) { (message: UnsafePointer<Tollgate__V1__RpcRequestHeaders>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_request_headers(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcRequestHeaders>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcRequestHeaders> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcRequestHeaders> {
         let c = arena.allocate(Tollgate__V1__RpcRequestHeaders.self)
         tollgate__v1__rpc_request_headers__init(c)
-        c.pointee.method = arena.cString(self.method)
+        c.pointee.method = try arena.cString(self.method, field: "method", in: Self.protoName)
         c.pointee.n_metadata = self.metadata.count
-        c.pointee.metadata = arena.messages(self.metadata) { $0._cMessage(in: arena) }
+        c.pointee.metadata = try arena.messages(self.metadata) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.timeoutMs {
             c.pointee._timeout_ms_case = .init(rawValue: 2)
             c.pointee.timeout_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -321,26 +365,36 @@ extension RpcRequestHeaders {
         if c.pointee._timeout_ms_case.rawValue == 2 {
             self.timeoutMs = c.pointee.timeout_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcResponseHeaders {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_response_headers()) { (message: UnsafePointer<Tollgate__V1__RpcResponseHeaders>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_response_headers(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcResponseHeaders>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcResponseHeaders> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcResponseHeaders> {
         let c = arena.allocate(Tollgate__V1__RpcResponseHeaders.self)
         tollgate__v1__rpc_response_headers__init(c)
         c.pointee.n_metadata = self.metadata.count
-        c.pointee.metadata = arena.messages(self.metadata) { $0._cMessage(in: arena) }
+        c.pointee.metadata = try arena.messages(self.metadata) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -348,28 +402,38 @@ extension RpcResponseHeaders {
     init(_cMessage c: UnsafePointer<Tollgate__V1__RpcResponseHeaders>) throws(ProtoDecodingError) {
         self.init()
         self.metadata = try ProtoDecode.messages(c.pointee.metadata, count: c.pointee.n_metadata, in: Self.protoName) { (element) throws(ProtoDecodingError) in try RpcMetadataEntry(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcTrailers {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_trailers()) { (message: UnsafePointer<Tollgate__V1__RpcTrailers>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_trailers(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcTrailers>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcTrailers> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcTrailers> {
         let c = arena.allocate(Tollgate__V1__RpcTrailers.self)
         tollgate__v1__rpc_trailers__init(c)
         c.pointee.code = self.code
-        c.pointee.message = arena.cString(self.message)
+        c.pointee.message = try arena.cString(self.message, field: "message", in: Self.protoName)
         c.pointee.n_metadata = self.metadata.count
-        c.pointee.metadata = arena.messages(self.metadata) { $0._cMessage(in: arena) }
+        c.pointee.metadata = try arena.messages(self.metadata) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -379,26 +443,36 @@ extension RpcTrailers {
         self.code = c.pointee.code
         self.message = try ProtoDecode.string(c.pointee.message, field: "message", in: Self.protoName)
         self.metadata = try ProtoDecode.messages(c.pointee.metadata, count: c.pointee.n_metadata, in: Self.protoName) { (element) throws(ProtoDecodingError) in try RpcMetadataEntry(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcCancel {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_cancel()) { (message: UnsafePointer<Tollgate__V1__RpcCancel>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_cancel(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcCancel>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcCancel> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcCancel> {
         let c = arena.allocate(Tollgate__V1__RpcCancel.self)
         tollgate__v1__rpc_cancel__init(c)
         c.pointee.code = self.code
-        c.pointee.message = arena.cString(self.message)
+        c.pointee.message = try arena.cString(self.message, field: "message", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -407,27 +481,37 @@ extension RpcCancel {
         self.init()
         self.code = c.pointee.code
         self.message = try ProtoDecode.string(c.pointee.message, field: "message", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RpcGoAway {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_go_away()) { (message: UnsafePointer<Tollgate__V1__RpcGoAway>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rpc_go_away(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RpcGoAway>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RpcGoAway> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RpcGoAway> {
         let c = arena.allocate(Tollgate__V1__RpcGoAway.self)
         tollgate__v1__rpc_go_away__init(c)
         c.pointee.last_stream_id = self.lastStreamId
         c.pointee.reason = .init(rawValue: .init(truncatingIfNeeded: self.reason.rawValue))
-        c.pointee.message = arena.cString(self.message)
+        c.pointee.message = try arena.cString(self.message, field: "message", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -437,5 +521,6 @@ extension RpcGoAway {
         self.lastStreamId = c.pointee.last_stream_id
         self.reason = RpcGoAwayReason(rawValue: Int32(truncatingIfNeeded: c.pointee.reason.rawValue))
         self.message = try ProtoDecode.string(c.pointee.message, field: "message", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -15,6 +15,8 @@ public struct OutboxEntry: ProtoMessage {
     public var kind: String = ""
     /// Field 4.
     public var operation: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -33,23 +35,32 @@ public struct OutboxEntry: ProtoMessage {
 
 extension OutboxEntry {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__outbox_entry()) { (message: UnsafePointer<Tollgate__V1__OutboxEntry>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__outbox_entry(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__OutboxEntry>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__OutboxEntry> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__OutboxEntry> {
         let c = arena.allocate(Tollgate__V1__OutboxEntry.self)
         tollgate__v1__outbox_entry__init(c)
         c.pointee.sequence = self.sequence
         c.pointee.recorded_at_unix_ms = self.recordedAtUnixMs
-        c.pointee.kind = arena.cString(self.kind)
+        c.pointee.kind = try arena.cString(self.kind, field: "kind", in: Self.protoName)
         c.pointee.operation = arena.binary(self.operation)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -60,5 +71,6 @@ extension OutboxEntry {
         self.recordedAtUnixMs = c.pointee.recorded_at_unix_ms
         self.kind = try ProtoDecode.string(c.pointee.kind, field: "kind", in: Self.protoName)
         self.operation = ProtoDecode.binary(c.pointee.operation)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

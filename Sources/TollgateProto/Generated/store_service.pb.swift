@@ -13,6 +13,8 @@ public struct ListPublishedApisRequest: ProtoMessage {
     public var provider: String = ""
     /// Field 3.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -35,6 +37,8 @@ public struct ListPublishedApisResponse: ProtoMessage {
     public var apis: [ApiListing] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -55,6 +59,8 @@ public struct SearchPublishedApisRequest: ProtoMessage {
     public var query: String = ""
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -75,6 +81,8 @@ public struct SearchPublishedApisResponse: ProtoMessage {
     public var apis: [ApiListing] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -93,6 +101,8 @@ public struct GetApiDetailsRequest: ProtoMessage {
 
     /// Field 1.
     public var apiId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -121,6 +131,8 @@ public struct GetApiDetailsResponse: ProtoMessage {
     public var availablePolicies: [SubscriptionPolicy] = []
     /// Field 7.
     public var gatewayUrls: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -149,6 +161,8 @@ public struct GetApiDocumentRequest: ProtoMessage {
 
     /// Field 1.
     public var documentId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -165,6 +179,8 @@ public struct GetApiDocumentResponse: ProtoMessage {
 
     /// Field 1.
     public var document: Document? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -181,6 +197,8 @@ public struct CreateApplicationRequest: ProtoMessage {
 
     /// Field 1.
     public var application: Application? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -197,6 +215,8 @@ public struct CreateApplicationResponse: ProtoMessage {
 
     /// Field 1.
     public var application: Application? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -213,6 +233,8 @@ public struct UpdateApplicationRequest: ProtoMessage {
 
     /// Field 1.
     public var application: Application? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -229,6 +251,8 @@ public struct UpdateApplicationResponse: ProtoMessage {
 
     /// Field 1.
     public var application: Application? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -245,6 +269,8 @@ public struct DeleteApplicationRequest: ProtoMessage {
 
     /// Field 1.
     public var applicationId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -259,6 +285,8 @@ public struct DeleteApplicationRequest: ProtoMessage {
 public struct DeleteApplicationResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteApplicationResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -271,6 +299,8 @@ public struct ListApplicationsRequest: ProtoMessage {
     public var groupId: String = ""
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -291,6 +321,8 @@ public struct ListApplicationsResponse: ProtoMessage {
     public var applications: [Application] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -313,6 +345,8 @@ public struct SubscribeRequest: ProtoMessage {
     public var apiId: String = ""
     /// Field 3.
     public var throttlingPolicy: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -333,6 +367,8 @@ public struct SubscribeResponse: ProtoMessage {
 
     /// Field 1.
     public var subscription: Subscription? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -349,6 +385,8 @@ public struct UnsubscribeRequest: ProtoMessage {
 
     /// Field 1.
     public var subscriptionId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -363,6 +401,8 @@ public struct UnsubscribeRequest: ProtoMessage {
 public struct UnsubscribeResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.UnsubscribeResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -377,6 +417,8 @@ public struct ListSubscriptionsRequest: ProtoMessage {
     public var apiId: String = ""
     /// Field 3.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -399,6 +441,8 @@ public struct ListSubscriptionsResponse: ProtoMessage {
     public var subscriptions: [Subscription] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -433,6 +477,8 @@ public struct GenerateKeysRequest: ProtoMessage {
     public var existingConsumerKey: String = ""
     /// Field 11.
     public var existingConsumerSecret: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -469,6 +515,8 @@ public struct GenerateKeysResponse: ProtoMessage {
     public var consumerSecret: String = ""
     /// Field 3.
     public var applicationToken: IssuedToken? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -491,6 +539,8 @@ public struct RegenerateSecretRequest: ProtoMessage {
     public var applicationId: String = ""
     /// Field 2.
     public var keyType: KeyType = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -511,6 +561,8 @@ public struct RegenerateSecretResponse: ProtoMessage {
     public var consumerKey: String = ""
     /// Field 2.
     public var consumerSecret: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -537,6 +589,8 @@ public struct GenerateApplicationTokenRequest: ProtoMessage {
     public var validitySeconds: Int64 = 0
     /// Field 5.
     public var previousToken: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -561,6 +615,8 @@ public struct GenerateApplicationTokenResponse: ProtoMessage {
 
     /// Field 1.
     public var token: IssuedToken? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -581,6 +637,8 @@ public struct RevokeApplicationTokenRequest: ProtoMessage {
     public var keyType: KeyType = .unspecified
     /// Field 3.
     public var accessToken: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -599,6 +657,8 @@ public struct RevokeApplicationTokenRequest: ProtoMessage {
 public struct RevokeApplicationTokenResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.RevokeApplicationTokenResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -619,6 +679,8 @@ public struct SignUpRequest: ProtoMessage {
     public var familyName: String = ""
     /// Field 6.
     public var claims: [Attribute] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -645,6 +707,8 @@ public struct SignUpResponse: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -657,22 +721,31 @@ public struct SignUpResponse: ProtoMessage {
 
 extension ListPublishedApisRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_published_apis_request()) { (message: UnsafePointer<Tollgate__V1__ListPublishedApisRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_published_apis_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListPublishedApisRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListPublishedApisRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListPublishedApisRequest> {
         let c = arena.allocate(Tollgate__V1__ListPublishedApisRequest.self)
         tollgate__v1__list_published_apis_request__init(c)
-        c.pointee.tag = arena.cString(self.tag)
-        c.pointee.provider = arena.cString(self.provider)
+        c.pointee.tag = try arena.cString(self.tag, field: "tag", in: Self.protoName)
+        c.pointee.provider = try arena.cString(self.provider, field: "provider", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -682,27 +755,37 @@ extension ListPublishedApisRequest {
         self.tag = try ProtoDecode.string(c.pointee.tag, field: "tag", in: Self.protoName)
         self.provider = try ProtoDecode.string(c.pointee.provider, field: "provider", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListPublishedApisResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_published_apis_response()) { (message: UnsafePointer<Tollgate__V1__ListPublishedApisResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_published_apis_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListPublishedApisResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListPublishedApisResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListPublishedApisResponse> {
         let c = arena.allocate(Tollgate__V1__ListPublishedApisResponse.self)
         tollgate__v1__list_published_apis_response__init(c)
         c.pointee.n_apis = self.apis.count
-        c.pointee.apis = arena.messages(self.apis) { $0._cMessage(in: arena) }
+        c.pointee.apis = try arena.messages(self.apis) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -711,26 +794,36 @@ extension ListPublishedApisResponse {
         self.init()
         self.apis = try ProtoDecode.messages(c.pointee.apis, count: c.pointee.n_apis, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiListing(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SearchPublishedApisRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_published_apis_request()) { (message: UnsafePointer<Tollgate__V1__SearchPublishedApisRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_published_apis_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SearchPublishedApisRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SearchPublishedApisRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SearchPublishedApisRequest> {
         let c = arena.allocate(Tollgate__V1__SearchPublishedApisRequest.self)
         tollgate__v1__search_published_apis_request__init(c)
-        c.pointee.query = arena.cString(self.query)
+        c.pointee.query = try arena.cString(self.query, field: "query", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -739,27 +832,37 @@ extension SearchPublishedApisRequest {
         self.init()
         self.query = try ProtoDecode.string(c.pointee.query, field: "query", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SearchPublishedApisResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_published_apis_response()) { (message: UnsafePointer<Tollgate__V1__SearchPublishedApisResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__search_published_apis_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SearchPublishedApisResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SearchPublishedApisResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SearchPublishedApisResponse> {
         let c = arena.allocate(Tollgate__V1__SearchPublishedApisResponse.self)
         tollgate__v1__search_published_apis_response__init(c)
         c.pointee.n_apis = self.apis.count
-        c.pointee.apis = arena.messages(self.apis) { $0._cMessage(in: arena) }
+        c.pointee.apis = try arena.messages(self.apis) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -768,25 +871,35 @@ extension SearchPublishedApisResponse {
         self.init()
         self.apis = try ProtoDecode.messages(c.pointee.apis, count: c.pointee.n_apis, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiListing(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiDetailsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_details_request()) { (message: UnsafePointer<Tollgate__V1__GetApiDetailsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_details_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiDetailsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiDetailsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiDetailsRequest> {
         let c = arena.allocate(Tollgate__V1__GetApiDetailsRequest.self)
         tollgate__v1__get_api_details_request__init(c)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -794,36 +907,46 @@ extension GetApiDetailsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetApiDetailsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiDetailsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_details_response()) { (message: UnsafePointer<Tollgate__V1__GetApiDetailsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_details_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiDetailsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiDetailsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiDetailsResponse> {
         let c = arena.allocate(Tollgate__V1__GetApiDetailsResponse.self)
         tollgate__v1__get_api_details_response__init(c)
-        if let value = self.api { c.pointee.api = value._cMessage(in: arena) }
+        if let value = self.api { c.pointee.api = try value._cMessage(in: arena) }
         c.pointee.n_resources = self.resources.count
-        c.pointee.resources = arena.messages(self.resources) { $0._cMessage(in: arena) }
+        c.pointee.resources = try arena.messages(self.resources) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.messages(self.scopes) { $0._cMessage(in: arena) }
-        if let value = self.definition { c.pointee.definition = value._cMessage(in: arena) }
+        c.pointee.scopes = try arena.messages(self.scopes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        if let value = self.definition { c.pointee.definition = try value._cMessage(in: arena) }
         c.pointee.n_documents = self.documents.count
-        c.pointee.documents = arena.messages(self.documents) { $0._cMessage(in: arena) }
+        c.pointee.documents = try arena.messages(self.documents) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_available_policies = self.availablePolicies.count
-        c.pointee.available_policies = arena.messages(self.availablePolicies) { $0._cMessage(in: arena) }
+        c.pointee.available_policies = try arena.messages(self.availablePolicies) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_gateway_urls = self.gatewayUrls.count
-        c.pointee.gateway_urls = arena.cStrings(self.gatewayUrls)
+        c.pointee.gateway_urls = try arena.cStrings(self.gatewayUrls, field: "gateway_urls", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -837,25 +960,35 @@ extension GetApiDetailsResponse {
         self.documents = try ProtoDecode.messages(c.pointee.documents, count: c.pointee.n_documents, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Document(_cMessage: element) }
         self.availablePolicies = try ProtoDecode.messages(c.pointee.available_policies, count: c.pointee.n_available_policies, in: Self.protoName) { (element) throws(ProtoDecodingError) in try SubscriptionPolicy(_cMessage: element) }
         self.gatewayUrls = try ProtoDecode.strings(c.pointee.gateway_urls, count: c.pointee.n_gateway_urls, field: "gateway_urls", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiDocumentRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_document_request()) { (message: UnsafePointer<Tollgate__V1__GetApiDocumentRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_document_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiDocumentRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiDocumentRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiDocumentRequest> {
         let c = arena.allocate(Tollgate__V1__GetApiDocumentRequest.self)
         tollgate__v1__get_api_document_request__init(c)
-        c.pointee.document_id = arena.cString(self.documentId)
+        c.pointee.document_id = try arena.cString(self.documentId, field: "document_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -863,25 +996,35 @@ extension GetApiDocumentRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetApiDocumentRequest>) throws(ProtoDecodingError) {
         self.init()
         self.documentId = try ProtoDecode.string(c.pointee.document_id, field: "document_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetApiDocumentResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_document_response()) { (message: UnsafePointer<Tollgate__V1__GetApiDocumentResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_api_document_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApiDocumentResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetApiDocumentResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApiDocumentResponse> {
         let c = arena.allocate(Tollgate__V1__GetApiDocumentResponse.self)
         tollgate__v1__get_api_document_response__init(c)
-        if let value = self.document { c.pointee.document = value._cMessage(in: arena) }
+        if let value = self.document { c.pointee.document = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -889,25 +1032,35 @@ extension GetApiDocumentResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetApiDocumentResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.document { self.document = try Document(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateApplicationRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_application_request()) { (message: UnsafePointer<Tollgate__V1__CreateApplicationRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_application_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateApplicationRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateApplicationRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateApplicationRequest> {
         let c = arena.allocate(Tollgate__V1__CreateApplicationRequest.self)
         tollgate__v1__create_application_request__init(c)
-        if let value = self.application { c.pointee.application = value._cMessage(in: arena) }
+        if let value = self.application { c.pointee.application = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -915,25 +1068,35 @@ extension CreateApplicationRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateApplicationRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.application { self.application = try Application(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateApplicationResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_application_response()) { (message: UnsafePointer<Tollgate__V1__CreateApplicationResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_application_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateApplicationResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateApplicationResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateApplicationResponse> {
         let c = arena.allocate(Tollgate__V1__CreateApplicationResponse.self)
         tollgate__v1__create_application_response__init(c)
-        if let value = self.application { c.pointee.application = value._cMessage(in: arena) }
+        if let value = self.application { c.pointee.application = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -941,25 +1104,35 @@ extension CreateApplicationResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateApplicationResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.application { self.application = try Application(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateApplicationRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_application_request()) { (message: UnsafePointer<Tollgate__V1__UpdateApplicationRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_application_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateApplicationRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateApplicationRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateApplicationRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateApplicationRequest.self)
         tollgate__v1__update_application_request__init(c)
-        if let value = self.application { c.pointee.application = value._cMessage(in: arena) }
+        if let value = self.application { c.pointee.application = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -967,25 +1140,35 @@ extension UpdateApplicationRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateApplicationRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.application { self.application = try Application(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateApplicationResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_application_response()) { (message: UnsafePointer<Tollgate__V1__UpdateApplicationResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_application_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateApplicationResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateApplicationResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateApplicationResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateApplicationResponse.self)
         tollgate__v1__update_application_response__init(c)
-        if let value = self.application { c.pointee.application = value._cMessage(in: arena) }
+        if let value = self.application { c.pointee.application = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -993,25 +1176,35 @@ extension UpdateApplicationResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateApplicationResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.application { self.application = try Application(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteApplicationRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_application_request()) { (message: UnsafePointer<Tollgate__V1__DeleteApplicationRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_application_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteApplicationRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteApplicationRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteApplicationRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteApplicationRequest.self)
         tollgate__v1__delete_application_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1019,50 +1212,71 @@ extension DeleteApplicationRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteApplicationRequest>) throws(ProtoDecodingError) {
         self.init()
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteApplicationResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_application_response()) { (message: UnsafePointer<Tollgate__V1__DeleteApplicationResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_application_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteApplicationResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteApplicationResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteApplicationResponse.self)
         tollgate__v1__delete_application_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteApplicationResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApplicationsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_applications_request()) { (message: UnsafePointer<Tollgate__V1__ListApplicationsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_applications_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApplicationsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApplicationsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApplicationsRequest> {
         let c = arena.allocate(Tollgate__V1__ListApplicationsRequest.self)
         tollgate__v1__list_applications_request__init(c)
-        c.pointee.group_id = arena.cString(self.groupId)
+        c.pointee.group_id = try arena.cString(self.groupId, field: "group_id", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1071,27 +1285,37 @@ extension ListApplicationsRequest {
         self.init()
         self.groupId = try ProtoDecode.string(c.pointee.group_id, field: "group_id", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListApplicationsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_applications_response()) { (message: UnsafePointer<Tollgate__V1__ListApplicationsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_applications_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListApplicationsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListApplicationsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListApplicationsResponse> {
         let c = arena.allocate(Tollgate__V1__ListApplicationsResponse.self)
         tollgate__v1__list_applications_response__init(c)
         c.pointee.n_applications = self.applications.count
-        c.pointee.applications = arena.messages(self.applications) { $0._cMessage(in: arena) }
+        c.pointee.applications = try arena.messages(self.applications) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1100,27 +1324,37 @@ extension ListApplicationsResponse {
         self.init()
         self.applications = try ProtoDecode.messages(c.pointee.applications, count: c.pointee.n_applications, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Application(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SubscribeRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscribe_request()) { (message: UnsafePointer<Tollgate__V1__SubscribeRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscribe_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SubscribeRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SubscribeRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SubscribeRequest> {
         let c = arena.allocate(Tollgate__V1__SubscribeRequest.self)
         tollgate__v1__subscribe_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.api_id = arena.cString(self.apiId)
-        c.pointee.throttling_policy = arena.cString(self.throttlingPolicy)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
+        c.pointee.throttling_policy = try arena.cString(self.throttlingPolicy, field: "throttling_policy", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1130,25 +1364,35 @@ extension SubscribeRequest {
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         self.throttlingPolicy = try ProtoDecode.string(c.pointee.throttling_policy, field: "throttling_policy", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SubscribeResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscribe_response()) { (message: UnsafePointer<Tollgate__V1__SubscribeResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscribe_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SubscribeResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SubscribeResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SubscribeResponse> {
         let c = arena.allocate(Tollgate__V1__SubscribeResponse.self)
         tollgate__v1__subscribe_response__init(c)
-        if let value = self.subscription { c.pointee.subscription = value._cMessage(in: arena) }
+        if let value = self.subscription { c.pointee.subscription = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1156,25 +1400,35 @@ extension SubscribeResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__SubscribeResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.subscription { self.subscription = try Subscription(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UnsubscribeRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unsubscribe_request()) { (message: UnsafePointer<Tollgate__V1__UnsubscribeRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unsubscribe_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UnsubscribeRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UnsubscribeRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UnsubscribeRequest> {
         let c = arena.allocate(Tollgate__V1__UnsubscribeRequest.self)
         tollgate__v1__unsubscribe_request__init(c)
-        c.pointee.subscription_id = arena.cString(self.subscriptionId)
+        c.pointee.subscription_id = try arena.cString(self.subscriptionId, field: "subscription_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1182,51 +1436,72 @@ extension UnsubscribeRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UnsubscribeRequest>) throws(ProtoDecodingError) {
         self.init()
         self.subscriptionId = try ProtoDecode.string(c.pointee.subscription_id, field: "subscription_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UnsubscribeResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unsubscribe_response()) { (message: UnsafePointer<Tollgate__V1__UnsubscribeResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__unsubscribe_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__UnsubscribeResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UnsubscribeResponse> {
         let c = arena.allocate(Tollgate__V1__UnsubscribeResponse.self)
         tollgate__v1__unsubscribe_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__UnsubscribeResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListSubscriptionsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_subscriptions_request()) { (message: UnsafePointer<Tollgate__V1__ListSubscriptionsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_subscriptions_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListSubscriptionsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListSubscriptionsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListSubscriptionsRequest> {
         let c = arena.allocate(Tollgate__V1__ListSubscriptionsRequest.self)
         tollgate__v1__list_subscriptions_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
-        c.pointee.api_id = arena.cString(self.apiId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.api_id = try arena.cString(self.apiId, field: "api_id", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1236,27 +1511,37 @@ extension ListSubscriptionsRequest {
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.apiId = try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListSubscriptionsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_subscriptions_response()) { (message: UnsafePointer<Tollgate__V1__ListSubscriptionsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_subscriptions_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListSubscriptionsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListSubscriptionsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListSubscriptionsResponse> {
         let c = arena.allocate(Tollgate__V1__ListSubscriptionsResponse.self)
         tollgate__v1__list_subscriptions_response__init(c)
         c.pointee.n_subscriptions = self.subscriptions.count
-        c.pointee.subscriptions = arena.messages(self.subscriptions) { $0._cMessage(in: arena) }
+        c.pointee.subscriptions = try arena.messages(self.subscriptions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1265,36 +1550,46 @@ extension ListSubscriptionsResponse {
         self.init()
         self.subscriptions = try ProtoDecode.messages(c.pointee.subscriptions, count: c.pointee.n_subscriptions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Subscription(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GenerateKeysRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_keys_request()) { (message: UnsafePointer<Tollgate__V1__GenerateKeysRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_keys_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GenerateKeysRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GenerateKeysRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GenerateKeysRequest> {
         let c = arena.allocate(Tollgate__V1__GenerateKeysRequest.self)
         tollgate__v1__generate_keys_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.n_grant_types = self.grantTypes.count
         c.pointee.grant_types = arena.mapped(self.grantTypes) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
-        c.pointee.callback_url = arena.cString(self.callbackUrl)
+        c.pointee.callback_url = try arena.cString(self.callbackUrl, field: "callback_url", in: Self.protoName)
         c.pointee.n_allowed_domains = self.allowedDomains.count
-        c.pointee.allowed_domains = arena.cStrings(self.allowedDomains)
+        c.pointee.allowed_domains = try arena.cStrings(self.allowedDomains, field: "allowed_domains", in: Self.protoName)
         c.pointee.application_token_validity_seconds = self.applicationTokenValiditySeconds
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
-        c.pointee.existing_consumer_key = arena.cString(self.existingConsumerKey)
-        c.pointee.existing_consumer_secret = arena.cString(self.existingConsumerSecret)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
+        c.pointee.existing_consumer_key = try arena.cString(self.existingConsumerKey, field: "existing_consumer_key", in: Self.protoName)
+        c.pointee.existing_consumer_secret = try arena.cString(self.existingConsumerSecret, field: "existing_consumer_secret", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1310,27 +1605,37 @@ extension GenerateKeysRequest {
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.existingConsumerKey = try ProtoDecode.string(c.pointee.existing_consumer_key, field: "existing_consumer_key", in: Self.protoName)
         self.existingConsumerSecret = try ProtoDecode.string(c.pointee.existing_consumer_secret, field: "existing_consumer_secret", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GenerateKeysResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_keys_response()) { (message: UnsafePointer<Tollgate__V1__GenerateKeysResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_keys_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GenerateKeysResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GenerateKeysResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GenerateKeysResponse> {
         let c = arena.allocate(Tollgate__V1__GenerateKeysResponse.self)
         tollgate__v1__generate_keys_response__init(c)
-        if let value = self.key { c.pointee.key = value._cMessage(in: arena) }
-        c.pointee.consumer_secret = arena.cString(self.consumerSecret)
-        if let value = self.applicationToken { c.pointee.application_token = value._cMessage(in: arena) }
+        if let value = self.key { c.pointee.key = try value._cMessage(in: arena) }
+        c.pointee.consumer_secret = try arena.cString(self.consumerSecret, field: "consumer_secret", in: Self.protoName)
+        if let value = self.applicationToken { c.pointee.application_token = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1340,26 +1645,36 @@ extension GenerateKeysResponse {
         if let value = c.pointee.key { self.key = try ApplicationKey(_cMessage: value) }
         self.consumerSecret = try ProtoDecode.string(c.pointee.consumer_secret, field: "consumer_secret", in: Self.protoName)
         if let value = c.pointee.application_token { self.applicationToken = try IssuedToken(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegenerateSecretRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_secret_request()) { (message: UnsafePointer<Tollgate__V1__RegenerateSecretRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_secret_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegenerateSecretRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegenerateSecretRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegenerateSecretRequest> {
         let c = arena.allocate(Tollgate__V1__RegenerateSecretRequest.self)
         tollgate__v1__regenerate_secret_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1368,26 +1683,36 @@ extension RegenerateSecretRequest {
         self.init()
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RegenerateSecretResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_secret_response()) { (message: UnsafePointer<Tollgate__V1__RegenerateSecretResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__regenerate_secret_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegenerateSecretResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RegenerateSecretResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RegenerateSecretResponse> {
         let c = arena.allocate(Tollgate__V1__RegenerateSecretResponse.self)
         tollgate__v1__regenerate_secret_response__init(c)
-        c.pointee.consumer_key = arena.cString(self.consumerKey)
-        c.pointee.consumer_secret = arena.cString(self.consumerSecret)
+        c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
+        c.pointee.consumer_secret = try arena.cString(self.consumerSecret, field: "consumer_secret", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1396,30 +1721,40 @@ extension RegenerateSecretResponse {
         self.init()
         self.consumerKey = try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName)
         self.consumerSecret = try ProtoDecode.string(c.pointee.consumer_secret, field: "consumer_secret", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GenerateApplicationTokenRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_application_token_request()) { (message: UnsafePointer<Tollgate__V1__GenerateApplicationTokenRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_application_token_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GenerateApplicationTokenRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GenerateApplicationTokenRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GenerateApplicationTokenRequest> {
         let c = arena.allocate(Tollgate__V1__GenerateApplicationTokenRequest.self)
         tollgate__v1__generate_application_token_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.n_scopes = self.scopes.count
-        c.pointee.scopes = arena.cStrings(self.scopes)
+        c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.validity_seconds = self.validitySeconds
-        c.pointee.previous_token = arena.cString(self.previousToken)
+        c.pointee.previous_token = try arena.cString(self.previousToken, field: "previous_token", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1431,25 +1766,35 @@ extension GenerateApplicationTokenRequest {
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.validitySeconds = c.pointee.validity_seconds
         self.previousToken = try ProtoDecode.string(c.pointee.previous_token, field: "previous_token", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GenerateApplicationTokenResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_application_token_response()) { (message: UnsafePointer<Tollgate__V1__GenerateApplicationTokenResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__generate_application_token_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GenerateApplicationTokenResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GenerateApplicationTokenResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GenerateApplicationTokenResponse> {
         let c = arena.allocate(Tollgate__V1__GenerateApplicationTokenResponse.self)
         tollgate__v1__generate_application_token_response__init(c)
-        if let value = self.token { c.pointee.token = value._cMessage(in: arena) }
+        if let value = self.token { c.pointee.token = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1457,27 +1802,37 @@ extension GenerateApplicationTokenResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GenerateApplicationTokenResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.token { self.token = try IssuedToken(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RevokeApplicationTokenRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_request()) { (message: UnsafePointer<Tollgate__V1__RevokeApplicationTokenRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RevokeApplicationTokenRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RevokeApplicationTokenRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RevokeApplicationTokenRequest> {
         let c = arena.allocate(Tollgate__V1__RevokeApplicationTokenRequest.self)
         tollgate__v1__revoke_application_token_request__init(c)
-        c.pointee.application_id = arena.cString(self.applicationId)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
-        c.pointee.access_token = arena.cString(self.accessToken)
+        c.pointee.access_token = try arena.cString(self.accessToken, field: "access_token", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1487,55 +1842,76 @@ extension RevokeApplicationTokenRequest {
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
         self.accessToken = try ProtoDecode.string(c.pointee.access_token, field: "access_token", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension RevokeApplicationTokenResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_response()) { (message: UnsafePointer<Tollgate__V1__RevokeApplicationTokenResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__RevokeApplicationTokenResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RevokeApplicationTokenResponse> {
         let c = arena.allocate(Tollgate__V1__RevokeApplicationTokenResponse.self)
         tollgate__v1__revoke_application_token_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__RevokeApplicationTokenResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SignUpRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__sign_up_request()) { (message: UnsafePointer<Tollgate__V1__SignUpRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__sign_up_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SignUpRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SignUpRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SignUpRequest> {
         let c = arena.allocate(Tollgate__V1__SignUpRequest.self)
         tollgate__v1__sign_up_request__init(c)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.password = arena.cString(self.password)
-        c.pointee.email = arena.cString(self.email)
-        c.pointee.given_name = arena.cString(self.givenName)
-        c.pointee.family_name = arena.cString(self.familyName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.password = try arena.cString(self.password, field: "password", in: Self.protoName)
+        c.pointee.email = try arena.cString(self.email, field: "email", in: Self.protoName)
+        c.pointee.given_name = try arena.cString(self.givenName, field: "given_name", in: Self.protoName)
+        c.pointee.family_name = try arena.cString(self.familyName, field: "family_name", in: Self.protoName)
         c.pointee.n_claims = self.claims.count
-        c.pointee.claims = arena.messages(self.claims) { $0._cMessage(in: arena) }
+        c.pointee.claims = try arena.messages(self.claims) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1548,25 +1924,35 @@ extension SignUpRequest {
         self.givenName = try ProtoDecode.string(c.pointee.given_name, field: "given_name", in: Self.protoName)
         self.familyName = try ProtoDecode.string(c.pointee.family_name, field: "family_name", in: Self.protoName)
         self.claims = try ProtoDecode.messages(c.pointee.claims, count: c.pointee.n_claims, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Attribute(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SignUpResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__sign_up_response()) { (message: UnsafePointer<Tollgate__V1__SignUpResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__sign_up_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SignUpResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SignUpResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SignUpResponse> {
         let c = arena.allocate(Tollgate__V1__SignUpResponse.self)
         tollgate__v1__sign_up_response__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1574,6 +1960,7 @@ extension SignUpResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__SignUpResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

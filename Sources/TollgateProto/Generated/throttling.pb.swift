@@ -222,6 +222,8 @@ public struct ThrottleLimit: ProtoMessage {
     /// Field 2.
     public var unitTime: UInt32 = 0
     public var quota: Quota? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -250,6 +252,8 @@ public struct TierPermission: ProtoMessage {
     public var mode: TierPermissionMode = .unspecified
     /// Field 2.
     public var roles: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -263,37 +267,105 @@ public struct TierPermission: ProtoMessage {
 }
 
 /// `tollgate.v1.SubscriptionPolicy`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct SubscriptionPolicy: ProtoMessage {
     public static let protoName = "tollgate.v1.SubscriptionPolicy"
 
     /// Field 1.
-    public var id: String = ""
+    public var id: String {
+        get { _storage.id }
+        set { _uniqueStorage().id = newValue }
+        _modify { yield &_uniqueStorage().id }
+    }
     /// Field 2.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 3.
-    public var name: String = ""
+    public var name: String {
+        get { _storage.name }
+        set { _uniqueStorage().name = newValue }
+        _modify { yield &_uniqueStorage().name }
+    }
     /// Field 4.
-    public var displayName: String = ""
+    public var displayName: String {
+        get { _storage.displayName }
+        set { _uniqueStorage().displayName = newValue }
+        _modify { yield &_uniqueStorage().displayName }
+    }
     /// Field 5.
-    public var description: String = ""
+    public var description: String {
+        get { _storage.description }
+        set { _uniqueStorage().description = newValue }
+        _modify { yield &_uniqueStorage().description }
+    }
     /// Field 10.
-    public var defaultLimit: ThrottleLimit? = nil
+    public var defaultLimit: ThrottleLimit? {
+        get { _storage.defaultLimit }
+        set { _uniqueStorage().defaultLimit = newValue }
+        _modify { yield &_uniqueStorage().defaultLimit }
+    }
     /// Field 11.
-    public var spikeArrestLimit: UInt32 = 0
+    public var spikeArrestLimit: UInt32 {
+        get { _storage.spikeArrestLimit }
+        set { _uniqueStorage().spikeArrestLimit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestLimit }
+    }
     /// Field 12.
-    public var spikeArrestUnit: TimeUnit = .unspecified
+    public var spikeArrestUnit: TimeUnit {
+        get { _storage.spikeArrestUnit }
+        set { _uniqueStorage().spikeArrestUnit = newValue }
+        _modify { yield &_uniqueStorage().spikeArrestUnit }
+    }
     /// Field 13.
-    public var stopOnQuotaReach: Bool = false
+    public var stopOnQuotaReach: Bool {
+        get { _storage.stopOnQuotaReach }
+        set { _uniqueStorage().stopOnQuotaReach = newValue }
+        _modify { yield &_uniqueStorage().stopOnQuotaReach }
+    }
     /// Field 14.
-    public var billingPlan: BillingPlan = .unspecified
+    public var billingPlan: BillingPlan {
+        get { _storage.billingPlan }
+        set { _uniqueStorage().billingPlan = newValue }
+        _modify { yield &_uniqueStorage().billingPlan }
+    }
     /// Field 15.
-    public var customAttributes: [Attribute] = []
+    public var customAttributes: [Attribute] {
+        get { _storage.customAttributes }
+        set { _uniqueStorage().customAttributes = newValue }
+        _modify { yield &_uniqueStorage().customAttributes }
+    }
     /// Field 16.
-    public var permission: TierPermission? = nil
+    public var permission: TierPermission? {
+        get { _storage.permission }
+        set { _uniqueStorage().permission = newValue }
+        _modify { yield &_uniqueStorage().permission }
+    }
     /// Field 20.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 21.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -313,20 +385,120 @@ public struct SubscriptionPolicy: ProtoMessage {
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
-        self.id = id
-        self.tenantDomain = tenantDomain
-        self.name = name
-        self.displayName = displayName
-        self.description = description
-        self.defaultLimit = defaultLimit
-        self.spikeArrestLimit = spikeArrestLimit
-        self.spikeArrestUnit = spikeArrestUnit
-        self.stopOnQuotaReach = stopOnQuotaReach
-        self.billingPlan = billingPlan
-        self.customAttributes = customAttributes
-        self.permission = permission
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
+        let _fields = _Storage()
+        _fields.id = id
+        _fields.tenantDomain = tenantDomain
+        _fields.name = name
+        _fields.displayName = displayName
+        _fields.description = description
+        _fields.defaultLimit = defaultLimit
+        _fields.spikeArrestLimit = spikeArrestLimit
+        _fields.spikeArrestUnit = spikeArrestUnit
+        _fields.stopOnQuotaReach = stopOnQuotaReach
+        _fields.billingPlan = billingPlan
+        _fields.customAttributes = customAttributes
+        _fields.permission = permission
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var id: String = ""
+        var tenantDomain: String = ""
+        var name: String = ""
+        var displayName: String = ""
+        var description: String = ""
+        var defaultLimit: ThrottleLimit? = nil
+        var spikeArrestLimit: UInt32 = 0
+        var spikeArrestUnit: TimeUnit = .unspecified
+        var stopOnQuotaReach: Bool = false
+        var billingPlan: BillingPlan = .unspecified
+        var customAttributes: [Attribute] = []
+        var permission: TierPermission? = nil
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            id = other.id
+            tenantDomain = other.tenantDomain
+            name = other.name
+            displayName = other.displayName
+            description = other.description
+            defaultLimit = other.defaultLimit
+            spikeArrestLimit = other.spikeArrestLimit
+            spikeArrestUnit = other.spikeArrestUnit
+            stopOnQuotaReach = other.stopOnQuotaReach
+            billingPlan = other.billingPlan
+            customAttributes = other.customAttributes
+            permission = other.permission
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if id != other.id { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if name != other.name { return false }
+            if displayName != other.displayName { return false }
+            if description != other.description { return false }
+            if defaultLimit != other.defaultLimit { return false }
+            if spikeArrestLimit != other.spikeArrestLimit { return false }
+            if spikeArrestUnit != other.spikeArrestUnit { return false }
+            if stopOnQuotaReach != other.stopOnQuotaReach { return false }
+            if billingPlan != other.billingPlan { return false }
+            if customAttributes != other.customAttributes { return false }
+            if permission != other.permission { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(id)
+            hasher.combine(tenantDomain)
+            hasher.combine(name)
+            hasher.combine(displayName)
+            hasher.combine(description)
+            hasher.combine(defaultLimit)
+            hasher.combine(spikeArrestLimit)
+            hasher.combine(spikeArrestUnit)
+            hasher.combine(stopOnQuotaReach)
+            hasher.combine(billingPlan)
+            hasher.combine(customAttributes)
+            hasher.combine(permission)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -350,6 +522,8 @@ public struct ApplicationPolicy: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -382,6 +556,8 @@ public struct IpRange: ProtoMessage {
     public var startAddress: String = ""
     /// Field 2.
     public var endAddress: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -402,6 +578,8 @@ public struct NamedValueCondition: ProtoMessage {
     public var name: String = ""
     /// Field 2.
     public var valuePattern: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -421,6 +599,8 @@ public struct ThrottleCondition: ProtoMessage {
     /// Field 1.
     public var invert: Bool = false
     public var match: Match? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -454,6 +634,8 @@ public struct ConditionGroup: ProtoMessage {
     public var conditions: [ThrottleCondition] = []
     /// Field 4.
     public var limit: ThrottleLimit? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -494,6 +676,8 @@ public struct AdvancedPolicy: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -542,6 +726,8 @@ public struct GlobalPolicy: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -571,6 +757,8 @@ public struct ThrottlePolicy: ProtoMessage {
     public static let protoName = "tollgate.v1.ThrottlePolicy"
 
     public var policy: Policy? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -599,6 +787,8 @@ public struct PolicyRef: ProtoMessage {
     public var id: String = ""
     /// Field 3.
     public var name: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -632,6 +822,8 @@ public struct BlockCondition: ProtoMessage {
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
     public var target: Target? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -684,6 +876,8 @@ public struct ThrottleDecision: ProtoMessage {
     public var trafficManagerId: String = ""
     /// Field 12.
     public var decidedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -712,13 +906,22 @@ public struct ThrottleDecision: ProtoMessage {
 
 extension ThrottleLimit {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_limit()) { (message: UnsafePointer<Tollgate__V1__ThrottleLimit>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_limit(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ThrottleLimit>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -736,6 +939,7 @@ extension ThrottleLimit {
             c.pointee.quota_case = .init(rawValue: 4)
             c.pointee.bandwidth_bytes = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -751,27 +955,37 @@ extension ThrottleLimit {
             self.quota = .bandwidthBytes(c.pointee.bandwidth_bytes)
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension TierPermission {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tier_permission()) { (message: UnsafePointer<Tollgate__V1__TierPermission>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tier_permission(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__TierPermission>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__TierPermission> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__TierPermission> {
         let c = arena.allocate(Tollgate__V1__TierPermission.self)
         tollgate__v1__tier_permission__init(c)
         c.pointee.mode = .init(rawValue: .init(truncatingIfNeeded: self.mode.rawValue))
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -780,39 +994,49 @@ extension TierPermission {
         self.init()
         self.mode = TierPermissionMode(rawValue: Int32(truncatingIfNeeded: c.pointee.mode.rawValue))
         self.roles = try ProtoDecode.strings(c.pointee.roles, count: c.pointee.n_roles, field: "roles", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SubscriptionPolicy {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription_policy()) { (message: UnsafePointer<Tollgate__V1__SubscriptionPolicy>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscription_policy(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SubscriptionPolicy>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SubscriptionPolicy> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SubscriptionPolicy> {
         let c = arena.allocate(Tollgate__V1__SubscriptionPolicy.self)
         tollgate__v1__subscription_policy__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.display_name = arena.cString(self.displayName)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.display_name = try arena.cString(self.displayName, field: "display_name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         if let value = self.defaultLimit { c.pointee.default_limit = value._cMessage(in: arena) }
         c.pointee.spike_arrest_limit = self.spikeArrestLimit
         c.pointee.spike_arrest_unit = .init(rawValue: .init(truncatingIfNeeded: self.spikeArrestUnit.rawValue))
         c.pointee.stop_on_quota_reach = (self.stopOnQuotaReach ? 1 : 0)
         c.pointee.billing_plan = .init(rawValue: .init(truncatingIfNeeded: self.billingPlan.rawValue))
         c.pointee.n_custom_attributes = self.customAttributes.count
-        c.pointee.custom_attributes = arena.messages(self.customAttributes) { $0._cMessage(in: arena) }
-        if let value = self.permission { c.pointee.permission = value._cMessage(in: arena) }
+        c.pointee.custom_attributes = try arena.messages(self.customAttributes) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        if let value = self.permission { c.pointee.permission = try value._cMessage(in: arena) }
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -833,32 +1057,42 @@ extension SubscriptionPolicy {
         if let value = c.pointee.permission { self.permission = try TierPermission(_cMessage: value) }
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ApplicationPolicy {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_policy()) { (message: UnsafePointer<Tollgate__V1__ApplicationPolicy>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__application_policy(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ApplicationPolicy>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ApplicationPolicy> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ApplicationPolicy> {
         let c = arena.allocate(Tollgate__V1__ApplicationPolicy.self)
         tollgate__v1__application_policy__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.display_name = arena.cString(self.displayName)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.display_name = try arena.cString(self.displayName, field: "display_name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         if let value = self.defaultLimit { c.pointee.default_limit = value._cMessage(in: arena) }
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -873,26 +1107,36 @@ extension ApplicationPolicy {
         if let value = c.pointee.default_limit { self.defaultLimit = try ThrottleLimit(_cMessage: value) }
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension IpRange {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ip_range()) { (message: UnsafePointer<Tollgate__V1__IpRange>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__ip_range(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__IpRange>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__IpRange> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__IpRange> {
         let c = arena.allocate(Tollgate__V1__IpRange.self)
         tollgate__v1__ip_range__init(c)
-        c.pointee.start_address = arena.cString(self.startAddress)
-        c.pointee.end_address = arena.cString(self.endAddress)
+        c.pointee.start_address = try arena.cString(self.startAddress, field: "start_address", in: Self.protoName)
+        c.pointee.end_address = try arena.cString(self.endAddress, field: "end_address", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -901,26 +1145,36 @@ extension IpRange {
         self.init()
         self.startAddress = try ProtoDecode.string(c.pointee.start_address, field: "start_address", in: Self.protoName)
         self.endAddress = try ProtoDecode.string(c.pointee.end_address, field: "end_address", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension NamedValueCondition {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__named_value_condition()) { (message: UnsafePointer<Tollgate__V1__NamedValueCondition>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__named_value_condition(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__NamedValueCondition>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__NamedValueCondition> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__NamedValueCondition> {
         let c = arena.allocate(Tollgate__V1__NamedValueCondition.self)
         tollgate__v1__named_value_condition__init(c)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.value_pattern = arena.cString(self.valuePattern)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.value_pattern = try arena.cString(self.valuePattern, field: "value_pattern", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -929,22 +1183,31 @@ extension NamedValueCondition {
         self.init()
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
         self.valuePattern = try ProtoDecode.string(c.pointee.value_pattern, field: "value_pattern", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ThrottleCondition {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_condition()) { (message: UnsafePointer<Tollgate__V1__ThrottleCondition>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_condition(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ThrottleCondition>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ThrottleCondition> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ThrottleCondition> {
         let c = arena.allocate(Tollgate__V1__ThrottleCondition.self)
         tollgate__v1__throttle_condition__init(c)
         c.pointee.invert = (self.invert ? 1 : 0)
@@ -952,20 +1215,21 @@ extension ThrottleCondition {
         case nil: break
         case .ip(let value)?:
             c.pointee.match_case = .init(rawValue: 2)
-            c.pointee.ip = arena.cString(value)
+            c.pointee.ip = try arena.cString(value, field: "ip", in: Self.protoName)
         case .ipRange(let value)?:
             c.pointee.match_case = .init(rawValue: 3)
-            c.pointee.ip_range = value._cMessage(in: arena)
+            c.pointee.ip_range = try value._cMessage(in: arena)
         case .header(let value)?:
             c.pointee.match_case = .init(rawValue: 4)
-            c.pointee.header = value._cMessage(in: arena)
+            c.pointee.header = try value._cMessage(in: arena)
         case .queryParameter(let value)?:
             c.pointee.match_case = .init(rawValue: 5)
-            c.pointee.query_parameter = value._cMessage(in: arena)
+            c.pointee.query_parameter = try value._cMessage(in: arena)
         case .jwtClaim(let value)?:
             c.pointee.match_case = .init(rawValue: 6)
-            c.pointee.jwt_claim = value._cMessage(in: arena)
+            c.pointee.jwt_claim = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -986,29 +1250,39 @@ extension ThrottleCondition {
             if let value = c.pointee.jwt_claim { self.match = .jwtClaim(try NamedValueCondition(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ConditionGroup {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__condition_group()) { (message: UnsafePointer<Tollgate__V1__ConditionGroup>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__condition_group(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ConditionGroup>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ConditionGroup> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ConditionGroup> {
         let c = arena.allocate(Tollgate__V1__ConditionGroup.self)
         tollgate__v1__condition_group__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_conditions = self.conditions.count
-        c.pointee.conditions = arena.messages(self.conditions) { $0._cMessage(in: arena) }
+        c.pointee.conditions = try arena.messages(self.conditions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.limit { c.pointee.limit = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1019,35 +1293,45 @@ extension ConditionGroup {
         self.description = try ProtoDecode.string(c.pointee.description, field: "description", in: Self.protoName)
         self.conditions = try ProtoDecode.messages(c.pointee.conditions, count: c.pointee.n_conditions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ThrottleCondition(_cMessage: element) }
         if let value = c.pointee.limit { self.limit = try ThrottleLimit(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AdvancedPolicy {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__advanced_policy()) { (message: UnsafePointer<Tollgate__V1__AdvancedPolicy>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__advanced_policy(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AdvancedPolicy>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AdvancedPolicy> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AdvancedPolicy> {
         let c = arena.allocate(Tollgate__V1__AdvancedPolicy.self)
         tollgate__v1__advanced_policy__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.display_name = arena.cString(self.displayName)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.display_name = try arena.cString(self.displayName, field: "display_name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.applicable_level = .init(rawValue: .init(truncatingIfNeeded: self.applicableLevel.rawValue))
         if let value = self.defaultLimit { c.pointee.default_limit = value._cMessage(in: arena) }
         c.pointee.n_condition_groups = self.conditionGroups.count
-        c.pointee.condition_groups = arena.messages(self.conditionGroups) { $0._cMessage(in: arena) }
+        c.pointee.condition_groups = try arena.messages(self.conditionGroups) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1064,32 +1348,42 @@ extension AdvancedPolicy {
         self.conditionGroups = try ProtoDecode.messages(c.pointee.condition_groups, count: c.pointee.n_condition_groups, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ConditionGroup(_cMessage: element) }
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GlobalPolicy {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__global_policy()) { (message: UnsafePointer<Tollgate__V1__GlobalPolicy>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__global_policy(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GlobalPolicy>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GlobalPolicy> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GlobalPolicy> {
         let c = arena.allocate(Tollgate__V1__GlobalPolicy.self)
         tollgate__v1__global_policy__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
-        c.pointee.key_template = arena.cString(self.keyTemplate)
-        c.pointee.siddhi_query = arena.cString(self.siddhiQuery)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
+        c.pointee.key_template = try arena.cString(self.keyTemplate, field: "key_template", in: Self.protoName)
+        c.pointee.siddhi_query = try arena.cString(self.siddhiQuery, field: "siddhi_query", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1104,39 +1398,49 @@ extension GlobalPolicy {
         self.siddhiQuery = try ProtoDecode.string(c.pointee.siddhi_query, field: "siddhi_query", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ThrottlePolicy {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_policy()) { (message: UnsafePointer<Tollgate__V1__ThrottlePolicy>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_policy(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ThrottlePolicy>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ThrottlePolicy> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ThrottlePolicy> {
         let c = arena.allocate(Tollgate__V1__ThrottlePolicy.self)
         tollgate__v1__throttle_policy__init(c)
         switch self.policy {
         case nil: break
         case .subscriptionPolicy(let value)?:
             c.pointee.policy_case = .init(rawValue: 1)
-            c.pointee.subscription_policy = value._cMessage(in: arena)
+            c.pointee.subscription_policy = try value._cMessage(in: arena)
         case .applicationPolicy(let value)?:
             c.pointee.policy_case = .init(rawValue: 2)
-            c.pointee.application_policy = value._cMessage(in: arena)
+            c.pointee.application_policy = try value._cMessage(in: arena)
         case .advancedPolicy(let value)?:
             c.pointee.policy_case = .init(rawValue: 3)
-            c.pointee.advanced_policy = value._cMessage(in: arena)
+            c.pointee.advanced_policy = try value._cMessage(in: arena)
         case .globalPolicy(let value)?:
             c.pointee.policy_case = .init(rawValue: 4)
-            c.pointee.global_policy = value._cMessage(in: arena)
+            c.pointee.global_policy = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1154,27 +1458,37 @@ extension ThrottlePolicy {
             if let value = c.pointee.global_policy { self.policy = .globalPolicy(try GlobalPolicy(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PolicyRef {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__policy_ref()) { (message: UnsafePointer<Tollgate__V1__PolicyRef>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__policy_ref(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PolicyRef>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PolicyRef> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PolicyRef> {
         let c = arena.allocate(Tollgate__V1__PolicyRef.self)
         tollgate__v1__policy_ref__init(c)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.name = arena.cString(self.name)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1184,26 +1498,35 @@ extension PolicyRef {
         self.kind = PolicyKind(rawValue: Int32(truncatingIfNeeded: c.pointee.kind.rawValue))
         self.id = try ProtoDecode.string(c.pointee.id, field: "id", in: Self.protoName)
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension BlockCondition {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_condition()) { (message: UnsafePointer<Tollgate__V1__BlockCondition>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__block_condition(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__BlockCondition>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__BlockCondition> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__BlockCondition> {
         let c = arena.allocate(Tollgate__V1__BlockCondition.self)
         tollgate__v1__block_condition__init(c)
-        c.pointee.id = arena.cString(self.id)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
+        c.pointee.id = try arena.cString(self.id, field: "id", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
         c.pointee.condition_type = .init(rawValue: .init(truncatingIfNeeded: self.conditionType.rawValue))
         c.pointee.enabled = (self.enabled ? 1 : 0)
         c.pointee.invert = (self.invert ? 1 : 0)
@@ -1213,11 +1536,12 @@ extension BlockCondition {
         case nil: break
         case .value(let value)?:
             c.pointee.target_case = .init(rawValue: 4)
-            c.pointee.value = arena.cString(value)
+            c.pointee.value = try arena.cString(value, field: "value", in: Self.protoName)
         case .ipRange(let value)?:
             c.pointee.target_case = .init(rawValue: 5)
-            c.pointee.ip_range = value._cMessage(in: arena)
+            c.pointee.ip_range = try value._cMessage(in: arena)
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1238,33 +1562,43 @@ extension BlockCondition {
             if let value = c.pointee.ip_range { self.target = .ipRange(try IpRange(_cMessage: value)) }
         default: break
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ThrottleDecision {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_decision()) { (message: UnsafePointer<Tollgate__V1__ThrottleDecision>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_decision(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ThrottleDecision>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ThrottleDecision> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ThrottleDecision> {
         let c = arena.allocate(Tollgate__V1__ThrottleDecision.self)
         tollgate__v1__throttle_decision__init(c)
-        c.pointee.throttle_key = arena.cString(self.throttleKey)
+        c.pointee.throttle_key = try arena.cString(self.throttleKey, field: "throttle_key", in: Self.protoName)
         c.pointee.throttled = (self.throttled ? 1 : 0)
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
-        c.pointee.policy_name = arena.cString(self.policyName)
-        c.pointee.evaluated_condition = arena.cString(self.evaluatedCondition)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
+        c.pointee.policy_name = try arena.cString(self.policyName, field: "policy_name", in: Self.protoName)
+        c.pointee.evaluated_condition = try arena.cString(self.evaluatedCondition, field: "evaluated_condition", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
         c.pointee.sequence = self.sequence
-        c.pointee.traffic_manager_id = arena.cString(self.trafficManagerId)
+        c.pointee.traffic_manager_id = try arena.cString(self.trafficManagerId, field: "traffic_manager_id", in: Self.protoName)
         c.pointee.decided_at_unix_ms = self.decidedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1280,5 +1614,6 @@ extension ThrottleDecision {
         self.sequence = c.pointee.sequence
         self.trafficManagerId = try ProtoDecode.string(c.pointee.traffic_manager_id, field: "traffic_manager_id", in: Self.protoName)
         self.decidedAtUnixMs = c.pointee.decided_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

@@ -9,6 +9,8 @@ public struct PublishRequestEventsRequest: ProtoMessage {
 
     /// Field 1.
     public var events: [RequestEvent] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -27,6 +29,8 @@ public struct PublishRequestEventsResponse: ProtoMessage {
     public var acceptedCount: UInt64 = 0
     /// Field 2.
     public var discardedCount: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -45,6 +49,8 @@ public struct WatchDecisionsRequest: ProtoMessage {
 
     /// Field 1.
     public var sinceSequence: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -65,6 +71,8 @@ public struct WatchDecisionsResponse: ProtoMessage {
     public var decisions: [ThrottleDecision] = []
     /// Field 3.
     public var headSequence: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -81,21 +89,30 @@ public struct WatchDecisionsResponse: ProtoMessage {
 
 extension PublishRequestEventsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_request()) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PublishRequestEventsRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PublishRequestEventsRequest> {
         let c = arena.allocate(Tollgate__V1__PublishRequestEventsRequest.self)
         tollgate__v1__publish_request_events_request__init(c)
         c.pointee.n_events = self.events.count
-        c.pointee.events = arena.messages(self.events) { $0._cMessage(in: arena) }
+        c.pointee.events = try arena.messages(self.events) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -103,18 +120,28 @@ extension PublishRequestEventsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__PublishRequestEventsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.events = try ProtoDecode.messages(c.pointee.events, count: c.pointee.n_events, in: Self.protoName) { (element) throws(ProtoDecodingError) in try RequestEvent(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension PublishRequestEventsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_response()) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -123,6 +150,7 @@ extension PublishRequestEventsResponse {
         tollgate__v1__publish_request_events_response__init(c)
         c.pointee.accepted_count = self.acceptedCount
         c.pointee.discarded_count = self.discardedCount
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -131,18 +159,28 @@ extension PublishRequestEventsResponse {
         self.init()
         self.acceptedCount = c.pointee.accepted_count
         self.discardedCount = c.pointee.discarded_count
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchDecisionsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_decisions_request()) { (message: UnsafePointer<Tollgate__V1__WatchDecisionsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_decisions_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__WatchDecisionsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -150,6 +188,7 @@ extension WatchDecisionsRequest {
         let c = arena.allocate(Tollgate__V1__WatchDecisionsRequest.self)
         tollgate__v1__watch_decisions_request__init(c)
         c.pointee.since_sequence = self.sinceSequence
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -157,28 +196,38 @@ extension WatchDecisionsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__WatchDecisionsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.sinceSequence = c.pointee.since_sequence
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WatchDecisionsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_decisions_response()) { (message: UnsafePointer<Tollgate__V1__WatchDecisionsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_decisions_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__WatchDecisionsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__WatchDecisionsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__WatchDecisionsResponse> {
         let c = arena.allocate(Tollgate__V1__WatchDecisionsResponse.self)
         tollgate__v1__watch_decisions_response__init(c)
         c.pointee.snapshot = (self.snapshot ? 1 : 0)
         c.pointee.n_decisions = self.decisions.count
-        c.pointee.decisions = arena.messages(self.decisions) { $0._cMessage(in: arena) }
+        c.pointee.decisions = try arena.messages(self.decisions) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.head_sequence = self.headSequence
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -188,6 +237,7 @@ extension WatchDecisionsResponse {
         self.snapshot = (c.pointee.snapshot != 0)
         self.decisions = try ProtoDecode.messages(c.pointee.decisions, count: c.pointee.n_decisions, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ThrottleDecision(_cMessage: element) }
         self.headSequence = c.pointee.head_sequence
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

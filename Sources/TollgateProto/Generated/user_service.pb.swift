@@ -11,6 +11,8 @@ public struct LoginRequest: ProtoMessage {
     public var username: String = ""
     /// Field 2.
     public var password: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -35,6 +37,8 @@ public struct LoginResponse: ProtoMessage {
     public var user: User? = nil
     /// Field 4.
     public var permissions: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -55,6 +59,8 @@ public struct LoginResponse: ProtoMessage {
 public struct LogoutRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.LogoutRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -63,6 +69,8 @@ public struct LogoutRequest: ProtoMessage {
 public struct LogoutResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.LogoutResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -71,6 +79,8 @@ public struct LogoutResponse: ProtoMessage {
 public struct WhoAmIRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.WhoAmIRequest"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -85,6 +95,8 @@ public struct WhoAmIResponse: ProtoMessage {
     public var permissions: [String] = []
     /// Field 3.
     public var sessionExpiresAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -107,6 +119,8 @@ public struct CreateUserRequest: ProtoMessage {
     public var user: User? = nil
     /// Field 2.
     public var password: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -125,6 +139,8 @@ public struct CreateUserResponse: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -141,6 +157,8 @@ public struct UpdateUserRequest: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -157,6 +175,8 @@ public struct UpdateUserResponse: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -173,6 +193,8 @@ public struct DeleteUserRequest: ProtoMessage {
 
     /// Field 1.
     public var username: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -187,6 +209,8 @@ public struct DeleteUserRequest: ProtoMessage {
 public struct DeleteUserResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteUserResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -197,6 +221,8 @@ public struct GetUserRequest: ProtoMessage {
 
     /// Field 1.
     public var username: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -213,6 +239,8 @@ public struct GetUserResponse: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -233,6 +261,8 @@ public struct ListUsersRequest: ProtoMessage {
     public var role: String = ""
     /// Field 3.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -255,6 +285,8 @@ public struct ListUsersResponse: ProtoMessage {
     public var users: [User] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -277,6 +309,8 @@ public struct ChangePasswordRequest: ProtoMessage {
     public var currentPassword: String = ""
     /// Field 3.
     public var newPassword: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -295,6 +329,8 @@ public struct ChangePasswordRequest: ProtoMessage {
 public struct ChangePasswordResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.ChangePasswordResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -305,6 +341,8 @@ public struct CreateRoleRequest: ProtoMessage {
 
     /// Field 1.
     public var role: UserRole? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -321,6 +359,8 @@ public struct CreateRoleResponse: ProtoMessage {
 
     /// Field 1.
     public var role: UserRole? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -337,6 +377,8 @@ public struct DeleteRoleRequest: ProtoMessage {
 
     /// Field 1.
     public var name: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -351,6 +393,8 @@ public struct DeleteRoleRequest: ProtoMessage {
 public struct DeleteRoleResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.DeleteRoleResponse"
 
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 }
@@ -361,6 +405,8 @@ public struct ListRolesRequest: ProtoMessage {
 
     /// Field 1.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -379,6 +425,8 @@ public struct ListRolesResponse: ProtoMessage {
     public var roles: [UserRole] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -401,6 +449,8 @@ public struct AssignRolesRequest: ProtoMessage {
     public var addRoles: [String] = []
     /// Field 3.
     public var removeRoles: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -421,6 +471,8 @@ public struct AssignRolesResponse: ProtoMessage {
 
     /// Field 1.
     public var user: User? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -447,6 +499,8 @@ public struct CreateTenantRequest: ProtoMessage {
     public var adminGivenName: String = ""
     /// Field 6.
     public var adminFamilyName: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -473,6 +527,8 @@ public struct CreateTenantResponse: ProtoMessage {
 
     /// Field 1.
     public var tenant: Tenant? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -491,6 +547,8 @@ public struct ListTenantsRequest: ProtoMessage {
     public var status: TenantStatus = .unspecified
     /// Field 2.
     public var page: PageRequest? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -511,6 +569,8 @@ public struct ListTenantsResponse: ProtoMessage {
     public var tenants: [Tenant] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -531,6 +591,8 @@ public struct SetTenantStatusRequest: ProtoMessage {
     public var domain: String = ""
     /// Field 2.
     public var status: TenantStatus = .unspecified
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -549,6 +611,8 @@ public struct SetTenantStatusResponse: ProtoMessage {
 
     /// Field 1.
     public var tenant: Tenant? = nil
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -561,21 +625,30 @@ public struct SetTenantStatusResponse: ProtoMessage {
 
 extension LoginRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__login_request()) { (message: UnsafePointer<Tollgate__V1__LoginRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__login_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LoginRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LoginRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LoginRequest> {
         let c = arena.allocate(Tollgate__V1__LoginRequest.self)
         tollgate__v1__login_request__init(c)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.password = arena.cString(self.password)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.password = try arena.cString(self.password, field: "password", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -584,29 +657,39 @@ extension LoginRequest {
         self.init()
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.password = try ProtoDecode.string(c.pointee.password, field: "password", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LoginResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__login_response()) { (message: UnsafePointer<Tollgate__V1__LoginResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__login_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LoginResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LoginResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LoginResponse> {
         let c = arena.allocate(Tollgate__V1__LoginResponse.self)
         tollgate__v1__login_response__init(c)
-        c.pointee.session_token = arena.cString(self.sessionToken)
+        c.pointee.session_token = try arena.cString(self.sessionToken, field: "session_token", in: Self.protoName)
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
         c.pointee.n_permissions = self.permissions.count
-        c.pointee.permissions = arena.cStrings(self.permissions)
+        c.pointee.permissions = try arena.cStrings(self.permissions, field: "permissions", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -617,100 +700,143 @@ extension LoginResponse {
         self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
         self.permissions = try ProtoDecode.strings(c.pointee.permissions, count: c.pointee.n_permissions, field: "permissions", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LogoutRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__logout_request()) { (message: UnsafePointer<Tollgate__V1__LogoutRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__logout_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__LogoutRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LogoutRequest> {
         let c = arena.allocate(Tollgate__V1__LogoutRequest.self)
         tollgate__v1__logout_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__LogoutRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension LogoutResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__logout_response()) { (message: UnsafePointer<Tollgate__V1__LogoutResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__logout_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__LogoutResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LogoutResponse> {
         let c = arena.allocate(Tollgate__V1__LogoutResponse.self)
         tollgate__v1__logout_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__LogoutResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WhoAmIRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__who_am_irequest()) { (message: UnsafePointer<Tollgate__V1__WhoAmIRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__who_am_irequest(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__WhoAmIRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__WhoAmIRequest> {
         let c = arena.allocate(Tollgate__V1__WhoAmIRequest.self)
         tollgate__v1__who_am_irequest__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__WhoAmIRequest>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension WhoAmIResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__who_am_iresponse()) { (message: UnsafePointer<Tollgate__V1__WhoAmIResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__who_am_iresponse(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__WhoAmIResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__WhoAmIResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__WhoAmIResponse> {
         let c = arena.allocate(Tollgate__V1__WhoAmIResponse.self)
         tollgate__v1__who_am_iresponse__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
         c.pointee.n_permissions = self.permissions.count
-        c.pointee.permissions = arena.cStrings(self.permissions)
+        c.pointee.permissions = try arena.cStrings(self.permissions, field: "permissions", in: Self.protoName)
         c.pointee.session_expires_at_unix_ms = self.sessionExpiresAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -720,26 +846,36 @@ extension WhoAmIResponse {
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
         self.permissions = try ProtoDecode.strings(c.pointee.permissions, count: c.pointee.n_permissions, field: "permissions", in: Self.protoName)
         self.sessionExpiresAtUnixMs = c.pointee.session_expires_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateUserRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_user_request()) { (message: UnsafePointer<Tollgate__V1__CreateUserRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_user_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateUserRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateUserRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateUserRequest> {
         let c = arena.allocate(Tollgate__V1__CreateUserRequest.self)
         tollgate__v1__create_user_request__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
-        c.pointee.password = arena.cString(self.password)
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        c.pointee.password = try arena.cString(self.password, field: "password", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -748,25 +884,35 @@ extension CreateUserRequest {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
         self.password = try ProtoDecode.string(c.pointee.password, field: "password", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateUserResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_user_response()) { (message: UnsafePointer<Tollgate__V1__CreateUserResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_user_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateUserResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateUserResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateUserResponse> {
         let c = arena.allocate(Tollgate__V1__CreateUserResponse.self)
         tollgate__v1__create_user_response__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -774,25 +920,35 @@ extension CreateUserResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateUserResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateUserRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_user_request()) { (message: UnsafePointer<Tollgate__V1__UpdateUserRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_user_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateUserRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateUserRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateUserRequest> {
         let c = arena.allocate(Tollgate__V1__UpdateUserRequest.self)
         tollgate__v1__update_user_request__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -800,25 +956,35 @@ extension UpdateUserRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateUserRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UpdateUserResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_user_response()) { (message: UnsafePointer<Tollgate__V1__UpdateUserResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__update_user_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UpdateUserResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UpdateUserResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UpdateUserResponse> {
         let c = arena.allocate(Tollgate__V1__UpdateUserResponse.self)
         tollgate__v1__update_user_response__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -826,25 +992,35 @@ extension UpdateUserResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__UpdateUserResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteUserRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_user_request()) { (message: UnsafePointer<Tollgate__V1__DeleteUserRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_user_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteUserRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteUserRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteUserRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteUserRequest.self)
         tollgate__v1__delete_user_request__init(c)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -852,49 +1028,70 @@ extension DeleteUserRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteUserRequest>) throws(ProtoDecodingError) {
         self.init()
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteUserResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_user_response()) { (message: UnsafePointer<Tollgate__V1__DeleteUserResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_user_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteUserResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteUserResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteUserResponse.self)
         tollgate__v1__delete_user_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteUserResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetUserRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_user_request()) { (message: UnsafePointer<Tollgate__V1__GetUserRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_user_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetUserRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetUserRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetUserRequest> {
         let c = arena.allocate(Tollgate__V1__GetUserRequest.self)
         tollgate__v1__get_user_request__init(c)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -902,25 +1099,35 @@ extension GetUserRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetUserRequest>) throws(ProtoDecodingError) {
         self.init()
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension GetUserResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_user_response()) { (message: UnsafePointer<Tollgate__V1__GetUserResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_user_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetUserResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetUserResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetUserResponse> {
         let c = arena.allocate(Tollgate__V1__GetUserResponse.self)
         tollgate__v1__get_user_response__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -928,27 +1135,37 @@ extension GetUserResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__GetUserResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListUsersRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_users_request()) { (message: UnsafePointer<Tollgate__V1__ListUsersRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_users_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListUsersRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListUsersRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListUsersRequest> {
         let c = arena.allocate(Tollgate__V1__ListUsersRequest.self)
         tollgate__v1__list_users_request__init(c)
-        c.pointee.username_prefix = arena.cString(self.usernamePrefix)
-        c.pointee.role = arena.cString(self.role)
+        c.pointee.username_prefix = try arena.cString(self.usernamePrefix, field: "username_prefix", in: Self.protoName)
+        c.pointee.role = try arena.cString(self.role, field: "role", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -958,27 +1175,37 @@ extension ListUsersRequest {
         self.usernamePrefix = try ProtoDecode.string(c.pointee.username_prefix, field: "username_prefix", in: Self.protoName)
         self.role = try ProtoDecode.string(c.pointee.role, field: "role", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListUsersResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_users_response()) { (message: UnsafePointer<Tollgate__V1__ListUsersResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_users_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListUsersResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListUsersResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListUsersResponse> {
         let c = arena.allocate(Tollgate__V1__ListUsersResponse.self)
         tollgate__v1__list_users_response__init(c)
         c.pointee.n_users = self.users.count
-        c.pointee.users = arena.messages(self.users) { $0._cMessage(in: arena) }
+        c.pointee.users = try arena.messages(self.users) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -987,27 +1214,37 @@ extension ListUsersResponse {
         self.init()
         self.users = try ProtoDecode.messages(c.pointee.users, count: c.pointee.n_users, in: Self.protoName) { (element) throws(ProtoDecodingError) in try User(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ChangePasswordRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_password_request()) { (message: UnsafePointer<Tollgate__V1__ChangePasswordRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_password_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ChangePasswordRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ChangePasswordRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ChangePasswordRequest> {
         let c = arena.allocate(Tollgate__V1__ChangePasswordRequest.self)
         tollgate__v1__change_password_request__init(c)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.current_password = arena.cString(self.currentPassword)
-        c.pointee.new_password = arena.cString(self.newPassword)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.current_password = try arena.cString(self.currentPassword, field: "current_password", in: Self.protoName)
+        c.pointee.new_password = try arena.cString(self.newPassword, field: "new_password", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1017,49 +1254,70 @@ extension ChangePasswordRequest {
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.currentPassword = try ProtoDecode.string(c.pointee.current_password, field: "current_password", in: Self.protoName)
         self.newPassword = try ProtoDecode.string(c.pointee.new_password, field: "new_password", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ChangePasswordResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_password_response()) { (message: UnsafePointer<Tollgate__V1__ChangePasswordResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__change_password_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ChangePasswordResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ChangePasswordResponse> {
         let c = arena.allocate(Tollgate__V1__ChangePasswordResponse.self)
         tollgate__v1__change_password_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__ChangePasswordResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateRoleRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_role_request()) { (message: UnsafePointer<Tollgate__V1__CreateRoleRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_role_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateRoleRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateRoleRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateRoleRequest> {
         let c = arena.allocate(Tollgate__V1__CreateRoleRequest.self)
         tollgate__v1__create_role_request__init(c)
-        if let value = self.role { c.pointee.role = value._cMessage(in: arena) }
+        if let value = self.role { c.pointee.role = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1067,25 +1325,35 @@ extension CreateRoleRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateRoleRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.role { self.role = try UserRole(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateRoleResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_role_response()) { (message: UnsafePointer<Tollgate__V1__CreateRoleResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_role_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateRoleResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateRoleResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateRoleResponse> {
         let c = arena.allocate(Tollgate__V1__CreateRoleResponse.self)
         tollgate__v1__create_role_response__init(c)
-        if let value = self.role { c.pointee.role = value._cMessage(in: arena) }
+        if let value = self.role { c.pointee.role = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1093,25 +1361,35 @@ extension CreateRoleResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateRoleResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.role { self.role = try UserRole(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteRoleRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_role_request()) { (message: UnsafePointer<Tollgate__V1__DeleteRoleRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_role_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__DeleteRoleRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteRoleRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__DeleteRoleRequest> {
         let c = arena.allocate(Tollgate__V1__DeleteRoleRequest.self)
         tollgate__v1__delete_role_request__init(c)
-        c.pointee.name = arena.cString(self.name)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1119,42 +1397,63 @@ extension DeleteRoleRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteRoleRequest>) throws(ProtoDecodingError) {
         self.init()
         self.name = try ProtoDecode.string(c.pointee.name, field: "name", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension DeleteRoleResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_role_response()) { (message: UnsafePointer<Tollgate__V1__DeleteRoleResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__delete_role_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeleteRoleResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
     func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeleteRoleResponse> {
         let c = arena.allocate(Tollgate__V1__DeleteRoleResponse.self)
         tollgate__v1__delete_role_response__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
     init(_cMessage c: UnsafePointer<Tollgate__V1__DeleteRoleResponse>) throws(ProtoDecodingError) {
         self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListRolesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_roles_request()) { (message: UnsafePointer<Tollgate__V1__ListRolesRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_roles_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListRolesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -1162,6 +1461,7 @@ extension ListRolesRequest {
         let c = arena.allocate(Tollgate__V1__ListRolesRequest.self)
         tollgate__v1__list_roles_request__init(c)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1169,27 +1469,37 @@ extension ListRolesRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__ListRolesRequest>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListRolesResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_roles_response()) { (message: UnsafePointer<Tollgate__V1__ListRolesResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_roles_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListRolesResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListRolesResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListRolesResponse> {
         let c = arena.allocate(Tollgate__V1__ListRolesResponse.self)
         tollgate__v1__list_roles_response__init(c)
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.messages(self.roles) { $0._cMessage(in: arena) }
+        c.pointee.roles = try arena.messages(self.roles) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1198,29 +1508,39 @@ extension ListRolesResponse {
         self.init()
         self.roles = try ProtoDecode.messages(c.pointee.roles, count: c.pointee.n_roles, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UserRole(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AssignRolesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__assign_roles_request()) { (message: UnsafePointer<Tollgate__V1__AssignRolesRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__assign_roles_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AssignRolesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AssignRolesRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AssignRolesRequest> {
         let c = arena.allocate(Tollgate__V1__AssignRolesRequest.self)
         tollgate__v1__assign_roles_request__init(c)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.n_add_roles = self.addRoles.count
-        c.pointee.add_roles = arena.cStrings(self.addRoles)
+        c.pointee.add_roles = try arena.cStrings(self.addRoles, field: "add_roles", in: Self.protoName)
         c.pointee.n_remove_roles = self.removeRoles.count
-        c.pointee.remove_roles = arena.cStrings(self.removeRoles)
+        c.pointee.remove_roles = try arena.cStrings(self.removeRoles, field: "remove_roles", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1230,25 +1550,35 @@ extension AssignRolesRequest {
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.addRoles = try ProtoDecode.strings(c.pointee.add_roles, count: c.pointee.n_add_roles, field: "add_roles", in: Self.protoName)
         self.removeRoles = try ProtoDecode.strings(c.pointee.remove_roles, count: c.pointee.n_remove_roles, field: "remove_roles", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension AssignRolesResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__assign_roles_response()) { (message: UnsafePointer<Tollgate__V1__AssignRolesResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__assign_roles_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__AssignRolesResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__AssignRolesResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__AssignRolesResponse> {
         let c = arena.allocate(Tollgate__V1__AssignRolesResponse.self)
         tollgate__v1__assign_roles_response__init(c)
-        if let value = self.user { c.pointee.user = value._cMessage(in: arena) }
+        if let value = self.user { c.pointee.user = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1256,30 +1586,40 @@ extension AssignRolesResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__AssignRolesResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.user { self.user = try User(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateTenantRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_tenant_request()) { (message: UnsafePointer<Tollgate__V1__CreateTenantRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_tenant_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateTenantRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateTenantRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateTenantRequest> {
         let c = arena.allocate(Tollgate__V1__CreateTenantRequest.self)
         tollgate__v1__create_tenant_request__init(c)
-        c.pointee.domain = arena.cString(self.domain)
-        c.pointee.admin_username = arena.cString(self.adminUsername)
-        c.pointee.admin_password = arena.cString(self.adminPassword)
-        c.pointee.admin_email = arena.cString(self.adminEmail)
-        c.pointee.admin_given_name = arena.cString(self.adminGivenName)
-        c.pointee.admin_family_name = arena.cString(self.adminFamilyName)
+        c.pointee.domain = try arena.cString(self.domain, field: "domain", in: Self.protoName)
+        c.pointee.admin_username = try arena.cString(self.adminUsername, field: "admin_username", in: Self.protoName)
+        c.pointee.admin_password = try arena.cString(self.adminPassword, field: "admin_password", in: Self.protoName)
+        c.pointee.admin_email = try arena.cString(self.adminEmail, field: "admin_email", in: Self.protoName)
+        c.pointee.admin_given_name = try arena.cString(self.adminGivenName, field: "admin_given_name", in: Self.protoName)
+        c.pointee.admin_family_name = try arena.cString(self.adminFamilyName, field: "admin_family_name", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1292,25 +1632,35 @@ extension CreateTenantRequest {
         self.adminEmail = try ProtoDecode.string(c.pointee.admin_email, field: "admin_email", in: Self.protoName)
         self.adminGivenName = try ProtoDecode.string(c.pointee.admin_given_name, field: "admin_given_name", in: Self.protoName)
         self.adminFamilyName = try ProtoDecode.string(c.pointee.admin_family_name, field: "admin_family_name", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension CreateTenantResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_tenant_response()) { (message: UnsafePointer<Tollgate__V1__CreateTenantResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__create_tenant_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__CreateTenantResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__CreateTenantResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__CreateTenantResponse> {
         let c = arena.allocate(Tollgate__V1__CreateTenantResponse.self)
         tollgate__v1__create_tenant_response__init(c)
-        if let value = self.tenant { c.pointee.tenant = value._cMessage(in: arena) }
+        if let value = self.tenant { c.pointee.tenant = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1318,18 +1668,28 @@ extension CreateTenantResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__CreateTenantResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.tenant { self.tenant = try Tenant(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListTenantsRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_tenants_request()) { (message: UnsafePointer<Tollgate__V1__ListTenantsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_tenants_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListTenantsRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
@@ -1338,6 +1698,7 @@ extension ListTenantsRequest {
         tollgate__v1__list_tenants_request__init(c)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1346,27 +1707,37 @@ extension ListTenantsRequest {
         self.init()
         self.status = TenantStatus(rawValue: Int32(truncatingIfNeeded: c.pointee.status.rawValue))
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension ListTenantsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_tenants_response()) { (message: UnsafePointer<Tollgate__V1__ListTenantsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_tenants_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListTenantsResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListTenantsResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListTenantsResponse> {
         let c = arena.allocate(Tollgate__V1__ListTenantsResponse.self)
         tollgate__v1__list_tenants_response__init(c)
         c.pointee.n_tenants = self.tenants.count
-        c.pointee.tenants = arena.messages(self.tenants) { $0._cMessage(in: arena) }
+        c.pointee.tenants = try arena.messages(self.tenants) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1375,26 +1746,36 @@ extension ListTenantsResponse {
         self.init()
         self.tenants = try ProtoDecode.messages(c.pointee.tenants, count: c.pointee.n_tenants, in: Self.protoName) { (element) throws(ProtoDecodingError) in try Tenant(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SetTenantStatusRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_tenant_status_request()) { (message: UnsafePointer<Tollgate__V1__SetTenantStatusRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_tenant_status_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SetTenantStatusRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SetTenantStatusRequest> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SetTenantStatusRequest> {
         let c = arena.allocate(Tollgate__V1__SetTenantStatusRequest.self)
         tollgate__v1__set_tenant_status_request__init(c)
-        c.pointee.domain = arena.cString(self.domain)
+        c.pointee.domain = try arena.cString(self.domain, field: "domain", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1403,25 +1784,35 @@ extension SetTenantStatusRequest {
         self.init()
         self.domain = try ProtoDecode.string(c.pointee.domain, field: "domain", in: Self.protoName)
         self.status = TenantStatus(rawValue: Int32(truncatingIfNeeded: c.pointee.status.rawValue))
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension SetTenantStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_tenant_status_response()) { (message: UnsafePointer<Tollgate__V1__SetTenantStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__set_tenant_status_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SetTenantStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__SetTenantStatusResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SetTenantStatusResponse> {
         let c = arena.allocate(Tollgate__V1__SetTenantStatusResponse.self)
         tollgate__v1__set_tenant_status_response__init(c)
-        if let value = self.tenant { c.pointee.tenant = value._cMessage(in: arena) }
+        if let value = self.tenant { c.pointee.tenant = try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -1429,6 +1820,7 @@ extension SetTenantStatusResponse {
     init(_cMessage c: UnsafePointer<Tollgate__V1__SetTenantStatusResponse>) throws(ProtoDecodingError) {
         self.init()
         if let value = c.pointee.tenant { self.tenant = try Tenant(_cMessage: value) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 

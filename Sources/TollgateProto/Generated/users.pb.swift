@@ -137,6 +137,8 @@ public struct Tenant: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -158,37 +160,105 @@ public struct Tenant: ProtoMessage {
 }
 
 /// `tollgate.v1.User`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct User: ProtoMessage {
     public static let protoName = "tollgate.v1.User"
 
     /// Field 1.
-    public var tenantDomain: String = ""
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 2.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 3.
-    public var email: String = ""
+    public var email: String {
+        get { _storage.email }
+        set { _uniqueStorage().email = newValue }
+        _modify { yield &_uniqueStorage().email }
+    }
     /// Field 4.
-    public var givenName: String = ""
+    public var givenName: String {
+        get { _storage.givenName }
+        set { _uniqueStorage().givenName = newValue }
+        _modify { yield &_uniqueStorage().givenName }
+    }
     /// Field 5.
-    public var familyName: String = ""
+    public var familyName: String {
+        get { _storage.familyName }
+        set { _uniqueStorage().familyName = newValue }
+        _modify { yield &_uniqueStorage().familyName }
+    }
     /// Field 6.
-    public var claims: [Attribute] = []
+    public var claims: [Attribute] {
+        get { _storage.claims }
+        set { _uniqueStorage().claims = newValue }
+        _modify { yield &_uniqueStorage().claims }
+    }
     /// Field 10.
-    public var roles: [String] = []
+    public var roles: [String] {
+        get { _storage.roles }
+        set { _uniqueStorage().roles = newValue }
+        _modify { yield &_uniqueStorage().roles }
+    }
     /// Field 11.
-    public var status: UserStatus = .unspecified
+    public var status: UserStatus {
+        get { _storage.status }
+        set { _uniqueStorage().status = newValue }
+        _modify { yield &_uniqueStorage().status }
+    }
     /// Field 13.
-    public var failedLoginCount: UInt32 = 0
+    public var failedLoginCount: UInt32 {
+        get { _storage.failedLoginCount }
+        set { _uniqueStorage().failedLoginCount = newValue }
+        _modify { yield &_uniqueStorage().failedLoginCount }
+    }
     /// Field 20.
-    public var passwordHash: SecretHash? = nil
+    public var passwordHash: SecretHash? {
+        get { _storage.passwordHash }
+        set { _uniqueStorage().passwordHash = newValue }
+        _modify { yield &_uniqueStorage().passwordHash }
+    }
     /// Field 21.
-    public var passwordChangedAtUnixMs: Int64 = 0
+    public var passwordChangedAtUnixMs: Int64 {
+        get { _storage.passwordChangedAtUnixMs }
+        set { _uniqueStorage().passwordChangedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().passwordChangedAtUnixMs }
+    }
     /// Field 30.
-    public var createdAtUnixMs: Int64 = 0
+    public var createdAtUnixMs: Int64 {
+        get { _storage.createdAtUnixMs }
+        set { _uniqueStorage().createdAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().createdAtUnixMs }
+    }
     /// Field 31.
-    public var updatedAtUnixMs: Int64 = 0
+    public var updatedAtUnixMs: Int64 {
+        get { _storage.updatedAtUnixMs }
+        set { _uniqueStorage().updatedAtUnixMs = newValue }
+        _modify { yield &_uniqueStorage().updatedAtUnixMs }
+    }
     /// Field 12.
-    public var lockedUntilUnixMs: Int64? = nil
+    public var lockedUntilUnixMs: Int64? {
+        get { _storage.lockedUntilUnixMs }
+        set { _uniqueStorage().lockedUntilUnixMs = newValue }
+        _modify { yield &_uniqueStorage().lockedUntilUnixMs }
+    }
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -208,20 +278,120 @@ public struct User: ProtoMessage {
         updatedAtUnixMs: Int64 = 0,
         lockedUntilUnixMs: Int64? = nil
     ) {
-        self.tenantDomain = tenantDomain
-        self.username = username
-        self.email = email
-        self.givenName = givenName
-        self.familyName = familyName
-        self.claims = claims
-        self.roles = roles
-        self.status = status
-        self.failedLoginCount = failedLoginCount
-        self.passwordHash = passwordHash
-        self.passwordChangedAtUnixMs = passwordChangedAtUnixMs
-        self.createdAtUnixMs = createdAtUnixMs
-        self.updatedAtUnixMs = updatedAtUnixMs
-        self.lockedUntilUnixMs = lockedUntilUnixMs
+        let _fields = _Storage()
+        _fields.tenantDomain = tenantDomain
+        _fields.username = username
+        _fields.email = email
+        _fields.givenName = givenName
+        _fields.familyName = familyName
+        _fields.claims = claims
+        _fields.roles = roles
+        _fields.status = status
+        _fields.failedLoginCount = failedLoginCount
+        _fields.passwordHash = passwordHash
+        _fields.passwordChangedAtUnixMs = passwordChangedAtUnixMs
+        _fields.createdAtUnixMs = createdAtUnixMs
+        _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.lockedUntilUnixMs = lockedUntilUnixMs
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var tenantDomain: String = ""
+        var username: String = ""
+        var email: String = ""
+        var givenName: String = ""
+        var familyName: String = ""
+        var claims: [Attribute] = []
+        var roles: [String] = []
+        var status: UserStatus = .unspecified
+        var failedLoginCount: UInt32 = 0
+        var passwordHash: SecretHash? = nil
+        var passwordChangedAtUnixMs: Int64 = 0
+        var createdAtUnixMs: Int64 = 0
+        var updatedAtUnixMs: Int64 = 0
+        var lockedUntilUnixMs: Int64? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            tenantDomain = other.tenantDomain
+            username = other.username
+            email = other.email
+            givenName = other.givenName
+            familyName = other.familyName
+            claims = other.claims
+            roles = other.roles
+            status = other.status
+            failedLoginCount = other.failedLoginCount
+            passwordHash = other.passwordHash
+            passwordChangedAtUnixMs = other.passwordChangedAtUnixMs
+            createdAtUnixMs = other.createdAtUnixMs
+            updatedAtUnixMs = other.updatedAtUnixMs
+            lockedUntilUnixMs = other.lockedUntilUnixMs
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if tenantDomain != other.tenantDomain { return false }
+            if username != other.username { return false }
+            if email != other.email { return false }
+            if givenName != other.givenName { return false }
+            if familyName != other.familyName { return false }
+            if claims != other.claims { return false }
+            if roles != other.roles { return false }
+            if status != other.status { return false }
+            if failedLoginCount != other.failedLoginCount { return false }
+            if passwordHash != other.passwordHash { return false }
+            if passwordChangedAtUnixMs != other.passwordChangedAtUnixMs { return false }
+            if createdAtUnixMs != other.createdAtUnixMs { return false }
+            if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if lockedUntilUnixMs != other.lockedUntilUnixMs { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(tenantDomain)
+            hasher.combine(username)
+            hasher.combine(email)
+            hasher.combine(givenName)
+            hasher.combine(familyName)
+            hasher.combine(claims)
+            hasher.combine(roles)
+            hasher.combine(status)
+            hasher.combine(failedLoginCount)
+            hasher.combine(passwordHash)
+            hasher.combine(passwordChangedAtUnixMs)
+            hasher.combine(createdAtUnixMs)
+            hasher.combine(updatedAtUnixMs)
+            hasher.combine(lockedUntilUnixMs)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -243,6 +413,8 @@ public struct UserRole: ProtoMessage {
     public var createdAtUnixMs: Int64 = 0
     /// Field 11.
     public var updatedAtUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -289,6 +461,8 @@ public struct Session: ProtoMessage {
     public var lastUsedAtUnixMs: Int64 = 0
     /// Field 20.
     public var revoked: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
@@ -319,25 +493,34 @@ public struct Session: ProtoMessage {
 
 extension Tenant {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tenant()) { (message: UnsafePointer<Tollgate__V1__Tenant>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__tenant(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Tenant>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Tenant> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Tenant> {
         let c = arena.allocate(Tollgate__V1__Tenant.self)
         tollgate__v1__tenant__init(c)
-        c.pointee.domain = arena.cString(self.domain)
+        c.pointee.domain = try arena.cString(self.domain, field: "domain", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
-        c.pointee.admin_username = arena.cString(self.adminUsername)
-        c.pointee.admin_email = arena.cString(self.adminEmail)
+        c.pointee.admin_username = try arena.cString(self.adminUsername, field: "admin_username", in: Self.protoName)
+        c.pointee.admin_email = try arena.cString(self.adminEmail, field: "admin_email", in: Self.protoName)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -350,33 +533,42 @@ extension Tenant {
         self.adminEmail = try ProtoDecode.string(c.pointee.admin_email, field: "admin_email", in: Self.protoName)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension User {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user()) { (message: UnsafePointer<Tollgate__V1__User>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__User>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__User> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__User> {
         let c = arena.allocate(Tollgate__V1__User.self)
         tollgate__v1__user__init(c)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
-        c.pointee.email = arena.cString(self.email)
-        c.pointee.given_name = arena.cString(self.givenName)
-        c.pointee.family_name = arena.cString(self.familyName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
+        c.pointee.email = try arena.cString(self.email, field: "email", in: Self.protoName)
+        c.pointee.given_name = try arena.cString(self.givenName, field: "given_name", in: Self.protoName)
+        c.pointee.family_name = try arena.cString(self.familyName, field: "family_name", in: Self.protoName)
         c.pointee.n_claims = self.claims.count
-        c.pointee.claims = arena.messages(self.claims) { $0._cMessage(in: arena) }
+        c.pointee.claims = try arena.messages(self.claims) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
         c.pointee.status = .init(rawValue: .init(truncatingIfNeeded: self.status.rawValue))
         c.pointee.failed_login_count = self.failedLoginCount
         if let value = self.passwordHash { c.pointee.password_hash = value._cMessage(in: arena) }
@@ -387,6 +579,7 @@ extension User {
             c.pointee._locked_until_unix_ms_case = .init(rawValue: 12)
             c.pointee.locked_until_unix_ms = value
         }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -409,32 +602,42 @@ extension User {
         if c.pointee._locked_until_unix_ms_case.rawValue == 12 {
             self.lockedUntilUnixMs = c.pointee.locked_until_unix_ms
         }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension UserRole {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user_role()) { (message: UnsafePointer<Tollgate__V1__UserRole>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__user_role(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UserRole>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__UserRole> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UserRole> {
         let c = arena.allocate(Tollgate__V1__UserRole.self)
         tollgate__v1__user_role__init(c)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.name = arena.cString(self.name)
-        c.pointee.description = arena.cString(self.description)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.name = try arena.cString(self.name, field: "name", in: Self.protoName)
+        c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.n_permissions = self.permissions.count
-        c.pointee.permissions = arena.cStrings(self.permissions)
+        c.pointee.permissions = try arena.cStrings(self.permissions, field: "permissions", in: Self.protoName)
         c.pointee.builtin = (self.builtin ? 1 : 0)
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -448,35 +651,45 @@ extension UserRole {
         self.builtin = (c.pointee.builtin != 0)
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
 extension Session {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__session()) { (message: UnsafePointer<Tollgate__V1__Session>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__session(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__Session>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoArena.withScratch { arena in ProtoDecode.pack(_cMessage(in: arena)) }
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__Session> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__Session> {
         let c = arena.allocate(Tollgate__V1__Session.self)
         tollgate__v1__session__init(c)
         c.pointee.token_hash = arena.binary(self.tokenHash)
-        c.pointee.tenant_domain = arena.cString(self.tenantDomain)
-        c.pointee.username = arena.cString(self.username)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.n_roles = self.roles.count
-        c.pointee.roles = arena.cStrings(self.roles)
+        c.pointee.roles = try arena.cStrings(self.roles, field: "roles", in: Self.protoName)
         c.pointee.origin = .init(rawValue: .init(truncatingIfNeeded: self.origin.rawValue))
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
         c.pointee.idle_timeout_ms = self.idleTimeoutMs
         c.pointee.last_used_at_unix_ms = self.lastUsedAtUnixMs
         c.pointee.revoked = (self.revoked ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
@@ -493,5 +706,6 @@ extension Session {
         self.idleTimeoutMs = c.pointee.idle_timeout_ms
         self.lastUsedAtUnixMs = c.pointee.last_used_at_unix_ms
         self.revoked = (c.pointee.revoked != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

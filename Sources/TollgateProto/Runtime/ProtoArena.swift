@@ -130,11 +130,14 @@ final class ProtoArena {
             allocator_data: Unmanaged.passUnretained(self).toOpaque())
     }
 
-    /// A NUL-terminated copy of `string`. protobuf-c measures strings with
-    /// `strlen`, so a string containing U+0000 is cut there (see docs/proto.md).
-    func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
+    /// A NUL-terminated copy of `string` for field `field` of `messageType`.
+    ///
+    /// protobuf-c measures strings with `strlen`, so a string containing
+    /// U+0000 would be cut there without a word; it is refused instead.
+    func cString(_ string: String, field: String, in messageType: String) throws(ProtoEncodingError) -> UnsafeMutablePointer<CChar> {
         var string = string
-        return string.withUTF8 { utf8 in
+        let out = string.withUTF8 { utf8 -> UnsafeMutablePointer<CChar>? in
+            if let base = utf8.baseAddress, memchr(base, 0, utf8.count) != nil { return nil }
             let out = allocate(CChar.self, count: utf8.count + 1)
             if let base = utf8.baseAddress {
                 UnsafeMutableRawPointer(out).copyMemory(from: base, byteCount: utf8.count)
@@ -142,12 +145,16 @@ final class ProtoArena {
             out[utf8.count] = 0
             return out
         }
+        guard let out else {
+            throw ProtoEncodingError(messageType: messageType, reason: .nulInString(field: field))
+        }
+        return out
     }
 
-    func cStrings(_ strings: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? {
+    func cStrings(_ strings: [String], field: String, in messageType: String) throws(ProtoEncodingError) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? {
         if strings.isEmpty { return nil }
         let out = allocate(UnsafeMutablePointer<CChar>?.self, count: strings.count)
-        for (index, string) in strings.enumerated() { out[index] = cString(string) }
+        for (index, string) in strings.enumerated() { out[index] = try cString(string, field: field, in: messageType) }
         return out
     }
 
@@ -182,10 +189,10 @@ final class ProtoArena {
     }
 
     /// An array of pointers to sub-messages built by `make`.
-    func messages<T, C>(_ values: [T], _ make: (T) -> UnsafeMutablePointer<C>) -> UnsafeMutablePointer<UnsafeMutablePointer<C>?>? {
+    func messages<T, C, Failure: Error>(_ values: [T], _ make: (T) throws(Failure) -> UnsafeMutablePointer<C>) throws(Failure) -> UnsafeMutablePointer<UnsafeMutablePointer<C>?>? {
         if values.isEmpty { return nil }
         let out = allocate(UnsafeMutablePointer<C>?.self, count: values.count)
-        for (index, value) in values.enumerated() { out[index] = make(value) }
+        for (index, value) in values.enumerated() { out[index] = try make(value) }
         return out
     }
 }
@@ -245,13 +252,16 @@ enum ProtoDecode {
     }
 
     /// Runs protobuf-c's `unpack` for one message type after the size check,
-    /// with protobuf-c allocating from the thread's arena, and converts the
+    /// with protobuf-c allocating from the thread's arena, checks the wire
+    /// bytes for U+0000 in strings when the type has string fields at any
+    /// depth (`hasStrings`, decided by the generator), and converts the
     /// result before the arena is reset.
     @inline(__always)
     static func unpack<C, T>(
         _ bytes: UnsafeRawBufferPointer,
         messageType: String,
         descriptor: UnsafePointer<ProtobufCMessageDescriptor>,
+        hasStrings: Bool,
         convert: (UnsafePointer<C>) throws(ProtoDecodingError) -> T
     ) throws(ProtoDecodingError) -> T {
         guard bytes.count <= ProtoLimits.maxMessageBytes else {
@@ -274,19 +284,53 @@ enum ProtoDecode {
                 }
                 throw ProtoDecodingError(messageType: messageType, reason: .malformed)
             }
+            // After unpack accepted the bytes, so a malformed message is
+            // reported as such, not as whatever the scan trips over first.
+            if hasStrings {
+                try ProtoStringScan.refuseNUL(in: bytes, descriptor: descriptor, messageType: messageType)
+            }
             // Every protobuf-c message struct starts with its ProtobufCMessage base.
             return try convert(UnsafeRawPointer(message).assumingMemoryBound(to: C.self))
         }
     }
+}
 
-    /// Packs a C message built in an arena into a new byte array.
+/// Helpers the generated code uses to encode: protobuf-c's struct is built
+/// by `build` in the thread's arena, then measured or packed there.
+enum ProtoEncode {
+    /// Packs the message `build` makes into arena memory and lends the bytes
+    /// to `body`. A failure to build comes back as the result's error, one
+    /// from `body` is thrown, so callers can keep both errors typed.
     @inline(__always)
-    static func pack<C>(_ message: UnsafeMutablePointer<C>) -> [UInt8] {
-        let base = UnsafeRawPointer(message).assumingMemoryBound(to: ProtobufCMessage.self)
-        let count = protobuf_c_message_get_packed_size(base)
-        if count == 0 { return [] }
-        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            initialized = protobuf_c_message_pack(base, buffer.baseAddress!)
+    static func withPacked<C, Value, BuildFailure: Error, Failure: Error>(
+        _ build: (ProtoArena) throws(BuildFailure) -> UnsafeMutablePointer<C>,
+        _ body: (UnsafeRawBufferPointer) throws(Failure) -> Value
+    ) throws(Failure) -> Result<Value, BuildFailure> {
+        try ProtoArena.withScratch { (arena) throws(Failure) -> Result<Value, BuildFailure> in
+            let message: UnsafeMutablePointer<C>
+            do throws(BuildFailure) {
+                message = try build(arena)
+            } catch {
+                return .failure(error)
+            }
+            // Every protobuf-c message struct starts with its ProtobufCMessage base.
+            let base = UnsafeRawPointer(message).assumingMemoryBound(to: ProtobufCMessage.self)
+            let count = protobuf_c_message_get_packed_size(base)
+            if count == 0 { return .success(try body(UnsafeRawBufferPointer(start: nil, count: 0))) }
+            let out = arena.allocate(UInt8.self, count: count)
+            let packed = protobuf_c_message_pack(base, out)
+            return .success(try body(UnsafeRawBufferPointer(start: out, count: packed)))
+        }
+    }
+
+    /// The packed size of the message `build` makes, without packing it.
+    @inline(__always)
+    static func packedSize<C, BuildFailure: Error>(
+        _ build: (ProtoArena) throws(BuildFailure) -> UnsafeMutablePointer<C>
+    ) throws(BuildFailure) -> Int {
+        try ProtoArena.withScratch { (arena) throws(BuildFailure) -> Int in
+            let message = try build(arena)
+            return protobuf_c_message_get_packed_size(UnsafeRawPointer(message).assumingMemoryBound(to: ProtobufCMessage.self))
         }
     }
 }

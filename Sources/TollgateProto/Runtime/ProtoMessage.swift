@@ -18,8 +18,27 @@ public protocol ProtoMessage: Sendable, Hashable {
     ///   or carry a string that is not valid UTF-8.
     init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError)
 
+    /// Fields on the wire this build does not know (written by a newer
+    /// schema), kept from decoding so that re-encoding loses nothing.
+    /// Sub-messages keep their own.
+    var unknownFields: ProtoUnknownFields { get set }
+
+    /// Encodes the message and lends its wire bytes to `body`, without an
+    /// intermediate array: the bytes live in scratch memory that is reused
+    /// once `body` returns, so copy out what must outlive the call.
+    ///
+    /// - Throws: ``ProtoEncodingError`` when a string field holds U+0000
+    ///   (nothing reaches `body` then), or whatever `body` throws.
+    func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result
+
     /// The protobuf wire bytes of this message.
-    func serializedBytes() -> [UInt8]
+    ///
+    /// - Throws: ``ProtoEncodingError`` when a string field holds U+0000,
+    ///   which protobuf-c's NUL-terminated strings cannot carry.
+    func serializedBytes() throws(ProtoEncodingError) -> [UInt8]
+
+    /// How many bytes ``serializedBytes()`` would return, without packing them.
+    func serializedSize() throws(ProtoEncodingError) -> Int
 }
 
 extension ProtoMessage {
@@ -42,6 +61,12 @@ public enum ProtoLimits {
     /// enforce their own, usually smaller, frame limit before this is reached.
     public static let maxMessageBytes = 16 * 1024 * 1024
 
+    /// How deep the check for U+0000 in decoded strings follows nested
+    /// messages before giving up on the bytes as malformed. protobuf-c has
+    /// no limit of its own; this is protobuf's usual recursion limit, far
+    /// beyond the deepest nesting `proto/` declares.
+    public static let maxNestingDepth = 100
+
     /// How many bytes of unpacked structs one wire byte may cost. Real
     /// messages stay far below it; a hostile run of empty repeated
     /// sub-messages (two wire bytes, a struct and a pointer each) would not.
@@ -59,6 +84,9 @@ public struct ProtoDecodingError: Error, Hashable, Sendable, CustomStringConvert
         case unpackedTooLarge(limit: Int)
         /// A string field holds bytes that are not UTF-8.
         case invalidUTF8(field: String)
+        /// A string field holds a 0 byte (U+0000). protobuf-c would cut the
+        /// string there, so the bytes are refused rather than read short.
+        case nulInString(field: String)
     }
 
     /// The fully qualified protobuf name of the message being decoded.
@@ -80,6 +108,35 @@ public struct ProtoDecodingError: Error, Hashable, Sendable, CustomStringConvert
             return "cannot decode \(messageType): unpacking would take more than \(limit) bytes of memory"
         case .invalidUTF8(let field):
             return "cannot decode \(messageType): field '\(field)' is not valid UTF-8"
+        case .nulInString(let field):
+            return "cannot decode \(messageType): string field '\(field)' contains U+0000, which Tollgate's strings cannot hold"
+        }
+    }
+}
+
+/// Why a message could not be encoded.
+public struct ProtoEncodingError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Reason: Hashable, Sendable {
+        /// A string field (or an element of a repeated one) contains U+0000.
+        /// protobuf-c measures strings with `strlen`, so encoding it would
+        /// silently cut the string there; it is refused instead.
+        case nulInString(field: String)
+    }
+
+    /// The fully qualified protobuf name of the message holding the field:
+    /// the innermost one when the field is in a sub-message.
+    public let messageType: String
+    public let reason: Reason
+
+    public init(messageType: String, reason: Reason) {
+        self.messageType = messageType
+        self.reason = reason
+    }
+
+    public var description: String {
+        switch reason {
+        case .nulInString(let field):
+            return "cannot encode \(messageType): string field '\(field)' contains U+0000, which protobuf strings here cannot carry"
         }
     }
 }
