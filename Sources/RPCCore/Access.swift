@@ -83,6 +83,15 @@ public protocol TenantAccessPolicy: Sendable {
     func mayAct(in tenant: String, as user: UserPrincipal) -> Bool
 }
 
+/// Decides who is calling and whether they may, before a handler runs.
+public protocol CallAuthorizer: Sendable {
+    /// The caller, or the status that refuses the call.
+    func authorize(_ context: ServerCallContext) throws(RPCError) -> Caller
+    /// Whether deciding reads storage (a session lookup). Such calls are
+    /// authorized on the pool, never on an event loop.
+    func readsStorage(_ context: ServerCallContext) -> Bool
+}
+
 /// Resolves the credentials a call carries to a user.
 public protocol SessionVerifier: Sendable {
     /// The session's user, or nil if the token is unknown, expired or revoked.
@@ -95,7 +104,7 @@ public protocol SessionVerifier: Sendable {
 /// Applies docs/rpc-protocol.md §13 before a handler runs: who is calling
 /// (certificate, session token), whether the method's rule admits them, and
 /// which tenant the call acts in.
-public struct AccessController: Sendable {
+public struct AccessController: CallAuthorizer {
     public let rules: [String: AccessRule]
     public let sessions: (any SessionVerifier)?
     public let tenants: (any TenantAccessPolicy)?
@@ -128,6 +137,15 @@ public struct AccessController: Sendable {
             }
         }
         return caller
+    }
+
+    /// A session token, or an admin certificate naming a user, is looked up
+    /// in userdb when this node has one.
+    public func readsStorage(_ context: ServerCallContext) -> Bool {
+        guard sessions != nil else { return false }
+        if !context.metadata.values(for: "authorization").isEmpty { return true }
+        if case .user? = context.peer { return true }
+        return false
     }
 
     private func identify(_ context: ServerCallContext) throws(RPCError) -> Caller {

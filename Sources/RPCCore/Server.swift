@@ -195,7 +195,9 @@ public protocol RPCServerObserver: Sendable {
     func connectionFailed(peer: String, reason: String)
     /// A call ended with `code`, `duration` after its HEADERS arrived.
     /// `path` is the method path the client asked for (known or not).
-    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String)
+    /// `cause` is what went wrong underneath (``RPCError/cause``), for the
+    /// log only: it was not sent.
+    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String, cause: (any Error)?)
 }
 
 extension ProtoMessage {

@@ -23,9 +23,17 @@ public final class RPCServer: Sendable {
     ///     is and whether they may call the method, throwing the status to
     ///     answer with (UNAUTHENTICATED or PERMISSION_DENIED) if not. Usually
     ///     ``AccessController/authorize(_:)``.
+    ///   A closure must not block: it runs on the event loop for handlers
+    ///   placed there. An authorizer that reads storage says so through
+    ///   ``CallAuthorizer/readsStorage(_:)`` (the other initializer).
+    public convenience init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
+                            observer: (any RPCServerObserver)? = nil,
+                            authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
+        self.init(name: name, methods: methods, tls: tls, limits: limits, observer: observer, authorizer: ClosureAuthorizer(decide: authorize))
+    }
+
     public init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
-                observer: (any RPCServerObserver)? = nil,
-                authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
+                observer: (any RPCServerObserver)? = nil, authorizer: any CallAuthorizer) {
         let table = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
         let tls = NIOLockedValueBox(tls)
         self.tls = tls
@@ -35,7 +43,7 @@ public final class RPCServer: Sendable {
             try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
             try sync.addHandler(MessageToByteHandler(FrameEncoderHandler()))
             try sync.addHandler(RPCDrainEvents())
-            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorize: authorize))
+            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer))
         }
     }
 
@@ -88,4 +96,11 @@ struct RPCListenerObserver: ListenerObserver {
     func connectionOpened(listener: String) { observer.connectionOpened() }
     func connectionClosed(listener: String) { observer.connectionClosed() }
     func connectionFailed(listener: String, peer: String, reason: String) { observer.connectionFailed(peer: peer, reason: reason) }
+}
+
+/// An authorizer given as a closure, which reads no storage.
+struct ClosureAuthorizer: CallAuthorizer {
+    let decide: @Sendable (ServerCallContext) throws(RPCError) -> Caller
+    func authorize(_ context: ServerCallContext) throws(RPCError) -> Caller { try decide(context) }
+    func readsStorage(_ context: ServerCallContext) -> Bool { false }
 }

@@ -34,7 +34,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
 
         let handler: RPCMethodHandler
-        let callContext: ServerCallContext
+        /// The caller is filled in once authorization ran, in the handler's task.
+        var callContext: ServerCallContext
         var input: Input
         var task: Task<Void, Never>?
         var deadlineTimer: Scheduled<Void>?
@@ -62,7 +63,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private let methods: [String: RPCMethodHandler]
     private let limits: RPCLimits
-    private let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller
+    private let authorizer: any CallAuthorizer
     private let observer: (any RPCServerObserver)?
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
@@ -87,11 +88,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var pingTimeout: Scheduled<Void>?
 
     init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
-         authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
+         authorizer: any CallAuthorizer) {
         self.methods = methods
         self.limits = limits
         self.observer = observer
-        self.authorize = authorize
+        self.authorizer = authorizer
         self.machine = ConnectionStateMachine(role: .server, local: limits.settings)
     }
 
@@ -231,12 +232,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             return refuse(id, path: headers.method, RPCError(.unimplemented, "unknown method \(headers.method)"), requestID: requestID, echo: echo, context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
-        var callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
-        do {
-            callContext.caller = try authorize(callContext)
-        } catch {
-            return refuse(id, path: headers.method, error, requestID: requestID, echo: echo, context: context)
-        }
+        // Who the caller is, and whether they may call, is decided in the
+        // handler's task before the handler runs (`launch`): a session token
+        // is looked up in userdb, which must not happen on the event loop.
+        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
         if headers.timeoutMs == 0 {
             machine.closeStream(id)
             return emit(.trailers(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
@@ -266,7 +265,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Answers a call whose handler will not run with TRAILERS.
     private func refuse(_ id: UInt32, path: String, _ error: RPCError, requestID: String, echo: Metadata, context: ChannelHandlerContext) {
         machine.closeStream(id)
-        observer?.callFinished(path: path, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message)
+        observer?.callFinished(path: path, code: error.code, duration: .zero, requestID: requestID, caller: .anonymous, message: error.message,
+                               cause: error.cause)
         emit(.trailers(streamID: id, error: error, metadata: echo), context: context)
     }
 
@@ -312,13 +312,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: Running handlers
 
     private func start(stream: Stream, id: UInt32, request: [UInt8], context: ChannelHandlerContext) {
-        let callContext = stream.callContext
         let sink = makeSink(streamID: id, context: context)
         switch stream.handler.body {
         case .unary(let run):
-            launch(stream, id: id, context: context) { .some(try await run(request, callContext)) }
+            launch(stream, id: id, context: context) { callContext in .some(try await run(request, callContext)) }
         case .singleRequest(let run):
-            launch(stream, id: id, context: context) {
+            launch(stream, id: id, context: context) { callContext in
                 try await run(request, sink, callContext)
                 return nil
             }
@@ -329,7 +328,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func start(stream: Stream, id: UInt32, requests: AsyncThrowingStream<[UInt8], any Error>, context: ChannelHandlerContext) {
         guard case .streaming(let run) = stream.handler.body else { preconditionFailure("not a streaming handler") }
-        let callContext = stream.callContext
         let sink = makeSink(streamID: id, context: context)
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
@@ -340,7 +338,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 loop.execute { bound.value.consumed(bytes, streamID: id) }
             }
         }
-        launch(stream, id: id, context: context) {
+        launch(stream, id: id, context: context) { callContext in
             try await run(raw, sink, callContext)
             return nil
         }
@@ -350,28 +348,39 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         StreamSink(loop: context.eventLoop, connection: NIOLoopBound(self, eventLoop: context.eventLoop), streamID: streamID)
     }
 
-    /// Runs the handler where it is placed; its outcome comes back to the
-    /// loop (no hop when it already runs there).
+    /// Authorizes the call, then runs the handler where it is placed; the
+    /// outcome comes back to the loop (no hop when it already runs there).
+    /// A call whose credentials need a lookup (a session token, a user
+    /// certificate) runs on the pool even when its handler prefers the
+    /// loop, so no event loop waits on userdb.
     private func launch(_ stream: Stream, id: UInt32, context: ChannelHandlerContext,
-                        _ body: @escaping @Sendable () async throws -> [UInt8]?) {
+                        _ body: @escaping @Sendable (ServerCallContext) async throws -> [UInt8]?) {
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
+        let unauthorized = stream.callContext
+        let authorizer = self.authorizer
         let work: @Sendable () async -> Void = {
             let outcome: Result<[UInt8]?, RPCError>
+            var caller = Caller.anonymous
             do {
-                outcome = .success(try await body())
+                var callContext = unauthorized
+                callContext.caller = try authorizer.authorize(callContext)
+                caller = callContext.caller
+                outcome = .success(try await body(callContext))
             } catch {
                 outcome = .failure(status(for: error))
             }
+            let decided = caller
             if loop.inEventLoop {
-                bound.value.finish(streamID: id, outcome)
+                bound.value.finish(streamID: id, outcome, caller: decided)
             } else {
-                loop.execute { bound.value.finish(streamID: id, outcome) }
+                loop.execute { bound.value.finish(streamID: id, outcome, caller: decided) }
             }
         }
-        switch stream.handler.placement {
-        case .eventLoop: stream.task = Task(executorPreference: loopExecutor!) { await work() }
-        case .pool: stream.task = Task { await work() }
+        if stream.handler.placement == .eventLoop && !authorizer.readsStorage(unauthorized) {
+            stream.task = Task(executorPreference: loopExecutor!) { await work() }
+        } else {
+            stream.task = Task { await work() }
         }
     }
 
@@ -379,7 +388,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func fail(streamID id: UInt32, _ error: RPCError) {
         guard let context, let stream = streams.removeValue(forKey: id) else { return }
         machine.closeStream(id)
-        report(stream, code: error.code, message: error.message)
+        report(stream, code: error.code, message: error.message, cause: error.cause)
         stream.stop(error)
         emit(.trailers(streamID: id, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
@@ -444,8 +453,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     /// A handler returned: a unary response goes out with the trailers.
-    fileprivate func finish(streamID: UInt32, _ outcome: Result<[UInt8]?, RPCError>) {
+    fileprivate func finish(streamID: UInt32, _ outcome: Result<[UInt8]?, RPCError>, caller: Caller) {
         guard let stream = streams.removeValue(forKey: streamID), let context else { return }
+        stream.callContext.caller = caller
         var error: RPCError?
         switch outcome {
         case .success(let response?):
@@ -465,15 +475,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             error = failure
         }
         machine.closeStream(streamID)
-        report(stream, code: error?.code ?? .ok, message: error?.message ?? "")
+        report(stream, code: error?.code ?? .ok, message: error?.message ?? "", cause: error?.cause)
         stream.stop(error ?? RPCError(.internal, "call ended"))
         emit(.trailers(streamID: streamID, error: error, metadata: echo(stream)), context: context)
         streamClosed(context: context)
     }
 
-    private func report(_ stream: Stream, code: RPCCode, message: String) {
+    private func report(_ stream: Stream, code: RPCCode, message: String, cause: (any Error)? = nil) {
         observer?.callFinished(path: stream.handler.method.path, code: code, duration: ContinuousClock.now - stream.started,
-                               requestID: stream.requestID, caller: stream.callContext.caller, message: message)
+                               requestID: stream.requestID, caller: stream.callContext.caller, message: message, cause: cause)
     }
 
     private func closedFuture() -> EventLoopFuture<Void> {

@@ -61,7 +61,7 @@ public final class NodeMetrics: RPCServerObserver {
     public func connectionClosed() { openConnections.decrement() }
     public func connectionFailed(peer: String, reason: String) { connectionErrors.increment() }
 
-    public func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
+    public func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String, cause: (any Error)? = nil) {
         // Unknown paths are counted together, so clients cannot grow the label set.
         let key = knownPaths.contains(path) ? path : "unknown"
         let (calls, durations) = callMetrics.withLock { cache in

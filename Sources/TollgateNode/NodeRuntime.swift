@@ -73,9 +73,6 @@ public final class NodeRuntime: Sendable {
         // Ping and status never block: they answer on the connection's loop.
         let methods = status.methodHandlers.map { $0.placed(.eventLoop) } + modules.flatMap(\.methods)
         let access = assembly.access
-        let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { (context) throws(RPCError) -> Caller in
-            try access.authorize(context)
-        }
         let observer = CallLogger(metrics: metrics, logger: logger)
 
         let activated = Dictionary(ServiceNotifier.listenedSockets().map { ($0.name, $0.descriptor) }, uniquingKeysWith: { first, _ in first })
@@ -85,11 +82,11 @@ public final class NodeRuntime: Sendable {
         let moduleTLS = NIOLockedValueBox<[String: TLSContext]>([:])
         do {
             let (clusterTLS, adminTLS) = try serverTLS(config)
-            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorize: authorize)
+            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorizer: access)
             rpcServers.append(("cluster", cluster))
             bound.append(("cluster", cluster.listener, try await bind(cluster.listener, config.clusterListen, socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
-                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer, authorize: authorize)
+                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer, authorizer: access)
                 rpcServers.append(("admin", admin))
                 bound.append(("admin", admin.listener, try await bind(admin.listener, adminListen, socket: activated["admin"], group: group)))
             }
@@ -358,13 +355,17 @@ struct CallLogger: RPCServerObserver {
         logger.warning("closed a connection: \(reason)", metadata: ["peer": "\(peer)"])
     }
 
-    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String) {
+    func callFinished(path: String, code: RPCCode, duration: Duration, requestID: String, caller: Caller, message: String, cause: (any Error)?) {
         metrics.callFinished(path: path, code: code, duration: duration, requestID: requestID, caller: caller, message: message)
         // Built only when the level is enabled (swift-log takes it as an autoclosure):
         // successful calls log at debug, which is usually off.
         func metadata() -> Logger.Metadata {
-            ["request_id": "\(requestID)", "method": "\(path)", "code": "\(code)", "caller": "\(caller)",
-             "duration_us": "\(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)"]
+            var metadata: Logger.Metadata = [
+                "request_id": "\(requestID)", "method": "\(path)", "code": "\(code)", "caller": "\(caller)",
+                "duration_us": "\(duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000)"]
+            // The cause is for operators only: it names the library error the client was spared.
+            if let cause { metadata["cause"] = "\(String(reflecting: type(of: cause))): \(cause)" }
+            return metadata
         }
         switch code {
         case .unknown, .internal, .dataLoss:

@@ -31,7 +31,7 @@ final class EmbeddedServer {
     init(limits: RPCLimits = RPCLimits()) throws {
         let methods = echoHandlers().map { $0.placed(.eventLoop) }
         let handler = ServerConnectionHandler(methods: Dictionary(uniqueKeysWithValues: methods.map { ($0.method.path, $0) }),
-                                              limits: limits, observer: nil) { _ in .anonymous }
+                                              limits: limits, observer: nil, authorizer: ClosureAuthorizer { _ in .anonymous })
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
         channel.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(plaintextSession))
