@@ -48,7 +48,7 @@ public struct InProcessTransport: RPCClientTransport {
         let (handler, context) = try prepare(method, options)
         guard case .unary(let body) = handler.body else { throw RPCError(.internal, "\(method.path) is not a unary method") }
         let bytes = try request.rpcPayload()
-        let response = try await run(context) { try await body(bytes, context) }
+        let response = try await run(context) { try await body(bytes, context).rpcPayload() }
         return try Self.decode(response)
     }
 
@@ -112,7 +112,7 @@ public struct InProcessTransport: RPCClientTransport {
 private struct CallbackSink: ResponseSink {
     let onMessage: @Sendable ([UInt8]) async throws -> Void
     func sendHeaders(_ metadata: Metadata) async throws {}
-    func sendMessage(_ bytes: [UInt8]) async throws { try await onMessage(bytes) }
+    func sendMessage(_ message: any ProtoMessage) async throws { try await onMessage(message.rpcPayload()) }
 }
 
 private actor ResponseBox {

@@ -31,8 +31,9 @@ public struct ServerCallContext: Sendable {
 public protocol ResponseSink: Sendable {
     /// Response metadata, sent before the first message (at most once).
     func sendHeaders(_ metadata: Metadata) async throws
-    /// One serialized response message; waits while the peer's window is closed.
-    func sendMessage(_ bytes: [UInt8]) async throws
+    /// One response message, serialized by the transport where it suits it
+    /// (straight into its own buffer); waits while the peer's window is closed.
+    func sendMessage(_ message: any ProtoMessage) async throws
 }
 
 /// Serialized request messages as the transport receives them. Taking one
@@ -87,7 +88,7 @@ public struct RequestStream<Message: ProtoMessage>: AsyncSequence, Sendable {
 public struct ResponseWriter<Message: ProtoMessage>: Sendable {
     let sink: any ResponseSink
     public init(sink: any ResponseSink) { self.sink = sink }
-    public func write(_ message: Message) async throws { try await sink.sendMessage(message.rpcPayload()) }
+    public func write(_ message: Message) async throws { try await sink.sendMessage(message) }
     public func sendHeaders(_ metadata: Metadata) async throws { try await sink.sendHeaders(metadata) }
 }
 
@@ -108,8 +109,10 @@ public struct RPCMethodHandler: Sendable {
     /// The handler's shape, which decides how the transport feeds it.
     public enum Body: Sendable {
         /// One request in, one response out: the transport collects the single
-        /// request and sends the response and the trailers together.
-        case unary(@Sendable ([UInt8], ServerCallContext) async throws -> [UInt8])
+        /// request and sends the response and the trailers together. The
+        /// response is handed over as a message so the transport serializes
+        /// it straight into its own buffer.
+        case unary(@Sendable ([UInt8], ServerCallContext) async throws -> any ProtoMessage)
         /// One request in, responses through the sink.
         case singleRequest(@Sendable ([UInt8], any ResponseSink, ServerCallContext) async throws -> Void)
         /// Requests as they arrive, responses through the sink.
@@ -138,7 +141,7 @@ public struct RPCMethodHandler: Sendable {
         _ method: ProtoMethod, _ handle: @escaping @Sendable (Request, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
         RPCMethodHandler(method: method, body: .unary { bytes, context in
-            try await handle(decodeRequest(bytes), context).rpcPayload()
+            try await handle(decodeRequest(bytes), context)
         })
     }
 
@@ -156,7 +159,7 @@ public struct RPCMethodHandler: Sendable {
         _ method: ProtoMethod, _ handle: @escaping @Sendable (RequestStream<Request>, ServerCallContext) async throws -> Response
     ) -> RPCMethodHandler {
         RPCMethodHandler(method: method, body: .streaming { requests, sink, context in
-            try await sink.sendMessage(handle(RequestStream(raw: requests), context).rpcPayload())
+            try await sink.sendMessage(handle(RequestStream(raw: requests), context))
         })
     }
 

@@ -1,5 +1,6 @@
 public import NIOCore
 public import RPCCore
+import TollgateProto
 
 /// Bytes to frames. The parsing is RPCCore's (``Frame/parse(_:maxFrameSize:)``,
 /// shared with the fuzzer and the tests): this hands it the readable bytes
@@ -31,16 +32,65 @@ final class FrameDecoderHandler: ByteToMessageDecoder {
 }
 
 /// Frames to bytes, with RPCCore's header layout (``FrameHeader/encode(into:)``).
-final class FrameEncoderHandler: MessageToByteEncoder {
-    typealias OutboundIn = Frame
+final class FrameEncoderHandler: ChannelOutboundHandler {
+    typealias OutboundIn = OutboundFrame
+    typealias OutboundOut = ByteBuffer
 
-    func encode(data frame: Frame, out: inout ByteBuffer) throws {
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .frame(let frame):
+            var out = context.channel.allocator.buffer(capacity: FrameHeader.byteCount + frame.payload.count)
+            encode(data: frame, out: &out)
+            context.write(wrapOutboundOut(out), promise: promise)
+        case .encoded(let message):
+            context.write(wrapOutboundOut(message.buffer), promise: promise)
+        }
+    }
+
+    func encode(data frame: Frame, out: inout ByteBuffer) {
         out.reserveCapacity(minimumWritableBytes: FrameHeader.byteCount + frame.payload.count)
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: FrameHeader.byteCount) { bytes in
             frame.header.encode(into: bytes)
             return FrameHeader.byteCount
         }
         out.writeBytes(frame.payload)
+    }
+}
+
+@available(*, unavailable)
+extension FrameEncoderHandler: Sendable {}
+
+/// What the connection handlers write: a frame to encode, or a MESSAGE
+/// frame already serialized into its buffer.
+enum OutboundFrame {
+    case frame(Frame)
+    case encoded(EncodedMessage)
+}
+
+/// A MESSAGE frame, header and payload, serialized straight from a message
+/// into a `ByteBuffer`: no intermediate byte array, one copy out of
+/// protobuf-c's arena. Built in the handler's task, so the event loop only
+/// queues it.
+struct EncodedMessage: Sendable {
+    let buffer: ByteBuffer
+    /// The payload's size, which the flow-control window is charged.
+    let payloadCount: Int
+
+    init(_ message: any ProtoMessage, streamID: UInt32, flags: FrameFlags = [], allocator: ByteBufferAllocator) throws(RPCError) {
+        do {
+            (buffer, payloadCount) = try message.withSerializedBytes { raw in
+                var buffer = allocator.buffer(capacity: FrameHeader.byteCount + raw.count)
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: FrameHeader.byteCount) { bytes in
+                    FrameHeader(length: UInt32(raw.count), type: .message, flags: flags, streamID: streamID).encode(into: bytes)
+                    return FrameHeader.byteCount
+                }
+                buffer.writeBytes(raw)
+                return (buffer, raw.count)
+            }
+        } catch {
+            // A string holding U+0000 (docs/proto.md): the sending side's fault.
+            throw RPCError(.internal, "\(error)")
+        }
     }
 }
 

@@ -41,7 +41,7 @@ public final class RPCServer: Sendable {
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
             try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
-            try sync.addHandler(MessageToByteHandler(FrameEncoderHandler()))
+            try sync.addHandler(FrameEncoderHandler())
             try sync.addHandler(RPCDrainEvents())
             try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer))
         }

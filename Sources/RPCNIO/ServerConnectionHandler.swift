@@ -17,7 +17,7 @@ import TollgateTLS
 /// loop, so calls finishing together leave in one TLS write.
 final class ServerConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias OutboundOut = OutboundFrame
 
     /// A graceful shutdown request, sent to every connection as a user event.
     struct Quiesce: Sendable {}
@@ -40,7 +40,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var task: Task<Void, Never>?
         var deadlineTimer: Scheduled<Void>?
         /// Response messages waiting for send window, oldest first.
-        var windowWaiters: [(bytes: [UInt8], promise: EventLoopPromise<Void>)] = []
+        var windowWaiters: [(message: EncodedMessage, promise: EventLoopPromise<Void>)] = []
         let requestID: String
         let started = ContinuousClock.now
 
@@ -169,7 +169,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// Queues a frame; one flush per loop turn sends everything queued.
     private func emit(_ frame: Frame, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(frame), promise: nil)
+        write(.frame(frame), context: context)
+    }
+
+    private func write(_ outbound: OutboundFrame, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(outbound), promise: nil)
         guard !flushScheduled else { return }
         flushScheduled = true
         context.eventLoop.assumeIsolated().execute { [self] in
@@ -345,7 +349,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func makeSink(streamID: UInt32, context: ChannelHandlerContext) -> StreamSink {
-        StreamSink(loop: context.eventLoop, connection: NIOLoopBound(self, eventLoop: context.eventLoop), streamID: streamID)
+        StreamSink(loop: context.eventLoop, connection: NIOLoopBound(self, eventLoop: context.eventLoop), streamID: streamID,
+                   allocator: context.channel.allocator)
     }
 
     /// Authorizes the call, then runs the handler where it is placed; the
@@ -354,19 +359,21 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// certificate) runs on the pool even when its handler prefers the
     /// loop, so no event loop waits on userdb.
     private func launch(_ stream: Stream, id: UInt32, context: ChannelHandlerContext,
-                        _ body: @escaping @Sendable (ServerCallContext) async throws -> [UInt8]?) {
+                        _ body: @escaping @Sendable (ServerCallContext) async throws -> (any ProtoMessage)?) {
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         let unauthorized = stream.callContext
         let authorizer = self.authorizer
+        let allocator = context.channel.allocator
         let work: @Sendable () async -> Void = {
-            let outcome: Result<[UInt8]?, RPCError>
+            let outcome: Result<EncodedMessage?, RPCError>
             var caller = Caller.anonymous
             do {
                 var callContext = unauthorized
                 callContext.caller = try authorizer.authorize(callContext)
                 caller = callContext.caller
-                outcome = .success(try await body(callContext))
+                // A unary response is serialized here, off the loop, straight into its frame.
+                outcome = .success(try await body(callContext).map { try EncodedMessage($0, streamID: id, allocator: allocator) })
             } catch {
                 outcome = .failure(status(for: error))
             }
@@ -429,15 +436,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Queues a response message. The future completes once it is queued,
     /// which is at once while the stream's send window is open: the window,
     /// not the socket, bounds what a handler can have in flight.
-    fileprivate func sendMessage(streamID: UInt32, bytes: [UInt8]) -> EventLoopFuture<Void> {
+    fileprivate func sendMessage(streamID: UInt32, message: EncodedMessage) -> EventLoopFuture<Void> {
         guard let stream = streams[streamID], let context else { return closedFuture() }
-        switch machine.sendMessage(streamID: streamID, byteCount: bytes.count, queuedAhead: !stream.windowWaiters.isEmpty) {
+        switch machine.sendMessage(streamID: streamID, byteCount: message.payloadCount, queuedAhead: !stream.windowWaiters.isEmpty) {
         case .now:
-            emit(Frame(type: .message, streamID: streamID, payload: bytes), context: context)
+            write(.encoded(message), context: context)
             return context.eventLoop.makeSucceededVoidFuture()
         case .waitForWindow:
             let promise = context.eventLoop.makePromise(of: Void.self)
-            stream.windowWaiters.append((bytes, promise))
+            stream.windowWaiters.append((message, promise))
             return promise.futureResult
         case .tooLarge(let error), .refused(let error):
             return context.eventLoop.makeFailedFuture(error)
@@ -445,23 +452,23 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func flushWaiting(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
-        while let waiter = stream.windowWaiters.first, machine.releaseQueuedMessage(streamID: id, byteCount: waiter.bytes.count) {
+        while let waiter = stream.windowWaiters.first, machine.releaseQueuedMessage(streamID: id, byteCount: waiter.message.payloadCount) {
             stream.windowWaiters.removeFirst()
-            emit(Frame(type: .message, streamID: id, payload: waiter.bytes), context: context)
+            write(.encoded(waiter.message), context: context)
             waiter.promise.succeed()
         }
     }
 
     /// A handler returned: a unary response goes out with the trailers.
-    fileprivate func finish(streamID: UInt32, _ outcome: Result<[UInt8]?, RPCError>, caller: Caller) {
+    fileprivate func finish(streamID: UInt32, _ outcome: Result<EncodedMessage?, RPCError>, caller: Caller) {
         guard let stream = streams.removeValue(forKey: streamID), let context else { return }
         stream.callContext.caller = caller
         var error: RPCError?
         switch outcome {
         case .success(let response?):
-            switch machine.sendMessage(streamID: streamID, byteCount: response.count) {
+            switch machine.sendMessage(streamID: streamID, byteCount: response.payloadCount) {
             case .now:
-                emit(Frame(type: .message, streamID: streamID, payload: response), context: context)
+                write(.encoded(response), context: context)
             case .waitForWindow:
                 // Not reached: a unary stream has sent nothing before, and a
                 // stream's window starts at 1 byte or more.
@@ -550,11 +557,15 @@ private struct StreamSink: ResponseSink {
         }
     }
 
-    func sendMessage(_ bytes: [UInt8]) async throws {
+    let allocator: ByteBufferAllocator
+
+    /// Serialized here, in the handler's task, straight into the frame's buffer.
+    func sendMessage(_ message: any ProtoMessage) async throws {
+        let encoded = try EncodedMessage(message, streamID: streamID, allocator: allocator)
         if loop.inEventLoop {
-            try await connection.value.sendMessage(streamID: streamID, bytes: bytes).get()
+            try await connection.value.sendMessage(streamID: streamID, message: encoded).get()
         } else {
-            try await loop.flatSubmit { connection.value.sendMessage(streamID: streamID, bytes: bytes) }.get()
+            try await loop.flatSubmit { connection.value.sendMessage(streamID: streamID, message: encoded) }.get()
         }
     }
 }

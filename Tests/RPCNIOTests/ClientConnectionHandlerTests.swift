@@ -50,7 +50,7 @@ struct ScriptedServer {
 
     /// The next frame the client writes.
     func next() async throws -> Frame {
-        try await channel.waitForOutboundWrite(as: Frame.self)
+        try await channel.waitForOutboundWrite(as: OutboundFrame.self).decoded()
     }
 
     /// Past the SETTINGS exchange, with the client's frames so far read.
@@ -165,7 +165,7 @@ struct ScriptedServer {
         // Time for the second call to reach the loop, where it must wait.
         try await Task.sleep(for: .milliseconds(100))
         await server.channel.testingEventLoop.run()
-        #expect(try await server.channel.readOutbound(as: Frame.self) == nil, "the second call waits")
+        #expect(try await server.channel.readOutbound(as: OutboundFrame.self) == nil, "the second call waits")
         try await server.send(Frame(type: .message, streamID: 1, payload: PingResponse(payload: [1]).serializedBytes()))
         try await server.send(.trailers(streamID: 1, error: nil, metadata: Metadata()))
         let firstReply = try await first.value

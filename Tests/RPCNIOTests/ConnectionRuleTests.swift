@@ -43,7 +43,7 @@ final class RawPeer: Sendable {
 
     func send(_ frame: Frame) async throws {
         var buffer = ByteBuffer()
-        try FrameEncoderHandler().encode(data: frame, out: &buffer)
+        FrameEncoderHandler().encode(data: frame, out: &buffer)
         try await channel.writeAndFlush(buffer)
     }
 

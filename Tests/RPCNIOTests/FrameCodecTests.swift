@@ -4,6 +4,7 @@ import NIOTestUtils
 import RPCCore
 @testable import RPCNIO
 import Testing
+import TollgateProto
 
 /// The NIO frame codec: RPCCore's parser and header layout behind
 /// ByteToMessageDecoder and MessageToByteEncoder.
@@ -72,12 +73,45 @@ import Testing
     }
 
     @Test func theEncoderWritesWhatRPCCoreEncodes() throws {
-        let channel = EmbeddedChannel(handler: MessageToByteHandler(FrameEncoderHandler()))
+        let channel = EmbeddedChannel(handler: FrameEncoderHandler())
         for frame in Self.frames {
-            try channel.writeOutbound(frame)
+            try channel.writeOutbound(OutboundFrame.frame(frame))
             let buffer = try #require(try channel.readOutbound(as: ByteBuffer.self))
             #expect(Array(buffer.readableBytesView) == frame.bytes)
         }
         #expect(try channel.finish().isClean)
+    }
+}
+
+extension OutboundFrame {
+    /// The frame as its peer would decode it: a pre-serialized MESSAGE
+    /// frame goes through the one parser.
+    func decoded() throws -> Frame {
+        switch self {
+        case .frame(let frame):
+            return frame
+        case .encoded(let message):
+            let parsed = try message.buffer.withUnsafeReadableBytes { try Frame.parse($0, maxFrameSize: Int(UInt32.max)) }
+            guard let (frame, count) = parsed, count == message.buffer.readableBytes else {
+                throw ConnectionError(.protocolError, "an encoded message is not exactly one frame")
+            }
+            return frame
+        }
+    }
+}
+
+@Suite struct EncodedMessageTests {
+    @Test func aMessageSerializesStraightIntoItsFrame() throws {
+        let message = PingResponse(payload: [1, 2, 3], nodeId: "node-7")
+        let encoded = try EncodedMessage(message, streamID: 9, flags: .endStream, allocator: ByteBufferAllocator())
+        #expect(encoded.payloadCount == (try message.serializedBytes()).count)
+        let frame = try OutboundFrame.encoded(encoded).decoded()
+        #expect(frame == Frame(type: .message, flags: .endStream, streamID: 9, payload: try message.serializedBytes()))
+    }
+
+    @Test func aMessageThatCannotBeEncodedIsInternal() {
+        #expect { _ = try EncodedMessage(PingResponse(nodeId: "a\u{0}b"), streamID: 1, allocator: ByteBufferAllocator()) } throws: { error in
+            (error as? RPCError)?.code == .internal
+        }
     }
 }
