@@ -97,7 +97,7 @@ let package = Package(
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", logging, nioCore, nioPosix]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
-        .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage"], path: "Tests/StorageProbe"),
+        .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
@@ -111,9 +111,9 @@ let package = Package(
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI and similar helpers.
-        .target(name: "TestSupport", dependencies: ["OpenSSLKit"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["OpenSSLKit", "LMDBKit", "TollgateStorage"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
-        .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto"]),
+        .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
     ]
 )

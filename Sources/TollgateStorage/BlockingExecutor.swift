@@ -36,11 +36,29 @@ public final class BlockingExecutor: Sendable {
     /// Cancelling the caller does not interrupt work that has started.
     public func run<Result: Sendable, Failure: Error>(_ body: @escaping @Sendable () throws(Failure) -> Result) async throws(Failure) -> Result {
         let lane = lanes.count == 1 ? lanes[0] : lanes[Int(nextLane.wrappingAdd(1, ordering: .relaxed).oldValue % UInt(lanes.count))]
+        let work = Work(body)
         let outcome: Swift.Result<Result, Failure> = await withCheckedContinuation { continuation in
             lane.async {
-                continuation.resume(returning: Swift.Result { () throws(Failure) -> Result in try body() })
+                // The body, and what it captured, is released before the caller
+                // resumes, so objects it held (an environment) are gone by then.
+                let outcome = work.run()
+                continuation.resume(returning: outcome)
             }
         }
         return try outcome.get()
+    }
+
+    /// A body that is released as soon as it has run.
+    private final class Work<Result: Sendable, Failure: Error>: Sendable {
+        private let body: Mutex<(@Sendable () throws(Failure) -> Result)?>
+
+        init(_ body: @escaping @Sendable () throws(Failure) -> Result) { self.body = Mutex(body) }
+
+        func run() -> Swift.Result<Result, Failure> {
+            guard let body = self.body.withLock({ stored in defer { stored = nil }; return stored }) else {
+                preconditionFailure("a blocking job ran twice")
+            }
+            return Swift.Result { () throws(Failure) -> Result in try body() }
+        }
     }
 }

@@ -8,7 +8,17 @@
 // that every acknowledged record survived, and run two at once to check that
 // concurrent writers from separate processes lose nothing. The environment
 // starts with a small map so that writers also grow it under each other.
+//
+//   tollgate-storage-probe outbox <data-dir> <key-prefix> <count> [crash]
+//
+// Writes across two environments through an `Outbox`: each round commits a
+// mark in `outsource` together with an outbox entry, prints "ack <n>", then
+// delivers the entry (which adds one to a counter in `outtarget`) and prints
+// "delivered <n>". With `crash`, the process exits right after the first
+// "ack", between the two commits, as a kill there would leave it.
 import LMDBKit
+import TestSupport
+import TollgateStorage
 
 #if canImport(Glibc)
 import Glibc
@@ -27,6 +37,25 @@ func fail(_ message: String) -> Never {
 }
 
 let arguments = CommandLine.arguments
+if arguments.count >= 5, arguments[1] == "outbox", let count = Int(arguments[4]) {
+    do {
+        let pair = try OutboxPair(dataDirectory: arguments[2])
+        for n in 0..<count {
+            let mark = OutboxPair.key(arguments[3], n)
+            try await pair.source.write { [pair] txn in
+                try txn.put([1], forKey: mark, in: pair.marks)
+                try pair.outbox.enqueue(kind: OutboxPair.kind, operation: mark, in: &txn)
+            }
+            emit("ack \(n)", to: STDOUT_FILENO)
+            if arguments.count > 5 && arguments[5] == "crash" { _exit(9) }
+            try await pair.outbox.deliver()
+            emit("delivered \(n)", to: STDOUT_FILENO)
+        }
+    } catch {
+        fail("\(error)")
+    }
+    exit(0)
+}
 guard arguments.count >= 5, arguments[1] == "write", let count = Int(arguments[4]) else {
     fail("usage: tollgate-storage-probe write <env-dir> <key-prefix> <count> [value-bytes]")
 }
