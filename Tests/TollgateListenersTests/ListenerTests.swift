@@ -1,0 +1,198 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RoleCore
+import Synchronization
+import TestSupport
+import Testing
+@testable import TollgateListeners
+
+/// Answers with what it was asked: method, path, body length and body.
+struct EchoResponder: HTTPResponder {
+    func respond(to request: HTTPRequest) async -> HTTPResponse {
+        var body = Array("\(request.method) \(request.uri) \(request.body.count) secure=\(request.isSecure)\n".utf8)
+        body += request.body
+        return HTTPResponse(status: request.path == "/missing" ? 404 : 200, headers: [("Content-Type", "text/plain"), ("X-Echo", "yes")], body: body)
+    }
+}
+
+/// Holds each request until released, telling the test when one arrived.
+final class GateResponder: HTTPResponder {
+    let arrived: AsyncStream<Void>
+    private let arrivedContinuation: AsyncStream<Void>.Continuation
+    private let release = Mutex<[CheckedContinuation<Void, Never>]>([])
+
+    init() { (arrived, arrivedContinuation) = AsyncStream<Void>.makeStream() }
+
+    func respond(to request: HTTPRequest) async -> HTTPResponse {
+        await withCheckedContinuation { continuation in
+            release.withLock { $0.append(continuation) }
+            arrivedContinuation.yield()
+        }
+        return .text(200, "released")
+    }
+
+    func open() { for waiter in release.withLock({ list in defer { list = [] }; return list }) { waiter.resume() } }
+}
+
+/// Upper-cases what it reads and remembers the peer certificate.
+final class ShoutService: ByteStreamService {
+    let peers = Mutex<[[String]]>([])
+
+    func serve(_ connection: any ByteStream) async throws {
+        while let bytes = try await connection.read() {
+            peers.withLock { $0.append(connection.peerCertificateURIs) }
+            try await connection.write(Array(String(decoding: bytes, as: UTF8.self).uppercased().utf8))
+        }
+    }
+}
+
+final class CountingObserver: ListenerObserver {
+    let failures = Mutex<[String]>([])
+    func connectionOpened(listener: String) {}
+    func connectionClosed(listener: String) {}
+    func connectionFailed(listener: String, peer: String, reason: String) { failures.withLock { $0.append(reason) } }
+}
+
+/// A listener on loopback, shut down (and its loops and PKI removed) when the body ends.
+func withListener(name: String = "test", maxConnections: Int = 16, observer: (any ListenerObserver)? = nil,
+                  configure: (TestPKI) throws -> @Sendable (any Channel) throws -> Void,
+                  _ body: (Listener, Int, TestPKI) async throws -> Void) async throws {
+    let pki = try TestPKI()
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let listener = Listener(name: name, maxConnections: maxConnections, observer: observer, configure: try configure(pki))
+    let port = try await listener.bind(host: "127.0.0.1", port: 0, group: group).port!
+    do {
+        try await body(listener, port, pki)
+    } catch {
+        await listener.shutdown(drainTimeout: .zero)
+        try? await group.shutdownGracefully()
+        pki.remove()
+        throw error
+    }
+    await listener.shutdown(drainTimeout: .zero)
+    try await group.shutdownGracefully()
+    pki.remove()
+}
+
+let curl = "/usr/bin/curl"
+let python = ProcessInfo.processInfo.environment["TOLLGATE_PYTHON"] ?? "/usr/bin/python3"
+let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Interop").path
+
+@Suite(.serialized) struct HTTPListenerTests {
+    @Test func curlGetsAnswersOnOneKeptAliveConnection() async throws {
+        try await withListener(configure: { _ in HTTPListener.configure(responder: EchoResponder(), tls: nil, limits: HTTPListenerLimits()) }) { _, port, _ in
+            // Two URLs in one curl run reuse the connection when the server keeps it alive.
+            let (status, output) = try await runTool(curl, ["-s", "-w", "|connects=%{num_connects} code=%{http_code}\n",
+                                                            "http://127.0.0.1:\(port)/first?x=1", "http://127.0.0.1:\(port)/missing"])
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("GET /first?x=1 0 secure=false"), "\(output)")
+            #expect(output.contains("|connects=1 code=200"), "\(output)")
+            #expect(output.contains("|connects=0 code=404"), "the second request reused the connection: \(output)")
+        }
+    }
+
+    @Test func bodiesHeadAndTheBodyLimit() async throws {
+        try await withListener(configure: { _ in
+            HTTPListener.configure(responder: EchoResponder(), tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 1000))
+        }) { _, port, _ in
+            let posted = try await runTool(curl, ["-s", "-H", "Expect:", "--data-binary", "@-", "http://127.0.0.1:\(port)/upload"],
+                                           input: Data(repeating: 0x61, count: 1000))
+            #expect(posted.output.hasPrefix("POST /upload 1000 secure=false\n" + String(repeating: "a", count: 1000)), "\(posted.output.prefix(80))")
+            let head = try await runTool(curl, ["-s", "-I", "http://127.0.0.1:\(port)/head"])
+            #expect(head.output.contains("HTTP/1.1 200 OK") && head.output.lowercased().contains("x-echo: yes"), "\(head.output)")
+            #expect(!head.output.contains("HEAD /head"), "HEAD answers carry no body: \(head.output)")
+            let large = try await runTool(curl, ["-s", "-H", "Expect:", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", "@-",
+                                                 "http://127.0.0.1:\(port)/upload"], input: Data(repeating: 0x62, count: 1001))
+            #expect(large.output == "413", "\(large.output)")
+        }
+    }
+
+    @Test func httpsWithTheNodesCertificate() async throws {
+        try await withListener(configure: { pki in
+            let context = try TLSContext(configuration: .server(certificateChainFile: pki.certificate("node"), privateKeyFile: pki.key("node"),
+                                                                trustRootsFile: pki.certificate("ca"), verification: .peer))
+            return HTTPListener.configure(responder: EchoResponder(), tls: { context }, limits: HTTPListenerLimits())
+        }) { _, port, pki in
+            let (status, output) = try await runTool(curl, ["-s", "--cacert", pki.certificate("ca"), "https://localhost:\(port)/tls"])
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("GET /tls 0 secure=true"), "\(output)")
+            // A client that does not trust the cluster CA refuses the server.
+            let untrusting = try await runTool(curl, ["-s", "https://localhost:\(port)/tls"])
+            #expect(untrusting.status == 60, "curl's 'peer certificate cannot be authenticated': \(untrusting.output)")
+        }
+    }
+
+    @Test func connectionsBeyondTheLimitAreClosedOnAccept() async throws {
+        let observer = CountingObserver()
+        try await withListener(maxConnections: 1, observer: observer, configure: { _ in
+            HTTPListener.configure(responder: EchoResponder(), tls: nil, limits: HTTPListenerLimits())
+        }) { listener, port, _ in
+            // One connection held open by a raw client, then curl is the second.
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let held = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: port).get()
+            try await eventually("the first connection is admitted") { listener.openConnections == 1 }
+            let refused = try await runTool(curl, ["-s", "http://127.0.0.1:\(port)/over"])
+            #expect(refused.status != 0, "\(refused.output)")
+            #expect(observer.failures.withLock { $0 } == ["more than 1 connections"])
+            try await held.close()
+            try await group.shutdownGracefully()
+        }
+    }
+
+    @Test func drainFinishesTheRequestInFlightThenCloses() async throws {
+        let gate = GateResponder()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let listener = Listener(name: "drain", maxConnections: 4, observer: nil,
+                                configure: HTTPListener.configure(responder: gate, tls: nil, limits: HTTPListenerLimits()))
+        let port = try await listener.bind(host: "127.0.0.1", port: 0, group: group).port!
+        let request = Task { try await runTool(curl, ["-s", "-i", "http://127.0.0.1:\(port)/slow"]) }
+        var arrivals = gate.arrived.makeAsyncIterator()
+        _ = await arrivals.next()
+        let shutdown = Task { await listener.shutdown(drainTimeout: .seconds(30)) }
+        // The listener stops accepting at once; the request in flight is still answered.
+        try await eventually("the listening socket closes") {
+            (try? await runTool(curl, ["-s", "-m", "5", "http://127.0.0.1:\(port)/late"]).status) == 7
+        }
+        gate.open()
+        let (status, output) = try await request.value
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("200 OK") && output.lowercased().contains("connection: close") && output.contains("released"), "\(output)")
+        await shutdown.value
+        #expect(listener.openConnections == 0)
+        try await group.shutdownGracefully()
+    }
+}
+
+@Suite(.serialized) struct StreamListenerTests {
+    @Test func pythonsSSLModuleTalksToAStreamService() async throws {
+        let service = ShoutService()
+        try await withListener(configure: { pki in
+            let context = try TLSContext(configuration: .server(certificateChainFile: pki.certificate("node"), privateKeyFile: pki.key("node"),
+                                                                trustRootsFile: pki.certificate("ca"), verification: .peerRequired,
+                                                                applicationProtocols: ["tollgate-rpc/1"]))
+            return StreamListener.configure(service: service, tls: { context }, idleTimeout: .seconds(30))
+        }) { _, port, pki in
+            let (status, output) = try await runTool(python, [interop + "/tls_peer.py", "client", String(port), pki.certificate("ca"),
+                                                              pki.certificate("admin"), pki.key("admin"), "thrift would go here"])
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("reply THRIFT WOULD GO HERE"), "\(output)")
+            #expect(service.peers.withLock { $0.first } == ["tollgate://user/admin"], "the service sees who connected")
+        }
+    }
+
+    @Test func aClientWithoutTheRequiredCertificateIsRefused() async throws {
+        let service = ShoutService()
+        try await withListener(configure: { pki in
+            let context = try TLSContext(configuration: .server(certificateChainFile: pki.certificate("node"), privateKeyFile: pki.key("node"),
+                                                                trustRootsFile: pki.certificate("ca"), verification: .peerRequired))
+            return StreamListener.configure(service: service, tls: { context }, idleTimeout: .seconds(30))
+        }) { _, port, pki in
+            let (_, output) = try await runTool("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"),
+                                                                   "-quiet"], input: Data("hello\n".utf8), timeout: .seconds(10))
+            #expect(!output.contains("HELLO"), "\(output)")
+            #expect(service.peers.withLock { $0.isEmpty })
+        }
+    }
+}
