@@ -105,12 +105,12 @@ let package = Package(
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
-        .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit"]),
+        .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit", "TestSupport"]),
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
-                                                                  "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit"]),
+                                                                  "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
-        // Shared by the test targets: a throwaway PKI and similar helpers.
+        // Shared by the test targets: a throwaway PKI, waiting on conditions, running nodes and peers, the outbox probe's pair.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit", "LMDBKit", "TollgateStorage"], path: "Tests/TestSupport"),
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),

@@ -159,6 +159,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     var isUsable: Bool { context != nil && machine.acceptsNewStreams }
 
+    /// Calls waiting for a stream slot. Only for tests, which need to know a
+    /// call has reached the loop and been queued before asserting that it
+    /// sent nothing.
+    var _testOnly_pendingCount: Int { pending[pendingStart...].count { !$0.token.ended } }
+
     // MARK: Writing
 
     private func emit(_ frame: Frame, context: ChannelHandlerContext) {

@@ -72,6 +72,12 @@ public final class RPCConnection: RPCClientTransport {
         get async { (try? await channel.eventLoop.submit { self.handler.value.isUsable }.get()) ?? false }
     }
 
+    /// Calls waiting for a stream slot because the server's stream limit is
+    /// reached. Only for tests (see ``ClientConnectionHandler/_testOnly_pendingCount``).
+    var _testOnly_pendingCount: Int {
+        get async throws { try await channel.eventLoop.submit { self.handler.value._testOnly_pendingCount }.get() }
+    }
+
     /// Completes when the connection has closed, for whatever reason.
     public var closed: EventLoopFuture<Void> { channel.closeFuture }
 

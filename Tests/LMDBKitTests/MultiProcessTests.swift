@@ -1,5 +1,6 @@
 import Foundation
 import LMDBKit
+import TestSupport
 import Testing
 
 /// The probe executable SwiftPM builds beside the test bundle.
@@ -19,46 +20,43 @@ struct ProbeMissing: Error, CustomStringConvertible {
 }
 
 /// A running probe whose "ack N" lines are collected as they arrive.
-final class Probe: @unchecked Sendable {
-    // @unchecked Sendable: `acked` is read and written only under `lock`.
-    let process = Process()
-    private let lock = NSLock()
-    private var acked = -1
-    private var pending = ""
+final class Probe: Sendable {
+    let process: Process
+    private let output: PipeReader
+    /// Set by the process's termination handler.
+    private let exited = Watched(false)
 
     init(environment: String, prefix: String, count: Int) throws {
+        process = Process()
         process.executableURL = try probeExecutable()
         process.arguments = ["write", environment, prefix, String(count)]
         let pipe = Pipe()
         process.standardOutput = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            self?.consume(handle.availableData)
-        }
+        let exited = self.exited
+        process.terminationHandler = { _ in exited.update { $0 = true } }
         try process.run()
+        output = PipeReader(pipe)
     }
 
-    private func consume(_ data: Data) {
-        lock.lock()
-        defer { lock.unlock() }
-        pending += String(decoding: data, as: UTF8.self)
-        while let newline = pending.firstIndex(of: "\n") {
-            let line = pending[..<newline]
-            pending = String(pending[pending.index(after: newline)...])
-            if line.hasPrefix("ack "), let n = Int(line.dropFirst(4)) { acked = n }
-        }
+    /// The highest commit acknowledged in the output read so far (-1: none).
+    static func lastAcknowledged(in text: String) -> Int {
+        // Only whole lines: the last may still be arriving.
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        return lines.last { $0.hasPrefix("ack ") }.flatMap { Int($0.dropFirst(4)) } ?? -1
     }
 
     /// The highest commit the probe has acknowledged so far.
-    var lastAcknowledged: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return acked
+    var lastAcknowledged: Int { Self.lastAcknowledged(in: output.text) }
+
+    /// Blocks until the probe has acknowledged commit `n` (or has ended).
+    func waitForAcknowledgement(of n: Int) throws {
+        try output.output.waitBlocking(for: "the probe to acknowledge commit \(n)") { $0.ended || Self.lastAcknowledged(in: $0.text) >= n }
     }
 
-    func waitForExit() {
-        process.waitUntilExit()
-        // Let the reader drain what the pipe still holds.
-        Thread.sleep(forTimeInterval: 0.05)
+    /// Blocks until the probe has exited and everything it wrote has been read.
+    func waitForExit() throws {
+        try exited.waitBlocking(for: "the probe to exit", timeout: .seconds(120)) { $0 }
+        try output.output.waitBlocking(for: "the end of the probe's output") { $0.ended }
     }
 }
 
@@ -67,8 +65,8 @@ final class Probe: @unchecked Sendable {
         try withTemporaryDirectory { path in
             let a = try Probe(environment: path, prefix: "a", count: 400)
             let b = try Probe(environment: path, prefix: "b", count: 400)
-            a.waitForExit()
-            b.waitForExit()
+            try a.waitForExit()
+            try b.waitForExit()
             #expect(a.process.terminationStatus == 0)
             #expect(b.process.terminationStatus == 0)
             let env = try Environment(path: path)
@@ -93,16 +91,23 @@ final class Probe: @unchecked Sendable {
         try withTemporaryDirectory { path in
             var generator = SystemRandomNumberGenerator()
             var totalAcked = 0
+            var roundsWithAcks = 0
             for round in 0..<20 {
                 let probe = try Probe(environment: path, prefix: "r\(round)", count: 1_000_000)
-                // Kill at a random point: early, mid-stream, sometimes before any ack.
+                // Kill at a random point: early, mid-stream, sometimes before
+                // any ack. Every fourth round starts its delay at once (it may
+                // kill before the first commit); the others once the probe
+                // has acknowledged one, so that on a slow machine too most
+                // rounds check commits rather than an empty database.
+                if round % 4 != 0 { try probe.waitForAcknowledgement(of: 0) }
+                // The sleep is the test: a random point in the probe's writing.
                 let delay = Double.random(in: 0.02...0.4, using: &generator)
                 Thread.sleep(forTimeInterval: delay)
                 // Read the acknowledgement count before the kill: anything acknowledged
                 // so far was committed before the probe printed it.
                 let acknowledged = probe.lastAcknowledged
                 kill(probe.process.processIdentifier, SIGKILL)
-                probe.waitForExit()
+                try probe.waitForExit()
                 #expect(probe.process.terminationReason == .uncaughtSignal)
 
                 let env = try Environment(path: path)
@@ -114,8 +119,10 @@ final class Probe: @unchecked Sendable {
                 }
                 #expect(missing.isEmpty, "round \(round): acknowledged commits lost: \(missing.prefix(10))")
                 totalAcked += acknowledged + 1
+                if acknowledged >= 0 { roundsWithAcks += 1 }
             }
             #expect(totalAcked > 0)
+            #expect(roundsWithAcks >= 15, "only \(roundsWithAcks) of 20 rounds had acknowledged commits to check")
         }
     }
 }

@@ -3,6 +3,7 @@ import NIOEmbedded
 import RPCCore
 @testable import RPCNIO
 import Synchronization
+import TestSupport
 import Testing
 import TollgateProto
 import TollgateTLS
@@ -162,8 +163,9 @@ struct ScriptedServer {
         _ = try await server.next()
         _ = try await server.next()
         let second = Task { () async throws -> PingResponse in try await connection.unary(Echo.unary, PingRequest(payload: [2])) }
-        // Time for the second call to reach the loop, where it must wait.
-        try await Task.sleep(for: .milliseconds(100))
+        // The second call has reached the loop and is queued there; only
+        // then does "nothing written" mean it waits rather than "not yet".
+        try await eventually("the second call to be queued for a stream slot") { try await connection._testOnly_pendingCount == 1 }
         await server.channel.testingEventLoop.run()
         #expect(try await server.channel.readOutbound(as: OutboundFrame.self) == nil, "the second call waits")
         try await server.send(Frame(type: .message, streamID: 1, payload: PingResponse(payload: [1]).serializedBytes()))

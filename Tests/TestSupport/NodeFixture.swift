@@ -100,17 +100,25 @@ public final class NodeFixture: @unchecked Sendable {
     }
 }
 
-/// A running `tollgated`, its output collected.
-public final class NodeProcess: @unchecked Sendable {
-    // @unchecked: `process` and the pipes are used from the test's thread;
-    // the collected output is guarded by `lock`.
-    public let process = Process()
-    private let lock = NSLock()
-    private var collected = ""
+/// A running `tollgated`, its output collected as it arrives.
+public final class NodeProcess: Sendable {
+    public let process: Process
+    private let reader: PipeReader
+    /// Set by the process's termination handler.
+    private let exited: Watched<Bool>
 
-    public init(config: String, environment extra: [String: String] = [:], arguments: [String] = []) throws {
-        process.executableURL = NodeFixture.binDirectory.appendingPathComponent("tollgated")
-        process.arguments = ["--config", config] + arguments
+    /// Starts `tollgated --config <config>`; `launcher` (`setpriv` and its
+    /// arguments, say) runs it as a child of another program.
+    public init(config: String, environment extra: [String: String] = [:], arguments: [String] = [], launcher: [String] = []) throws {
+        let process = Process()
+        let tollgated = NodeFixture.binDirectory.appendingPathComponent("tollgated")
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = Array(launcher.dropFirst()) + [tollgated.path, "--config", config] + arguments
+        } else {
+            process.executableURL = tollgated
+            process.arguments = ["--config", config] + arguments
+        }
         var environment = ProcessInfo.processInfo.environment
         environment.removeValue(forKey: "NOTIFY_SOCKET")
         for (key, value) in extra { environment[key] = value }
@@ -118,33 +126,56 @@ public final class NodeProcess: @unchecked Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.collected += String(decoding: data, as: UTF8.self) }
-        }
+        let exited = Watched(false)
+        process.terminationHandler = { _ in exited.update { $0 = true } }
         try process.run()
+        self.process = process
+        self.exited = exited
+        reader = PipeReader(pipe)
     }
 
-    public var output: String { lock.withLock { collected } }
+    public var output: String { reader.text }
 
-    /// Waits until the output contains `text` or the process exits.
+    /// Waits until the output contains `text`, or the process has exited and
+    /// its output ended, or `timeout` passed; whether the output contains it.
     public func waitFor(_ text: String, timeout: Duration = .seconds(30)) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if output.contains(text) { return true }
-            if !process.isRunning { return output.contains(text) }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return false
+        await reader.contains(text, timeout: timeout)
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status; a node still running a
+    /// minute later is killed (and its status says so).
     public func stop() async -> Int32 {
         if process.isRunning { process.terminate() }
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+        do {
+            try await exited.wait(for: "tollgated to exit after SIGTERM", timeout: .seconds(60)) { $0 }
+        } catch {
+            kill(process.processIdentifier, SIGKILL)
+            _ = try? await exited.wait(for: "tollgated to exit after SIGKILL") { $0 }
+        }
         return process.terminationStatus
     }
+}
+
+/// The `tollgated` processes a test starts through ``start(config:environment:arguments:launcher:)``.
+public final class NodeProcesses: Sendable {
+    private let started = Watched<[NodeProcess]>([])
+
+    public func start(config: String, environment: [String: String] = [:], arguments: [String] = [], launcher: [String] = []) throws -> NodeProcess {
+        let node = try NodeProcess(config: config, environment: environment, arguments: arguments, launcher: launcher)
+        started.update { $0.append(node) }
+        return node
+    }
+
+    fileprivate func stopAll() async {
+        for node in started.current { _ = await node.stop() }
+    }
+}
+
+/// Runs `body`, then stops every node it started, whether it returned or
+/// threw: a failed expectation never leaves a `tollgated` running.
+public func withNodes<T>(isolation: isolated (any Actor)? = #isolation, _ body: (NodeProcesses) async throws -> T) async throws -> T {
+    let nodes = NodeProcesses()
+    return try await withTeardown { try await body(nodes) } teardown: { await nodes.stopAll() }
 }
 
 /// Runs `tollctl` to completion, returning its status and output.

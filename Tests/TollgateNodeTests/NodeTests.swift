@@ -50,20 +50,22 @@ import RoleCore
         var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
 
-        let node = try NodeProcess(config: config, environment: ["NOTIFY_SOCKET": socketPath])
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let received = recv(fd, &buffer, buffer.count, 0)
-        try #require(received > 0, "no sd_notify message within 30 s: \(node.output)")
-        let message = String(decoding: buffer.prefix(received), as: UTF8.self)
-        #expect(message.contains("READY=1"))
-        #expect(message.contains("STATUS=ready: node n1"))
+        try await withNodes { nodes in
+            let node = try nodes.start(config: config, environment: ["NOTIFY_SOCKET": socketPath])
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let received = recv(fd, &buffer, buffer.count, 0)
+            try #require(received > 0, "no sd_notify message within 30 s: \(node.output)")
+            let message = String(decoding: buffer.prefix(received), as: UTF8.self)
+            #expect(message.contains("READY=1"))
+            #expect(message.contains("STATUS=ready: node n1"))
 
-        #expect(await node.stop() == 0)
-        let stopping = recv(fd, &buffer, buffer.count, 0)
-        #expect(stopping > 0 && String(decoding: buffer.prefix(stopping), as: UTF8.self).contains("STOPPING=1"))
-        #expect(node.output.contains("ready: node n1"))
-        for name in LogicalDatabaseName.allCases {
-            #expect(FileManager.default.fileExists(atPath: fixture.path("data-n1/\(name.rawValue)/data.mdb")))
+            #expect(await node.stop() == 0)
+            let stopping = recv(fd, &buffer, buffer.count, 0)
+            #expect(stopping > 0 && String(decoding: buffer.prefix(stopping), as: UTF8.self).contains("STOPPING=1"))
+            #expect(node.output.contains("ready: node n1"))
+            for name in LogicalDatabaseName.allCases {
+                #expect(FileManager.default.fileExists(atPath: fixture.path("data-n1/\(name.rawValue)/data.mdb")))
+            }
         }
     }
 
@@ -145,11 +147,13 @@ import RoleCore
         try fixture.issueNode("n1", roles: ["gateway"])
         try fixture.issueNode("n2", roles: ["gateway"])
         let port = try NodeFixture.freePort()
-        let first = try NodeProcess(config: try fixture.writeConfig("n1", roles: ["gateway"], clusterPort: port, adminPort: nil))
-        #expect(await first.waitFor("ready: node n1"), "\(first.output)")
-        let (status, lines) = try refusal(try fixture.writeConfig("n2", roles: ["gateway"], clusterPort: port, adminPort: nil))
-        #expect(status == 1 && lines == ["tollgated: listen.cluster: cannot listen on 127.0.0.1:\(port): address already in use"], "\(lines)")
-        #expect(await first.stop() == 0)
+        try await withNodes { nodes in
+            let first = try nodes.start(config: try fixture.writeConfig("n1", roles: ["gateway"], clusterPort: port, adminPort: nil))
+            #expect(await first.waitFor("ready: node n1"), "\(first.output)")
+            let (status, lines) = try refusal(try fixture.writeConfig("n2", roles: ["gateway"], clusterPort: port, adminPort: nil))
+            #expect(status == 1 && lines == ["tollgated: listen.cluster: cannot listen on 127.0.0.1:\(port): address already in use"], "\(lines)")
+            #expect(await first.stop() == 0)
+        }
     }
 
     /// A node without privileges (as under systemd: no CAP_NET_ADMIN) serves
@@ -165,22 +169,15 @@ import RoleCore
         chmod(fixture.directory.path, 0o755)
         for file in try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path) { chmod(fixture.path(file), 0o755) }
         chown(fixture.path("data-n1"), 65534, 65534)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-                             NodeFixture.binDirectory.appendingPathComponent("tollgated").path, "--config", config]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
-        var result = (status: Int32(1), output: "")
-        for _ in 0..<100 {
-            result = try runTollctl(["ping", "--count", "1", "--node", "127.0.0.1:\(port)", "--server-name", "localhost", "--ca", fixture.caPath,
-                                     "--cert", fixture.path("admin.pem"), "--key", fixture.path("admin.key")])
-            if result.status == 0 { break }
-            try await Task.sleep(for: .milliseconds(100))
+        try await withNodes { nodes in
+            let node = try nodes.start(config: config, launcher: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                                                  "--inh-caps=-all", "--bounding-set=-all"])
+            #expect(await node.waitFor("ready: node n1"), "\(node.output)")
+            let result = try runTollctl(["ping", "--count", "1", "--node", "127.0.0.1:\(port)", "--server-name", "localhost", "--ca", fixture.caPath,
+                                         "--cert", fixture.path("admin.pem"), "--key", fixture.path("admin.key")])
+            #expect(result.status == 0 && result.output.contains("reply from n1"), "\(result.output)")
+            #expect(await node.stop() == 0, "\(node.output)")
         }
-        #expect(result.status == 0 && result.output.contains("reply from n1"), "\(result.output)")
     }
 
     /// An existing directory the node's user cannot write: refused with one

@@ -11,104 +11,105 @@ import Testing
         try fixture.issueNode("pub-1", roles: ["publisher"])
         try fixture.issueNode("gw-1", roles: ["gateway"])
         let (pubCluster, pubAdmin, gwCluster) = (try NodeFixture.freePort(), try NodeFixture.freePort(), try NodeFixture.freePort())
-        let publisher = try NodeProcess(config: try fixture.writeConfig("pub-1", roles: ["publisher"], clusterPort: pubCluster, adminPort: pubAdmin,
-                                                                        peers: ["gateway": ["127.0.0.1:\(gwCluster)"]]))
-        let gateway = try NodeProcess(config: try fixture.writeConfig("gw-1", roles: ["gateway"], clusterPort: gwCluster, adminPort: nil,
-                                                                      peers: ["publisher": ["127.0.0.1:\(pubCluster)"]]))
-        defer { Task { _ = await publisher.stop(); _ = await gateway.stop() } }
-        #expect(await publisher.waitFor("ready: node pub-1"), "\(publisher.output)")
-        #expect(await gateway.waitFor("ready: node gw-1"), "\(gateway.output)")
+        try await withNodes { nodes in
+            let publisher = try nodes.start(config: try fixture.writeConfig("pub-1", roles: ["publisher"], clusterPort: pubCluster, adminPort: pubAdmin,
+                                                                            peers: ["gateway": ["127.0.0.1:\(gwCluster)"]]))
+            let gateway = try nodes.start(config: try fixture.writeConfig("gw-1", roles: ["gateway"], clusterPort: gwCluster, adminPort: nil,
+                                                                          peers: ["publisher": ["127.0.0.1:\(pubCluster)"]]))
+            #expect(await publisher.waitFor("ready: node pub-1"), "\(publisher.output)")
+            #expect(await gateway.waitFor("ready: node gw-1"), "\(gateway.output)")
 
-        let state = fixture.path("state")
-        var environment = ["TOLLCTL_NODE": "127.0.0.1:\(pubAdmin)", "TOLLCTL_CA": fixture.caPath, "XDG_STATE_HOME": state,
-                           "XDG_CONFIG_HOME": fixture.path("config")]
-        environment["TOLLCTL_PASSWORD"] = nil
+            let state = fixture.path("state")
+            var environment = ["TOLLCTL_NODE": "127.0.0.1:\(pubAdmin)", "TOLLCTL_CA": fixture.caPath, "XDG_STATE_HOME": state,
+                               "XDG_CONFIG_HOME": fixture.path("config")]
+            environment["TOLLCTL_PASSWORD"] = nil
 
-        let anonymous = try runTollctl(["whoami"], environment: environment)
-        #expect(anonymous.status != 0 && anonymous.output.contains("not signed in to 127.0.0.1:\(pubAdmin): run `tollctl login`"), "\(anonymous.output)")
-        let wrong = try runTollctl(["login", "--user", "admin", "--password-stdin"], environment: environment, input: "nope-Nope-1\n")
-        #expect(wrong.status != 0 && wrong.output.contains("invalid username or password"), "\(wrong.output)")
+            let anonymous = try runTollctl(["whoami"], environment: environment)
+            #expect(anonymous.status != 0 && anonymous.output.contains("not signed in to 127.0.0.1:\(pubAdmin): run `tollctl login`"), "\(anonymous.output)")
+            let wrong = try runTollctl(["login", "--user", "admin", "--password-stdin"], environment: environment, input: "nope-Nope-1\n")
+            #expect(wrong.status != 0 && wrong.output.contains("invalid username or password"), "\(wrong.output)")
 
-        let login = try runTollctl(["login", "--user", "admin", "--password-stdin"], environment: environment, input: fixture.adminPassword + "\n")
-        #expect(login.status == 0 && login.output.contains("signed in to 127.0.0.1:\(pubAdmin) as admin@carbon.super"), "\(login.output)")
-        // The session is kept for the next commands, readable by its owner only.
-        let sessionFile = "\(state)/tollgate/session-127.0.0.1_\(pubAdmin)"
-        let mode = try FileManager.default.attributesOfItem(atPath: sessionFile)[.posixPermissions] as? Int
-        #expect(mode == 0o600)
-        let whoami = try runTollctl(["whoami", "--output", "json"], environment: environment)
-        #expect(whoami.status == 0 && whoami.output.contains(#""username" : "admin""#) && whoami.output.contains("/permission/admin"), "\(whoami.output)")
+            let login = try runTollctl(["login", "--user", "admin", "--password-stdin"], environment: environment, input: fixture.adminPassword + "\n")
+            #expect(login.status == 0 && login.output.contains("signed in to 127.0.0.1:\(pubAdmin) as admin@carbon.super"), "\(login.output)")
+            // The session is kept for the next commands, readable by its owner only.
+            let sessionFile = "\(state)/tollgate/session-127.0.0.1_\(pubAdmin)"
+            let mode = try FileManager.default.attributesOfItem(atPath: sessionFile)[.posixPermissions] as? Int
+            #expect(mode == 0o600)
+            let whoami = try runTollctl(["whoami", "--output", "json"], environment: environment)
+            #expect(whoami.status == 0 && whoami.output.contains(#""username" : "admin""#) && whoami.output.contains("/permission/admin"), "\(whoami.output)")
 
-        let ping = try runTollctl(["ping", "--count", "2"], environment: environment)
-        #expect(ping.status == 0 && ping.output.contains("reply from pub-1") && ping.output.contains("2 replies"), "\(ping.output)")
+            let ping = try runTollctl(["ping", "--count", "2"], environment: environment)
+            #expect(ping.status == 0 && ping.output.contains("reply from pub-1") && ping.output.contains("2 replies"), "\(ping.output)")
 
-        // Peers are probed every few seconds; wait until the gateway shows as connected.
-        var status = (status: Int32(0), output: "")
-        for _ in 0..<60 {
-            status = try runTollctl(["cluster", "status"], environment: environment)
-            if status.output.contains("gw-1") && status.output.contains("connected") { break }
-            try await Task.sleep(for: .milliseconds(250))
+            // Peers are probed every few seconds, in the publisher's process:
+            // ask until the gateway shows as connected.
+            var status = (status: Int32(0), output: "")
+            try await eventually("cluster status to show the gateway connected", poll: .milliseconds(250)) {
+                status = try runTollctl(["cluster", "status"], environment: environment)
+                return status.output.contains("gw-1") && status.output.contains("connected")
+            }
+            #expect(status.status == 0, "\(status.output)")
+            let rows = status.output.split(separator: "\n")
+            #expect(rows.first?.hasPrefix("NODE") == true)
+            #expect(rows.contains { $0.hasPrefix("pub-1") && $0.contains("publisher") && $0.contains("(this node)") }, "\(status.output)")
+            #expect(rows.contains { $0.hasPrefix("gw-1") && $0.contains("gateway") && $0.contains("0.1.0") && $0.contains("yes") && $0.contains("connected") },
+                    "\(status.output)")
+
+            // The gateway has no users: its cluster listener takes the admin certificate.
+            var atGateway = environment
+            atGateway["TOLLCTL_NODE"] = "127.0.0.1:\(gwCluster)"
+            atGateway["TOLLCTL_CERT"] = fixture.path("admin.pem")
+            atGateway["TOLLCTL_KEY"] = fixture.path("admin.key")
+            let gatewayPing = try runTollctl(["ping", "--count", "1"], environment: atGateway)
+            #expect(gatewayPing.status == 0 && gatewayPing.output.contains("reply from gw-1"), "\(gatewayPing.output)")
+            let gatewayStatus = try runTollctl(["cluster", "status", "--output", "json"], environment: atGateway)
+            #expect(gatewayStatus.status == 0 && gatewayStatus.output.contains(#""node_id" : "gw-1""#), "\(gatewayStatus.output)")
+            // Without the certificate, the cluster listener refuses the TLS handshake.
+            var noCertificate = atGateway
+            noCertificate["TOLLCTL_CERT"] = nil
+            noCertificate["TOLLCTL_KEY"] = nil
+            let refused = try runTollctl(["ping", "--count", "1"], environment: noCertificate)
+            #expect(refused.status != 0 && refused.output.contains("cannot connect to 127.0.0.1:\(gwCluster)"), "\(refused.output)")
+
+            // Throttling policies and block conditions, as the publisher's admin.
+            let tiers = try runTollctl(["policy", "list", "--kind", "subscription"], environment: environment)
+            #expect(tiers.status == 0 && tiers.output.contains("Gold") && tiers.output.contains("5000 requests/minute"), "\(tiers.output)")
+            let platinum = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
+            #expect(platinum.status == 0 && platinum.output.contains("created subscription policy Platinum: 10000 requests/minute"), "\(platinum.output)")
+            let duplicate = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
+            #expect(duplicate.status != 0 && duplicate.output.contains("already exists"), "\(duplicate.output)")
+            let added = try runTollctl(["block", "add", "--type", "ip", "203.0.113.7"], environment: environment)
+            #expect(added.status == 0 && added.output.contains("added block condition"), "\(added.output)")
+            let id = String(added.output.split(separator: " ").last ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try runTollctl(["block", "disable", id], environment: environment).status == 0)
+            let blocks = try runTollctl(["block", "list"], environment: environment)
+            #expect(blocks.status == 0 && blocks.output.contains("203.0.113.7") && blocks.output.contains("disabled"), "\(blocks.output)")
+
+            // Users, roles and tenants.
+            let created = try runTollctl(["user", "create", "sam", "--role", "subscriber", "--email", "sam@example.com", "--password-stdin"],
+                                         environment: environment, input: "sam-Secret-1\n")
+            #expect(created.status == 0 && created.output.contains("created user sam@carbon.super with roles subscriber"), "\(created.output)")
+            let weak = try runTollctl(["user", "create", "ann", "--password-stdin"], environment: environment, input: "short\n")
+            #expect(weak.status != 0 && weak.output.contains("8 to 128 characters"), "\(weak.output)")
+            let users = try runTollctl(["user", "list"], environment: environment)
+            #expect(users.status == 0 && users.output.contains("sam") && users.output.contains("subscriber") && users.output.contains("active"), "\(users.output)")
+            #expect(try runTollctl(["role", "create", "auditor", "--permission", "/permission/admin/configure/security"], environment: environment).status == 0)
+            let granted = try runTollctl(["user", "roles", "sam", "--add", "auditor"], environment: environment)
+            #expect(granted.status == 0 && granted.output.contains("sam now holds: subscriber, auditor"), "\(granted.output)")
+            let disabled = try runTollctl(["user", "status", "sam", "disabled"], environment: environment)
+            #expect(disabled.status == 0 && disabled.output.contains("sam is disabled"), "\(disabled.output)")
+            let tenant = try runTollctl(["tenant", "create", "example.com", "--admin", "boss", "--password-stdin"], environment: environment, input: "boss-Secret-1\n")
+            #expect(tenant.status == 0 && tenant.output.contains("boss@example.com"), "\(tenant.output)")
+            let tenants = try runTollctl(["tenant", "list"], environment: environment)
+            #expect(tenants.status == 0 && tenants.output.contains("example.com") && tenants.output.contains("carbon.super"), "\(tenants.output)")
+            let deleted = try runTollctl(["user", "delete", "sam"], environment: environment)
+            #expect(deleted.status == 0, "\(deleted.output)")
+
+            let logout = try runTollctl(["logout"], environment: environment)
+            #expect(logout.status == 0 && !FileManager.default.fileExists(atPath: sessionFile), "\(logout.output)")
+
+            #expect(await publisher.stop() == 0)
+            #expect(await gateway.stop() == 0)
         }
-        #expect(status.status == 0, "\(status.output)")
-        let rows = status.output.split(separator: "\n")
-        #expect(rows.first?.hasPrefix("NODE") == true)
-        #expect(rows.contains { $0.hasPrefix("pub-1") && $0.contains("publisher") && $0.contains("(this node)") }, "\(status.output)")
-        #expect(rows.contains { $0.hasPrefix("gw-1") && $0.contains("gateway") && $0.contains("0.1.0") && $0.contains("yes") && $0.contains("connected") },
-                "\(status.output)")
-
-        // The gateway has no users: its cluster listener takes the admin certificate.
-        var atGateway = environment
-        atGateway["TOLLCTL_NODE"] = "127.0.0.1:\(gwCluster)"
-        atGateway["TOLLCTL_CERT"] = fixture.path("admin.pem")
-        atGateway["TOLLCTL_KEY"] = fixture.path("admin.key")
-        let gatewayPing = try runTollctl(["ping", "--count", "1"], environment: atGateway)
-        #expect(gatewayPing.status == 0 && gatewayPing.output.contains("reply from gw-1"), "\(gatewayPing.output)")
-        let gatewayStatus = try runTollctl(["cluster", "status", "--output", "json"], environment: atGateway)
-        #expect(gatewayStatus.status == 0 && gatewayStatus.output.contains(#""node_id" : "gw-1""#), "\(gatewayStatus.output)")
-        // Without the certificate, the cluster listener refuses the TLS handshake.
-        var noCertificate = atGateway
-        noCertificate["TOLLCTL_CERT"] = nil
-        noCertificate["TOLLCTL_KEY"] = nil
-        let refused = try runTollctl(["ping", "--count", "1"], environment: noCertificate)
-        #expect(refused.status != 0 && refused.output.contains("cannot connect to 127.0.0.1:\(gwCluster)"), "\(refused.output)")
-
-        // Throttling policies and block conditions, as the publisher's admin.
-        let tiers = try runTollctl(["policy", "list", "--kind", "subscription"], environment: environment)
-        #expect(tiers.status == 0 && tiers.output.contains("Gold") && tiers.output.contains("5000 requests/minute"), "\(tiers.output)")
-        let platinum = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
-        #expect(platinum.status == 0 && platinum.output.contains("created subscription policy Platinum: 10000 requests/minute"), "\(platinum.output)")
-        let duplicate = try runTollctl(["policy", "create", "--kind", "subscription", "Platinum", "--requests", "10000"], environment: environment)
-        #expect(duplicate.status != 0 && duplicate.output.contains("already exists"), "\(duplicate.output)")
-        let added = try runTollctl(["block", "add", "--type", "ip", "203.0.113.7"], environment: environment)
-        #expect(added.status == 0 && added.output.contains("added block condition"), "\(added.output)")
-        let id = String(added.output.split(separator: " ").last ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(try runTollctl(["block", "disable", id], environment: environment).status == 0)
-        let blocks = try runTollctl(["block", "list"], environment: environment)
-        #expect(blocks.status == 0 && blocks.output.contains("203.0.113.7") && blocks.output.contains("disabled"), "\(blocks.output)")
-
-        // Users, roles and tenants.
-        let created = try runTollctl(["user", "create", "sam", "--role", "subscriber", "--email", "sam@example.com", "--password-stdin"],
-                                     environment: environment, input: "sam-Secret-1\n")
-        #expect(created.status == 0 && created.output.contains("created user sam@carbon.super with roles subscriber"), "\(created.output)")
-        let weak = try runTollctl(["user", "create", "ann", "--password-stdin"], environment: environment, input: "short\n")
-        #expect(weak.status != 0 && weak.output.contains("8 to 128 characters"), "\(weak.output)")
-        let users = try runTollctl(["user", "list"], environment: environment)
-        #expect(users.status == 0 && users.output.contains("sam") && users.output.contains("subscriber") && users.output.contains("active"), "\(users.output)")
-        #expect(try runTollctl(["role", "create", "auditor", "--permission", "/permission/admin/configure/security"], environment: environment).status == 0)
-        let granted = try runTollctl(["user", "roles", "sam", "--add", "auditor"], environment: environment)
-        #expect(granted.status == 0 && granted.output.contains("sam now holds: subscriber, auditor"), "\(granted.output)")
-        let disabled = try runTollctl(["user", "status", "sam", "disabled"], environment: environment)
-        #expect(disabled.status == 0 && disabled.output.contains("sam is disabled"), "\(disabled.output)")
-        let tenant = try runTollctl(["tenant", "create", "example.com", "--admin", "boss", "--password-stdin"], environment: environment, input: "boss-Secret-1\n")
-        #expect(tenant.status == 0 && tenant.output.contains("boss@example.com"), "\(tenant.output)")
-        let tenants = try runTollctl(["tenant", "list"], environment: environment)
-        #expect(tenants.status == 0 && tenants.output.contains("example.com") && tenants.output.contains("carbon.super"), "\(tenants.output)")
-        let deleted = try runTollctl(["user", "delete", "sam"], environment: environment)
-        #expect(deleted.status == 0, "\(deleted.output)")
-
-        let logout = try runTollctl(["logout"], environment: environment)
-        #expect(logout.status == 0 && !FileManager.default.fileExists(atPath: sessionFile), "\(logout.output)")
-
-        #expect(await publisher.stop() == 0)
-        #expect(await gateway.stop() == 0)
     }
 }

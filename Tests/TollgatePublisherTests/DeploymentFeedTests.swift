@@ -38,7 +38,7 @@ import TollgateStorage
         }
         let (task, feed) = watch(fixture, since: 0)
         try await feed.wait(for: "the snapshot") { snapshots, _ in snapshots.last?.last == true }
-        let snapshots = await feed.snapshots
+        let snapshots = feed.snapshots
         #expect(snapshots.count == 2 && snapshots.allSatisfy { $0.revision == defaults + 3 })
         let deployed = snapshots.flatMap(\.apis)
         #expect(deployed.compactMap(\.api?.name) == ["Api0", "Api1", "Api2"])
@@ -51,11 +51,12 @@ import TollgateStorage
         _ = try await fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.1")), tenant: superTenant)
         _ = try await store.changeLifecycle(ids[1], to: .created, options: .init(), actor: "paul", tenant: superTenant)
         try await feed.wait(for: "four changes") { _, changes in changes.count == 4 }
-        var changes = await feed.changes
+        var changes = feed.changes
         #expect(changes.map(\.revision) == Array((defaults + 4)...(defaults + 7)))
         #expect(changes.map(kind) == ["api+Api3/1.0.0", "api+Api0/1.0.0", "block+", "api-"])
         if case .apiUpserted(let blocked)? = changes[1].change { #expect(blocked.api?.lifecycleState == .blocked) }
         task.cancel()
+        _ = await task.result
 
         // More changes while nobody watches; a watcher resuming from what it
         // applied gets exactly those, with no snapshot.
@@ -65,12 +66,18 @@ import TollgateStorage
         if case .subscriptionPolicy(var p)? = gold.policy { p.description = "more"; gold.policy = .subscriptionPolicy(p) }
         _ = try await fixture.policies.updatePolicy(gold, tenant: superTenant)
         let (again, resumed) = watch(fixture, since: resumeFrom)
-        try await resumed.wait(for: "the two missed changes") { _, changes in changes.count == 2 }
-        try await Task.sleep(for: .milliseconds(50))
-        changes = await resumed.changes
-        #expect(await resumed.snapshots.isEmpty)
-        #expect(changes.map(\.revision) == [resumeFrom + 1, resumeFrom + 2] && changes.map(kind) == ["policy-Bronze", "policy+"])
+        try await resumed.wait(for: "the two missed changes") { _, changes in changes.count >= 2 }
+        // One more change as a fence: the feed is in order, so once it has
+        // arrived, anything wrongly sent before it (a snapshot, a repeat of
+        // the missed changes) has arrived too.
+        _ = try await fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.2")), tenant: superTenant)
+        try await resumed.wait(for: "the fence change") { _, changes in changes.contains { $0.revision == resumeFrom + 3 } }
+        changes = resumed.changes
+        #expect(resumed.snapshots.isEmpty)
+        #expect(changes.map(\.revision) == [resumeFrom + 1, resumeFrom + 2, resumeFrom + 3]
+                && changes.map(kind) == ["policy-Bronze", "policy+", "block+"])
         again.cancel()
+        _ = await again.result
     }
 
     @Test func advancedPolicyChangesResendTheApisUsingThem() async throws {
@@ -166,8 +173,9 @@ import TollgateStorage
         // A watcher that is ahead of the log (a restored backup) gets a snapshot.
         let (task, feed) = watch(second, since: before + 100)
         try await feed.wait(for: "a snapshot") { snapshots, _ in snapshots.last?.last == true }
-        #expect(await feed.snapshots.last?.revision == before + 1)
+        #expect(feed.snapshots.last?.revision == before + 1)
         task.cancel()
+        _ = await task.result
     }
 
     @Test func aWatcherBehindTheRetainedLogGetsASnapshot() async throws {

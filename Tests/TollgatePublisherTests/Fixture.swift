@@ -1,6 +1,7 @@
 import Foundation
 import LMDBKit
 import RPCCore
+import TestSupport
 import Testing
 import TollgatePolicies
 import TollgateProto
@@ -91,30 +92,30 @@ func expectStatus(_ code: RPCCode, _ fragment: String = "", comment: Comment? = 
 }
 
 /// What a watcher received, collected across the stream's callbacks.
-actor FeedRecorder {
-    var snapshots: [DeploymentSnapshotChunk] = []
-    var changes: [DeploymentChange] = []
+final class FeedRecorder: Sendable {
+    struct Feed: Sendable {
+        var snapshots: [DeploymentSnapshotChunk] = []
+        var changes: [DeploymentChange] = []
+    }
+    let feed = Watched(Feed())
+
+    var snapshots: [DeploymentSnapshotChunk] { feed.current.snapshots }
+    var changes: [DeploymentChange] { feed.current.changes }
 
     func add(_ response: WatchDeploymentsResponse) {
         switch response.frame {
-        case .snapshot(let chunk)?: snapshots.append(chunk)
-        case .change(let change)?: changes.append(change)
+        case .snapshot(let chunk)?: feed.update { $0.snapshots.append(chunk) }
+        case .change(let change)?: feed.update { $0.changes.append(change) }
         case nil: break
         }
     }
 
     var lastRevision: UInt64 { changes.last?.revision ?? snapshots.last?.revision ?? 0 }
 
-    /// Waits (up to 10 s) until `condition` holds.
-    func wait(for what: String, _ condition: @Sendable ([DeploymentSnapshotChunk], [DeploymentChange]) -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !condition(snapshots, changes) {
-            guard ContinuousClock.now < deadline else {
-                Issue.record("timed out waiting for \(what); have \(snapshots.count) snapshot chunks, changes \(changes.map(\.revision))")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
+    /// Waits until `condition` holds for what arrived so far (woken by each
+    /// arrival); fails naming `what` if it does not within 30 s.
+    func wait(for what: String, _ condition: @escaping @Sendable ([DeploymentSnapshotChunk], [DeploymentChange]) -> Bool) async throws {
+        try await feed.wait(for: what) { condition($0.snapshots, $0.changes) }
     }
 }
 
@@ -123,7 +124,7 @@ func watch(_ fixture: PublisherFixture, since: UInt64) -> (Task<Void, any Error>
     let recorder = FeedRecorder()
     let task = Task {
         try await PublisherServiceClient(fixture.gatewayTransport)
-            .watchDeployments(WatchDeploymentsRequest(sinceRevision: since)) { response in await recorder.add(response) }
+            .watchDeployments(WatchDeploymentsRequest(sinceRevision: since)) { response in recorder.add(response) }
     }
     return (task, recorder)
 }

@@ -80,7 +80,11 @@ final class EchoFixture {
     }
 }
 
-func run(_ executable: String, _ arguments: [String], input: String? = nil, timeout: TimeInterval = 20) throws -> (Int32, String) {
+/// Runs `executable` until it exits or its output satisfies `done` (then it
+/// is killed: `s_client -ign_eof` never leaves on its own), and returns its
+/// status and output. Throws ``TimedOut`` if neither happens within `timeout`.
+func run(_ executable: String, _ arguments: [String], input: String? = nil, until done: (String) -> Bool = { _ in false },
+         timeout: Duration = .seconds(30), fileID: String = #fileID, line: Int = #line) throws -> (Int32, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -90,14 +94,21 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
     process.standardError = output
     process.standardInput = stdin
     try process.run()
+    let reader = PipeReader(output)
+    defer {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? stdin.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
     if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-    let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-    // s_client with -ign_eof keeps the connection until killed.
+    let name = URL(fileURLWithPath: executable).lastPathComponent + " " + (arguments.first ?? "")
+    try reader.output.waitBlocking(for: "\(name) to exit or print what the test waits for", timeout: timeout, fileID: fileID, line: line) {
+        $0.ended || done($0.text)
+    }
     if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-    try? stdin.fileHandleForWriting.close()
     process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    let text = try reader.output.waitBlocking(for: "the end of \(name)'s output", fileID: fileID, line: line) { $0.ended }.text
+    return (process.terminationStatus, text)
 }
 
 @Suite(.serialized) struct LoopbackTests {
@@ -127,7 +138,7 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         let common = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"), "-verify_return_error",
                       "-alpn", "tollgate-rpc/1", "-servername", "localhost", "-verify_hostname", "localhost"]
         let (status, output) = try run("/usr/bin/openssl", common + ["-cert", pki.certificate("admin"), "-key", pki.key("admin"), "-ign_eof"],
-                                       input: "ping-from-openssl\n", timeout: 3)
+                                       input: "ping-from-openssl\n", until: { $0.contains("ping-from-openssl") })
         #expect(output.contains("ALPN protocol: tollgate-rpc/1"), "\(output)")
         #expect(output.contains("Verify return code: 0 (ok)"), "\(output)")
         // s_client prints only what the server sent, so the line is our echo.
@@ -135,8 +146,8 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         _ = status
 
         // Under TLS 1.3 the refusal arrives after the client's handshake is done:
-        // keep reading (-ign_eof) so the alert is seen, then kill the client.
-        let (_, refused) = try run("/usr/bin/openssl", common + ["-ign_eof"], input: "hello\n", timeout: 3)
+        // keep reading (-ign_eof) until the alert is seen, then kill the client.
+        let (_, refused) = try run("/usr/bin/openssl", common + ["-ign_eof"], input: "hello\n", until: { $0.contains("alert") })
         #expect(refused.contains("alert"), "\(refused)")
         #expect(!refused.contains("hello"), "\(refused)")
     }
@@ -158,25 +169,20 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
         process.standardError = log
         try process.run()
         defer { if process.isRunning { process.terminate() } }
+        // s_server says ACCEPT once it listens.
+        let server = PipeReader(log)
+        try server.output.waitBlocking(for: "openssl s_server to listen") { $0.text.contains("ACCEPT") || $0.ended }
+        try #require(server.text.contains("ACCEPT"), "\(server.text)")
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
         let clientContext = try pki.client(as: "admin", alpn: ["tollgate-rpc/1"])
-        var client: Channel?
-        for _ in 0..<50 where client == nil {
-            let promise = group.next().makePromise(of: String.self)
-            client = try? connectClient(clientContext, group: group, port: port, collector: Collector(expected: 6, promise: promise))
-            if let client {
-                try client.writeAndFlush(ByteBuffer(string: "stressed\n")).wait()
-                let reply = try promise.futureResult.wait()
-                #expect(reply.hasPrefix("desserts"), "\(reply)")
-                try? client.close().wait()
-            } else {
-                promise.fail(ChannelError.connectTimeout(.seconds(0)))
-                Thread.sleep(forTimeInterval: 0.1)
-            }
-        }
-        #expect(client != nil, "could not reach openssl s_server")
+        let promise = group.next().makePromise(of: String.self)
+        let client = try connectClient(clientContext, group: group, port: port, collector: Collector(expected: 6, promise: promise))
+        try client.writeAndFlush(ByteBuffer(string: "stressed\n")).wait()
+        let reply = try promise.futureResult.wait()
+        #expect(reply.hasPrefix("desserts"), "\(reply)")
+        try? client.close().wait()
     }
 }
 
@@ -185,10 +191,16 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
 /// certificate is required, and what is accepted is TLS 1.3 or a forward-
 /// secret AEAD suite under TLS 1.2.
 @Suite(.serialized) struct TLSConfigurationProbeTests {
+    /// A line the echo server sends back only once it has accepted the client.
+    static let echo = "tls-probe-echo"
+
+    /// An `s_client` attempt, run until its outcome is known: it exits
+    /// (refused), the server's alert arrives (refused after the client's side
+    /// of a TLS 1.3 handshake), or the echo of a line comes back (accepted).
     func attempt(port: Int, pki: TestPKI, _ extra: [String]) throws -> String {
         let arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"),
                          "-cert", pki.certificate("admin"), "-key", pki.key("admin")] + extra
-        return try run("/usr/bin/openssl", arguments, input: "", timeout: 3).1
+        return try run("/usr/bin/openssl", arguments, input: Self.echo + "\n", until: { $0.contains(Self.echo) || $0.contains("alert") }).1
     }
 
     func accepted(_ output: String) -> Bool {
@@ -213,13 +225,13 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
             #expect(!accepted(output), "\(weak) was accepted:\n\(output)")
         }
         let tls12 = try attempt(port: port, pki: pki, ["-tls1_2"])
-        #expect(accepted(tls12) && tls12.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "\(tls12)")
+        #expect(accepted(tls12) && tls12.contains(Self.echo) && tls12.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "\(tls12)")
         let tls13 = try attempt(port: port, pki: pki, ["-tls1_3"])
-        #expect(accepted(tls13) && tls13.contains("TLS_AES_256_GCM_SHA384"), "\(tls13)")
+        #expect(accepted(tls13) && tls13.contains(Self.echo) && tls13.contains("TLS_AES_256_GCM_SHA384"), "\(tls13)")
 
         // No client certificate: refused.
         let anonymous = try run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.certificate("ca"), "-ign_eof"],
-                                input: "", timeout: 3).1
+                                input: "", until: { $0.contains("alert") }).1
         #expect(anonymous.contains("alert"), "\(anonymous)")
     }
 }
