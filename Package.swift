@@ -106,8 +106,8 @@ let package = Package(
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),
         .testTarget(name: "TollgateTLSTests", dependencies: ["TollgateTLS", "OpenSSLKit", "TestSupport", nioCore, nioPosix, nioEmbedded]),
         .testTarget(name: "LMDBKitTests", dependencies: ["LMDBKit", "TestSupport"]),
-        .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
-        .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
+        .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateNode", "RoleCore", logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
+        .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgateNode", "RoleCore", logging, "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI, waiting on conditions, running nodes and peers, the outbox probe's pair.

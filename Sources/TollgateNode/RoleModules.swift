@@ -49,9 +49,12 @@ public struct NodeAssembly: Sendable {
     public let context: NodeContext
     public let modules: [any RoleModule]
 
+    /// - Parameter prepare: offers values to the modules before they are
+    ///   assembled (a test's fast password hasher, say).
     public static func assemble(roles: [Role], nodeID: String = "local", databases: Databases, sections: [String: ConfigSection] = [:],
-                                logger: Logger) async throws -> NodeAssembly {
+                                logger: Logger, prepare: (NodeContext) -> Void = { _ in }) async throws -> NodeAssembly {
         let context = NodeContext(nodeID: nodeID, roles: roles, databases: databases, sections: sections, logger: logger)
+        prepare(context)
         var modules: [any RoleModule] = []
         for type in RoleModules.modules(for: roles) { modules.append(try await type.init(context: context)) }
         return NodeAssembly(context: context, modules: modules)

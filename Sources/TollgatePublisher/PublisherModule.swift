@@ -10,8 +10,13 @@ public import TollgateStorage
 public struct PublisherModule: RoleModule {
     public static let name = "publisher"
     public static let databases: Set<LogicalDatabaseName> = [.apimgtdb, .regdb]
+    public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "publisher", keys: [
+        // APIs per deployment snapshot message (each message also stops near 1 MiB).
+        .init("snapshot_chunk_apis", .integer(1...10_000)),
+    ])
 
     public let store: PublisherStore
+    let snapshotChunkSize: Int
 
     public init(context: NodeContext) async throws {
         let apimgtdb = try context.require(context.databases.apimgtdb, .apimgtdb, for: Self.name)
@@ -21,11 +26,12 @@ public struct PublisherModule: RoleModule {
         }
         let log = context.shared(DeploymentLog.self) { DeploymentLog(database: apimgtdb) }
         store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, logger: context.logger)
+        snapshotChunkSize = context.section("publisher").integer("snapshot_chunk_apis") ?? 200
         // A crash between an apimgtdb commit and its regdb half is repaired here.
         await store.deliverRegistryOperations()
     }
 
-    public var methods: [RPCMethodHandler] { PublisherService(store: store).methodHandlers }
+    public var methods: [RPCMethodHandler] { PublisherService(store: store, snapshotChunkSize: snapshotChunkSize).methodHandlers }
 
     public var services: [any Service] { [RegistryOutboxRetry(store: store)] }
 }

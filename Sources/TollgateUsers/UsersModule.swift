@@ -35,7 +35,8 @@ public struct UsersModule: RoleModule {
     public init(context: NodeContext) async throws {
         let userdb = try context.require(context.databases.userdb, .userdb, for: Self.name)
         let section = context.section("users")
-        directory = UserDirectory(database: userdb, policy: Self.policy(section))
+        // A hasher offered by whoever assembles the node (tests use fast settings).
+        directory = UserDirectory(database: userdb, hasher: context.lookup(SecretHasher.self) ?? SecretHasher(), policy: Self.policy(section))
         var admin: (String, String)?
         if let name = section.string("bootstrap_admin"), let file = section.string("bootstrap_password_file") {
             admin = (name, try Self.readPassword(file))

@@ -1,15 +1,19 @@
 import Foundation
 import LMDBKit
+import Logging
+import RoleCore
 import RPCCore
 import Testing
 import TollgatePolicies
 import TollgateProto
+import TollgateNode
 import TollgateServices
 import TollgateStorage
 import TollgateUsers
 
-/// userdb and apimgtdb in a temporary directory, users and policies behind
-/// an in-process server applying the access table.
+/// A key manager node as tollgated assembles it today (users and policies
+/// modules over a temporary directory), behind an in-process server
+/// applying the access table.
 final class PolicyFixture: Sendable {
     let path: String
     let directory: UserDirectory
@@ -19,14 +23,17 @@ final class PolicyFixture: Sendable {
     init() async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-policies-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        directory = UserDirectory(database: try UserDatabase.open(in: path), hasher: SecretHasher(settings: .testing))
-        try await directory.bootstrap(admin: ("root", "first-Secret-1"))
-        store = PolicyStore(database: try ApiManagerDatabase.open(in: path))
-        _ = try await store.installDefaults(tenant: superTenant)
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory, tenants: SuperTenantAdministration())
-        transport = InProcessTransport(methods: UserService(directory: directory).methodHandlers + AdminService(store: store).methodHandlers) {
-            (context) throws(RPCError) -> Caller in try access.authorize(context)
-        }
+        let passwordFile = path + "/root.password"
+        try "first-Secret-1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        let databases = try Databases.open(dataDirectory: path, only: RoleModules.databases(for: .keymanager))
+        let assembly = try await NodeAssembly.assemble(
+            roles: [.keymanager], databases: databases,
+            sections: ["users": ConfigSection(values: ["bootstrap_admin": .string("root"), "bootstrap_password_file": .string(passwordFile)])],
+            logger: Logger(label: "test")) { context in context.provide(SecretHasher(settings: .testing), as: SecretHasher.self) }
+        directory = try #require(assembly.module(UsersModule.self)).directory
+        store = try #require(assembly.module(PoliciesModule.self)).store
+        let access = assembly.access
+        transport = InProcessTransport(methods: assembly.methods) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }

@@ -1,17 +1,21 @@
 import Foundation
 import LMDBKit
+import Logging
+import RoleCore
 import RPCCore
 import TestSupport
 import Testing
 import TollgatePolicies
 import TollgateProto
 import TollgatePublisher
+import TollgateNode
 import TollgateServices
 import TollgateStorage
 import TollgateUsers
 
-/// userdb, apimgtdb and regdb in a temporary directory; users, policies and
-/// the publisher behind an in-process server applying the access table.
+/// A publisher node assembled as tollgated assembles it (users, policies and
+/// publisher modules over userdb, apimgtdb and regdb in a temporary
+/// directory), behind an in-process server applying the access table.
 final class PublisherFixture: Sendable {
     let path: String
     let directory: UserDirectory
@@ -23,18 +27,13 @@ final class PublisherFixture: Sendable {
     init(path existing: String? = nil) async throws {
         path = existing ?? FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-publisher-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        directory = UserDirectory(database: try UserDatabase.open(in: path), hasher: SecretHasher(settings: .testing))
-        try await directory.bootstrap(admin: ("root", Self.password))
-        let apimgt = try ApiManagerDatabase.open(in: path)
-        let log = DeploymentLog(database: apimgt)
-        policies = PolicyStore(database: apimgt, deploymentLog: log)
-        _ = try await policies.installDefaults(tenant: superTenant)
-        publisher = try PublisherStore(registry: try RegistryDatabase.open(in: path), deploymentLog: log, tenants: policies)
-        let access = AccessController(rules: AccessTable.rulesByPath, sessions: directory, tenants: SuperTenantAdministration())
-        transport = InProcessTransport(methods: UserService(directory: directory).methodHandlers + AdminService(store: policies).methodHandlers
-                                       + PublisherService(store: publisher, snapshotChunkSize: 2).methodHandlers) {
-            (context) throws(RPCError) -> Caller in try access.authorize(context)
-        }
+        let assembly = try await assembleNode(roles: [.publisher], path: path, password: Self.password,
+                                              sections: ["publisher": ConfigSection(values: ["snapshot_chunk_apis": .integer(2)])])
+        directory = try #require(assembly.module(UsersModule.self)).directory
+        policies = try #require(assembly.module(PoliciesModule.self)).store
+        publisher = try #require(assembly.module(PublisherModule.self)).store
+        let access = assembly.access
+        transport = InProcessTransport(methods: assembly.methods) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
     }
 
     func remove() { try? FileManager.default.removeItem(atPath: path) }
@@ -127,4 +126,17 @@ func watch(_ fixture: PublisherFixture, since: UInt64) -> (Task<Void, any Error>
             .watchDeployments(WatchDeploymentsRequest(sinceRevision: since)) { response in recorder.add(response) }
     }
     return (task, recorder)
+}
+
+/// Assembles `roles` over the databases in `path` the way the node does,
+/// with `root` as the first administrator and a fast password hasher.
+func assembleNode(roles: [Role], path: String, password: String, sections: [String: ConfigSection] = [:]) async throws -> NodeAssembly {
+    let passwordFile = path + "/root.password"
+    try (password + "\n").write(toFile: passwordFile, atomically: true, encoding: .utf8)
+    var sections = sections
+    sections["users"] = ConfigSection(values: ["bootstrap_admin": .string("root"), "bootstrap_password_file": .string(passwordFile)])
+    let databases = try Databases.open(dataDirectory: path, only: roles.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) })
+    return try await NodeAssembly.assemble(roles: roles, databases: databases, sections: sections, logger: Logger(label: "test")) { context in
+        context.provide(SecretHasher(settings: .testing), as: SecretHasher.self)
+    }
 }
