@@ -3,7 +3,7 @@
 SWIFT        ?= swift
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
-.PHONY: all deps python build run test test-swift check-proto build-release proto bench fuzz clean deb test-package
+.PHONY: all deps python build run test test-swift check-proto check-layers build-release proto bench fuzz clean deb test-package
 
 all: build
 
@@ -21,7 +21,7 @@ run: build
 	tools/dev-node.sh "$$($(SWIFT) build --show-bin-path)"
 
 ## make test: everything CI runs
-test: check-proto test-swift build-release
+test: check-proto check-layers test-swift build-release
 
 test-swift: python
 	$(SWIFT) build --build-tests
@@ -34,6 +34,11 @@ test-swift: python
 # what the Debian package ships (Swift runtime linked statically).
 build-release: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH)
+
+## make check-layers: role logic and protocol cores import no NIO and no C module; each C module has one importer
+check-layers:
+	tools/check-layers.sh --self-test
+	tools/check-layers.sh
 
 check-proto: python
 	tools/generate-proto.sh --check

@@ -1,7 +1,8 @@
 // swift-tools-version: 6.1
 // Tollgate: a distributed API management cluster. Module layout and dependency
 // direction follow docs/architecture.md: C system libraries → Swift wrappers →
-// protocol cores → transports → role logic → node → executables.
+// protocol cores → storage → transports → role modules → node → executables.
+// `make check-layers` enforces the import rules.
 import PackageDescription
 
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
@@ -49,9 +50,6 @@ let package = Package(
         .target(name: "SystemdKit", dependencies: ["CSystemd"]),
         .target(name: "YAMLKit", dependencies: ["CYAML"]),
 
-        // MARK: Transports
-        .target(name: "TollgateTLS", dependencies: ["OpenSSLKit", nioCore]),
-
         // MARK: Protocol cores (no NIO)
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
         // Generated handler protocols and clients per service, plus the access table.
@@ -63,7 +61,10 @@ let package = Package(
         // MARK: What a role module declares and what the node gives it (no NIO)
         .target(name: "RoleCore", dependencies: ["RPCCore", "TollgateStorage", logging, serviceLifecycle]),
 
-        // MARK: Listeners of every kind over NIO: shared bind, activation, limits, drain; HTTP/1.1 and raw streams
+        // MARK: Transports (the only NIO modules below the node)
+        // OpenSSL as a NIO channel handler.
+        .target(name: "TollgateTLS", dependencies: ["OpenSSLKit", nioCore]),
+        // Listeners of every kind: shared bind, socket activation, limits, drain; HTTP/1.1 and raw TLS streams.
         .target(name: "TollgateListeners", dependencies: ["RoleCore", "TollgateTLS", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
         // The RPC listener and client over NIO and the TLS handler.
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioConcurrency]),
