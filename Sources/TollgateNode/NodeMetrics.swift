@@ -55,6 +55,30 @@ public final class NodeMetrics: RPCServerObserver {
         startTime.set(to: startedAt.timeIntervalSince1970)
     }
 
+    // MARK: HTTP and stream listeners
+
+    /// Per listener, made once: the registry's lookup costs more than a connection should.
+    private let listenerMetrics = Mutex<[String: (open: Gauge, errors: Counter)]>([:])
+
+    private func listenerMetrics(_ listener: String) -> (open: Gauge, errors: Counter) {
+        listenerMetrics.withLock { cache in
+            if let found = cache[listener] { return found }
+            let made = (
+                open: registry.makeGauge(descriptor: MetricNameDescriptor(
+                    namespace: "tollgate", subsystem: "listener", metricName: "open_connections", unitName: "",
+                    helpText: "Connections open now on an HTTP or stream listener."), labels: [("listener", listener)]),
+                errors: registry.makeCounter(descriptor: MetricNameDescriptor(
+                    namespace: "tollgate", subsystem: "listener", metricName: "connection_errors", unitName: "total",
+                    helpText: "Connections of an HTTP or stream listener refused over the connection limit."), labels: [("listener", listener)]))
+            cache[listener] = made
+            return made
+        }
+    }
+
+    func listenerConnectionOpened(_ listener: String) { listenerMetrics(listener).open.increment() }
+    func listenerConnectionClosed(_ listener: String) { listenerMetrics(listener).open.decrement() }
+    func listenerConnectionFailed(_ listener: String) { listenerMetrics(listener).errors.increment() }
+
     // MARK: RPCServerObserver
 
     public func connectionOpened() { openConnections.increment() }

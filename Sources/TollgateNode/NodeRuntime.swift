@@ -410,11 +410,11 @@ struct NodeListenerObserver: ListenerObserver {
     let metrics: NodeMetrics
     let logger: Logger
 
-    func connectionOpened(listener: String) { metrics.connectionOpened() }
-    func connectionClosed(listener: String) { metrics.connectionClosed() }
+    func connectionOpened(listener: String) { metrics.listenerConnectionOpened(listener) }
+    func connectionClosed(listener: String) { metrics.listenerConnectionClosed(listener) }
 
     func connectionFailed(listener: String, peer: String, reason: String) {
-        metrics.connectionFailed(peer: peer, reason: reason)
+        metrics.listenerConnectionFailed(listener)
         logger.warning("closed a connection: \(reason)", metadata: ["peer": "\(peer)", "listener": "\(listener)"])
     }
 }
