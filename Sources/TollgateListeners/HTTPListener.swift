@@ -53,23 +53,24 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
     private let isSecure: Bool
     private var state = State.idle
     private var quiescing = false
-    private var idleTimer: Scheduled<Void>?
+    private var idle: IdleTimeout
 
     init(responder: any HTTPResponder, limits: HTTPListenerLimits, isSecure: Bool) {
         self.responder = responder
         self.limits = limits
         self.isSecure = isSecure
+        self.idle = IdleTimeout(limits.idleTimeout)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        armIdleTimer(context: context)
+        idle.arm(context)
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
-            idleTimer?.cancel()
+            idle.cancel()
             state = .reading(head, context.channel.allocator.buffer(capacity: 0))
         case (.body(var chunk), .reading(let head, var body)):
             if body.readableBytes + chunk.readableBytes > limits.maxBodyBytes {
@@ -122,17 +123,11 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
         state = .idle
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            armIdleTimer(context: context)
+            idle.arm(context)
         } else {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
-    }
-
-    private func armIdleTimer(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        let channel = context.channel
-        idleTimer = context.eventLoop.scheduleTask(in: limits.idleTimeout) { channel.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -149,7 +144,7 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
+        idle.cancel()
         context.fireChannelInactive()
     }
 

@@ -137,3 +137,23 @@ public enum ListenerError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// Closes a connection that stays idle for `timeout`; every kind of
+/// listener re-arms it on activity. Confined to the connection's loop.
+struct IdleTimeout {
+    let timeout: TimeAmount
+    private var scheduled: Scheduled<Void>?
+
+    init(_ timeout: TimeAmount) { self.timeout = timeout }
+
+    mutating func arm(_ context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        let channel = context.channel
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    mutating func cancel() {
+        scheduled?.cancel()
+        scheduled = nil
+    }
+}

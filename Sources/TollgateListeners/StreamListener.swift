@@ -45,33 +45,26 @@ final class StreamConnectionEvents: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private let peer: PeerCertificateBox
-    private let idleTimeout: TimeAmount
-    private var idleTimer: Scheduled<Void>?
+    private var idle: IdleTimeout
 
     init(peer: PeerCertificateBox, idleTimeout: TimeAmount) {
         self.peer = peer
-        self.idleTimeout = idleTimeout
+        self.idle = IdleTimeout(idleTimeout)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        armIdleTimer(context: context)
+        idle.arm(context)
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        armIdleTimer(context: context)
+        idle.arm(context)
         context.fireChannelRead(data)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        armIdleTimer(context: context)
+        idle.arm(context)
         context.write(data, promise: promise)
-    }
-
-    private func armIdleTimer(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        let channel = context.channel
-        idleTimer = context.eventLoop.scheduleTask(in: idleTimeout) { channel.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -94,7 +87,7 @@ final class StreamConnectionEvents: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
+        idle.cancel()
         context.fireChannelInactive()
     }
 }
