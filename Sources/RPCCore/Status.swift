@@ -27,6 +27,26 @@ public struct RPCCode: RawRepresentable, Hashable, Sendable, CustomStringConvert
         "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
     ]
 
+    /// The HTTP status the same failure takes on HTTP listeners (the
+    /// gateway, the OAuth endpoints), per the canonical mapping of these
+    /// codes, so one domain error answers alike on every kind of listener.
+    public var httpStatus: Int {
+        switch self {
+        case .ok: 200
+        case .cancelled: 499
+        case .invalidArgument, .failedPrecondition, .outOfRange: 400
+        case .deadlineExceeded: 504
+        case .notFound: 404
+        case .alreadyExists, .aborted: 409
+        case .permissionDenied: 403
+        case .resourceExhausted: 429
+        case .unimplemented: 501
+        case .unavailable: 503
+        case .unauthenticated: 401
+        default: 500
+        }
+    }
+
     /// The code's gRPC name, e.g. `PERMISSION_DENIED`; the number if it has none.
     public var description: String {
         rawValue < Self.names.count ? Self.names[Int(rawValue)] : "CODE_\(rawValue)"
