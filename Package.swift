@@ -116,7 +116,7 @@ let package = Package(
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateListenersTests", dependencies: ["TollgateListeners", "RoleCore", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
     ]
 )
 

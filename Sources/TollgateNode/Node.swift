@@ -23,8 +23,8 @@ public final class Node: Sendable {
     }
 
     /// Opens every database the roles need under `dataDirectory`.
-    public static func open(roles: [Role], dataDirectory: String) throws -> Node {
-        let needed = roles.reduce(into: Set<LogicalDatabaseName>()) { $0.formUnion(RoleModules.databases(for: $1)) }
+    public static func open(roles: [Role], dataDirectory: String, table: RoleModules = .standard) throws -> Node {
+        let needed = roles.reduce(into: Set<LogicalDatabaseName>()) { $0.formUnion(table.databases(for: $1)) }
         let databases = try Databases.open(dataDirectory: dataDirectory, only: needed)
         return Node(roles: roles, databases: databases)
     }

@@ -102,7 +102,8 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 
 extension NodeConfig {
     /// Reads and validates a configuration file, reporting every problem.
-    public static func load(path relative: String) throws(ConfigError) -> NodeConfig {
+    /// - Parameter table: the role modules whose sections and listener names the file may set.
+    public static func load(path relative: String, table: RoleModules = .standard) throws(ConfigError) -> NodeConfig {
         // Absolute, so a reload finds the same file whatever the directory.
         let path = URL(fileURLWithPath: relative).standardizedFileURL.path
         let text: String
@@ -111,7 +112,7 @@ extension NodeConfig {
         } catch {
             throw ConfigError(path: path, problems: [ConfigProblem(key: "", line: nil, message: "cannot read the file: \(Self.reason(error))")])
         }
-        return try parse(text, path: path)
+        return try parse(text, path: path, table: table)
     }
 
     static func reason(_ error: any Error) -> String {
@@ -122,7 +123,7 @@ extension NodeConfig {
     }
 
     /// Parses and validates TOML text.
-    public static func parse(_ text: String, path: String) throws(ConfigError) -> NodeConfig {
+    public static func parse(_ text: String, path: String, table modules: RoleModules = .standard) throws(ConfigError) -> NodeConfig {
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -131,7 +132,7 @@ extension NodeConfig {
         } catch {
             throw ConfigError(path: path, problems: [ConfigProblem(key: "", line: nil, message: "not valid TOML: \(error)")])
         }
-        var reader = ConfigReader(text: text)
+        var reader = ConfigReader(text: text, modules: modules.all)
         let config = reader.read(table, base: directory(of: path))
         guard reader.problems.isEmpty, var config else { throw ConfigError(path: path, problems: reader.problems) }
         config.path = path
@@ -140,7 +141,7 @@ extension NodeConfig {
 
     /// Checks what can be checked before binding: the files it names can be
     /// read and the data directory written.
-    public func checkFiles() -> [ConfigProblem] {
+    public func checkFiles(table: RoleModules = .standard) -> [ConfigProblem] {
         var problems: [ConfigProblem] = []
         for (key, file) in [("tls.ca", caPath), ("tls.certificate", certificatePath), ("tls.private_key", privateKeyPath)] {
             if !FileManager.default.isReadableFile(atPath: file) {
@@ -148,7 +149,7 @@ extension NodeConfig {
                     ? "\(file) is not readable by this user" : "\(file) does not exist"))
             }
         }
-        for spec in RoleModules.all.compactMap({ $0.configSection }) {
+        for spec in table.all.compactMap({ $0.configSection }) {
             for key in spec.keys {
                 guard case .path = key.kind, let file = sections[spec.name]?.string(key.name) else { continue }
                 if !FileManager.default.isReadableFile(atPath: file) {
@@ -178,8 +179,12 @@ struct ConfigReader {
     let lines: [Substring]
     var problems: [ConfigProblem] = []
 
-    init(text: String) {
+    /// The role modules whose sections and listener names may appear.
+    let modules: [any RoleModule.Type]
+
+    init(text: String, modules: [any RoleModule.Type]) {
         lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        self.modules = modules
     }
 
     /// The line where `key` is set inside `[table]` (or at the top), found by
@@ -244,7 +249,7 @@ struct ConfigReader {
     }
 
     mutating func read(_ root: TOMLTable, base: String) -> NodeConfig? {
-        let specs = RoleModules.all.compactMap { $0.configSection }
+        let specs = modules.compactMap { $0.configSection }
         unknownKeys(root, name: "", known: Set(["node_id", "roles", "data_directory", "log_level", "listen", "tls", "peers", "limits"] + specs.map(\.name)))
         let nodeID = string(root, "", "node_id", required: true)
         if let nodeID, !nodeID.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) || nodeID.count > 63 {
@@ -278,7 +283,7 @@ struct ConfigReader {
         var cluster: Endpoint?, admin: Endpoint?, metrics: Endpoint?
         var moduleListen: [String: Endpoint] = [:]
         if let listen = subtable(root, "listen") {
-            let declared = RoleModules.all.flatMap { $0.listenerNames }
+            let declared = modules.flatMap { $0.listenerNames }
             unknownKeys(listen, name: "listen", known: Set(["cluster", "admin", "metrics"] + declared))
             cluster = endpoint(listen, "listen", "cluster", required: true)
             admin = endpoint(listen, "listen", "admin", required: false)

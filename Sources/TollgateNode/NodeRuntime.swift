@@ -25,6 +25,8 @@ public final class NodeRuntime: Sendable {
     public let metrics: NodeMetrics
     /// The role modules this node assembled, in order.
     public let modules: [any RoleModule]
+    /// Which modules each role brings.
+    let table: RoleModules
     /// The RPC listeners (`cluster`, `admin`), whose certificates reload.
     let rpcServers: [(name: String, server: RPCServer)]
     /// Every listener of every kind, in the order they were bound.
@@ -51,14 +53,16 @@ public final class NodeRuntime: Sendable {
     /// Opens the databases, assembles the role modules, binds every listener
     /// (or takes them from systemd's socket activation) and creates the peer
     /// links. Fails with a message naming what is wrong.
-    public static func start(config: NodeConfig, logger: Logger, threads: Int = System.coreCount) async throws -> NodeRuntime {
-        let problems = config.checkFiles()
+    /// - Parameter table: the modules each role brings (tests pass their own).
+    public static func start(config: NodeConfig, logger: Logger, threads: Int = System.coreCount,
+                             table: RoleModules = .standard) async throws -> NodeRuntime {
+        let problems = config.checkFiles(table: table)
         guard problems.isEmpty else { throw ConfigError(path: config.path, problems: problems) }
         try checkCertificate(config)
 
-        let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory)
+        let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory, table: table)
         let assembly = try await NodeAssembly.assemble(roles: config.roles, nodeID: config.nodeID, databases: node.databases,
-                                                       sections: config.sections, logger: logger)
+                                                       sections: config.sections, logger: logger, table: table)
         let modules = assembly.modules
 
         let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,
@@ -127,17 +131,18 @@ public final class NodeRuntime: Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        return NodeRuntime(config: config, node: node, group: group, modules: modules, metrics: metrics, rpcServers: rpcServers,
+        return NodeRuntime(config: config, table: table, node: node, group: group, modules: modules, metrics: metrics, rpcServers: rpcServers,
                            listeners: bound, moduleTLS: moduleTLS, moduleListeners: declarations, peers: peerBox, logger: logger)
     }
 
     private let peerBox: NIOLockedValueBox<[PeerLink]>
 
-    private init(config: NodeConfig, node: Node, group: MultiThreadedEventLoopGroup, modules: [any RoleModule], metrics: NodeMetrics,
+    private init(config: NodeConfig, table: RoleModules, node: Node, group: MultiThreadedEventLoopGroup, modules: [any RoleModule], metrics: NodeMetrics,
                  rpcServers: [(name: String, server: RPCServer)], listeners: [(name: String, listener: Listener, address: SocketAddress)],
                  moduleTLS: NIOLockedValueBox<[String: TLSContext]>, moduleListeners: [String: ListenerDeclaration],
                  peers: NIOLockedValueBox<[PeerLink]>, logger: Logger) {
         self.node = node
+        self.table = table
         self.group = group
         self.modules = modules
         self.metrics = metrics
@@ -250,6 +255,20 @@ public final class NodeRuntime: Sendable {
         try? await group.shutdownGracefully()
     }
 
+    /// Drains every listener (as a graceful shutdown does), closes the peer
+    /// links and stops the event loops: for a runtime started without `run`
+    /// (tests, embedding).
+    public func stop(drainTimeout: Duration = .seconds(5)) async {
+        await withTaskGroup(of: Void.self) { tasks in
+            for entry in listeners {
+                let listener = entry.listener
+                tasks.addTask { await listener.shutdown(drainTimeout: drainTimeout) }
+            }
+        }
+        for peer in peers { await peer.channel.close() }
+        try? await group.shutdownGracefully()
+    }
+
     /// One line for systemd's STATUS= and the log.
     public var statusLine: String {
         let config = currentConfig
@@ -285,8 +304,8 @@ public final class NodeRuntime: Sendable {
         logger.notice("reloading configuration", metadata: ["path": "\(old.path)"])
         let new: NodeConfig
         do {
-            new = try NodeConfig.load(path: old.path)
-            let problems = new.checkFiles()
+            new = try NodeConfig.load(path: old.path, table: table)
+            let problems = new.checkFiles(table: table)
             guard problems.isEmpty else { throw ConfigError(path: old.path, problems: problems) }
             try Self.checkCertificate(new)
         } catch {

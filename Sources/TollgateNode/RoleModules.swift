@@ -9,9 +9,18 @@ import TollgateUsers
 
 /// Which modules each role brings, in assembly order, and the databases the
 /// role opens (DESIGN.md). A module shared by several roles of one node is
-/// assembled once. Adding a role is one new module and one line here.
-public enum RoleModules {
-    public static func modules(for role: Role) -> [any RoleModule.Type] {
+/// assembled once. Adding a role is one new module and one line in
+/// ``standard``. Tests pass a table of their own to run modules of their own
+/// through the real node.
+public struct RoleModules: Sendable {
+    private let table: @Sendable (Role) -> [any RoleModule.Type]
+
+    public init(_ table: @escaping @Sendable (Role) -> [any RoleModule.Type]) {
+        self.table = table
+    }
+
+    /// The modules of Tollgate's roles.
+    public static let standard = RoleModules { role in
         switch role {
         case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self]
         case .store, .keymanager: [UsersModule.self, PoliciesModule.self]
@@ -19,9 +28,11 @@ public enum RoleModules {
         }
     }
 
+    public func modules(for role: Role) -> [any RoleModule.Type] { table(role) }
+
     /// The databases a role opens: its modules' and those DESIGN.md gives it
     /// for work not yet built (the store's statistics, the traffic manager's log).
-    public static func databases(for role: Role) -> Set<LogicalDatabaseName> {
+    public func databases(for role: Role) -> Set<LogicalDatabaseName> {
         let own: Set<LogicalDatabaseName> = switch role {
         case .publisher, .store: [.userdb, .apimgtdb, .regdb, .statdb]
         case .keymanager: [.userdb, .apimgtdb, .regdb]
@@ -33,13 +44,16 @@ public enum RoleModules {
     }
 
     /// The modules of `roles`, each once, in order.
-    public static func modules(for roles: [Role]) -> [any RoleModule.Type] {
+    public func modules(for roles: [Role]) -> [any RoleModule.Type] {
         var seen = Set<ObjectIdentifier>()
         return roles.flatMap { modules(for: $0) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
 
-    /// Every module any role brings: their configuration sections are known keys.
-    public static var all: [any RoleModule.Type] { modules(for: Role.allCases) }
+    /// Every module any role brings: their configuration sections and
+    /// listener names are what a configuration file may set.
+    public var all: [any RoleModule.Type] { modules(for: Role.allCases) }
+
+    public static func databases(for role: Role) -> Set<LogicalDatabaseName> { standard.databases(for: role) }
 }
 
 /// A set of role modules assembled over opened databases, with the RPC
@@ -52,11 +66,12 @@ public struct NodeAssembly: Sendable {
     /// - Parameter prepare: offers values to the modules before they are
     ///   assembled (a test's fast password hasher, say).
     public static func assemble(roles: [Role], nodeID: String = "local", databases: Databases, sections: [String: ConfigSection] = [:],
-                                logger: Logger, prepare: (NodeContext) -> Void = { _ in }) async throws -> NodeAssembly {
+                                logger: Logger, table: RoleModules = .standard,
+                                prepare: (NodeContext) -> Void = { _ in }) async throws -> NodeAssembly {
         let context = NodeContext(nodeID: nodeID, roles: roles, databases: databases, sections: sections, logger: logger)
         prepare(context)
         var modules: [any RoleModule] = []
-        for type in RoleModules.modules(for: roles) { modules.append(try await type.init(context: context)) }
+        for type in table.modules(for: roles) { modules.append(try await type.init(context: context)) }
         return NodeAssembly(context: context, modules: modules)
     }
 
