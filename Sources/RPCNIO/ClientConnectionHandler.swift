@@ -35,7 +35,7 @@ final class ClientCallToken: @unchecked Sendable {
 /// produced and flushed once per loop turn.
 final class ClientConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = OutboundFrame
+    typealias OutboundOut = ByteBuffer
 
     /// Where a stream's responses go.
     enum Receiver {
@@ -167,7 +167,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     // MARK: Writing
 
     private func emit(_ frame: Frame, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(.frame(frame)), promise: nil)
+        context.write(wrapOutboundOut(FrameEncoding.buffer(frame, allocator: context.channel.allocator)), promise: nil)
         guard !flushScheduled else { return }
         flushScheduled = true
         context.eventLoop.assumeIsolated().execute { [self] in

@@ -32,22 +32,10 @@ final class FrameDecoderHandler: ByteToMessageDecoder {
 }
 
 /// Frames to bytes, with RPCCore's header layout (``FrameHeader/encode(into:)``).
-final class FrameEncoderHandler: ChannelOutboundHandler {
-    typealias OutboundIn = OutboundFrame
-    typealias OutboundOut = ByteBuffer
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .frame(let frame):
-            var out = context.channel.allocator.buffer(capacity: FrameHeader.byteCount + frame.payload.count)
-            encode(data: frame, out: &out)
-            context.write(wrapOutboundOut(out), promise: promise)
-        case .encoded(let message):
-            context.write(wrapOutboundOut(message.buffer), promise: promise)
-        }
-    }
-
-    func encode(data frame: Frame, out: inout ByteBuffer) {
+/// The connection handlers write `ByteBuffer`s themselves: a buffer travels
+/// the pipeline without being boxed, and there is no encoder stage to pass.
+enum FrameEncoding {
+    static func encode(_ frame: Frame, into out: inout ByteBuffer) {
         out.reserveCapacity(minimumWritableBytes: FrameHeader.byteCount + frame.payload.count)
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: FrameHeader.byteCount) { bytes in
             frame.header.encode(into: bytes)
@@ -55,16 +43,12 @@ final class FrameEncoderHandler: ChannelOutboundHandler {
         }
         out.writeBytes(frame.payload)
     }
-}
 
-@available(*, unavailable)
-extension FrameEncoderHandler: Sendable {}
-
-/// What the connection handlers write: a frame to encode, or a MESSAGE
-/// frame already serialized into its buffer.
-enum OutboundFrame {
-    case frame(Frame)
-    case encoded(EncodedMessage)
+    static func buffer(_ frame: Frame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: FrameHeader.byteCount + frame.payload.count)
+        encode(frame, into: &out)
+        return out
+    }
 }
 
 /// A MESSAGE frame, header and payload, serialized straight from a message
@@ -77,20 +61,24 @@ struct EncodedMessage: Sendable {
     let payloadCount: Int
 
     init(_ message: any ProtoMessage, streamID: UInt32, flags: FrameFlags = [], allocator: ByteBufferAllocator) throws(RPCError) {
+        var encoded: (buffer: ByteBuffer, count: Int)?
         do {
-            (buffer, payloadCount) = try message.withSerializedBytes { raw in
+            // The non-generic lending call: each message type's own specialized code.
+            try message.serialize { raw in
                 var buffer = allocator.buffer(capacity: FrameHeader.byteCount + raw.count)
                 buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: FrameHeader.byteCount) { bytes in
                     FrameHeader(length: UInt32(raw.count), type: .message, flags: flags, streamID: streamID).encode(into: bytes)
                     return FrameHeader.byteCount
                 }
                 buffer.writeBytes(raw)
-                return (buffer, raw.count)
+                encoded = (buffer, raw.count)
             }
         } catch {
             // A string holding U+0000 (docs/proto.md): the sending side's fault.
             throw RPCError(.internal, "\(error)")
         }
+        guard let encoded else { throw RPCError(.internal, "\(message) produced no bytes") }
+        (buffer, payloadCount) = encoded
     }
 }
 

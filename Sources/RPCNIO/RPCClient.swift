@@ -41,7 +41,6 @@ public final class RPCConnection: RPCClientTransport {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: serverHostname))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
-                    try channel.pipeline.syncOperations.addHandler(FrameEncoderHandler())
                     let handler = ClientConnectionHandler(limits: limits, ready: ready, goingAway: goingAway)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     installed.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }

@@ -41,8 +41,6 @@ public final class RPCServer: Sendable {
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
             try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
-            try sync.addHandler(FrameEncoderHandler())
-            try sync.addHandler(RPCDrainEvents())
             try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer))
         }
     }
@@ -69,24 +67,6 @@ public final class RPCServer: Sendable {
         await listener.shutdown(drainTimeout: drainTimeout)
     }
 }
-
-/// The listener's drain events in the RPC connection's terms: quiesce is
-/// GOAWAY and letting calls finish; expiry ends the calls left.
-final class RPCDrainEvents: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = Frame
-    typealias InboundOut = Frame
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        switch event {
-        case is ListenerQuiesceEvent: context.fireUserInboundEventTriggered(ServerConnectionHandler.Quiesce())
-        case is ListenerDrainExpiredEvent: context.fireUserInboundEventTriggered(ServerConnectionHandler.DrainExpired())
-        default: context.fireUserInboundEventTriggered(event)
-        }
-    }
-}
-
-@available(*, unavailable)
-extension RPCDrainEvents: Sendable {}
 
 /// Connection counts and refusals from the shared listener, reported to
 /// the RPC observer.

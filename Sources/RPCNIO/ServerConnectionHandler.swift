@@ -2,6 +2,7 @@ import NIOCore
 import OpenSSLKit
 import RPCCore
 import TollgateProto
+import TollgateListeners
 import TollgateTLS
 
 /// One server-side connection: keepalive, idle and handshake timers, the
@@ -17,7 +18,7 @@ import TollgateTLS
 /// loop, so calls finishing together leave in one TLS write.
 final class ServerConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = OutboundFrame
+    typealias OutboundOut = ByteBuffer
 
     /// A graceful shutdown request, sent to every connection as a user event.
     struct Quiesce: Sendable {}
@@ -118,9 +119,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             lastActivityAt = .now()
             armKeepalive(context: context, at: lastFrameAt + limits.keepaliveInterval)
             armIdle(context: context, at: lastActivityAt + limits.idleTimeout)
-        } else if event is Quiesce {
+        } else if event is Quiesce || event is ListenerQuiesceEvent {
             startGoingAway(context: context)
-        } else if event is DrainExpired {
+        } else if event is DrainExpired || event is ListenerDrainExpiredEvent {
             for (id, stream) in streams {
                 machine.closeStream(id)
                 stream.stop(RPCError(.unavailable, "the server's drain period is over"))
@@ -169,11 +170,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// Queues a frame; one flush per loop turn sends everything queued.
     private func emit(_ frame: Frame, context: ChannelHandlerContext) {
-        write(.frame(frame), context: context)
+        write(FrameEncoding.buffer(frame, allocator: context.channel.allocator), context: context)
     }
 
-    private func write(_ outbound: OutboundFrame, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(outbound), promise: nil)
+    private func write(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(bytes), promise: nil)
         guard !flushScheduled else { return }
         flushScheduled = true
         context.eventLoop.assumeIsolated().execute { [self] in
@@ -440,7 +441,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard let stream = streams[streamID], let context else { return closedFuture() }
         switch machine.sendMessage(streamID: streamID, byteCount: message.payloadCount, queuedAhead: !stream.windowWaiters.isEmpty) {
         case .now:
-            write(.encoded(message), context: context)
+            write(message.buffer, context: context)
             return context.eventLoop.makeSucceededVoidFuture()
         case .waitForWindow:
             let promise = context.eventLoop.makePromise(of: Void.self)
@@ -454,7 +455,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func flushWaiting(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
         while let waiter = stream.windowWaiters.first, machine.releaseQueuedMessage(streamID: id, byteCount: waiter.message.payloadCount) {
             stream.windowWaiters.removeFirst()
-            write(.encoded(waiter.message), context: context)
+            write(waiter.message.buffer, context: context)
             waiter.promise.succeed()
         }
     }
@@ -468,7 +469,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .success(let response?):
             switch machine.sendMessage(streamID: streamID, byteCount: response.payloadCount) {
             case .now:
-                write(.encoded(response), context: context)
+                write(response.buffer, context: context)
             case .waitForWindow:
                 // Not reached: a unary stream has sent nothing before, and a
                 // stream's window starts at 1 byte or more.

@@ -42,7 +42,7 @@ final class RawPeer: Sendable {
 
     func send(_ frame: Frame) async throws {
         var buffer = ByteBuffer()
-        FrameEncoderHandler().encode(data: frame, out: &buffer)
+        FrameEncoding.encode(frame, into: &buffer)
         try await channel.writeAndFlush(buffer)
     }
 

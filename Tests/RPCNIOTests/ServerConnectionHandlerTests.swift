@@ -48,7 +48,7 @@ final class EmbeddedServer {
     func written() throws -> [Frame] {
         channel.embeddedEventLoop.run()
         var frames: [Frame] = []
-        while let frame = try channel.readOutbound(as: OutboundFrame.self) { frames.append(try frame.decoded()) }
+        while let bytes = try channel.readOutbound(as: ByteBuffer.self) { frames += try bytes.frames() }
         return frames
     }
 

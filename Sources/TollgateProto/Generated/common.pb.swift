@@ -310,6 +310,10 @@ extension Attribute {
         try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
     }
 
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
         try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
     }
@@ -349,6 +353,10 @@ extension PageRequest {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
         ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
     }
@@ -386,6 +394,10 @@ extension PageResponse {
     // No string field at any depth, so encoding cannot fail.
     public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
     public func serializedBytes() -> [UInt8] {
@@ -430,6 +442,10 @@ extension SecretHash {
     // No string field at any depth, so encoding cannot fail.
     public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
     public func serializedBytes() -> [UInt8] {

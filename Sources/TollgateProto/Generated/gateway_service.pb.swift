@@ -343,6 +343,10 @@ extension GetGatewayStatusRequest {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
         ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
     }
@@ -376,6 +380,10 @@ extension GetGatewayStatusResponse {
     // No string field at any depth, so encoding cannot fail.
     public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
     public func serializedBytes() -> [UInt8] {
@@ -441,6 +449,10 @@ extension FlushCachesRequest {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
     public func serializedBytes() -> [UInt8] {
         ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
     }
@@ -480,6 +492,10 @@ extension FlushCachesResponse {
     // No string field at any depth, so encoding cannot fail.
     public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
         try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
     }
 
     public func serializedBytes() -> [UInt8] {

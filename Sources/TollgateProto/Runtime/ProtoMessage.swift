@@ -31,6 +31,13 @@ public protocol ProtoMessage: Sendable, Hashable {
     ///   (nothing reaches `body` then), or whatever `body` throws.
     func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result
 
+    /// Lends the wire bytes to `body`, like ``withSerializedBytes(_:)``, but
+    /// through a concrete (non-generic) requirement: called on an
+    /// `any ProtoMessage`, as the RPC transport does for every response, it
+    /// runs each type's specialized code instead of generic code paying for
+    /// metadata and boxing at run time.
+    func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError)
+
     /// The protobuf wire bytes of this message.
     ///
     /// - Throws: ``ProtoEncodingError`` when a string field holds U+0000,
