@@ -37,7 +37,8 @@ public struct PublisherModule: RoleModule {
 }
 
 /// Retries regdb operations a failed delivery left pending (a full disk
-/// that has since been freed), so they do not wait for the next write.
+/// that has since been freed), so they do not wait for the next write, and
+/// removes applied ones that no later write pruned.
 struct RegistryOutboxRetry: Service {
     let store: PublisherStore
 
@@ -45,7 +46,11 @@ struct RegistryOutboxRetry: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(30))
-                if (try? store.registryOutbox.pendingCount()) ?? 0 > 0 { await store.deliverRegistryOperations() }
+                if (try? store.registryOutbox.pendingCount()) ?? 0 > 0 {
+                    await store.deliverRegistryOperations()
+                } else {
+                    _ = try? await store.registryOutbox.compact()
+                }
             }
         }
     }

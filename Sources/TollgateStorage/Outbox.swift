@@ -1,5 +1,6 @@
 import FoundationEssentials
 public import LMDBKit
+import Synchronization
 public import TollgateProto
 
 /// Makes a write that spans two LMDB environments crash-safe.
@@ -9,14 +10,17 @@ public import TollgateProto
 /// ``OutboxEntry`` in the same transaction as the first half; after that
 /// commits, ``deliver()`` applies pending entries to the *target*
 /// environment, each in a transaction that also records the entry's sequence
-/// in the target's meta table, and only then removes them from the outbox.
+/// in the target's meta table.
 ///
 /// - An entry is applied at most once: the target remembers the highest
 ///   sequence it applied, in the same transaction as the application.
 /// - An entry is applied at least once: a crash between the two commits
-///   leaves it in the outbox, and the next ``deliver()`` (every write calls
-///   it; the node calls it when it starts) applies it.
+///   leaves it pending, and the next ``deliver()`` (every write calls it; the
+///   node calls it when it starts) applies it.
 /// - Entries are applied in sequence order, so later operations see earlier ones.
+/// - Applied entries are removed from the source by later source
+///   transactions (``enqueue(kind:operation:in:)`` prunes a few), so a
+///   two-environment write costs two commits, as it would without the outbox.
 public final class Outbox: Sendable {
     /// Applies one kind of operation to the target inside its write transaction.
     public typealias Applier = @Sendable (_ operation: [UInt8], _ txn: inout WriteTransaction) throws -> Void
@@ -26,11 +30,18 @@ public final class Outbox: Sendable {
     let entries: Table<OutboxEntry>
     private let appliers: [String: Applier]
     private let now: @Sendable () -> Int64
+    /// The highest sequence this process knows the target applied: entries
+    /// at or below it are done and may be pruned. Only a hint: the target's
+    /// own record decides what is applied.
+    private let appliedHint: Atomic<UInt64>
 
     /// The outbox's table in the source environment, one per target.
     public static func table(target: String) -> TableDefinition<OutboxEntry> {
         TableDefinition("outbox." + target, primaryKey: { Key(.uint64($0.sequence)) })
     }
+
+    /// Entries pruned per enqueue at most, so no write pays for many.
+    static let prunedPerEnqueue = 8
 
     /// - Parameter appliers: how to apply each kind of operation, by kind.
     public init(source: LogicalDatabase, target: LogicalDatabase, appliers: [String: Applier], now: (@Sendable () -> Int64)? = nil) throws {
@@ -39,6 +50,8 @@ public final class Outbox: Sendable {
         self.entries = try source.table(Self.table(target: target.schema.name))
         self.appliers = appliers
         self.now = now ?? { Int64(Date().timeIntervalSince1970 * 1000) }
+        let appliedKey = "outbox.applied." + source.schema.name
+        self.appliedHint = Atomic(try target.read { txn in Self.decodeSequence(try target.metaValue(appliedKey, in: txn)) })
     }
 
     private var sequenceName: String { "outbox." + target.schema.name }
@@ -46,23 +59,37 @@ public final class Outbox: Sendable {
     private var appliedKey: String { "outbox.applied." + source.schema.name }
 
     /// Records `operation`, of a kind an applier was registered for, in the
-    /// caller's write transaction on the source environment.
+    /// caller's write transaction on the source environment; removes a few
+    /// entries already applied while it is there.
     public func enqueue(kind: String, operation: [UInt8], in txn: inout WriteTransaction) throws {
         guard appliers[kind] != nil else { throw OutboxError.unknownKind(kind) }
+        let applied = appliedHint.load(ordering: .relaxed)
+        if applied > 0 {
+            for entry in try entries.list(prefix: Key(), pageSize: Self.prunedPerEnqueue, in: txn).items where entry.sequence <= applied {
+                _ = try entries.delete(entry, in: &txn)
+            }
+        }
         let sequence = try source.nextSequence(sequenceName, in: &txn)
         try entries.insert(OutboxEntry(sequence: sequence, recordedAtUnixMs: now(), kind: kind, operation: operation), in: &txn)
     }
 
-    /// Entries recorded but not yet removed (applied or not).
+    /// Entries recorded and not yet applied to the target.
     public func pendingCount() throws -> Int {
+        let applied = try target.read { txn in Self.decodeSequence(try target.metaValue(appliedKey, in: txn)) }
+        return try source.read { txn in
+            try entries.list(prefix: Key(), pageSize: Int.max, pageToken: Key(.uint64(applied + 1)).bytes, in: txn).items.count
+        }
+    }
+
+    /// Entries kept in the source, applied or not (pruning removes the applied).
+    public func storedCount() throws -> Int {
         try source.read { txn in try entries.count(in: txn) }
     }
 
-    /// Applies every pending entry to the target, then removes the applied
-    /// ones from the outbox. Returns how many were newly applied. Concurrent
-    /// deliveries, in this process or another, are safe: the target's
-    /// applied-sequence check inside its write transaction lets only one
-    /// apply each entry.
+    /// Applies every pending entry to the target. Returns how many were newly
+    /// applied. Concurrent deliveries, in this process or another, are safe:
+    /// the target's applied-sequence check inside its write transaction lets
+    /// only one apply each entry.
     ///
     /// Throws the first failure (a full target disk, say); the entries left
     /// stay pending for the next delivery.
@@ -71,11 +98,14 @@ public final class Outbox: Sendable {
         var applied = 0
         while true {
             let entries = self.entries
-            let pending = try source.read { txn in try entries.list(prefix: Key(), pageSize: 64, in: txn).items }
-            guard let last = pending.last else { return applied }
+            let after = appliedHint.load(ordering: .relaxed)
+            let pending = try source.read { txn in
+                try entries.list(prefix: Key(), pageSize: 64, pageToken: Key(.uint64(after + 1)).bytes, in: txn).items
+            }
+            guard !pending.isEmpty else { return applied }
             let appliers = self.appliers, appliedKey = self.appliedKey, target = self.target
-            applied += try await target.write { txn -> Int in
-                var done = try Self.decodeSequence(target.metaValue(appliedKey, in: txn))
+            let (count, done) = try await target.write { txn -> (Int, UInt64) in
+                var done = Self.decodeSequence(try target.metaValue(appliedKey, in: txn))
                 var count = 0
                 for entry in pending where entry.sequence > done {
                     guard let apply = appliers[entry.kind] else { throw OutboxError.unknownKind(entry.kind) }
@@ -84,13 +114,28 @@ public final class Outbox: Sendable {
                     count += 1
                 }
                 try target.setMetaValue(Self.encodeSequence(done), for: appliedKey, in: &txn)
-                return count
+                return (count, done)
             }
-            try await source.write { txn in
-                for entry in try entries.list(prefix: Key(), pageSize: pending.count, in: txn).items where entry.sequence <= last.sequence {
-                    _ = try entries.delete(entry, in: &txn)
-                }
+            applied += count
+            _ = appliedHint.max(done, ordering: .relaxed)
+        }
+    }
+
+    /// Removes every applied entry from the source in one transaction, for
+    /// an outbox that saw no new entries to prune them along the way.
+    /// Returns how many went.
+    @discardableResult
+    public func compact() async throws -> Int {
+        let applied = appliedHint.load(ordering: .relaxed)
+        let entries = self.entries
+        guard applied > 0, try storedCount() > pendingCount() else { return 0 }
+        return try await source.write { txn in
+            var removed = 0
+            for entry in try entries.list(prefix: Key(), pageSize: 1024, in: txn).items where entry.sequence <= applied {
+                _ = try entries.delete(entry, in: &txn)
+                removed += 1
             }
+            return removed
         }
     }
 

@@ -99,6 +99,22 @@ final class OutboxProbe: Sendable {
         }
     }
 
+    @Test func appliedEntriesArePrunedByLaterWritesWithoutACommitOfTheirOwn() async throws {
+        try await withAsyncDataDirectory { path in
+            let pair = try OutboxPair(dataDirectory: path)
+            for n in 0..<40 {
+                try await pair.source.write { [pair] txn in try pair.outbox.enqueue(kind: OutboxPair.kind, operation: OutboxPair.key(n), in: &txn) }
+                try await pair.outbox.deliver()
+                // Only the newest entry waits for a later write to prune it.
+                #expect(try pair.outbox.storedCount() <= 2)
+                #expect(try pair.outbox.pendingCount() == 0)
+            }
+            #expect(try await pair.outbox.compact() == 1)
+            #expect(try pair.outbox.storedCount() == 0)
+            #expect(try pair.contents().counts.count == 40)
+        }
+    }
+
     @Test func anEntryAppliedButNotRemovedIsNotAppliedAgain() async throws {
         // A crash after the target's commit and before the outbox cleanup:
         // the entry is still pending, but the target remembers it applied it.
@@ -109,10 +125,11 @@ final class OutboxProbe: Sendable {
                 try txn.put([1], forKey: OutboxPair.key(7), in: pair.counts)
                 try pair.target.setMetaValue(withUnsafeBytes(of: UInt64(1).bigEndian, Array.init), for: "outbox.applied.outsource", in: &txn)
             }
-            #expect(try pair.outbox.pendingCount() == 1)
+            #expect(try pair.outbox.storedCount() == 1, "still in the outbox")
+            #expect(try pair.outbox.pendingCount() == 0, "but the target says it is applied")
             #expect(try await pair.outbox.deliver() == 0)
-            #expect(try pair.outbox.pendingCount() == 0)
             #expect(try pair.contents().counts == [OutboxPair.key(7): 1])
+            #expect(try await pair.outbox.compact() == 1)
         }
     }
 
