@@ -113,7 +113,9 @@ public final class Outbox: Sendable {
                     done = entry.sequence
                     count += 1
                 }
-                try target.setMetaValue(Self.encodeSequence(done), for: appliedKey, in: &txn)
+                // A delivery that found everything applied (another got there
+                // first) changes nothing, so its commit costs no disk write.
+                if count > 0 { try target.setMetaValue(Self.encodeSequence(done), for: appliedKey, in: &txn) }
                 return (count, done)
             }
             applied += count

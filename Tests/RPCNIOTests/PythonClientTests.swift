@@ -79,7 +79,7 @@ import TollgateUsers
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let token = try #require(object?["session_token"] as? String)
 
-        let (status, output) = try await runClient(common + ["--token", token, "unary", NodeServiceDescriptor.ping.path,
+        let (status, output) = try await runClient(common + ["--token=\(token)", "unary", NodeServiceDescriptor.ping.path,
                                                        PingRequest.protoName, PingResponse.protoName, "--request-json", #"{"payload": "AQID"}"#])
         #expect(status == 0, "\(output)")
         #expect(output.contains(#""payload": "AQID""#) && output.contains("user root@carbon.super via user admin"), "\(output)")
@@ -87,7 +87,7 @@ import TollgateUsers
 
         // 2,000 responses of 256 bytes: more than the 1 MiB window, so the
         // Python client's WINDOW_UPDATEs are exercised.
-        let (streamStatus, streamed) = try await runClient(common + ["--token", token, "stream", Echo.expand.path, PingRequest.protoName,
+        let (streamStatus, streamed) = try await runClient(common + ["--token=\(token)", "stream", Echo.expand.path, PingRequest.protoName,
                                                                PingResponse.protoName, "--request-json", #"{"payload": "Ag=="}"#])
         #expect(streamStatus == 0, "\(streamed.suffix(500))")
         #expect(streamed.split(separator: "\n").filter { $0.hasPrefix("{") }.count == 2000, "\(streamed.suffix(500))")
