@@ -18,16 +18,12 @@ func withAsyncDataDirectory(_ body: (String) async throws -> Void) async throws 
     try? FileManager.default.removeItem(atPath: path)
 }
 
-/// A running `tollgate-storage-probe outbox`, its "ack" and "delivered" lines
-/// read as they arrive. Waits are on those lines, never on time.
+/// A running `tollgate-storage-probe outbox`, its "ack" and "delivered"
+/// lines read as they arrive on a thread of their own (`PipeReader`, which
+/// sees the end of the output reliably). Waits are on those lines, never on time.
 final class OutboxProbe: Sendable {
     let process: Process
-    private let lines: AsyncStream<String>
-    private let acknowledged = Highest()
-
-    final class Highest: Sendable {
-        let value = Mutex(-1)
-    }
+    private let reader: PipeReader
 
     init(dataDirectory: String, prefix: String = "k", count: Int, crash: Bool) throws {
         process = Process()
@@ -35,46 +31,25 @@ final class OutboxProbe: Sendable {
         process.arguments = ["outbox", dataDirectory, prefix, String(count)] + (crash ? ["crash"] : [])
         let pipe = Pipe()
         process.standardOutput = pipe
-        let (lines, continuation) = AsyncStream<String>.makeStream()
-        self.lines = lines
-        let pending = Mutex("")
-        let acknowledged = self.acknowledged
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                continuation.finish()
-                return
-            }
-            let complete: [String] = pending.withLock { text in
-                text += String(decoding: data, as: UTF8.self)
-                var out: [String] = []
-                while let newline = text.firstIndex(of: "\n") {
-                    out.append(String(text[..<newline]))
-                    text = String(text[text.index(after: newline)...])
-                }
-                return out
-            }
-            for line in complete {
-                if line.hasPrefix("ack "), let n = Int(line.dropFirst(4)) { acknowledged.value.withLock { $0 = max($0, n) } }
-                continuation.yield(line)
-            }
-        }
+        reader = PipeReader(pipe)
         try process.run()
     }
 
     /// The highest round whose source commit the probe acknowledged.
-    var lastAcknowledged: Int { acknowledged.value.withLock { $0 } }
+    var lastAcknowledged: Int {
+        reader.text.split(separator: "\n").compactMap { $0.hasPrefix("ack ") ? Int($0.dropFirst(4)) : nil }.max() ?? -1
+    }
 
     /// Waits until the probe prints `line` (or its output ends).
     func waitFor(_ line: String) async -> Bool {
-        for await printed in lines where printed == line { return true }
-        return false
+        let seen = try? await reader.output.wait(for: "\"\(line)\" from the probe", timeout: .seconds(60)) {
+            ("\n" + $0.text).contains("\n" + line + "\n") || $0.ended
+        }
+        return seen.map { ("\n" + $0.text).contains("\n" + line + "\n") } ?? false
     }
 
-    func waitForExit() async {
-        // The pipe ends when the process does; then its status is final.
-        for await _ in lines {}
+    func waitForExit() async throws {
+        _ = try await reader.end()
         process.waitUntilExit()
     }
 }
@@ -173,7 +148,7 @@ final class OutboxProbe: Sendable {
     @Test func aProcessDyingBetweenTheTwoCommitsIsRepairedOnRestart() async throws {
         try await withAsyncDataDirectory { path in
             let probe = try OutboxProbe(dataDirectory: path, count: 5, crash: true)
-            await probe.waitForExit()
+            try await probe.waitForExit()
             #expect(probe.process.terminationStatus == 9, "the probe exits between the source commit and the delivery")
             #expect(probe.lastAcknowledged == 0)
 
@@ -199,7 +174,7 @@ final class OutboxProbe: Sendable {
                 let reached = await probe.waitFor("ack \(target)")
                 #expect(reached, "round \(round): the probe stopped before round \(target)")
                 kill(probe.process.processIdentifier, SIGKILL)
-                await probe.waitForExit()
+                try await probe.waitForExit()
                 #expect(probe.process.terminationReason == .uncaughtSignal)
 
                 // "Restart": the next opening delivers what is pending.
