@@ -79,11 +79,11 @@ public final class PolicyStore: TenantProvisioning {
         let tenant = tenant.lowercased()
         if tenantsWithDefaults.withLock({ $0.contains(tenant) }) { return 0 }
         let marker = "defaults-installed." + tenant
-        let done = try storage { try database.database.environment.read { try database.database.metaValue(marker, in: $0) != nil } }
+        let done = try RPCError.catching { try database.database.environment.read { try database.database.metaValue(marker, in: $0) != nil } }
         var installed = 0
         if !done {
             let timestamp = now()
-            installed = try await storageWrite {
+            installed = try await RPCError.catching {
                 try await database.database.write { [self] txn in
                     // Another process sharing this apimgtdb may have done it meanwhile.
                     guard try database.database.metaValue(marker, in: txn) == nil else { return 0 }
@@ -206,7 +206,7 @@ public final class PolicyStore: TenantProvisioning {
         stored.setTenant(tenant)
         stored.stamp(id: UUID().uuidString.lowercased(), created: timestamp, updated: timestamp)
         let record = stored
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 do {
                     try database.policies.insert(record, in: &txn)
@@ -224,7 +224,7 @@ public final class PolicyStore: TenantProvisioning {
         let (kind, name) = try Self.validate(policy)
         let timestamp = now()
         defer { deploymentLog.committed() }
-        return try await storageWrite {
+        return try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard let existing = try database.policies.get(ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant), in: txn) else {
                     throw RPCError(.notFound, "no \(Self.kindName(kind)) policy named \(name) in tenant \(tenant)")
@@ -240,14 +240,14 @@ public final class PolicyStore: TenantProvisioning {
     }
 
     public func policy(kind: PolicyKind, name: String, tenant: String) throws(RPCError) -> ThrottlePolicy {
-        guard let policy = try storage({ try database.policy(kind: kind, name: name, tenant: tenant) }) else {
+        guard let policy = try RPCError.catching({ try database.policy(kind: kind, name: name, tenant: tenant) }) else {
             throw RPCError(.notFound, "no \(Self.kindName(kind)) policy named \(name) in tenant \(tenant)")
         }
         return policy
     }
 
     public func listPolicies(kind: PolicyKind, tenant: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<ThrottlePolicy> {
-        try storage {
+        try RPCError.catching {
             try database.database.environment.read { txn in
                 let prefix = kind == .unspecified ? Key(.string(tenant.lowercased())) : Key(.string(tenant.lowercased()), .int64(Int64(kind.rawValue)))
                 return try database.policies.list(prefix: prefix, pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
@@ -259,7 +259,7 @@ public final class PolicyStore: TenantProvisioning {
     /// or naming an advanced one, a subscription on a tier, or an application
     /// on an application policy keeps it.
     public func deletePolicy(kind: PolicyKind, name: String, tenant: String) async throws(RPCError) {
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 let key = ApiManagerDatabase.policyKey(kind: kind, name: name, tenant: tenant)
                 guard let existing = try database.policies.get(key, in: txn) else {
@@ -343,7 +343,7 @@ public final class PolicyStore: TenantProvisioning {
         stored.createdAtUnixMs = timestamp
         stored.updatedAtUnixMs = timestamp
         let record = stored
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 let same = try database.blockConditions.all(index: ApiManagerDatabase.blockConditionsByTenant, prefix: Key(.string(tenant.lowercased())), in: txn)
                     .first { $0.conditionType == record.conditionType && $0.target == record.target && $0.invert == record.invert }
@@ -360,7 +360,7 @@ public final class PolicyStore: TenantProvisioning {
     func modifyCondition(_ id: String, tenant: String, _ change: @escaping @Sendable (inout BlockCondition) throws(RPCError) -> Void) async throws(RPCError) -> BlockCondition {
         let timestamp = now()
         defer { deploymentLog.committed() }
-        return try await storageWrite {
+        return try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard var condition = try database.blockConditions.get(Key(.string(id)), in: txn), condition.tenantDomain == tenant else {
                     throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
@@ -389,7 +389,7 @@ public final class PolicyStore: TenantProvisioning {
     }
 
     public func blockCondition(_ id: String, tenant: String) throws(RPCError) -> BlockCondition {
-        guard let condition = try storage({ try database.database.environment.read { try database.blockConditions.get(Key(.string(id)), in: $0) } }),
+        guard let condition = try RPCError.catching({ try database.database.environment.read { try database.blockConditions.get(Key(.string(id)), in: $0) } }),
               condition.tenantDomain == tenant else {
             throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
         }
@@ -397,7 +397,7 @@ public final class PolicyStore: TenantProvisioning {
     }
 
     public func deleteBlockCondition(_ id: String, tenant: String) async throws(RPCError) {
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard let condition = try database.blockConditions.get(Key(.string(id)), in: txn), condition.tenantDomain == tenant else {
                     throw RPCError(.notFound, "no block condition \(id) in tenant \(tenant)")
@@ -410,7 +410,7 @@ public final class PolicyStore: TenantProvisioning {
     }
 
     public func listBlockConditions(type: BlockConditionType, tenant: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<BlockCondition> {
-        try storage {
+        try RPCError.catching {
             try database.database.environment.read { txn in
                 let page = try database.blockConditions.list(index: ApiManagerDatabase.blockConditionsByTenant, prefix: Key(.string(tenant.lowercased())),
                                                              pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
@@ -419,13 +419,7 @@ public final class PolicyStore: TenantProvisioning {
         }
     }
 
-    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try RPCError.catching(body)
-    }
 
-    func storageWrite<Result>(_ body: () async throws -> Result) async throws(RPCError) -> Result {
-        try await RPCError.catching(body)
-    }
 }
 
 extension ThrottlePolicy {

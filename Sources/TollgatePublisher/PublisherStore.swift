@@ -152,7 +152,7 @@ public final class PublisherStore: Sendable {
     }
 
     public func getApi(_ id: String, tenant: String) throws(RPCError) -> Api {
-        try storage { try apimgt.database.environment.read { txn in try tenantApi(id, tenant: tenant, in: txn) } }
+        try RPCError.catching { try apimgt.database.environment.read { txn in try tenantApi(id, tenant: tenant, in: txn) } }
     }
 
     // MARK: Listing and search
@@ -160,7 +160,7 @@ public final class PublisherStore: Sendable {
     /// A tenant's APIs by name and version, optionally only one provider's
     /// and only in some states.
     public func listApis(provider: String, states: [LifecycleState], pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
-        try storage {
+        try RPCError.catching {
             try apimgt.database.environment.read { txn in
                 var matches: Set<[UInt8]>?
                 if !provider.isEmpty {
@@ -185,7 +185,7 @@ public final class PublisherStore: Sendable {
     /// match (AND); results come by name and version.
     public func searchApis(query: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
         let terms = try Self.parseQuery(query)
-        return try storage {
+        return try RPCError.catching {
             try apimgt.database.environment.read { txn in
                 var matches: Set<[UInt8]>?
                 for term in terms {
@@ -360,14 +360,14 @@ public final class PublisherStore: Sendable {
             return (api, entries)
         }
         // The entry as recorded: a second move within the same millisecond is stamped later.
-        let recorded = try storage { try registry.lifecycleHistory(api: api.id) }
+        let recorded = try RPCError.catching { try registry.lifecycleHistory(api: api.id) }
             .last { $0.toState == target && $0.occurredAtUnixMs >= entries[0].occurredAtUnixMs } ?? entries[0]
         return (api, recorded)
     }
 
     public func lifecycleHistory(_ id: String, tenant: String) throws(RPCError) -> [LifecycleHistoryEntry] {
         _ = try getApi(id, tenant: tenant)
-        return try storage { try registry.lifecycleHistory(api: id) }
+        return try RPCError.catching { try registry.lifecycleHistory(api: id) }
     }
 
     /// Subscriptions of the older versions' applications, copied to a newly
@@ -456,7 +456,7 @@ public final class PublisherStore: Sendable {
             api = try await updateApi(existing, expectedRevision: expected, actor: actor, tenant: tenant, definition: definition)
         }
         let apiID = api.id
-        let stored = try storage { try registry.definition(api: apiID) } ?? definition
+        let stored = try RPCError.catching { try registry.definition(api: apiID) } ?? definition
         return (api, stored, imported.warnings)
     }
 
@@ -464,7 +464,7 @@ public final class PublisherStore: Sendable {
     /// operation details kept from the imported document are carried over.
     public func exportOpenApi(_ id: String, format: DefinitionFormat, tenant: String) throws(RPCError) -> ApiDefinition {
         let api = try getApi(id, tenant: tenant)
-        let stored = try storage { try registry.definition(api: id) }
+        let stored = try RPCError.catching { try registry.definition(api: id) }
         let exported = try OpenAPIDocuments.export(api, stored: stored, format: format)
         return ApiDefinition(apiId: id, format: exported.format, openapiVersion: "3.0.3", document: exported.document,
                              revision: stored?.revision ?? 0, updatedAtUnixMs: max(stored?.updatedAtUnixMs ?? 0, api.updatedAtUnixMs))
@@ -560,7 +560,7 @@ public final class PublisherStore: Sendable {
     }
 
     public func document(_ id: String, tenant: String) throws(RPCError) -> Document {
-        guard let document = try storage({ try registry.document(id: id) }), document.tenantDomain == tenant else {
+        guard let document = try RPCError.catching({ try registry.document(id: id) }), document.tenantDomain == tenant else {
             throw RPCError(.notFound, "no document \(id) in tenant \(tenant)")
         }
         return document
@@ -569,7 +569,7 @@ public final class PublisherStore: Sendable {
     /// An API's documents by name, without their bodies.
     public func listDocuments(api id: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (documents: [Document], page: PageResponse) {
         _ = try getApi(id, tenant: tenant)
-        let page = try storage {
+        let page = try RPCError.catching {
             try registry.database.environment.read { txn in
                 try registry.documents.list(index: RegistryDatabase.documentsByApiName, prefix: Key(.string(id)),
                                             pageSize: Self.pageSize(pageSize, default: 100), pageToken: pageToken, in: txn)
@@ -587,7 +587,7 @@ public final class PublisherStore: Sendable {
 
     public func listSubscriptions(api id: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (subscriptions: [Subscription], page: PageResponse) {
         _ = try getApi(id, tenant: tenant)
-        let page = try storage {
+        let page = try RPCError.catching {
             try apimgt.database.environment.read { txn in
                 try apimgt.subscriptions.list(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(id)),
                                               pageSize: Self.pageSize(pageSize, default: 100), pageToken: pageToken, in: txn)
@@ -712,9 +712,6 @@ public final class PublisherStore: Sendable {
         try deploymentLog.recordApi(api, wasDeployed: DeploymentLog.deployedStates.contains(previous.lifecycleState), in: &txn)
     }
 
-    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try RPCError.catching(body)
-    }
 
     /// The outbox kind of a ``RegistryOperation``.
     static let registryOperationKind = "publisher.registry"

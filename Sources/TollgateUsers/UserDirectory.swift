@@ -97,7 +97,7 @@ public final class UserDirectory: SessionVerifier {
     public func user(forSessionToken token: String) throws(RPCError) -> UserPrincipal? {
         let hash = SecretHasher.tokenHash(token)
         let timestamp = now()
-        return try storage {
+        return try RPCError.catching {
             try database.database.environment.read { txn -> UserPrincipal? in
                 guard let session = try database.sessions.get(Key(.bytes(hash)), in: txn), !session.revoked,
                       session.expiresAtUnixMs > timestamp,
@@ -112,7 +112,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal? {
-        try storage {
+        try RPCError.catching {
             try database.database.environment.read { txn -> UserPrincipal? in
                 guard let user = try database.users.get(UserDatabase.userKey(superTenant, name), in: txn), user.status == .active else { return nil }
                 return UserPrincipal(username: user.username, tenant: superTenant, roles: user.roles,
@@ -138,7 +138,7 @@ public final class UserDirectory: SessionVerifier {
     public func resolve(username: String, defaultTenant: String) throws(RPCError) -> (username: String, tenant: String) {
         if let at = username.lastIndex(of: "@") {
             let domain = String(username[username.index(after: at)...]).lowercased()
-            if try storage({ try database.tenant(domain) }) != nil {
+            if try RPCError.catching({ try database.tenant(domain) }) != nil {
                 return (String(username[..<at]), domain)
             }
         }
@@ -158,9 +158,9 @@ public final class UserDirectory: SessionVerifier {
                       idleTimeoutMs: Int64 = 0) async throws(RPCError) -> LoginResult {
         let (username, tenantDomain) = try resolve(username: qualified, defaultTenant: defaultTenant)
         let invalid = RPCError(.unauthenticated, "invalid username or password")
-        guard let tenant = try storage({ try database.tenant(tenantDomain) }) else { throw invalid }
+        guard let tenant = try RPCError.catching({ try database.tenant(tenantDomain) }) else { throw invalid }
         guard tenant.status == .active else { throw RPCError(.permissionDenied, "tenant \(tenantDomain) is deactivated; sign-in is refused") }
-        guard var user = try storage({ try database.user(username, tenant: tenantDomain) }) else {
+        guard var user = try RPCError.catching({ try database.user(username, tenant: tenantDomain) }) else {
             // Spend the same time as a real check, so timing does not reveal unknown users.
             _ = try? await derive { [hasher] in try hasher.hash(password) }
             throw invalid
@@ -194,20 +194,20 @@ public final class UserDirectory: SessionVerifier {
             user.updatedAtUnixMs = timestamp
             let locked = user.status == .locked
             let failed = user
-            try await storageWrite { try await database.database.write { [self] txn in _ = try database.users.put(failed, in: &txn) } }
+            try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.users.put(failed, in: &txn) } }
             if locked {
                 throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is now locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(policy.lockoutMs / 60_000) min or ask an administrator to unlock it")
             }
             throw invalid
         }
-        let token = try storage { try SecretHasher.newToken() }
+        let token = try RPCError.catching { try SecretHasher.newToken() }
         let session = Session(tokenHash: SecretHasher.tokenHash(token), tenantDomain: tenantDomain, username: user.username, roles: user.roles,
                               origin: origin, issuedAtUnixMs: timestamp, expiresAtUnixMs: timestamp + policy.sessionLifetimeMs,
                               idleTimeoutMs: idleTimeoutMs, lastUsedAtUnixMs: timestamp)
         user.failedLoginCount = 0
         if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? await derive({ [hasher] in try hasher.hash(password) }) { user.passwordHash = upgraded }
         let stored = user
-        let granted = try await storageWrite {
+        let granted = try await RPCError.catching {
             try await database.database.write { [self] txn in
                 _ = try database.users.put(stored, in: &txn)
                 try database.sessions.insert(session, in: &txn)
@@ -218,7 +218,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func logout(sessionID: [UInt8]) async throws(RPCError) {
-        try await storageWrite { try await database.database.write { [self] txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
+        try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
     }
 
     // MARK: Users
@@ -274,7 +274,7 @@ public final class UserDirectory: SessionVerifier {
         user.createdAtUnixMs = timestamp
         user.updatedAtUnixMs = timestamp
         let stored = user
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 for role in stored.roles where try database.roles.get(UserDatabase.roleKey(tenant, role), in: txn) == nil {
                     throw RPCError(.invalidArgument, "role \(role) does not exist in tenant \(tenant)")
@@ -290,7 +290,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func user(named username: String, tenant: String) throws(RPCError) -> User {
-        guard let user = try storage({ try database.user(username, tenant: tenant) }) else {
+        guard let user = try RPCError.catching({ try database.user(username, tenant: tenant) }) else {
             throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
         }
         return Self.redacted(user)
@@ -323,7 +323,7 @@ public final class UserDirectory: SessionVerifier {
     /// Reads, changes and writes one user in one transaction.
     func modifyUser(_ username: String, tenant: String, _ change: @escaping @Sendable (inout User) throws(RPCError) -> Void) async throws(RPCError) -> User {
         let timestamp = now()
-        return try await storageWrite {
+        return try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
@@ -340,7 +340,7 @@ public final class UserDirectory: SessionVerifier {
         guard !(caller.username == username && caller.tenant == tenant) else {
             throw RPCError(.failedPrecondition, "you cannot delete your own account")
         }
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard let user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
@@ -365,7 +365,7 @@ public final class UserDirectory: SessionVerifier {
 
     public func listUsers(tenant: String, prefix: String, role: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<User> {
         let size = pageSize == 0 ? 100 : min(pageSize, 1000)
-        return try storage {
+        return try RPCError.catching {
             try database.database.environment.read { txn in
                 if !role.isEmpty {
                     let page = try database.users.list(index: UserDatabase.usersByRole, prefix: Key(.string(tenant.lowercased()), .string(role)),
@@ -384,7 +384,7 @@ public final class UserDirectory: SessionVerifier {
         try checkPassword(password, username: username)
         let hash = try await derive { [hasher] in try hasher.hash(password) }
         if let current {
-            guard let user = try storage({ try database.user(username, tenant: tenant) }),
+            guard let user = try RPCError.catching({ try database.user(username, tenant: tenant) }),
                   try await derive({ [hasher] in try hasher.verify(current, against: user.passwordHash ?? SecretHash()) }) else {
                 throw RPCError(.permissionDenied, "the current password is wrong")
             }
@@ -394,7 +394,7 @@ public final class UserDirectory: SessionVerifier {
             user.passwordHash = hash
             user.passwordChangedAtUnixMs = timestamp
         }
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 for session in try database.sessions.all(index: UserDatabase.sessionsByUser, prefix: UserDatabase.userKey(tenant, username), in: txn)
                 where session.tokenHash != keeping {
@@ -406,7 +406,7 @@ public final class UserDirectory: SessionVerifier {
 
     public func assignRoles(_ username: String, tenant: String, add: [String], remove: [String]) async throws(RPCError) -> User {
         let timestamp = now()
-        return try await storageWrite {
+        return try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard var user = try database.users.get(UserDatabase.userKey(tenant, username), in: txn) else {
                     throw RPCError(.notFound, "no user \(username) in tenant \(tenant)")
@@ -453,7 +453,7 @@ public final class UserDirectory: SessionVerifier {
         role.createdAtUnixMs = timestamp
         role.updatedAtUnixMs = timestamp
         let stored = role
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 do {
                     try database.roles.insert(stored, in: &txn)
@@ -466,7 +466,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func deleteRole(_ name: String, tenant: String) async throws(RPCError) {
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard let role = try database.roles.get(UserDatabase.roleKey(tenant, name), in: txn) else {
                     throw RPCError(.notFound, "no role \(name) in tenant \(tenant)")
@@ -482,7 +482,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func listRoles(tenant: String, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<UserRole> {
-        try storage {
+        try RPCError.catching {
             try database.database.environment.read { txn in
                 try database.roles.list(prefix: UserDatabase.tenantKey(tenant), pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
             }
@@ -509,7 +509,7 @@ public final class UserDirectory: SessionVerifier {
         let timestamp = now()
         let tenant = Tenant(domain: domain, status: .active, adminUsername: request.adminUsername, adminEmail: request.adminEmail,
                             createdAtUnixMs: timestamp, updatedAtUnixMs: timestamp)
-        try await storageWrite {
+        try await RPCError.catching {
             try await database.database.write { [self] txn in
                 do {
                     try database.tenants.insert(tenant, in: &txn)
@@ -530,7 +530,7 @@ public final class UserDirectory: SessionVerifier {
     }
 
     public func listTenants(status: TenantStatus, pageSize: Int, pageToken: [UInt8]) throws(RPCError) -> Page<Tenant> {
-        try storage {
+        try RPCError.catching {
             try database.database.environment.read { txn in
                 let page = try database.tenants.list(pageSize: pageSize == 0 ? 100 : min(pageSize, 1000), pageToken: pageToken, in: txn)
                 return Page(items: status == .unspecified ? page.items : page.items.filter { $0.status == status }, nextPageToken: page.nextPageToken)
@@ -542,7 +542,7 @@ public final class UserDirectory: SessionVerifier {
         guard status == .active || status == .inactive else { throw RPCError(.invalidArgument, "a tenant is either ACTIVE or INACTIVE") }
         guard domain.lowercased() != superTenant else { throw RPCError(.failedPrecondition, "the super tenant cannot be deactivated") }
         let timestamp = now()
-        return try await storageWrite {
+        return try await RPCError.catching {
             try await database.database.write { [self] txn in
                 guard var tenant = try database.tenants.get(UserDatabase.tenantKey(domain), in: txn) else {
                     throw RPCError(.notFound, "no tenant \(domain)")
@@ -557,13 +557,7 @@ public final class UserDirectory: SessionVerifier {
 
     /// Runs storage work, passing status errors through and turning anything
     /// else into INTERNAL (the details are for the log, not the caller).
-    func storage<Result>(_ body: () throws -> Result) throws(RPCError) -> Result {
-        try RPCError.catching(body)
-    }
 
-    func storageWrite<Result>(_ body: () async throws -> Result) async throws(RPCError) -> Result {
-        try await RPCError.catching(body)
-    }
 
     /// Key derivation (scrypt, PBKDF2) on the process's KDF threads: each
     /// takes tens of milliseconds of a core, which must not be a pool thread.

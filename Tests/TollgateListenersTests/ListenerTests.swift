@@ -11,7 +11,8 @@ import Testing
 /// Answers with what it was asked: method, path, body length and body.
 struct EchoResponder: HTTPResponder {
     func respond(to request: HTTPRequest) async -> HTTPResponse {
-        var body = Array("\(request.method) \(request.uri) \(request.body.count) secure=\(request.isSecure)\n".utf8)
+        let agent = request.header("user-agent") ?? "none"
+        var body = Array("\(request.method) \(request.uri) \(request.body.count) secure=\(request.isSecure) agent=\(agent.prefix(5))\n".utf8)
         body += request.body
         return HTTPResponse(status: request.path == "/missing" ? 404 : 200, headers: [("Content-Type", "text/plain"), ("X-Echo", "yes")], body: body)
     }
@@ -87,7 +88,7 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
             let (status, output) = try await runTool(curl, ["-s", "-w", "|connects=%{num_connects} code=%{http_code}\n",
                                                             "http://127.0.0.1:\(port)/first?x=1", "http://127.0.0.1:\(port)/missing"])
             #expect(status == 0, "\(output)")
-            #expect(output.contains("GET /first?x=1 0 secure=false"), "\(output)")
+            #expect(output.contains("GET /first?x=1 0 secure=false agent=curl/"), "headers are found whatever their case: \(output)")
             #expect(output.contains("|connects=1 code=200"), "\(output)")
             #expect(output.contains("|connects=0 code=404"), "the second request reused the connection: \(output)")
         }
@@ -99,7 +100,7 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
         }) { _, port, _ in
             let posted = try await runTool(curl, ["-s", "-H", "Expect:", "--data-binary", "@-", "http://127.0.0.1:\(port)/upload"],
                                            input: Data(repeating: 0x61, count: 1000))
-            #expect(posted.output.hasPrefix("POST /upload 1000 secure=false\n" + String(repeating: "a", count: 1000)), "\(posted.output.prefix(80))")
+            #expect(posted.output.hasPrefix("POST /upload 1000 secure=false agent=curl/\n" + String(repeating: "a", count: 1000)), "\(posted.output.prefix(80))")
             let head = try await runTool(curl, ["-s", "-I", "http://127.0.0.1:\(port)/head"])
             #expect(head.output.contains("HTTP/1.1 200 OK") && head.output.lowercased().contains("x-echo: yes"), "\(head.output)")
             #expect(!head.output.contains("HEAD /head"), "HEAD answers carry no body: \(head.output)")
@@ -117,7 +118,7 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
         }) { _, port, pki in
             let (status, output) = try await runTool(curl, ["-s", "--cacert", pki.certificate("ca"), "https://localhost:\(port)/tls"])
             #expect(status == 0, "\(output)")
-            #expect(output.contains("GET /tls 0 secure=true"), "\(output)")
+            #expect(output.contains("GET /tls 0 secure=true agent=curl/"), "\(output)")
             // A client that does not trust the cluster CA refuses the server.
             let untrusting = try await runTool(curl, ["-s", "https://localhost:\(port)/tls"])
             #expect(untrusting.status == 60, "curl's 'peer certificate cannot be authenticated': \(untrusting.output)")
