@@ -78,8 +78,16 @@ let package = Package(
         .target(name: "TollgatePublisher", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "YAMLKit",
                                                         logging, serviceLifecycle]),
 
+        // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
+        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
+                                                         logging, serviceLifecycle]),
+        // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
+        .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
+                                                    "TollgateProto", "LMDBKit", logging]),
+
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher", "TollgateServices", "RPCCore", "RPCNIO",
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
