@@ -171,7 +171,6 @@ public struct OAuthEndpoints: HTTPResponder {
             ("revocation_endpoint_auth_methods_supported", .array(["client_secret_basic", "client_secret_post"])),
             ("introspection_endpoint_auth_methods_supported", .array(["client_secret_basic", "client_secret_post"])),
             ("code_challenge_methods_supported", .array(["S256"])),
-            ("token_endpoint_auth_signing_alg_values_supported", .array(["ES256"])),
         ])
         return HTTPResponse(status: 200, headers: [("Content-Type", "application/json"), ("Cache-Control", "max-age=300")], body: value.bytes)
     }
