@@ -118,6 +118,9 @@ let package = Package(
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateNode", "RoleCore", logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgateNode", "RoleCore", logging, "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
+        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
+                                                                   logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto",
+                                                                   "OpenSSLKit", "LMDBKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI, waiting on conditions, running nodes and peers, the outbox probe's pair.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit", "LMDBKit", "TollgateStorage"], path: "Tests/TestSupport"),

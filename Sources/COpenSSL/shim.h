@@ -15,7 +15,6 @@
 #include <openssl/pem.h>
 #include <openssl/bio.h>
 #include <openssl/ec.h>
-#include <openssl/core_names.h>
 
 static inline int COpenSSLShims_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
@@ -91,10 +90,6 @@ static inline X509_EXTENSION *COpenSSLShims_make_extension(X509 *issuer, X509 *s
     X509V3_set_ctx(&ctx, issuer, subject, NULL, NULL, 0);
     X509V3_set_ctx_nodb(&ctx);
     return X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-}
-
-static inline int COpenSSLShims_EVP_PKEY_PUBLIC_KEY(void) {
-    return EVP_PKEY_PUBLIC_KEY;
 }
 
 #endif

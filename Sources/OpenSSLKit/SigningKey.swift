@@ -110,21 +110,15 @@ public final class P256PublicKey: @unchecked Sendable {
             throw OpenSSLError(operation: "reading a P-256 public key", stack: ["x and y must be 32 bytes each"])
         }
         ERR_clear_error()
-        var point = [0x04] + x + y
-        guard let context = EVP_PKEY_CTX_new_from_name(nil, "EC", nil) else { throw OpenSSLError.drain("EC key context") }
-        defer { EVP_PKEY_CTX_free(context) }
-        var made: OpaquePointer?
-        let ok = "P-256".withCString { group in
-            point.withUnsafeMutableBytes { bytes in
-                var parameters = [
-                    OSSL_PARAM_construct_utf8_string("group", UnsafeMutablePointer(mutating: group), 0),
-                    OSSL_PARAM_construct_octet_string("pub", bytes.baseAddress, bytes.count),
-                    OSSL_PARAM_construct_end(),
-                ]
-                return EVP_PKEY_fromdata_init(context) == 1 && EVP_PKEY_fromdata(context, &made, COpenSSLShims_EVP_PKEY_PUBLIC_KEY(), &parameters) == 1
-            }
+        // The DER SubjectPublicKeyInfo of a P-256 key is a fixed header
+        // (id-ecPublicKey, prime256v1, a 66-byte bit string) and the point.
+        let der: [UInt8] = [0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
+                            0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04] + x + y
+        let made: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor: UnsafePointer<UInt8>? = buffer.baseAddress
+            return d2i_PUBKEY(nil, &cursor, buffer.count)
         }
-        guard ok, let made else { throw OpenSSLError.drain("reading a P-256 public key (is the point on the curve?)") }
+        guard let made else { throw OpenSSLError.drain("reading a P-256 public key (is the point on the curve?)") }
         key = made
         self.x = x
         self.y = y

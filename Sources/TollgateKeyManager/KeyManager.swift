@@ -101,7 +101,7 @@ public final class KeyManager: Sendable {
     public func insertClient(_ client: OAuthClient, in txn: inout WriteTransaction) throws {
         do {
             try database.clients.insert(client, in: &txn)
-        } catch StorageError.alreadyExists {
+        } catch StorageError.alreadyExists, StorageError.uniqueConflict {
             throw RPCError(.alreadyExists, "consumer key \(client.consumerKey) is already registered")
         }
     }

@@ -54,6 +54,12 @@ extension KeyManager {
                                                                 Key(.string(application.id), .string(api.id)), in: txn) else {
             return refused(KeyValidationStatus.resourceForbidden)
         }
+        switch api.lifecycleState {
+        case .published, .prototyped, .deprecated: break
+        case .blocked: return refused(KeyValidationStatus.apiBlocked)
+        // A retired API's subscriptions have ended; a created one was never on the gateways.
+        default: return refused(KeyValidationStatus.resourceForbidden)
+        }
         switch subscription.status {
         case .blocked:
             return refused(KeyValidationStatus.apiBlocked)

@@ -23,6 +23,8 @@ public final class PublisherStore: Sendable {
     public let registryOutbox: Outbox
     let now: @Sendable () -> Int64
     let logger: Logger?
+    /// Where blocked and unblocked subscriptions are announced to the gateways' validation caches.
+    let revocations: RevocationLog?
 
     public static let defaultPageSize = ApiCatalog.defaultPageSize
     public static let maxPageSize = ApiCatalog.maxPageSize
@@ -31,8 +33,9 @@ public final class PublisherStore: Sendable {
     public static let maxDocumentBytes = 3 << 20
 
     public init(registry: RegistryDatabase, deploymentLog: DeploymentLog, tenants: any TenantProvisioning,
-                logger: Logger? = nil, now: (@Sendable () -> Int64)? = nil) throws {
+                revocations: RevocationLog? = nil, logger: Logger? = nil, now: (@Sendable () -> Int64)? = nil) throws {
         self.logger = logger
+        self.revocations = revocations
         self.apimgt = deploymentLog.database
         self.registry = registry
         self.deploymentLog = deploymentLog
@@ -475,6 +478,7 @@ public final class PublisherStore: Sendable {
     /// subscription, and tells gateways to drop what they cached about it.
     public func setSubscriptionStatus(_ id: String, to status: SubscriptionStatus, tenant: String) async throws(RPCError) -> Subscription {
         let timestamp = now()
+        defer { revocations?.committed() }
         return try await apimgtWrite { [self] txn in
             guard var subscription = try apimgt.subscriptions.get(Key(.string(id)), in: txn),
                   let api = try apimgt.apis.get(Key(.string(subscription.apiId)), in: txn), api.tenantDomain == tenant else {
@@ -492,6 +496,8 @@ public final class PublisherStore: Sendable {
             try deploymentLog.append(.subscriptionChanged(SubscriptionChange(subscriptionId: subscription.id, apiId: subscription.apiId,
                                                                              applicationId: subscription.applicationId, status: status)),
                                      tenant: tenant, in: &txn)
+            // Validation results gateways cached for the application are stale now.
+            try revocations?.append(.applicationId(subscription.applicationId), in: &txn)
             return subscription
         }
     }

@@ -70,7 +70,7 @@ extension ConsumerStore {
             try await apimgt.database.write { [self] txn in
                 do {
                     try apimgt.applications.insert(stored, in: &txn)
-                } catch StorageError.alreadyExists {
+                } catch StorageError.alreadyExists, StorageError.uniqueConflict {
                     throw RPCError(.alreadyExists, "you already have an application named \(stored.name)")
                 }
             }
@@ -96,7 +96,7 @@ extension ConsumerStore {
             try await apimgt.database.write { [self] txn in
                 do {
                     _ = try apimgt.applications.put(stored, in: &txn)
-                } catch StorageError.alreadyExists {
+                } catch StorageError.alreadyExists, StorageError.uniqueConflict {
                     throw RPCError(.alreadyExists, "the owner already has an application named \(stored.name)")
                 }
                 // Cached validation results carry the application's tier.
@@ -177,7 +177,7 @@ extension ConsumerStore {
             try await apimgt.database.write { [self] txn in
                 do {
                     try apimgt.subscriptions.insert(subscription, in: &txn)
-                } catch StorageError.alreadyExists {
+                } catch StorageError.alreadyExists, StorageError.uniqueConflict {
                     throw RPCError(.alreadyExists, "application \(application.name) is already subscribed to \(api.name) \(api.version)")
                 }
                 // A cached "not subscribed" (900908) must not outlive this.
@@ -249,7 +249,7 @@ extension ConsumerStore {
             try await apimgt.database.write { [self] txn in
                 do {
                     try apimgt.applicationKeys.insert(key, in: &txn)
-                } catch StorageError.alreadyExists {
+                } catch StorageError.alreadyExists, StorageError.uniqueConflict {
                     throw RPCError(.alreadyExists, "application \(application.name) already has \(Self.keyTypeName(request.keyType)) keys")
                 }
                 try keyManager.insertClient(client, in: &txn)
