@@ -68,6 +68,7 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
     }
 
     public func issueToken(_ request: IssueTokenRequest, context: ServerCallContext) async throws -> IssueTokenResponse {
+        guard request.grantType != .unspecified else { throw OAuthError(.invalidRequest, "grant_type is required").rpcError }
         var tokenRequest = TokenRequest(grantType: request.grantType)
         tokenRequest.clientID = request.clientId
         tokenRequest.clientSecret = request.clientSecret
@@ -87,6 +88,7 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
     }
 
     public func refreshToken(_ request: RefreshTokenRequest, context: ServerCallContext) async throws -> RefreshTokenResponse {
+        guard !request.refreshToken.isEmpty else { throw OAuthError(.invalidRequest, "refresh_token is required").rpcError }
         var tokenRequest = TokenRequest(grantType: .refreshToken)
         tokenRequest.clientID = request.clientId
         tokenRequest.clientSecret = request.clientSecret
@@ -96,6 +98,7 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
     }
 
     public func revokeToken(_ request: RevokeTokenRequest, context: ServerCallContext) async throws -> RevokeTokenResponse {
+        guard !request.token.isEmpty else { throw OAuthError(.invalidRequest, "token is required").rpcError }
         do {
             let client = try await keyManager.authenticateClient(id: request.clientId, secret: request.clientSecret)
             return RevokeTokenResponse(revokedCount: UInt32(try await keyManager.revoke(token: request.token, hint: request.tokenKindHint, client: client)))

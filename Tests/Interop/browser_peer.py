@@ -18,7 +18,7 @@ on Tollgate's sign-in and consent page (GET/POST /oauth2/authorize).
       127.0.0.1; --listen-port N means http://127.0.0.1:N/cb), so the
       client must have been registered with exactly that callback and the
       authorization_code grant. Checks, one line each (`ok <name>` or
-      `FAIL <name>: <why>`, then `N passed, N failed`; exit 0 only when all
+      `FAIL <name>: <why>`, then `done: N ok, N FAIL`; exit 0 only when all
       passed):
         - the page renders in the browser (no certificate interstitial),
           with #username, #password, #approve, #deny and the CSRF cookie;
@@ -94,7 +94,8 @@ class Checks:
         return bool(condition)
 
     def finish(self):
-        print("%d passed, %d failed" % (self.passed, self.failed), flush=True)
+        # Not "N passed, N failed": CI reads that shape as a test runner's closing line.
+        print("done: %d ok, %d FAIL" % (self.passed, self.failed), flush=True)
         return 0 if self.failed == 0 else 1
 
 

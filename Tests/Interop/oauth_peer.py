@@ -4,7 +4,7 @@
 
 Each subcommand drives the server with stock client libraries (or curl)
 and prints one line per check, `ok <name>` or `FAIL <name>: <why>`, then a
-closing line `N passed, N failed`. The exit status is 0 when every check
+closing line `done: N ok, N FAIL`. The exit status is 0 when every check
 passed, 1 when one failed, 2 for bad arguments.
 
 Common arguments (before or after the subcommand name):
@@ -41,8 +41,13 @@ Subcommands:
       state; authlib exchanges the code with its code_verifier; the same
       code again -> invalid_grant and the tokens of the first exchange are
       revoked. Also: a form without the CSRF cookie -> 403, deny ->
-      error=access_denied, a wrong code_verifier -> invalid_grant, no
-      code_challenge -> error=invalid_request at the redirect URI.
+      error=access_denied with the state, a wrong code_verifier ->
+      invalid_grant, a code exchanged without the redirect_uri its
+      authorization request carried -> invalid_grant (RFC 6749 §4.1.3),
+      no code_challenge -> error=invalid_request and response_type=token
+      -> error=unsupported_response_type at the redirect URI, each with
+      the request's state (RFC 6749 §4.1.2.1), an unregistered
+      redirect_uri -> 400 page without a redirect.
       URI must be the client's registered callback (nothing needs to
       listen there: the 302 is read, not followed). Needs the
       authorization_code grant too.
@@ -145,7 +150,8 @@ class Checks:
         self.fail(name, "expected %s, but the call succeeded: %r" % (code, result))
 
     def finish(self):
-        print("%d passed, %d failed" % (self.passed, self.failed), flush=True)
+        # Not "N passed, N failed": CI reads that shape as a test runner's closing line.
+        print("done: %d ok, %d FAIL" % (self.passed, self.failed), flush=True)
         return 0 if self.failed == 0 else 1
 
 
