@@ -20,6 +20,9 @@ extension OAuthEndpoints {
     struct AuthorizationRequest {
         let client: OAuthClient
         let redirectURI: String
+        /// Whether the request named the redirect URI: then the token
+        /// request must name it too (RFC 6749 §4.1.3).
+        let redirectURIGiven: Bool
         let scopes: [String]
         let state: String
         let codeChallenge: String
@@ -29,8 +32,8 @@ extension OAuthEndpoints {
     enum AuthorizationProblem: Error {
         /// The client or redirect URI cannot be trusted: show the user, never redirect.
         case page(String)
-        /// Reported to the client at its redirect URI (RFC 6749 §4.1.2.1).
-        case redirect(String, OAuthError)
+        /// Reported to the client at its redirect URI (RFC 6749 §4.1.2.1), with the request's state.
+        case redirect(String, OAuthError, state: String)
     }
 
     func checkAuthorization(_ parameters: [String: String]) throws(AuthorizationProblem) -> AuthorizationRequest {
@@ -42,20 +45,20 @@ extension OAuthEndpoints {
         }
         let state = parameters["state"] ?? ""
         guard parameters["response_type"] == "code" else {
-            throw .redirect(redirect, OAuthError(.unsupportedResponseType, "only response_type=code is supported"))
+            throw .redirect(redirect, OAuthError(.unsupportedResponseType, "only response_type=code is supported"), state: state)
         }
         guard client.grantTypes.contains(.authorizationCode) else {
-            throw .redirect(redirect, OAuthError(.unauthorizedClient, "this client may not use the authorization_code grant"))
+            throw .redirect(redirect, OAuthError(.unauthorizedClient, "this client may not use the authorization_code grant"), state: state)
         }
         guard let challenge = parameters["code_challenge"], (43...128).contains(challenge.count) else {
-            throw .redirect(redirect, OAuthError(.invalidRequest, "PKCE is required: send code_challenge (43 to 128 characters) with code_challenge_method=S256"))
+            throw .redirect(redirect, OAuthError(.invalidRequest, "PKCE is required: send code_challenge (43 to 128 characters) with code_challenge_method=S256"),
+                            state: state)
         }
         guard parameters["code_challenge_method"] == "S256" else {
-            throw .redirect(redirect, OAuthError(.invalidRequest, "code_challenge_method must be S256"))
+            throw .redirect(redirect, OAuthError(.invalidRequest, "code_challenge_method must be S256"), state: state)
         }
-        _ = state
-        return AuthorizationRequest(client: client, redirectURI: redirect, scopes: Self.scopes(parameters["scope"]), state: state,
-                                    codeChallenge: challenge, parameters: parameters)
+        return AuthorizationRequest(client: client, redirectURI: redirect, redirectURIGiven: parameters["redirect_uri"] != nil,
+                                    scopes: Self.scopes(parameters["scope"]), state: state, codeChallenge: challenge, parameters: parameters)
     }
 
     static let authorizationFields = ["response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"]
@@ -107,7 +110,8 @@ extension OAuthEndpoints {
         do {
             let scopes = try keyManager.grantedScopes(checked.scopes, roles: user.roles, tenant: user.tenantDomain, applicationID: checked.client.applicationId)
             let code = try await keyManager.issueCode(client: checked.client, username: user.username, tenant: user.tenantDomain, scopes: scopes,
-                                                      redirectURI: checked.redirectURI, codeChallenge: checked.codeChallenge, codeChallengeMethod: "S256")
+                                                      redirectURI: checked.redirectURIGiven ? checked.redirectURI : "",
+                                                      codeChallenge: checked.codeChallenge, codeChallengeMethod: "S256")
             return Self.redirect(checked.redirectURI, [("code", code)], state: checked.state)
         } catch {
             return Self.redirect(checked.redirectURI, [("error", "server_error"), ("error_description", "the authorization server failed")], state: checked.state)
@@ -117,8 +121,8 @@ extension OAuthEndpoints {
     static func authorizationFailure(_ error: AuthorizationProblem) -> HTTPResponse {
         switch error {
         case .page(let message): return page(400, errorBody(message))
-        case .redirect(let uri, let oauth):
-            return redirect(uri, [("error", oauth.code.rawValue), ("error_description", oauth.message)], state: nil)
+        case .redirect(let uri, let oauth, let state):
+            return redirect(uri, [("error", oauth.code.rawValue), ("error_description", oauth.message)], state: state)
         }
     }
 

@@ -209,8 +209,9 @@ extension KeyManager {
     // MARK: Authorization codes
 
     /// Issues a code for a user who signed in and consented at the
-    /// authorization endpoint. `redirectURI` is the one the client sent (or
-    /// its registered callback), checked by the caller.
+    /// authorization endpoint. `redirectURI` is the one the client sent,
+    /// checked by the caller, or empty when it sent none (the registered
+    /// callback was used).
     public func issueCode(client: OAuthClient, username: String, tenant: String, scopes: [String], redirectURI: String,
                           codeChallenge: String, codeChallengeMethod: String) async throws -> String {
         let code = try SecretHasher.newToken()
@@ -233,8 +234,10 @@ extension KeyManager {
         guard !request.code.isEmpty else { throw OAuthError(.invalidRequest, "code is missing") }
         let hash = SecretHasher.tokenHash(request.code)
         let timestamp = now()
-        // The code is spent before tokens are minted, so it works once even
-        // under concurrent exchanges.
+        let redirectURI = request.redirectURI, verifier = request.codeVerifier
+        // The code is checked and spent in one transaction before tokens are
+        // minted, so it works once even under concurrent exchanges; a
+        // request that fails a check leaves it unspent.
         let outcome = try await database.database.write { [self] txn -> CodeOutcome in
             guard var code = try database.authorizationCodes.get(Key(.bytes(hash)), in: txn), code.consumerKey == client.consumerKey else {
                 return .invalid("the authorization code is invalid or was not issued to this client")
@@ -244,6 +247,20 @@ extension KeyManager {
                 return .replayed
             }
             guard code.expiresAtUnixMs > timestamp else { return .invalid("the authorization code has expired") }
+            // RFC 6749 §4.1.3: the redirect_uri of the authorization request, if it named one.
+            if !code.redirectUri.isEmpty && redirectURI != code.redirectUri {
+                return .invalid(redirectURI.isEmpty ? "redirect_uri is required: the authorization request named one"
+                                                    : "redirect_uri does not match the one of the authorization request")
+            }
+            if code.redirectUri.isEmpty && !redirectURI.isEmpty && redirectURI != client.callbackUrl {
+                return .invalid("redirect_uri is not the client's registered callback")
+            }
+            if !code.codeChallenge.isEmpty {
+                guard !verifier.isEmpty else { return .invalid("code_verifier is required: the code was issued with a PKCE challenge") }
+                guard (43...128).contains(verifier.count), Base64URL.encode(SHA256.hash(verifier)) == code.codeChallenge else {
+                    return .invalid("code_verifier does not match the code challenge")
+                }
+            }
             code.used = true
             _ = try database.authorizationCodes.put(code, in: &txn)
             return .accepted(code)
@@ -255,17 +272,6 @@ extension KeyManager {
             revocations.committed()
             throw OAuthError(.invalidGrant, "the authorization code was already used; the tokens issued for it are now revoked")
         case .invalid(let reason): throw OAuthError(.invalidGrant, reason)
-        }
-        // RFC 6749 §4.1.3: the same redirect_uri as in the authorization request.
-        guard request.redirectURI == code.redirectUri || (request.redirectURI.isEmpty && code.redirectUri == client.callbackUrl) else {
-            throw OAuthError(.invalidGrant, "redirect_uri does not match the one of the authorization request")
-        }
-        if !code.codeChallenge.isEmpty {
-            guard !request.codeVerifier.isEmpty else { throw OAuthError(.invalidGrant, "code_verifier is required: the code was issued with a PKCE challenge") }
-            guard (43...128).contains(request.codeVerifier.count),
-                  Base64URL.encode(SHA256.hash(request.codeVerifier)) == code.codeChallenge else {
-                throw OAuthError(.invalidGrant, "code_verifier does not match the code challenge")
-            }
         }
         let roles = try userRoles(code.username, tenant: code.tenantDomain)
         // Scopes were decided when the user consented; roles may have changed since.

@@ -68,7 +68,8 @@ extension KeyManager {
                 throw NodeStartError("JWT signing keys in \(keysDirectory): \(error)")
             }
             let endpoint = context.listenEndpoints["oauth"] ?? KeyManagerModule.defaultOAuthEndpoint
-            let fallback = "https://" + (endpoint.hasPrefix("0.0.0.0:") || endpoint.hasPrefix("127.0.0.1:") || endpoint.hasPrefix("[::]:")
+            // The listener's own address, unless it listens on every address.
+            let fallback = "https://" + (endpoint.hasPrefix("0.0.0.0:") || endpoint.hasPrefix("[::]:")
                                          ? "localhost:" + (endpoint.split(separator: ":").last.map(String.init) ?? "8743") : endpoint)
             return try KeyManager(database: apimgtdb, users: users, revocations: revocations, signingKeys: signingKeys,
                                   hasher: context.lookup(SecretHasher.self) ?? SecretHasher(),

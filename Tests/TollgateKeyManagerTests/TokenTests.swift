@@ -87,15 +87,15 @@ import TestSupport
                                                    codeChallenge: challenge, codeChallengeMethod: "S256")
         }
         let basic = (alice.consumerKey, alice.consumerSecret)
-        let first = try await code()
-        let noVerifier = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", first), ("redirect_uri", callback)], basic: basic)
+        let third = try await code()
+        let noVerifier = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", third), ("redirect_uri", callback)], basic: basic)
         #expect(noVerifier.json["error"] as? String == "invalid_grant", "\(noVerifier.json)")
-        // The failed attempt spent the code: it is single use whatever happens.
-        let second = try await code()
-        let wrongVerifier = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", second), ("redirect_uri", callback),
+        let wrongVerifier = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", third), ("redirect_uri", callback),
                                                                  ("code_verifier", String(repeating: "y", count: 60))], basic: basic)
         #expect(wrongVerifier.json["error"] as? String == "invalid_grant")
-        let third = try await code()
+        let noRedirect = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", third), ("code_verifier", verifier)], basic: basic)
+        #expect(noRedirect.json["error_description"] as? String == "redirect_uri is required: the authorization request named one", "\(noRedirect.json)")
+        // Failed attempts leave the code unspent; the right request then works, once.
         let exchanged = await fixture.post("/oauth2/token", [("grant_type", "authorization_code"), ("code", third), ("redirect_uri", callback),
                                                              ("code_verifier", verifier)], basic: basic)
         let access = try #require(exchanged.json["access_token"] as? String, "\(exchanged.json)")
@@ -128,9 +128,10 @@ import TestSupport
 
         let seen = await fixture.post("/oauth2/introspect", [("token", alice.token)], basic: aliceBasic)
         #expect(seen.json["active"] as? Bool == true && seen.json["client_id"] as? String == alice.consumerKey && seen.json["exp"] is Int, "\(seen.json)")
-        // Another client's token reads as inactive, and cannot be revoked by alice.
+        // Another client's token reads as inactive, and alice's revocation leaves it alone
+        // (answered like an unknown token, so its existence is not revealed).
         #expect(await fixture.post("/oauth2/introspect", [("token", bob.token)], basic: aliceBasic).json["active"] as? Bool == false)
-        #expect(await fixture.post("/oauth2/revoke", [("token", bob.token)], basic: aliceBasic).status == 400)
+        #expect(await fixture.post("/oauth2/revoke", [("token", bob.token)], basic: aliceBasic).status == 200)
         #expect(try await fixture.validate(bob.token, api).authorized)
         // Unknown tokens are not an error.
         #expect(await fixture.post("/oauth2/revoke", [("token", "never-issued")], basic: aliceBasic).status == 200)
