@@ -26,6 +26,7 @@ data_directory = "data"
 [listen]
 cluster = "127.0.0.1:7443"
 admin = "127.0.0.1:7444"
+oauth = "127.0.0.1:7445"
 
 [tls]
 ca = "certs/ca.pem"
@@ -35,6 +36,9 @@ private_key = "certs/dev-1.key"
 [users]
 bootstrap_admin = "admin"
 bootstrap_password_file = "admin.password"
+
+[store]
+self_signup_tenants = "*"
 TOML
 mkdir -p "${XDG_CONFIG_HOME:-$HOME/.config}/tollgate"
 cat <<MSG

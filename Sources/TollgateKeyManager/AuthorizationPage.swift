@@ -50,8 +50,9 @@ extension OAuthEndpoints {
         guard client.grantTypes.contains(.authorizationCode) else {
             throw .redirect(redirect, OAuthError(.unauthorizedClient, "this client may not use the authorization_code grant"), state: state)
         }
-        guard let challenge = parameters["code_challenge"], (43...128).contains(challenge.count) else {
-            throw .redirect(redirect, OAuthError(.invalidRequest, "PKCE is required: send code_challenge (43 to 128 characters) with code_challenge_method=S256"),
+        // An S256 challenge is the base64url SHA-256 of the verifier: always 43 characters.
+        guard let challenge = parameters["code_challenge"], challenge.count == 43, Base64URL.decode(challenge)?.count == 32 else {
+            throw .redirect(redirect, OAuthError(.invalidRequest, "PKCE is required: send code_challenge (BASE64URL(SHA-256(code_verifier)), 43 characters) with code_challenge_method=S256"),
                             state: state)
         }
         guard parameters["code_challenge_method"] == "S256" else {

@@ -105,7 +105,7 @@ extension KeyManager {
             throw OAuthError(.invalidGrant, "user \(user.username)@\(user.tenantDomain) is not in the client's tenant \(client.tenantDomain)")
         }
         return try await issueUserTokens(client: client, username: user.username, roles: user.roles, requestedScopes: request.scopes,
-                                         grant: .password, validitySeconds: request.validitySeconds, familyID: try SecureRandom.bytes(16))
+                                         grant: .password, validitySeconds: request.validitySeconds, familyID: try SecretHasher.orderedID(at: now()))
     }
 
     private func issueUserTokens(client: OAuthClient, username: String, roles: [String], requestedScopes: [String], grant: GrantType,
@@ -134,8 +134,7 @@ extension KeyManager {
 
     private func refresh(_ request: TokenRequest, client: OAuthClient) async throws -> IssuedToken {
         guard !request.refreshToken.isEmpty else { throw OAuthError(.invalidRequest, "refresh_token is missing") }
-        let hash = SecretHasher.tokenHash(request.refreshToken)
-        guard let stored = try database.database.read({ try database.tokens.get(Key(.bytes(hash)), in: $0) }),
+        guard let stored = try database.database.read({ try record(forToken: request.refreshToken, in: $0) }),
               stored.kind == .refresh, stored.consumerKey == client.consumerKey else {
             throw OAuthError(.invalidGrant, "the refresh token is invalid or was not issued to this client")
         }
@@ -157,7 +156,7 @@ extension KeyManager {
         // Checked again inside the transaction: of two concurrent uses of
         // one refresh token, exactly one rotates and the other is a replay.
         let outcome = try await database.database.write { [self] txn -> RefreshOutcome in
-            guard var current = try database.tokens.get(Key(.bytes(hash)), in: txn) else { return .invalid("the refresh token is invalid") }
+            guard var current = try database.tokens.get(Key(.bytes(stored.tokenId)), in: txn) else { return .invalid("the refresh token is invalid") }
             switch current.state {
             case .active:
                 if let expires = current.expiresAtUnixMs, expires <= timestamp { return .invalid("the refresh token has expired") }
@@ -172,7 +171,7 @@ extension KeyManager {
             current.stateChangedAtUnixMs = timestamp
             _ = try database.tokens.put(current, in: &txn)
             // The access token issued with it is replaced too.
-            if var paired = try database.tokens.get(Key(.bytes(current.pairedTokenHash)), in: txn), paired.state == .active {
+            if var paired = try database.tokens.get(Key(.bytes(current.pairedTokenId)), in: txn), paired.state == .active {
                 paired.state = .inactive
                 paired.stateChangedAtUnixMs = timestamp
                 _ = try database.tokens.put(paired, in: &txn)
@@ -219,7 +218,7 @@ extension KeyManager {
         let record = AuthorizationCode(codeHash: SecretHasher.tokenHash(code), consumerKey: client.consumerKey, tenantDomain: tenant,
                                        username: username, scopes: scopes, redirectUri: redirectURI, issuedAtUnixMs: timestamp,
                                        expiresAtUnixMs: timestamp + settings.authorizationCodeLifetimeSeconds * 1000, used: false,
-                                       codeChallenge: codeChallenge, codeChallengeMethod: codeChallengeMethod, familyId: try SecureRandom.bytes(16))
+                                       codeChallenge: codeChallenge, codeChallengeMethod: codeChallengeMethod, familyId: try SecretHasher.orderedID(at: timestamp))
         try await database.database.writeGrouped { [self] txn in try database.authorizationCodes.insert(record, in: &txn) }
         return code
     }
@@ -279,6 +278,29 @@ extension KeyManager {
                                          grant: .authorizationCode, validitySeconds: 0, familyID: code.familyId)
     }
 
+    // MARK: Token ids
+
+    /// The id a token carries: the first 16 bytes of an opaque token, the
+    /// `jti` of a JWT. Nil for anything this key manager did not issue.
+    public static func tokenID(of token: String) -> [UInt8]? {
+        if let id = SecretHasher.opaqueTokenID(token) { return id }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let payload = Base64URL.decode(parts[1]),
+              let claims = try? JSONDecoder().decode(JWTIdentifier.self, from: Data(payload)),
+              let id = Base64URL.decode(claims.jti), id.count == 16 else { return nil }
+        return id
+    }
+
+    private struct JWTIdentifier: Decodable { let jti: String }
+
+    /// The stored record of a presented token: found by its id, and only if
+    /// the whole token hashes to what was stored.
+    func record<T: TransactionReading & ~Copyable>(forToken token: String, in txn: borrowing T) throws -> OAuthToken? {
+        guard let id = Self.tokenID(of: token), let record = try database.tokens.get(Key(.bytes(id)), in: txn),
+              constantTimeEquals(record.tokenHash, SecretHasher.tokenHash(token)) else { return nil }
+        return record
+    }
+
     // MARK: Minting
 
     struct Minted {
@@ -293,7 +315,9 @@ extension KeyManager {
         let issuedAt = now()
         let isJWT = application?.tokenFormat == .jwt
         let access: String
+        let accessID: [UInt8]
         if isJWT {
+            accessID = try SecretHasher.orderedID(at: issuedAt)
             let entry = try signingKeys.active
             let claims: JSONValue = .object([
                 ("iss", .string(settings.issuer)),
@@ -306,28 +330,26 @@ extension KeyManager {
                 ("iat", .integer(issuedAt / 1000)),
                 ("nbf", .integer(issuedAt / 1000)),
                 ("exp", .integer((issuedAt + accessLifetimeMs) / 1000)),
-                ("jti", .string(try SecretHasher.newToken())),
+                ("jti", .string(Base64URL.encode(accessID))),
             ])
             access = try JWT.sign(claims, with: entry)
         } else {
-            access = try SecretHasher.newToken()
+            (access, accessID) = try SecretHasher.newOpaqueToken(at: issuedAt)
         }
-        let accessHash = SecretHasher.tokenHash(access)
         var records: [OAuthToken] = []
         var refresh = ""
-        var refreshHash: [UInt8] = []
+        var refreshID: [UInt8] = []
         if let refreshLifetimeMs {
-            refresh = try SecretHasher.newToken()
-            refreshHash = SecretHasher.tokenHash(refresh)
-            records.append(OAuthToken(tokenHash: refreshHash, kind: .refresh, pairedTokenHash: accessHash, consumerKey: client.consumerKey,
+            (refresh, refreshID) = try SecretHasher.newOpaqueToken(at: issuedAt)
+            records.append(OAuthToken(tokenHash: SecretHasher.tokenHash(refresh), kind: .refresh, pairedTokenId: accessID, consumerKey: client.consumerKey,
                                       keyType: client.keyType, applicationId: client.applicationId, tenantDomain: tenant, username: username,
-                                      userType: userType, grantType: grant, scopes: scopes, familyId: familyID, jwt: false, issuedAtUnixMs: issuedAt,
-                                      state: .active, stateChangedAtUnixMs: issuedAt, expiresAtUnixMs: issuedAt + refreshLifetimeMs))
+                                      userType: userType, grantType: grant, scopes: scopes, familyId: familyID, jwt: false, tokenId: refreshID,
+                                      issuedAtUnixMs: issuedAt, state: .active, stateChangedAtUnixMs: issuedAt, expiresAtUnixMs: issuedAt + refreshLifetimeMs))
         }
-        records.append(OAuthToken(tokenHash: accessHash, kind: .access, pairedTokenHash: refreshHash, consumerKey: client.consumerKey,
+        records.append(OAuthToken(tokenHash: SecretHasher.tokenHash(access), kind: .access, pairedTokenId: refreshID, consumerKey: client.consumerKey,
                                   keyType: client.keyType, applicationId: client.applicationId, tenantDomain: tenant, username: username,
-                                  userType: userType, grantType: grant, scopes: scopes, familyId: familyID, jwt: isJWT, issuedAtUnixMs: issuedAt,
-                                  state: .active, stateChangedAtUnixMs: issuedAt, expiresAtUnixMs: issuedAt + accessLifetimeMs))
+                                  userType: userType, grantType: grant, scopes: scopes, familyId: familyID, jwt: isJWT, tokenId: accessID,
+                                  issuedAtUnixMs: issuedAt, state: .active, stateChangedAtUnixMs: issuedAt, expiresAtUnixMs: issuedAt + accessLifetimeMs))
         let issued = IssuedToken(accessToken: access, refreshToken: refresh, tokenType: "Bearer", expiresInSeconds: accessLifetimeMs / 1000,
                                  scopes: scopes, issuedAtUnixMs: issuedAt)
         return Minted(issued: issued, records: records)

@@ -146,6 +146,10 @@ public final class KeyManager: Sendable {
     /// later; gateways are told through the revocation feed.
     public func deleteClient(_ consumerKey: String, in txn: inout WriteTransaction) throws {
         guard try database.clients.delete(Key(.string(consumerKey)), in: &txn) != nil else { return }
+        // The application's key row goes with it, so new keys can be generated.
+        if let key = try database.applicationKeys.get(ApiManagerDatabase.applicationKeysByConsumerKey, Key(.string(consumerKey)), in: txn) {
+            _ = try database.applicationKeys.delete(key, in: &txn)
+        }
         try revocations.append(.consumerKey(consumerKey), in: &txn)
     }
 
@@ -201,7 +205,7 @@ public final class KeyManager: Sendable {
 
     /// An absolute https URL, or http on a loopback host (RFC 8252 §7.3),
     /// without a fragment (RFC 6749 §3.1.2).
-    static func checkRedirectURI(_ uri: String) throws(RPCError) {
+    public static func checkRedirectURI(_ uri: String) throws(RPCError) {
         let lower = uri.lowercased()
         let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"].contains { lower.hasPrefix($0) }
         guard lower.hasPrefix("https://") || loopback, !uri.contains("#"), !uri.contains(where: { $0.isWhitespace }) else {

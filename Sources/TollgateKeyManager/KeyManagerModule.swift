@@ -39,7 +39,7 @@ public struct KeyManagerModule: RoleModule {
 
     public var listeners: [ListenerDeclaration] {
         [ListenerDeclaration(name: "oauth", kind: .http(OAuthEndpoints(keyManager: keyManager)), security: .tls,
-                             defaultEndpoint: Self.defaultOAuthEndpoint, applicationProtocols: ["http/1.1"])]
+                             defaultEndpoint: nil, applicationProtocols: ["http/1.1"])]
     }
 
     public var services: [any Service] { [TokenPurge(keyManager: keyManager)] }

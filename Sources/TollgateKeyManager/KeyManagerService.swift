@@ -39,6 +39,13 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
         template.tenantDomain = context.tenant
         if let user = context.caller.user, !user.holds(Permission.admin) || template.owner.isEmpty { template.owner = user.username }
         guard !template.owner.isEmpty else { throw RPCError(.invalidArgument, "client.owner is required when a node registers a client") }
+        if !template.applicationId.isEmpty, let user = context.caller.user {
+            // A client tied to an application takes its token format and scopes: only its owner (or an administrator) may tie one.
+            guard let application = try RPCError.catching({ try keyManager.database.application(id: template.applicationId) }),
+                  application.tenantDomain.lowercased() == context.tenant, application.owner == user.username || user.holds(Permission.admin) else {
+                throw RPCError(.notFound, "no application \(template.applicationId) of yours in tenant \(context.tenant)")
+            }
+        }
         let (client, secret) = try await keyManager.registerClient(template, existingSecret: request.consumerSecret)
         return RegisterClientResponse(client: client, consumerSecret: secret)
     }

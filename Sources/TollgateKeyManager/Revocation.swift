@@ -10,25 +10,24 @@ extension KeyManager {
     /// revocation reveals no more than introspection does. Returns how many
     /// tokens were revoked.
     public func revoke(token: String, hint: TokenKind, client: OAuthClient) async throws(OAuthError) -> Int {
-        let hash = SecretHasher.tokenHash(token)
         let stored: OAuthToken?
-        do { stored = try database.database.read { try database.tokens.get(Key(.bytes(hash)), in: $0) } } catch { throw OAuthError.server(error) }
+        do { stored = try storedToken(token) } catch { throw OAuthError.server(error) }
         guard let stored, stored.consumerKey == client.consumerKey else { return 0 }
-        do { return try await revoke(tokenHash: hash) } catch { throw OAuthError.server(error) }
+        do { return try await revoke(id: stored.tokenId) } catch { throw OAuthError.server(error) }
     }
 
     /// Revokes a token by its hash, with its pair (an access token's
     /// refresh token) or, for a refresh token, its whole grant, and
     /// announces the access tokens on the revocation feed.
-    public func revoke(tokenHash hash: [UInt8]) async throws(RPCError) -> Int {
+    public func revoke(id: [UInt8]) async throws(RPCError) -> Int {
         let timestamp = now()
         let count = try await RPCError.catching {
             try await database.database.write { [self] txn -> Int in
-                guard let token = try database.tokens.get(Key(.bytes(hash)), in: txn) else { return 0 }
+                guard let token = try database.tokens.get(Key(.bytes(id)), in: txn) else { return 0 }
                 var targets = [token]
                 if token.kind == .refresh && !token.familyId.isEmpty {
                     targets = try database.tokens.all(index: ApiManagerDatabase.tokensByFamily, prefix: Key(.bytes(token.familyId)), in: txn)
-                } else if !token.pairedTokenHash.isEmpty, let paired = try database.tokens.get(Key(.bytes(token.pairedTokenHash)), in: txn) {
+                } else if !token.pairedTokenId.isEmpty, let paired = try database.tokens.get(Key(.bytes(token.pairedTokenId)), in: txn) {
                     targets.append(paired)
                 }
                 var revoked = 0
@@ -58,11 +57,10 @@ extension KeyManager {
 
     /// RFC 7662: what a token is, or only `active: false`.
     public func introspect(token: String) throws(RPCError) -> IntrospectResponse {
-        let hash = SecretHasher.tokenHash(token)
         let timestamp = now()
         return try RPCError.catching {
             try database.database.read { txn in
-                guard let stored = try database.tokens.get(Key(.bytes(hash)), in: txn) else { return IntrospectResponse(active: false) }
+                guard let stored = try record(forToken: token, in: txn) else { return IntrospectResponse(active: false) }
                 let client = try database.clients.get(Key(.string(stored.consumerKey)), in: txn)
                 guard liveness(of: stored, client: client, at: timestamp) else { return IntrospectResponse(active: false) }
                 return IntrospectResponse(active: true, kind: stored.kind, clientId: stored.consumerKey, username: stored.username,
@@ -75,8 +73,7 @@ extension KeyManager {
 
     /// The token record behind a bearer value, for callers checking ownership.
     public func storedToken(_ token: String) throws(RPCError) -> OAuthToken? {
-        let hash = SecretHasher.tokenHash(token)
-        return try RPCError.catching { try database.database.read { try database.tokens.get(Key(.bytes(hash)), in: $0) } }
+        try RPCError.catching { try database.database.read { try record(forToken: token, in: $0) } }
     }
 
     // MARK: Purge

@@ -1,4 +1,5 @@
 import LMDBKit
+import OpenSSLKit
 public import RPCCore
 public import TollgateProto
 import TollgateStorage
@@ -27,7 +28,8 @@ extension KeyManager {
     func validate<T: TransactionReading & ~Copyable>(_ request: ValidateKeyRequest, at timestamp: Int64, in txn: borrowing T) throws -> KeyValidationInfo {
         func refused(_ status: Int32) -> KeyValidationInfo { KeyValidationInfo(authorized: false, validationStatus: status) }
 
-        guard request.tokenHash.count == 32, let token = try database.tokens.get(Key(.bytes(request.tokenHash)), in: txn), token.kind == .access else {
+        guard request.tokenHash.count == 32, request.tokenId.count == 16, let token = try database.tokens.get(Key(.bytes(request.tokenId)), in: txn),
+              token.kind == .access, constantTimeEquals(token.tokenHash, request.tokenHash) else {
             return refused(KeyValidationStatus.invalidCredentials)
         }
         let client = try database.clients.get(Key(.string(token.consumerKey)), in: txn)
@@ -49,9 +51,14 @@ extension KeyManager {
 
         let (tenant, context) = Self.splitTenant(request.context)
         let version = request.version.hasPrefix("_default_") ? String(request.version.dropFirst("_default_".count)) : request.version
-        guard let api = try database.apis.get(ApiManagerDatabase.apisByContextVersion, Key(.string(tenant), .string(context), .string(version)), in: txn),
-              let subscription = try database.subscriptions.get(ApiManagerDatabase.subscriptionsByApplicationApi,
-                                                                Key(.string(application.id), .string(api.id)), in: txn) else {
+        var api = try database.apis.get(ApiManagerDatabase.apisByContextVersion, Key(.string(tenant), .string(context), .string(version)), in: txn)
+        // WSO2 gateways send the versioned context (`/pizzashack/1.0.0`).
+        if api == nil, context.hasSuffix("/" + version) {
+            api = try database.apis.get(ApiManagerDatabase.apisByContextVersion,
+                                        Key(.string(tenant), .string(String(context.dropLast(version.count + 1))), .string(version)), in: txn)
+        }
+        guard let api, let subscription = try database.subscriptions.get(ApiManagerDatabase.subscriptionsByApplicationApi,
+                                                                         Key(.string(application.id), .string(api.id)), in: txn) else {
             return refused(KeyValidationStatus.resourceForbidden)
         }
         switch api.lifecycleState {

@@ -8,12 +8,22 @@ import TollgateTLS
 public struct HTTPListenerLimits: Sendable, Hashable {
     /// Largest request body read for a responder; larger is 413.
     public var maxBodyBytes = 4 * 1024 * 1024
-    /// Time a connection may sit with no request in progress.
+    /// Time a connection may sit with no request in progress (this also
+    /// bounds how long a request's head may take to arrive).
     public var idleTimeout = TimeAmount.seconds(60)
+    /// Largest request head (request line and header fields); larger is 431.
+    /// NIOHTTP1's parser refuses heads past 80 KiB whatever this says.
+    public var maxHeaderBytes = 16 * 1024
+    /// Time from a request's head to the end of its body; a slower client
+    /// gets 408 and the connection is closed.
+    public var readTimeout = TimeAmount.seconds(30)
 
-    public init(maxBodyBytes: Int = 4 * 1024 * 1024, idleTimeout: TimeAmount = .seconds(60)) {
+    public init(maxBodyBytes: Int = 4 * 1024 * 1024, idleTimeout: TimeAmount = .seconds(60), maxHeaderBytes: Int = 16 * 1024,
+                readTimeout: TimeAmount = .seconds(30)) {
         self.maxBodyBytes = maxBodyBytes
         self.idleTimeout = idleTimeout
+        self.maxHeaderBytes = maxHeaderBytes
+        self.readTimeout = readTimeout
     }
 }
 
@@ -46,6 +56,8 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
         /// The body passed the limit: the rest is read and dropped, then 413.
         case discarding(HTTPRequestHead)
         case responding(keepAlive: Bool)
+        /// Refused before its end (head too large, too slow): closing.
+        case refused
     }
 
     private let responder: any HTTPResponder
@@ -54,6 +66,7 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
     private var state = State.idle
     private var quiescing = false
     private var idle: IdleTimeout
+    private var readDeadline: Scheduled<Void>?
 
     init(responder: any HTTPResponder, limits: HTTPListenerLimits, isSecure: Bool) {
         self.responder = responder
@@ -71,7 +84,18 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
         switch (unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
             idle.cancel()
+            let headBytes = head.uri.utf8.count + head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+            guard headBytes <= limits.maxHeaderBytes else {
+                refuse(context: context, head: head, status: 431, "the request head is larger than \(limits.maxHeaderBytes) bytes")
+                return
+            }
             state = .reading(head, context.channel.allocator.buffer(capacity: 0))
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            readDeadline = context.eventLoop.scheduleTask(in: limits.readTimeout) {
+                let (handler, context) = loopBound.value
+                guard case .reading(let head, _) = handler.state else { return }
+                handler.refuse(context: context, head: head, status: 408, "the request was not received within the read timeout")
+            }
         case (.body(var chunk), .reading(let head, var body)):
             if body.readableBytes + chunk.readableBytes > limits.maxBodyBytes {
                 state = .discarding(head)
@@ -79,17 +103,37 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
                 body.writeBuffer(&chunk)
                 state = .reading(head, body)
             }
-        case (.body, .discarding):
+        case (.body, .discarding), (_, .refused):
             break
         case (.end, .reading(let head, let body)):
+            cancelReadDeadline()
             respond(context: context, head: head, body: body)
         case (.end, .discarding(let head)):
+            cancelReadDeadline()
             write(context: context, head: head, response: .text(413, "the request body is larger than \(limits.maxBodyBytes) bytes"))
         default:
             // Pipelining assistance holds further requests until we answer,
             // so anything else is a parser-level surprise: close.
             context.close(promise: nil)
         }
+    }
+
+    private func cancelReadDeadline() {
+        readDeadline?.cancel()
+        readDeadline = nil
+    }
+
+    /// Answers with `status` and closes: what is left of the request is not read.
+    private func refuse(context: ChannelHandlerContext, head: HTTPRequestHead, status: Int, _ message: String) {
+        cancelReadDeadline()
+        state = .refused
+        var headers = HTTPHeaders([("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")])
+        let body = context.channel.allocator.buffer(string: message + "\n")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: status), headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, body: ByteBuffer) {
@@ -145,6 +189,7 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         idle.cancel()
+        cancelReadDeadline()
         context.fireChannelInactive()
     }
 

@@ -237,6 +237,7 @@ public final class PublisherStore: Sendable {
             try enqueue(.recordHistory(LifecycleHistoryEntries(entries: entries)), in: &txn)
             return (api, entries)
         }
+        revocations?.committed()
         // The entry as recorded: a second move within the same millisecond is stamped later.
         let recorded = try RPCError.catching { try registry.lifecycleHistory(api: api.id) }
             .last { $0.toState == target && $0.occurredAtUnixMs >= entries[0].occurredAtUnixMs } ?? entries[0]
@@ -591,6 +592,16 @@ public final class PublisherStore: Sendable {
             }
         }
         try deploymentLog.recordApi(api, wasDeployed: DeploymentLog.deployedStates.contains(previous.lifecycleState), in: &txn)
+        if api.lifecycleState != previous.lifecycleState, let revocations {
+            // Validation results cached for the API (authorized, or 900907 while blocked) follow its state.
+            try revocations.append(.apiId(api.id), in: &txn)
+            if api.lifecycleState == .retired {
+                // Retirement ends the API's subscriptions.
+                for subscription in try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApi, prefix: Key(.string(api.id)), in: txn) {
+                    _ = try apimgt.subscriptions.delete(subscription, in: &txn)
+                }
+            }
+        }
     }
 
 

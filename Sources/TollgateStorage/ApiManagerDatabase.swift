@@ -105,9 +105,12 @@ public struct ApiManagerDatabase: Sendable {
         if let expires = token.expiresAtUnixMs { return Key(.int64(expires)) }
         return token.state == .active ? nil : Key(.int64(token.stateChangedAtUnixMs))
     }
-    /// Tokens are stored and found by the SHA-256 of the bearer value only.
+    /// Tokens are keyed by their time-ordered id (not secret), and hold
+    /// only the SHA-256 of the bearer value. Every index entry ends with the
+    /// id too, so a new token lands at the end of each B-tree range: the
+    /// cost of issuing does not grow with the number of tokens stored.
     public static let tokenTable = TableDefinition<OAuthToken>(
-        "tokens", primaryKey: { Key(.bytes($0.tokenHash)) }, indexes: [tokensByConsumerKey, tokensByUser, tokensByFamily, tokensByPurgeTime])
+        "tokens", primaryKey: { Key(.bytes($0.tokenId)) }, indexes: [tokensByConsumerKey, tokensByUser, tokensByFamily, tokensByPurgeTime])
 
     public static let codesByExpiry = IndexDefinition<AuthorizationCode>("by_expiry", unique: false) { code in
         Key(.int64(code.expiresAtUnixMs))
@@ -260,9 +263,9 @@ public struct ApiManagerDatabase: Sendable {
         try database.environment.read { try clients.get(Key(.string(consumerKey)), in: $0) }
     }
 
-    /// The token record for a bearer value, found by its SHA-256.
-    public func token(_ bearer: String) throws -> OAuthToken? {
-        try database.environment.read { try tokens.get(Key(.bytes(SecretHasher.tokenHash(bearer))), in: $0) }
+    /// The record of a token, by its id.
+    public func token(id: [UInt8]) throws -> OAuthToken? {
+        try database.environment.read { try tokens.get(Key(.bytes(id)), in: $0) }
     }
 
     public func tokens(consumerKey: String) throws -> [OAuthToken] {

@@ -98,6 +98,54 @@ public struct SecretHasher: Sendable {
         base64URL(try SecureRandom.bytes(32))
     }
 
+    /// A time-ordered id: the milliseconds since 1970 in 8 big-endian bytes,
+    /// then 8 random bytes. Records keyed by such ids are inserted at the
+    /// end of their B-trees, touching the last page rather than a random one.
+    public static func orderedID(at unixMs: Int64) throws -> [UInt8] {
+        withUnsafeBytes(of: UInt64(max(unixMs, 0)).bigEndian, Array.init) + (try SecureRandom.bytes(8))
+    }
+
+    /// A new opaque OAuth token: its 16-byte ``orderedID(at:)`` then 32
+    /// random bytes, base64url (64 characters). The id is not secret; the
+    /// 256 random bits are.
+    public static func newOpaqueToken(at unixMs: Int64) throws -> (token: String, id: [UInt8]) {
+        let id = try orderedID(at: unixMs)
+        return (base64URL(id + (try SecureRandom.bytes(32))), id)
+    }
+
+    /// The id inside an opaque token from ``newOpaqueToken(at:)``; nil for
+    /// anything else.
+    public static func opaqueTokenID(_ token: String) -> [UInt8]? {
+        guard token.utf8.count == 64, let bytes = base64URLDecode(token), bytes.count == 48 else { return nil }
+        return Array(bytes.prefix(16))
+    }
+
+    static func base64URLDecode(_ text: String) -> [UInt8]? {
+        var values: [UInt8] = []
+        values.reserveCapacity(text.utf8.count)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): values.append(byte - UInt8(ascii: "A"))
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): values.append(byte - UInt8(ascii: "a") + 26)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): values.append(byte - UInt8(ascii: "0") + 52)
+            case UInt8(ascii: "-"): values.append(62)
+            case UInt8(ascii: "_"): values.append(63)
+            default: return nil
+            }
+        }
+        guard values.count % 4 != 1 else { return nil }
+        var out: [UInt8] = []
+        var index = 0
+        while index < values.count {
+            let chunk = values[index..<min(index + 4, values.count)]
+            var value = UInt32(0)
+            for (offset, sextet) in chunk.enumerated() { value |= UInt32(sextet) << (18 - 6 * offset) }
+            for position in 0..<(chunk.count - 1) { out.append(UInt8((value >> (16 - 8 * position)) & 0xFF)) }
+            index += 4
+        }
+        return out
+    }
+
     static func base64URL(_ bytes: [UInt8]) -> String {
         let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
         var out: [UInt8] = []

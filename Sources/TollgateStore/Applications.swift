@@ -21,6 +21,14 @@ extension ConsumerStore {
         return !application.groupId.isEmpty && caller.holdsAnyRole([application.groupId])
     }
 
+    /// Shared applications are used by their group; only the owner (or an
+    /// administrator) deletes one or replaces its secret.
+    func checkOwner(_ application: Application, caller: StoreCaller, doing what: String) throws(RPCError) {
+        guard application.owner == caller.user?.username || caller.isAdmin else {
+            throw RPCError(.permissionDenied, "application \(application.name) is shared with you; only its owner \(application.owner) may \(what)")
+        }
+    }
+
     /// The application, or NOT_FOUND for one the caller may not use.
     public func application(_ id: String, caller: StoreCaller) throws(RPCError) -> Application {
         guard !id.isEmpty else { throw RPCError(.invalidArgument, "an application id is required") }
@@ -36,11 +44,7 @@ extension ConsumerStore {
             throw RPCError(.invalidArgument, "an application name is 1 to \(Self.maxNameLength) characters without leading or trailing spaces (--name)")
         }
         guard application.description.count <= 1000 else { throw RPCError(.invalidArgument, "the description is longer than 1000 characters") }
-        if !application.callbackUrl.isEmpty {
-            guard application.callbackUrl.hasPrefix("https://") || application.callbackUrl.hasPrefix("http://") else {
-                throw RPCError(.invalidArgument, "callback URL \(application.callbackUrl) must be an http(s) URL (--callback)")
-            }
-        }
+        if !application.callbackUrl.isEmpty { try KeyManager.checkRedirectURI(application.callbackUrl) }
         guard let policy = try RPCError.catching({ try apimgt.policy(kind: .application, name: application.throttlingPolicy, tenant: tenant) }),
               case .applicationPolicy? = policy.policy else {
             let names = (try? apimgt.policies(kind: .application, tenant: tenant))?.compactMap { policy -> String? in
@@ -111,6 +115,7 @@ extension ConsumerStore {
     /// clients in one transaction; its tokens stop validating at once.
     public func deleteApplication(_ id: String, caller: StoreCaller) async throws(RPCError) {
         let application = try application(id, caller: caller)
+        try checkOwner(application, caller: caller, doing: "delete it")
         try await RPCError.catching {
             try await apimgt.database.write { [self] txn in
                 for subscription in try apimgt.subscriptions.all(index: ApiManagerDatabase.subscriptionsByApplicationApi, prefix: Key(.string(application.id)), in: txn) {
@@ -283,6 +288,7 @@ extension ConsumerStore {
 
     public func regenerateSecret(application applicationID: String, type: KeyType, caller: StoreCaller) async throws(RPCError) -> (consumerKey: String, secret: String) {
         let application = try application(applicationID, caller: caller)
+        try checkOwner(application, caller: caller, doing: "regenerate its secret")
         let (key, _) = try key(of: application, type: type)
         let (_, secret) = try await keyManager.regenerateSecret(key.consumerKey)
         return (key.consumerKey, secret)
@@ -295,7 +301,7 @@ extension ConsumerStore {
             throw RPCError(.failedPrecondition, "the \(Self.keyTypeName(request.keyType)) keys of \(application.name) do not allow the client_credentials grant")
         }
         if !request.previousToken.isEmpty, let previous = try keyManager.storedToken(request.previousToken), previous.consumerKey == client.consumerKey {
-            _ = try await keyManager.revoke(tokenHash: previous.tokenHash)
+            _ = try await keyManager.revoke(id: previous.tokenId)
         }
         return try await applicationToken(client: client, scopes: request.scopes, validitySeconds: request.validitySeconds)
     }
@@ -306,7 +312,7 @@ extension ConsumerStore {
         guard let token = try keyManager.storedToken(request.accessToken), token.consumerKey == client.consumerKey else {
             throw RPCError(.notFound, "that token was not issued to the \(Self.keyTypeName(request.keyType)) keys of \(application.name)")
         }
-        _ = try await keyManager.revoke(tokenHash: token.tokenHash)
+        _ = try await keyManager.revoke(id: token.tokenId)
     }
 
     static func keyTypeName(_ type: KeyType) -> String {

@@ -27,7 +27,7 @@ func temporaryDirectory() throws -> String {
 
 func tokenRecord() -> OAuthToken {
     OAuthToken(
-        tokenHash: Array(repeating: 0xA5, count: 32), kind: .access, pairedTokenHash: Array(repeating: 0x5A, count: 32),
+        tokenHash: Array(repeating: 0xA5, count: 32), kind: .access, pairedTokenId: Array(repeating: 0x5A, count: 16),
         consumerKey: "wSHHmJYfCkjcy1a5Cz0N1xvPJQsa", keyType: .production, applicationId: "3d1c1b9e-2f34-4a9d-9d55-8b2ad0c4e1f7",
         tenantDomain: "carbon.super", username: "alice", userType: .application, grantType: .clientCredentials,
         scopes: ["default", "am_application_scope"], issuedAtUnixMs: 1_764_201_600_000, state: .active,
@@ -134,6 +134,7 @@ func benchStorage() throws {
     let tokens = (0..<50_000).map { i -> OAuthToken in
         var token = tokenRecord()
         token.tokenHash = SecretHasher.tokenHash("token-\(i)")
+        token.tokenId = Array(token.tokenHash.prefix(16))
         return token
     }
     try apimgt.database.environment.write { txn in
@@ -146,7 +147,7 @@ func benchStorage() throws {
         while done < lookups {
             try apimgt.database.environment.read { txn in
                 for i in 0..<1000 {
-                    if try apimgt.tokens.get(Key(.bytes(tokens[(done + i) % tokens.count].tokenHash)), in: txn) != nil { found += 1 }
+                    if try apimgt.tokens.get(Key(.bytes(tokens[(done + i) % tokens.count].tokenId)), in: txn) != nil { found += 1 }
                 }
             }
             done += 1000
@@ -155,7 +156,7 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
-// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node|publisher]…` runs only the named groups.
+// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node|publisher|keymanager]…` runs only the named groups.
 let groups = Set(CommandLine.arguments.dropFirst())
 func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
 print("tollgate-bench on \(ProcessInfo.processInfo.activeProcessorCount) cores (storage and message groups run on one thread)")
@@ -165,6 +166,7 @@ if wanted("storage") { try benchStorage() }
 if wanted("tls") { try benchTLS() }
 if wanted("node") { try benchNodes() }
 if wanted("publisher") { runAsync { try await benchPublisher() } }
+if wanted("keymanager") { runAsync { try await benchKeyManager() } }
 if wanted("rpc") {
     // The RPC client is async; run it to completion from this synchronous
     // main. Detached: a plain Task would wait for the main actor we block.

@@ -132,7 +132,7 @@ final class ConsumerFixture: Sendable {
     func validate(_ token: String, _ api: Api, resource: String = "/menu", verb: HttpVerb = .get, level: ResourceAuthType = .any,
                   referer: String? = nil) async throws -> KeyValidationInfo {
         let context = api.tenantDomain == superTenant ? api.context : "/t/\(api.tenantDomain)\(api.context)"
-        let request = ValidateKeyRequest(context: context, version: api.version, tokenHash: SecretHasher.tokenHash(token), requiredAuthLevel: level,
+        let request = ValidateKeyRequest(context: context, version: api.version, tokenHash: SecretHasher.tokenHash(token), tokenId: KeyManager.tokenID(of: token) ?? [], requiredAuthLevel: level,
                                          matchingResource: resource, verb: verb, clientDomain: referer)
         return try #require(try await gateway.validateKey(request).info)
     }

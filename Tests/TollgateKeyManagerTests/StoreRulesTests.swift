@@ -21,7 +21,7 @@ import TollgateStorage
         #expect(info.expiresAtUnixMs.map { $0 > info.issuedAtUnixMs } == true && info.throttlingData == ["api_level_throttling_key"])
 
         // The `_default_` version prefix WSO2 gateways send names the same API.
-        let context = ValidateKeyRequest(context: api.context, version: "_default_" + api.version, tokenHash: SecretHasher.tokenHash(consumer.token),
+        let context = ValidateKeyRequest(context: api.context, version: "_default_" + api.version, tokenHash: SecretHasher.tokenHash(consumer.token), tokenId: KeyManager.tokenID(of: consumer.token) ?? [],
                                          requiredAuthLevel: .any, matchingResource: "/menu", verb: .get)
         #expect(try await fixture.gateway.validateKey(context).info?.authorized == true)
     }
@@ -102,6 +102,51 @@ import TollgateStorage
         _ = try await root.changeLifecycle(ChangeLifecycleRequest(apiId: api.id, targetState: .retired))
         #expect(try await fixture.validate(alice.token, api).validationStatus == KeyValidationStatus.resourceForbidden)
         #expect(try await store.listPublishedApis(ListPublishedApisRequest()).apis.isEmpty)
+        // Retirement ended the subscriptions, so the API can be deleted.
+        #expect(try await fixture.storeClient(alice.options).listSubscriptions(ListSubscriptionsRequest()).subscriptions.isEmpty)
+        _ = try await root.deleteApi(DeleteApiRequest(apiId: api.id))
+    }
+
+    @Test func blockingAnApiRefusesItsTokensAndTellsGateways() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let api = try await fixture.api()
+        let alice = try await fixture.consumer("alice", subscribedTo: api)
+        let root = PublisherServiceClient(fixture.transport, defaultOptions: try await fixture.session("root"))
+        let before = try fixture.keyManager.revocations.currentSequence()
+        _ = try await root.changeLifecycle(ChangeLifecycleRequest(apiId: api.id, targetState: .blocked))
+        #expect(try await fixture.validate(alice.token, api).validationStatus == KeyValidationStatus.apiBlocked)
+        let entries = try #require(try fixture.keyManager.revocations.log.changes(after: before, limit: 10))
+        #expect(entries.contains { $0.target == TokenRevocation.Target.apiId(api.id) }, "\(entries)")
+        _ = try await root.changeLifecycle(ChangeLifecycleRequest(apiId: api.id, targetState: .published))
+        #expect(try await fixture.validate(alice.token, api).authorized)
+        // WSO2 gateways send the versioned context; it names the same API.
+        let versioned = ValidateKeyRequest(context: api.context + "/" + api.version, version: api.version, tokenHash: SecretHasher.tokenHash(alice.token), tokenId: KeyManager.tokenID(of: alice.token) ?? [],
+                                           requiredAuthLevel: .any, matchingResource: "/menu", verb: .get)
+        #expect(try await fixture.gateway.validateKey(versioned).info?.authorized == true)
+    }
+
+    @Test func aSharedApplicationIsUsedByItsGroupButOnlyItsOwnerDeletesIt() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let api = try await fixture.api()
+        let root = UserServiceClient(fixture.transport, defaultOptions: try await fixture.session("root"))
+        _ = try await root.createRole(CreateRoleRequest(role: UserRole(name: "team-a")))
+        let alice = fixture.storeClient(try await fixture.user("alice", roles: ["subscriber", "team-a"]))
+        let bob = fixture.storeClient(try await fixture.user("bob", roles: ["subscriber", "team-a"]))
+        let carol = fixture.storeClient(try await fixture.user("carol", roles: ["subscriber"]))
+        let app = try #require(try await alice.createApplication(CreateApplicationRequest(application: Application(name: "shared", groupId: "team-a"))).application)
+        #expect(try await bob.listApplications(ListApplicationsRequest()).applications.map(\.id) == [app.id])
+        #expect(try await carol.listApplications(ListApplicationsRequest()).applications.isEmpty)
+        _ = try await bob.subscribe(SubscribeRequest(applicationId: app.id, apiId: api.id, throttlingPolicy: "Gold"))
+        let keys = try await bob.generateKeys(GenerateKeysRequest(applicationId: app.id, keyType: .production))
+        #expect(try await fixture.validate(try #require(keys.applicationToken?.accessToken), api).authorized)
+        await expectStatus(.permissionDenied, "only its owner alice") { _ = try await bob.deleteApplication(DeleteApplicationRequest(applicationId: app.id)) }
+        await expectStatus(.notFound) { _ = try await carol.deleteApplication(DeleteApplicationRequest(applicationId: app.id)) }
+        await expectStatus(.invalidArgument, "callback URL") {
+            _ = try await alice.createApplication(CreateApplicationRequest(application: Application(name: "web", callbackUrl: "http://example.com/cb")))
+        }
+        _ = try await alice.deleteApplication(DeleteApplicationRequest(applicationId: app.id))
     }
 
     @Test func tiersMustBeOfferedAndApplicationNamesUniquePerOwner() async throws {

@@ -110,6 +110,35 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
         }
     }
 
+    @Test func anOversizeHeadIs431AndASlowBodyIs408() async throws {
+        try await withListener(configure: { _ in
+            HTTPListener.configure(responder: EchoResponder(), tls: nil,
+                                   limits: HTTPListenerLimits(maxHeaderBytes: 2048, readTimeout: .milliseconds(300)))
+        }) { _, port, _ in
+            let big = try await runTool(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Padding: " + String(repeating: "p", count: 3000),
+                                               "http://127.0.0.1:\(port)/big"])
+            #expect(big.output == "431", "\(big.output)")
+            let small = try await runTool(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Padding: " + String(repeating: "p", count: 1000),
+                                                 "http://127.0.0.1:\(port)/small"])
+            #expect(small.output == "200", "\(small.output)")
+            // A body announced but never finished: Python's socket sends the head and two bytes, then waits.
+            let script = """
+                import socket, sys
+                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+                s.sendall(b"POST /slow HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 10\\r\\n\\r\\nab")
+                s.settimeout(20)
+                data = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk: break
+                    data += chunk
+                print(data.split(b"\\r\\n")[0].decode())
+                """
+            let slow = try await runTool(python, ["-c", script, String(port)])
+            #expect(slow.output.hasPrefix("HTTP/1.1 408"), "\(slow.output)")
+        }
+    }
+
     @Test func httpsWithTheNodesCertificate() async throws {
         try await withListener(configure: { pki in
             let context = try TLSContext(configuration: .server(certificateChainFile: pki.certificate("node"), privateKeyFile: pki.key("node"),

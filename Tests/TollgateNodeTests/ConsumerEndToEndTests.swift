@@ -122,7 +122,10 @@ import TollgateServices
                 let connection = try await RPCConnection.connect(host: "127.0.0.1", port: cluster.keyManagerCluster, serverHostname: "localhost",
                                                                  tls: tls, group: group)
                 let keyManager = KeyManagerServiceClient(connection)
-                let request = ValidateKeyRequest(context: "/pizzashack", version: "1.0.0", tokenHash: SHA256.hash(token), requiredAuthLevel: .any,
+                // The id is the first 16 bytes of the opaque token (docs/keymanager.md), decoded here as a gateway would.
+                let decoded = Data(base64Encoded: token.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")) ?? Data()
+                let tokenID = Array(decoded.prefix(16))
+                let request = ValidateKeyRequest(context: "/pizzashack", version: "1.0.0", tokenHash: SHA256.hash(token), tokenId: tokenID, requiredAuthLevel: .any,
                                                  matchingResource: "/menu", verb: .get)
                 let info = try #require(try await keyManager.validateKey(request).info)
                 #expect(info.authorized && info.subscriptionPolicy == "Gold" && info.subscriptionLimit?.quota == .requestCount(5000), "\(info)")

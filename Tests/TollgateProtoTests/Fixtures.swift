@@ -42,7 +42,7 @@ enum Fixtures {
     static func token() -> OAuthToken {
         var token = OAuthToken()
         token.tokenHash = Array(0..<32).map { UInt8($0 * 7 % 256) }
-        token.pairedTokenHash = [0, 255, 0, 1]
+        token.pairedTokenId = [0, 255, 0, 1]
         token.kind = .access
         token.consumerKey = "Xyz12_consumer"
         token.keyType = .production

@@ -52,7 +52,7 @@ import TollgateStorage
         try withDataDirectory { dir in
             let db = try ApiManagerDatabase.open(in: dir)
             let env = db.database.environment
-            let access = try SecretHasher.newToken()
+            let access = try SecretHasher.newOpaqueToken(at: 1_795_000_000_000)
             try env.write { txn in
                 try db.apis.insert(api("api-1", name: "Pets"), in: &txn)
                 try db.applications.insert(Application(id: "app-1", tenantDomain: "carbon.super", owner: "bob", name: "Mobile"), in: &txn)
@@ -60,7 +60,8 @@ import TollgateStorage
                 try db.applicationKeys.insert(ApplicationKey(applicationId: "app-1", keyType: .production, consumerKey: "ck-prod"), in: &txn)
                 try db.applicationKeys.insert(ApplicationKey(applicationId: "app-1", keyType: .sandbox, consumerKey: "ck-sand"), in: &txn)
                 try db.clients.insert(OAuthClient(consumerKey: "ck-prod", consumerSecretHash: try hasher.hash("secret"), applicationId: "app-1"), in: &txn)
-                try db.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(access), kind: .access, consumerKey: "ck-prod", tenantDomain: "carbon.super", username: "bob"), in: &txn)
+                try db.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(access.token), kind: .access, consumerKey: "ck-prod", tenantDomain: "carbon.super", username: "bob",
+                                                tokenId: access.id), in: &txn)
                 try db.policies.insert(ThrottlePolicy(policy: .subscriptionPolicy(SubscriptionPolicy(tenantDomain: "carbon.super", name: "Gold"))), in: &txn)
                 try db.policies.insert(ThrottlePolicy(policy: .applicationPolicy(ApplicationPolicy(tenantDomain: "carbon.super", name: "10PerMin"))), in: &txn)
                 try db.blockConditions.insert(BlockCondition(id: "b1", tenantDomain: "carbon.super", conditionType: .ip, enabled: true, target: .value("192.0.2.1")), in: &txn)
@@ -72,8 +73,9 @@ import TollgateStorage
             #expect(try db.subscriptions(api: "api-1").map(\.id) == ["sub-1"])
             #expect(try db.subscriptions(application: "app-1").map(\.id) == ["sub-1"])
             #expect(try db.client(consumerKey: "ck-prod")?.applicationId == "app-1")
-            #expect(try db.token(access)?.username == "bob")
-            #expect(try db.token("not-a-token") == nil)
+            #expect(try db.token(id: access.id)?.username == "bob")
+            #expect(SecretHasher.opaqueTokenID(access.token) == access.id)
+            #expect(try db.token(id: Array(repeating: 7, count: 16)) == nil)
             #expect(try db.tokens(consumerKey: "ck-prod").count == 1)
             #expect(try db.tokens(of: "bob", tenant: "carbon.super").count == 1)
             #expect(try db.policy(kind: .subscription, name: "Gold", tenant: "carbon.super") != nil)

@@ -113,15 +113,17 @@ import TollgateStorage
             let users = try #require(databases.userdb), apimgt = try #require(databases.apimgtdb)
             let password = "Hunter2-Correct-Horse-Battery-Staple"
             let clientSecret = "cs_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
-            let session = try SecretHasher.newToken(), access = try SecretHasher.newToken(), refresh = try SecretHasher.newToken()
+            let session = try SecretHasher.newToken()
+            let (access, accessID) = try SecretHasher.newOpaqueToken(at: 1_795_000_000_000)
+            let (refresh, refreshID) = try SecretHasher.newOpaqueToken(at: 1_795_000_000_001)
             try users.database.environment.write { txn in
                 try users.users.insert(User(tenantDomain: "carbon.super", username: "visible-username-marker", passwordHash: try hasher.hash(password)), in: &txn)
                 try users.sessions.insert(Session(tokenHash: SecretHasher.tokenHash(session), tenantDomain: "carbon.super", username: "visible-username-marker"), in: &txn)
             }
             try apimgt.database.environment.write { txn in
                 try apimgt.clients.insert(OAuthClient(consumerKey: "visible-consumer-key", consumerSecretHash: try hasher.hash(clientSecret)), in: &txn)
-                try apimgt.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(access), kind: .access, consumerKey: "visible-consumer-key"), in: &txn)
-                try apimgt.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(refresh), kind: .refresh, consumerKey: "visible-consumer-key"), in: &txn)
+                try apimgt.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(access), kind: .access, consumerKey: "visible-consumer-key", tokenId: accessID), in: &txn)
+                try apimgt.tokens.insert(OAuthToken(tokenHash: SecretHasher.tokenHash(refresh), kind: .refresh, consumerKey: "visible-consumer-key", tokenId: refreshID), in: &txn)
             }
             try users.database.environment.sync()
             try apimgt.database.environment.sync()
@@ -137,7 +139,7 @@ import TollgateStorage
             // And what is stored still verifies.
             let stored = try #require(try users.user("visible-username-marker", tenant: "carbon.super")?.passwordHash)
             #expect(try hasher.verify(password, against: stored))
-            #expect(try apimgt.token(access)?.kind == .access)
+            #expect(try apimgt.token(id: accessID)?.tokenHash == SecretHasher.tokenHash(access))
         }
     }
 }

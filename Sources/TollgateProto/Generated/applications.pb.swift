@@ -1168,10 +1168,10 @@ public struct OAuthToken: ProtoMessage {
         _modify { yield &_uniqueStorage().kind }
     }
     /// Field 3.
-    public var pairedTokenHash: [UInt8] {
-        get { _storage.pairedTokenHash }
-        set { _uniqueStorage().pairedTokenHash = newValue }
-        _modify { yield &_uniqueStorage().pairedTokenHash }
+    public var pairedTokenId: [UInt8] {
+        get { _storage.pairedTokenId }
+        set { _uniqueStorage().pairedTokenId = newValue }
+        _modify { yield &_uniqueStorage().pairedTokenId }
     }
     /// Field 4.
     public var consumerKey: String {
@@ -1233,6 +1233,12 @@ public struct OAuthToken: ProtoMessage {
         set { _uniqueStorage().jwt = newValue }
         _modify { yield &_uniqueStorage().jwt }
     }
+    /// Field 14.
+    public var tokenId: [UInt8] {
+        get { _storage.tokenId }
+        set { _uniqueStorage().tokenId = newValue }
+        _modify { yield &_uniqueStorage().tokenId }
+    }
     /// Field 20.
     public var issuedAtUnixMs: Int64 {
         get { _storage.issuedAtUnixMs }
@@ -1271,7 +1277,7 @@ public struct OAuthToken: ProtoMessage {
     public init(
         tokenHash: [UInt8] = [],
         kind: TokenKind = .unspecified,
-        pairedTokenHash: [UInt8] = [],
+        pairedTokenId: [UInt8] = [],
         consumerKey: String = "",
         keyType: KeyType = .unspecified,
         applicationId: String = "",
@@ -1282,6 +1288,7 @@ public struct OAuthToken: ProtoMessage {
         scopes: [String] = [],
         familyId: [UInt8] = [],
         jwt: Bool = false,
+        tokenId: [UInt8] = [],
         issuedAtUnixMs: Int64 = 0,
         state: TokenState = .unspecified,
         stateChangedAtUnixMs: Int64 = 0,
@@ -1290,7 +1297,7 @@ public struct OAuthToken: ProtoMessage {
         let _fields = _Storage()
         _fields.tokenHash = tokenHash
         _fields.kind = kind
-        _fields.pairedTokenHash = pairedTokenHash
+        _fields.pairedTokenId = pairedTokenId
         _fields.consumerKey = consumerKey
         _fields.keyType = keyType
         _fields.applicationId = applicationId
@@ -1301,6 +1308,7 @@ public struct OAuthToken: ProtoMessage {
         _fields.scopes = scopes
         _fields.familyId = familyId
         _fields.jwt = jwt
+        _fields.tokenId = tokenId
         _fields.issuedAtUnixMs = issuedAtUnixMs
         _fields.state = state
         _fields.stateChangedAtUnixMs = stateChangedAtUnixMs
@@ -1334,7 +1342,7 @@ public struct OAuthToken: ProtoMessage {
 
         var tokenHash: [UInt8] = []
         var kind: TokenKind = .unspecified
-        var pairedTokenHash: [UInt8] = []
+        var pairedTokenId: [UInt8] = []
         var consumerKey: String = ""
         var keyType: KeyType = .unspecified
         var applicationId: String = ""
@@ -1345,6 +1353,7 @@ public struct OAuthToken: ProtoMessage {
         var scopes: [String] = []
         var familyId: [UInt8] = []
         var jwt: Bool = false
+        var tokenId: [UInt8] = []
         var issuedAtUnixMs: Int64 = 0
         var state: TokenState = .unspecified
         var stateChangedAtUnixMs: Int64 = 0
@@ -1356,7 +1365,7 @@ public struct OAuthToken: ProtoMessage {
         init(copying other: _Storage) {
             tokenHash = other.tokenHash
             kind = other.kind
-            pairedTokenHash = other.pairedTokenHash
+            pairedTokenId = other.pairedTokenId
             consumerKey = other.consumerKey
             keyType = other.keyType
             applicationId = other.applicationId
@@ -1367,6 +1376,7 @@ public struct OAuthToken: ProtoMessage {
             scopes = other.scopes
             familyId = other.familyId
             jwt = other.jwt
+            tokenId = other.tokenId
             issuedAtUnixMs = other.issuedAtUnixMs
             state = other.state
             stateChangedAtUnixMs = other.stateChangedAtUnixMs
@@ -1377,7 +1387,7 @@ public struct OAuthToken: ProtoMessage {
         func hasSameFields(as other: _Storage) -> Bool {
             if tokenHash != other.tokenHash { return false }
             if kind != other.kind { return false }
-            if pairedTokenHash != other.pairedTokenHash { return false }
+            if pairedTokenId != other.pairedTokenId { return false }
             if consumerKey != other.consumerKey { return false }
             if keyType != other.keyType { return false }
             if applicationId != other.applicationId { return false }
@@ -1388,6 +1398,7 @@ public struct OAuthToken: ProtoMessage {
             if scopes != other.scopes { return false }
             if familyId != other.familyId { return false }
             if jwt != other.jwt { return false }
+            if tokenId != other.tokenId { return false }
             if issuedAtUnixMs != other.issuedAtUnixMs { return false }
             if state != other.state { return false }
             if stateChangedAtUnixMs != other.stateChangedAtUnixMs { return false }
@@ -1399,7 +1410,7 @@ public struct OAuthToken: ProtoMessage {
         func hashFields(into hasher: inout Hasher) {
             hasher.combine(tokenHash)
             hasher.combine(kind)
-            hasher.combine(pairedTokenHash)
+            hasher.combine(pairedTokenId)
             hasher.combine(consumerKey)
             hasher.combine(keyType)
             hasher.combine(applicationId)
@@ -1410,6 +1421,7 @@ public struct OAuthToken: ProtoMessage {
             hasher.combine(scopes)
             hasher.combine(familyId)
             hasher.combine(jwt)
+            hasher.combine(tokenId)
             hasher.combine(issuedAtUnixMs)
             hasher.combine(state)
             hasher.combine(stateChangedAtUnixMs)
@@ -1928,6 +1940,7 @@ public struct TokenRevocation: ProtoMessage {
         case consumerKey(String)
         case tokenHash([UInt8])
         case applicationId(String)
+        case apiId(String)
     }
 }
 
@@ -2215,7 +2228,7 @@ extension OAuthToken {
         tollgate__v1__oauth_token__init(c)
         c.pointee.token_hash = arena.binary(self.tokenHash)
         c.pointee.kind = .init(rawValue: .init(truncatingIfNeeded: self.kind.rawValue))
-        c.pointee.paired_token_hash = arena.binary(self.pairedTokenHash)
+        c.pointee.paired_token_id = arena.binary(self.pairedTokenId)
         c.pointee.consumer_key = try arena.cString(self.consumerKey, field: "consumer_key", in: Self.protoName)
         c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
         c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
@@ -2227,6 +2240,7 @@ extension OAuthToken {
         c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.family_id = arena.binary(self.familyId)
         c.pointee.jwt = (self.jwt ? 1 : 0)
+        c.pointee.token_id = arena.binary(self.tokenId)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_changed_at_unix_ms = self.stateChangedAtUnixMs
@@ -2243,7 +2257,7 @@ extension OAuthToken {
         self.init()
         self.tokenHash = ProtoDecode.binary(c.pointee.token_hash)
         self.kind = TokenKind(rawValue: Int32(truncatingIfNeeded: c.pointee.kind.rawValue))
-        self.pairedTokenHash = ProtoDecode.binary(c.pointee.paired_token_hash)
+        self.pairedTokenId = ProtoDecode.binary(c.pointee.paired_token_id)
         self.consumerKey = try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName)
         self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
@@ -2254,6 +2268,7 @@ extension OAuthToken {
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.familyId = ProtoDecode.binary(c.pointee.family_id)
         self.jwt = (c.pointee.jwt != 0)
+        self.tokenId = ProtoDecode.binary(c.pointee.token_id)
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         self.state = TokenState(rawValue: Int32(truncatingIfNeeded: c.pointee.state.rawValue))
         self.stateChangedAtUnixMs = c.pointee.state_changed_at_unix_ms
@@ -2516,6 +2531,9 @@ extension TokenRevocation {
         case .applicationId(let value)?:
             c.pointee.target_case = .init(rawValue: 5)
             c.pointee.application_id = try arena.cString(value, field: "application_id", in: Self.protoName)
+        case .apiId(let value)?:
+            c.pointee.target_case = .init(rawValue: 6)
+            c.pointee.api_id = try arena.cString(value, field: "api_id", in: Self.protoName)
         }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
@@ -2533,6 +2551,8 @@ extension TokenRevocation {
             self.target = .tokenHash(ProtoDecode.binary(c.pointee.token_hash))
         case 5:
             self.target = .applicationId(try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName))
+        case 6:
+            self.target = .apiId(try ProtoDecode.string(c.pointee.api_id, field: "api_id", in: Self.protoName))
         default: break
         }
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)

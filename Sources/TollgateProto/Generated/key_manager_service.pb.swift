@@ -441,6 +441,8 @@ public struct ValidateKeyRequest: ProtoMessage {
     public var version: String = ""
     /// Field 3.
     public var tokenHash: [UInt8] = []
+    /// Field 8.
+    public var tokenId: [UInt8] = []
     /// Field 4.
     public var requiredAuthLevel: ResourceAuthType = .unspecified
     /// Field 6.
@@ -458,6 +460,7 @@ public struct ValidateKeyRequest: ProtoMessage {
         context: String = "",
         version: String = "",
         tokenHash: [UInt8] = [],
+        tokenId: [UInt8] = [],
         requiredAuthLevel: ResourceAuthType = .unspecified,
         matchingResource: String = "",
         verb: HttpVerb = .unspecified,
@@ -466,6 +469,7 @@ public struct ValidateKeyRequest: ProtoMessage {
         self.context = context
         self.version = version
         self.tokenHash = tokenHash
+        self.tokenId = tokenId
         self.requiredAuthLevel = requiredAuthLevel
         self.matchingResource = matchingResource
         self.verb = verb
@@ -1389,6 +1393,7 @@ extension ValidateKeyRequest {
         c.pointee.context = try arena.cString(self.context, field: "context", in: Self.protoName)
         c.pointee.version = try arena.cString(self.version, field: "version", in: Self.protoName)
         c.pointee.token_hash = arena.binary(self.tokenHash)
+        c.pointee.token_id = arena.binary(self.tokenId)
         c.pointee.required_auth_level = .init(rawValue: .init(truncatingIfNeeded: self.requiredAuthLevel.rawValue))
         c.pointee.matching_resource = try arena.cString(self.matchingResource, field: "matching_resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
@@ -1406,6 +1411,7 @@ extension ValidateKeyRequest {
         self.context = try ProtoDecode.string(c.pointee.context, field: "context", in: Self.protoName)
         self.version = try ProtoDecode.string(c.pointee.version, field: "version", in: Self.protoName)
         self.tokenHash = ProtoDecode.binary(c.pointee.token_hash)
+        self.tokenId = ProtoDecode.binary(c.pointee.token_id)
         self.requiredAuthLevel = ResourceAuthType(rawValue: Int32(truncatingIfNeeded: c.pointee.required_auth_level.rawValue))
         self.matchingResource = try ProtoDecode.string(c.pointee.matching_resource, field: "matching_resource", in: Self.protoName)
         self.verb = HttpVerb(rawValue: Int32(truncatingIfNeeded: c.pointee.verb.rawValue))

@@ -5,7 +5,7 @@ public import TollgateProto
 
 /// Implements `tollgate.v1.StoreService`. Register with an RPC server through `methodHandlers`.
 public protocol StoreServiceHandler: Sendable {
-    /// APIs in PUBLISHED or DEPRECATED state that the caller may see.
+    /// APIs in PUBLISHED, PROTOTYPED or DEPRECATED state that the caller may see.
     func listPublishedApis(_ request: ListPublishedApisRequest, context: ServerCallContext) async throws -> ListPublishedApisResponse
     func searchPublishedApis(_ request: SearchPublishedApisRequest, context: ServerCallContext) async throws -> SearchPublishedApisResponse
     func getApiDetails(_ request: GetApiDetailsRequest, context: ServerCallContext) async throws -> GetApiDetailsResponse
@@ -71,7 +71,7 @@ public struct StoreServiceClient: Sendable {
         self.defaultOptions = defaultOptions
     }
 
-    /// APIs in PUBLISHED or DEPRECATED state that the caller may see.
+    /// APIs in PUBLISHED, PROTOTYPED or DEPRECATED state that the caller may see.
     public func listPublishedApis(_ request: ListPublishedApisRequest, options: CallOptions? = nil) async throws -> ListPublishedApisResponse {
         try await transport.unary(StoreServiceDescriptor.listPublishedApis, request, options: options ?? defaultOptions, as: ListPublishedApisResponse.self)
     }

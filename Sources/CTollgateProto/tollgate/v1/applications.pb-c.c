@@ -1168,7 +1168,7 @@ const ProtobufCMessageDescriptor tollgate__v1__oauth_client__descriptor =
   (ProtobufCMessageInit) tollgate__v1__oauth_client__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descriptors[17] =
+static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descriptors[18] =
 {
   {
     "token_hash",
@@ -1195,12 +1195,12 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descripto
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "paired_token_hash",
+    "paired_token_id",
     3,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__OAuthToken, paired_token_hash),
+    offsetof(Tollgate__V1__OAuthToken, paired_token_id),
     NULL,
     NULL,
     0,             /* flags */
@@ -1327,6 +1327,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descripto
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "token_id",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__OAuthToken, token_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "issued_at_unix_ms",
     20,
     PROTOBUF_C_LABEL_NONE,
@@ -1378,27 +1390,28 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descripto
 static const unsigned tollgate__v1__oauth_token__field_indices_by_name[] = {
   5,   /* field[5] = application_id */
   3,   /* field[3] = consumer_key */
-  14,   /* field[14] = expires_at_unix_ms */
+  15,   /* field[15] = expires_at_unix_ms */
   11,   /* field[11] = family_id */
   9,   /* field[9] = grant_type */
-  13,   /* field[13] = issued_at_unix_ms */
+  14,   /* field[14] = issued_at_unix_ms */
   12,   /* field[12] = jwt */
   4,   /* field[4] = key_type */
   1,   /* field[1] = kind */
-  2,   /* field[2] = paired_token_hash */
+  2,   /* field[2] = paired_token_id */
   10,   /* field[10] = scopes */
-  15,   /* field[15] = state */
-  16,   /* field[16] = state_changed_at_unix_ms */
+  16,   /* field[16] = state */
+  17,   /* field[17] = state_changed_at_unix_ms */
   6,   /* field[6] = tenant_domain */
   0,   /* field[0] = token_hash */
+  13,   /* field[13] = token_id */
   8,   /* field[8] = user_type */
   7,   /* field[7] = username */
 };
 static const ProtobufCIntRange tollgate__v1__oauth_token__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 20, 13 },
-  { 0, 17 }
+  { 20, 14 },
+  { 0, 18 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__oauth_token__descriptor =
 {
@@ -1408,7 +1421,7 @@ const ProtobufCMessageDescriptor tollgate__v1__oauth_token__descriptor =
   "Tollgate__V1__OAuthToken",
   "tollgate.v1",
   sizeof(Tollgate__V1__OAuthToken),
-  17,
+  18,
   tollgate__v1__oauth_token__field_descriptors,
   tollgate__v1__oauth_token__field_indices_by_name,
   2,  tollgate__v1__oauth_token__number_ranges,
@@ -2066,7 +2079,7 @@ const ProtobufCMessageDescriptor tollgate__v1__key_validation_info__descriptor =
   (ProtobufCMessageInit) tollgate__v1__key_validation_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_descriptors[5] =
+static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_descriptors[6] =
 {
   {
     "sequence",
@@ -2128,8 +2141,21 @@ static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "api_id",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tollgate__V1__TokenRevocation, target_case),
+    offsetof(Tollgate__V1__TokenRevocation, api_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__token_revocation__field_indices_by_name[] = {
+  5,   /* field[5] = api_id */
   4,   /* field[4] = application_id */
   2,   /* field[2] = consumer_key */
   1,   /* field[1] = revoked_at_unix_ms */
@@ -2139,7 +2165,7 @@ static const unsigned tollgate__v1__token_revocation__field_indices_by_name[] = 
 static const ProtobufCIntRange tollgate__v1__token_revocation__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__token_revocation__descriptor =
 {
@@ -2149,7 +2175,7 @@ const ProtobufCMessageDescriptor tollgate__v1__token_revocation__descriptor =
   "Tollgate__V1__TokenRevocation",
   "tollgate.v1",
   sizeof(Tollgate__V1__TokenRevocation),
-  5,
+  6,
   tollgate__v1__token_revocation__field_descriptors,
   tollgate__v1__token_revocation__field_indices_by_name,
   1,  tollgate__v1__token_revocation__number_ranges,

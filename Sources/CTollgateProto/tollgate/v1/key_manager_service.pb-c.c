@@ -2116,7 +2116,7 @@ const ProtobufCMessageDescriptor tollgate__v1__introspect_response__descriptor =
   (ProtobufCMessageInit) tollgate__v1__introspect_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__validate_key_request__field_descriptors[7] =
+static const ProtobufCFieldDescriptor tollgate__v1__validate_key_request__field_descriptors[8] =
 {
   {
     "context",
@@ -2202,6 +2202,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__validate_key_request__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "token_id",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ValidateKeyRequest, token_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__validate_key_request__field_indices_by_name[] = {
   4,   /* field[4] = client_domain */
@@ -2209,13 +2221,14 @@ static const unsigned tollgate__v1__validate_key_request__field_indices_by_name[
   5,   /* field[5] = matching_resource */
   3,   /* field[3] = required_auth_level */
   2,   /* field[2] = token_hash */
+  7,   /* field[7] = token_id */
   6,   /* field[6] = verb */
   1,   /* field[1] = version */
 };
 static const ProtobufCIntRange tollgate__v1__validate_key_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__validate_key_request__descriptor =
 {
@@ -2225,7 +2238,7 @@ const ProtobufCMessageDescriptor tollgate__v1__validate_key_request__descriptor 
   "Tollgate__V1__ValidateKeyRequest",
   "tollgate.v1",
   sizeof(Tollgate__V1__ValidateKeyRequest),
-  7,
+  8,
   tollgate__v1__validate_key_request__field_descriptors,
   tollgate__v1__validate_key_request__field_indices_by_name,
   1,  tollgate__v1__validate_key_request__number_ranges,

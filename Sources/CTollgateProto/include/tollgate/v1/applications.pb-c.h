@@ -282,7 +282,7 @@ struct  Tollgate__V1__OAuthClient
   char *callback_url;
   /*
    * Token lifetimes in seconds; 0 means the server default (3600 s for
-   * access tokens, 84600 s for refresh tokens).
+   * access tokens, 86400 s for refresh tokens).
    */
   int64_t application_token_validity_seconds;
   int64_t user_token_validity_seconds;
@@ -307,19 +307,25 @@ typedef enum {
 } Tollgate__V1__OAuthToken__ExpiresAtUnixMsCase;
 
 /*
- * A token as the key manager stores it. Only the SHA-256 of the token
- * string is kept, as the record key; the string itself exists only in the
- * response that issued it.
+ * A token as the key manager stores it, keyed by its id: 16 bytes that
+ * start with the issue time in milliseconds, so new tokens go to the end of
+ * every index and issuing stays as fast with millions stored as with none.
+ * The id is not secret (an opaque token carries it in its first 16 bytes, a
+ * JWT as its `jti`); the secret part is kept only as the SHA-256 of the
+ * whole token string, which exists only in the response that issued it.
  */
 struct  Tollgate__V1__OAuthToken
 {
   ProtobufCMessage base;
+  /*
+   * SHA-256 of the token string: a presented token must match it.
+   */
   ProtobufCBinaryData token_hash;
   Tollgate__V1__TokenKind kind;
   /*
-   * An access token's refresh token, or a refresh token's access token.
+   * The id of an access token's refresh token, or of a refresh token's access token.
    */
-  ProtobufCBinaryData paired_token_hash;
+  ProtobufCBinaryData paired_token_id;
   char *consumer_key;
   Tollgate__V1__KeyType key_type;
   char *application_id;
@@ -342,6 +348,10 @@ struct  Tollgate__V1__OAuthToken
    * gateways check those locally and drop them on revocation.
    */
   protobuf_c_boolean jwt;
+  /*
+   * The record key (see above).
+   */
+  ProtobufCBinaryData token_id;
   int64_t issued_at_unix_ms;
   Tollgate__V1__TokenState state;
   /*
@@ -356,7 +366,7 @@ struct  Tollgate__V1__OAuthToken
 };
 #define TOLLGATE__V1__OAUTH_TOKEN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__oauth_token__descriptor) \
-    , {0,NULL}, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, {0,NULL}, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__TOKEN_USER_TYPE__TOKEN_USER_TYPE_UNSPECIFIED, TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, 0,NULL, {0,NULL}, 0, 0, TOLLGATE__V1__TOKEN_STATE__TOKEN_STATE_UNSPECIFIED, 0, TOLLGATE__V1__OAUTH_TOKEN___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
+    , {0,NULL}, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, {0,NULL}, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__TOKEN_USER_TYPE__TOKEN_USER_TYPE_UNSPECIFIED, TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, 0,NULL, {0,NULL}, 0, {0,NULL}, 0, TOLLGATE__V1__TOKEN_STATE__TOKEN_STATE_UNSPECIFIED, 0, TOLLGATE__V1__OAUTH_TOKEN___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
 
 
 /*
@@ -513,7 +523,8 @@ typedef enum {
   TOLLGATE__V1__TOKEN_REVOCATION__TARGET__NOT_SET = 0,
   TOLLGATE__V1__TOKEN_REVOCATION__TARGET_CONSUMER_KEY = 3,
   TOLLGATE__V1__TOKEN_REVOCATION__TARGET_TOKEN_HASH = 4,
-  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_APPLICATION_ID = 5
+  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_APPLICATION_ID = 5,
+  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_API_ID = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__TOKEN_REVOCATION__TARGET__CASE)
 } Tollgate__V1__TokenRevocation__TargetCase;
 
@@ -545,6 +556,11 @@ struct  Tollgate__V1__TokenRevocation
      * its subscriptions was blocked, changed or removed.
      */
     char *application_id;
+    /*
+     * Every cached result for this API: its lifecycle state changed
+     * (blocked, unblocked, deprecated, retired).
+     */
+    char *api_id;
   };
 };
 #define TOLLGATE__V1__TOKEN_REVOCATION__INIT \

@@ -258,8 +258,9 @@ struct  Tollgate__V1__RevokeTokenRequest
 
 
 /*
- * Revoking an access token also revokes its refresh token, and the
- * reverse. Unknown tokens are not an error (RFC 7009).
+ * Revoking an access token also revokes its refresh token; revoking a
+ * refresh token revokes every token of its grant. Unknown tokens, and
+ * tokens of other clients, are not an error (RFC 7009).
  */
 struct  Tollgate__V1__RevokeTokenResponse
 {
@@ -334,6 +335,12 @@ struct  Tollgate__V1__ValidateKeyRequest
    */
   ProtobufCBinaryData token_hash;
   /*
+   * The token's id, which is not secret: the first 16 bytes of an opaque
+   * token (base64url-decoded), or the base64url-decoded `jti` of a JWT.
+   * The key manager finds the token by it and checks `token_hash`.
+   */
+  ProtobufCBinaryData token_id;
+  /*
    * The matched resource's auth type; never NONE, since open resources
    * skip validation.
    */
@@ -350,7 +357,7 @@ struct  Tollgate__V1__ValidateKeyRequest
 };
 #define TOLLGATE__V1__VALIDATE_KEY_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__validate_key_request__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, {0,NULL}, TOLLGATE__V1__RESOURCE_AUTH_TYPE__RESOURCE_AUTH_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, TOLLGATE__V1__VALIDATE_KEY_REQUEST___CLIENT_DOMAIN__NOT_SET, {0} }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, {0,NULL}, {0,NULL}, TOLLGATE__V1__RESOURCE_AUTH_TYPE__RESOURCE_AUTH_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, TOLLGATE__V1__VALIDATE_KEY_REQUEST___CLIENT_DOMAIN__NOT_SET, {0} }
 
 
 struct  Tollgate__V1__ValidateKeyResponse

@@ -1,0 +1,304 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import OpenSSLKit
+import RoleCore
+import RPCCore
+import RPCNIO
+import Synchronization
+import TollgateKeyManager
+import TollgateListeners
+import TollgateNode
+import TollgateProto
+import TollgatePublisher
+import TollgateServices
+import TollgateStorage
+import TollgateStore
+import TollgateTLS
+import TollgateUsers
+
+/// The key manager as gateways and OAuth clients use it:
+/// - token issue (client credentials) over HTTPS with keep-alive, 16
+///   clients, with an empty token table and again with 1,000,000 tokens;
+/// - ValidateKey over RPC (mutual TLS, gateway certificate), 16 callers;
+/// - revoke → a connected WatchRevocations watcher.
+func benchKeyManager() async throws {
+    let storedTokens = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_TOKENS"] ?? "1000000") ?? 1_000_000
+    let (tlsDirectory, serverTLS, clientTLS) = try makeBenchTLS(alpn: [RPCServer.alpn], uris: ["tollgate://node/bench?role=gateway"])
+    defer { try? FileManager.default.removeItem(atPath: tlsDirectory) }
+    let httpServerTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key",
+                                                              trustRootsFile: tlsDirectory + "/ca.pem", verification: .none, applicationProtocols: ["http/1.1"]))
+    let httpClientTLS = try TLSContext(configuration: .client(trustRootsFile: tlsDirectory + "/ca.pem", applicationProtocols: ["http/1.1"]))
+    let data = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: data) }
+
+    // The node's own assembly of the control-plane roles, as tollgated builds it.
+    try "bench-Admin-1\n".write(toFile: data + "/admin.password", atomically: true, encoding: .utf8)
+    let roles: [Role] = [.publisher, .store, .keymanager]
+    let assembly = try await NodeAssembly.assemble(
+        roles: roles, databases: try Databases.open(dataDirectory: data, only: roles.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) }),
+        sections: ["users": ConfigSection(values: ["bootstrap_admin": .string("admin"), "bootstrap_password_file": .string(data + "/admin.password")])],
+        logger: Logger(label: "bench"))
+    let keyManager = assembly.module(KeyManagerModule.self)!.keyManager
+    let store = assembly.module(StoreModule.self)!.store
+    let publisher = assembly.module(PublisherModule.self)!.store
+
+    // An API, a subscriber's application subscribed at Gold, and its keys.
+    var api = Api()
+    api.name = "PizzaShack"
+    api.version = "1.0.0"
+    api.context = "/pizzashack"
+    api.resources = [ApiResource(uriTemplate: "/menu", verb: .get, authType: .any)]
+    api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "https://backend.example.com/pizza")))
+    api.subscriptionPolicies = ["Gold"]
+    let created = try await publisher.createApi(api, actor: "admin", tenant: superTenant)
+    _ = try await publisher.changeLifecycle(created.id, to: .published, options: .init(), actor: "admin", tenant: superTenant)
+    _ = try await keyManager.users.createUser(User(username: "alice", roles: ["subscriber"]), password: "Alice-Secret-1", tenant: superTenant)
+    let alice = StoreCaller(user: UserPrincipal(username: "alice", tenant: superTenant, roles: ["subscriber"], permissions: [Permission.subscribe],
+                                                sessionID: nil, sessionExpiresAtUnixMs: 0), tenant: superTenant)
+    let application = try await store.createApplication(Application(name: "bench"), caller: alice)
+    _ = try await store.subscribe(application: application.id, api: created.id, tier: "Gold", caller: alice)
+    let keys = try await store.generateKeys(GenerateKeysRequest(applicationId: application.id, keyType: .production), caller: alice)
+    let basic = "Basic " + Data("\(keys.key.consumerKey):\(keys.secret)".utf8).base64EncodedString()
+
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    // The oauth listener, as the node sets it up.
+    let oauth = Listener(name: "oauth", maxConnections: 4096, observer: nil,
+                         configure: HTTPListener.configure(responder: OAuthEndpoints(keyManager: keyManager), tls: { httpServerTLS }, limits: HTTPListenerLimits()))
+    let oauthPort = try await oauth.bind(host: "127.0.0.1", port: 0, group: group).port!
+
+    func issueRound(_ label: String) async throws -> Double {
+        let clients = try await (0..<16).asyncMap { _ in
+            try await KeepAliveHTTPSClient.connect(port: oauthPort, tls: httpClientTLS, group: group)
+        }
+        let body = "grant_type=client_credentials"
+        for client in clients { _ = try await client.post("/oauth2/token", body: body, authorization: basic) }  // warm
+        let calls = 20_000
+        let (seconds, latencies) = try await timedLatencies(calls: calls, callers: 16) { index, caller in
+            let (status, _) = try await clients[caller].post("/oauth2/token", body: body, authorization: basic)
+            guard status == 200 else { throw BenchFailure("token endpoint answered \(status)") }
+        }
+        for client in clients { await client.close() }
+        let rate = Double(calls) / seconds
+        print("keymanager token issue, HTTPS, 16 clients, \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 5000/s: %@", rate, latencies[latencies.count / 2],
+                     latencies[latencies.count * 99 / 100], rate >= 5000 ? "met" : "MISSED"))
+        return rate
+    }
+    let empty = try await issueRound("empty")
+
+    // A million stored tokens, spread over many clients, written in bulk.
+    let filled = ContinuousClock.now
+    let batch = 5_000
+    var written = try keyManager.database.database.read { try keyManager.database.tokens.count(in: $0) }
+    while written < storedTokens {
+        let start = written
+        try await keyManager.database.database.write { txn in
+            for index in start..<min(start + batch, storedTokens) {
+                let hash = SHA256.hash("bench-token-\(index)")
+                // Issued over the last day, as a busy key manager's table would hold them.
+                let issued = Int64(Date().timeIntervalSince1970 * 1000) - 86_400_000 + Int64(index) * 86_400_000 / Int64(storedTokens)
+                let token = OAuthToken(tokenHash: hash, kind: .access, consumerKey: "client-\(index % 10_000)", keyType: .production,
+                                       applicationId: "app-\(index % 10_000)", tenantDomain: superTenant, username: "user-\(index % 50_000)",
+                                       userType: .application, grantType: .clientCredentials, scopes: ["default"], tokenId: try SecretHasher.orderedID(at: issued),
+                                       issuedAtUnixMs: issued,
+                                       state: .active, stateChangedAtUnixMs: issued, expiresAtUnixMs: issued + 3_600_000 + Int64(index % 86_400_000))
+                try keyManager.database.tokens.put(token, in: &txn)
+            }
+        }
+        written = min(start + batch, storedTokens)
+    }
+    let fillSeconds = Double((ContinuousClock.now - filled).components.seconds)
+    print("keymanager: stored \(written) tokens in \(Int(fillSeconds)) s")
+    let full = try await issueRound("\(written / 1000)k stored")
+    print("keymanager token issue, \(written / 1000)k tokens / empty".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.2f×   target ≥ 0.9×: %@", full / empty, full / empty >= 0.9 ? "met" : "MISSED"))
+
+    // ValidateKey over RPC as a gateway.
+    let access = assembly.access
+    let server = RPCServer(methods: assembly.methods, tls: serverTLS) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
+    let rpcPort = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
+    let connection = try await RPCConnection.connect(host: "127.0.0.1", port: rpcPort, serverHostname: "localhost", tls: clientTLS, group: group)
+    let gateway = KeyManagerServiceClient(connection)
+    let tokenHash = SHA256.hash(keys.token!.accessToken)
+    let validate = ValidateKeyRequest(context: "/pizzashack", version: "1.0.0", tokenHash: tokenHash, tokenId: KeyManager.tokenID(of: keys.token!.accessToken)!,
+                                      requiredAuthLevel: .any, matchingResource: "/menu", verb: .get)
+    guard try await gateway.validateKey(validate).info?.authorized == true else { throw BenchFailure("the bench token does not validate") }
+    let validations = 100_000
+    let (validateSeconds, validateLatencies) = try await timedLatencies(calls: validations, callers: 16) { _, _ in
+        guard try await gateway.validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
+    }
+    let validateRate = Double(validations) / validateSeconds
+    let p99 = validateLatencies[validateLatencies.count * 99 / 100]
+    print("keymanager ValidateKey, RPC, 16 callers".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
+                 validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
+
+    // Revoke → watcher: each revocation timed from the call's start to its arrival.
+    let arrivals = AsyncStream<TokenRevocation>.makeStream()
+    let watcher = Task {
+        defer { arrivals.continuation.finish() }
+        try await gateway.watchRevocations(WatchRevocationsRequest()) { response in
+            for revocation in response.revocations { arrivals.continuation.yield(revocation) }
+        }
+    }
+    var iterator = arrivals.stream.makeAsyncIterator()
+    var delays: [Double] = []
+    for round in 0..<200 {
+        let token = try await keyManager.token({
+            var request = TokenRequest(grantType: .clientCredentials)
+            request.clientID = keys.key.consumerKey
+            return request
+        }(), for: try keyManager.client(keys.key.consumerKey))
+        let hash = SHA256.hash(token.accessToken)
+        let began = ContinuousClock.now
+        _ = try await keyManager.revoke(id: KeyManager.tokenID(of: token.accessToken)!)
+        var arrived = false
+        while let revocation = await iterator.next() {
+            if revocation.target == .tokenHash(hash) { arrived = true; break }
+        }
+        guard arrived else { throw BenchFailure("the revocation feed ended after \(round) revocations") }
+        delays.append(benchMilliseconds(ContinuousClock.now - began))
+    }
+    delays.sort()
+    print("keymanager revoke → WatchRevocations watcher".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  p50 %6.2f ms  p99 %6.2f ms   target p99 ≤ 100 ms: %@", delays[delays.count / 2], delays[delays.count * 99 / 100],
+                 delays[delays.count * 99 / 100] <= 100 ? "met" : "MISSED"))
+    watcher.cancel()
+    await connection.close()
+    await server.shutdown(drainTimeout: .seconds(1))
+    await oauth.shutdown(drainTimeout: .seconds(1))
+    try await group.shutdownGracefully()
+}
+
+struct BenchFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func benchMilliseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1e3 + Double(duration.components.attoseconds) / 1e15
+}
+
+/// Runs `calls` calls over `callers` tasks (each call gets its index and its
+/// caller's number); returns the elapsed seconds and the sorted latencies in ms.
+func timedLatencies(calls: Int, callers: Int, _ body: @escaping @Sendable (Int, Int) async throws -> Void) async throws -> (Double, [Double]) {
+    let next = Counter()
+    let start = ContinuousClock.now
+    let latencies = try await withThrowingTaskGroup(of: [Double].self) { tasks in
+        for caller in 0..<callers {
+            tasks.addTask {
+                var own: [Double] = []
+                while true {
+                    let index = next.value.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard index < calls else { return own }
+                    let began = ContinuousClock.now
+                    try await body(index, caller)
+                    own.append(benchMilliseconds(ContinuousClock.now - began))
+                }
+            }
+        }
+        return try await tasks.reduce(into: [Double]()) { $0 += $1 }
+    }
+    return (benchMilliseconds(ContinuousClock.now - start) / 1000, latencies.sorted())
+}
+
+/// An atomic counter shared by the callers' tasks.
+final class Counter: Sendable {
+    let value = Atomic<Int>(0)
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async throws -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
+
+/// A minimal HTTP/1.1 client over the project's TLS handler: one
+/// keep-alive connection, one request at a time (what a load generator's
+/// connection does).
+final class KeepAliveHTTPSClient: Sendable {
+    let channel: any Channel
+    let handler: ResponseCollector
+
+    private init(channel: any Channel, handler: ResponseCollector) {
+        self.channel = channel
+        self.handler = handler
+    }
+
+    static func connect(port: Int, tls: TLSContext, group: any EventLoopGroup) async throws -> KeepAliveHTTPSClient {
+        let collector = ResponseCollector()
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls, serverHostname: "localhost"))
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(collector)
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        return KeepAliveHTTPSClient(channel: channel, handler: collector)
+    }
+
+    func post(_ path: String, body: String, authorization: String) async throws -> (Int, ByteBuffer) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: "localhost")
+        headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        headers.add(name: "Authorization", value: authorization)
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
+        let promise = channel.eventLoop.makePromise(of: (Int, ByteBuffer).self)
+        let buffer = channel.allocator.buffer(string: body)
+        let handler = self.handler
+        channel.eventLoop.execute {
+            handler.pending = promise
+        }
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        return try await promise.futureResult.get()
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+}
+
+/// Completes the pending request's promise with the response's status and body.
+final class ResponseCollector: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: touched only on the channel's event loop.
+    typealias InboundIn = HTTPClientResponsePart
+    var pending: EventLoopPromise<(Int, ByteBuffer)>?
+    private var status = 0
+    private var body = ByteBuffer()
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            status = Int(head.status.code)
+            body.clear()
+        case .body(var part):
+            body.writeBuffer(&part)
+        case .end:
+            let promise = pending
+            pending = nil
+            promise?.succeed((status, body))
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        pending?.fail(error)
+        pending = nil
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pending?.fail(ChannelError.ioOnClosedChannel)
+        pending = nil
+    }
+}
