@@ -237,7 +237,7 @@ struct NodeSession {
             case .permissionDenied:
                 throw CommandFailure("permission denied: \(error.message)")
             case .unimplemented:
-                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and subscriptions: publisher)")
+                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and blocking subscriptions: publisher; the store, applications, subscriptions and keys: store; introspection and signing keys: keymanager)")
             default:
                 throw CommandFailure("\(error.code): \(error.message)")
             }
