@@ -596,16 +596,28 @@ struct ApiImport: AsyncParsableCommand {
     @OptionGroup var settings: ApiSettings
     @Option(help: "The document's format; default: from the file name, else from its first character.") var format: DefinitionFormatOption?
     @Option(help: "table or json") var output: OutputFormat = .table
+    @Flag(name: .shortAndLong, help: "Print only the API's id, for scripts (warnings still go to standard error).") var quiet = false
 
     func validate() throws {
         if apiID != nil, name != nil || version != nil || context != nil || !tags.isEmpty || !settings.isEmpty {
             throw ValidationError("with --api only the resources and definition change: drop the other flags, and change settings with `tollctl api update`")
         }
+        if apiID == nil, context == nil {
+            throw ValidationError("a new API needs --context, the path it is served under without its version, e.g. --context /pizzashack (an OpenAPI document does not say it); or replace an API's resources with --api ID")
+        }
         if let context { try validateContext(context) }
     }
 
+    /// The request must fit in one RPC frame with room to spare; the node's own limit
+    /// (`max_definition_bytes`, 2 MiB unless configured) is usually lower.
+    static let largestDocument = 3_670_016
+
     func run() async throws {
         let document = try readText(file)
+        guard document.utf8.count <= Self.largestDocument else {
+            throw CommandFailure("\(file) is \(document.utf8.count) bytes; a publisher accepts at most \(Self.largestDocument) (3.5 MiB, with max_definition_bytes "
+                + "raised that far in its [publisher] section): split the API, or drop examples the gateway does not need")
+        }
         let request = ImportOpenApiRequest(apiId: apiID ?? "", apiTemplate: apiID == nil ? newApiTemplate() : nil, document: document,
                                            format: format?.protoValue ?? Self.guessFormat(path: file, document: document))
         let response = try await NodeSession.with(connection) { node in
@@ -613,7 +625,21 @@ struct ApiImport: AsyncParsableCommand {
         }
         for warning in response.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         guard let api = response.api else { throw CommandFailure("the node returned no API for the imported document") }
+        if quiet { return print(api.id) }
+        if output == .json {
+            var json = apiJSON(api)
+            json["servers"] = response.servers
+            json["warnings"] = response.warnings
+            return try printJSON(json)
+        }
         try printApiSummary(api, output: output)
+        let definition = response.definition.map { $0.openapiVersion == "2.0" ? "Swagger 2.0" : "OpenAPI \($0.openapiVersion)" } ?? "the document"
+        print("\(api.resources.count) resources from \(definition)")
+        guard !response.servers.isEmpty else { return }
+        print("servers in the document: \(response.servers.joined(separator: ", "))")
+        if api.productionEndpoints == nil, let first = response.servers.first {
+            print("the API has no endpoint yet; to send its calls to the first of them: tollctl api update \(api.id) --endpoint \(first)")
+        }
     }
 
     /// What the document cannot say about a new API, and what the flags say instead of it.
