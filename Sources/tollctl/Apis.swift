@@ -616,7 +616,7 @@ struct ApiImport: AsyncParsableCommand {
         let document = try readText(file)
         guard document.utf8.count <= Self.largestDocument else {
             throw CommandFailure("\(file) is \(document.utf8.count) bytes; a publisher accepts at most \(Self.largestDocument) (3.5 MiB, with max_definition_bytes "
-                + "raised that far in its [publisher] section): split the API, or drop examples the gateway does not need")
+                + "raised that far in its [publisher] section): split the API, or drop examples it does not need")
         }
         let request = ImportOpenApiRequest(apiId: apiID ?? "", apiTemplate: apiID == nil ? newApiTemplate() : nil, document: document,
                                            format: format?.protoValue ?? Self.guessFormat(path: file, document: document))
@@ -770,7 +770,7 @@ struct ApiLifecycle: AsyncParsableCommand {
         discussion: """
             Allowed moves: created → published or prototyped; prototyped → published or created; \
             published → blocked, deprecated, prototyped or created; blocked → published or deprecated; \
-            deprecated → retired. The gateways deploy or undeploy the API as the new state requires.
+            deprecated → retired. The move is written to the deployment feed that gateway nodes watch.
             """)
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "The API's id.") var id: String

@@ -251,6 +251,11 @@ struct NodeSession {
     /// What to do about a failed handshake: most often the cluster listener,
     /// which wants a certificate that a signed-in user does not have.
     static func explainTLS(_ text: String, settings: ClientSettings) -> String {
+        let lower = text.lowercased()
+        if lower.contains("verify failed") || lower.contains("certificate verification") {
+            return "the node's certificate does not verify against \(settings.ca) (\(text)): give the CA certificate of this node's cluster "
+                + "(--ca, TOLLCTL_CA or `ca` in tollctl.toml), and --server-name if the certificate names the node differently"
+        }
         if settings.certificate == nil {
             return "the TLS handshake failed (\(text)). This looks like a node's cluster listener (`cluster` in its [listen] section), "
                 + "which admits only cluster nodes and admin certificates: point --node at the node's admin listener (`admin` in [listen], "
