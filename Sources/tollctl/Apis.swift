@@ -160,6 +160,14 @@ func parseResource(_ spec: String, authType: ResourceAuthType) throws -> ApiReso
         let verbs = HttpVerbName.allCases.map(\.rawValue).joined(separator: ", ")
         throw ValidationError("resource \"\(spec)\" is not VERB /path: write it like \"GET /menu\" or \"POST /order/{orderId}\" (verbs: \(verbs))")
     }
+    var depth = 0
+    for character in parts[1] {
+        if character == "{" { depth += 1 } else if character == "}" { depth -= 1 }
+        guard (0...1).contains(depth), character != "?", character != "#" else { break }
+    }
+    guard depth == 0, !parts[1].contains("?"), !parts[1].contains("#"), !parts[1].contains("{}") else {
+        throw ValidationError("resource \"\(spec)\": \(parts[1]) is not a URI template: no ? or #, and {name} for a path parameter, e.g. \"GET /order/{orderId}\"")
+    }
     return ApiResource(uriTemplate: String(parts[1]), verb: verb.protoValue, authType: authType)
 }
 
@@ -174,8 +182,12 @@ func validateContext(_ context: String) throws {
 }
 
 /// Whether `text` is an absolute http or https URL with a host.
+/// An endpoint the publisher accepts: http(s), a host, a port in range, a path; no
+/// credentials, query or fragment. Checked here so the message names the flag.
 func isHTTPURL(_ text: String) -> Bool {
     guard let parts = URLComponents(string: text), let scheme = parts.scheme?.lowercased(), let host = parts.host else { return false }
+    guard parts.user == nil, parts.password == nil, parts.query == nil, parts.fragment == nil, !text.contains(where: \.isWhitespace) else { return false }
+    if let port = parts.port, !(1...65535).contains(port) { return false }
     return (scheme == "http" || scheme == "https") && !host.isEmpty
 }
 
@@ -417,6 +429,13 @@ struct ApiSettings: ParsableArguments {
         }
     }
 
+    /// What a new API's settings must say that an update's may leave to the stored API.
+    func validateNewApi() throws {
+        if visibility == .restricted, visibleRoles.isEmpty {
+            throw ValidationError("--visibility restricted needs the roles that may see the API: add --visible-role ROLE (repeat for more)")
+        }
+    }
+
     /// True when no setting is given (--resource-auth alone changes nothing).
     var isEmpty: Bool {
         let given: [Bool] = [description != nil, endpoint != nil, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
@@ -559,6 +578,7 @@ struct ApiCreate: AsyncParsableCommand {
     func validate() throws {
         try validateContext(context)
         guard !resources.isEmpty else { throw ValidationError("an API needs at least one operation: add --resource \"GET /path\" (repeat for more)") }
+        try settings.validateNewApi()
         for spec in resources { _ = try parseResource(spec, authType: .unspecified) }
     }
 
@@ -606,6 +626,7 @@ struct ApiImport: AsyncParsableCommand {
             throw ValidationError("a new API needs --context, the path it is served under without its version, e.g. --context /pizzashack (an OpenAPI document does not say it); or replace an API's resources with --api ID")
         }
         if let context { try validateContext(context) }
+        if apiID == nil { try settings.validateNewApi() }
     }
 
     /// The request must fit in one RPC frame with room to spare; the node's own limit

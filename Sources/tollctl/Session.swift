@@ -158,7 +158,8 @@ struct Cluster: AsyncParsableCommand {
 struct ClusterStatus: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show the node and every peer it is configured with: role, version, uptime, ready, connected.")
+        abstract: "Show the node and every peer it is configured with: role, version, uptime, ready, connected.",
+        discussion: "A peer is ready while it answers and reports ready. When any peer is not, the command says which on standard error and exits with status 3.")
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "table or json") var output: OutputFormat = .table
 
