@@ -77,6 +77,17 @@ func sampleApi(_ name: String = "PizzaShack", version: String = "1.0.0", context
     return api
 }
 
+/// What an OpenAPI import is given besides the document: a context, the Unlimited tier, and
+/// optionally a name (else the document's title) and a production endpoint.
+func importTemplate(_ context: String, name: String = "", endpoint: String? = nil) -> Api {
+    var api = Api()
+    api.name = name
+    api.context = context
+    api.productionEndpoints = endpoint.map { EndpointConfig(strategy: .single(Endpoint(url: $0))) }
+    api.subscriptionPolicies = ["Unlimited"]
+    return api
+}
+
 /// Expects `body` to fail with `code`, its message containing `fragment`.
 func expectStatus(_ code: RPCCode, _ fragment: String = "", comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
                   _ body: () async throws -> Void) async {

@@ -29,12 +29,7 @@ import TollgateStorage
     }
 
     func template(_ context: String, name: String = "") -> Api {
-        var api = Api()
-        api.name = name
-        api.context = context
-        api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "https://backend.example.com")))
-        api.subscriptionPolicies = ["Unlimited"]
-        return api
+        importTemplate(context, name: name, endpoint: "https://backend.example.com")
     }
 
     /// Operations the gateway routes, as "VERB /path", in document order.
@@ -173,11 +168,7 @@ import TollgateStorage
 
 @Suite struct OpenAPIKeepsWhatItIsGivenTests {
     func template(_ context: String, name: String = "") -> Api {
-        var api = Api()
-        api.name = name
-        api.context = context
-        api.subscriptionPolicies = ["Unlimited"]
-        return api
+        importTemplate(context, name: name)
     }
 
     func importing(_ document: String, into fixture: PublisherFixture, context: String = "/doc", name: String = "")

@@ -131,12 +131,7 @@ let swaggerJSON = """
 
 @Suite struct OpenAPITests {
     func template(_ context: String, name: String = "") -> Api {
-        var api = Api()
-        api.name = name
-        api.context = context
-        api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "https://petstore.example.com/v1")))
-        api.subscriptionPolicies = ["Unlimited"]
-        return api
+        importTemplate(context, name: name, endpoint: "https://petstore.example.com/v1")
     }
 
     @Test func openApi3ImportsTheRightResourcesAndExportsBackEquivalently() async throws {
