@@ -78,8 +78,16 @@ let package = Package(
         .target(name: "TollgatePublisher", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "YAMLKit",
                                                         logging, serviceLifecycle]),
 
+        // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
+        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
+                                                         logging, serviceLifecycle]),
+        // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
+        .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
+                                                    "TollgateProto", "LMDBKit", logging]),
+
         // MARK: Node and executables
-        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher", "TollgateServices", "RPCCore", "RPCNIO",
+        .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -110,6 +118,9 @@ let package = Package(
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateNode", "RoleCore", logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgateNode", "RoleCore", logging, "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
+        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
+                                                                   logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto",
+                                                                   "OpenSSLKit", "LMDBKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
         // Shared by the test targets: a throwaway PKI, waiting on conditions, running nodes and peers, the outbox probe's pair.
         .target(name: "TestSupport", dependencies: ["OpenSSLKit", "LMDBKit", "TollgateStorage"], path: "Tests/TestSupport"),

@@ -13,6 +13,7 @@ packages=(
     libyaml-dev
     python3 python3-venv
     prometheus
+    chromium chromium-driver curl
 )
 if [ "${1:-}" = "package" ]; then
     packages+=(debhelper dpkg-dev lintian debootstrap systemd-container systemd)

@@ -93,6 +93,26 @@ public struct WriteTransaction: TransactionReading, ~Copyable {
     public let handle: OpaquePointer
     init(handle: OpaquePointer) { self.handle = handle }
 
+    /// Runs `body` in a child transaction: its changes become part of this
+    /// transaction when it returns and vanish when it throws, while this
+    /// transaction stays open either way (how several callers' writes share
+    /// one commit without one failure undoing the others).
+    public mutating func nested<Result>(_ body: (inout WriteTransaction) throws -> Result) throws -> Result {
+        var child: OpaquePointer?
+        try check(mdb_txn_begin(mdb_txn_env(handle), handle, 0, &child))
+        guard let child else { throw LMDBError(code: MDB_PANIC) }
+        var transaction = WriteTransaction(handle: child)
+        let result: Result
+        do {
+            result = try body(&transaction)
+        } catch {
+            mdb_txn_abort(child)
+            throw error
+        }
+        try check(mdb_txn_commit(child))
+        return result
+    }
+
     /// Stores `value` under `key`, replacing any value there.
     public mutating func put(_ value: [UInt8], forKey key: [UInt8], in database: Database) throws {
         try put(value, forKey: key, in: database, flags: 0)

@@ -63,11 +63,16 @@ public final class NodeContext: Sendable {
     public let roles: [Role]
     public let databases: Databases
     public let logger: Logger
+    /// Where the node's listeners are configured to listen, by name
+    /// (`cluster`, `admin`, modules' own), as `host:port`.
+    public let listenEndpoints: [String: String]
     private let sections: [String: ConfigSection]
     private let registry = Mutex<[ObjectIdentifier: any Sendable]>([:])
 
-    public init(nodeID: String, roles: [Role], databases: Databases, sections: [String: ConfigSection], logger: Logger) {
+    public init(nodeID: String, roles: [Role], databases: Databases, sections: [String: ConfigSection], logger: Logger,
+                listenEndpoints: [String: String] = [:]) {
         self.nodeID = nodeID
+        self.listenEndpoints = listenEndpoints
         self.roles = roles
         self.databases = databases
         self.sections = sections

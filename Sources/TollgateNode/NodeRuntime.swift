@@ -61,8 +61,11 @@ public final class NodeRuntime: Sendable {
         try checkCertificate(config)
 
         let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory, table: table)
+        var endpoints = config.moduleListen.mapValues(\.description)
+        endpoints["cluster"] = config.clusterListen.description
+        if let admin = config.adminListen { endpoints["admin"] = admin.description }
         let assembly = try await NodeAssembly.assemble(roles: config.roles, nodeID: config.nodeID, databases: node.databases,
-                                                       sections: config.sections, logger: logger, table: table)
+                                                       sections: config.sections, logger: logger, table: table, listenEndpoints: endpoints)
         let modules = assembly.modules
 
         let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,

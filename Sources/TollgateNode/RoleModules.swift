@@ -4,6 +4,8 @@ public import RPCCore
 import TollgateServices
 import TollgatePolicies
 import TollgatePublisher
+import TollgateKeyManager
+import TollgateStore
 public import TollgateStorage
 import TollgateUsers
 
@@ -23,7 +25,8 @@ public struct RoleModules: Sendable {
     public static let standard = RoleModules { role in
         switch role {
         case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self]
-        case .store, .keymanager: [UsersModule.self, PoliciesModule.self]
+        case .store: [UsersModule.self, PoliciesModule.self, StoreModule.self]
+        case .keymanager: [UsersModule.self, PoliciesModule.self, KeyManagerModule.self]
         case .gateway, .trafficmanager, .analytics: []
         }
     }
@@ -66,9 +69,10 @@ public struct NodeAssembly: Sendable {
     /// - Parameter prepare: offers values to the modules before they are
     ///   assembled (a test's fast password hasher, say).
     public static func assemble(roles: [Role], nodeID: String = "local", databases: Databases, sections: [String: ConfigSection] = [:],
-                                logger: Logger, table: RoleModules = .standard,
+                                logger: Logger, table: RoleModules = .standard, listenEndpoints: [String: String] = [:],
                                 prepare: (NodeContext) -> Void = { _ in }) async throws -> NodeAssembly {
-        let context = NodeContext(nodeID: nodeID, roles: roles, databases: databases, sections: sections, logger: logger)
+        let context = NodeContext(nodeID: nodeID, roles: roles, databases: databases, sections: sections, logger: logger,
+                                  listenEndpoints: listenEndpoints)
         prepare(context)
         var modules: [any RoleModule] = []
         for type in table.modules(for: roles) { modules.append(try await type.init(context: context)) }

@@ -27,7 +27,8 @@ public struct PublisherModule: RoleModule {
             throw NodeStartError("the publisher needs the policies module (default tiers) assembled before it")
         }
         let log = context.shared(DeploymentLog.self) { DeploymentLog(database: apimgtdb) }
-        store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, logger: context.logger,
+        let revocations = context.shared(RevocationLog.self) { RevocationLog(database: apimgtdb) }
+        store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, revocations: revocations, logger: context.logger,
                                    maxDefinitionBytes: context.section("publisher").integer("max_definition_bytes") ?? PublisherStore.defaultMaxDefinitionBytes)
         snapshotChunkSize = context.section("publisher").integer("snapshot_chunk_apis") ?? 200
         // A crash between an apimgtdb commit and its regdb half is repaired here.

@@ -23,24 +23,24 @@ public final class PublisherStore: Sendable {
     public let registryOutbox: Outbox
     let now: @Sendable () -> Int64
     let logger: Logger?
+    /// Where blocked and unblocked subscriptions are announced to the gateways' validation caches.
+    let revocations: RevocationLog?
     /// The largest OpenAPI document an import accepts (`max_definition_bytes`).
     public let maxDefinitionBytes: Int
     public static let defaultMaxDefinitionBytes = DocumentTree.defaultMaxBytes
     public static let largestMaxDefinitionBytes = DocumentTree.largestMaxBytes
 
-    public static let defaultPageSize = 25
-    public static let maxPageSize = 500
+    public static let defaultPageSize = ApiCatalog.defaultPageSize
+    public static let maxPageSize = ApiCatalog.maxPageSize
     /// Largest document body (text or file) kept in the registry: what fits,
     /// with the rest of the document, in one RPC message (4 MiB frames).
     public static let maxDocumentBytes = 3 << 20
-    /// Listings stop short of this many serialized bytes per page, so a page
-    /// of long descriptions still fits in one RPC message.
-    static let maxPageBytes = 2 << 20
 
     public init(registry: RegistryDatabase, deploymentLog: DeploymentLog, tenants: any TenantProvisioning,
-                logger: Logger? = nil, maxDefinitionBytes: Int = PublisherStore.defaultMaxDefinitionBytes,
+                revocations: RevocationLog? = nil, logger: Logger? = nil, maxDefinitionBytes: Int = PublisherStore.defaultMaxDefinitionBytes,
                 now: (@Sendable () -> Int64)? = nil) throws {
         self.logger = logger
+        self.revocations = revocations
         self.maxDefinitionBytes = min(maxDefinitionBytes, Self.largestMaxDefinitionBytes)
         self.apimgt = deploymentLog.database
         self.registry = registry
@@ -166,141 +166,19 @@ public final class PublisherStore: Sendable {
     /// A tenant's APIs by name and version, optionally only one provider's
     /// and only in some states.
     public func listApis(provider: String, states: [LifecycleState], pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
-        try RPCError.catching {
-            try apimgt.database.environment.read { txn in
-                var matches: Set<[UInt8]>?
-                if !provider.isEmpty {
-                    matches = try primaryKeys(index: ApiManagerDatabase.apisByProvider, prefix: Key(.string(tenant.lowercased()), .string(provider.lowercased())), in: txn)
-                }
-                if !states.isEmpty {
-                    var inStates = Set<[UInt8]>()
-                    for state in Set(states) {
-                        inStates.formUnion(try primaryKeys(index: ApiManagerDatabase.apisByState,
-                                                           prefix: Key(.string(tenant.lowercased()), .int64(Int64(state.rawValue))), in: txn))
-                    }
-                    matches = matches.map { $0.intersection(inStates) } ?? inStates
-                }
-                return try orderedPage(matching: matches, pageSize: pageSize, pageToken: pageToken, tenant: tenant, in: txn)
-            }
-        }
+        try catalog.listApis(provider: provider, states: states, pageSize: pageSize, pageToken: pageToken, tenant: tenant)
     }
 
-    /// Words matched anywhere in names, contexts and tags, and from the start
-    /// of description words; `name:`, `context:`, `tag:`, `description:`,
-    /// `provider:` and `version:` narrow a word to one field. Every word must
-    /// match (AND); results come by name and version.
+    /// See ``ApiCatalog/searchApis(query:pageSize:pageToken:tenant:include:)``.
     public func searchApis(query: String, pageSize: Int, pageToken: [UInt8], tenant: String) throws(RPCError) -> (apis: [ApiListing], page: PageResponse) {
-        let terms = try Self.parseQuery(query)
-        return try RPCError.catching {
-            try apimgt.database.environment.read { txn in
-                var matches: Set<[UInt8]>?
-                for term in terms {
-                    var found = Set<[UInt8]>()
-                    for field in term.fields {
-                        found.formUnion(try primaryKeys(index: ApiManagerDatabase.apisBySearchTerm,
-                                                        prefix: Key(.string(tenant.lowercased()), .string(field.rawValue), .stringPrefix(term.word)), in: txn))
-                    }
-                    matches = matches.map { $0.intersection(found) } ?? found
-                    if matches?.isEmpty == true { break }
-                }
-                return try orderedPage(matching: matches, pageSize: pageSize, pageToken: pageToken, tenant: tenant, in: txn)
-            }
-        }
+        try catalog.searchApis(query: query, pageSize: pageSize, pageToken: pageToken, tenant: tenant)
     }
 
-    struct SearchTerm: Equatable {
-        var fields: [ApiSearchTerms.Field]
-        var word: String
-    }
+    public var catalog: ApiCatalog { ApiCatalog(apimgt: apimgt) }
 
-    static func parseQuery(_ query: String) throws(RPCError) -> [SearchTerm] {
-        let qualifiers: [String: ApiSearchTerms.Field] = [
-            "name": .name, "context": .context, "tag": .tag, "description": .description, "provider": .provider, "version": .version,
-        ]
-        var terms: [SearchTerm] = []
-        for token in query.split(whereSeparator: { $0.isWhitespace }) {
-            var fields: [ApiSearchTerms.Field] = [.name, .context, .tag, .description]
-            var value = Substring(token)
-            if let colon = token.firstIndex(of: ":") {
-                let qualifier = token[..<colon].lowercased()
-                guard let field = qualifiers[qualifier] else {
-                    throw RPCError(.invalidArgument, "search qualifier \"\(qualifier):\" is unknown: use name:, context:, tag:, description:, provider: or version:")
-                }
-                fields = [field]
-                value = token[token.index(after: colon)...]
-            }
-            if fields == [.provider] || fields == [.version] {
-                if !value.isEmpty { terms.append(SearchTerm(fields: fields, word: value.lowercased())) }
-            } else {
-                terms += ApiSearchTerms.words(String(value)).map { SearchTerm(fields: fields, word: $0) }
-            }
-        }
-        return terms
-    }
+    static func pageSize(_ requested: Int, default fallback: Int) -> Int { ApiCatalog.pageSize(requested, default: fallback) }
 
-    /// Primary keys under an index prefix, read from the index alone.
-    func primaryKeys<T: TransactionReading & ~Copyable>(index: IndexDefinition<Api>, prefix: Key, in txn: borrowing T) throws -> Set<[UInt8]> {
-        var keys = Set<[UInt8]>()
-        try apimgt.apis.forEachPrimaryKey(index: index, prefix: prefix, in: txn) { _, primaryKey in
-            keys.insert(Array(primaryKey))
-            return true
-        }
-        return keys
-    }
-
-    /// One page of the tenant's APIs in name-and-version order, only those in
-    /// `matches` when given. Only the page's records are read; the walk over
-    /// the name index touches keys alone.
-    func orderedPage<T: TransactionReading & ~Copyable>(
-        matching matches: Set<[UInt8]>?, pageSize requested: Int, pageToken: [UInt8], tenant: String, in txn: borrowing T
-    ) throws -> (apis: [ApiListing], page: PageResponse) {
-        let pageSize = Self.pageSize(requested, default: Self.defaultPageSize)
-        let prefix = Key(.string(tenant.lowercased()))
-        if !pageToken.isEmpty && !pageToken.starts(with: prefix.bytes) {
-            throw RPCError(.invalidArgument, "page_token does not belong to this listing: start again without it")
-        }
-        var candidates: [(entry: [UInt8], primaryKey: [UInt8])] = []
-        var next: [UInt8] = []
-        if matches?.isEmpty != true {
-            try apimgt.apis.forEachPrimaryKey(index: ApiManagerDatabase.apisByNameVersion, prefix: prefix, from: pageToken.isEmpty ? nil : pageToken, in: txn) { entry, primaryKey in
-                if let matches, !matches.contains(Array(primaryKey)) { return true }
-                if candidates.count == pageSize {
-                    next = Array(entry)
-                    return false
-                }
-                candidates.append((Array(entry), Array(primaryKey)))
-                return true
-            }
-        }
-        var listings: [ApiListing] = []
-        listings.reserveCapacity(candidates.count)
-        var bytes = 0
-        for (index, candidate) in candidates.enumerated() {
-            guard let api = try apimgt.apis.get(Key(bytes: candidate.primaryKey), in: txn) else { continue }
-            let listing = Self.listing(api)
-            bytes += try listing.serializedSize()
-            if bytes > Self.maxPageBytes && !listings.isEmpty {
-                // A shorter page, continued from this API.
-                next = candidates[index].entry
-                break
-            }
-            listings.append(listing)
-        }
-        let total: UInt64? = matches.map { UInt64($0.count) }
-        return (listings, PageResponse(nextPageToken: next, totalCount: total))
-    }
-
-    /// A requested page size, or `fallback` for 0, capped at ``maxPageSize``.
-    static func pageSize(_ requested: Int, default fallback: Int) -> Int {
-        requested <= 0 ? fallback : min(requested, maxPageSize)
-    }
-
-    public static func listing(_ api: Api) -> ApiListing {
-        ApiListing(id: api.id, tenantDomain: api.tenantDomain, provider: api.provider, name: api.name, version: api.version, context: api.context,
-                   description: api.description, tags: api.tags, defaultVersion: api.defaultVersion, visibility: api.visibility,
-                   lifecycleState: api.lifecycleState, subscriptionPolicies: api.subscriptionPolicies, transports: api.transports,
-                   businessOwner: api.businessOwner, updatedAtUnixMs: api.updatedAtUnixMs)
-    }
+    public static func listing(_ api: Api) -> ApiListing { ApiCatalog.listing(api) }
 
     // MARK: Lifecycle
 
@@ -637,6 +515,7 @@ public final class PublisherStore: Sendable {
     /// subscription, and tells gateways to drop what they cached about it.
     public func setSubscriptionStatus(_ id: String, to status: SubscriptionStatus, tenant: String) async throws(RPCError) -> Subscription {
         let timestamp = now()
+        defer { revocations?.committed() }
         return try await apimgtWrite { [self] txn in
             guard var subscription = try apimgt.subscriptions.get(Key(.string(id)), in: txn),
                   let api = try apimgt.apis.get(Key(.string(subscription.apiId)), in: txn), api.tenantDomain == tenant else {
@@ -654,6 +533,8 @@ public final class PublisherStore: Sendable {
             try deploymentLog.append(.subscriptionChanged(SubscriptionChange(subscriptionId: subscription.id, apiId: subscription.apiId,
                                                                              applicationId: subscription.applicationId, status: status)),
                                      tenant: tenant, in: &txn)
+            // Validation results gateways cached for the application are stale now.
+            try revocations?.append(.applicationId(subscription.applicationId), in: &txn)
             return subscription
         }
     }

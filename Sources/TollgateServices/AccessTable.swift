@@ -128,6 +128,7 @@ public enum AccessTable {
         StoreServiceDescriptor.updateApplication: .permission(Permission.subscribe),
         StoreServiceDescriptor.deleteApplication: .permission(Permission.subscribe),
         StoreServiceDescriptor.listApplications: .permission(Permission.subscribe),
+        StoreServiceDescriptor.getApplication: .permission(Permission.subscribe),
         StoreServiceDescriptor.subscribe: .permission(Permission.subscribe),
         StoreServiceDescriptor.unsubscribe: .permission(Permission.subscribe),
         StoreServiceDescriptor.listSubscriptions: .permission(Permission.subscribe),
@@ -145,9 +146,12 @@ public enum AccessTable {
         KeyManagerServiceDescriptor.issueToken: .either(.node(roles: ["store", "gateway"]), .permission(Permission.subscribe)),
         KeyManagerServiceDescriptor.refreshToken: .either(.node(roles: ["store", "gateway"]), .permission(Permission.subscribe)),
         KeyManagerServiceDescriptor.revokeToken: .either(.node(roles: ["store", "gateway"]), .permission(Permission.subscribe)),
-        KeyManagerServiceDescriptor.introspect: .node(roles: ["gateway"]),
+        // A subscriber learns only about tokens of their own clients.
+        KeyManagerServiceDescriptor.introspect: .either(.node(roles: ["gateway", "store"]), .permission(Permission.subscribe)),
         KeyManagerServiceDescriptor.validateKey: .node(roles: ["gateway"]),
         KeyManagerServiceDescriptor.watchRevocations: .node(roles: ["gateway"]),
+        // Signing keys are the cluster's: the super tenant's administrators.
+        KeyManagerServiceDescriptor.rotateSigningKey: .permission(Permission.protected),
 
         // Gateway, traffic manager, analytics.
         GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),

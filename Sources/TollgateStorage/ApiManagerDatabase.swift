@@ -54,8 +54,12 @@ public struct ApiManagerDatabase: Sendable {
     public static let applicationsByOwnerName = IndexDefinition<Application>("by_owner_name", unique: true) { app in
         Key(.string(app.tenantDomain.lowercased()), .string(app.owner), .string(app.name.lowercased()))
     }
+    /// Applications shared with a group (WSO2's group id) by (tenant, group).
+    public static let applicationsByGroup = IndexDefinition<Application>("by_group", unique: false) { app in
+        app.groupId.isEmpty ? nil : Key(.string(app.tenantDomain.lowercased()), .string(app.groupId.lowercased()))
+    }
     public static let applicationTable = TableDefinition<Application>(
-        "applications", primaryKey: { Key(.string($0.id)) }, indexes: [applicationsByOwnerName])
+        "applications", primaryKey: { Key(.string($0.id)) }, indexes: [applicationsByOwnerName, applicationsByGroup])
 
     /// An application subscribes to an API at most once.
     public static let subscriptionsByApplicationApi = IndexDefinition<Subscription>("by_application_api", unique: true) { sub in
@@ -89,12 +93,32 @@ public struct ApiManagerDatabase: Sendable {
     public static let tokensByUser = IndexDefinition<OAuthToken>("by_user", unique: false) { token in
         token.username.isEmpty ? nil : Key(.string(token.tenantDomain.lowercased()), .string(token.username))
     }
+    /// The tokens of one grant and its refresh-token rotations.
+    public static let tokensByFamily = IndexDefinition<OAuthToken>("by_family", unique: false) { token in
+        token.familyId.isEmpty ? nil : Key(.bytes(token.familyId))
+    }
+    /// When a token stops mattering: its expiry (a used refresh token is
+    /// kept until then, so a replay is recognised), or, for one that never
+    /// expires, when it stopped being active. The purge walks this from the
+    /// oldest end, so it never reads tokens it keeps.
+    public static let tokensByPurgeTime = IndexDefinition<OAuthToken>("by_purge_time", unique: false) { token in
+        if let expires = token.expiresAtUnixMs { return Key(.int64(expires)) }
+        return token.state == .active ? nil : Key(.int64(token.stateChangedAtUnixMs))
+    }
     /// Tokens are stored and found by the SHA-256 of the bearer value only.
     public static let tokenTable = TableDefinition<OAuthToken>(
-        "tokens", primaryKey: { Key(.bytes($0.tokenHash)) }, indexes: [tokensByConsumerKey, tokensByUser])
+        "tokens", primaryKey: { Key(.bytes($0.tokenHash)) }, indexes: [tokensByConsumerKey, tokensByUser, tokensByFamily, tokensByPurgeTime])
 
+    public static let codesByExpiry = IndexDefinition<AuthorizationCode>("by_expiry", unique: false) { code in
+        Key(.int64(code.expiresAtUnixMs))
+    }
     public static let authorizationCodeTable = TableDefinition<AuthorizationCode>(
-        "authorization_codes", primaryKey: { Key(.bytes($0.codeHash)) })
+        "authorization_codes", primaryKey: { Key(.bytes($0.codeHash)) }, indexes: [codesByExpiry])
+
+    /// The revocation feed gateways watch, by sequence (``RevocationLog``).
+    public static let revocationTable = TableDefinition<TokenRevocation>(
+        "token_revocations", primaryKey: { Key(.uint64($0.sequence)) })
+    public static let revocationSequence = "revocations"
 
     // MARK: Throttling
 
@@ -115,6 +139,7 @@ public struct ApiManagerDatabase: Sendable {
     public let clients: Table<OAuthClient>
     public let tokens: Table<OAuthToken>
     public let authorizationCodes: Table<AuthorizationCode>
+    public let revocations: Table<TokenRevocation>
     public let policies: Table<ThrottlePolicy>
     public let blockConditions: Table<BlockCondition>
     public let deploymentChanges: Table<DeploymentChange>
@@ -131,6 +156,7 @@ public struct ApiManagerDatabase: Sendable {
                 clients: try database.table(clientTable),
                 tokens: try database.table(tokenTable),
                 authorizationCodes: try database.table(authorizationCodeTable),
+                revocations: try database.table(revocationTable),
                 policies: try database.table(policyTable),
                 blockConditions: try database.table(blockConditionTable),
                 deploymentChanges: try database.table(deploymentChangeTable))

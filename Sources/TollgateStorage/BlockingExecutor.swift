@@ -52,6 +52,13 @@ public final class BlockingExecutor: Sendable {
         return try outcome.get()
     }
 
+    /// Queues `job` on one lane without waiting for it: for callers that
+    /// resume their waiters from inside the job themselves.
+    public func submit(_ job: @escaping @Sendable () -> Void) {
+        let lane = lanes.count == 1 ? lanes[0] : lanes[Int(nextLane.wrappingAdd(1, ordering: .relaxed).oldValue % UInt(lanes.count))]
+        lane.submit(job)
+    }
+
     /// A body that is released as soon as it has run.
     private final class Work<Result: Sendable, Failure: Error>: Sendable {
         private let body: Mutex<(@Sendable () throws(Failure) -> Result)?>

@@ -156,6 +156,44 @@ public final class UserDirectory: SessionVerifier {
     /// towards a lock; the error never says whether the user exists.
     public func login(username qualified: String, password: String, defaultTenant: String, origin: SessionOrigin = .rpcLogin,
                       idleTimeoutMs: Int64 = 0) async throws(RPCError) -> LoginResult {
+        let (verified, tenantDomain) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant)
+        var user = verified
+        let timestamp = now()
+        let token = try RPCError.catching { try SecretHasher.newToken() }
+        let session = Session(tokenHash: SecretHasher.tokenHash(token), tenantDomain: tenantDomain, username: user.username, roles: user.roles,
+                              origin: origin, issuedAtUnixMs: timestamp, expiresAtUnixMs: timestamp + policy.sessionLifetimeMs,
+                              idleTimeoutMs: idleTimeoutMs, lastUsedAtUnixMs: timestamp)
+        user.failedLoginCount = 0
+        if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? await derive({ [hasher] in try hasher.hash(password) }) { user.passwordHash = upgraded }
+        let stored = user
+        let granted = try await RPCError.catching {
+            try await database.database.write { [self] txn in
+                _ = try database.users.put(stored, in: &txn)
+                try database.sessions.insert(session, in: &txn)
+                return try self.permissions(of: stored.roles, tenant: tenantDomain, in: txn)
+            }
+        }
+        return LoginResult(token: token, session: session, user: Self.redacted(stored), permissions: granted)
+    }
+
+    /// Checks a password without opening a session (the OAuth password
+    /// grant and sign-in page), with the same lockout and messages as
+    /// ``login(username:password:defaultTenant:origin:idleTimeoutMs:)``.
+    /// Returns the user without its password hash.
+    public func authenticate(username qualified: String, password: String, defaultTenant: String) async throws(RPCError) -> User {
+        var (user, _) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant)
+        if user.failedLoginCount > 0 {
+            user.failedLoginCount = 0
+            let stored = user
+            try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.users.put(stored, in: &txn) } }
+        }
+        return Self.redacted(user)
+    }
+
+    /// The password check shared by sign-in paths: the user as stored when
+    /// the password matches; a failed attempt is counted (and may lock the
+    /// account) before the error is thrown.
+    private func verifyPassword(username qualified: String, password: String, defaultTenant: String) async throws(RPCError) -> (User, String) {
         let (username, tenantDomain) = try resolve(username: qualified, defaultTenant: defaultTenant)
         let invalid = RPCError(.unauthenticated, "invalid username or password")
         guard let tenant = try RPCError.catching({ try database.tenant(tenantDomain) }) else { throw invalid }
@@ -200,21 +238,7 @@ public final class UserDirectory: SessionVerifier {
             }
             throw invalid
         }
-        let token = try RPCError.catching { try SecretHasher.newToken() }
-        let session = Session(tokenHash: SecretHasher.tokenHash(token), tenantDomain: tenantDomain, username: user.username, roles: user.roles,
-                              origin: origin, issuedAtUnixMs: timestamp, expiresAtUnixMs: timestamp + policy.sessionLifetimeMs,
-                              idleTimeoutMs: idleTimeoutMs, lastUsedAtUnixMs: timestamp)
-        user.failedLoginCount = 0
-        if let stored = user.passwordHash, hasher.needsRehash(stored), let upgraded = try? await derive({ [hasher] in try hasher.hash(password) }) { user.passwordHash = upgraded }
-        let stored = user
-        let granted = try await RPCError.catching {
-            try await database.database.write { [self] txn in
-                _ = try database.users.put(stored, in: &txn)
-                try database.sessions.insert(session, in: &txn)
-                return try self.permissions(of: stored.roles, tenant: tenantDomain, in: txn)
-            }
-        }
-        return LoginResult(token: token, session: session, user: Self.redacted(stored), permissions: granted)
+        return (user, tenantDomain)
     }
 
     public func logout(sessionID: [UInt8]) async throws(RPCError) {

@@ -1130,17 +1130,34 @@ func subscriptionJSON(_ subscription: Subscription) -> [String: Any] {
 
 struct SubscriptionCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "sub", abstract: "Subscriptions to an API: who subscribes at which tier, and blocking them.",
-        subcommands: [SubscriptionList.self, SubscriptionBlock.self, SubscriptionUnblock.self])
+        commandName: "sub", abstract: "Subscriptions: subscribe your applications to APIs; as a publisher, list and block an API's subscriptions.",
+        subcommands: [SubscriptionCreate.self, SubscriptionDelete.self, SubscriptionList.self, SubscriptionBlock.self, SubscriptionUnblock.self])
 }
 
 struct SubscriptionList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List an API's subscriptions.")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List subscriptions: yours (store), or with an API id every subscription to that API (publisher).",
+        discussion: "`tollctl sub list` and `tollctl sub list --app ID` show your applications' subscriptions; `tollctl sub list API_ID` shows who subscribes to an API you provide.")
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "The API's id.") var apiID: String
+    @Argument(help: "An API's id: list everyone's subscriptions to it (creators and publishers).") var apiID: String?
+    @Option(help: "Only this application's subscriptions (yours).") var app: String?
     @Option(help: "table or json") var output: OutputFormat = .table
 
     func run() async throws {
+        guard let apiID, app == nil else {
+            let request = ListSubscriptionsRequest(applicationId: app ?? "", apiId: apiID ?? "")
+            let subscriptions = try await NodeSession.with(connection) { node in
+                try await node.run { try await node.store.listSubscriptions(request).subscriptions }
+            }
+            switch output {
+            case .json: try printJSON(subscriptions.map(subscriptionJSON))
+            case .table:
+                printTable(["ID", "APPLICATION", "API", "VERSION", "TIER", "STATUS"], subscriptions.map {
+                    [$0.id, $0.applicationName, $0.apiName, $0.apiVersion, $0.throttlingPolicy, SubscriptionStatusName.spelling(of: $0.status)]
+                })
+            }
+            return
+        }
         let subscriptions = try await NodeSession.with(connection) { node in
             let publisher = node.publisher
             return try await node.run {

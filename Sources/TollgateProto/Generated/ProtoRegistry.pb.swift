@@ -86,6 +86,8 @@ public enum ProtoRegistry {
         "tollgate.v1.GetApiDocumentResponse": GetApiDocumentResponse.self,
         "tollgate.v1.GetApiRequest": GetApiRequest.self,
         "tollgate.v1.GetApiResponse": GetApiResponse.self,
+        "tollgate.v1.GetApplicationRequest": GetApplicationRequest.self,
+        "tollgate.v1.GetApplicationResponse": GetApplicationResponse.self,
         "tollgate.v1.GetBlockConditionRequest": GetBlockConditionRequest.self,
         "tollgate.v1.GetBlockConditionResponse": GetBlockConditionResponse.self,
         "tollgate.v1.GetClientRequest": GetClientRequest.self,
@@ -173,6 +175,8 @@ public enum ProtoRegistry {
         "tollgate.v1.RevokeApplicationTokenResponse": RevokeApplicationTokenResponse.self,
         "tollgate.v1.RevokeTokenRequest": RevokeTokenRequest.self,
         "tollgate.v1.RevokeTokenResponse": RevokeTokenResponse.self,
+        "tollgate.v1.RotateSigningKeyRequest": RotateSigningKeyRequest.self,
+        "tollgate.v1.RotateSigningKeyResponse": RotateSigningKeyResponse.self,
         "tollgate.v1.RpcCancel": RpcCancel.self,
         "tollgate.v1.RpcGoAway": RpcGoAway.self,
         "tollgate.v1.RpcMetadataEntry": RpcMetadataEntry.self,
@@ -286,6 +290,7 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_response()),  // tollgate.v1.PublishUsageEventsResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_response()),  // tollgate.v1.RevokeApplicationTokenResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__revoke_token_response()),  // tollgate.v1.RevokeTokenResponse
+        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__rotate_signing_key_request()),  // tollgate.v1.RotateSigningKeyRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__rpc_settings()),  // tollgate.v1.RpcSettings
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__secret_hash()),  // tollgate.v1.SecretHash
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__throttle_limit()),  // tollgate.v1.ThrottleLimit

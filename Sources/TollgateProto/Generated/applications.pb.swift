@@ -991,6 +991,12 @@ public struct OAuthClient: ProtoMessage {
         set { _uniqueStorage().updatedAtUnixMs = newValue }
         _modify { yield &_uniqueStorage().updatedAtUnixMs }
     }
+    /// Field 22.
+    public var tokensRevokedBeforeUnixMs: Int64 {
+        get { _storage.tokensRevokedBeforeUnixMs }
+        set { _uniqueStorage().tokensRevokedBeforeUnixMs = newValue }
+        _modify { yield &_uniqueStorage().tokensRevokedBeforeUnixMs }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields {
         get { _storage.unknownFields }
@@ -1016,7 +1022,8 @@ public struct OAuthClient: ProtoMessage {
         userTokenValiditySeconds: Int64 = 0,
         refreshTokenValiditySeconds: Int64 = 0,
         createdAtUnixMs: Int64 = 0,
-        updatedAtUnixMs: Int64 = 0
+        updatedAtUnixMs: Int64 = 0,
+        tokensRevokedBeforeUnixMs: Int64 = 0
     ) {
         let _fields = _Storage()
         _fields.consumerKey = consumerKey
@@ -1033,6 +1040,7 @@ public struct OAuthClient: ProtoMessage {
         _fields.refreshTokenValiditySeconds = refreshTokenValiditySeconds
         _fields.createdAtUnixMs = createdAtUnixMs
         _fields.updatedAtUnixMs = updatedAtUnixMs
+        _fields.tokensRevokedBeforeUnixMs = tokensRevokedBeforeUnixMs
         _storage = _fields
     }
 
@@ -1074,6 +1082,7 @@ public struct OAuthClient: ProtoMessage {
         var refreshTokenValiditySeconds: Int64 = 0
         var createdAtUnixMs: Int64 = 0
         var updatedAtUnixMs: Int64 = 0
+        var tokensRevokedBeforeUnixMs: Int64 = 0
         var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
@@ -1093,6 +1102,7 @@ public struct OAuthClient: ProtoMessage {
             refreshTokenValiditySeconds = other.refreshTokenValiditySeconds
             createdAtUnixMs = other.createdAtUnixMs
             updatedAtUnixMs = other.updatedAtUnixMs
+            tokensRevokedBeforeUnixMs = other.tokensRevokedBeforeUnixMs
             unknownFields = other.unknownFields
         }
 
@@ -1111,6 +1121,7 @@ public struct OAuthClient: ProtoMessage {
             if refreshTokenValiditySeconds != other.refreshTokenValiditySeconds { return false }
             if createdAtUnixMs != other.createdAtUnixMs { return false }
             if updatedAtUnixMs != other.updatedAtUnixMs { return false }
+            if tokensRevokedBeforeUnixMs != other.tokensRevokedBeforeUnixMs { return false }
             if unknownFields != other.unknownFields { return false }
             return true
         }
@@ -1130,6 +1141,7 @@ public struct OAuthClient: ProtoMessage {
             hasher.combine(refreshTokenValiditySeconds)
             hasher.combine(createdAtUnixMs)
             hasher.combine(updatedAtUnixMs)
+            hasher.combine(tokensRevokedBeforeUnixMs)
             hasher.combine(unknownFields)
         }
     }
@@ -1209,6 +1221,18 @@ public struct OAuthToken: ProtoMessage {
         set { _uniqueStorage().scopes = newValue }
         _modify { yield &_uniqueStorage().scopes }
     }
+    /// Field 12.
+    public var familyId: [UInt8] {
+        get { _storage.familyId }
+        set { _uniqueStorage().familyId = newValue }
+        _modify { yield &_uniqueStorage().familyId }
+    }
+    /// Field 13.
+    public var jwt: Bool {
+        get { _storage.jwt }
+        set { _uniqueStorage().jwt = newValue }
+        _modify { yield &_uniqueStorage().jwt }
+    }
     /// Field 20.
     public var issuedAtUnixMs: Int64 {
         get { _storage.issuedAtUnixMs }
@@ -1256,6 +1280,8 @@ public struct OAuthToken: ProtoMessage {
         userType: TokenUserType = .unspecified,
         grantType: GrantType = .unspecified,
         scopes: [String] = [],
+        familyId: [UInt8] = [],
+        jwt: Bool = false,
         issuedAtUnixMs: Int64 = 0,
         state: TokenState = .unspecified,
         stateChangedAtUnixMs: Int64 = 0,
@@ -1273,6 +1299,8 @@ public struct OAuthToken: ProtoMessage {
         _fields.userType = userType
         _fields.grantType = grantType
         _fields.scopes = scopes
+        _fields.familyId = familyId
+        _fields.jwt = jwt
         _fields.issuedAtUnixMs = issuedAtUnixMs
         _fields.state = state
         _fields.stateChangedAtUnixMs = stateChangedAtUnixMs
@@ -1315,6 +1343,8 @@ public struct OAuthToken: ProtoMessage {
         var userType: TokenUserType = .unspecified
         var grantType: GrantType = .unspecified
         var scopes: [String] = []
+        var familyId: [UInt8] = []
+        var jwt: Bool = false
         var issuedAtUnixMs: Int64 = 0
         var state: TokenState = .unspecified
         var stateChangedAtUnixMs: Int64 = 0
@@ -1335,6 +1365,8 @@ public struct OAuthToken: ProtoMessage {
             userType = other.userType
             grantType = other.grantType
             scopes = other.scopes
+            familyId = other.familyId
+            jwt = other.jwt
             issuedAtUnixMs = other.issuedAtUnixMs
             state = other.state
             stateChangedAtUnixMs = other.stateChangedAtUnixMs
@@ -1354,6 +1386,8 @@ public struct OAuthToken: ProtoMessage {
             if userType != other.userType { return false }
             if grantType != other.grantType { return false }
             if scopes != other.scopes { return false }
+            if familyId != other.familyId { return false }
+            if jwt != other.jwt { return false }
             if issuedAtUnixMs != other.issuedAtUnixMs { return false }
             if state != other.state { return false }
             if stateChangedAtUnixMs != other.stateChangedAtUnixMs { return false }
@@ -1374,6 +1408,8 @@ public struct OAuthToken: ProtoMessage {
             hasher.combine(userType)
             hasher.combine(grantType)
             hasher.combine(scopes)
+            hasher.combine(familyId)
+            hasher.combine(jwt)
             hasher.combine(issuedAtUnixMs)
             hasher.combine(state)
             hasher.combine(stateChangedAtUnixMs)
@@ -1405,6 +1441,12 @@ public struct AuthorizationCode: ProtoMessage {
     public var expiresAtUnixMs: Int64 = 0
     /// Field 9.
     public var used: Bool = false
+    /// Field 10.
+    public var codeChallenge: String = ""
+    /// Field 11.
+    public var codeChallengeMethod: String = ""
+    /// Field 12.
+    public var familyId: [UInt8] = []
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -1419,7 +1461,10 @@ public struct AuthorizationCode: ProtoMessage {
         redirectUri: String = "",
         issuedAtUnixMs: Int64 = 0,
         expiresAtUnixMs: Int64 = 0,
-        used: Bool = false
+        used: Bool = false,
+        codeChallenge: String = "",
+        codeChallengeMethod: String = "",
+        familyId: [UInt8] = []
     ) {
         self.codeHash = codeHash
         self.consumerKey = consumerKey
@@ -1430,6 +1475,9 @@ public struct AuthorizationCode: ProtoMessage {
         self.issuedAtUnixMs = issuedAtUnixMs
         self.expiresAtUnixMs = expiresAtUnixMs
         self.used = used
+        self.codeChallenge = codeChallenge
+        self.codeChallengeMethod = codeChallengeMethod
+        self.familyId = familyId
     }
 }
 
@@ -1575,6 +1623,18 @@ public struct KeyValidationInfo: ProtoMessage {
         set { _uniqueStorage().throttlingData = newValue }
         _modify { yield &_uniqueStorage().throttlingData }
     }
+    /// Field 28.
+    public var applicationLimit: ThrottleLimit? {
+        get { _storage.applicationLimit }
+        set { _uniqueStorage().applicationLimit = newValue }
+        _modify { yield &_uniqueStorage().applicationLimit }
+    }
+    /// Field 29.
+    public var subscriptionLimit: ThrottleLimit? {
+        get { _storage.subscriptionLimit }
+        set { _uniqueStorage().subscriptionLimit = newValue }
+        _modify { yield &_uniqueStorage().subscriptionLimit }
+    }
     /// Field 30.
     public var apiName: String {
         get { _storage.apiName }
@@ -1651,6 +1711,8 @@ public struct KeyValidationInfo: ProtoMessage {
         stopOnQuotaReach: Bool = false,
         contentAware: Bool = false,
         throttlingData: [String] = [],
+        applicationLimit: ThrottleLimit? = nil,
+        subscriptionLimit: ThrottleLimit? = nil,
         apiName: String = "",
         apiPublisher: String = "",
         endUserName: String = "",
@@ -1677,6 +1739,8 @@ public struct KeyValidationInfo: ProtoMessage {
         _fields.stopOnQuotaReach = stopOnQuotaReach
         _fields.contentAware = contentAware
         _fields.throttlingData = throttlingData
+        _fields.applicationLimit = applicationLimit
+        _fields.subscriptionLimit = subscriptionLimit
         _fields.apiName = apiName
         _fields.apiPublisher = apiPublisher
         _fields.endUserName = endUserName
@@ -1728,6 +1792,8 @@ public struct KeyValidationInfo: ProtoMessage {
         var stopOnQuotaReach: Bool = false
         var contentAware: Bool = false
         var throttlingData: [String] = []
+        var applicationLimit: ThrottleLimit? = nil
+        var subscriptionLimit: ThrottleLimit? = nil
         var apiName: String = ""
         var apiPublisher: String = ""
         var endUserName: String = ""
@@ -1757,6 +1823,8 @@ public struct KeyValidationInfo: ProtoMessage {
             stopOnQuotaReach = other.stopOnQuotaReach
             contentAware = other.contentAware
             throttlingData = other.throttlingData
+            applicationLimit = other.applicationLimit
+            subscriptionLimit = other.subscriptionLimit
             apiName = other.apiName
             apiPublisher = other.apiPublisher
             endUserName = other.endUserName
@@ -1785,6 +1853,8 @@ public struct KeyValidationInfo: ProtoMessage {
             if stopOnQuotaReach != other.stopOnQuotaReach { return false }
             if contentAware != other.contentAware { return false }
             if throttlingData != other.throttlingData { return false }
+            if applicationLimit != other.applicationLimit { return false }
+            if subscriptionLimit != other.subscriptionLimit { return false }
             if apiName != other.apiName { return false }
             if apiPublisher != other.apiPublisher { return false }
             if endUserName != other.endUserName { return false }
@@ -1814,6 +1884,8 @@ public struct KeyValidationInfo: ProtoMessage {
             hasher.combine(stopOnQuotaReach)
             hasher.combine(contentAware)
             hasher.combine(throttlingData)
+            hasher.combine(applicationLimit)
+            hasher.combine(subscriptionLimit)
             hasher.combine(apiName)
             hasher.combine(apiPublisher)
             hasher.combine(endUserName)
@@ -1855,6 +1927,7 @@ public struct TokenRevocation: ProtoMessage {
     public enum Target: Hashable, Sendable {
         case consumerKey(String)
         case tokenHash([UInt8])
+        case applicationId(String)
     }
 }
 
@@ -2086,6 +2159,7 @@ extension OAuthClient {
         c.pointee.refresh_token_validity_seconds = self.refreshTokenValiditySeconds
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        c.pointee.tokens_revoked_before_unix_ms = self.tokensRevokedBeforeUnixMs
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -2107,6 +2181,7 @@ extension OAuthClient {
         self.refreshTokenValiditySeconds = c.pointee.refresh_token_validity_seconds
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.tokensRevokedBeforeUnixMs = c.pointee.tokens_revoked_before_unix_ms
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -2150,6 +2225,8 @@ extension OAuthToken {
         c.pointee.grant_type = .init(rawValue: .init(truncatingIfNeeded: self.grantType.rawValue))
         c.pointee.n_scopes = self.scopes.count
         c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
+        c.pointee.family_id = arena.binary(self.familyId)
+        c.pointee.jwt = (self.jwt ? 1 : 0)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.state = .init(rawValue: .init(truncatingIfNeeded: self.state.rawValue))
         c.pointee.state_changed_at_unix_ms = self.stateChangedAtUnixMs
@@ -2175,6 +2252,8 @@ extension OAuthToken {
         self.userType = TokenUserType(rawValue: Int32(truncatingIfNeeded: c.pointee.user_type.rawValue))
         self.grantType = GrantType(rawValue: Int32(truncatingIfNeeded: c.pointee.grant_type.rawValue))
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
+        self.familyId = ProtoDecode.binary(c.pointee.family_id)
+        self.jwt = (c.pointee.jwt != 0)
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         self.state = TokenState(rawValue: Int32(truncatingIfNeeded: c.pointee.state.rawValue))
         self.stateChangedAtUnixMs = c.pointee.state_changed_at_unix_ms
@@ -2222,6 +2301,9 @@ extension AuthorizationCode {
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         c.pointee.expires_at_unix_ms = self.expiresAtUnixMs
         c.pointee.used = (self.used ? 1 : 0)
+        c.pointee.code_challenge = try arena.cString(self.codeChallenge, field: "code_challenge", in: Self.protoName)
+        c.pointee.code_challenge_method = try arena.cString(self.codeChallengeMethod, field: "code_challenge_method", in: Self.protoName)
+        c.pointee.family_id = arena.binary(self.familyId)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -2238,6 +2320,9 @@ extension AuthorizationCode {
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         self.used = (c.pointee.used != 0)
+        self.codeChallenge = try ProtoDecode.string(c.pointee.code_challenge, field: "code_challenge", in: Self.protoName)
+        self.codeChallengeMethod = try ProtoDecode.string(c.pointee.code_challenge_method, field: "code_challenge_method", in: Self.protoName)
+        self.familyId = ProtoDecode.binary(c.pointee.family_id)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -2337,6 +2422,8 @@ extension KeyValidationInfo {
         c.pointee.content_aware = (self.contentAware ? 1 : 0)
         c.pointee.n_throttling_data = self.throttlingData.count
         c.pointee.throttling_data = try arena.cStrings(self.throttlingData, field: "throttling_data", in: Self.protoName)
+        if let value = self.applicationLimit { c.pointee.application_limit = value._cMessage(in: arena) }
+        if let value = self.subscriptionLimit { c.pointee.subscription_limit = value._cMessage(in: arena) }
         c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
         c.pointee.api_publisher = try arena.cString(self.apiPublisher, field: "api_publisher", in: Self.protoName)
         c.pointee.end_user_name = try arena.cString(self.endUserName, field: "end_user_name", in: Self.protoName)
@@ -2373,6 +2460,8 @@ extension KeyValidationInfo {
         self.stopOnQuotaReach = (c.pointee.stop_on_quota_reach != 0)
         self.contentAware = (c.pointee.content_aware != 0)
         self.throttlingData = try ProtoDecode.strings(c.pointee.throttling_data, count: c.pointee.n_throttling_data, field: "throttling_data", in: Self.protoName)
+        if let value = c.pointee.application_limit { self.applicationLimit = try ThrottleLimit(_cMessage: value) }
+        if let value = c.pointee.subscription_limit { self.subscriptionLimit = try ThrottleLimit(_cMessage: value) }
         self.apiName = try ProtoDecode.string(c.pointee.api_name, field: "api_name", in: Self.protoName)
         self.apiPublisher = try ProtoDecode.string(c.pointee.api_publisher, field: "api_publisher", in: Self.protoName)
         self.endUserName = try ProtoDecode.string(c.pointee.end_user_name, field: "end_user_name", in: Self.protoName)
@@ -2424,6 +2513,9 @@ extension TokenRevocation {
         case .tokenHash(let value)?:
             c.pointee.target_case = .init(rawValue: 4)
             c.pointee.token_hash = arena.binary(value)
+        case .applicationId(let value)?:
+            c.pointee.target_case = .init(rawValue: 5)
+            c.pointee.application_id = try arena.cString(value, field: "application_id", in: Self.protoName)
         }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
@@ -2439,6 +2531,8 @@ extension TokenRevocation {
             self.target = .consumerKey(try ProtoDecode.string(c.pointee.consumer_key, field: "consumer_key", in: Self.protoName))
         case 4:
             self.target = .tokenHash(ProtoDecode.binary(c.pointee.token_hash))
+        case 5:
+            self.target = .applicationId(try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName))
         default: break
         }
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)

@@ -209,6 +209,8 @@ public struct IssueTokenRequest: ProtoMessage {
     public var code: String = ""
     /// Field 13.
     public var redirectUri: String = ""
+    /// Field 14.
+    public var codeVerifier: String = ""
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -223,7 +225,8 @@ public struct IssueTokenRequest: ProtoMessage {
         username: String = "",
         password: String = "",
         code: String = "",
-        redirectUri: String = ""
+        redirectUri: String = "",
+        codeVerifier: String = ""
     ) {
         self.grantType = grantType
         self.clientId = clientId
@@ -234,6 +237,7 @@ public struct IssueTokenRequest: ProtoMessage {
         self.password = password
         self.code = code
         self.redirectUri = redirectUri
+        self.codeVerifier = codeVerifier
     }
 }
 
@@ -393,6 +397,8 @@ public struct IntrospectResponse: ProtoMessage {
     public var scopes: [String] = []
     /// Field 8.
     public var issuedAtUnixMs: Int64 = 0
+    /// Field 10.
+    public var applicationId: String = ""
     /// Field 9.
     public var expiresAtUnixMs: Int64? = nil
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
@@ -409,6 +415,7 @@ public struct IntrospectResponse: ProtoMessage {
         keyType: KeyType = .unspecified,
         scopes: [String] = [],
         issuedAtUnixMs: Int64 = 0,
+        applicationId: String = "",
         expiresAtUnixMs: Int64? = nil
     ) {
         self.active = active
@@ -419,6 +426,7 @@ public struct IntrospectResponse: ProtoMessage {
         self.keyType = keyType
         self.scopes = scopes
         self.issuedAtUnixMs = issuedAtUnixMs
+        self.applicationId = applicationId
         self.expiresAtUnixMs = expiresAtUnixMs
     }
 }
@@ -524,6 +532,46 @@ public struct WatchRevocationsResponse: ProtoMessage {
         self.reset = reset
         self.revocations = revocations
         self.headSequence = headSequence
+    }
+}
+
+/// `tollgate.v1.RotateSigningKeyRequest`
+public struct RotateSigningKeyRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.RotateSigningKeyRequest"
+
+    /// Field 1.
+    public var retirePrevious: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        retirePrevious: Bool = false
+    ) {
+        self.retirePrevious = retirePrevious
+    }
+}
+
+/// `tollgate.v1.RotateSigningKeyResponse`
+public struct RotateSigningKeyResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.RotateSigningKeyResponse"
+
+    /// Field 1.
+    public var kid: String = ""
+    /// Field 2.
+    public var publishedKids: [String] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        kid: String = "",
+        publishedKids: [String] = []
+    ) {
+        self.kid = kid
+        self.publishedKids = publishedKids
     }
 }
 
@@ -969,6 +1017,7 @@ extension IssueTokenRequest {
         c.pointee.password = try arena.cString(self.password, field: "password", in: Self.protoName)
         c.pointee.code = try arena.cString(self.code, field: "code", in: Self.protoName)
         c.pointee.redirect_uri = try arena.cString(self.redirectUri, field: "redirect_uri", in: Self.protoName)
+        c.pointee.code_verifier = try arena.cString(self.codeVerifier, field: "code_verifier", in: Self.protoName)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -985,6 +1034,7 @@ extension IssueTokenRequest {
         self.password = try ProtoDecode.string(c.pointee.password, field: "password", in: Self.protoName)
         self.code = try ProtoDecode.string(c.pointee.code, field: "code", in: Self.protoName)
         self.redirectUri = try ProtoDecode.string(c.pointee.redirect_uri, field: "redirect_uri", in: Self.protoName)
+        self.codeVerifier = try ProtoDecode.string(c.pointee.code_verifier, field: "code_verifier", in: Self.protoName)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -1281,6 +1331,7 @@ extension IntrospectResponse {
         c.pointee.n_scopes = self.scopes.count
         c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         if let value = self.expiresAtUnixMs {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 9)
             c.pointee.expires_at_unix_ms = value
@@ -1300,6 +1351,7 @@ extension IntrospectResponse {
         self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
+        self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         if c.pointee._expires_at_unix_ms_case.rawValue == 9 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms
         }
@@ -1490,6 +1542,90 @@ extension WatchRevocationsResponse {
     }
 }
 
+extension RotateSigningKeyRequest {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rotate_signing_key_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__RotateSigningKeyRequest>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__RotateSigningKeyRequest> {
+        let c = arena.allocate(Tollgate__V1__RotateSigningKeyRequest.self)
+        tollgate__v1__rotate_signing_key_request__init(c)
+        c.pointee.retire_previous = (self.retirePrevious ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__RotateSigningKeyRequest>) throws(ProtoDecodingError) {
+        self.init()
+        self.retirePrevious = (c.pointee.retire_previous != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension RotateSigningKeyResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__rotate_signing_key_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RotateSigningKeyResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__RotateSigningKeyResponse> {
+        let c = arena.allocate(Tollgate__V1__RotateSigningKeyResponse.self)
+        tollgate__v1__rotate_signing_key_response__init(c)
+        c.pointee.kid = try arena.cString(self.kid, field: "kid", in: Self.protoName)
+        c.pointee.n_published_kids = self.publishedKids.count
+        c.pointee.published_kids = try arena.cStrings(self.publishedKids, field: "published_kids", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__RotateSigningKeyResponse>) throws(ProtoDecodingError) {
+        self.init()
+        self.kid = try ProtoDecode.string(c.pointee.kid, field: "kid", in: Self.protoName)
+        self.publishedKids = try ProtoDecode.strings(c.pointee.published_kids, count: c.pointee.n_published_kids, field: "published_kids", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 /// `tollgate.v1.KeyManagerService`: method descriptors, in declaration order.
 public enum KeyManagerServiceDescriptor {
     public static let serviceName = "tollgate.v1.KeyManagerService"
@@ -1560,6 +1696,12 @@ public enum KeyManagerServiceDescriptor {
         inputType: "tollgate.v1.WatchRevocationsRequest", outputType: "tollgate.v1.WatchRevocationsResponse",
         clientStreaming: false, serverStreaming: true
     )
+    /// `RotateSigningKey` (tollgate.v1.RotateSigningKeyRequest) returns `tollgate.v1.RotateSigningKeyResponse`.
+    public static let rotateSigningKey = ProtoMethod(
+        service: serviceName, name: "RotateSigningKey",
+        inputType: "tollgate.v1.RotateSigningKeyRequest", outputType: "tollgate.v1.RotateSigningKeyResponse",
+        clientStreaming: false, serverStreaming: false
+    )
 
-    public static let methods: [ProtoMethod] = [registerClient, updateClient, deleteClient, getClient, regenerateClientSecret, issueToken, refreshToken, revokeToken, introspect, validateKey, watchRevocations]
+    public static let methods: [ProtoMethod] = [registerClient, updateClient, deleteClient, getClient, regenerateClientSecret, issueToken, refreshToken, revokeToken, introspect, validateKey, watchRevocations, rotateSigningKey]
 }

@@ -335,6 +335,46 @@ public struct ListApplicationsResponse: ProtoMessage {
     }
 }
 
+/// `tollgate.v1.GetApplicationRequest`
+public struct GetApplicationRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.GetApplicationRequest"
+
+    /// Field 1.
+    public var applicationId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        applicationId: String = ""
+    ) {
+        self.applicationId = applicationId
+    }
+}
+
+/// `tollgate.v1.GetApplicationResponse`
+public struct GetApplicationResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.GetApplicationResponse"
+
+    /// Field 1.
+    public var application: Application? = nil
+    /// Field 2.
+    public var keys: [ApplicationKey] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        application: Application? = nil,
+        keys: [ApplicationKey] = []
+    ) {
+        self.application = application
+        self.keys = keys
+    }
+}
+
 /// `tollgate.v1.SubscribeRequest`
 public struct SubscribeRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.SubscribeRequest"
@@ -1392,6 +1432,89 @@ extension ListApplicationsResponse {
     }
 }
 
+extension GetApplicationRequest {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_application_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApplicationRequest>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApplicationRequest> {
+        let c = arena.allocate(Tollgate__V1__GetApplicationRequest.self)
+        tollgate__v1__get_application_request__init(c)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__GetApplicationRequest>) throws(ProtoDecodingError) {
+        self.init()
+        self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension GetApplicationResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_application_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetApplicationResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetApplicationResponse> {
+        let c = arena.allocate(Tollgate__V1__GetApplicationResponse.self)
+        tollgate__v1__get_application_response__init(c)
+        if let value = self.application { c.pointee.application = try value._cMessage(in: arena) }
+        c.pointee.n_keys = self.keys.count
+        c.pointee.keys = try arena.messages(self.keys) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__GetApplicationResponse>) throws(ProtoDecodingError) {
+        self.init()
+        if let value = c.pointee.application { self.application = try Application(_cMessage: value) }
+        self.keys = try ProtoDecode.messages(c.pointee.keys, count: c.pointee.n_keys, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApplicationKey(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 extension SubscribeRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
         self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__subscribe_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SubscribeRequest>) throws(ProtoDecodingError) in
@@ -2144,6 +2267,12 @@ public enum StoreServiceDescriptor {
         inputType: "tollgate.v1.ListApplicationsRequest", outputType: "tollgate.v1.ListApplicationsResponse",
         clientStreaming: false, serverStreaming: false
     )
+    /// `GetApplication` (tollgate.v1.GetApplicationRequest) returns `tollgate.v1.GetApplicationResponse`.
+    public static let getApplication = ProtoMethod(
+        service: serviceName, name: "GetApplication",
+        inputType: "tollgate.v1.GetApplicationRequest", outputType: "tollgate.v1.GetApplicationResponse",
+        clientStreaming: false, serverStreaming: false
+    )
     /// `Subscribe` (tollgate.v1.SubscribeRequest) returns `tollgate.v1.SubscribeResponse`.
     public static let subscribe = ProtoMethod(
         service: serviceName, name: "Subscribe",
@@ -2193,5 +2322,5 @@ public enum StoreServiceDescriptor {
         clientStreaming: false, serverStreaming: false
     )
 
-    public static let methods: [ProtoMethod] = [listPublishedApis, searchPublishedApis, getApiDetails, getApiDocument, createApplication, updateApplication, deleteApplication, listApplications, subscribe, unsubscribe, listSubscriptions, generateKeys, regenerateSecret, generateApplicationToken, revokeApplicationToken, signUp]
+    public static let methods: [ProtoMethod] = [listPublishedApis, searchPublishedApis, getApiDetails, getApiDocument, createApplication, updateApplication, deleteApplication, listApplications, getApplication, subscribe, unsubscribe, listSubscriptions, generateKeys, regenerateSecret, generateApplicationToken, revokeApplicationToken, signUp]
 }

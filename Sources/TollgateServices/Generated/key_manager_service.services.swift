@@ -26,6 +26,10 @@ public protocol KeyManagerServiceHandler: Sendable {
     /// Revocations in order, so gateways drop cached validation results at
     /// once instead of when they would expire.
     func watchRevocations(_ request: WatchRevocationsRequest, writer: ResponseWriter<WatchRevocationsResponse>, context: ServerCallContext) async throws
+    /// Makes a new JWT signing key the one that signs. Earlier keys stay in
+    /// the JWKS, so tokens they signed still verify, unless
+    /// `retire_previous` drops them.
+    func rotateSigningKey(_ request: RotateSigningKeyRequest, context: ServerCallContext) async throws -> RotateSigningKeyResponse
 }
 
 extension KeyManagerServiceHandler {
@@ -43,6 +47,7 @@ extension KeyManagerServiceHandler {
             .unary(KeyManagerServiceDescriptor.introspect) { (request: IntrospectRequest, context) in try await self.introspect(request, context: context) },
             .unary(KeyManagerServiceDescriptor.validateKey) { (request: ValidateKeyRequest, context) in try await self.validateKey(request, context: context) },
             .serverStreaming(KeyManagerServiceDescriptor.watchRevocations) { (request: WatchRevocationsRequest, writer: ResponseWriter<WatchRevocationsResponse>, context) in try await self.watchRevocations(request, writer: writer, context: context) },
+            .unary(KeyManagerServiceDescriptor.rotateSigningKey) { (request: RotateSigningKeyRequest, context) in try await self.rotateSigningKey(request, context: context) },
         ]
     }
 }
@@ -110,5 +115,12 @@ public struct KeyManagerServiceClient: Sendable {
     /// once instead of when they would expire.
     public func watchRevocations(_ request: WatchRevocationsRequest, options: CallOptions? = nil, onResponse: @escaping @Sendable (WatchRevocationsResponse) async throws -> Void) async throws {
         try await transport.serverStreaming(KeyManagerServiceDescriptor.watchRevocations, request, options: options ?? defaultOptions, onResponse: onResponse)
+    }
+
+    /// Makes a new JWT signing key the one that signs. Earlier keys stay in
+    /// the JWKS, so tokens they signed still verify, unless
+    /// `retire_previous` drops them.
+    public func rotateSigningKey(_ request: RotateSigningKeyRequest, options: CallOptions? = nil) async throws -> RotateSigningKeyResponse {
+        try await transport.unary(KeyManagerServiceDescriptor.rotateSigningKey, request, options: options ?? defaultOptions, as: RotateSigningKeyResponse.self)
     }
 }

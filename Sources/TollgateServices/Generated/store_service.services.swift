@@ -17,6 +17,8 @@ public protocol StoreServiceHandler: Sendable {
     /// revokes their tokens.
     func deleteApplication(_ request: DeleteApplicationRequest, context: ServerCallContext) async throws -> DeleteApplicationResponse
     func listApplications(_ request: ListApplicationsRequest, context: ServerCallContext) async throws -> ListApplicationsResponse
+    /// One application the caller may see, with its keys.
+    func getApplication(_ request: GetApplicationRequest, context: ServerCallContext) async throws -> GetApplicationResponse
     /// Subscribes an application to an API at one of the API's tiers.
     func subscribe(_ request: SubscribeRequest, context: ServerCallContext) async throws -> SubscribeResponse
     func unsubscribe(_ request: UnsubscribeRequest, context: ServerCallContext) async throws -> UnsubscribeResponse
@@ -45,6 +47,7 @@ extension StoreServiceHandler {
             .unary(StoreServiceDescriptor.updateApplication) { (request: UpdateApplicationRequest, context) in try await self.updateApplication(request, context: context) },
             .unary(StoreServiceDescriptor.deleteApplication) { (request: DeleteApplicationRequest, context) in try await self.deleteApplication(request, context: context) },
             .unary(StoreServiceDescriptor.listApplications) { (request: ListApplicationsRequest, context) in try await self.listApplications(request, context: context) },
+            .unary(StoreServiceDescriptor.getApplication) { (request: GetApplicationRequest, context) in try await self.getApplication(request, context: context) },
             .unary(StoreServiceDescriptor.subscribe) { (request: SubscribeRequest, context) in try await self.subscribe(request, context: context) },
             .unary(StoreServiceDescriptor.unsubscribe) { (request: UnsubscribeRequest, context) in try await self.unsubscribe(request, context: context) },
             .unary(StoreServiceDescriptor.listSubscriptions) { (request: ListSubscriptionsRequest, context) in try await self.listSubscriptions(request, context: context) },
@@ -102,6 +105,11 @@ public struct StoreServiceClient: Sendable {
 
     public func listApplications(_ request: ListApplicationsRequest, options: CallOptions? = nil) async throws -> ListApplicationsResponse {
         try await transport.unary(StoreServiceDescriptor.listApplications, request, options: options ?? defaultOptions, as: ListApplicationsResponse.self)
+    }
+
+    /// One application the caller may see, with its keys.
+    public func getApplication(_ request: GetApplicationRequest, options: CallOptions? = nil) async throws -> GetApplicationResponse {
+        try await transport.unary(StoreServiceDescriptor.getApplication, request, options: options ?? defaultOptions, as: GetApplicationResponse.self)
     }
 
     /// Subscribes an application to an API at one of the API's tiers.

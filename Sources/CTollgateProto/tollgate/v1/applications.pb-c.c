@@ -946,7 +946,7 @@ const ProtobufCMessageDescriptor tollgate__v1__application_key__descriptor =
   (ProtobufCMessageInit) tollgate__v1__application_key__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__oauth_client__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tollgate__v1__oauth_client__field_descriptors[15] =
 {
   {
     "consumer_key",
@@ -1116,6 +1116,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_client__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "tokens_revoked_before_unix_ms",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__OAuthClient, tokens_revoked_before_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__oauth_client__field_indices_by_name[] = {
   5,   /* field[5] = application_id */
@@ -1130,6 +1142,7 @@ static const unsigned tollgate__v1__oauth_client__field_indices_by_name[] = {
   3,   /* field[3] = owner */
   11,   /* field[11] = refresh_token_validity_seconds */
   2,   /* field[2] = tenant_domain */
+  14,   /* field[14] = tokens_revoked_before_unix_ms */
   13,   /* field[13] = updated_at_unix_ms */
   10,   /* field[10] = user_token_validity_seconds */
 };
@@ -1138,7 +1151,7 @@ static const ProtobufCIntRange tollgate__v1__oauth_client__number_ranges[3 + 1] 
   { 1, 0 },
   { 10, 7 },
   { 20, 12 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__oauth_client__descriptor =
 {
@@ -1148,14 +1161,14 @@ const ProtobufCMessageDescriptor tollgate__v1__oauth_client__descriptor =
   "Tollgate__V1__OAuthClient",
   "tollgate.v1",
   sizeof(Tollgate__V1__OAuthClient),
-  14,
+  15,
   tollgate__v1__oauth_client__field_descriptors,
   tollgate__v1__oauth_client__field_indices_by_name,
   3,  tollgate__v1__oauth_client__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__oauth_client__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descriptors[15] =
+static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descriptors[17] =
 {
   {
     "token_hash",
@@ -1290,6 +1303,30 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descripto
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "family_id",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__OAuthToken, family_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "jwt",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__OAuthToken, jwt),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "issued_at_unix_ms",
     20,
     PROTOBUF_C_LABEL_NONE,
@@ -1341,15 +1378,17 @@ static const ProtobufCFieldDescriptor tollgate__v1__oauth_token__field_descripto
 static const unsigned tollgate__v1__oauth_token__field_indices_by_name[] = {
   5,   /* field[5] = application_id */
   3,   /* field[3] = consumer_key */
-  12,   /* field[12] = expires_at_unix_ms */
+  14,   /* field[14] = expires_at_unix_ms */
+  11,   /* field[11] = family_id */
   9,   /* field[9] = grant_type */
-  11,   /* field[11] = issued_at_unix_ms */
+  13,   /* field[13] = issued_at_unix_ms */
+  12,   /* field[12] = jwt */
   4,   /* field[4] = key_type */
   1,   /* field[1] = kind */
   2,   /* field[2] = paired_token_hash */
   10,   /* field[10] = scopes */
-  13,   /* field[13] = state */
-  14,   /* field[14] = state_changed_at_unix_ms */
+  15,   /* field[15] = state */
+  16,   /* field[16] = state_changed_at_unix_ms */
   6,   /* field[6] = tenant_domain */
   0,   /* field[0] = token_hash */
   8,   /* field[8] = user_type */
@@ -1358,8 +1397,8 @@ static const unsigned tollgate__v1__oauth_token__field_indices_by_name[] = {
 static const ProtobufCIntRange tollgate__v1__oauth_token__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 20, 11 },
-  { 0, 15 }
+  { 20, 13 },
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__oauth_token__descriptor =
 {
@@ -1369,14 +1408,14 @@ const ProtobufCMessageDescriptor tollgate__v1__oauth_token__descriptor =
   "Tollgate__V1__OAuthToken",
   "tollgate.v1",
   sizeof(Tollgate__V1__OAuthToken),
-  15,
+  17,
   tollgate__v1__oauth_token__field_descriptors,
   tollgate__v1__oauth_token__field_indices_by_name,
   2,  tollgate__v1__oauth_token__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__oauth_token__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__authorization_code__field_descriptors[9] =
+static const ProtobufCFieldDescriptor tollgate__v1__authorization_code__field_descriptors[12] =
 {
   {
     "code_hash",
@@ -1486,11 +1525,50 @@ static const ProtobufCFieldDescriptor tollgate__v1__authorization_code__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "code_challenge",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__AuthorizationCode, code_challenge),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "code_challenge_method",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__AuthorizationCode, code_challenge_method),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "family_id",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__AuthorizationCode, family_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__authorization_code__field_indices_by_name[] = {
+  9,   /* field[9] = code_challenge */
+  10,   /* field[10] = code_challenge_method */
   0,   /* field[0] = code_hash */
   1,   /* field[1] = consumer_key */
   7,   /* field[7] = expires_at_unix_ms */
+  11,   /* field[11] = family_id */
   6,   /* field[6] = issued_at_unix_ms */
   5,   /* field[5] = redirect_uri */
   4,   /* field[4] = scopes */
@@ -1501,7 +1579,7 @@ static const unsigned tollgate__v1__authorization_code__field_indices_by_name[] 
 static const ProtobufCIntRange tollgate__v1__authorization_code__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__authorization_code__descriptor =
 {
@@ -1511,7 +1589,7 @@ const ProtobufCMessageDescriptor tollgate__v1__authorization_code__descriptor =
   "Tollgate__V1__AuthorizationCode",
   "tollgate.v1",
   sizeof(Tollgate__V1__AuthorizationCode),
-  9,
+  12,
   tollgate__v1__authorization_code__field_descriptors,
   tollgate__v1__authorization_code__field_indices_by_name,
   1,  tollgate__v1__authorization_code__number_ranges,
@@ -1621,7 +1699,7 @@ const ProtobufCMessageDescriptor tollgate__v1__issued_token__descriptor =
   (ProtobufCMessageInit) tollgate__v1__issued_token__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_descriptors[24] =
+static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_descriptors[26] =
 {
   {
     "authorized",
@@ -1816,6 +1894,30 @@ static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_d
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "application_limit",
+    28,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__KeyValidationInfo, application_limit),
+    &tollgate__v1__throttle_limit__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "subscription_limit",
+    29,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__KeyValidationInfo, subscription_limit),
+    &tollgate__v1__throttle_limit__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "api_name",
     30,
     PROTOBUF_C_LABEL_NONE,
@@ -1913,40 +2015,41 @@ static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_d
   },
 };
 static const unsigned tollgate__v1__key_validation_info__field_indices_by_name[] = {
-  16,   /* field[16] = api_name */
+  18,   /* field[18] = api_name */
   10,   /* field[10] = api_policy */
-  17,   /* field[17] = api_publisher */
+  19,   /* field[19] = api_publisher */
   5,   /* field[5] = application_id */
+  16,   /* field[16] = application_limit */
   6,   /* field[6] = application_name */
   8,   /* field[8] = application_policy */
   0,   /* field[0] = authorized */
-  21,   /* field[21] = authorized_domains */
+  23,   /* field[23] = authorized_domains */
   7,   /* field[7] = consumer_key */
   14,   /* field[14] = content_aware */
-  18,   /* field[18] = end_user_name */
-  19,   /* field[19] = end_user_token */
-  23,   /* field[23] = expires_at_unix_ms */
-  22,   /* field[22] = issued_at_unix_ms */
+  20,   /* field[20] = end_user_name */
+  21,   /* field[21] = end_user_token */
+  25,   /* field[25] = expires_at_unix_ms */
+  24,   /* field[24] = issued_at_unix_ms */
   2,   /* field[2] = key_type */
-  20,   /* field[20] = scopes */
+  22,   /* field[22] = scopes */
   11,   /* field[11] = spike_arrest_limit */
   12,   /* field[12] = spike_arrest_unit */
   13,   /* field[13] = stop_on_quota_reach */
   3,   /* field[3] = subscriber */
   4,   /* field[4] = subscriber_tenant_domain */
+  17,   /* field[17] = subscription_limit */
   9,   /* field[9] = subscription_policy */
   15,   /* field[15] = throttling_data */
   1,   /* field[1] = validation_status */
 };
-static const ProtobufCIntRange tollgate__v1__key_validation_info__number_ranges[6 + 1] =
+static const ProtobufCIntRange tollgate__v1__key_validation_info__number_ranges[5 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
   { 20, 8 },
-  { 30, 16 },
-  { 40, 18 },
-  { 50, 22 },
-  { 0, 24 }
+  { 40, 20 },
+  { 50, 24 },
+  { 0, 26 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__key_validation_info__descriptor =
 {
@@ -1956,14 +2059,14 @@ const ProtobufCMessageDescriptor tollgate__v1__key_validation_info__descriptor =
   "Tollgate__V1__KeyValidationInfo",
   "tollgate.v1",
   sizeof(Tollgate__V1__KeyValidationInfo),
-  24,
+  26,
   tollgate__v1__key_validation_info__field_descriptors,
   tollgate__v1__key_validation_info__field_indices_by_name,
-  6,  tollgate__v1__key_validation_info__number_ranges,
+  5,  tollgate__v1__key_validation_info__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__key_validation_info__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_descriptors[4] =
+static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_descriptors[5] =
 {
   {
     "sequence",
@@ -2013,8 +2116,21 @@ static const ProtobufCFieldDescriptor tollgate__v1__token_revocation__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "application_id",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tollgate__V1__TokenRevocation, target_case),
+    offsetof(Tollgate__V1__TokenRevocation, application_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__token_revocation__field_indices_by_name[] = {
+  4,   /* field[4] = application_id */
   2,   /* field[2] = consumer_key */
   1,   /* field[1] = revoked_at_unix_ms */
   0,   /* field[0] = sequence */
@@ -2023,7 +2139,7 @@ static const unsigned tollgate__v1__token_revocation__field_indices_by_name[] = 
 static const ProtobufCIntRange tollgate__v1__token_revocation__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__token_revocation__descriptor =
 {
@@ -2033,7 +2149,7 @@ const ProtobufCMessageDescriptor tollgate__v1__token_revocation__descriptor =
   "Tollgate__V1__TokenRevocation",
   "tollgate.v1",
   sizeof(Tollgate__V1__TokenRevocation),
-  4,
+  5,
   tollgate__v1__token_revocation__field_descriptors,
   tollgate__v1__token_revocation__field_indices_by_name,
   1,  tollgate__v1__token_revocation__number_ranges,

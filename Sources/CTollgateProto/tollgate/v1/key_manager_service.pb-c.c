@@ -997,6 +997,96 @@ void   tollgate__v1__watch_revocations_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__watch_revocations_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__rotate_signing_key_request__init
+                     (Tollgate__V1__RotateSigningKeyRequest         *message)
+{
+  static const Tollgate__V1__RotateSigningKeyRequest init_value = TOLLGATE__V1__ROTATE_SIGNING_KEY_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__rotate_signing_key_request__get_packed_size
+                     (const Tollgate__V1__RotateSigningKeyRequest *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__rotate_signing_key_request__pack
+                     (const Tollgate__V1__RotateSigningKeyRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__rotate_signing_key_request__pack_to_buffer
+                     (const Tollgate__V1__RotateSigningKeyRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__RotateSigningKeyRequest *
+       tollgate__v1__rotate_signing_key_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__RotateSigningKeyRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__rotate_signing_key_request__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__rotate_signing_key_request__free_unpacked
+                     (Tollgate__V1__RotateSigningKeyRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__rotate_signing_key_response__init
+                     (Tollgate__V1__RotateSigningKeyResponse         *message)
+{
+  static const Tollgate__V1__RotateSigningKeyResponse init_value = TOLLGATE__V1__ROTATE_SIGNING_KEY_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__rotate_signing_key_response__get_packed_size
+                     (const Tollgate__V1__RotateSigningKeyResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__rotate_signing_key_response__pack
+                     (const Tollgate__V1__RotateSigningKeyResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__rotate_signing_key_response__pack_to_buffer
+                     (const Tollgate__V1__RotateSigningKeyResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__RotateSigningKeyResponse *
+       tollgate__v1__rotate_signing_key_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__RotateSigningKeyResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__rotate_signing_key_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__rotate_signing_key_response__free_unpacked
+                     (Tollgate__V1__RotateSigningKeyResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tollgate__v1__register_client_request__field_descriptors[2] =
 {
   {
@@ -1396,7 +1486,7 @@ const ProtobufCMessageDescriptor tollgate__v1__regenerate_client_secret_response
   (ProtobufCMessageInit) tollgate__v1__regenerate_client_secret_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__issue_token_request__field_descriptors[9] =
+static const ProtobufCFieldDescriptor tollgate__v1__issue_token_request__field_descriptors[10] =
 {
   {
     "grant_type",
@@ -1506,11 +1596,24 @@ static const ProtobufCFieldDescriptor tollgate__v1__issue_token_request__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "code_verifier",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__IssueTokenRequest, code_verifier),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__issue_token_request__field_indices_by_name[] = {
   1,   /* field[1] = client_id */
   2,   /* field[2] = client_secret */
   7,   /* field[7] = code */
+  9,   /* field[9] = code_verifier */
   0,   /* field[0] = grant_type */
   6,   /* field[6] = password */
   8,   /* field[8] = redirect_uri */
@@ -1522,7 +1625,7 @@ static const ProtobufCIntRange tollgate__v1__issue_token_request__number_ranges[
 {
   { 1, 0 },
   { 10, 5 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__issue_token_request__descriptor =
 {
@@ -1532,7 +1635,7 @@ const ProtobufCMessageDescriptor tollgate__v1__issue_token_request__descriptor =
   "Tollgate__V1__IssueTokenRequest",
   "tollgate.v1",
   sizeof(Tollgate__V1__IssueTokenRequest),
-  9,
+  10,
   tollgate__v1__issue_token_request__field_descriptors,
   tollgate__v1__issue_token_request__field_indices_by_name,
   2,  tollgate__v1__issue_token_request__number_ranges,
@@ -1858,7 +1961,7 @@ const ProtobufCMessageDescriptor tollgate__v1__introspect_request__descriptor =
   (ProtobufCMessageInit) tollgate__v1__introspect_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__introspect_response__field_descriptors[9] =
+static const ProtobufCFieldDescriptor tollgate__v1__introspect_response__field_descriptors[10] =
 {
   {
     "active",
@@ -1968,9 +2071,22 @@ static const ProtobufCFieldDescriptor tollgate__v1__introspect_response__field_d
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "application_id",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__IntrospectResponse, application_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__introspect_response__field_indices_by_name[] = {
   0,   /* field[0] = active */
+  9,   /* field[9] = application_id */
   2,   /* field[2] = client_id */
   8,   /* field[8] = expires_at_unix_ms */
   7,   /* field[7] = issued_at_unix_ms */
@@ -1983,7 +2099,7 @@ static const unsigned tollgate__v1__introspect_response__field_indices_by_name[]
 static const ProtobufCIntRange tollgate__v1__introspect_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__introspect_response__descriptor =
 {
@@ -1993,7 +2109,7 @@ const ProtobufCMessageDescriptor tollgate__v1__introspect_response__descriptor =
   "Tollgate__V1__IntrospectResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__IntrospectResponse),
-  9,
+  10,
   tollgate__v1__introspect_response__field_descriptors,
   tollgate__v1__introspect_response__field_indices_by_name,
   1,  tollgate__v1__introspect_response__number_ranges,
@@ -2256,7 +2372,96 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_response__descr
   (ProtobufCMessageInit) tollgate__v1__watch_revocations_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method_descriptors[11] =
+static const ProtobufCFieldDescriptor tollgate__v1__rotate_signing_key_request__field_descriptors[1] =
+{
+  {
+    "retire_previous",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__RotateSigningKeyRequest, retire_previous),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__rotate_signing_key_request__field_indices_by_name[] = {
+  0,   /* field[0] = retire_previous */
+};
+static const ProtobufCIntRange tollgate__v1__rotate_signing_key_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.RotateSigningKeyRequest",
+  "RotateSigningKeyRequest",
+  "Tollgate__V1__RotateSigningKeyRequest",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__RotateSigningKeyRequest),
+  1,
+  tollgate__v1__rotate_signing_key_request__field_descriptors,
+  tollgate__v1__rotate_signing_key_request__field_indices_by_name,
+  1,  tollgate__v1__rotate_signing_key_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__rotate_signing_key_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__rotate_signing_key_response__field_descriptors[2] =
+{
+  {
+    "kid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__RotateSigningKeyResponse, kid),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "published_kids",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tollgate__V1__RotateSigningKeyResponse, n_published_kids),
+    offsetof(Tollgate__V1__RotateSigningKeyResponse, published_kids),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__rotate_signing_key_response__field_indices_by_name[] = {
+  0,   /* field[0] = kid */
+  1,   /* field[1] = published_kids */
+};
+static const ProtobufCIntRange tollgate__v1__rotate_signing_key_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.RotateSigningKeyResponse",
+  "RotateSigningKeyResponse",
+  "Tollgate__V1__RotateSigningKeyResponse",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__RotateSigningKeyResponse),
+  2,
+  tollgate__v1__rotate_signing_key_response__field_descriptors,
+  tollgate__v1__rotate_signing_key_response__field_indices_by_name,
+  1,  tollgate__v1__rotate_signing_key_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__rotate_signing_key_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method_descriptors[12] =
 {
   { "RegisterClient", &tollgate__v1__register_client_request__descriptor, &tollgate__v1__register_client_response__descriptor },
   { "UpdateClient", &tollgate__v1__update_client_request__descriptor, &tollgate__v1__update_client_response__descriptor },
@@ -2269,6 +2474,7 @@ static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method
   { "Introspect", &tollgate__v1__introspect_request__descriptor, &tollgate__v1__introspect_response__descriptor },
   { "ValidateKey", &tollgate__v1__validate_key_request__descriptor, &tollgate__v1__validate_key_response__descriptor },
   { "WatchRevocations", &tollgate__v1__watch_revocations_request__descriptor, &tollgate__v1__watch_revocations_response__descriptor },
+  { "RotateSigningKey", &tollgate__v1__rotate_signing_key_request__descriptor, &tollgate__v1__rotate_signing_key_response__descriptor },
 };
 const unsigned tollgate__v1__key_manager_service__method_indices_by_name[] = {
   2,        /* DeleteClient */
@@ -2279,6 +2485,7 @@ const unsigned tollgate__v1__key_manager_service__method_indices_by_name[] = {
   4,        /* RegenerateClientSecret */
   0,        /* RegisterClient */
   7,        /* RevokeToken */
+  11,        /* RotateSigningKey */
   1,        /* UpdateClient */
   9,        /* ValidateKey */
   10         /* WatchRevocations */
@@ -2290,7 +2497,7 @@ const ProtobufCServiceDescriptor tollgate__v1__key_manager_service__descriptor =
   "KeyManagerService",
   "Tollgate__V1__KeyManagerService",
   "tollgate.v1",
-  11,
+  12,
   tollgate__v1__key_manager_service__method_descriptors,
   tollgate__v1__key_manager_service__method_indices_by_name
 };
@@ -2381,6 +2588,14 @@ void tollgate__v1__key_manager_service__watch_revocations(ProtobufCService *serv
 {
   assert(service->descriptor == &tollgate__v1__key_manager_service__descriptor);
   service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void tollgate__v1__key_manager_service__rotate_signing_key(ProtobufCService *service,
+                                                           const Tollgate__V1__RotateSigningKeyRequest *input,
+                                                           Tollgate__V1__RotateSigningKeyResponse_Closure closure,
+                                                           void *closure_data)
+{
+  assert(service->descriptor == &tollgate__v1__key_manager_service__descriptor);
+  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Service *service,
                                               Tollgate__V1__KeyManagerService_ServiceDestroy destroy)

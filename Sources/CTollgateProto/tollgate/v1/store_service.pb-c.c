@@ -727,6 +727,96 @@ void   tollgate__v1__list_applications_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__list_applications_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__get_application_request__init
+                     (Tollgate__V1__GetApplicationRequest         *message)
+{
+  static const Tollgate__V1__GetApplicationRequest init_value = TOLLGATE__V1__GET_APPLICATION_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__get_application_request__get_packed_size
+                     (const Tollgate__V1__GetApplicationRequest *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__get_application_request__pack
+                     (const Tollgate__V1__GetApplicationRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__get_application_request__pack_to_buffer
+                     (const Tollgate__V1__GetApplicationRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__GetApplicationRequest *
+       tollgate__v1__get_application_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__GetApplicationRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__get_application_request__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__get_application_request__free_unpacked
+                     (Tollgate__V1__GetApplicationRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__get_application_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__get_application_response__init
+                     (Tollgate__V1__GetApplicationResponse         *message)
+{
+  static const Tollgate__V1__GetApplicationResponse init_value = TOLLGATE__V1__GET_APPLICATION_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__get_application_response__get_packed_size
+                     (const Tollgate__V1__GetApplicationResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__get_application_response__pack
+                     (const Tollgate__V1__GetApplicationResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__get_application_response__pack_to_buffer
+                     (const Tollgate__V1__GetApplicationResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_application_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__GetApplicationResponse *
+       tollgate__v1__get_application_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__GetApplicationResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__get_application_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__get_application_response__free_unpacked
+                     (Tollgate__V1__GetApplicationResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__get_application_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tollgate__v1__subscribe_request__init
                      (Tollgate__V1__SubscribeRequest         *message)
 {
@@ -2204,6 +2294,95 @@ const ProtobufCMessageDescriptor tollgate__v1__list_applications_response__descr
   (ProtobufCMessageInit) tollgate__v1__list_applications_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor tollgate__v1__get_application_request__field_descriptors[1] =
+{
+  {
+    "application_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetApplicationRequest, application_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__get_application_request__field_indices_by_name[] = {
+  0,   /* field[0] = application_id */
+};
+static const ProtobufCIntRange tollgate__v1__get_application_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__get_application_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.GetApplicationRequest",
+  "GetApplicationRequest",
+  "Tollgate__V1__GetApplicationRequest",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__GetApplicationRequest),
+  1,
+  tollgate__v1__get_application_request__field_descriptors,
+  tollgate__v1__get_application_request__field_indices_by_name,
+  1,  tollgate__v1__get_application_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__get_application_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__get_application_response__field_descriptors[2] =
+{
+  {
+    "application",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetApplicationResponse, application),
+    &tollgate__v1__application__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "keys",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__GetApplicationResponse, n_keys),
+    offsetof(Tollgate__V1__GetApplicationResponse, keys),
+    &tollgate__v1__application_key__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__get_application_response__field_indices_by_name[] = {
+  0,   /* field[0] = application */
+  1,   /* field[1] = keys */
+};
+static const ProtobufCIntRange tollgate__v1__get_application_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__get_application_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.GetApplicationResponse",
+  "GetApplicationResponse",
+  "Tollgate__V1__GetApplicationResponse",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__GetApplicationResponse),
+  2,
+  tollgate__v1__get_application_response__field_descriptors,
+  tollgate__v1__get_application_response__field_indices_by_name,
+  1,  tollgate__v1__get_application_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__get_application_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor tollgate__v1__subscribe_request__field_descriptors[3] =
 {
   {
@@ -3137,7 +3316,7 @@ const ProtobufCMessageDescriptor tollgate__v1__sign_up_response__descriptor =
   (ProtobufCMessageInit) tollgate__v1__sign_up_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor tollgate__v1__store_service__method_descriptors[16] =
+static const ProtobufCMethodDescriptor tollgate__v1__store_service__method_descriptors[17] =
 {
   { "ListPublishedApis", &tollgate__v1__list_published_apis_request__descriptor, &tollgate__v1__list_published_apis_response__descriptor },
   { "SearchPublishedApis", &tollgate__v1__search_published_apis_request__descriptor, &tollgate__v1__search_published_apis_response__descriptor },
@@ -3147,6 +3326,7 @@ static const ProtobufCMethodDescriptor tollgate__v1__store_service__method_descr
   { "UpdateApplication", &tollgate__v1__update_application_request__descriptor, &tollgate__v1__update_application_response__descriptor },
   { "DeleteApplication", &tollgate__v1__delete_application_request__descriptor, &tollgate__v1__delete_application_response__descriptor },
   { "ListApplications", &tollgate__v1__list_applications_request__descriptor, &tollgate__v1__list_applications_response__descriptor },
+  { "GetApplication", &tollgate__v1__get_application_request__descriptor, &tollgate__v1__get_application_response__descriptor },
   { "Subscribe", &tollgate__v1__subscribe_request__descriptor, &tollgate__v1__subscribe_response__descriptor },
   { "Unsubscribe", &tollgate__v1__unsubscribe_request__descriptor, &tollgate__v1__unsubscribe_response__descriptor },
   { "ListSubscriptions", &tollgate__v1__list_subscriptions_request__descriptor, &tollgate__v1__list_subscriptions_response__descriptor },
@@ -3159,19 +3339,20 @@ static const ProtobufCMethodDescriptor tollgate__v1__store_service__method_descr
 const unsigned tollgate__v1__store_service__method_indices_by_name[] = {
   4,        /* CreateApplication */
   6,        /* DeleteApplication */
-  13,        /* GenerateApplicationToken */
-  11,        /* GenerateKeys */
+  14,        /* GenerateApplicationToken */
+  12,        /* GenerateKeys */
   2,        /* GetApiDetails */
   3,        /* GetApiDocument */
+  8,        /* GetApplication */
   7,        /* ListApplications */
   0,        /* ListPublishedApis */
-  10,        /* ListSubscriptions */
-  12,        /* RegenerateSecret */
-  14,        /* RevokeApplicationToken */
+  11,        /* ListSubscriptions */
+  13,        /* RegenerateSecret */
+  15,        /* RevokeApplicationToken */
   1,        /* SearchPublishedApis */
-  15,        /* SignUp */
-  8,        /* Subscribe */
-  9,        /* Unsubscribe */
+  16,        /* SignUp */
+  9,        /* Subscribe */
+  10,        /* Unsubscribe */
   5         /* UpdateApplication */
 };
 const ProtobufCServiceDescriptor tollgate__v1__store_service__descriptor =
@@ -3181,7 +3362,7 @@ const ProtobufCServiceDescriptor tollgate__v1__store_service__descriptor =
   "StoreService",
   "Tollgate__V1__StoreService",
   "tollgate.v1",
-  16,
+  17,
   tollgate__v1__store_service__method_descriptors,
   tollgate__v1__store_service__method_indices_by_name
 };
@@ -3249,13 +3430,21 @@ void tollgate__v1__store_service__list_applications(ProtobufCService *service,
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
   service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void tollgate__v1__store_service__get_application(ProtobufCService *service,
+                                                  const Tollgate__V1__GetApplicationRequest *input,
+                                                  Tollgate__V1__GetApplicationResponse_Closure closure,
+                                                  void *closure_data)
+{
+  assert(service->descriptor == &tollgate__v1__store_service__descriptor);
+  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void tollgate__v1__store_service__subscribe(ProtobufCService *service,
                                             const Tollgate__V1__SubscribeRequest *input,
                                             Tollgate__V1__SubscribeResponse_Closure closure,
                                             void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__unsubscribe(ProtobufCService *service,
                                               const Tollgate__V1__UnsubscribeRequest *input,
@@ -3263,7 +3452,7 @@ void tollgate__v1__store_service__unsubscribe(ProtobufCService *service,
                                               void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__list_subscriptions(ProtobufCService *service,
                                                      const Tollgate__V1__ListSubscriptionsRequest *input,
@@ -3271,7 +3460,7 @@ void tollgate__v1__store_service__list_subscriptions(ProtobufCService *service,
                                                      void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__generate_keys(ProtobufCService *service,
                                                 const Tollgate__V1__GenerateKeysRequest *input,
@@ -3279,7 +3468,7 @@ void tollgate__v1__store_service__generate_keys(ProtobufCService *service,
                                                 void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__regenerate_secret(ProtobufCService *service,
                                                     const Tollgate__V1__RegenerateSecretRequest *input,
@@ -3287,7 +3476,7 @@ void tollgate__v1__store_service__regenerate_secret(ProtobufCService *service,
                                                     void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__generate_application_token(ProtobufCService *service,
                                                              const Tollgate__V1__GenerateApplicationTokenRequest *input,
@@ -3295,7 +3484,7 @@ void tollgate__v1__store_service__generate_application_token(ProtobufCService *s
                                                              void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 13, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__revoke_application_token(ProtobufCService *service,
                                                            const Tollgate__V1__RevokeApplicationTokenRequest *input,
@@ -3303,7 +3492,7 @@ void tollgate__v1__store_service__revoke_application_token(ProtobufCService *ser
                                                            void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 14, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__sign_up(ProtobufCService *service,
                                           const Tollgate__V1__SignUpRequest *input,
@@ -3311,7 +3500,7 @@ void tollgate__v1__store_service__sign_up(ProtobufCService *service,
                                           void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__store_service__descriptor);
-  service->invoke(service, 15, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 16, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__store_service__init (Tollgate__V1__StoreService_Service *service,
                                         Tollgate__V1__StoreService_ServiceDestroy destroy)

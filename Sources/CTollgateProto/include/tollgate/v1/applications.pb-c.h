@@ -15,6 +15,7 @@ PROTOBUF_C__BEGIN_DECLS
 #endif
 
 #include "tollgate/v1/common.pb-c.h"
+#include "tollgate/v1/throttling.pb-c.h"
 
 typedef struct Tollgate__V1__Application Tollgate__V1__Application;
 typedef struct Tollgate__V1__Subscription Tollgate__V1__Subscription;
@@ -288,10 +289,15 @@ struct  Tollgate__V1__OAuthClient
   int64_t refresh_token_validity_seconds;
   int64_t created_at_unix_ms;
   int64_t updated_at_unix_ms;
+  /*
+   * Tokens issued before this instant are revoked (the secret was
+   * regenerated): one write however many tokens the client holds.
+   */
+  int64_t tokens_revoked_before_unix_ms;
 };
 #define TOLLGATE__V1__OAUTH_CLIENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__oauth_client__descriptor) \
-    , (char *)protobuf_c_empty_string, NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, 0,NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, 0,NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
 
 
 typedef enum {
@@ -326,6 +332,16 @@ struct  Tollgate__V1__OAuthToken
   Tollgate__V1__GrantType grant_type;
   size_t n_scopes;
   char **scopes;
+  /*
+   * Tokens descending from one grant through refresh-token rotation share
+   * it; presenting a used refresh token again revokes the whole family.
+   */
+  ProtobufCBinaryData family_id;
+  /*
+   * The access token is a signed JWT (the application's token format);
+   * gateways check those locally and drop them on revocation.
+   */
+  protobuf_c_boolean jwt;
   int64_t issued_at_unix_ms;
   Tollgate__V1__TokenState state;
   /*
@@ -340,7 +356,7 @@ struct  Tollgate__V1__OAuthToken
 };
 #define TOLLGATE__V1__OAUTH_TOKEN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__oauth_token__descriptor) \
-    , {0,NULL}, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, {0,NULL}, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__TOKEN_USER_TYPE__TOKEN_USER_TYPE_UNSPECIFIED, TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, 0,NULL, 0, TOLLGATE__V1__TOKEN_STATE__TOKEN_STATE_UNSPECIFIED, 0, TOLLGATE__V1__OAUTH_TOKEN___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
+    , {0,NULL}, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, {0,NULL}, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__TOKEN_USER_TYPE__TOKEN_USER_TYPE_UNSPECIFIED, TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, 0,NULL, {0,NULL}, 0, 0, TOLLGATE__V1__TOKEN_STATE__TOKEN_STATE_UNSPECIFIED, 0, TOLLGATE__V1__OAUTH_TOKEN___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
 
 
 /*
@@ -363,10 +379,21 @@ struct  Tollgate__V1__AuthorizationCode
   int64_t issued_at_unix_ms;
   int64_t expires_at_unix_ms;
   protobuf_c_boolean used;
+  /*
+   * PKCE (RFC 7636): the challenge the client sent to the authorization
+   * endpoint, and its method (only `S256` is accepted).
+   */
+  char *code_challenge;
+  char *code_challenge_method;
+  /*
+   * Tokens issued for this code, so a second exchange revokes them (RFC
+   * 6749 §4.1.2).
+   */
+  ProtobufCBinaryData family_id;
 };
 #define TOLLGATE__V1__AUTHORIZATION_CODE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__authorization_code__descriptor) \
-    , {0,NULL}, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , {0,NULL}, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, {0,NULL} }
 
 
 /*
@@ -451,6 +478,12 @@ struct  Tollgate__V1__KeyValidationInfo
    */
   size_t n_throttling_data;
   char **throttling_data;
+  /*
+   * The limits of the two policies, so the gateway needs no other lookup
+   * (absent when the policy is unknown or unlimited).
+   */
+  Tollgate__V1__ThrottleLimit *application_limit;
+  Tollgate__V1__ThrottleLimit *subscription_limit;
   char *api_name;
   char *api_publisher;
   /*
@@ -473,13 +506,14 @@ struct  Tollgate__V1__KeyValidationInfo
 };
 #define TOLLGATE__V1__KEY_VALIDATION_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__key_validation_info__descriptor) \
-    , 0, 0, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__TIME_UNIT__TIME_UNIT_UNSPECIFIED, 0, 0, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0, TOLLGATE__V1__KEY_VALIDATION_INFO___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
+    , 0, 0, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__TIME_UNIT__TIME_UNIT_UNSPECIFIED, 0, 0, 0,NULL, NULL, NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0, TOLLGATE__V1__KEY_VALIDATION_INFO___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
 
 
 typedef enum {
   TOLLGATE__V1__TOKEN_REVOCATION__TARGET__NOT_SET = 0,
   TOLLGATE__V1__TOKEN_REVOCATION__TARGET_CONSUMER_KEY = 3,
-  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_TOKEN_HASH = 4
+  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_TOKEN_HASH = 4,
+  TOLLGATE__V1__TOKEN_REVOCATION__TARGET_APPLICATION_ID = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__TOKEN_REVOCATION__TARGET__CASE)
 } Tollgate__V1__TokenRevocation__TargetCase;
 
@@ -503,9 +537,14 @@ struct  Tollgate__V1__TokenRevocation
      */
     char *consumer_key;
     /*
-     * One access token, by its SHA-256.
+     * One access token, by its SHA-256 (for JWTs, of the whole JWT).
      */
     ProtobufCBinaryData token_hash;
+    /*
+     * Every cached result for this application: it was deleted, or one of
+     * its subscriptions was blocked, changed or removed.
+     */
+    char *application_id;
   };
 };
 #define TOLLGATE__V1__TOKEN_REVOCATION__INIT \

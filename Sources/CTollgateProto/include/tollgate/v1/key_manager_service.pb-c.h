@@ -40,6 +40,8 @@ typedef struct Tollgate__V1__ValidateKeyRequest Tollgate__V1__ValidateKeyRequest
 typedef struct Tollgate__V1__ValidateKeyResponse Tollgate__V1__ValidateKeyResponse;
 typedef struct Tollgate__V1__WatchRevocationsRequest Tollgate__V1__WatchRevocationsRequest;
 typedef struct Tollgate__V1__WatchRevocationsResponse Tollgate__V1__WatchRevocationsResponse;
+typedef struct Tollgate__V1__RotateSigningKeyRequest Tollgate__V1__RotateSigningKeyRequest;
+typedef struct Tollgate__V1__RotateSigningKeyResponse Tollgate__V1__RotateSigningKeyResponse;
 
 
 /* --- enums --- */
@@ -191,10 +193,14 @@ struct  Tollgate__V1__IssueTokenRequest
    */
   char *code;
   char *redirect_uri;
+  /*
+   * PKCE (RFC 7636): required when the code was issued with a challenge.
+   */
+  char *code_verifier;
 };
 #define TOLLGATE__V1__ISSUE_TOKEN_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__issue_token_request__descriptor) \
-    , TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , TOLLGATE__V1__GRANT_TYPE__GRANT_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 struct  Tollgate__V1__IssueTokenResponse
@@ -297,6 +303,7 @@ struct  Tollgate__V1__IntrospectResponse
   size_t n_scopes;
   char **scopes;
   int64_t issued_at_unix_ms;
+  char *application_id;
   Tollgate__V1__IntrospectResponse__ExpiresAtUnixMsCase _expires_at_unix_ms_case;
   union {
     int64_t expires_at_unix_ms;
@@ -304,7 +311,7 @@ struct  Tollgate__V1__IntrospectResponse
 };
 #define TOLLGATE__V1__INTROSPECT_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__introspect_response__descriptor) \
-    , 0, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, 0,NULL, 0, TOLLGATE__V1__INTROSPECT_RESPONSE___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
+    , 0, TOLLGATE__V1__TOKEN_KIND__TOKEN_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, 0,NULL, 0, (char *)protobuf_c_empty_string, TOLLGATE__V1__INTROSPECT_RESPONSE___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
 
 
 typedef enum {
@@ -392,6 +399,38 @@ struct  Tollgate__V1__WatchRevocationsResponse
 #define TOLLGATE__V1__WATCH_REVOCATIONS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__watch_revocations_response__descriptor) \
     , 0, 0,NULL, 0 }
+
+
+struct  Tollgate__V1__RotateSigningKeyRequest
+{
+  ProtobufCMessage base;
+  /*
+   * Removes every earlier key from the JWKS at once: tokens they signed
+   * stop verifying on gateways (a leaked key, say).
+   */
+  protobuf_c_boolean retire_previous;
+};
+#define TOLLGATE__V1__ROTATE_SIGNING_KEY_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__rotate_signing_key_request__descriptor) \
+    , 0 }
+
+
+struct  Tollgate__V1__RotateSigningKeyResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Key id of the new signing key.
+   */
+  char *kid;
+  /*
+   * Every key id the JWKS now publishes, newest first.
+   */
+  size_t n_published_kids;
+  char **published_kids;
+};
+#define TOLLGATE__V1__ROTATE_SIGNING_KEY_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__rotate_signing_key_response__descriptor) \
+    , (char *)protobuf_c_empty_string, 0,NULL }
 
 
 /* Tollgate__V1__RegisterClientRequest methods */
@@ -812,6 +851,44 @@ Tollgate__V1__WatchRevocationsResponse *
 void   tollgate__v1__watch_revocations_response__free_unpacked
                      (Tollgate__V1__WatchRevocationsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__RotateSigningKeyRequest methods */
+void   tollgate__v1__rotate_signing_key_request__init
+                     (Tollgate__V1__RotateSigningKeyRequest         *message);
+size_t tollgate__v1__rotate_signing_key_request__get_packed_size
+                     (const Tollgate__V1__RotateSigningKeyRequest   *message);
+size_t tollgate__v1__rotate_signing_key_request__pack
+                     (const Tollgate__V1__RotateSigningKeyRequest   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__rotate_signing_key_request__pack_to_buffer
+                     (const Tollgate__V1__RotateSigningKeyRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__RotateSigningKeyRequest *
+       tollgate__v1__rotate_signing_key_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__rotate_signing_key_request__free_unpacked
+                     (Tollgate__V1__RotateSigningKeyRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__RotateSigningKeyResponse methods */
+void   tollgate__v1__rotate_signing_key_response__init
+                     (Tollgate__V1__RotateSigningKeyResponse         *message);
+size_t tollgate__v1__rotate_signing_key_response__get_packed_size
+                     (const Tollgate__V1__RotateSigningKeyResponse   *message);
+size_t tollgate__v1__rotate_signing_key_response__pack
+                     (const Tollgate__V1__RotateSigningKeyResponse   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__rotate_signing_key_response__pack_to_buffer
+                     (const Tollgate__V1__RotateSigningKeyResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__RotateSigningKeyResponse *
+       tollgate__v1__rotate_signing_key_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__rotate_signing_key_response__free_unpacked
+                     (Tollgate__V1__RotateSigningKeyResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tollgate__V1__RegisterClientRequest_Closure)
@@ -880,6 +957,12 @@ typedef void (*Tollgate__V1__WatchRevocationsRequest_Closure)
 typedef void (*Tollgate__V1__WatchRevocationsResponse_Closure)
                  (const Tollgate__V1__WatchRevocationsResponse *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__RotateSigningKeyRequest_Closure)
+                 (const Tollgate__V1__RotateSigningKeyRequest *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__RotateSigningKeyResponse_Closure)
+                 (const Tollgate__V1__RotateSigningKeyResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -931,6 +1014,10 @@ struct Tollgate__V1__KeyManagerService_Service
                             const Tollgate__V1__WatchRevocationsRequest *input,
                             Tollgate__V1__WatchRevocationsResponse_Closure closure,
                             void *closure_data);
+  void (*rotate_signing_key)(Tollgate__V1__KeyManagerService_Service *service,
+                             const Tollgate__V1__RotateSigningKeyRequest *input,
+                             Tollgate__V1__RotateSigningKeyResponse_Closure closure,
+                             void *closure_data);
 };
 typedef void (*Tollgate__V1__KeyManagerService_ServiceDestroy)(Tollgate__V1__KeyManagerService_Service *);
 void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Service *service,
@@ -949,7 +1036,8 @@ void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Se
       function_prefix__ ## revoke_token,\
       function_prefix__ ## introspect,\
       function_prefix__ ## validate_key,\
-      function_prefix__ ## watch_revocations  }
+      function_prefix__ ## watch_revocations,\
+      function_prefix__ ## rotate_signing_key  }
 void tollgate__v1__key_manager_service__register_client(ProtobufCService *service,
                                                         const Tollgate__V1__RegisterClientRequest *input,
                                                         Tollgate__V1__RegisterClientResponse_Closure closure,
@@ -994,6 +1082,10 @@ void tollgate__v1__key_manager_service__watch_revocations(ProtobufCService *serv
                                                           const Tollgate__V1__WatchRevocationsRequest *input,
                                                           Tollgate__V1__WatchRevocationsResponse_Closure closure,
                                                           void *closure_data);
+void tollgate__v1__key_manager_service__rotate_signing_key(ProtobufCService *service,
+                                                           const Tollgate__V1__RotateSigningKeyRequest *input,
+                                                           Tollgate__V1__RotateSigningKeyResponse_Closure closure,
+                                                           void *closure_data);
 
 /* --- descriptors --- */
 
@@ -1019,6 +1111,8 @@ extern const ProtobufCMessageDescriptor tollgate__v1__validate_key_request__desc
 extern const ProtobufCMessageDescriptor tollgate__v1__validate_key_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_response__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_request__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_response__descriptor;
 extern const ProtobufCServiceDescriptor tollgate__v1__key_manager_service__descriptor;
 
 PROTOBUF_C__END_DECLS

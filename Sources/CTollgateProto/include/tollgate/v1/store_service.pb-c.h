@@ -37,6 +37,8 @@ typedef struct Tollgate__V1__DeleteApplicationRequest Tollgate__V1__DeleteApplic
 typedef struct Tollgate__V1__DeleteApplicationResponse Tollgate__V1__DeleteApplicationResponse;
 typedef struct Tollgate__V1__ListApplicationsRequest Tollgate__V1__ListApplicationsRequest;
 typedef struct Tollgate__V1__ListApplicationsResponse Tollgate__V1__ListApplicationsResponse;
+typedef struct Tollgate__V1__GetApplicationRequest Tollgate__V1__GetApplicationRequest;
+typedef struct Tollgate__V1__GetApplicationResponse Tollgate__V1__GetApplicationResponse;
 typedef struct Tollgate__V1__SubscribeRequest Tollgate__V1__SubscribeRequest;
 typedef struct Tollgate__V1__SubscribeResponse Tollgate__V1__SubscribeResponse;
 typedef struct Tollgate__V1__UnsubscribeRequest Tollgate__V1__UnsubscribeRequest;
@@ -263,6 +265,31 @@ struct  Tollgate__V1__ListApplicationsResponse
 #define TOLLGATE__V1__LIST_APPLICATIONS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__list_applications_response__descriptor) \
     , 0,NULL, NULL }
+
+
+struct  Tollgate__V1__GetApplicationRequest
+{
+  ProtobufCMessage base;
+  char *application_id;
+};
+#define TOLLGATE__V1__GET_APPLICATION_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__get_application_request__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  Tollgate__V1__GetApplicationResponse
+{
+  ProtobufCMessage base;
+  Tollgate__V1__Application *application;
+  /*
+   * Its keys, one per key type that has been generated.
+   */
+  size_t n_keys;
+  Tollgate__V1__ApplicationKey **keys;
+};
+#define TOLLGATE__V1__GET_APPLICATION_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__get_application_response__descriptor) \
+    , NULL, 0,NULL }
 
 
 struct  Tollgate__V1__SubscribeRequest
@@ -789,6 +816,44 @@ Tollgate__V1__ListApplicationsResponse *
 void   tollgate__v1__list_applications_response__free_unpacked
                      (Tollgate__V1__ListApplicationsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__GetApplicationRequest methods */
+void   tollgate__v1__get_application_request__init
+                     (Tollgate__V1__GetApplicationRequest         *message);
+size_t tollgate__v1__get_application_request__get_packed_size
+                     (const Tollgate__V1__GetApplicationRequest   *message);
+size_t tollgate__v1__get_application_request__pack
+                     (const Tollgate__V1__GetApplicationRequest   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__get_application_request__pack_to_buffer
+                     (const Tollgate__V1__GetApplicationRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__GetApplicationRequest *
+       tollgate__v1__get_application_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__get_application_request__free_unpacked
+                     (Tollgate__V1__GetApplicationRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__GetApplicationResponse methods */
+void   tollgate__v1__get_application_response__init
+                     (Tollgate__V1__GetApplicationResponse         *message);
+size_t tollgate__v1__get_application_response__get_packed_size
+                     (const Tollgate__V1__GetApplicationResponse   *message);
+size_t tollgate__v1__get_application_response__pack
+                     (const Tollgate__V1__GetApplicationResponse   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__get_application_response__pack_to_buffer
+                     (const Tollgate__V1__GetApplicationResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__GetApplicationResponse *
+       tollgate__v1__get_application_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__get_application_response__free_unpacked
+                     (Tollgate__V1__GetApplicationResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Tollgate__V1__SubscribeRequest methods */
 void   tollgate__v1__subscribe_request__init
                      (Tollgate__V1__SubscribeRequest         *message);
@@ -1143,6 +1208,12 @@ typedef void (*Tollgate__V1__ListApplicationsRequest_Closure)
 typedef void (*Tollgate__V1__ListApplicationsResponse_Closure)
                  (const Tollgate__V1__ListApplicationsResponse *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__GetApplicationRequest_Closure)
+                 (const Tollgate__V1__GetApplicationRequest *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__GetApplicationResponse_Closure)
+                 (const Tollgate__V1__GetApplicationResponse *message,
+                  void *closure_data);
 typedef void (*Tollgate__V1__SubscribeRequest_Closure)
                  (const Tollgate__V1__SubscribeRequest *message,
                   void *closure_data);
@@ -1230,6 +1301,10 @@ struct Tollgate__V1__StoreService_Service
                             const Tollgate__V1__ListApplicationsRequest *input,
                             Tollgate__V1__ListApplicationsResponse_Closure closure,
                             void *closure_data);
+  void (*get_application)(Tollgate__V1__StoreService_Service *service,
+                          const Tollgate__V1__GetApplicationRequest *input,
+                          Tollgate__V1__GetApplicationResponse_Closure closure,
+                          void *closure_data);
   void (*subscribe)(Tollgate__V1__StoreService_Service *service,
                     const Tollgate__V1__SubscribeRequest *input,
                     Tollgate__V1__SubscribeResponse_Closure closure,
@@ -1278,6 +1353,7 @@ void tollgate__v1__store_service__init (Tollgate__V1__StoreService_Service *serv
       function_prefix__ ## update_application,\
       function_prefix__ ## delete_application,\
       function_prefix__ ## list_applications,\
+      function_prefix__ ## get_application,\
       function_prefix__ ## subscribe,\
       function_prefix__ ## unsubscribe,\
       function_prefix__ ## list_subscriptions,\
@@ -1318,6 +1394,10 @@ void tollgate__v1__store_service__list_applications(ProtobufCService *service,
                                                     const Tollgate__V1__ListApplicationsRequest *input,
                                                     Tollgate__V1__ListApplicationsResponse_Closure closure,
                                                     void *closure_data);
+void tollgate__v1__store_service__get_application(ProtobufCService *service,
+                                                  const Tollgate__V1__GetApplicationRequest *input,
+                                                  Tollgate__V1__GetApplicationResponse_Closure closure,
+                                                  void *closure_data);
 void tollgate__v1__store_service__subscribe(ProtobufCService *service,
                                             const Tollgate__V1__SubscribeRequest *input,
                                             Tollgate__V1__SubscribeResponse_Closure closure,
@@ -1369,6 +1449,8 @@ extern const ProtobufCMessageDescriptor tollgate__v1__delete_application_request
 extern const ProtobufCMessageDescriptor tollgate__v1__delete_application_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__list_applications_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__list_applications_response__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__get_application_request__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__get_application_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__subscribe_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__subscribe_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__unsubscribe_request__descriptor;
