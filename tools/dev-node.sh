@@ -2,11 +2,20 @@
 # Runs an all-in-one development node (every role in one process), as
 # `make run` does. First run: makes a throwaway cluster CA, a node
 # certificate for localhost, an admin password and a config under .dev/.
-# Later runs reuse them, so data and sessions survive restarts.
+# Later runs reuse them, so data and sessions survive restarts. It also
+# points tollctl at the node (tollctl.toml in $XDG_CONFIG_HOME/tollgate,
+# unless a tollctl.toml of the user's own is there), so another shell needs
+# no exports.
+#
+# TOLLGATE_DEV_DIR, TOLLGATE_DEV_CLUSTER, TOLLGATE_DEV_ADMIN and TOLLGATE_DEV_OAUTH move the
+# directory and listeners (the walkthrough test runs a node of its own).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: tools/dev-node.sh BIN_DIR}
-dev="$top/.dev"
+dev=${TOLLGATE_DEV_DIR:-$top/.dev}
+cluster=${TOLLGATE_DEV_CLUSTER:-127.0.0.1:7443}
+admin=${TOLLGATE_DEV_ADMIN:-127.0.0.1:7444}
+oauth=${TOLLGATE_DEV_OAUTH:-127.0.0.1:7445}
 mkdir -p "$dev/data"
 if [ ! -f "$dev/certs/ca.pem" ]; then
     "$bin/tollctl" certs create-ca --out "$dev/certs" --name "Tollgate dev CA" >/dev/null
@@ -24,9 +33,9 @@ roles = ["publisher", "store", "keymanager", "gateway", "trafficmanager", "analy
 data_directory = "data"
 
 [listen]
-cluster = "127.0.0.1:7443"
-admin = "127.0.0.1:7444"
-oauth = "127.0.0.1:7445"
+cluster = "$cluster"
+admin = "$admin"
+oauth = "$oauth"
 
 [tls]
 ca = "certs/ca.pem"
@@ -40,12 +49,36 @@ bootstrap_password_file = "admin.password"
 [store]
 self_signup_tenants = "*"
 TOML
-mkdir -p "${XDG_CONFIG_HOME:-$HOME/.config}/tollgate"
-cat <<MSG
-Development node: admin listener 127.0.0.1:7444, user admin, password in .dev/admin.password.
-In another shell:
-  export TOLLCTL_NODE=127.0.0.1:7444 TOLLCTL_CA=$dev/certs/ca.pem
-  $bin/tollctl login --user admin --password-stdin < $dev/admin.password
-  $bin/tollctl cluster status
+
+# tollctl's settings for this node. A tollctl.toml this script did not write
+# is the user's own and stays as it is.
+config_dir="${XDG_CONFIG_HOME:-$HOME/.config}/tollgate"
+tollctl_config="$config_dir/tollctl.toml"
+marker="# Written by tools/dev-node.sh (make run) for the development node;"
+mkdir -p "$config_dir"
+if [ ! -e "$tollctl_config" ] || head -n 1 "$tollctl_config" | grep -qF "$marker"; then
+    cat > "$tollctl_config" <<TOML
+$marker
+# make run writes it again; to keep changes, remove this first line.
+node = "$admin"
+ca = "$dev/certs/ca.pem"
+user = "admin"
+TOML
+    cat <<MSG
+Development node dev-1 (every role), data in $dev.
+tollctl is set up for it in $tollctl_config (node $admin, user admin).
+In another shell (tollctl is $bin/tollctl):
+  tollctl login --password-stdin < $dev/admin.password
+  tollctl cluster status
+docs/walkthrough.md goes on from there.
 MSG
+else
+    cat <<MSG
+Development node dev-1 (every role), data in $dev.
+$tollctl_config is your own, so it was left as it is; in another shell (tollctl is $bin/tollctl):
+  export TOLLCTL_NODE=$admin TOLLCTL_CA=$dev/certs/ca.pem
+  tollctl login --user admin --password-stdin < $dev/admin.password
+  tollctl cluster status
+MSG
+fi
 exec "$bin/tollgated" --config "$dev/all-in-one.toml"

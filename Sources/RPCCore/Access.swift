@@ -83,6 +83,13 @@ public protocol TenantAccessPolicy: Sendable {
     func mayAct(in tenant: String, as user: UserPrincipal) -> Bool
 }
 
+/// Which of a tenant's roles grant a permission, so a refusal can say what to
+/// ask for. The users module answers (roles are its data); without it a
+/// refusal names only the permission.
+public protocol PermissionGrants: Sendable {
+    func roles(granting permission: String, tenant: String) -> [String]
+}
+
 /// Decides who is calling and whether they may, before a handler runs.
 public protocol CallAuthorizer: Sendable {
     /// The caller, or the status that refuses the call.
@@ -108,14 +115,18 @@ public struct AccessController: CallAuthorizer {
     public let rules: [String: AccessRule]
     public let sessions: (any SessionVerifier)?
     public let tenants: (any TenantAccessPolicy)?
+    public let grants: (any PermissionGrants)?
 
     /// - Parameters:
     ///   - rules: method paths (`/service/Method`) to their rules.
     ///   - tenants: who may act in another tenant; without one, nobody may.
-    public init(rules: [String: AccessRule], sessions: (any SessionVerifier)?, tenants: (any TenantAccessPolicy)? = nil) {
+    ///   - grants: which roles grant a permission, named when a user lacks it.
+    public init(rules: [String: AccessRule], sessions: (any SessionVerifier)?, tenants: (any TenantAccessPolicy)? = nil,
+                grants: (any PermissionGrants)? = nil) {
         self.rules = rules
         self.sessions = sessions
         self.tenants = tenants
+        self.grants = grants
     }
 
     /// The caller, or the status that refuses the call.
@@ -128,7 +139,7 @@ public struct AccessController: CallAuthorizer {
             if case .anonymous = caller {
                 throw RPCError(.unauthenticated, "\(context.method.name) needs \(Self.describe(rule)); sign in with `tollctl login` or present a cluster certificate")
             }
-            throw RPCError(.permissionDenied, "\(caller) may not call \(context.method.name): it needs \(Self.describe(rule))")
+            throw RPCError(.permissionDenied, "\(caller) may not call \(context.method.name): it needs \(Self.describe(rule))\(grantingRoles(rule, caller))")
         }
         // Acting in another tenant is the tenancy policy's decision.
         if let tenant = context.metadata["x-tenant"], let user = caller.user, tenant.lowercased() != user.tenant.lowercased() {
@@ -137,6 +148,26 @@ public struct AccessController: CallAuthorizer {
             }
         }
         return caller
+    }
+
+    /// `; roles that grant it: …` for a user refused for want of a permission.
+    private func grantingRoles(_ rule: AccessRule, _ caller: Caller) -> String {
+        guard let grants, case .user(let user) = caller else { return "" }
+        var permissions: [String] = []
+        func collect(_ rule: AccessRule) {
+            switch rule {
+            case .permission(let path): permissions.append(path)
+            case .either(let first, let second): collect(first); collect(second)
+            default: break
+            }
+        }
+        collect(rule)
+        var roles: [String] = []
+        for permission in permissions {
+            for role in grants.roles(granting: permission, tenant: user.tenant) where !roles.contains(role) { roles.append(role) }
+        }
+        guard !permissions.isEmpty else { return "" }
+        return roles.isEmpty ? "; no role of tenant \(user.tenant) grants it" : "; roles that grant it: \(roles.joined(separator: ", "))"
     }
 
     /// A session token, or an admin certificate naming a user, is looked up

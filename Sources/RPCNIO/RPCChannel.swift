@@ -137,7 +137,7 @@ public final class RPCChannel: RPCClientTransport {
             if !keep { await connection.close() }
             return connection
         } catch {
-            let description = (error as? RPCError)?.message ?? "\(error)"
+            let description = ConnectionErrorText.describe(error)
             let delay = state.withLockedValue { state -> Duration in
                 state.connecting = nil
                 state.failures += 1

@@ -281,17 +281,16 @@ public final class NodeRuntime: Sendable {
             + (reloads > 0 ? "; configuration reloaded \(reloads)×" : "")
     }
 
-    /// Tells systemd (if present) and the operator that the node serves.
+    /// Tells systemd (if present) and the operator that the node serves: one
+    /// log line (stdout and stderr reach the same terminal, or the same journal).
     func reportReady() {
         ServiceNotifier.ready(status: statusLine)
-        printLine("tollgated \(TollgateVersion.current) \(statusLine)")
-        logger.notice("\(statusLine)")
+        logger.notice("tollgated \(TollgateVersion.current) \(statusLine)")
     }
 
     func reportStopping() {
         let status = "stopping: draining calls for up to \(currentConfig.drainTimeoutSeconds) s"
         ServiceNotifier.stopping(status: status)
-        printLine("tollgated \(status)")
         logger.notice("\(status)")
     }
 

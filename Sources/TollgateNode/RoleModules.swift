@@ -85,7 +85,7 @@ public struct NodeAssembly: Sendable {
     /// The access table, with the session check and tenancy rule the users module offers.
     public var access: AccessController {
         AccessController(rules: AccessTable.rulesByPath, sessions: context.lookup((any SessionVerifier).self),
-                         tenants: context.lookup((any TenantAccessPolicy).self))
+                         tenants: context.lookup((any TenantAccessPolicy).self), grants: context.lookup((any PermissionGrants).self))
     }
 
     /// The assembled module of a type, if the roles brought it.

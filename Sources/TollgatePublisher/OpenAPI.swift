@@ -13,11 +13,14 @@ struct ImportedDefinition: Sendable {
     var resources: [ApiResource]
     var scopes: [ApiScope]
     var warnings: [String]
+    /// The absolute http(s) URLs of the document's servers (Swagger: schemes, host and
+    /// basePath), variables filled with their defaults: endpoint suggestions.
+    var servers: [String] = []
 }
 
 /// A parsed definition: JSON's data model with mapping order kept, so an
 /// export lists paths, operations and schemas the way their author wrote them.
-indirect enum DocumentValue: Sendable {
+indirect enum DocumentValue: Sendable, Equatable {
     case null
     case bool(Bool)
     case int(Int)
@@ -52,6 +55,28 @@ indirect enum DocumentValue: Sendable {
         }
     }
 
+    /// Order matters: an export is meant to list members as its source did.
+    static func == (left: DocumentValue, right: DocumentValue) -> Bool {
+        switch (left, right) {
+        case (.null, .null): return true
+        case (.bool(let a), .bool(let b)): return a == b
+        case (.int(let a), .int(let b)): return a == b
+        case (.double(let a), .double(let b)): return a == b || (a.isNaN && b.isNaN)
+        case (.string(let a), .string(let b)): return a == b
+        case (.array(let a), .array(let b)): return a == b
+        case (.object(let a), .object(let b)):
+            return a.count == b.count && zip(a, b).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+        default: return false
+        }
+    }
+
+    /// Removes the member named `key`, if there is one.
+    mutating func remove(_ key: String) {
+        guard case .object(var members) = self else { return }
+        members.removeAll { $0.key == key }
+        self = .object(members)
+    }
+
     /// Replaces the member named `key`, or appends it; does nothing to a non-object.
     mutating func set(_ key: String, _ value: DocumentValue) {
         guard case .object(var members) = self else { return }
@@ -66,14 +91,19 @@ indirect enum DocumentValue: Sendable {
 
 /// Reads YAML (and so JSON, which YAML's flow style covers) into ``DocumentValue``.
 enum DocumentTree {
-    static let maxBytes = 2 << 20
+    /// What a publisher accepts unless its configuration says otherwise (`max_definition_bytes`).
+    static let defaultMaxBytes = 2 << 20
+    /// The most `max_definition_bytes` may allow: an import request, and the response that
+    /// echoes the stored definition beside the API, must each fit in one 4 MiB RPC frame.
+    static let largestMaxBytes = 3_670_016
     static let maxDepth = 64
     /// Aliases are expanded into copies, so a small document could otherwise grow without bound.
     static let maxValues = 1_000_000
 
-    static func parse(_ text: String) throws(RPCError) -> DocumentValue {
+    static func parse(_ text: String, maxBytes: Int = defaultMaxBytes) throws(RPCError) -> DocumentValue {
         guard text.utf8.count <= maxBytes else {
-            throw RPCError(.invalidArgument, "the definition is \(text.utf8.count) bytes; at most 2 MiB is accepted")
+            throw RPCError(.invalidArgument, "the definition is \(mebibytes(text.utf8.count)); this node accepts at most \(mebibytes(maxBytes)): "
+                + "raise max_definition_bytes in the [publisher] section of the publisher node's configuration (at most \(mebibytes(largestMaxBytes)))")
         }
         let root: YAMLNode?
         do {
@@ -84,6 +114,11 @@ enum DocumentTree {
         guard let root else { throw RPCError(.invalidArgument, "the definition is empty") }
         var budget = maxValues
         return try value(of: root, depth: 0, budget: &budget)
+    }
+
+    static func mebibytes(_ bytes: Int) -> String {
+        let tenths = (bytes * 10 + (1 << 20) - 1) >> 20
+        return "\(tenths / 10).\(tenths % 10) MiB (\(bytes) bytes)"
     }
 
     private static func value(of node: YAMLNode, depth: Int, budget: inout Int) throws(RPCError) -> DocumentValue {
@@ -314,10 +349,12 @@ enum OpenAPIDocuments {
         ("Application & Application User", .`any`), ("Any", .`any`), ("Application", .application),
         ("Application User", .applicationUser), ("None", .none),
     ]
+    /// What an export declares when there is no OpenAPI 3 source to keep the version of.
+    static let exportVersion = "3.0.3"
 
     /// Parses YAML or JSON (format .unspecified = detect: text starting with `{` after whitespace is JSON).
-    static func parse(_ text: String, format: DefinitionFormat) throws(RPCError) -> ImportedDefinition {
-        let root = try DocumentTree.parse(text)
+    static func parse(_ text: String, format: DefinitionFormat, maxBytes: Int = DocumentTree.defaultMaxBytes) throws(RPCError) -> ImportedDefinition {
+        let root = try DocumentTree.parse(text, maxBytes: maxBytes)
         guard root.members != nil else {
             throw RPCError(.invalidArgument, "the definition must be a mapping of OpenAPI fields, not a list or a single value")
         }
@@ -334,25 +371,45 @@ enum OpenAPIDocuments {
             description: root["info"]?["description"]?.text ?? "",
             tags: (root["tags"]?.elements ?? []).compactMap { $0["name"]?.text },
             resources: [], scopes: [], warnings: [])
-        if root["servers"] != nil || root["host"] != nil || root["basePath"] != nil {
-            definition.warnings.append("servers, host and basePath are ignored: the gateway routes to the endpoints configured on the API")
-        }
+        definition.servers = serverURLs(root, isSwagger: isSwagger)
         let scopes = importScopes(root, isSwagger: isSwagger, warnings: &definition.warnings)
         definition.scopes = scopes.scopes
 
+        let webhooks = (root["webhooks"]?.members ?? []).map(\.key)
         guard let paths = root["paths"]?.members, !paths.isEmpty else {
+            if !webhooks.isEmpty {
+                throw RPCError(.invalidArgument, "the definition has webhooks (\(sample(webhooks.map { "`\($0)`" }))) but no `paths`: webhooks are calls "
+                    + "the API makes to its consumers, and the gateway routes calls to the API, so there is nothing to import; describe its operations under `paths`")
+            }
             throw RPCError(.invalidArgument, "the definition has no `paths`: an API needs at least one resource")
         }
+        if !webhooks.isEmpty {
+            definition.warnings.append("webhooks (\(sample(webhooks.map { "`\($0)`" }))) are kept in the definition and exported, but the gateway routes only `paths`")
+        }
+        let rootSecurity = root["security"]
+        var skippedPaths: [String] = []
+        var severalScopes: [String] = []
+        var withoutOperations: [String] = []
         for (path, item) in paths {
-            guard path.hasPrefix("/") else { throw RPCError(.invalidArgument, "path `\(path)` must start with `/`") }
+            do {
+                guard path.hasPrefix("/") else { throw RPCError(.invalidArgument, "it does not start with /") }
+                try ApiValidation.checkUriTemplate(path, field: "path")
+            } catch {
+                skippedPaths.append("`\(path)`")
+                continue
+            }
             guard let fields = item.members else {
                 throw RPCError(.invalidArgument, "path `\(path)` must be a mapping of operations")
             }
             var operations = 0
             for (key, operation) in fields {
                 if let verb = operationVerbs.first(where: { $0.key == key })?.verb {
-                    let imported = try resource(path: path, key: key, verb: verb, operation: operation, scopes: scopes, isSwagger: isSwagger)
-                    definition.resources.append(imported)
+                    let imported = try resource(path: path, key: key, verb: verb, operation: operation, rootSecurity: rootSecurity,
+                                                scopes: scopes, isSwagger: isSwagger)
+                    if imported.requiredScopes.count > 1 {
+                        severalScopes.append("\(key.uppercased()) \(path) (\(imported.requiredScopes.joined(separator: ", ")))")
+                    }
+                    definition.resources.append(imported.resource)
                     operations += 1
                 } else if key == "$ref" {
                     definition.warnings.append("path `\(path)`: `$ref` path items are not followed, so their operations were not imported")
@@ -361,20 +418,35 @@ enum OpenAPIDocuments {
                         "path `\(path)`: `\(key)` is not a method the gateway routes (get, put, post, delete, options, head, patch); skipped")
                 }
             }
-            if operations == 0, fields.allSatisfy({ $0.key != "$ref" }) {
-                definition.warnings.append("path `\(path)` has no operations")
-            }
+            if operations == 0, fields.allSatisfy({ $0.key != "$ref" }) { withoutOperations.append("`\(path)`") }
         }
+        if !withoutOperations.isEmpty {
+            definition.warnings.append("\(withoutOperations.count) path\(withoutOperations.count == 1 ? " has" : "s have") no operations "
+                + "(\(sample(withoutOperations))): kept in the definition, nothing to route")
+        }
+        let skipped = skippedPaths.isEmpty ? "" : "\(skippedPaths.count) path\(skippedPaths.count == 1 ? "" : "s") (\(sample(skippedPaths))) "
+            + "skipped: not URI templates the gateway can route, such as /menu or /order/{orderId} (a leading /, no spaces, ? or #, balanced braces)"
         guard !definition.resources.isEmpty else {
-            throw RPCError(.invalidArgument, "the definition has no operations the gateway can route")
+            throw RPCError(.invalidArgument, "the definition has no operations the gateway can route" + (skipped.isEmpty ? "" : "; \(skipped)"))
         }
+        if !skipped.isEmpty { definition.warnings.append(skipped + "; they are not in the API or its export") }
+        if !severalScopes.isEmpty {
+            definition.warnings.append("\(severalScopes.count) operation\(severalScopes.count == 1 ? " requires" : "s require") several scopes "
+                + "(\(sample(severalScopes))); the gateway checks the first of each, and the definition keeps them all")
+        }
+        if isSwagger { definition.warnings.append(contentsOf: swaggerConversionLosses(root)) }
         return definition
     }
 
+    /// The first few of `items`, and how many more there are.
+    static func sample(_ items: [String], limit: Int = 3) -> String {
+        items.count <= limit ? items.joined(separator: ", ") : items.prefix(limit).joined(separator: ", ") + " and \(items.count - limit) more"
+    }
+
     private static func specification(of root: DocumentValue) throws(RPCError) -> (version: String, isSwagger: Bool) {
-        let supported = "supported are OpenAPI 3.x (`openapi: 3.0.3`) and Swagger 2.0 (`swagger: \"2.0\"`)"
+        let supported = "supported are OpenAPI 3.0 and 3.1 (`openapi: 3.1.0`) and Swagger 2.0 (`swagger: \"2.0\"`)"
         if let declared = root["openapi"] {
-            guard let version = declared.text, version.hasPrefix("3.") else {
+            guard let version = declared.text, version.hasPrefix("3.0") || version.hasPrefix("3.1") else {
                 throw RPCError(.invalidArgument, "`openapi: \(declared.text ?? "…")` is not supported; \(supported)")
             }
             return (version, false)
@@ -386,6 +458,52 @@ enum OpenAPIDocuments {
             return ("2.0", true)
         }
         throw RPCError(.invalidArgument, "the definition declares neither `openapi` nor `swagger`; \(supported)")
+    }
+
+    /// Absolute http(s) server URLs, in the document's order, each once.
+    static func serverURLs(_ root: DocumentValue, isSwagger: Bool) -> [String] {
+        var urls: [String] = []
+        if isSwagger {
+            guard let host = root["host"]?.text, !host.isEmpty else { return [] }
+            let basePath = root["basePath"]?.text ?? ""
+            let schemes = (root["schemes"]?.elements ?? []).compactMap(\.text).filter { $0 == "https" || $0 == "http" }
+            for scheme in schemes.isEmpty ? ["https"] : schemes { urls.append("\(scheme)://\(host)\(basePath == "/" ? "" : basePath)") }
+        } else {
+            for server in root["servers"]?.elements ?? [] {
+                guard var url = server["url"]?.text else { continue }
+                for (name, variable) in server["variables"]?.members ?? [] {
+                    if let value = variable["default"]?.text { url = url.replacing("{\(name)}", with: value) }
+                }
+                while url.hasSuffix("/") { url.removeLast() }
+                urls.append(url)
+            }
+        }
+        var seen = Set<String>()
+        return urls.filter { url in
+            (try? ApiValidation.checkEndpointURL(url, field: "server")) != nil && seen.insert(url).inserted
+        }
+    }
+
+    /// What an OpenAPI 3 export of a Swagger 2.0 document cannot say, so an import warns of it.
+    static func swaggerConversionLosses(_ root: DocumentValue) -> [String] {
+        var tabSeparated: [String] = []
+        var operationSchemes: [String] = []
+        for (path, item) in root["paths"]?.members ?? [] {
+            for (key, operation) in item.members ?? [] {
+                if operation["schemes"] != nil { operationSchemes.append("\(key.uppercased()) \(path)") }
+                for parameter in operation["parameters"]?.elements ?? [] where parameter["collectionFormat"]?.text == "tsv" {
+                    tabSeparated.append("\(key.uppercased()) \(path) \(parameter["name"]?.text ?? "?")")
+                }
+            }
+        }
+        var losses: [String] = []
+        if !operationSchemes.isEmpty {
+            losses.append("the export (OpenAPI 3) has no place for per-operation `schemes`: \(sample(operationSchemes)) lose theirs")
+        }
+        if !tabSeparated.isEmpty {
+            losses.append("the export (OpenAPI 3) has no tab-separated parameter style: \(sample(tabSeparated)) lose `collectionFormat: tsv`")
+        }
+        return losses
     }
 
     /// Scopes in the order first met; a scope met again adds what it did not have yet.
@@ -413,10 +531,11 @@ enum OpenAPIDocuments {
     private static func importScopes(_ root: DocumentValue, isSwagger: Bool, warnings: inout [String]) -> ScopeList {
         var list = ScopeList()
         let schemes = (isSwagger ? root["securityDefinitions"] : root["components"]?["securitySchemes"])?.members ?? []
+        var other: [String] = []
         for (name, scheme) in schemes {
             let type = scheme["type"]?.text ?? ""
             guard type == "oauth2" else {
-                warnings.append("security scheme `\(name)` (\(type.isEmpty ? "no type" : type)) is not imported: the gateway checks OAuth 2.0 tokens")
+                other.append("`\(name)` (\(type.isEmpty ? "no type" : type))")
                 continue
             }
             let scopeMaps: [DocumentValue?] = isSwagger ? [scheme["scopes"]] : (scheme["flows"]?.members ?? []).map { $0.value["scopes"] }
@@ -424,6 +543,10 @@ enum OpenAPIDocuments {
                 for (key, description) in scopeMap?.members ?? [] { list.add(key: key, description: description.text) }
             }
             for (key, roles) in scheme["x-scopes-bindings"]?.members ?? [] { list.add(key: key, roles: roleNames(roles)) }
+        }
+        if !other.isEmpty {
+            warnings.append("security scheme\(other.count == 1 ? "" : "s") \(other.joined(separator: ", ")) kept in the definition, "
+                + "but the gateway checks OAuth 2.0 tokens from its key managers, not \(other.count == 1 ? "this scheme" : "these schemes")")
         }
         // WSO2 2.x kept its scopes outside the security schemes.
         for entry in root["x-wso2-security"]?["apim"]?["x-wso2-scopes"]?.elements ?? [] {
@@ -454,12 +577,35 @@ enum OpenAPIDocuments {
         return String(text[first...last])
     }
 
-    private static func resource(path: String, key: String, verb: HttpVerb, operation: DocumentValue,
-                                 scopes: ScopeList, isSwagger: Bool) throws(RPCError) -> ApiResource {
+    /// The security requirements that apply to an operation: its own, else the document's.
+    static func effectiveSecurity(_ operation: DocumentValue, rootSecurity: DocumentValue?) -> DocumentValue? {
+        operation["security"] ?? rootSecurity
+    }
+
+    /// Every scope the requirements name, in order, each once.
+    static func requiredScopes(_ security: DocumentValue?) -> [String] {
+        var scopes: [String] = []
+        for requirement in security?.elements ?? [] {
+            for (_, list) in requirement.members ?? [] {
+                for scope in (list.elements ?? []).compactMap(\.text) where !scopes.contains(scope) { scopes.append(scope) }
+            }
+        }
+        return scopes
+    }
+
+    /// The scope an import gives the operation's resource: `x-scope`, else the first scope its security names.
+    static func derivedScope(_ operation: DocumentValue, rootSecurity: DocumentValue?) -> String {
+        if let declared = operation["x-scope"]?.text, !declared.isEmpty { return declared }
+        return requiredScopes(effectiveSecurity(operation, rootSecurity: rootSecurity)).first ?? ""
+    }
+
+    private static func resource(path: String, key: String, verb: HttpVerb, operation: DocumentValue, rootSecurity: DocumentValue?,
+                                 scopes: ScopeList, isSwagger: Bool) throws(RPCError) -> (resource: ApiResource, requiredScopes: [String]) {
         let place = "\(key.uppercased()) \(path)"
         guard operation.members != nil else { throw RPCError(.invalidArgument, "\(place): an operation must be a mapping") }
+        let security = effectiveSecurity(operation, rootSecurity: rootSecurity)
         // `security: []` switches authentication off for the operation.
-        var authType: ResourceAuthType = operation["security"]?.elements?.isEmpty == true ? .none : .`any`
+        var authType: ResourceAuthType = security?.elements?.isEmpty == true ? .none : .`any`
         if let declared = operation["x-auth-type"] {
             let given = declared.text?.lowercased()
             guard let match = authTypeNames.first(where: { $0.name.lowercased() == given }) else {
@@ -470,20 +616,20 @@ enum OpenAPIDocuments {
         }
         var policy = (operation["x-throttling-tier"] ?? operation["x-throttling-policy"])?.text ?? ""
         if policy.lowercased() == "unlimited" { policy = "" }
-        var scope = operation["x-scope"]?.text ?? ""
-        if scope.isEmpty, let requirement = operation["security"]?.elements?.first?.members {
-            scope = requirement.lazy.compactMap { $0.value.elements?.first?.text }.first ?? ""
-        }
+        let scope = derivedScope(operation, rootSecurity: rootSecurity)
         if !scope.isEmpty, !scopes.contains(scope) {
             let home = isSwagger ? "securityDefinitions" : "components.securitySchemes"
             throw RPCError(.invalidArgument, "\(place): scope `\(scope)` is not defined; define it in an oauth2 scheme under \(home) or in x-wso2-scopes")
         }
-        return ApiResource(uriTemplate: path, verb: verb, authType: authType, throttlingPolicy: policy, scope: scope)
+        return (ApiResource(uriTemplate: path, verb: verb, authType: authType, throttlingPolicy: policy, scope: scope), requiredScopes(security))
     }
 
-    /// An OpenAPI 3.0.3 document for `api`, in `format` (.unspecified means the stored definition's format, else JSON).
-    /// `stored` is the definition last imported (may be Swagger 2.0 or OAS 3, JSON or YAML), or nil.
-    static func export(_ api: Api, stored: ApiDefinition?, format: DefinitionFormat) throws(RPCError) -> (document: String, format: DefinitionFormat) {
+    /// An OpenAPI document for `api`, in `format` (.unspecified means the stored definition's format, else JSON).
+    /// `stored` is the definition last imported (Swagger 2.0 or OpenAPI 3, JSON or YAML), or nil. Everything
+    /// the source says beyond the API's resources is kept: an OpenAPI 3 source keeps its version (3.0 or 3.1)
+    /// and every field; Swagger 2.0 is converted to OpenAPI 3.0.3.
+    static func export(_ api: Api, stored: ApiDefinition?, format: DefinitionFormat) throws(RPCError)
+        -> (document: String, format: DefinitionFormat, openapiVersion: String) {
         let outputFormat: DefinitionFormat
         if format == .json || format == .yaml {
             outputFormat = format
@@ -492,76 +638,147 @@ enum OpenAPIDocuments {
         }
         // The stored text was accepted once; if it no longer reads, the API alone still makes a document.
         var source: SourceDocument?
-        if let stored, let root = try? DocumentTree.parse(stored.document) {
+        if let stored, let root = try? DocumentTree.parse(stored.document, maxBytes: DocumentTree.largestMaxBytes), root.members != nil {
             source = SourceDocument(root: root, isSwagger: root["swagger"] != nil)
         }
-
-        var paths = DocumentValue.object([])
-        for resource in api.resources {
-            guard let key = operationVerbs.first(where: { $0.verb == resource.verb })?.key else { continue }
-            var item: DocumentValue = paths[resource.uriTemplate] ?? source?.sharedParameters(path: resource.uriTemplate) ?? .object([])
-            item.set(key, exportedOperation(resource, key: key, source: source, pathHasParameters: item["parameters"] != nil))
-            paths.set(resource.uriTemplate, item)
-        }
+        let version = source.flatMap { $0.isSwagger ? nil : $0.root["openapi"]?.text } ?? exportVersion
 
         var components = DocumentValue.object([])
         if let source {
             if source.isSwagger {
                 if let definitions = source.root["definitions"] { components.set("schemas", SourceDocument.rewritingRefs(definitions)) }
-            } else {
-                for field in ["schemas", "responses", "parameters", "examples", "requestBodies", "headers", "links", "callbacks"] {
-                    if let value = source.root["components"]?[field] { components.set(field, value) }
+                if let definitions = source.root["securityDefinitions"]?.members {
+                    components.set("securitySchemes", .object(definitions.map { (key: $0.key, value: SourceDocument.securityScheme($0.value)) }))
                 }
+            } else if let kept = source.root["components"], kept.members != nil {
+                components = kept
             }
         }
-        // Every scope an operation names must be defined, or the export would not import again.
-        var scopes = api.scopes
-        for resource in api.resources where !resource.scope.isEmpty && !scopes.contains(where: { $0.key == resource.scope }) {
-            scopes.append(ApiScope(key: resource.scope, name: resource.scope))
+        let schemeOfScope = bindScopes(api.scopes + undeclaredScopes(api), into: &components)
+        let rootSecurity = source?.root["security"]
+
+        var paths = DocumentValue.object([])
+        var placed = Set<String>()
+        let resourcesByPath = Dictionary(grouping: api.resources, by: \.uriTemplate)
+        for (path, item) in source?.root["paths"]?.members ?? [] {
+            guard let source, let fields = item.members else { continue }
+            // A path item that never had operations (only a description, servers or extensions)
+            // is kept as written; one whose operations all left the API goes with them.
+            let hasOperations = fields.contains { field in field.key == "$ref" || operationVerbs.contains { $0.key == field.key } }
+            guard let resources = resourcesByPath[path] ?? (hasOperations ? nil : []) else { continue }
+            var exported = DocumentValue.object([])
+            for (key, value) in fields {
+                if let verb = operationVerbs.first(where: { $0.key == key })?.verb {
+                    guard let resource = resources.first(where: { $0.verb == verb }), value.members != nil else { continue }
+                    exported.set(key, exportedOperation(resource, original: value, source: source, pathHasParameters: true,
+                                                        rootSecurity: rootSecurity, schemeOfScope: schemeOfScope))
+                    placed.insert("\(key) \(path)")
+                } else if key == "parameters" {
+                    if let shared = source.sharedParameters(path: path) { exported.set(key, shared) }
+                } else if pathItemFields.contains(key) || key.hasPrefix("x-") {
+                    exported.set(key, source.isSwagger ? SourceDocument.rewritingRefs(value) : value)
+                }
+            }
+            paths.set(path, exported)
         }
-        if !scopes.isEmpty {
-            let descriptions = DocumentValue.object(scopes.map { (key: $0.key, value: DocumentValue.string($0.description)) })
-            let bindings = DocumentValue.object(scopes.map { (key: $0.key, value: DocumentValue.string($0.roles.joined(separator: ","))) })
+        // Resources added since the import (or all of them, without a source) get operations of their own.
+        for resource in api.resources {
+            guard let key = operationVerbs.first(where: { $0.verb == resource.verb })?.key, !placed.contains("\(key) \(resource.uriTemplate)") else { continue }
+            var item = paths[resource.uriTemplate] ?? .object([])
+            item.set(key, exportedOperation(resource, original: nil, source: source, pathHasParameters: item["parameters"] != nil,
+                                            rootSecurity: rootSecurity, schemeOfScope: schemeOfScope))
+            paths.set(resource.uriTemplate, item)
+        }
+
+        var info = source?.root["info"] ?? .object([])
+        if info.members == nil { info = .object([]) }
+        info.set("title", .string(api.name))
+        info.set("version", .string(api.version))
+        if api.description.isEmpty { info.remove("description") } else { info.set("description", .string(api.description)) }
+
+        // Document tags as written, then the API's store tags the document does not have.
+        var tags = source?.root["tags"]?.elements ?? []
+        let written = Set(tags.compactMap { $0["name"]?.text })
+        for tag in api.tags where !written.contains(tag) { tags.append(.object([(key: "name", value: .string(tag))])) }
+
+        var document = DocumentValue.object([(key: "openapi", value: .string(version)), (key: "info", value: info)])
+        if let source, !source.isSwagger {
+            // Every other field of the source, in its place: servers, security, externalDocs, webhooks, x-*…
+            for (key, value) in source.root.members ?? [] where key != "openapi" && key != "info" {
+                document.set(key, value)
+            }
+        } else if let source {
+            let servers = serverURLs(source.root, isSwagger: true)
+            if !servers.isEmpty { document.set("servers", .array(servers.map { .object([(key: "url", value: .string($0))]) })) }
+            for (key, value) in source.root.members ?? [] where key == "security" || key == "externalDocs" || key.hasPrefix("x-") {
+                document.set(key, value)
+            }
+        }
+        if tags.isEmpty { document.remove("tags") } else { document.set("tags", .array(tags)) }
+        document.set("paths", paths)
+        if components.members?.isEmpty == false { document.set("components", components) } else { document.remove("components") }
+
+        if outputFormat == .yaml {
+            return (DocumentWriter.yaml(document), .yaml, version)
+        }
+        return (DocumentWriter.json(document), .json, version)
+    }
+
+    /// Scopes resources name that the API does not list (an export must define every scope it uses).
+    private static func undeclaredScopes(_ api: Api) -> [ApiScope] {
+        var missing: [ApiScope] = []
+        for resource in api.resources where !resource.scope.isEmpty {
+            guard !api.scopes.contains(where: { $0.key == resource.scope }), !missing.contains(where: { $0.key == resource.scope }) else { continue }
+            missing.append(ApiScope(key: resource.scope, name: resource.scope))
+        }
+        return missing
+    }
+
+    /// Makes sure each scope is defined by an oauth2 scheme in `components.securitySchemes` (those of
+    /// the source as written, else one named `default`), with its roles in that scheme's
+    /// `x-scopes-bindings`; returns each scope's scheme name.
+    private static func bindScopes(_ scopes: [ApiScope], into components: inout DocumentValue) -> [String: String] {
+        guard !scopes.isEmpty else { return [:] }
+        var schemes = components["securitySchemes"] ?? .object([])
+        var home: [String: String] = [:]
+        for (name, scheme) in schemes.members ?? [] where scheme["type"]?.text == "oauth2" {
+            for (_, flow) in scheme["flows"]?.members ?? [] {
+                for (scope, _) in flow["scopes"]?.members ?? [] where home[scope] == nil { home[scope] = name }
+            }
+        }
+        let missing = scopes.filter { home[$0.key] == nil }
+        if !missing.isEmpty {
+            var name = "default"
+            while schemes[name] != nil { name += "-tollgate" }
+            let descriptions = DocumentValue.object(missing.map { (key: $0.key, value: DocumentValue.string($0.description)) })
             let implicitFlow = DocumentValue.object([
                 (key: "authorizationUrl", value: .string("https://localhost/authorize")), (key: "scopes", value: descriptions),
             ])
-            let scheme = DocumentValue.object([
-                (key: "type", value: .string("oauth2")),
-                (key: "flows", value: .object([(key: "implicit", value: implicitFlow)])),
-                (key: "x-scopes-bindings", value: bindings),
-            ])
-            components.set("securitySchemes", .object([(key: "default", value: scheme)]))
+            schemes.set(name, .object([(key: "type", value: .string("oauth2")), (key: "flows", value: .object([(key: "implicit", value: implicitFlow)]))]))
+            for scope in missing { home[scope.key] = name }
         }
-
-        var info = DocumentValue.object([(key: "title", value: .string(api.name)), (key: "version", value: .string(api.version))])
-        if !api.description.isEmpty { info.set("description", .string(api.description)) }
-        var document = DocumentValue.object([(key: "openapi", value: .string("3.0.3")), (key: "info", value: info)])
-        if !api.tags.isEmpty {
-            document.set("tags", .array(api.tags.map { DocumentValue.object([(key: "name", value: .string($0))]) }))
+        for scope in scopes where !scope.roles.isEmpty {
+            guard let name = home[scope.key], var scheme = schemes[name] else { continue }
+            var bindings = scheme["x-scopes-bindings"] ?? .object([])
+            bindings.set(scope.key, .string(scope.roles.joined(separator: ",")))
+            scheme.set("x-scopes-bindings", bindings)
+            schemes.set(name, scheme)
         }
-        document.set("paths", paths)
-        if components.members?.isEmpty == false { document.set("components", components) }
-
-        if outputFormat == .yaml {
-            let text = DocumentWriter.yaml(document)
-            return (text, .yaml)
-        }
-        return (DocumentWriter.json(document), .json)
+        components.set("securitySchemes", schemes)
+        return home
     }
 
-    private static func exportedOperation(_ resource: ApiResource, key: String, source: SourceDocument?,
-                                          pathHasParameters: Bool) -> DocumentValue {
+    private static func exportedOperation(_ resource: ApiResource, original: DocumentValue?, source: SourceDocument?, pathHasParameters: Bool,
+                                          rootSecurity: DocumentValue?, schemeOfScope: [String: String]) -> DocumentValue {
         var operation = DocumentValue.object([])
-        if let source, let original = source.root["paths"]?[resource.uriTemplate]?[key], original.members != nil {
-            for field in ["summary", "description", "operationId", "tags", "externalDocs", "deprecated"] {
-                if let value = original[field] { operation.set(field, value) }
-            }
+        if let source, let original {
             if source.isSwagger {
-                source.convertSwaggerOperation(original, into: &operation)
-            } else {
-                for field in ["parameters", "requestBody", "responses"] {
-                    if let value = original[field] { operation.set(field, value) }
+                for (field, value) in original.members ?? [] where !SourceDocument.convertedOperationFields.contains(field) {
+                    operation.set(field, SourceDocument.rewritingRefs(value))
                 }
+                source.convertSwaggerOperation(original, path: resource.uriTemplate, into: &operation)
+            } else {
+                operation = original
             }
         } else if !pathHasParameters {
             let parameters = templateParameterNames(resource.uriTemplate).map { name in
@@ -575,14 +792,29 @@ enum OpenAPIDocuments {
         if operation["responses"] == nil {
             operation.set("responses", .object([(key: "200", value: .object([(key: "description", value: .string("OK"))]))]))
         }
+        // The security the source wrote stays unless the resource now says otherwise.
         if resource.authType == ResourceAuthType.none {
-            operation.set("security", .array([]))
-        } else if !resource.scope.isEmpty {
-            operation.set("security", .array([.object([(key: "default", value: .array([.string(resource.scope)]))])]))
+            if operation["security"]?.elements?.isEmpty != true { operation.set("security", .array([])) }
+        } else if operation["security"]?.elements?.isEmpty == true {
+            operation.remove("security")
+        }
+        if resource.scope.isEmpty {
+            operation.remove("x-scope")
+            if let security = effectiveSecurity(operation, rootSecurity: rootSecurity), !requiredScopes(security).isEmpty {
+                // Same schemes, no scopes: what the resource now requires.
+                operation.set("security", .array((security.elements ?? []).map { requirement in
+                    .object((requirement.members ?? []).map { (key: $0.key, value: DocumentValue.array([])) })
+                }))
+            }
+        } else {
+            if requiredScopes(effectiveSecurity(operation, rootSecurity: rootSecurity)).first != resource.scope {
+                let scheme = schemeOfScope[resource.scope] ?? "default"
+                operation.set("security", .array([.object([(key: scheme, value: .array([.string(resource.scope)]))])]))
+            }
+            operation.set("x-scope", .string(resource.scope))
         }
         operation.set("x-auth-type", .string(wso2AuthTypeName(resource.authType)))
         operation.set("x-throttling-tier", .string(resource.throttlingPolicy.isEmpty ? "Unlimited" : resource.throttlingPolicy))
-        if !resource.scope.isEmpty { operation.set("x-scope", .string(resource.scope)) }
         return operation
     }
 
@@ -621,28 +853,65 @@ private struct SourceDocument {
         "type", "format", "items", "enum", "default", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
         "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems", "multipleOf",
     ]
+    /// Swagger 2.0 operation fields an OpenAPI 3 operation says differently (``convertSwaggerOperation``)
+    /// or not at all (`schemes`, which an import warns of).
+    static let convertedOperationFields: Set<String> = ["parameters", "responses", "consumes", "produces", "schemes"]
 
-    /// A path item holding only the parameters the source declared for every operation of `path`.
+    /// The parameters the source declared for every operation of `path`.
     func sharedParameters(path: String) -> DocumentValue? {
         guard let shared = root["paths"]?[path]?["parameters"]?.elements else { return nil }
         let parameters = isSwagger
             ? shared.map { resolved($0, prefix: "#/parameters/", section: "parameters") }
                 .filter { $0["in"]?.text != "body" && $0["in"]?.text != "formData" }.map(Self.movingSchemaFields)
             : shared
-        return parameters.isEmpty ? nil : .object([(key: "parameters", value: .array(parameters))])
+        return parameters.isEmpty ? nil : .array(parameters)
+    }
+
+    /// A Swagger 2.0 security definition as an OpenAPI 3 security scheme: the same name,
+    /// URLs, scopes and extensions, with the OAuth flow under its OpenAPI 3 name.
+    static func securityScheme(_ definition: DocumentValue) -> DocumentValue {
+        var scheme = DocumentValue.object([])
+        let type = definition["type"]?.text ?? ""
+        switch type {
+        case "basic":
+            scheme.set("type", .string("http"))
+            scheme.set("scheme", .string("basic"))
+        case "oauth2":
+            scheme.set("type", .string("oauth2"))
+            let flowName: String = switch definition["flow"]?.text {
+            case "password": "password"
+            case "application": "clientCredentials"
+            case "accessCode": "authorizationCode"
+            default: "implicit"
+            }
+            var flow = DocumentValue.object([])
+            for field in ["authorizationUrl", "tokenUrl"] { if let url = definition[field] { flow.set(field, url) } }
+            flow.set("scopes", definition["scopes"] ?? .object([]))
+            scheme.set("flows", .object([(key: flowName, value: flow)]))
+        default:
+            scheme.set("type", .string(type))
+        }
+        for (key, value) in definition.members ?? [] where !["type", "flow", "authorizationUrl", "tokenUrl", "scopes"].contains(key) {
+            scheme.set(key, value)
+        }
+        return scheme
     }
 
     /// Swagger 2.0 keeps bodies among the parameters and response schemas beside the
-    /// response; OpenAPI 3 moves them under `requestBody` and `content`.
-    func convertSwaggerOperation(_ original: DocumentValue, into operation: inout DocumentValue) {
-        let consumes = (original["consumes"] ?? root["consumes"])?.elements?.first?.text
-        let produces = (original["produces"] ?? root["produces"])?.elements?.first?.text ?? "application/json"
+    /// response; OpenAPI 3 moves them under `requestBody` and `content`, one entry per media type.
+    func convertSwaggerOperation(_ original: DocumentValue, path: String, into operation: inout DocumentValue) {
+        let consumes = ((original["consumes"] ?? root["consumes"])?.elements ?? []).compactMap(\.text)
+        let produces = ((original["produces"] ?? root["produces"])?.elements ?? []).compactMap(\.text)
         var parameters: [DocumentValue] = []
         var requestBody: DocumentValue?
         var formProperties = DocumentValue.object([])
         var formRequired: [DocumentValue] = []
-        var multipart = consumes == "multipart/form-data"
-        for listed in original["parameters"]?.elements ?? [] {
+        var hasFile = false
+        let shared = root["paths"]?[path]?["parameters"]
+        // Body and form parameters declared for the whole path belong to each operation's body.
+        let sharedBodies = (shared?.elements ?? []).map { resolved($0, prefix: "#/parameters/", section: "parameters") }
+            .filter { $0["in"]?.text == "body" || $0["in"]?.text == "formData" }
+        for listed in sharedBodies + (original["parameters"]?.elements ?? []) {
             let parameter = resolved(listed, prefix: "#/parameters/", section: "parameters")
             switch parameter["in"]?.text ?? "" {
             case "body":
@@ -650,7 +919,11 @@ private struct SourceDocument {
                 if let description = parameter["description"] { body.set("description", description) }
                 if let required = parameter["required"] { body.set("required", required) }
                 let schema = Self.rewritingRefs(parameter["schema"] ?? .object([]))
-                body.set("content", .object([(key: consumes ?? "application/json", value: .object([(key: "schema", value: schema)]))]))
+                let types = consumes.filter { $0 != "application/x-www-form-urlencoded" && $0 != "multipart/form-data" }
+                body.set("content", .object((types.isEmpty ? ["application/json"] : types).map {
+                    (key: $0, value: DocumentValue.object([(key: "schema", value: schema)]))
+                }))
+                for (key, value) in parameter.members ?? [] where key.hasPrefix("x-") { body.set(key, value) }
                 requestBody = body
             case "formData":
                 guard let name = parameter["name"]?.text else { continue }
@@ -658,7 +931,7 @@ private struct SourceDocument {
                 if schema["type"]?.text == "file" {
                     schema.set("type", .string("string"))
                     schema.set("format", .string("binary"))
-                    multipart = true
+                    hasFile = true
                 }
                 if let description = parameter["description"] { schema.set("description", description) }
                 formProperties.set(name, schema)
@@ -671,8 +944,9 @@ private struct SourceDocument {
         if requestBody == nil, formProperties.members?.isEmpty == false {
             var schema = DocumentValue.object([(key: "type", value: .string("object")), (key: "properties", value: formProperties)])
             if !formRequired.isEmpty { schema.set("required", .array(formRequired)) }
-            let mediaType = multipart ? "multipart/form-data" : "application/x-www-form-urlencoded"
-            requestBody = .object([(key: "content", value: .object([(key: mediaType, value: .object([(key: "schema", value: schema)]))]))])
+            var types = consumes.filter { $0 == "application/x-www-form-urlencoded" || $0 == "multipart/form-data" }
+            if hasFile { types = ["multipart/form-data"] } else if types.isEmpty { types = ["application/x-www-form-urlencoded"] }
+            requestBody = .object([(key: "content", value: .object(types.map { (key: $0, value: DocumentValue.object([(key: "schema", value: schema)])) }))])
         }
         if let requestBody { operation.set("requestBody", requestBody) }
 
@@ -681,18 +955,27 @@ private struct SourceDocument {
         for (code, listed) in responses {
             let response = resolved(listed, prefix: "#/responses/", section: "responses")
             var result = DocumentValue.object([(key: "description", value: response["description"] ?? .string(""))])
+            var content = DocumentValue.object([])
+            let examples = response["examples"]?.members ?? []
+            let types = produces.isEmpty ? ["application/json"] : produces
+            if let schema = response["schema"] {
+                for type in types { content.set(type, .object([(key: "schema", value: Self.rewritingRefs(schema))])) }
+            }
+            for (type, example) in examples {
+                var media = content[type] ?? .object([])
+                media.set("example", example)
+                content.set(type, media)
+            }
             for (field, value) in response.members ?? [] {
                 switch field {
-                case "description", "examples": continue
-                case "schema":
-                    let content = DocumentValue.object([(key: "schema", value: Self.rewritingRefs(value))])
-                    result.set("content", .object([(key: produces, value: content)]))
+                case "description", "examples", "schema": continue
                 case "headers":
                     result.set("headers", .object((value.members ?? []).map { (key: $0.key, value: Self.movingSchemaFields($0.value)) }))
                 default:
                     result.set(field, Self.rewritingRefs(value))
                 }
             }
+            if content.members?.isEmpty == false { result.set("content", content) }
             converted.set(code, result)
         }
         operation.set("responses", converted)
@@ -705,7 +988,8 @@ private struct SourceDocument {
         return root[section]?[String(target.dropFirst(prefix.count))] ?? value
     }
 
-    /// A Swagger parameter or header with its type fields moved into `schema`.
+    /// A Swagger parameter or header with its type fields moved into `schema`, and its
+    /// `collectionFormat` said as OpenAPI 3's `style` and `explode`.
     static func movingSchemaFields(_ value: DocumentValue) -> DocumentValue {
         guard let members = value.members, value["$ref"] == nil else { return rewritingRefs(value) }
         var result = DocumentValue.object([])
@@ -713,6 +997,20 @@ private struct SourceDocument {
             result.set(key, rewritingRefs(member))
         }
         if value["in"]?.text != "body" { result.set("schema", schema(of: value)) }
+        if value["type"]?.text == "array" {
+            let location = value["in"]?.text ?? ""
+            switch value["collectionFormat"]?.text ?? "csv" {
+            case "multi":
+                result.set("style", .string("form"))
+                result.set("explode", .bool(true))
+            case "ssv": result.set("style", .string("spaceDelimited"))
+            case "pipes": result.set("style", .string("pipeDelimited"))
+            case "csv" where location == "query" || location == "formData":
+                result.set("style", .string("form"))
+                result.set("explode", .bool(false))
+            default: break
+            }
+        }
         return result
     }
 

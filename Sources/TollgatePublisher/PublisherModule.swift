@@ -13,6 +13,8 @@ public struct PublisherModule: RoleModule {
     public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "publisher", keys: [
         // APIs per deployment snapshot message (each message also stops near 1 MiB).
         .init("snapshot_chunk_apis", .integer(1...10_000)),
+        // The largest OpenAPI document an import accepts; requests and responses carry it whole in one 4 MiB frame.
+        .init("max_definition_bytes", .integer(65_536...PublisherStore.largestMaxDefinitionBytes)),
     ])
 
     public let store: PublisherStore
@@ -26,7 +28,8 @@ public struct PublisherModule: RoleModule {
         }
         let log = context.shared(DeploymentLog.self) { DeploymentLog(database: apimgtdb) }
         let revocations = context.shared(RevocationLog.self) { RevocationLog(database: apimgtdb) }
-        store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, revocations: revocations, logger: context.logger)
+        store = try PublisherStore(registry: regdb, deploymentLog: log, tenants: tenants, revocations: revocations, logger: context.logger,
+                                   maxDefinitionBytes: context.section("publisher").integer("max_definition_bytes") ?? PublisherStore.defaultMaxDefinitionBytes)
         snapshotChunkSize = context.section("publisher").integer("snapshot_chunk_apis") ?? 200
         // A crash between an apimgtdb commit and its regdb half is repaired here.
         await store.deliverRegistryOperations()

@@ -61,7 +61,7 @@ public struct PublisherService: PublisherServiceHandler {
     public func importOpenApi(_ request: ImportOpenApiRequest, context: ServerCallContext) async throws -> ImportOpenApiResponse {
         let result = try await store.importOpenApi(apiID: request.apiId, template: request.apiTemplate ?? Api(), document: request.document,
                                              format: request.format, actor: Self.actor(context), tenant: context.tenant)
-        return ImportOpenApiResponse(api: result.api, definition: result.definition, warnings: result.warnings)
+        return ImportOpenApiResponse(api: result.api, definition: result.definition, warnings: result.warnings, servers: result.servers)
     }
 
     public func exportOpenApi(_ request: ExportOpenApiRequest, context: ServerCallContext) async throws -> ExportOpenApiResponse {

@@ -25,6 +25,10 @@ public final class PublisherStore: Sendable {
     let logger: Logger?
     /// Where blocked and unblocked subscriptions are announced to the gateways' validation caches.
     let revocations: RevocationLog?
+    /// The largest OpenAPI document an import accepts (`max_definition_bytes`).
+    public let maxDefinitionBytes: Int
+    public static let defaultMaxDefinitionBytes = DocumentTree.defaultMaxBytes
+    public static let largestMaxDefinitionBytes = DocumentTree.largestMaxBytes
 
     public static let defaultPageSize = ApiCatalog.defaultPageSize
     public static let maxPageSize = ApiCatalog.maxPageSize
@@ -33,9 +37,11 @@ public final class PublisherStore: Sendable {
     public static let maxDocumentBytes = 3 << 20
 
     public init(registry: RegistryDatabase, deploymentLog: DeploymentLog, tenants: any TenantProvisioning,
-                revocations: RevocationLog? = nil, logger: Logger? = nil, now: (@Sendable () -> Int64)? = nil) throws {
+                revocations: RevocationLog? = nil, logger: Logger? = nil, maxDefinitionBytes: Int = PublisherStore.defaultMaxDefinitionBytes,
+                now: (@Sendable () -> Int64)? = nil) throws {
         self.logger = logger
         self.revocations = revocations
+        self.maxDefinitionBytes = min(maxDefinitionBytes, Self.largestMaxDefinitionBytes)
         self.apimgt = deploymentLog.database
         self.registry = registry
         self.deploymentLog = deploymentLog
@@ -306,10 +312,12 @@ public final class PublisherStore: Sendable {
 
     /// Creates an API from an OpenAPI document (`template` supplies what the
     /// document cannot), or replaces an existing API's resources and scopes.
+    /// Messages about what the template lacks name tollctl's flags (`--name`,
+    /// `--context`), which is where a person gives them.
     public func importOpenApi(apiID: String, template: Api, document: String, format: DefinitionFormat, actor: String,
-                              tenant: String) async throws(RPCError) -> (api: Api, definition: ApiDefinition, warnings: [String]) {
+                              tenant: String) async throws(RPCError) -> (api: Api, definition: ApiDefinition, warnings: [String], servers: [String]) {
         guard !document.isEmpty else { throw RPCError(.invalidArgument, "document is empty: pass the OpenAPI or Swagger text") }
-        let imported = try OpenAPIDocuments.parse(document, format: format)
+        var imported = try OpenAPIDocuments.parse(document, format: format, maxBytes: maxDefinitionBytes)
         // Stored with the API's change, through the outbox; its revision is
         // the previous definition's plus one, decided when it is applied.
         let definition = ApiDefinition(apiId: apiID, format: imported.format, openapiVersion: imported.openapiVersion, document: document,
@@ -317,14 +325,42 @@ public final class PublisherStore: Sendable {
         var api: Api
         if apiID.isEmpty {
             var draft = template
-            if draft.name.isEmpty { draft.name = imported.title }
-            if draft.version.isEmpty { draft.version = imported.version }
+            if draft.name.isEmpty {
+                do {
+                    try ApiValidation.checkName(imported.title)
+                } catch {
+                    throw RPCError(.invalidArgument, imported.title.isEmpty
+                        ? "the document has no info.title to name the API: give a name (--name)"
+                        : "the document's title \"\(imported.title.prefix(80))\" cannot be an API name (1 to 60 letters, digits, spaces, _, - or .): give a name (--name)")
+                }
+                draft.name = imported.title
+            }
+            if draft.version.isEmpty {
+                do {
+                    try ApiValidation.checkVersion(imported.version)
+                } catch {
+                    throw RPCError(.invalidArgument, imported.version.isEmpty
+                        ? "the document has no info.version: give the API a version (--api-version)"
+                        : "the document's version \"\(imported.version.prefix(40))\" cannot be an API version (1 to 30 letters, digits, _, - or .): give one (--api-version)")
+                }
+                draft.version = imported.version
+            }
             if draft.description.isEmpty { draft.description = imported.description }
-            if draft.tags.isEmpty { draft.tags = imported.tags }
+            if draft.tags.isEmpty, !imported.tags.isEmpty {
+                // Document tags group operations; store tags find APIs. They are the same
+                // words when they fit the store's rules, and stay the document's own when not.
+                let fits = imported.tags.count <= ApiValidation.maxTags && imported.tags.allSatisfy { (1...60).contains($0.count) }
+                if fits {
+                    draft.tags = imported.tags
+                } else {
+                    imported.warnings.append("the document's \(imported.tags.count) tags stay in the definition (its export keeps them), "
+                        + "but are not the API's store tags, which are at most \(ApiValidation.maxTags) of up to 60 characters: give store tags with --tag")
+                }
+            }
             if draft.resources.isEmpty { draft.resources = imported.resources }
             if draft.scopes.isEmpty { draft.scopes = imported.scopes }
             if draft.context.isEmpty {
-                throw RPCError(.invalidArgument, "a new API needs a context (api_template.context, e.g. /pizzashack): an OpenAPI document does not give one")
+                throw RPCError(.invalidArgument, "a new API needs a context, the path it is served under, such as /pizzashack (--context): an OpenAPI document does not give one")
             }
             api = try await createApi(draft, actor: actor, tenant: tenant, definition: definition)
         } else {
@@ -336,16 +372,17 @@ public final class PublisherStore: Sendable {
         }
         let apiID = api.id
         let stored = try RPCError.catching { try registry.definition(api: apiID) } ?? definition
-        return (api, stored, imported.warnings)
+        return (api, stored, imported.warnings, imported.servers)
     }
 
-    /// The API as an OpenAPI 3.0 document, built from its current resources;
-    /// operation details kept from the imported document are carried over.
+    /// The API as an OpenAPI document, built from its current resources, keeping
+    /// everything else the imported document said (an OpenAPI 3.1 source stays 3.1;
+    /// Swagger 2.0 becomes OpenAPI 3.0.3).
     public func exportOpenApi(_ id: String, format: DefinitionFormat, tenant: String) throws(RPCError) -> ApiDefinition {
         let api = try getApi(id, tenant: tenant)
         let stored = try RPCError.catching { try registry.definition(api: id) }
         let exported = try OpenAPIDocuments.export(api, stored: stored, format: format)
-        return ApiDefinition(apiId: id, format: exported.format, openapiVersion: "3.0.3", document: exported.document,
+        return ApiDefinition(apiId: id, format: exported.format, openapiVersion: exported.openapiVersion, document: exported.document,
                              revision: stored?.revision ?? 0, updatedAtUnixMs: max(stored?.updatedAtUnixMs ?? 0, api.updatedAtUnixMs))
     }
 

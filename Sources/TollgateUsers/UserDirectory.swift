@@ -589,3 +589,21 @@ public final class UserDirectory: SessionVerifier {
         try await RPCError.catching { try await BlockingExecutor.keyDerivation.run(body) }
     }
 }
+
+extension UserDirectory: PermissionGrants {
+    /// The tenant's roles whose permissions cover `permission` (a held path grants every path below it).
+    public func roles(granting permission: String, tenant: String) -> [String] {
+        var names: [String] = []
+        var token: [UInt8] = []
+        repeat {
+            guard let page = try? listRoles(tenant: tenant, pageSize: 1000, pageToken: token) else { break }
+            for role in page.items where role.permissions.contains(where: { held in
+                permission == held || (permission.hasPrefix(held) && permission.dropFirst(held.count).first == "/")
+            }) {
+                names.append(role.name)
+            }
+            token = page.nextPageToken
+        } while !token.isEmpty
+        return names
+    }
+}

@@ -51,6 +51,7 @@ public struct UsersModule: RoleModule {
             throw NodeStartError("users.bootstrap_admin: \(error.message)")
         }
         context.provide(directory as any SessionVerifier, as: (any SessionVerifier).self)
+        context.provide(directory as any PermissionGrants, as: (any PermissionGrants).self)
         // The store (sign-up) and key manager (password grant, sign-in page) use it directly.
         context.provide(directory, as: UserDirectory.self)
         context.provide(SuperTenantAdministration() as any TenantAccessPolicy, as: (any TenantAccessPolicy).self)

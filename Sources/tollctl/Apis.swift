@@ -160,6 +160,14 @@ func parseResource(_ spec: String, authType: ResourceAuthType) throws -> ApiReso
         let verbs = HttpVerbName.allCases.map(\.rawValue).joined(separator: ", ")
         throw ValidationError("resource \"\(spec)\" is not VERB /path: write it like \"GET /menu\" or \"POST /order/{orderId}\" (verbs: \(verbs))")
     }
+    var depth = 0
+    for character in parts[1] {
+        if character == "{" { depth += 1 } else if character == "}" { depth -= 1 }
+        guard (0...1).contains(depth), character != "?", character != "#" else { break }
+    }
+    guard depth == 0, !parts[1].contains("?"), !parts[1].contains("#"), !parts[1].contains("{}") else {
+        throw ValidationError("resource \"\(spec)\": \(parts[1]) is not a URI template: no ? or #, and {name} for a path parameter, e.g. \"GET /order/{orderId}\"")
+    }
     return ApiResource(uriTemplate: String(parts[1]), verb: verb.protoValue, authType: authType)
 }
 
@@ -174,8 +182,12 @@ func validateContext(_ context: String) throws {
 }
 
 /// Whether `text` is an absolute http or https URL with a host.
+/// An endpoint the publisher accepts: http(s), a host, a port in range, a path; no
+/// credentials, query or fragment. Checked here so the message names the flag.
 func isHTTPURL(_ text: String) -> Bool {
     guard let parts = URLComponents(string: text), let scheme = parts.scheme?.lowercased(), let host = parts.host else { return false }
+    guard parts.user == nil, parts.password == nil, parts.query == nil, parts.fragment == nil, !text.contains(where: \.isWhitespace) else { return false }
+    if let port = parts.port, !(1...65535).contains(port) { return false }
     return (scheme == "http" || scheme == "https") && !host.isEmpty
 }
 
@@ -417,6 +429,13 @@ struct ApiSettings: ParsableArguments {
         }
     }
 
+    /// What a new API's settings must say that an update's may leave to the stored API.
+    func validateNewApi() throws {
+        if visibility == .restricted, visibleRoles.isEmpty {
+            throw ValidationError("--visibility restricted needs the roles that may see the API: add --visible-role ROLE (repeat for more)")
+        }
+    }
+
     /// True when no setting is given (--resource-auth alone changes nothing).
     var isEmpty: Bool {
         let given: [Bool] = [description != nil, endpoint != nil, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
@@ -559,6 +578,7 @@ struct ApiCreate: AsyncParsableCommand {
     func validate() throws {
         try validateContext(context)
         guard !resources.isEmpty else { throw ValidationError("an API needs at least one operation: add --resource \"GET /path\" (repeat for more)") }
+        try settings.validateNewApi()
         for spec in resources { _ = try parseResource(spec, authType: .unspecified) }
     }
 
@@ -596,16 +616,29 @@ struct ApiImport: AsyncParsableCommand {
     @OptionGroup var settings: ApiSettings
     @Option(help: "The document's format; default: from the file name, else from its first character.") var format: DefinitionFormatOption?
     @Option(help: "table or json") var output: OutputFormat = .table
+    @Flag(name: .shortAndLong, help: "Print only the API's id, for scripts (warnings still go to standard error).") var quiet = false
 
     func validate() throws {
         if apiID != nil, name != nil || version != nil || context != nil || !tags.isEmpty || !settings.isEmpty {
             throw ValidationError("with --api only the resources and definition change: drop the other flags, and change settings with `tollctl api update`")
         }
+        if apiID == nil, context == nil {
+            throw ValidationError("a new API needs --context, the path it is served under without its version, e.g. --context /pizzashack (an OpenAPI document does not say it); or replace an API's resources with --api ID")
+        }
         if let context { try validateContext(context) }
+        if apiID == nil { try settings.validateNewApi() }
     }
+
+    /// The request must fit in one RPC frame with room to spare; the node's own limit
+    /// (`max_definition_bytes`, 2 MiB unless configured) is usually lower.
+    static let largestDocument = 3_670_016
 
     func run() async throws {
         let document = try readText(file)
+        guard document.utf8.count <= Self.largestDocument else {
+            throw CommandFailure("\(file) is \(document.utf8.count) bytes; a publisher accepts at most \(Self.largestDocument) (3.5 MiB, with max_definition_bytes "
+                + "raised that far in its [publisher] section): split the API, or drop examples it does not need")
+        }
         let request = ImportOpenApiRequest(apiId: apiID ?? "", apiTemplate: apiID == nil ? newApiTemplate() : nil, document: document,
                                            format: format?.protoValue ?? Self.guessFormat(path: file, document: document))
         let response = try await NodeSession.with(connection) { node in
@@ -613,7 +646,21 @@ struct ApiImport: AsyncParsableCommand {
         }
         for warning in response.warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         guard let api = response.api else { throw CommandFailure("the node returned no API for the imported document") }
+        if quiet { return print(api.id) }
+        if output == .json {
+            var json = apiJSON(api)
+            json["servers"] = response.servers
+            json["warnings"] = response.warnings
+            return try printJSON(json)
+        }
         try printApiSummary(api, output: output)
+        let definition = response.definition.map { $0.openapiVersion == "2.0" ? "Swagger 2.0" : "OpenAPI \($0.openapiVersion)" } ?? "the document"
+        print("\(api.resources.count) resources from \(definition)")
+        guard !response.servers.isEmpty else { return }
+        print("servers in the document: \(response.servers.joined(separator: ", "))")
+        if api.productionEndpoints == nil, let first = response.servers.first {
+            print("the API has no endpoint yet; to send its calls to the first of them: tollctl api update \(api.id) --endpoint \(first)")
+        }
     }
 
     /// What the document cannot say about a new API, and what the flags say instead of it.
@@ -744,7 +791,7 @@ struct ApiLifecycle: AsyncParsableCommand {
         discussion: """
             Allowed moves: created → published or prototyped; prototyped → published or created; \
             published → blocked, deprecated, prototyped or created; blocked → published or deprecated; \
-            deprecated → retired. The gateways deploy or undeploy the API as the new state requires.
+            deprecated → retired. The move is written to the deployment feed that gateway nodes watch.
             """)
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "The API's id.") var id: String

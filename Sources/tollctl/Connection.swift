@@ -38,6 +38,9 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("tollctl-config"), help: "Another config file instead of the default one.")
     var configFile: String?
 
+    @Option(help: "Use the session signed in with `tollctl login --as NAME` instead of the default one (env TOLLCTL_SESSION).")
+    var session: String?
+
     @Option(help: "Seconds to wait for each call.")
     var timeout: Int = 30
 }
@@ -52,6 +55,8 @@ struct ClientSettings {
     var tenant: String?
     var user: String?
     var timeout: Int
+    /// A named session (`login --as NAME`), or nil for the node's default one.
+    var sessionName: String?
 
     static var configDirectory: String {
         let environment = ProcessInfo.processInfo.environment
@@ -82,7 +87,7 @@ struct ClientSettings {
             } catch let error as TOMLParseError {
                 throw CommandFailure("\(file): not valid TOML at line \(error.source.begin.line): \(error.description)")
             }
-            let known: Set<String> = ["node", "ca", "certificate", "private_key", "server_name", "tenant", "user"]
+            let known: Set<String> = ["node", "ca", "certificate", "private_key", "server_name", "tenant", "user", "session"]
             for key in table.keys {
                 guard known.contains(key) else { throw CommandFailure("\(file): unknown key \(key) (known: \(known.sorted().joined(separator: ", ")))") }
                 guard let value = table[key]?.string else { throw CommandFailure("\(file): \(key) must be a string") }
@@ -100,12 +105,14 @@ struct ClientSettings {
         guard let ca = pick(options.ca, "TOLLCTL_CA", "ca") else {
             throw CommandFailure("no cluster CA certificate: pass --ca FILE, set TOLLCTL_CA, or put ca = \"FILE\" in \(file)")
         }
+        let sessionName = pick(options.session, "TOLLCTL_SESSION", "session")
+        if let sessionName { try checkSessionName(sessionName) }
         let certificate = pick(options.cert, "TOLLCTL_CERT", "certificate")
         let key = pick(options.key, "TOLLCTL_KEY", "private_key")
         guard (certificate == nil) == (key == nil) else { throw CommandFailure("a client certificate needs its private key, and the other way round (--cert and --key)") }
         return ClientSettings(node: node, ca: ca, certificate: certificate, privateKey: key,
                               serverName: options.serverName ?? fileValues["server_name"], tenant: pick(options.tenant, "TOLLCTL_TENANT", "tenant"),
-                              user: environment["TOLLCTL_USER"] ?? fileValues["user"], timeout: options.timeout)
+                              user: environment["TOLLCTL_USER"] ?? fileValues["user"], timeout: options.timeout, sessionName: sessionName)
     }
 
     var endpoint: (host: String, port: Int) {
@@ -125,11 +132,36 @@ struct ClientSettings {
         }
     }
 
-    /// Where the session for this node is kept (mode 0600).
+    /// Where the session for this node is kept (mode 0600): one default
+    /// session per node, and any number of named ones beside it.
     var sessionFile: String {
-        let safe = node.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" ? $0 : "_" }
-        return "\(Self.stateDirectory)/session-\(String(safe))"
+        sessionFile(named: sessionName)
     }
+
+    func sessionFile(named name: String?) -> String {
+        "\(Self.stateDirectory)/\(sessionFilePrefix)\(name.map { "--" + $0 } ?? "")"
+    }
+
+    /// `session-<node>`: the default session's file name, and the start of the named ones'.
+    var sessionFilePrefix: String {
+        "session-" + String(node.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" ? $0 : "_" })
+    }
+
+    /// The label for messages: the node, and the session when it is a named one.
+    var sessionLabel: String {
+        sessionName.map { "\(node) (session \($0))" } ?? node
+    }
+}
+
+/// Session names become part of a file name: letters, digits, -, _ and . only.
+func checkSessionName(_ name: String) throws {
+    let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
+    guard (1...64).contains(name.count), name.allSatisfy(allowed.contains), name.first != "." else {
+        throw CommandFailure("session name \"\(name)\" is not usable: 1 to 64 letters, digits, -, _, . or @, such as publisher-bob")
+    }
+}
+
+extension ClientSettings {
 }
 
 /// A saved session: the bearer token and who it is for.
@@ -195,18 +227,42 @@ struct NodeSession {
             connection = try await RPCConnection.connect(host: host, port: port, serverHostname: settings.serverName ?? host, tls: tls, group: group)
         } catch {
             try? await group.shutdownGracefully()
-            throw CommandFailure("cannot connect to \(settings.node): \(Self.explain(error))")
+            throw CommandFailure("cannot connect to \(settings.node): \(Self.explain(error, settings: settings))")
         }
         var session = SavedSession.load(settings.sessionFile)
         if let saved = session, saved.expiresAtUnixMs <= Int64(Date().timeIntervalSince1970 * 1000) { session = nil }
         return NodeSession(settings: settings, group: group, connection: connection, session: session)
     }
 
-    static func explain(_ error: any Error) -> String {
-        if let status = error as? RPCError { return status.message.isEmpty ? "\(status.code)" : status.message }
-        let text = "\(error)"
-        if text.contains("Connection refused") { return "connection refused (is tollgated running, and is this its admin listener?)" }
+    static func explain(_ error: any Error, settings: ClientSettings) -> String {
+        let text = ConnectionErrorText.describe(error)
+        if text.lowercased().contains("connection refused") { return "connection refused (is tollgated running, and is this its admin listener?)" }
+        if isTLSFailure(error, text) { return explainTLS(text, settings: settings) }
         return text
+    }
+
+    /// A refused or failed TLS handshake, as OpenSSL or the TLS handler reports it.
+    static func isTLSFailure(_ error: any Error, _ text: String) -> Bool {
+        if error is TLSError { return true }
+        let lower = text.lowercased()
+        return ["tls", "ssl", "handshake", "certificate", "alert"].contains { lower.contains($0) }
+    }
+
+    /// What to do about a failed handshake: most often the cluster listener,
+    /// which wants a certificate that a signed-in user does not have.
+    static func explainTLS(_ text: String, settings: ClientSettings) -> String {
+        let lower = text.lowercased()
+        if lower.contains("verify failed") || lower.contains("certificate verification") {
+            return "the node's certificate does not verify against \(settings.ca) (\(text)): give the CA certificate of this node's cluster "
+                + "(--ca, TOLLCTL_CA or `ca` in tollctl.toml), and --server-name if the certificate names the node differently"
+        }
+        if settings.certificate == nil {
+            return "the TLS handshake failed (\(text)). This looks like a node's cluster listener (`cluster` in its [listen] section), "
+                + "which admits only cluster nodes and admin certificates: point --node at the node's admin listener (`admin` in [listen], "
+                + "e.g. host:7444) and sign in with `tollctl login`, or present an admin certificate with --cert and --key"
+        }
+        return "the TLS handshake failed (\(text)): check that --ca is the cluster's CA certificate and that --cert/--key are an admin "
+            + "certificate that CA issued (`tollctl certs verify`)"
     }
 
     /// Options for a call: the session token, tenant and timeout.
@@ -231,18 +287,29 @@ struct NodeSession {
             case .unauthenticated where signingIn:
                 throw CommandFailure(error.message)
             case .unauthenticated where session == nil:
-                throw CommandFailure("not signed in to \(settings.node): run `tollctl login`")
+                throw CommandFailure("not signed in to \(settings.sessionLabel): run `tollctl login\(loginArguments)`")
             case .unauthenticated:
-                throw CommandFailure("\(error.message): run `tollctl login` again")
+                throw CommandFailure("\(error.message): run `tollctl login\(loginArguments)` again")
+            case .permissionDenied where error.message.contains("roles that grant it:"):
+                throw CommandFailure("permission denied: \(error.message) (an administrator gives a role with `tollctl user roles NAME --add ROLE`\(settings.sessionName == nil ? "; keep another identity's session with `tollctl login --as NAME` and use it with --session NAME" : ""))")
             case .permissionDenied:
                 throw CommandFailure("permission denied: \(error.message)")
             case .unimplemented:
+<<<<<<< HEAD
                 throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and blocking subscriptions: publisher; the store, applications, subscriptions and keys: store; introspection and signing keys: keymanager)")
+=======
+                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and subscriptions: publisher)")
+            case .unavailable where Self.isTLSFailure(error, error.message):
+                throw CommandFailure("cannot talk to \(settings.node): \(Self.explainTLS(error.message, settings: settings))")
+>>>>>>> first-hour
             default:
                 throw CommandFailure("\(error.code): \(error.message)")
             }
         }
     }
+
+    /// ` --as NAME` when a named session is in use, so the hint signs in to the same one.
+    var loginArguments: String { settings.sessionName.map { " --as \($0)" } ?? "" }
 }
 
 /// Reads a password without echoing it, from the terminal.

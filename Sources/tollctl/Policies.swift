@@ -176,7 +176,7 @@ enum BlockTypeOption: String, ExpressibleByArgument, CaseIterable {
 
 struct Block: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Block conditions: deny API contexts, applications, users, IPs and IP ranges at the gateways.",
+        abstract: "Block conditions: API contexts, applications, users, IPs and IP ranges to deny, sent to the gateways' deployment feed.",
         subcommands: [BlockList.self, BlockAdd.self, BlockEnable.self, BlockDisable.self, BlockDelete.self])
 }
 

@@ -62,12 +62,26 @@ struct UserShow: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one user.")
     @OptionGroup var connection: ConnectionOptions
     @Argument(help: "The username.") var name: String
+    @Option(help: "table or json") var output: OutputFormat = .table
 
     func run() async throws {
-        let user = try await NodeSession.with(connection) { node in
+        let fetched = try await NodeSession.with(connection) { node in
             try await node.run { try await UserServiceClient(node.connection, defaultOptions: node.callOptions).getUser(GetUserRequest(username: name)).user }
         }
-        try printJSON(userJSON(user ?? User()))
+        guard let user = fetched else { throw CommandFailure("the node returned no user for \(name)") }
+        switch output {
+        case .json: try printJSON(userJSON(user))
+        case .table:
+            let fullName = [user.givenName, user.familyName].filter { !$0.isEmpty }.joined(separator: " ")
+            printFields([
+                ("user", "\(user.username)@\(user.tenantDomain)"),
+                ("name", fullName.isEmpty ? "-" : fullName),
+                ("email", user.email.isEmpty ? "-" : user.email),
+                ("roles", listOrDash(user.roles)),
+                ("status", userRow(user)[3]),
+                ("failed logins", String(user.failedLoginCount)),
+            ])
+        }
     }
 }
 

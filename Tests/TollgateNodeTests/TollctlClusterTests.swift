@@ -62,14 +62,22 @@ import Testing
             atGateway["TOLLCTL_KEY"] = fixture.path("admin.key")
             let gatewayPing = try runTollctl(["ping", "--count", "1"], environment: atGateway)
             #expect(gatewayPing.status == 0 && gatewayPing.output.contains("reply from gw-1"), "\(gatewayPing.output)")
-            let gatewayStatus = try runTollctl(["cluster", "status", "--output", "json"], environment: atGateway)
-            #expect(gatewayStatus.status == 0 && gatewayStatus.output.contains(#""node_id" : "gw-1""#), "\(gatewayStatus.output)")
+            // Its own view of the publisher may still be retrying a connection made before the publisher listened:
+            // the status fails until every peer is ready.
+            var gatewayStatus = (status: Int32(0), output: "")
+            try await eventually("the gateway's cluster status to show the publisher ready", timeout: .seconds(90), poll: .milliseconds(250)) {
+                gatewayStatus = try runTollctl(["cluster", "status", "--output", "json"], environment: atGateway)
+                return gatewayStatus.status == 0
+            }
+            #expect(gatewayStatus.output.contains(#""node_id" : "gw-1""#) && gatewayStatus.output.contains(#""ready" : true"#), "\(gatewayStatus.output)")
             // Without the certificate, the cluster listener refuses the TLS handshake.
             var noCertificate = atGateway
             noCertificate["TOLLCTL_CERT"] = nil
             noCertificate["TOLLCTL_KEY"] = nil
             let refused = try runTollctl(["ping", "--count", "1"], environment: noCertificate)
             #expect(refused.status != 0 && refused.output.contains("cannot connect to 127.0.0.1:\(gwCluster)"), "\(refused.output)")
+            #expect(refused.output.contains("cluster listener") && refused.output.contains("admin listener") && refused.output.contains("--cert and --key"),
+                    "a refused handshake says which listener this is and what to do: \(refused.output)")
 
             // Throttling policies and block conditions, as the publisher's admin.
             let tiers = try runTollctl(["policy", "list", "--kind", "subscription"], environment: environment)
@@ -91,6 +99,29 @@ import Testing
             #expect(created.status == 0 && created.output.contains("created user sam@carbon.super with roles subscriber"), "\(created.output)")
             let weak = try runTollctl(["user", "create", "ann", "--password-stdin"], environment: environment, input: "short\n")
             #expect(weak.status != 0 && weak.output.contains("8 to 128 characters"), "\(weak.output)")
+            let shown = try runTollctl(["user", "show", "sam"], environment: environment)
+            #expect(shown.status == 0 && shown.output.contains("user           sam@carbon.super") && shown.output.contains("roles          subscriber"),
+                    "\(shown.output)")
+            let shownJSON = try runTollctl(["user", "show", "sam", "--output", "json"], environment: environment)
+            #expect(shownJSON.status == 0 && shownJSON.output.contains(#""username" : "sam""#), "\(shownJSON.output)")
+
+            // A named session beside the default one: switch identities without signing in again.
+            #expect(try runTollctl(["user", "create", "pat", "--role", "creator", "--password-stdin"], environment: environment, input: "pat-Secret-1\n").status == 0)
+            let asPat = try runTollctl(["login", "--as", "pat-creator", "--user", "pat", "--password-stdin"], environment: environment, input: "pat-Secret-1\n")
+            #expect(asPat.status == 0 && asPat.output.contains("as pat@carbon.super in session pat-creator"), "\(asPat.output)")
+            let patWhoami = try runTollctl(["whoami", "--session", "pat-creator"], environment: environment)
+            #expect(patWhoami.status == 0 && patWhoami.output.contains("pat@carbon.super"), "\(patWhoami.output)")
+            let adminWhoami = try runTollctl(["whoami"], environment: environment)
+            #expect(adminWhoami.status == 0 && adminWhoami.output.contains("admin@carbon.super"), "the default session is still admin's: \(adminWhoami.output)")
+            let sessions = try runTollctl(["sessions"], environment: environment)
+            #expect(sessions.status == 0 && sessions.output.contains("(default)") && sessions.output.contains("pat-creator"), "\(sessions.output)")
+            let denied = try runTollctl(["user", "list"], environment: environment.merging(["TOLLCTL_SESSION": "pat-creator"]) { $1 })
+            #expect(denied.status != 0 && denied.output.contains("permission denied") && denied.output.contains("roles that grant it: admin"),
+                    "a refusal names the roles that would allow it: \(denied.output)")
+            let unknownSession = try runTollctl(["whoami", "--session", "nobody"], environment: environment)
+            #expect(unknownSession.status != 0 && unknownSession.output.contains("not signed in to 127.0.0.1:\(pubAdmin) (session nobody): run `tollctl login --as nobody`"),
+                    "\(unknownSession.output)")
+
             let users = try runTollctl(["user", "list"], environment: environment)
             #expect(users.status == 0 && users.output.contains("sam") && users.output.contains("subscriber") && users.output.contains("active"), "\(users.output)")
             #expect(try runTollctl(["role", "create", "auditor", "--permission", "/permission/admin/configure/security"], environment: environment).status == 0)
@@ -105,11 +136,23 @@ import Testing
             let deleted = try runTollctl(["user", "delete", "sam"], environment: environment)
             #expect(deleted.status == 0, "\(deleted.output)")
 
+            // A peer that stops answering is not ready, with its last error on one line, and the status fails.
+            #expect(await gateway.stop() == 0)
+            var down = (status: Int32(0), output: "")
+            try await eventually("cluster status to show the stopped gateway as not ready", poll: .milliseconds(250)) {
+                down = try runTollctl(["cluster", "status"], environment: environment)
+                return down.output.contains("retrying")
+            }
+            #expect(down.status != 0, "\(down.output)")
+            let gatewayRow = down.output.split(separator: "\n").first { $0.hasPrefix("gw-1") } ?? ""
+            #expect(gatewayRow.contains(" no ") && gatewayRow.contains("retrying: connection refused"), "\(down.output)")
+            #expect(!down.output.contains("NIOConnectionError") && !down.output.contains("SingleConnectionFailure"), "\(down.output)")
+            #expect(down.output.contains("1 of 1 peers not ready: gw-1"), "\(down.output)")
+
             let logout = try runTollctl(["logout"], environment: environment)
             #expect(logout.status == 0 && !FileManager.default.fileExists(atPath: sessionFile), "\(logout.output)")
 
             #expect(await publisher.stop() == 0)
-            #expect(await gateway.stop() == 0)
         }
     }
 }

@@ -62,12 +62,27 @@ import TollgateServices
             let id = try #require(jsonString("id", in: created.output), "\(created.output)")
             let bad = try tollctl("api", "create", "--name", "Bad", "--api-version", "1", "--context", "/t/acme", "--resource", "GET /x")
             #expect(bad.status != 0 && bad.output.contains("reserved for tenants"), "\(bad.output)")
+            // What is wrong with a flag is said in terms of the flag, before anything is sent.
+            let flagged: [([String], String)] = [
+                (["--resource", "GET /x", "--endpoint", "https://backend.example.com:99999/x"], "--endpoint"),
+                (["--resource", "GET /x", "--endpoint", "https://backend.example.com/x?debug=1"], "--endpoint"),
+                (["--resource", "GET /order/{id"], "is not a URI template"),
+                (["--resource", "GET /x", "--visibility", "restricted"], "--visible-role"),
+            ]
+            for (arguments, fragment) in flagged {
+                let refused = try runTollctl(["api", "create", "--name", "Flags", "--api-version", "1", "--context", "/flags"] + arguments, environment: environment)
+                #expect(refused.status != 0 && refused.output.contains(fragment) && !refused.output.contains("_endpoints") && !refused.output.contains("uri_template")
+                        && !refused.output.contains("visible_roles"), "\(arguments): \(refused.output)")
+            }
+            let noContext = try tollctl("api", "import", "-", input: Self.openAPI)
+            #expect(noContext.status != 0 && noContext.output.contains("--context"), "\(noContext.output)")
             let imported = try tollctl("api", "import", "-", "--context", "/menu", "--endpoint", "http://menu.internal:8080", "--output", "json",
                                        input: Self.openAPI)
             #expect(imported.status == 0 && imported.output.contains("\"listDishes\"") == false && imported.output.contains("/dishes/{dishId}"), "\(imported.output)")
             // … but cannot publish it.
             let refused = try tollctl("api", "lifecycle", id, "published")
-            #expect(refused.status != 0 && refused.output.contains("permission denied"), "\(refused.output)")
+            #expect(refused.status != 0 && refused.output.contains("permission denied") && refused.output.contains("roles that grant it: admin, publisher"),
+                    "\(refused.output)")
 
             let list = try tollctl("api", "list")
             #expect(list.status == 0 && list.output.contains("PizzaShack") && list.output.contains("Menu") && list.output.contains("created"), "\(list.output)")

@@ -24,11 +24,12 @@ final class PublisherFixture: Sendable {
     let transport: InProcessTransport
     static let password = "first-Secret-1"
 
-    init(path existing: String? = nil) async throws {
+    init(path existing: String? = nil, maxDefinitionBytes: Int? = nil) async throws {
         path = existing ?? FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-publisher-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         let assembly = try await assembleNode(roles: [.publisher], path: path, password: Self.password,
-                                              sections: ["publisher": ConfigSection(values: ["snapshot_chunk_apis": .integer(2)])])
+                                              sections: ["publisher": ConfigSection(values: ["snapshot_chunk_apis": .integer(2)].merging(
+                                                  maxDefinitionBytes.map { ["max_definition_bytes": .integer($0)] } ?? [:]) { $1 })])
         directory = try #require(assembly.module(UsersModule.self)).directory
         policies = try #require(assembly.module(PoliciesModule.self)).store
         publisher = try #require(assembly.module(PublisherModule.self)).store
@@ -73,6 +74,17 @@ func sampleApi(_ name: String = "PizzaShack", version: String = "1.0.0", context
     ]
     api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "https://backend.example.com/pizzashack")))
     api.subscriptionPolicies = ["Gold", "Unlimited"]
+    return api
+}
+
+/// What an OpenAPI import is given besides the document: a context, the Unlimited tier, and
+/// optionally a name (else the document's title) and a production endpoint.
+func importTemplate(_ context: String, name: String = "", endpoint: String? = nil) -> Api {
+    var api = Api()
+    api.name = name
+    api.context = context
+    api.productionEndpoints = endpoint.map { EndpointConfig(strategy: .single(Endpoint(url: $0))) }
+    api.subscriptionPolicies = ["Unlimited"]
     return api
 }
 

@@ -275,6 +275,8 @@ public struct ImportOpenApiResponse: ProtoMessage {
     public var definition: ApiDefinition? = nil
     /// Field 3.
     public var warnings: [String] = []
+    /// Field 4.
+    public var servers: [String] = []
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -283,11 +285,13 @@ public struct ImportOpenApiResponse: ProtoMessage {
     public init(
         api: Api? = nil,
         definition: ApiDefinition? = nil,
-        warnings: [String] = []
+        warnings: [String] = [],
+        servers: [String] = []
     ) {
         self.api = api
         self.definition = definition
         self.warnings = warnings
+        self.servers = servers
     }
 }
 
@@ -1343,6 +1347,8 @@ extension ImportOpenApiResponse {
         if let value = self.definition { c.pointee.definition = try value._cMessage(in: arena) }
         c.pointee.n_warnings = self.warnings.count
         c.pointee.warnings = try arena.cStrings(self.warnings, field: "warnings", in: Self.protoName)
+        c.pointee.n_servers = self.servers.count
+        c.pointee.servers = try arena.cStrings(self.servers, field: "servers", in: Self.protoName)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -1353,6 +1359,7 @@ extension ImportOpenApiResponse {
         if let value = c.pointee.api { self.api = try Api(_cMessage: value) }
         if let value = c.pointee.definition { self.definition = try ApiDefinition(_cMessage: value) }
         self.warnings = try ProtoDecode.strings(c.pointee.warnings, count: c.pointee.n_warnings, field: "warnings", in: Self.protoName)
+        self.servers = try ProtoDecode.strings(c.pointee.servers, count: c.pointee.n_servers, field: "servers", in: Self.protoName)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

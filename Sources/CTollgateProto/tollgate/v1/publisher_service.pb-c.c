@@ -2308,7 +2308,7 @@ const ProtobufCMessageDescriptor tollgate__v1__import_open_api_request__descript
   (ProtobufCMessageInit) tollgate__v1__import_open_api_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__import_open_api_response__field_descriptors[3] =
+static const ProtobufCFieldDescriptor tollgate__v1__import_open_api_response__field_descriptors[4] =
 {
   {
     "api",
@@ -2346,16 +2346,29 @@ static const ProtobufCFieldDescriptor tollgate__v1__import_open_api_response__fi
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "servers",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tollgate__V1__ImportOpenApiResponse, n_servers),
+    offsetof(Tollgate__V1__ImportOpenApiResponse, servers),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__import_open_api_response__field_indices_by_name[] = {
   0,   /* field[0] = api */
   1,   /* field[1] = definition */
+  3,   /* field[3] = servers */
   2,   /* field[2] = warnings */
 };
 static const ProtobufCIntRange tollgate__v1__import_open_api_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__import_open_api_response__descriptor =
 {
@@ -2365,7 +2378,7 @@ const ProtobufCMessageDescriptor tollgate__v1__import_open_api_response__descrip
   "Tollgate__V1__ImportOpenApiResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__ImportOpenApiResponse),
-  3,
+  4,
   tollgate__v1__import_open_api_response__field_descriptors,
   tollgate__v1__import_open_api_response__field_indices_by_name,
   1,  tollgate__v1__import_open_api_response__number_ranges,

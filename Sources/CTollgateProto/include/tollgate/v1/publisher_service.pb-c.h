@@ -252,10 +252,18 @@ struct  Tollgate__V1__ImportOpenApiResponse
    */
   size_t n_warnings;
   char **warnings;
+  /*
+   * The document's servers as absolute http(s) URLs (Swagger 2.0: schemes,
+   * host and basePath), server variables filled with their defaults: what
+   * the API's endpoints could be. The gateway calls only the endpoints set
+   * on the API.
+   */
+  size_t n_servers;
+  char **servers;
 };
 #define TOLLGATE__V1__IMPORT_OPEN_API_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__import_open_api_response__descriptor) \
-    , NULL, NULL, 0,NULL }
+    , NULL, NULL, 0,NULL, 0,NULL }
 
 
 struct  Tollgate__V1__ExportOpenApiRequest
