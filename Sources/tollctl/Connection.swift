@@ -295,13 +295,9 @@ struct NodeSession {
             case .permissionDenied:
                 throw CommandFailure("permission denied: \(error.message)")
             case .unimplemented:
-<<<<<<< HEAD
                 throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and blocking subscriptions: publisher; the store, applications, subscriptions and keys: store; introspection and signing keys: keymanager)")
-=======
-                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and subscriptions: publisher)")
             case .unavailable where Self.isTLSFailure(error, error.message):
                 throw CommandFailure("cannot talk to \(settings.node): \(Self.explainTLS(error.message, settings: settings))")
->>>>>>> first-hour
             default:
                 throw CommandFailure("\(error.code): \(error.message)")
             }
