@@ -195,12 +195,14 @@ struct ApplicationCreate: AsyncParsableCommand {
     @Option(help: "Share it with the users holding this role (WSO2's group id).") var group: String = ""
     @Option(name: .customLong("token-type"), help: "opaque or jwt access tokens.") var tokenType: TokenTypeOption = .opaque
     @Option(help: "table or json") var output: OutputFormat = .table
+    @Flag(help: "Print only the new application's id (for scripts).") var quiet = false
 
     func run() async throws {
         let draft = Application(name: name, description: description, throttlingPolicy: tier, callbackUrl: callback, groupId: group, tokenFormat: tokenType.protoValue)
         let created = try await NodeSession.with(connection) { node in
             try await node.run { try await node.store.createApplication(CreateApplicationRequest(application: draft)).application ?? Application() }
         }
+        if quiet { return print(created.id) }
         switch output {
         case .json: try printJSON(applicationJSON(created))
         case .table: printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], [applicationRow(created)])
@@ -352,6 +354,7 @@ struct KeyGenerate: AsyncParsableCommand {
     @Option(help: "Lifetime of application tokens in seconds (default: the key manager's).") var validity: Int64 = 0
     @Option(help: "A scope for the first application token (repeat).") var scope: [String] = []
     @Option(help: "table or json") var output: OutputFormat = .table
+    @Flag(help: "Print shell assignments (CONSUMER_KEY, CONSUMER_SECRET, ACCESS_TOKEN) for `eval`.") var env = false
 
     func run() async throws {
         let request = GenerateKeysRequest(applicationId: applicationID, keyType: keyType.protoValue, grantTypes: grant.map(\.protoValue), callbackUrl: callback,
@@ -360,6 +363,12 @@ struct KeyGenerate: AsyncParsableCommand {
             try await node.run { try await node.store.generateKeys(request) }
         }
         let token = response.applicationToken
+        if env {
+            print("CONSUMER_KEY=\(shellQuoted(response.key?.consumerKey ?? ""))")
+            print("CONSUMER_SECRET=\(shellQuoted(response.consumerSecret))")
+            print("ACCESS_TOKEN=\(shellQuoted(token?.accessToken ?? ""))")
+            return
+        }
         switch output {
         case .json:
             var json: [String: Any] = ["consumer_key": response.key?.consumerKey ?? "", "consumer_secret": response.consumerSecret,

@@ -43,6 +43,7 @@ import Testing
             "TOLLGATE_DEV_DIR": work.appendingPathComponent(".dev").path,
             "TOLLGATE_DEV_CLUSTER": "127.0.0.1:\(try NodeFixture.freePort())",
             "TOLLGATE_DEV_ADMIN": "127.0.0.1:\(try NodeFixture.freePort())",
+            "TOLLGATE_DEV_OAUTH": "127.0.0.1:\(try NodeFixture.freePort())",
             "XDG_CONFIG_HOME": base.appendingPathComponent("config").path,
             "XDG_STATE_HOME": base.appendingPathComponent("state").path,
         ]
@@ -71,11 +72,14 @@ import Testing
             // A new shell: tollctl on PATH, no TOLLCTL_* exports, only the settings make run wrote.
             var shell = ["-C", work.path, "-u", "TOLLCTL_NODE", "-u", "TOLLCTL_CA", "-u", "TOLLCTL_USER", "-u", "TOLLCTL_PASSWORD", "-u", "TOLLCTL_SESSION",
                          "PATH=\(NodeFixture.binDirectory.path):/usr/bin:/bin"]
-            for key in ["XDG_CONFIG_HOME", "XDG_STATE_HOME"] { shell.append("\(key)=\(environment[key]!)") }
+            for key in ["XDG_CONFIG_HOME", "XDG_STATE_HOME", "TOLLGATE_DEV_OAUTH"] { shell.append("\(key)=\(environment[key]!)") }
             shell += ["bash", "-c", "set -euxo pipefail\n" + script]
             let run = try await runTool("/usr/bin/env", shell, timeout: .seconds(120))
             #expect(run.status == 0, "the walkthrough failed (the last command shown with + is the one):\n\(run.output)")
             #expect(run.output.contains("created → published") && run.output.contains("first release"), "\(run.output)")
+            // The consumer's part: a token from the OAuth endpoint, active, then revoked.
+            #expect(run.output.contains("\"token_type\":\"Bearer\"") && run.output.contains("revoked the token")
+                    && run.output.contains("inactive (unknown, expired or revoked)"), "\(run.output)")
             let export = try String(contentsOf: work.appendingPathComponent("pizzashack-export.json"), encoding: .utf8)
             #expect(export.contains("\"x-team\": \"kitchen\"") && export.contains("https://login.pizzashack.example.com/token"), "\(export.prefix(400))")
         } teardown: {
