@@ -23,7 +23,7 @@ public enum ReloadVerdict {
 
     public static func read() -> Entry? {
         guard let path, let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-        let lines = text.split(separator: "\n", maxSplits: 1).map(String.init)
+        let lines = text.split(separator: "\n").map(String.init)
         guard lines.count == 2, lines[0].hasPrefix("attempt "), let attempt = Int(lines[0].dropFirst("attempt ".count)) else { return nil }
         if lines[1] == "accepted" { return Entry(attempt: attempt, refusal: nil) }
         guard lines[1].hasPrefix("refused: ") else { return nil }
