@@ -238,12 +238,20 @@ check "tollgate_certificate_expiry_seconds for the node and the CA" \
     sh -c "curl -sf http://127.0.0.1:9467/metrics | grep -q '^tollgate_certificate_expiry_seconds{certificate=\"node\"} [1-9]' && curl -sf http://127.0.0.1:9467/metrics | grep -q '^tollgate_certificate_expiry_seconds{certificate=\"ca\"} [1-9]'"
 
 echo "== tollctl certs renew"
+# The certificate the gateway's cluster listener presents (host openssl).
+served() {
+    openssl s_client -connect 127.0.0.1:7473 -alpn tollgate-rpc/1 </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null
+}
 before=$(curl -sf http://127.0.0.1:9467/metrics | sed -n 's/^tollgate_certificate_expiry_seconds{certificate="node"} //p')
-check "certs renew replaces the gateway's pair in place" \
-    inside tollctl certs renew --ca /etc/tollgate/certs --days 900 /etc/tollgate/certs/gateway.pem
+served_before=$(served)
+key_before=$(inside sha256sum /etc/tollgate/certs/gateway.key)
+check "certs renew replaces the gateway's certificate in place, same key" \
+    sh -c "nsenter -t $pid1 -a tollctl certs renew --ca /etc/tollgate/certs --days 900 /etc/tollgate/certs/gateway.pem && [ \"\$(nsenter -t $pid1 -a sha256sum /etc/tollgate/certs/gateway.key)\" = '$key_before' ]"
 check "certs renew keeps owner and mode" \
     ish '[ "$(stat -c %U:%G:%a /etc/tollgate/certs/gateway.key)" = root:root:600 ] && [ "$(stat -c %G:%a /etc/tollgate/certs/gateway.pem)" = tollgate:640 ]'
-check "reload after renew: the new key reaches the node" inside systemctl reload tollgate@gateway
+check "reload after renew exits 0" inside systemctl reload tollgate@gateway
+served_after=$(served)
+check "the gateway presents the renewed certificate" sh -c "[ -n '$served_before' ] && [ -n '$served_after' ] && [ '$served_before' != '$served_after' ] && [ '$served_after' = \"\$(nsenter -t $pid1 -a cat /etc/tollgate/certs/gateway.pem | openssl x509 -noout -fingerprint -sha256)\" ]"
 after=$(curl -sf http://127.0.0.1:9467/metrics | sed -n 's/^tollgate_certificate_expiry_seconds{certificate="node"} //p')
 check "the expiry metric follows the renewed certificate" sh -c "[ -n '$after' ] && [ '$after' != '$before' ]"
 

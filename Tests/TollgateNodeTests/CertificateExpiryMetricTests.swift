@@ -1,5 +1,6 @@
 import Foundation
 import OpenSSLKit
+import RoleCore
 import TestSupport
 import Testing
 @testable import TollgateNode
