@@ -39,6 +39,18 @@ public final class KeyManager: Sendable {
     let settingsState: Mutex<KeyManagerSettings>
     let now: @Sendable () -> Int64
     private let verifiedSecrets = Mutex<[String: VerifiedSecret]>([:])
+    /// Decoded records key validation reads again and again, kept with their
+    /// bytes (see ``RecordMemo``): validation decodes only what changed.
+    let memos = ValidationMemos()
+
+    struct ValidationMemos: Sendable {
+        let clients = RecordMemo<OAuthClient>()
+        let applicationKeys = RecordMemo<ApplicationKey>()
+        let applications = RecordMemo<Application>()
+        let apis = RecordMemo<Api>()
+        let subscriptions = RecordMemo<Subscription>()
+        let policies = RecordMemo<ThrottlePolicy>()
+    }
     private let pepper: [UInt8]
 
     struct VerifiedSecret {

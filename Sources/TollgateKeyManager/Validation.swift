@@ -32,10 +32,10 @@ extension KeyManager {
               token.kind == .access, constantTimeEquals(token.tokenHash, request.tokenHash) else {
             return refused(KeyValidationStatus.invalidCredentials)
         }
-        let client = try database.clients.get(Key(.string(token.consumerKey)), in: txn)
+        let client = try database.clients.get(Key(.string(token.consumerKey)), in: txn, memo: memos.clients)
         guard liveness(of: token, client: client, at: timestamp),
-              let key = try database.applicationKeys.get(ApiManagerDatabase.applicationKeysByConsumerKey, Key(.string(token.consumerKey)), in: txn),
-              let application = try database.applications.get(Key(.string(key.applicationId)), in: txn) else {
+              let key = try database.applicationKeys.get(ApiManagerDatabase.applicationKeysByConsumerKey, Key(.string(token.consumerKey)), in: txn, memo: memos.applicationKeys),
+              let application = try database.applications.get(Key(.string(key.applicationId)), in: txn, memo: memos.applications) else {
             return refused(KeyValidationStatus.invalidCredentials)
         }
         // The token's domain restriction (the Referer the gateway saw).
@@ -51,14 +51,14 @@ extension KeyManager {
 
         let (tenant, context) = Self.splitTenant(request.context)
         let version = request.version.hasPrefix("_default_") ? String(request.version.dropFirst("_default_".count)) : request.version
-        var api = try database.apis.get(ApiManagerDatabase.apisByContextVersion, Key(.string(tenant), .string(context), .string(version)), in: txn)
+        var api = try database.apis.get(ApiManagerDatabase.apisByContextVersion, Key(.string(tenant), .string(context), .string(version)), in: txn, memo: memos.apis)
         // WSO2 gateways send the versioned context (`/pizzashack/1.0.0`).
         if api == nil, context.hasSuffix("/" + version) {
             api = try database.apis.get(ApiManagerDatabase.apisByContextVersion,
-                                        Key(.string(tenant), .string(String(context.dropLast(version.count + 1))), .string(version)), in: txn)
+                                        Key(.string(tenant), .string(String(context.dropLast(version.count + 1))), .string(version)), in: txn, memo: memos.apis)
         }
         guard let api, let subscription = try database.subscriptions.get(ApiManagerDatabase.subscriptionsByApplicationApi,
-                                                                         Key(.string(application.id), .string(api.id)), in: txn) else {
+                                                                         Key(.string(application.id), .string(api.id)), in: txn, memo: memos.subscriptions) else {
             return refused(KeyValidationStatus.resourceForbidden)
         }
         switch api.lifecycleState {
@@ -115,13 +115,13 @@ extension KeyManager {
 
     func subscriptionPolicy<T: TransactionReading & ~Copyable>(_ name: String, tenant: String, in txn: borrowing T) throws -> SubscriptionPolicy? {
         guard !name.isEmpty, case .subscriptionPolicy(let policy)? = try database.policies.get(
-            ApiManagerDatabase.policyKey(kind: .subscription, name: name, tenant: tenant), in: txn)?.policy else { return nil }
+            ApiManagerDatabase.policyKey(kind: .subscription, name: name, tenant: tenant), in: txn, memo: memos.policies)?.policy else { return nil }
         return policy
     }
 
     func applicationPolicy<T: TransactionReading & ~Copyable>(_ name: String, tenant: String, in txn: borrowing T) throws -> ApplicationPolicy? {
         guard !name.isEmpty, case .applicationPolicy(let policy)? = try database.policies.get(
-            ApiManagerDatabase.policyKey(kind: .application, name: name, tenant: tenant), in: txn)?.policy else { return nil }
+            ApiManagerDatabase.policyKey(kind: .application, name: name, tenant: tenant), in: txn, memo: memos.policies)?.policy else { return nil }
         return policy
     }
 

@@ -1,5 +1,9 @@
 public import LMDBKit
 public import TollgateProto
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A secondary index over a table: each record yields zero or more keys.
 ///
@@ -275,5 +279,59 @@ public struct Table<Record: ProtoMessage>: Sendable {
             return true
         }
         return Page(items: items, nextPageToken: next)
+    }
+}
+
+/// Decoded records remembered with the exact bytes they were decoded from.
+/// A read that finds the same bytes under the same key again returns the
+/// remembered record instead of decoding it: comparing a few hundred bytes
+/// costs far less than protobuf decoding, and a changed record is simply
+/// decoded again (the bytes decide, so it can never be stale). For hot
+/// paths that read the same slowly-changing records over and over (key
+/// validation: clients, applications, APIs, subscriptions, policies).
+public final class RecordMemo<Record: ProtoMessage>: Sendable {
+    private let entries = Mutex<[[UInt8]: (bytes: [UInt8], record: Record)]>([:])
+    private let capacity: Int
+
+    /// - Parameter capacity: records kept; past it the memo starts over.
+    public init(capacity: Int = 20_000) {
+        self.capacity = capacity
+    }
+
+    func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
+        let remembered = entries.withLock { $0[key] }
+        if let remembered, remembered.bytes.count == bytes.count,
+           remembered.bytes.withUnsafeBytes({ stored in
+               guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
+               return memcmp(storedBase, base, bytes.count) == 0
+           }) {
+            return remembered.record
+        }
+        let record = try decode(bytes)
+        let copy = Array(bytes.bindMemory(to: UInt8.self))
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[key] = (copy, record)
+        }
+        return record
+    }
+}
+
+extension Table {
+    /// ``get(_:in:)`` through a memo of decoded records.
+    public func get<T: TransactionReading & ~Copyable>(_ key: Key, in txn: borrowing T, memo: RecordMemo<Record>) throws -> Record? {
+        let keyBytes = key.bytes
+        return try txn.withValue(keyBytes, in: records) { raw in try memo.record(for: keyBytes, bytes: raw) { try decode($0) } }
+    }
+
+    /// ``get(_:_:in:)`` (a unique index) through a memo of decoded records.
+    public func get<T: TransactionReading & ~Copyable>(_ index: IndexDefinition<Record>, _ key: Key, in txn: borrowing T,
+                                                       memo: RecordMemo<Record>) throws -> Record? {
+        precondition(index.unique, "\(name).\(index.name) is not unique; use list(index:prefix:)")
+        guard let primaryKey = try txn.get(key.bytes, in: database(of: index)) else { return nil }
+        guard let record = try get(Key(bytes: primaryKey), in: txn, memo: memo) else {
+            throw StorageError.corruptRecord(table: name, detail: "index \(index.name) points at a missing record")
+        }
+        return record
     }
 }
