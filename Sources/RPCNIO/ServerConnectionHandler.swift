@@ -44,16 +44,36 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var windowWaiters: [(message: EncodedMessage, promise: EventLoopPromise<Void>)] = []
         let requestID: String
         let started = ContinuousClock.now
+        /// Request bytes received and not yet handed to (or read by) the
+        /// handler, reserved in `budget`.
+        private(set) var heldBytes = 0
+        private let budget: ConnectionBudget
 
-        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, requestID: String) {
+        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, requestID: String, budget: ConnectionBudget) {
             self.handler = handler
             self.callContext = callContext
             self.input = input
             self.requestID = requestID
+            self.budget = budget
+        }
+
+        /// Reserves a received request's bytes, or says why not.
+        func hold(_ count: Int) -> String? {
+            if let refusal = budget.reserve(count) { return refusal }
+            heldBytes += count
+            return nil
+        }
+
+        /// The handler took (or read) `count` of the held bytes.
+        func handOver(_ count: Int) {
+            let released = min(count, heldBytes)
+            heldBytes -= released
+            budget.release(released)
         }
 
         /// Ends the handler's side: stops it and fails whatever it waits for.
         func stop(_ error: RPCError) {
+            handOver(heldBytes)
             task?.cancel()
             deadlineTimer?.cancel()
             if case .streaming(let requests) = input { requests.finish(throwing: error) }
@@ -66,6 +86,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let limits: RPCLimits
     private let authorizer: any CallAuthorizer
     private let observer: (any RPCServerObserver)?
+    /// What this connection may hold and open; shared with its frame decoder.
+    private let budget: ConnectionBudget
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
@@ -89,9 +111,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var pingTimeout: Scheduled<Void>?
 
     init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
-         authorizer: any CallAuthorizer) {
+         authorizer: any CallAuthorizer, budget: ConnectionBudget) {
         self.methods = methods
         self.limits = limits
+        self.budget = budget
         self.observer = observer
         self.authorizer = authorizer
         self.machine = ConnectionStateMachine(role: .server, local: limits.settings)
@@ -113,6 +136,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let session)? = event as? TLSEvent {
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
+            // A certificate from the cluster CA (the TLS handler verified it)
+            // is enough to lift the budgets of strangers.
+            if peer != nil { budget.authenticate() }
             // Our SETTINGS go first, as soon as TLS is up.
             emit(machine.local.frame, context: context)
             lastFrameAt = .now()
@@ -138,6 +164,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         for stream in streams.values { stream.stop(RPCError(.unavailable, "connection closed")) }
         streams.removeAll()
         machine.connectionClosed()
+        budget.close()
         for timer in [handshakeTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
         self.context = nil
         context.fireChannelInactive()
@@ -229,6 +256,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// A stream the protocol accepted: the method, the caller and the
     /// deadline decide whether its handler runs.
     private func openStream(context: ChannelHandlerContext, id: UInt32, headers: RpcRequestHeaders, metadata: Metadata, endStream: Bool) {
+        // The protocol's limit is the machine's; the lower one of a
+        // connection that has not authenticated anything is checked here.
+        guard streams.count < budget.streamLimit else {
+            machine.closeStream(id)
+            let error = RPCError(.resourceExhausted, "more than \(budget.streamLimit) concurrent calls before the connection authenticated")
+            return emit(.cancel(streamID: id, code: error.code, message: error.message), context: context)
+        }
         requestCounter += 1
         let requestID = metadata["x-request-id"] ?? "\(id)-\(requestCounter)"
         var echo = Metadata()
@@ -256,7 +290,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             requests = stream
             input = .streaming(continuation)
         }
-        let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID)
+        let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID, budget: budget)
         streams[id] = stream
         if let timeout = headers.timeoutMs {
             stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(clamping: timeout))) { [self] in
@@ -279,6 +313,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard let stream = streams[id] else { return }
         switch event {
         case .requestMessage(let isLast):
+            if let refusal = stream.hold(payload.count) { return overBudget(context: context, id: id, refusal) }
             switch stream.input {
             case .single(nil):
                 stream.input = .single(payload)
@@ -302,6 +337,24 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// A request would take the connection or the node beyond its budget:
+    /// the stream ends with CANCEL 8, and a connection that has not
+    /// authenticated anything is closed with GOAWAY RESOURCE_EXHAUSTED too.
+    private func overBudget(context: ChannelHandlerContext, id: UInt32, _ refusal: String) {
+        let error = RPCError(.resourceExhausted, refusal)
+        if let stream = streams.removeValue(forKey: id) {
+            report(stream, code: error.code, message: error.message)
+            stream.stop(error)
+        }
+        machine.closeStream(id)
+        emit(.cancel(streamID: id, code: error.code, message: error.message), context: context)
+        if budget.isAuthenticated {
+            streamClosed(context: context)
+        } else {
+            connectionError(context: context, ConnectionError(.resourceExhausted, refusal))
+        }
+    }
+
     /// The client has sent its last request: a single-request call starts now.
     private func requestsEnded(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
         switch stream.input {
@@ -317,6 +370,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: Running handlers
 
     private func start(stream: Stream, id: UInt32, request: [UInt8], context: ChannelHandlerContext) {
+        // The request is the handler's now, part of its call's own memory.
+        stream.handOver(request.count)
         let sink = makeSink(streamID: id, context: context)
         switch stream.handler.body {
         case .unary(let run):
@@ -373,6 +428,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 var callContext = unauthorized
                 callContext.caller = try authorizer.authorize(callContext)
                 caller = callContext.caller
+                if caller != .anonymous {
+                    if loop.inEventLoop {
+                        bound.value.callerAuthenticated()
+                    } else {
+                        loop.execute { bound.value.callerAuthenticated() }
+                    }
+                }
                 // A unary response is serialized here, off the loop, straight into its frame.
                 outcome = .success(try await body(callContext).map { try EncodedMessage($0, streamID: id, allocator: allocator) })
             } catch {
@@ -410,7 +472,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: From handler tasks (on the loop)
 
+    /// A call on this connection was admitted with an identity.
+    fileprivate func callerAuthenticated() {
+        budget.authenticate()
+    }
+
     fileprivate func consumed(_ bytes: Int, streamID: UInt32) {
+        streams[streamID]?.handOver(bytes)
         guard let context, let update = machine.consumed(bytes, streamID: streamID) else { return }
         emit(update, context: context)
     }

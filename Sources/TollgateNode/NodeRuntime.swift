@@ -89,11 +89,16 @@ public final class NodeRuntime: Sendable {
         let moduleTLS = NIOLockedValueBox<[String: TLSContext]>([:])
         do {
             let (clusterTLS, adminTLS) = try serverTLS(config)
-            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorizer: access)
+            // One budget for unfinished requests across both RPC listeners: the cap is the node's.
+            let bufferedRequests = RequestBufferGauge(limit: limits.maxBufferedBytes,
+                                                      unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
+            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer,
+                                    bufferedRequests: bufferedRequests, authorizer: access)
             rpcServers.append(("cluster", cluster))
             bound.append(("cluster", cluster.listener, try await bind(cluster.listener, config.clusterListen, socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
-                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer, authorizer: access)
+                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer,
+                                      bufferedRequests: bufferedRequests, authorizer: access)
                 rpcServers.append(("admin", admin))
                 bound.append(("admin", admin.listener, try await bind(admin.listener, adminListen, socket: activated["admin"], group: group)))
             }
