@@ -136,6 +136,13 @@ public struct RPCLimits: Sendable, Hashable {
     public var maxBufferedBytesPerConnection = 64 * 1024 * 1024
     /// Server: request bytes all connections of the node may hold together.
     public var maxBufferedBytes = 256 * 1024 * 1024
+    /// Server: time from accepting the socket for the connection to
+    /// authenticate something (a cluster certificate, or a call admitted with
+    /// an identity); a connection that has not is closed.
+    public var unauthenticatedTimeout = TimeAmount.seconds(30)
+    /// Server: connections that have authenticated nothing, per source IP
+    /// address and listener; more are closed on accept.
+    public var maxUnauthenticatedConnectionsPerAddress = 64
 
     public init(maxFrameSize: Int = ConnectionSettings.defaultMaxFrameSize, maxConcurrentStreams: Int = ConnectionSettings.defaultMaxConcurrentStreams,
                 initialWindowSize: Int = ConnectionSettings.defaultInitialWindowSize, maxMetadataSize: Int = ConnectionSettings.defaultMaxMetadataSize) {

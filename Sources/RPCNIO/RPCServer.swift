@@ -46,12 +46,15 @@ public final class RPCServer: Sendable {
         let gauge = bufferedRequests ?? RequestBufferGauge(limit: limits.maxBufferedBytes,
                                                            unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
         self.bufferedRequests = gauge
-        self.listener = Listener(name: name, maxConnections: limits.maxConnections, observer: observer.map(RPCListenerObserver.init)) { channel in
+        let admission = Listener.Admission(maxUnauthenticatedPerAddress: limits.maxUnauthenticatedConnectionsPerAddress)
+        self.listener = Listener(name: name, maxConnections: limits.maxConnections, admission: admission,
+                                 observer: observer.map(RPCListenerObserver.init)) { channel, standing in
             let sync = channel.pipeline.syncOperations
             let budget = ConnectionBudget(gauge: gauge, limits: limits, address: channel.remoteAddress?.ipAddress ?? "unknown")
             try sync.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
             try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize, budget: budget)))
-            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer, budget: budget))
+            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer, budget: budget,
+                                                                 standing: standing))
         }
     }
 

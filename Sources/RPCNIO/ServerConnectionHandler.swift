@@ -88,6 +88,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let observer: (any RPCServerObserver)?
     /// What this connection may hold and open; shared with its frame decoder.
     private let budget: ConnectionBudget
+    /// What the listener knows of this connection, for its admission rules.
+    private let standing: ConnectionStanding
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
@@ -103,6 +105,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // re-arms itself if activity moved that moment later, so frames never
     // touch the timer wheel.
     private var handshakeTimer: Scheduled<Void>?
+    /// Runs until something on the connection authenticates.
+    private var unauthenticatedTimer: Scheduled<Void>?
+    private var tlsEstablished = false
     private var lastFrameAt = NIODeadline.now()
     private var lastActivityAt = NIODeadline.now()
     private var keepaliveTimer: Scheduled<Void>?
@@ -111,10 +116,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var pingTimeout: Scheduled<Void>?
 
     init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
-         authorizer: any CallAuthorizer, budget: ConnectionBudget) {
+         authorizer: any CallAuthorizer, budget: ConnectionBudget, standing: ConnectionStanding) {
         self.methods = methods
         self.limits = limits
         self.budget = budget
+        self.standing = standing
         self.observer = observer
         self.authorizer = authorizer
         self.machine = ConnectionStateMachine(role: .server, local: limits.settings)
@@ -131,6 +137,20 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if machine.receivedSettings { return }
             connectionError(context: context, ConnectionError(.protocolError, "no SETTINGS within the handshake timeout"))
         }
+        // A stranger may not keep a connection for longer than signing in takes (docs/rpc-protocol.md §9).
+        unauthenticatedTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.unauthenticatedTimeout) { [self] in
+            guard let context = self.context, !budget.isAuthenticated else { return }
+            connectionError(context: context, ConnectionError(.idle, "nothing authenticated within \(limits.unauthenticatedTimeout.nanoseconds / 1_000_000) ms"))
+        }
+    }
+
+    /// Something on the connection authenticated: the budgets and admission
+    /// rules of strangers no longer apply to it.
+    private func authenticated() {
+        budget.authenticate()
+        standing.authenticated()
+        unauthenticatedTimer?.cancel()
+        unauthenticatedTimer = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -138,7 +158,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
             // A certificate from the cluster CA (the TLS handler verified it)
             // is enough to lift the budgets of strangers.
-            if peer != nil { budget.authenticate() }
+            if peer != nil { authenticated() }
+            tlsEstablished = true
             // Our SETTINGS go first, as soon as TLS is up.
             emit(machine.local.frame, context: context)
             lastFrameAt = .now()
@@ -147,6 +168,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             armIdle(context: context, at: lastActivityAt + limits.idleTimeout)
         } else if event is Quiesce || event is ListenerQuiesceEvent {
             startGoingAway(context: context)
+        } else if event is ListenerEvictEvent {
+            // Before TLS is up there is no way to say why: just close.
+            guard tlsEstablished else { return context.close(promise: nil) }
+            connectionError(context: context, ConnectionError(.resourceExhausted, "evicted to make room: the listener is full"))
         } else if event is DrainExpired || event is ListenerDrainExpiredEvent {
             for (id, stream) in streams {
                 machine.closeStream(id)
@@ -165,7 +190,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         streams.removeAll()
         machine.connectionClosed()
         budget.close()
-        for timer in [handshakeTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
+        for timer in [handshakeTimer, unauthenticatedTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
         self.context = nil
         context.fireChannelInactive()
     }
@@ -292,6 +317,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID, budget: budget)
         streams[id] = stream
+        standing.setBusy(true)
         if let timeout = headers.timeoutMs {
             stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(clamping: timeout))) { [self] in
                 fail(streamID: id, RPCError(.deadlineExceeded, "deadline exceeded"))
@@ -474,7 +500,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// A call on this connection was admitted with an identity.
     fileprivate func callerAuthenticated() {
-        budget.authenticate()
+        authenticated()
     }
 
     fileprivate func consumed(_ bytes: Int, streamID: UInt32) {
@@ -596,6 +622,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func streamClosed(context: ChannelHandlerContext) {
         lastActivityAt = .now()
+        standing.setBusy(!streams.isEmpty)
         if machine.isDrained {
             flush(context: context)
             context.close(promise: nil)

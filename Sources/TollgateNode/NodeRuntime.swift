@@ -175,6 +175,8 @@ public final class NodeRuntime: Sendable {
         var limits = RPCLimits(maxFrameSize: config.maxFrameSize, maxConcurrentStreams: config.maxConcurrentStreams)
         limits.maxConnections = config.maxConnections
         limits.idleTimeout = .seconds(Int64(config.idleTimeoutSeconds))
+        limits.maxUnauthenticatedConnectionsPerAddress = config.maxUnauthenticatedConnectionsPerAddress
+        limits.unauthenticatedTimeout = .seconds(Int64(config.unauthenticatedTimeoutSeconds))
         return limits
     }
 

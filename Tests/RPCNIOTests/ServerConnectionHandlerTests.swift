@@ -3,6 +3,7 @@ import NIOEmbedded
 import RPCCore
 @testable import RPCNIO
 import Testing
+import TollgateListeners
 import TollgateProto
 @testable import TollgateTLS
 
@@ -29,6 +30,8 @@ final class EmbeddedServer {
     let channel = EmbeddedChannel()
     /// The request bytes the server holds, as its own accounting counts them.
     let gauge: RequestBufferGauge
+    /// What the listener would know of the connection.
+    let standing = ConnectionStanding()
 
     /// - Parameters:
     ///   - caller: who every call is, once authorized; anonymous leaves the
@@ -41,7 +44,8 @@ final class EmbeddedServer {
         self.gauge = gauge
         let budget = ConnectionBudget(gauge: gauge, limits: limits, address: "127.0.0.1")
         let handler = ServerConnectionHandler(methods: Dictionary(uniqueKeysWithValues: methods.map { ($0.method.path, $0) }),
-                                              limits: limits, observer: nil, authorizer: ClosureAuthorizer { _ in caller }, budget: budget)
+                                              limits: limits, observer: nil, authorizer: ClosureAuthorizer { _ in caller }, budget: budget,
+                                              standing: standing)
         if withDecoder {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize, budget: budget)))
         }
