@@ -155,6 +155,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let session)? = event as? TLSEvent {
+            // A ClientHello without ALPN completes the handshake, then the
+            // connection closes without a frame (docs/rpc-protocol.md §1).
+            guard session.negotiatedProtocol == RPCServer.alpn else {
+                observer?.connectionFailed(peer: context.remoteAddress?.description ?? "unknown", reason: "the client did not offer ALPN \(RPCServer.alpn)")
+                context.close(promise: nil)
+                return
+            }
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
             // A certificate from the cluster CA (the TLS handler verified it)
             // is enough to lift the budgets of strangers.
@@ -437,9 +444,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// Authorizes the call, then runs the handler where it is placed; the
     /// outcome comes back to the loop (no hop when it already runs there).
-    /// A call whose credentials need a lookup (a session token, a user
-    /// certificate) runs on the pool even when its handler prefers the
-    /// loop, so no event loop waits on userdb.
+    /// A call whose credentials need a lookup (a session token) runs on
+    /// the pool even when its handler prefers the loop, so no event loop
+    /// waits on userdb.
     private func launch(_ stream: Stream, id: UInt32, context: ChannelHandlerContext,
                         _ body: @escaping @Sendable (ServerCallContext) async throws -> (any ProtoMessage)?) {
         let loop = context.eventLoop

@@ -160,6 +160,14 @@ func goAwayReason(_ frames: [Frame]) -> RpcGoAwayReason? {
         }
     }
 
+    @Test func aClientHelloWithoutALPNCompletesTLSThenTheServerCloses() async throws {
+        try await Harness.with { harness in
+            let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: []), group: harness.group)
+            try await peer.send(Self.settings)
+            #expect(await peer.framesUntilClosed().isEmpty, "the server sends no frame, not even SETTINGS")
+        }
+    }
+
     @Test func connectionsOverTheLimitAreRefused() async throws {
         var limits = RPCLimits()
         limits.maxConnections = 2

@@ -38,7 +38,8 @@ final class EmbeddedServer {
     ///     connection unauthenticated, with the budgets of strangers.
     ///   - gauge: the node-wide gauge, to share one between connections.
     ///   - withDecoder: the frame decoder in front, for tests that send bytes.
-    init(limits: RPCLimits = RPCLimits(), caller: Caller = .anonymous, gauge: RequestBufferGauge? = nil, withDecoder: Bool = false) throws {
+    init(limits: RPCLimits = RPCLimits(), caller: Caller = .anonymous, gauge: RequestBufferGauge? = nil, withDecoder: Bool = false,
+         session: TLSSessionInfo = plaintextSession) throws {
         let methods = echoHandlers().map { $0.placed(.eventLoop) }
         let gauge = gauge ?? RequestBufferGauge(limit: limits.maxBufferedBytes, unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
         self.gauge = gauge
@@ -51,7 +52,7 @@ final class EmbeddedServer {
         }
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
-        channel.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(plaintextSession))
+        channel.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(session))
         channel.embeddedEventLoop.run()
     }
 
@@ -129,6 +130,13 @@ func decodedGoAway(_ frames: [Frame]) -> RpcGoAway? {
         // Its id is used up all the same.
         try server.receive(requestHeaders(1, Echo.unary))
         #expect(decodedGoAway(try server.written())?.message == "stream id 1 is not greater than 1")
+    }
+
+    @Test func aConnectionWithoutALPNIsClosedWithoutAFrame() throws {
+        let withoutALPN = TLSSessionInfo(protocolVersion: "TLSv1.3", cipherSuite: nil, negotiatedProtocol: nil, peerCertificate: nil)
+        let server = try EmbeddedServer(session: withoutALPN)
+        #expect(try server.written().isEmpty, "not even SETTINGS")
+        #expect(!server.channel.isActive)
     }
 
     @Test func pingsAreAnswered() throws {
