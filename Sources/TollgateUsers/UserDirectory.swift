@@ -111,17 +111,6 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal? {
-        try RPCError.catching {
-            try database.database.environment.read { txn -> UserPrincipal? in
-                guard let user = try database.users.get(UserDatabase.userKey(superTenant, name), in: txn), user.status == .active else { return nil }
-                return UserPrincipal(username: user.username, tenant: superTenant, roles: user.roles,
-                                     permissions: try permissions(of: user.roles, tenant: superTenant, in: txn),
-                                     sessionID: nil, sessionExpiresAtUnixMs: 0)
-            }
-        }
-    }
-
     func permissions<T: TransactionReading & ~Copyable>(of roles: [String], tenant: String, in txn: borrowing T) throws -> [String] {
         var permissions: [String] = []
         for name in roles {

@@ -187,10 +187,12 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
         #expect(performing: { try access.authorize(context(PublisherServiceDescriptor.watchDeployments, peer: .node(id: "s1", roles: ["store"]))) },
                 throws: status(.permissionDenied, "needs a cluster node with role gateway or trafficmanager"))
         #expect(performing: { try access.authorize(context(PublisherServiceDescriptor.watchDeployments, peer: nil)) }, throws: status(.unauthenticated))
-        // An admin certificate names a user of the super tenant.
-        let admin = try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "root")))
-        #expect(admin.user?.username == "root")
-        // An unknown certificate user is only a certificate holder: enough for health checks, nothing else.
+        // An admin certificate proves the machine, not the person: even one
+        // naming an existing administrator is only a certificate holder,
+        // enough for health checks and nothing a user does (issue 11).
+        #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "root"))) }, throws: status(.permissionDenied))
+        #expect(performing: { try access.authorize(context(UserServiceDescriptor.createUser, peer: .user(name: "root"))) }, throws: status(.permissionDenied))
+        #expect(try access.authorize(context(NodeServiceDescriptor.ping, peer: .user(name: "root"))) == .certificateHolder(name: "root"))
         #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "ghost"))) }, throws: status(.permissionDenied))
         #expect(try access.authorize(context(NodeServiceDescriptor.ping, peer: .user(name: "ghost"))) == .certificateHolder(name: "ghost"))
     }
