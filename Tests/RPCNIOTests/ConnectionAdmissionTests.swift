@@ -71,6 +71,27 @@ import TollgateProto
         }
     }
 
+    /// The attack of issue 11 over a real connection: `Login` streams whose
+    /// requests never finish, then a multi-MiB one announced.
+    @Test func unfinishedRequestsOfAStrangerStayWithinItsBudgetAndAreFreedWithIt() async throws {
+        let limits = RPCLimits()
+        try await Harness.with(limits: limits, certificateOptional: true) { harness in
+            let peer = try await stranger(harness)
+            try await peer.send(Frame.settingsAck)
+            let gauge = harness.server.bufferedRequests
+            for id in stride(from: UInt32(1), through: 7, by: 2) {
+                try await peer.send(try requestHeaders(id, Echo.unary))
+                try await peer.send(Frame(type: .message, streamID: id, payload: [UInt8](repeating: 7, count: limits.unauthenticatedMaxFrameSize)))
+            }
+            try await eventually("the server to hold the four requests") { gauge.bufferedBytes == limits.unauthenticatedMaxBufferedBytes }
+            var header: [UInt8] = []
+            FrameHeader(length: 4 * 1024 * 1024, type: .message, flags: [], streamID: 9).write(into: &header)
+            try await peer.send(try requestHeaders(9, Echo.unary).bytes + header + [UInt8](repeating: 0, count: 4096))
+            #expect(goAwayReason(await peer.framesUntilClosed()) == .resourceExhausted)
+            try await eventually("the closed connection's bytes to be released") { gauge.bufferedBytes == 0 }
+        }
+    }
+
     @Test func aStrangerMustAuthenticateSoon() async throws {
         var limits = RPCLimits()
         limits.unauthenticatedTimeout = .milliseconds(300)
