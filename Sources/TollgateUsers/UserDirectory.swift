@@ -192,23 +192,19 @@ public final class UserDirectory: SessionVerifier {
             _ = try? await derive { [hasher] in try hasher.hash(password) }
             throw invalid
         }
+        // A locked or disabled account answers as a wrong password does, in
+        // the same time: the answer never tells an account exists (issue 11).
+        // Administrators unlock accounts (`tollctl user status`); the lock
+        // expires by itself after the lockout.
         let timestamp = now()
         if user.status == .locked, let until = user.lockedUntilUnixMs, until <= timestamp {
             user.status = .active
             user.lockedUntilUnixMs = nil
             user.failedLoginCount = 0
         }
-        switch user.status {
-        case .active:
-            break
-        case .locked:
-            if let until = user.lockedUntilUnixMs {
-                let minutes = max(1, (until - timestamp + 59_999) / 60_000)
-                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(minutes) min or ask an administrator to unlock it")
-            }
-            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked; ask an administrator to unlock it")
-        default:
-            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is disabled")
+        guard user.status == .active else {
+            _ = try? await derive { [hasher] in try hasher.hash(password) }
+            throw invalid
         }
         let storedHash = user.passwordHash ?? SecretHash()
         let matches = try await derive { [hasher] in try hasher.verify(password, against: storedHash) }
@@ -219,12 +215,8 @@ public final class UserDirectory: SessionVerifier {
                 user.lockedUntilUnixMs = timestamp + policy.lockoutMs
             }
             user.updatedAtUnixMs = timestamp
-            let locked = user.status == .locked
             let failed = user
             try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.users.put(failed, in: &txn) } }
-            if locked {
-                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is now locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(policy.lockoutMs / 60_000) min or ask an administrator to unlock it")
-            }
             throw invalid
         }
         return (user, tenantDomain)
