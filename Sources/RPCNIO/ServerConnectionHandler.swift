@@ -306,7 +306,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         // Who the caller is, and whether they may call, is decided in the
         // handler's task before the handler runs (`launch`): a session token
         // is looked up in userdb, which must not happen on the event loop.
-        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
+        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline,
+                                            sourceAddress: context.remoteAddress?.ipAddress)
         if headers.timeoutMs == 0 {
             machine.closeStream(id)
             return emit(.trailers(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)

@@ -168,6 +168,16 @@ func goAwayReason(_ frames: [Frame]) -> RpcGoAwayReason? {
         }
     }
 
+    @Test func handlersLearnTheClientsAddress() async throws {
+        let method = RPCMethodHandler.unary(Echo.unary) { (_: PingRequest, context) in PingResponse(nodeId: context.sourceAddress ?? "none") }
+        try await Harness.with(methods: [method]) { harness in
+            let client = try await harness.connect()
+            let reply: PingResponse = try await client.unary(Echo.unary, PingRequest())
+            #expect(reply.nodeId == "127.0.0.1")
+            await client.close()
+        }
+    }
+
     @Test func connectionsOverTheLimitAreRefused() async throws {
         var limits = RPCLimits()
         limits.maxConnections = 2
