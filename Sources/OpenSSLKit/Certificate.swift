@@ -13,6 +13,8 @@ public struct Certificate: Sendable, Hashable {
     /// node's id and role in one (see certs/README.md).
     public let uniformResourceIdentifiers: [String]
     public let dnsNames: [String]
+    /// `IP:` subject alternative names, as text (`127.0.0.1`, `::1`).
+    public let ipAddresses: [String]
     public let notValidBefore: Int64
     public let notValidAfter: Int64
 
@@ -39,6 +41,7 @@ public struct Certificate: Sendable, Hashable {
 
         var uris: [String] = []
         var dns: [String] = []
+        var ips: [String] = []
         if let raw = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) {
             let names = OpaquePointer(raw)
             for index in 0..<COpenSSLShims_sk_GENERAL_NAME_num(names) {
@@ -47,15 +50,34 @@ public struct Certificate: Sendable, Hashable {
                 guard let value = GENERAL_NAME_get0_value(name, &kind) else { continue }
                 let string = value.assumingMemoryBound(to: ASN1_STRING.self)
                 guard let bytes = ASN1_STRING_get0_data(string) else { continue }
-                let text = String(decoding: UnsafeBufferPointer(start: bytes, count: Int(ASN1_STRING_length(string))), as: UTF8.self)
+                let raw = UnsafeBufferPointer(start: bytes, count: Int(ASN1_STRING_length(string)))
+                if kind == GEN_IPADD {
+                    if let address = Certificate.ipText(raw) { ips.append(address) }
+                    continue
+                }
+                let text = String(decoding: raw, as: UTF8.self)
                 if kind == GEN_URI { uris.append(text) } else if kind == GEN_DNS { dns.append(text) }
             }
             COpenSSLShims_GENERAL_NAMES_free(names)
         }
         uniformResourceIdentifiers = uris
         dnsNames = dns
+        ipAddresses = ips
         notValidBefore = Certificate.unixTime(X509_get0_notBefore(x509))
         notValidAfter = Certificate.unixTime(X509_get0_notAfter(x509))
+    }
+
+    /// An `IP:` name's 4 or 16 address bytes as text.
+    private static func ipText(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        let family: Int32
+        switch bytes.count {
+        case 4: family = AF_INET
+        case 16: family = AF_INET6
+        default: return nil
+        }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        guard inet_ntop(family, bytes.baseAddress, &text, socklen_t(text.count)) != nil else { return nil }
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private static func unixTime(_ time: UnsafePointer<ASN1_TIME>?) -> Int64 {

@@ -51,10 +51,12 @@ public enum CertificateIssuer {
         try issue(CertificateRequest(commonName: commonName, usage: .authority, validUntilOffset: validDays * 86_400), signedBy: nil)
     }
 
-    /// A certificate for `request`, signed by `authority` (self-signed when nil).
-    public static func issue(_ request: CertificateRequest, signedBy authority: IssuedCertificate?) throws -> IssuedCertificate {
+    /// A certificate for `request`, signed by `authority` (self-signed when nil),
+    /// for a new key or, to renew without re-keying, the PEM key `reusingKey`.
+    public static func issue(_ request: CertificateRequest, signedBy authority: IssuedCertificate?,
+                             reusingKey keyPEM: String? = nil) throws -> IssuedCertificate {
         ERR_clear_error()
-        let key = try generateKey()
+        let key = try keyPEM.map(readKey) ?? generateKey()
         defer { EVP_PKEY_free(key) }
         guard let certificate = X509_new() else { throw OpenSSLError.drain("X509_new") }
         defer { X509_free(certificate) }

@@ -99,6 +99,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var machine: ConnectionStateMachine
     private var peer: PeerIdentity?
     private var requestCounter = 0
+    /// 64 random bits per connection, so request ids (`<prefix>-<n>`) differ
+    /// across connections, restarts and nodes and `journalctl
+    /// TOLLGATE_REQUEST_ID=…` finds one call; drawn once per connection, not per call.
+    private let requestIDPrefix = String(UInt64.random(in: .min ... .max), radix: 16).leftPadded(to: 16)
     private var flushScheduled = false
 
     // Timers are lazy: each fires at the earliest moment it could matter and
@@ -296,7 +300,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             return emit(.cancel(streamID: id, code: error.code, message: error.message), context: context)
         }
         requestCounter += 1
-        let requestID = metadata["x-request-id"] ?? "\(id)-\(requestCounter)"
+        let requestID = metadata["x-request-id"] ?? "\(requestIDPrefix)-\(requestCounter)"
         var echo = Metadata()
         echo.add("x-request-id", requestID)
         guard let handler = methods[headers.method] else {
@@ -671,5 +675,12 @@ private struct StreamSink: ResponseSink {
         } else {
             try await loop.flatSubmit { connection.value.sendMessage(streamID: streamID, message: encoded) }.get()
         }
+    }
+}
+
+extension String {
+    /// Zeros in front up to `width` characters (fixed-width hex).
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

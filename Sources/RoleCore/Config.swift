@@ -42,10 +42,15 @@ public struct ConfigSectionSpec: Sendable {
 
         public let name: String
         public let kind: Kind
+        /// For `.path`: whether every start checks the file can be read. A
+        /// file the module reads only in some starts (the bootstrap admin's
+        /// password, read while no administrator exists) may be gone later.
+        public let readAtEveryStart: Bool
 
-        public init(_ name: String, _ kind: Kind) {
+        public init(_ name: String, _ kind: Kind, readAtEveryStart: Bool = true) {
             self.name = name
             self.kind = kind
+            self.readAtEveryStart = readAtEveryStart
         }
     }
 

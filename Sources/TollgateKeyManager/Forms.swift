@@ -1,3 +1,4 @@
+import TollgateStorage
 /// `application/x-www-form-urlencoded` (the OAuth endpoints' request
 /// bodies and query strings) and HTTP Basic credentials.
 public enum FormEncoding {

@@ -1,3 +1,4 @@
+import TollgateStorage
 import FoundationEssentials
 public import OpenSSLKit
 import Synchronization

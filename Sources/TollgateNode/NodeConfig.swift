@@ -155,7 +155,7 @@ extension NodeConfig {
         }
         for spec in table.all.compactMap({ $0.configSection }) {
             for key in spec.keys {
-                guard case .path = key.kind, let file = sections[spec.name]?.string(key.name) else { continue }
+                guard case .path = key.kind, key.readAtEveryStart, let file = sections[spec.name]?.string(key.name) else { continue }
                 if !FileManager.default.isReadableFile(atPath: file) {
                     problems.append(ConfigProblem(key: "\(spec.name).\(key.name)", line: nil, message: "\(file) cannot be read"))
                 }
@@ -248,6 +248,24 @@ struct ConfigReader {
         return sub
     }
 
+    /// `credential:NAME` is the file systemd's `LoadCredential=NAME:…` put in
+    /// `$CREDENTIALS_DIRECTORY`, readable by this service alone: how the unit
+    /// hands each node its own private key (docs/operations.md).
+    mutating func credential(_ value: String?, _ table: String, _ key: String) -> String? {
+        guard let value, value.hasPrefix("credential:") else { return value }
+        let name = value.dropFirst("credential:".count)
+        guard !name.isEmpty, !name.contains("/") else {
+            problem(table, key, "\"\(value)\" must name one credential, as credential:NAME")
+            return value
+        }
+        guard let directory = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty else {
+            problem(table, key, "\(value) is a systemd credential, but CREDENTIALS_DIRECTORY is not set: run the node through its unit "
+                    + "(LoadCredential=\(name):…), or name the file itself")
+            return value
+        }
+        return "\(directory)/\(name)"
+    }
+
     static func absolute(_ path: String, base: String) -> String {
         path.hasPrefix("/") ? path : (base == "." ? path : "\(base)/\(path)")
     }
@@ -300,9 +318,9 @@ struct ConfigReader {
         var ca: String?, certificate: String?, key: String?
         if let tls = subtable(root, "tls") {
             unknownKeys(tls, name: "tls", known: ["ca", "certificate", "private_key"])
-            ca = string(tls, "tls", "ca", required: true)
-            certificate = string(tls, "tls", "certificate", required: true)
-            key = string(tls, "tls", "private_key", required: true)
+            ca = credential(string(tls, "tls", "ca", required: true), "tls", "ca")
+            certificate = credential(string(tls, "tls", "certificate", required: true), "tls", "certificate")
+            key = credential(string(tls, "tls", "private_key", required: true), "tls", "private_key")
         } else {
             problems.append(ConfigProblem(key: "tls", line: nil, message: "is required: [tls] with ca, certificate and private_key"))
         }

@@ -1,5 +1,6 @@
 import RoleCore
 import Foundation
+import OpenSSLKit
 public import Prometheus
 public import RPCCore
 import RPCNIO
@@ -24,6 +25,8 @@ public final class NodeMetrics: RPCServerObserver {
     private let uptime: Gauge
     private let residentMemory: Gauge
     private let virtualMemory: Gauge
+    /// The node certificate and CA files in use (a reload may name others).
+    private let certificateFiles: Mutex<(node: String, ca: String)>
 
     static let durationBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5), .milliseconds(5),
@@ -31,8 +34,10 @@ public final class NodeMetrics: RPCServerObserver {
         .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
     ]
 
-    init(version: String, nodeID: String, roles: [Role], dataDirectory: String, databases: [LogicalDatabaseName]) {
+    init(version: String, nodeID: String, roles: [Role], dataDirectory: String, databases: [LogicalDatabaseName],
+         certificateFile: String, caFile: String) {
         self.dataDirectory = dataDirectory
+        certificateFiles = Mutex((certificateFile, caFile))
         self.databases = databases
         knownPaths = Set(ProtoRegistry.methods.map(\.path))
         openConnections = registry.makeGauge(descriptor: MetricNameDescriptor(
@@ -111,12 +116,21 @@ public final class NodeMetrics: RPCServerObserver {
                                                          helpText: "Time from a call's HEADERS to its end, by service and method.") }
     static var databaseDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", metricName: "database_size", unitName: "bytes",
                                                          helpText: "Size of each logical database's data file.") }
+    static var certificateExpiryDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "tollgate", metricName: "certificate_expiry", unitName: "seconds",
+                             helpText: "When a certificate the node uses expires, in seconds since the Unix epoch (ca: the earliest in the CA file).")
+    }
     static var peerDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "tollgate", metricName: "peer_up", unitName: "",
                                                      helpText: "1 while the connection to a configured peer is up.") }
 
     static func split(_ path: String) -> (String, String) {
         let parts = path.split(separator: "/")
         return parts.count == 2 ? (String(parts[0]), String(parts[1])) : ("unknown", "unknown")
+    }
+
+    /// The certificate files a reload switched to.
+    func useCertificates(node: String, ca: String) {
+        certificateFiles.withLock { $0 = (node, ca) }
     }
 
     /// Refreshes the values read at scrape time, then renders the text format.
@@ -134,6 +148,14 @@ public final class NodeMetrics: RPCServerObserver {
             let path = "\(dataDirectory)/\(database.rawValue)/data.mdb"
             let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int
             registry.makeGauge(descriptor: Self.databaseDescriptor, labels: [("database", database.rawValue)]).set(to: Double(size ?? 0))
+        }
+        let (node, ca) = certificateFiles.withLock { $0 }
+        // Read at scrape time: a renewed certificate shows once it is in place,
+        // and an unreadable file reports 0 (already expired), which alerts.
+        let nodeExpiry = (try? Certificate.load(pemFile: node))?.first?.notValidAfter
+        let caExpiry = (try? Certificate.load(pemFile: ca))?.map(\.notValidAfter).min()
+        for (name, expiry) in [("node", nodeExpiry), ("ca", caExpiry)] {
+            registry.makeGauge(descriptor: Self.certificateExpiryDescriptor, labels: [("certificate", name)]).set(to: Double(expiry ?? 0))
         }
         for peer in peers {
             registry.makeGauge(descriptor: Self.peerDescriptor, labels: [("role", peer.role.rawValue), ("address", peer.endpoint.description)])

@@ -56,9 +56,7 @@ public final class NodeRuntime: Sendable {
     /// - Parameter table: the modules each role brings (tests pass their own).
     public static func start(config: NodeConfig, logger: Logger, threads: Int = System.coreCount,
                              table: RoleModules = .standard) async throws -> NodeRuntime {
-        let problems = config.checkFiles(table: table)
-        guard problems.isEmpty else { throw ConfigError(path: config.path, problems: problems) }
-        try checkCertificate(config)
+        try checkStartable(config, table: table)
 
         let node = try Node.open(roles: config.roles, dataDirectory: config.dataDirectory, table: table)
         var endpoints = config.moduleListen.mapValues(\.description)
@@ -69,7 +67,8 @@ public final class NodeRuntime: Sendable {
         let modules = assembly.modules
 
         let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,
-                                  dataDirectory: config.dataDirectory, databases: node.databases.opened)
+                                  dataDirectory: config.dataDirectory, databases: node.databases.opened,
+                                  certificateFile: config.certificatePath, caFile: config.caPath)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         let limits = rpcLimits(config)
         let peers = try makePeers(config, limits: limits, group: group)
@@ -222,6 +221,23 @@ public final class NodeRuntime: Sendable {
         return text
     }
 
+    /// Everything a start or a reload checks before it changes anything: the
+    /// files the configuration names, the node certificate, and that the
+    /// certificate and key make TLS contexts. `tollgated --check-config` and
+    /// `--reload` run it too, so a reload they pass is one the node accepts.
+    /// Throws ``ConfigError`` or ``NodeStartError``.
+    public static func checkStartable(_ config: NodeConfig, table: RoleModules = .standard) throws {
+        let problems = config.checkFiles(table: table)
+        guard problems.isEmpty else { throw ConfigError(path: config.path, problems: problems) }
+        try checkCertificate(config)
+        do {
+            _ = try serverTLS(config)
+            _ = try clientTLS(config)
+        } catch {
+            throw NodeStartError("tls: the certificate and private key do not make a TLS context: \(error)")
+        }
+    }
+
     /// The node certificate must name this node and its roles, or peers would refuse it.
     static func checkCertificate(_ config: NodeConfig) throws {
         let certificates: [Certificate]
@@ -288,8 +304,9 @@ public final class NodeRuntime: Sendable {
             + (reloads > 0 ? "; configuration reloaded \(reloads)×" : "")
     }
 
-    /// Tells systemd (if present) and the operator that the node serves: one
-    /// log line (stdout and stderr reach the same terminal, or the same journal).
+    /// Tells systemd (if present) and the operator that the node serves.
+    /// One log line: under systemd it is a journal entry, elsewhere a line on
+    /// stderr; printing it to stdout as well made every start show twice.
     func reportReady() {
         ServiceNotifier.ready(status: statusLine)
         logger.notice("tollgated \(TollgateVersion.current) \(statusLine)")
@@ -314,13 +331,12 @@ public final class NodeRuntime: Sendable {
         let new: NodeConfig
         do {
             new = try NodeConfig.load(path: old.path, table: table)
-            let problems = new.checkFiles(table: table)
-            guard problems.isEmpty else { throw ConfigError(path: old.path, problems: problems) }
-            try Self.checkCertificate(new)
+            try Self.checkStartable(new, table: table)
         } catch {
             let line = "\(error)".split(separator: "\n").joined(separator: "; ")
             logger.error("reload refused; keeping the running configuration: \(line)")
             ServiceNotifier.ready(status: statusLine + "; last reload refused: \(line)")
+            ReloadVerdict.record(refusal: line)
             return
         }
         var restartNeeded: [String] = []
@@ -357,15 +373,18 @@ public final class NodeRuntime: Sendable {
                 restartNeeded += try await module.reload(new.sections[name] ?? ConfigSection())
             }
             state.withLockedValue { $0 = (new, updated, $0.reloads + 1) }
+            metrics.useCertificates(node: new.certificatePath, ca: new.caPath)
         } catch {
             logger.error("reload could not load the new certificates; keeping the old ones: \(error)")
             ServiceNotifier.ready(status: statusLine + "; last reload refused: \(error)")
+            ReloadVerdict.record(refusal: "\(error)")
             return
         }
         if !restartNeeded.isEmpty {
             logger.warning("changed settings that take effect after a restart: \(restartNeeded.joined(separator: ", "))")
         }
         logger.notice("configuration reloaded")
+        ReloadVerdict.record(refusal: nil)
         ServiceNotifier.ready(status: statusLine + (restartNeeded.isEmpty ? "" : "; restart to apply \(restartNeeded.joined(separator: ", "))"))
     }
 }

@@ -95,7 +95,7 @@ public struct SecretHasher: Sendable {
 
     /// A new random bearer token: 32 bytes, base64url without padding.
     public static func newToken() throws -> String {
-        base64URL(try SecureRandom.bytes(32))
+        Base64URL.encode(try SecureRandom.bytes(32))
     }
 
     /// A time-ordered id: the milliseconds since 1970 in 8 big-endian bytes,
@@ -110,17 +110,39 @@ public struct SecretHasher: Sendable {
     /// 256 random bits are.
     public static func newOpaqueToken(at unixMs: Int64) throws -> (token: String, id: [UInt8]) {
         let id = try orderedID(at: unixMs)
-        return (base64URL(id + (try SecureRandom.bytes(32))), id)
+        return (Base64URL.encode(id + (try SecureRandom.bytes(32))), id)
     }
 
     /// The id inside an opaque token from ``newOpaqueToken(at:)``; nil for
     /// anything else.
     public static func opaqueTokenID(_ token: String) -> [UInt8]? {
-        guard token.utf8.count == 64, let bytes = base64URLDecode(token), bytes.count == 48 else { return nil }
+        guard token.utf8.count == 64, let bytes = Base64URL.decode(token), bytes.count == 48 else { return nil }
         return Array(bytes.prefix(16))
     }
 
-    static func base64URLDecode(_ text: String) -> [UInt8]? {
+}
+
+/// Base64url without padding (RFC 4648 §5), as tokens, JWTs, JWKs and PKCE use it.
+public enum Base64URL {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
+    public static func encode(_ bytes: some Collection<UInt8>) -> String {
+        let bytes = Array(bytes)
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            var value = UInt32(0)
+            for (offset, byte) in chunk.enumerated() { value |= UInt32(byte) << (16 - 8 * offset) }
+            for position in 0..<(chunk.count + 1) { out.append(alphabet[Int((value >> (18 - 6 * position)) & 0x3F)]) }
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Nil for anything that is not unpadded base64url.
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
         var values: [UInt8] = []
         values.reserveCapacity(text.utf8.count)
         for byte in text.utf8 {
@@ -144,22 +166,5 @@ public struct SecretHasher: Sendable {
             index += 4
         }
         return out
-    }
-
-    static func base64URL(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count * 4 + 2) / 3)
-        var index = 0
-        while index < bytes.count {
-            let chunk = bytes[index..<min(index + 3, bytes.count)]
-            var value = UInt32(0)
-            for (offset, byte) in chunk.enumerated() { value |= UInt32(byte) << (16 - 8 * offset) }
-            for position in 0..<(chunk.count + 1) {
-                out.append(alphabet[Int((value >> (18 - 6 * position)) & 0x3F)])
-            }
-            index += 3
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -22,7 +22,7 @@ public struct UsersModule: RoleModule {
             .init("max_failed_logins", .integer(1...100)),
             .init("lockout_minutes", .integer(1...10080)),
             .init("bootstrap_admin", .string),
-            .init("bootstrap_password_file", .path),
+            .init("bootstrap_password_file", .path, readAtEveryStart: false),
         ],
         check: { section in
             let admin = section.string("bootstrap_admin"), file = section.string("bootstrap_password_file")
@@ -37,12 +37,15 @@ public struct UsersModule: RoleModule {
         let section = context.section("users")
         // A hasher offered by whoever assembles the node (tests use fast settings).
         directory = UserDirectory(database: userdb, hasher: context.lookup(SecretHasher.self) ?? SecretHasher(), policy: Self.policy(section))
-        var admin: (String, String)?
-        if let name = section.string("bootstrap_admin"), let file = section.string("bootstrap_password_file") {
-            admin = (name, try Self.readPassword(file))
-        }
         do {
-            switch try await directory.bootstrap(admin: admin) {
+            // The password file is read only while no administrator exists (the
+            // first start): afterwards the node never touches it, and the
+            // operator may delete it once the password is changed.
+            var outcome = try await directory.bootstrap(admin: nil)
+            if outcome == .noAdmin, let name = section.string("bootstrap_admin"), let file = section.string("bootstrap_password_file") {
+                outcome = try await directory.bootstrap(admin: (name, try Self.readPassword(file)))
+            }
+            switch outcome {
             case .createdAdmin(let name): context.logger.notice("created the first administrator", metadata: ["user": "\(name)"])
             case .noAdmin: context.logger.warning("no administrator exists and users.bootstrap_admin is not set: nobody can sign in")
             case .adminExists: break

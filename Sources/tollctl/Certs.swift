@@ -9,7 +9,7 @@ struct Certs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "certs",
         abstract: "Create the cluster CA and issue, show and verify certificates.",
-        subcommands: [CreateCA.self, IssueNode.self, IssueAdmin.self, Show.self, Verify.self]
+        subcommands: [CreateCA.self, IssueNode.self, IssueAdmin.self, Renew.self, Show.self, Verify.self]
     )
 }
 

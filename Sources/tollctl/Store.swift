@@ -175,6 +175,14 @@ func applicationJSON(_ application: Application) -> [String: Any] {
      "created_at_unix_ms": application.createdAtUnixMs]
 }
 
+/// Applications as a table, or as JSON objects.
+func printApplications(_ applications: [Application], output: OutputFormat, single: Bool = false) throws {
+    switch output {
+    case .json: try single ? printJSON(applicationJSON(applications.first ?? Application())) : printJSON(applications.map(applicationJSON))
+    case .table: printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], applications.map(applicationRow))
+    }
+}
+
 func applicationRow(_ application: Application) -> [String] {
     [application.id, application.name, application.throttlingPolicy, TokenTypeOption.spelling(of: application.tokenFormat), application.owner]
 }
@@ -203,10 +211,7 @@ struct ApplicationCreate: AsyncParsableCommand {
             try await node.run { try await node.store.createApplication(CreateApplicationRequest(application: draft)).application ?? Application() }
         }
         if quiet { return print(created.id) }
-        switch output {
-        case .json: try printJSON(applicationJSON(created))
-        case .table: printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], [applicationRow(created)])
-        }
+        try printApplications([created], output: output, single: true)
     }
 }
 
@@ -235,10 +240,7 @@ struct ApplicationUpdate: AsyncParsableCommand {
                 return try await node.store.updateApplication(UpdateApplicationRequest(application: application)).application ?? application
             }
         }
-        switch output {
-        case .json: try printJSON(applicationJSON(updated))
-        case .table: printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], [applicationRow(updated)])
-        }
+        try printApplications([updated], output: output, single: true)
     }
 }
 
@@ -265,10 +267,7 @@ struct ApplicationList: AsyncParsableCommand {
         let applications = try await NodeSession.with(connection) { node in
             try await node.run { try await node.store.listApplications(ListApplicationsRequest(groupId: group)).applications }
         }
-        switch output {
-        case .json: try printJSON(applications.map(applicationJSON))
-        case .table: printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], applications.map(applicationRow))
-        }
+        try printApplications(applications, output: output)
     }
 }
 
@@ -289,7 +288,7 @@ struct ApplicationShow: AsyncParsableCommand {
             json["keys"] = response.keys.map { ["type": KeyTypeOption.spelling(of: $0.keyType), "consumer_key": $0.consumerKey, "allowed_domains": $0.allowedDomains] }
             try printJSON(json)
         case .table:
-            printTable(["ID", "NAME", "TIER", "TOKENS", "OWNER"], [applicationRow(application)])
+            try printApplications([application], output: .table)
             if !response.keys.isEmpty {
                 print("")
                 printTable(["KEY TYPE", "CONSUMER KEY", "ALLOWED DOMAINS"],

@@ -98,7 +98,7 @@ import RoleCore
         // Unknown key and wrong type: one line each, with key and line.
         let typo = try fixture.writeConfig("n1", roles: ["publisher"], clusterPort: port, adminPort: nil, extra: "\n[limits]\nmax_conections = 5\nidle_timeout_seconds = \"soon\"\n")
         let (status, lines) = try refusal(typo)
-        #expect(status == 1)
+        #expect(status == 78)
         #expect(lines.count == 2, "\(lines)")
         #expect(lines.contains { $0.contains("limits.idle_timeout_seconds: must be an integer, not string (line ") }, "\(lines)")
         #expect(lines.contains { $0.contains("limits.max_conections: unknown key") && $0.contains("(line ") }, "\(lines)")
@@ -107,12 +107,12 @@ import RoleCore
         let broken = fixture.path("broken.toml")
         try "node_id = \"n1\"\nroles = [\n".write(toFile: broken, atomically: true, encoding: .utf8)
         let (brokenStatus, brokenLines) = try refusal(broken)
-        #expect(brokenStatus == 1 && brokenLines.count == 1 && brokenLines[0].contains("not valid TOML") && brokenLines[0].contains("(line "), "\(brokenLines)")
+        #expect(brokenStatus == 78 && brokenLines.count == 1 && brokenLines[0].contains("not valid TOML") && brokenLines[0].contains("(line "), "\(brokenLines)")
 
         // A certificate file that is not there.
         let missingCertificate = try fixture.writeConfig("n2", roles: ["publisher"], clusterPort: port, adminPort: nil)
         let (certStatus, certLines) = try refusal(missingCertificate)
-        #expect(certStatus == 1 && certLines.count == 2, "\(certLines)")
+        #expect(certStatus == 78 && certLines.count == 2, "\(certLines)")
         #expect(certLines.contains { $0.contains("tls.certificate: \(fixture.path("n2.pem")) does not exist") }, "\(certLines)")
         #expect(certLines.contains { $0.contains("tls.private_key: \(fixture.path("n2.key")) does not exist") }, "\(certLines)")
 
@@ -120,13 +120,13 @@ import RoleCore
         try fixture.issueNode("n3", roles: ["gateway"])
         let wrongRole = try fixture.writeConfig("n3", roles: ["publisher"], clusterPort: port, adminPort: nil)
         let (roleStatus, roleLines) = try refusal(wrongRole)
-        #expect(roleStatus == 1 && roleLines == ["tollgated: tls.certificate: the certificate does not carry role(s) publisher that this node runs"], "\(roleLines)")
+        #expect(roleStatus == 78 && roleLines == ["tollgated: tls.certificate: the certificate does not carry role(s) publisher that this node runs"], "\(roleLines)")
 
         // A data directory that does not exist.
         let config = try fixture.writeConfig("n1", roles: ["publisher"], clusterPort: port, adminPort: nil)
         try FileManager.default.removeItem(atPath: fixture.path("data-n1"))
         let (dataStatus, dataLines) = try refusal(config)
-        #expect(dataStatus == 1 && dataLines.count == 1 && dataLines[0].contains("data_directory: \(fixture.path("data-n1")) is not a directory"), "\(dataLines)")
+        #expect(dataStatus == 78 && dataLines.count == 1 && dataLines[0].contains("data_directory: \(fixture.path("data-n1")) is not a directory"), "\(dataLines)")
 
         // `--check-config` says the same without starting, and accepts a good file.
         try FileManager.default.createDirectory(atPath: fixture.path("data-n1"), withIntermediateDirectories: true)
@@ -192,7 +192,7 @@ import RoleCore
         chmod(fixture.directory.path, 0o755)
         for file in try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path) { chmod(fixture.path(file), 0o755) }
         let (status, lines) = try refusal(config, asNobody: true)
-        #expect(status == 1 && lines.count == 1 && lines[0].contains("data_directory: \(fixture.path("data-n1")) is not writable by this user"), "\(lines)")
+        #expect(status == 78 && lines.count == 1 && lines[0].contains("data_directory: \(fixture.path("data-n1")) is not writable by this user"), "\(lines)")
         #expect(!FileManager.default.fileExists(atPath: fixture.path("data-n1/userdb")))
     }
 }
