@@ -103,7 +103,9 @@ public final class NodeRuntime: Sendable {
             }
             let listenerObserver = NodeListenerObserver(metrics: metrics, logger: logger)
             if let endpoint = config.metricsListen {
-                let responder = MetricsResponder { metrics.render(peers: peerBox.withLockedValue { $0 }) }
+                let responder = MetricsResponder {
+                    metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                }
                 let listener = Listener(name: "metrics", maxConnections: 64, observer: listenerObserver,
                                         configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))
                 bound.append(("metrics", listener, try await bind(listener, endpoint, socket: activated["metrics"], group: group)))
