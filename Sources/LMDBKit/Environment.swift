@@ -84,7 +84,8 @@ public final class Environment: @unchecked Sendable {
                 try check(mdb_env_set_maxdbs(env, MDB_dbi(options.maxDatabases)))
                 try check(mdb_env_set_maxreaders(env, UInt32(options.maxReaders)))
                 try check(mdb_env_set_mapsize(env, options.mapSize))
-                try check(mdb_env_open(env, canonical, UInt32(MDB_NOTLS), 0o640))
+                // Owner only: what a node stores (password hashes among it) is no one else's to read.
+                try check(mdb_env_open(env, canonical, UInt32(MDB_NOTLS), 0o600))
                 var dead: Int32 = 0
                 try check(mdb_reader_check(env, &dead))
                 self.staleReadersCleared = Int(dead)

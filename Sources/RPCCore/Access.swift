@@ -103,9 +103,6 @@ public protocol CallAuthorizer: Sendable {
 public protocol SessionVerifier: Sendable {
     /// The session's user, or nil if the token is unknown, expired or revoked.
     func user(forSessionToken token: String) throws(RPCError) -> UserPrincipal?
-    /// The user an admin certificate (`tollgate://user/<name>`) names, in the
-    /// super tenant, or nil if there is no such active user.
-    func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal?
 }
 
 /// Applies docs/rpc-protocol.md §13 before a handler runs: who is calling
@@ -170,13 +167,9 @@ public struct AccessController: CallAuthorizer {
         return roles.isEmpty ? "; no role of tenant \(user.tenant) grants it" : "; roles that grant it: \(roles.joined(separator: ", "))"
     }
 
-    /// A session token, or an admin certificate naming a user, is looked up
-    /// in userdb when this node has one.
+    /// A session token is looked up in userdb when this node has one.
     public func readsStorage(_ context: ServerCallContext) -> Bool {
-        guard sessions != nil else { return false }
-        if !context.metadata.values(for: "authorization").isEmpty { return true }
-        if case .user? = context.peer { return true }
-        return false
+        sessions != nil && !context.metadata.values(for: "authorization").isEmpty
     }
 
     private func identify(_ context: ServerCallContext) throws(RPCError) -> Caller {
@@ -195,7 +188,8 @@ public struct AccessController: CallAuthorizer {
         case .node(let id, let roles)?:
             return .node(id: id, roles: roles)
         case .user(let name)?:
-            if let sessions, let user = try sessions.user(forCertificateName: name) { return .user(user) }
+            // A certificate proves the machine, a session the person
+            // (certs/README.md): an admin certificate alone is never a user.
             return .certificateHolder(name: name)
         case nil:
             return .anonymous

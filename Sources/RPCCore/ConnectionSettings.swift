@@ -64,6 +64,7 @@ extension ConnectionError.Reason {
         case .frameTooLarge: .frameTooLarge
         case .idle: .idle
         case .keepaliveTimeout: .keepaliveTimeout
+        case .resourceExhausted: .resourceExhausted
         }
     }
 }

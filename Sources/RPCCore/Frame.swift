@@ -166,6 +166,8 @@ public struct Frame: Sendable, Hashable {
 public struct ConnectionError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Reason: Sendable, Hashable {
         case protocolError, frameTooLarge, idle, keepaliveTimeout
+        /// The peer went beyond a memory or connection budget (docs/rpc-protocol.md §9).
+        case resourceExhausted
     }
 
     public let reason: Reason

@@ -11,13 +11,18 @@ public struct ServerCallContext: Sendable {
     /// Who is calling, as the server's authorization decided before the
     /// handler ran.
     public var caller: Caller
+    /// The client's IP address, where the transport has one (sign-in
+    /// throttling counts failures by it).
+    public let sourceAddress: String?
 
-    public init(method: ProtoMethod, metadata: Metadata, peer: PeerIdentity?, deadline: ContinuousClock.Instant?, caller: Caller = .anonymous) {
+    public init(method: ProtoMethod, metadata: Metadata, peer: PeerIdentity?, deadline: ContinuousClock.Instant?, caller: Caller = .anonymous,
+                sourceAddress: String? = nil) {
         self.method = method
         self.metadata = metadata
         self.peer = peer
         self.deadline = deadline
         self.caller = caller
+        self.sourceAddress = sourceAddress
     }
 
     /// The signed-in user making the call, or UNAUTHENTICATED.

@@ -8,14 +8,37 @@ import TollgateProto
 /// the ByteBuffer. A bad header, or one over the limit, is a
 /// ``ConnectionError`` as soon as its 12 bytes are in, before the payload is
 /// buffered.
+///
+/// On a server connection the ``ConnectionBudget`` is consulted as soon as a
+/// header is in: a frame above the connection's current limit (lower before
+/// it authenticates) is refused, and a payload still arriving is reserved in
+/// the budget before it is buffered.
 final class FrameDecoderHandler: ByteToMessageDecoder {
     typealias InboundOut = Frame
     let maxFrameSize: Int
+    private let budget: ConnectionBudget?
 
-    init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
+    init(maxFrameSize: Int, budget: ConnectionBudget? = nil) {
+        self.maxFrameSize = maxFrameSize
+        self.budget = budget
+    }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         let limit = maxFrameSize
+        if let budget, buffer.readableBytes >= FrameHeader.byteCount {
+            let header = try buffer.withUnsafeReadableBytes { bytes throws(ConnectionError) in
+                try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<FrameHeader.byteCount]), maxFrameSize: limit)
+            }
+            let length = Int(header.length)
+            guard length <= budget.frameLimit else {
+                throw ConnectionError(.resourceExhausted, "a frame of \(length) bytes before the connection authenticated; the limit is \(budget.frameLimit)")
+            }
+            if buffer.readableBytes < FrameHeader.byteCount + length {
+                if let refusal = budget.reservePartialFrame(length) { throw ConnectionError(.resourceExhausted, refusal) }
+                return .needMoreData
+            }
+            budget.partialFrameArrived()
+        }
         let parsed = try buffer.withUnsafeReadableBytes { bytes throws(ConnectionError) in
             try Frame.parse(bytes, maxFrameSize: limit)
         }
@@ -99,6 +122,27 @@ public struct RPCLimits: Sendable, Hashable {
     public var idleTimeout = TimeAmount.minutes(5)
     /// Server: open connections per listener; more are closed on accept.
     public var maxConnections = 4096
+    // Memory budgets (docs/rpc-protocol.md §9): what a peer can make the
+    // server hold for requests it has not handed to a handler yet.
+    /// Server: streams open at once on a connection that has not authenticated anything.
+    public var unauthenticatedMaxConcurrentStreams = 4
+    /// Server: largest frame payload accepted from a connection that has not authenticated anything.
+    public var unauthenticatedMaxFrameSize = 16 * 1024
+    /// Server: request bytes a connection that has not authenticated anything may hold.
+    public var unauthenticatedMaxBufferedBytes = 64 * 1024
+    /// Server: request bytes the unauthenticated connections of one source address may hold together.
+    public var unauthenticatedMaxBufferedBytesPerAddress = 256 * 1024
+    /// Server: request bytes an authenticated connection may hold.
+    public var maxBufferedBytesPerConnection = 64 * 1024 * 1024
+    /// Server: request bytes all connections of the node may hold together.
+    public var maxBufferedBytes = 256 * 1024 * 1024
+    /// Server: time from accepting the socket for the connection to
+    /// authenticate something (a cluster certificate, or a call admitted with
+    /// an identity); a connection that has not is closed.
+    public var unauthenticatedTimeout = TimeAmount.seconds(30)
+    /// Server: connections that have authenticated nothing, per source IP
+    /// address and listener; more are closed on accept.
+    public var maxUnauthenticatedConnectionsPerAddress = 64
 
     public init(maxFrameSize: Int = ConnectionSettings.defaultMaxFrameSize, maxConcurrentStreams: Int = ConnectionSettings.defaultMaxConcurrentStreams,
                 initialWindowSize: Int = ConnectionSettings.defaultInitialWindowSize, maxMetadataSize: Int = ConnectionSettings.defaultMaxMetadataSize) {

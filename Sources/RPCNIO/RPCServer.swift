@@ -16,6 +16,8 @@ public final class RPCServer: Sendable {
     /// Read for each new connection, so new certificates apply without a restart.
     private let tls: NIOLockedValueBox<TLSContext>
     public let listener: Listener
+    /// Request bytes held for calls not yet handed to a handler (docs/rpc-protocol.md §9).
+    public let bufferedRequests: RequestBufferGauge
 
     /// - Parameters:
     ///   - name: the listener's name (`cluster`, `admin`), for metrics, logs and socket activation.
@@ -27,21 +29,32 @@ public final class RPCServer: Sendable {
     ///   placed there. An authorizer that reads storage says so through
     ///   ``CallAuthorizer/readsStorage(_:)`` (the other initializer).
     public convenience init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
-                            observer: (any RPCServerObserver)? = nil,
+                            observer: (any RPCServerObserver)? = nil, bufferedRequests: RequestBufferGauge? = nil,
                             authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
-        self.init(name: name, methods: methods, tls: tls, limits: limits, observer: observer, authorizer: ClosureAuthorizer(decide: authorize))
+        self.init(name: name, methods: methods, tls: tls, limits: limits, observer: observer, bufferedRequests: bufferedRequests,
+                  authorizer: ClosureAuthorizer(decide: authorize))
     }
 
+    /// - Parameter bufferedRequests: the node-wide gauge of request bytes
+    ///   held, shared by a node's listeners; nil gives this server its own,
+    ///   sized by `limits`.
     public init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
-                observer: (any RPCServerObserver)? = nil, authorizer: any CallAuthorizer) {
+                observer: (any RPCServerObserver)? = nil, bufferedRequests: RequestBufferGauge? = nil, authorizer: any CallAuthorizer) {
         let table = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
         let tls = NIOLockedValueBox(tls)
         self.tls = tls
-        self.listener = Listener(name: name, maxConnections: limits.maxConnections, observer: observer.map(RPCListenerObserver.init)) { channel in
+        let gauge = bufferedRequests ?? RequestBufferGauge(limit: limits.maxBufferedBytes,
+                                                           unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
+        self.bufferedRequests = gauge
+        let admission = Listener.Admission(maxUnauthenticatedPerAddress: limits.maxUnauthenticatedConnectionsPerAddress)
+        self.listener = Listener(name: name, maxConnections: limits.maxConnections, admission: admission,
+                                 observer: observer.map(RPCListenerObserver.init)) { channel, standing in
             let sync = channel.pipeline.syncOperations
+            let budget = ConnectionBudget(gauge: gauge, limits: limits, address: channel.remoteAddress?.ipAddress ?? "unknown")
             try sync.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
-            try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize)))
-            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer))
+            try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize, budget: budget)))
+            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer, budget: budget,
+                                                                 standing: standing))
         }
     }
 

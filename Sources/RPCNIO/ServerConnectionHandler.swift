@@ -44,16 +44,36 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var windowWaiters: [(message: EncodedMessage, promise: EventLoopPromise<Void>)] = []
         let requestID: String
         let started = ContinuousClock.now
+        /// Request bytes received and not yet handed to (or read by) the
+        /// handler, reserved in `budget`.
+        private(set) var heldBytes = 0
+        private let budget: ConnectionBudget
 
-        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, requestID: String) {
+        init(handler: RPCMethodHandler, callContext: ServerCallContext, input: Input, requestID: String, budget: ConnectionBudget) {
             self.handler = handler
             self.callContext = callContext
             self.input = input
             self.requestID = requestID
+            self.budget = budget
+        }
+
+        /// Reserves a received request's bytes, or says why not.
+        func hold(_ count: Int) -> String? {
+            if let refusal = budget.reserve(count) { return refusal }
+            heldBytes += count
+            return nil
+        }
+
+        /// The handler took (or read) `count` of the held bytes.
+        func handOver(_ count: Int) {
+            let released = min(count, heldBytes)
+            heldBytes -= released
+            budget.release(released)
         }
 
         /// Ends the handler's side: stops it and fails whatever it waits for.
         func stop(_ error: RPCError) {
+            handOver(heldBytes)
             task?.cancel()
             deadlineTimer?.cancel()
             if case .streaming(let requests) = input { requests.finish(throwing: error) }
@@ -66,6 +86,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let limits: RPCLimits
     private let authorizer: any CallAuthorizer
     private let observer: (any RPCServerObserver)?
+    /// What this connection may hold and open; shared with its frame decoder.
+    private let budget: ConnectionBudget
+    /// What the listener knows of this connection, for its admission rules.
+    private let standing: ConnectionStanding
     private var context: ChannelHandlerContext?
     /// Kept after the channel closes, so late calls from handler tasks still get a (failed) future.
     private var eventLoop: (any EventLoop)?
@@ -85,6 +109,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // re-arms itself if activity moved that moment later, so frames never
     // touch the timer wheel.
     private var handshakeTimer: Scheduled<Void>?
+    /// Runs until something on the connection authenticates.
+    private var unauthenticatedTimer: Scheduled<Void>?
+    private var tlsEstablished = false
     private var lastFrameAt = NIODeadline.now()
     private var lastActivityAt = NIODeadline.now()
     private var keepaliveTimer: Scheduled<Void>?
@@ -93,9 +120,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var pingTimeout: Scheduled<Void>?
 
     init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
-         authorizer: any CallAuthorizer) {
+         authorizer: any CallAuthorizer, budget: ConnectionBudget, standing: ConnectionStanding) {
         self.methods = methods
         self.limits = limits
+        self.budget = budget
+        self.standing = standing
         self.observer = observer
         self.authorizer = authorizer
         self.machine = ConnectionStateMachine(role: .server, local: limits.settings)
@@ -112,11 +141,36 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if machine.receivedSettings { return }
             connectionError(context: context, ConnectionError(.protocolError, "no SETTINGS within the handshake timeout"))
         }
+        // A stranger may not keep a connection for longer than signing in takes (docs/rpc-protocol.md §9).
+        unauthenticatedTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.unauthenticatedTimeout) { [self] in
+            guard let context = self.context, !budget.isAuthenticated else { return }
+            connectionError(context: context, ConnectionError(.idle, "nothing authenticated within \(limits.unauthenticatedTimeout.nanoseconds / 1_000_000) ms"))
+        }
+    }
+
+    /// Something on the connection authenticated: the budgets and admission
+    /// rules of strangers no longer apply to it.
+    private func authenticated() {
+        budget.authenticate()
+        standing.authenticated()
+        unauthenticatedTimer?.cancel()
+        unauthenticatedTimer = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let session)? = event as? TLSEvent {
+            // A ClientHello without ALPN completes the handshake, then the
+            // connection closes without a frame (docs/rpc-protocol.md §1).
+            guard session.negotiatedProtocol == RPCServer.alpn else {
+                observer?.connectionFailed(peer: context.remoteAddress?.description ?? "unknown", reason: "the client did not offer ALPN \(RPCServer.alpn)")
+                context.close(promise: nil)
+                return
+            }
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
+            // A certificate from the cluster CA (the TLS handler verified it)
+            // is enough to lift the budgets of strangers.
+            if peer != nil { authenticated() }
+            tlsEstablished = true
             // Our SETTINGS go first, as soon as TLS is up.
             emit(machine.local.frame, context: context)
             lastFrameAt = .now()
@@ -125,6 +179,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             armIdle(context: context, at: lastActivityAt + limits.idleTimeout)
         } else if event is Quiesce || event is ListenerQuiesceEvent {
             startGoingAway(context: context)
+        } else if event is ListenerEvictEvent {
+            // Before TLS is up there is no way to say why: just close.
+            guard tlsEstablished else { return context.close(promise: nil) }
+            connectionError(context: context, ConnectionError(.resourceExhausted, "evicted to make room: the listener is full"))
         } else if event is DrainExpired || event is ListenerDrainExpiredEvent {
             for (id, stream) in streams {
                 machine.closeStream(id)
@@ -142,7 +200,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         for stream in streams.values { stream.stop(RPCError(.unavailable, "connection closed")) }
         streams.removeAll()
         machine.connectionClosed()
-        for timer in [handshakeTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
+        budget.close()
+        for timer in [handshakeTimer, unauthenticatedTimer, keepaliveTimer, idleTimer, pingTimeout] { timer?.cancel() }
         self.context = nil
         context.fireChannelInactive()
     }
@@ -233,6 +292,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// A stream the protocol accepted: the method, the caller and the
     /// deadline decide whether its handler runs.
     private func openStream(context: ChannelHandlerContext, id: UInt32, headers: RpcRequestHeaders, metadata: Metadata, endStream: Bool) {
+        // The protocol's limit is the machine's; the lower one of a
+        // connection that has not authenticated anything is checked here.
+        guard streams.count < budget.streamLimit else {
+            machine.closeStream(id)
+            let error = RPCError(.resourceExhausted, "more than \(budget.streamLimit) concurrent calls before the connection authenticated")
+            return emit(.cancel(streamID: id, code: error.code, message: error.message), context: context)
+        }
         requestCounter += 1
         let requestID = metadata["x-request-id"] ?? "\(requestIDPrefix)-\(requestCounter)"
         var echo = Metadata()
@@ -244,7 +310,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         // Who the caller is, and whether they may call, is decided in the
         // handler's task before the handler runs (`launch`): a session token
         // is looked up in userdb, which must not happen on the event loop.
-        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline)
+        let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline,
+                                            sourceAddress: context.remoteAddress?.ipAddress)
         if headers.timeoutMs == 0 {
             machine.closeStream(id)
             return emit(.trailers(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
@@ -260,8 +327,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             requests = stream
             input = .streaming(continuation)
         }
-        let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID)
+        let stream = Stream(handler: handler, callContext: callContext, input: input, requestID: requestID, budget: budget)
         streams[id] = stream
+        standing.setBusy(true)
         if let timeout = headers.timeoutMs {
             stream.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(clamping: timeout))) { [self] in
                 fail(streamID: id, RPCError(.deadlineExceeded, "deadline exceeded"))
@@ -283,6 +351,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard let stream = streams[id] else { return }
         switch event {
         case .requestMessage(let isLast):
+            if let refusal = stream.hold(payload.count) { return overBudget(context: context, id: id, refusal) }
             switch stream.input {
             case .single(nil):
                 stream.input = .single(payload)
@@ -306,6 +375,24 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// A request would take the connection or the node beyond its budget:
+    /// the stream ends with CANCEL 8, and a connection that has not
+    /// authenticated anything is closed with GOAWAY RESOURCE_EXHAUSTED too.
+    private func overBudget(context: ChannelHandlerContext, id: UInt32, _ refusal: String) {
+        let error = RPCError(.resourceExhausted, refusal)
+        if let stream = streams.removeValue(forKey: id) {
+            report(stream, code: error.code, message: error.message)
+            stream.stop(error)
+        }
+        machine.closeStream(id)
+        emit(.cancel(streamID: id, code: error.code, message: error.message), context: context)
+        if budget.isAuthenticated {
+            streamClosed(context: context)
+        } else {
+            connectionError(context: context, ConnectionError(.resourceExhausted, refusal))
+        }
+    }
+
     /// The client has sent its last request: a single-request call starts now.
     private func requestsEnded(stream: Stream, id: UInt32, context: ChannelHandlerContext) {
         switch stream.input {
@@ -321,6 +408,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: Running handlers
 
     private func start(stream: Stream, id: UInt32, request: [UInt8], context: ChannelHandlerContext) {
+        // The request is the handler's now, part of its call's own memory.
+        stream.handOver(request.count)
         let sink = makeSink(streamID: id, context: context)
         switch stream.handler.body {
         case .unary(let run):
@@ -360,9 +449,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// Authorizes the call, then runs the handler where it is placed; the
     /// outcome comes back to the loop (no hop when it already runs there).
-    /// A call whose credentials need a lookup (a session token, a user
-    /// certificate) runs on the pool even when its handler prefers the
-    /// loop, so no event loop waits on userdb.
+    /// A call whose credentials need a lookup (a session token) runs on
+    /// the pool even when its handler prefers the loop, so no event loop
+    /// waits on userdb.
     private func launch(_ stream: Stream, id: UInt32, context: ChannelHandlerContext,
                         _ body: @escaping @Sendable (ServerCallContext) async throws -> (any ProtoMessage)?) {
         let loop = context.eventLoop
@@ -377,6 +466,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 var callContext = unauthorized
                 callContext.caller = try authorizer.authorize(callContext)
                 caller = callContext.caller
+                if caller != .anonymous {
+                    if loop.inEventLoop {
+                        bound.value.callerAuthenticated()
+                    } else {
+                        loop.execute { bound.value.callerAuthenticated() }
+                    }
+                }
                 // A unary response is serialized here, off the loop, straight into its frame.
                 outcome = .success(try await body(callContext).map { try EncodedMessage($0, streamID: id, allocator: allocator) })
             } catch {
@@ -414,7 +510,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     // MARK: From handler tasks (on the loop)
 
+    /// A call on this connection was admitted with an identity.
+    fileprivate func callerAuthenticated() {
+        authenticated()
+    }
+
     fileprivate func consumed(_ bytes: Int, streamID: UInt32) {
+        streams[streamID]?.handOver(bytes)
         guard let context, let update = machine.consumed(bytes, streamID: streamID) else { return }
         emit(update, context: context)
     }
@@ -532,6 +634,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func streamClosed(context: ChannelHandlerContext) {
         lastActivityAt = .now()
+        standing.setBusy(!streams.isEmpty)
         if machine.isDrained {
             flush(context: context)
             context.close(promise: nil)

@@ -23,26 +23,94 @@ public struct ListenerDrainExpiredEvent: Sendable {
     public init() {}
 }
 
+/// Tells an idle connection that has authenticated nothing that it makes
+/// room for a new one on a full listener: it closes now. It no longer counts
+/// against the listener's limits.
+public struct ListenerEvictEvent: Sendable {
+    public init() {}
+}
+
+/// What a listener that tells strangers apart (``Listener/Admission``) knows
+/// of one connection: whether it has authenticated anything, and whether it
+/// is busy. Its connection handler keeps it up to date from the
+/// connection's loop; the listener reads it when it must make room.
+public final class ConnectionStanding: Sendable {
+    private struct State {
+        var authenticated = false
+        var busy = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    public init() {}
+
+    /// Something on the connection authenticated (a certificate, a call with an identity).
+    public func authenticated() { state.withLockedValue { $0.authenticated = true } }
+
+    public var isAuthenticated: Bool { state.withLockedValue { $0.authenticated } }
+
+    /// Whether the connection has calls (streams, requests) in progress.
+    public func setBusy(_ busy: Bool) { state.withLockedValue { $0.busy = busy } }
+
+    /// A stranger doing nothing: the first to go when the listener is full.
+    var isEvictable: Bool { state.withLockedValue { !$0.authenticated && !$0.busy } }
+}
+
 /// The part every kind of listener shares: binding (or adopting a socket
 /// that systemd passed), admission against a connection limit, tracking
 /// open connections, and graceful drain. A kind supplies only how to set
 /// up each accepted connection's pipeline.
 public final class Listener: Sendable {
+    /// How a kind whose connections authenticate keeps strangers from
+    /// filling the listener: at most `maxUnauthenticatedPerAddress`
+    /// connections that have authenticated nothing per source IP address,
+    /// and, when the listener is full, the longest-open idle one of them
+    /// makes room for a newcomer (``ListenerEvictEvent``).
+    public struct Admission: Sendable, Hashable {
+        public var maxUnauthenticatedPerAddress: Int
+        public init(maxUnauthenticatedPerAddress: Int) { self.maxUnauthenticatedPerAddress = maxUnauthenticatedPerAddress }
+    }
+
+    private struct Connection {
+        let channel: any Channel
+        let address: String
+        let standing: ConnectionStanding
+        /// Order of acceptance, to evict the longest-open first.
+        let sequence: UInt64
+    }
+
+    private struct Connections {
+        var open: [ObjectIdentifier: Connection] = [:]
+        var accepted: UInt64 = 0
+    }
+
     /// The listener's name (`cluster`, `admin`, `metrics`, or a role module's),
     /// also the name its socket carries under systemd's socket activation.
     public let name: String
     public let maxConnections: Int
+    public let admission: Admission?
     private let observer: (any ListenerObserver)?
-    private let configure: @Sendable (any Channel) throws -> Void
-    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let configure: @Sendable (any Channel, ConnectionStanding) throws -> Void
+    private let connections = NIOLockedValueBox(Connections())
     private let channel = NIOLockedValueBox<(any Channel)?>(nil)
 
     /// - Parameter configure: adds the kind's handlers to an accepted
     ///   connection's pipeline, on its event loop.
-    public init(name: String, maxConnections: Int, observer: (any ListenerObserver)?,
-                configure: @escaping @Sendable (any Channel) throws -> Void) {
+    public convenience init(name: String, maxConnections: Int, observer: (any ListenerObserver)?,
+                            configure: @escaping @Sendable (any Channel) throws -> Void) {
+        self.init(name: name, maxConnections: maxConnections, admission: nil, observer: observer) { channel, _ in try configure(channel) }
+    }
+
+    /// - Parameters:
+    ///   - admission: the rules for strangers, for a kind whose handlers keep
+    ///     each connection's ``ConnectionStanding``; nil treats every
+    ///     connection alike and never evicts.
+    ///   - configure: adds the kind's handlers to an accepted connection's
+    ///     pipeline, on its event loop, with the standing they keep.
+    public init(name: String, maxConnections: Int, admission: Admission?, observer: (any ListenerObserver)?,
+                configure: @escaping @Sendable (any Channel, ConnectionStanding) throws -> Void) {
         self.name = name
         self.maxConnections = maxConnections
+        self.admission = admission
         self.observer = observer
         self.configure = configure
     }
@@ -50,8 +118,8 @@ public final class Listener: Sendable {
     /// The bound address, once bound.
     public var address: SocketAddress? { channel.withLockedValue { $0?.localAddress } }
 
-    /// Connections open now.
-    public var openConnections: Int { connections.withLockedValue { $0.count } }
+    /// Connections open now (evicted ones no longer count).
+    public var openConnections: Int { connections.withLockedValue { $0.open.count } }
 
     /// Binds and starts accepting; returns the bound address.
     public func bind(host: String, port: Int, group: any EventLoopGroup) async throws -> SocketAddress {
@@ -72,32 +140,65 @@ public final class Listener: Sendable {
 
     private func bootstrap(group: any EventLoopGroup) -> ServerBootstrap {
         let connections = self.connections, observer = self.observer, configure = self.configure
-        let limit = maxConnections, name = self.name
+        let limit = maxConnections, name = self.name, admission = self.admission
         return ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let id = ObjectIdentifier(channel)
-                    let admitted = connections.withLockedValue { open in
-                        guard open.count < limit else { return false }
-                        open[id] = channel
-                        return true
+                    let address = channel.remoteAddress?.ipAddress ?? "unknown"
+                    let standing = ConnectionStanding()
+                    let decision = connections.withLockedValue { state in
+                        Self.admit(channel, address: address, standing: standing, limit: limit, admission: admission, into: &state)
                     }
-                    // Over the limit: closed before TLS or parsing costs anything.
-                    guard admitted else {
-                        observer?.connectionFailed(listener: name, peer: channel.remoteAddress?.description ?? "unknown",
-                                                   reason: "more than \(limit) connections")
-                        throw ListenerError.tooManyConnections(limit)
+                    // Refused: closed before TLS or parsing costs anything.
+                    if case .refused(let error) = decision {
+                        observer?.connectionFailed(listener: name, peer: channel.remoteAddress?.description ?? "unknown", reason: error.description)
+                        throw error
+                    }
+                    if case .admitted(evicting: let victim?) = decision {
+                        observer?.connectionFailed(listener: name, peer: victim.remoteAddress?.description ?? "unknown",
+                                                   reason: "evicted: idle and unauthenticated on a full listener")
+                        victim.pipeline.fireUserInboundEventTriggered(ListenerEvictEvent())
                     }
                     observer?.connectionOpened(listener: name)
                     channel.closeFuture.whenComplete { _ in
-                        _ = connections.withLockedValue { $0.removeValue(forKey: id) }
+                        _ = connections.withLockedValue { $0.open.removeValue(forKey: id) }
                         observer?.connectionClosed(listener: name)
                     }
-                    try configure(channel)
+                    try configure(channel, standing)
                 }
             }
+    }
+
+    private enum Decision {
+        case admitted(evicting: (any Channel)?)
+        case refused(ListenerError)
+    }
+
+    /// Admission of one accepted connection, under the connections' lock.
+    private static func admit(_ channel: any Channel, address: String, standing: ConnectionStanding, limit: Int, admission: Admission?,
+                              into state: inout Connections) -> Decision {
+        var victim: (any Channel)?
+        if let admission {
+            let strangers = state.open.values.filter { $0.address == address && !$0.standing.isAuthenticated }.count
+            guard strangers < admission.maxUnauthenticatedPerAddress else {
+                return .refused(.tooManyFromAddress(address, admission.maxUnauthenticatedPerAddress))
+            }
+        }
+        if state.open.count >= limit {
+            // Full: only an idle stranger may make room, the longest-open one.
+            guard admission != nil,
+                  let evicted = state.open.filter({ $0.value.standing.isEvictable }).min(by: { $0.value.sequence < $1.value.sequence }) else {
+                return .refused(.tooManyConnections(limit))
+            }
+            state.open[evicted.key] = nil
+            victim = evicted.value.channel
+        }
+        state.accepted += 1
+        state.open[ObjectIdentifier(channel)] = Connection(channel: channel, address: address, standing: standing, sequence: state.accepted)
+        return .admitted(evicting: victim)
     }
 
     /// Stops accepting, asks every connection to finish (``ListenerQuiesceEvent``),
@@ -105,7 +206,7 @@ public final class Listener: Sendable {
     /// their time is up (``ListenerDrainExpiredEvent``) and waits for them.
     public func shutdown(drainTimeout: Duration) async {
         if let bound = channel.withLockedValue({ $0 }) { try? await bound.close() }
-        let open = connections.withLockedValue { Array($0.values) }
+        let open = connections.withLockedValue { $0.open.values.map(\.channel) }
         for connection in open { connection.pipeline.fireUserInboundEventTriggered(ListenerQuiesceEvent()) }
         let deadline = ContinuousClock.now + drainTimeout
         for connection in open {
@@ -128,11 +229,13 @@ public final class Listener: Sendable {
 
 public enum ListenerError: Error, Hashable, Sendable, CustomStringConvertible {
     case tooManyConnections(Int)
+    case tooManyFromAddress(String, Int)
     case noAddress(String)
 
     public var description: String {
         switch self {
         case .tooManyConnections(let limit): "more than \(limit) connections"
+        case .tooManyFromAddress(let address, let limit): "more than \(limit) unauthenticated connections from \(address)"
         case .noAddress(let name): "listener \(name): the bound socket has no address"
         }
     }

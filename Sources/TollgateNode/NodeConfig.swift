@@ -66,6 +66,10 @@ public struct NodeConfig: Sendable, Hashable {
     public var maxFrameSize = 4 * 1024 * 1024
     public var idleTimeoutSeconds = 300
     public var drainTimeoutSeconds = 30
+    /// RPC listeners: connections that have authenticated nothing, per source IP address.
+    public var maxUnauthenticatedConnectionsPerAddress = 64
+    /// RPC listeners: how long a connection may stay without authenticating anything.
+    public var unauthenticatedTimeoutSeconds = 30
 
     /// Role modules' sections (`[users]`, …), checked against their declared keys.
     public var sections: [String: ConfigSection] = [:]
@@ -343,12 +347,16 @@ struct ConfigReader {
                                 certificatePath: Self.absolute(certificate ?? "", base: base), privateKeyPath: Self.absolute(key ?? "", base: base),
                                 peers: peers)
         if let limits = subtable(root, "limits") {
-            unknownKeys(limits, name: "limits", known: ["max_connections", "max_concurrent_streams", "max_frame_size", "idle_timeout_seconds", "drain_timeout_seconds"])
+            unknownKeys(limits, name: "limits", known: ["max_connections", "max_concurrent_streams", "max_frame_size", "idle_timeout_seconds", "drain_timeout_seconds",
+                                                        "max_unauthenticated_connections_per_address", "unauthenticated_timeout_seconds"])
             config.maxConnections = int(limits, "limits", "max_connections", range: 1...1_000_000) ?? config.maxConnections
             config.maxConcurrentStreams = int(limits, "limits", "max_concurrent_streams", range: 1...100_000) ?? config.maxConcurrentStreams
             config.maxFrameSize = int(limits, "limits", "max_frame_size", range: 16384...16_777_216) ?? config.maxFrameSize
             config.idleTimeoutSeconds = int(limits, "limits", "idle_timeout_seconds", range: 1...86400) ?? config.idleTimeoutSeconds
             config.drainTimeoutSeconds = int(limits, "limits", "drain_timeout_seconds", range: 0...3600) ?? config.drainTimeoutSeconds
+            config.maxUnauthenticatedConnectionsPerAddress = int(limits, "limits", "max_unauthenticated_connections_per_address", range: 1...1_000_000)
+                ?? config.maxUnauthenticatedConnectionsPerAddress
+            config.unauthenticatedTimeoutSeconds = int(limits, "limits", "unauthenticated_timeout_seconds", range: 1...3600) ?? config.unauthenticatedTimeoutSeconds
         }
         config.moduleListen = moduleListen
         for spec in specs {

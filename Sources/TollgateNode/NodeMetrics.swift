@@ -24,6 +24,7 @@ public final class NodeMetrics: RPCServerObserver {
     private let startTime: Gauge
     private let uptime: Gauge
     private let residentMemory: Gauge
+    private let bufferedRequests: Gauge
     private let virtualMemory: Gauge
     /// The node certificate and CA files in use (a reload may name others).
     private let certificateFiles: Mutex<(node: String, ca: String)>
@@ -49,6 +50,9 @@ public final class NodeMetrics: RPCServerObserver {
             namespace: "process", metricName: "start_time", unitName: "seconds", helpText: "Start time of the process since the Unix epoch."))
         uptime = registry.makeGauge(descriptor: MetricNameDescriptor(
             namespace: "tollgate", metricName: "uptime", unitName: "seconds", helpText: "Seconds since the node started."))
+        bufferedRequests = registry.makeGauge(descriptor: MetricNameDescriptor(
+            namespace: "tollgate", subsystem: "rpc", metricName: "buffered_request", unitName: "bytes",
+            helpText: "Bytes of requests the RPC listeners hold before a handler has them (docs/rpc-protocol.md section 9)."))
         residentMemory = registry.makeGauge(descriptor: MetricNameDescriptor(
             namespace: "process", metricName: "resident_memory", unitName: "bytes", helpText: "Resident memory size."))
         virtualMemory = registry.makeGauge(descriptor: MetricNameDescriptor(
@@ -134,8 +138,10 @@ public final class NodeMetrics: RPCServerObserver {
     }
 
     /// Refreshes the values read at scrape time, then renders the text format.
-    func render(peers: [PeerLink]) -> [UInt8] {
+    /// - Parameter bufferedRequestBytes: the RPC listeners' ``RequestBufferGauge`` now.
+    func render(peers: [PeerLink], bufferedRequestBytes: Int) -> [UInt8] {
         uptime.set(to: Date().timeIntervalSince(startedAt))
+        bufferedRequests.set(to: Double(bufferedRequestBytes))
         if let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) {
             let pages = statm.split(separator: " ").compactMap { Double($0) }
             let pageSize = Double(sysconf(Int32(_SC_PAGESIZE)))

@@ -88,17 +88,24 @@ public final class NodeRuntime: Sendable {
         let moduleTLS = NIOLockedValueBox<[String: TLSContext]>([:])
         do {
             let (clusterTLS, adminTLS) = try serverTLS(config)
-            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer, authorizer: access)
+            // One budget for unfinished requests across both RPC listeners: the cap is the node's.
+            let bufferedRequests = RequestBufferGauge(limit: limits.maxBufferedBytes,
+                                                      unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
+            let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer,
+                                    bufferedRequests: bufferedRequests, authorizer: access)
             rpcServers.append(("cluster", cluster))
             bound.append(("cluster", cluster.listener, try await bind(cluster.listener, config.clusterListen, socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
-                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer, authorizer: access)
+                let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer,
+                                      bufferedRequests: bufferedRequests, authorizer: access)
                 rpcServers.append(("admin", admin))
                 bound.append(("admin", admin.listener, try await bind(admin.listener, adminListen, socket: activated["admin"], group: group)))
             }
             let listenerObserver = NodeListenerObserver(metrics: metrics, logger: logger)
             if let endpoint = config.metricsListen {
-                let responder = MetricsResponder { metrics.render(peers: peerBox.withLockedValue { $0 }) }
+                let responder = MetricsResponder {
+                    metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                }
                 let listener = Listener(name: "metrics", maxConnections: 64, observer: listenerObserver,
                                         configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))
                 bound.append(("metrics", listener, try await bind(listener, endpoint, socket: activated["metrics"], group: group)))
@@ -169,6 +176,8 @@ public final class NodeRuntime: Sendable {
         var limits = RPCLimits(maxFrameSize: config.maxFrameSize, maxConcurrentStreams: config.maxConcurrentStreams)
         limits.maxConnections = config.maxConnections
         limits.idleTimeout = .seconds(Int64(config.idleTimeoutSeconds))
+        limits.maxUnauthenticatedConnectionsPerAddress = config.maxUnauthenticatedConnectionsPerAddress
+        limits.unauthenticatedTimeout = .seconds(Int64(config.unauthenticatedTimeoutSeconds))
         return limits
     }
 

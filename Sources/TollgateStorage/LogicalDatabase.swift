@@ -54,7 +54,8 @@ public final class LogicalDatabase: Sendable {
         makeTables: (LogicalDatabase) throws -> Repository
     ) throws -> Repository {
         let path = dataDirectory + "/" + schema.name
-        if mkdir(path, 0o750) != 0 && errno != EEXIST {
+        // Owner only, like the files LMDB creates in it (docs/storage.md).
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
             throw StorageError.dataDirectory("cannot create \(path): \(String(cString: strerror(errno))); make \(dataDirectory) writable by this user")
         }
         let environment = try Environment(path: path, options: options)

@@ -31,6 +31,19 @@ public final class UserDirectory: SessionVerifier {
     public var policy: UserPolicy { policyState.withLock { $0 } }
     /// Milliseconds since 1970; a parameter so tests can move time.
     let now: @Sendable () -> Int64
+    /// Failed sign-ins by source address, in memory: what throttles
+    /// guessing without locking an administrator out (``SourceFailures``).
+    private let failuresBySource = Mutex<[String: SourceFailures]>([:])
+
+    /// Failed sign-ins from one source address (any account). From the
+    /// `max_failed_logins`-th on, the source waits before its next attempt,
+    /// twice as long after each further failure (1 s, 2 s, 4 s, … up to the
+    /// lockout); a success forgets it.
+    struct SourceFailures {
+        var count = 0
+        var lastFailureUnixMs: Int64 = 0
+        var retryAtUnixMs: Int64 = 0
+    }
 
     public init(database: UserDatabase, hasher: SecretHasher = SecretHasher(), policy: UserPolicy = UserPolicy(),
                 now: @escaping @Sendable () -> Int64 = UserDirectory.systemTimeMs) {
@@ -111,17 +124,6 @@ public final class UserDirectory: SessionVerifier {
         }
     }
 
-    public func user(forCertificateName name: String) throws(RPCError) -> UserPrincipal? {
-        try RPCError.catching {
-            try database.database.environment.read { txn -> UserPrincipal? in
-                guard let user = try database.users.get(UserDatabase.userKey(superTenant, name), in: txn), user.status == .active else { return nil }
-                return UserPrincipal(username: user.username, tenant: superTenant, roles: user.roles,
-                                     permissions: try permissions(of: user.roles, tenant: superTenant, in: txn),
-                                     sessionID: nil, sessionExpiresAtUnixMs: 0)
-            }
-        }
-    }
-
     func permissions<T: TransactionReading & ~Copyable>(of roles: [String], tenant: String, in txn: borrowing T) throws -> [String] {
         var permissions: [String] = []
         for name in roles {
@@ -154,9 +156,11 @@ public final class UserDirectory: SessionVerifier {
 
     /// Checks the password and opens a session. Wrong passwords count
     /// towards a lock; the error never says whether the user exists.
+    /// - Parameter source: the caller's IP address, whose failures are
+    ///   throttled together; nil for paths that do not know it (they share one throttle).
     public func login(username qualified: String, password: String, defaultTenant: String, origin: SessionOrigin = .rpcLogin,
-                      idleTimeoutMs: Int64 = 0) async throws(RPCError) -> LoginResult {
-        let (verified, tenantDomain) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant)
+                      idleTimeoutMs: Int64 = 0, source: String? = nil) async throws(RPCError) -> LoginResult {
+        let (verified, tenantDomain) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant, source: source)
         var user = verified
         let timestamp = now()
         let token = try RPCError.catching { try SecretHasher.newToken() }
@@ -181,7 +185,7 @@ public final class UserDirectory: SessionVerifier {
     /// ``login(username:password:defaultTenant:origin:idleTimeoutMs:)``.
     /// Returns the user without its password hash.
     public func authenticate(username qualified: String, password: String, defaultTenant: String) async throws(RPCError) -> User {
-        var (user, _) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant)
+        var (user, _) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant, source: nil)
         if user.failedLoginCount > 0 {
             user.failedLoginCount = 0
             let stored = user
@@ -193,9 +197,49 @@ public final class UserDirectory: SessionVerifier {
     /// The password check shared by sign-in paths: the user as stored when
     /// the password matches; a failed attempt is counted (and may lock the
     /// account) before the error is thrown.
-    private func verifyPassword(username qualified: String, password: String, defaultTenant: String) async throws(RPCError) -> (User, String) {
+    private func verifyPassword(username qualified: String, password: String, defaultTenant: String, source: String?) async throws(RPCError) -> (User, String) {
         let (username, tenantDomain) = try resolve(username: qualified, defaultTenant: defaultTenant)
         let invalid = RPCError(.unauthenticated, "invalid username or password")
+        let sourceKey = source ?? ""
+        // A throttled source is answered as a wrong password, in the same
+        // time, without its password being tried or counted.
+        guard failuresBySource.withLock({ ($0[sourceKey]?.retryAtUnixMs ?? 0) <= now() }) else {
+            _ = try? await derive { [hasher] in try hasher.hash(password) }
+            throw invalid
+        }
+        do {
+            let verified = try await checkPassword(username: username, tenantDomain: tenantDomain, password: password, invalid: invalid)
+            failuresBySource.withLock { _ = $0.removeValue(forKey: sourceKey) }
+            return verified
+        } catch {
+            if error.code == .unauthenticated { recordFailure(from: sourceKey) }
+            throw error
+        }
+    }
+
+    private func recordFailure(from source: String) {
+        let timestamp = now(), policy = self.policy
+        failuresBySource.withLock { failures in
+            // Sources quiet for a lockout are forgotten, so the table stays small.
+            if failures.count > 10_000 { failures = failures.filter { timestamp - $0.value.lastFailureUnixMs < policy.lockoutMs } }
+            var entry = failures[source] ?? SourceFailures()
+            entry.count += 1
+            entry.lastFailureUnixMs = timestamp
+            let beyond = entry.count - Int(policy.maxFailedLogins)
+            if beyond >= 0 {
+                entry.retryAtUnixMs = timestamp + min(policy.lockoutMs, Int64(1000) << Int64(min(beyond, 30)))
+            }
+            failures[source] = entry
+        }
+    }
+
+    /// Whether `roles` of `tenant` grant administration (`/permission/admin`).
+    private func isPrivileged(_ roles: [String], tenant: String) throws -> Bool {
+        let granted = try database.database.environment.read { txn in try permissions(of: roles, tenant: tenant, in: txn) }
+        return granted.contains { Permission.admin == $0 || Permission.admin.hasPrefix($0 + "/") }
+    }
+
+    private func checkPassword(username: String, tenantDomain: String, password: String, invalid: RPCError) async throws(RPCError) -> (User, String) {
         guard let tenant = try RPCError.catching({ try database.tenant(tenantDomain) }) else { throw invalid }
         guard tenant.status == .active else { throw RPCError(.permissionDenied, "tenant \(tenantDomain) is deactivated; sign-in is refused") }
         guard var user = try RPCError.catching({ try database.user(username, tenant: tenantDomain) }) else {
@@ -203,39 +247,35 @@ public final class UserDirectory: SessionVerifier {
             _ = try? await derive { [hasher] in try hasher.hash(password) }
             throw invalid
         }
+        // A locked or disabled account answers as a wrong password does, in
+        // the same time: the answer never tells an account exists (issue 11).
+        // Administrators unlock accounts (`tollctl user status`); the lock
+        // expires by itself after the lockout.
         let timestamp = now()
         if user.status == .locked, let until = user.lockedUntilUnixMs, until <= timestamp {
             user.status = .active
             user.lockedUntilUnixMs = nil
             user.failedLoginCount = 0
         }
-        switch user.status {
-        case .active:
-            break
-        case .locked:
-            if let until = user.lockedUntilUnixMs {
-                let minutes = max(1, (until - timestamp + 59_999) / 60_000)
-                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(minutes) min or ask an administrator to unlock it")
-            }
-            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is locked; ask an administrator to unlock it")
-        default:
-            throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is disabled")
+        guard user.status == .active else {
+            _ = try? await derive { [hasher] in try hasher.hash(password) }
+            throw invalid
         }
         let storedHash = user.passwordHash ?? SecretHash()
         let matches = try await derive { [hasher] in try hasher.verify(password, against: storedHash) }
         guard matches else {
+            // Administrators are never locked: a lock anyone can trigger
+            // would lock them out. Their guessers are throttled by source
+            // address instead (``SourceFailures``).
+            guard try !RPCError.catching({ try isPrivileged(user.roles, tenant: tenantDomain) }) else { throw invalid }
             user.failedLoginCount += 1
             if user.failedLoginCount >= policy.maxFailedLogins {
                 user.status = .locked
                 user.lockedUntilUnixMs = timestamp + policy.lockoutMs
             }
             user.updatedAtUnixMs = timestamp
-            let locked = user.status == .locked
             let failed = user
             try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.users.put(failed, in: &txn) } }
-            if locked {
-                throw RPCError(.permissionDenied, "account \(user.username)@\(tenantDomain) is now locked after \(policy.maxFailedLogins) failed sign-ins; try again in \(policy.lockoutMs / 60_000) min or ask an administrator to unlock it")
-            }
             throw invalid
         }
         return (user, tenantDomain)

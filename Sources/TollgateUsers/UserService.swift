@@ -17,7 +17,8 @@ public struct UserService: UserServiceHandler {
         guard !request.username.isEmpty, !request.password.isEmpty else {
             throw RPCError(.invalidArgument, "username and password are required")
         }
-        let result = try await directory.login(username: request.username, password: request.password, defaultTenant: context.metadata["x-tenant"] ?? superTenant)
+        let result = try await directory.login(username: request.username, password: request.password, defaultTenant: context.metadata["x-tenant"] ?? superTenant,
+                                               source: context.sourceAddress)
         return LoginResponse(sessionToken: result.token, expiresAtUnixMs: result.session.expiresAtUnixMs, user: result.user, permissions: result.permissions)
     }
 

@@ -160,6 +160,24 @@ func goAwayReason(_ frames: [Frame]) -> RpcGoAwayReason? {
         }
     }
 
+    @Test func aClientHelloWithoutALPNCompletesTLSThenTheServerCloses() async throws {
+        try await Harness.with { harness in
+            // The server speaks first once TLS is up; this one must stay silent.
+            let peer = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: "admin", alpn: []), group: harness.group)
+            #expect(await peer.framesUntilClosed().isEmpty, "the server sends no frame, not even SETTINGS")
+        }
+    }
+
+    @Test func handlersLearnTheClientsAddress() async throws {
+        let method = RPCMethodHandler.unary(Echo.unary) { (_: PingRequest, context) in PingResponse(nodeId: context.sourceAddress ?? "none") }
+        try await Harness.with(methods: [method]) { harness in
+            let client = try await harness.connect()
+            let reply: PingResponse = try await client.unary(Echo.unary, PingRequest())
+            #expect(reply.nodeId == "127.0.0.1")
+            await client.close()
+        }
+    }
+
     @Test func connectionsOverTheLimitAreRefused() async throws {
         var limits = RPCLimits()
         limits.maxConnections = 2

@@ -96,21 +96,22 @@ struct Harness {
     let connections = ConnectionCount()
 
     /// `methods` nil: ``echoHandlers(slowCalls:)`` reporting to ``slowCalls``.
-    init(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler]? = nil,
+    /// `certificateOptional`: clients may come without a certificate, as on the admin listener.
+    init(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler]? = nil, certificateOptional: Bool = false,
          authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller = { _ in .anonymous }) async throws {
         pki = try TestPKI()
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        server = RPCServer(methods: methods ?? echoHandlers(slowCalls: slowCalls), tls: try pki.server(alpn: [RPCServer.alpn]), limits: limits,
+        server = RPCServer(methods: methods ?? echoHandlers(slowCalls: slowCalls), tls: try pki.server(alpn: [RPCServer.alpn], verification: certificateOptional ? .peer : .peerRequired), limits: limits,
                            observer: connections, authorize: authorize)
         port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
     }
 
     /// Runs `body` with a new harness and stops it afterwards, whether `body`
     /// returned or threw.
-    static func with<T>(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler]? = nil,
+    static func with<T>(limits: RPCLimits = RPCLimits(), methods: [RPCMethodHandler]? = nil, certificateOptional: Bool = false,
                         authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller = { _ in .anonymous },
                         isolation: isolated (any Actor)? = #isolation, _ body: (Harness) async throws -> T) async throws -> T {
-        let harness = try await Harness(limits: limits, methods: methods, authorize: authorize)
+        let harness = try await Harness(limits: limits, methods: methods, certificateOptional: certificateOptional, authorize: authorize)
         return try await withTeardown { try await body(harness) } teardown: { await harness.stop() }
     }
 

@@ -3,6 +3,7 @@ import NIOEmbedded
 import RPCCore
 @testable import RPCNIO
 import Testing
+import TollgateListeners
 import TollgateProto
 @testable import TollgateTLS
 
@@ -27,14 +28,31 @@ func windowUpdate(_ id: UInt32, _ increment: UInt32) -> Frame {
 /// (embedded) loop, so a whole call completes within one `run()`.
 final class EmbeddedServer {
     let channel = EmbeddedChannel()
+    /// The request bytes the server holds, as its own accounting counts them.
+    let gauge: RequestBufferGauge
+    /// What the listener would know of the connection.
+    let standing = ConnectionStanding()
 
-    init(limits: RPCLimits = RPCLimits()) throws {
+    /// - Parameters:
+    ///   - caller: who every call is, once authorized; anonymous leaves the
+    ///     connection unauthenticated, with the budgets of strangers.
+    ///   - gauge: the node-wide gauge, to share one between connections.
+    ///   - withDecoder: the frame decoder in front, for tests that send bytes.
+    init(limits: RPCLimits = RPCLimits(), caller: Caller = .anonymous, gauge: RequestBufferGauge? = nil, withDecoder: Bool = false,
+         session: TLSSessionInfo = plaintextSession) throws {
         let methods = echoHandlers().map { $0.placed(.eventLoop) }
+        let gauge = gauge ?? RequestBufferGauge(limit: limits.maxBufferedBytes, unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
+        self.gauge = gauge
+        let budget = ConnectionBudget(gauge: gauge, limits: limits, address: "127.0.0.1")
         let handler = ServerConnectionHandler(methods: Dictionary(uniqueKeysWithValues: methods.map { ($0.method.path, $0) }),
-                                              limits: limits, observer: nil, authorizer: ClosureAuthorizer { _ in .anonymous })
+                                              limits: limits, observer: nil, authorizer: ClosureAuthorizer { _ in caller }, budget: budget,
+                                              standing: standing)
+        if withDecoder {
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize, budget: budget)))
+        }
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 443)).wait()
-        channel.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(plaintextSession))
+        channel.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(session))
         channel.embeddedEventLoop.run()
     }
 
@@ -112,6 +130,13 @@ func decodedGoAway(_ frames: [Frame]) -> RpcGoAway? {
         // Its id is used up all the same.
         try server.receive(requestHeaders(1, Echo.unary))
         #expect(decodedGoAway(try server.written())?.message == "stream id 1 is not greater than 1")
+    }
+
+    @Test func aConnectionWithoutALPNIsClosedWithoutAFrame() throws {
+        let withoutALPN = TLSSessionInfo(protocolVersion: "TLSv1.3", cipherSuite: nil, negotiatedProtocol: nil, peerCertificate: nil)
+        let server = try EmbeddedServer(session: withoutALPN)
+        #expect(try server.written().isEmpty, "not even SETTINGS")
+        #expect(!server.channel.isActive)
     }
 
     @Test func pingsAreAnswered() throws {

@@ -36,9 +36,11 @@ public struct TestPKI: Sendable {
 
     public func remove() { try? FileManager.default.removeItem(at: directory) }
 
-    public func server(alpn: [String] = []) throws -> TLSContext {
+    /// - Parameter verification: `.peer` for a listener where a client
+    ///   certificate is optional (the admin listener's rule).
+    public func server(alpn: [String] = [], verification: TLSConfiguration.PeerVerification = .peerRequired) throws -> TLSContext {
         try TLSContext(configuration: .server(certificateChainFile: certificate("node"), privateKeyFile: key("node"),
-                                               trustRootsFile: certificate("ca"), verification: .peerRequired, applicationProtocols: alpn))
+                                               trustRootsFile: certificate("ca"), verification: verification, applicationProtocols: alpn))
     }
 
     public func client(as name: String?, alpn: [String] = []) throws -> TLSContext {

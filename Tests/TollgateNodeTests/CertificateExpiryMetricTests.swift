@@ -19,7 +19,7 @@ import Testing
         try fixture.issueNode("n1", roles: ["gateway"])
         let metrics = NodeMetrics(version: "test", nodeID: "n1", roles: [.gateway], dataDirectory: fixture.path("data"), databases: [],
                                   certificateFile: fixture.path("n1.pem"), caFile: fixture.caPath)
-        let text = String(decoding: metrics.render(peers: []), as: UTF8.self)
+        let text = String(decoding: metrics.render(peers: [], bufferedRequestBytes: 0), as: UTF8.self)
         let node = try #require(Certificate.load(pemFile: fixture.path("n1.pem")).first)
         let ca = try #require(Certificate.load(pemFile: fixture.caPath).first)
         #expect(value(text, certificate: "node") == Double(node.notValidAfter), "\(text)")
@@ -28,6 +28,6 @@ import Testing
 
         // A file that cannot be read reports 0: expired, so an alert fires.
         metrics.useCertificates(node: fixture.path("missing.pem"), ca: fixture.caPath)
-        #expect(value(String(decoding: metrics.render(peers: []), as: UTF8.self), certificate: "node") == 0)
+        #expect(value(String(decoding: metrics.render(peers: [], bufferedRequestBytes: 0), as: UTF8.self), certificate: "node") == 0)
     }
 }

@@ -55,6 +55,18 @@ import TollgateStorage
         }
     }
 
+    @Test func databaseFilesAreTheOwnersOnly() throws {
+        try withDataDirectory { dir in
+            _ = try UserDatabase.open(in: dir)
+            func mode(_ path: String) throws -> Int {
+                try #require(FileManager.default.attributesOfItem(atPath: dir + path)[.posixPermissions] as? Int)
+            }
+            #expect(try mode("/userdb") == 0o700)
+            #expect(try mode("/userdb/data.mdb") == 0o600)
+            #expect(try mode("/userdb/lock.mdb") == 0o600)
+        }
+    }
+
     @Test func dataDirectoryProblemsAreOneClearLine() throws {
         #expect(throws: StorageError.self) { _ = try Databases.open(dataDirectory: "/nonexistent/tollgate") }
         do {

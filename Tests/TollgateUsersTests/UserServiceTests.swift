@@ -47,6 +47,7 @@ final class UserFixture: Sendable {
     }
 
     func advance(minutes: Int64) { clock.milliseconds.add(minutes * 60_000, ordering: .relaxed) }
+    func advance(seconds: Int64) { clock.milliseconds.add(seconds * 1000, ordering: .relaxed) }
 }
 
 func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -> Bool {
@@ -92,16 +93,48 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
         await #expect(performing: { try await fixture.client(token: second).whoAmI(WhoAmIRequest()) }, throws: status(.unauthenticated))
     }
 
-    @Test func repeatedFailuresLockTheAccountForAWhile() async throws {
+    @Test func repeatedFailuresLockAnAccountForAWhileWithoutSayingSo() async throws {
         let fixture = try await UserFixture()
-        for _ in 0..<4 {
-            await #expect(performing: { try await fixture.login("root", "wrong-Password-9") }, throws: status(.unauthenticated))
+        let admin = fixture.client(token: try await fixture.login("root", "first-Secret-1"))
+        _ = try await admin.createUser(CreateUserRequest(user: User(username: "sam", email: "sam@example.com", roles: ["subscriber"]), password: "sam-Secret-1"))
+        let invalid = status(.unauthenticated, "invalid username or password")
+        // From five addresses, so no source is throttled: the account's own count locks it.
+        for source in 1...5 {
+            await #expect(performing: { try await fixture.directory.login(username: "sam", password: "wrong-Password-9", defaultTenant: "carbon.super",
+                                                                           source: "198.51.100.\(source)") }, throws: invalid)
         }
-        await #expect(performing: { try await fixture.login("root", "wrong-Password-9") }, throws: status(.permissionDenied, "now locked after 5 failed sign-ins"))
-        // Even the right password is refused while locked, with how long to wait.
-        await #expect(performing: { try await fixture.login("root", "first-Secret-1") }, throws: status(.permissionDenied, "try again in 15 min"))
+        // Locked now: even the right password is refused, with the answer a
+        // wrong password and an unknown user get, so nobody learns the account exists.
+        await #expect(performing: { try await fixture.directory.login(username: "sam", password: "sam-Secret-1", defaultTenant: "carbon.super",
+                                                                       source: "198.51.100.9") }, throws: invalid)
+        await #expect(performing: { try await fixture.directory.login(username: "nobody", password: "sam-Secret-1", defaultTenant: "carbon.super",
+                                                                       source: "198.51.100.9") }, throws: invalid)
         fixture.advance(minutes: 16)
-        _ = try await fixture.login("root", "first-Secret-1")
+        _ = try await fixture.login("sam", "sam-Secret-1")
+    }
+
+    @Test func failuresAgainstTheAdministratorThrottleTheirSourceAndNeverLockTheAccount() async throws {
+        let fixture = try await UserFixture()
+        let invalid = status(.unauthenticated, "invalid username or password")
+        func login(_ password: String, from source: String) async throws -> UserDirectory.LoginResult {
+            try await fixture.directory.login(username: "root", password: password, defaultTenant: "carbon.super", source: source)
+        }
+        let attacker = "203.0.113.66", operator_ = "192.0.2.10"
+        for _ in 0..<5 {
+            await #expect(performing: { try await login("wrong-Password-9", from: attacker) }, throws: invalid)
+        }
+        // The attacker's address waits now, even with the right password…
+        await #expect(performing: { try await login("first-Secret-1", from: attacker) }, throws: invalid)
+        // …and the administrator, from anywhere else, signs in at once.
+        _ = try await login("first-Secret-1", from: operator_)
+        // More failures from the attacker: the wait doubles (1 s, then 2 s).
+        fixture.advance(seconds: 1)
+        await #expect(performing: { try await login("wrong-Password-9", from: attacker) }, throws: invalid)
+        fixture.advance(seconds: 1)
+        await #expect(performing: { try await login("first-Secret-1", from: attacker) }, throws: invalid)
+        _ = try await login("first-Secret-1", from: operator_)
+        fixture.advance(seconds: 1)
+        _ = try await login("first-Secret-1", from: attacker)
     }
 
     @Test func rolesDecideWhatUsersMayDo() async throws {
@@ -187,10 +220,12 @@ func status(_ code: RPCCode, _ fragment: String = "") -> @Sendable (any Error) -
         #expect(performing: { try access.authorize(context(PublisherServiceDescriptor.watchDeployments, peer: .node(id: "s1", roles: ["store"]))) },
                 throws: status(.permissionDenied, "needs a cluster node with role gateway or trafficmanager"))
         #expect(performing: { try access.authorize(context(PublisherServiceDescriptor.watchDeployments, peer: nil)) }, throws: status(.unauthenticated))
-        // An admin certificate names a user of the super tenant.
-        let admin = try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "root")))
-        #expect(admin.user?.username == "root")
-        // An unknown certificate user is only a certificate holder: enough for health checks, nothing else.
+        // An admin certificate proves the machine, not the person: even one
+        // naming an existing administrator is only a certificate holder,
+        // enough for health checks and nothing a user does (issue 11).
+        #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "root"))) }, throws: status(.permissionDenied))
+        #expect(performing: { try access.authorize(context(UserServiceDescriptor.createUser, peer: .user(name: "root"))) }, throws: status(.permissionDenied))
+        #expect(try access.authorize(context(NodeServiceDescriptor.ping, peer: .user(name: "root"))) == .certificateHolder(name: "root"))
         #expect(performing: { try access.authorize(context(UserServiceDescriptor.listUsers, peer: .user(name: "ghost"))) }, throws: status(.permissionDenied))
         #expect(try access.authorize(context(NodeServiceDescriptor.ping, peer: .user(name: "ghost"))) == .certificateHolder(name: "ghost"))
     }

@@ -11,6 +11,7 @@ public enum RpcGoAwayReason: ProtoEnum {
     case frameTooLarge
     case idle
     case keepaliveTimeout
+    case resourceExhausted
     /// A number this build does not know; kept so the value round-trips.
     case unrecognized(Int32)
 
@@ -22,6 +23,7 @@ public enum RpcGoAwayReason: ProtoEnum {
         case 3: self = .frameTooLarge
         case 4: self = .idle
         case 5: self = .keepaliveTimeout
+        case 6: self = .resourceExhausted
         default: self = .unrecognized(rawValue)
         }
     }
@@ -34,6 +36,7 @@ public enum RpcGoAwayReason: ProtoEnum {
         case .frameTooLarge: return 3
         case .idle: return 4
         case .keepaliveTimeout: return 5
+        case .resourceExhausted: return 6
         case .unrecognized(let number): return number
         }
     }
@@ -46,11 +49,12 @@ public enum RpcGoAwayReason: ProtoEnum {
         case .frameTooLarge: return "RPC_GO_AWAY_REASON_FRAME_TOO_LARGE"
         case .idle: return "RPC_GO_AWAY_REASON_IDLE"
         case .keepaliveTimeout: return "RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT"
+        case .resourceExhausted: return "RPC_GO_AWAY_REASON_RESOURCE_EXHAUSTED"
         case .unrecognized(let number): return String(number)
         }
     }
 
-    public static let allCases: [RpcGoAwayReason] = [.unspecified, .shutdown, .protocolError, .frameTooLarge, .idle, .keepaliveTimeout]
+    public static let allCases: [RpcGoAwayReason] = [.unspecified, .shutdown, .protocolError, .frameTooLarge, .idle, .keepaliveTimeout, .resourceExhausted]
 }
 
 /// `tollgate.v1.RpcMetadataEntry`

@@ -744,7 +744,7 @@ const ProtobufCMessageDescriptor tollgate__v1__rpc_go_away__descriptor =
   (ProtobufCMessageInit) tollgate__v1__rpc_go_away__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue tollgate__v1__rpc_go_away_reason__enum_values_by_number[6] =
+static const ProtobufCEnumValue tollgate__v1__rpc_go_away_reason__enum_values_by_number[7] =
 {
   { "RPC_GO_AWAY_REASON_UNSPECIFIED", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_UNSPECIFIED", 0 },
   { "RPC_GO_AWAY_REASON_SHUTDOWN", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_SHUTDOWN", 1 },
@@ -752,16 +752,18 @@ static const ProtobufCEnumValue tollgate__v1__rpc_go_away_reason__enum_values_by
   { "RPC_GO_AWAY_REASON_FRAME_TOO_LARGE", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_FRAME_TOO_LARGE", 3 },
   { "RPC_GO_AWAY_REASON_IDLE", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_IDLE", 4 },
   { "RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT", 5 },
+  { "RPC_GO_AWAY_REASON_RESOURCE_EXHAUSTED", "TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_RESOURCE_EXHAUSTED", 6 },
 };
 static const ProtobufCIntRange tollgate__v1__rpc_go_away_reason__value_ranges[] = {
-{0, 0},{0, 6}
+{0, 0},{0, 7}
 };
-static const ProtobufCEnumValueIndex tollgate__v1__rpc_go_away_reason__enum_values_by_name[6] =
+static const ProtobufCEnumValueIndex tollgate__v1__rpc_go_away_reason__enum_values_by_name[7] =
 {
   { "RPC_GO_AWAY_REASON_FRAME_TOO_LARGE", 3 },
   { "RPC_GO_AWAY_REASON_IDLE", 4 },
   { "RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT", 5 },
   { "RPC_GO_AWAY_REASON_PROTOCOL_ERROR", 2 },
+  { "RPC_GO_AWAY_REASON_RESOURCE_EXHAUSTED", 6 },
   { "RPC_GO_AWAY_REASON_SHUTDOWN", 1 },
   { "RPC_GO_AWAY_REASON_UNSPECIFIED", 0 },
 };
@@ -772,9 +774,9 @@ const ProtobufCEnumDescriptor tollgate__v1__rpc_go_away_reason__descriptor =
   "RpcGoAwayReason",
   "Tollgate__V1__RpcGoAwayReason",
   "tollgate.v1",
-  6,
+  7,
   tollgate__v1__rpc_go_away_reason__enum_values_by_number,
-  6,
+  7,
   tollgate__v1__rpc_go_away_reason__enum_values_by_name,
   1,
   tollgate__v1__rpc_go_away_reason__value_ranges,

@@ -50,7 +50,11 @@ typedef enum _Tollgate__V1__RpcGoAwayReason {
   /*
    * A PING went unanswered.
    */
-  TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT = 5
+  TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_KEEPALIVE_TIMEOUT = 5,
+  /*
+   * The peer went beyond a memory or connection budget (docs/rpc-protocol.md §9).
+   */
+  TOLLGATE__V1__RPC_GO_AWAY_REASON__RPC_GO_AWAY_REASON_RESOURCE_EXHAUSTED = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__RPC_GO_AWAY_REASON)
 } Tollgate__V1__RpcGoAwayReason;
 
