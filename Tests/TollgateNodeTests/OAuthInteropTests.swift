@@ -76,14 +76,15 @@ import Testing
             let other = try application("other")
 
             let base = ["--base", "https://127.0.0.1:\(oauth)", "--ca", fixture.caPath]
-            let webClient = base + ["--client-id", web.key, "--client-secret", web.secret, "--username", "alice", "--password", "Alice-Secret-1"]
+            // `--flag=value`: a base64url key or secret may begin with "-", which a parser would take for an option.
+            let webClient = base + ["--client-id=\(web.key)", "--client-secret=\(web.secret)", "--username", "alice", "--password", "Alice-Secret-1"]
             _ = try await Self.peer("oauth_peer.py", webClient + ["oauthlib"])
             _ = try await Self.peer("oauth_peer.py", webClient + ["authlib", "--redirect-uri", callback])
-            _ = try await Self.peer("oauth_peer.py", webClient + ["raw", "--other-client-id", other.key, "--other-client-secret", other.secret])
+            _ = try await Self.peer("oauth_peer.py", webClient + ["raw", "--other-client-id=\(other.key)", "--other-client-secret=\(other.secret)"])
             _ = try await Self.peer("browser_peer.py", ["run"] + webClient + ["--redirect-uri", callback])
 
             // JWTs verify with the published key set, and stop verifying once their key is retired.
-            let signedClient = base + ["--client-id", signed.key, "--client-secret", signed.secret]
+            let signedClient = base + ["--client-id=\(signed.key)", "--client-secret=\(signed.secret)"]
             let token = Self.json(try tollctl("token", "issue", signed.id, "--output", "json").output)["access_token"] as? String ?? ""
             _ = try await Self.peer("oauth_peer.py", signedClient + ["jwt", "--token=\(token)"])
             environment["XDG_STATE_HOME"] = fixture.path("state-admin")
