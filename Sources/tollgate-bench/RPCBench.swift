@@ -9,7 +9,7 @@ import TollgateProto
 /// Unary echo of a 256-byte message over mutual TLS on loopback, with 1 and
 /// 16 concurrent callers on one connection (compare with `tls`).
 func benchRPC() async throws {
-    let (directory, serverTLS, clientTLS) = try makeBenchTLS(alpn: [RPCServer.alpn])
+    let (directory, serverTLS, clientTLS) = try makeBenchTLS(alpn: [RPCServer.alpn], uris: ["tollgate://node/bench?role=gateway"])
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let loops = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_LOOPS"] ?? "2") ?? 2
     let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
