@@ -166,9 +166,9 @@ extension ConsumerStore {
         guard Self.subscribableStates.contains(api.lifecycleState) else {
             throw RPCError(.failedPrecondition, "\(api.name) \(api.version) is deprecated: subscribe to a newer version")
         }
-        let details = try apiDetails(apiID, caller: caller)
-        guard details.policies.contains(where: { $0.name == tier }) else {
-            let offered = details.policies.map(\.name)
+        let policies = try offeredPolicies(of: api, caller: caller)
+        guard policies.contains(where: { $0.name == tier }) else {
+            let offered = policies.map(\.name)
             throw RPCError(.invalidArgument, offered.isEmpty
                 ? "\(api.name) \(api.version) offers no tier you may use"
                 : "tier \(tier) is not offered by \(api.name) \(api.version) to you; choose one of \(offered.joined(separator: ", ")) (--tier)")

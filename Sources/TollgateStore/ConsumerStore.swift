@@ -127,15 +127,19 @@ public final class ConsumerStore: Sendable {
             listed.body = nil
             return listed
         }
-        let policies = try RPCError.catching {
+        let base = DeploymentLog.gatewayContext(of: api).versioned
+        return ApiDetails(api: api, definition: definition, documents: documents, policies: try offeredPolicies(of: api, caller: caller),
+                          gatewayURLs: settings.gatewayURLs.map { $0 + base })
+    }
+
+    /// The tiers the API offers that the caller may subscribe at.
+    func offeredPolicies(of api: Api, caller: StoreCaller) throws(RPCError) -> [SubscriptionPolicy] {
+        try RPCError.catching {
             try api.subscriptionPolicies.compactMap { name -> SubscriptionPolicy? in
                 guard case .subscriptionPolicy(let policy)? = try apimgt.policy(kind: .subscription, name: name, tenant: api.tenantDomain)?.policy else { return nil }
                 return policy
             }
         }.filter { mayUse($0, caller: caller) }
-        let base = DeploymentLog.gatewayContext(of: api).versioned
-        return ApiDetails(api: api, definition: definition, documents: documents, policies: policies,
-                          gatewayURLs: settings.gatewayURLs.map { $0 + base })
     }
 
     func isVisible(_ document: Document, of api: Api, to caller: StoreCaller) -> Bool {

@@ -1,6 +1,7 @@
 public import RPCCore
 public import TollgateProto
 public import TollgateServices
+import TollgatePublisher
 import TollgateStorage
 import TollgateUsers
 
@@ -30,7 +31,7 @@ public struct StoreRPCService: StoreServiceHandler {
 
     public func getApiDetails(_ request: GetApiDetailsRequest, context: ServerCallContext) async throws -> GetApiDetailsResponse {
         let details = try store.apiDetails(request.apiId, caller: Self.caller(context))
-        return GetApiDetailsResponse(api: ConsumerStore.listing(details.api), resources: details.api.resources, scopes: details.api.scopes,
+        return GetApiDetailsResponse(api: ApiCatalog.listing(details.api), resources: details.api.resources, scopes: details.api.scopes,
                                      definition: details.definition, documents: details.documents, availablePolicies: details.policies,
                                      gatewayUrls: details.gatewayURLs)
     }
@@ -97,14 +98,5 @@ public struct StoreRPCService: StoreServiceHandler {
 
     public func signUp(_ request: SignUpRequest, context: ServerCallContext) async throws -> SignUpResponse {
         SignUpResponse(user: try await store.signUp(request, tenant: context.tenant))
-    }
-}
-
-extension ConsumerStore {
-    static func listing(_ api: Api) -> ApiListing {
-        ApiListing(id: api.id, tenantDomain: api.tenantDomain, provider: api.provider, name: api.name, version: api.version, context: api.context,
-                   description: api.description, tags: api.tags, defaultVersion: api.defaultVersion, visibility: api.visibility,
-                   lifecycleState: api.lifecycleState, subscriptionPolicies: api.subscriptionPolicies, transports: api.transports,
-                   businessOwner: api.businessOwner, updatedAtUnixMs: api.updatedAtUnixMs)
     }
 }

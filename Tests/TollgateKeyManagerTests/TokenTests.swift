@@ -219,7 +219,7 @@ import TestSupport
         }
     }
 
-    @Test func concurrentIssuesShareCommitsAndEachTokenIsStored() async throws {
+    @Test func concurrentIssuesAreEachStoredAndValid() async throws {
         let fixture = try await ConsumerFixture()
         defer { fixture.remove() }
         let api = try await fixture.api()
