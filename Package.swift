@@ -66,6 +66,8 @@ let package = Package(
         .target(name: "TollgateTLS", dependencies: ["OpenSSLKit", nioCore]),
         // Listeners of every kind: shared bind, socket activation, limits, drain; HTTP/1.1 and raw TLS streams.
         .target(name: "TollgateListeners", dependencies: ["RoleCore", "TollgateTLS", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
+        // The gateway's reverse-proxy listener: streams requests to backends over per-loop keep-alive pools.
+        .target(name: "TollgateProxy", dependencies: ["RoleCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
         // The RPC listener and client over NIO and the TLS handler.
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioConcurrency]),
 
@@ -85,9 +87,13 @@ let package = Package(
         .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
                                                     "TollgateProto", "LMDBKit", logging]),
 
+        // The data plane: routing, token checks, blocks, throttling, endpoints, usage records (no database).
+        .target(name: "TollgateGateway", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto",
+                                                      logging, serviceLifecycle]),
+
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
-                                                     "TollgateKeyManager", "TollgateStore", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),

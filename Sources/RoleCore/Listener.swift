@@ -11,6 +11,8 @@ public struct ListenerDeclaration: Sendable {
         case http(any HTTPResponder)
         /// A raw byte stream per connection.
         case stream(any ByteStreamService)
+        /// A reverse proxy: each request streamed to the backend the policy picks.
+        case proxy(any ProxyPolicy, ProxyListenerLimits)
     }
 
     public enum Security: Sendable, Hashable {

@@ -34,6 +34,8 @@ public protocol RoleModule: Sendable {
     var listeners: [ListenerDeclaration] { get }
     /// Long-running work, run in the node's service group.
     var services: [any Service] { get }
+    /// Metrics of its own, if it keeps any.
+    var metricsSource: (any MetricsSource)? { get }
     /// Applies a reloaded configuration section. Returns the settings that
     /// changed but take effect only after a restart.
     func reload(_ section: ConfigSection) async throws -> [String]
@@ -46,6 +48,7 @@ extension RoleModule {
     public var methods: [RPCMethodHandler] { [] }
     public var listeners: [ListenerDeclaration] { [] }
     public var services: [any Service] { [] }
+    public var metricsSource: (any MetricsSource)? { nil }
     public func reload(_ section: ConfigSection) async throws -> [String] { [] }
 }
 
@@ -113,9 +116,31 @@ public final class NodeContext: Sendable {
     }
 }
 
+/// RPC connections to the other nodes of the cluster, as the node
+/// configuration's `[peers]` lists them. The node offers one to its modules
+/// (``NodeContext/lookup(_:)``); a reload that changes the peers changes what
+/// it returns, so callers ask again for each call or stream.
+public protocol PeerDirectory: Sendable {
+    /// The peers of a role, in configuration order; empty when none is configured.
+    func transports(for role: Role) -> [any RPCClientTransport]
+}
+
+/// The node's data directory, for a module that keeps files of its own
+/// there (a gateway's last good deployment state).
+public struct NodeDataDirectory: Sendable {
+    public let path: String
+    public init(path: String) { self.path = path }
+}
+
 /// Sets a tenant up before its first object is stored (its default
 /// throttling policies, so tiers such as Gold exist). Offered by the
 /// policies module, used by the publisher.
 public protocol TenantProvisioning: Sendable {
     func prepare(tenant: String) async throws(RPCError)
+}
+
+/// Metrics a module keeps itself, added to the node's Prometheus page at
+/// each scrape in the text exposition format (`# HELP`, `# TYPE`, samples).
+public protocol MetricsSource: Sendable {
+    func prometheusText() -> String
 }

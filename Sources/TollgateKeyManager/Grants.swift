@@ -282,16 +282,7 @@ extension KeyManager {
 
     /// The id a token carries: the first 16 bytes of an opaque token, the
     /// `jti` of a JWT. Nil for anything this key manager did not issue.
-    public static func tokenID(of token: String) -> [UInt8]? {
-        if let id = SecretHasher.opaqueTokenID(token) { return id }
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let payload = Base64URL.decode(parts[1]),
-              let claims = try? JSONDecoder().decode(JWTIdentifier.self, from: Data(payload)),
-              let id = Base64URL.decode(claims.jti), id.count == 16 else { return nil }
-        return id
-    }
-
-    private struct JWTIdentifier: Decodable { let jti: String }
+    public static func tokenID(of token: String) -> [UInt8]? { SecretHasher.tokenID(of: token) }
 
     /// The stored record of a presented token: found by its id, and only if
     /// the whole token hashes to what was stored.

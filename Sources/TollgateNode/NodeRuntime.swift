@@ -10,6 +10,7 @@ public import RPCNIO
 import ServiceLifecycle
 import SystemdKit
 import TollgateListeners
+import TollgateProxy
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -62,19 +63,28 @@ public final class NodeRuntime: Sendable {
         var endpoints = config.moduleListen.mapValues(\.description)
         endpoints["cluster"] = config.clusterListen.description
         if let admin = config.adminListen { endpoints["admin"] = admin.description }
-        let assembly = try await NodeAssembly.assemble(roles: config.roles, nodeID: config.nodeID, databases: node.databases,
-                                                       sections: config.sections, logger: logger, table: table, listenEndpoints: endpoints)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        let limits = rpcLimits(config)
+        let peers = try makePeers(config, limits: limits, group: group)
+        let peerBox = NIOLockedValueBox(peers)
+        let assembly: NodeAssembly
+        do {
+            assembly = try await NodeAssembly.assemble(roles: config.roles, nodeID: config.nodeID, databases: node.databases,
+                                                       sections: config.sections, logger: logger, table: table, listenEndpoints: endpoints) { context in
+                context.provide(PeerLinkDirectory(links: peerBox), as: (any PeerDirectory).self)
+                context.provide(NodeDataDirectory(path: config.dataDirectory), as: NodeDataDirectory.self)
+            }
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
         let modules = assembly.modules
 
         let metrics = NodeMetrics(version: TollgateVersion.current, nodeID: config.nodeID, roles: config.roles,
                                   dataDirectory: config.dataDirectory, databases: node.databases.opened,
                                   certificateFile: config.certificatePath, caFile: config.caPath)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
-        let limits = rpcLimits(config)
-        let peers = try makePeers(config, limits: limits, group: group)
 
         let startedAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let peerBox = NIOLockedValueBox(peers)
         let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, peers: { peerBox.withLockedValue { $0 } })
         // Ping and status never block: they answer on the connection's loop.
         let methods = status.methodHandlers.map { $0.placed(.eventLoop) } + modules.flatMap(\.methods)
@@ -103,8 +113,11 @@ public final class NodeRuntime: Sendable {
             }
             let listenerObserver = NodeListenerObserver(metrics: metrics, logger: logger)
             if let endpoint = config.metricsListen {
+                let sources = modules.compactMap(\.metricsSource)
                 let responder = MetricsResponder {
-                    metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                    var page = metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                    for source in sources { page += Array(source.prometheusText().utf8) }
+                    return page
                 }
                 let listener = Listener(name: "metrics", maxConnections: 64, observer: listenerObserver,
                                         configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))
@@ -130,6 +143,8 @@ public final class NodeRuntime: Sendable {
                     let configure = switch declaration.kind {
                     case .http(let responder): HTTPListener.configure(responder: responder, tls: tls, limits: HTTPListenerLimits())
                     case .stream(let service): StreamListener.configure(service: service, tls: tls, idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)))
+                    case .proxy(let policy, let limits): ProxyListener.configure(policy: policy, limits: limits, tls: tls,
+                                                                                 backendTLS: try backendTLS(limits))
                     }
                     let listener = Listener(name: declaration.name, maxConnections: config.maxConnections, observer: listenerObserver, configure: configure)
                     bound.append((declaration.name, listener, try await bind(listener, endpoint, socket: activated[declaration.name], group: group)))
@@ -170,6 +185,19 @@ public final class NodeRuntime: Sendable {
         try TLSContext(configuration: .server(certificateChainFile: config.certificatePath, privateKeyFile: config.privateKeyPath,
                                               trustRootsFile: config.caPath, verification: declaration.security == .mutualTLS ? .peerRequired : .peer,
                                               applicationProtocols: declaration.applicationProtocols))
+    }
+
+    /// The client context a proxy listener verifies HTTPS backends with: the
+    /// configured CA bundle, else the system's; nil when neither exists (then
+    /// HTTPS backends are refused with a clear error).
+    static func backendTLS(_ limits: ProxyListenerLimits) throws -> TLSContext? {
+        let bundle = limits.backendTrustRootsFile ?? "/etc/ssl/certs/ca-certificates.crt"
+        guard limits.backendTrustRootsFile != nil || FileManager.default.isReadableFile(atPath: bundle) else { return nil }
+        do {
+            return try TLSContext(configuration: .client(trustRootsFile: bundle, applicationProtocols: ["http/1.1"]))
+        } catch {
+            throw NodeStartError("gateway.backend_ca_file: \(bundle) cannot be used to verify backends: \(error)")
+        }
     }
 
     static func rpcLimits(_ config: NodeConfig) -> RPCLimits {
@@ -452,6 +480,16 @@ public final class PeerLink: Sendable {
     }
 
     var report: (status: GetNodeStatusResponse, atUnixMs: Int64)? { lastReport.withLockedValue { $0 } }
+}
+
+/// The node's peer links as role modules see them: transports by role, read
+/// afresh on each call so a reload's new peers apply.
+struct PeerLinkDirectory: PeerDirectory {
+    let links: NIOLockedValueBox<[PeerLink]>
+
+    func transports(for role: Role) -> [any RPCClientTransport] {
+        links.withLockedValue { $0.filter { $0.role == role }.map(\.channel) }
+    }
 }
 
 /// Connection counts and refusals of the HTTP and stream listeners.

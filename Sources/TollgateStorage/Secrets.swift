@@ -1,3 +1,4 @@
+import Foundation
 import OpenSSLKit
 public import TollgateProto
 
@@ -119,6 +120,19 @@ public struct SecretHasher: Sendable {
         guard token.utf8.count == 64, let bytes = Base64URL.decode(token), bytes.count == 48 else { return nil }
         return Array(bytes.prefix(16))
     }
+
+    /// A token's id, which is not secret: the first 16 bytes of an opaque
+    /// token, or the base64url-decoded `jti` of a JWT. Nil for anything else.
+    public static func tokenID(of token: String) -> [UInt8]? {
+        if let id = opaqueTokenID(token) { return id }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let payload = Base64URL.decode(parts[1]),
+              let claims = try? JSONDecoder().decode(JWTIdentifier.self, from: Data(payload)),
+              let id = Base64URL.decode(claims.jti), id.count == 16 else { return nil }
+        return id
+    }
+
+    private struct JWTIdentifier: Decodable { let jti: String }
 
 }
 

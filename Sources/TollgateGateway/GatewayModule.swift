@@ -1,0 +1,147 @@
+import Foundation
+import Logging
+public import RoleCore
+public import RPCCore
+public import ServiceLifecycle
+import TollgateProto
+import TollgateServices
+public import TollgateStorage
+
+/// Validates tokens over WSO2's Thrift protocol; the node offers one when
+/// `[gateway] key_validation = "thrift"` (the Thrift client lives in a
+/// transport module, which role logic does not import).
+public protocol ThriftKeyValidatorFactory: Sendable {
+    func makeValidator(section: ConfigSection) throws -> any KeyValidator
+}
+
+/// The gateway role: API traffic on `[listen] http` (8280) and `https`
+/// (8243), routed by the deployment state it watches from the publishers,
+/// tokens checked through the keymanagers with a cache that revocations
+/// clear, usage records queued off the request path. It opens no database:
+/// its last good state lives in a file under the data directory.
+public struct GatewayModule: RoleModule {
+    public static let name = "gateway"
+    public static let listenerNames = ["http", "https"]
+    public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "gateway", keys: [
+        .init("key_validation", .string),
+        .init("keymanager_timeout_ms", .integer(10...120_000)),
+        .init("validation_cache_seconds", .integer(0...86_400)),
+        .init("invalid_token_cache_seconds", .integer(0...3_600)),
+        .init("validation_cache_entries", .integer(1...100_000_000)),
+        .init("backend_connect_timeout_ms", .integer(1...600_000)),
+        .init("backend_read_timeout_ms", .integer(1...3_600_000)),
+        .init("backend_ca_file", .path),
+        .init("max_idle_backend_connections", .integer(0...100_000)),
+        .init("max_request_body_bytes", .integer(0...Int(Int64.max / 2))),
+        .init("max_header_bytes", .integer(1024...1_048_576)),
+        .init("max_header_count", .integer(8...10_000)),
+        .init("max_uri_bytes", .integer(256...1_048_576)),
+        .init("idle_timeout_seconds", .integer(1...86_400)),
+        .init("header_timeout_seconds", .integer(1...3_600)),
+        .init("usage_queue_capacity", .integer(1...100_000_000)),
+        .init("request_id_header", .string),
+    ], check: { section in
+        if let mode = section.string("key_validation"), mode != "rpc" && mode != "thrift" {
+            return [(key: "key_validation", problem: "must be \"rpc\" or \"thrift\", not \"\(mode)\"")]
+        }
+        return []
+    })
+
+    let policy: GatewayPolicy
+    let feed: FeedStatus
+    let store: DeploymentStore?
+    let peers: (any PeerDirectory)?
+    let logger: Logger
+    let gatewayMetrics: GatewayMetrics
+    let limits: ProxyListenerLimits
+    let revocations: RevocationStatus
+
+    public init(context: NodeContext) async throws {
+        let section = context.section("gateway")
+        logger = context.logger
+        peers = context.lookup((any PeerDirectory).self)
+        let validator: any KeyValidator
+        if section.string("key_validation") == "thrift" {
+            guard let factory = context.lookup((any ThriftKeyValidatorFactory).self) else {
+                throw NodeStartError("gateway.key_validation = \"thrift\": this build offers no Thrift key-validation client")
+            }
+            do {
+                validator = try factory.makeValidator(section: section)
+            } catch {
+                throw NodeStartError("gateway: the Thrift key-validation client cannot start: \(error)")
+            }
+        } else {
+            guard let peers else { throw NodeStartError("gateway: the node offers no peer links") }
+            validator = RPCKeyValidator(peers: peers, timeout: .milliseconds(section.integer("keymanager_timeout_ms") ?? 3000))
+        }
+        let deployment = DeploymentHolder()
+        store = context.lookup(NodeDataDirectory.self).map { DeploymentStore(directory: $0.path) }
+        let feed = FeedStatus()
+        self.feed = feed
+        if let store {
+            do {
+                if let saved = try store.load() {
+                    deployment.replace(saved)
+                    feed.loadedFromDisk(at: saved.appliedAtUnixMs)
+                    context.logger.notice("serving the deployment state saved at revision \(saved.revision) (\(saved.apis.count) APIs) until a publisher confirms it")
+                }
+            } catch {
+                // A damaged file costs the saved state, not the start: the feed sends a snapshot.
+                context.logger.error("ignoring the saved deployment state: \(error)")
+            }
+        }
+        let cache = ValidationCache(maxLifetimeMs: Int64(section.integer("validation_cache_seconds") ?? 900) * 1000,
+                                    negativeLifetimeMs: Int64(section.integer("invalid_token_cache_seconds") ?? 10) * 1000,
+                                    maxEntries: section.integer("validation_cache_entries") ?? 1_000_000)
+        let usage = UsageQueue(capacity: section.integer("usage_queue_capacity") ?? 65_536)
+        let health = EndpointHealth()
+        let throttler = LocalThrottler()
+        let revocations = RevocationStatus()
+        self.revocations = revocations
+        let metrics = GatewayMetrics { [feed] in
+            let state = deployment.current
+            let usageStats = usage.statistics
+            let now = Clock.unixMs()
+            return GatewayGauges(cacheEntries: cache.statistics.entries, usageQueued: usageStats.queued, usageShipped: usageStats.shipped,
+                                 usageDiscarded: usageStats.discarded, revision: state.revision, feedConnected: feed.connected,
+                                 stateAgeSeconds: Double(max(0, now - feed.confirmedAtUnixMs(fallback: state.appliedAtUnixMs))) / 1000,
+                                 apis: state.apis.count, suspendedEndpoints: health.suspended(now: now).count)
+        }
+        gatewayMetrics = metrics
+        let settings = GatewaySettings(gatewayID: context.nodeID,
+                                       endpointDefaults: EndpointDefaults(connectTimeoutMs: Int64(section.integer("backend_connect_timeout_ms") ?? 5000),
+                                                                          readTimeoutMs: Int64(section.integer("backend_read_timeout_ms") ?? 60_000)),
+                                       maxRequestBodyBytes: section.integer("max_request_body_bytes").flatMap { $0 > 0 ? $0 : nil },
+                                       requestIDHeader: section.string("request_id_header") ?? "X-Request-ID")
+        policy = GatewayPolicy(deployment: deployment, cache: cache, validator: validator, health: health, throttler: throttler, usage: usage,
+                               metrics: metrics, settings: settings)
+        limits = ProxyListenerLimits(maxHeaderBytes: section.integer("max_header_bytes") ?? 16 * 1024,
+                                     maxHeaderCount: section.integer("max_header_count") ?? 100,
+                                     maxURIBytes: section.integer("max_uri_bytes") ?? 8 * 1024,
+                                     idleTimeoutMs: Int64(section.integer("idle_timeout_seconds") ?? 60) * 1000,
+                                     headerTimeoutMs: Int64(section.integer("header_timeout_seconds") ?? 10) * 1000,
+                                     maxIdleBackendConnections: section.integer("max_idle_backend_connections") ?? 64,
+                                     backendTrustRootsFile: section.string("backend_ca_file"))
+    }
+
+    public var listeners: [ListenerDeclaration] {
+        [ListenerDeclaration(name: "http", kind: .proxy(policy, limits), security: .plain, defaultEndpoint: "0.0.0.0:8280"),
+         ListenerDeclaration(name: "https", kind: .proxy(policy, limits), security: .tls, defaultEndpoint: "0.0.0.0:8243",
+                             applicationProtocols: ["http/1.1"])]
+    }
+
+    public var services: [any Service] {
+        var services: [any Service] = [UsageShipper(queue: policy.usage, batchSize: 512, logger: logger)]
+        if let peers {
+            services.append(DeploymentWatcher(peers: peers, deployment: policy.deployment, cache: policy.cache, store: store, feed: feed, logger: logger))
+            services.append(RevocationWatcher(peers: peers, cache: policy.cache, status: revocations, logger: logger))
+        }
+        return services
+    }
+
+    public var methods: [RPCMethodHandler] {
+        GatewayRPCService(policy: policy, feed: feed, revocations: revocations).methodHandlers
+    }
+
+    public var metricsSource: (any MetricsSource)? { gatewayMetrics }
+}

@@ -1,0 +1,455 @@
+import Foundation
+import RoleCore
+import Synchronization
+import TollgateProto
+import TollgateStorage
+
+/// Settings of the request path, from `[gateway]`.
+struct GatewaySettings: Sendable {
+    var gatewayID: String
+    var endpointDefaults: EndpointDefaults
+    var maxRequestBodyBytes: Int?
+    var requestIDHeader = "X-Request-ID"
+}
+
+/// The deployment state in force, swapped whole.
+final class DeploymentHolder: Sendable {
+    private let state = Mutex(DeploymentState.empty)
+
+    var current: DeploymentState { state.withLock { $0 } }
+
+    func replace(_ new: DeploymentState) { state.withLock { $0 = new } }
+}
+
+/// The gateway's request path, in WSO2's order: blocks by address, route,
+/// API state and context blocks, resource, token, application and user
+/// blocks, throttling, then the endpoint for the token's key type. Runs on
+/// the connection's event loop; only a token not in the cache leaves it,
+/// for the keymanager.
+final class GatewayPolicy: ProxyPolicy {
+    let deployment: DeploymentHolder
+    let cache: ValidationCache
+    let validator: any KeyValidator
+    let health: EndpointHealth
+    let throttler: LocalThrottler
+    let usage: UsageQueue
+    let metrics: GatewayMetrics
+    let settings: GatewaySettings
+
+    init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttler: LocalThrottler,
+         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings) {
+        self.deployment = deployment
+        self.cache = cache
+        self.validator = validator
+        self.health = health
+        self.throttler = throttler
+        self.usage = usage
+        self.metrics = metrics
+        self.settings = settings
+    }
+
+    /// What is known about a request as it goes through the steps, for its usage record.
+    struct Exchange: Sendable {
+        var head: ProxyRequestHead
+        var requestID: String
+        var startedAtUnixMs: Int64
+        var path: Substring
+        var query: Substring
+        var api: RoutedApi?
+        var resource: CompiledResource?
+        var info: KeyValidationInfo?
+        var cacheHit = false
+        var throttledReason = ""
+        var faultCode: Int32 = 0
+        var faultMessage = ""
+    }
+
+    func decide(_ head: ProxyRequestHead) -> ProxyDecision {
+        let now = Clock.unixMs()
+        let state = deployment.current
+        let uri = Substring(head.uri)
+        let queryStart = uri.firstIndex(of: "?") ?? uri.endIndex
+        var exchange = Exchange(head: head, requestID: head.header(settings.requestIDHeader) ?? Self.newRequestID(), startedAtUnixMs: now,
+                                path: uri[..<queryStart], query: uri[queryStart...])
+
+        if state.blocks.blocks(address: head.clientAddress) { return fault(.blocked, &exchange) }
+        guard let route = state.routes.route(exchange.path) else {
+            let body = "{\"fault\":{\"code\":404,\"message\":\"Not Found\",\"description\":\"No API is deployed at \(GatewayFault.escapeJSON(String(exchange.path)))\"}}"
+            return respond(HTTPResponse(status: 404, headers: [("Content-Type", "application/json; charset=UTF-8")], body: Array(body.utf8)), &exchange)
+        }
+        let api = route.api
+        exchange.api = api
+        if api.api.lifecycleState == .blocked { return fault(.apiBlocked, &exchange) }
+        if state.blocks.blocks(context: api.api.context, versionedContext: api.deployed.gatewayContext) { return fault(.blocked, &exchange) }
+
+        let verb = HttpVerb(method: head.method)
+        let match = verb.map { api.resource(for: route.remainder, verb: $0) } ?? .noResource
+        let cors = corsHeaders(api.api.cors, head: head)
+        switch match {
+        case .matched(let resource):
+            exchange.resource = resource
+        case .methodNotAllowed(let allowed):
+            if verb == .options { return preflight(api.api.cors, head: head, allowed: allowed, &exchange) }
+            let allow = allowed.map(\.methodName).joined(separator: ", ")
+            var response = GatewayFault(code: 405, status: 405, message: "Method not allowed",
+                                        description: "The resource does not accept \(head.method)", namespace: GatewayFault.security)
+                .response(accept: head.header("accept"), extraHeaders: cors)
+            response.headers.append(("Allow", allow))
+            return respond(response, &exchange)
+        case .noResource:
+            return fault(.noMatchingResource, &exchange, extraHeaders: cors)
+        }
+        guard let resource = exchange.resource else { return fault(.noMatchingResource, &exchange) }
+
+        let authType = resource.resource.authType
+        if authType == .none || authType == .unspecified {
+            return afterAuthentication(&exchange, route: route, state: state, token: nil, cors: cors, now: now)
+        }
+        let headerName = api.api.authorizationHeader.isEmpty ? "Authorization" : api.api.authorizationHeader
+        guard let token = Self.bearerToken(head.header(headerName)) else { return fault(.missingCredentials, &exchange, extraHeaders: cors) }
+        let key = ValidationCache.ResourceKey(apiID: api.api.id, resource: resource.resource.uriTemplate, verb: resource.resource.verb,
+                                              viaDefault: route.viaDefaultVersion)
+        switch cache.lookup(token: token, key: key, now: now) {
+        case .valid(let info):
+            exchange.info = info
+            exchange.cacheHit = true
+            metrics.validationCacheHit()
+            return afterAuthentication(&exchange, route: route, state: state, token: token, cors: cors, now: now)
+        case .invalid:
+            exchange.cacheHit = true
+            metrics.validationCacheHit()
+            return fault(.invalidCredentials, &exchange, extraHeaders: cors)
+        case .miss:
+            metrics.validationCacheMiss()
+            guard let tokenID = SecretHasher.tokenID(of: token) else {
+                // Not a token any keymanager issued: no need to ask.
+                cache.store(token: token, tokenHash: [], key: key, info: Self.invalidInfo, now: now)
+                return fault(.invalidCredentials, &exchange, extraHeaders: cors)
+            }
+            let query = KeyValidationQuery(context: route.viaDefaultVersion ? api.api.context : api.api.context, version: api.api.version,
+                                           token: token, tokenHash: SecretHasher.tokenHash(token), tokenID: tokenID,
+                                           requiredAuthLevel: authType, clientDomain: head.header("referer"),
+                                           matchingResource: resource.resource.uriTemplate, verb: resource.resource.verb)
+            let pending = exchange
+            return .deferred { [self] in
+                var exchange = pending
+                let started = ContinuousClock.now
+                let info: KeyValidationInfo
+                do {
+                    info = try await validator.validate(query)
+                } catch {
+                    metrics.validationFinished(ContinuousClock.now - started, failed: true)
+                    return fault(.generalError, &exchange, extraHeaders: cors)
+                }
+                metrics.validationFinished(ContinuousClock.now - started, failed: false)
+                let now = Clock.unixMs()
+                cache.store(token: token, tokenHash: query.tokenHash, key: key, info: info, now: now)
+                exchange.info = info
+                // The state may have moved on while the keymanager answered: serve from the newest.
+                return afterAuthentication(&exchange, route: route, state: deployment.current, token: token, cors: cors, now: now)
+            }
+        }
+    }
+
+    static let invalidInfo: KeyValidationInfo = {
+        var info = KeyValidationInfo()
+        info.authorized = false
+        info.validationStatus = 900901
+        return info
+    }()
+
+    /// The token of an `Authorization: Bearer …` value (the scheme matched
+    /// without regard to case, as RFC 6750 allows).
+    static func bearerToken(_ value: String?) -> String? {
+        guard let value else { return nil }
+        let trimmed = value.drop { $0 == " " }
+        guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else { return nil }
+        let token = trimmed.dropFirst(7).drop { $0 == " " }
+        let end = token.lastIndex { $0 != " " }.map { token.index(after: $0) } ?? token.startIndex
+        let result = token[..<end]
+        return result.isEmpty ? nil : String(result)
+    }
+
+    private func afterAuthentication(_ exchange: inout Exchange, route: RoutingTable.Route, state: DeploymentState, token: String?,
+                                     cors: [(name: String, value: String)], now: Int64) -> ProxyDecision {
+        let api = route.api
+        var keyType = KeyType.production
+        var responseHeaders = cors
+        if let info = exchange.info {
+            guard info.authorized else { return fault(.validation(info.validationStatus), &exchange, extraHeaders: cors) }
+            keyType = info.keyType == .sandbox ? .sandbox : .production
+            if state.blocks.blocks(application: "\(info.subscriber):\(info.applicationName)")
+                || state.blocks.blocks(user: info.endUserName)
+                || state.blocks.blocks(user: info.endUserName.contains("@") ? info.endUserName : "\(info.endUserName)@\(info.subscriberTenantDomain)") {
+                return fault(.blocked, &exchange, extraHeaders: cors)
+            }
+        }
+        if let refusal = throttle(&exchange, api: api, keyType: keyType, state: state, now: now, responseHeaders: &responseHeaders) {
+            return refusal
+        }
+        guard let group = keyType == .sandbox ? api.sandbox : api.production else {
+            let description = keyType == .sandbox ? "Sandbox key offered to the API with no sandbox endpoint"
+                : "Production key offered to the API with no production endpoint"
+            return fault(GatewayFault(code: 900901, status: 401, message: "Invalid Credentials", description: description,
+                                      namespace: GatewayFault.security), &exchange, extraHeaders: cors)
+        }
+        var candidates = group.candidates(health: health, now: now)
+        guard !candidates.isEmpty else {
+            return fault(GatewayFault(code: 303001, status: 503, message: "Endpoint suspended",
+                                      description: "Every endpoint of the API is suspended after failing", namespace: GatewayFault.security),
+                         &exchange, extraHeaders: cors)
+        }
+        for index in candidates.indices {
+            if candidates[index].connectTimeoutMs == 0 { candidates[index].connectTimeoutMs = settings.endpointDefaults.connectTimeoutMs }
+            if candidates[index].readTimeoutMs == 0 { candidates[index].readTimeoutMs = settings.endpointDefaults.readTimeoutMs }
+        }
+        let head = exchange.head
+        let authHeader = api.api.authorizationHeader.isEmpty ? "authorization" : api.api.authorizationHeader.lowercased()
+        var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, requestIDHeader: settings.requestIDHeader,
+                                            requestID: exchange.requestID)
+        if let endUserToken = exchange.info?.endUserToken, !endUserToken.isEmpty {
+            headers.append(("X-JWT-Assertion", endUserToken))
+        }
+        responseHeaders.append((settings.requestIDHeader, exchange.requestID))
+        let completed = exchange
+        return .forward(ForwardPlan(
+            candidates: candidates, path: String(route.remainder) + String(exchange.query), headers: headers, responseHeaders: responseHeaders,
+            maxRequestBodyBytes: settings.maxRequestBodyBytes,
+            unavailable: { failures in Self.unavailable(failures, accept: head.header("accept")) },
+            finished: { [self] outcome in finished(completed, group: group, outcome: outcome) }))
+    }
+
+    /// The steps of WSO2's throttle handler on this gateway's own counters:
+    /// API or resource policy, subscription quota, spike arrest,
+    /// application quota, then the API's hard backend limit.
+    private func throttle(_ exchange: inout Exchange, api: RoutedApi, keyType: KeyType, state: DeploymentState, now: Int64,
+                          responseHeaders: inout [(name: String, value: String)]) -> ProxyDecision? {
+        let apiID = api.api.id
+        if let resource = exchange.resource, !resource.resource.throttlingPolicy.isEmpty,
+           let policy = api.advancedPolicies[resource.resource.throttlingPolicy], let limit = policy.defaultLimit {
+            let isAPILevel = resource.resource.applicableLevel == .api
+            let key = isAPILevel ? "api|\(apiID)" : "res|\(apiID)|\(resource.resource.uriTemplate)|\(resource.resource.verb.methodName)"
+            if let verdict = throttler.admit(key, limit: limit, now: now), !verdict.admitted {
+                return throttled(isAPILevel ? .apiThrottled : .resourceThrottled, verdict: verdict, now: now, &exchange)
+            }
+        }
+        if let info = exchange.info {
+            if let limit = info.subscriptionLimit, let verdict = throttler.admit("sub|\(info.applicationId)|\(apiID)", limit: limit, now: now) {
+                Self.addRateLimitHeaders(verdict, now: now, to: &responseHeaders)
+                if !verdict.admitted {
+                    if info.stopOnQuotaReach { return throttled(.subscriptionThrottled, verdict: verdict, now: now, &exchange) }
+                    // Billing plans that let calls past the quota: admit, and mark the record.
+                    exchange.throttledReason = "SUBSCRIPTION_LIMIT_EXCEEDED_ADMITTED"
+                }
+            }
+            if info.spikeArrestLimit > 0 {
+                var spike = ThrottleLimit()
+                spike.timeUnit = info.spikeArrestUnit == .minute ? .minute : .second
+                spike.unitTime = 1
+                spike.quota = .requestCount(UInt64(info.spikeArrestLimit))
+                if let verdict = throttler.admit("spike|\(info.applicationId)|\(apiID)", limit: spike, now: now), !verdict.admitted {
+                    return throttled(.spikeArrest, verdict: verdict, now: now, &exchange)
+                }
+            }
+            if let limit = info.applicationLimit, let verdict = throttler.admit("app|\(info.applicationId)|\(info.endUserName)", limit: limit, now: now),
+               !verdict.admitted {
+                return throttled(.applicationThrottled, verdict: verdict, now: now, &exchange)
+            }
+        }
+        let hardLimit = keyType == .sandbox ? api.api.maxSandboxTps : api.api.maxProductionTps
+        if let hardLimit, hardLimit > 0 {
+            var limit = ThrottleLimit()
+            limit.timeUnit = .second
+            limit.unitTime = 1
+            limit.quota = .requestCount(UInt64(hardLimit))
+            if let verdict = throttler.admit("hard|\(apiID)|\(keyType == .sandbox ? "s" : "p")", limit: limit, now: now), !verdict.admitted {
+                return throttled(.hardLimit, verdict: verdict, now: now, &exchange)
+            }
+        }
+        return nil
+    }
+
+    private func throttled(_ fault: GatewayFault, verdict: LocalThrottler.Verdict, now: Int64, _ exchange: inout Exchange) -> ProxyDecision {
+        exchange.throttledReason = switch fault.code {
+        case 900800: "API_LIMIT_EXCEEDED"
+        case 900801: "HARD_LIMIT_EXCEEDED"
+        case 900802: "RESOURCE_LIMIT_EXCEEDED"
+        case 900803: "APPLICATION_LIMIT_EXCEEDED"
+        case 900807: "SPIKE_ARREST"
+        default: "SUBSCRIPTION_LIMIT_EXCEEDED"
+        }
+        var headers: [(name: String, value: String)] = [("Retry-After", String(max(1, (verdict.resetAtUnixMs - now + 999) / 1000)))]
+        Self.addRateLimitHeaders(verdict, now: now, to: &headers)
+        return self.fault(fault, &exchange, extraHeaders: headers)
+    }
+
+    static func addRateLimitHeaders(_ verdict: LocalThrottler.Verdict, now: Int64, to headers: inout [(name: String, value: String)]) {
+        headers.append(("RateLimit-Limit", String(verdict.limit)))
+        headers.append(("RateLimit-Remaining", String(verdict.remaining)))
+        headers.append(("RateLimit-Reset", String(max(0, (verdict.resetAtUnixMs - now + 999) / 1000))))
+    }
+
+    // MARK: Headers
+
+    /// The client's header fields as the backend gets them: hop-by-hop
+    /// fields, the credential and `Expect` removed; `Host` left for the
+    /// listener to set; `X-Forwarded-*` and the request id added.
+    static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, requestIDHeader: String,
+                                 requestID: String) -> [(name: String, value: String)] {
+        var connectionNamed: Set<String> = []
+        var forwardedFor: String?
+        var hasRequestID = false
+        for field in head.headers where field.name.lowercased() == "connection" {
+            for token in field.value.split(separator: ",") { connectionNamed.insert(token.trimmingCharacters(in: .whitespaces).lowercased()) }
+        }
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(head.headers.count + 4)
+        for field in head.headers {
+            let name = field.name.lowercased()
+            if hopByHop.contains(name) || connectionNamed.contains(name) || name == "host" || name == "expect" || name == "content-length" { continue }
+            if let credentialHeader, name == credentialHeader { continue }
+            if name == "x-forwarded-for" {
+                forwardedFor = forwardedFor.map { $0 + ", " + field.value } ?? field.value
+                continue
+            }
+            if name == "x-forwarded-proto" || name == "x-forwarded-host" { continue }
+            if name == requestIDHeader.lowercased() { hasRequestID = true }
+            headers.append(field)
+        }
+        headers.append(("X-Forwarded-For", forwardedFor.map { $0 + ", " + head.clientAddress } ?? head.clientAddress))
+        headers.append(("X-Forwarded-Proto", head.isSecure ? "https" : "http"))
+        if let host = head.host { headers.append(("X-Forwarded-Host", host)) }
+        if !hasRequestID { headers.append((requestIDHeader, requestID)) }
+        return headers
+    }
+
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                                        "te", "trailer", "transfer-encoding", "upgrade"]
+
+    /// CORS response fields for a request with an allowed `Origin`.
+    func corsHeaders(_ cors: CorsConfig?, head: ProxyRequestHead) -> [(name: String, value: String)] {
+        guard let cors, cors.enabled, let origin = head.header("origin") else { return [] }
+        guard cors.allowOrigins.contains("*") || cors.allowOrigins.contains(origin) else { return [] }
+        var headers: [(name: String, value: String)] = [("Access-Control-Allow-Origin", cors.allowOrigins.contains("*") && !cors.allowCredentials ? "*" : origin)]
+        if cors.allowCredentials { headers.append(("Access-Control-Allow-Credentials", "true")) }
+        if !(cors.allowOrigins.contains("*") && !cors.allowCredentials) { headers.append(("Vary", "Origin")) }
+        return headers
+    }
+
+    /// An `OPTIONS` the API does not declare: the CORS preflight answer.
+    private func preflight(_ cors: CorsConfig?, head: ProxyRequestHead, allowed: [HttpVerb], _ exchange: inout Exchange) -> ProxyDecision {
+        var headers = corsHeaders(cors, head: head)
+        let methods = (cors?.allowMethods.isEmpty == false ? cors!.allowMethods : allowed).map(\.methodName)
+        headers.append(("Allow", (methods + ["OPTIONS"]).joined(separator: ", ")))
+        if !headers.isEmpty, let cors, cors.enabled, headers.contains(where: { $0.name == "Access-Control-Allow-Origin" }) {
+            headers.append(("Access-Control-Allow-Methods", (methods + ["OPTIONS"]).joined(separator: ", ")))
+            if !cors.allowHeaders.isEmpty { headers.append(("Access-Control-Allow-Headers", cors.allowHeaders.joined(separator: ", "))) }
+        }
+        return respond(HTTPResponse(status: 200, headers: headers), &exchange)
+    }
+
+    // MARK: Answers and records
+
+    private func fault(_ fault: GatewayFault, _ exchange: inout Exchange, extraHeaders: [(name: String, value: String)] = []) -> ProxyDecision {
+        exchange.faultCode = fault.code
+        exchange.faultMessage = fault.message
+        var headers = extraHeaders
+        headers.append((settings.requestIDHeader, exchange.requestID))
+        return respond(fault.response(accept: exchange.head.header("accept"), extraHeaders: headers), &exchange)
+    }
+
+    private func respond(_ response: HTTPResponse, _ exchange: inout Exchange) -> ProxyDecision {
+        let completed = exchange
+        return .respond(response) { [self] outcome in finished(completed, group: nil, outcome: outcome) }
+    }
+
+    static func unavailable(_ failures: [(target: BackendTarget, failure: BackendFailure)], accept: String?) -> HTTPResponse {
+        let timedOut = failures.last?.failure == .readTimeout
+        let fault = timedOut
+            ? GatewayFault(code: 101504, status: 504, message: "Gateway Timeout", description: "The backend did not answer in time", namespace: GatewayFault.security)
+            : GatewayFault(code: 101503, status: 502, message: "Error connecting to the back end",
+                           description: "No endpoint of the API accepted the connection", namespace: GatewayFault.security)
+        return fault.response(accept: accept)
+    }
+
+    /// Endpoint health, metrics, quotas by bytes and the usage record, once per request.
+    private func finished(_ exchange: Exchange, group: EndpointGroup?, outcome: ProxyOutcome) {
+        let now = Clock.unixMs()
+        if let group {
+            for (target, failure) in outcome.failures {
+                if let endpoint = group.endpoint(for: target) {
+                    health.recordFailure(endpoint, failure: failure.endpointFailure, status: nil, now: now)
+                }
+            }
+            if let target = outcome.target, let endpoint = group.endpoint(for: target) {
+                if (endpoint.suspension?.failureHttpStatuses ?? []).contains(UInt32(outcome.status)) {
+                    health.recordFailure(endpoint, failure: nil, status: outcome.status, now: now)
+                } else {
+                    health.recordSuccess(endpoint.url)
+                }
+            }
+        }
+        if let info = exchange.info, info.contentAware, let limit = info.subscriptionLimit, let api = exchange.api {
+            throttler.consume("sub|\(info.applicationId)|\(api.api.id)", bytes: outcome.requestBodyBytes, limit: limit, now: now)
+        }
+        metrics.requestFinished(api: exchange.api?.api, status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
+
+        var event = UsageEvent()
+        event.correlationId = exchange.requestID
+        event.gatewayId = settings.gatewayID
+        event.requestTimestampUnixMs = exchange.startedAtUnixMs
+        if let info = exchange.info {
+            event.consumerKey = info.consumerKey
+            event.keyType = info.keyType
+            event.applicationId = info.applicationId
+            event.applicationName = info.applicationName
+            event.applicationOwner = info.subscriber
+            event.subscriptionPolicy = info.subscriptionPolicy
+            event.username = info.endUserName
+            event.userTenantDomain = info.subscriberTenantDomain
+        }
+        if let api = exchange.api?.api {
+            event.apiName = api.name
+            event.apiVersion = api.version
+            event.apiContext = api.context
+            event.apiCreator = api.provider
+            event.apiCreatorTenantDomain = api.tenantDomain
+        }
+        if let resource = exchange.resource { event.resource = resource.resource.uriTemplate }
+        event.requestPath = String(exchange.path)
+        event.verb = HttpVerb(method: exchange.head.method) ?? .unspecified
+        event.clientIp = exchange.head.clientAddress
+        event.userAgent = exchange.head.header("user-agent") ?? ""
+        event.responseTimeMs = Int64(outcome.totalNanoseconds / 1_000_000)
+        event.backendTimeMs = Int64(outcome.backendNanoseconds / 1_000_000)
+        event.serviceTimeMs = max(0, event.responseTimeMs - event.backendTimeMs)
+        event.responseCode = Int32(outcome.status)
+        event.requestSizeBytes = outcome.requestBodyBytes
+        event.responseSizeBytes = outcome.responseBodyBytes
+        event.destination = outcome.target?.description ?? ""
+        event.cacheHit = exchange.cacheHit
+        event.throttled = !exchange.throttledReason.isEmpty && exchange.faultCode != 0
+        event.throttledReason = exchange.throttledReason
+        if exchange.faultCode != 0 {
+            var fault = UsageFault()
+            fault.errorCode = exchange.faultCode
+            fault.errorMessage = exchange.faultMessage
+            event.fault = fault
+        } else if outcome.target == nil && !outcome.failures.isEmpty {
+            var fault = UsageFault()
+            fault.errorCode = outcome.failures.last?.failure == .readTimeout ? 101504 : 101503
+            fault.errorMessage = outcome.failures.map { "\($0.target): \($0.failure.rawValue)" }.joined(separator: "; ")
+            event.fault = fault
+        }
+        if !usage.enqueue(event) { metrics.usageEventDropped() }
+    }
+
+    static func newRequestID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex(generator.next()) + hex(generator.next())
+    }
+}

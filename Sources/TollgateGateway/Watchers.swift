@@ -1,0 +1,273 @@
+import Foundation
+import Logging
+import RoleCore
+import RPCCore
+import ServiceLifecycle
+import Synchronization
+import TollgateProto
+import TollgateServices
+
+/// Whether the deployment feed is connected, and when a publisher last
+/// confirmed the state being served.
+final class FeedStatus: Sendable {
+    private struct State {
+        var connected = false
+        var confirmedAtUnixMs: Int64 = 0
+        var servingFromDisk = false
+        var lastError = ""
+    }
+    private let state = Mutex(State())
+
+    var connected: Bool { state.withLock { $0.connected } }
+    var servingFromDisk: Bool { state.withLock { $0.servingFromDisk } }
+    var lastError: String { state.withLock { $0.lastError } }
+
+    func confirmedAtUnixMs(fallback: Int64) -> Int64 {
+        state.withLock { $0.confirmedAtUnixMs > 0 ? $0.confirmedAtUnixMs : fallback }
+    }
+
+    func loadedFromDisk(at unixMs: Int64) {
+        state.withLock {
+            $0.servingFromDisk = true
+            $0.confirmedAtUnixMs = unixMs
+        }
+    }
+
+    func confirmed() {
+        let now = Clock.unixMs()
+        state.withLock {
+            $0.connected = true
+            $0.servingFromDisk = false
+            $0.confirmedAtUnixMs = now
+            $0.lastError = ""
+        }
+    }
+
+    func disconnected(_ error: String) {
+        state.withLock {
+            $0.connected = false
+            $0.lastError = error
+        }
+    }
+}
+
+/// Watches the publishers' deployment feed (`WatchDeployments`): a snapshot
+/// is collected whole, then swapped in; each change is applied to a copy of
+/// the state and swapped in. Traffic never waits for either. On a lost
+/// stream it reconnects with back-off, to the next publisher in the list,
+/// resuming from the revision it holds. The state is saved to disk (at most
+/// every half second) so a restart serves it while publishers are down.
+struct DeploymentWatcher: Service {
+    let peers: any PeerDirectory
+    let deployment: DeploymentHolder
+    let cache: ValidationCache
+    let store: DeploymentStore?
+    let feed: FeedStatus
+    let logger: Logger
+
+    private final class Progress: Sendable {
+        let snapshot = Mutex<[DeploymentSnapshotChunk]>([])
+        let dirty = Atomic<Bool>(false)
+    }
+
+    func run() async throws {
+        let progress = Progress()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await persist(progress) }
+            group.addTask { await watch(progress) }
+            await group.next()
+            group.cancelAll()
+        }
+        save()
+    }
+
+    private func watch(_ progress: Progress) async {
+        await cancelWhenGracefulShutdown {
+            var failures = 0
+            var next = 0
+            while !Task.isCancelled {
+                let publishers = peers.transports(for: .publisher)
+                guard !publishers.isEmpty else {
+                    feed.disconnected("no publisher is configured under [peers]")
+                    try? await Task.sleep(for: .seconds(5))
+                    continue
+                }
+                let transport = publishers[next % publishers.count]
+                var request = WatchDeploymentsRequest()
+                request.sinceRevision = deployment.current.revision
+                progress.snapshot.withLock { $0.removeAll() }
+                let received = ReceivedFlag()
+                do {
+                    try await PublisherServiceClient(transport).watchDeployments(request) { response in
+                        received.set()
+                        apply(response, progress)
+                    }
+                    feed.disconnected("the publisher ended the feed")
+                } catch {
+                    if received.isSet { failures = 0 }
+                    feed.disconnected("\(error)")
+                    if failures == 0 { logger.warning("deployment feed lost; serving the last state (revision \(deployment.current.revision)): \(error)") }
+                    failures += 1
+                    next += 1
+                }
+                // 0.25 s, doubling to 10 s: a restarting publisher is found quickly, a dead one not hammered.
+                let delay = min(10_000, 250 << min(failures, 6))
+                try? await Task.sleep(for: .milliseconds(failures == 0 ? 250 : delay))
+            }
+        }
+    }
+
+    private func apply(_ response: WatchDeploymentsResponse, _ progress: Progress) {
+        switch response.frame {
+        case .snapshot(let chunk):
+            let chunks: [DeploymentSnapshotChunk]? = progress.snapshot.withLock { chunks in
+                chunks.append(chunk)
+                guard chunk.last else { return nil }
+                defer { chunks.removeAll() }
+                return chunks
+            }
+            guard let chunks else { return }
+            let state = DeploymentState(snapshot: chunks, appliedAtUnixMs: Clock.unixMs())
+            deployment.replace(state)
+            feed.confirmed()
+            progress.dirty.store(true, ordering: .relaxed)
+            logger.info("deployment snapshot applied", metadata: ["revision": "\(state.revision)", "apis": "\(state.apis.count)"])
+        case .change(let change):
+            deployment.replace(deployment.current.applying([change], appliedAtUnixMs: Clock.unixMs()))
+            if case .subscriptionChanged(let subscription) = change.change {
+                cache.dropSubscription(applicationID: subscription.applicationId, apiID: subscription.apiId)
+            }
+            if case .apiUpserted(let api) = change.change {
+                // Its resources or state may differ: results cached for it were for the old definition.
+                cache.apply(Self.revocation(apiID: api.api?.id ?? ""))
+            }
+            feed.confirmed()
+            progress.dirty.store(true, ordering: .relaxed)
+        case nil:
+            break
+        }
+    }
+
+    static func revocation(apiID: String) -> TokenRevocation {
+        var revocation = TokenRevocation()
+        revocation.target = .apiId(apiID)
+        return revocation
+    }
+
+    private func persist(_ progress: Progress) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(500))
+            if progress.dirty.exchange(false, ordering: .relaxed) { save() }
+        }
+    }
+
+    private func save() {
+        guard let store else { return }
+        let state = deployment.current
+        guard state.revision > 0, !state.fromDisk else { return }
+        do {
+            try store.save(state)
+        } catch {
+            logger.error("cannot save the deployment state; a restart without publishers would serve nothing newer: \(error)")
+        }
+    }
+}
+
+/// The revocation feed's position, for status.
+final class RevocationStatus: Sendable {
+    let sequence = Atomic<UInt64>(0)
+    let connected = Atomic<Bool>(false)
+}
+
+/// Watches the keymanagers' revocation feed and drops the cached results
+/// each revocation names, within the feed's latency (well under a second)
+/// rather than when the cache entry would expire.
+struct RevocationWatcher: Service {
+    let peers: any PeerDirectory
+    let cache: ValidationCache
+    let status: RevocationStatus
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var failures = 0
+            var next = 0
+            while !Task.isCancelled {
+                let keymanagers = peers.transports(for: .keymanager)
+                guard !keymanagers.isEmpty else {
+                    try? await Task.sleep(for: .seconds(5))
+                    continue
+                }
+                var request = WatchRevocationsRequest()
+                request.sinceSequence = status.sequence.load(ordering: .relaxed)
+                let received = ReceivedFlag()
+                do {
+                    try await KeyManagerServiceClient(keymanagers[next % keymanagers.count]).watchRevocations(request) { response in
+                        received.set()
+                        status.connected.store(true, ordering: .relaxed)
+                        if response.reset { cache.flush(valid: true, invalid: false) }
+                        for revocation in response.revocations { cache.apply(revocation) }
+                        let last = response.revocations.last?.sequence ?? 0
+                        status.sequence.store(max(response.headSequence, last), ordering: .relaxed)
+                    }
+                } catch {
+                    if received.isSet { failures = 0 }
+                    status.connected.store(false, ordering: .relaxed)
+                    // Revocations made while disconnected arrive on reconnection
+                    // (the feed resumes from the sequence held); until then, drop
+                    // nothing more than the feed would.
+                    if failures == 0 { logger.warning("revocation feed lost: \(error)") }
+                    failures += 1
+                    next += 1
+                }
+                let delay = min(5_000, 100 << min(failures, 6))
+                try? await Task.sleep(for: .milliseconds(failures == 0 ? 100 : delay))
+            }
+        }
+    }
+}
+
+/// `GatewayService`: status and cache flush for operators (`tollctl gateway`).
+struct GatewayRPCService: GatewayServiceHandler {
+    let policy: GatewayPolicy
+    let feed: FeedStatus
+    let revocations: RevocationStatus
+
+    func getGatewayStatus(_ request: GetGatewayStatusRequest, context: ServerCallContext) async throws -> GetGatewayStatusResponse {
+        let state = policy.deployment.current
+        var response = GetGatewayStatusResponse()
+        response.deploymentRevision = state.revision
+        response.deploymentAppliedAtUnixMs = feed.confirmedAtUnixMs(fallback: state.appliedAtUnixMs)
+        response.deploymentFeedConnected = feed.connected
+        response.servingPersistedState = feed.servingFromDisk
+        response.apiCount = UInt32(state.apis.count)
+        response.policyCount = UInt32(state.policies.count)
+        response.blockConditionCount = UInt32(state.blockConditions.count)
+        response.keyCacheEntries = UInt64(policy.cache.statistics.entries)
+        response.throttledKeys = UInt64(policy.throttler.keyCount)
+        response.revocationSequence = revocations.sequence.load(ordering: .relaxed)
+        let usage = policy.usage.statistics
+        response.usageEventsQueued = UInt64(usage.queued)
+        response.usageEventsDropped = usage.dropped
+        return response
+    }
+
+    func flushCaches(_ request: FlushCachesRequest, context: ServerCallContext) async throws -> FlushCachesResponse {
+        let caches = Set(request.caches)
+        let all = caches.isEmpty
+        var evicted = policy.cache.flush(valid: all || caches.contains(.keyValidation), invalid: all || caches.contains(.invalidToken),
+                                         tokenHashes: request.tokenHashes)
+        if all || caches.contains(.throttleDecisions) { evicted += policy.throttler.flush() }
+        var response = FlushCachesResponse()
+        response.evictedEntries = UInt64(evicted)
+        return response
+    }
+}
+
+/// Whether a stream delivered anything before it ended: a stream that did
+/// was healthy, so the back-off starts over.
+final class ReceivedFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .relaxed) }
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+}
