@@ -47,11 +47,12 @@ check-proto: python
 proto: python
 	tools/generate-proto.sh
 
-## make bench: storage and message benchmarks (release build)
+## make bench: storage, message, role and gateway benchmarks (release build); nginx and wrk come from Debian
 bench: deps
+	@tools/install-deps.sh bench
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH) --product tollgate-bench
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(RELEASE_PATH) --product tollgated
-	$(RELEASE_PATH)/release/tollgate-bench
+	$(RELEASE_PATH)/release/tollgate-bench $(BENCH)
 
 clean:
 	rm -rf .build $(RELEASE_PATH) .dev .build-deb

@@ -110,12 +110,13 @@ let package = Package(
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "TollgateGateway", "TollgateProxy", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
+        .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,

@@ -2,7 +2,8 @@
 # Installs the Debian packages Tollgate builds and tests with, if any are
 # missing (apt-get, through sudo when not root). Swift 6.3 itself is expected
 # on PATH. `tools/install-deps.sh package` adds what `make deb` and
-# `make test-package` need.
+# `make test-package` need; `tools/install-deps.sh bench` what `make bench`
+# measures against (nginx, wrk).
 set -euo pipefail
 packages=(
     pkg-config
@@ -17,6 +18,9 @@ packages=(
 )
 if [ "${1:-}" = "package" ]; then
     packages+=(debhelper dpkg-dev lintian debootstrap systemd-container systemd)
+fi
+if [ "${1:-}" = "bench" ]; then
+    packages+=(nginx wrk)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -144,4 +144,10 @@ public struct GatewayModule: RoleModule {
     }
 
     public var metricsSource: (any MetricsSource)? { gatewayMetrics }
+
+    /// APIs in the deployment state being served.
+    public var servedAPICount: Int { policy.deployment.current.apis.count }
+
+    /// Whether some API's prefix takes `path` (for benchmarks and tests).
+    public func routes(_ path: String) -> Bool { policy.deployment.current.routes.route(Substring(path)) != nil }
 }

@@ -67,7 +67,8 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
                 // The head has not arrived in time: refuse and close.
                 var buffer = context.channel.allocator.buffer(capacity: 96)
                 buffer.writeString("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
+                let channel = context.channel
+                context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
             }
         }
         context.fireChannelRead(data)
@@ -95,8 +96,11 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
     private func arm(_ timeout: TimeAmount, _ action: @escaping (ChannelHandlerContext) -> Void) {
         cancel()
         guard let context else { return }
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        scheduled = context.eventLoop.scheduleTask(in: timeout) { action(bound.value) }
+        let bound = NIOLoopBound((context, action), eventLoop: context.eventLoop)
+        scheduled = context.eventLoop.scheduleTask(in: timeout) {
+            let (context, action) = bound.value
+            action(context)
+        }
     }
 
     private func cancel() {

@@ -96,7 +96,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             }
             switch phase {
             case .deciding, .connecting: pending.append(part)
-            case .streaming: upstream?.channel.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(buffer))), promise: nil)
+            case .streaming: upstream?.channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
             case .local, .idle: break
             }
         case .end:
@@ -106,7 +106,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
                 pending.append(part)
             case .streaming:
                 guard let upstream else { return }
-                upstream.channel.writeAndFlush(NIOAny(HTTPClientRequestPart.end(nil)), promise: nil)
+                upstream.channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                 if responseEnded {
                     complete()
                 } else if !responseHeadSent, let target {
@@ -309,15 +309,15 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         var uri = target.basePath + plan.path
         if uri.isEmpty || uri.first == "?" { uri = "/" + uri }
         let upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers)
-        connection.channel.write(NIOAny(HTTPClientRequestPart.head(upstreamHead)), promise: nil)
+        connection.channel.write(HTTPClientRequestPart.head(upstreamHead), promise: nil)
         if expectsContinue && requestHasBody && !requestEnded {
             // The backend gets no Expect; the client may send its body now.
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }
         for part in pending {
             switch part {
-            case .body(let buffer): connection.channel.write(NIOAny(HTTPClientRequestPart.body(.byteBuffer(buffer))), promise: nil)
-            case .end: connection.channel.write(NIOAny(HTTPClientRequestPart.end(nil)), promise: nil)
+            case .body(let buffer): connection.channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+            case .end: connection.channel.write(HTTPClientRequestPart.end(nil), promise: nil)
             case .head: break
             }
         }

@@ -30,7 +30,10 @@ struct UpstreamKey: Hashable {
 
 /// One keep-alive connection to a backend, owned by one exchange at a time
 /// or idle in its loop's pool.
-final class UpstreamConnection {
+///
+/// `@unchecked Sendable` only so a connect future can carry it: it is made on
+/// its channel's event loop and every field is read and written on that loop.
+final class UpstreamConnection: @unchecked Sendable {
     let channel: any Channel
     let handler: UpstreamHandler
     let key: UpstreamKey

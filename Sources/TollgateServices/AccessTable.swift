@@ -155,7 +155,8 @@ public enum AccessTable {
 
         // Gateway, traffic manager, analytics.
         GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
-        GatewayServiceDescriptor.flushCaches: .either(.permission(Permission.admin), .node(roles: ["publisher", "keymanager"])),
+        // A gateway has no users: the operator's certificate is the credential it can check.
+        GatewayServiceDescriptor.flushCaches: .either(.permission(Permission.admin), .either(.node(roles: ["publisher", "keymanager"]), .operatorCertificate)),
         TrafficManagerServiceDescriptor.publishRequestEvents: .node(roles: ["gateway"]),
         TrafficManagerServiceDescriptor.watchDecisions: .node(roles: ["gateway"]),
         AnalyticsServiceDescriptor.publishUsageEvents: .node(roles: ["gateway"]),

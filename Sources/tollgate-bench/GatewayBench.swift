@@ -1,0 +1,400 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import OpenSSLKit
+import RoleCore
+import RPCCore
+import ServiceLifecycle
+import TollgateGateway
+import TollgateKeyManager
+import TollgateListeners
+import TollgateNode
+import TollgatePolicies
+import TollgateProto
+import TollgateProxy
+import TollgatePublisher
+import TollgateServices
+import TollgateStorage
+import TollgateStore
+import TollgateUsers
+
+/// The gateway against nginx on this machine, in one run, `wrk` with
+/// keep-alive against each, the same nginx backend serving 1 KiB:
+/// - nginx `proxy_pass` with upstream keep-alive, 2 workers (the baseline);
+/// - the gateway, an API whose resource needs no token;
+/// - the gateway, an opaque token validated once and cached, a subscription
+///   limit far away, usage records on;
+/// - the same over HTTPS;
+/// then p99 at half of nginx's peak rate for nginx and the full-policy
+/// gateway, and the time for a publish to be live with 5,000 APIs loaded.
+func benchGateway() async throws {
+    guard let nginx = which("nginx"), let wrk = which("wrk") else {
+        print("gateway: skipped: nginx and wrk are needed (make bench installs them from Debian)")
+        return
+    }
+    let work = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: work) }
+    let backendPort = try freeBenchPort(), proxyPort = try freeBenchPort()
+    try String(repeating: "x", count: 1024).write(toFile: work + "/1k", atomically: true, encoding: .utf8)
+    // The backend: one worker, so the proxies under test get the rest of the machine alike.
+    let backend = try NginxProcess(nginx: nginx, directory: work + "/backend", config: """
+        worker_processes 1;
+        events { worker_connections 4096; }
+        http {
+          access_log off;
+          server {
+            listen 127.0.0.1:\(backendPort) backlog=4096;
+            keepalive_requests 1000000;
+            location / { root \(work); try_files /1k =404; }
+          }
+        }
+        """)
+    defer { backend.stop() }
+    let proxy = try NginxProcess(nginx: nginx, directory: work + "/proxy", config: """
+        worker_processes 2;
+        events { worker_connections 4096; }
+        http {
+          access_log off;
+          upstream backend { server 127.0.0.1:\(backendPort); keepalive 64; }
+          server {
+            listen 127.0.0.1:\(proxyPort) backlog=4096;
+            keepalive_requests 1000000;
+            location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+          }
+        }
+        """)
+    defer { proxy.stop() }
+
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let (tlsDirectory, _, _) = try makeBenchTLS(alpn: ["http/1.1"], uris: ["tollgate://node/bench?role=gateway"])
+    defer { try? FileManager.default.removeItem(atPath: tlsDirectory) }
+    let cluster = try await BenchGatewayCluster.make(group: group, backendPort: backendPort, tlsDirectory: tlsDirectory)
+    defer { try? FileManager.default.removeItem(atPath: cluster.data) }
+
+    let plain = "http://127.0.0.1:\(cluster.httpPort)"
+    let secure = "https://127.0.0.1:\(cluster.httpsPort)"
+    let bearer = "Authorization: Bearer \(cluster.token)"
+    // Warm: the token's validation is cached before timing starts.
+    _ = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: 4, seconds: 1)
+
+    let connections = 64, seconds = 10
+    let baseline = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: connections, seconds: seconds)
+    let open = try await runWrk(wrk, url: plain + "/bench/1/open", connections: connections, seconds: seconds)
+    let full = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
+    let tls = try await runWrk(wrk, url: secure + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
+    func line(_ label: String, _ result: WrkResult, target: String = "") {
+        print(label.padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  %5.2f× nginx%@", result.rate, result.p50, result.p99,
+                     result.rate / baseline.rate, target))
+    }
+    line("gateway: nginx proxy_pass, upstream keep-alive, 2 workers", baseline)
+    line("gateway: Tollgate, auth type None", open)
+    let fullRatio = full.rate / baseline.rate
+    line("gateway: Tollgate, token cached, subscription limit, usage", full,
+         target: "   target ≥ 0.85×: " + (fullRatio >= 0.85 ? "met" : "MISSED"))
+    line("gateway: Tollgate, the same over HTTPS", tls)
+    if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
+
+    // p99 at half of nginx's peak rate: each connection paced by wrk's delay() hook.
+    let halfRate = baseline.rate / 2
+    let pacedConnections = 32
+    let script = work + "/paced.lua"
+    try "function delay() return \(Int(Double(pacedConnections) * 1000 / halfRate)) end\n".write(toFile: script, atomically: true, encoding: .utf8)
+    let nginxPaced = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: pacedConnections, seconds: seconds, script: script)
+    let gatewayPaced = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds,
+                                        script: script)
+    let added = gatewayPaced.p99 - nginxPaced.p99
+    print("gateway: p99 at half of nginx's peak (\(Int(halfRate)) req/s offered)".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  nginx %5.2f ms, Tollgate %5.2f ms: added %5.2f ms   target ≤ 1 ms: %@", nginxPaced.p99, gatewayPaced.p99, added,
+                 added <= 1 ? "met" : "MISSED"))
+
+    // Publishing with 5,000 APIs loaded.
+    let loaded = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_APIS"] ?? "5000") ?? 5000
+    let began = ContinuousClock.now
+    try await cluster.publishAPIs(count: loaded)
+    try await cluster.waitForAPIs(atLeast: loaded + 1)
+    print("gateway: \(loaded) APIs published and loaded on the gateway in \(Int(benchMilliseconds(ContinuousClock.now - began))) ms")
+    let quiet = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
+    async let publishing = runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
+    try await Task.sleep(for: .seconds(2))
+    var lives: [Double] = []
+    for round in 0..<10 {
+        let started = ContinuousClock.now
+        let context = try await cluster.publishOne(index: loaded + round)
+        try await cluster.waitForRoute(context)
+        lives.append(benchMilliseconds(ContinuousClock.now - started))
+        try await Task.sleep(for: .milliseconds(400))
+    }
+    let during = try await publishing
+    lives.sort()
+    print("gateway: publish → live on the gateway, \(loaded) APIs loaded".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  p50 %6.1f ms  max %6.1f ms", lives[lives.count / 2], lives.last!))
+    let ratio = during.p99 / max(quiet.p99, 0.001)
+    print("gateway: p99 while publishing / without".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  %5.2f ms / %5.2f ms = %4.2f×   target ≤ 1.1×: %@", during.p99, quiet.p99, ratio, ratio <= 1.1 ? "met" : "MISSED"))
+    await cluster.stop()
+    try await group.shutdownGracefully()
+}
+
+struct WrkResult {
+    var rate: Double
+    var p50: Double
+    var p99: Double
+    var errors: Int
+}
+
+func runWrk(_ wrk: String, url: String, header: String? = nil, connections: Int, seconds: Int, script: String? = nil) async throws -> WrkResult {
+    var arguments = ["-t2", "-c\(connections)", "-d\(seconds)s", "--latency"]
+    if let header { arguments += ["-H", header] }
+    if let script { arguments += ["-s", script] }
+    arguments.append(url)
+    let output = try await runProcess(wrk, arguments)
+    var result = WrkResult(rate: 0, p50: 0, p99: 0, errors: 0)
+    func milliseconds(_ text: Substring) -> Double {
+        if text.hasSuffix("us") { return (Double(text.dropLast(2)) ?? 0) / 1000 }
+        if text.hasSuffix("ms") { return Double(text.dropLast(2)) ?? 0 }
+        if text.hasSuffix("s") { return (Double(text.dropLast(1)) ?? 0) * 1000 }
+        return Double(text) ?? 0
+    }
+    for line in output.split(separator: "\n") {
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        if line.hasPrefix("Requests/sec:"), let value = fields.last.flatMap({ Double($0) }) { result.rate = value }
+        if fields.first == "50%", fields.count > 1 { result.p50 = milliseconds(fields[1]) }
+        if fields.first == "99%", fields.count > 1 { result.p99 = milliseconds(fields[1]) }
+        if line.contains("Non-2xx or 3xx responses:"), let value = fields.last.flatMap({ Int($0) }) { result.errors += value }
+        if line.contains("Socket errors:") {
+            result.errors += fields.compactMap { Int($0.trimmingCharacters(in: CharacterSet(charactersIn: ","))) }.reduce(0, +)
+        }
+    }
+    guard result.rate > 0 else { throw BenchFailure("wrk \(url) measured nothing: \(output)") }
+    return result
+}
+
+func runProcess(_ executable: String, _ arguments: [String]) async throws -> String {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            do {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: executable)
+                process.arguments = arguments
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = pipe
+                try process.run()
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                process.waitUntilExit()
+                continuation.resume(returning: String(decoding: data, as: UTF8.self))
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+}
+
+func which(_ program: String) -> String? {
+    for directory in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin", "/bin"] {
+        let path = directory + "/" + program
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return nil
+}
+
+func freeBenchPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+            guard bind(fd, pointer, length) == 0 else { return -1 }
+            return getsockname(fd, pointer, &length)
+        }
+    }
+    guard bound == 0 else { throw BenchFailure("no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// An nginx master process with its own prefix and configuration.
+final class NginxProcess {
+    let process: Process
+
+    init(nginx: String, directory: String, config: String) throws {
+        try FileManager.default.createDirectory(atPath: directory + "/logs", withIntermediateDirectories: true)
+        let full = "daemon off;\npid \(directory)/nginx.pid;\nerror_log \(directory)/logs/error.log warn;\n" + config
+        try full.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: nginx)
+        process.arguments = ["-p", directory, "-c", directory + "/nginx.conf"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Ready once it accepts.
+        for _ in 0..<100 {
+            if FileManager.default.fileExists(atPath: directory + "/nginx.pid") { return }
+            usleep(20_000)
+        }
+    }
+
+    func stop() {
+        kill(process.processIdentifier, SIGQUIT)
+        process.waitUntilExit()
+    }
+}
+
+/// A control plane (publisher, store, keymanager) and a gateway assembled as
+/// tollgated assembles them, the gateway reaching the control plane through
+/// the in-process transport with a gateway node's identity.
+final class BenchGatewayCluster: Sendable {
+    let data: String
+    let control: NodeAssembly
+    let gateway: NodeAssembly
+    let listeners: [Listener]
+    let services: Task<Void, Never>
+    let token: String
+    let httpPort: Int
+    let httpsPort: Int
+    let backendPort: Int
+    let publisher: PublisherStore
+
+    init(data: String, control: NodeAssembly, gateway: NodeAssembly, listeners: [Listener], services: Task<Void, Never>, token: String,
+         httpPort: Int, httpsPort: Int, backendPort: Int, publisher: PublisherStore) {
+        self.data = data
+        self.control = control
+        self.gateway = gateway
+        self.listeners = listeners
+        self.services = services
+        self.token = token
+        self.httpPort = httpPort
+        self.httpsPort = httpsPort
+        self.backendPort = backendPort
+        self.publisher = publisher
+    }
+
+    struct Peers: PeerDirectory {
+        let transport: InProcessTransport
+        func transports(for role: Role) -> [any RPCClientTransport] {
+            role == .publisher || role == .keymanager ? [transport] : []
+        }
+    }
+
+    static func make(group: any EventLoopGroup, backendPort: Int, tlsDirectory: String) async throws -> BenchGatewayCluster {
+        let data = try temporaryDirectory()
+        try "bench-Admin-1\n".write(toFile: data + "/admin.password", atomically: true, encoding: .utf8)
+        let roles: [Role] = [.publisher, .store, .keymanager]
+        let logger = Logger(label: "bench")
+        let control = try await NodeAssembly.assemble(
+            roles: roles, databases: try Databases.open(dataDirectory: data, only: roles.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) }),
+            sections: ["users": ConfigSection(values: ["bootstrap_admin": .string("admin"), "bootstrap_password_file": .string(data + "/admin.password")])],
+            logger: logger)
+        let keyManager = control.module(KeyManagerModule.self)!.keyManager
+        let store = control.module(StoreModule.self)!.store
+        let publisher = control.module(PublisherModule.self)!.store
+        // A tier far above what a run can send, so the subscription quota is counted on every call and never trips.
+        let policies = control.module(PoliciesModule.self)!.store
+        try await policies.installDefaults(tenant: superTenant)
+        var tier = SubscriptionPolicy()
+        tier.name = "BenchTier"
+        var limit = ThrottleLimit()
+        limit.timeUnit = .minute
+        limit.unitTime = 1
+        limit.quota = .requestCount(1_000_000_000_000)
+        tier.defaultLimit = limit
+        var wrapped = ThrottlePolicy()
+        wrapped.policy = .subscriptionPolicy(tier)
+        _ = try await policies.createPolicy(wrapped, tenant: superTenant)
+        var api = Api()
+        api.name = "Bench"
+        api.version = "1"
+        api.context = "/bench"
+        api.resources = [ApiResource(uriTemplate: "/guarded", verb: .get, authType: .any), ApiResource(uriTemplate: "/open", verb: .get, authType: .none)]
+        api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "http://127.0.0.1:\(backendPort)")))
+        api.subscriptionPolicies = ["BenchTier"]
+        let created = try await publisher.createApi(api, actor: "admin", tenant: superTenant)
+        _ = try await publisher.changeLifecycle(created.id, to: .published, options: .init(), actor: "admin", tenant: superTenant)
+        _ = try await keyManager.users.createUser(User(username: "alice", roles: ["subscriber"]), password: "Alice-Secret-1", tenant: superTenant)
+        let alice = StoreCaller(user: UserPrincipal(username: "alice", tenant: superTenant, roles: ["subscriber"], permissions: [Permission.subscribe],
+                                                    sessionID: nil, sessionExpiresAtUnixMs: 0), tenant: superTenant)
+        let application = try await store.createApplication(Application(name: "bench"), caller: alice)
+        _ = try await store.subscribe(application: application.id, api: created.id, tier: "BenchTier", caller: alice)
+        let keys = try await store.generateKeys(GenerateKeysRequest(applicationId: application.id, keyType: .production), caller: alice)
+
+        let access = control.access
+        let transport = InProcessTransport(methods: control.methods, peer: .node(id: "bench-gateway", roles: ["gateway"])) { context throws(RPCError) in
+            try access.authorize(context)
+        }
+        let gatewayData = data + "/gateway"
+        try FileManager.default.createDirectory(atPath: gatewayData, withIntermediateDirectories: true)
+        let gateway = try await NodeAssembly.assemble(roles: [.gateway], nodeID: "bench-gateway", databases: try Databases.open(dataDirectory: gatewayData, only: []),
+                                                      logger: logger) { context in
+            context.provide(Peers(transport: transport), as: (any PeerDirectory).self)
+            context.provide(NodeDataDirectory(path: gatewayData), as: NodeDataDirectory.self)
+        }
+        let module = gateway.module(GatewayModule.self)!
+        let serverTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key",
+                                                              applicationProtocols: ["http/1.1"]))
+        var listeners: [Listener] = []
+        var ports: [Int] = []
+        for declaration in module.listeners {
+            guard case .proxy(let policy, let limits) = declaration.kind else { continue }
+            let tls: (@Sendable () -> TLSContext)? = declaration.security == .plain ? nil : { @Sendable in serverTLS }
+            let listener = Listener(name: declaration.name, maxConnections: 16_384, observer: nil,
+                                    configure: ProxyListener.configure(policy: policy, limits: limits, tls: tls, backendTLS: nil))
+            ports.append(try await listener.bind(host: "127.0.0.1", port: 0, group: group).port!)
+            listeners.append(listener)
+        }
+        let services = Task {
+            await withTaskGroup(of: Void.self) { tasks in
+                for service in module.services { tasks.addTask { try? await service.run() } }
+            }
+        }
+        let cluster = BenchGatewayCluster(data: data, control: control, gateway: gateway, listeners: listeners, services: services,
+                                          token: keys.token!.accessToken, httpPort: ports[0], httpsPort: ports[1], backendPort: backendPort,
+                                          publisher: publisher)
+        try await cluster.waitForRoute("/bench/1/open")
+        return cluster
+    }
+
+    func publishOne(index: Int) async throws -> String {
+        var api = Api()
+        api.name = "Loaded\(index)"
+        api.version = "1"
+        api.context = "/loaded\(index)"
+        api.resources = [ApiResource(uriTemplate: "/x", verb: .get, authType: .none)]
+        api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "http://127.0.0.1:\(backendPort)")))
+        api.subscriptionPolicies = ["Unlimited"]
+        let created = try await publisher.createApi(api, actor: "admin", tenant: superTenant)
+        _ = try await publisher.changeLifecycle(created.id, to: .published, options: .init(), actor: "admin", tenant: superTenant)
+        return "/loaded\(index)/1/x"
+    }
+
+    func publishAPIs(count: Int) async throws {
+        for index in 0..<count { _ = try await publishOne(index: index) }
+    }
+
+    func waitForAPIs(atLeast count: Int) async throws {
+        let module = gateway.module(GatewayModule.self)!
+        for _ in 0..<6000 {
+            if module.servedAPICount >= count { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw BenchFailure("the gateway did not load \(count) APIs")
+    }
+
+    /// Polls until the gateway routes `path` (the answer is no longer 404).
+    func waitForRoute(_ path: String) async throws {
+        let module = gateway.module(GatewayModule.self)!
+        for _ in 0..<60_000 {
+            if module.routes(path) { return }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        throw BenchFailure("the gateway never routed \(path)")
+    }
+
+    func stop() async {
+        services.cancel()
+        for listener in listeners { await listener.shutdown(drainTimeout: .seconds(1)) }
+    }
+}
