@@ -56,8 +56,18 @@ public protocol HTTPResponder: Sendable {
 }
 
 extension String {
-    /// Header names are ASCII and compare without regard to case.
-    func caseInsensitiveEquals(_ other: String) -> Bool {
-        lowercased() == other.lowercased()
+    /// Header names are ASCII and compare without regard to case; compared
+    /// byte by byte, with no lowered copies (this runs per request).
+    public func caseInsensitiveEquals(_ other: String) -> Bool {
+        var left = utf8.makeIterator(), right = other.utf8.makeIterator()
+        while true {
+            switch (left.next(), right.next()) {
+            case (nil, nil): return true
+            case (let a?, let b?):
+                if a != b && (a | 0x20) != (b | 0x20) { return false }
+                if a != b && !((a | 0x20) >= 0x61 && (a | 0x20) <= 0x7a) { return false }
+            default: return false
+            }
+        }
     }
 }

@@ -46,9 +46,10 @@ final class GatewayMetrics: MetricsSource {
         self.snapshot = snapshot
     }
 
-    func requestFinished(api: Api?, status: Int, totalNanoseconds: UInt64) {
-        let name = api.map { "\($0.context)/\($0.version)" } ?? ""
-        let statusClass = status == 0 ? "aborted" : "\(status / 100)xx"
+    static let statusClasses = ["aborted", "1xx", "2xx", "3xx", "4xx", "5xx"]
+
+    func requestFinished(api name: String, status: Int, totalNanoseconds: UInt64) {
+        let statusClass = (1...5).contains(status / 100) ? Self.statusClasses[status / 100] : Self.statusClasses[0]
         state.withLock { state in
             state.requests[RequestKey(api: name, statusClass: statusClass), default: 0] += 1
             state.latency[name, default: Histogram()].observe(Double(totalNanoseconds) / 1e9)

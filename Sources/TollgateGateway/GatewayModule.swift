@@ -5,7 +5,7 @@ public import RPCCore
 public import ServiceLifecycle
 import TollgateProto
 import TollgateServices
-public import TollgateStorage
+import TollgateStorage
 
 /// Validates tokens over WSO2's Thrift protocol; the node offers one when
 /// `[gateway] key_validation = "thrift"` (the Thrift client lives in a

@@ -204,7 +204,7 @@ final class GatewayPolicy: ProxyPolicy {
             if candidates[index].readTimeoutMs == 0 { candidates[index].readTimeoutMs = settings.endpointDefaults.readTimeoutMs }
         }
         let head = exchange.head
-        let authHeader = api.api.authorizationHeader.isEmpty ? "authorization" : api.api.authorizationHeader.lowercased()
+        let authHeader = api.api.authorizationHeader.isEmpty ? "Authorization" : api.api.authorizationHeader
         var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, requestIDHeader: settings.requestIDHeader,
                                             requestID: exchange.requestID)
         if let endUserToken = exchange.info?.endUserToken, !endUserToken.isEmpty {
@@ -296,24 +296,29 @@ final class GatewayPolicy: ProxyPolicy {
     /// listener to set; `X-Forwarded-*` and the request id added.
     static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, requestIDHeader: String,
                                  requestID: String) -> [(name: String, value: String)] {
-        var connectionNamed: Set<String> = []
+        var connectionNamed: [String] = []
         var forwardedFor: String?
         var hasRequestID = false
-        for field in head.headers where field.name.lowercased() == "connection" {
-            for token in field.value.split(separator: ",") { connectionNamed.insert(token.trimmingCharacters(in: .whitespaces).lowercased()) }
+        for field in head.headers where field.name.caseInsensitiveEquals("connection") {
+            for token in field.value.split(separator: ",") {
+                let name = token.trimmingCharacters(in: .whitespaces)
+                if !name.caseInsensitiveEquals("keep-alive") && !name.caseInsensitiveEquals("close") { connectionNamed.append(name) }
+            }
         }
         var headers: [(name: String, value: String)] = []
         headers.reserveCapacity(head.headers.count + 4)
         for field in head.headers {
-            let name = field.name.lowercased()
-            if hopByHop.contains(name) || connectionNamed.contains(name) || name == "host" || name == "expect" || name == "content-length" { continue }
-            if let credentialHeader, name == credentialHeader { continue }
-            if name == "x-forwarded-for" {
+            let name = field.name
+            if isHopByHop(name) || name.caseInsensitiveEquals("host") || name.caseInsensitiveEquals("expect")
+                || name.caseInsensitiveEquals("content-length") { continue }
+            if !connectionNamed.isEmpty && connectionNamed.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
+            if let credentialHeader, name.caseInsensitiveEquals(credentialHeader) { continue }
+            if name.caseInsensitiveEquals("x-forwarded-for") {
                 forwardedFor = forwardedFor.map { $0 + ", " + field.value } ?? field.value
                 continue
             }
-            if name == "x-forwarded-proto" || name == "x-forwarded-host" { continue }
-            if name == requestIDHeader.lowercased() { hasRequestID = true }
+            if name.caseInsensitiveEquals("x-forwarded-proto") || name.caseInsensitiveEquals("x-forwarded-host") { continue }
+            if name.caseInsensitiveEquals(requestIDHeader) { hasRequestID = true }
             headers.append(field)
         }
         headers.append(("X-Forwarded-For", forwardedFor.map { $0 + ", " + head.clientAddress } ?? head.clientAddress))
@@ -323,8 +328,19 @@ final class GatewayPolicy: ProxyPolicy {
         return headers
     }
 
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-                                        "te", "trailer", "transfer-encoding", "upgrade"]
+    /// Hop-by-hop fields (RFC 9110 §7.6.1), matched without copying the name.
+    static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: name.caseInsensitiveEquals("te")
+        case 7: name.caseInsensitiveEquals("trailer") || name.caseInsensitiveEquals("upgrade")
+        case 10: name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("keep-alive")
+        case 16: name.caseInsensitiveEquals("proxy-connection")
+        case 17: name.caseInsensitiveEquals("transfer-encoding")
+        case 18: name.caseInsensitiveEquals("proxy-authenticate")
+        case 19: name.caseInsensitiveEquals("proxy-authorization")
+        default: false
+        }
+    }
 
     /// CORS response fields for a request with an allowed `Origin`.
     func corsHeaders(_ cors: CorsConfig?, head: ProxyRequestHead) -> [(name: String, value: String)] {
@@ -392,7 +408,7 @@ final class GatewayPolicy: ProxyPolicy {
         if let info = exchange.info, info.contentAware, let limit = info.subscriptionLimit, let api = exchange.api {
             throttler.consume("sub|\(info.applicationId)|\(api.api.id)", bytes: outcome.requestBodyBytes, limit: limit, now: now)
         }
-        metrics.requestFinished(api: exchange.api?.api, status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
+        metrics.requestFinished(api: exchange.api?.metricsName ?? "", status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
 
         var event = UsageEvent()
         event.correlationId = exchange.requestID
@@ -444,12 +460,18 @@ final class GatewayPolicy: ProxyPolicy {
         if !usage.enqueue(event) { metrics.usageEventDropped() }
     }
 
+    /// A random prefix per process and a counter: unique without a system
+    /// call per request (the system's random source costs one each).
     static func newRequestID() -> String {
-        var generator = SystemRandomNumberGenerator()
-        func hex(_ value: UInt64) -> String {
-            let digits = String(value, radix: 16)
-            return String(repeating: "0", count: 16 - digits.count) + digits
-        }
-        return hex(generator.next()) + hex(generator.next())
+        let sequence = requestSequence.add(1, ordering: .relaxed).newValue
+        let digits = String(sequence, radix: 16)
+        return requestIDPrefix + String(repeating: "0", count: max(0, 16 - digits.count)) + digits
     }
+
+    private static let requestSequence = Atomic<UInt64>(0)
+    private static let requestIDPrefix: String = {
+        var generator = SystemRandomNumberGenerator()
+        let digits = String(generator.next() as UInt64, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }()
 }

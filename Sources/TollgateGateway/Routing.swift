@@ -60,6 +60,8 @@ public final class RoutedApi: Sendable {
     public let api: Api
     /// The versioned prefix as routes key it: `/a/b`, no trailing slash.
     let normalizedContext: String
+    /// `context/version`, the label of its metrics.
+    let metricsName: String
     /// Endpoints by key type; timeouts of 0 mean the gateway's defaults.
     let production: EndpointGroup?
     let sandbox: EndpointGroup?
@@ -70,6 +72,7 @@ public final class RoutedApi: Sendable {
         normalizedContext = "/" + deployed.gatewayContext.split(separator: "/").joined(separator: "/")
         // Most specific first, so the first match wins.
         resources = deployed.resources.map(CompiledResource.init).sorted { $0.specificity > $1.specificity }
+        metricsName = api.context + "/" + api.version
         let unset = EndpointDefaults(connectTimeoutMs: 0, readTimeoutMs: 0)
         production = EndpointGroup(api.productionEndpoints, defaults: unset)
         sandbox = EndpointGroup(api.sandboxEndpoints, defaults: unset)

@@ -40,9 +40,15 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
     private let idleTimeout: TimeAmount
     private let headerTimeout: TimeAmount
     private var awaitingHead = true
-    private var scheduled: Scheduled<Void>?
     private var headerTimerArmed = false
     private var context: ChannelHandlerContext?
+    /// What happens at `deadline`: nothing, closing an idle connection, or
+    /// refusing a head that is too slow. One scheduled task at a time, moved
+    /// by changing the deadline rather than scheduling anew per request.
+    private enum Expiry { case none, idle, header }
+    private var expiry = Expiry.none
+    private var deadline = NIODeadline.distantFuture
+    private var scheduled: Scheduled<Void>?
 
     init(idleTimeout: TimeAmount, headerTimeout: TimeAmount) {
         self.idleTimeout = idleTimeout
@@ -51,25 +57,20 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) {
-        cancel()
+        scheduled?.cancel()
+        scheduled = nil
         self.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        armIdle()
+        set(.idle, in: idleTimeout)
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if awaitingHead && !headerTimerArmed {
             headerTimerArmed = true
-            arm(headerTimeout) { context in
-                // The head has not arrived in time: refuse and close.
-                var buffer = context.channel.allocator.buffer(capacity: 96)
-                buffer.writeString("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                let channel = context.channel
-                context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
-            }
+            set(.header, in: headerTimeout)
         }
         context.fireChannelRead(data)
     }
@@ -79,37 +80,63 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
     func headReceived() {
         awaitingHead = false
         headerTimerArmed = false
-        cancel()
+        expiry = .none
     }
 
     /// The exchange ended and the connection stays open for the next request.
     func exchangeFinished() {
         awaitingHead = true
         headerTimerArmed = false
-        armIdle()
+        set(.idle, in: idleTimeout)
     }
 
-    private func armIdle() {
-        arm(idleTimeout) { $0.close(promise: nil) }
+    private func set(_ kind: Expiry, in timeout: TimeAmount) {
+        expiry = kind
+        deadline = .now() + timeout
+        if let scheduled {
+            // A pending wake-up no later than the new deadline serves: it
+            // reschedules itself if it comes early.
+            guard deadline < scheduledAt else { return }
+            scheduled.cancel()
+            self.scheduled = nil
+        }
+        schedule()
     }
 
-    private func arm(_ timeout: TimeAmount, _ action: @escaping (ChannelHandlerContext) -> Void) {
-        cancel()
+    private var scheduledAt = NIODeadline.distantFuture
+
+    private func schedule() {
         guard let context else { return }
-        let bound = NIOLoopBound((context, action), eventLoop: context.eventLoop)
-        scheduled = context.eventLoop.scheduleTask(in: timeout) {
-            let (context, action) = bound.value
-            action(context)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        scheduledAt = deadline
+        scheduled = context.eventLoop.scheduleTask(deadline: deadline) {
+            let timer = bound.value
+            timer.scheduled = nil
+            guard timer.expiry != .none, let context = timer.context else { return }
+            if NIODeadline.now() < timer.deadline {
+                timer.schedule()
+                return
+            }
+            switch timer.expiry {
+            case .idle:
+                context.close(promise: nil)
+            case .header:
+                // The head has not arrived in time: refuse and close.
+                var buffer = context.channel.allocator.buffer(capacity: 96)
+                buffer.writeString("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                let channel = context.channel
+                context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
+            case .none:
+                break
+            }
+            timer.expiry = .none
         }
     }
 
-    private func cancel() {
+    func channelInactive(context: ChannelHandlerContext) {
         scheduled?.cancel()
         scheduled = nil
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        cancel()
+        expiry = .none
         context.fireChannelInactive()
     }
 }

@@ -65,6 +65,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var keepAlive = true
     private var readHeld = false
     private var readTimer: Scheduled<Void>?
+    private var readDeadline: NIODeadline?
+    private var readTimeoutTarget: BackendTarget?
 
     init(policy: any ProxyPolicy, limits: ProxyListenerLimits, isSecure: Bool, timer: ConnectionTimer, connector: UpstreamConnector) {
         self.policy = policy
@@ -426,21 +428,33 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         }
     }
 
+    /// Moves the backend deadline; a timer is scheduled only when none is
+    /// pending (re-arming per body part would schedule and cancel a task each
+    /// time). When it fires early it waits out the rest.
     private func armReadTimer(_ target: BackendTarget) {
-        cancelReadTimer()
+        readDeadline = .now() + .milliseconds(max(1, target.readTimeoutMs))
+        readTimeoutTarget = target
+        if readTimer == nil, let deadline = readDeadline { scheduleReadTimer(at: deadline) }
+    }
+
+    private func scheduleReadTimer(at deadline: NIODeadline) {
         guard let context else { return }
-        let generation = self.generation
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        readTimer = context.eventLoop.scheduleTask(in: .milliseconds(max(1, target.readTimeoutMs))) {
+        readTimer = context.eventLoop.scheduleTask(deadline: deadline) {
             let handler = bound.value
-            guard handler.generation == generation, case .streaming = handler.phase else { return }
-            handler.backendTimedOut(target)
+            handler.readTimer = nil
+            guard let deadline = handler.readDeadline, let target = handler.readTimeoutTarget else { return }
+            if NIODeadline.now() < deadline {
+                handler.scheduleReadTimer(at: deadline)
+            } else if case .streaming = handler.phase {
+                handler.readDeadline = nil
+                handler.backendTimedOut(target)
+            }
         }
     }
 
     private func cancelReadTimer() {
-        readTimer?.cancel()
-        readTimer = nil
+        readDeadline = nil
     }
 
     private func backendTimedOut(_ target: BackendTarget) {
@@ -565,6 +579,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
 
     func channelInactive(context: ChannelHandlerContext) {
         cancelReadTimer()
+        readTimer?.cancel()
+        readTimer = nil
         if head != nil {
             // The client went away mid-exchange.
             closeUpstream()

@@ -47,6 +47,7 @@ func benchGateway() async throws {
             listen 127.0.0.1:\(backendPort) backlog=4096;
             keepalive_requests 1000000;
             location / { root \(work); try_files /1k =404; }
+            location = /nginx-status { stub_status; }
           }
         }
         """)
@@ -94,6 +95,10 @@ func benchGateway() async throws {
     line("gateway: Tollgate, token cached, subscription limit, usage", full,
          target: "   target ≥ 0.85×: " + (fullRatio >= 0.85 ? "met" : "MISSED"))
     line("gateway: Tollgate, the same over HTTPS", tls)
+    // Backend connections opened over the whole run: keep-alive pools keep this near the client connection count.
+    if let status = try? await runProcess("/usr/bin/curl", ["-s", "http://127.0.0.1:\(backendPort)/nginx-status"]) {
+        print("gateway: backend nginx: " + status.split(separator: "\n").prefix(3).joined(separator: " | "))
+    }
     if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
 
     // p99 at half of nginx's peak rate: each connection paced by wrk's delay() hook.
