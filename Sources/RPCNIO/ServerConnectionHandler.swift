@@ -167,10 +167,16 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 return
             }
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
+            tlsEstablished = true
             // A certificate from the cluster CA (the TLS handler verified it)
             // is enough to lift the budgets of strangers.
-            if peer != nil { authenticated() }
-            tlsEstablished = true
+            if peer != nil {
+                authenticated()
+            } else if let refusal = standing.certificateRequired {
+                // Admitted on condition of a certificate: its address has its
+                // fill of strangers (docs/rpc-protocol.md §9).
+                return connectionError(context: context, ConnectionError(.resourceExhausted, refusal))
+            }
             // Our SETTINGS go first, as soon as TLS is up.
             emit(machine.local.frame, context: context)
             lastFrameAt = .now()
