@@ -1,5 +1,6 @@
 import FoundationEssentials
 public import RoleCore
+import TollgateProto
 public import RPCCore
 import Logging
 import TollgateServices
@@ -60,6 +61,8 @@ public struct UsersModule: RoleModule {
         context.provide(directory, as: UserDirectory.self)
         context.provide(SuperTenantAdministration() as any TenantAccessPolicy, as: (any TenantAccessPolicy).self)
     }
+
+    public static let rpcServices = [UserServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { UserService(directory: directory).methodHandlers }
 
