@@ -14,9 +14,7 @@ struct NodeStatusService: NodeServiceHandler {
     let peers: @Sendable () -> [PeerLink]
 
     func listServices(_ request: ListServicesRequest, context: ServerCallContext) async throws -> ListServicesResponse {
-        var seen = Set<String>()
-        let services = ProtoRegistry.methods.map(\.service).filter { seen.insert($0).inserted }
-        return ListServicesResponse(nodeRoles: config.roles.map(\.protoRole), services: services.map { service in
+        ListServicesResponse(nodeRoles: config.roles.map(\.protoRole), services: RoleModules.declaredServices.map { service in
             let roles = (placement.rolesByService[service] ?? []).compactMap(Role.init(rawValue:))
             return ServicePlacement(service: service, roles: roles.map(\.protoRole), servedHere: roles.contains { config.roles.contains($0) })
         })
