@@ -171,6 +171,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
             tlsEstablished = true
+            // Our SETTINGS go first, as soon as TLS is up: before a refusal
+            // too, so the client can read the GOAWAY that says why.
+            emit(machine.local.frame, context: context)
             // A certificate from the cluster CA (the TLS handler verified it)
             // is enough to lift the budgets of strangers.
             if peer != nil {
@@ -180,8 +183,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 // fill of strangers (docs/rpc-protocol.md §9).
                 return connectionError(context: context, ConnectionError(.resourceExhausted, refusal))
             }
-            // Our SETTINGS go first, as soon as TLS is up.
-            emit(machine.local.frame, context: context)
             lastFrameAt = .now()
             lastActivityAt = .now()
             armKeepalive(context: context, at: lastFrameAt + limits.keepaliveInterval)
