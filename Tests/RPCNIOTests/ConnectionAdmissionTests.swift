@@ -43,6 +43,16 @@ func goAway(_ frames: [Frame]) -> RpcGoAway? {
             #expect(refused.reason == .resourceExhausted && refused.message.contains("more than 2 unauthenticated connections from 127.0.0.1"),
                     "\(refused)")
             try await eventually("the server to see the third stranger gone") { harness.server.listener.openConnections == 2 }
+            // Our own client reports the server's reason.
+            do {
+                let client = try await harness.connect(as: nil)
+                let _: PingResponse = try await client.unary(Echo.unary, PingRequest())
+                Issue.record("a third stranger was served")
+                await client.close()
+            } catch {
+                #expect("\(error)".contains("more than 2 unauthenticated connections from 127.0.0.1; only a cluster certificate admits another"), "\(error)")
+            }
+            try await eventually("the server to see the fourth stranger gone") { harness.server.listener.openConnections == 2 }
 
             try await first.channel.close()
             try await eventually("the server to see the first stranger gone") { harness.server.listener.openConnections == 1 }
