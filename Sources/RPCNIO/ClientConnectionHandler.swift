@@ -344,7 +344,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     // MARK: Frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch machine.receive(unwrapInboundIn(data)) {
+        let frame = unwrapInboundIn(data)
+        // The server's reason for going away (a full listener, a refusal),
+        // kept for the calls it fails.
+        if frame.header.type == .goAway, closeReason == nil, let goAway = try? RpcGoAway(serializedBytes: frame.payload), !goAway.message.isEmpty {
+            closeReason = "the server went away: \(goAway.message)"
+        }
+        switch machine.receive(frame) {
         case .none, .pingAcknowledged:
             break
         case .send(let reply):
@@ -358,7 +364,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             openNextPending()
         case .goAwayReceived(let limit):
             goingAway.value.store(true, ordering: .relaxed)
-            let notProcessed = RPCError(.unavailable, "the server is going away; the call was not processed")
+            let notProcessed = RPCError(.unavailable, "the server is going away\(closeReason.map { " (\($0))" } ?? ""); the call was not processed")
             for (streamID, stream) in streams where streamID > limit {
                 stream.end(notProcessed)
                 streams[streamID] = nil

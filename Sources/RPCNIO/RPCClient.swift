@@ -28,13 +28,17 @@ public final class RPCConnection: RPCClientTransport {
     /// Connects with TLS (offering `tollgate-rpc/1`), exchanges SETTINGS,
     /// and returns once the server's SETTINGS have arrived. Fails if that
     /// takes longer than the limits' handshake timeout.
+    /// - Parameter localAddress: the IP address to connect from, on a host
+    ///   with several; nil lets the system choose.
     public static func connect(host: String, port: Int, serverHostname: String?, tls: TLSContext,
-                               limits: RPCLimits = RPCLimits(), group: any EventLoopGroup) async throws -> RPCConnection {
+                               limits: RPCLimits = RPCLimits(), localAddress: String? = nil, group: any EventLoopGroup) async throws -> RPCConnection {
         let loop = group.next()
+        var bootstrap = ClientBootstrap(group: loop)
+        if let localAddress { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: localAddress, port: 0)) }
         let ready = loop.makePromise(of: Void.self)
         let goingAway = GoAwayFlag()
         let installed = NIOLockedValueBox<NIOLoopBound<ClientConnectionHandler>?>(nil)
-        let channel = try await ClientBootstrap(group: loop)
+        let channel = try await bootstrap
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(limits.handshakeTimeout)
             .channelInitializer { channel in

@@ -30,16 +30,22 @@ public final class RPCServer: Sendable {
     ///   ``CallAuthorizer/readsStorage(_:)`` (the other initializer).
     public convenience init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
                             observer: (any RPCServerObserver)? = nil, bufferedRequests: RequestBufferGauge? = nil,
+                            placement: ServiceRoles? = nil,
                             authorize: @escaping @Sendable (ServerCallContext) throws(RPCError) -> Caller) {
         self.init(name: name, methods: methods, tls: tls, limits: limits, observer: observer, bufferedRequests: bufferedRequests,
-                  authorizer: ClosureAuthorizer(decide: authorize))
+                  placement: placement, authorizer: ClosureAuthorizer(decide: authorize))
     }
 
-    /// - Parameter bufferedRequests: the node-wide gauge of request bytes
-    ///   held, shared by a node's listeners; nil gives this server its own,
-    ///   sized by `limits`.
+    /// - Parameters:
+    ///   - bufferedRequests: the node-wide gauge of request bytes held,
+    ///     shared by a node's listeners; nil gives this server its own,
+    ///     sized by `limits`.
+    ///   - placement: which roles serve the declared services this server
+    ///     does not: a call to one is answered UNIMPLEMENTED naming them;
+    ///     nil answers "unknown method".
     public init(name: String = "rpc", methods: [RPCMethodHandler], tls: TLSContext, limits: RPCLimits = RPCLimits(),
-                observer: (any RPCServerObserver)? = nil, bufferedRequests: RequestBufferGauge? = nil, authorizer: any CallAuthorizer) {
+                observer: (any RPCServerObserver)? = nil, bufferedRequests: RequestBufferGauge? = nil, placement: ServiceRoles? = nil,
+                authorizer: any CallAuthorizer) {
         let table = Dictionary(methods.map { ($0.method.path, $0) }, uniquingKeysWith: { first, _ in first })
         let tls = NIOLockedValueBox(tls)
         self.tls = tls
@@ -53,8 +59,8 @@ public final class RPCServer: Sendable {
             let budget = ConnectionBudget(gauge: gauge, limits: limits, address: channel.remoteAddress?.ipAddress ?? "unknown")
             try sync.addHandler(TLSHandler(context: tls.withLockedValue { $0 }))
             try sync.addHandler(ByteToMessageHandler(FrameDecoderHandler(maxFrameSize: limits.maxFrameSize, budget: budget)))
-            try sync.addHandler(ServerConnectionHandler(methods: table, limits: limits, observer: observer, authorizer: authorizer, budget: budget,
-                                                                 standing: standing))
+            try sync.addHandler(ServerConnectionHandler(methods: table, placement: placement, limits: limits, observer: observer, authorizer: authorizer,
+                                                                 budget: budget, standing: standing))
         }
     }
 

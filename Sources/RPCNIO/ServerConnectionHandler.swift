@@ -83,6 +83,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private let methods: [String: RPCMethodHandler]
+    /// Who serves the declared methods this server does not.
+    private let placement: ServiceRoles?
     private let limits: RPCLimits
     private let authorizer: any CallAuthorizer
     private let observer: (any RPCServerObserver)?
@@ -119,9 +121,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Runs while our keepalive PING awaits its ACK.
     private var pingTimeout: Scheduled<Void>?
 
-    init(methods: [String: RPCMethodHandler], limits: RPCLimits, observer: (any RPCServerObserver)?,
+    init(methods: [String: RPCMethodHandler], placement: ServiceRoles? = nil, limits: RPCLimits, observer: (any RPCServerObserver)?,
          authorizer: any CallAuthorizer, budget: ConnectionBudget, standing: ConnectionStanding) {
         self.methods = methods
+        self.placement = placement
         self.limits = limits
         self.budget = budget
         self.standing = standing
@@ -167,12 +170,19 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 return
             }
             peer = session.peerCertificate.flatMap { PeerIdentity(certificateURIs: $0.uniformResourceIdentifiers) }
+            tlsEstablished = true
+            // Our SETTINGS go first, as soon as TLS is up: before a refusal
+            // too, so the client can read the GOAWAY that says why.
+            emit(machine.local.frame, context: context)
             // A certificate from the cluster CA (the TLS handler verified it)
             // is enough to lift the budgets of strangers.
-            if peer != nil { authenticated() }
-            tlsEstablished = true
-            // Our SETTINGS go first, as soon as TLS is up.
-            emit(machine.local.frame, context: context)
+            if peer != nil {
+                authenticated()
+            } else if let refusal = standing.certificateRequired {
+                // Admitted on condition of a certificate: its address has its
+                // fill of strangers (docs/rpc-protocol.md §9).
+                return connectionError(context: context, ConnectionError(.resourceExhausted, refusal))
+            }
             lastFrameAt = .now()
             lastActivityAt = .now()
             armKeepalive(context: context, at: lastFrameAt + limits.keepaliveInterval)
@@ -304,7 +314,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var echo = Metadata()
         echo.add("x-request-id", requestID)
         guard let handler = methods[headers.method] else {
-            return refuse(id, path: headers.method, RPCError(.unimplemented, "unknown method \(headers.method)"), requestID: requestID, echo: echo, context: context)
+            let error = placement?.unimplemented(headers.method) ?? RPCError(.unimplemented, "unknown method \(headers.method)")
+            return refuse(id, path: headers.method, error, requestID: requestID, echo: echo, context: context)
         }
         let deadline = headers.timeoutMs.map { ContinuousClock.now + .milliseconds(Int64(clamping: $0)) }
         // Who the caller is, and whether they may call, is decided in the

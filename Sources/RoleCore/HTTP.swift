@@ -9,16 +9,21 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]
     /// The peer's address, for logs and block conditions.
     public var remoteAddress: String
+    /// The peer's IP address without its port: the key sign-in throttles
+    /// count failures under (one per client, whatever port it uses); nil
+    /// where the transport has none.
+    public var sourceAddress: String?
     /// Whether the connection is TLS.
     public var isSecure: Bool
 
     public init(method: String, uri: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
-                remoteAddress: String = "", isSecure: Bool = false) {
+                remoteAddress: String = "", sourceAddress: String? = nil, isSecure: Bool = false) {
         self.method = method
         self.uri = uri
         self.headers = headers
         self.body = body
         self.remoteAddress = remoteAddress
+        self.sourceAddress = sourceAddress
         self.isSecure = isSecure
     }
 

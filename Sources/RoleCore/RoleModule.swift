@@ -23,6 +23,10 @@ public protocol RoleModule: Sendable {
     /// The names of the listeners it declares, which the node
     /// configuration's `[listen]` table may set.
     static var listenerNames: [String] { get }
+    /// The RPC services (fully qualified, e.g. `tollgate.v1.StoreService`)
+    /// whose methods ``methods`` serves: what tells a caller of another
+    /// node which roles serve a service (``ServiceRoles``).
+    static var rpcServices: [String] { get }
 
     /// Builds the module from what the node opened. Throw ``NodeStartError``
     /// for a problem the operator must fix; the node does not start.
@@ -45,6 +49,7 @@ extension RoleModule {
     public static var databases: Set<LogicalDatabaseName> { [] }
     public static var configSection: ConfigSectionSpec? { nil }
     public static var listenerNames: [String] { [] }
+    public static var rpcServices: [String] { [] }
     public var methods: [RPCMethodHandler] { [] }
     public var listeners: [ListenerDeclaration] { [] }
     public var services: [any Service] { [] }

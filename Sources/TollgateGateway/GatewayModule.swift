@@ -22,6 +22,7 @@ public protocol ThriftKeyValidatorFactory: Sendable {
 public struct GatewayModule: RoleModule {
     public static let name = "gateway"
     public static let listenerNames = ["http", "https"]
+    public static let rpcServices = [GatewayServiceDescriptor.serviceName]
     public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "gateway", keys: [
         .init("key_validation", .string),
         .init("keymanager_timeout_ms", .integer(10...120_000)),

@@ -1,5 +1,5 @@
 import Foundation
-public import RoleCore
+import RoleCore
 import RPCCore
 import Synchronization
 import TollgateServices

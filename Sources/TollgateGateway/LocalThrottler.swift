@@ -1,5 +1,5 @@
 import Synchronization
-public import TollgateProto
+import TollgateProto
 
 /// The gateway's own counters for the limits a request is subject to, in
 /// fixed windows aligned to the epoch (a per-minute limit resets on the

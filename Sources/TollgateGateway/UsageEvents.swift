@@ -1,5 +1,5 @@
 import Logging
-public import RoleCore
+import RoleCore
 import ServiceLifecycle
 import Synchronization
 public import TollgateProto

@@ -100,7 +100,8 @@ extension OAuthEndpoints {
         }
         let user: User
         do {
-            user = try await keyManager.users.authenticate(username: username, password: password, defaultTenant: checked.client.tenantDomain)
+            user = try await keyManager.users.authenticate(username: username, password: password, defaultTenant: checked.client.tenantDomain,
+                                                               source: request.sourceAddress)
         } catch {
             let message = error.code == .unauthenticated ? "The username or password is wrong." : error.message
             return Self.page(200, await signInForm(checked, csrf: field, message: message))

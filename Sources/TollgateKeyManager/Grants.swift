@@ -21,6 +21,9 @@ public struct TokenRequest: Sendable {
     public var redirectURI = ""
     public var codeVerifier = ""
     public var refreshToken = ""
+    /// The client's IP address: the password grant's failures are
+    /// throttled per source, as sign-in's are (``UserDirectory/authenticate(username:password:defaultTenant:source:)``).
+    public var sourceAddress: String?
 
     public init(grantType: GrantType) { self.grantType = grantType }
 }
@@ -97,7 +100,8 @@ extension KeyManager {
         }
         let user: User
         do {
-            user = try await users.authenticate(username: request.username, password: request.password, defaultTenant: client.tenantDomain)
+            user = try await users.authenticate(username: request.username, password: request.password, defaultTenant: client.tenantDomain,
+                                              source: request.sourceAddress)
         } catch {
             throw OAuthError(.invalidGrant, error.code == .unauthenticated ? "invalid username or password" : error.message)
         }

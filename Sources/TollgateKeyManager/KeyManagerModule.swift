@@ -1,4 +1,5 @@
 public import RoleCore
+import TollgateProto
 public import RPCCore
 public import ServiceLifecycle
 import TollgateServices
@@ -34,6 +35,8 @@ public struct KeyManagerModule: RoleModule {
     public init(context: NodeContext) async throws {
         keyManager = try KeyManager.shared(in: context)
     }
+
+    public static let rpcServices = [KeyManagerServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { KeyManagerRPCService(keyManager: keyManager).handlers }
 

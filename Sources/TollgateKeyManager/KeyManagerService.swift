@@ -86,6 +86,7 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
         tokenRequest.code = request.code
         tokenRequest.redirectURI = request.redirectUri
         tokenRequest.codeVerifier = request.codeVerifier
+        tokenRequest.sourceAddress = context.sourceAddress
         // The store issues application tokens without the secret, which it never holds in clear.
         if request.clientSecret.isEmpty, case .node(_, let roles) = context.caller, roles.contains("store") {
             let client = try keyManager.client(request.clientId)

@@ -94,6 +94,7 @@ public struct OAuthEndpoints: HTTPResponder {
             tokenRequest.redirectURI = form["redirect_uri"] ?? ""
             tokenRequest.codeVerifier = form["code_verifier"] ?? ""
             tokenRequest.refreshToken = form["refresh_token"] ?? ""
+            tokenRequest.sourceAddress = request.sourceAddress
             if let validity = form["validity_period"] { tokenRequest.validitySeconds = Int64(validity) ?? 0 }
             let issued = try await keyManager.token(tokenRequest)
             var members: [(String, JSONValue)] = [("access_token", .string(issued.accessToken)), ("token_type", "Bearer"),

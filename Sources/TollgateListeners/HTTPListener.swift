@@ -140,7 +140,7 @@ final class HTTPResponderHandler: ChannelInboundHandler, RemovableChannelHandler
         state = .responding(keepAlive: head.isKeepAlive)
         let request = HTTPRequest(method: head.method.rawValue, uri: head.uri, headers: head.headers.map { ($0.name, $0.value) },
                                   body: Array(body.readableBytesView), remoteAddress: context.channel.remoteAddress?.description ?? "",
-                                  isSecure: isSecure)
+                                  sourceAddress: context.channel.remoteAddress?.ipAddress, isSecure: isSecure)
         let responder = self.responder
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)

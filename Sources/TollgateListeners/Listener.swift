@@ -38,10 +38,19 @@ public final class ConnectionStanding: Sendable {
     private struct State {
         var authenticated = false
         var busy = false
+        var certificateRequired: String?
     }
     private let state = NIOLockedValueBox(State())
 
     public init() {}
+
+    /// Why the connection was admitted only on condition that its TLS
+    /// handshake shows a cluster certificate (its address has its fill of
+    /// strangers); nil when it was admitted like any other. Its handler
+    /// closes it with this reason when the handshake shows none.
+    public var certificateRequired: String? { state.withLockedValue { $0.certificateRequired } }
+
+    fileprivate func requireCertificate(_ reason: String) { state.withLockedValue { $0.certificateRequired = reason } }
 
     /// Something on the connection authenticated (a certificate, a call with an identity).
     public func authenticated() { state.withLockedValue { $0.authenticated = true } }
@@ -65,6 +74,13 @@ public final class Listener: Sendable {
     /// connections that have authenticated nothing per source IP address,
     /// and, when the listener is full, the longest-open idle one of them
     /// makes room for a newcomer (``ListenerEvictEvent``).
+    ///
+    /// Strangers never keep a certificate holder out, even one behind their
+    /// address: a newcomer from an address that has its fill of strangers is
+    /// admitted on condition (``ConnectionStanding/certificateRequired``),
+    /// and its handler closes it right after the TLS handshake unless that
+    /// showed a cluster certificate. Until then it is an idle stranger like
+    /// the others: bounded by the handshake timeout, first to be evicted.
     public struct Admission: Sendable, Hashable {
         public var maxUnauthenticatedPerAddress: Int
         public init(maxUnauthenticatedPerAddress: Int) { self.maxUnauthenticatedPerAddress = maxUnauthenticatedPerAddress }
@@ -183,8 +199,9 @@ public final class Listener: Sendable {
         var victim: (any Channel)?
         if let admission {
             let strangers = state.open.values.filter { $0.address == address && !$0.standing.isAuthenticated }.count
-            guard strangers < admission.maxUnauthenticatedPerAddress else {
-                return .refused(.tooManyFromAddress(address, admission.maxUnauthenticatedPerAddress))
+            if strangers >= admission.maxUnauthenticatedPerAddress {
+                standing.requireCertificate(ListenerError.tooManyFromAddress(address, admission.maxUnauthenticatedPerAddress).description
+                                            + "; only a cluster certificate admits another")
             }
         }
         if state.open.count >= limit {

@@ -136,7 +136,7 @@ extension NodeConfig {
         } catch {
             throw ConfigError(path: path, problems: [ConfigProblem(key: "", line: nil, message: "not valid TOML: \(error)")])
         }
-        var reader = ConfigReader(text: text, modules: modules.all)
+        var reader = ConfigReader(text: text, table: modules)
         let config = reader.read(table, base: directory(of: path))
         guard reader.problems.isEmpty, var config else { throw ConfigError(path: path, problems: reader.problems) }
         config.path = path
@@ -185,10 +185,13 @@ struct ConfigReader {
 
     /// The role modules whose sections and listener names may appear.
     let modules: [any RoleModule.Type]
+    /// Which roles bring which modules: a listener must belong to a module of the node's roles.
+    let table: RoleModules
 
-    init(text: String, modules: [any RoleModule.Type]) {
+    init(text: String, table: RoleModules) {
         lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        self.modules = modules
+        self.table = table
+        self.modules = table.all
     }
 
     /// The line where `key` is set inside `[table]` (or at the top), found by
@@ -381,6 +384,15 @@ struct ConfigReader {
             config.sections[spec.name] = section
         }
         if let admin, admin == config.clusterListen, admin.port != 0 { problem("listen", "admin", "must differ from listen.cluster") }
+        // A listener no module of the node's roles declares would never be bound.
+        if !roles.isEmpty {
+            let used = Set(table.modules(for: roles).flatMap { $0.listenerNames })
+            for name in moduleListen.keys.sorted() where !used.contains(name) {
+                let owners = Role.allCases.filter { role in table.modules(for: role).contains { $0.listenerNames.contains(name) } }.map(\.rawValue)
+                problem("listen", name, "no role of this node uses it: it is the \(owners.joined(separator: " and ")) role's listener, "
+                        + "and this node runs \(roles.map(\.rawValue).joined(separator: ", ")); remove it or add the role")
+            }
+        }
         return problems.isEmpty ? config : nil
     }
 }

@@ -85,7 +85,9 @@ public final class NodeRuntime: Sendable {
                                   certificateFile: config.certificatePath, caFile: config.caPath)
 
         let startedAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, peers: { peerBox.withLockedValue { $0 } })
+        let placement = table.placement(localRoles: config.roles)
+        let status = NodeStatusService(config: config, startedAtUnixMs: startedAtUnixMs, placement: placement,
+                                       peers: { peerBox.withLockedValue { $0 } })
         // Ping and status never block: they answer on the connection's loop.
         let methods = status.methodHandlers.map { $0.placed(.eventLoop) } + modules.flatMap(\.methods)
         let access = assembly.access
@@ -102,12 +104,12 @@ public final class NodeRuntime: Sendable {
             let bufferedRequests = RequestBufferGauge(limit: limits.maxBufferedBytes,
                                                       unauthenticatedLimitPerAddress: limits.unauthenticatedMaxBufferedBytesPerAddress)
             let cluster = RPCServer(name: "cluster", methods: methods, tls: clusterTLS, limits: limits, observer: observer,
-                                    bufferedRequests: bufferedRequests, authorizer: access)
+                                    bufferedRequests: bufferedRequests, placement: placement, authorizer: access)
             rpcServers.append(("cluster", cluster))
             bound.append(("cluster", cluster.listener, try await bind(cluster.listener, config.clusterListen, socket: activated["cluster"], group: group)))
             if let adminListen = config.adminListen {
                 let admin = RPCServer(name: "admin", methods: methods, tls: adminTLS, limits: limits, observer: observer,
-                                      bufferedRequests: bufferedRequests, authorizer: access)
+                                      bufferedRequests: bufferedRequests, placement: placement, authorizer: access)
                 rpcServers.append(("admin", admin))
                 bound.append(("admin", admin.listener, try await bind(admin.listener, adminListen, socket: activated["admin"], group: group)))
             }

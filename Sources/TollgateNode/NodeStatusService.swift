@@ -9,7 +9,16 @@ import TollgateServices
 struct NodeStatusService: NodeServiceHandler {
     let config: NodeConfig
     let startedAtUnixMs: Int64
+    /// Which roles serve each declared service (the node's role modules' table).
+    let placement: ServiceRoles
     let peers: @Sendable () -> [PeerLink]
+
+    func listServices(_ request: ListServicesRequest, context: ServerCallContext) async throws -> ListServicesResponse {
+        ListServicesResponse(nodeRoles: config.roles.map(\.protoRole), services: RoleModules.declaredServices.map { service in
+            let roles = (placement.rolesByService[service] ?? []).compactMap(Role.init(rawValue:))
+            return ServicePlacement(service: service, roles: roles.map(\.protoRole), servedHere: roles.contains { config.roles.contains($0) })
+        })
+    }
 
     func ping(_ request: PingRequest, context: ServerCallContext) async throws -> PingResponse {
         PingResponse(payload: request.payload, serverTimeUnixMs: Int64(Date().timeIntervalSince1970 * 1000), nodeId: config.nodeID)

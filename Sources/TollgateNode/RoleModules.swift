@@ -2,6 +2,7 @@ public import Logging
 public import RoleCore
 public import RPCCore
 import TollgateServices
+import TollgateProto
 import TollgatePolicies
 import TollgatePublisher
 import TollgateKeyManager
@@ -59,6 +60,30 @@ public struct RoleModules: Sendable {
     public var all: [any RoleModule.Type] { modules(for: Role.allCases) }
 
     public static func databases(for role: Role) -> Set<LogicalDatabaseName> { standard.databases(for: role) }
+
+    /// Every service declared in proto/, in the order of its files and declarations.
+    public static let declaredServices: [String] = {
+        var seen = Set<String>()
+        return ProtoRegistry.methods.map(\.service).filter { seen.insert($0).inserted }
+    }()
+
+    /// Every service declared in proto/, in declaration order, with the roles
+    /// whose nodes serve it: NodeService every role (the node serves it
+    /// itself), any other the roles whose modules declare it
+    /// (``RoleModule/rpcServices``); none for a service no module serves yet.
+    public var serviceRoles: [(service: String, roles: [Role])] {
+        Self.declaredServices.map { service in
+            (service, service == NodeServiceDescriptor.serviceName
+                ? Role.allCases
+                : Role.allCases.filter { role in modules(for: role).contains { $0.rpcServices.contains(service) } })
+        }
+    }
+
+    /// What a node running `roles` tells callers of the services it does not serve.
+    public func placement(localRoles roles: [Role]) -> ServiceRoles {
+        ServiceRoles(rolesByService: Dictionary(uniqueKeysWithValues: serviceRoles.map { ($0.service, $0.roles.map(\.rawValue)) }),
+                     localRoles: roles.map(\.rawValue))
+    }
 }
 
 /// A set of role modules assembled over opened databases, with the RPC

@@ -1,5 +1,6 @@
 import FoundationEssentials
 public import RoleCore
+import TollgateProto
 public import RPCCore
 import TollgateServices
 public import TollgateStorage
@@ -24,6 +25,8 @@ public struct PoliciesModule: RoleModule {
         }
         context.provide(store as any TenantProvisioning, as: (any TenantProvisioning).self)
     }
+
+    public static let rpcServices = [AdminServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { AdminService(store: store).methodHandlers }
 }

@@ -1,4 +1,5 @@
 public import RoleCore
+import TollgateProto
 public import RPCCore
 import TollgateServices
 public import ServiceLifecycle
@@ -34,6 +35,8 @@ public struct PublisherModule: RoleModule {
         // A crash between an apimgtdb commit and its regdb half is repaired here.
         await store.deliverRegistryOperations()
     }
+
+    public static let rpcServices = [PublisherServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { PublisherService(store: store, snapshotChunkSize: snapshotChunkSize).methodHandlers }
 

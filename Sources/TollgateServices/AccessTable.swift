@@ -64,6 +64,8 @@ public enum AccessTable {
         // An admin certificate works on every node, including those without users.
         NodeServiceDescriptor.ping: .either(.signedIn, .either(anyNode, .operatorCertificate)),
         NodeServiceDescriptor.getNodeStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
+        // Which roles serve what: public in proto/ and the docs; any identity.
+        NodeServiceDescriptor.listServices: .either(.signedIn, .either(anyNode, .operatorCertificate)),
 
         // Users, roles and tenants (publisher, store and keymanager nodes).
         UserServiceDescriptor.login: .anyone,

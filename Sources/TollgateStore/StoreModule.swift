@@ -1,4 +1,5 @@
 public import RoleCore
+import TollgateProto
 public import RPCCore
 import TollgateKeyManager
 import TollgateServices
@@ -35,6 +36,8 @@ public struct StoreModule: RoleModule {
         store = ConsumerStore(apimgt: apimgtdb, registry: regdb, keyManager: try KeyManager.shared(in: context), users: users,
                               tenants: context.lookup((any TenantProvisioning).self), settings: Self.settings(context.section("store")))
     }
+
+    public static let rpcServices = [StoreServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { StoreRPCService(store: store).methodHandlers }
 

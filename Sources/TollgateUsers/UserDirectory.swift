@@ -60,6 +60,14 @@ public final class UserDirectory: SessionVerifier {
 
     public static let systemTimeMs: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
 
+    /// The time sign-ins and sessions are measured by, when whoever
+    /// assembles the node offers one (``NodeContext/provide(_:as:)``):
+    /// tests move it instead of waiting.
+    public struct Clock: Sendable {
+        public let nowMs: @Sendable () -> Int64
+        public init(nowMs: @escaping @Sendable () -> Int64) { self.nowMs = nowMs }
+    }
+
     // MARK: Bootstrap
 
     /// What ``bootstrap(admin:)`` did.
@@ -182,10 +190,12 @@ public final class UserDirectory: SessionVerifier {
 
     /// Checks a password without opening a session (the OAuth password
     /// grant and sign-in page), with the same lockout and messages as
-    /// ``login(username:password:defaultTenant:origin:idleTimeoutMs:)``.
+    /// ``login(username:password:defaultTenant:origin:idleTimeoutMs:source:)``.
     /// Returns the user without its password hash.
-    public func authenticate(username qualified: String, password: String, defaultTenant: String) async throws(RPCError) -> User {
-        var (user, _) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant, source: nil)
+    /// - Parameter source: the caller's IP address, whose failures are
+    ///   throttled together; nil for paths that do not know it (they share one throttle).
+    public func authenticate(username qualified: String, password: String, defaultTenant: String, source: String?) async throws(RPCError) -> User {
+        var (user, _) = try await verifyPassword(username: qualified, password: password, defaultTenant: defaultTenant, source: source)
         if user.failedLoginCount > 0 {
             user.failedLoginCount = 0
             let stored = user

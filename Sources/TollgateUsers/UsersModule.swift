@@ -1,5 +1,6 @@
 import FoundationEssentials
 public import RoleCore
+import TollgateProto
 public import RPCCore
 import Logging
 import TollgateServices
@@ -36,7 +37,8 @@ public struct UsersModule: RoleModule {
         let userdb = try context.require(context.databases.userdb, .userdb, for: Self.name)
         let section = context.section("users")
         // A hasher offered by whoever assembles the node (tests use fast settings).
-        directory = UserDirectory(database: userdb, hasher: context.lookup(SecretHasher.self) ?? SecretHasher(), policy: Self.policy(section))
+        directory = UserDirectory(database: userdb, hasher: context.lookup(SecretHasher.self) ?? SecretHasher(), policy: Self.policy(section),
+                                  now: context.lookup(UserDirectory.Clock.self)?.nowMs ?? UserDirectory.systemTimeMs)
         do {
             // The password file is read only while no administrator exists (the
             // first start): afterwards the node never touches it, and the
@@ -59,6 +61,8 @@ public struct UsersModule: RoleModule {
         context.provide(directory, as: UserDirectory.self)
         context.provide(SuperTenantAdministration() as any TenantAccessPolicy, as: (any TenantAccessPolicy).self)
     }
+
+    public static let rpcServices = [UserServiceDescriptor.serviceName]
 
     public var methods: [RPCMethodHandler] { UserService(directory: directory).methodHandlers }
 

@@ -295,7 +295,8 @@ struct NodeSession {
             case .permissionDenied:
                 throw CommandFailure("permission denied: \(error.message)")
             case .unimplemented:
-                throw CommandFailure("\(settings.node) does not offer this (\(error.message)): point --node at a node with the right role (users and policies: publisher, store or keymanager; APIs, documents and blocking subscriptions: publisher; the store, applications, subscriptions and keys: store; introspection and signing keys: keymanager)")
+                // The node's answer names the roles that serve the method (docs/rpc-protocol.md §13).
+                throw CommandFailure("\(settings.node) does not serve this: \(error.message). Point --node at a node with such a role (`tollctl methods` shows which roles serve what)")
             case .unavailable where Self.isTLSFailure(error, error.message):
                 throw CommandFailure("cannot talk to \(settings.node): \(Self.explainTLS(error.message, settings: settings))")
             default:

@@ -6,6 +6,11 @@ import Testing
 import TollgateListeners
 import TollgateProto
 
+/// The GOAWAY among `frames`, decoded.
+func goAway(_ frames: [Frame]) -> RpcGoAway? {
+    frames.last { $0.header.type == .goAway }.flatMap { try? RpcGoAway(serializedBytes: $0.payload) }
+}
+
 /// Idle strangers cannot keep others out (docs/rpc-protocol.md §9): a limit
 /// per source address on connections that have authenticated nothing, a
 /// deadline for them to authenticate, and eviction of the idle ones first
@@ -28,10 +33,26 @@ import TollgateProto
         try await Harness.with(limits: limits, certificateOptional: true) { harness in
             let first = try await stranger(harness)
             let second = try await stranger(harness)
-            // The third stranger is closed on accept, before TLS.
+            // The third stranger is admitted only on condition of a
+            // certificate: it has none, so right after TLS it is told why and closed.
             let third = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: nil, alpn: [RPCServer.alpn]), group: harness.group)
-            #expect(await third.framesUntilClosed().isEmpty)
-            #expect(harness.server.listener.openConnections == 2)
+            let frames = await third.framesUntilClosed()
+            // SETTINGS first, as always, so a client can read the GOAWAY's reason.
+            #expect(frames.map(\.header.type) == [.settings, .goAway])
+            let refused = try #require(goAway(frames))
+            #expect(refused.reason == .resourceExhausted && refused.message.contains("more than 2 unauthenticated connections from 127.0.0.1"),
+                    "\(refused)")
+            try await eventually("the server to see the third stranger gone") { harness.server.listener.openConnections == 2 }
+            // Our own client reports the server's reason.
+            do {
+                let client = try await harness.connect(as: nil)
+                let _: PingResponse = try await client.unary(Echo.unary, PingRequest())
+                Issue.record("a third stranger was served")
+                await client.close()
+            } catch {
+                #expect("\(error)".contains("more than 2 unauthenticated connections from 127.0.0.1; only a cluster certificate admits another"), "\(error)")
+            }
+            try await eventually("the server to see the fourth stranger gone") { harness.server.listener.openConnections == 2 }
 
             try await first.channel.close()
             try await eventually("the server to see the first stranger gone") { harness.server.listener.openConnections == 1 }
@@ -115,6 +136,53 @@ import TollgateProto
             let second: PingResponse = try await signedIn.unary(Echo.unary, PingRequest(payload: [2]))
             #expect(first.payload == [1] && second.payload == [2])
             await withCertificate.close()
+            await signedIn.close()
+        }
+    }
+
+    /// Issue 11: strangers behind the operator's own address cannot keep the
+    /// operator out. With the address's stranger limit reached, a connection
+    /// showing a cluster certificate still gets in; a connection that signed
+    /// in with a session counts as no stranger and is never evicted; when the
+    /// listener is full, an idle stranger makes room for a certificate holder.
+    @Test func strangersBehindTheOperatorsAddressCannotKeepTheOperatorOut() async throws {
+        var limits = RPCLimits()
+        limits.maxUnauthenticatedConnectionsPerAddress = 2
+        limits.maxConnections = 4
+        // Calls carrying `x-who` are admitted with an identity, as a session token would be.
+        let authorize: @Sendable (ServerCallContext) throws(RPCError) -> Caller = { context in
+            context.metadata["x-who"] == nil ? .anonymous : .user(UserPrincipal(username: "admin", tenant: "carbon.super", roles: ["admin"], permissions: ["/permission/admin"],
+                                                                                 sessionID: [1], sessionExpiresAtUnixMs: .max))
+        }
+        try await Harness.with(limits: limits, certificateOptional: true, authorize: authorize) { harness in
+            var session = CallOptions()
+            session.metadata.add("x-who", "admin")
+            let signedIn = try await harness.connect(as: nil)
+            let _: PingResponse = try await signedIn.unary(Echo.unary, PingRequest(), options: session)
+            // The signed-in connection does not count: two strangers still fit, and fill the address.
+            let first = try await stranger(harness)
+            let second = try await stranger(harness)
+            let third = try await RawPeer(port: harness.port, tls: try harness.pki.client(as: nil, alpn: [RPCServer.alpn]), group: harness.group)
+            #expect(goAway(await third.framesUntilClosed())?.reason == .resourceExhausted)
+            try await eventually("the server to see the refused stranger gone") { harness.server.listener.openConnections == 3 }
+
+            // A certificate holder from the same address gets in all the same.
+            let operator_ = try await harness.connect()
+            let reply: PingResponse = try await operator_.unary(Echo.unary, PingRequest(payload: [1]))
+            #expect(reply.payload == [1])
+            #expect(harness.server.listener.openConnections == 4)
+
+            // Full now: the longest-open idle stranger makes room for the next
+            // certificate holder; the signed-in connection is never the one.
+            let secondOperator = try await harness.connect()
+            #expect(goAway(await first.framesUntilClosed())?.reason == .resourceExhausted)
+            let again: PingResponse = try await secondOperator.unary(Echo.unary, PingRequest(payload: [2]))
+            #expect(again.payload == [2])
+            let still: PingResponse = try await signedIn.unary(Echo.unary, PingRequest(payload: [3]), options: session)
+            #expect(still.payload == [3])
+            try await second.channel.close()
+            await operator_.close()
+            await secondOperator.close()
             await signedIn.close()
         }
     }

@@ -115,9 +115,10 @@ struct Harness {
         return try await withTeardown { try await body(harness) } teardown: { await harness.stop() }
     }
 
-    func connect(as name: String? = "admin") async throws -> RPCConnection {
+    /// - Parameter source: the loopback address to connect from (any of 127.0.0.0/8).
+    func connect(as name: String? = "admin", from source: String? = nil) async throws -> RPCConnection {
         try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost",
-                                        tls: try pki.client(as: name, alpn: [RPCServer.alpn]), group: group)
+                                        tls: try pki.client(as: name, alpn: [RPCServer.alpn]), localAddress: source, group: group)
     }
 
     /// Shuts the server down (again, if a test already did) and its loops.

@@ -24,7 +24,8 @@ final class ConsumerFixture: Sendable {
     let transport: InProcessTransport
     static let password = "first-Secret-1"
 
-    init() async throws {
+    /// - Parameter userClock: the time sign-ins are throttled by, if not the system's.
+    init(userClock: UserDirectory.Clock? = nil) async throws {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-km-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         let passwordFile = path + "/root.password"
@@ -37,6 +38,7 @@ final class ConsumerFixture: Sendable {
         let databases = try Databases.open(dataDirectory: path, only: roles.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) })
         let assembly = try await NodeAssembly.assemble(roles: roles, databases: databases, sections: sections, logger: Logger(label: "test")) { context in
             context.provide(SecretHasher(settings: .testing), as: SecretHasher.self)
+            if let userClock { context.provide(userClock, as: UserDirectory.Clock.self) }
         }
         keyManager = try #require(assembly.module(KeyManagerModule.self)).keyManager
         store = try #require(assembly.module(StoreModule.self)).store
@@ -138,13 +140,16 @@ final class ConsumerFixture: Sendable {
     }
 
     /// The OAuth endpoints answering one form POST.
-    func post(_ path: String, _ form: [(String, String)], basic: (String, String)? = nil) async -> (status: Int, json: [String: Any], response: HTTPResponse) {
+    /// - Parameter source: the client's IP address, as the HTTP listener gives it.
+    func post(_ path: String, _ form: [(String, String)], basic: (String, String)? = nil, from source: String? = nil,
+              cookie: String? = nil) async -> (status: Int, json: [String: Any], response: HTTPResponse) {
         var headers: [(name: String, value: String)] = [("Content-Type", "application/x-www-form-urlencoded")]
         if let basic {
             let credentials = Data("\(FormEncoding.escape(basic.0)):\(FormEncoding.escape(basic.1))".utf8).base64EncodedString()
             headers.append(("Authorization", "Basic \(credentials)"))
         }
-        let request = HTTPRequest(method: "POST", uri: path, headers: headers, body: Array(FormEncoding.encode(form).utf8), isSecure: true)
+        if let cookie { headers.append(("Cookie", cookie)) }
+        let request = HTTPRequest(method: "POST", uri: path, headers: headers, body: Array(FormEncoding.encode(form).utf8), sourceAddress: source, isSecure: true)
         let response = await OAuthEndpoints(keyManager: keyManager).respond(to: request)
         let json = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
         return (response.status, json, response)

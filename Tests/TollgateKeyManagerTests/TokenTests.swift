@@ -12,6 +12,49 @@ import TollgateUsers
 import TestSupport
 
 @Suite struct TokenTests {
+    /// Issue 11: the password grant and the sign-in page throttle failures
+    /// by the client's address, as Login does. A stranger guessing the
+    /// administrator's password slows down only its own address; from any
+    /// other, the administrator gets tokens and signs in at once. (With one
+    /// shared count, the operator's attempts below were refused.)
+    @Test func passwordFailuresThrottleTheirSourceAddressOnly() async throws {
+        // Time stands still: the throttle's waits (1 s on) never run out mid-test.
+        let fixture = try await ConsumerFixture(userClock: UserDirectory.Clock { 1_900_000_000_000 })
+        defer { fixture.remove() }
+        let callback = "https://client.example.com/cb"
+        let alice = try await fixture.consumer("alice", subscribedTo: nil, callback: callback)
+        let basic = (alice.consumerKey, alice.consumerSecret)
+        let attacker = "203.0.113.66", operator_ = "192.0.2.10"
+        func grant(_ password: String, from source: String) async -> (status: Int, json: [String: Any], response: HTTPResponse) {
+            await fixture.post("/oauth2/token", [("grant_type", "password"), ("username", "root"), ("password", password)], basic: basic, from: source)
+        }
+        for _ in 0..<5 {
+            let refused = await grant("wrong-Password-9", from: attacker)
+            #expect(refused.status == 400 && refused.json["error"] as? String == "invalid_grant", "\(refused.json)")
+        }
+        // The attacker's address waits now, even with the right password…
+        let throttled = await grant(ConsumerFixture.password, from: attacker)
+        #expect(throttled.json["error"] as? String == "invalid_grant", "\(throttled.json)")
+        // …and the administrator, from another address, gets a token…
+        let granted = await grant(ConsumerFixture.password, from: operator_)
+        #expect(granted.status == 200 && granted.json["access_token"] is String, "\(granted.json)")
+
+        // …and signs in on the authorization page, which counts by address too.
+        let csrf = "form-token-1"
+        func signIn(_ password: String, from source: String) async -> HTTPResponse {
+            await fixture.post("/oauth2/authorize", [("response_type", "code"), ("client_id", alice.consumerKey), ("redirect_uri", callback),
+                                                     ("code_challenge", String(repeating: "A", count: 43)), ("code_challenge_method", "S256"),
+                                                     ("csrf_token", csrf), ("username", "root"), ("password", password)],
+                               from: source, cookie: "__Host-tollgate-csrf=\(csrf)").response
+        }
+        for _ in 0..<5 { #expect(await signIn("wrong-Password-9", from: "203.0.113.77").status == 200) }
+        let page = await signIn(ConsumerFixture.password, from: "203.0.113.77")
+        #expect(page.status == 200 && String(decoding: page.body, as: UTF8.self).contains("The username or password is wrong."))
+        let signedIn = await signIn(ConsumerFixture.password, from: operator_)
+        #expect(signedIn.status == 302 && signedIn.headers.contains { $0.name == "Location" && $0.value.hasPrefix(callback + "?code=") },
+                "\(signedIn.status) \(signedIn.headers)")
+    }
+
     @Test func passwordGrantRefreshRotationAndReplayRevokesTheFamily() async throws {
         let fixture = try await ConsumerFixture()
         defer { fixture.remove() }

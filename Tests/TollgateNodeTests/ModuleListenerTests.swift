@@ -77,4 +77,34 @@ struct GreeterModule: RoleModule {
         }
         await runtime.stop()
     }
+
+    /// Issue 11: a `[listen]` entry that no module of the node's roles
+    /// declares was accepted and silently never bound. It is refused, with
+    /// its line and the roles whose listener it is.
+    @Test func aListenerNoRoleOfTheNodeUsesIsRefusedWithItsLine() throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        func config(_ id: String, roles: [String]) throws -> String {
+            try fixture.issueNode(id, roles: roles)
+            let path = try fixture.writeConfig(id, roles: roles, clusterPort: try NodeFixture.freePort(), adminPort: nil)
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+                .replacingOccurrences(of: "[listen]\n", with: "[listen]\noauth = \"127.0.0.1:\(try NodeFixture.freePort())\"\n")
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let publisher = try config("p1", roles: ["publisher"])
+        let line = try String(contentsOfFile: publisher, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            .firstIndex { $0.hasPrefix("oauth = ") }.map { $0 + 1 }
+        do {
+            _ = try NodeConfig.load(path: publisher)
+            Issue.record("[listen] oauth was accepted on a publisher node")
+        } catch {
+            let problem = try #require(error.problems.first { $0.key == "listen.oauth" }, "\(error)")
+            #expect(problem.line == line && line != nil, "\(error)")
+            #expect(problem.message.contains("keymanager") && problem.message.contains("publisher"), "\(problem.message)")
+        }
+        // The key manager's own listener, on a key manager node, is fine.
+        let keyManager = try config("k1", roles: ["keymanager"])
+        #expect(try NodeConfig.load(path: keyManager).moduleListen["oauth"] != nil)
+    }
 }

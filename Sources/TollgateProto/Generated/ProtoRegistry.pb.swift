@@ -132,6 +132,8 @@ public enum ProtoRegistry {
         "tollgate.v1.ListPublishedApisResponse": ListPublishedApisResponse.self,
         "tollgate.v1.ListRolesRequest": ListRolesRequest.self,
         "tollgate.v1.ListRolesResponse": ListRolesResponse.self,
+        "tollgate.v1.ListServicesRequest": ListServicesRequest.self,
+        "tollgate.v1.ListServicesResponse": ListServicesResponse.self,
         "tollgate.v1.ListSubscriptionsRequest": ListSubscriptionsRequest.self,
         "tollgate.v1.ListSubscriptionsResponse": ListSubscriptionsResponse.self,
         "tollgate.v1.ListTenantsRequest": ListTenantsRequest.self,
@@ -189,6 +191,7 @@ public enum ProtoRegistry {
         "tollgate.v1.SearchPublishedApisRequest": SearchPublishedApisRequest.self,
         "tollgate.v1.SearchPublishedApisResponse": SearchPublishedApisResponse.self,
         "tollgate.v1.SecretHash": SecretHash.self,
+        "tollgate.v1.ServicePlacement": ServicePlacement.self,
         "tollgate.v1.Session": Session.self,
         "tollgate.v1.SetBlockConditionEnabledRequest": SetBlockConditionEnabledRequest.self,
         "tollgate.v1.SetBlockConditionEnabledResponse": SetBlockConditionEnabledResponse.self,
@@ -280,6 +283,7 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_request()),  // tollgate.v1.ListBlockConditionsRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_policies_request()),  // tollgate.v1.ListPoliciesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_roles_request()),  // tollgate.v1.ListRolesRequest
+        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_services_request()),  // tollgate.v1.ListServicesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_tenants_request()),  // tollgate.v1.ListTenantsRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__logout_request()),  // tollgate.v1.LogoutRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__logout_response()),  // tollgate.v1.LogoutResponse

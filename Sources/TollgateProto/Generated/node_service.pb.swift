@@ -439,6 +439,64 @@ public struct GetNodeStatusResponse: ProtoMessage {
     }
 }
 
+/// `tollgate.v1.ListServicesRequest`
+public struct ListServicesRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.ListServicesRequest"
+
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+}
+
+/// `tollgate.v1.ServicePlacement`
+public struct ServicePlacement: ProtoMessage {
+    public static let protoName = "tollgate.v1.ServicePlacement"
+
+    /// Field 1.
+    public var service: String = ""
+    /// Field 2.
+    public var roles: [NodeRole] = []
+    /// Field 3.
+    public var servedHere: Bool = false
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        service: String = "",
+        roles: [NodeRole] = [],
+        servedHere: Bool = false
+    ) {
+        self.service = service
+        self.roles = roles
+        self.servedHere = servedHere
+    }
+}
+
+/// `tollgate.v1.ListServicesResponse`
+public struct ListServicesResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.ListServicesResponse"
+
+    /// Field 1.
+    public var nodeRoles: [NodeRole] = []
+    /// Field 2.
+    public var services: [ServicePlacement] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        nodeRoles: [NodeRole] = [],
+        services: [ServicePlacement] = []
+    ) {
+        self.nodeRoles = nodeRoles
+        self.services = services
+    }
+}
+
 extension PeerConnection {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
         self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__peer_connection(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PeerConnection>) throws(ProtoDecodingError) in
@@ -685,6 +743,134 @@ extension GetNodeStatusResponse {
     }
 }
 
+extension ListServicesRequest {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_services_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListServicesRequest>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListServicesRequest> {
+        let c = arena.allocate(Tollgate__V1__ListServicesRequest.self)
+        tollgate__v1__list_services_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ListServicesRequest>) throws(ProtoDecodingError) {
+        self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ServicePlacement {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__service_placement(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ServicePlacement>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ServicePlacement> {
+        let c = arena.allocate(Tollgate__V1__ServicePlacement.self)
+        tollgate__v1__service_placement__init(c)
+        c.pointee.service = try arena.cString(self.service, field: "service", in: Self.protoName)
+        c.pointee.n_roles = self.roles.count
+        c.pointee.roles = arena.mapped(self.roles) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
+        c.pointee.served_here = (self.servedHere ? 1 : 0)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ServicePlacement>) throws(ProtoDecodingError) {
+        self.init()
+        self.service = try ProtoDecode.string(c.pointee.service, field: "service", in: Self.protoName)
+        self.roles = ProtoDecode.mapped(c.pointee.roles, count: c.pointee.n_roles) { NodeRole(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
+        self.servedHere = (c.pointee.served_here != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ListServicesResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_services_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListServicesResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListServicesResponse> {
+        let c = arena.allocate(Tollgate__V1__ListServicesResponse.self)
+        tollgate__v1__list_services_response__init(c)
+        c.pointee.n_node_roles = self.nodeRoles.count
+        c.pointee.node_roles = arena.mapped(self.nodeRoles) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
+        c.pointee.n_services = self.services.count
+        c.pointee.services = try arena.messages(self.services) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ListServicesResponse>) throws(ProtoDecodingError) {
+        self.init()
+        self.nodeRoles = ProtoDecode.mapped(c.pointee.node_roles, count: c.pointee.n_node_roles) { NodeRole(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
+        self.services = try ProtoDecode.messages(c.pointee.services, count: c.pointee.n_services, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ServicePlacement(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 /// `tollgate.v1.NodeService`: method descriptors, in declaration order.
 public enum NodeServiceDescriptor {
     public static let serviceName = "tollgate.v1.NodeService"
@@ -701,6 +887,12 @@ public enum NodeServiceDescriptor {
         inputType: "tollgate.v1.GetNodeStatusRequest", outputType: "tollgate.v1.GetNodeStatusResponse",
         clientStreaming: false, serverStreaming: false
     )
+    /// `ListServices` (tollgate.v1.ListServicesRequest) returns `tollgate.v1.ListServicesResponse`.
+    public static let listServices = ProtoMethod(
+        service: serviceName, name: "ListServices",
+        inputType: "tollgate.v1.ListServicesRequest", outputType: "tollgate.v1.ListServicesResponse",
+        clientStreaming: false, serverStreaming: false
+    )
 
-    public static let methods: [ProtoMethod] = [ping, getNodeStatus]
+    public static let methods: [ProtoMethod] = [ping, getNodeStatus, listServices]
 }

@@ -9,6 +9,9 @@ public protocol NodeServiceHandler: Sendable {
     func ping(_ request: PingRequest, context: ServerCallContext) async throws -> PingResponse
     /// Roles, version, uptime, readiness and connections of the node.
     func getNodeStatus(_ request: GetNodeStatusRequest, context: ServerCallContext) async throws -> GetNodeStatusResponse
+    /// Every service declared in proto/, with the roles whose nodes serve it
+    /// and whether this node does (`tollctl methods`).
+    func listServices(_ request: ListServicesRequest, context: ServerCallContext) async throws -> ListServicesResponse
 }
 
 extension NodeServiceHandler {
@@ -17,6 +20,7 @@ extension NodeServiceHandler {
         [
             .unary(NodeServiceDescriptor.ping) { (request: PingRequest, context) in try await self.ping(request, context: context) },
             .unary(NodeServiceDescriptor.getNodeStatus) { (request: GetNodeStatusRequest, context) in try await self.getNodeStatus(request, context: context) },
+            .unary(NodeServiceDescriptor.listServices) { (request: ListServicesRequest, context) in try await self.listServices(request, context: context) },
         ]
     }
 }
@@ -40,5 +44,11 @@ public struct NodeServiceClient: Sendable {
     /// Roles, version, uptime, readiness and connections of the node.
     public func getNodeStatus(_ request: GetNodeStatusRequest, options: CallOptions? = nil) async throws -> GetNodeStatusResponse {
         try await transport.unary(NodeServiceDescriptor.getNodeStatus, request, options: options ?? defaultOptions, as: GetNodeStatusResponse.self)
+    }
+
+    /// Every service declared in proto/, with the roles whose nodes serve it
+    /// and whether this node does (`tollctl methods`).
+    public func listServices(_ request: ListServicesRequest, options: CallOptions? = nil) async throws -> ListServicesResponse {
+        try await transport.unary(NodeServiceDescriptor.listServices, request, options: options ?? defaultOptions, as: ListServicesResponse.self)
     }
 }

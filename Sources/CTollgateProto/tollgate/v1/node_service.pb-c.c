@@ -232,6 +232,141 @@ void   tollgate__v1__get_node_status_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__get_node_status_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__list_services_request__init
+                     (Tollgate__V1__ListServicesRequest         *message)
+{
+  static const Tollgate__V1__ListServicesRequest init_value = TOLLGATE__V1__LIST_SERVICES_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__list_services_request__get_packed_size
+                     (const Tollgate__V1__ListServicesRequest *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__list_services_request__pack
+                     (const Tollgate__V1__ListServicesRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__list_services_request__pack_to_buffer
+                     (const Tollgate__V1__ListServicesRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ListServicesRequest *
+       tollgate__v1__list_services_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ListServicesRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__list_services_request__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__list_services_request__free_unpacked
+                     (Tollgate__V1__ListServicesRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__list_services_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__service_placement__init
+                     (Tollgate__V1__ServicePlacement         *message)
+{
+  static const Tollgate__V1__ServicePlacement init_value = TOLLGATE__V1__SERVICE_PLACEMENT__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__service_placement__get_packed_size
+                     (const Tollgate__V1__ServicePlacement *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__service_placement__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__service_placement__pack
+                     (const Tollgate__V1__ServicePlacement *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__service_placement__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__service_placement__pack_to_buffer
+                     (const Tollgate__V1__ServicePlacement *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__service_placement__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ServicePlacement *
+       tollgate__v1__service_placement__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ServicePlacement *)
+     protobuf_c_message_unpack (&tollgate__v1__service_placement__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__service_placement__free_unpacked
+                     (Tollgate__V1__ServicePlacement *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__service_placement__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__list_services_response__init
+                     (Tollgate__V1__ListServicesResponse         *message)
+{
+  static const Tollgate__V1__ListServicesResponse init_value = TOLLGATE__V1__LIST_SERVICES_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__list_services_response__get_packed_size
+                     (const Tollgate__V1__ListServicesResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__list_services_response__pack
+                     (const Tollgate__V1__ListServicesResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__list_services_response__pack_to_buffer
+                     (const Tollgate__V1__ListServicesResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_services_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ListServicesResponse *
+       tollgate__v1__list_services_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ListServicesResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__list_services_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__list_services_response__free_unpacked
+                     (Tollgate__V1__ListServicesResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__list_services_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tollgate__v1__peer_connection__field_descriptors[14] =
 {
   {
@@ -688,6 +823,139 @@ const ProtobufCMessageDescriptor tollgate__v1__get_node_status_response__descrip
   (ProtobufCMessageInit) tollgate__v1__get_node_status_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+#define tollgate__v1__list_services_request__field_descriptors NULL
+#define tollgate__v1__list_services_request__field_indices_by_name NULL
+#define tollgate__v1__list_services_request__number_ranges NULL
+const ProtobufCMessageDescriptor tollgate__v1__list_services_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ListServicesRequest",
+  "ListServicesRequest",
+  "Tollgate__V1__ListServicesRequest",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ListServicesRequest),
+  0,
+  tollgate__v1__list_services_request__field_descriptors,
+  tollgate__v1__list_services_request__field_indices_by_name,
+  0,  tollgate__v1__list_services_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__list_services_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__service_placement__field_descriptors[3] =
+{
+  {
+    "service",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ServicePlacement, service),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "roles",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Tollgate__V1__ServicePlacement, n_roles),
+    offsetof(Tollgate__V1__ServicePlacement, roles),
+    &tollgate__v1__node_role__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "served_here",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ServicePlacement, served_here),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__service_placement__field_indices_by_name[] = {
+  1,   /* field[1] = roles */
+  2,   /* field[2] = served_here */
+  0,   /* field[0] = service */
+};
+static const ProtobufCIntRange tollgate__v1__service_placement__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__service_placement__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ServicePlacement",
+  "ServicePlacement",
+  "Tollgate__V1__ServicePlacement",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ServicePlacement),
+  3,
+  tollgate__v1__service_placement__field_descriptors,
+  tollgate__v1__service_placement__field_indices_by_name,
+  1,  tollgate__v1__service_placement__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__service_placement__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__list_services_response__field_descriptors[2] =
+{
+  {
+    "node_roles",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_ENUM,
+    offsetof(Tollgate__V1__ListServicesResponse, n_node_roles),
+    offsetof(Tollgate__V1__ListServicesResponse, node_roles),
+    &tollgate__v1__node_role__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "services",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__ListServicesResponse, n_services),
+    offsetof(Tollgate__V1__ListServicesResponse, services),
+    &tollgate__v1__service_placement__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__list_services_response__field_indices_by_name[] = {
+  0,   /* field[0] = node_roles */
+  1,   /* field[1] = services */
+};
+static const ProtobufCIntRange tollgate__v1__list_services_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__list_services_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ListServicesResponse",
+  "ListServicesResponse",
+  "Tollgate__V1__ListServicesResponse",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ListServicesResponse),
+  2,
+  tollgate__v1__list_services_response__field_descriptors,
+  tollgate__v1__list_services_response__field_indices_by_name,
+  1,  tollgate__v1__list_services_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__list_services_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue tollgate__v1__node_role__enum_values_by_number[7] =
 {
   { "NODE_ROLE_UNSPECIFIED", "TOLLGATE__V1__NODE_ROLE__NODE_ROLE_UNSPECIFIED", 0 },
@@ -760,13 +1028,15 @@ const ProtobufCEnumDescriptor tollgate__v1__peer_state__descriptor =
   tollgate__v1__peer_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor tollgate__v1__node_service__method_descriptors[2] =
+static const ProtobufCMethodDescriptor tollgate__v1__node_service__method_descriptors[3] =
 {
   { "Ping", &tollgate__v1__ping_request__descriptor, &tollgate__v1__ping_response__descriptor },
   { "GetNodeStatus", &tollgate__v1__get_node_status_request__descriptor, &tollgate__v1__get_node_status_response__descriptor },
+  { "ListServices", &tollgate__v1__list_services_request__descriptor, &tollgate__v1__list_services_response__descriptor },
 };
 const unsigned tollgate__v1__node_service__method_indices_by_name[] = {
   1,        /* GetNodeStatus */
+  2,        /* ListServices */
   0         /* Ping */
 };
 const ProtobufCServiceDescriptor tollgate__v1__node_service__descriptor =
@@ -776,7 +1046,7 @@ const ProtobufCServiceDescriptor tollgate__v1__node_service__descriptor =
   "NodeService",
   "Tollgate__V1__NodeService",
   "tollgate.v1",
-  2,
+  3,
   tollgate__v1__node_service__method_descriptors,
   tollgate__v1__node_service__method_indices_by_name
 };
@@ -795,6 +1065,14 @@ void tollgate__v1__node_service__get_node_status(ProtobufCService *service,
 {
   assert(service->descriptor == &tollgate__v1__node_service__descriptor);
   service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void tollgate__v1__node_service__list_services(ProtobufCService *service,
+                                               const Tollgate__V1__ListServicesRequest *input,
+                                               Tollgate__V1__ListServicesResponse_Closure closure,
+                                               void *closure_data)
+{
+  assert(service->descriptor == &tollgate__v1__node_service__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__node_service__init (Tollgate__V1__NodeService_Service *service,
                                        Tollgate__V1__NodeService_ServiceDestroy destroy)

@@ -20,6 +20,9 @@ typedef struct Tollgate__V1__PingRequest Tollgate__V1__PingRequest;
 typedef struct Tollgate__V1__PingResponse Tollgate__V1__PingResponse;
 typedef struct Tollgate__V1__GetNodeStatusRequest Tollgate__V1__GetNodeStatusRequest;
 typedef struct Tollgate__V1__GetNodeStatusResponse Tollgate__V1__GetNodeStatusResponse;
+typedef struct Tollgate__V1__ListServicesRequest Tollgate__V1__ListServicesRequest;
+typedef struct Tollgate__V1__ServicePlacement Tollgate__V1__ServicePlacement;
+typedef struct Tollgate__V1__ListServicesResponse Tollgate__V1__ListServicesResponse;
 
 
 /* --- enums --- */
@@ -155,6 +158,60 @@ struct  Tollgate__V1__GetNodeStatusResponse
     , (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL }
 
 
+struct  Tollgate__V1__ListServicesRequest
+{
+  ProtobufCMessage base;
+};
+#define TOLLGATE__V1__LIST_SERVICES_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__list_services_request__descriptor) \
+     }
+
+
+/*
+ * Where one service is served.
+ */
+struct  Tollgate__V1__ServicePlacement
+{
+  ProtobufCMessage base;
+  /*
+   * Fully qualified, e.g. `tollgate.v1.StoreService`.
+   */
+  char *service;
+  /*
+   * The roles whose nodes serve it; every role for NodeService, none for a
+   * service no role of this release serves yet.
+   */
+  size_t n_roles;
+  Tollgate__V1__NodeRole *roles;
+  /*
+   * The answering node serves it.
+   */
+  protobuf_c_boolean served_here;
+};
+#define TOLLGATE__V1__SERVICE_PLACEMENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__service_placement__descriptor) \
+    , (char *)protobuf_c_empty_string, 0,NULL, 0 }
+
+
+struct  Tollgate__V1__ListServicesResponse
+{
+  ProtobufCMessage base;
+  /*
+   * The answering node's roles.
+   */
+  size_t n_node_roles;
+  Tollgate__V1__NodeRole *node_roles;
+  /*
+   * In the order of proto/'s files and their declarations.
+   */
+  size_t n_services;
+  Tollgate__V1__ServicePlacement **services;
+};
+#define TOLLGATE__V1__LIST_SERVICES_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__list_services_response__descriptor) \
+    , 0,NULL, 0,NULL }
+
+
 /* Tollgate__V1__PeerConnection methods */
 void   tollgate__v1__peer_connection__init
                      (Tollgate__V1__PeerConnection         *message);
@@ -250,6 +307,63 @@ Tollgate__V1__GetNodeStatusResponse *
 void   tollgate__v1__get_node_status_response__free_unpacked
                      (Tollgate__V1__GetNodeStatusResponse *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__ListServicesRequest methods */
+void   tollgate__v1__list_services_request__init
+                     (Tollgate__V1__ListServicesRequest         *message);
+size_t tollgate__v1__list_services_request__get_packed_size
+                     (const Tollgate__V1__ListServicesRequest   *message);
+size_t tollgate__v1__list_services_request__pack
+                     (const Tollgate__V1__ListServicesRequest   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__list_services_request__pack_to_buffer
+                     (const Tollgate__V1__ListServicesRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ListServicesRequest *
+       tollgate__v1__list_services_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__list_services_request__free_unpacked
+                     (Tollgate__V1__ListServicesRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__ServicePlacement methods */
+void   tollgate__v1__service_placement__init
+                     (Tollgate__V1__ServicePlacement         *message);
+size_t tollgate__v1__service_placement__get_packed_size
+                     (const Tollgate__V1__ServicePlacement   *message);
+size_t tollgate__v1__service_placement__pack
+                     (const Tollgate__V1__ServicePlacement   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__service_placement__pack_to_buffer
+                     (const Tollgate__V1__ServicePlacement   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ServicePlacement *
+       tollgate__v1__service_placement__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__service_placement__free_unpacked
+                     (Tollgate__V1__ServicePlacement *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__ListServicesResponse methods */
+void   tollgate__v1__list_services_response__init
+                     (Tollgate__V1__ListServicesResponse         *message);
+size_t tollgate__v1__list_services_response__get_packed_size
+                     (const Tollgate__V1__ListServicesResponse   *message);
+size_t tollgate__v1__list_services_response__pack
+                     (const Tollgate__V1__ListServicesResponse   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__list_services_response__pack_to_buffer
+                     (const Tollgate__V1__ListServicesResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ListServicesResponse *
+       tollgate__v1__list_services_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__list_services_response__free_unpacked
+                     (Tollgate__V1__ListServicesResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tollgate__V1__PeerConnection_Closure)
@@ -267,6 +381,15 @@ typedef void (*Tollgate__V1__GetNodeStatusRequest_Closure)
 typedef void (*Tollgate__V1__GetNodeStatusResponse_Closure)
                  (const Tollgate__V1__GetNodeStatusResponse *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__ListServicesRequest_Closure)
+                 (const Tollgate__V1__ListServicesRequest *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__ServicePlacement_Closure)
+                 (const Tollgate__V1__ServicePlacement *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__ListServicesResponse_Closure)
+                 (const Tollgate__V1__ListServicesResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -282,6 +405,10 @@ struct Tollgate__V1__NodeService_Service
                           const Tollgate__V1__GetNodeStatusRequest *input,
                           Tollgate__V1__GetNodeStatusResponse_Closure closure,
                           void *closure_data);
+  void (*list_services)(Tollgate__V1__NodeService_Service *service,
+                        const Tollgate__V1__ListServicesRequest *input,
+                        Tollgate__V1__ListServicesResponse_Closure closure,
+                        void *closure_data);
 };
 typedef void (*Tollgate__V1__NodeService_ServiceDestroy)(Tollgate__V1__NodeService_Service *);
 void tollgate__v1__node_service__init (Tollgate__V1__NodeService_Service *service,
@@ -291,7 +418,8 @@ void tollgate__v1__node_service__init (Tollgate__V1__NodeService_Service *servic
 #define TOLLGATE__V1__NODE_SERVICE__INIT(function_prefix__) \
     { TOLLGATE__V1__NODE_SERVICE__BASE_INIT,\
       function_prefix__ ## ping,\
-      function_prefix__ ## get_node_status  }
+      function_prefix__ ## get_node_status,\
+      function_prefix__ ## list_services  }
 void tollgate__v1__node_service__ping(ProtobufCService *service,
                                       const Tollgate__V1__PingRequest *input,
                                       Tollgate__V1__PingResponse_Closure closure,
@@ -300,6 +428,10 @@ void tollgate__v1__node_service__get_node_status(ProtobufCService *service,
                                                  const Tollgate__V1__GetNodeStatusRequest *input,
                                                  Tollgate__V1__GetNodeStatusResponse_Closure closure,
                                                  void *closure_data);
+void tollgate__v1__node_service__list_services(ProtobufCService *service,
+                                               const Tollgate__V1__ListServicesRequest *input,
+                                               Tollgate__V1__ListServicesResponse_Closure closure,
+                                               void *closure_data);
 
 /* --- descriptors --- */
 
@@ -310,6 +442,9 @@ extern const ProtobufCMessageDescriptor tollgate__v1__ping_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__ping_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__get_node_status_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__get_node_status_response__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__list_services_request__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__service_placement__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__list_services_response__descriptor;
 extern const ProtobufCServiceDescriptor tollgate__v1__node_service__descriptor;
 
 PROTOBUF_C__END_DECLS
