@@ -31,6 +31,8 @@ public struct BlockIndex: Sendable {
     }
 
     public var hasAddressConditions: Bool { !addresses.isEmpty || !ranges.isEmpty }
+    /// Whether any application or user is blocked (checked before building their names).
+    public var hasCallerConditions: Bool { !applications.isEmpty || !users.isEmpty }
 
     /// Whether a client address is blocked. An inverted condition blocks
     /// every address but its own (range).

@@ -178,7 +178,7 @@ final class GatewayPolicy: ProxyPolicy {
         if let info = exchange.info {
             guard info.authorized else { return fault(.validation(info.validationStatus), &exchange, extraHeaders: cors) }
             keyType = info.keyType == .sandbox ? .sandbox : .production
-            if state.blocks.blocks(application: "\(info.subscriber):\(info.applicationName)")
+            if state.blocks.hasCallerConditions, state.blocks.blocks(application: "\(info.subscriber):\(info.applicationName)")
                 || state.blocks.blocks(user: info.endUserName)
                 || state.blocks.blocks(user: info.endUserName.contains("@") ? info.endUserName : "\(info.endUserName)@\(info.subscriberTenantDomain)") {
                 return fault(.blocked, &exchange, extraHeaders: cors)
@@ -228,13 +228,14 @@ final class GatewayPolicy: ProxyPolicy {
         if let resource = exchange.resource, !resource.resource.throttlingPolicy.isEmpty,
            let policy = api.advancedPolicies[resource.resource.throttlingPolicy], let limit = policy.defaultLimit {
             let isAPILevel = resource.resource.applicableLevel == .api
-            let key = isAPILevel ? "api|\(apiID)" : "res|\(apiID)|\(resource.resource.uriTemplate)|\(resource.resource.verb.methodName)"
+            let key = isAPILevel ? LocalThrottler.Key(.api, apiID)
+                : LocalThrottler.Key(.resource, apiID, resource.resource.uriTemplate, resource.resource.verb.methodName)
             if let verdict = throttler.admit(key, limit: limit, now: now), !verdict.admitted {
                 return throttled(isAPILevel ? .apiThrottled : .resourceThrottled, verdict: verdict, now: now, &exchange)
             }
         }
         if let info = exchange.info {
-            if let limit = info.subscriptionLimit, let verdict = throttler.admit("sub|\(info.applicationId)|\(apiID)", limit: limit, now: now) {
+            if let limit = info.subscriptionLimit, let verdict = throttler.admit(LocalThrottler.Key(.subscription, info.applicationId, apiID), limit: limit, now: now) {
                 Self.addRateLimitHeaders(verdict, now: now, to: &responseHeaders)
                 if !verdict.admitted {
                     if info.stopOnQuotaReach { return throttled(.subscriptionThrottled, verdict: verdict, now: now, &exchange) }
@@ -247,11 +248,11 @@ final class GatewayPolicy: ProxyPolicy {
                 spike.timeUnit = info.spikeArrestUnit == .minute ? .minute : .second
                 spike.unitTime = 1
                 spike.quota = .requestCount(UInt64(info.spikeArrestLimit))
-                if let verdict = throttler.admit("spike|\(info.applicationId)|\(apiID)", limit: spike, now: now), !verdict.admitted {
+                if let verdict = throttler.admit(LocalThrottler.Key(.spikeArrest, info.applicationId, apiID), limit: spike, now: now), !verdict.admitted {
                     return throttled(.spikeArrest, verdict: verdict, now: now, &exchange)
                 }
             }
-            if let limit = info.applicationLimit, let verdict = throttler.admit("app|\(info.applicationId)|\(info.endUserName)", limit: limit, now: now),
+            if let limit = info.applicationLimit, let verdict = throttler.admit(LocalThrottler.Key(.application, info.applicationId, info.endUserName), limit: limit, now: now),
                !verdict.admitted {
                 return throttled(.applicationThrottled, verdict: verdict, now: now, &exchange)
             }
@@ -262,7 +263,7 @@ final class GatewayPolicy: ProxyPolicy {
             limit.timeUnit = .second
             limit.unitTime = 1
             limit.quota = .requestCount(UInt64(hardLimit))
-            if let verdict = throttler.admit("hard|\(apiID)|\(keyType == .sandbox ? "s" : "p")", limit: limit, now: now), !verdict.admitted {
+            if let verdict = throttler.admit(LocalThrottler.Key(.hardLimit, apiID, keyType == .sandbox ? "sandbox" : "production"), limit: limit, now: now), !verdict.admitted {
                 return throttled(.hardLimit, verdict: verdict, now: now, &exchange)
             }
         }
@@ -406,7 +407,7 @@ final class GatewayPolicy: ProxyPolicy {
             }
         }
         if let info = exchange.info, info.contentAware, let limit = info.subscriptionLimit, let api = exchange.api {
-            throttler.consume("sub|\(info.applicationId)|\(api.api.id)", bytes: outcome.requestBodyBytes, limit: limit, now: now)
+            throttler.consume(LocalThrottler.Key(.subscription, info.applicationId, api.api.id), bytes: outcome.requestBodyBytes, limit: limit, now: now)
         }
         metrics.requestFinished(api: exchange.api?.metricsName ?? "", status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
 

@@ -11,7 +11,23 @@ final class LocalThrottler: Sendable {
         var used: UInt64
     }
 
-    private let windows = Mutex<[String: Window]>([:])
+    /// What a counter counts, without building a string per request.
+    struct Key: Hashable {
+        enum Kind: UInt8 { case api, resource, subscription, spikeArrest, application, hardLimit }
+        let kind: Kind
+        let first: String
+        let second: String
+        let third: String
+
+        init(_ kind: Kind, _ first: String, _ second: String = "", _ third: String = "") {
+            self.kind = kind
+            self.first = first
+            self.second = second
+            self.third = third
+        }
+    }
+
+    private let windows = Mutex<[Key: Window]>([:])
     private let maxKeys: Int
 
     init(maxKeys: Int = 1_000_000) {
@@ -42,7 +58,7 @@ final class LocalThrottler: Sendable {
 
     /// Counts one request (or, for a bandwidth quota, checks the bytes used
     /// so far) against `limit` under `key`.
-    func admit(_ key: String, limit: ThrottleLimit, now: Int64) -> Verdict? {
+    func admit(_ key: Key, limit: ThrottleLimit, now: Int64) -> Verdict? {
         guard let quota = limit.quota, let length = Self.windowMs(limit) else { return nil }
         let start = now - now % length
         let (cap, isBandwidth): (UInt64, Bool) = switch quota {
@@ -61,7 +77,7 @@ final class LocalThrottler: Sendable {
     }
 
     /// Adds payload bytes to a bandwidth quota's window.
-    func consume(_ key: String, bytes: UInt64, limit: ThrottleLimit, now: Int64) {
+    func consume(_ key: Key, bytes: UInt64, limit: ThrottleLimit, now: Int64) {
         guard case .bandwidthBytes? = limit.quota, let length = Self.windowMs(limit) else { return }
         let start = now - now % length
         windows.withLock { windows in

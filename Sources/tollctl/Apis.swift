@@ -196,6 +196,21 @@ func singleEndpoint(_ url: String) -> EndpointConfig {
     EndpointConfig(strategy: .single(Endpoint(url: url)))
 }
 
+enum EndpointStrategyOption: String, ExpressibleByArgument, CaseIterable {
+    case roundRobin = "round-robin", failover
+}
+
+/// One URL is a single endpoint; several are load-balanced or a failover list.
+func endpointConfig(_ urls: [String], strategy: EndpointStrategyOption) -> EndpointConfig {
+    guard urls.count > 1 else { return singleEndpoint(urls[0]) }
+    switch strategy {
+    case .roundRobin:
+        return EndpointConfig(strategy: .loadBalanced(LoadBalancedEndpoints(algorithm: .roundRobin, endpoints: urls.map { Endpoint(url: $0) })))
+    case .failover:
+        return EndpointConfig(strategy: .failover(FailoverEndpoints(primary: Endpoint(url: urls[0]), secondaries: urls.dropFirst().map { Endpoint(url: $0) })))
+    }
+}
+
 func endpointSummary(_ config: EndpointConfig?) -> String {
     switch config?.strategy {
     case .single(let endpoint)?: endpoint.url
@@ -400,7 +415,10 @@ func applyNewApiDefaults(_ api: inout Api) {
 /// the API's value (or, for a new API, its default).
 struct ApiSettings: ParsableArguments {
     @Option(help: "What the API does.") var description: String?
-    @Option(help: "The production backend URL (a single endpoint).") var endpoint: String?
+    @Option(name: .customLong("endpoint"), help: "A production backend URL (repeat for several; replaces the list).") var endpoints: [String] = []
+    @Option(name: .customLong("endpoint-strategy"),
+            help: "How gateways use several endpoints: round-robin (the default) or failover (the first, then the next when it fails).")
+    var endpointStrategy: EndpointStrategyOption?
     @Option(name: .customLong("sandbox-endpoint"), help: "The sandbox backend URL; \"\" removes it.") var sandboxEndpoint: String?
     @Option(name: .customLong("tier"), help: "A subscription tier consumers may choose, e.g. Gold (repeat; replaces the list; new APIs default to Unlimited).")
     var tiers: [String] = []
@@ -415,8 +433,11 @@ struct ApiSettings: ParsableArguments {
     @Option(name: .customLong("resource-auth"), help: "The token the resources added by this command require.") var resourceAuth: ResourceAuthOption = .anyToken
 
     func validate() throws {
-        if let endpoint, !isHTTPURL(endpoint) {
+        for endpoint in endpoints where !isHTTPURL(endpoint) {
             throw ValidationError("--endpoint \"\(endpoint)\" is not a backend URL: give http(s)://host[:port][/path], e.g. https://backend.internal:8443/menu")
+        }
+        if endpointStrategy != nil && endpoints.count < 2 {
+            throw ValidationError("--endpoint-strategy needs two or more --endpoint URLs")
         }
         if let sandboxEndpoint, !sandboxEndpoint.isEmpty, !isHTTPURL(sandboxEndpoint) {
             throw ValidationError("--sandbox-endpoint \"\(sandboxEndpoint)\" is not a backend URL: give http(s)://host[:port][/path], or \"\" to remove it")
@@ -438,7 +459,7 @@ struct ApiSettings: ParsableArguments {
 
     /// True when no setting is given (--resource-auth alone changes nothing).
     var isEmpty: Bool {
-        let given: [Bool] = [description != nil, endpoint != nil, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
+        let given: [Bool] = [description != nil, !endpoints.isEmpty, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
                              !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil]
         return !given.contains(true)
     }
@@ -446,7 +467,7 @@ struct ApiSettings: ParsableArguments {
     /// Writes the given settings into `api`, leaving the rest as it is.
     func apply(to api: inout Api) {
         if let description { api.description = description }
-        if let endpoint { api.productionEndpoints = singleEndpoint(endpoint) }
+        if !endpoints.isEmpty { api.productionEndpoints = endpointConfig(endpoints, strategy: endpointStrategy ?? .roundRobin) }
         if let sandboxEndpoint { api.sandboxEndpoints = sandboxEndpoint.isEmpty ? nil : singleEndpoint(sandboxEndpoint) }
         if !tiers.isEmpty { api.subscriptionPolicies = tiers }
         if let visibility { api.visibility = visibility.protoValue }

@@ -279,11 +279,11 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
         limit.timeUnit = .minute
         limit.unitTime = 1
         limit.quota = .requestCount(2)
-        #expect(throttler.admit("k", limit: limit, now: 60_000)?.admitted == true)
-        #expect(throttler.admit("k", limit: limit, now: 60_001)?.admitted == true)
-        let refused = throttler.admit("k", limit: limit, now: 119_999)
+        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 60_000)?.admitted == true)
+        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 60_001)?.admitted == true)
+        let refused = throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 119_999)
         #expect(refused?.admitted == false && refused?.resetAtUnixMs == 120_000)
-        #expect(throttler.admit("k", limit: limit, now: 120_000)?.admitted == true, "a new window starts on the minute")
-        #expect(throttler.admit("k", limit: ThrottleLimit(), now: 0) == nil, "no quota, no counting")
+        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 120_000)?.admitted == true, "a new window starts on the minute")
+        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: ThrottleLimit(), now: 0) == nil, "no quota, no counting")
     }
 }

@@ -69,7 +69,8 @@ import Testing
         try fixture.issueNode("cp-1", roles: ["publisher", "store", "keymanager"])
         try fixture.issueNode("gw-1", roles: ["gateway"])
         let (cpCluster, cpAdmin, oauth) = (try NodeFixture.freePort(), try NodeFixture.freePort(), try NodeFixture.freePort())
-        let (gwCluster, gwHTTP, gwHTTPS) = (try NodeFixture.freePort(), try NodeFixture.freePort(), try NodeFixture.freePort())
+        let (gwCluster, gwHTTP, gwHTTPS, gwMetrics) = (try NodeFixture.freePort(), try NodeFixture.freePort(), try NodeFixture.freePort(),
+                                                       try NodeFixture.freePort())
         let cpConfig = try fixture.writeConfig("cp-1", roles: ["publisher", "store", "keymanager"], clusterPort: cpCluster, adminPort: cpAdmin,
                                                extra: "\n[store]\nself_signup_tenants = \"*\"\n")
         var text = try String(contentsOfFile: cpConfig, encoding: .utf8)
@@ -80,10 +81,16 @@ import Testing
                                                extra: "\n[gateway]\nbackend_read_timeout_ms = 1500\nheader_timeout_seconds = 2\n")
         text = try String(contentsOfFile: gwConfig, encoding: .utf8)
         text = text.replacingOccurrences(of: "cluster = \"127.0.0.1:\(gwCluster)\"\n",
-                                         with: "cluster = \"127.0.0.1:\(gwCluster)\"\nhttp = \"127.0.0.1:\(gwHTTP)\"\nhttps = \"127.0.0.1:\(gwHTTPS)\"\n")
+                                         with: "cluster = \"127.0.0.1:\(gwCluster)\"\nhttp = \"127.0.0.1:\(gwHTTP)\"\nhttps = \"127.0.0.1:\(gwHTTPS)\"\n"
+                                            + "metrics = \"127.0.0.1:\(gwMetrics)\"\n")
         try text.write(toFile: gwConfig, atomically: true, encoding: .utf8)
         let backend = try Backend()
         defer { backend.stop() }
+        let first = try Backend(label: "first"), second = try Backend(label: "second")
+        defer {
+            first.stop()
+            second.stop()
+        }
 
         try await withNodes { nodes in
             let controlPlane = try nodes.start(config: cpConfig)
@@ -109,6 +116,10 @@ import Testing
             let apiID = try #require(api["id"] as? String)
             _ = try tollctl("api", "update", apiID, "--add-resource", "GET /open", "--resource-auth", "none")
             _ = try tollctl("api", "lifecycle", apiID, "published")
+            let pair = Self.json(try tollctl("api", "create", "--name", "Pair", "--api-version", "1", "--context", "/pair", "--resource", "GET /echo",
+                                             "--endpoint", "http://127.0.0.1:\(first.port)", "--endpoint", "http://127.0.0.1:\(second.port)",
+                                             "--resource-auth", "none", "--output", "json"))
+            _ = try tollctl("api", "lifecycle", try #require(pair["id"] as? String), "published")
             _ = try tollctl("signup", "--user", "alice", "--password-stdin", input: "Alice-Secret-1\n")
             environment["XDG_STATE_HOME"] = fixture.path("state-alice")
             _ = try tollctl("login", "--user", "alice", "--password-stdin", input: "Alice-Secret-1\n")
@@ -150,6 +161,32 @@ import Testing
             let highWater = Self.residentHighWaterMark(pid: gateway.process.processIdentifier) ?? 0
             print("measured: gateway peak RSS after 1 GiB each way: \(highWater / 1_048_576) MiB")
             #expect(highWater < 64 * 1_048_576, "peak RSS \(highWater / 1_048_576) MiB")
+
+            // HTTP/1.0, and a body sent after 100-continue.
+            let old = try await Self.curl(["--http1.0", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", bearer, "\(http)/menu/1/echo"])
+            #expect(old.output == "200 1.0", "HTTP/1.0 client: \(old.output)")
+            let continued = try await runTool("/bin/sh", ["-c", "head -c 3000000 /dev/zero | /usr/bin/curl -sS -H 'Expect: 100-continue' -H '\(bearer)' "
+                                                          + "-H 'Content-Length: 3000000' -T - \(http)/menu/1/count"])
+            #expect(Self.json(continued.output)["bytes"] as? Int == 3_000_000, "upload after 100-continue: \(continued.output)")
+
+            // Round robin over two backends; one killed mid-run costs no request.
+            try await Self.waitForStatus(http + "/pair/1/echo", "200")
+            var labels: [String] = []
+            for _ in 0..<6 {
+                let answer = try await Self.curl(["\(http)/pair/1/echo"])
+                labels.append(Self.json(answer.output)["backend"] as? String ?? "failed: \(answer.output)")
+            }
+            #expect(Set(labels) == ["first", "second"], "round robin: \(labels)")
+            second.stop()
+            var afterKill: [String] = []
+            for _ in 0..<10 {
+                let answer = try await Self.curl(["-w", " %{http_code}", "\(http)/pair/1/echo"])
+                afterKill.append(answer.output.hasSuffix(" 200") ? (Self.json(answer.output)["backend"] as? String ?? "?") : answer.output)
+            }
+            #expect(afterKill.allSatisfy { $0 == "first" }, "with one backend killed: \(afterKill)")
+            let metrics = try await Self.curl(["http://127.0.0.1:\(gwMetrics)/metrics"])
+            #expect(metrics.output.contains("tollgate_gateway_suspended_endpoints 1"), "\(metrics.output.split(separator: "\n").filter { $0.contains("suspended") })")
+            #expect(metrics.output.contains("tollgate_gateway_requests_total{api=\"/menu/1\",status_class=\"2xx\"}"), "metrics per API")
 
             // The control plane dies: cached tokens keep working, an unseen token gets 503/900900 at once.
             let unseen = try application("late", subscribe: true).token
