@@ -156,8 +156,9 @@ public enum AccessTable {
         // Gateway, traffic manager, analytics.
         GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         GatewayServiceDescriptor.flushCaches: .either(.permission(Permission.admin), .node(roles: ["publisher", "keymanager"])),
-        TrafficManagerServiceDescriptor.publishRequestEvents: .node(roles: ["gateway"]),
+        TrafficManagerServiceDescriptor.exchangeLeases: .node(roles: ["gateway"]),
         TrafficManagerServiceDescriptor.watchDecisions: .node(roles: ["gateway"]),
+        TrafficManagerServiceDescriptor.getThrottleStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         AnalyticsServiceDescriptor.publishUsageEvents: .node(roles: ["gateway"]),
         AnalyticsServiceDescriptor.queryUsage: .either(creatorOrPublisher, .permission(Permission.subscribe)),
     ]
