@@ -83,13 +83,16 @@ let package = Package(
         // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
         .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
                                                          logging, serviceLifecycle]),
+        // Quota leases for the gateways, durable in the node's own mbstoredb.
+        .target(name: "TollgateTrafficManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
+                                                             "LMDBKit", serviceLifecycle]),
         // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
         .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
                                                     "TollgateProto", "LMDBKit", logging]),
 
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
-                                                     "TollgateKeyManager", "TollgateStore", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateTrafficManager", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -113,6 +116,7 @@ let package = Package(
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),

@@ -104,7 +104,8 @@ public final class NodeRuntime: Sendable {
             let listenerObserver = NodeListenerObserver(metrics: metrics, logger: logger)
             if let endpoint = config.metricsListen {
                 let responder = MetricsResponder {
-                    metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                    metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes,
+                                   moduleSamples: modules.flatMap(\.metricSamples))
                 }
                 let listener = Listener(name: "metrics", maxConnections: 64, observer: listenerObserver,
                                         configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))

@@ -6,6 +6,7 @@ import TollgatePolicies
 import TollgatePublisher
 import TollgateKeyManager
 import TollgateStore
+import TollgateTrafficManager
 public import TollgateStorage
 import TollgateUsers
 
@@ -27,7 +28,8 @@ public struct RoleModules: Sendable {
         case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self]
         case .store: [UsersModule.self, PoliciesModule.self, StoreModule.self]
         case .keymanager: [UsersModule.self, PoliciesModule.self, KeyManagerModule.self]
-        case .gateway, .trafficmanager, .analytics: []
+        case .trafficmanager: [TrafficManagerModule.self]
+        case .gateway, .analytics: []
         }
     }
 
