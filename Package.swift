@@ -55,7 +55,7 @@ let package = Package(
         // Generated handler protocols and clients per service, plus the access table.
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
         // Throttle keys, windows and quota leases: the traffic manager's ledger and the gateway's throttler.
-        .target(name: "ThrottleCore", dependencies: ["TollgateProto"]),
+        .target(name: "ThrottleCore", dependencies: ["TollgateProto", "RPCCore", "TollgateServices"]),
 
         // MARK: Storage for the five logical databases, change-logs, outboxes, blocking executors
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit", "RPCCore"]),
