@@ -109,7 +109,7 @@ let package = Package(
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "ThrottleCore", logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
@@ -134,7 +134,8 @@ let package = Package(
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateListenersTests", dependencies: ["TollgateListeners", "RoleCore", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices",
+                                                             "ThrottleCore", nioCore, nioPosix]),
     ]
 )
 

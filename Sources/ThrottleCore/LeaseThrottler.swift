@@ -78,7 +78,7 @@ struct KeyLease {
     var gateways: UInt32 = 0
     /// The pool is empty: refuse without asking, recheck now and then.
     var exhausted = false
-    var lastRecheck: Int64 = .min
+    var lastRecheck: Int64 = 0
 
     /// An operation for the key is waiting to be sent / has been sent.
     var queued = false

@@ -136,8 +136,13 @@ public struct KeyTemplateValues: Sendable {
                 continue
             }
             var end = template.index(after: index)
-            while end < template.endIndex, template[end].isLetter || template[end].isNumber || template[end] == "_" || template[end] == "." || template[end] == "-" {
+            while end < template.endIndex, template[end].isLetter || template[end].isNumber || template[end] == "_" { end = template.index(after: end) }
+            // `$customProperty.NAME`: a header name, which may hold dashes.
+            if template[template.index(after: index)..<end] == "customProperty", end < template.endIndex, template[end] == "." {
                 end = template.index(after: end)
+                while end < template.endIndex, template[end].isLetter || template[end].isNumber || template[end] == "_" || template[end] == "-" {
+                    end = template.index(after: end)
+                }
             }
             let name = String(template[template.index(after: index)..<end])
             out += value(of: name) ?? String(template[index..<end])

@@ -69,7 +69,8 @@ import TollgateProto
             let start = first + Int64(window) * 10_000
             let admitted = simulation.admitted[start, default: 0]
             #expect(admitted <= 1000, "window \(window): \(admitted)")
-            #expect(admitted >= 1000 - Self.bound(totalRate: 10, gateways: 3, roundTripMs: 4), "window \(window): \(admitted)")
+            // Every gateway is busy until the pool is gone: nothing is stranded.
+            #expect(admitted >= 990, "window \(window): \(admitted)")
             #expect((simulation.counter(windowStart: start)?.granted ?? 0) - (simulation.counter(windowStart: start)?.returned ?? 0) <= 1000)
         }
     }
@@ -85,7 +86,8 @@ import TollgateProto
             grants.append(grant.granted)
         }
         #expect(grants.reduce(0, +) == 1000)
-        #expect(grants.prefix(4) == [100, 100, 100, 100])  // a large pool grants what was asked
+        // A large pool grants what was asked; the fourth gateway's share of 700 is 700 / (2 × 4).
+        #expect(grants.prefix(4) == [100, 100, 100, 87])
         #expect(grants.suffix(8).allSatisfy { $0 == 1 })  // the last units go one by one
         #expect(zip(grants, grants.dropFirst()).allSatisfy { $0 >= $1 })
         let after = ledger.apply(LeaseOperation(throttleKey: "k", windowStartUnixMs: 0, windowEndUnixMs: 10_000, limit: 1000, wanted: 5), gateway: "gw-0", now: 2)
@@ -204,6 +206,7 @@ import TollgateProto
         throttler.receive(operations, replies: operations.map { ledgers[owners.owner(of: $0.throttleKey)!]!.apply($0, gateway: "gw-1", now: now).grant }, now: now)
         #expect(throttler.statistics.keysInFallback == 0)
         #expect(ledgers["tm-2"]!.counters.count == onSecond.count)
-        #expect(ledgers["tm-2"]!.counters.values.allSatisfy { $0.unleased == 1 }, "\(ledgers["tm-2"]!.counters.values.map(\.unleased))")
+        // Each key admitted twice on the local share (while lost, and the call that found tm-2 back).
+        #expect(ledgers["tm-2"]!.counters.values.allSatisfy { $0.unleased == 2 }, "\(ledgers["tm-2"]!.counters.values.map(\.unleased))")
     }
 }
