@@ -102,7 +102,7 @@ let package = Package(
                                                      .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                                      .product(name: "Prometheus", package: "swift-prometheus")]),
         .executableTarget(name: "tollgated", dependencies: ["TollgateNode", "RoleCore", argumentParser, .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "OpenSSLKit", argumentParser, nioCore, nioPosix,
+        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "ThrottleCore", "OpenSSLKit", argumentParser, nioCore, nioPosix,
                                                       .product(name: "TOMLKit", package: "TOMLKit")]),
 
         // MARK: Benchmarks and test helpers

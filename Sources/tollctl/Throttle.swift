@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RPCCore
 import TollgateProto
+import ThrottleCore
 import TollgateServices
 
 struct ThrottleCommand: AsyncParsableCommand {
@@ -32,10 +33,7 @@ struct ThrottleStatus: AsyncParsableCommand {
         func leased(_ granted: UInt64, _ returned: UInt64, _ used: UInt64) -> UInt64 {
             granted - min(granted, returned + used)
         }
-        func pool(_ counter: ThrottleCounter) -> UInt64 {
-            let taken = counter.granted - min(counter.granted, counter.returned) + counter.unleased
-            return counter.limit - min(counter.limit, taken)
-        }
+        func pool(_ counter: ThrottleCounter) -> UInt64 { LeaseLedger.pool(counter) }
         func time(_ unixMs: Int64) -> String {
             ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(unixMs) / 1000))
         }
