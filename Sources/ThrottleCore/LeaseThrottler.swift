@@ -241,8 +241,10 @@ public final class LeaseThrottler: Sendable {
         var taken: [(check: QuotaCheck, taking: Taking)] = []
         var tightest: RateLimitValues?
         var marked: [String] = []
+        // Only a request that queued an operation wakes the exchanger: the fast path takes no lock beyond its keys'.
+        var scheduled = false
         for check in checks {
-            let outcome = take(check, now: now)
+            let outcome = take(check, now: now, scheduled: &scheduled)
             switch outcome {
             case .taken(let taking, let values):
                 taken.append((check, taking))
@@ -253,17 +255,18 @@ public final class LeaseThrottler: Sendable {
                 if tightest == nil || values.remaining < tightest!.remaining { tightest = values }
             case .refused(let values):
                 giveBack(taken, now: now)
+                if scheduled { wake.yield() }
                 countRefusal(check)
                 return .refuse(ThrottleRefusal(kind: check.key.kind, errorCode: check.key.kind.errorCode, httpStatus: check.key.kind.httpStatus, policy: check.policy,
                                                key: check.key.description, retryAfterSeconds: values.resetSeconds, rateLimit: values))
             case .wait(let slot):
                 giveBack(taken, now: now)
                 exchangeCounts.withLock { $0.waits += 1 }
-                wake.yield()
+                if scheduled { wake.yield() }
                 return .wait(LeaseWait(key: slot.key, windowStart: slot.windowStart))
             }
         }
-        wake.yield()
+        if scheduled { wake.yield() }
         return .admit(rateLimit: tightest, marked: marked)
     }
 
@@ -347,7 +350,7 @@ public final class LeaseThrottler: Sendable {
     }
 
     /// Takes `check.units` from the key's lease, or decides why not.
-    private func take(_ check: QuotaCheck, now: Int64) -> TakeOutcome {
+    private func take(_ check: QuotaCheck, now: Int64, scheduled: inout Bool) -> TakeOutcome {
         let window = check.quota.windows.window(containing: now)
         let slot = LeaseSlot(key: check.key.description, windowStart: window.start)
         let reset = window.secondsToEnd(from: now)
@@ -418,7 +421,10 @@ public final class LeaseThrottler: Sendable {
             }
             return .wait(slot)
         }
-        if schedule { pending.withLock { _ = $0.insert(slot) } }
+        if schedule {
+            pending.withLock { _ = $0.insert(slot) }
+            scheduled = true
+        }
         return outcome
     }
 
