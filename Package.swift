@@ -54,6 +54,8 @@ let package = Package(
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
         // Generated handler protocols and clients per service, plus the access table.
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
+        // Throttle keys, windows and quota leases: the traffic manager's ledger and the gateway's throttler.
+        .target(name: "ThrottleCore", dependencies: ["TollgateProto", "RPCCore", "TollgateServices"]),
 
         // MARK: Storage for the five logical databases, change-logs, outboxes, blocking executors
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit", "RPCCore"]),
@@ -83,6 +85,9 @@ let package = Package(
         // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
         .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
                                                          logging, serviceLifecycle]),
+        // Quota leases for the gateways, durable in the node's own mbstoredb.
+        .target(name: "TollgateTrafficManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
+                                                             "LMDBKit", serviceLifecycle]),
         // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
         .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
                                                     "TollgateProto", "LMDBKit", logging]),
@@ -93,7 +98,7 @@ let package = Package(
 
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
-                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateTrafficManager", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -103,14 +108,14 @@ let package = Package(
                                                      .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                                      .product(name: "Prometheus", package: "swift-prometheus")]),
         .executableTarget(name: "tollgated", dependencies: ["TollgateNode", "RoleCore", argumentParser, .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "OpenSSLKit", argumentParser, nioCore, nioPosix,
+        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "ThrottleCore", "OpenSSLKit", argumentParser, nioCore, nioPosix,
                                                       .product(name: "TOMLKit", package: "TOMLKit")]),
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               "TollgateGateway", "TollgateProxy", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "TollgateGateway", "TollgateProxy", "ThrottleCore", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
@@ -118,6 +123,7 @@ let package = Package(
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
+        .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),
@@ -135,7 +141,8 @@ let package = Package(
         .testTarget(name: "OpenSSLKitTests", dependencies: ["OpenSSLKit", "TestSupport"]),
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateListenersTests", dependencies: ["TollgateListeners", "RoleCore", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
-        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices", nioCore, nioPosix]),
+        .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices",
+                                                             "ThrottleCore", nioCore, nioPosix]),
     ]
 )
 

@@ -43,6 +43,8 @@ public protocol RoleModule: Sendable {
     /// Applies a reloaded configuration section. Returns the settings that
     /// changed but take effect only after a restart.
     func reload(_ section: ConfigSection) async throws -> [String]
+    /// Its metrics now, read on every scrape of the node's metrics listener.
+    var metricSamples: [MetricSample] { get }
 }
 
 extension RoleModule {
@@ -55,6 +57,7 @@ extension RoleModule {
     public var services: [any Service] { [] }
     public var metricsSource: (any MetricsSource)? { nil }
     public func reload(_ section: ConfigSection) async throws -> [String] { [] }
+    public var metricSamples: [MetricSample] { [] }
 }
 
 /// Why a node could not start: one line for the operator.

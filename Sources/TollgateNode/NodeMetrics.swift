@@ -137,9 +137,33 @@ public final class NodeMetrics: RPCServerObserver {
         certificateFiles.withLock { $0 = (node, ca) }
     }
 
+    /// Counters of role modules by name and labels, with the total last
+    /// reported: the registry's counters only count up, by the difference.
+    private let moduleCounters = Mutex<[String: (counter: Counter, reported: Double)]>([:])
+
+    /// Sets the role modules' values (``RoleModule/metricSamples``).
+    func record(_ samples: [MetricSample]) {
+        for sample in samples {
+            let labels = sample.labels.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            switch sample.kind {
+            case .gauge:
+                registry.makeGauge(descriptor: MetricNameDescriptor(metricName: sample.name, unitName: "", helpText: sample.help), labels: labels)
+                    .set(to: sample.value)
+            case .counter:
+                let id = sample.name + "{" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") + "}"
+                moduleCounters.withLock { counters in
+                    let entry = counters[id] ?? (registry.makeCounter(descriptor: MetricNameDescriptor(metricName: sample.name, unitName: "", helpText: sample.help), labels: labels), 0)
+                    if sample.value > entry.reported { entry.counter.increment(by: sample.value - entry.reported) }
+                    counters[id] = (entry.counter, max(entry.reported, sample.value))
+                }
+            }
+        }
+    }
+
     /// Refreshes the values read at scrape time, then renders the text format.
     /// - Parameter bufferedRequestBytes: the RPC listeners' ``RequestBufferGauge`` now.
-    func render(peers: [PeerLink], bufferedRequestBytes: Int) -> [UInt8] {
+    func render(peers: [PeerLink], bufferedRequestBytes: Int, moduleSamples: [MetricSample] = []) -> [UInt8] {
+        record(moduleSamples)
         uptime.set(to: Date().timeIntervalSince(startedAt))
         bufferedRequests.set(to: Double(bufferedRequestBytes))
         if let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) {

@@ -117,7 +117,8 @@ public final class NodeRuntime: Sendable {
             if let endpoint = config.metricsListen {
                 let sources = modules.compactMap(\.metricsSource)
                 let responder = MetricsResponder {
-                    var page = metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes)
+                    var page = metrics.render(peers: peerBox.withLockedValue { $0 }, bufferedRequestBytes: bufferedRequests.bufferedBytes,
+                                              moduleSamples: modules.flatMap(\.metricSamples))
                     for source in sources { page += Array(source.prometheusText().utf8) }
                     return page
                 }

@@ -8,6 +8,7 @@ import TollgatePublisher
 import TollgateKeyManager
 import TollgateStore
 import TollgateGateway
+import TollgateTrafficManager
 public import TollgateStorage
 import TollgateUsers
 
@@ -30,7 +31,8 @@ public struct RoleModules: Sendable {
         case .store: [UsersModule.self, PoliciesModule.self, StoreModule.self]
         case .keymanager: [UsersModule.self, PoliciesModule.self, KeyManagerModule.self]
         case .gateway: [GatewayModule.self]
-        case .trafficmanager, .analytics: []
+        case .trafficmanager: [TrafficManagerModule.self]
+        case .analytics: []
         }
     }
 

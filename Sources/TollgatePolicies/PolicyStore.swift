@@ -170,6 +170,8 @@ public final class PolicyStore: TenantProvisioning {
             guard !p.keyTemplate.isEmpty, p.keyTemplate.contains("$") else {
                 throw RPCError(.invalidArgument, "key_template is required, built from $userId, $apiContext, $apiVersion, $resourceKey, $appId, $clientIp …")
             }
+            // Without a limit the policy only records its WSO2 query (docs/throttling.md).
+            if p.limit != nil { try checkLimit(p.limit, "limit") }
             return (.global, p.name)
         case nil:
             throw RPCError(.invalidArgument, "policy must be a subscription, application, advanced or global policy")

@@ -159,8 +159,9 @@ public enum AccessTable {
         GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         // A gateway has no users: the operator's certificate is the credential it can check.
         GatewayServiceDescriptor.flushCaches: .either(.permission(Permission.admin), .either(.node(roles: ["publisher", "keymanager"]), .operatorCertificate)),
-        TrafficManagerServiceDescriptor.publishRequestEvents: .node(roles: ["gateway"]),
+        TrafficManagerServiceDescriptor.exchangeLeases: .node(roles: ["gateway"]),
         TrafficManagerServiceDescriptor.watchDecisions: .node(roles: ["gateway"]),
+        TrafficManagerServiceDescriptor.getThrottleStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         AnalyticsServiceDescriptor.publishUsageEvents: .node(roles: ["gateway"]),
         AnalyticsServiceDescriptor.queryUsage: .either(creatorOrPublisher, .permission(Permission.subscribe)),
     ]

@@ -24,7 +24,7 @@ import TollgateStorage
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-services-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let roles: [Role] = [.publisher, .store, .keymanager, .gateway]
+        let roles: [Role] = [.publisher, .store, .keymanager, .gateway, .trafficmanager]
         let databases = try Databases.open(dataDirectory: path, only: roles.reduce(into: Set()) { $0.formUnion(RoleModules.databases(for: $1)) })
         let assembly = try await NodeAssembly.assemble(roles: roles, databases: databases, logger: Logger(label: "test"))
         #expect(assembly.modules.count == RoleModules.standard.all.count)

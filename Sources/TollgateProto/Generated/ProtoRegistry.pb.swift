@@ -71,11 +71,14 @@ public enum ProtoRegistry {
         "tollgate.v1.Endpoint": Endpoint.self,
         "tollgate.v1.EndpointConfig": EndpointConfig.self,
         "tollgate.v1.EndpointSuspension": EndpointSuspension.self,
+        "tollgate.v1.ExchangeLeasesRequest": ExchangeLeasesRequest.self,
+        "tollgate.v1.ExchangeLeasesResponse": ExchangeLeasesResponse.self,
         "tollgate.v1.ExportOpenApiRequest": ExportOpenApiRequest.self,
         "tollgate.v1.ExportOpenApiResponse": ExportOpenApiResponse.self,
         "tollgate.v1.FailoverEndpoints": FailoverEndpoints.self,
         "tollgate.v1.FlushCachesRequest": FlushCachesRequest.self,
         "tollgate.v1.FlushCachesResponse": FlushCachesResponse.self,
+        "tollgate.v1.GatewayLeaseStatus": GatewayLeaseStatus.self,
         "tollgate.v1.GenerateApplicationTokenRequest": GenerateApplicationTokenRequest.self,
         "tollgate.v1.GenerateApplicationTokenResponse": GenerateApplicationTokenResponse.self,
         "tollgate.v1.GenerateKeysRequest": GenerateKeysRequest.self,
@@ -102,6 +105,8 @@ public enum ProtoRegistry {
         "tollgate.v1.GetNodeStatusResponse": GetNodeStatusResponse.self,
         "tollgate.v1.GetPolicyRequest": GetPolicyRequest.self,
         "tollgate.v1.GetPolicyResponse": GetPolicyResponse.self,
+        "tollgate.v1.GetThrottleStatusRequest": GetThrottleStatusRequest.self,
+        "tollgate.v1.GetThrottleStatusResponse": GetThrottleStatusResponse.self,
         "tollgate.v1.GetUserRequest": GetUserRequest.self,
         "tollgate.v1.GetUserResponse": GetUserResponse.self,
         "tollgate.v1.GlobalPolicy": GlobalPolicy.self,
@@ -114,6 +119,8 @@ public enum ProtoRegistry {
         "tollgate.v1.IssueTokenResponse": IssueTokenResponse.self,
         "tollgate.v1.IssuedToken": IssuedToken.self,
         "tollgate.v1.KeyValidationInfo": KeyValidationInfo.self,
+        "tollgate.v1.LeaseGrant": LeaseGrant.self,
+        "tollgate.v1.LeaseOperation": LeaseOperation.self,
         "tollgate.v1.LifecycleHistoryEntries": LifecycleHistoryEntries.self,
         "tollgate.v1.LifecycleHistoryEntry": LifecycleHistoryEntry.self,
         "tollgate.v1.ListApiSubscriptionsRequest": ListApiSubscriptionsRequest.self,
@@ -156,8 +163,6 @@ public enum ProtoRegistry {
         "tollgate.v1.PingRequest": PingRequest.self,
         "tollgate.v1.PingResponse": PingResponse.self,
         "tollgate.v1.PolicyRef": PolicyRef.self,
-        "tollgate.v1.PublishRequestEventsRequest": PublishRequestEventsRequest.self,
-        "tollgate.v1.PublishRequestEventsResponse": PublishRequestEventsResponse.self,
         "tollgate.v1.PublishUsageEventsRequest": PublishUsageEventsRequest.self,
         "tollgate.v1.PublishUsageEventsResponse": PublishUsageEventsResponse.self,
         "tollgate.v1.QueryUsageRequest": QueryUsageRequest.self,
@@ -171,7 +176,6 @@ public enum ProtoRegistry {
         "tollgate.v1.RegisterClientRequest": RegisterClientRequest.self,
         "tollgate.v1.RegisterClientResponse": RegisterClientResponse.self,
         "tollgate.v1.RegistryOperation": RegistryOperation.self,
-        "tollgate.v1.RequestEvent": RequestEvent.self,
         "tollgate.v1.ResolvedResource": ResolvedResource.self,
         "tollgate.v1.RevokeApplicationTokenRequest": RevokeApplicationTokenRequest.self,
         "tollgate.v1.RevokeApplicationTokenResponse": RevokeApplicationTokenResponse.self,
@@ -206,6 +210,7 @@ public enum ProtoRegistry {
         "tollgate.v1.SubscriptionPolicy": SubscriptionPolicy.self,
         "tollgate.v1.Tenant": Tenant.self,
         "tollgate.v1.ThrottleCondition": ThrottleCondition.self,
+        "tollgate.v1.ThrottleCounter": ThrottleCounter.self,
         "tollgate.v1.ThrottleDecision": ThrottleDecision.self,
         "tollgate.v1.ThrottleLimit": ThrottleLimit.self,
         "tollgate.v1.ThrottlePolicy": ThrottlePolicy.self,
@@ -290,7 +295,6 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__page_request()),  // tollgate.v1.PageRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__page_response()),  // tollgate.v1.PageResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__ping_request()),  // tollgate.v1.PingRequest
-        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__publish_request_events_response()),  // tollgate.v1.PublishRequestEventsResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__publish_usage_events_response()),  // tollgate.v1.PublishUsageEventsResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__revoke_application_token_response()),  // tollgate.v1.RevokeApplicationTokenResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__revoke_token_response()),  // tollgate.v1.RevokeTokenResponse

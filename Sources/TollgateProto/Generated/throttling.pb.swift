@@ -722,6 +722,8 @@ public struct GlobalPolicy: ProtoMessage {
     public var keyTemplate: String = ""
     /// Field 11.
     public var siddhiQuery: String = ""
+    /// Field 12.
+    public var limit: ThrottleLimit? = nil
     /// Field 20.
     public var createdAtUnixMs: Int64 = 0
     /// Field 21.
@@ -738,6 +740,7 @@ public struct GlobalPolicy: ProtoMessage {
         description: String = "",
         keyTemplate: String = "",
         siddhiQuery: String = "",
+        limit: ThrottleLimit? = nil,
         createdAtUnixMs: Int64 = 0,
         updatedAtUnixMs: Int64 = 0
     ) {
@@ -747,6 +750,7 @@ public struct GlobalPolicy: ProtoMessage {
         self.description = description
         self.keyTemplate = keyTemplate
         self.siddhiQuery = siddhiQuery
+        self.limit = limit
         self.createdAtUnixMs = createdAtUnixMs
         self.updatedAtUnixMs = updatedAtUnixMs
     }
@@ -1421,6 +1425,7 @@ extension GlobalPolicy {
         c.pointee.description = try arena.cString(self.description, field: "description", in: Self.protoName)
         c.pointee.key_template = try arena.cString(self.keyTemplate, field: "key_template", in: Self.protoName)
         c.pointee.siddhi_query = try arena.cString(self.siddhiQuery, field: "siddhi_query", in: Self.protoName)
+        if let value = self.limit { c.pointee.limit = value._cMessage(in: arena) }
         c.pointee.created_at_unix_ms = self.createdAtUnixMs
         c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
         arena.attach(self.unknownFields, to: &c.pointee.base)
@@ -1436,6 +1441,7 @@ extension GlobalPolicy {
         self.description = try ProtoDecode.string(c.pointee.description, field: "description", in: Self.protoName)
         self.keyTemplate = try ProtoDecode.string(c.pointee.key_template, field: "key_template", in: Self.protoName)
         self.siddhiQuery = try ProtoDecode.string(c.pointee.siddhi_query, field: "siddhi_query", in: Self.protoName)
+        if let value = c.pointee.limit { self.limit = try ThrottleLimit(_cMessage: value) }
         self.createdAtUnixMs = c.pointee.created_at_unix_ms
         self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)

@@ -3,43 +3,127 @@
 internal import CProtobufC
 internal import CTollgateProto
 
-/// `tollgate.v1.PublishRequestEventsRequest`
-public struct PublishRequestEventsRequest: ProtoMessage {
-    public static let protoName = "tollgate.v1.PublishRequestEventsRequest"
+/// `tollgate.v1.LeaseOperation`
+public struct LeaseOperation: ProtoMessage {
+    public static let protoName = "tollgate.v1.LeaseOperation"
 
     /// Field 1.
-    public var events: [RequestEvent] = []
+    public var throttleKey: String = ""
+    /// Field 2.
+    public var windowStartUnixMs: Int64 = 0
+    /// Field 3.
+    public var windowEndUnixMs: Int64 = 0
+    /// Field 4.
+    public var limit: UInt64 = 0
+    /// Field 5.
+    public var wanted: UInt64 = 0
+    /// Field 6.
+    public var returned: UInt64 = 0
+    /// Field 7.
+    public var used: UInt64 = 0
+    /// Field 8.
+    public var unleased: UInt64 = 0
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
     public init(
-        events: [RequestEvent] = []
+        throttleKey: String = "",
+        windowStartUnixMs: Int64 = 0,
+        windowEndUnixMs: Int64 = 0,
+        limit: UInt64 = 0,
+        wanted: UInt64 = 0,
+        returned: UInt64 = 0,
+        used: UInt64 = 0,
+        unleased: UInt64 = 0
     ) {
-        self.events = events
+        self.throttleKey = throttleKey
+        self.windowStartUnixMs = windowStartUnixMs
+        self.windowEndUnixMs = windowEndUnixMs
+        self.limit = limit
+        self.wanted = wanted
+        self.returned = returned
+        self.used = used
+        self.unleased = unleased
     }
 }
 
-/// `tollgate.v1.PublishRequestEventsResponse`
-public struct PublishRequestEventsResponse: ProtoMessage {
-    public static let protoName = "tollgate.v1.PublishRequestEventsResponse"
+/// `tollgate.v1.ExchangeLeasesRequest`
+public struct ExchangeLeasesRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.ExchangeLeasesRequest"
 
     /// Field 1.
-    public var acceptedCount: UInt64 = 0
-    /// Field 2.
-    public var discardedCount: UInt64 = 0
+    public var operations: [LeaseOperation] = []
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
     public init(
-        acceptedCount: UInt64 = 0,
-        discardedCount: UInt64 = 0
+        operations: [LeaseOperation] = []
     ) {
-        self.acceptedCount = acceptedCount
-        self.discardedCount = discardedCount
+        self.operations = operations
+    }
+}
+
+/// `tollgate.v1.LeaseGrant`
+public struct LeaseGrant: ProtoMessage {
+    public static let protoName = "tollgate.v1.LeaseGrant"
+
+    /// Field 1.
+    public var throttleKey: String = ""
+    /// Field 2.
+    public var windowStartUnixMs: Int64 = 0
+    /// Field 3.
+    public var granted: UInt64 = 0
+    /// Field 4.
+    public var remaining: UInt64 = 0
+    /// Field 5.
+    public var limit: UInt64 = 0
+    /// Field 6.
+    public var gateways: UInt32 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        throttleKey: String = "",
+        windowStartUnixMs: Int64 = 0,
+        granted: UInt64 = 0,
+        remaining: UInt64 = 0,
+        limit: UInt64 = 0,
+        gateways: UInt32 = 0
+    ) {
+        self.throttleKey = throttleKey
+        self.windowStartUnixMs = windowStartUnixMs
+        self.granted = granted
+        self.remaining = remaining
+        self.limit = limit
+        self.gateways = gateways
+    }
+}
+
+/// `tollgate.v1.ExchangeLeasesResponse`
+public struct ExchangeLeasesResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.ExchangeLeasesResponse"
+
+    /// Field 1.
+    public var grants: [LeaseGrant] = []
+    /// Field 2.
+    public var trafficManagerId: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        grants: [LeaseGrant] = [],
+        trafficManagerId: String = ""
+    ) {
+        self.grants = grants
+        self.trafficManagerId = trafficManagerId
     }
 }
 
@@ -87,9 +171,137 @@ public struct WatchDecisionsResponse: ProtoMessage {
     }
 }
 
-extension PublishRequestEventsRequest {
+/// `tollgate.v1.GetThrottleStatusRequest`
+public struct GetThrottleStatusRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.GetThrottleStatusRequest"
+
+    /// Field 1.
+    public var throttleKey: String = ""
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        throttleKey: String = ""
+    ) {
+        self.throttleKey = throttleKey
+    }
+}
+
+/// `tollgate.v1.GatewayLeaseStatus`
+public struct GatewayLeaseStatus: ProtoMessage {
+    public static let protoName = "tollgate.v1.GatewayLeaseStatus"
+
+    /// Field 1.
+    public var gatewayId: String = ""
+    /// Field 2.
+    public var granted: UInt64 = 0
+    /// Field 3.
+    public var returned: UInt64 = 0
+    /// Field 4.
+    public var used: UInt64 = 0
+    /// Field 5.
+    public var unleased: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        gatewayId: String = "",
+        granted: UInt64 = 0,
+        returned: UInt64 = 0,
+        used: UInt64 = 0,
+        unleased: UInt64 = 0
+    ) {
+        self.gatewayId = gatewayId
+        self.granted = granted
+        self.returned = returned
+        self.used = used
+        self.unleased = unleased
+    }
+}
+
+/// `tollgate.v1.ThrottleCounter`
+public struct ThrottleCounter: ProtoMessage {
+    public static let protoName = "tollgate.v1.ThrottleCounter"
+
+    /// Field 1.
+    public var throttleKey: String = ""
+    /// Field 2.
+    public var windowStartUnixMs: Int64 = 0
+    /// Field 3.
+    public var windowEndUnixMs: Int64 = 0
+    /// Field 4.
+    public var limit: UInt64 = 0
+    /// Field 5.
+    public var granted: UInt64 = 0
+    /// Field 6.
+    public var returned: UInt64 = 0
+    /// Field 7.
+    public var used: UInt64 = 0
+    /// Field 8.
+    public var unleased: UInt64 = 0
+    /// Field 9.
+    public var exhausted: Bool = false
+    /// Field 10.
+    public var gateways: [GatewayLeaseStatus] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        throttleKey: String = "",
+        windowStartUnixMs: Int64 = 0,
+        windowEndUnixMs: Int64 = 0,
+        limit: UInt64 = 0,
+        granted: UInt64 = 0,
+        returned: UInt64 = 0,
+        used: UInt64 = 0,
+        unleased: UInt64 = 0,
+        exhausted: Bool = false,
+        gateways: [GatewayLeaseStatus] = []
+    ) {
+        self.throttleKey = throttleKey
+        self.windowStartUnixMs = windowStartUnixMs
+        self.windowEndUnixMs = windowEndUnixMs
+        self.limit = limit
+        self.granted = granted
+        self.returned = returned
+        self.used = used
+        self.unleased = unleased
+        self.exhausted = exhausted
+        self.gateways = gateways
+    }
+}
+
+/// `tollgate.v1.GetThrottleStatusResponse`
+public struct GetThrottleStatusResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.GetThrottleStatusResponse"
+
+    /// Field 1.
+    public var trafficManagerId: String = ""
+    /// Field 2.
+    public var counters: [ThrottleCounter] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        trafficManagerId: String = "",
+        counters: [ThrottleCounter] = []
+    ) {
+        self.trafficManagerId = trafficManagerId
+        self.counters = counters
+    }
+}
+
+extension LeaseOperation {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsRequest>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lease_operation(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LeaseOperation>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
@@ -111,62 +323,166 @@ extension PublishRequestEventsRequest {
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__PublishRequestEventsRequest> {
-        let c = arena.allocate(Tollgate__V1__PublishRequestEventsRequest.self)
-        tollgate__v1__publish_request_events_request__init(c)
-        c.pointee.n_events = self.events.count
-        c.pointee.events = try arena.messages(self.events) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LeaseOperation> {
+        let c = arena.allocate(Tollgate__V1__LeaseOperation.self)
+        tollgate__v1__lease_operation__init(c)
+        c.pointee.throttle_key = try arena.cString(self.throttleKey, field: "throttle_key", in: Self.protoName)
+        c.pointee.window_start_unix_ms = self.windowStartUnixMs
+        c.pointee.window_end_unix_ms = self.windowEndUnixMs
+        c.pointee.limit = self.limit
+        c.pointee.wanted = self.wanted
+        c.pointee.returned = self.returned
+        c.pointee.used = self.used
+        c.pointee.unleased = self.unleased
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
-    init(_cMessage c: UnsafePointer<Tollgate__V1__PublishRequestEventsRequest>) throws(ProtoDecodingError) {
+    init(_cMessage c: UnsafePointer<Tollgate__V1__LeaseOperation>) throws(ProtoDecodingError) {
         self.init()
-        self.events = try ProtoDecode.messages(c.pointee.events, count: c.pointee.n_events, in: Self.protoName) { (element) throws(ProtoDecodingError) in try RequestEvent(_cMessage: element) }
+        self.throttleKey = try ProtoDecode.string(c.pointee.throttle_key, field: "throttle_key", in: Self.protoName)
+        self.windowStartUnixMs = c.pointee.window_start_unix_ms
+        self.windowEndUnixMs = c.pointee.window_end_unix_ms
+        self.limit = c.pointee.limit
+        self.wanted = c.pointee.wanted
+        self.returned = c.pointee.returned
+        self.used = c.pointee.used
+        self.unleased = c.pointee.unleased
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
 
-extension PublishRequestEventsResponse {
+extension ExchangeLeasesRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__publish_request_events_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__PublishRequestEventsResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__exchange_leases_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ExchangeLeasesRequest>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    // No string field at any depth, so encoding cannot fail.
-    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
-        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
     }
 
-    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
-        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
     }
 
-    public func serializedSize() -> Int {
-        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__PublishRequestEventsResponse> {
-        let c = arena.allocate(Tollgate__V1__PublishRequestEventsResponse.self)
-        tollgate__v1__publish_request_events_response__init(c)
-        c.pointee.accepted_count = self.acceptedCount
-        c.pointee.discarded_count = self.discardedCount
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ExchangeLeasesRequest> {
+        let c = arena.allocate(Tollgate__V1__ExchangeLeasesRequest.self)
+        tollgate__v1__exchange_leases_request__init(c)
+        c.pointee.n_operations = self.operations.count
+        c.pointee.operations = try arena.messages(self.operations) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
 
     /// Copies every field out of protobuf-c's unpacked struct.
-    init(_cMessage c: UnsafePointer<Tollgate__V1__PublishRequestEventsResponse>) throws(ProtoDecodingError) {
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ExchangeLeasesRequest>) throws(ProtoDecodingError) {
         self.init()
-        self.acceptedCount = c.pointee.accepted_count
-        self.discardedCount = c.pointee.discarded_count
+        self.operations = try ProtoDecode.messages(c.pointee.operations, count: c.pointee.n_operations, in: Self.protoName) { (element) throws(ProtoDecodingError) in try LeaseOperation(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension LeaseGrant {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__lease_grant(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__LeaseGrant>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__LeaseGrant> {
+        let c = arena.allocate(Tollgate__V1__LeaseGrant.self)
+        tollgate__v1__lease_grant__init(c)
+        c.pointee.throttle_key = try arena.cString(self.throttleKey, field: "throttle_key", in: Self.protoName)
+        c.pointee.window_start_unix_ms = self.windowStartUnixMs
+        c.pointee.granted = self.granted
+        c.pointee.remaining = self.remaining
+        c.pointee.limit = self.limit
+        c.pointee.gateways = self.gateways
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__LeaseGrant>) throws(ProtoDecodingError) {
+        self.init()
+        self.throttleKey = try ProtoDecode.string(c.pointee.throttle_key, field: "throttle_key", in: Self.protoName)
+        self.windowStartUnixMs = c.pointee.window_start_unix_ms
+        self.granted = c.pointee.granted
+        self.remaining = c.pointee.remaining
+        self.limit = c.pointee.limit
+        self.gateways = c.pointee.gateways
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ExchangeLeasesResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__exchange_leases_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ExchangeLeasesResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ExchangeLeasesResponse> {
+        let c = arena.allocate(Tollgate__V1__ExchangeLeasesResponse.self)
+        tollgate__v1__exchange_leases_response__init(c)
+        c.pointee.n_grants = self.grants.count
+        c.pointee.grants = try arena.messages(self.grants) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        c.pointee.traffic_manager_id = try arena.cString(self.trafficManagerId, field: "traffic_manager_id", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ExchangeLeasesResponse>) throws(ProtoDecodingError) {
+        self.init()
+        self.grants = try ProtoDecode.messages(c.pointee.grants, count: c.pointee.n_grants, in: Self.protoName) { (element) throws(ProtoDecodingError) in try LeaseGrant(_cMessage: element) }
+        self.trafficManagerId = try ProtoDecode.string(c.pointee.traffic_manager_id, field: "traffic_manager_id", in: Self.protoName)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -257,15 +573,205 @@ extension WatchDecisionsResponse {
     }
 }
 
+extension GetThrottleStatusRequest {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_throttle_status_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetThrottleStatusRequest>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetThrottleStatusRequest> {
+        let c = arena.allocate(Tollgate__V1__GetThrottleStatusRequest.self)
+        tollgate__v1__get_throttle_status_request__init(c)
+        c.pointee.throttle_key = try arena.cString(self.throttleKey, field: "throttle_key", in: Self.protoName)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__GetThrottleStatusRequest>) throws(ProtoDecodingError) {
+        self.init()
+        self.throttleKey = try ProtoDecode.string(c.pointee.throttle_key, field: "throttle_key", in: Self.protoName)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension GatewayLeaseStatus {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__gateway_lease_status(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GatewayLeaseStatus>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GatewayLeaseStatus> {
+        let c = arena.allocate(Tollgate__V1__GatewayLeaseStatus.self)
+        tollgate__v1__gateway_lease_status__init(c)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
+        c.pointee.granted = self.granted
+        c.pointee.returned = self.returned
+        c.pointee.used = self.used
+        c.pointee.unleased = self.unleased
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__GatewayLeaseStatus>) throws(ProtoDecodingError) {
+        self.init()
+        self.gatewayId = try ProtoDecode.string(c.pointee.gateway_id, field: "gateway_id", in: Self.protoName)
+        self.granted = c.pointee.granted
+        self.returned = c.pointee.returned
+        self.used = c.pointee.used
+        self.unleased = c.pointee.unleased
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ThrottleCounter {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__throttle_counter(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ThrottleCounter>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ThrottleCounter> {
+        let c = arena.allocate(Tollgate__V1__ThrottleCounter.self)
+        tollgate__v1__throttle_counter__init(c)
+        c.pointee.throttle_key = try arena.cString(self.throttleKey, field: "throttle_key", in: Self.protoName)
+        c.pointee.window_start_unix_ms = self.windowStartUnixMs
+        c.pointee.window_end_unix_ms = self.windowEndUnixMs
+        c.pointee.limit = self.limit
+        c.pointee.granted = self.granted
+        c.pointee.returned = self.returned
+        c.pointee.used = self.used
+        c.pointee.unleased = self.unleased
+        c.pointee.exhausted = (self.exhausted ? 1 : 0)
+        c.pointee.n_gateways = self.gateways.count
+        c.pointee.gateways = try arena.messages(self.gateways) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ThrottleCounter>) throws(ProtoDecodingError) {
+        self.init()
+        self.throttleKey = try ProtoDecode.string(c.pointee.throttle_key, field: "throttle_key", in: Self.protoName)
+        self.windowStartUnixMs = c.pointee.window_start_unix_ms
+        self.windowEndUnixMs = c.pointee.window_end_unix_ms
+        self.limit = c.pointee.limit
+        self.granted = c.pointee.granted
+        self.returned = c.pointee.returned
+        self.used = c.pointee.used
+        self.unleased = c.pointee.unleased
+        self.exhausted = (c.pointee.exhausted != 0)
+        self.gateways = try ProtoDecode.messages(c.pointee.gateways, count: c.pointee.n_gateways, in: Self.protoName) { (element) throws(ProtoDecodingError) in try GatewayLeaseStatus(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension GetThrottleStatusResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_throttle_status_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetThrottleStatusResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetThrottleStatusResponse> {
+        let c = arena.allocate(Tollgate__V1__GetThrottleStatusResponse.self)
+        tollgate__v1__get_throttle_status_response__init(c)
+        c.pointee.traffic_manager_id = try arena.cString(self.trafficManagerId, field: "traffic_manager_id", in: Self.protoName)
+        c.pointee.n_counters = self.counters.count
+        c.pointee.counters = try arena.messages(self.counters) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__GetThrottleStatusResponse>) throws(ProtoDecodingError) {
+        self.init()
+        self.trafficManagerId = try ProtoDecode.string(c.pointee.traffic_manager_id, field: "traffic_manager_id", in: Self.protoName)
+        self.counters = try ProtoDecode.messages(c.pointee.counters, count: c.pointee.n_counters, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ThrottleCounter(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 /// `tollgate.v1.TrafficManagerService`: method descriptors, in declaration order.
 public enum TrafficManagerServiceDescriptor {
     public static let serviceName = "tollgate.v1.TrafficManagerService"
 
-    /// `PublishRequestEvents` (tollgate.v1.PublishRequestEventsRequest) returns `tollgate.v1.PublishRequestEventsResponse`, client-streaming.
-    public static let publishRequestEvents = ProtoMethod(
-        service: serviceName, name: "PublishRequestEvents",
-        inputType: "tollgate.v1.PublishRequestEventsRequest", outputType: "tollgate.v1.PublishRequestEventsResponse",
-        clientStreaming: true, serverStreaming: false
+    /// `ExchangeLeases` (tollgate.v1.ExchangeLeasesRequest) returns `tollgate.v1.ExchangeLeasesResponse`.
+    public static let exchangeLeases = ProtoMethod(
+        service: serviceName, name: "ExchangeLeases",
+        inputType: "tollgate.v1.ExchangeLeasesRequest", outputType: "tollgate.v1.ExchangeLeasesResponse",
+        clientStreaming: false, serverStreaming: false
     )
     /// `WatchDecisions` (tollgate.v1.WatchDecisionsRequest) returns `tollgate.v1.WatchDecisionsResponse`, server-streaming.
     public static let watchDecisions = ProtoMethod(
@@ -273,6 +779,12 @@ public enum TrafficManagerServiceDescriptor {
         inputType: "tollgate.v1.WatchDecisionsRequest", outputType: "tollgate.v1.WatchDecisionsResponse",
         clientStreaming: false, serverStreaming: true
     )
+    /// `GetThrottleStatus` (tollgate.v1.GetThrottleStatusRequest) returns `tollgate.v1.GetThrottleStatusResponse`.
+    public static let getThrottleStatus = ProtoMethod(
+        service: serviceName, name: "GetThrottleStatus",
+        inputType: "tollgate.v1.GetThrottleStatusRequest", outputType: "tollgate.v1.GetThrottleStatusResponse",
+        clientStreaming: false, serverStreaming: false
+    )
 
-    public static let methods: [ProtoMethod] = [publishRequestEvents, watchDecisions]
+    public static let methods: [ProtoMethod] = [exchangeLeases, watchDecisions, getThrottleStatus]
 }

@@ -5,18 +5,23 @@ public import TollgateProto
 
 /// Implements `tollgate.v1.TrafficManagerService`. Register with an RPC server through `methodHandlers`.
 public protocol TrafficManagerServiceHandler: Sendable {
-    /// A gateway's events, in batches, for as long as the gateway runs.
-    func publishRequestEvents(_ requests: RequestStream<PublishRequestEventsRequest>, context: ServerCallContext) async throws -> PublishRequestEventsResponse
-    /// Decisions in the order they were made.
+    /// Everything a gateway has pending for this traffic manager: one entry
+    /// per (throttle key, window), answered in the same order.
+    func exchangeLeases(_ request: ExchangeLeasesRequest, context: ServerCallContext) async throws -> ExchangeLeasesResponse
+    /// Keys whose quota is gone for the rest of their window, and keys whose
+    /// quota came back (a returned lease), in the order they were decided.
     func watchDecisions(_ request: WatchDecisionsRequest, writer: ResponseWriter<WatchDecisionsResponse>, context: ServerCallContext) async throws
+    /// One key's counters in the current window (`tollctl throttle status`).
+    func getThrottleStatus(_ request: GetThrottleStatusRequest, context: ServerCallContext) async throws -> GetThrottleStatusResponse
 }
 
 extension TrafficManagerServiceHandler {
     /// Every method of `tollgate.v1.TrafficManagerService`, bound to this handler.
     public var methodHandlers: [RPCMethodHandler] {
         [
-            .clientStreaming(TrafficManagerServiceDescriptor.publishRequestEvents) { (requests: RequestStream<PublishRequestEventsRequest>, context) in try await self.publishRequestEvents(requests, context: context) },
+            .unary(TrafficManagerServiceDescriptor.exchangeLeases) { (request: ExchangeLeasesRequest, context) in try await self.exchangeLeases(request, context: context) },
             .serverStreaming(TrafficManagerServiceDescriptor.watchDecisions) { (request: WatchDecisionsRequest, writer: ResponseWriter<WatchDecisionsResponse>, context) in try await self.watchDecisions(request, writer: writer, context: context) },
+            .unary(TrafficManagerServiceDescriptor.getThrottleStatus) { (request: GetThrottleStatusRequest, context) in try await self.getThrottleStatus(request, context: context) },
         ]
     }
 }
@@ -32,13 +37,20 @@ public struct TrafficManagerServiceClient: Sendable {
         self.defaultOptions = defaultOptions
     }
 
-    /// A gateway's events, in batches, for as long as the gateway runs.
-    public func publishRequestEvents<Requests: AsyncSequence & Sendable>(_ requests: Requests, options: CallOptions? = nil) async throws -> PublishRequestEventsResponse where Requests.Element == PublishRequestEventsRequest {
-        try await transport.clientStreaming(TrafficManagerServiceDescriptor.publishRequestEvents, requests: requests, options: options ?? defaultOptions, as: PublishRequestEventsResponse.self)
+    /// Everything a gateway has pending for this traffic manager: one entry
+    /// per (throttle key, window), answered in the same order.
+    public func exchangeLeases(_ request: ExchangeLeasesRequest, options: CallOptions? = nil) async throws -> ExchangeLeasesResponse {
+        try await transport.unary(TrafficManagerServiceDescriptor.exchangeLeases, request, options: options ?? defaultOptions, as: ExchangeLeasesResponse.self)
     }
 
-    /// Decisions in the order they were made.
+    /// Keys whose quota is gone for the rest of their window, and keys whose
+    /// quota came back (a returned lease), in the order they were decided.
     public func watchDecisions(_ request: WatchDecisionsRequest, options: CallOptions? = nil, onResponse: @escaping @Sendable (WatchDecisionsResponse) async throws -> Void) async throws {
         try await transport.serverStreaming(TrafficManagerServiceDescriptor.watchDecisions, request, options: options ?? defaultOptions, onResponse: onResponse)
+    }
+
+    /// One key's counters in the current window (`tollctl throttle status`).
+    public func getThrottleStatus(_ request: GetThrottleStatusRequest, options: CallOptions? = nil) async throws -> GetThrottleStatusResponse {
+        try await transport.unary(TrafficManagerServiceDescriptor.getThrottleStatus, request, options: options ?? defaultOptions, as: GetThrottleStatusResponse.self)
     }
 }

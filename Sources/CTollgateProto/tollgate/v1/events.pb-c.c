@@ -7,51 +7,6 @@
 #endif
 
 #include "tollgate/v1/events.pb-c.h"
-void   tollgate__v1__request_event__init
-                     (Tollgate__V1__RequestEvent         *message)
-{
-  static const Tollgate__V1__RequestEvent init_value = TOLLGATE__V1__REQUEST_EVENT__INIT;
-  *message = init_value;
-}
-size_t tollgate__v1__request_event__get_packed_size
-                     (const Tollgate__V1__RequestEvent *message)
-{
-  assert(message->base.descriptor == &tollgate__v1__request_event__descriptor);
-  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
-}
-size_t tollgate__v1__request_event__pack
-                     (const Tollgate__V1__RequestEvent *message,
-                      uint8_t       *out)
-{
-  assert(message->base.descriptor == &tollgate__v1__request_event__descriptor);
-  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
-}
-size_t tollgate__v1__request_event__pack_to_buffer
-                     (const Tollgate__V1__RequestEvent *message,
-                      ProtobufCBuffer *buffer)
-{
-  assert(message->base.descriptor == &tollgate__v1__request_event__descriptor);
-  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
-}
-Tollgate__V1__RequestEvent *
-       tollgate__v1__request_event__unpack
-                     (ProtobufCAllocator  *allocator,
-                      size_t               len,
-                      const uint8_t       *data)
-{
-  return (Tollgate__V1__RequestEvent *)
-     protobuf_c_message_unpack (&tollgate__v1__request_event__descriptor,
-                                allocator, len, data);
-}
-void   tollgate__v1__request_event__free_unpacked
-                     (Tollgate__V1__RequestEvent *message,
-                      ProtobufCAllocator *allocator)
-{
-  if(!message)
-    return;
-  assert(message->base.descriptor == &tollgate__v1__request_event__descriptor);
-  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
-}
 void   tollgate__v1__usage_fault__init
                      (Tollgate__V1__UsageFault         *message)
 {
@@ -232,360 +187,6 @@ void   tollgate__v1__traffic_log_record__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__traffic_log_record__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tollgate__v1__request_event__field_descriptors[25] =
-{
-  {
-    "message_id",
-    1,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, message_id),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "gateway_id",
-    2,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, gateway_id),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "timestamp_unix_ms",
-    3,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_INT64,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, timestamp_unix_ms),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_context",
-    10,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_context),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_version",
-    11,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_version),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_name",
-    12,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_name),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_tenant_domain",
-    13,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_tenant_domain),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "resource",
-    14,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, resource),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "verb",
-    15,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_ENUM,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, verb),
-    &tollgate__v1__http_verb__descriptor,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "application_id",
-    16,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, application_id),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "application_tenant_domain",
-    17,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, application_tenant_domain),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "username",
-    18,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, username),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_key",
-    20,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_key),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "resource_key",
-    21,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, resource_key),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "application_key",
-    22,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, application_key),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "subscription_key",
-    23,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, subscription_key),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "api_policy",
-    30,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, api_policy),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "resource_policy",
-    31,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, resource_policy),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "application_policy",
-    32,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, application_policy),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "subscription_policy",
-    33,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, subscription_policy),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "client_ip",
-    40,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, client_ip),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "headers",
-    41,
-    PROTOBUF_C_LABEL_REPEATED,
-    PROTOBUF_C_TYPE_MESSAGE,
-    offsetof(Tollgate__V1__RequestEvent, n_headers),
-    offsetof(Tollgate__V1__RequestEvent, headers),
-    &tollgate__v1__attribute__descriptor,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "query_parameters",
-    42,
-    PROTOBUF_C_LABEL_REPEATED,
-    PROTOBUF_C_TYPE_MESSAGE,
-    offsetof(Tollgate__V1__RequestEvent, n_query_parameters),
-    offsetof(Tollgate__V1__RequestEvent, query_parameters),
-    &tollgate__v1__attribute__descriptor,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "jwt_claims",
-    43,
-    PROTOBUF_C_LABEL_REPEATED,
-    PROTOBUF_C_TYPE_MESSAGE,
-    offsetof(Tollgate__V1__RequestEvent, n_jwt_claims),
-    offsetof(Tollgate__V1__RequestEvent, jwt_claims),
-    &tollgate__v1__attribute__descriptor,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "message_size_bytes",
-    44,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT64,
-    0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__RequestEvent, message_size_bytes),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-};
-static const unsigned tollgate__v1__request_event__field_indices_by_name[] = {
-  3,   /* field[3] = api_context */
-  12,   /* field[12] = api_key */
-  5,   /* field[5] = api_name */
-  16,   /* field[16] = api_policy */
-  6,   /* field[6] = api_tenant_domain */
-  4,   /* field[4] = api_version */
-  9,   /* field[9] = application_id */
-  14,   /* field[14] = application_key */
-  18,   /* field[18] = application_policy */
-  10,   /* field[10] = application_tenant_domain */
-  20,   /* field[20] = client_ip */
-  1,   /* field[1] = gateway_id */
-  21,   /* field[21] = headers */
-  23,   /* field[23] = jwt_claims */
-  0,   /* field[0] = message_id */
-  24,   /* field[24] = message_size_bytes */
-  22,   /* field[22] = query_parameters */
-  7,   /* field[7] = resource */
-  13,   /* field[13] = resource_key */
-  17,   /* field[17] = resource_policy */
-  15,   /* field[15] = subscription_key */
-  19,   /* field[19] = subscription_policy */
-  2,   /* field[2] = timestamp_unix_ms */
-  11,   /* field[11] = username */
-  8,   /* field[8] = verb */
-};
-static const ProtobufCIntRange tollgate__v1__request_event__number_ranges[5 + 1] =
-{
-  { 1, 0 },
-  { 10, 3 },
-  { 20, 12 },
-  { 30, 16 },
-  { 40, 20 },
-  { 0, 25 }
-};
-const ProtobufCMessageDescriptor tollgate__v1__request_event__descriptor =
-{
-  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
-  "tollgate.v1.RequestEvent",
-  "RequestEvent",
-  "Tollgate__V1__RequestEvent",
-  "tollgate.v1",
-  sizeof(Tollgate__V1__RequestEvent),
-  25,
-  tollgate__v1__request_event__field_descriptors,
-  tollgate__v1__request_event__field_indices_by_name,
-  5,  tollgate__v1__request_event__number_ranges,
-  (ProtobufCMessageInit) tollgate__v1__request_event__init,
-  NULL,NULL,NULL    /* reserved[123] */
-};
 static const ProtobufCFieldDescriptor tollgate__v1__usage_fault__field_descriptors[2] =
 {
   {
@@ -1451,7 +1052,7 @@ const ProtobufCMessageDescriptor tollgate__v1__usage_summary__descriptor =
   (ProtobufCMessageInit) tollgate__v1__usage_summary__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__traffic_log_record__field_descriptors[4] =
+static const ProtobufCFieldDescriptor tollgate__v1__traffic_log_record__field_descriptors[3] =
 {
   {
     "sequence",
@@ -1489,29 +1090,16 @@ static const ProtobufCFieldDescriptor tollgate__v1__traffic_log_record__field_de
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
-  {
-    "event",
-    4,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_MESSAGE,
-    offsetof(Tollgate__V1__TrafficLogRecord, entry_case),
-    offsetof(Tollgate__V1__TrafficLogRecord, event),
-    &tollgate__v1__request_event__descriptor,
-    NULL,
-    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
 };
 static const unsigned tollgate__v1__traffic_log_record__field_indices_by_name[] = {
   2,   /* field[2] = decision */
-  3,   /* field[3] = event */
   1,   /* field[1] = recorded_at_unix_ms */
   0,   /* field[0] = sequence */
 };
 static const ProtobufCIntRange tollgate__v1__traffic_log_record__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__traffic_log_record__descriptor =
 {
@@ -1521,7 +1109,7 @@ const ProtobufCMessageDescriptor tollgate__v1__traffic_log_record__descriptor =
   "Tollgate__V1__TrafficLogRecord",
   "tollgate.v1",
   sizeof(Tollgate__V1__TrafficLogRecord),
-  4,
+  3,
   tollgate__v1__traffic_log_record__field_descriptors,
   tollgate__v1__traffic_log_record__field_indices_by_name,
   1,  tollgate__v1__traffic_log_record__number_ranges,

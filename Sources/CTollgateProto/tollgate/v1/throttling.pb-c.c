@@ -1544,7 +1544,7 @@ const ProtobufCMessageDescriptor tollgate__v1__advanced_policy__descriptor =
   (ProtobufCMessageInit) tollgate__v1__advanced_policy__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__global_policy__field_descriptors[8] =
+static const ProtobufCFieldDescriptor tollgate__v1__global_policy__field_descriptors[9] =
 {
   {
     "id",
@@ -1619,6 +1619,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__global_policy__field_descrip
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "limit",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GlobalPolicy, limit),
+    &tollgate__v1__throttle_limit__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "created_at_unix_ms",
     20,
     PROTOBUF_C_LABEL_NONE,
@@ -1644,21 +1656,22 @@ static const ProtobufCFieldDescriptor tollgate__v1__global_policy__field_descrip
   },
 };
 static const unsigned tollgate__v1__global_policy__field_indices_by_name[] = {
-  6,   /* field[6] = created_at_unix_ms */
+  7,   /* field[7] = created_at_unix_ms */
   3,   /* field[3] = description */
   0,   /* field[0] = id */
   4,   /* field[4] = key_template */
+  6,   /* field[6] = limit */
   2,   /* field[2] = name */
   5,   /* field[5] = siddhi_query */
   1,   /* field[1] = tenant_domain */
-  7,   /* field[7] = updated_at_unix_ms */
+  8,   /* field[8] = updated_at_unix_ms */
 };
 static const ProtobufCIntRange tollgate__v1__global_policy__number_ranges[3 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
-  { 20, 6 },
-  { 0, 8 }
+  { 20, 7 },
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__global_policy__descriptor =
 {
@@ -1668,7 +1681,7 @@ const ProtobufCMessageDescriptor tollgate__v1__global_policy__descriptor =
   "Tollgate__V1__GlobalPolicy",
   "tollgate.v1",
   sizeof(Tollgate__V1__GlobalPolicy),
-  8,
+  9,
   tollgate__v1__global_policy__field_descriptors,
   tollgate__v1__global_policy__field_indices_by_name,
   3,  tollgate__v1__global_policy__number_ranges,

@@ -7,94 +7,184 @@
 #endif
 
 #include "tollgate/v1/traffic_manager_service.pb-c.h"
-void   tollgate__v1__publish_request_events_request__init
-                     (Tollgate__V1__PublishRequestEventsRequest         *message)
+void   tollgate__v1__lease_operation__init
+                     (Tollgate__V1__LeaseOperation         *message)
 {
-  static const Tollgate__V1__PublishRequestEventsRequest init_value = TOLLGATE__V1__PUBLISH_REQUEST_EVENTS_REQUEST__INIT;
+  static const Tollgate__V1__LeaseOperation init_value = TOLLGATE__V1__LEASE_OPERATION__INIT;
   *message = init_value;
 }
-size_t tollgate__v1__publish_request_events_request__get_packed_size
-                     (const Tollgate__V1__PublishRequestEventsRequest *message)
+size_t tollgate__v1__lease_operation__get_packed_size
+                     (const Tollgate__V1__LeaseOperation *message)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_request__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__lease_operation__descriptor);
   return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
 }
-size_t tollgate__v1__publish_request_events_request__pack
-                     (const Tollgate__V1__PublishRequestEventsRequest *message,
+size_t tollgate__v1__lease_operation__pack
+                     (const Tollgate__V1__LeaseOperation *message,
                       uint8_t       *out)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_request__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__lease_operation__descriptor);
   return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
 }
-size_t tollgate__v1__publish_request_events_request__pack_to_buffer
-                     (const Tollgate__V1__PublishRequestEventsRequest *message,
+size_t tollgate__v1__lease_operation__pack_to_buffer
+                     (const Tollgate__V1__LeaseOperation *message,
                       ProtobufCBuffer *buffer)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_request__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__lease_operation__descriptor);
   return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
 }
-Tollgate__V1__PublishRequestEventsRequest *
-       tollgate__v1__publish_request_events_request__unpack
+Tollgate__V1__LeaseOperation *
+       tollgate__v1__lease_operation__unpack
                      (ProtobufCAllocator  *allocator,
                       size_t               len,
                       const uint8_t       *data)
 {
-  return (Tollgate__V1__PublishRequestEventsRequest *)
-     protobuf_c_message_unpack (&tollgate__v1__publish_request_events_request__descriptor,
+  return (Tollgate__V1__LeaseOperation *)
+     protobuf_c_message_unpack (&tollgate__v1__lease_operation__descriptor,
                                 allocator, len, data);
 }
-void   tollgate__v1__publish_request_events_request__free_unpacked
-                     (Tollgate__V1__PublishRequestEventsRequest *message,
+void   tollgate__v1__lease_operation__free_unpacked
+                     (Tollgate__V1__LeaseOperation *message,
                       ProtobufCAllocator *allocator)
 {
   if(!message)
     return;
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_request__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__lease_operation__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-void   tollgate__v1__publish_request_events_response__init
-                     (Tollgate__V1__PublishRequestEventsResponse         *message)
+void   tollgate__v1__exchange_leases_request__init
+                     (Tollgate__V1__ExchangeLeasesRequest         *message)
 {
-  static const Tollgate__V1__PublishRequestEventsResponse init_value = TOLLGATE__V1__PUBLISH_REQUEST_EVENTS_RESPONSE__INIT;
+  static const Tollgate__V1__ExchangeLeasesRequest init_value = TOLLGATE__V1__EXCHANGE_LEASES_REQUEST__INIT;
   *message = init_value;
 }
-size_t tollgate__v1__publish_request_events_response__get_packed_size
-                     (const Tollgate__V1__PublishRequestEventsResponse *message)
+size_t tollgate__v1__exchange_leases_request__get_packed_size
+                     (const Tollgate__V1__ExchangeLeasesRequest *message)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_response__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_request__descriptor);
   return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
 }
-size_t tollgate__v1__publish_request_events_response__pack
-                     (const Tollgate__V1__PublishRequestEventsResponse *message,
+size_t tollgate__v1__exchange_leases_request__pack
+                     (const Tollgate__V1__ExchangeLeasesRequest *message,
                       uint8_t       *out)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_response__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_request__descriptor);
   return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
 }
-size_t tollgate__v1__publish_request_events_response__pack_to_buffer
-                     (const Tollgate__V1__PublishRequestEventsResponse *message,
+size_t tollgate__v1__exchange_leases_request__pack_to_buffer
+                     (const Tollgate__V1__ExchangeLeasesRequest *message,
                       ProtobufCBuffer *buffer)
 {
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_response__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_request__descriptor);
   return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
 }
-Tollgate__V1__PublishRequestEventsResponse *
-       tollgate__v1__publish_request_events_response__unpack
+Tollgate__V1__ExchangeLeasesRequest *
+       tollgate__v1__exchange_leases_request__unpack
                      (ProtobufCAllocator  *allocator,
                       size_t               len,
                       const uint8_t       *data)
 {
-  return (Tollgate__V1__PublishRequestEventsResponse *)
-     protobuf_c_message_unpack (&tollgate__v1__publish_request_events_response__descriptor,
+  return (Tollgate__V1__ExchangeLeasesRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__exchange_leases_request__descriptor,
                                 allocator, len, data);
 }
-void   tollgate__v1__publish_request_events_response__free_unpacked
-                     (Tollgate__V1__PublishRequestEventsResponse *message,
+void   tollgate__v1__exchange_leases_request__free_unpacked
+                     (Tollgate__V1__ExchangeLeasesRequest *message,
                       ProtobufCAllocator *allocator)
 {
   if(!message)
     return;
-  assert(message->base.descriptor == &tollgate__v1__publish_request_events_response__descriptor);
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__lease_grant__init
+                     (Tollgate__V1__LeaseGrant         *message)
+{
+  static const Tollgate__V1__LeaseGrant init_value = TOLLGATE__V1__LEASE_GRANT__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__lease_grant__get_packed_size
+                     (const Tollgate__V1__LeaseGrant *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__lease_grant__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__lease_grant__pack
+                     (const Tollgate__V1__LeaseGrant *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__lease_grant__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__lease_grant__pack_to_buffer
+                     (const Tollgate__V1__LeaseGrant *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__lease_grant__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__LeaseGrant *
+       tollgate__v1__lease_grant__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__LeaseGrant *)
+     protobuf_c_message_unpack (&tollgate__v1__lease_grant__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__lease_grant__free_unpacked
+                     (Tollgate__V1__LeaseGrant *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__lease_grant__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__exchange_leases_response__init
+                     (Tollgate__V1__ExchangeLeasesResponse         *message)
+{
+  static const Tollgate__V1__ExchangeLeasesResponse init_value = TOLLGATE__V1__EXCHANGE_LEASES_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__exchange_leases_response__get_packed_size
+                     (const Tollgate__V1__ExchangeLeasesResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__exchange_leases_response__pack
+                     (const Tollgate__V1__ExchangeLeasesResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__exchange_leases_response__pack_to_buffer
+                     (const Tollgate__V1__ExchangeLeasesResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ExchangeLeasesResponse *
+       tollgate__v1__exchange_leases_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ExchangeLeasesResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__exchange_leases_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__exchange_leases_response__free_unpacked
+                     (Tollgate__V1__ExchangeLeasesResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__exchange_leases_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   tollgate__v1__watch_decisions_request__init
@@ -187,93 +277,505 @@ void   tollgate__v1__watch_decisions_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__watch_decisions_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tollgate__v1__publish_request_events_request__field_descriptors[1] =
+void   tollgate__v1__get_throttle_status_request__init
+                     (Tollgate__V1__GetThrottleStatusRequest         *message)
+{
+  static const Tollgate__V1__GetThrottleStatusRequest init_value = TOLLGATE__V1__GET_THROTTLE_STATUS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__get_throttle_status_request__get_packed_size
+                     (const Tollgate__V1__GetThrottleStatusRequest *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__get_throttle_status_request__pack
+                     (const Tollgate__V1__GetThrottleStatusRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__get_throttle_status_request__pack_to_buffer
+                     (const Tollgate__V1__GetThrottleStatusRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__GetThrottleStatusRequest *
+       tollgate__v1__get_throttle_status_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__GetThrottleStatusRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__get_throttle_status_request__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__get_throttle_status_request__free_unpacked
+                     (Tollgate__V1__GetThrottleStatusRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__gateway_lease_status__init
+                     (Tollgate__V1__GatewayLeaseStatus         *message)
+{
+  static const Tollgate__V1__GatewayLeaseStatus init_value = TOLLGATE__V1__GATEWAY_LEASE_STATUS__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__gateway_lease_status__get_packed_size
+                     (const Tollgate__V1__GatewayLeaseStatus *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__gateway_lease_status__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__gateway_lease_status__pack
+                     (const Tollgate__V1__GatewayLeaseStatus *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__gateway_lease_status__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__gateway_lease_status__pack_to_buffer
+                     (const Tollgate__V1__GatewayLeaseStatus *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__gateway_lease_status__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__GatewayLeaseStatus *
+       tollgate__v1__gateway_lease_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__GatewayLeaseStatus *)
+     protobuf_c_message_unpack (&tollgate__v1__gateway_lease_status__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__gateway_lease_status__free_unpacked
+                     (Tollgate__V1__GatewayLeaseStatus *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__gateway_lease_status__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__throttle_counter__init
+                     (Tollgate__V1__ThrottleCounter         *message)
+{
+  static const Tollgate__V1__ThrottleCounter init_value = TOLLGATE__V1__THROTTLE_COUNTER__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__throttle_counter__get_packed_size
+                     (const Tollgate__V1__ThrottleCounter *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__throttle_counter__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__throttle_counter__pack
+                     (const Tollgate__V1__ThrottleCounter *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__throttle_counter__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__throttle_counter__pack_to_buffer
+                     (const Tollgate__V1__ThrottleCounter *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__throttle_counter__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ThrottleCounter *
+       tollgate__v1__throttle_counter__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ThrottleCounter *)
+     protobuf_c_message_unpack (&tollgate__v1__throttle_counter__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__throttle_counter__free_unpacked
+                     (Tollgate__V1__ThrottleCounter *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__throttle_counter__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__get_throttle_status_response__init
+                     (Tollgate__V1__GetThrottleStatusResponse         *message)
+{
+  static const Tollgate__V1__GetThrottleStatusResponse init_value = TOLLGATE__V1__GET_THROTTLE_STATUS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__get_throttle_status_response__get_packed_size
+                     (const Tollgate__V1__GetThrottleStatusResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__get_throttle_status_response__pack
+                     (const Tollgate__V1__GetThrottleStatusResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__get_throttle_status_response__pack_to_buffer
+                     (const Tollgate__V1__GetThrottleStatusResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__GetThrottleStatusResponse *
+       tollgate__v1__get_throttle_status_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__GetThrottleStatusResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__get_throttle_status_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__get_throttle_status_response__free_unpacked
+                     (Tollgate__V1__GetThrottleStatusResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__get_throttle_status_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+static const ProtobufCFieldDescriptor tollgate__v1__lease_operation__field_descriptors[8] =
 {
   {
-    "events",
+    "throttle_key",
     1,
-    PROTOBUF_C_LABEL_REPEATED,
-    PROTOBUF_C_TYPE_MESSAGE,
-    offsetof(Tollgate__V1__PublishRequestEventsRequest, n_events),
-    offsetof(Tollgate__V1__PublishRequestEventsRequest, events),
-    &tollgate__v1__request_event__descriptor,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, throttle_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window_start_unix_ms",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, window_start_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window_end_unix_ms",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, window_end_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "wanted",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, wanted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "returned",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, returned),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "used",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, used),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "unleased",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseOperation, unleased),
+    NULL,
     NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
 };
-static const unsigned tollgate__v1__publish_request_events_request__field_indices_by_name[] = {
-  0,   /* field[0] = events */
+static const unsigned tollgate__v1__lease_operation__field_indices_by_name[] = {
+  3,   /* field[3] = limit */
+  5,   /* field[5] = returned */
+  0,   /* field[0] = throttle_key */
+  7,   /* field[7] = unleased */
+  6,   /* field[6] = used */
+  4,   /* field[4] = wanted */
+  2,   /* field[2] = window_end_unix_ms */
+  1,   /* field[1] = window_start_unix_ms */
 };
-static const ProtobufCIntRange tollgate__v1__publish_request_events_request__number_ranges[1 + 1] =
+static const ProtobufCIntRange tollgate__v1__lease_operation__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__lease_operation__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.LeaseOperation",
+  "LeaseOperation",
+  "Tollgate__V1__LeaseOperation",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__LeaseOperation),
+  8,
+  tollgate__v1__lease_operation__field_descriptors,
+  tollgate__v1__lease_operation__field_indices_by_name,
+  1,  tollgate__v1__lease_operation__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__lease_operation__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__exchange_leases_request__field_descriptors[1] =
+{
+  {
+    "operations",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__ExchangeLeasesRequest, n_operations),
+    offsetof(Tollgate__V1__ExchangeLeasesRequest, operations),
+    &tollgate__v1__lease_operation__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__exchange_leases_request__field_indices_by_name[] = {
+  0,   /* field[0] = operations */
+};
+static const ProtobufCIntRange tollgate__v1__exchange_leases_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
   { 0, 1 }
 };
-const ProtobufCMessageDescriptor tollgate__v1__publish_request_events_request__descriptor =
+const ProtobufCMessageDescriptor tollgate__v1__exchange_leases_request__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
-  "tollgate.v1.PublishRequestEventsRequest",
-  "PublishRequestEventsRequest",
-  "Tollgate__V1__PublishRequestEventsRequest",
+  "tollgate.v1.ExchangeLeasesRequest",
+  "ExchangeLeasesRequest",
+  "Tollgate__V1__ExchangeLeasesRequest",
   "tollgate.v1",
-  sizeof(Tollgate__V1__PublishRequestEventsRequest),
+  sizeof(Tollgate__V1__ExchangeLeasesRequest),
   1,
-  tollgate__v1__publish_request_events_request__field_descriptors,
-  tollgate__v1__publish_request_events_request__field_indices_by_name,
-  1,  tollgate__v1__publish_request_events_request__number_ranges,
-  (ProtobufCMessageInit) tollgate__v1__publish_request_events_request__init,
+  tollgate__v1__exchange_leases_request__field_descriptors,
+  tollgate__v1__exchange_leases_request__field_indices_by_name,
+  1,  tollgate__v1__exchange_leases_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__exchange_leases_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__publish_request_events_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor tollgate__v1__lease_grant__field_descriptors[6] =
 {
   {
-    "accepted_count",
+    "throttle_key",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT64,
+    PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__PublishRequestEventsResponse, accepted_count),
+    offsetof(Tollgate__V1__LeaseGrant, throttle_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window_start_unix_ms",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseGrant, window_start_unix_ms),
     NULL,
     NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "discarded_count",
-    2,
+    "granted",
+    3,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_UINT64,
     0,   /* quantifier_offset */
-    offsetof(Tollgate__V1__PublishRequestEventsResponse, discarded_count),
+    offsetof(Tollgate__V1__LeaseGrant, granted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "remaining",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseGrant, remaining),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseGrant, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gateways",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LeaseGrant, gateways),
     NULL,
     NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
 };
-static const unsigned tollgate__v1__publish_request_events_response__field_indices_by_name[] = {
-  0,   /* field[0] = accepted_count */
-  1,   /* field[1] = discarded_count */
+static const unsigned tollgate__v1__lease_grant__field_indices_by_name[] = {
+  5,   /* field[5] = gateways */
+  2,   /* field[2] = granted */
+  4,   /* field[4] = limit */
+  3,   /* field[3] = remaining */
+  0,   /* field[0] = throttle_key */
+  1,   /* field[1] = window_start_unix_ms */
 };
-static const ProtobufCIntRange tollgate__v1__publish_request_events_response__number_ranges[1 + 1] =
+static const ProtobufCIntRange tollgate__v1__lease_grant__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__lease_grant__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.LeaseGrant",
+  "LeaseGrant",
+  "Tollgate__V1__LeaseGrant",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__LeaseGrant),
+  6,
+  tollgate__v1__lease_grant__field_descriptors,
+  tollgate__v1__lease_grant__field_indices_by_name,
+  1,  tollgate__v1__lease_grant__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__lease_grant__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__exchange_leases_response__field_descriptors[2] =
+{
+  {
+    "grants",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__ExchangeLeasesResponse, n_grants),
+    offsetof(Tollgate__V1__ExchangeLeasesResponse, grants),
+    &tollgate__v1__lease_grant__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "traffic_manager_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ExchangeLeasesResponse, traffic_manager_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__exchange_leases_response__field_indices_by_name[] = {
+  0,   /* field[0] = grants */
+  1,   /* field[1] = traffic_manager_id */
+};
+static const ProtobufCIntRange tollgate__v1__exchange_leases_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
   { 0, 2 }
 };
-const ProtobufCMessageDescriptor tollgate__v1__publish_request_events_response__descriptor =
+const ProtobufCMessageDescriptor tollgate__v1__exchange_leases_response__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
-  "tollgate.v1.PublishRequestEventsResponse",
-  "PublishRequestEventsResponse",
-  "Tollgate__V1__PublishRequestEventsResponse",
+  "tollgate.v1.ExchangeLeasesResponse",
+  "ExchangeLeasesResponse",
+  "Tollgate__V1__ExchangeLeasesResponse",
   "tollgate.v1",
-  sizeof(Tollgate__V1__PublishRequestEventsResponse),
+  sizeof(Tollgate__V1__ExchangeLeasesResponse),
   2,
-  tollgate__v1__publish_request_events_response__field_descriptors,
-  tollgate__v1__publish_request_events_response__field_indices_by_name,
-  1,  tollgate__v1__publish_request_events_response__number_ranges,
-  (ProtobufCMessageInit) tollgate__v1__publish_request_events_response__init,
+  tollgate__v1__exchange_leases_response__field_descriptors,
+  tollgate__v1__exchange_leases_response__field_indices_by_name,
+  1,  tollgate__v1__exchange_leases_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__exchange_leases_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tollgate__v1__watch_decisions_request__field_descriptors[1] =
@@ -378,13 +880,349 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_decisions_response__descrip
   (ProtobufCMessageInit) tollgate__v1__watch_decisions_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor tollgate__v1__traffic_manager_service__method_descriptors[2] =
+static const ProtobufCFieldDescriptor tollgate__v1__get_throttle_status_request__field_descriptors[1] =
 {
-  { "PublishRequestEvents", &tollgate__v1__publish_request_events_request__descriptor, &tollgate__v1__publish_request_events_response__descriptor },
+  {
+    "throttle_key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetThrottleStatusRequest, throttle_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__get_throttle_status_request__field_indices_by_name[] = {
+  0,   /* field[0] = throttle_key */
+};
+static const ProtobufCIntRange tollgate__v1__get_throttle_status_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__get_throttle_status_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.GetThrottleStatusRequest",
+  "GetThrottleStatusRequest",
+  "Tollgate__V1__GetThrottleStatusRequest",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__GetThrottleStatusRequest),
+  1,
+  tollgate__v1__get_throttle_status_request__field_descriptors,
+  tollgate__v1__get_throttle_status_request__field_indices_by_name,
+  1,  tollgate__v1__get_throttle_status_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__get_throttle_status_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__gateway_lease_status__field_descriptors[5] =
+{
+  {
+    "gateway_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GatewayLeaseStatus, gateway_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "granted",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GatewayLeaseStatus, granted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "returned",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GatewayLeaseStatus, returned),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "used",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GatewayLeaseStatus, used),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "unleased",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GatewayLeaseStatus, unleased),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__gateway_lease_status__field_indices_by_name[] = {
+  0,   /* field[0] = gateway_id */
+  1,   /* field[1] = granted */
+  2,   /* field[2] = returned */
+  4,   /* field[4] = unleased */
+  3,   /* field[3] = used */
+};
+static const ProtobufCIntRange tollgate__v1__gateway_lease_status__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__gateway_lease_status__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.GatewayLeaseStatus",
+  "GatewayLeaseStatus",
+  "Tollgate__V1__GatewayLeaseStatus",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__GatewayLeaseStatus),
+  5,
+  tollgate__v1__gateway_lease_status__field_descriptors,
+  tollgate__v1__gateway_lease_status__field_indices_by_name,
+  1,  tollgate__v1__gateway_lease_status__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__gateway_lease_status__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__throttle_counter__field_descriptors[10] =
+{
+  {
+    "throttle_key",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, throttle_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window_start_unix_ms",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, window_start_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window_end_unix_ms",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, window_end_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "granted",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, granted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "returned",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, returned),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "used",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, used),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "unleased",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, unleased),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "exhausted",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ThrottleCounter, exhausted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "gateways",
+    10,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__ThrottleCounter, n_gateways),
+    offsetof(Tollgate__V1__ThrottleCounter, gateways),
+    &tollgate__v1__gateway_lease_status__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__throttle_counter__field_indices_by_name[] = {
+  8,   /* field[8] = exhausted */
+  9,   /* field[9] = gateways */
+  4,   /* field[4] = granted */
+  3,   /* field[3] = limit */
+  5,   /* field[5] = returned */
+  0,   /* field[0] = throttle_key */
+  7,   /* field[7] = unleased */
+  6,   /* field[6] = used */
+  2,   /* field[2] = window_end_unix_ms */
+  1,   /* field[1] = window_start_unix_ms */
+};
+static const ProtobufCIntRange tollgate__v1__throttle_counter__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 10 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__throttle_counter__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ThrottleCounter",
+  "ThrottleCounter",
+  "Tollgate__V1__ThrottleCounter",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ThrottleCounter),
+  10,
+  tollgate__v1__throttle_counter__field_descriptors,
+  tollgate__v1__throttle_counter__field_indices_by_name,
+  1,  tollgate__v1__throttle_counter__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__throttle_counter__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__get_throttle_status_response__field_descriptors[2] =
+{
+  {
+    "traffic_manager_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetThrottleStatusResponse, traffic_manager_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "counters",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__GetThrottleStatusResponse, n_counters),
+    offsetof(Tollgate__V1__GetThrottleStatusResponse, counters),
+    &tollgate__v1__throttle_counter__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__get_throttle_status_response__field_indices_by_name[] = {
+  1,   /* field[1] = counters */
+  0,   /* field[0] = traffic_manager_id */
+};
+static const ProtobufCIntRange tollgate__v1__get_throttle_status_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__get_throttle_status_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.GetThrottleStatusResponse",
+  "GetThrottleStatusResponse",
+  "Tollgate__V1__GetThrottleStatusResponse",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__GetThrottleStatusResponse),
+  2,
+  tollgate__v1__get_throttle_status_response__field_descriptors,
+  tollgate__v1__get_throttle_status_response__field_indices_by_name,
+  1,  tollgate__v1__get_throttle_status_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__get_throttle_status_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCMethodDescriptor tollgate__v1__traffic_manager_service__method_descriptors[3] =
+{
+  { "ExchangeLeases", &tollgate__v1__exchange_leases_request__descriptor, &tollgate__v1__exchange_leases_response__descriptor },
   { "WatchDecisions", &tollgate__v1__watch_decisions_request__descriptor, &tollgate__v1__watch_decisions_response__descriptor },
+  { "GetThrottleStatus", &tollgate__v1__get_throttle_status_request__descriptor, &tollgate__v1__get_throttle_status_response__descriptor },
 };
 const unsigned tollgate__v1__traffic_manager_service__method_indices_by_name[] = {
-  0,        /* PublishRequestEvents */
+  0,        /* ExchangeLeases */
+  2,        /* GetThrottleStatus */
   1         /* WatchDecisions */
 };
 const ProtobufCServiceDescriptor tollgate__v1__traffic_manager_service__descriptor =
@@ -394,14 +1232,14 @@ const ProtobufCServiceDescriptor tollgate__v1__traffic_manager_service__descript
   "TrafficManagerService",
   "Tollgate__V1__TrafficManagerService",
   "tollgate.v1",
-  2,
+  3,
   tollgate__v1__traffic_manager_service__method_descriptors,
   tollgate__v1__traffic_manager_service__method_indices_by_name
 };
-void tollgate__v1__traffic_manager_service__publish_request_events(ProtobufCService *service,
-                                                                   const Tollgate__V1__PublishRequestEventsRequest *input,
-                                                                   Tollgate__V1__PublishRequestEventsResponse_Closure closure,
-                                                                   void *closure_data)
+void tollgate__v1__traffic_manager_service__exchange_leases(ProtobufCService *service,
+                                                            const Tollgate__V1__ExchangeLeasesRequest *input,
+                                                            Tollgate__V1__ExchangeLeasesResponse_Closure closure,
+                                                            void *closure_data)
 {
   assert(service->descriptor == &tollgate__v1__traffic_manager_service__descriptor);
   service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
@@ -413,6 +1251,14 @@ void tollgate__v1__traffic_manager_service__watch_decisions(ProtobufCService *se
 {
   assert(service->descriptor == &tollgate__v1__traffic_manager_service__descriptor);
   service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void tollgate__v1__traffic_manager_service__get_throttle_status(ProtobufCService *service,
+                                                                const Tollgate__V1__GetThrottleStatusRequest *input,
+                                                                Tollgate__V1__GetThrottleStatusResponse_Closure closure,
+                                                                void *closure_data)
+{
+  assert(service->descriptor == &tollgate__v1__traffic_manager_service__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__traffic_manager_service__init (Tollgate__V1__TrafficManagerService_Service *service,
                                                   Tollgate__V1__TrafficManagerService_ServiceDestroy destroy)

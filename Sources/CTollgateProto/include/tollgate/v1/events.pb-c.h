@@ -17,7 +17,6 @@ PROTOBUF_C__BEGIN_DECLS
 #include "tollgate/v1/common.pb-c.h"
 #include "tollgate/v1/throttling.pb-c.h"
 
-typedef struct Tollgate__V1__RequestEvent Tollgate__V1__RequestEvent;
 typedef struct Tollgate__V1__UsageFault Tollgate__V1__UsageFault;
 typedef struct Tollgate__V1__UsageEvent Tollgate__V1__UsageEvent;
 typedef struct Tollgate__V1__UsageSummary Tollgate__V1__UsageSummary;
@@ -41,75 +40,6 @@ typedef enum _Tollgate__V1__BucketGranularity {
 } Tollgate__V1__BucketGranularity;
 
 /* --- messages --- */
-
-/*
- * One call that passed the gateway's checks, sent to the traffic managers
- * after the call was let through so they can count it against every quota
- * it falls under.
- */
-struct  Tollgate__V1__RequestEvent
-{
-  ProtobufCMessage base;
-  /*
-   * Unique per call; lets a traffic manager drop a duplicate after a resend.
-   */
-  char *message_id;
-  /*
-   * Node id of the gateway that served the call.
-   */
-  char *gateway_id;
-  int64_t timestamp_unix_ms;
-  char *api_context;
-  char *api_version;
-  char *api_name;
-  char *api_tenant_domain;
-  /*
-   * The matched URI template and its verb.
-   */
-  char *resource;
-  Tollgate__V1__HttpVerb verb;
-  char *application_id;
-  char *application_tenant_domain;
-  /*
-   * The end user the token stands for.
-   */
-  char *username;
-  /*
-   * Throttle keys the call counts against, built as WSO2 builds them:
-   * `context:version`, the resource key, `appId:user` and
-   * `appId:context:version`.
-   */
-  char *api_key;
-  char *resource_key;
-  char *application_key;
-  char *subscription_key;
-  /*
-   * Names of the policies those keys are governed by.
-   */
-  char *api_policy;
-  char *resource_policy;
-  char *application_policy;
-  char *subscription_policy;
-  /*
-   * Inputs to condition groups. Headers, query parameters and JWT claims are
-   * only sent for policies that have conditions on them.
-   */
-  char *client_ip;
-  size_t n_headers;
-  Tollgate__V1__Attribute **headers;
-  size_t n_query_parameters;
-  Tollgate__V1__Attribute **query_parameters;
-  size_t n_jwt_claims;
-  Tollgate__V1__Attribute **jwt_claims;
-  /*
-   * Request payload size, for bandwidth quotas.
-   */
-  uint64_t message_size_bytes;
-};
-#define TOLLGATE__V1__REQUEST_EVENT__INIT \
- { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__request_event__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0,NULL, 0 }
-
 
 /*
  * Why a call failed after it reached the gateway's mediation or backend.
@@ -245,14 +175,14 @@ struct  Tollgate__V1__UsageSummary
 
 typedef enum {
   TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY__NOT_SET = 0,
-  TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY_DECISION = 3,
-  TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY_EVENT = 4
+  TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY_DECISION = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY__CASE)
 } Tollgate__V1__TrafficLogRecord__EntryCase;
 
 /*
- * One entry of a traffic manager's durable log (mbstoredb): what it decided
- * and, so counters survive a restart, the events it counted.
+ * One entry of a traffic manager's durable log (mbstoredb): what it
+ * decided, in order, so `WatchDecisions` resumes across restarts. Its lease
+ * counters are kept beside it (`ThrottleCounter`, table `lease_counters`).
  */
 struct  Tollgate__V1__TrafficLogRecord
 {
@@ -262,7 +192,6 @@ struct  Tollgate__V1__TrafficLogRecord
   Tollgate__V1__TrafficLogRecord__EntryCase entry_case;
   union {
     Tollgate__V1__ThrottleDecision *decision;
-    Tollgate__V1__RequestEvent *event;
   };
 };
 #define TOLLGATE__V1__TRAFFIC_LOG_RECORD__INIT \
@@ -270,25 +199,6 @@ struct  Tollgate__V1__TrafficLogRecord
     , 0, 0, TOLLGATE__V1__TRAFFIC_LOG_RECORD__ENTRY__NOT_SET, {0} }
 
 
-/* Tollgate__V1__RequestEvent methods */
-void   tollgate__v1__request_event__init
-                     (Tollgate__V1__RequestEvent         *message);
-size_t tollgate__v1__request_event__get_packed_size
-                     (const Tollgate__V1__RequestEvent   *message);
-size_t tollgate__v1__request_event__pack
-                     (const Tollgate__V1__RequestEvent   *message,
-                      uint8_t             *out);
-size_t tollgate__v1__request_event__pack_to_buffer
-                     (const Tollgate__V1__RequestEvent   *message,
-                      ProtobufCBuffer     *buffer);
-Tollgate__V1__RequestEvent *
-       tollgate__v1__request_event__unpack
-                     (ProtobufCAllocator  *allocator,
-                      size_t               len,
-                      const uint8_t       *data);
-void   tollgate__v1__request_event__free_unpacked
-                     (Tollgate__V1__RequestEvent *message,
-                      ProtobufCAllocator *allocator);
 /* Tollgate__V1__UsageFault methods */
 void   tollgate__v1__usage_fault__init
                      (Tollgate__V1__UsageFault         *message);
@@ -367,9 +277,6 @@ void   tollgate__v1__traffic_log_record__free_unpacked
                       ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
-typedef void (*Tollgate__V1__RequestEvent_Closure)
-                 (const Tollgate__V1__RequestEvent *message,
-                  void *closure_data);
 typedef void (*Tollgate__V1__UsageFault_Closure)
                  (const Tollgate__V1__UsageFault *message,
                   void *closure_data);
@@ -389,7 +296,6 @@ typedef void (*Tollgate__V1__TrafficLogRecord_Closure)
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    tollgate__v1__bucket_granularity__descriptor;
-extern const ProtobufCMessageDescriptor tollgate__v1__request_event__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_fault__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_event__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_summary__descriptor;

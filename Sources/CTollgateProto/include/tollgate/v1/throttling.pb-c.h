@@ -354,16 +354,21 @@ struct  Tollgate__V1__GlobalPolicy
    */
   char *key_template;
   /*
-   * The counting rule, in the Siddhi-like query language the traffic manager
-   * runs.
+   * The counting rule as WSO2 writes it (a Siddhi query), kept for
+   * policies imported from WSO2; Tollgate enforces `limit`.
    */
   char *siddhi_query;
+  /*
+   * The quota each expanded key gets, leased like every other quota
+   * (docs/throttling.md); absent means the policy only records its query.
+   */
+  Tollgate__V1__ThrottleLimit *limit;
   int64_t created_at_unix_ms;
   int64_t updated_at_unix_ms;
 };
 #define TOLLGATE__V1__GLOBAL_POLICY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__global_policy__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, 0, 0 }
 
 
 typedef enum {
