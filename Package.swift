@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "tollctl", targets: ["tollctl"]),
         // For the fuzzing package in Fuzz/ (make fuzz).
         .library(name: "RPCCore", targets: ["RPCCore"]),
+        .library(name: "ThriftCore", targets: ["ThriftCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -54,6 +55,8 @@ let package = Package(
         .target(name: "RPCCore", dependencies: ["TollgateProto"]),
         // Generated handler protocols and clients per service, plus the access table.
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
+        // Apache Thrift's binary and compact protocols, and WSO2's key-validation messages.
+        .target(name: "ThriftCore", dependencies: ["TollgateProto"]),
 
         // MARK: Storage for the five logical databases, change-logs, outboxes, blocking executors
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit", "RPCCore"]),
