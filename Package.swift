@@ -71,6 +71,8 @@ let package = Package(
         .target(name: "TollgateListeners", dependencies: ["RoleCore", "TollgateTLS", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
         // The RPC listener and client over NIO and the TLS handler.
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioConcurrency]),
+        // The gateway's pooled Thrift key-validation client (WSO2's ThriftClient) and its HTTPS authenticator call.
+        .target(name: "ThriftNIO", dependencies: ["ThriftCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioHTTP1]),
 
         // MARK: Role modules (no NIO, no C): each declares a RoleModule
         // Users, roles, tenants and sessions (userdb); the tenancy rule.
@@ -82,7 +84,7 @@ let package = Package(
                                                         logging, serviceLifecycle]),
 
         // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
-        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
+        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "ThriftCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
                                                          logging, serviceLifecycle]),
         // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
         .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
