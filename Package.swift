@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThriftCoreTests", dependencies: ["ThriftCore", "TollgateProto", "TestSupport"]),
-        .testTarget(name: "ThriftNIOTests", dependencies: ["ThriftNIO", "ThriftCore", "TollgateProto", "TestSupport", nioPosix]),
+        .testTarget(name: "ThriftNIOTests", dependencies: ["ThriftNIO", "ThriftCore", "TollgateProto", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),

@@ -84,7 +84,7 @@ enum AuthenticatorClient {
                      group: any EventLoopGroup) async throws -> [UInt8] {
         let loop = group.next()
         let response = loop.makePromise(of: (status: Int, body: [UInt8]).self)
-        let channel = try await ClientBootstrap(group: loop)
+        let connecting = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -94,7 +94,15 @@ enum AuthenticatorClient {
                     try sync.addHandler(ResponseCollector(response: response))
                 }
             }
-            .connect(host: location.host, port: location.port).get()
+            .connect(host: location.host, port: location.port)
+        let channel: any Channel
+        do {
+            channel = try await connecting.get()
+        } catch {
+            // The promise must complete whatever happens (NIO checks it).
+            response.fail(error)
+            throw error
+        }
         let timer = loop.scheduleTask(in: timeout) { response.fail(ThriftTransportError("no answer within \(timeout.nanoseconds / 1_000_000) ms")) }
         defer {
             timer.cancel()

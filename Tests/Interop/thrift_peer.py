@@ -34,7 +34,7 @@ from thrift.transport import THttpClient, TSSLSocket, TTransport  # noqa: E402
 from authenticator import AuthenticatorService  # noqa: E402
 from authenticator.ttypes import AuthenticationException  # noqa: E402
 from keymgt import APIKeyValidationService  # noqa: E402
-from keymgt.ttypes import APIKeyMgtException, APIKeyValidationInfoDTO, URITemplate  # noqa: E402
+from keymgt.ttypes import APIKeyMgtException, APIKeyValidationInfoDTO, ConditionDTO, ConditionGroupDTO, URITemplate  # noqa: E402
 
 INVALID_SESSION = "Invalid session id for thrift authenticator."
 checks = 0
@@ -204,7 +204,14 @@ class KeyManagerHandler:
 
     def getAllURITemplates(self, context, apiVersion, sessionId):
         self._use(sessionId)
-        return [URITemplate(**t) for t in self.answers.get("templates", [])]
+        templates = []
+        for fields in self.answers.get("templates", []):
+            fields = dict(fields)
+            fields["conditionGroups"] = [ConditionGroupDTO(conditionGroupId=g.get("conditionGroupId"),
+                                                           conditions=[ConditionDTO(**c) for c in g.get("conditions", [])])
+                                         for g in fields.get("conditionGroups", [])]
+            templates.append(URITemplate(**fields))
+        return templates
 
 
 def run_server(args):

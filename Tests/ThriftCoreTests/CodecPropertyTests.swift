@@ -1,5 +1,6 @@
 import Testing
 import ThriftCore
+import TollgateProto
 
 /// A seeded generator, so a failing case can be replayed.
 struct SplitMix64: RandomNumberGenerator {

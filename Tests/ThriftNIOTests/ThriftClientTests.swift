@@ -1,11 +1,17 @@
 import Foundation
+import NIOCore
 import NIOPosix
+import OpenSSLKit
 import Synchronization
 import TestSupport
 import Testing
 import ThriftCore
 import ThriftNIO
 import TollgateProto
+
+final class Counter: Sendable {
+    let value = Atomic<Int>(0)
+}
 
 /// The gateway's Thrift client against stock Apache Thrift servers playing
 /// WSO2 keymanagers: results equal what the server sent, failover when one
@@ -97,9 +103,14 @@ import TollgateProto
                                                        eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
         await #expect(throws: ThriftKeyValidationClient.ValidationError.self) { _ = try await Self.validate(untrusting, "good-token") }
         await untrusting.shutdown()
-        // A name the certificate does not carry (it names localhost and 127.0.0.1): refused, unless the check is off.
-        let wrongName = ThriftKeyValidationClient.Endpoint(host: "127.0.0.2", thriftPort: server.thriftPort,
-                                                           authenticatorURL: "https://127.0.0.2:\(server.authenticatorPort)/thriftAuthenticator")
+        // A server whose certificate names another host: refused, unless the check is off.
+        let elsewhere = try CertificateIssuer.issue(CertificateRequest(commonName: "km-elsewhere", usage: .node, dnsNames: ["km.elsewhere.example"],
+                                                                       validUntilOffset: 3600), signedBy: fixture.ca)
+        try elsewhere.certificatePEM.write(toFile: fixture.path("km-elsewhere.pem"), atomically: true, encoding: .utf8)
+        try elsewhere.privateKeyPEM.write(toFile: fixture.path("km-elsewhere.key"), atomically: true, encoding: .utf8)
+        let misnamed = try await StockKeymanager(fixture: fixture, certificate: "km-elsewhere", answers: Self.answers)
+        defer { misnamed.kill() }
+        let wrongName = misnamed.endpoint()
         let checking = try ThriftKeyValidationClient(configuration: Self.configuration([wrongName], fixture: fixture), eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
         await #expect(throws: ThriftKeyValidationClient.ValidationError.self) { _ = try await Self.validate(checking, "good-token") }
         await checking.shutdown()
@@ -120,28 +131,27 @@ import TollgateProto
         defer { second.kill() }
         let client = try ThriftKeyValidationClient(configuration: Self.configuration([first.endpoint(), second.endpoint()], fixture: fixture),
                                                    eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
-        let completed = Atomic<Int>(0)
-        let refused = Atomic<Int>(0)
+        let completed = Counter(), refused = Counter()
         let perTask = 300
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<6 {
                 group.addTask {
                     for _ in 0..<perTask {
                         let info = try await Self.validate(client, "good-token")
-                        if !info.authorized { refused.add(1, ordering: .relaxed) }
-                        completed.add(1, ordering: .relaxed)
+                        if !info.authorized { refused.value.add(1, ordering: .relaxed) }
+                        completed.value.add(1, ordering: .relaxed)
                     }
                 }
             }
             // Kill the first keymanager once the load is well under way.
             group.addTask {
-                try await eventually("some calls to complete", timeout: .seconds(120)) { completed.load(ordering: .relaxed) >= 200 }
+                try await eventually("some calls to complete", timeout: .seconds(120)) { completed.value.load(ordering: .relaxed) >= 200 }
                 first.kill()
             }
             try await group.waitForAll()
         }
-        #expect(completed.load(ordering: .relaxed) == 6 * perTask)
-        #expect(refused.load(ordering: .relaxed) == 0)
+        #expect(completed.value.load(ordering: .relaxed) == 6 * perTask)
+        #expect(refused.value.load(ordering: .relaxed) == 0)
         #expect(!first.process.isRunning)
         await client.shutdown()
     }
