@@ -109,7 +109,7 @@ let package = Package(
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "ThriftNIO", logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),

@@ -1,0 +1,5 @@
+import FuzzDriver
+import ThriftCore
+import ThriftFuzzing
+
+runFuzzer { data, size in fuzzThrift(.binary, data, size) }

@@ -1,0 +1,5 @@
+import FuzzDriver
+import ThriftCore
+import ThriftFuzzing
+
+runFuzzer { data, size in fuzzThrift(.compact, data, size) }
