@@ -126,7 +126,7 @@ let package = Package(
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateNode", "RoleCore", logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgateNode", "RoleCore", logging, "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
-        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
+        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "ThriftCore", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
                                                                    logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto",
                                                                    "OpenSSLKit", "LMDBKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),
