@@ -2,4 +2,8 @@ import FuzzDriver
 import ThriftCore
 import ThriftFuzzing
 
-runFuzzer { data, size in fuzzThrift(.binary, data, size) }
+// The symbol libFuzzer's runtime expects, also what runFuzzer calls.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzThriftBinary(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 { fuzzThrift(.binary, data, size) }
+
+runFuzzer { data, size in fuzzThriftBinary(data, size) }
