@@ -65,9 +65,9 @@ deb: deps
 test-package: deb
 	tools/test-package.sh
 
-## make fuzz: libFuzzer targets for the frame and metadata decoders (FUZZ_SECONDS each)
+## make fuzz: libFuzzer targets for the RPC frame and metadata decoders and the Thrift binary and compact decoders (FUZZ_SECONDS each)
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS := frames metadata
+FUZZ_TARGETS ?= frames metadata thrift-binary thrift-compact
 fuzz: deps
 	cd Fuzz && $(SWIFT) build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
 	mkdir -p Fuzz/crashes

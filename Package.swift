@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "tollctl", targets: ["tollctl"]),
         // For the fuzzing package in Fuzz/ (make fuzz).
         .library(name: "RPCCore", targets: ["RPCCore"]),
+        .library(name: "ThriftCore", targets: ["ThriftCore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,6 +57,8 @@ let package = Package(
         .target(name: "TollgateServices", dependencies: ["RPCCore", "TollgateProto"]),
         // Throttle keys, windows and quota leases: the traffic manager's ledger and the gateway's throttler.
         .target(name: "ThrottleCore", dependencies: ["TollgateProto", "RPCCore", "TollgateServices"]),
+        // Apache Thrift's binary and compact protocols, and WSO2's key-validation messages.
+        .target(name: "ThriftCore", dependencies: ["TollgateProto"]),
 
         // MARK: Storage for the five logical databases, change-logs, outboxes, blocking executors
         .target(name: "TollgateStorage", dependencies: ["LMDBKit", "TollgateProto", "OpenSSLKit", "RPCCore"]),
@@ -72,6 +75,8 @@ let package = Package(
         .target(name: "TollgateProxy", dependencies: ["RoleCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", nioCore, nioPosix, nioHTTP1, nioConcurrency]),
         // The RPC listener and client over NIO and the TLS handler.
         .target(name: "RPCNIO", dependencies: ["RPCCore", "TollgateTLS", "TollgateListeners", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioConcurrency]),
+        // The gateway's pooled Thrift key-validation client (WSO2's ThriftClient) and its HTTPS authenticator call.
+        .target(name: "ThriftNIO", dependencies: ["ThriftCore", "TollgateTLS", "OpenSSLKit", "TollgateProto", nioCore, nioPosix, nioHTTP1]),
 
         // MARK: Role modules (no NIO, no C): each declares a RoleModule
         // Users, roles, tenants and sessions (userdb); the tenancy rule.
@@ -83,7 +88,7 @@ let package = Package(
                                                         logging, serviceLifecycle]),
 
         // OAuth 2.0 authorization server, token store, key validation, the revocation feed (apimgtdb).
-        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
+        .target(name: "TollgateKeyManager", dependencies: ["RoleCore", "RPCCore", "ThriftCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgateProto", "LMDBKit", "OpenSSLKit",
                                                          logging, serviceLifecycle]),
         // Quota leases for the gateways, durable in the node's own mbstoredb.
         .target(name: "TollgateTrafficManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
@@ -98,7 +103,7 @@ let package = Package(
 
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
-                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateTrafficManager", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateTrafficManager", "ThriftNIO", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -115,7 +120,7 @@ let package = Package(
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               "TollgateGateway", "TollgateProxy", "ThrottleCore", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "TollgateGateway", "TollgateProxy", "ThrottleCore", "ThriftNIO", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
@@ -124,6 +129,8 @@ let package = Package(
         .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
+        .testTarget(name: "ThriftCoreTests", dependencies: ["ThriftCore", "TollgateProto", "TestSupport"]),
+        .testTarget(name: "ThriftNIOTests", dependencies: ["ThriftNIO", "ThriftCore", "TollgateProto", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
         .testTarget(name: "RPCNIOTests", dependencies: ["RPCNIO", "RPCCore", "TollgateProto", "TollgateTLS", "TestSupport", "OpenSSLKit",
                                                        "TollgateServices", "TollgateStorage", "TollgateUsers", nioCore, nioPosix, nioEmbedded,
                                                        .product(name: "NIOTestUtils", package: "swift-nio")]),
@@ -132,7 +139,7 @@ let package = Package(
         .testTarget(name: "TollgatePoliciesTests", dependencies: ["TollgatePolicies", "TollgateNode", "RoleCore", logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto", "LMDBKit"]),
         .testTarget(name: "TollgatePublisherTests", dependencies: ["TollgatePublisher", "TollgateNode", "RoleCore", logging, "TollgatePolicies", "TollgateUsers", "TollgateServices", "TollgateStorage",
                                                                   "RPCCore", "TollgateProto", "LMDBKit", "YAMLKit", "TestSupport"]),
-        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
+        .testTarget(name: "TollgateKeyManagerTests", dependencies: ["TollgateKeyManager", "ThriftCore", "TollgateStore", "TollgatePublisher", "TollgatePolicies", "TollgateNode", "RoleCore",
                                                                    logging, "TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto",
                                                                    "OpenSSLKit", "LMDBKit", "TestSupport"]),
         .testTarget(name: "TollgateUsersTests", dependencies: ["TollgateUsers", "TollgateServices", "TollgateStorage", "RPCCore", "TollgateProto"]),

@@ -11,5 +11,8 @@ let package = Package(
         .target(name: "FuzzDriver"),
         .executableTarget(name: "fuzz-frames", dependencies: ["FuzzDriver", .product(name: "RPCCore", package: "Tollgate")]),
         .executableTarget(name: "fuzz-metadata", dependencies: ["FuzzDriver", .product(name: "RPCCore", package: "Tollgate")]),
+        .target(name: "ThriftFuzzing", dependencies: [.product(name: "ThriftCore", package: "Tollgate")]),
+        .executableTarget(name: "fuzz-thrift-binary", dependencies: ["FuzzDriver", "ThriftFuzzing", .product(name: "ThriftCore", package: "Tollgate")]),
+        .executableTarget(name: "fuzz-thrift-compact", dependencies: ["FuzzDriver", "ThriftFuzzing", .product(name: "ThriftCore", package: "Tollgate")]),
     ]
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the layering rules of docs/architecture.md on the sources' imports:
 #   - each C module is imported by exactly one Swift module (its wrapper);
-#   - protocol cores (RPCCore, TollgateServices, RoleCore, ThrottleCore) and
+#   - protocol cores (RPCCore, TollgateServices, RoleCore, ThrottleCore, ThriftCore) and
 #     storage import no NIO and no C module;
 #   - role modules (every module declaring a RoleModule) import no NIO and
 #     no C module.
@@ -34,7 +34,7 @@ check() {
     done <<< "$imports"
 
     # Modules that must stay free of NIO and C: the cores, storage, and role modules.
-    local nio_free="RPCCore TollgateServices RoleCore TollgateStorage ThrottleCore"
+    local nio_free="RPCCore TollgateServices RoleCore TollgateStorage ThrottleCore ThriftCore"
     nio_free+=" $(grep -rlE ':[[:space:]]*RoleModule[[:space:]]*\{' "$sources" 2>/dev/null | sed -E "s#^$sources/([^/]+)/.*#\1#" | sort -u | tr '\n' ' ')"
     for module in $nio_free; do
         while IFS=$'\t' read -r importer imported file; do
@@ -59,6 +59,7 @@ if [ "${1:-}" = "--self-test" ]; then
     }
     violation RPCCore 'import NIOCore'
     violation ThrottleCore 'import NIOPosix'
+    violation ThriftCore 'import NIOPosix'
     violation TollgateWidgets $'import NIOPosix\nstruct WidgetsModule: RoleModule {'
     violation TollgateWidgets $'internal import CLMDB\nstruct WidgetsModule: RoleModule {'
     violation TollgateNode 'import COpenSSL'

@@ -13,6 +13,7 @@ packages=(
     libsystemd-dev
     libyaml-dev
     python3 python3-venv
+    thrift-compiler
     prometheus
     chromium chromium-driver curl
 )

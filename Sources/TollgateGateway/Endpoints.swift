@@ -50,8 +50,13 @@ public final class EndpointGroup: Sendable {
         }
     }
 
+    /// The endpoint a candidate came from (candidates carry the gateway's
+    /// default timeouts where the endpoint set none, so only the address counts).
     func endpoint(for target: BackendTarget) -> Endpoint? {
-        endpoints.first { $0.target == target }?.endpoint
+        endpoints.first {
+            $0.target.host == target.host && $0.target.port == target.port && $0.target.isSecure == target.isSecure
+                && $0.target.basePath == target.basePath
+        }?.endpoint
     }
 }
 
@@ -143,9 +148,21 @@ public final class EndpointHealth: Sendable {
     }
 
     /// Counts a failure; returns whether the endpoint is now suspended.
+    ///
+    /// An endpoint without a suspension policy of its own is suspended only
+    /// when it could not be reached (refused, connect timeout, TLS) and the
+    /// API has other endpoints to use meanwhile: taking an API's only
+    /// backend out, or one that is merely slow, would turn a passing problem
+    /// into 30 s of refusals.
     @discardableResult
-    func recordFailure(_ endpoint: Endpoint, failure: EndpointFailure?, status: Int?, now: Int64) -> Bool {
-        let policy = endpoint.suspension ?? EndpointSuspension()
+    func recordFailure(_ endpoint: Endpoint, failure: EndpointFailure?, status: Int?, now: Int64, hasAlternatives: Bool = true) -> Bool {
+        let policy: EndpointSuspension
+        if let configured = endpoint.suspension {
+            policy = configured
+        } else {
+            guard hasAlternatives, let failure, [.connectRefused, .connectTimeout, .tlsHandshake].contains(failure) else { return false }
+            policy = EndpointSuspension()
+        }
         if let status {
             guard policy.failureHttpStatuses.contains(UInt32(status)) else { return false }
         } else if let failure, !policy.countFailures.isEmpty, !policy.countFailures.contains(failure) {

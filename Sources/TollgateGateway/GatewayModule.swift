@@ -41,12 +41,31 @@ public struct GatewayModule: RoleModule {
         .init("header_timeout_seconds", .integer(1...3_600)),
         .init("usage_queue_capacity", .integer(1...100_000_000)),
         .init("request_id_header", .string),
+        // WSO2's Thrift key validation (docs/thrift-key-validation.md).
+        .init("thrift_keymanagers", .string),
+        .init("thrift_authenticator_urls", .string),
+        .init("thrift_username", .string),
+        .init("thrift_password_file", .path),
+        .init("thrift_ca_file", .path),
     ], check: { section in
         if let mode = section.string("key_validation"), mode != "rpc" && mode != "thrift" {
             return [(key: "key_validation", problem: "must be \"rpc\" or \"thrift\", not \"\(mode)\"")]
         }
+        if section.string("key_validation") == "thrift" {
+            for key in ["thrift_keymanagers", "thrift_authenticator_urls", "thrift_username", "thrift_password_file"] where section.values[key] == nil {
+                return [(key: key, problem: "is needed with key_validation = \"thrift\"")]
+            }
+            if list(section.string("thrift_keymanagers") ?? "").count != list(section.string("thrift_authenticator_urls") ?? "").count {
+                return [(key: "thrift_authenticator_urls", problem: "must name one authenticator URL per entry of thrift_keymanagers, in the same order")]
+            }
+        }
         return []
     })
+
+    /// A comma-separated list, entries trimmed, empty ones dropped.
+    public static func list(_ text: String) -> [String] {
+        text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
 
     let policy: GatewayPolicy
     let feed: FeedStatus

@@ -395,12 +395,13 @@ final class GatewayPolicy: ProxyPolicy {
         if let group {
             for (target, failure) in outcome.failures {
                 if let endpoint = group.endpoint(for: target) {
-                    health.recordFailure(endpoint, failure: failure.endpointFailure, status: nil, now: now)
+                    health.recordFailure(endpoint, failure: failure.endpointFailure, status: nil, now: now,
+                                         hasAlternatives: group.endpoints.count > 1)
                 }
             }
             if let target = outcome.target, let endpoint = group.endpoint(for: target) {
                 if (endpoint.suspension?.failureHttpStatuses ?? []).contains(UInt32(outcome.status)) {
-                    health.recordFailure(endpoint, failure: nil, status: outcome.status, now: now)
+                    health.recordFailure(endpoint, failure: nil, status: outcome.status, now: now, hasAlternatives: group.endpoints.count > 1)
                 } else {
                     health.recordSuccess(endpoint.url)
                 }

@@ -176,6 +176,9 @@ extension HttpVerb {
         }
     }
 
+    /// The HTTP method name (`GET`, …), as WSO2's Thrift call carries it.
+    public var httpMethodName: String { methodName }
+
     var methodName: String {
         switch self {
         case .get: "GET"

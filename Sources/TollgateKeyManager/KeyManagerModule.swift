@@ -7,12 +7,14 @@ public import TollgateStorage
 import TollgateUsers
 
 /// The keymanager role: KeyManagerService over RPC, the OAuth 2.0
-/// authorization server on its own HTTPS listener (`[listen] oauth`), and
-/// the purge of expired tokens. Needs the users module before it.
+/// authorization server on its own HTTPS listener (`[listen] oauth`, which
+/// also serves WSO2's Thrift authenticator), WSO2's Thrift key validation
+/// (`[listen] thrift`), and the purge of expired tokens. Needs the users
+/// module before it.
 public struct KeyManagerModule: RoleModule {
     public static let name = "keymanager"
     public static let databases: Set<LogicalDatabaseName> = [.userdb, .apimgtdb]
-    public static let listenerNames = ["oauth"]
+    public static let listenerNames = ["oauth", "thrift"]
     public static let defaultOAuthEndpoint = "127.0.0.1:8743"
     public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "keymanager", keys: [
         .init("application_token_validity_seconds", .integer(60...31_536_000)),
@@ -22,7 +24,7 @@ public struct KeyManagerModule: RoleModule {
         .init("inactive_token_retention_hours", .integer(0...8760)),
         // The `iss` of JWTs and the metadata's base URL, e.g. https://keys.example.com:8743
         .init("issuer", .string),
-    ], check: { section in
+    ] + ThriftSettings.keys, check: { section in
         guard let issuer = section.string("issuer") else { return [] }
         guard issuer.hasPrefix("https://"), !issuer.hasSuffix("/"), !issuer.contains("?"), !issuer.contains("#") else {
             return [(key: "issuer", problem: "must be an https URL without a trailing slash, query or fragment, e.g. https://keys.example.com:8743")]
@@ -31,9 +33,11 @@ public struct KeyManagerModule: RoleModule {
     })
 
     public let keyManager: KeyManager
+    public let thriftSessions: ThriftSessions
 
     public init(context: NodeContext) async throws {
         keyManager = try KeyManager.shared(in: context)
+        thriftSessions = ThriftSessions(users: keyManager.users, settings: ThriftSettings(from: context.section("keymanager")))
     }
 
     public static let rpcServices = [KeyManagerServiceDescriptor.serviceName]
@@ -41,15 +45,21 @@ public struct KeyManagerModule: RoleModule {
     public var methods: [RPCMethodHandler] { KeyManagerRPCService(keyManager: keyManager).handlers }
 
     public var listeners: [ListenerDeclaration] {
-        [ListenerDeclaration(name: "oauth", kind: .http(OAuthEndpoints(keyManager: keyManager)), security: .tls,
-                             defaultEndpoint: nil, applicationProtocols: ["http/1.1"])]
+        [ListenerDeclaration(name: "oauth", kind: .http(OAuthEndpoints(keyManager: keyManager, thriftSessions: thriftSessions)), security: .tls,
+                             defaultEndpoint: nil, applicationProtocols: ["http/1.1"]),
+         // WSO2 gateways connect to 10397 by default; it listens when `[listen] thrift` is set.
+         ListenerDeclaration(name: "thrift", kind: .stream(ThriftKeyValidationService(keyManager: keyManager, sessions: thriftSessions)),
+                             security: thriftSessions.settings.requireClientCertificate ? .mutualTLS : .tls, defaultEndpoint: nil)]
     }
 
     public var services: [any Service] { [TokenPurge(keyManager: keyManager)] }
 
     public func reload(_ section: ConfigSection) async throws -> [String] {
         keyManager.updateSettings(KeyManager.settings(from: section, issuerFallback: keyManager.settings.issuer))
-        return []
+        let thrift = ThriftSettings(from: section)
+        let before = thriftSessions.settings
+        thriftSessions.update(thrift)
+        return thrift.requireClientCertificate != before.requireClientCertificate ? ["keymanager.thrift_require_client_certificate"] : []
     }
 }
 

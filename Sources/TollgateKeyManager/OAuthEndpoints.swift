@@ -13,10 +13,18 @@ import TollgateUsers
 /// ``HTTPRequest``s from the node's HTTP listener.
 public struct OAuthEndpoints: HTTPResponder {
     public let keyManager: KeyManager
+    /// WSO2's Thrift authenticator (`POST /thriftAuthenticator`), when the keymanager serves Thrift.
+    let thriftAuthenticator: ThriftAuthenticatorEndpoint?
 
-    public init(keyManager: KeyManager) { self.keyManager = keyManager }
+    public init(keyManager: KeyManager, thriftSessions: ThriftSessions? = nil) {
+        self.keyManager = keyManager
+        self.thriftAuthenticator = thriftSessions.map { ThriftAuthenticatorEndpoint(sessions: $0) }
+    }
 
     public func respond(to request: HTTPRequest) async -> HTTPResponse {
+        if request.method == "POST", request.path == "/thriftAuthenticator", let thriftAuthenticator {
+            return await thriftAuthenticator.respond(to: request)
+        }
         switch (request.method, String(request.path)) {
         case ("POST", "/oauth2/token"): return await token(request)
         case ("POST", "/oauth2/revoke"): return await revoke(request)

@@ -11,6 +11,7 @@ import ServiceLifecycle
 import SystemdKit
 import TollgateListeners
 import TollgateProxy
+import TollgateGateway
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -73,6 +74,7 @@ public final class NodeRuntime: Sendable {
                                                        sections: config.sections, logger: logger, table: table, listenEndpoints: endpoints) { context in
                 context.provide(PeerLinkDirectory(links: peerBox), as: (any PeerDirectory).self)
                 context.provide(NodeDataDirectory(path: config.dataDirectory), as: NodeDataDirectory.self)
+                context.provide(ThriftValidatorFactory(group: group, defaultTrustRoots: config.caPath), as: (any ThriftKeyValidatorFactory).self)
             }
         } catch {
             try? await group.shutdownGracefully()

@@ -413,8 +413,10 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
                     switch result {
                     case .success(let connection): handler.attach(connection, to: target)
                     case .failure(let error):
+                        // The endpoint is down: on to the next candidate, as for any connect failure.
                         handler.failures.append((target, Self.classify(error)))
-                        handler.respondLocally(handler.plan?.unavailable(handler.failures) ?? .text(502, "bad gateway"))
+                        handler.candidateIndex += 1
+                        handler.connectNext()
                     }
                 }
                 return

@@ -291,6 +291,22 @@ public final class UserDirectory: SessionVerifier {
         return (user, tenantDomain)
     }
 
+    /// Records that a session with a sliding expiry was used now, so it
+    /// stays valid for another idle timeout (on every node sharing this
+    /// userdb). A revoked or removed session stays so.
+    public func slideSession(token: String) async throws(RPCError) {
+        let hash = SecretHasher.tokenHash(token)
+        let timestamp = now()
+        try await RPCError.catching {
+            try await database.database.write { [self] txn in
+                guard var session = try database.sessions.get(Key(.bytes(hash)), in: txn), !session.revoked,
+                      session.lastUsedAtUnixMs < timestamp else { return }
+                session.lastUsedAtUnixMs = timestamp
+                _ = try database.sessions.put(session, in: &txn)
+            }
+        }
+    }
+
     public func logout(sessionID: [UInt8]) async throws(RPCError) {
         try await RPCError.catching { try await database.database.write { [self] txn in _ = try database.sessions.delete(Key(.bytes(sessionID)), in: &txn) } }
     }

@@ -9,6 +9,7 @@ import RPCCore
 import RPCNIO
 import Synchronization
 import TollgateKeyManager
+import ThriftNIO
 import TollgateListeners
 import TollgateNode
 import TollgateProto
@@ -23,6 +24,8 @@ import TollgateUsers
 /// - token issue (client credentials) over HTTPS with keep-alive, 16
 ///   clients, with an empty token table and again with 1,000,000 tokens;
 /// - ValidateKey over RPC (mutual TLS, gateway certificate), 16 callers;
+/// - validateKey over WSO2's Thrift (TLS, 16 persistent connections of the
+///   gateway's pooled client), 16 callers, beside the RPC in the same run;
 /// - revoke → a connected WatchRevocations watcher.
 func benchKeyManager() async throws {
     let storedTokens = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_TOKENS"] ?? "1000000") ?? 1_000_000
@@ -97,6 +100,11 @@ func benchKeyManager() async throws {
         + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
                  validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
 
+    let thrift = try await benchThriftValidation(node: empty, tlsDirectory: tlsDirectory, group: group)
+    let thriftRatio = validateRate / thrift.rate
+    print("keymanager validateKey, RPC / Thrift throughput".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.2f×   target ≤ 1.2×: %@", thriftRatio, thriftRatio <= 1.2 ? "met" : "MISSED"))
+
     // Revoke → watcher: each revocation timed from the call's start to its arrival.
     let arrivals = AsyncStream<TokenRevocation>.makeStream()
     let watcher = Task {
@@ -133,6 +141,55 @@ func benchKeyManager() async throws {
     await oauth.shutdown(drainTimeout: .seconds(1))
     await full.listener.shutdown(drainTimeout: .seconds(1))
     try await group.shutdownGracefully()
+}
+
+/// validateKey as a WSO2 gateway (or Tollgate's gateway with
+/// `key_validation = "thrift"`) calls it: the keymanager module's own
+/// `thrift` and `oauth` listeners, the gateway's pooled client with 16
+/// persistent TLS connections, 16 callers.
+func benchThriftValidation(node: BenchKeyManagerNode, tlsDirectory: String, group: any EventLoopGroup) async throws -> (rate: Double, p99: Double) {
+    let serverTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key"))
+    guard let module = node.assembly.module(KeyManagerModule.self) else { throw BenchFailure("no keymanager module") }
+    var listeners: [String: (Listener, Int)] = [:]
+    for declaration in module.listeners {
+        let configure: @Sendable (any Channel) throws -> Void
+        switch declaration.kind {
+        case .http(let responder): configure = HTTPListener.configure(responder: responder, tls: { serverTLS }, limits: HTTPListenerLimits())
+        case .stream(let service): configure = StreamListener.configure(service: service, tls: { serverTLS }, idleTimeout: .seconds(300))
+        case .proxy: continue
+        }
+        let listener = Listener(name: declaration.name, maxConnections: 4096, observer: nil, configure: configure)
+        listeners[declaration.name] = (listener, try await listener.bind(host: "127.0.0.1", port: 0, group: group).port!)
+    }
+    guard let (thriftListener, thriftPort) = listeners["thrift"], let (oauthListener, oauthPort) = listeners["oauth"] else {
+        throw BenchFailure("the keymanager declares no thrift or oauth listener")
+    }
+    var configuration = ThriftKeyValidationClient.Configuration(
+        keymanagers: [.init(host: "localhost", thriftPort: thriftPort, authenticatorURL: "https://localhost:\(oauthPort)/thriftAuthenticator")],
+        username: "admin", password: "bench-Admin-1", trustRootsFile: tlsDirectory + "/ca.pem")
+    configuration.maxIdlePerKeymanager = 16
+    let client = try ThriftKeyValidationClient(configuration: configuration, eventLoopGroup: group)
+    let token = node.keys.token!.accessToken
+    @Sendable func validate() async throws -> Bool {
+        try await client.validateKey(context: "/pizzashack", version: "1.0.0", accessToken: token, requiredAuthenticationLevel: "Any",
+                                     clientDomain: nil, matchingResource: "/menu", httpVerb: "GET").authorized
+    }
+    guard try await validate() else { throw BenchFailure("the bench token does not validate over Thrift") }
+    // Open the 16 connections before measuring.
+    _ = try await timedLatencies(calls: 2_000, callers: 16) { _, _ in guard try await validate() else { throw BenchFailure("validation refused") } }
+    let calls = 100_000
+    let (seconds, latencies) = try await timedLatencies(calls: calls, callers: 16) { _, _ in
+        guard try await validate() else { throw BenchFailure("validation refused") }
+    }
+    let rate = Double(calls) / seconds
+    let p99 = latencies[latencies.count * 99 / 100]
+    print("keymanager validateKey, Thrift, 16 callers on \(client.openConnections) TLS connections".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", rate,
+                 latencies[latencies.count / 2], p99, rate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
+    await client.shutdown()
+    await thriftListener.shutdown(drainTimeout: .seconds(1))
+    await oauthListener.shutdown(drainTimeout: .seconds(1))
+    return (rate, p99)
 }
 
 /// A control-plane node (publisher, store, keymanager) assembled as

@@ -154,6 +154,10 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
         #expect(failover.candidates(health: health, now: 0).map(\.host) == ["a", "b", "c"])
         #expect(health.recordFailure(a, failure: .connectTimeout, status: nil, now: 0))
         #expect(failover.candidates(health: health, now: 1).map(\.host) == ["b", "c"])
+        // Without a policy of its own: never the only endpoint, never for slowness.
+        let lone = Endpoint(url: "http://lone:1")
+        #expect(!health.recordFailure(lone, failure: .connectRefused, status: nil, now: 0, hasAlternatives: false))
+        #expect(!health.recordFailure(Endpoint(url: "http://slow:1"), failure: .readTimeout, status: nil, now: 0))
 
         // Only the failures the endpoint counts suspend it.
         var picky = c

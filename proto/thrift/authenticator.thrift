@@ -1,6 +1,6 @@
 // WSO2's Thrift authenticator (carbon-identity-framework authenticator.thrift),
-// served over HTTPS POST /thriftAuthenticator in TCompactProtocol. Written from
-// the wire facts in docs/thrift-key-validation.md.
+// served over HTTPS POST /thriftAuthenticator in TCompactProtocol. Written
+// from the wire facts in docs/thrift-key-validation.md.
 
 namespace java org.wso2.carbon.identity.thrift.authentication.internal.generatedCode
 namespace py authenticator

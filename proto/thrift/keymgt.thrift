@@ -1,8 +1,8 @@
 // WSO2 API Manager 2.x key validation over Thrift, as Tollgate serves and
 // calls it. Written from the wire facts in docs/thrift-key-validation.md
 // (field ids, types and requiredness of carbon-apimgt's keymgt.thrift,
-// 6.1.x–6.4.x, the superset older 2.x gateways also read). `make proto`
-// generates the Python used by the interop tests from this file.
+// 6.1.x-6.4.x, the superset older 2.x gateways also read). `make proto`
+// generates the Python of the interop tests from this file.
 
 namespace java org.wso2.carbon.apimgt.impl.generated.thrift
 namespace py keymgt

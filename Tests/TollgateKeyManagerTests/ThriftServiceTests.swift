@@ -1,0 +1,166 @@
+import Foundation
+import RoleCore
+import Synchronization
+import Testing
+import ThriftCore
+import TollgateKeyManager
+import TollgateProto
+import TollgateStorage
+
+/// A connection in memory: the test writes chunks in, the service's replies
+/// come out, and the end of input is the peer closing.
+final class MemoryStream: ByteStream {
+    let remoteAddress = "test"
+    let peerCertificateURIs: [String] = []
+    private let inbound: AsyncStream<[UInt8]>
+    private let input: AsyncStream<[UInt8]>.Continuation
+    // Read only by the serving task (ByteStreamService's contract).
+    nonisolated(unsafe) private var iterator: AsyncStream<[UInt8]>.Iterator
+    let written = Mutex<[UInt8]>([])
+    /// Reads begun: the service is serving this connection.
+    let reads = Mutex(0)
+
+    init() {
+        (inbound, input) = AsyncStream.makeStream(of: [UInt8].self)
+        iterator = inbound.makeAsyncIterator()
+    }
+
+    func send(_ bytes: [UInt8]) { input.yield(bytes) }
+    func close() { input.finish() }
+    func read() async throws -> [UInt8]? {
+        reads.withLock { $0 += 1 }
+        return await iterator.next()
+    }
+    func write(_ bytes: [UInt8]) async throws { written.withLock { $0 += bytes } }
+
+    /// The replies decoded so far.
+    var replies: [ThriftMessage] {
+        var bytes = written.withLock { $0 }[...]
+        var messages: [ThriftMessage] = []
+        while let (message, length) = try? ThriftProtocol.binary.decode(bytes) {
+            messages.append(message)
+            bytes = bytes.dropFirst(length)
+        }
+        return messages
+    }
+}
+
+func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(60)
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw CancellationError() }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+/// The keymanager's Thrift services as role logic, over in-memory
+/// connections: the same answers as the RPC, WSO2's errors, and the
+/// connection rules (read timeout, connection limit, malformed input).
+@Suite struct ThriftServiceTests {
+    static func call(_ method: String, _ body: ThriftStruct, sequenceID: Int32) -> [UInt8] {
+        ThriftProtocol.binary.encode(ThriftMessage(name: method, type: .call, sequenceID: sequenceID, body: body))
+    }
+
+    @Test func answersAsTheRPCDoesOnOnePersistentConnection() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let api = try await fixture.api()
+        let consumer = try await fixture.consumer("alice", subscribedTo: api)
+        let sessions = ThriftSessions(users: fixture.keyManager.users, settings: ThriftSettings())
+        guard case .success(let session) = await sessions.authenticate(username: "root", password: ConsumerFixture.password, source: "test") else {
+            Issue.record("root (admin) gets no session")
+            return
+        }
+        let service = ThriftKeyValidationService(keyManager: fixture.keyManager, sessions: sessions)
+        let stream = MemoryStream()
+        let serving = Task { try await service.serve(stream) }
+        let arguments = ValidateKeyArguments(context: api.context, version: api.version, accessToken: consumer.token, sessionId: session,
+                                             requiredAuthenticationLevel: "Any", clientDomain: nil, matchingResource: "/menu", httpVerb: "GET")
+        var refused = arguments
+        refused.accessToken += "x"
+        var badSession = arguments
+        badSession.sessionId = "nope"
+        // Five calls pipelined, sent in 3-byte pieces.
+        let bytes = Self.call("validateKey", arguments.thrift, sequenceID: 1) + Self.call("validateKey", refused.thrift, sequenceID: 2)
+            + Self.call("validateKey", badSession.thrift, sequenceID: 3) + Self.call("noSuchMethod", ThriftStruct(), sequenceID: 4)
+            + Self.call("validateKey", ThriftStruct([ThriftField(1, .text("/x"))]), sequenceID: 5)
+        for start in stride(from: 0, to: bytes.count, by: 3) { stream.send(Array(bytes[start..<min(start + 3, bytes.count)])) }
+        try await waitUntil("five replies") { stream.replies.count == 5 }
+        stream.close()
+        try await serving.value
+        let replies = stream.replies
+        #expect(replies.map(\.sequenceID) == [1, 2, 3, 4, 5])
+        // One code path: the RPC's answer, written as WSO2's DTO.
+        let rpc = try await fixture.validate(consumer.token, api)
+        #expect(replies[0].type == .reply && replies[0].body.structure(0).map(APIKeyValidationInfoDTO.init(thrift:)) == APIKeyValidationInfoDTO(rpc))
+        #expect(rpc.authorized)
+        let invalid = replies[1].body.structure(0).map(APIKeyValidationInfoDTO.init(thrift:))
+        #expect(invalid?.authorized == false && invalid?.validationStatus == 900901)
+        #expect(replies[2].type == .reply && replies[2].body.structure(1)?.string(1) == "Invalid session id for thrift authenticator.")
+        #expect(replies[3].type == .exception && ThriftApplicationException(thrift: replies[3].body) == ThriftApplicationException(.unknownMethod, "Invalid method name: 'noSuchMethod'"))
+        #expect(replies[4].type == .exception && ThriftApplicationException(thrift: replies[4].body).kind == .protocolError)
+        #expect(ThriftApplicationException(thrift: replies[4].body).message == "Required field 'version' was not present! Struct: validateKey_args")
+
+        // getAllURITemplates lists the API's resources.
+        let second = MemoryStream()
+        let again = Task { try await service.serve(second) }
+        second.send(Self.call("getAllURITemplates", GetAllURITemplatesArguments(context: api.context + "/" + api.version, apiVersion: api.version, sessionId: session).thrift,
+                              sequenceID: 1))
+        try await waitUntil("a reply") { second.replies.count == 1 }
+        second.close()
+        try await again.value
+        let templates = second.replies[0].body.structures(0)?.map(URITemplateDTO.init(thrift:)) ?? []
+        #expect(templates.contains { $0.uriTemplate == "/menu" && $0.httpVerb == "GET" && $0.authType == "Any" })
+    }
+
+    @Test func slowPeersMalformedInputAndTheConnectionLimitCloseConnections() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        var settings = ThriftSettings()
+        settings.readTimeoutSeconds = 1
+        settings.maxConnections = 1
+        let service = ThriftKeyValidationService(keyManager: fixture.keyManager, sessions: ThriftSessions(users: fixture.keyManager.users, settings: settings))
+
+        // Half a message, then silence: closed after the read timeout.
+        let slow = MemoryStream()
+        let serving = Task { try await service.serve(slow) }
+        slow.send(Array(Self.call("validateKey", ThriftStruct(), sequenceID: 1).prefix(10)))
+        // While it is served, a second connection is over the limit.
+        try await waitUntil("the first connection to be served") { slow.reads.withLock { $0 } > 0 }
+        let extra = MemoryStream()
+        extra.close()
+        await #expect(throws: (any Error).self) { try await service.serve(extra) }
+        await #expect(throws: (any Error).self) { try await serving.value }
+        #expect(slow.replies.isEmpty)
+
+        // Bytes that are no Thrift message: closed, nothing answered.
+        let garbage = MemoryStream()
+        let garbled = Task { try await service.serve(garbage) }
+        garbage.send([0x80, 0x07, 0x00, 0x01, 0, 0, 0, 0])
+        await #expect(throws: (any Error).self) { try await garbled.value }
+        #expect(garbage.written.withLock { $0.isEmpty })
+    }
+
+    @Test func theAuthenticatorGivesSessionsOnlyToPermittedRoles() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        _ = try await fixture.user("bob", roles: ["subscriber"])
+        let endpoints = OAuthEndpoints(keyManager: fixture.keyManager,
+                                       thriftSessions: ThriftSessions(users: fixture.keyManager.users, settings: ThriftSettings()))
+        func authenticate(_ user: String, _ password: String, secure: Bool = true) async -> (status: Int, reply: ThriftMessage?) {
+            let body = ThriftProtocol.compact.encode(ThriftMessage(name: "authenticate", type: .call, sequenceID: 1,
+                                                                   body: AuthenticateArguments(userName: user, password: password).thrift))
+            let response = await endpoints.respond(to: HTTPRequest(method: "POST", uri: "/thriftAuthenticator",
+                                                                   headers: [("Content-Type", "application/x-thrift")], body: body, remoteAddress: "10.0.0.1:5000",
+                                                                   isSecure: secure))
+            return (response.status, try? ThriftProtocol.compact.decode(response.body).message)
+        }
+        let admin = await authenticate("root", ConsumerFixture.password)
+        #expect(admin.status == 200 && admin.reply?.type == .reply && (admin.reply?.body.string(0)?.count ?? 0) > 20)
+        let subscriber = await authenticate("bob", ConsumerFixture.password)
+        #expect(subscriber.reply?.body.structure(1)?.string(1) == "Invalid User : bob")
+        let wrong = await authenticate("root", "wrong-password-1")
+        #expect(wrong.reply?.body.structure(1)?.string(1) == "Invalid User : root")
+        #expect(await authenticate("root", ConsumerFixture.password, secure: false).status == 403)
+    }
+}
