@@ -60,6 +60,8 @@ public final class RoutedApi: Sendable {
     public let api: Api
     /// The versioned prefix as routes key it: `/a/b`, no trailing slash.
     let normalizedContext: String
+    /// The default-version prefix normalized the same way, or nil.
+    let normalizedDefaultContext: String?
     /// `context/version`, the label of its metrics.
     let metricsName: String
     /// Endpoints by key type; timeouts of 0 mean the gateway's defaults.
@@ -69,7 +71,8 @@ public final class RoutedApi: Sendable {
     init(_ deployed: DeployedApi) {
         self.deployed = deployed
         api = deployed.api ?? Api()
-        normalizedContext = "/" + deployed.gatewayContext.split(separator: "/").joined(separator: "/")
+        normalizedContext = Self.normalize(deployed.gatewayContext)
+        normalizedDefaultContext = deployed.defaultVersionContext.isEmpty ? nil : Self.normalize(deployed.defaultVersionContext)
         // Most specific first, so the first match wins.
         resources = deployed.resources.map(CompiledResource.init).sorted { $0.specificity > $1.specificity }
         metricsName = api.context + "/" + api.version
@@ -77,6 +80,11 @@ public final class RoutedApi: Sendable {
         production = EndpointGroup(api.productionEndpoints, defaults: unset)
         sandbox = EndpointGroup(api.sandboxEndpoints, defaults: unset)
         advancedPolicies = Dictionary(deployed.advancedPolicies.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// `/a/b`: one leading slash, none trailing, no empty segments.
+    static func normalize(_ prefix: String) -> String {
+        "/" + prefix.split(separator: "/").joined(separator: "/")
     }
 
     public enum ResourceMatch: Sendable {
@@ -112,19 +120,18 @@ public struct RoutingTable: Sendable {
 
     public init(apis: some Sequence<RoutedApi>) {
         for api in apis {
-            add(api.deployed.gatewayContext, api)
-            if !api.deployed.defaultVersionContext.isEmpty {
-                add(api.deployed.defaultVersionContext, api)
-            }
+            add(api.normalizedContext, api)
+            if let alias = api.normalizedDefaultContext { add(alias, api) }
         }
     }
 
-    private mutating func add(_ prefix: String, _ api: RoutedApi) {
-        let normalized = "/" + prefix.split(separator: "/").joined(separator: "/")
+    /// Adds an already normalized prefix (RoutedApi computes them once, so a
+    /// table of thousands of APIs is rebuilt in a few dictionary inserts each).
+    private mutating func add(_ normalized: String, _ api: RoutedApi) {
         // A versioned context outranks another API's default-version alias.
         if let existing = byPrefix[Substring(normalized)], existing.normalizedContext == normalized { return }
         byPrefix[Substring(normalized)] = api
-        maxDepth = max(maxDepth, normalized.split(separator: "/").count)
+        maxDepth = max(maxDepth, normalized.utf8.reduce(0) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 })
     }
 
     public var count: Int { byPrefix.count }

@@ -25,6 +25,8 @@ public final class UsageQueue: Sendable {
     }
 
     /// Queues a record; false when the queue was full and it was dropped.
+    /// The shipper is woken only when a whole batch is waiting: waking it per
+    /// record would cost a thread wake-up on every request.
     @discardableResult
     public func enqueue(_ event: UsageEvent) -> Bool {
         let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
@@ -33,6 +35,7 @@ public final class UsageQueue: Sendable {
                 return nil
             }
             state.events.append(event)
+            guard state.events.count - state.head >= wakeThreshold else { return nil }
             let waiter = state.waiter
             state.waiter = nil
             return waiter
@@ -41,8 +44,13 @@ public final class UsageQueue: Sendable {
         return true
     }
 
-    /// Up to `max` records, oldest first; waits while the queue is empty.
-    func takeBatch(max: Int) async -> [UsageEvent] {
+    /// Records waiting before the shipper is woken early; otherwise it
+    /// collects what is there at each tick.
+    let wakeThreshold = 512
+
+    /// Up to `max` records, oldest first; waits for a full batch, or
+    /// `tick` at most, while fewer are queued.
+    func takeBatch(max: Int, tick: Duration = .milliseconds(200)) async -> [UsageEvent] {
         while !Task.isCancelled {
             let batch: [UsageEvent]? = state.withLock { state in
                 let available = state.events.count - state.head
@@ -57,22 +65,30 @@ public final class UsageQueue: Sendable {
                 return batch
             }
             if let batch { return batch }
-            await withTaskCancellationHandler {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let ready = state.withLock { state in
-                        if state.events.count - state.head > 0 { return true }
-                        state.waiter = continuation
-                        return false
+            // Sleep until a batch fills (enqueue resumes us) or the tick passes.
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { [self] in
+                    await withTaskCancellationHandler {
+                        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                            let ready = state.withLock { state in
+                                if state.events.count - state.head >= wakeThreshold { return true }
+                                state.waiter = continuation
+                                return false
+                            }
+                            if ready { continuation.resume() }
+                        }
+                    } onCancel: { [self] in
+                        let waiter = state.withLock { state in
+                            let waiter = state.waiter
+                            state.waiter = nil
+                            return waiter
+                        }
+                        waiter?.resume()
                     }
-                    if ready { continuation.resume() }
                 }
-            } onCancel: {
-                let waiter = state.withLock { state in
-                    let waiter = state.waiter
-                    state.waiter = nil
-                    return waiter
-                }
-                waiter?.resume()
+                group.addTask { try? await Task.sleep(for: tick) }
+                await group.next()
+                group.cancelAll()
             }
         }
         return []

@@ -56,7 +56,8 @@ final class FeedStatus: Sendable {
 /// the state and swapped in. Traffic never waits for either. On a lost
 /// stream it reconnects with back-off, to the next publisher in the list,
 /// resuming from the revision it holds. The state is saved to disk (at most
-/// every half second) so a restart serves it while publishers are down.
+/// every two seconds, and at shutdown) so a restart serves it while
+/// publishers are down; a burst of publishes costs one save, not one each.
 struct DeploymentWatcher: Service {
     let peers: any PeerDirectory
     let deployment: DeploymentHolder
@@ -156,7 +157,7 @@ struct DeploymentWatcher: Service {
 
     private func persist(_ progress: Progress) async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(500))
+            try? await Task.sleep(for: .seconds(2))
             if progress.dirty.exchange(false, ordering: .relaxed) { save() }
         }
     }
