@@ -7,8 +7,9 @@
 # unless a tollctl.toml of the user's own is there), so another shell needs
 # no exports.
 #
-# TOLLGATE_DEV_DIR, TOLLGATE_DEV_CLUSTER, TOLLGATE_DEV_ADMIN and TOLLGATE_DEV_OAUTH move the
-# directory and listeners (the walkthrough test runs a node of its own).
+# TOLLGATE_DEV_DIR, TOLLGATE_DEV_CLUSTER, TOLLGATE_DEV_ADMIN, TOLLGATE_DEV_OAUTH,
+# TOLLGATE_DEV_HTTP and TOLLGATE_DEV_HTTPS move the directory and listeners
+# (the walkthrough test runs a node of its own).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: tools/dev-node.sh BIN_DIR}
@@ -16,6 +17,8 @@ dev=${TOLLGATE_DEV_DIR:-$top/.dev}
 cluster=${TOLLGATE_DEV_CLUSTER:-127.0.0.1:7443}
 admin=${TOLLGATE_DEV_ADMIN:-127.0.0.1:7444}
 oauth=${TOLLGATE_DEV_OAUTH:-127.0.0.1:7445}
+http=${TOLLGATE_DEV_HTTP:-127.0.0.1:8280}
+https=${TOLLGATE_DEV_HTTPS:-127.0.0.1:8243}
 mkdir -p "$dev/data"
 if [ ! -f "$dev/certs/ca.pem" ]; then
     "$bin/tollctl" certs create-ca --out "$dev/certs" --name "Tollgate dev CA" >/dev/null
@@ -36,6 +39,9 @@ data_directory = "data"
 cluster = "$cluster"
 admin = "$admin"
 oauth = "$oauth"
+# The gateway's API traffic.
+http = "$http"
+https = "$https"
 
 [tls]
 ca = "certs/ca.pem"
@@ -48,6 +54,11 @@ bootstrap_password_file = "admin.password"
 
 [store]
 self_signup_tenants = "*"
+
+# The gateway role watches the publisher and keymanager of this same node.
+[peers]
+publisher = ["$cluster"]
+keymanager = ["$cluster"]
 TOML
 
 # tollctl's settings for this node. A tollctl.toml this script did not write

@@ -44,6 +44,8 @@ import Testing
             "TOLLGATE_DEV_CLUSTER": "127.0.0.1:\(try NodeFixture.freePort())",
             "TOLLGATE_DEV_ADMIN": "127.0.0.1:\(try NodeFixture.freePort())",
             "TOLLGATE_DEV_OAUTH": "127.0.0.1:\(try NodeFixture.freePort())",
+            "TOLLGATE_DEV_HTTP": "127.0.0.1:\(try NodeFixture.freePort())",
+            "TOLLGATE_DEV_HTTPS": "127.0.0.1:\(try NodeFixture.freePort())",
             "XDG_CONFIG_HOME": base.appendingPathComponent("config").path,
             "XDG_STATE_HOME": base.appendingPathComponent("state").path,
         ]
