@@ -326,7 +326,7 @@ extension KeyManager {
                 ("nbf", .integer(issuedAt / 1000)),
                 ("exp", .integer((issuedAt + accessLifetimeMs) / 1000)),
                 ("jti", .string(Base64URL.encode(accessID))),
-            ])
+            ] + (try authorizationClaims(client: client, application: application)))
             access = try JWT.sign(claims, with: entry)
         } else {
             (access, accessID) = try SecretHasher.newOpaqueToken(at: issuedAt)

@@ -1,3 +1,4 @@
+import OpenSSLKit
 public import RPCCore
 public import TollgateProto
 public import TollgateServices
@@ -153,5 +154,10 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
         let made = try RPCError.catching { try keyManager.signingKeys.rotate(retirePrevious: request.retirePrevious) }
         let published = try RPCError.catching { try keyManager.signingKeys.keys.map(\.kid) }
         return RotateSigningKeyResponse(kid: made.kid, publishedKids: published)
+    }
+
+    public func listSigningKeys(_ request: ListSigningKeysRequest, context: ServerCallContext) async throws -> ListSigningKeysResponse {
+        let keys = try RPCError.catching { try keyManager.signingKeys.keys }
+        return ListSigningKeysResponse(keys: keys.map { SigningPublicKey(kid: $0.kid, x: $0.key.x, y: $0.key.y) })
     }
 }

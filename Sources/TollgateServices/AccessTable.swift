@@ -154,6 +154,7 @@ public enum AccessTable {
         KeyManagerServiceDescriptor.watchRevocations: .node(roles: ["gateway"]),
         // Signing keys are the cluster's: the super tenant's administrators.
         KeyManagerServiceDescriptor.rotateSigningKey: .permission(Permission.protected),
+        KeyManagerServiceDescriptor.listSigningKeys: .node(roles: ["gateway"]),
 
         // Gateway, traffic manager, analytics.
         GatewayServiceDescriptor.getGatewayStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),

@@ -141,6 +141,8 @@ public enum ProtoRegistry {
         "tollgate.v1.ListRolesResponse": ListRolesResponse.self,
         "tollgate.v1.ListServicesRequest": ListServicesRequest.self,
         "tollgate.v1.ListServicesResponse": ListServicesResponse.self,
+        "tollgate.v1.ListSigningKeysRequest": ListSigningKeysRequest.self,
+        "tollgate.v1.ListSigningKeysResponse": ListSigningKeysResponse.self,
         "tollgate.v1.ListSubscriptionsRequest": ListSubscriptionsRequest.self,
         "tollgate.v1.ListSubscriptionsResponse": ListSubscriptionsResponse.self,
         "tollgate.v1.ListTenantsRequest": ListTenantsRequest.self,
@@ -203,6 +205,7 @@ public enum ProtoRegistry {
         "tollgate.v1.SetTenantStatusResponse": SetTenantStatusResponse.self,
         "tollgate.v1.SignUpRequest": SignUpRequest.self,
         "tollgate.v1.SignUpResponse": SignUpResponse.self,
+        "tollgate.v1.SigningPublicKey": SigningPublicKey.self,
         "tollgate.v1.SubscribeRequest": SubscribeRequest.self,
         "tollgate.v1.SubscribeResponse": SubscribeResponse.self,
         "tollgate.v1.Subscription": Subscription.self,
@@ -289,6 +292,7 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_policies_request()),  // tollgate.v1.ListPoliciesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_roles_request()),  // tollgate.v1.ListRolesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_services_request()),  // tollgate.v1.ListServicesRequest
+        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_signing_keys_request()),  // tollgate.v1.ListSigningKeysRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_tenants_request()),  // tollgate.v1.ListTenantsRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__logout_request()),  // tollgate.v1.LogoutRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__logout_response()),  // tollgate.v1.LogoutResponse

@@ -579,6 +579,60 @@ public struct RotateSigningKeyResponse: ProtoMessage {
     }
 }
 
+/// `tollgate.v1.ListSigningKeysRequest`
+public struct ListSigningKeysRequest: ProtoMessage {
+    public static let protoName = "tollgate.v1.ListSigningKeysRequest"
+
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+}
+
+/// `tollgate.v1.SigningPublicKey`
+public struct SigningPublicKey: ProtoMessage {
+    public static let protoName = "tollgate.v1.SigningPublicKey"
+
+    /// Field 1.
+    public var kid: String = ""
+    /// Field 2.
+    public var x: [UInt8] = []
+    /// Field 3.
+    public var y: [UInt8] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        kid: String = "",
+        x: [UInt8] = [],
+        y: [UInt8] = []
+    ) {
+        self.kid = kid
+        self.x = x
+        self.y = y
+    }
+}
+
+/// `tollgate.v1.ListSigningKeysResponse`
+public struct ListSigningKeysResponse: ProtoMessage {
+    public static let protoName = "tollgate.v1.ListSigningKeysResponse"
+
+    /// Field 1.
+    public var keys: [SigningPublicKey] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        keys: [SigningPublicKey] = []
+    ) {
+        self.keys = keys
+    }
+}
+
 extension RegisterClientRequest {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
         self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__register_client_request(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__RegisterClientRequest>) throws(ProtoDecodingError) in
@@ -1632,6 +1686,130 @@ extension RotateSigningKeyResponse {
     }
 }
 
+extension ListSigningKeysRequest {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_signing_keys_request(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__ListSigningKeysRequest>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__ListSigningKeysRequest> {
+        let c = arena.allocate(Tollgate__V1__ListSigningKeysRequest.self)
+        tollgate__v1__list_signing_keys_request__init(c)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ListSigningKeysRequest>) throws(ProtoDecodingError) {
+        self.init()
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension SigningPublicKey {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__signing_public_key(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__SigningPublicKey>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__SigningPublicKey> {
+        let c = arena.allocate(Tollgate__V1__SigningPublicKey.self)
+        tollgate__v1__signing_public_key__init(c)
+        c.pointee.kid = try arena.cString(self.kid, field: "kid", in: Self.protoName)
+        c.pointee.x = arena.binary(self.x)
+        c.pointee.y = arena.binary(self.y)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__SigningPublicKey>) throws(ProtoDecodingError) {
+        self.init()
+        self.kid = try ProtoDecode.string(c.pointee.kid, field: "kid", in: Self.protoName)
+        self.x = ProtoDecode.binary(c.pointee.x)
+        self.y = ProtoDecode.binary(c.pointee.y)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ListSigningKeysResponse {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__list_signing_keys_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ListSigningKeysResponse>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ListSigningKeysResponse> {
+        let c = arena.allocate(Tollgate__V1__ListSigningKeysResponse.self)
+        tollgate__v1__list_signing_keys_response__init(c)
+        c.pointee.n_keys = self.keys.count
+        c.pointee.keys = try arena.messages(self.keys) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ListSigningKeysResponse>) throws(ProtoDecodingError) {
+        self.init()
+        self.keys = try ProtoDecode.messages(c.pointee.keys, count: c.pointee.n_keys, in: Self.protoName) { (element) throws(ProtoDecodingError) in try SigningPublicKey(_cMessage: element) }
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 /// `tollgate.v1.KeyManagerService`: method descriptors, in declaration order.
 public enum KeyManagerServiceDescriptor {
     public static let serviceName = "tollgate.v1.KeyManagerService"
@@ -1708,6 +1886,12 @@ public enum KeyManagerServiceDescriptor {
         inputType: "tollgate.v1.RotateSigningKeyRequest", outputType: "tollgate.v1.RotateSigningKeyResponse",
         clientStreaming: false, serverStreaming: false
     )
+    /// `ListSigningKeys` (tollgate.v1.ListSigningKeysRequest) returns `tollgate.v1.ListSigningKeysResponse`.
+    public static let listSigningKeys = ProtoMethod(
+        service: serviceName, name: "ListSigningKeys",
+        inputType: "tollgate.v1.ListSigningKeysRequest", outputType: "tollgate.v1.ListSigningKeysResponse",
+        clientStreaming: false, serverStreaming: false
+    )
 
-    public static let methods: [ProtoMethod] = [registerClient, updateClient, deleteClient, getClient, regenerateClientSecret, issueToken, refreshToken, revokeToken, introspect, validateKey, watchRevocations, rotateSigningKey]
+    public static let methods: [ProtoMethod] = [registerClient, updateClient, deleteClient, getClient, regenerateClientSecret, issueToken, refreshToken, revokeToken, introspect, validateKey, watchRevocations, rotateSigningKey, listSigningKeys]
 }

@@ -30,6 +30,9 @@ public protocol KeyManagerServiceHandler: Sendable {
     /// the JWKS, so tokens they signed still verify, unless
     /// `retire_previous` drops them.
     func rotateSigningKey(_ request: RotateSigningKeyRequest, context: ServerCallContext) async throws -> RotateSigningKeyResponse
+    /// The public keys JWT access tokens are signed with (the JWKS's), for
+    /// gateways that check JWTs themselves.
+    func listSigningKeys(_ request: ListSigningKeysRequest, context: ServerCallContext) async throws -> ListSigningKeysResponse
 }
 
 extension KeyManagerServiceHandler {
@@ -48,6 +51,7 @@ extension KeyManagerServiceHandler {
             .unary(KeyManagerServiceDescriptor.validateKey) { (request: ValidateKeyRequest, context) in try await self.validateKey(request, context: context) },
             .serverStreaming(KeyManagerServiceDescriptor.watchRevocations) { (request: WatchRevocationsRequest, writer: ResponseWriter<WatchRevocationsResponse>, context) in try await self.watchRevocations(request, writer: writer, context: context) },
             .unary(KeyManagerServiceDescriptor.rotateSigningKey) { (request: RotateSigningKeyRequest, context) in try await self.rotateSigningKey(request, context: context) },
+            .unary(KeyManagerServiceDescriptor.listSigningKeys) { (request: ListSigningKeysRequest, context) in try await self.listSigningKeys(request, context: context) },
         ]
     }
 }
@@ -122,5 +126,11 @@ public struct KeyManagerServiceClient: Sendable {
     /// `retire_previous` drops them.
     public func rotateSigningKey(_ request: RotateSigningKeyRequest, options: CallOptions? = nil) async throws -> RotateSigningKeyResponse {
         try await transport.unary(KeyManagerServiceDescriptor.rotateSigningKey, request, options: options ?? defaultOptions, as: RotateSigningKeyResponse.self)
+    }
+
+    /// The public keys JWT access tokens are signed with (the JWKS's), for
+    /// gateways that check JWTs themselves.
+    public func listSigningKeys(_ request: ListSigningKeysRequest, options: CallOptions? = nil) async throws -> ListSigningKeysResponse {
+        try await transport.unary(KeyManagerServiceDescriptor.listSigningKeys, request, options: options ?? defaultOptions, as: ListSigningKeysResponse.self)
     }
 }

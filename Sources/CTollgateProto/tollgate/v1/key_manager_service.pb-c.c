@@ -1087,6 +1087,141 @@ void   tollgate__v1__rotate_signing_key_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__rotate_signing_key_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__list_signing_keys_request__init
+                     (Tollgate__V1__ListSigningKeysRequest         *message)
+{
+  static const Tollgate__V1__ListSigningKeysRequest init_value = TOLLGATE__V1__LIST_SIGNING_KEYS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__list_signing_keys_request__get_packed_size
+                     (const Tollgate__V1__ListSigningKeysRequest *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__list_signing_keys_request__pack
+                     (const Tollgate__V1__ListSigningKeysRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__list_signing_keys_request__pack_to_buffer
+                     (const Tollgate__V1__ListSigningKeysRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ListSigningKeysRequest *
+       tollgate__v1__list_signing_keys_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ListSigningKeysRequest *)
+     protobuf_c_message_unpack (&tollgate__v1__list_signing_keys_request__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__list_signing_keys_request__free_unpacked
+                     (Tollgate__V1__ListSigningKeysRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__signing_public_key__init
+                     (Tollgate__V1__SigningPublicKey         *message)
+{
+  static const Tollgate__V1__SigningPublicKey init_value = TOLLGATE__V1__SIGNING_PUBLIC_KEY__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__signing_public_key__get_packed_size
+                     (const Tollgate__V1__SigningPublicKey *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__signing_public_key__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__signing_public_key__pack
+                     (const Tollgate__V1__SigningPublicKey *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__signing_public_key__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__signing_public_key__pack_to_buffer
+                     (const Tollgate__V1__SigningPublicKey *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__signing_public_key__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__SigningPublicKey *
+       tollgate__v1__signing_public_key__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__SigningPublicKey *)
+     protobuf_c_message_unpack (&tollgate__v1__signing_public_key__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__signing_public_key__free_unpacked
+                     (Tollgate__V1__SigningPublicKey *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__signing_public_key__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__list_signing_keys_response__init
+                     (Tollgate__V1__ListSigningKeysResponse         *message)
+{
+  static const Tollgate__V1__ListSigningKeysResponse init_value = TOLLGATE__V1__LIST_SIGNING_KEYS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__list_signing_keys_response__get_packed_size
+                     (const Tollgate__V1__ListSigningKeysResponse *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__list_signing_keys_response__pack
+                     (const Tollgate__V1__ListSigningKeysResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__list_signing_keys_response__pack_to_buffer
+                     (const Tollgate__V1__ListSigningKeysResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ListSigningKeysResponse *
+       tollgate__v1__list_signing_keys_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ListSigningKeysResponse *)
+     protobuf_c_message_unpack (&tollgate__v1__list_signing_keys_response__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__list_signing_keys_response__free_unpacked
+                     (Tollgate__V1__ListSigningKeysResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__list_signing_keys_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor tollgate__v1__register_client_request__field_descriptors[2] =
 {
   {
@@ -2474,7 +2609,127 @@ const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_response__desc
   (ProtobufCMessageInit) tollgate__v1__rotate_signing_key_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method_descriptors[12] =
+#define tollgate__v1__list_signing_keys_request__field_descriptors NULL
+#define tollgate__v1__list_signing_keys_request__field_indices_by_name NULL
+#define tollgate__v1__list_signing_keys_request__number_ranges NULL
+const ProtobufCMessageDescriptor tollgate__v1__list_signing_keys_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ListSigningKeysRequest",
+  "ListSigningKeysRequest",
+  "Tollgate__V1__ListSigningKeysRequest",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ListSigningKeysRequest),
+  0,
+  tollgate__v1__list_signing_keys_request__field_descriptors,
+  tollgate__v1__list_signing_keys_request__field_indices_by_name,
+  0,  tollgate__v1__list_signing_keys_request__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__list_signing_keys_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__signing_public_key__field_descriptors[3] =
+{
+  {
+    "kid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__SigningPublicKey, kid),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "x",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__SigningPublicKey, x),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "y",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__SigningPublicKey, y),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__signing_public_key__field_indices_by_name[] = {
+  0,   /* field[0] = kid */
+  1,   /* field[1] = x */
+  2,   /* field[2] = y */
+};
+static const ProtobufCIntRange tollgate__v1__signing_public_key__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__signing_public_key__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.SigningPublicKey",
+  "SigningPublicKey",
+  "Tollgate__V1__SigningPublicKey",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__SigningPublicKey),
+  3,
+  tollgate__v1__signing_public_key__field_descriptors,
+  tollgate__v1__signing_public_key__field_indices_by_name,
+  1,  tollgate__v1__signing_public_key__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__signing_public_key__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__list_signing_keys_response__field_descriptors[1] =
+{
+  {
+    "keys",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__ListSigningKeysResponse, n_keys),
+    offsetof(Tollgate__V1__ListSigningKeysResponse, keys),
+    &tollgate__v1__signing_public_key__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__list_signing_keys_response__field_indices_by_name[] = {
+  0,   /* field[0] = keys */
+};
+static const ProtobufCIntRange tollgate__v1__list_signing_keys_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__list_signing_keys_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ListSigningKeysResponse",
+  "ListSigningKeysResponse",
+  "Tollgate__V1__ListSigningKeysResponse",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ListSigningKeysResponse),
+  1,
+  tollgate__v1__list_signing_keys_response__field_descriptors,
+  tollgate__v1__list_signing_keys_response__field_indices_by_name,
+  1,  tollgate__v1__list_signing_keys_response__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__list_signing_keys_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method_descriptors[13] =
 {
   { "RegisterClient", &tollgate__v1__register_client_request__descriptor, &tollgate__v1__register_client_response__descriptor },
   { "UpdateClient", &tollgate__v1__update_client_request__descriptor, &tollgate__v1__update_client_response__descriptor },
@@ -2488,12 +2743,14 @@ static const ProtobufCMethodDescriptor tollgate__v1__key_manager_service__method
   { "ValidateKey", &tollgate__v1__validate_key_request__descriptor, &tollgate__v1__validate_key_response__descriptor },
   { "WatchRevocations", &tollgate__v1__watch_revocations_request__descriptor, &tollgate__v1__watch_revocations_response__descriptor },
   { "RotateSigningKey", &tollgate__v1__rotate_signing_key_request__descriptor, &tollgate__v1__rotate_signing_key_response__descriptor },
+  { "ListSigningKeys", &tollgate__v1__list_signing_keys_request__descriptor, &tollgate__v1__list_signing_keys_response__descriptor },
 };
 const unsigned tollgate__v1__key_manager_service__method_indices_by_name[] = {
   2,        /* DeleteClient */
   3,        /* GetClient */
   8,        /* Introspect */
   5,        /* IssueToken */
+  12,        /* ListSigningKeys */
   6,        /* RefreshToken */
   4,        /* RegenerateClientSecret */
   0,        /* RegisterClient */
@@ -2510,7 +2767,7 @@ const ProtobufCServiceDescriptor tollgate__v1__key_manager_service__descriptor =
   "KeyManagerService",
   "Tollgate__V1__KeyManagerService",
   "tollgate.v1",
-  12,
+  13,
   tollgate__v1__key_manager_service__method_descriptors,
   tollgate__v1__key_manager_service__method_indices_by_name
 };
@@ -2609,6 +2866,14 @@ void tollgate__v1__key_manager_service__rotate_signing_key(ProtobufCService *ser
 {
   assert(service->descriptor == &tollgate__v1__key_manager_service__descriptor);
   service->invoke(service, 11, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void tollgate__v1__key_manager_service__list_signing_keys(ProtobufCService *service,
+                                                          const Tollgate__V1__ListSigningKeysRequest *input,
+                                                          Tollgate__V1__ListSigningKeysResponse_Closure closure,
+                                                          void *closure_data)
+{
+  assert(service->descriptor == &tollgate__v1__key_manager_service__descriptor);
+  service->invoke(service, 12, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Service *service,
                                               Tollgate__V1__KeyManagerService_ServiceDestroy destroy)

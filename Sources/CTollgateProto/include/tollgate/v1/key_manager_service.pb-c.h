@@ -42,6 +42,9 @@ typedef struct Tollgate__V1__WatchRevocationsRequest Tollgate__V1__WatchRevocati
 typedef struct Tollgate__V1__WatchRevocationsResponse Tollgate__V1__WatchRevocationsResponse;
 typedef struct Tollgate__V1__RotateSigningKeyRequest Tollgate__V1__RotateSigningKeyRequest;
 typedef struct Tollgate__V1__RotateSigningKeyResponse Tollgate__V1__RotateSigningKeyResponse;
+typedef struct Tollgate__V1__ListSigningKeysRequest Tollgate__V1__ListSigningKeysRequest;
+typedef struct Tollgate__V1__SigningPublicKey Tollgate__V1__SigningPublicKey;
+typedef struct Tollgate__V1__ListSigningKeysResponse Tollgate__V1__ListSigningKeysResponse;
 
 
 /* --- enums --- */
@@ -438,6 +441,47 @@ struct  Tollgate__V1__RotateSigningKeyResponse
 #define TOLLGATE__V1__ROTATE_SIGNING_KEY_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__rotate_signing_key_response__descriptor) \
     , (char *)protobuf_c_empty_string, 0,NULL }
+
+
+struct  Tollgate__V1__ListSigningKeysRequest
+{
+  ProtobufCMessage base;
+};
+#define TOLLGATE__V1__LIST_SIGNING_KEYS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__list_signing_keys_request__descriptor) \
+     }
+
+
+/*
+ * An ES256 (P-256) public key, as a JWK names it.
+ */
+struct  Tollgate__V1__SigningPublicKey
+{
+  ProtobufCMessage base;
+  char *kid;
+  /*
+   * The public point's affine coordinates, 32 bytes each.
+   */
+  ProtobufCBinaryData x;
+  ProtobufCBinaryData y;
+};
+#define TOLLGATE__V1__SIGNING_PUBLIC_KEY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__signing_public_key__descriptor) \
+    , (char *)protobuf_c_empty_string, {0,NULL}, {0,NULL} }
+
+
+struct  Tollgate__V1__ListSigningKeysResponse
+{
+  ProtobufCMessage base;
+  /*
+   * Every key the JWKS publishes, newest first.
+   */
+  size_t n_keys;
+  Tollgate__V1__SigningPublicKey **keys;
+};
+#define TOLLGATE__V1__LIST_SIGNING_KEYS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__list_signing_keys_response__descriptor) \
+    , 0,NULL }
 
 
 /* Tollgate__V1__RegisterClientRequest methods */
@@ -896,6 +940,63 @@ Tollgate__V1__RotateSigningKeyResponse *
 void   tollgate__v1__rotate_signing_key_response__free_unpacked
                      (Tollgate__V1__RotateSigningKeyResponse *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__ListSigningKeysRequest methods */
+void   tollgate__v1__list_signing_keys_request__init
+                     (Tollgate__V1__ListSigningKeysRequest         *message);
+size_t tollgate__v1__list_signing_keys_request__get_packed_size
+                     (const Tollgate__V1__ListSigningKeysRequest   *message);
+size_t tollgate__v1__list_signing_keys_request__pack
+                     (const Tollgate__V1__ListSigningKeysRequest   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__list_signing_keys_request__pack_to_buffer
+                     (const Tollgate__V1__ListSigningKeysRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ListSigningKeysRequest *
+       tollgate__v1__list_signing_keys_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__list_signing_keys_request__free_unpacked
+                     (Tollgate__V1__ListSigningKeysRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__SigningPublicKey methods */
+void   tollgate__v1__signing_public_key__init
+                     (Tollgate__V1__SigningPublicKey         *message);
+size_t tollgate__v1__signing_public_key__get_packed_size
+                     (const Tollgate__V1__SigningPublicKey   *message);
+size_t tollgate__v1__signing_public_key__pack
+                     (const Tollgate__V1__SigningPublicKey   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__signing_public_key__pack_to_buffer
+                     (const Tollgate__V1__SigningPublicKey   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__SigningPublicKey *
+       tollgate__v1__signing_public_key__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__signing_public_key__free_unpacked
+                     (Tollgate__V1__SigningPublicKey *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__ListSigningKeysResponse methods */
+void   tollgate__v1__list_signing_keys_response__init
+                     (Tollgate__V1__ListSigningKeysResponse         *message);
+size_t tollgate__v1__list_signing_keys_response__get_packed_size
+                     (const Tollgate__V1__ListSigningKeysResponse   *message);
+size_t tollgate__v1__list_signing_keys_response__pack
+                     (const Tollgate__V1__ListSigningKeysResponse   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__list_signing_keys_response__pack_to_buffer
+                     (const Tollgate__V1__ListSigningKeysResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ListSigningKeysResponse *
+       tollgate__v1__list_signing_keys_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__list_signing_keys_response__free_unpacked
+                     (Tollgate__V1__ListSigningKeysResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tollgate__V1__RegisterClientRequest_Closure)
@@ -970,6 +1071,15 @@ typedef void (*Tollgate__V1__RotateSigningKeyRequest_Closure)
 typedef void (*Tollgate__V1__RotateSigningKeyResponse_Closure)
                  (const Tollgate__V1__RotateSigningKeyResponse *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__ListSigningKeysRequest_Closure)
+                 (const Tollgate__V1__ListSigningKeysRequest *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__SigningPublicKey_Closure)
+                 (const Tollgate__V1__SigningPublicKey *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__ListSigningKeysResponse_Closure)
+                 (const Tollgate__V1__ListSigningKeysResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -1025,6 +1135,10 @@ struct Tollgate__V1__KeyManagerService_Service
                              const Tollgate__V1__RotateSigningKeyRequest *input,
                              Tollgate__V1__RotateSigningKeyResponse_Closure closure,
                              void *closure_data);
+  void (*list_signing_keys)(Tollgate__V1__KeyManagerService_Service *service,
+                            const Tollgate__V1__ListSigningKeysRequest *input,
+                            Tollgate__V1__ListSigningKeysResponse_Closure closure,
+                            void *closure_data);
 };
 typedef void (*Tollgate__V1__KeyManagerService_ServiceDestroy)(Tollgate__V1__KeyManagerService_Service *);
 void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Service *service,
@@ -1044,7 +1158,8 @@ void tollgate__v1__key_manager_service__init (Tollgate__V1__KeyManagerService_Se
       function_prefix__ ## introspect,\
       function_prefix__ ## validate_key,\
       function_prefix__ ## watch_revocations,\
-      function_prefix__ ## rotate_signing_key  }
+      function_prefix__ ## rotate_signing_key,\
+      function_prefix__ ## list_signing_keys  }
 void tollgate__v1__key_manager_service__register_client(ProtobufCService *service,
                                                         const Tollgate__V1__RegisterClientRequest *input,
                                                         Tollgate__V1__RegisterClientResponse_Closure closure,
@@ -1093,6 +1208,10 @@ void tollgate__v1__key_manager_service__rotate_signing_key(ProtobufCService *ser
                                                            const Tollgate__V1__RotateSigningKeyRequest *input,
                                                            Tollgate__V1__RotateSigningKeyResponse_Closure closure,
                                                            void *closure_data);
+void tollgate__v1__key_manager_service__list_signing_keys(ProtobufCService *service,
+                                                          const Tollgate__V1__ListSigningKeysRequest *input,
+                                                          Tollgate__V1__ListSigningKeysResponse_Closure closure,
+                                                          void *closure_data);
 
 /* --- descriptors --- */
 
@@ -1120,6 +1239,9 @@ extern const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_request_
 extern const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__rotate_signing_key_response__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__list_signing_keys_request__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__signing_public_key__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__list_signing_keys_response__descriptor;
 extern const ProtobufCServiceDescriptor tollgate__v1__key_manager_service__descriptor;
 
 PROTOBUF_C__END_DECLS
