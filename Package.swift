@@ -98,7 +98,7 @@ let package = Package(
                                                     "TollgateProto", "LMDBKit", logging]),
 
         // The data plane: routing, token checks, blocks, throttling, endpoints, usage records (no database).
-        .target(name: "TollgateGateway", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto",
+        .target(name: "TollgateGateway", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
                                                       logging, serviceLifecycle]),
 
         // MARK: Node and executables
@@ -126,7 +126,7 @@ let package = Package(
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
-        .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto"]),
+        .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto", "ThrottleCore"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
         .testTarget(name: "ThriftCoreTests", dependencies: ["ThriftCore", "TollgateProto", "TestSupport"]),

@@ -131,6 +131,17 @@ public final class NodeContext: Sendable {
 public protocol PeerDirectory: Sendable {
     /// The peers of a role, in configuration order; empty when none is configured.
     func transports(for role: Role) -> [any RPCClientTransport]
+    /// The same peers named by their configured address (`host:port`), for
+    /// callers that must agree with other nodes on who is who whatever
+    /// order each lists them in (the gateways' traffic-manager owners).
+    func namedTransports(for role: Role) -> [(name: String, transport: any RPCClientTransport)]
+}
+
+extension PeerDirectory {
+    /// Peers named by position, for directories that know no addresses.
+    public func namedTransports(for role: Role) -> [(name: String, transport: any RPCClientTransport)] {
+        transports(for: role).enumerated().map { ("\(role.rawValue)-\($0.offset + 1)", $0.element) }
+    }
 }
 
 /// The node's data directory, for a module that keeps files of its own

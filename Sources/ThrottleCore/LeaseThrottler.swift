@@ -185,6 +185,8 @@ public final class LeaseThrottler: Sendable {
         public var fallbackEntries: UInt64
         /// Keys in fallback now.
         public var keysInFallback: Int
+        /// Keys (per window) this gateway holds state for now.
+        public var keys: Int
         /// Requests answered ``ThrottleOutcome/wait(_:)``.
         public var waits: UInt64
     }
@@ -694,7 +696,7 @@ public final class LeaseThrottler: Sendable {
 
     public var statistics: Statistics {
         var policies: [String: PolicyCounts] = [:]
-        var inFallback = 0
+        var inFallback = 0, keys = 0
         for shard in shards {
             shard.state.withLock { state in
                 for (name, counts) in state.policies {
@@ -703,12 +705,30 @@ public final class LeaseThrottler: Sendable {
                     policies[name, default: PolicyCounts()].marked += counts.marked
                 }
                 inFallback += state.leases.values.filter(\.fallback).count
+                keys += state.leases.count
             }
         }
         let counts = exchangeCounts.withLock { $0 }
         return Statistics(policies: policies, exchanges: counts.exchanges, operations: counts.operations, unitsGranted: counts.unitsGranted,
                           unitsReturned: counts.unitsReturned, failedOperations: counts.failedOperations, fallbackEntries: counts.fallbackEntries,
-                          keysInFallback: inFallback, waits: counts.waits)
+                          keysInFallback: inFallback, keys: keys, waits: counts.waits)
+    }
+
+    /// Forgets the traffic managers' word that pools are empty (an
+    /// operator's cache flush): those keys ask again on their next request.
+    /// Returns how many keys it cleared.
+    public func forgetDecisions() -> Int {
+        var cleared = 0
+        for shard in shards {
+            shard.state.withLock { state in
+                for (slot, var lease) in state.leases where lease.exhausted {
+                    lease.exhausted = false
+                    state.leases[slot] = lease
+                    cleared += 1
+                }
+            }
+        }
+        return cleared
     }
 
     /// Units this gateway holds for `key` in the window containing `now`.

@@ -11,6 +11,9 @@ public final class DeploymentState: Sendable {
     /// Policies by kind and id.
     public let policies: [PolicyKey: ThrottlePolicy]
     public let blockConditions: [String: BlockCondition]
+    /// Custom (global) policies with a limit, by tenant: the throttler
+    /// counts every request of the tenant's APIs against them.
+    public let globalPolicies: [String: [GlobalPolicy]]
     public let routes: RoutingTable
     public let blocks: BlockIndex
     /// Loaded from disk at start and not yet confirmed by a publisher.
@@ -30,6 +33,12 @@ public final class DeploymentState: Sendable {
         self.apis = apis
         self.policies = policies
         self.blockConditions = blockConditions
+        var global: [String: [GlobalPolicy]] = [:]
+        for policy in policies.values {
+            if case .globalPolicy(let custom) = policy.policy, custom.limit != nil { global[custom.tenantDomain, default: []].append(custom) }
+        }
+        // A stable order, so every gateway checks a tenant's policies alike.
+        globalPolicies = global.mapValues { $0.sorted { $0.name < $1.name } }
         self.routes = RoutingTable(apis: apis.values)
         self.blocks = BlockIndex(blockConditions.values)
         self.fromDisk = fromDisk

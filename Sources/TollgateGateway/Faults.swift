@@ -1,4 +1,5 @@
 public import RoleCore
+import ThrottleCore
 
 /// WSO2's fault answers, by code: the status, message and description a
 /// WSO2 2.x gateway sends, so clients written against WSO2 read ours alike.
@@ -48,6 +49,22 @@ public struct GatewayFault: Sendable, Hashable {
                                                            description: "You have exceeded your quota", namespace: throttling)
     public static let spikeArrest = GatewayFault(code: 900807, status: 429, message: "Message throttled out",
                                                  description: "You have exceeded your spike arrest limit", namespace: throttling)
+    public static let customThrottled = GatewayFault(code: 900806, status: 429, message: "Message throttled out",
+                                                     description: "You have exceeded your quota for a custom policy", namespace: throttling)
+
+    /// The fault a throttle refusal answers with (docs/throttling.md §3).
+    static func throttled(_ kind: ThrottleKind?) -> GatewayFault {
+        switch kind {
+        case nil: blocked
+        case .api?: apiThrottled
+        case .resource?: resourceThrottled
+        case .subscription?: subscriptionThrottled
+        case .spikeArrest?: spikeArrest
+        case .application?: applicationThrottled
+        case .custom?: customThrottled
+        case .hardLimit?: hardLimit
+        }
+    }
 
     /// The fault for a keymanager's refusal code.
     public static func validation(_ status: Int32) -> GatewayFault {

@@ -1,6 +1,7 @@
 import Foundation
 import RoleCore
 import Synchronization
+import ThrottleCore
 import TollgateProto
 
 /// The gateway's Prometheus metrics: requests per API and status class with
@@ -120,6 +121,47 @@ final class GatewayMetrics: MetricsSource {
         out += "# HELP tollgate_gateway_suspended_endpoints Backend endpoints suspended after failures.\n"
         out += "# TYPE tollgate_gateway_suspended_endpoints gauge\n"
         out += "tollgate_gateway_suspended_endpoints \(gauges.suspendedEndpoints)\n"
+        if let throttle = gauges.throttle { out += Self.renderThrottle(throttle, requests: gauges.throttleRequests, trafficManagers: gauges.trafficManagers) }
+        return out
+    }
+
+    /// The quota-lease throttler's figures (docs/throttling.md): fallback,
+    /// round trips per 1,000 requests, admissions and refusals per policy.
+    static func renderThrottle(_ stats: LeaseThrottler.Statistics, requests: UInt64, trafficManagers: Int) -> String {
+        var out = ""
+        func sample(_ name: String, _ type: String, _ help: String, _ value: String) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+        }
+        sample("tollgate_gateway_throttle_traffic_managers", "gauge", "Traffic managers under [peers]; 0 means every key is enforced by the failure mode.",
+               String(trafficManagers))
+        sample("tollgate_gateway_throttle_keys", "gauge", "Throttle keys (per window) this gateway holds state for.", String(stats.keys))
+        sample("tollgate_gateway_throttle_keys_in_fallback", "gauge", "Keys whose traffic manager cannot be reached, enforced by the failure mode.",
+               String(stats.keysInFallback))
+        sample("tollgate_gateway_throttle_fallback_entries_total", "counter", "Times a key went into fallback because its traffic manager was lost.",
+               String(stats.fallbackEntries))
+        sample("tollgate_gateway_throttle_requests_total", "counter", "Requests that reached the throttling step.", String(requests))
+        sample("tollgate_gateway_throttle_exchanges_total", "counter", "ExchangeLeases round trips to the traffic managers.", String(stats.exchanges))
+        sample("tollgate_gateway_throttle_lease_operations_total", "counter", "Per-key lease requests, returns and reports sent.", String(stats.operations))
+        sample("tollgate_gateway_throttle_failed_operations_total", "counter", "Lease operations no traffic manager answered.", String(stats.failedOperations))
+        sample("tollgate_gateway_throttle_waits_total", "counter", "Requests that waited for a lease.", String(stats.waits))
+        out += "# HELP tollgate_gateway_throttle_units_total Quota units granted to and returned by this gateway.\n"
+        out += "# TYPE tollgate_gateway_throttle_units_total counter\n"
+        out += "tollgate_gateway_throttle_units_total{direction=\"granted\"} \(stats.unitsGranted)\n"
+        out += "tollgate_gateway_throttle_units_total{direction=\"returned\"} \(stats.unitsReturned)\n"
+        let perThousand = { (count: UInt64) in requests == 0 ? 0 : Double(count) * 1000 / Double(requests) }
+        sample("tollgate_gateway_throttle_round_trips_per_1000_requests", "gauge", "Lease round trips per 1,000 requests since start.",
+               String(perThousand(stats.exchanges)))
+        sample("tollgate_gateway_throttle_lease_operations_per_1000_requests", "gauge", "Lease operations per 1,000 requests since start.",
+               String(perThousand(stats.operations)))
+        out += "# HELP tollgate_gateway_throttle_decisions_total Requests per policy (kind:name) and outcome; marked = admitted past a quota that does not stop.\n"
+        out += "# TYPE tollgate_gateway_throttle_decisions_total counter\n"
+        for (policy, counts) in stats.policies.sorted(by: { $0.key < $1.key }) {
+            let label = escape(policy)
+            let kind = escape(String(policy.prefix { $0 != ":" }))
+            out += "tollgate_gateway_throttle_decisions_total{kind=\"\(kind)\",policy=\"\(label)\",outcome=\"admitted\"} \(counts.admitted)\n"
+            out += "tollgate_gateway_throttle_decisions_total{kind=\"\(kind)\",policy=\"\(label)\",outcome=\"refused\"} \(counts.refused)\n"
+            out += "tollgate_gateway_throttle_decisions_total{kind=\"\(kind)\",policy=\"\(label)\",outcome=\"marked\"} \(counts.marked)\n"
+        }
         return out
     }
 
@@ -151,4 +193,9 @@ struct GatewayGauges: Sendable {
     var stateAgeSeconds: Double = 0
     var apis = 0
     var suspendedEndpoints = 0
+    var throttle: LeaseThrottler.Statistics?
+    /// Requests that reached the throttling step.
+    var throttleRequests: UInt64 = 0
+    /// Traffic managers under `[peers]`.
+    var trafficManagers = 0
 }

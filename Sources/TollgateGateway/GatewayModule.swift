@@ -3,6 +3,7 @@ import Logging
 public import RoleCore
 public import RPCCore
 public import ServiceLifecycle
+import ThrottleCore
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -47,7 +48,20 @@ public struct GatewayModule: RoleModule {
         .init("thrift_username", .string),
         .init("thrift_password_file", .path),
         .init("thrift_ca_file", .path),
+        // Quota leases from the traffic managers (docs/throttling.md).
+        .init("throttle_failure_mode", .string),
+        .init("throttle_gateways", .integer(0...10_000)),
+        .init("throttle_lease_horizon_ms", .integer(1...60_000)),
+        .init("throttle_idle_return_ms", .integer(1...3_600_000)),
+        .init("throttle_exhausted_recheck_ms", .integer(1...60_000)),
+        .init("throttle_initial_lease", .integer(1...1_000_000)),
+        .init("throttle_lease_timeout_ms", .integer(10...60_000)),
+        .init("throttle_retry_initial_ms", .integer(1...60_000)),
+        .init("throttle_retry_max_ms", .integer(1...600_000)),
     ], check: { section in
+        if let mode = section.string("throttle_failure_mode"), LeaseThrottlerConfiguration.FailureMode(rawValue: mode) == nil {
+            return [(key: "throttle_failure_mode", problem: "must be \"local-share\", \"open\" or \"closed\", not \"\(mode)\"")]
+        }
         if let mode = section.string("key_validation"), mode != "rpc" && mode != "thrift" {
             return [(key: "key_validation", problem: "must be \"rpc\" or \"thrift\", not \"\(mode)\"")]
         }
@@ -79,7 +93,8 @@ public struct GatewayModule: RoleModule {
     public init(context: NodeContext) async throws {
         let section = context.section("gateway")
         logger = context.logger
-        peers = context.lookup((any PeerDirectory).self)
+        let peerDirectory = context.lookup((any PeerDirectory).self)
+        peers = peerDirectory
         let validator: any KeyValidator
         if section.string("key_validation") == "thrift" {
             guard let factory = context.lookup((any ThriftKeyValidatorFactory).self) else {
@@ -94,7 +109,10 @@ public struct GatewayModule: RoleModule {
             // Without peer links (an assembly for inspection) every validation answers 503 at once.
             validator = RPCKeyValidator(peers: peers ?? NoPeers(), timeout: .milliseconds(section.integer("keymanager_timeout_ms") ?? 3000))
         }
-        let deployment = DeploymentHolder()
+        let throttling = GatewayThrottling(configuration: GatewayThrottling.configuration(section, gatewayID: context.nodeID),
+                                           transport: PeerLeaseTransport(peers: peerDirectory ?? NoPeers(),
+                                                                         timeout: .milliseconds(section.integer("throttle_lease_timeout_ms") ?? 1000)))
+        let deployment = DeploymentHolder { throttling.deploymentChanged($0) }
         store = context.lookup(NodeDataDirectory.self).map { DeploymentStore(directory: $0.path) }
         let feed = FeedStatus()
         self.feed = feed
@@ -115,7 +133,6 @@ public struct GatewayModule: RoleModule {
                                     maxEntries: section.integer("validation_cache_entries") ?? 1_000_000)
         let usage = UsageQueue(capacity: section.integer("usage_queue_capacity") ?? 65_536)
         let health = EndpointHealth()
-        let throttler = LocalThrottler()
         let revocations = RevocationStatus()
         self.revocations = revocations
         let metrics = GatewayMetrics { [feed] in
@@ -125,7 +142,9 @@ public struct GatewayModule: RoleModule {
             return GatewayGauges(cacheEntries: cache.statistics.entries, usageQueued: usageStats.queued, usageShipped: usageStats.shipped,
                                  usageDiscarded: usageStats.discarded, revision: state.revision, feedConnected: feed.connected,
                                  stateAgeSeconds: Double(max(0, now - feed.confirmedAtUnixMs(fallback: state.appliedAtUnixMs))) / 1000,
-                                 apis: state.apis.count, suspendedEndpoints: health.suspended(now: now).count)
+                                 apis: state.apis.count, suspendedEndpoints: health.suspended(now: now).count,
+                                 throttle: throttling.throttler.statistics, throttleRequests: throttling.requestCount,
+                                 trafficManagers: peerDirectory?.transports(for: .trafficmanager).count ?? 0)
         }
         gatewayMetrics = metrics
         let settings = GatewaySettings(gatewayID: context.nodeID,
@@ -133,7 +152,7 @@ public struct GatewayModule: RoleModule {
                                                                           readTimeoutMs: Int64(section.integer("backend_read_timeout_ms") ?? 60_000)),
                                        maxRequestBodyBytes: section.integer("max_request_body_bytes").flatMap { $0 > 0 ? $0 : nil },
                                        requestIDHeader: section.string("request_id_header") ?? "X-Request-ID")
-        policy = GatewayPolicy(deployment: deployment, cache: cache, validator: validator, health: health, throttler: throttler, usage: usage,
+        policy = GatewayPolicy(deployment: deployment, cache: cache, validator: validator, health: health, throttling: throttling, usage: usage,
                                metrics: metrics, settings: settings)
         limits = ProxyListenerLimits(maxHeaderBytes: section.integer("max_header_bytes") ?? 16 * 1024,
                                      maxHeaderCount: section.integer("max_header_count") ?? 100,
@@ -151,8 +170,10 @@ public struct GatewayModule: RoleModule {
     }
 
     public var services: [any Service] {
-        var services: [any Service] = [UsageShipper(queue: policy.usage, batchSize: 512, logger: logger)]
+        var services: [any Service] = [UsageShipper(queue: policy.usage, batchSize: 512, logger: logger),
+                                        LeaseExchanger(throttler: policy.throttling.throttler)]
         if let peers {
+            services.append(ThrottleDecisionWatcher(peers: peers, throttler: policy.throttling.throttler, logger: logger))
             services.append(DeploymentWatcher(peers: peers, deployment: policy.deployment, cache: policy.cache, store: store, feed: feed, logger: logger))
             services.append(RevocationWatcher(peers: peers, cache: policy.cache, status: revocations, logger: logger))
         }
@@ -160,7 +181,8 @@ public struct GatewayModule: RoleModule {
     }
 
     public var methods: [RPCMethodHandler] {
-        GatewayRPCService(policy: policy, feed: feed, revocations: revocations).methodHandlers
+        GatewayRPCService(policy: policy, feed: feed, revocations: revocations,
+                          trafficManagers: peers?.transports(for: .trafficmanager).count ?? 0).methodHandlers
     }
 
     public var metricsSource: (any MetricsSource)? { gatewayMetrics }

@@ -1,6 +1,7 @@
 import Foundation
 import RoleCore
 import Synchronization
+import ThrottleCore
 import TollgateProto
 import TollgateStorage
 
@@ -15,10 +16,19 @@ struct GatewaySettings: Sendable {
 /// The deployment state in force, swapped whole.
 final class DeploymentHolder: Sendable {
     private let state = Mutex(DeploymentState.empty)
+    /// Told of every state swapped in (the throttler's block conditions).
+    private let observer: @Sendable (DeploymentState) -> Void
+
+    init(observer: @escaping @Sendable (DeploymentState) -> Void = { _ in }) {
+        self.observer = observer
+    }
 
     var current: DeploymentState { state.withLock { $0 } }
 
-    func replace(_ new: DeploymentState) { state.withLock { $0 = new } }
+    func replace(_ new: DeploymentState) {
+        state.withLock { $0 = new }
+        observer(new)
+    }
 }
 
 /// The gateway's request path, in WSO2's order: blocks by address, route,
@@ -31,18 +41,18 @@ final class GatewayPolicy: ProxyPolicy {
     let cache: ValidationCache
     let validator: any KeyValidator
     let health: EndpointHealth
-    let throttler: LocalThrottler
+    let throttling: GatewayThrottling
     let usage: UsageQueue
     let metrics: GatewayMetrics
     let settings: GatewaySettings
 
-    init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttler: LocalThrottler,
+    init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttling: GatewayThrottling,
          usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings) {
         self.deployment = deployment
         self.cache = cache
         self.validator = validator
         self.health = health
-        self.throttler = throttler
+        self.throttling = throttling
         self.usage = usage
         self.metrics = metrics
         self.settings = settings
@@ -58,6 +68,8 @@ final class GatewayPolicy: ProxyPolicy {
         var api: RoutedApi?
         var resource: CompiledResource?
         var info: KeyValidationInfo?
+        /// The credential presented, for JWT-claim conditions.
+        var bearerToken: String?
         var cacheHit = false
         var throttledReason = ""
         var faultCode: Int32 = 0
@@ -107,6 +119,7 @@ final class GatewayPolicy: ProxyPolicy {
         }
         let headerName = api.api.authorizationHeader.isEmpty ? "Authorization" : api.api.authorizationHeader
         guard let token = Self.bearerToken(head.header(headerName)) else { return fault(.missingCredentials, &exchange, extraHeaders: cors) }
+        exchange.bearerToken = token
         let key = ValidationCache.ResourceKey(apiID: api.api.id, resource: resource.resource.uriTemplate, verb: resource.resource.verb,
                                               viaDefault: route.viaDefaultVersion)
         switch cache.lookup(token: token, key: key, now: now) {
@@ -184,9 +197,44 @@ final class GatewayPolicy: ProxyPolicy {
                 return fault(.blocked, &exchange, extraHeaders: cors)
             }
         }
-        if let refusal = throttle(&exchange, api: api, keyType: keyType, state: state, now: now, responseHeaders: &responseHeaders) {
-            return refusal
+        let request = throttleRequest(exchange, api: api, keyType: keyType, state: state)
+        switch throttling.admit(request) {
+        case .wait(let wait):
+            let pending = exchange
+            let headers = responseHeaders
+            let keyType = keyType
+            return .deferred { [self] in
+                var exchange = pending
+                var responseHeaders = headers
+                var outcome = ThrottleOutcome.wait(wait)
+                // Each round is one lease exchange (bounded by the lease timeout); near the
+                // limit others may take the units granted meanwhile, so ask again a few times.
+                for _ in 0..<Self.maxLeaseRounds {
+                    guard case .wait(let next) = outcome else { break }
+                    await throttling.throttler.waitForLease(next)
+                    outcome = throttling.throttler.admit(request, now: Clock.unixMs())
+                }
+                if case .wait(let next) = outcome {
+                    let kind = ThrottleKey(parsing: next.key)?.kind
+                    return fault(.throttled(kind), &exchange, extraHeaders: headers + [("Retry-After", "1")])
+                }
+                if let refusal = throttled(outcome, &exchange, responseHeaders: &responseHeaders, now: Clock.unixMs()) { return refusal }
+                return forward(&exchange, route: route, keyType: keyType, token: token, cors: cors, responseHeaders: responseHeaders, now: Clock.unixMs())
+            }
+        case let outcome:
+            if let refusal = throttled(outcome, &exchange, responseHeaders: &responseHeaders, now: now) { return refusal }
         }
+        return forward(&exchange, route: route, keyType: keyType, token: token, cors: cors, responseHeaders: responseHeaders, now: now)
+    }
+
+    /// Rounds of lease exchanges a request waits through before it is refused.
+    static let maxLeaseRounds = 32
+
+    /// The endpoint step: the key type's endpoints that are not suspended.
+    private func forward(_ exchange: inout Exchange, route: RoutingTable.Route, keyType: KeyType, token: String?,
+                         cors: [(name: String, value: String)], responseHeaders: [(name: String, value: String)], now: Int64) -> ProxyDecision {
+        let api = route.api
+        var responseHeaders = responseHeaders
         guard let group = keyType == .sandbox ? api.sandbox : api.production else {
             let description = keyType == .sandbox ? "Sandbox key offered to the API with no sandbox endpoint"
                 : "Production key offered to the API with no production endpoint"
@@ -219,75 +267,41 @@ final class GatewayPolicy: ProxyPolicy {
             finished: { [self] outcome in finished(completed, group: group, outcome: outcome) }))
     }
 
-    /// The steps of WSO2's throttle handler on this gateway's own counters:
-    /// API or resource policy, subscription quota, spike arrest,
-    /// application quota, then the API's hard backend limit.
-    private func throttle(_ exchange: inout Exchange, api: RoutedApi, keyType: KeyType, state: DeploymentState, now: Int64,
-                          responseHeaders: inout [(name: String, value: String)]) -> ProxyDecision? {
-        let apiID = api.api.id
-        if let resource = exchange.resource, !resource.resource.throttlingPolicy.isEmpty,
-           let policy = api.advancedPolicies[resource.resource.throttlingPolicy], let limit = policy.defaultLimit {
-            let isAPILevel = resource.resource.applicableLevel == .api
-            let key = isAPILevel ? LocalThrottler.Key(.api, apiID)
-                : LocalThrottler.Key(.resource, apiID, resource.resource.uriTemplate, resource.resource.verb.methodName)
-            if let verdict = throttler.admit(key, limit: limit, now: now), !verdict.admitted {
-                return throttled(isAPILevel ? .apiThrottled : .resourceThrottled, verdict: verdict, now: now, &exchange)
+    /// Applies the throttler's verdict (not `.wait`): a refusal answers with
+    /// WSO2's fault, `Retry-After` and the `RateLimit-*` fields; an
+    /// admission adds the fields to the response and marks a request let
+    /// past a spent quota (stop-on-quota-reach off) in its usage record.
+    private func throttled(_ outcome: ThrottleOutcome, _ exchange: inout Exchange, responseHeaders: inout [(name: String, value: String)],
+                           now: Int64) -> ProxyDecision? {
+        switch outcome {
+        case .admit(let rateLimit, let marked):
+            if let rateLimit { Self.addRateLimitHeaders(rateLimit, to: &responseHeaders) }
+            if !marked.isEmpty { exchange.throttledReason = "SUBSCRIPTION_LIMIT_EXCEEDED_ADMITTED" }
+            return nil
+        case .refuse(let refusal):
+            exchange.throttledReason = switch refusal.kind {
+            case nil: "BLOCKED"
+            case .api?: "API_LIMIT_EXCEEDED"
+            case .resource?: "RESOURCE_LIMIT_EXCEEDED"
+            case .subscription?: "SUBSCRIPTION_LIMIT_EXCEEDED"
+            case .spikeArrest?: "SPIKE_ARREST"
+            case .application?: "APPLICATION_LIMIT_EXCEEDED"
+            case .custom?: "CUSTOM_POLICY_LIMIT_EXCEEDED"
+            case .hardLimit?: "HARD_LIMIT_EXCEEDED"
             }
+            var headers = responseHeaders
+            if let retry = refusal.retryAfterSeconds { headers.append(("Retry-After", String(max(1, retry)))) }
+            if let rateLimit = refusal.rateLimit { Self.addRateLimitHeaders(rateLimit, to: &headers) }
+            return fault(.throttled(refusal.kind), &exchange, extraHeaders: headers)
+        case .wait:
+            return nil
         }
-        if let info = exchange.info {
-            if let limit = info.subscriptionLimit, let verdict = throttler.admit(LocalThrottler.Key(.subscription, info.applicationId, apiID), limit: limit, now: now) {
-                Self.addRateLimitHeaders(verdict, now: now, to: &responseHeaders)
-                if !verdict.admitted {
-                    if info.stopOnQuotaReach { return throttled(.subscriptionThrottled, verdict: verdict, now: now, &exchange) }
-                    // Billing plans that let calls past the quota: admit, and mark the record.
-                    exchange.throttledReason = "SUBSCRIPTION_LIMIT_EXCEEDED_ADMITTED"
-                }
-            }
-            if info.spikeArrestLimit > 0 {
-                var spike = ThrottleLimit()
-                spike.timeUnit = info.spikeArrestUnit == .minute ? .minute : .second
-                spike.unitTime = 1
-                spike.quota = .requestCount(UInt64(info.spikeArrestLimit))
-                if let verdict = throttler.admit(LocalThrottler.Key(.spikeArrest, info.applicationId, apiID), limit: spike, now: now), !verdict.admitted {
-                    return throttled(.spikeArrest, verdict: verdict, now: now, &exchange)
-                }
-            }
-            if let limit = info.applicationLimit, let verdict = throttler.admit(LocalThrottler.Key(.application, info.applicationId, info.endUserName), limit: limit, now: now),
-               !verdict.admitted {
-                return throttled(.applicationThrottled, verdict: verdict, now: now, &exchange)
-            }
-        }
-        let hardLimit = keyType == .sandbox ? api.api.maxSandboxTps : api.api.maxProductionTps
-        if let hardLimit, hardLimit > 0 {
-            var limit = ThrottleLimit()
-            limit.timeUnit = .second
-            limit.unitTime = 1
-            limit.quota = .requestCount(UInt64(hardLimit))
-            if let verdict = throttler.admit(LocalThrottler.Key(.hardLimit, apiID, keyType == .sandbox ? "sandbox" : "production"), limit: limit, now: now), !verdict.admitted {
-                return throttled(.hardLimit, verdict: verdict, now: now, &exchange)
-            }
-        }
-        return nil
     }
 
-    private func throttled(_ fault: GatewayFault, verdict: LocalThrottler.Verdict, now: Int64, _ exchange: inout Exchange) -> ProxyDecision {
-        exchange.throttledReason = switch fault.code {
-        case 900800: "API_LIMIT_EXCEEDED"
-        case 900801: "HARD_LIMIT_EXCEEDED"
-        case 900802: "RESOURCE_LIMIT_EXCEEDED"
-        case 900803: "APPLICATION_LIMIT_EXCEEDED"
-        case 900807: "SPIKE_ARREST"
-        default: "SUBSCRIPTION_LIMIT_EXCEEDED"
-        }
-        var headers: [(name: String, value: String)] = [("Retry-After", String(max(1, (verdict.resetAtUnixMs - now + 999) / 1000)))]
-        Self.addRateLimitHeaders(verdict, now: now, to: &headers)
-        return self.fault(fault, &exchange, extraHeaders: headers)
-    }
-
-    static func addRateLimitHeaders(_ verdict: LocalThrottler.Verdict, now: Int64, to headers: inout [(name: String, value: String)]) {
-        headers.append(("RateLimit-Limit", String(verdict.limit)))
-        headers.append(("RateLimit-Remaining", String(verdict.remaining)))
-        headers.append(("RateLimit-Reset", String(max(0, (verdict.resetAtUnixMs - now + 999) / 1000))))
+    static func addRateLimitHeaders(_ values: RateLimitValues, to headers: inout [(name: String, value: String)]) {
+        headers.append(("RateLimit-Limit", String(values.limit)))
+        headers.append(("RateLimit-Remaining", String(values.remaining)))
+        headers.append(("RateLimit-Reset", String(max(0, values.resetSeconds))))
     }
 
     // MARK: Headers
@@ -406,9 +420,6 @@ final class GatewayPolicy: ProxyPolicy {
                     health.recordSuccess(endpoint.url)
                 }
             }
-        }
-        if let info = exchange.info, info.contentAware, let limit = info.subscriptionLimit, let api = exchange.api {
-            throttler.consume(LocalThrottler.Key(.subscription, info.applicationId, api.api.id), bytes: outcome.requestBodyBytes, limit: limit, now: now)
         }
         metrics.requestFinished(api: exchange.api?.metricsName ?? "", status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
 

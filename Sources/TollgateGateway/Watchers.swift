@@ -4,6 +4,7 @@ import RoleCore
 import RPCCore
 import ServiceLifecycle
 import Synchronization
+import ThrottleCore
 import TollgateProto
 import TollgateServices
 
@@ -233,6 +234,7 @@ struct GatewayRPCService: GatewayServiceHandler {
     let policy: GatewayPolicy
     let feed: FeedStatus
     let revocations: RevocationStatus
+    let trafficManagers: Int
 
     func getGatewayStatus(_ request: GetGatewayStatusRequest, context: ServerCallContext) async throws -> GetGatewayStatusResponse {
         let state = policy.deployment.current
@@ -245,7 +247,15 @@ struct GatewayRPCService: GatewayServiceHandler {
         response.policyCount = UInt32(state.policies.count)
         response.blockConditionCount = UInt32(state.blockConditions.count)
         response.keyCacheEntries = UInt64(policy.cache.statistics.entries)
-        response.throttledKeys = UInt64(policy.throttler.keyCount)
+        let throttle = policy.throttling.throttler.statistics
+        response.throttledKeys = UInt64(throttle.keys)
+        response.throttleTrafficManagers = UInt32(trafficManagers)
+        response.throttleFailureMode = policy.throttling.throttler.configuration.failureMode.rawValue
+        response.throttleKeysInFallback = UInt64(throttle.keysInFallback)
+        response.throttleFallbackEntries = throttle.fallbackEntries
+        response.throttleRequests = policy.throttling.requestCount
+        response.throttleExchanges = throttle.exchanges
+        response.throttleWaits = throttle.waits
         response.revocationSequence = revocations.sequence.load(ordering: .relaxed)
         let usage = policy.usage.statistics
         response.usageEventsQueued = UInt64(usage.queued)
@@ -258,7 +268,7 @@ struct GatewayRPCService: GatewayServiceHandler {
         let all = caches.isEmpty
         var evicted = policy.cache.flush(valid: all || caches.contains(.keyValidation), invalid: all || caches.contains(.invalidToken),
                                          tokenHashes: request.tokenHashes)
-        if all || caches.contains(.throttleDecisions) { evicted += policy.throttler.flush() }
+        if all || caches.contains(.throttleDecisions) { evicted += policy.throttling.throttler.forgetDecisions() }
         var response = FlushCachesResponse()
         response.evictedEntries = UInt64(evicted)
         return response

@@ -495,6 +495,10 @@ struct PeerLinkDirectory: PeerDirectory {
     func transports(for role: Role) -> [any RPCClientTransport] {
         links.withLockedValue { $0.filter { $0.role == role }.map(\.channel) }
     }
+
+    func namedTransports(for role: Role) -> [(name: String, transport: any RPCClientTransport)] {
+        links.withLockedValue { $0.filter { $0.role == role }.map { ($0.endpoint.description, $0.channel) } }
+    }
 }
 
 /// Connection counts and refusals of the HTTP and stream listeners.

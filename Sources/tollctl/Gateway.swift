@@ -33,6 +33,9 @@ struct GatewayStatus: AsyncParsableCommand {
                 "key_cache_entries": status.keyCacheEntries, "throttle_counters": status.throttledKeys,
                 "revocation_sequence": status.revocationSequence, "usage_events_queued": status.usageEventsQueued,
                 "usage_events_dropped": status.usageEventsDropped,
+                "throttle_traffic_managers": status.throttleTrafficManagers, "throttle_failure_mode": status.throttleFailureMode,
+                "throttle_keys_in_fallback": status.throttleKeysInFallback, "throttle_fallback_entries": status.throttleFallbackEntries,
+                "throttle_requests": status.throttleRequests, "throttle_exchanges": status.throttleExchanges, "throttle_waits": status.throttleWaits,
             ] as [String: Any])
         case .table:
             let feed = status.deploymentFeedConnected ? "connected"
@@ -46,6 +49,11 @@ struct GatewayStatus: AsyncParsableCommand {
                 ["throttle counters", "\(status.throttledKeys)"],
                 ["revocation sequence", "\(status.revocationSequence)"],
                 ["usage records queued / dropped", "\(status.usageEventsQueued) / \(status.usageEventsDropped)"],
+                ["traffic managers", status.throttleTrafficManagers == 0 ? "none: every limit enforced by the failure mode"
+                    : "\(status.throttleTrafficManagers)"],
+                ["throttle failure mode", status.throttleFailureMode],
+                ["keys in fallback / fallback entries", "\(status.throttleKeysInFallback) / \(status.throttleFallbackEntries)"],
+                ["throttled requests / lease round trips / waits", "\(status.throttleRequests) / \(status.throttleExchanges) / \(status.throttleWaits)"],
             ])
         }
     }

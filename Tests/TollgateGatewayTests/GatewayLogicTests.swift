@@ -1,6 +1,7 @@
 import Foundation
 import RoleCore
 import Testing
+import ThrottleCore
 @testable import TollgateGateway
 import TollgateProto
 
@@ -277,17 +278,29 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
         #expect(GatewayFault.validation(900908).status == 403 && GatewayFault.validation(900907).status == 401)
     }
 
-    @Test func fixedWindows() {
-        let throttler = LocalThrottler()
-        var limit = ThrottleLimit()
-        limit.timeUnit = .minute
-        limit.unitTime = 1
-        limit.quota = .requestCount(2)
-        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 60_000)?.admitted == true)
-        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 60_001)?.admitted == true)
-        let refused = throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 119_999)
-        #expect(refused?.admitted == false && refused?.resetAtUnixMs == 120_000)
-        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: limit, now: 120_000)?.admitted == true, "a new window starts on the minute")
-        #expect(throttler.admit(LocalThrottler.Key(.api, "k"), limit: ThrottleLimit(), now: 0) == nil, "no quota, no counting")
+    @Test func throttleRequestLookups() {
+        #expect(GatewayPolicy.queryParameter("?a=1&tier=gold%20plus&b", named: "tier") == "gold plus")
+        #expect(GatewayPolicy.queryParameter("?a=1&b", named: "b") == "")
+        #expect(GatewayPolicy.queryParameter("", named: "a") == nil)
+        // {"sub":"alice","level":3,"groups":["a"]}, unsigned: only the payload is read.
+        let payload = Data(#"{"sub":"alice","level":3,"groups":["a"]}"#.utf8).base64EncodedString()
+            .replacingOccurrences(of: "=", with: "").replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+        let token = "eyJhbGciOiJub25lIn0." + payload + ".sig"
+        #expect(GatewayPolicy.jwtClaim(token, named: "sub") == "alice")
+        #expect(GatewayPolicy.jwtClaim(token, named: "level") == "3")
+        #expect(GatewayPolicy.jwtClaim(token, named: "groups") == #"["a"]"#)
+        #expect(GatewayPolicy.jwtClaim(token, named: "missing") == nil)
+        #expect(GatewayPolicy.jwtClaim("opaque-token", named: "sub") == nil)
+    }
+
+    @Test func throttleRefusalFaults() {
+        let expected: [(ThrottleKind?, Int32, Int)] = [(nil, 900805, 403), (.api, 900800, 429), (.resource, 900802, 429), (.subscription, 900804, 429),
+                                                      (.spikeArrest, 900807, 429), (.application, 900803, 429), (.custom, 900806, 429),
+                                                      (.hardLimit, 900801, 503)]
+        for (kind, code, status) in expected {
+            let fault = GatewayFault.throttled(kind)
+            #expect(fault.code == code && fault.status == status, "\(String(describing: kind))")
+            if let kind { #expect(Int(fault.code) == kind.errorCode && fault.status == kind.httpStatus) }
+        }
     }
 }

@@ -286,7 +286,6 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__flush_caches_request()),  // tollgate.v1.FlushCachesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__flush_caches_response()),  // tollgate.v1.FlushCachesResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request()),  // tollgate.v1.GetGatewayStatusRequest
-        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response()),  // tollgate.v1.GetGatewayStatusResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__get_node_status_request()),  // tollgate.v1.GetNodeStatusRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_request()),  // tollgate.v1.ListBlockConditionsRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_policies_request()),  // tollgate.v1.ListPoliciesRequest

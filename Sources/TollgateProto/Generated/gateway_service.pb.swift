@@ -147,6 +147,48 @@ public struct GetGatewayStatusResponse: ProtoMessage {
         set { _uniqueStorage().usageEventsDropped = newValue }
         _modify { yield &_uniqueStorage().usageEventsDropped }
     }
+    /// Field 40.
+    public var throttleTrafficManagers: UInt32 {
+        get { _storage.throttleTrafficManagers }
+        set { _uniqueStorage().throttleTrafficManagers = newValue }
+        _modify { yield &_uniqueStorage().throttleTrafficManagers }
+    }
+    /// Field 41.
+    public var throttleFailureMode: String {
+        get { _storage.throttleFailureMode }
+        set { _uniqueStorage().throttleFailureMode = newValue }
+        _modify { yield &_uniqueStorage().throttleFailureMode }
+    }
+    /// Field 42.
+    public var throttleKeysInFallback: UInt64 {
+        get { _storage.throttleKeysInFallback }
+        set { _uniqueStorage().throttleKeysInFallback = newValue }
+        _modify { yield &_uniqueStorage().throttleKeysInFallback }
+    }
+    /// Field 43.
+    public var throttleFallbackEntries: UInt64 {
+        get { _storage.throttleFallbackEntries }
+        set { _uniqueStorage().throttleFallbackEntries = newValue }
+        _modify { yield &_uniqueStorage().throttleFallbackEntries }
+    }
+    /// Field 44.
+    public var throttleRequests: UInt64 {
+        get { _storage.throttleRequests }
+        set { _uniqueStorage().throttleRequests = newValue }
+        _modify { yield &_uniqueStorage().throttleRequests }
+    }
+    /// Field 45.
+    public var throttleExchanges: UInt64 {
+        get { _storage.throttleExchanges }
+        set { _uniqueStorage().throttleExchanges = newValue }
+        _modify { yield &_uniqueStorage().throttleExchanges }
+    }
+    /// Field 46.
+    public var throttleWaits: UInt64 {
+        get { _storage.throttleWaits }
+        set { _uniqueStorage().throttleWaits = newValue }
+        _modify { yield &_uniqueStorage().throttleWaits }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields {
         get { _storage.unknownFields }
@@ -172,7 +214,14 @@ public struct GetGatewayStatusResponse: ProtoMessage {
         requestEventsQueued: UInt64 = 0,
         requestEventsDropped: UInt64 = 0,
         usageEventsQueued: UInt64 = 0,
-        usageEventsDropped: UInt64 = 0
+        usageEventsDropped: UInt64 = 0,
+        throttleTrafficManagers: UInt32 = 0,
+        throttleFailureMode: String = "",
+        throttleKeysInFallback: UInt64 = 0,
+        throttleFallbackEntries: UInt64 = 0,
+        throttleRequests: UInt64 = 0,
+        throttleExchanges: UInt64 = 0,
+        throttleWaits: UInt64 = 0
     ) {
         let _fields = _Storage()
         _fields.deploymentRevision = deploymentRevision
@@ -189,6 +238,13 @@ public struct GetGatewayStatusResponse: ProtoMessage {
         _fields.requestEventsDropped = requestEventsDropped
         _fields.usageEventsQueued = usageEventsQueued
         _fields.usageEventsDropped = usageEventsDropped
+        _fields.throttleTrafficManagers = throttleTrafficManagers
+        _fields.throttleFailureMode = throttleFailureMode
+        _fields.throttleKeysInFallback = throttleKeysInFallback
+        _fields.throttleFallbackEntries = throttleFallbackEntries
+        _fields.throttleRequests = throttleRequests
+        _fields.throttleExchanges = throttleExchanges
+        _fields.throttleWaits = throttleWaits
         _storage = _fields
     }
 
@@ -230,6 +286,13 @@ public struct GetGatewayStatusResponse: ProtoMessage {
         var requestEventsDropped: UInt64 = 0
         var usageEventsQueued: UInt64 = 0
         var usageEventsDropped: UInt64 = 0
+        var throttleTrafficManagers: UInt32 = 0
+        var throttleFailureMode: String = ""
+        var throttleKeysInFallback: UInt64 = 0
+        var throttleFallbackEntries: UInt64 = 0
+        var throttleRequests: UInt64 = 0
+        var throttleExchanges: UInt64 = 0
+        var throttleWaits: UInt64 = 0
         var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
@@ -249,6 +312,13 @@ public struct GetGatewayStatusResponse: ProtoMessage {
             requestEventsDropped = other.requestEventsDropped
             usageEventsQueued = other.usageEventsQueued
             usageEventsDropped = other.usageEventsDropped
+            throttleTrafficManagers = other.throttleTrafficManagers
+            throttleFailureMode = other.throttleFailureMode
+            throttleKeysInFallback = other.throttleKeysInFallback
+            throttleFallbackEntries = other.throttleFallbackEntries
+            throttleRequests = other.throttleRequests
+            throttleExchanges = other.throttleExchanges
+            throttleWaits = other.throttleWaits
             unknownFields = other.unknownFields
         }
 
@@ -267,6 +337,13 @@ public struct GetGatewayStatusResponse: ProtoMessage {
             if requestEventsDropped != other.requestEventsDropped { return false }
             if usageEventsQueued != other.usageEventsQueued { return false }
             if usageEventsDropped != other.usageEventsDropped { return false }
+            if throttleTrafficManagers != other.throttleTrafficManagers { return false }
+            if throttleFailureMode != other.throttleFailureMode { return false }
+            if throttleKeysInFallback != other.throttleKeysInFallback { return false }
+            if throttleFallbackEntries != other.throttleFallbackEntries { return false }
+            if throttleRequests != other.throttleRequests { return false }
+            if throttleExchanges != other.throttleExchanges { return false }
+            if throttleWaits != other.throttleWaits { return false }
             if unknownFields != other.unknownFields { return false }
             return true
         }
@@ -286,6 +363,13 @@ public struct GetGatewayStatusResponse: ProtoMessage {
             hasher.combine(requestEventsDropped)
             hasher.combine(usageEventsQueued)
             hasher.combine(usageEventsDropped)
+            hasher.combine(throttleTrafficManagers)
+            hasher.combine(throttleFailureMode)
+            hasher.combine(throttleKeysInFallback)
+            hasher.combine(throttleFallbackEntries)
+            hasher.combine(throttleRequests)
+            hasher.combine(throttleExchanges)
+            hasher.combine(throttleWaits)
             hasher.combine(unknownFields)
         }
     }
@@ -372,30 +456,29 @@ extension GetGatewayStatusRequest {
 
 extension GetGatewayStatusResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
-        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__GetGatewayStatusResponse>) throws(ProtoDecodingError) in
             try Self(_cMessage: message)
         }
     }
 
-    // No string field at any depth, so encoding cannot fail.
-    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
-        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
     }
 
-    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
-        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
     }
 
-    public func serializedBytes() -> [UInt8] {
-        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
     }
 
-    public func serializedSize() -> Int {
-        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
     }
 
     /// protobuf-c's struct for this value, allocated in `arena`.
-    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__GetGatewayStatusResponse> {
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__GetGatewayStatusResponse> {
         let c = arena.allocate(Tollgate__V1__GetGatewayStatusResponse.self)
         tollgate__v1__get_gateway_status_response__init(c)
         c.pointee.deployment_revision = self.deploymentRevision
@@ -412,6 +495,13 @@ extension GetGatewayStatusResponse {
         c.pointee.request_events_dropped = self.requestEventsDropped
         c.pointee.usage_events_queued = self.usageEventsQueued
         c.pointee.usage_events_dropped = self.usageEventsDropped
+        c.pointee.throttle_traffic_managers = self.throttleTrafficManagers
+        c.pointee.throttle_failure_mode = try arena.cString(self.throttleFailureMode, field: "throttle_failure_mode", in: Self.protoName)
+        c.pointee.throttle_keys_in_fallback = self.throttleKeysInFallback
+        c.pointee.throttle_fallback_entries = self.throttleFallbackEntries
+        c.pointee.throttle_requests = self.throttleRequests
+        c.pointee.throttle_exchanges = self.throttleExchanges
+        c.pointee.throttle_waits = self.throttleWaits
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -433,6 +523,13 @@ extension GetGatewayStatusResponse {
         self.requestEventsDropped = c.pointee.request_events_dropped
         self.usageEventsQueued = c.pointee.usage_events_queued
         self.usageEventsDropped = c.pointee.usage_events_dropped
+        self.throttleTrafficManagers = c.pointee.throttle_traffic_managers
+        self.throttleFailureMode = try ProtoDecode.string(c.pointee.throttle_failure_mode, field: "throttle_failure_mode", in: Self.protoName)
+        self.throttleKeysInFallback = c.pointee.throttle_keys_in_fallback
+        self.throttleFallbackEntries = c.pointee.throttle_fallback_entries
+        self.throttleRequests = c.pointee.throttle_requests
+        self.throttleExchanges = c.pointee.throttle_exchanges
+        self.throttleWaits = c.pointee.throttle_waits
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

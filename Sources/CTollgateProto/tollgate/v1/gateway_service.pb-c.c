@@ -205,7 +205,7 @@ const ProtobufCMessageDescriptor tollgate__v1__get_gateway_status_request__descr
   (ProtobufCMessageInit) tollgate__v1__get_gateway_status_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__get_gateway_status_response__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tollgate__v1__get_gateway_status_response__field_descriptors[21] =
 {
   {
     "deployment_revision",
@@ -375,6 +375,90 @@ static const ProtobufCFieldDescriptor tollgate__v1__get_gateway_status_response_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "throttle_traffic_managers",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_traffic_managers),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_failure_mode",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_failure_mode),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_keys_in_fallback",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_keys_in_fallback),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_fallback_entries",
+    43,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_fallback_entries),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_requests",
+    44,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_requests),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_exchanges",
+    45,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_exchanges),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttle_waits",
+    46,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__GetGatewayStatusResponse, throttle_waits),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__get_gateway_status_response__field_indices_by_name[] = {
   4,   /* field[4] = api_count */
@@ -388,17 +472,25 @@ static const unsigned tollgate__v1__get_gateway_status_response__field_indices_b
   10,   /* field[10] = request_events_queued */
   9,   /* field[9] = revocation_sequence */
   3,   /* field[3] = serving_persisted_state */
+  19,   /* field[19] = throttle_exchanges */
+  15,   /* field[15] = throttle_failure_mode */
+  17,   /* field[17] = throttle_fallback_entries */
+  16,   /* field[16] = throttle_keys_in_fallback */
+  18,   /* field[18] = throttle_requests */
+  14,   /* field[14] = throttle_traffic_managers */
+  20,   /* field[20] = throttle_waits */
   8,   /* field[8] = throttled_keys */
   13,   /* field[13] = usage_events_dropped */
   12,   /* field[12] = usage_events_queued */
 };
-static const ProtobufCIntRange tollgate__v1__get_gateway_status_response__number_ranges[4 + 1] =
+static const ProtobufCIntRange tollgate__v1__get_gateway_status_response__number_ranges[5 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
   { 20, 7 },
   { 30, 10 },
-  { 0, 14 }
+  { 40, 14 },
+  { 0, 21 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__get_gateway_status_response__descriptor =
 {
@@ -408,10 +500,10 @@ const ProtobufCMessageDescriptor tollgate__v1__get_gateway_status_response__desc
   "Tollgate__V1__GetGatewayStatusResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__GetGatewayStatusResponse),
-  14,
+  21,
   tollgate__v1__get_gateway_status_response__field_descriptors,
   tollgate__v1__get_gateway_status_response__field_indices_by_name,
-  4,  tollgate__v1__get_gateway_status_response__number_ranges,
+  5,  tollgate__v1__get_gateway_status_response__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__get_gateway_status_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

@@ -76,6 +76,9 @@ struct  Tollgate__V1__GetGatewayStatusResponse
   uint32_t policy_count;
   uint32_t block_condition_count;
   uint64_t key_cache_entries;
+  /*
+   * Throttle keys (per window) the gateway holds state for.
+   */
   uint64_t throttled_keys;
   /*
    * Last revocation sequence applied.
@@ -88,10 +91,32 @@ struct  Tollgate__V1__GetGatewayStatusResponse
   uint64_t request_events_dropped;
   uint64_t usage_events_queued;
   uint64_t usage_events_dropped;
+  /*
+   * Quota leases (docs/throttling.md). Traffic managers under [peers]; 0
+   * means every key is enforced by the failure mode.
+   */
+  uint32_t throttle_traffic_managers;
+  /*
+   * `local-share`, `open` or `closed`: what keys whose traffic manager
+   * cannot be reached get.
+   */
+  char *throttle_failure_mode;
+  /*
+   * Keys in fallback now, and times a key went into fallback since start.
+   */
+  uint64_t throttle_keys_in_fallback;
+  uint64_t throttle_fallback_entries;
+  /*
+   * Requests that reached the throttling step, lease round trips, and
+   * requests that waited for a lease, since start.
+   */
+  uint64_t throttle_requests;
+  uint64_t throttle_exchanges;
+  uint64_t throttle_waits;
 };
 #define TOLLGATE__V1__GET_GATEWAY_STATUS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__get_gateway_status_response__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0 }
 
 
 struct  Tollgate__V1__FlushCachesRequest
