@@ -36,6 +36,7 @@ final class GatewayMetrics: MetricsSource {
         var validationFailures: UInt64 = 0
         var cacheHits: UInt64 = 0
         var cacheMisses: UInt64 = 0
+        var jwtLocal: UInt64 = 0
         var usageDropped: UInt64 = 0
     }
 
@@ -59,6 +60,7 @@ final class GatewayMetrics: MetricsSource {
 
     func validationCacheHit() { state.withLock { $0.cacheHits += 1 } }
     func validationCacheMiss() { state.withLock { $0.cacheMisses += 1 } }
+    func jwtCheckedLocally() { state.withLock { $0.jwtLocal += 1 } }
     func usageEventDropped() { state.withLock { $0.usageDropped += 1 } }
 
     func validationFinished(_ duration: Duration, failed: Bool) {
@@ -95,6 +97,9 @@ final class GatewayMetrics: MetricsSource {
         out += "# TYPE tollgate_gateway_key_cache_lookups_total counter\n"
         out += "tollgate_gateway_key_cache_lookups_total{result=\"hit\"} \(state.cacheHits)\n"
         out += "tollgate_gateway_key_cache_lookups_total{result=\"miss\"} \(state.cacheMisses)\n"
+        out += "# HELP tollgate_gateway_jwt_local_checks_total JWT access tokens authorized or refused on the gateway, with no keymanager call.\n"
+        out += "# TYPE tollgate_gateway_jwt_local_checks_total counter\n"
+        out += "tollgate_gateway_jwt_local_checks_total \(state.jwtLocal)\n"
         out += "# HELP tollgate_gateway_key_cache_entries Cached validation results.\n"
         out += "# TYPE tollgate_gateway_key_cache_entries gauge\n"
         out += "tollgate_gateway_key_cache_entries \(gauges.cacheEntries)\n"

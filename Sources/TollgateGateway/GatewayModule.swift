@@ -153,7 +153,7 @@ public struct GatewayModule: RoleModule {
                                        maxRequestBodyBytes: section.integer("max_request_body_bytes").flatMap { $0 > 0 ? $0 : nil },
                                        requestIDHeader: section.string("request_id_header") ?? "X-Request-ID")
         policy = GatewayPolicy(deployment: deployment, cache: cache, validator: validator, health: health, throttling: throttling, usage: usage,
-                               metrics: metrics, settings: settings)
+                               metrics: metrics, settings: settings, jwt: JWTVerifier(), peers: peers)
         limits = ProxyListenerLimits(maxHeaderBytes: section.integer("max_header_bytes") ?? 16 * 1024,
                                      maxHeaderCount: section.integer("max_header_count") ?? 100,
                                      maxURIBytes: section.integer("max_uri_bytes") ?? 8 * 1024,
@@ -175,7 +175,8 @@ public struct GatewayModule: RoleModule {
         if let peers {
             services.append(ThrottleDecisionWatcher(peers: peers, throttler: policy.throttling.throttler, logger: logger))
             services.append(DeploymentWatcher(peers: peers, deployment: policy.deployment, cache: policy.cache, store: store, feed: feed, logger: logger))
-            services.append(RevocationWatcher(peers: peers, cache: policy.cache, status: revocations, logger: logger))
+            services.append(RevocationWatcher(peers: peers, cache: policy.cache, jwt: policy.jwt, status: revocations, logger: logger))
+            services.append(SigningKeysWatcher(verifier: policy.jwt, peers: peers, logger: logger))
         }
         return services
     }

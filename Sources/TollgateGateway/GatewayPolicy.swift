@@ -46,8 +46,13 @@ final class GatewayPolicy: ProxyPolicy {
     let metrics: GatewayMetrics
     let settings: GatewaySettings
 
+    let jwt: JWTVerifier
+    let peers: (any PeerDirectory)?
+
     init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttling: GatewayThrottling,
-         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings) {
+         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings, jwt: JWTVerifier, peers: (any PeerDirectory)?) {
+        self.jwt = jwt
+        self.peers = peers
         self.deployment = deployment
         self.cache = cache
         self.validator = validator
@@ -134,6 +139,35 @@ final class GatewayPolicy: ProxyPolicy {
             return fault(.invalidCredentials, &exchange, extraHeaders: cors)
         case .miss:
             metrics.validationCacheMiss()
+            if JWTShape.matches(token) {
+                switch jwt.verify(token, api: api.api, resource: resource.resource, clientDomain: head.header("referer"), now: now) {
+                case .decided(let info):
+                    metrics.jwtCheckedLocally()
+                    cache.store(token: token, tokenHash: SecretHasher.tokenHash(token), key: key, info: info, now: now)
+                    if !info.authorized { return fault(.validation(info.validationStatus), &exchange, extraHeaders: cors) }
+                    exchange.info = info
+                    return afterAuthentication(&exchange, route: route, state: state, token: token, cors: cors, now: now)
+                case .unknownKey:
+                    // A key rotated in since the last fetch: fetch now (rate-limited), then decide.
+                    let pending = exchange
+                    return .deferred { [self] in
+                        var exchange = pending
+                        let now = Clock.unixMs()
+                        if now - jwt.keysFetchedAtMs > 1000, let peers { _ = await jwt.refresh(peers: peers, now: now) }
+                        guard case .decided(let info) = jwt.verify(token, api: api.api, resource: resource.resource,
+                                                                   clientDomain: head.header("referer"), now: now) else {
+                            // Still unknown (a retired or foreign key): refused, like a bad signature.
+                            return fault(.invalidCredentials, &exchange, extraHeaders: cors)
+                        }
+                        cache.store(token: token, tokenHash: SecretHasher.tokenHash(token), key: key, info: info, now: now)
+                        if !info.authorized { return fault(.validation(info.validationStatus), &exchange, extraHeaders: cors) }
+                        exchange.info = info
+                        return afterAuthentication(&exchange, route: route, state: deployment.current, token: token, cors: cors, now: now)
+                    }
+                case .askKeymanager:
+                    break
+                }
+            }
             guard let tokenID = SecretHasher.tokenID(of: token) else {
                 // Not a token any keymanager issued: no need to ask.
                 cache.store(token: token, tokenHash: [], key: key, info: Self.invalidInfo, now: now)

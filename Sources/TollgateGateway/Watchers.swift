@@ -187,6 +187,7 @@ final class RevocationStatus: Sendable {
 struct RevocationWatcher: Service {
     let peers: any PeerDirectory
     let cache: ValidationCache
+    let jwt: JWTVerifier
     let status: RevocationStatus
     let logger: Logger
 
@@ -207,8 +208,17 @@ struct RevocationWatcher: Service {
                     try await KeyManagerServiceClient(keymanagers[next % keymanagers.count]).watchRevocations(request) { response in
                         received.set()
                         status.connected.store(true, ordering: .relaxed)
-                        if response.reset { cache.flush(valid: true, invalid: false) }
-                        for revocation in response.revocations { cache.apply(revocation) }
+                        let now = Clock.unixMs()
+                        if response.reset {
+                            cache.flush(valid: true, invalid: false)
+                            jwt.resetTrust(now)
+                        }
+                        for revocation in response.revocations {
+                            cache.apply(revocation)
+                            jwt.note(revocation, at: now)
+                        }
+                        // From here on every revocation reaches this gateway: JWTs issued since may be checked here alone.
+                        jwt.trustFrom(now)
                         let last = response.revocations.last?.sequence ?? 0
                         status.sequence.store(max(response.headSequence, last), ordering: .relaxed)
                     }

@@ -5,6 +5,8 @@ PASS/FAIL line per check and "done: N checks" at the end; exits non-zero on
 any failure.
 """
 import argparse
+import base64
+import json
 import socket
 import sys
 import time
@@ -74,6 +76,18 @@ def main():
     check("a cached token passes again", response.status_code == 200, response.text)
     response = session.get(base + "/echo", headers={"Authorization": f"Bearer {arguments.jwt_token}"})
     check("a JWT access token passes", response.status_code == 200, f"{response.status_code} {response.text}")
+    # A JWT altered in transit, or naming a key no keymanager publishes, is refused on the gateway.
+    header, payload, signature = arguments.jwt_token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["exp"] = claims["exp"] + 3600
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    response = session.get(base + "/echo", headers={"Authorization": f"Bearer {header}.{forged_payload}.{signature}"})
+    check("a JWT with a changed payload is 401 with 900901", response.status_code == 401 and fault_code(response) == 900901, response.text)
+    fields = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    fields["kid"] = "no-such-key"
+    other_header = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+    response = session.get(base + "/echo", headers={"Authorization": f"Bearer {other_header}.{payload}.{signature}"})
+    check("a JWT naming an unknown signing key is 401 with 900901", response.status_code == 401 and fault_code(response) == 900901, response.text)
     response = session.get(base + "/echo", headers={"Authorization": f"Bearer {arguments.unsubscribed_token}"})
     check("a token of an application not subscribed is 403 with 900908", response.status_code == 403 and fault_code(response) == 900908,
           f"{response.status_code} {response.text}")

@@ -218,12 +218,18 @@ import Testing
 
             // The control plane dies: cached tokens keep working, an unseen token gets 503/900900 at once.
             let unseen = try application("late", subscribe: true).token
+            let unseenJWT = try application("late-jwt", subscribe: true, ["--token-type", "jwt"]).token
             _ = await controlPlane.stop()
             let cached = try await Self.curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", bearer, "\(http)/menu/1/echo"])
             #expect(cached.output == "200", "cached token with the keymanager down: \(cached.output)")
             let refused = try await Self.curl(["-w", " %{http_code} %{time_total}", "-H", "Authorization: Bearer \(unseen)", "\(http)/menu/1/echo"])
             #expect(refused.output.contains("900900") && refused.output.contains(" 503 "), "uncached token with the keymanager down: \(refused.output)")
             print("measured: uncached token with the keymanager down answered in \(refused.output.split(separator: " ").last ?? "?") s")
+            // A JWT never seen before is checked on the gateway alone: signature, expiry, subscriptions.
+            let localJWT = try await Self.curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer \(unseenJWT)", "\(http)/menu/1/echo"])
+            #expect(localJWT.output == "200", "an unseen JWT with the keymanager down: \(localJWT.output)")
+            let jwtMetrics = try await Self.curl(["http://127.0.0.1:\(gwMetrics)/metrics"])
+            #expect(!jwtMetrics.output.contains("tollgate_gateway_jwt_local_checks_total 0\n"), "JWTs were checked locally")
 
             // Restarted while every publisher is down, the gateway serves its saved state.
             _ = await gateway.stop()
