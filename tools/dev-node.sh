@@ -55,10 +55,12 @@ bootstrap_password_file = "admin.password"
 [store]
 self_signup_tenants = "*"
 
-# The gateway role watches the publisher and keymanager of this same node.
+# The gateway role watches the publisher and keymanager of this same node,
+# and leases throttle quota from its traffic manager.
 [peers]
 publisher = ["$cluster"]
 keymanager = ["$cluster"]
+trafficmanager = ["$cluster"]
 TOML
 
 # tollctl's settings for this node. A tollctl.toml this script did not write
