@@ -133,29 +133,7 @@ public enum KeyValidationVocabulary {
         }
     }
 
-    public static func verb(_ name: String) -> HttpVerb {
-        switch name.uppercased() {
-        case "GET": .get
-        case "POST": .post
-        case "PUT": .put
-        case "DELETE": .delete
-        case "PATCH": .patch
-        case "HEAD": .head
-        case "OPTIONS": .options
-        default: .unspecified
-        }
-    }
+    public static func verb(_ name: String) -> HttpVerb { HttpVerb(httpMethodName: name) ?? .unspecified }
 
-    public static func verbName(_ verb: HttpVerb) -> String {
-        switch verb {
-        case .get: "GET"
-        case .post: "POST"
-        case .put: "PUT"
-        case .delete: "DELETE"
-        case .patch: "PATCH"
-        case .head: "HEAD"
-        case .options: "OPTIONS"
-        default: ""
-        }
-    }
+    public static func verbName(_ verb: HttpVerb) -> String { verb.httpMethodName ?? "" }
 }

@@ -169,33 +169,8 @@ public struct RoutingTable: Sendable {
 }
 
 extension HttpVerb {
-    /// The verb of an HTTP method name; nil for methods APIs cannot declare.
-    init?(method: String) {
-        switch method {
-        case "GET": self = .get
-        case "POST": self = .post
-        case "PUT": self = .put
-        case "DELETE": self = .delete
-        case "PATCH": self = .patch
-        case "HEAD": self = .head
-        case "OPTIONS": self = .options
-        default: return nil
-        }
-    }
+    /// The verb of a request's method; nil for methods APIs cannot declare.
+    init?(method: String) { self.init(httpMethodName: method) }
 
-    /// The HTTP method name (`GET`, …), as WSO2's Thrift call carries it.
-    public var httpMethodName: String { methodName }
-
-    var methodName: String {
-        switch self {
-        case .get: "GET"
-        case .post: "POST"
-        case .put: "PUT"
-        case .delete: "DELETE"
-        case .patch: "PATCH"
-        case .head: "HEAD"
-        case .options: "OPTIONS"
-        default: "UNKNOWN"
-        }
-    }
+    var methodName: String { httpMethodName ?? "UNKNOWN" }
 }

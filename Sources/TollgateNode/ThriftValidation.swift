@@ -55,7 +55,7 @@ struct ThriftKeyValidator: KeyValidator {
         do {
             return try await client.validateKey(context: query.context, version: query.version, accessToken: query.token,
                                                 requiredAuthenticationLevel: level, clientDomain: query.clientDomain,
-                                                matchingResource: query.matchingResource, httpVerb: query.verb.httpMethodName)
+                                                matchingResource: query.matchingResource, httpVerb: query.verb.httpMethodName ?? "")
         } catch let error as ThriftKeyValidationClient.ValidationError {
             throw KeyValidatorUnavailable(error.description)
         }

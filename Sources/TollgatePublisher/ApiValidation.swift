@@ -206,18 +206,7 @@ public enum ApiValidation {
         }
     }
 
-    public static func verbName(_ verb: HttpVerb) -> String {
-        switch verb {
-        case .get: "GET"
-        case .post: "POST"
-        case .put: "PUT"
-        case .delete: "DELETE"
-        case .patch: "PATCH"
-        case .head: "HEAD"
-        case .options: "OPTIONS"
-        case .unspecified, .unrecognized: "?"
-        }
-    }
+    public static func verbName(_ verb: HttpVerb) -> String { verb.httpMethodName ?? "?" }
 }
 
 extension String {
