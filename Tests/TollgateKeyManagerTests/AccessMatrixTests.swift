@@ -24,6 +24,7 @@ import TollgateServices
         table["KeyManagerService/Introspect"] = subscribers.union(["store", "gateway"])
         table["KeyManagerService/ValidateKey"] = ["gateway"]
         table["KeyManagerService/WatchRevocations"] = ["gateway"]
+        table["KeyManagerService/ListSigningKeys"] = ["gateway"]
         table["KeyManagerService/RotateSigningKey"] = ["admin"]
         return table
     }()
@@ -60,6 +61,8 @@ import TollgateServices
         do {
             if method.name == "WatchRevocations" {
                 try await transport.serverStreaming(method, WatchRevocationsRequest(), options: options) { (_: WatchRevocationsResponse) in }
+            } else if method.name == "ListSigningKeys" {
+                _ = try await transport.unary(method, ListSigningKeysRequest(), options: options, as: ListSigningKeysResponse.self)
             } else if method.name == "RotateSigningKey" {
                 // Rotating for real is harmless here, but keep the request empty like the others.
                 _ = try await transport.unary(method, RotateSigningKeyRequest(), options: options, as: RotateSigningKeyResponse.self)
