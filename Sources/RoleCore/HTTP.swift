@@ -76,3 +76,21 @@ extension String {
         }
     }
 }
+
+/// Header fields that describe one connection and are never forwarded
+/// (RFC 9110 §7.6.1).
+public enum HopByHopFields {
+    /// Whether a field name is hop-by-hop, compared without lowered copies (this runs per field of every request and response).
+    public static func contains(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: name.caseInsensitiveEquals("te")
+        case 7: name.caseInsensitiveEquals("trailer") || name.caseInsensitiveEquals("upgrade")
+        case 10: name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("keep-alive")
+        case 16: name.caseInsensitiveEquals("proxy-connection")
+        case 17: name.caseInsensitiveEquals("transfer-encoding")
+        case 18: name.caseInsensitiveEquals("proxy-authenticate")
+        case 19: name.caseInsensitiveEquals("proxy-authorization")
+        default: false
+        }
+    }
+}

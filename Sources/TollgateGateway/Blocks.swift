@@ -1,7 +1,8 @@
-import Foundation
+import ThrottleCore
 public import TollgateProto
 
-/// Enabled block conditions, indexed for the request path: a gateway with
+/// Enabled block conditions, indexed for the request path (addresses as
+/// ThrottleCore parses them, IPv4 mapped into IPv6): a gateway with
 /// none pays one emptiness check per kind.
 public struct BlockIndex: Sendable {
     /// Tenant and context (`/t/acme.com/pizza` or `/pizza`) as the condition names it.
@@ -41,7 +42,7 @@ public struct BlockIndex: Sendable {
         guard let address = IPAddress(text) else { return false }
         for entry in addresses where (entry.address == address) != entry.invert { return true }
         for entry in ranges {
-            let inside = address.family == entry.start.family && entry.start <= address && address <= entry.end
+            let inside = entry.start <= address && address <= entry.end
             if inside != entry.invert { return true }
         }
         return false
@@ -59,69 +60,3 @@ public struct BlockIndex: Sendable {
     /// Whether a user (`name@tenant`) is blocked.
     public func blocks(user: String) -> Bool { !users.isEmpty && users.contains(user) }
 }
-
-/// An IPv4 or IPv6 address as bytes, ordered within a family.
-public struct IPAddress: Sendable, Hashable, Comparable {
-    public let family: Int
-    let bytes: [UInt8]
-
-    public init?(_ text: String) {
-        if let v4 = Self.parseV4(Substring(text)) {
-            family = 4
-            bytes = v4
-        } else if let v6 = Self.parseV6(text) {
-            // An IPv4-mapped IPv6 address is that IPv4 address.
-            if v6[0..<10].allSatisfy({ $0 == 0 }) && v6[10] == 0xff && v6[11] == 0xff {
-                family = 4
-                bytes = Array(v6[12..<16])
-            } else {
-                family = 6
-                bytes = v6
-            }
-        } else {
-            return nil
-        }
-    }
-
-    public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {
-        lhs.family == rhs.family ? lhs.bytes.lexicographicallyPrecedes(rhs.bytes) : lhs.family < rhs.family
-    }
-
-    static func parseV4(_ text: Substring) -> [UInt8]? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var bytes: [UInt8] = []
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let value = UInt8(part) else { return nil }
-            bytes.append(value)
-        }
-        return bytes
-    }
-
-    static func parseV6(_ text: String) -> [UInt8]? {
-        var text = Substring(text)
-        if let zone = text.firstIndex(of: "%") { text = text[..<zone] }
-        guard text.contains(":") else { return nil }
-        let halves = text.components(separatedBy: "::")
-        guard halves.count <= 2 else { return nil }
-        func groups(_ part: String) -> [UInt8]? {
-            guard !part.isEmpty else { return [] }
-            var bytes: [UInt8] = []
-            let pieces = part.split(separator: ":", omittingEmptySubsequences: false)
-            for (index, piece) in pieces.enumerated() {
-                if index == pieces.count - 1, piece.contains("."), let v4 = parseV4(piece) {
-                    bytes += v4
-                    continue
-                }
-                guard !piece.isEmpty, piece.count <= 4, let value = UInt16(piece, radix: 16) else { return nil }
-                bytes += [UInt8(value >> 8), UInt8(value & 0xff)]
-            }
-            return bytes
-        }
-        guard let head = groups(halves[0]) else { return nil }
-        if halves.count == 1 { return head.count == 16 ? head : nil }
-        guard let tail = groups(halves[1]), head.count + tail.count < 16 else { return nil }
-        return head + [UInt8](repeating: 0, count: 16 - head.count - tail.count) + tail
-    }
-}
-

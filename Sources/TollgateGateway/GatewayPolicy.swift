@@ -140,7 +140,7 @@ final class GatewayPolicy: ProxyPolicy {
         case .miss:
             metrics.validationCacheMiss()
             if JWTShape.matches(token) {
-                switch jwt.verify(token, api: api.api, resource: resource.resource, clientDomain: head.header("referer"), now: now) {
+                switch jwt.verify(token, api: api.api, resource: resource.resource, now: now) {
                 case .decided(let info):
                     metrics.jwtCheckedLocally()
                     cache.store(token: token, tokenHash: SecretHasher.tokenHash(token), key: key, info: info, now: now)
@@ -154,8 +154,7 @@ final class GatewayPolicy: ProxyPolicy {
                         var exchange = pending
                         let now = Clock.unixMs()
                         if now - jwt.keysFetchedAtMs > 1000, let peers { _ = await jwt.refresh(peers: peers, now: now) }
-                        guard case .decided(let info) = jwt.verify(token, api: api.api, resource: resource.resource,
-                                                                   clientDomain: head.header("referer"), now: now) else {
+                        guard case .decided(let info) = jwt.verify(token, api: api.api, resource: resource.resource, now: now) else {
                             // Still unknown (a retired or foreign key): refused, like a bad signature.
                             return fault(.invalidCredentials, &exchange, extraHeaders: cors)
                         }
@@ -173,7 +172,7 @@ final class GatewayPolicy: ProxyPolicy {
                 cache.store(token: token, tokenHash: [], key: key, info: Self.invalidInfo, now: now)
                 return fault(.invalidCredentials, &exchange, extraHeaders: cors)
             }
-            let query = KeyValidationQuery(context: route.viaDefaultVersion ? api.api.context : api.api.context, version: api.api.version,
+            let query = KeyValidationQuery(context: api.api.context, version: api.api.version,
                                            token: token, tokenHash: SecretHasher.tokenHash(token), tokenID: tokenID,
                                            requiredAuthLevel: authType, clientDomain: head.header("referer"),
                                            matchingResource: resource.resource.uriTemplate, verb: resource.resource.verb)
@@ -358,7 +357,7 @@ final class GatewayPolicy: ProxyPolicy {
         headers.reserveCapacity(head.headers.count + 4)
         for field in head.headers {
             let name = field.name
-            if isHopByHop(name) || name.caseInsensitiveEquals("host") || name.caseInsensitiveEquals("expect")
+            if HopByHopFields.contains(name) || name.caseInsensitiveEquals("host") || name.caseInsensitiveEquals("expect")
                 || name.caseInsensitiveEquals("content-length") { continue }
             if !connectionNamed.isEmpty && connectionNamed.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
             if let credentialHeader, name.caseInsensitiveEquals(credentialHeader) { continue }
@@ -375,20 +374,6 @@ final class GatewayPolicy: ProxyPolicy {
         if let host = head.host { headers.append(("X-Forwarded-Host", host)) }
         if !hasRequestID { headers.append((requestIDHeader, requestID)) }
         return headers
-    }
-
-    /// Hop-by-hop fields (RFC 9110 §7.6.1), matched without copying the name.
-    static func isHopByHop(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: name.caseInsensitiveEquals("te")
-        case 7: name.caseInsensitiveEquals("trailer") || name.caseInsensitiveEquals("upgrade")
-        case 10: name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("keep-alive")
-        case 16: name.caseInsensitiveEquals("proxy-connection")
-        case 17: name.caseInsensitiveEquals("transfer-encoding")
-        case 18: name.caseInsensitiveEquals("proxy-authenticate")
-        case 19: name.caseInsensitiveEquals("proxy-authorization")
-        default: false
-        }
     }
 
     /// CORS response fields for a request with an allowed `Origin`.

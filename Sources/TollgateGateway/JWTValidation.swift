@@ -146,7 +146,7 @@ final class JWTVerifier: Sendable {
     }
 
     /// Checks a JWT for a call to `api` at `resource`.
-    func verify(_ token: String, api: Api, resource: ResolvedResource, clientDomain: String?, now: Int64) -> Verdict {
+    func verify(_ token: String, api: Api, resource: ResolvedResource, now: Int64) -> Verdict {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let headerBytes = Base64URL.decode(parts[0]), let payloadBytes = Base64URL.decode(parts[1]),
               let signature = Base64URL.decode(parts[2]),

@@ -144,47 +144,19 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
 @available(*, unavailable)
 extension ConnectionTimer: Sendable {}
 
-/// Header fields that describe one connection, never forwarded (RFC 9110 §7.6.1).
+/// Response fields a proxied response drops: the hop-by-hop ones, and those the `Connection` header names.
 enum HopByHop {
-    /// Whether a field name is hop-by-hop, compared without lowered copies (this runs per response field).
-    static func contains(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: equal(name, "te")
-        case 7: equal(name, "trailer") || equal(name, "upgrade")
-        case 10: equal(name, "connection") || equal(name, "keep-alive")
-        case 16: equal(name, "proxy-connection")
-        case 17: equal(name, "transfer-encoding")
-        case 18: equal(name, "proxy-authenticate")
-        case 19: equal(name, "proxy-authorization")
-        default: false
-        }
-    }
-
-    /// ASCII case-insensitive equality against a lower-case name.
-    static func equal(_ name: String, _ lower: StaticString) -> Bool {
-        guard name.utf8.count == lower.utf8CodeUnitCount else { return false }
-        return lower.withUTF8Buffer { expected in
-            var index = 0
-            for byte in name.utf8 {
-                let folded = byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte
-                if folded != expected[index] { return false }
-                index += 1
-            }
-            return true
-        }
-    }
-
     /// Drops hop-by-hop fields, and any field the `Connection` header names.
     static func strip(_ headers: HTTPHeaders) -> [(String, String)] {
-        var named: [Substring] = []
-        for (name, value) in headers where equal(name, "connection") {
-            for token in value.split(separator: ",") { named.append(token.trimmingCharacters(in: " \t")) }
+        var named: [String] = []
+        for (name, value) in headers where name.caseInsensitiveEquals("connection") {
+            for token in value.split(separator: ",") { named.append(String(token.trimmingCharacters(in: " \t"))) }
         }
         var kept: [(String, String)] = []
         kept.reserveCapacity(headers.count)
         for (name, value) in headers {
-            if contains(name) { continue }
-            if !named.isEmpty && named.contains(where: { $0.lowercased() == name.lowercased() }) { continue }
+            if HopByHopFields.contains(name) { continue }
+            if !named.isEmpty && named.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
             kept.append((name, value))
         }
         return kept
