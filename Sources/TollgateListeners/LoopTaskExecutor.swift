@@ -2,7 +2,8 @@ public import NIOCore
 
 /// Runs Swift tasks on one NIO event loop. A task that prefers it
 /// (`Task(executorPreference:)`) talks to channels on that loop without a
-/// thread hop either way: the RPC server runs `.eventLoop` handlers on it, and
+/// thread hop either way: the RPC server runs `.eventLoop` handlers on it, a
+/// stream listener serves each connection on its loop, and
 /// a client that makes many calls on one connection can run its task on
 /// ``RPCConnection/taskExecutor``.
 public final class LoopTaskExecutor: TaskExecutor {
