@@ -245,26 +245,6 @@ extension ThriftReader {
 }
 
 extension BinaryProtocol {
-    /// The envelope (strict or old header), as ``readMessage(_:)`` reads it.
-    static func readHeader(_ reader: inout ThriftReader) throws(ThriftDecodingError) -> ThriftMessageHeader {
-        let first = try reader.bigEndian(Int32.self)
-        let name: String, typeCode: UInt8
-        if first < 0 {
-            let header = UInt32(bitPattern: first)
-            guard header & versionMask == version1 else {
-                throw .malformed("bad protocol version 0x\(String(header & versionMask, radix: 16)) (TBinaryProtocol is 0x80010000)")
-            }
-            typeCode = UInt8(header & 0xff)
-            name = try String(thriftName: try reader.bytes(count: Int(try reader.bigEndian(Int32.self))))
-        } else {
-            // The old, non-strict header: the name's length comes first.
-            name = try String(thriftName: try reader.bytes(count: Int(first)))
-            typeCode = try reader.byte()
-        }
-        guard let type = ThriftMessageType(rawValue: typeCode) else { throw .malformed("message type \(typeCode)") }
-        return ThriftMessageHeader(name: name, type: type, sequenceID: try reader.bigEndian(Int32.self))
-    }
-
     /// Passes over a value, refusing exactly what ``readValue(_:_:depth:)``
     /// refuses, without building it.
     static func skip(_ type: ThriftType, _ reader: inout ThriftReader, depth: Int) throws(ThriftDecodingError) {

@@ -6,6 +6,7 @@ import ThriftCore
 import TollgateKeyManager
 import TollgateProto
 import TollgateStorage
+import TollgateUsers
 
 /// A connection in memory: the test writes chunks in, the service's replies
 /// come out, and the end of input is the peer closing.
@@ -139,6 +140,37 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         garbage.send([0x80, 0x07, 0x00, 0x01, 0, 0, 0, 0])
         await #expect(throws: (any Error).self) { try await garbled.value }
         #expect(garbage.written.withLock { $0.isEmpty })
+    }
+
+    /// Sessions found live are remembered, but never past a change in
+    /// userdb (a logout here or by another keymanager of the host) or in
+    /// the permitted roles.
+    @Test func rememberedSessionsEndWithALogoutOrAChangeOfRoles() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let sessions = ThriftSessions(users: fixture.keyManager.users, settings: ThriftSettings())
+        func session() async throws -> String {
+            guard case .success(let session) = await sessions.authenticate(username: "root", password: ConsumerFixture.password, source: "test") else {
+                throw CancellationError()
+            }
+            return session
+        }
+        let first = try await session()
+        #expect(await sessions.check(first))
+        #expect(await sessions.check(first))
+        try await fixture.keyManager.users.logout(sessionID: SecretHasher.tokenHash(first))
+        #expect(await sessions.check(first) == false)
+
+        let second = try await session()
+        #expect(await sessions.check(second))
+        var settings = sessions.settings
+        settings.authenticatorRoles = ["gateway"]
+        sessions.update(settings)
+        #expect(await sessions.check(second) == false)
+        settings.authenticatorRoles = ["admin"]
+        sessions.update(settings)
+        #expect(await sessions.check(second))
+        #expect(await sessions.check("not-a-session") == false)
     }
 
     @Test func theAuthenticatorGivesSessionsOnlyToPermittedRoles() async throws {
