@@ -104,6 +104,20 @@ func benchKeyManager() async throws {
         + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
                  validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
 
+    // For comparison with Thrift, which has one call in flight per connection:
+    // the RPC with one connection per caller (no calls sharing a connection).
+    let single = try await (0..<16).asyncMap { _ in
+        try await RPCConnection.connect(host: "127.0.0.1", port: rpcPort, serverHostname: "localhost", tls: clientTLS, group: group)
+    }
+    let singlePool = single.map { KeyManagerServiceClient($0) }
+    let (singleSeconds, singleLatencies) = try await timedLatencies(calls: validations, callers: 16) { _, caller in
+        guard try await singlePool[caller].validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
+    }
+    print("keymanager ValidateKey, RPC, 16 callers on 16 connections".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   (for comparison)", Double(validations) / singleSeconds,
+                 singleLatencies[singleLatencies.count / 2], singleLatencies[singleLatencies.count * 99 / 100]))
+    for connection in single { await connection.close() }
+
     let thrift = try await benchThriftValidation(node: empty, tlsDirectory: tlsDirectory, group: group)
     let thriftRatio = validateRate / thrift.rate
     print("keymanager validateKey, RPC / Thrift throughput".padding(toLength: 62, withPad: " ", startingAt: 0)
