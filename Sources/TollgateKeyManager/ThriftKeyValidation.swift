@@ -68,6 +68,8 @@ public struct ThriftKeyValidationService: ByteStreamService {
         var buffer: [UInt8] = []
         var start = 0
         var replies: [UInt8] = []
+        // Reads since the message being received began: each re-reads it from its start.
+        var pieces = 0
         while true {
             guard let chunk = try await connection.read() else { return }
             if buffer.isEmpty || start == buffer.count {
@@ -85,8 +87,14 @@ public struct ThriftKeyValidationService: ByteStreamService {
                     // The known calls decode straight into their arguments (unknown fields skipped).
                     (call, length) = try KeyValidationCall.decodeBinary(buffer[start...], limits: limits)
                 } catch .truncated {
-                    guard buffer.count - start <= limits.maxMessageSize else {
+                    let received = buffer.count - start
+                    guard received <= limits.maxMessageSize else {
                         throw ConnectionClosed(description: "a message over \(limits.maxMessageSize) bytes")
+                    }
+                    // A peer trickling a message in tiny pieces would make those re-reads quadratic.
+                    pieces += 1
+                    guard pieces <= Self.maxPieces(of: received) else {
+                        throw ConnectionClosed(description: "a message of \(received) bytes still incomplete after \(pieces - 1) pieces")
                     }
                     break
                 } catch {
@@ -94,12 +102,19 @@ public struct ThriftKeyValidationService: ByteStreamService {
                     throw ConnectionClosed(description: "\(error)")
                 }
                 start += length
+                pieces = 0
                 if let reply = await answer(call) { replies += reply }
             }
             messageStarted.started.withLock { $0 = start < buffer.count ? ($0 ?? .now) : nil }
             if !replies.isEmpty { try await connection.write(replies) }
         }
     }
+
+    /// Most reads one message may take: 256, and one more per 512 bytes
+    /// (stock clients write through a buffer of at least 1 KiB, so they
+    /// never come near it), bounding the work of re-reading a message whose
+    /// end has not arrived.
+    public static func maxPieces(of received: Int) -> Int { 256 + received / 512 }
 
     /// The reply to one call, encoded (nil for ONEWAY).
     func answer(_ call: KeyValidationCall) async -> [UInt8]? {
