@@ -208,6 +208,16 @@ public final class Environment: @unchecked Sendable {
         return info.me_mapsize
     }
 
+    /// The id of the last committed write transaction, by any process
+    /// sharing the environment: it changes exactly when data was written.
+    /// Read from the shared map without a lock, so it is cheap enough to
+    /// check per call (what validity caches key on).
+    public var lastTransactionID: Int {
+        var info = MDB_envinfo()
+        mdb_env_info(handle, &info)
+        return info.me_last_txnid
+    }
+
     /// Bytes of the data file in use: pages up to the last one written.
     public var usedBytes: Int {
         var info = MDB_envinfo()

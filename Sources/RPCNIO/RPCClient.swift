@@ -5,6 +5,7 @@ import NIOPosix
 public import OpenSSLKit
 public import RPCCore
 public import TollgateProto
+public import TollgateListeners
 import TollgateTLS
 
 /// A client connection to one node, multiplexing concurrent calls.

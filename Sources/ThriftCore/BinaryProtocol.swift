@@ -69,6 +69,13 @@ enum BinaryProtocol {
     // MARK: Reading
 
     static func readMessage(_ reader: inout ThriftReader) throws(ThriftDecodingError) -> ThriftMessage {
+        let header = try readHeader(&reader)
+        let body = try readStruct(&reader, depth: 0)
+        return ThriftMessage(name: header.name, type: header.type, sequenceID: header.sequenceID, body: body)
+    }
+
+    /// The envelope: the strict header, or the old one (name length first).
+    static func readHeader(_ reader: inout ThriftReader) throws(ThriftDecodingError) -> ThriftMessageHeader {
         let first = try reader.bigEndian(Int32.self)
         let name: String, typeCode: UInt8
         if first < 0 {
@@ -84,9 +91,7 @@ enum BinaryProtocol {
             typeCode = try reader.byte()
         }
         guard let type = ThriftMessageType(rawValue: typeCode) else { throw .malformed("message type \(typeCode)") }
-        let sequenceID = try reader.bigEndian(Int32.self)
-        let body = try readStruct(&reader, depth: 0)
-        return ThriftMessage(name: name, type: type, sequenceID: sequenceID, body: body)
+        return ThriftMessageHeader(name: name, type: type, sequenceID: try reader.bigEndian(Int32.self))
     }
 
     static func readType(_ reader: inout ThriftReader) throws(ThriftDecodingError) -> ThriftType {

@@ -43,12 +43,14 @@ final class ThriftConnection: Sendable {
 
     var isActive: Bool { channel.isActive }
 
-    /// Sends a CALL and waits for its reply; a missing or late reply closes
-    /// the connection (its state is unknown) and throws.
-    func call(_ name: String, _ arguments: ThriftStruct, timeout: TimeAmount) async throws -> ThriftMessage {
+    /// Sends a CALL (a whole TBinaryProtocol message, its sequence id left
+    /// for the connection to number) and waits for its reply's bytes; a
+    /// missing or late reply closes the connection (its state is unknown)
+    /// and throws.
+    func call(_ name: String, _ message: [UInt8], timeout: TimeAmount) async throws -> [UInt8] {
         let loop = channel.eventLoop
         return try await loop.flatSubmit { [handler] in
-            handler.value.call(name, arguments, timeout: timeout, on: loop)
+            handler.value.call(name, message, timeout: timeout, on: loop)
         }.get()
     }
 
@@ -57,16 +59,17 @@ final class ThriftConnection: Sendable {
     }
 }
 
-/// The connection's end of the exchange, on its event loop: encodes a call,
-/// collects reply bytes until a whole message decodes, and fails the call
-/// when the read timeout passes or the connection ends.
+/// The connection's end of the exchange, on its event loop: numbers and
+/// sends a call, collects reply bytes until a whole message has arrived
+/// (checked, not decoded: the caller decodes it), and fails the call when
+/// the read timeout passes or the connection ends.
 final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var context: ChannelHandlerContext?
     private var sequenceID: Int32 = 0
-    private var pending: (promise: EventLoopPromise<ThriftMessage>, name: String, sequenceID: Int32, timer: Scheduled<Void>)?
+    private var pending: (promise: EventLoopPromise<[UInt8]>, name: String, sequenceID: Int32, timer: Scheduled<Void>)?
     private var received: [UInt8] = []
     private var failure: (any Error)?
     private let limits = ThriftLimits()
@@ -74,8 +77,8 @@ final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    func call(_ name: String, _ arguments: ThriftStruct, timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<ThriftMessage> {
-        let promise = loop.makePromise(of: ThriftMessage.self)
+    func call(_ name: String, _ message: [UInt8], timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<[UInt8]> {
+        let promise = loop.makePromise(of: [UInt8].self)
         guard let context, failure == nil else {
             promise.fail(failure ?? ThriftTransportError("the connection is closed"))
             return promise.futureResult
@@ -85,12 +88,20 @@ final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler 
             return promise.futureResult
         }
         sequenceID &+= 1
-        let message = ThriftMessage(name: name, type: .call, sequenceID: sequenceID, body: arguments)
+        // The strict header: version and type, the name's length and bytes, then the sequence id.
+        let offset = 8 + name.utf8.count
+        guard message.count >= offset + 4 else {
+            promise.fail(ThriftTransportError("a call message too short for its header"))
+            return promise.futureResult
+        }
+        var buffer = context.channel.allocator.buffer(capacity: message.count)
+        buffer.writeBytes(message)
+        buffer.setInteger(sequenceID, at: offset)
         let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: timeout) { [self] in
             fail(ThriftTransportError("no reply to \(name) within \(timeout.nanoseconds / 1_000_000) ms"))
         }
         pending = (promise, name, sequenceID, timer)
-        context.writeAndFlush(NIOAny(ByteBuffer(bytes: ThriftProtocol.binary.encode(message))), promise: nil)
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
         return promise.futureResult
     }
 
@@ -100,9 +111,9 @@ final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler 
             fail(ThriftTransportError("bytes arrived with no call waiting"))
             return
         }
-        let reply: ThriftMessage, length: Int
+        let reply: ThriftMessageHeader, length: Int
         do {
-            (reply, length) = try ThriftProtocol.binary.decode(received, limits: limits)
+            (reply, length) = try ThriftProtocol.binaryMessageLength(received[...], limits: limits)
         } catch .truncated {
             if received.count > limits.maxMessageSize { fail(ThriftTransportError("a reply over \(limits.maxMessageSize) bytes")) }
             return
@@ -114,6 +125,7 @@ final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler 
             fail(ThriftTransportError("bytes beyond the reply"))
             return
         }
+        let bytes = received
         received = []
         guard reply.sequenceID == waiting.sequenceID else {
             // libthrift's BAD_SEQUENCE_ID: the stream is out of step; drop it.
@@ -122,7 +134,7 @@ final class ThriftClientHandler: ChannelInboundHandler, RemovableChannelHandler 
         }
         pending = nil
         waiting.timer.cancel()
-        waiting.promise.succeed(reply)
+        waiting.promise.succeed(bytes)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

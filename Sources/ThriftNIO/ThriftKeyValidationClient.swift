@@ -88,25 +88,37 @@ public final class ThriftKeyValidationClient: Sendable {
     /// only "no keymanager answered" throws.
     public func validateKey(context: String, version: String, accessToken: String, requiredAuthenticationLevel: String, clientDomain: String?,
                             matchingResource: String, httpVerb: String) async throws -> KeyValidationInfo {
-        let dto = try await call(KeyValidationService.validateKey) { session in
+        let method = KeyValidationService.validateKey
+        let dto = try await call(method) { session in
             ValidateKeyArguments(context: context, version: version, accessToken: accessToken, sessionId: session,
                                  requiredAuthenticationLevel: requiredAuthenticationLevel, clientDomain: clientDomain,
-                                 matchingResource: matchingResource, httpVerb: httpVerb).thrift
-        } decode: { value -> APIKeyValidationInfoDTO? in
-            if case .structure(let value) = value { APIKeyValidationInfoDTO(thrift: value) } else { nil }
+                                 matchingResource: matchingResource, httpVerb: httpVerb).binaryCall(sequenceID: 0)
+        } decode: { bytes throws(ThriftDecodingError) in
+            // Straight into the DTO, unknown fields skipped.
+            try ThriftReply<APIKeyValidationInfoDTO>.decodeBinary(bytes[...], method: method).reply
         }
         return dto.keyValidationInfo
     }
 
     /// WSO2's `getAllURITemplates` for an API: one entry per template and verb.
     public func uriTemplates(context: String, version: String) async throws -> [URITemplateDTO] {
-        try await call(KeyValidationService.getAllURITemplates) { session in
-            GetAllURITemplatesArguments(context: context, apiVersion: version, sessionId: session).thrift
-        } decode: { value -> [URITemplateDTO]? in
-            if case .list(_, let elements) = value {
-                elements.compactMap { if case .structure(let value) = $0 { URITemplateDTO(thrift: value) } else { nil } }
-            } else {
-                nil
+        let method = KeyValidationService.getAllURITemplates
+        return try await call(method) { session in
+            ThriftProtocol.binary.encode(ThriftMessage(name: method, type: .call, sequenceID: 0,
+                                                       body: GetAllURITemplatesArguments(context: context, apiVersion: version, sessionId: session).thrift))
+        } decode: { bytes throws(ThriftDecodingError) -> ThriftReply<[URITemplateDTO]> in
+            let reply = try ThriftProtocol.binary.decode(bytes).message
+            if reply.type == .exception { return .exception(ThriftApplicationException(thrift: reply.body)) }
+            do throws(ThriftApplicationException) {
+                return .result(try ThriftResult(thrift: reply.body, method: method) { value -> [URITemplateDTO]? in
+                    if case .list(_, let elements) = value {
+                        elements.compactMap { if case .structure(let value) = $0 { URITemplateDTO(thrift: value) } else { nil } }
+                    } else {
+                        nil
+                    }
+                })
+            } catch {
+                return .exception(error)
             }
         }
     }
@@ -121,8 +133,8 @@ public final class ThriftKeyValidationClient: Sendable {
 
     // MARK: Failover
 
-    private func call<Success: Sendable & Hashable>(_ method: String, arguments: @Sendable (String) -> ThriftStruct,
-                                                    decode: @Sendable (ThriftValue) -> Success?) async throws -> Success {
+    private func call<Success: Sendable & Hashable>(_ method: String, arguments: @Sendable (String) -> [UInt8],
+                                                    decode: @Sendable ([UInt8]) throws(ThriftDecodingError) -> ThriftReply<Success>) async throws -> Success {
         var problems: [String] = []
         // Those not backing off, in list order; then those that are, the
         // soonest to recover first (a call never fails while any is untried).
@@ -147,20 +159,20 @@ public final class ThriftKeyValidationClient: Sendable {
     /// One call on one keymanager: a session (authenticating if needed), a
     /// pooled connection (a fresh one if a pooled one turns out closed),
     /// and one retry after re-authenticating when the session was refused.
-    private func call<Success: Sendable & Hashable>(_ method: String, on pool: KeymanagerPool, arguments: @Sendable (String) -> ThriftStruct,
-                                                    decode: @Sendable (ThriftValue) -> Success?) async throws -> Success {
+    private func call<Success: Sendable & Hashable>(_ method: String, on pool: KeymanagerPool, arguments: @Sendable (String) -> [UInt8],
+                                                    decode: @Sendable ([UInt8]) throws(ThriftDecodingError) -> ThriftReply<Success>) async throws -> Success {
         var session = try await self.session(for: pool, replacing: nil)
         var reauthenticated = false
         while true {
-            let reply = try await exchange(method, arguments(session), on: pool)
-            if reply.type == .exception {
-                throw KeymanagerUnavailable(reason: "\(ThriftApplicationException(thrift: reply.body))")
-            }
+            let bytes = try await exchange(method, arguments(session), on: pool)
             let result: ThriftResult<Success>
             do {
-                result = try ThriftResult(thrift: reply.body, method: method, decode: decode)
-            } catch {
-                throw KeymanagerUnavailable(reason: "\(error)")
+                switch try decode(bytes) {
+                case .result(let value): result = value
+                case .exception(let exception): throw KeymanagerUnavailable(reason: "\(exception)")
+                }
+            } catch let error as ThriftDecodingError {
+                throw KeymanagerUnavailable(reason: "an unreadable reply: \(error)")
             }
             switch result {
             case .success(let value):
@@ -178,13 +190,13 @@ public final class ThriftKeyValidationClient: Sendable {
     /// Sends one call on a pooled connection; a connection that fails is
     /// closed, and a call that failed on a reused one is sent once more on a
     /// new one (the keymanager may have closed it while it sat idle).
-    private func exchange(_ method: String, _ arguments: ThriftStruct, on pool: KeymanagerPool) async throws -> ThriftMessage {
+    private func exchange(_ method: String, _ message: [UInt8], on pool: KeymanagerPool) async throws -> [UInt8] {
         var attempts = 0
         while true {
             attempts += 1
             let (connection, reused) = try await borrow(from: pool)
             do {
-                let reply = try await connection.call(method, arguments, timeout: .nanoseconds(Int64(configuration.readTimeout.nanoseconds)))
+                let reply = try await connection.call(method, message, timeout: .nanoseconds(Int64(configuration.readTimeout.nanoseconds)))
                 pool.giveBack(connection, maxIdle: configuration.maxIdlePerKeymanager)
                 return reply
             } catch {

@@ -67,6 +67,9 @@ public struct ThriftKeyValidationService: ByteStreamService {
     private func serveCalls(_ connection: any ByteStream, messageStarted: MessageClock) async throws {
         var buffer: [UInt8] = []
         var start = 0
+        var replies: [UInt8] = []
+        // Reads since the message being received began: each re-reads it from its start.
+        var pieces = 0
         while true {
             guard let chunk = try await connection.read() else { return }
             if buffer.isEmpty || start == buffer.count {
@@ -77,14 +80,21 @@ public struct ThriftKeyValidationService: ByteStreamService {
                 start = 0
                 buffer.append(contentsOf: chunk)
             }
-            var replies: [UInt8] = []
+            replies.removeAll(keepingCapacity: true)
             while start < buffer.count {
-                let message: ThriftMessage, length: Int
+                let call: KeyValidationCall, length: Int
                 do {
-                    (message, length) = try ThriftProtocol.binary.decode(buffer[start...], limits: limits)
+                    // The known calls decode straight into their arguments (unknown fields skipped).
+                    (call, length) = try KeyValidationCall.decodeBinary(buffer[start...], limits: limits)
                 } catch .truncated {
-                    guard buffer.count - start <= limits.maxMessageSize else {
+                    let received = buffer.count - start
+                    guard received <= limits.maxMessageSize else {
                         throw ConnectionClosed(description: "a message over \(limits.maxMessageSize) bytes")
+                    }
+                    // A peer trickling a message in tiny pieces would make those re-reads quadratic.
+                    pieces += 1
+                    guard pieces <= Self.maxPieces(of: received) else {
+                        throw ConnectionClosed(description: "a message of \(received) bytes still incomplete after \(pieces - 1) pieces")
                     }
                     break
                 } catch {
@@ -92,43 +102,48 @@ public struct ThriftKeyValidationService: ByteStreamService {
                     throw ConnectionClosed(description: "\(error)")
                 }
                 start += length
-                if let reply = await answer(message) { replies += ThriftProtocol.binary.encode(reply) }
+                pieces = 0
+                if let reply = await answer(call) { replies += reply }
             }
             messageStarted.started.withLock { $0 = start < buffer.count ? ($0 ?? .now) : nil }
             if !replies.isEmpty { try await connection.write(replies) }
         }
     }
 
-    /// The reply to one message (nil for ONEWAY).
-    func answer(_ call: ThriftMessage) async -> ThriftMessage? {
-        guard call.type == .call || call.type == .oneway else {
-            return ThriftApplicationException(.invalidMessageType, "Unexpected message type \(call.type.rawValue)")
-                .message(name: call.name, sequenceID: call.sequenceID)
+    /// Most reads one message may take: 256, and one more per 512 bytes
+    /// (stock clients write through a buffer of at least 1 KiB, so they
+    /// never come near it), bounding the work of re-reading a message whose
+    /// end has not arrived.
+    public static func maxPieces(of received: Int) -> Int { 256 + received / 512 }
+
+    /// The reply to one call, encoded (nil for ONEWAY).
+    func answer(_ call: KeyValidationCall) async -> [UInt8]? {
+        let header = call.header
+        func exception(_ type: ThriftApplicationException.Kind, _ message: String) -> [UInt8] {
+            ThriftProtocol.binary.encode(ThriftApplicationException(type, message).message(name: header.name, sequenceID: header.sequenceID))
         }
-        let result: ThriftStruct
-        do {
-            switch call.name {
-            case KeyValidationService.validateKey:
-                let arguments = try ValidateKeyArguments(thrift: call.body)
-                result = await validate(arguments, sessionID: arguments.sessionId).thrift { .structure($0.thrift) }
-            case KeyValidationService.validateKeyforHandshake:
-                let handshake = try ValidateKeyForHandshakeArguments(thrift: call.body)
-                // WebSocket handshakes: any token type, no resource (WSO2's handshake check).
-                let arguments = ValidateKeyArguments(context: handshake.context, version: handshake.version, accessToken: handshake.accessToken,
-                                                     sessionId: handshake.sessionId, requiredAuthenticationLevel: "Any", clientDomain: nil,
-                                                     matchingResource: "", httpVerb: "")
-                result = await validate(arguments, sessionID: handshake.sessionId).thrift { .structure($0.thrift) }
-            case KeyValidationService.getAllURITemplates:
-                let arguments = try GetAllURITemplatesArguments(thrift: call.body)
-                result = await uriTemplates(arguments).thrift { .list(.structure, $0.map { .structure($0.thrift) }) }
-            default:
-                return ThriftApplicationException(.unknownMethod, "Invalid method name: '\(call.name)'").message(name: call.name, sequenceID: call.sequenceID)
-            }
-        } catch {
-            return ThriftApplicationException(.protocolError, error.description).message(name: call.name, sequenceID: call.sequenceID)
+        guard header.type == .call || header.type == .oneway else {
+            return exception(.invalidMessageType, "Unexpected message type \(header.type.rawValue)")
         }
-        guard call.type == .call else { return nil }
-        return ThriftMessage(name: call.name, type: .reply, sequenceID: call.sequenceID, body: result)
+        let reply: [UInt8]
+        switch call.arguments {
+        case .validateKey(let arguments):
+            reply = await validate(arguments, sessionID: arguments.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
+        case .validateKeyforHandshake(let handshake):
+            // WebSocket handshakes: any token type, no resource (WSO2's handshake check).
+            let arguments = ValidateKeyArguments(context: handshake.context, version: handshake.version, accessToken: handshake.accessToken,
+                                                 sessionId: handshake.sessionId, requiredAuthenticationLevel: "Any", clientDomain: nil,
+                                                 matchingResource: "", httpVerb: "")
+            reply = await validate(arguments, sessionID: handshake.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
+        case .getAllURITemplates(let arguments):
+            let result = await uriTemplates(arguments).thrift { .list(.structure, $0.map { .structure($0.thrift) }) }
+            reply = ThriftProtocol.binary.encode(ThriftMessage(name: header.name, type: .reply, sequenceID: header.sequenceID, body: result))
+        case .unknownMethod:
+            return exception(.unknownMethod, "Invalid method name: '\(header.name)'")
+        case .missing(let error):
+            return exception(.protocolError, error.description)
+        }
+        return header.type == .call ? reply : nil
     }
 
     func validate(_ arguments: ValidateKeyArguments, sessionID: String) async -> ThriftResult<APIKeyValidationInfoDTO> {

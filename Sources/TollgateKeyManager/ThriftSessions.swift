@@ -51,21 +51,47 @@ extension Substring {
 /// user holding one of the configured roles; every key-validation call
 /// checks its session and slides its expiry. Sessions are `userdb`
 /// records, so every keymanager sharing the database accepts them.
+///
+/// Checks are cached in memory, as WSO2 keeps its sessions: a session found
+/// live is not read again while nothing in `userdb` changed (its last
+/// committed transaction, written by any process sharing it) and its live-
+/// until time has not passed. A logout, revocation, role or tenant change
+/// anywhere on the host is a write, so the next call reads the session
+/// again; the sliding expiry is written back lazily (see ``check(_:)``).
 public final class ThriftSessions: Sendable {
     let users: UserDirectory
-    private let settingsState: Mutex<ThriftSettings>
+    private let settingsState: Mutex<(settings: ThriftSettings, generation: Int)>
     /// When each session's last use was written, by its hash: the sliding
-    /// expiry is written at most every ``slideInterval``, not per call.
+    /// expiry is written at most every ``slideIntervalMs``, not per call.
     private let lastSlid = Mutex<[[UInt8]: Int64]>([:])
+    /// Sessions found live, by session id.
+    private let live = Mutex<[String: LiveSession]>([:])
+
+    /// A session check's result, valid while `userdb` holds what it read.
+    private struct LiveSession {
+        let hash: [UInt8]
+        /// `userdb`'s change mark when it was read.
+        let mark: Int
+        /// The settings' generation it was judged with (the permitted roles).
+        let generation: Int
+        /// Its end or idle deadline as read.
+        let liveUntilMs: Int64
+    }
+
+    /// Most sessions remembered; more are read from `userdb` each call.
+    static let maxCachedSessions = 10_000
 
     public init(users: UserDirectory, settings: ThriftSettings) {
         self.users = users
-        self.settingsState = Mutex(settings)
+        self.settingsState = Mutex((settings, 0))
     }
 
-    public var settings: ThriftSettings { settingsState.withLock { $0 } }
+    public var settings: ThriftSettings { settingsState.withLock { $0.settings } }
 
-    public func update(_ settings: ThriftSettings) { settingsState.withLock { $0 = settings } }
+    public func update(_ settings: ThriftSettings) {
+        settingsState.withLock { $0 = (settings, $0.generation + 1) }
+        live.withLock { $0.removeAll() }
+    }
 
     /// A quarter of the timeout, at most a minute.
     var slideIntervalMs: Int64 { min(60_000, settings.sessionTimeoutMs / 4) }
@@ -92,12 +118,36 @@ public final class ThriftSessions: Sendable {
     }
 
     /// Whether `sessionID` is a live session of a permitted user; slides
-    /// its expiry when it is.
+    /// its expiry when it is. The answer is what reading `userdb` now would
+    /// give: a remembered one is used only while `userdb` is unchanged and
+    /// its deadline has not passed. The last use is written at most every
+    /// ``slideIntervalMs`` (that write changes `userdb`, so the session is
+    /// read once more afterwards, with its new deadline).
     public func check(_ sessionID: String) async -> Bool {
-        guard !sessionID.isEmpty, let principal = try? users.user(forSessionToken: sessionID),
-              principal.roles.contains(where: settings.authenticatorRoles.contains), let hash = principal.sessionID else { return false }
-        let now = UserDirectory.systemTimeMs()
-        let interval = slideIntervalMs
+        guard !sessionID.isEmpty else { return false }
+        let now = users.currentTimeMs
+        // Read before `userdb` is: a write racing the read costs one more read later, never a stale answer.
+        let mark = users.changeMark
+        let (settings, generation) = settingsState.withLock { $0 }
+        let hash: [UInt8]
+        if let known = live.withLock({ $0[sessionID] }), known.mark == mark, known.generation == generation, now < known.liveUntilMs {
+            hash = known.hash
+        } else {
+            guard let (principal, liveUntil) = try? users.liveSession(token: sessionID),
+                  principal.roles.contains(where: settings.authenticatorRoles.contains), let sessionHash = principal.sessionID else {
+                live.withLock { _ = $0.removeValue(forKey: sessionID) }
+                return false
+            }
+            hash = sessionHash
+            live.withLock { live in
+                if live.count >= Self.maxCachedSessions, live[sessionID] == nil {
+                    live = live.filter { $0.value.mark == mark && now < $0.value.liveUntilMs }
+                    if live.count >= Self.maxCachedSessions { return }
+                }
+                live[sessionID] = LiveSession(hash: sessionHash, mark: mark, generation: generation, liveUntilMs: liveUntil)
+            }
+        }
+        let interval = min(60_000, settings.sessionTimeoutMs / 4)
         let due = lastSlid.withLock { slid -> Bool in
             guard now - (slid[hash] ?? 0) >= interval else { return false }
             // Forget sessions not used for a timeout, so the table stays small.

@@ -6,7 +6,8 @@ import TollgateTLS
 
 /// How a raw stream listener sets up a connection: TLS if it has a context,
 /// then the bytes go to the role's ``ByteStreamService`` as an async stream
-/// with back-pressure (NIOAsyncChannel), served by one task per connection.
+/// with back-pressure (NIOAsyncChannel), served by one task per connection
+/// that runs on the connection's event loop (no thread hop per read or write).
 public enum StreamListener {
     public static func configure(service: any ByteStreamService, tls: (@Sendable () -> TLSContext)?, idleTimeout: TimeAmount)
         -> @Sendable (any Channel) throws -> Void {
@@ -17,7 +18,7 @@ public enum StreamListener {
             try sync.addHandler(StreamConnectionEvents(peer: peer, idleTimeout: idleTimeout))
             let async = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
             let remote = channel.remoteAddress?.description ?? ""
-            Task {
+            Task(executorPreference: LoopTaskExecutor(eventLoop: channel.eventLoop)) {
                 do {
                     try await async.executeThenClose { inbound, outbound in
                         let stream = AsyncByteStream(inbound: inbound, outbound: outbound, remoteAddress: remote, peer: peer)

@@ -116,21 +116,38 @@ public final class UserDirectory: SessionVerifier {
     // MARK: Sessions (checked on every call)
 
     public func user(forSessionToken token: String) throws(RPCError) -> UserPrincipal? {
+        try liveSession(token: token)?.principal
+    }
+
+    /// A live session's user, and until when the session stays live unless
+    /// it is used (its idle deadline, or its end if that comes first), both
+    /// as of `now`.
+    public func liveSession(token: String) throws(RPCError) -> (principal: UserPrincipal, liveUntilUnixMs: Int64)? {
         let hash = SecretHasher.tokenHash(token)
         let timestamp = now()
         return try RPCError.catching {
-            try database.database.environment.read { txn -> UserPrincipal? in
+            try database.database.environment.read { txn -> (UserPrincipal, Int64)? in
                 guard let session = try database.sessions.get(Key(.bytes(hash)), in: txn), !session.revoked,
                       session.expiresAtUnixMs > timestamp,
                       session.idleTimeoutMs == 0 || session.lastUsedAtUnixMs + session.idleTimeoutMs > timestamp,
                       let tenant = try database.tenants.get(UserDatabase.tenantKey(session.tenantDomain), in: txn), tenant.status == .active
                 else { return nil }
-                return UserPrincipal(username: session.username, tenant: session.tenantDomain, roles: session.roles,
-                                     permissions: try permissions(of: session.roles, tenant: session.tenantDomain, in: txn),
-                                     sessionID: hash, sessionExpiresAtUnixMs: session.expiresAtUnixMs)
+                let principal = UserPrincipal(username: session.username, tenant: session.tenantDomain, roles: session.roles,
+                                              permissions: try permissions(of: session.roles, tenant: session.tenantDomain, in: txn),
+                                              sessionID: hash, sessionExpiresAtUnixMs: session.expiresAtUnixMs)
+                let idleUntil = session.idleTimeoutMs == 0 ? session.expiresAtUnixMs : session.lastUsedAtUnixMs + session.idleTimeoutMs
+                return (principal, min(session.expiresAtUnixMs, idleUntil))
             }
         }
     }
+
+    /// The directory's clock (Unix ms), the one sessions are judged by.
+    public var currentTimeMs: Int64 { now() }
+
+    /// Changes whenever anything in `userdb` was written, by any process
+    /// sharing it (the last committed transaction's id): a cache of session
+    /// checks stays exact while it is unchanged.
+    public var changeMark: Int { database.database.environment.lastTransactionID }
 
     func permissions<T: TransactionReading & ~Copyable>(of roles: [String], tenant: String, in txn: borrowing T) throws -> [String] {
         var permissions: [String] = []

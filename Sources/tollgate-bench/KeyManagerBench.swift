@@ -49,7 +49,9 @@ func benchKeyManager() async throws {
 
     var rates: [String: [Double]] = [:]
     var p99s: [String: [Double]] = [:]
-    for _ in 0..<3 {
+    // TOLLGATE_BENCH_ISSUE_ROUNDS=0 skips token issue (e.g. to profile validation alone).
+    let issueRounds = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_ISSUE_ROUNDS"] ?? "3") ?? 3
+    for _ in 0..<issueRounds {
         for (label, node) in [("empty", empty), ("\(written / 1000)k stored", full)] {
             let (rate, p99) = try await node.issueRound(tls: httpClientTLS, group: group)
             rates[label, default: []].append(rate)
@@ -57,15 +59,17 @@ func benchKeyManager() async throws {
         }
     }
     func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-    for label in ["empty", "\(written / 1000)k stored"] {
+    for label in ["empty", "\(written / 1000)k stored"] where issueRounds > 0 {
         let rate = median(rates[label]!)
         print("keymanager token issue, HTTPS, 16 clients, \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
-            + String(format: "%9.0f calls/s  p99 %5.2f ms (medians of 3 rounds: %@)   target ≥ 5000/s: %@", rate, median(p99s[label]!),
+            + String(format: "%9.0f calls/s  p99 %5.2f ms (medians of %d rounds: %@)   target ≥ 5000/s: %@", rate, median(p99s[label]!), issueRounds,
                      rates[label]!.map { String(format: "%.0f", $0) }.joined(separator: ", "), rate >= 5000 ? "met" : "MISSED"))
     }
-    let ratio = median(rates["\(written / 1000)k stored"]!) / median(rates["empty"]!)
-    print("keymanager token issue, \(written / 1000)k tokens / empty".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%9.2f×   target ≥ 0.9×: %@", ratio, ratio >= 0.9 ? "met" : "MISSED"))
+    if issueRounds > 0 {
+        let ratio = median(rates["\(written / 1000)k stored"]!) / median(rates["empty"]!)
+        print("keymanager token issue, \(written / 1000)k tokens / empty".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.2f×   target ≥ 0.9×: %@", ratio, ratio >= 0.9 ? "met" : "MISSED"))
+    }
 
     let assembly = empty.assembly
     let keyManager = empty.keyManager
@@ -99,6 +103,20 @@ func benchKeyManager() async throws {
     print("keymanager ValidateKey, RPC, 16 callers on 4 connections".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
                  validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
+
+    // For comparison with Thrift, which has one call in flight per connection:
+    // the RPC with one connection per caller (no calls sharing a connection).
+    let single = try await (0..<16).asyncMap { _ in
+        try await RPCConnection.connect(host: "127.0.0.1", port: rpcPort, serverHostname: "localhost", tls: clientTLS, group: group)
+    }
+    let singlePool = single.map { KeyManagerServiceClient($0) }
+    let (singleSeconds, singleLatencies) = try await timedLatencies(calls: validations, callers: 16) { _, caller in
+        guard try await singlePool[caller].validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
+    }
+    print("keymanager ValidateKey, RPC, 16 callers on 16 connections".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   (for comparison)", Double(validations) / singleSeconds,
+                 singleLatencies[singleLatencies.count / 2], singleLatencies[singleLatencies.count * 99 / 100]))
+    for connection in single { await connection.close() }
 
     let thrift = try await benchThriftValidation(node: empty, tlsDirectory: tlsDirectory, group: group)
     let thriftRatio = validateRate / thrift.rate

@@ -6,6 +6,7 @@ import ThriftCore
 import TollgateKeyManager
 import TollgateProto
 import TollgateStorage
+import TollgateUsers
 
 /// A connection in memory: the test writes chunks in, the service's replies
 /// come out, and the end of input is the peer closing.
@@ -139,6 +140,66 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         garbage.send([0x80, 0x07, 0x00, 0x01, 0, 0, 0, 0])
         await #expect(throws: (any Error).self) { try await garbled.value }
         #expect(garbage.written.withLock { $0.isEmpty })
+    }
+
+    /// A message re-read from its start at every read must not arrive in
+    /// ever so many tiny pieces: a handful is fine, one byte at a time is not.
+    @Test func aMessageTrickledInTinyPiecesClosesTheConnection() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let service = ThriftKeyValidationService(keyManager: fixture.keyManager,
+                                                 sessions: ThriftSessions(users: fixture.keyManager.users, settings: ThriftSettings()))
+        let arguments = ValidateKeyArguments(context: "/" + String(repeating: "a", count: 2000), version: "1", accessToken: "t", sessionId: "s", requiredAuthenticationLevel: "Any",
+                                             clientDomain: nil, matchingResource: "/", httpVerb: "GET")
+        let message = Self.call("validateKey", arguments.thrift, sequenceID: 1)
+        #expect(message.count > ThriftKeyValidationService.maxPieces(of: message.count))
+
+        let pieces = MemoryStream()
+        let served = Task { try await service.serve(pieces) }
+        let size = (message.count + 15) / 16
+        for start in stride(from: 0, to: message.count, by: size) { pieces.send(Array(message[start..<min(start + size, message.count)])) }
+        try await waitUntil("the reply") { !pieces.replies.isEmpty }
+        #expect(pieces.replies.first?.body.structure(1)?.string(1) == KeyValidationService.invalidSessionMessage)
+        pieces.close()
+        try await served.value
+
+        let trickle = MemoryStream()
+        let trickled = Task { try await service.serve(trickle) }
+        for byte in message { trickle.send([byte]) }
+        trickle.close()
+        await #expect(throws: (any Error).self) { try await trickled.value }
+        #expect(trickle.replies.isEmpty)
+    }
+
+    /// Sessions found live are remembered, but never past a change in
+    /// userdb (a logout here or by another keymanager of the host) or in
+    /// the permitted roles.
+    @Test func rememberedSessionsEndWithALogoutOrAChangeOfRoles() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        let sessions = ThriftSessions(users: fixture.keyManager.users, settings: ThriftSettings())
+        func session() async throws -> String {
+            guard case .success(let session) = await sessions.authenticate(username: "root", password: ConsumerFixture.password, source: "test") else {
+                throw CancellationError()
+            }
+            return session
+        }
+        let first = try await session()
+        #expect(await sessions.check(first))
+        #expect(await sessions.check(first))
+        try await fixture.keyManager.users.logout(sessionID: SecretHasher.tokenHash(first))
+        #expect(await sessions.check(first) == false)
+
+        let second = try await session()
+        #expect(await sessions.check(second))
+        var settings = sessions.settings
+        settings.authenticatorRoles = ["gateway"]
+        sessions.update(settings)
+        #expect(await sessions.check(second) == false)
+        settings.authenticatorRoles = ["admin"]
+        sessions.update(settings)
+        #expect(await sessions.check(second))
+        #expect(await sessions.check("not-a-session") == false)
     }
 
     @Test func theAuthenticatorGivesSessionsOnlyToPermittedRoles() async throws {
