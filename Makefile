@@ -3,7 +3,7 @@
 SWIFT        ?= swift
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
-.PHONY: all deps python build run test test-swift check-proto check-layers build-release proto bench fuzz clean deb test-package
+.PHONY: all deps python build run test test-swift check-proto check-layers build-release proto bench fuzz clean deb test-package soak
 
 all: build
 
@@ -77,3 +77,8 @@ fuzz: deps
 	    Fuzz/.build/debug/fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=Fuzz/crashes/$$t- .build-fuzz-corpus/$$t Fuzz/corpus/$$t 2>&1 | tail -15; \
 	done
+
+## make soak: test-package with a longer cluster soak (SOAK_SECONDS, default 600; docs/cluster.md)
+SOAK_SECONDS ?= 600
+soak: deb
+	TOLLGATE_SOAK_SECONDS=$(SOAK_SECONDS) tools/test-package.sh

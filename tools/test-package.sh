@@ -51,8 +51,9 @@ fi
 echo "== fresh root in $work"
 rm -rf "$work"
 cp -a "$cache" "$work"
-mkdir -p "$work/mnt/deb"
+mkdir -p "$work/mnt/deb" "$work/mnt/cluster"
 cp "$deb" "$work/mnt/deb/"
+cp tools/cluster-scenario.py Tests/Interop/throttle_load.py "$work/mnt/cluster/"
 debname=$(basename "$deb")
 
 nspawn_pid=
@@ -310,6 +311,27 @@ check "reboot: every enabled node is up" test -n "$booted"
 check "reboot: tollgate.target active" active tollgate.target
 check "reboot: the disabled node stays down" sh -c "! nsenter -t $pid1 -a systemctl is-active -q tollgate@analytics"
 inside systemctl enable tollgate@analytics >/dev/null 2>&1
+
+echo "== the whole cluster: nine nodes, a scenario and a fault matrix (tools/cluster-scenario.py, docs/cluster.md)"
+# Python and requests from Debian, as an operator's client would have them.
+# The clients (Python requests, wrk) and the backend (nginx) come from Debian;
+# policy-rc.d keeps nginx's own service from starting on port 80.
+ish 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-requests wrk nginx-light >"$logs/cluster-deps.log" 2>&1 \
+    || { cat "$logs/cluster-deps.log" >&2; fatal "apt install python3-requests wrk nginx-light"; }
+inside rm -f /usr/sbin/policy-rc.d
+cluster_output=$(inside /usr/bin/python3 /mnt/cluster/cluster-scenario.py --load-script /mnt/cluster/throttle_load.py \
+    --soak-seconds "${TOLLGATE_SOAK_SECONDS:-120}" 2>"$logs/cluster.err") || true
+echo "$cluster_output" > "$logs/cluster.log"
+echo "$cluster_output" | grep -E '^(pass|FAIL|figure): '
+cluster_failed=$(echo "$cluster_output" | grep -c '^FAIL: ' || true)
+failures=$((failures + cluster_failed))
+if [ "$cluster_failed" -gt 0 ] || ! echo "$cluster_output" | grep -q 'cluster scenario: all checks passed'; then
+    tail -20 "$logs/cluster.err" >&2
+    inside journalctl --no-pager -n 60 -u 'tollgate@*' >&2 || true
+    [ "$cluster_failed" -gt 0 ] || { echo "FAIL: the cluster scenario ended early"; failures=$((failures + 1)); }
+fi
+inside systemctl stop cluster-backend.service >/dev/null 2>&1 || true
 
 echo "== purge"
 inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tollgate >"$logs/purge.log" 2>&1 || { cat "$logs/purge.log" >&2; fatal "apt purge"; }

@@ -128,6 +128,17 @@ public final class NodeRuntime: Sendable {
                                         configure: HTTPListener.configure(responder: responder, tls: nil, limits: HTTPListenerLimits(maxBodyBytes: 0)))
                 bound.append(("metrics", listener, try await bind(listener, endpoint, socket: activated["metrics"], group: group)))
             }
+            // One backend context per CA bundle, shared by a gateway's HTTP and
+            // HTTPS listeners: parsing the system bundle takes tens of
+            // milliseconds, which a restarting gateway should not pay twice.
+            var backendContexts: [String: TLSContext?] = [:]
+            func sharedBackendTLS(_ limits: ProxyListenerLimits) throws -> TLSContext? {
+                let key = limits.backendTrustRootsFile ?? ""
+                if let context = backendContexts[key] { return context }
+                let context = try backendTLS(limits)
+                backendContexts[key] = context
+                return context
+            }
             for module in modules {
                 for declaration in module.listeners {
                     let configured = config.moduleListen[declaration.name]
@@ -149,7 +160,7 @@ public final class NodeRuntime: Sendable {
                     case .http(let responder): HTTPListener.configure(responder: responder, tls: tls, limits: HTTPListenerLimits())
                     case .stream(let service): StreamListener.configure(service: service, tls: tls, idleTimeout: .seconds(Int64(config.idleTimeoutSeconds)))
                     case .proxy(let policy, let limits): ProxyListener.configure(policy: policy, limits: limits, tls: tls,
-                                                                                 backendTLS: try backendTLS(limits))
+                                                                                 backendTLS: try sharedBackendTLS(limits))
                     }
                     let listener = Listener(name: declaration.name, maxConnections: config.maxConnections, observer: listenerObserver, configure: configure)
                     bound.append((declaration.name, listener, try await bind(listener, endpoint, socket: activated[declaration.name], group: group)))
