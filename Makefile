@@ -3,7 +3,7 @@
 SWIFT        ?= swift
 RELEASE_PATH ?= $(CURDIR)/.build-release
 
-.PHONY: all deps python build run test test-swift check-proto check-layers build-release proto bench fuzz clean deb test-package soak
+.PHONY: all deps python build run test test-swift check-proto check-layers check-monitoring build-release proto bench fuzz clean deb test-package soak
 
 all: build
 
@@ -21,7 +21,7 @@ run: build
 	tools/dev-node.sh "$$($(SWIFT) build --show-bin-path)"
 
 ## make test: everything CI runs
-test: check-proto check-layers test-swift build-release
+test: check-proto check-layers check-monitoring test-swift build-release
 
 test-swift: python
 	$(SWIFT) build --build-tests
@@ -39,6 +39,11 @@ build-release: deps
 check-layers:
 	tools/check-layers.sh --self-test
 	tools/check-layers.sh
+
+## make check-monitoring: the shipped Prometheus alerting rules load, and fire (or not) as their tests say (promtool, from Debian's prometheus)
+check-monitoring: deps
+	promtool check rules packaging/prometheus/tollgate-alerts.yml
+	promtool test rules packaging/prometheus/tollgate-alerts.test.yml
 
 check-proto: python
 	tools/generate-proto.sh --check

@@ -149,7 +149,7 @@ let package = Package(
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateListenersTests", dependencies: ["TollgateListeners", "RoleCore", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
         .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices",
-                                                             "ThrottleCore", nioCore, nioPosix]),
+                                                             "ThrottleCore", "YAMLKit", nioCore, nioPosix]),
     ]
 )
 

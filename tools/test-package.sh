@@ -5,7 +5,8 @@
 # (systemd-nspawn), enables a node for every role as docs/operations.md
 # says, and checks what an operator meets: reload with a good and a bad
 # file, watchdog and kill -9 restarts, a configuration error ending in
-# `failed`, a mistyped instance, one key per node, journal fields, metrics,
+# `failed`, a mistyped instance, one key per node, journal fields, metrics
+# and the shipped dashboard and alerting rules,
 # an upgrade restarting only the running nodes one at a time, a reinstall
 # keeping data and certificates byte for byte, a reboot through
 # tollgate.target, and a purge leaving nothing.
@@ -266,6 +267,10 @@ check "Documentation= links resolve" ish 'for unit in tollgate@.service tollgate
 check "README is the project README; operations.md and certificates.md ship" \
     ish 'head -1 /usr/share/doc/tollgate/README.md* 2>/dev/null | grep -q "^# Tollgate" || zcat /usr/share/doc/tollgate/README.md.gz | head -1 | grep -q "^# Tollgate"; test -s /usr/share/doc/tollgate/operations.md && test -s /usr/share/doc/tollgate/certificates.md'
 check "bash completion installed" inside test -s /usr/share/bash-completion/completions/tollctl
+check "Grafana dashboard installed, valid JSON" \
+    sh -c "nsenter -t $pid1 -a cat /usr/share/tollgate/grafana/tollgate-dashboard.json | python3 -m json.tool"
+check "Prometheus alerting rules installed, accepted by promtool check rules" \
+    sh -c "nsenter -t $pid1 -a cat /usr/share/tollgate/prometheus/tollgate-alerts.yml > '$logs/tollgate-alerts.yml' && promtool check rules '$logs/tollgate-alerts.yml'"
 
 echo "== upgrade: running nodes restarted one at a time, stopped ones stay stopped"
 inside systemctl stop tollgate@analytics
@@ -340,6 +345,7 @@ check "purge: no enabled-instance links or units left" \
 inside systemctl list-units --all --plain --no-legend "tollgate*" >>"$logs/purge.log" 2>&1 || true
 check "purge: systemd knows no tollgate unit" ish '! systemctl list-units --all --plain --no-legend "tollgate*" | grep -q .'
 check "purge: no state" ish '! test -e /var/lib/tollgate'
+check "purge: no dashboard or alerting rules" ish '! test -e /usr/share/tollgate'
 check "purge: no configuration" ish '! test -e /etc/tollgate'
 check "purge: no binaries, documentation or package state" \
     ish '! test -e /usr/bin/tollgated && ! test -e /usr/share/doc/tollgate && ! dpkg -s tollgate 2>/dev/null | grep -q "^Status: install"'
