@@ -67,8 +67,8 @@ deb: deps
 	SWIFT_SCRATCH=$(RELEASE_PATH) tools/build-deb.sh
 
 ## make test-package: installs the package in a booted Debian 12 container and checks the nodes under systemd
-test-package: deb
-	tools/test-package.sh
+test-package: deb build
+	TOLLGATE_DEBUG_BIN="$$($(SWIFT) build --show-bin-path)/tollgated" tools/test-package.sh
 
 ## make fuzz: libFuzzer targets for the RPC frame and metadata decoders and the Thrift binary and compact decoders (FUZZ_SECONDS each)
 FUZZ_SECONDS ?= 300
@@ -85,5 +85,5 @@ fuzz: deps
 
 ## make soak: test-package with a longer cluster soak (SOAK_SECONDS, default 600; docs/cluster.md)
 SOAK_SECONDS ?= 600
-soak: deb
-	TOLLGATE_SOAK_SECONDS=$(SOAK_SECONDS) tools/test-package.sh
+soak: deb build
+	TOLLGATE_SOAK_SECONDS=$(SOAK_SECONDS) TOLLGATE_DEBUG_BIN="$$($(SWIFT) build --show-bin-path)/tollgated" tools/test-package.sh

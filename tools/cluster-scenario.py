@@ -89,6 +89,10 @@ def active(name):
     return systemctl("is-active", unit(name), check_rc=False).stdout.strip() == "active"
 
 
+def main_pid(name):
+    return systemctl("show", "-p", "MainPID", "--value", unit(name)).stdout.strip()
+
+
 def wait_for(predicate, timeout, interval=0.1):
     deadline = time.monotonic() + timeout
     while True:
@@ -371,12 +375,13 @@ def fault_matrix(tollctl, applications):
     fresh = token_for(key, secret, "keymanager2")
     with Load(GATEWAYS, token) as load:
         time.sleep(0.5)
+        killed_pid = main_pid("keymanager")
         systemctl("kill", "-s", "KILL", unit("keymanager"))
         new_token_ok = all(call(g, fresh).status_code == 200 for g in GATEWAYS)
         time.sleep(1.5)
     check("fault: one keymanager killed: zero failed requests", not load.failed and load.ok > 0, load.summary())
     check("fault: one keymanager killed: a new token is validated by the other", new_token_ok)
-    wait_for(lambda: active("keymanager"), 30)
+    wait_for(lambda: main_pid("keymanager") not in ("0", killed_pid) and active("keymanager"), 30)
 
     # Both keymanagers down.
     unseen = token_for(key, secret, "keymanager2")
@@ -409,9 +414,10 @@ def fault_matrix(tollctl, applications):
     before = sum(metric(g, "tollgate_gateway_throttle_fallback_entries_total") for g in GATEWAYS)
     with Load(GATEWAYS, token, threads_per_gateway=1, pause=0.02) as load:
         time.sleep(0.5)
+        killed_pid = main_pid("trafficmanager")
         systemctl("kill", "-s", "KILL", unit("trafficmanager"))
         fell_back = wait_for(lambda: sum(metric(g, "tollgate_gateway_throttle_fallback_entries_total") for g in GATEWAYS) > before, 10)
-        back = wait_for(lambda: active("trafficmanager"), 30)
+        back = wait_for(lambda: main_pid("trafficmanager") not in ("0", killed_pid) and active("trafficmanager"), 30)
         time.sleep(1)
     check("fault: traffic manager killed: the gateways fall back, visible in metrics", fell_back)
     check("fault: traffic manager killed: requests keep flowing (far below the limit)", not load.failed, load.summary())
@@ -421,8 +427,9 @@ def fault_matrix(tollctl, applications):
     # A gateway killed under load: the others' clients are unaffected; the restarted one is ready in under a second.
     with Load(["gateway", "gateway3"], token) as load:
         time.sleep(0.5)
+        killed_pid = main_pid("gateway2")
         systemctl("kill", "-s", "KILL", unit("gateway2"))
-        restarted = wait_for(lambda: active("gateway2"), 30, interval=0.05)
+        restarted = wait_for(lambda: main_pid("gateway2") not in ("0", killed_pid) and active("gateway2"), 30, interval=0.05)
         time.sleep(0.5)
     check("fault: a gateway killed under load: clients of the other gateways unaffected", not load.failed and load.ok > 0, load.summary())
     start = int(systemctl("show", "-p", "ExecMainStartTimestampMonotonic", "--value", unit("gateway2")).stdout.strip() or 0)
@@ -461,11 +468,12 @@ def fault_matrix(tollctl, applications):
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
         time.sleep(0.3)
+        killed_pid = main_pid(victim)
         systemctl("kill", "-s", "KILL", unit(victim))
         time.sleep(0.2)
         stop.set()
         thread.join()
-        wait_for(lambda: active(victim), 30)
+        wait_for(lambda: main_pid(victim) not in ("0", killed_pid) and active(victim), 30)
         acknowledged += [(victim, w) for w in writes]
 
     policies = tollctl("policy", "list", "--kind", "subscription")
@@ -482,6 +490,47 @@ def fault_matrix(tollctl, applications):
     figure("kill -9 during writes: acknowledged writes checked", len(acknowledged))
     check("fault: kill -9 during writes, 20 rounds: every acknowledged write present after restart",
           len(acknowledged) > 0 and not lost, "%d lost: %s" % (len(lost), lost[:5]))
+
+
+def watchdog_row(debug_binary):
+    """A node whose event loop is wedged (the debug-only SIGUSR2 hook of
+    tollgated, compiled out of release builds) is restarted by systemd: its
+    watchdog keep-alive stops because one loop no longer answers."""
+    name, host = "wedge", "127.0.0.4"
+    if not os.path.exists("%s/%s.pem" % (CERTS, name)):
+        run("tollctl", "certs", "issue-node", "--ca", CERTS, "--node-id", name, "--role", "trafficmanager",
+            "--ip", host, "--out", CERTS)
+        os.chown("%s/%s.pem" % (CERTS, name), 0, group_id("tollgate"))
+        os.chmod("%s/%s.pem" % (CERTS, name), 0o640)
+        os.chmod("%s/%s.key" % (CERTS, name), 0o600)
+    run("install", "-d", "-o", "tollgate", "-g", "tollgate", "-m", "0750", "/var/lib/tollgate/" + name)
+    with open("/etc/tollgate/%s.toml" % name, "w") as file:
+        file.write("\n".join(['node_id = "%s"' % name, 'roles = ["trafficmanager"]', 'data_directory = "/var/lib/tollgate/%s"' % name,
+                              "", "[listen]", 'cluster = "%s:7483"' % host, 'metrics = "%s:9468"' % host, "",
+                              "[tls]", 'ca = "%s"' % CA, 'certificate = "%s/%s.pem"' % (CERTS, name),
+                              'private_key = "credential:node.key"', ""]))
+    libraries = os.path.join(os.path.dirname(debug_binary), "lib")
+    os.makedirs("/etc/systemd/system/tollgate@%s.service.d" % name, exist_ok=True)
+    with open("/etc/systemd/system/tollgate@%s.service.d/debug-build.conf" % name, "w") as file:
+        file.write("[Service]\nExecStart=\nExecStart=%s --config /etc/tollgate/%%i.toml\nEnvironment=LD_LIBRARY_PATH=%s\nWatchdogSec=4s\n"
+                   % (debug_binary, libraries))
+    systemctl("daemon-reload")
+    systemctl("start", unit(name))
+    if not check("watchdog: a debug build of tollgated runs as tollgate@wedge", wait_for(lambda: active(name), 30),
+                 systemctl("status", "--no-pager", unit(name), check_rc=False).stdout[-600:]):
+        return
+    wedged_pid = main_pid(name)
+    systemctl("kill", "-s", "USR2", unit(name))
+
+    def restarted():
+        return main_pid(name) not in ("0", wedged_pid) and active(name)
+    began = time.monotonic()
+    came_back = wait_for(restarted, 40, interval=0.2)
+    figure("watchdog: wedged loop to restarted node (s)", round(time.monotonic() - began, 1))
+    journal = run("journalctl", "--no-pager", "-u", unit(name), check_rc=False).stdout
+    check("fault: an event loop wedged: the watchdog fires and systemd restarts the node",
+          came_back and "watchdog" in journal.lower() and "wedges an event loop" in journal, journal[-800:])
+    systemctl("stop", unit(name), check_rc=False)
 
 
 # MARK: the soak
@@ -534,7 +583,7 @@ def on_all_gateways(function):
 def rss_kib():
     sizes = {}
     for name in NODES:
-        pid = systemctl("show", "-p", "MainPID", "--value", unit(name)).stdout.strip()
+        pid = main_pid(name)
         with open("/proc/%s/status" % pid) as file:
             for line in file:
                 if line.startswith("VmRSS:"):
@@ -579,6 +628,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--load-script", required=True, help="throttle_load.py")
     parser.add_argument("--soak-seconds", type=int, default=0, help="soak length after the fault matrix (0: none)")
+    parser.add_argument("--debug-tollgated", required=True, help="a debug build of tollgated (its Swift libraries in lib/ beside it)")
     args = parser.parse_args()
     configure()
     start_backend()
@@ -586,6 +636,7 @@ def main():
     try:
         applications = scenario(tollctl, args.load_script)
         fault_matrix(tollctl, applications)
+        watchdog_row(args.debug_tollgated)
         if args.soak_seconds:
             soak(applications, args.soak_seconds)
     except Exception as error:  # a step that could not run is a failed check, with its reason

@@ -55,6 +55,13 @@ cp -a "$cache" "$work"
 mkdir -p "$work/mnt/deb" "$work/mnt/cluster"
 cp "$deb" "$work/mnt/deb/"
 cp tools/cluster-scenario.py Tests/Interop/throttle_load.py "$work/mnt/cluster/"
+# A debug build of tollgated (its fault hooks are compiled out of the package)
+# for the cluster's watchdog row, with the Swift libraries it links beside it.
+debug_bin=${TOLLGATE_DEBUG_BIN:-$(swift build --show-bin-path)/tollgated}
+[ -x "$debug_bin" ] || { echo "no debug tollgated at $debug_bin: run make build first" >&2; exit 1; }
+mkdir -p "$work/opt/tollgate-debug/lib"
+cp "$debug_bin" "$work/opt/tollgate-debug/tollgated"
+ldd "$debug_bin" | awk '$3 ~ /^\// && $3 !~ /^\/(usr\/)?lib\// {print $3}' | xargs -r cp -t "$work/opt/tollgate-debug/lib/"
 debname=$(basename "$deb")
 
 nspawn_pid=
@@ -326,7 +333,7 @@ inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-rec
     || { cat "$logs/cluster-deps.log" >&2; fatal "apt install python3-requests wrk nginx-light"; }
 inside rm -f /usr/sbin/policy-rc.d
 cluster_output=$(inside /usr/bin/python3 /mnt/cluster/cluster-scenario.py --load-script /mnt/cluster/throttle_load.py \
-    --soak-seconds "${TOLLGATE_SOAK_SECONDS:-120}" 2>"$logs/cluster.err") || true
+    --soak-seconds "${TOLLGATE_SOAK_SECONDS:-120}" --debug-tollgated /opt/tollgate-debug/tollgated 2>"$logs/cluster.err") || true
 echo "$cluster_output" > "$logs/cluster.log"
 echo "$cluster_output" | grep -E '^(pass|FAIL|figure): '
 cluster_failed=$(echo "$cluster_output" | grep -c '^FAIL: ' || true)

@@ -67,12 +67,31 @@ struct SystemdService: Service {
                 try? await gracefulShutdown()
                 runtime.reportStopping()
             }
+            #if DEBUG
+            tasks.addTask { await wedgeAnEventLoopOnSIGUSR2() }
+            #endif
             await tasks.next()
             // Graceful shutdown (or cancellation) ends the others too.
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
     }
+
+    #if DEBUG
+    /// A fault hook for the cluster tests (docs/cluster.md), compiled into
+    /// debug builds only: SIGUSR2 blocks one event loop for good, as a
+    /// handler stuck in a deadlock would, so that the watchdog path (keep-alive
+    /// withheld, systemd restarts the node) can be shown under real systemd.
+    func wedgeAnEventLoopOnSIGUSR2() async {
+        let signals = await UnixSignalsSequence(trapping: .sigusr2)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            logger.warning("debug fault hook: SIGUSR2 wedges an event loop")
+            runtime.group.next().execute {
+                while true { sleep(60) }
+            }
+        }
+    }
+    #endif
 
     /// Sends WATCHDOG=1 only when every event loop ran a task within the period.
     func watchdog(every period: Duration) async {
