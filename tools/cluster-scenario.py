@@ -352,15 +352,35 @@ def scenario(tollctl, load_script):
     for gateway in GATEWAYS:
         call(gateway, token)
     app_id = applications["menu-app"][0]
-    revoked_at = time.monotonic()
-    tollctl("token", "revoke", app_id, token, **consumer)
-    delays = {}
-    for gateway in GATEWAYS:
-        if wait_for(lambda: call(gateway, token, timeout=2).status_code == 401, 5, interval=0.02):
-            delays[gateway] = time.monotonic() - revoked_at
-    figure("revocation to refusal per gateway (s)", {g: round(d, 3) for g, d in delays.items()})
-    check("revocation: the token is refused on every gateway within 1 s",
-          len(delays) == len(GATEWAYS) and max(delays.values()) <= 1.0, str(delays))
+    # 20 rounds: a fresh token cached on every gateway, revoked, then polled
+    # on all three at once until each refuses it. Timed from the start of
+    # `tollctl token revoke` (its own start-up included).
+    delays = []
+    missed = []
+    for round_number in range(20):
+        if round_number:
+            token = token_for(*applications["menu-app"][1:])
+            for gateway in GATEWAYS:
+                wait_for(lambda: call(gateway, token).status_code == 200, 5, interval=0.05)
+        refused = {}
+        revoked_at = time.monotonic()
+        tollctl("token", "revoke", app_id, token, **consumer)
+
+        def poll(gateway):
+            if wait_for(lambda: call(gateway, token, timeout=2).status_code == 401, 5, interval=0.01):
+                refused[gateway] = time.monotonic() - revoked_at
+        threads = [threading.Thread(target=poll, args=(g,)) for g in GATEWAYS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        delays += refused.values()
+        missed += [(round_number, g) for g in GATEWAYS if g not in refused]
+    delays.sort()
+    figure("revocation to refusal on 3 gateways, 20 rounds (ms): p50 / p99 / max",
+           "%.0f / %.0f / %.0f" % (1000 * delays[len(delays) // 2], 1000 * delays[len(delays) * 99 // 100], 1000 * delays[-1]) if delays else "none")
+    check("revocation: the token is refused on every gateway within 1 s (20 rounds)",
+          not missed and delays and delays[-1] <= 1.0, "missed %s, slowest %s" % (missed[:5], delays[-3:]))
     return applications
 
 
@@ -598,6 +618,8 @@ def soak(applications, seconds):
     token = token_for(*applications["load-app"][1:])
     for gateway in GATEWAYS:
         call(gateway, token)
+    single_rps, single_p99, _ = wrk("gateway", token, 5, 16)
+    figure("one gateway alone (wrk, 16 connections): rps, p99 ms", "%d, %.2f" % (single_rps, single_p99))
     peak = on_all_gateways(lambda g: wrk(g, token, 5, 16))
     peak_rps = sum(rps for rps, _, _ in peak.values())
     figure("cluster peak through 3 gateways (wrk, 16 connections each): rps", round(peak_rps))
