@@ -90,6 +90,7 @@ struct DeploymentWatcher: Service {
         await cancelWhenGracefulShutdown {
             var failures = 0
             var next = 0
+            var heartbeatSeconds: UInt32?
             while !Task.isCancelled {
                 let publishers = peers.transports(for: .publisher)
                 guard !publishers.isEmpty else {
@@ -100,7 +101,8 @@ struct DeploymentWatcher: Service {
                 let transport = publishers[next % publishers.count]
                 let request = WatchDeploymentsRequest(sinceRevision: deployment.current.revision)
                 progress.snapshot.withLock { $0.removeAll() }
-                let liveness = FeedLiveness()
+                let liveness = FeedLiveness(heartbeatSeconds: heartbeatSeconds)
+                defer { heartbeatSeconds = liveness.heartbeatSeconds }
                 do {
                     try await liveness.run {
                         try await PublisherServiceClient(transport).watchDeployments(request) { response in
@@ -208,6 +210,7 @@ struct RevocationWatcher: Service {
         await cancelWhenGracefulShutdown {
             var failures = 0
             var next = 0
+            var heartbeatSeconds: UInt32?
             while !Task.isCancelled {
                 let keymanagers = peers.transports(for: .keymanager)
                 guard !keymanagers.isEmpty else {
@@ -216,7 +219,8 @@ struct RevocationWatcher: Service {
                 }
                 let request = WatchRevocationsRequest(sinceSequence: status.sequence.load(ordering: .relaxed))
                 let transport = keymanagers[next % keymanagers.count]
-                let liveness = FeedLiveness()
+                let liveness = FeedLiveness(heartbeatSeconds: heartbeatSeconds)
+                defer { heartbeatSeconds = liveness.heartbeatSeconds }
                 do {
                     try await liveness.run {
                         try await KeyManagerServiceClient(transport).watchRevocations(request) { response in
@@ -309,16 +313,30 @@ struct GatewayRPCService: GatewayServiceHandler {
 /// a FIN or RST) that RPC keepalive alone would notice late or never. A feed
 /// that never announces a heartbeat (an older publisher or keymanager) is
 /// never timed out: quiet is normal for it.
+///
+/// A stream opened right after one that announced a heartbeat is held to it
+/// from its start: a reconnection over a connection that died half-open
+/// never hears a first caught-up frame, and must not wait on it forever.
+/// Only an announcement is passed on to the next stream, never an inherited
+/// limit, so a peer that never announces one ends up untimed again.
 final class FeedLiveness: Sendable {
     static let missedHeartbeats = 3
     private struct State {
         var received = false
         var lastHeard = ContinuousClock.now
-        var silenceLimit: Duration?
+        var inherited: UInt32?
+        var announced: UInt32?
     }
     private let state = Mutex(State())
 
+    /// - Parameter heartbeatSeconds: what the previous stream announced, if it did.
+    init(heartbeatSeconds: UInt32? = nil) {
+        state.withLock { $0.inherited = heartbeatSeconds.flatMap { $0 > 0 ? $0 : nil } }
+    }
+
     var received: Bool { state.withLock { $0.received } }
+    /// The heartbeat this stream announced, for the next stream.
+    var heartbeatSeconds: UInt32? { state.withLock { $0.announced } }
 
     /// A frame arrived; `heartbeatSeconds` when it announces the feed's heartbeat.
     func heard(heartbeatSeconds: UInt32? = nil) {
@@ -326,14 +344,15 @@ final class FeedLiveness: Sendable {
         state.withLock { state in
             state.received = true
             state.lastHeard = now
-            if let heartbeatSeconds, heartbeatSeconds > 0 { state.silenceLimit = .seconds(Int(heartbeatSeconds) * Self.missedHeartbeats) }
+            if let heartbeatSeconds, heartbeatSeconds > 0 { state.announced = heartbeatSeconds }
         }
     }
 
     /// The silence so far when it is past the limit.
     func silenceExceeded(at now: ContinuousClock.Instant) -> Duration? {
         state.withLock { state in
-            guard let limit = state.silenceLimit else { return nil }
+            guard let heartbeat = state.announced ?? state.inherited else { return nil }
+            let limit = Duration.seconds(Int(heartbeat) * Self.missedHeartbeats)
             let silence = now - state.lastHeard
             return silence > limit ? silence : nil
         }

@@ -78,6 +78,18 @@ struct ScriptedPeers: PeerDirectory {
         #expect(liveness.silenceExceeded(at: ContinuousClock.now + .seconds(29)) == nil)
     }
 
+    @Test func aStreamAfterOneThatAnnouncedAHeartbeatIsHeldToItFromItsStart() {
+        // The previous stream announced ten seconds; this one has heard nothing yet (a dead connection, say).
+        let next = FeedLiveness(heartbeatSeconds: 10)
+        let opened = ContinuousClock.now
+        #expect(next.silenceExceeded(at: opened + .seconds(31)) != nil)
+        // Held to it, but not announcing it: the stream after an older peer's is untimed again.
+        #expect(next.heartbeatSeconds == nil)
+        #expect(FeedLiveness(heartbeatSeconds: next.heartbeatSeconds).silenceExceeded(at: opened + .seconds(3600)) == nil)
+        next.heard(heartbeatSeconds: 10)
+        #expect(next.heartbeatSeconds == 10)
+    }
+
     /// The first publisher announces a one-second heartbeat, then goes
     /// silent: the watcher gives up on it and resumes from the second.
     @Test func aSilentFeedIsDroppedForTheNextPublisher() async throws {
