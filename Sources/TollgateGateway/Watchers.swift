@@ -9,7 +9,8 @@ import TollgateProto
 import TollgateServices
 
 /// Whether the deployment feed is connected, and when a publisher last
-/// confirmed the state being served.
+/// confirmed the state being served (by a snapshot, a change or a
+/// caught-up frame: on a healthy quiet cluster, within a heartbeat).
 final class FeedStatus: Sendable {
     private struct State {
         var connected = false
@@ -54,9 +55,11 @@ final class FeedStatus: Sendable {
 
 /// Watches the publishers' deployment feed (`WatchDeployments`): a snapshot
 /// is collected whole, then swapped in; each change is applied to a copy of
-/// the state and swapped in. Traffic never waits for either. On a lost
-/// stream it reconnects with back-off, to the next publisher in the list,
-/// resuming from the revision it holds. The state is saved to disk (at most
+/// the state and swapped in. Traffic never waits for either. A caught-up
+/// frame (after the start, then as a heartbeat on a quiet stream) confirms
+/// the state without changing it. On a lost stream, or one silent past three
+/// heartbeats, it reconnects with back-off, to the next publisher in the
+/// list, resuming from the revision it holds. The state is saved to disk (at most
 /// every two seconds, and at shutdown) so a restart serves it while
 /// publishers are down; a burst of publishes costs one save, not one each.
 struct DeploymentWatcher: Service {
@@ -87,6 +90,7 @@ struct DeploymentWatcher: Service {
         await cancelWhenGracefulShutdown {
             var failures = 0
             var next = 0
+            var heartbeatSeconds: UInt32?
             while !Task.isCancelled {
                 let publishers = peers.transports(for: .publisher)
                 guard !publishers.isEmpty else {
@@ -95,18 +99,24 @@ struct DeploymentWatcher: Service {
                     continue
                 }
                 let transport = publishers[next % publishers.count]
-                var request = WatchDeploymentsRequest()
-                request.sinceRevision = deployment.current.revision
+                let request = WatchDeploymentsRequest(sinceRevision: deployment.current.revision)
                 progress.snapshot.withLock { $0.removeAll() }
-                let received = ReceivedFlag()
+                let liveness = FeedLiveness(heartbeatSeconds: heartbeatSeconds)
+                defer { heartbeatSeconds = liveness.heartbeatSeconds }
                 do {
-                    try await PublisherServiceClient(transport).watchDeployments(request) { response in
-                        received.set()
-                        apply(response, progress)
+                    try await liveness.run {
+                        try await PublisherServiceClient(transport).watchDeployments(request) { response in
+                            if case .caughtUp(let caughtUp)? = response.frame {
+                                liveness.heard(heartbeatSeconds: caughtUp.heartbeatSeconds)
+                            } else {
+                                liveness.heard()
+                            }
+                            apply(response, progress)
+                        }
                     }
                     feed.disconnected("the publisher ended the feed")
                 } catch {
-                    if received.isSet { failures = 0 }
+                    if liveness.received { failures = 0 }
                     feed.disconnected("\(error)")
                     if failures == 0 { logger.warning("deployment feed lost; serving the last state (revision \(deployment.current.revision)): \(error)") }
                     failures += 1
@@ -145,7 +155,12 @@ struct DeploymentWatcher: Service {
             }
             feed.confirmed()
             progress.dirty.store(true, ordering: .relaxed)
+        case .caughtUp:
+            // The publisher has sent everything up to its revision: the state
+            // served is current, even when nothing changed since it was saved.
+            feed.confirmed()
         case nil:
+            // A frame this build does not know, from a newer publisher.
             break
         }
     }
@@ -195,35 +210,40 @@ struct RevocationWatcher: Service {
         await cancelWhenGracefulShutdown {
             var failures = 0
             var next = 0
+            var heartbeatSeconds: UInt32?
             while !Task.isCancelled {
                 let keymanagers = peers.transports(for: .keymanager)
                 guard !keymanagers.isEmpty else {
                     try? await Task.sleep(for: .seconds(5))
                     continue
                 }
-                var request = WatchRevocationsRequest()
-                request.sinceSequence = status.sequence.load(ordering: .relaxed)
-                let received = ReceivedFlag()
+                let request = WatchRevocationsRequest(sinceSequence: status.sequence.load(ordering: .relaxed))
+                let transport = keymanagers[next % keymanagers.count]
+                let liveness = FeedLiveness(heartbeatSeconds: heartbeatSeconds)
+                defer { heartbeatSeconds = liveness.heartbeatSeconds }
                 do {
-                    try await KeyManagerServiceClient(keymanagers[next % keymanagers.count]).watchRevocations(request) { response in
-                        received.set()
-                        status.connected.store(true, ordering: .relaxed)
-                        let now = Clock.unixMs()
-                        if response.reset {
-                            cache.flush(valid: true, invalid: false)
-                            jwt.resetTrust(now)
+                    try await liveness.run {
+                        try await KeyManagerServiceClient(transport).watchRevocations(request) { response in
+                            liveness.heard(heartbeatSeconds: response.caughtUp ? response.heartbeatSeconds : nil)
+                            status.connected.store(true, ordering: .relaxed)
+                            let now = Clock.unixMs()
+                            if response.reset {
+                                cache.flush(valid: true, invalid: false)
+                                jwt.resetTrust(now)
+                            }
+                            for revocation in response.revocations {
+                                cache.apply(revocation)
+                                jwt.note(revocation, at: now)
+                            }
+                            // From here on every revocation reaches this gateway: JWTs issued since may be checked here alone.
+                            jwt.trustFrom(now)
+                            let last = response.revocations.last?.sequence ?? 0
+                            status.sequence.store(max(response.headSequence, last), ordering: .relaxed)
                         }
-                        for revocation in response.revocations {
-                            cache.apply(revocation)
-                            jwt.note(revocation, at: now)
-                        }
-                        // From here on every revocation reaches this gateway: JWTs issued since may be checked here alone.
-                        jwt.trustFrom(now)
-                        let last = response.revocations.last?.sequence ?? 0
-                        status.sequence.store(max(response.headSequence, last), ordering: .relaxed)
                     }
+                    status.connected.store(false, ordering: .relaxed)
                 } catch {
-                    if received.isSet { failures = 0 }
+                    if liveness.received { failures = 0 }
                     status.connected.store(false, ordering: .relaxed)
                     // Revocations made while disconnected arrive on reconnection
                     // (the feed resumes from the sequence held); until then, drop
@@ -282,6 +302,85 @@ struct GatewayRPCService: GatewayServiceHandler {
         var response = FlushCachesResponse()
         response.evictedEntries = UInt64(evicted)
         return response
+    }
+}
+
+/// One feed stream's signs of life. Whether it delivered anything before it
+/// ended (a stream that did was healthy, so the back-off starts over), and,
+/// once the feed has announced its heartbeat (a caught-up frame), when it
+/// was last heard: a stream silent for ``missedHeartbeats`` heartbeats is
+/// treated as lost. That catches a half-open connection (a peer gone without
+/// a FIN or RST) that RPC keepalive alone would notice late or never. A feed
+/// that never announces a heartbeat (an older publisher or keymanager) is
+/// never timed out: quiet is normal for it.
+///
+/// A stream opened right after one that announced a heartbeat is held to it
+/// from its start: a reconnection over a connection that died half-open
+/// never hears a first caught-up frame, and must not wait on it forever.
+/// Only an announcement is passed on to the next stream, never an inherited
+/// limit, so a peer that never announces one ends up untimed again.
+final class FeedLiveness: Sendable {
+    static let missedHeartbeats = 3
+    private struct State {
+        var received = false
+        var lastHeard = ContinuousClock.now
+        var inherited: UInt32?
+        var announced: UInt32?
+    }
+    private let state = Mutex(State())
+
+    /// - Parameter heartbeatSeconds: what the previous stream announced, if it did.
+    init(heartbeatSeconds: UInt32? = nil) {
+        state.withLock { $0.inherited = heartbeatSeconds.flatMap { $0 > 0 ? $0 : nil } }
+    }
+
+    var received: Bool { state.withLock { $0.received } }
+    /// The heartbeat this stream announced, for the next stream.
+    var heartbeatSeconds: UInt32? { state.withLock { $0.announced } }
+
+    /// A frame arrived; `heartbeatSeconds` when it announces the feed's heartbeat.
+    func heard(heartbeatSeconds: UInt32? = nil) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.received = true
+            state.lastHeard = now
+            if let heartbeatSeconds, heartbeatSeconds > 0 { state.announced = heartbeatSeconds }
+        }
+    }
+
+    /// The silence so far when it is past the limit.
+    func silenceExceeded(at now: ContinuousClock.Instant) -> Duration? {
+        state.withLock { state in
+            guard let heartbeat = state.announced ?? state.inherited else { return nil }
+            let limit = Duration.seconds(Int(heartbeat) * Self.missedHeartbeats)
+            let silence = now - state.lastHeard
+            return silence > limit ? silence : nil
+        }
+    }
+
+    /// Runs `stream`, cancelling it and throwing ``FeedSilence`` when it goes
+    /// silent past the limit. Checked once a second: the limit is tens of seconds.
+    func run(_ stream: @escaping @Sendable () async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await stream() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .seconds(1))
+                    if let silence = self.silenceExceeded(at: .now) { throw FeedSilence(silence: silence) }
+                }
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
+}
+
+/// A feed stream that announced a heartbeat went quiet for longer than
+/// ``FeedLiveness/missedHeartbeats`` of them.
+struct FeedSilence: Error, CustomStringConvertible {
+    let silence: Duration
+    var description: String {
+        "nothing received for \(silence.components.seconds) s, \(FeedLiveness.missedHeartbeats) heartbeats: treating the stream as lost"
     }
 }
 

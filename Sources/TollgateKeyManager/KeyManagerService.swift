@@ -10,8 +10,14 @@ import TollgateUsers
 /// narrowed here to the clients and tokens of their own applications.
 public struct KeyManagerRPCService: KeyManagerServiceHandler {
     public let keyManager: KeyManager
+    /// How often a quiet revocation feed repeats its caught-up message.
+    public let feedHeartbeat: Duration
 
-    public init(keyManager: KeyManager) { self.keyManager = keyManager }
+    /// - Parameter feedHeartbeat: nil for the change-log's default, 10 s.
+    public init(keyManager: KeyManager, feedHeartbeat: Duration? = nil) {
+        self.keyManager = keyManager
+        self.feedHeartbeat = feedHeartbeat ?? ChangeLog<TokenRevocation>.defaultHeartbeat
+    }
 
     /// The generated handlers, with validation placed on the event loop.
     public var handlers: [RPCMethodHandler] {
@@ -129,12 +135,16 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
         ValidateKeyResponse(info: try keyManager.validate(request))
     }
 
+    /// A reset when the watcher cannot resume from `since_sequence`, then
+    /// every revocation in sequence order; a caught-up message once the
+    /// watcher holds everything, and again every ``feedHeartbeat`` of silence.
     public func watchRevocations(_ request: WatchRevocationsRequest, writer: ResponseWriter<WatchRevocationsResponse>, context: ServerCallContext) async throws {
         let log = keyManager.revocations.log
+        let heartbeatSeconds = ChangeLog<TokenRevocation>.announcedSeconds(feedHeartbeat)
         do {
             // A fresh or lost watcher gets `reset` (drop every cached result)
             // instead of a snapshot: revocations have no state to rebuild.
-            try await log.follow(since: request.sinceSequence, batch: 512, snapshot: {
+            try await log.follow(since: request.sinceSequence, batch: 512, heartbeat: feedHeartbeat, snapshot: {
                 let head = try log.currentRevision()
                 return ([head], head)
             }, send: { event in
@@ -143,6 +153,9 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
                     try await writer.write(WatchRevocationsResponse(reset: true, revocations: [], headSequence: head))
                 case .change(let revocation):
                     try await writer.write(WatchRevocationsResponse(reset: false, revocations: [revocation], headSequence: revocation.sequence))
+                case .caughtUp(let sequence):
+                    try await writer.write(WatchRevocationsResponse(reset: false, revocations: [], headSequence: sequence, caughtUp: true,
+                                                                    heartbeatSeconds: heartbeatSeconds))
                 }
             })
         } catch ChangeLog<TokenRevocation>.FollowError.prunedPast(let sequence) {

@@ -12,10 +12,14 @@ public struct PublisherService: PublisherServiceHandler {
     public let store: PublisherStore
     /// APIs per snapshot chunk on the deployment feed.
     public let snapshotChunkSize: Int
+    /// How often a quiet deployment feed repeats its caught-up frame.
+    public let feedHeartbeat: Duration
 
-    public init(store: PublisherStore, snapshotChunkSize: Int = 200) {
+    /// - Parameter feedHeartbeat: nil for the change-log's default, 10 s.
+    public init(store: PublisherStore, snapshotChunkSize: Int = 200, feedHeartbeat: Duration? = nil) {
         self.store = store
         self.snapshotChunkSize = snapshotChunkSize
+        self.feedHeartbeat = feedHeartbeat ?? ChangeLog<DeploymentChange>.defaultHeartbeat
     }
 
     /// Who is acting, for the records (`created_by`, history).
@@ -124,17 +128,22 @@ public struct PublisherService: PublisherServiceHandler {
 
     /// A snapshot when the watcher's revision is 0 or no longer in the log,
     /// then every change in revision order, woken by commits in this process
-    /// and by polling for other processes' commits.
+    /// and by polling for other processes' commits; `caught_up` once the
+    /// watcher holds everything, and again every ``feedHeartbeat`` of silence.
     public func watchDeployments(_ request: WatchDeploymentsRequest, writer: ResponseWriter<WatchDeploymentsResponse>, context: ServerCallContext) async throws {
         let log = store.deploymentLog
+        let heartbeatSeconds = ChangeLog<DeploymentChange>.announcedSeconds(feedHeartbeat)
         do {
-            try await log.log.follow(since: request.sinceRevision, snapshot: {
+            try await log.log.follow(since: request.sinceRevision, heartbeat: feedHeartbeat, snapshot: {
                 let chunks = try log.snapshot(apisPerChunk: snapshotChunkSize)
                 return (chunks, chunks.last?.revision ?? 0)
             }, send: { event in
                 switch event {
                 case .snapshot(let chunk): try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk)))
                 case .change(let change): try await writer.write(WatchDeploymentsResponse(frame: .change(change)))
+                case .caughtUp(let revision):
+                    try await writer.write(WatchDeploymentsResponse(frame: .caughtUp(DeploymentFeedCaughtUp(revision: revision,
+                                                                                                           heartbeatSeconds: heartbeatSeconds))))
                 }
             })
         } catch ChangeLog<DeploymentChange>.FollowError.prunedPast(let revision) {

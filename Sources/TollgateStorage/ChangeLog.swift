@@ -93,9 +93,10 @@ public final class ChangeLog<Record: ProtoMessage>: Sendable {
     }
 
     /// A stream that yields whenever a record may have been committed: at
-    /// once for this process's commits, every ``pollInterval`` for other
-    /// processes'. It ends when the consuming task is cancelled.
-    public func wakeups() -> AsyncStream<Void> {
+    /// once for this process's commits, every ``pollInterval`` (or `every`,
+    /// when sooner) for other processes'. It ends when the consuming task is
+    /// cancelled.
+    public func wakeups(every tick: Duration? = nil) -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = watchers.withLock { state in
             let id = state.next
@@ -103,7 +104,7 @@ public final class ChangeLog<Record: ProtoMessage>: Sendable {
             state.continuations[id] = continuation
             return id
         }
-        let interval = pollInterval
+        let interval = min(pollInterval, tick ?? pollInterval)
         let ticker = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
@@ -122,6 +123,23 @@ public final class ChangeLog<Record: ProtoMessage>: Sendable {
         /// Part of a full snapshot; the watcher switches to it after the last part.
         case snapshot(Snapshot)
         case change(Record)
+        /// Everything up to this revision has been sent: once after the
+        /// snapshot or the backlog (even an empty one), then as a heartbeat
+        /// whenever nothing else was sent for the heartbeat interval.
+        case caughtUp(UInt64)
+    }
+
+    /// How often ``follow(since:batch:heartbeat:snapshot:send:)`` repeats
+    /// ``Event/caughtUp(_:)`` on a quiet stream by default: often enough
+    /// that a watcher missing three notices a lost stream within half a
+    /// minute, rarely enough to cost nothing (one small frame per watcher).
+    public static var defaultHeartbeat: Duration { .seconds(10) }
+
+    /// `heartbeat` in whole seconds, rounded up and at least 1: what a feed
+    /// announces so watchers size their silence timeout.
+    public static func announcedSeconds(_ heartbeat: Duration) -> UInt32 {
+        let (seconds, attoseconds) = heartbeat.components
+        return UInt32(clamping: max(1, seconds + (attoseconds > 0 ? 1 : 0)))
     }
 
     /// Why following stopped.
@@ -133,24 +151,36 @@ public final class ChangeLog<Record: ProtoMessage>: Sendable {
 
     /// Serves one watcher until it goes away: a snapshot first when
     /// `revision` is 0, older than the log or ahead of it, then every change
-    /// after the watcher's revision as it commits.
+    /// after the watcher's revision as it commits. Once caught up, and again
+    /// whenever nothing was sent for `heartbeat`, it sends
+    /// ``Event/caughtUp(_:)``, so the watcher can tell a quiet stream from a
+    /// dead one.
+    ///
+    /// Waiting costs no transaction: each look at the log is one short read
+    /// transaction, made when a local commit or the poll tick (the sooner of
+    /// ``pollInterval`` and half the heartbeat) wakes the watcher.
     ///
     /// - Parameters:
     ///   - snapshot: the parts of a full snapshot and the revision it
     ///     reflects, read in one transaction.
     ///   - send: delivers one event; suspends while the watcher is slow.
     public func follow<Snapshot: Sendable>(
-        since revision: UInt64, batch: Int = 256,
+        since revision: UInt64, batch: Int = 256, heartbeat: Duration = defaultHeartbeat,
         snapshot: () throws -> (parts: [Snapshot], revision: UInt64),
         send: (Event<Snapshot>) async throws -> Void
     ) async throws {
         // Subscribe before reading, so no commit falls between the read and the wait.
-        let wakeups = self.wakeups()
+        // Ticks at half the heartbeat at most, so a heartbeat is late by less than half of one.
+        let wakeups = self.wakeups(every: heartbeat / 2)
+        let clock = ContinuousClock()
+        var lastSent = clock.now
+        var announced = false
         var applied = revision
         if try applied == 0 || changes(after: applied, limit: 1) == nil {
             let (parts, at) = try snapshot()
             for part in parts { try await send(.snapshot(part)) }
             applied = at
+            lastSent = clock.now
         }
         var iterator = wakeups.makeAsyncIterator()
         repeat {
@@ -159,6 +189,12 @@ public final class ChangeLog<Record: ProtoMessage>: Sendable {
                 guard let last = records.last else { break }
                 for record in records { try await send(.change(record)) }
                 applied = revisionOf(last)
+                lastSent = clock.now
+            }
+            if !announced || clock.now - lastSent >= heartbeat {
+                try await send(.caughtUp(applied))
+                announced = true
+                lastSent = clock.now
             }
         } while await iterator.next() != nil && !Task.isCancelled
     }

@@ -336,4 +336,41 @@ import TestSupport
                 .watchRevocations(WatchRevocationsRequest(), options: CallOptions(metadata: alice.options.metadata, timeout: .seconds(5))) { _ in }
         }
     }
+
+    @Test func theFeedSaysCaughtUpAndRepeatsItWhileQuiet() async throws {
+        let fixture = try await ConsumerFixture()
+        defer { fixture.remove() }
+        // One revocation, so that the head is a sequence a watcher can resume from.
+        let alice = try await fixture.consumer("alice", subscribedTo: try await fixture.api())
+        _ = try await fixture.storeClient(alice.options).revokeApplicationToken(
+            RevokeApplicationTokenRequest(applicationId: alice.application.id, keyType: .production, accessToken: alice.token))
+        // A fresh watcher: the reset, then caught up at the same head, announcing the ten-second heartbeat.
+        let fresh = Watched<[WatchRevocationsResponse]>([])
+        let watcher = Task {
+            try await fixture.gateway.watchRevocations(WatchRevocationsRequest()) { response in fresh.update { $0.append(response) } }
+        }
+        let start = try await fresh.wait(for: "the reset and caught-up") { $0.count >= 2 }
+        watcher.cancel()
+        _ = await watcher.result
+        let head = start[0].headSequence
+        #expect(head > 0)
+        #expect(start[0].reset && !start[0].caughtUp)
+        #expect(!start[1].reset && start[1].caughtUp && start[1].revocations.isEmpty && start[1].headSequence == head && start[1].heartbeatSeconds == 10)
+
+        // Resuming at the head, with nothing new, from a service repeating it every 200 ms:
+        // caught up at once, then again and again, never a reset.
+        let service = KeyManagerRPCService(keyManager: fixture.keyManager, feedHeartbeat: .milliseconds(200))
+        let transport = InProcessTransport(methods: service.handlers) { _ in .node(id: "gw1", roles: ["gateway"]) }
+        let quiet = Watched<[WatchRevocationsResponse]>([])
+        let resumed = Task {
+            try await KeyManagerServiceClient(transport).watchRevocations(WatchRevocationsRequest(sinceSequence: head)) { response in
+                quiet.update { $0.append(response) }
+            }
+        }
+        let beats = try await quiet.wait(for: "three heartbeats") { $0.count >= 3 }
+        resumed.cancel()
+        _ = await resumed.result
+        #expect(beats.allSatisfy { $0.caughtUp && !$0.reset && $0.revocations.isEmpty && $0.headSequence == head && $0.heartbeatSeconds == 1 },
+                "\(beats)")
+    }
 }

@@ -159,6 +159,8 @@ final class FeedLog: Sendable {
             } else {
                 entries.update { $0.append("change \(change.revision)") }
             }
+        case .caughtUp(let caughtUp)?:
+            entries.update { $0.append("caught up at \(caughtUp.revision)") }
         case nil:
             break
         }

@@ -57,6 +57,24 @@ import TollgateProto
         #expect(TokenState.revoked.protoName == "TOKEN_STATE_REVOKED")
     }
 
+    /// What a gateway built before a feed frame existed does with it: the
+    /// frame's field number is unknown to its schema, so the oneof decodes
+    /// as unset (the watcher skips it) and the bytes are kept, not refused.
+    /// Field 7 stands in for `caught_up` (3) as an older build sees it.
+    @Test func aFeedFrameOfANewerSchemaDecodesAsUnset() throws {
+        let caughtUp = DeploymentFeedCaughtUp(revision: 42, heartbeatSeconds: 10)
+        let frame = WatchDeploymentsResponse(frame: .caughtUp(caughtUp))
+        #expect(try WatchDeploymentsResponse(serializedBytes: frame.serializedBytes()) == frame)
+        let payload = caughtUp.serializedBytes()
+        let unknownFrame = [0x3A, UInt8(payload.count)] + payload
+        let decoded = try WatchDeploymentsResponse(serializedBytes: unknownFrame)
+        #expect(decoded.frame == nil)
+        #expect(try decoded.serializedBytes() == unknownFrame, "kept as an unknown field")
+        // The revocation feed's caught-up fields, to an older build, are an empty batch at head_sequence.
+        let heartbeat = WatchRevocationsResponse(reset: false, revocations: [], headSequence: 9, caughtUp: true, heartbeatSeconds: 10)
+        #expect(try WatchRevocationsResponse(serializedBytes: heartbeat.serializedBytes()) == heartbeat)
+    }
+
     @Test func truncatedBuffersThrowAndNeverCrash() throws {
         let bytes = try Fixtures.api().serializedBytes()
         var failures = 0

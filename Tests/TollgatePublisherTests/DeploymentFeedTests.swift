@@ -194,4 +194,59 @@ import TollgateStorage
         let snapshot = try shortLog.snapshot()
         #expect(snapshot.last?.blockConditions.count == 12 && snapshot.last?.revision == current)
     }
+
+    @Test func caughtUpFollowsTheSnapshotAndAResumeWithNothingNew() async throws {
+        let fixture = try await PublisherFixture()
+        defer { fixture.remove() }
+        let store = fixture.publisher
+        let api = try await store.createApi(sampleApi("Api0", context: "/api0"), actor: "carol", tenant: superTenant)
+        _ = try await store.changeLifecycle(api.id, to: .published, options: .init(), actor: "paul", tenant: superTenant)
+        let current = try store.deploymentLog.currentRevision()
+
+        // A fresh watcher: the snapshot, then caught up at its revision, announcing the ten-second heartbeat.
+        let (fresh, feed) = watch(fixture, since: 0)
+        let frames = try await feed.waitForFrames("caught up after the snapshot") { $0.contains { $0.hasPrefix("caught-up") } }
+        #expect(frames == ["snapshot", "caught-up@\(current)"], "\(frames)")
+        #expect(feed.caughtUp.first?.heartbeatSeconds == 10)
+        fresh.cancel()
+        _ = await fresh.result
+
+        // A gateway restarted with a current saved state: nothing to send, caught up at once, no snapshot.
+        let (resumed, quiet) = watch(fixture, since: current)
+        try await quiet.waitForFrames("caught up with nothing new") { !$0.isEmpty }
+        // A fence: once it has arrived, anything wrongly sent before it has too.
+        _ = try await fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.9")),
+                                                            tenant: superTenant)
+        let resumedFrames = try await quiet.waitForFrames("the fence change") { $0.contains("change@\(current + 1)") }
+        #expect(resumedFrames == ["caught-up@\(current)", "change@\(current + 1)"], "\(resumedFrames)")
+        resumed.cancel()
+        _ = await resumed.result
+
+        // Behind by one: that change, then caught up at it.
+        let (behind, backlog) = watch(fixture, since: current)
+        let behindFrames = try await backlog.waitForFrames("the backlog and caught-up") { $0.count >= 2 }
+        #expect(behindFrames == ["change@\(current + 1)", "caught-up@\(current + 1)"], "\(behindFrames)")
+        behind.cancel()
+        _ = await behind.result
+    }
+
+    @Test func aQuietFeedRepeatsCaughtUpAsAHeartbeat() async throws {
+        let fixture = try await PublisherFixture()
+        defer { fixture.remove() }
+        let current = try fixture.publisher.deploymentLog.currentRevision()
+        let (task, feed) = watch(fixture, since: current, heartbeat: .milliseconds(200))
+        // Nothing is published: the caught-up frame comes again and again, at the same revision.
+        let frames = try await feed.waitForFrames("three heartbeats") { $0.count >= 3 }
+        #expect(frames.allSatisfy { $0 == "caught-up@\(current)" }, "\(frames)")
+        // A heartbeat shorter than a second is announced as one second, the least a watcher can size a timeout on.
+        #expect(feed.caughtUp.allSatisfy { $0.heartbeatSeconds == 1 })
+        // A change goes out as it commits; the heartbeats that follow carry its revision.
+        _ = try await fixture.policies.createBlockCondition(BlockCondition(conditionType: .ip, enabled: true, target: .value("10.0.0.8")),
+                                                            tenant: superTenant)
+        let after = try await feed.waitForFrames("a heartbeat after the change") { $0.contains("caught-up@\(current + 1)") }
+        let change = try #require(after.firstIndex(of: "change@\(current + 1)"))
+        #expect(after[(change + 1)...].allSatisfy { $0 == "caught-up@\(current + 1)" }, "\(after)")
+        task.cancel()
+        _ = await task.result
+    }
 }

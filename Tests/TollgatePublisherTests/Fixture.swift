@@ -107,16 +107,22 @@ final class FeedRecorder: Sendable {
     struct Feed: Sendable {
         var snapshots: [DeploymentSnapshotChunk] = []
         var changes: [DeploymentChange] = []
+        var caughtUp: [DeploymentFeedCaughtUp] = []
+        /// Every frame in arrival order: "snapshot", "change@<revision>", "caught-up@<revision>".
+        var frames: [String] = []
     }
     let feed = Watched(Feed())
 
     var snapshots: [DeploymentSnapshotChunk] { feed.current.snapshots }
     var changes: [DeploymentChange] { feed.current.changes }
+    var caughtUp: [DeploymentFeedCaughtUp] { feed.current.caughtUp }
+    var frames: [String] { feed.current.frames }
 
     func add(_ response: WatchDeploymentsResponse) {
         switch response.frame {
-        case .snapshot(let chunk)?: feed.update { $0.snapshots.append(chunk) }
-        case .change(let change)?: feed.update { $0.changes.append(change) }
+        case .snapshot(let chunk)?: feed.update { $0.snapshots.append(chunk); $0.frames.append("snapshot") }
+        case .change(let change)?: feed.update { $0.changes.append(change); $0.frames.append("change@\(change.revision)") }
+        case .caughtUp(let caughtUp)?: feed.update { $0.caughtUp.append(caughtUp); $0.frames.append("caught-up@\(caughtUp.revision)") }
         case nil: break
         }
     }
@@ -128,13 +134,26 @@ final class FeedRecorder: Sendable {
     func wait(for what: String, _ condition: @escaping @Sendable ([DeploymentSnapshotChunk], [DeploymentChange]) -> Bool) async throws {
         try await feed.wait(for: what) { condition($0.snapshots, $0.changes) }
     }
+
+    /// Waits until `condition` holds for the frames so far, in arrival order, and returns them.
+    @discardableResult
+    func waitForFrames(_ what: String, _ condition: @escaping @Sendable ([String]) -> Bool) async throws -> [String] {
+        try await feed.wait(for: what) { condition($0.frames) }.frames
+    }
 }
 
 /// Runs a watcher from `since` until cancelled; returns its task and recorder.
-func watch(_ fixture: PublisherFixture, since: UInt64) -> (Task<Void, any Error>, FeedRecorder) {
+/// With `heartbeat`, the feed is served by a publisher service of its own
+/// over the fixture's store, repeating caught-up that often.
+func watch(_ fixture: PublisherFixture, since: UInt64, heartbeat: Duration? = nil) -> (Task<Void, any Error>, FeedRecorder) {
     let recorder = FeedRecorder()
+    let transport = heartbeat.map { heartbeat in
+        InProcessTransport(methods: PublisherService(store: fixture.publisher, feedHeartbeat: heartbeat).methodHandlers) { _ in
+            .node(id: "gw1", roles: ["gateway"])
+        }
+    } ?? fixture.gatewayTransport
     let task = Task {
-        try await PublisherServiceClient(fixture.gatewayTransport)
+        try await PublisherServiceClient(transport)
             .watchDeployments(WatchDeploymentsRequest(sinceRevision: since)) { response in recorder.add(response) }
     }
     return (task, recorder)

@@ -1,5 +1,6 @@
 import LMDBKit
 import Synchronization
+import TestSupport
 import Testing
 import TollgateProto
 import TollgateStorage
@@ -63,11 +64,12 @@ struct NoteLog {
             let received = Mutex<[String]>([])
             let (seen, seenContinuation) = AsyncStream<Int>.makeStream()
             let watcher = Task {
-                try await notes.log.follow(since: 1, snapshot: { (parts: ["snapshot@6"], revision: 6) }) { event in
+                try await notes.log.follow(since: 1, heartbeat: .seconds(3600), snapshot: { (parts: ["snapshot@6"], revision: 6) }) { event in
                     let count = received.withLock { list -> Int in
                         switch event {
                         case .snapshot(let part): list.append(part)
                         case .change(let change): list.append(change.kind)
+                        case .caughtUp(let revision): list.append("caught-up@\(revision)")
                         }
                         return list.count
                     }
@@ -76,13 +78,79 @@ struct NoteLog {
             }
             var iterator = seen.makeAsyncIterator()
             #expect(await iterator.next() == 1)
-            try await notes.append("new7")
             #expect(await iterator.next() == 2)
-            try await notes.append("new8")
+            try await notes.append("new7")
             #expect(await iterator.next() == 3)
+            try await notes.append("new8")
+            #expect(await iterator.next() == 4)
             watcher.cancel()
-            // Revision 1 is older than the log keeps: a snapshot, then exact deltas.
-            #expect(received.withLock { $0 } == ["snapshot@6", "new7", "new8"])
+            // Revision 1 is older than the log keeps: a snapshot, caught up at
+            // its revision, then exact deltas (no heartbeat is due in an hour).
+            #expect(received.withLock { $0 } == ["snapshot@6", "caught-up@6", "new7", "new8"])
+        }
+    }
+
+    /// What a watcher receives, as text, in order, with a way to wait for more.
+    final class Received: Sendable {
+        let events = Watched<[String]>([])
+
+        func add(_ event: ChangeLog<OutboxEntry>.Event<String>) {
+            events.update { list in
+                switch event {
+                case .snapshot(let part): list.append(part)
+                case .change(let change): list.append(change.kind)
+                case .caughtUp(let revision): list.append("caught-up@\(revision)")
+                }
+            }
+        }
+    }
+
+    @Test func followSaysCaughtUpAfterTheBacklogAndWhenThereIsNone() async throws {
+        try await withAsyncDataDirectory { path in
+            let notes = try NoteLog(path: path, retained: 100)
+            for index in 1...5 { try await notes.append("n\(index)") }
+            // Resuming where the log ends: nothing to send, so caught up at once.
+            let current = Received()
+            let idle = Task {
+                try await notes.log.follow(since: 5, heartbeat: .seconds(3600), snapshot: { (parts: ["unexpected snapshot"], revision: 5) }) { current.add($0) }
+            }
+            _ = try await current.events.wait(for: "caught up with nothing to send") { !$0.isEmpty }
+            // A fence: once it has arrived, anything wrongly sent before it has too.
+            try await notes.append("n6")
+            let events = try await current.events.wait(for: "the fence") { $0.contains("n6") }
+            #expect(events == ["caught-up@5", "n6"])
+            idle.cancel()
+
+            // Resuming with a backlog: the backlog, then caught up at its end.
+            let behind = Received()
+            let resumed = Task {
+                try await notes.log.follow(since: 3, snapshot: { (parts: ["unexpected snapshot"], revision: 6) }) { behind.add($0) }
+            }
+            #expect(try await behind.events.wait(for: "the backlog and caught-up") { $0.count == 4 } == ["n4", "n5", "n6", "caught-up@6"])
+            resumed.cancel()
+            _ = await (idle.result, resumed.result)
+        }
+    }
+
+    @Test func aQuietFollowRepeatsCaughtUpAsAHeartbeat() async throws {
+        try await withAsyncDataDirectory { path in
+            // The poll interval is an hour: the heartbeat alone wakes the watcher.
+            let notes = try NoteLog(path: path, retained: 100)
+            try await notes.append("n1")
+            let received = Received()
+            let watcher = Task {
+                try await notes.log.follow(since: 1, heartbeat: .milliseconds(100), snapshot: { (parts: ["unexpected snapshot"], revision: 1) }) {
+                    received.add($0)
+                }
+            }
+            _ = try await received.events.wait(for: "three heartbeats") { $0.count >= 3 }
+            try await notes.append("n2")
+            let events = try await received.events.wait(for: "the change, then heartbeats at its revision") { $0.contains("caught-up@2") }
+            watcher.cancel()
+            _ = await watcher.result
+            let change = try #require(events.firstIndex(of: "n2"))
+            #expect(events[..<change].allSatisfy { $0 == "caught-up@1" } && change >= 3, "\(events)")
+            #expect(events[(change + 1)...].allSatisfy { $0 == "caught-up@2" }, "\(events)")
         }
     }
 

@@ -61,6 +61,7 @@ static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollga
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__delete_user_response(void) { return &tollgate__v1__delete_user_response__descriptor; }
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__deployed_api(void) { return &tollgate__v1__deployed_api__descriptor; }
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__deployment_change(void) { return &tollgate__v1__deployment_change__descriptor; }
+static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__deployment_feed_caught_up(void) { return &tollgate__v1__deployment_feed_caught_up__descriptor; }
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__deployment_snapshot_chunk(void) { return &tollgate__v1__deployment_snapshot_chunk__descriptor; }
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__document(void) { return &tollgate__v1__document__descriptor; }
 static inline const ProtobufCMessageDescriptor *CTollgateProto_descriptor_tollgate__v1__document_file(void) { return &tollgate__v1__document_file__descriptor; }

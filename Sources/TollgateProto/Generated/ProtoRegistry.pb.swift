@@ -65,6 +65,7 @@ public enum ProtoRegistry {
         "tollgate.v1.DeleteUserResponse": DeleteUserResponse.self,
         "tollgate.v1.DeployedApi": DeployedApi.self,
         "tollgate.v1.DeploymentChange": DeploymentChange.self,
+        "tollgate.v1.DeploymentFeedCaughtUp": DeploymentFeedCaughtUp.self,
         "tollgate.v1.DeploymentSnapshotChunk": DeploymentSnapshotChunk.self,
         "tollgate.v1.Document": Document.self,
         "tollgate.v1.DocumentFile": DocumentFile.self,
@@ -282,6 +283,7 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__delete_policy_response()),  // tollgate.v1.DeletePolicyResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__delete_role_response()),  // tollgate.v1.DeleteRoleResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__delete_user_response()),  // tollgate.v1.DeleteUserResponse
+        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__deployment_feed_caught_up()),  // tollgate.v1.DeploymentFeedCaughtUp
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__endpoint_suspension()),  // tollgate.v1.EndpointSuspension
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__flush_caches_request()),  // tollgate.v1.FlushCachesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__flush_caches_response()),  // tollgate.v1.FlushCachesResponse

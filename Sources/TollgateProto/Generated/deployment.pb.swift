@@ -295,6 +295,28 @@ public struct WatchDeploymentsRequest: ProtoMessage {
     }
 }
 
+/// `tollgate.v1.DeploymentFeedCaughtUp`
+public struct DeploymentFeedCaughtUp: ProtoMessage {
+    public static let protoName = "tollgate.v1.DeploymentFeedCaughtUp"
+
+    /// Field 1.
+    public var revision: UInt64 = 0
+    /// Field 2.
+    public var heartbeatSeconds: UInt32 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        revision: UInt64 = 0,
+        heartbeatSeconds: UInt32 = 0
+    ) {
+        self.revision = revision
+        self.heartbeatSeconds = heartbeatSeconds
+    }
+}
+
 /// `tollgate.v1.WatchDeploymentsResponse`
 public struct WatchDeploymentsResponse: ProtoMessage {
     public static let protoName = "tollgate.v1.WatchDeploymentsResponse"
@@ -315,6 +337,7 @@ public struct WatchDeploymentsResponse: ProtoMessage {
     public enum Frame: Hashable, Sendable {
         case snapshot(DeploymentSnapshotChunk)
         case change(DeploymentChange)
+        case caughtUp(DeploymentFeedCaughtUp)
     }
 }
 
@@ -643,6 +666,49 @@ extension WatchDeploymentsRequest {
     }
 }
 
+extension DeploymentFeedCaughtUp {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__deployment_feed_caught_up(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__DeploymentFeedCaughtUp>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__DeploymentFeedCaughtUp> {
+        let c = arena.allocate(Tollgate__V1__DeploymentFeedCaughtUp.self)
+        tollgate__v1__deployment_feed_caught_up__init(c)
+        c.pointee.revision = self.revision
+        c.pointee.heartbeat_seconds = self.heartbeatSeconds
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__DeploymentFeedCaughtUp>) throws(ProtoDecodingError) {
+        self.init()
+        self.revision = c.pointee.revision
+        self.heartbeatSeconds = c.pointee.heartbeat_seconds
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
 extension WatchDeploymentsResponse {
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
         self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__watch_deployments_response(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__WatchDeploymentsResponse>) throws(ProtoDecodingError) in
@@ -678,6 +744,9 @@ extension WatchDeploymentsResponse {
         case .change(let value)?:
             c.pointee.frame_case = .init(rawValue: 2)
             c.pointee.change = try value._cMessage(in: arena)
+        case .caughtUp(let value)?:
+            c.pointee.frame_case = .init(rawValue: 3)
+            c.pointee.caught_up = value._cMessage(in: arena)
         }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
@@ -691,6 +760,8 @@ extension WatchDeploymentsResponse {
             if let value = c.pointee.snapshot { self.frame = .snapshot(try DeploymentSnapshotChunk(_cMessage: value)) }
         case 2:
             if let value = c.pointee.change { self.frame = .change(try DeploymentChange(_cMessage: value)) }
+        case 3:
+            if let value = c.pointee.caught_up { self.frame = .caughtUp(try DeploymentFeedCaughtUp(_cMessage: value)) }
         default: break
         }
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)

@@ -523,6 +523,10 @@ public struct WatchRevocationsResponse: ProtoMessage {
     public var revocations: [TokenRevocation] = []
     /// Field 3.
     public var headSequence: UInt64 = 0
+    /// Field 4.
+    public var caughtUp: Bool = false
+    /// Field 5.
+    public var heartbeatSeconds: UInt32 = 0
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -531,11 +535,15 @@ public struct WatchRevocationsResponse: ProtoMessage {
     public init(
         reset: Bool = false,
         revocations: [TokenRevocation] = [],
-        headSequence: UInt64 = 0
+        headSequence: UInt64 = 0,
+        caughtUp: Bool = false,
+        heartbeatSeconds: UInt32 = 0
     ) {
         self.reset = reset
         self.revocations = revocations
         self.headSequence = headSequence
+        self.caughtUp = caughtUp
+        self.heartbeatSeconds = heartbeatSeconds
     }
 }
 
@@ -1588,6 +1596,8 @@ extension WatchRevocationsResponse {
         c.pointee.n_revocations = self.revocations.count
         c.pointee.revocations = try arena.messages(self.revocations) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.head_sequence = self.headSequence
+        c.pointee.caught_up = (self.caughtUp ? 1 : 0)
+        c.pointee.heartbeat_seconds = self.heartbeatSeconds
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -1598,6 +1608,8 @@ extension WatchRevocationsResponse {
         self.reset = (c.pointee.reset != 0)
         self.revocations = try ProtoDecode.messages(c.pointee.revocations, count: c.pointee.n_revocations, in: Self.protoName) { (element) throws(ProtoDecodingError) in try TokenRevocation(_cMessage: element) }
         self.headSequence = c.pointee.head_sequence
+        self.caughtUp = (c.pointee.caught_up != 0)
+        self.heartbeatSeconds = c.pointee.heartbeat_seconds
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

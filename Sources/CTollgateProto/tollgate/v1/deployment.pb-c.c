@@ -277,6 +277,51 @@ void   tollgate__v1__watch_deployments_request__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__watch_deployments_request__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__deployment_feed_caught_up__init
+                     (Tollgate__V1__DeploymentFeedCaughtUp         *message)
+{
+  static const Tollgate__V1__DeploymentFeedCaughtUp init_value = TOLLGATE__V1__DEPLOYMENT_FEED_CAUGHT_UP__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__deployment_feed_caught_up__get_packed_size
+                     (const Tollgate__V1__DeploymentFeedCaughtUp *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__deployment_feed_caught_up__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__deployment_feed_caught_up__pack
+                     (const Tollgate__V1__DeploymentFeedCaughtUp *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__deployment_feed_caught_up__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__deployment_feed_caught_up__pack_to_buffer
+                     (const Tollgate__V1__DeploymentFeedCaughtUp *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__deployment_feed_caught_up__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__DeploymentFeedCaughtUp *
+       tollgate__v1__deployment_feed_caught_up__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__DeploymentFeedCaughtUp *)
+     protobuf_c_message_unpack (&tollgate__v1__deployment_feed_caught_up__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__deployment_feed_caught_up__free_unpacked
+                     (Tollgate__V1__DeploymentFeedCaughtUp *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__deployment_feed_caught_up__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tollgate__v1__watch_deployments_response__init
                      (Tollgate__V1__WatchDeploymentsResponse         *message)
 {
@@ -889,7 +934,58 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_deployments_request__descri
   (ProtobufCMessageInit) tollgate__v1__watch_deployments_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__watch_deployments_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor tollgate__v1__deployment_feed_caught_up__field_descriptors[2] =
+{
+  {
+    "revision",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__DeploymentFeedCaughtUp, revision),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "heartbeat_seconds",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__DeploymentFeedCaughtUp, heartbeat_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__deployment_feed_caught_up__field_indices_by_name[] = {
+  1,   /* field[1] = heartbeat_seconds */
+  0,   /* field[0] = revision */
+};
+static const ProtobufCIntRange tollgate__v1__deployment_feed_caught_up__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__deployment_feed_caught_up__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.DeploymentFeedCaughtUp",
+  "DeploymentFeedCaughtUp",
+  "Tollgate__V1__DeploymentFeedCaughtUp",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__DeploymentFeedCaughtUp),
+  2,
+  tollgate__v1__deployment_feed_caught_up__field_descriptors,
+  tollgate__v1__deployment_feed_caught_up__field_indices_by_name,
+  1,  tollgate__v1__deployment_feed_caught_up__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__deployment_feed_caught_up__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__watch_deployments_response__field_descriptors[3] =
 {
   {
     "snapshot",
@@ -915,15 +1011,28 @@ static const ProtobufCFieldDescriptor tollgate__v1__watch_deployments_response__
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "caught_up",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__WatchDeploymentsResponse, frame_case),
+    offsetof(Tollgate__V1__WatchDeploymentsResponse, caught_up),
+    &tollgate__v1__deployment_feed_caught_up__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__watch_deployments_response__field_indices_by_name[] = {
+  2,   /* field[2] = caught_up */
   1,   /* field[1] = change */
   0,   /* field[0] = snapshot */
 };
 static const ProtobufCIntRange tollgate__v1__watch_deployments_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__watch_deployments_response__descriptor =
 {
@@ -933,7 +1042,7 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_deployments_response__descr
   "Tollgate__V1__WatchDeploymentsResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__WatchDeploymentsResponse),
-  2,
+  3,
   tollgate__v1__watch_deployments_response__field_descriptors,
   tollgate__v1__watch_deployments_response__field_indices_by_name,
   1,  tollgate__v1__watch_deployments_response__number_ranges,

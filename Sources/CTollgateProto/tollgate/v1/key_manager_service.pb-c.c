@@ -2456,7 +2456,7 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_request__descri
   (ProtobufCMessageInit) tollgate__v1__watch_revocations_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__watch_revocations_response__field_descriptors[3] =
+static const ProtobufCFieldDescriptor tollgate__v1__watch_revocations_response__field_descriptors[5] =
 {
   {
     "reset",
@@ -2494,16 +2494,42 @@ static const ProtobufCFieldDescriptor tollgate__v1__watch_revocations_response__
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "caught_up",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__WatchRevocationsResponse, caught_up),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "heartbeat_seconds",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__WatchRevocationsResponse, heartbeat_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__watch_revocations_response__field_indices_by_name[] = {
+  3,   /* field[3] = caught_up */
   2,   /* field[2] = head_sequence */
+  4,   /* field[4] = heartbeat_seconds */
   0,   /* field[0] = reset */
   1,   /* field[1] = revocations */
 };
 static const ProtobufCIntRange tollgate__v1__watch_revocations_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_response__descriptor =
 {
@@ -2513,7 +2539,7 @@ const ProtobufCMessageDescriptor tollgate__v1__watch_revocations_response__descr
   "Tollgate__V1__WatchRevocationsResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__WatchRevocationsResponse),
-  3,
+  5,
   tollgate__v1__watch_revocations_response__field_descriptors,
   tollgate__v1__watch_revocations_response__field_indices_by_name,
   1,  tollgate__v1__watch_revocations_response__number_ranges,

@@ -25,6 +25,7 @@ typedef struct Tollgate__V1__SubscriptionChange Tollgate__V1__SubscriptionChange
 typedef struct Tollgate__V1__DeploymentChange Tollgate__V1__DeploymentChange;
 typedef struct Tollgate__V1__DeploymentSnapshotChunk Tollgate__V1__DeploymentSnapshotChunk;
 typedef struct Tollgate__V1__WatchDeploymentsRequest Tollgate__V1__WatchDeploymentsRequest;
+typedef struct Tollgate__V1__DeploymentFeedCaughtUp Tollgate__V1__DeploymentFeedCaughtUp;
 typedef struct Tollgate__V1__WatchDeploymentsResponse Tollgate__V1__WatchDeploymentsResponse;
 
 
@@ -204,16 +205,41 @@ struct  Tollgate__V1__WatchDeploymentsRequest
     , 0 }
 
 
+/*
+ * Everything up to `revision` has been sent on this stream: the watcher's
+ * state is as current as the publisher's. Sent once the snapshot, or the
+ * backlog after `since_revision`, has gone out (also when there was nothing
+ * to send), then again whenever the stream has been silent for
+ * `heartbeat_seconds`, so a quiet stream is told apart from a lost one.
+ */
+struct  Tollgate__V1__DeploymentFeedCaughtUp
+{
+  ProtobufCMessage base;
+  uint64_t revision;
+  /*
+   * How often the publisher repeats this frame on a quiet stream; a watcher
+   * that hears nothing for about three of these treats the stream as lost.
+   */
+  uint32_t heartbeat_seconds;
+};
+#define TOLLGATE__V1__DEPLOYMENT_FEED_CAUGHT_UP__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__deployment_feed_caught_up__descriptor) \
+    , 0, 0 }
+
+
 typedef enum {
   TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME__NOT_SET = 0,
   TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME_SNAPSHOT = 1,
-  TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME_CHANGE = 2
+  TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME_CHANGE = 2,
+  TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME_CAUGHT_UP = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__FRAME__CASE)
 } Tollgate__V1__WatchDeploymentsResponse__FrameCase;
 
 /*
  * One message of the feed: snapshot chunks (only at the start of a
- * stream), then changes, in revision order, for as long as the stream lasts.
+ * stream), then changes, in revision order, for as long as the stream lasts;
+ * `caught_up` after the start and as a heartbeat. A watcher that does not
+ * know a frame (an older gateway) finds the oneof unset and skips it.
  */
 struct  Tollgate__V1__WatchDeploymentsResponse
 {
@@ -222,6 +248,7 @@ struct  Tollgate__V1__WatchDeploymentsResponse
   union {
     Tollgate__V1__DeploymentSnapshotChunk *snapshot;
     Tollgate__V1__DeploymentChange *change;
+    Tollgate__V1__DeploymentFeedCaughtUp *caught_up;
   };
 };
 #define TOLLGATE__V1__WATCH_DEPLOYMENTS_RESPONSE__INIT \
@@ -343,6 +370,25 @@ Tollgate__V1__WatchDeploymentsRequest *
 void   tollgate__v1__watch_deployments_request__free_unpacked
                      (Tollgate__V1__WatchDeploymentsRequest *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__DeploymentFeedCaughtUp methods */
+void   tollgate__v1__deployment_feed_caught_up__init
+                     (Tollgate__V1__DeploymentFeedCaughtUp         *message);
+size_t tollgate__v1__deployment_feed_caught_up__get_packed_size
+                     (const Tollgate__V1__DeploymentFeedCaughtUp   *message);
+size_t tollgate__v1__deployment_feed_caught_up__pack
+                     (const Tollgate__V1__DeploymentFeedCaughtUp   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__deployment_feed_caught_up__pack_to_buffer
+                     (const Tollgate__V1__DeploymentFeedCaughtUp   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__DeploymentFeedCaughtUp *
+       tollgate__v1__deployment_feed_caught_up__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__deployment_feed_caught_up__free_unpacked
+                     (Tollgate__V1__DeploymentFeedCaughtUp *message,
+                      ProtobufCAllocator *allocator);
 /* Tollgate__V1__WatchDeploymentsResponse methods */
 void   tollgate__v1__watch_deployments_response__init
                      (Tollgate__V1__WatchDeploymentsResponse         *message);
@@ -382,6 +428,9 @@ typedef void (*Tollgate__V1__DeploymentSnapshotChunk_Closure)
 typedef void (*Tollgate__V1__WatchDeploymentsRequest_Closure)
                  (const Tollgate__V1__WatchDeploymentsRequest *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__DeploymentFeedCaughtUp_Closure)
+                 (const Tollgate__V1__DeploymentFeedCaughtUp *message,
+                  void *closure_data);
 typedef void (*Tollgate__V1__WatchDeploymentsResponse_Closure)
                  (const Tollgate__V1__WatchDeploymentsResponse *message,
                   void *closure_data);
@@ -397,6 +446,7 @@ extern const ProtobufCMessageDescriptor tollgate__v1__subscription_change__descr
 extern const ProtobufCMessageDescriptor tollgate__v1__deployment_change__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__deployment_snapshot_chunk__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__watch_deployments_request__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__deployment_feed_caught_up__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__watch_deployments_response__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -405,10 +405,23 @@ struct  Tollgate__V1__WatchRevocationsResponse
    * when `revocations` is empty.
    */
   uint64_t head_sequence;
+  /*
+   * Every revocation up to `head_sequence` has been sent on this stream
+   * (`revocations` is then empty). Sent once the reset or the backlog after
+   * `since_sequence` has gone out (also when there was nothing to send),
+   * then again whenever the stream has been silent for `heartbeat_seconds`.
+   * An older gateway sees an empty batch and only moves to `head_sequence`.
+   */
+  protobuf_c_boolean caught_up;
+  /*
+   * With `caught_up`: how often the keymanager repeats it on a quiet
+   * stream; about three missed means the stream is lost.
+   */
+  uint32_t heartbeat_seconds;
 };
 #define TOLLGATE__V1__WATCH_REVOCATIONS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__watch_revocations_response__descriptor) \
-    , 0, 0,NULL, 0 }
+    , 0, 0,NULL, 0, 0, 0 }
 
 
 struct  Tollgate__V1__RotateSigningKeyRequest
