@@ -140,7 +140,6 @@ public final class LeaseThrottler: Sendable {
     private let pending = Mutex<Set<LeaseSlot>>([])
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
-    private let blocks = Mutex(BlockConditionSet())
     private let matcher = ConditionMatcher(patterns: PatternCache())
     private let exchangeCounts = Mutex(ExchangeCounts())
 
@@ -202,13 +201,7 @@ public final class LeaseThrottler: Sendable {
         shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))]
     }
 
-    // MARK: Block conditions and decisions
-
-    /// Replaces the block conditions (from the deployment feed).
-    public func updateBlockConditions(_ conditions: [BlockCondition]) {
-        let set = BlockConditionSet(conditions)
-        blocks.withLock { $0 = set }
-    }
+    // MARK: Decisions
 
     /// Applies a traffic manager's decision (``WatchDecisionsResponse``):
     /// a key whose pool emptied is refused here without asking until its
@@ -226,19 +219,12 @@ public final class LeaseThrottler: Sendable {
     // MARK: The request path
 
     /// Admits or refuses `request` at `now` (Unix ms), in WSO2's order:
-    /// blocks → API/resource → subscription → spike arrest → application →
-    /// custom → hard limit. Never awaits; answers ``ThrottleOutcome/wait(_:)``
+    /// API/resource → subscription → spike arrest → application → custom →
+    /// hard limit. Block conditions come before all of these and are the
+    /// caller's (the gateway checks them with ``BlockConditionSet``). Never awaits; answers ``ThrottleOutcome/wait(_:)``
     /// when a quota has no local lease yet and its pool is not known to be
     /// empty: await ``waitForLease(_:)``, then call again.
     public func admit(_ request: ThrottleRequest, now: Int64) -> ThrottleOutcome {
-        let validation = request.validation
-        let blockSet = blocks.withLock { $0 }
-        if !blockSet.isEmpty {
-            let application = validation.map { $0.subscriber + ":" + $0.applicationName }
-            if blockSet.blocks(apiContext: request.apiContext, application: application, user: validation?.endUserName, clientIP: request.attributes.clientIP) {
-                return .refuse(ThrottleRefusal(kind: nil, errorCode: 900_805, httpStatus: 429, policy: "", key: "", retryAfterSeconds: nil, rateLimit: nil))
-            }
-        }
         let checks = quotaChecks(request)
         var taken: [(check: QuotaCheck, taking: Taking)] = []
         var tightest: RateLimitValues?
@@ -265,7 +251,7 @@ public final class LeaseThrottler: Sendable {
                 giveBack(taken, now: now)
                 exchangeCounts.withLock { $0.waits += 1 }
                 if scheduled { wake.yield() }
-                return .wait(LeaseWait(key: slot.key, windowStart: slot.windowStart))
+                return .wait(LeaseWait(key: slot.key, windowStart: slot.windowStart, kind: check.key.kind))
             }
         }
         if scheduled { wake.yield() }

@@ -112,7 +112,7 @@ public struct GatewayModule: RoleModule {
         let throttling = GatewayThrottling(configuration: GatewayThrottling.configuration(section, gatewayID: context.nodeID),
                                            transport: PeerLeaseTransport(peers: peerDirectory ?? NoPeers(),
                                                                          timeout: .milliseconds(section.integer("throttle_lease_timeout_ms") ?? 1000)))
-        let deployment = DeploymentHolder { throttling.deploymentChanged($0) }
+        let deployment = DeploymentHolder()
         store = context.lookup(NodeDataDirectory.self).map { DeploymentStore(directory: $0.path) }
         let feed = FeedStatus()
         self.feed = feed
