@@ -68,6 +68,8 @@ struct KeyLease {
     let window: ThrottleWindow
     var quota: Quota
     let policy: String
+    /// `kind:policy`, the statistics' name, built once rather than per request.
+    let policyName: String
     let stopOnQuota: Bool
 
     /// Units this gateway may still admit.
@@ -111,6 +113,7 @@ struct KeyLease {
         self.window = window
         quota = check.quota
         policy = check.policy
+        policyName = LeaseThrottler.policyName(check)
         stopOnQuota = check.stopOnQuota
         pool = check.quota.amount
         lastUse = now
@@ -354,66 +357,72 @@ public final class LeaseThrottler: Sendable {
                 state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
                 return .taken(.spike(slot), values)
             }
-            var lease = state.leases[slot] ?? KeyLease(check: check, window: window, now: now)
-            defer { state.leases[slot] = lease }
-            if check.quota.amount < lease.quota.amount { lease.quota = check.quota }
-            lease.lastUse = now
-            let units = check.units
-            if lease.held >= units {
-                lease.held -= units
-                lease.usedUnreported += units
-                lease.admitted += units
-                lease.sinceAsk += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
-                if !lease.queued, !lease.inFlight, !lease.exhausted, !lease.fallback, lease.held <= lease.lastGrant / 2 {
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                return .taken(.lease(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: lease.remainingEstimate, resetSeconds: reset))
-            }
-            if lease.fallback {
-                if now >= lease.retryAt, !lease.queued, !lease.inFlight {
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                let admits: Bool = switch configuration.failureMode {
-                case .open: true
-                case .closed: false
-                case .localShare:
-                    lease.admitted + units <= Self.localShare(limit: lease.quota.amount, gateways: configuration.gateways > 0 ? UInt64(configuration.gateways) : UInt64(lease.gateways))
-                }
-                guard admits else { return .refused(RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)) }
-                lease.unleasedUnreported += units
-                lease.admitted += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
-                return .taken(.unleased(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset))
-            }
-            if lease.exhausted {
-                if now - lease.lastRecheck >= configuration.exhaustedRecheckMs, !lease.queued, !lease.inFlight {
-                    lease.lastRecheck = now
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                let values = RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)
-                guard !check.stopOnQuota else { return .refused(values) }
-                lease.unleasedUnreported += units
-                lease.admitted += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].marked += 1
-                return .marked(.unleased(slot, units), values)
-            }
-            // No units here and the pool is not known to be empty: ask, and wait.
-            lease.demand += units
-            if !lease.queued, !lease.inFlight {
-                Self.queue(&lease, wanting: true)
-                schedule = true
-            }
-            return .wait(slot)
+            // Changed where it is stored: one lookup, no copy of the lease.
+            return takeFromLease(&state.leases[slot, default: KeyLease(check: check, window: window, now: now)], policies: &state.policies,
+                                 check: check, slot: slot, now: now, reset: reset, schedule: &schedule)
         }
         if schedule {
             pending.withLock { _ = $0.insert(slot) }
             scheduled = true
         }
         return outcome
+    }
+
+    /// ``take(_:now:scheduled:)`` on a leased key, under its shard's lock.
+    private func takeFromLease(_ lease: inout KeyLease, policies: inout [String: PolicyCounts], check: QuotaCheck, slot: LeaseSlot, now: Int64,
+                               reset: Int, schedule: inout Bool) -> TakeOutcome {
+        if check.quota.amount < lease.quota.amount { lease.quota = check.quota }
+        lease.lastUse = now
+        let units = check.units
+        if lease.held >= units {
+            lease.held -= units
+            lease.usedUnreported += units
+            lease.admitted += units
+            lease.sinceAsk += units
+            policies[lease.policyName, default: PolicyCounts()].admitted += 1
+            if !lease.queued, !lease.inFlight, !lease.exhausted, !lease.fallback, lease.held <= lease.lastGrant / 2 {
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            return .taken(.lease(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: lease.remainingEstimate, resetSeconds: reset))
+        }
+        if lease.fallback {
+            if now >= lease.retryAt, !lease.queued, !lease.inFlight {
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            let admits: Bool = switch configuration.failureMode {
+            case .open: true
+            case .closed: false
+            case .localShare:
+                lease.admitted + units <= Self.localShare(limit: lease.quota.amount, gateways: configuration.gateways > 0 ? UInt64(configuration.gateways) : UInt64(lease.gateways))
+            }
+            guard admits else { return .refused(RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)) }
+            lease.unleasedUnreported += units
+            lease.admitted += units
+            policies[lease.policyName, default: PolicyCounts()].admitted += 1
+            return .taken(.unleased(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset))
+        }
+        if lease.exhausted {
+            if now - lease.lastRecheck >= configuration.exhaustedRecheckMs, !lease.queued, !lease.inFlight {
+                lease.lastRecheck = now
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            let values = RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)
+            guard !check.stopOnQuota else { return .refused(values) }
+            lease.unleasedUnreported += units
+            lease.admitted += units
+            policies[lease.policyName, default: PolicyCounts()].marked += 1
+            return .marked(.unleased(slot, units), values)
+        }
+        // No units here and the pool is not known to be empty: ask, and wait.
+        lease.demand += units
+        if !lease.queued, !lease.inFlight {
+            Self.queue(&lease, wanting: true)
+            schedule = true
+        }
+        return .wait(slot)
     }
 
     /// Undoes the takings of a request refused by a later quota, so a
