@@ -3,7 +3,7 @@ import Logging
 public import RoleCore
 public import RPCCore
 public import ServiceLifecycle
-import ThrottleCore
+public import ThrottleCore
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -190,6 +190,12 @@ public struct GatewayModule: RoleModule {
 
     /// APIs in the deployment state being served.
     public var servedAPICount: Int { policy.deployment.current.apis.count }
+
+    /// What the throttler did so far and the requests that reached the
+    /// throttling step (for benchmarks: lease round trips per request).
+    public var throttleStatistics: (statistics: LeaseThrottler.Statistics, requests: UInt64) {
+        (policy.throttling.throttler.statistics, policy.throttling.requestCount)
+    }
 
     /// Whether some API's prefix takes `path` (for benchmarks and tests).
     public func routes(_ path: String) -> Bool { policy.deployment.current.routes.route(Substring(path)) != nil }
