@@ -7,6 +7,11 @@ public struct IPAddress: Hashable, Sendable, Comparable {
     public let high: UInt64
     public let low: UInt64
 
+    init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
     public init?(_ text: String) {
         if !text.contains(":") {
             guard let v4 = Self.parseIPv4(Substring(text)) else { return nil }
@@ -171,51 +176,138 @@ struct ConditionMatcher: Sendable {
     }
 }
 
-/// The enabled block conditions of every tenant, from the deployment feed:
-/// checked first, refusing with 900805.
+/// The enabled block conditions of every tenant, from the deployment feed,
+/// indexed for the request path. A condition applies only to calls to its
+/// own tenant's APIs (WSO2 scopes block conditions by tenant): a tenant's IP
+/// block does not close another tenant's APIs. Addresses are parsed once,
+/// here; plain addresses are a set lookup, plain ranges a binary search over
+/// merged intervals, inverted ones (rare) a short scan. A gateway with no
+/// condition pays one emptiness check per step.
 public struct BlockConditionSet: Sendable {
-    private let contexts: Set<String>
-    private let applications: Set<String>
-    private let users: Set<String>
-    private let addresses: [(address: IPAddress, invert: Bool)]
-    private let ranges: [(start: IPAddress, end: IPAddress, invert: Bool)]
+    /// One tenant's conditions.
+    struct Tenant: Sendable {
+        /// Normalised contexts (`/t/acme.com/pizza` or `/pizza`, one slash between segments).
+        var contexts: Set<String> = []
+        /// `owner:application-name`.
+        var applications: Set<String> = []
+        /// `name@tenant-domain`, lower-cased.
+        var users: Set<String> = []
+        var addresses: Set<IPAddress> = []
+        /// Disjoint, sorted, inclusive.
+        var ranges: [(start: IPAddress, end: IPAddress)] = []
+        /// Inverted conditions: each blocks every address outside its range
+        /// (an inverted IP is a range of one address).
+        var inverted: [(start: IPAddress, end: IPAddress)] = []
 
-    public init(_ conditions: [BlockCondition] = []) {
-        var contexts = Set<String>(), applications = Set<String>(), users = Set<String>()
-        var addresses: [(IPAddress, Bool)] = [], ranges: [(IPAddress, IPAddress, Bool)] = []
-        for condition in conditions where condition.enabled {
-            switch (condition.conditionType, condition.target) {
-            case (.apiContext, .value(let value)?): contexts.insert(value)
-            case (.application, .value(let value)?): applications.insert(value)
-            case (.user, .value(let value)?): users.insert(value.lowercased())
-            case (.ip, .value(let value)?): if let address = IPAddress(value) { addresses.append((address, condition.invert)) }
-            case (.ipRange, .ipRange(let range)?):
-                if let start = IPAddress(range.startAddress), let end = IPAddress(range.endAddress) { ranges.append((start, end, condition.invert)) }
-            default: break
-            }
-        }
-        self.contexts = contexts
-        self.applications = applications
-        self.users = users
-        self.addresses = addresses
-        self.ranges = ranges
+        var hasAddressConditions: Bool { !addresses.isEmpty || !ranges.isEmpty || !inverted.isEmpty }
+        var hasCallerConditions: Bool { !applications.isEmpty || !users.isEmpty }
     }
 
-    public var isEmpty: Bool { contexts.isEmpty && applications.isEmpty && users.isEmpty && addresses.isEmpty && ranges.isEmpty }
+    /// The tenant block conditions without one belong to.
+    public static let superTenant = "carbon.super"
 
-    /// Whether a call is blocked. `application` is `owner:application-name`,
-    /// `user` is `username@tenant-domain`.
-    public func blocks(apiContext: String, application: String?, user: String?, clientIP: String) -> Bool {
-        if contexts.contains(apiContext) { return true }
-        if let application, applications.contains(application) { return true }
-        if let user, users.contains(user.lowercased()) { return true }
-        guard !addresses.isEmpty || !ranges.isEmpty else { return false }
-        let client = IPAddress(clientIP)
-        for rule in addresses where (client == rule.address) != rule.invert { return true }
-        for rule in ranges {
-            let inside = client.map { rule.start <= $0 && $0 <= rule.end } ?? false
-            if inside != rule.invert { return true }
+    private let tenants: [String: Tenant]
+    /// Whether any tenant has an address condition (checked before parsing the client's address).
+    public let hasAddressConditions: Bool
+
+    public init(_ conditions: some Sequence<BlockCondition> = [BlockCondition]()) {
+        var tenants: [String: Tenant] = [:]
+        var ranges: [String: [(IPAddress, IPAddress)]] = [:]
+        for condition in conditions where condition.enabled {
+            let domain = Self.tenantKey(condition.tenantDomain)
+            var tenant = tenants[domain] ?? Tenant()
+            switch (condition.conditionType, condition.target) {
+            case (.apiContext, .value(let value)?): tenant.contexts.insert(Self.normalize(context: value))
+            case (.application, .value(let value)?): tenant.applications.insert(value)
+            case (.user, .value(let value)?): tenant.users.insert(Self.normalize(user: value, tenant: domain))
+            case (.ip, .value(let value)?):
+                guard let address = IPAddress(value) else { continue }
+                if condition.invert { tenant.inverted.append((address, address)) } else { tenant.addresses.insert(address) }
+            case (.ipRange, .ipRange(let range)?):
+                guard let start = IPAddress(range.startAddress), let end = IPAddress(range.endAddress), start <= end else { continue }
+                if condition.invert { tenant.inverted.append((start, end)) } else { ranges[domain, default: []].append((start, end)) }
+            default: continue
+            }
+            tenants[domain] = tenant
         }
+        for (domain, list) in ranges { tenants[domain, default: Tenant()].ranges = Self.merge(list) }
+        self.tenants = tenants
+        hasAddressConditions = tenants.values.contains { $0.hasAddressConditions }
+    }
+
+    public var isEmpty: Bool { tenants.isEmpty }
+
+    static func tenantKey(_ domain: String) -> String { domain.isEmpty ? superTenant : domain.lowercased() }
+
+    static func normalize(context: String) -> String {
+        "/" + context.split(separator: "/").joined(separator: "/")
+    }
+
+    /// `name@tenant` lower-cased; a name without a domain is in `tenant`.
+    static func normalize(user: String, tenant: String) -> String {
+        (user.contains("@") ? user : user + "@" + tenant).lowercased()
+    }
+
+    /// Sorted, overlapping and touching ranges joined.
+    static func merge(_ ranges: [(IPAddress, IPAddress)]) -> [(start: IPAddress, end: IPAddress)] {
+        var merged: [(start: IPAddress, end: IPAddress)] = []
+        for (start, end) in ranges.sorted(by: { $0.0 < $1.0 }) {
+            if let last = merged.last, start <= last.end.successor {
+                if last.end < end { merged[merged.count - 1].end = end }
+            } else {
+                merged.append((start, end))
+            }
+        }
+        return merged
+    }
+
+    /// Whether a client address is blocked for calls to `tenant`'s APIs.
+    /// An inverted condition blocks every address outside its address or range.
+    public func blocks(address text: String, tenant domain: String) -> Bool {
+        guard hasAddressConditions, let tenant = tenants[Self.tenantKey(domain)], tenant.hasAddressConditions else { return false }
+        guard let address = IPAddress(text) else { return !tenant.inverted.isEmpty }  // unparseable: outside every range
+        if tenant.addresses.contains(address) { return true }
+        if !tenant.ranges.isEmpty {
+            // The last range starting at or before the address.
+            var low = 0, high = tenant.ranges.count
+            while low < high {
+                let middle = (low + high) / 2
+                if tenant.ranges[middle].start <= address { low = middle + 1 } else { high = middle }
+            }
+            if low > 0, address <= tenant.ranges[low - 1].end { return true }
+        }
+        for range in tenant.inverted where address < range.start || range.end < address { return true }
         return false
+    }
+
+    /// Whether an API of `tenant` at a context (unversioned or versioned) is blocked.
+    public func blocks(context: String, versionedContext: String, tenant domain: String) -> Bool {
+        guard let tenant = tenants[Self.tenantKey(domain)], !tenant.contexts.isEmpty else { return false }
+        return tenant.contexts.contains(Self.normalize(context: context)) || tenant.contexts.contains(Self.normalize(context: versionedContext))
+    }
+
+    /// Whether `tenant` blocks any application or user (checked before building their names).
+    public func hasCallerConditions(tenant domain: String) -> Bool {
+        tenants[Self.tenantKey(domain)]?.hasCallerConditions ?? false
+    }
+
+    /// Whether an application (`owner:name`) is blocked for calls to `tenant`'s APIs.
+    public func blocks(application: String, tenant domain: String) -> Bool {
+        tenants[Self.tenantKey(domain)]?.applications.contains(application) ?? false
+    }
+
+    /// Whether a user (`name@tenant-domain`, or `name` of `userTenant`) is
+    /// blocked for calls to `tenant`'s APIs.
+    public func blocks(user: String, userTenant: String, tenant domain: String) -> Bool {
+        guard let tenant = tenants[Self.tenantKey(domain)], !tenant.users.isEmpty else { return false }
+        return tenant.users.contains(Self.normalize(user: user, tenant: Self.tenantKey(userTenant)))
+    }
+}
+
+extension IPAddress {
+    /// The next address (saturating at the last one), for joining touching ranges.
+    var successor: IPAddress {
+        if low != .max { return IPAddress(high: high, low: low + 1) }
+        return high == .max ? self : IPAddress(high: high + 1, low: 0)
     }
 }

@@ -68,6 +68,8 @@ struct KeyLease {
     let window: ThrottleWindow
     var quota: Quota
     let policy: String
+    /// `kind:policy`, the statistics' name, built once rather than per request.
+    let policyName: String
     let stopOnQuota: Bool
 
     /// Units this gateway may still admit.
@@ -111,6 +113,7 @@ struct KeyLease {
         self.window = window
         quota = check.quota
         policy = check.policy
+        policyName = LeaseThrottler.policyName(check)
         stopOnQuota = check.stopOnQuota
         pool = check.quota.amount
         lastUse = now
@@ -140,7 +143,6 @@ public final class LeaseThrottler: Sendable {
     private let pending = Mutex<Set<LeaseSlot>>([])
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
-    private let blocks = Mutex(BlockConditionSet())
     private let matcher = ConditionMatcher(patterns: PatternCache())
     private let exchangeCounts = Mutex(ExchangeCounts())
 
@@ -202,13 +204,7 @@ public final class LeaseThrottler: Sendable {
         shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))]
     }
 
-    // MARK: Block conditions and decisions
-
-    /// Replaces the block conditions (from the deployment feed).
-    public func updateBlockConditions(_ conditions: [BlockCondition]) {
-        let set = BlockConditionSet(conditions)
-        blocks.withLock { $0 = set }
-    }
+    // MARK: Decisions
 
     /// Applies a traffic manager's decision (``WatchDecisionsResponse``):
     /// a key whose pool emptied is refused here without asking until its
@@ -226,19 +222,12 @@ public final class LeaseThrottler: Sendable {
     // MARK: The request path
 
     /// Admits or refuses `request` at `now` (Unix ms), in WSO2's order:
-    /// blocks → API/resource → subscription → spike arrest → application →
-    /// custom → hard limit. Never awaits; answers ``ThrottleOutcome/wait(_:)``
+    /// API/resource → subscription → spike arrest → application → custom →
+    /// hard limit. Block conditions come before all of these and are the
+    /// caller's (the gateway checks them with ``BlockConditionSet``). Never awaits; answers ``ThrottleOutcome/wait(_:)``
     /// when a quota has no local lease yet and its pool is not known to be
     /// empty: await ``waitForLease(_:)``, then call again.
     public func admit(_ request: ThrottleRequest, now: Int64) -> ThrottleOutcome {
-        let validation = request.validation
-        let blockSet = blocks.withLock { $0 }
-        if !blockSet.isEmpty {
-            let application = validation.map { $0.subscriber + ":" + $0.applicationName }
-            if blockSet.blocks(apiContext: request.apiContext, application: application, user: validation?.endUserName, clientIP: request.attributes.clientIP) {
-                return .refuse(ThrottleRefusal(kind: nil, errorCode: 900_805, httpStatus: 429, policy: "", key: "", retryAfterSeconds: nil, rateLimit: nil))
-            }
-        }
         let checks = quotaChecks(request)
         var taken: [(check: QuotaCheck, taking: Taking)] = []
         var tightest: RateLimitValues?
@@ -265,7 +254,7 @@ public final class LeaseThrottler: Sendable {
                 giveBack(taken, now: now)
                 exchangeCounts.withLock { $0.waits += 1 }
                 if scheduled { wake.yield() }
-                return .wait(LeaseWait(key: slot.key, windowStart: slot.windowStart))
+                return .wait(LeaseWait(key: slot.key, windowStart: slot.windowStart, kind: check.key.kind))
             }
         }
         if scheduled { wake.yield() }
@@ -368,66 +357,72 @@ public final class LeaseThrottler: Sendable {
                 state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
                 return .taken(.spike(slot), values)
             }
-            var lease = state.leases[slot] ?? KeyLease(check: check, window: window, now: now)
-            defer { state.leases[slot] = lease }
-            if check.quota.amount < lease.quota.amount { lease.quota = check.quota }
-            lease.lastUse = now
-            let units = check.units
-            if lease.held >= units {
-                lease.held -= units
-                lease.usedUnreported += units
-                lease.admitted += units
-                lease.sinceAsk += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
-                if !lease.queued, !lease.inFlight, !lease.exhausted, !lease.fallback, lease.held <= lease.lastGrant / 2 {
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                return .taken(.lease(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: lease.remainingEstimate, resetSeconds: reset))
-            }
-            if lease.fallback {
-                if now >= lease.retryAt, !lease.queued, !lease.inFlight {
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                let admits: Bool = switch configuration.failureMode {
-                case .open: true
-                case .closed: false
-                case .localShare:
-                    lease.admitted + units <= Self.localShare(limit: lease.quota.amount, gateways: configuration.gateways > 0 ? UInt64(configuration.gateways) : UInt64(lease.gateways))
-                }
-                guard admits else { return .refused(RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)) }
-                lease.unleasedUnreported += units
-                lease.admitted += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].admitted += 1
-                return .taken(.unleased(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset))
-            }
-            if lease.exhausted {
-                if now - lease.lastRecheck >= configuration.exhaustedRecheckMs, !lease.queued, !lease.inFlight {
-                    lease.lastRecheck = now
-                    Self.queue(&lease, wanting: true)
-                    schedule = true
-                }
-                let values = RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)
-                guard !check.stopOnQuota else { return .refused(values) }
-                lease.unleasedUnreported += units
-                lease.admitted += units
-                state.policies[Self.policyName(check), default: PolicyCounts()].marked += 1
-                return .marked(.unleased(slot, units), values)
-            }
-            // No units here and the pool is not known to be empty: ask, and wait.
-            lease.demand += units
-            if !lease.queued, !lease.inFlight {
-                Self.queue(&lease, wanting: true)
-                schedule = true
-            }
-            return .wait(slot)
+            // Changed where it is stored: one lookup, no copy of the lease.
+            return takeFromLease(&state.leases[slot, default: KeyLease(check: check, window: window, now: now)], policies: &state.policies,
+                                 check: check, slot: slot, now: now, reset: reset, schedule: &schedule)
         }
         if schedule {
             pending.withLock { _ = $0.insert(slot) }
             scheduled = true
         }
         return outcome
+    }
+
+    /// ``take(_:now:scheduled:)`` on a leased key, under its shard's lock.
+    private func takeFromLease(_ lease: inout KeyLease, policies: inout [String: PolicyCounts], check: QuotaCheck, slot: LeaseSlot, now: Int64,
+                               reset: Int, schedule: inout Bool) -> TakeOutcome {
+        if check.quota.amount < lease.quota.amount { lease.quota = check.quota }
+        lease.lastUse = now
+        let units = check.units
+        if lease.held >= units {
+            lease.held -= units
+            lease.usedUnreported += units
+            lease.admitted += units
+            lease.sinceAsk += units
+            policies[lease.policyName, default: PolicyCounts()].admitted += 1
+            if !lease.queued, !lease.inFlight, !lease.exhausted, !lease.fallback, lease.held <= lease.lastGrant / 2 {
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            return .taken(.lease(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: lease.remainingEstimate, resetSeconds: reset))
+        }
+        if lease.fallback {
+            if now >= lease.retryAt, !lease.queued, !lease.inFlight {
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            let admits: Bool = switch configuration.failureMode {
+            case .open: true
+            case .closed: false
+            case .localShare:
+                lease.admitted + units <= Self.localShare(limit: lease.quota.amount, gateways: configuration.gateways > 0 ? UInt64(configuration.gateways) : UInt64(lease.gateways))
+            }
+            guard admits else { return .refused(RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)) }
+            lease.unleasedUnreported += units
+            lease.admitted += units
+            policies[lease.policyName, default: PolicyCounts()].admitted += 1
+            return .taken(.unleased(slot, units), RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset))
+        }
+        if lease.exhausted {
+            if now - lease.lastRecheck >= configuration.exhaustedRecheckMs, !lease.queued, !lease.inFlight {
+                lease.lastRecheck = now
+                Self.queue(&lease, wanting: true)
+                schedule = true
+            }
+            let values = RateLimitValues(limit: lease.quota.amount, remaining: 0, resetSeconds: reset)
+            guard !check.stopOnQuota else { return .refused(values) }
+            lease.unleasedUnreported += units
+            lease.admitted += units
+            policies[lease.policyName, default: PolicyCounts()].marked += 1
+            return .marked(.unleased(slot, units), values)
+        }
+        // No units here and the pool is not known to be empty: ask, and wait.
+        lease.demand += units
+        if !lease.queued, !lease.inFlight {
+            Self.queue(&lease, wanting: true)
+            schedule = true
+        }
+        return .wait(slot)
     }
 
     /// Undoes the takings of a request refused by a later quota, so a

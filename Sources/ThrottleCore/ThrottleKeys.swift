@@ -34,16 +34,23 @@ public enum ThrottleKind: String, Sendable, Hashable, CaseIterable {
 /// an application key `app-1:alice` apart from any API's.
 public struct ThrottleKey: Hashable, Sendable, CustomStringConvertible, Comparable {
     public let kind: ThrottleKind
-    /// WSO2's form, e.g. `/pets:1.0.0` or `app-1:/pets:1.0.0`.
-    public let body: String
+    /// The wire form, e.g. `sub:app-1:/pets:1.0.0`. Built once: the request
+    /// path uses it for every lookup of the key.
+    public let description: String
 
     public init(_ kind: ThrottleKind, _ body: String) {
         self.kind = kind
-        self.body = body
+        description = kind.rawValue + ":" + body
     }
 
-    /// The wire form, e.g. `sub:app-1:/pets:1.0.0`.
-    public var description: String { kind.rawValue + ":" + body }
+    /// A key whose wire form the caller built in one piece (`kind:` prefix included).
+    private init(_ kind: ThrottleKind, wire: String) {
+        self.kind = kind
+        description = wire
+    }
+
+    /// WSO2's form, e.g. `/pets:1.0.0` or `app-1:/pets:1.0.0`.
+    public var body: String { String(description.dropFirst(kind.rawValue.utf8.count + 1)) }
 
     /// Reads the wire form back; nil when the prefix is no kind.
     public init?(parsing text: String) {
@@ -55,46 +62,46 @@ public struct ThrottleKey: Hashable, Sendable, CustomStringConvertible, Comparab
 
     /// API level of an advanced policy: `{context}:{version}`.
     public static func api(context: String, version: String) -> ThrottleKey {
-        ThrottleKey(.api, context + ":" + version)
+        ThrottleKey(.api, wire: "api:\(context):\(version)")
     }
 
     /// Resource level of an advanced policy: `{context}/{version}{uriTemplate}:{VERB}`.
     public static func resource(context: String, version: String, uriTemplate: String, verb: String) -> ThrottleKey {
-        ThrottleKey(.resource, context + "/" + version + uriTemplate + ":" + verb.uppercased())
+        ThrottleKey(.resource, wire: "res:\(context)/\(version)\(uriTemplate):\(verb.uppercased())")
     }
 
     /// A subscription: `{appId}:{context}:{version}`.
     public static func subscription(applicationID: String, context: String, version: String) -> ThrottleKey {
-        ThrottleKey(.subscription, applicationID + ":" + context + ":" + version)
+        ThrottleKey(.subscription, wire: "sub:\(applicationID):\(context):\(version)")
     }
 
     /// A subscription's spike arrest, counted on each gateway.
     public static func spikeArrest(applicationID: String, context: String, version: String) -> ThrottleKey {
-        ThrottleKey(.spikeArrest, applicationID + ":" + context + ":" + version)
+        ThrottleKey(.spikeArrest, wire: "spike:\(applicationID):\(context):\(version)")
     }
 
     /// An application per end user: `{appId}:{user}`.
     public static func application(applicationID: String, user: String) -> ThrottleKey {
-        ThrottleKey(.application, applicationID + ":" + user)
+        ThrottleKey(.application, wire: "app:\(applicationID):\(user)")
     }
 
     /// A custom policy's key: `{policy}:{expanded template}`, so two
     /// policies with the same template count apart.
     public static func custom(policy: String, expandedTemplate: String) -> ThrottleKey {
-        ThrottleKey(.custom, policy + ":" + expandedTemplate)
+        ThrottleKey(.custom, wire: "custom:\(policy):\(expandedTemplate)")
     }
 
     /// The hard backend limit of an API and key type.
     public static func hardLimit(context: String, version: String, sandbox: Bool) -> ThrottleKey {
-        ThrottleKey(.hardLimit, context + ":" + version + ":" + (sandbox ? "sandbox" : "production"))
+        ThrottleKey(.hardLimit, wire: "hard:\(context):\(version):\(sandbox ? "sandbox" : "production")")
     }
 
     /// The key of a condition group of an advanced policy (WSO2's `_condition_{id}`).
-    public func condition(_ groupID: String) -> ThrottleKey { ThrottleKey(kind, body + "_condition_" + groupID) }
+    public func condition(_ groupID: String) -> ThrottleKey { ThrottleKey(kind, wire: description + "_condition_" + groupID) }
 
     /// The key of an advanced policy's default limit when it has condition
     /// groups and the request matched none (WSO2's `_default`).
-    public var defaultLimit: ThrottleKey { ThrottleKey(kind, body + "_default") }
+    public var defaultLimit: ThrottleKey { ThrottleKey(kind, wire: description + "_default") }
 }
 
 /// The values a custom policy's key template may use (docs/throttling.md §1).

@@ -82,23 +82,22 @@ public struct RateLimitValues: Sendable, Hashable {
 
 /// Why a request was refused, with what the response carries.
 public struct ThrottleRefusal: Sendable, Hashable {
-    /// The quota's kind; nil for a block condition.
-    public var kind: ThrottleKind?
+    /// The quota's kind.
+    public var kind: ThrottleKind
     /// WSO2's code: 900800 API, 900802 resource, 900803 application,
-    /// 900804 subscription, 900805 blocked, 900806 custom, 900807 spike
-    /// arrest, 900801 hard limit.
+    /// 900804 subscription, 900806 custom, 900807 spike arrest, 900801
+    /// hard limit. (Blocks, 900805, are the gateway's, before throttling.)
     public var errorCode: Int
     /// 429, or 503 for the hard limit.
     public var httpStatus: Int
     public var policy: String
     /// The throttle key's wire form, for logs.
     public var key: String
-    /// `Retry-After`: seconds to the end of the refusing quota's window;
-    /// nil for a block, which lasts until an administrator lifts it.
+    /// `Retry-After`: seconds to the end of the refusing quota's window.
     public var retryAfterSeconds: Int?
     public var rateLimit: RateLimitValues?
 
-    public init(kind: ThrottleKind?, errorCode: Int, httpStatus: Int, policy: String, key: String, retryAfterSeconds: Int?, rateLimit: RateLimitValues?) {
+    public init(kind: ThrottleKind, errorCode: Int, httpStatus: Int, policy: String, key: String, retryAfterSeconds: Int?, rateLimit: RateLimitValues?) {
         self.kind = kind
         self.errorCode = errorCode
         self.httpStatus = httpStatus
@@ -114,6 +113,8 @@ public struct ThrottleRefusal: Sendable, Hashable {
 public struct LeaseWait: Sendable, Hashable {
     public let key: String
     public let windowStart: Int64
+    /// The quota's kind, for the refusal when the lease never comes.
+    public let kind: ThrottleKind
 }
 
 /// What to do with a request.

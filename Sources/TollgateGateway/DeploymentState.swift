@@ -1,4 +1,5 @@
 import Foundation
+public import ThrottleCore
 public import TollgateProto
 
 /// Everything a gateway serves from, at one deployment revision. Immutable:
@@ -15,7 +16,8 @@ public final class DeploymentState: Sendable {
     /// counts every request of the tenant's APIs against them.
     public let globalPolicies: [String: [GlobalPolicy]]
     public let routes: RoutingTable
-    public let blocks: BlockIndex
+    /// The enabled block conditions, per tenant, as the request path checks them.
+    public let blocks: BlockConditionSet
     /// Loaded from disk at start and not yet confirmed by a publisher.
     public let fromDisk: Bool
 
@@ -40,7 +42,7 @@ public final class DeploymentState: Sendable {
         // A stable order, so every gateway checks a tenant's policies alike.
         globalPolicies = global.mapValues { $0.sorted { $0.name < $1.name } }
         self.routes = RoutingTable(apis: apis.values)
-        self.blocks = BlockIndex(blockConditions.values)
+        self.blocks = BlockConditionSet(blockConditions.values)
         self.fromDisk = fromDisk
     }
 

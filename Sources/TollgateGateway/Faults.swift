@@ -53,16 +53,15 @@ public struct GatewayFault: Sendable, Hashable {
                                                      description: "You have exceeded your quota for a custom policy", namespace: throttling)
 
     /// The fault a throttle refusal answers with (docs/throttling.md §3).
-    static func throttled(_ kind: ThrottleKind?) -> GatewayFault {
+    static func throttled(_ kind: ThrottleKind) -> GatewayFault {
         switch kind {
-        case nil: blocked
-        case .api?: apiThrottled
-        case .resource?: resourceThrottled
-        case .subscription?: subscriptionThrottled
-        case .spikeArrest?: spikeArrest
-        case .application?: applicationThrottled
-        case .custom?: customThrottled
-        case .hardLimit?: hardLimit
+        case .api: apiThrottled
+        case .resource: resourceThrottled
+        case .subscription: subscriptionThrottled
+        case .spikeArrest: spikeArrest
+        case .application: applicationThrottled
+        case .custom: customThrottled
+        case .hardLimit: hardLimit
         }
     }
 

@@ -3,7 +3,7 @@ import Logging
 public import RoleCore
 public import RPCCore
 public import ServiceLifecycle
-import ThrottleCore
+public import ThrottleCore
 import TollgateProto
 import TollgateServices
 import TollgateStorage
@@ -112,7 +112,7 @@ public struct GatewayModule: RoleModule {
         let throttling = GatewayThrottling(configuration: GatewayThrottling.configuration(section, gatewayID: context.nodeID),
                                            transport: PeerLeaseTransport(peers: peerDirectory ?? NoPeers(),
                                                                          timeout: .milliseconds(section.integer("throttle_lease_timeout_ms") ?? 1000)))
-        let deployment = DeploymentHolder { throttling.deploymentChanged($0) }
+        let deployment = DeploymentHolder()
         store = context.lookup(NodeDataDirectory.self).map { DeploymentStore(directory: $0.path) }
         let feed = FeedStatus()
         self.feed = feed
@@ -190,6 +190,12 @@ public struct GatewayModule: RoleModule {
 
     /// APIs in the deployment state being served.
     public var servedAPICount: Int { policy.deployment.current.apis.count }
+
+    /// What the throttler did so far and the requests that reached the
+    /// throttling step (for benchmarks: lease round trips per request).
+    public var throttleStatistics: (statistics: LeaseThrottler.Statistics, requests: UInt64) {
+        (policy.throttling.throttler.statistics, policy.throttling.requestCount)
+    }
 
     /// Whether some API's prefix takes `path` (for benchmarks and tests).
     public func routes(_ path: String) -> Bool { policy.deployment.current.routes.route(Substring(path)) != nil }

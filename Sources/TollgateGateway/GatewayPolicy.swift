@@ -16,24 +16,19 @@ struct GatewaySettings: Sendable {
 /// The deployment state in force, swapped whole.
 final class DeploymentHolder: Sendable {
     private let state = Mutex(DeploymentState.empty)
-    /// Told of every state swapped in (the throttler's block conditions).
-    private let observer: @Sendable (DeploymentState) -> Void
-
-    init(observer: @escaping @Sendable (DeploymentState) -> Void = { _ in }) {
-        self.observer = observer
-    }
 
     var current: DeploymentState { state.withLock { $0 } }
 
     func replace(_ new: DeploymentState) {
         state.withLock { $0 = new }
-        observer(new)
     }
 }
 
-/// The gateway's request path, in WSO2's order: blocks by address, route,
-/// API state and context blocks, resource, token, application and user
-/// blocks, throttling, then the endpoint for the token's key type. Runs on
+/// The gateway's request path, in WSO2's order: route, API state, the API's
+/// tenant's address and context blocks, resource, token, application and
+/// user blocks, throttling, then the endpoint for the token's key type.
+/// Block conditions are checked here only (``BlockConditionSet``, scoped to
+/// the API's tenant), never again by the throttler. Runs on
 /// the connection's event loop; only a token not in the cache leaves it,
 /// for the keymanager.
 final class GatewayPolicy: ProxyPolicy {
@@ -89,7 +84,6 @@ final class GatewayPolicy: ProxyPolicy {
         var exchange = Exchange(head: head, requestID: head.header(settings.requestIDHeader) ?? Self.newRequestID(), startedAtUnixMs: now,
                                 path: uri[..<queryStart], query: uri[queryStart...])
 
-        if state.blocks.blocks(address: head.clientAddress) { return fault(.blocked, &exchange) }
         guard let route = state.routes.route(exchange.path) else {
             let body = "{\"fault\":{\"code\":404,\"message\":\"Not Found\",\"description\":\"No API is deployed at \(GatewayFault.escapeJSON(String(exchange.path)))\"}}"
             return respond(HTTPResponse(status: 404, headers: [("Content-Type", "application/json; charset=UTF-8")], body: Array(body.utf8)), &exchange)
@@ -97,7 +91,11 @@ final class GatewayPolicy: ProxyPolicy {
         let api = route.api
         exchange.api = api
         if api.api.lifecycleState == .blocked { return fault(.apiBlocked, &exchange) }
-        if state.blocks.blocks(context: api.api.context, versionedContext: api.deployed.gatewayContext) { return fault(.blocked, &exchange) }
+        let tenant = api.api.tenantDomain
+        if state.blocks.blocks(address: head.clientAddress, tenant: tenant)
+            || state.blocks.blocks(context: api.api.context, versionedContext: api.deployed.gatewayContext, tenant: tenant) {
+            return fault(.blocked, &exchange)
+        }
 
         let verb = HttpVerb(method: head.method)
         let match = verb.map { api.resource(for: route.remainder, verb: $0) } ?? .noResource
@@ -224,9 +222,9 @@ final class GatewayPolicy: ProxyPolicy {
         if let info = exchange.info {
             guard info.authorized else { return fault(.validation(info.validationStatus), &exchange, extraHeaders: cors) }
             keyType = info.keyType == .sandbox ? .sandbox : .production
-            if state.blocks.hasCallerConditions, state.blocks.blocks(application: "\(info.subscriber):\(info.applicationName)")
-                || state.blocks.blocks(user: info.endUserName)
-                || state.blocks.blocks(user: info.endUserName.contains("@") ? info.endUserName : "\(info.endUserName)@\(info.subscriberTenantDomain)") {
+            let tenant = api.api.tenantDomain
+            if state.blocks.hasCallerConditions(tenant: tenant), state.blocks.blocks(application: "\(info.subscriber):\(info.applicationName)", tenant: tenant)
+                || state.blocks.blocks(user: info.endUserName, userTenant: info.subscriberTenantDomain, tenant: tenant) {
                 return fault(.blocked, &exchange, extraHeaders: cors)
             }
         }
@@ -248,8 +246,7 @@ final class GatewayPolicy: ProxyPolicy {
                     outcome = throttling.throttler.admit(request, now: Clock.unixMs())
                 }
                 if case .wait(let next) = outcome {
-                    let kind = ThrottleKey(parsing: next.key)?.kind
-                    return fault(.throttled(kind), &exchange, extraHeaders: headers + [("Retry-After", "1")])
+                    return fault(.throttled(next.kind), &exchange, extraHeaders: headers + [("Retry-After", "1")])
                 }
                 if let refusal = throttled(outcome, &exchange, responseHeaders: &responseHeaders, now: Clock.unixMs()) { return refusal }
                 return forward(&exchange, route: route, keyType: keyType, token: token, cors: cors, responseHeaders: responseHeaders, now: Clock.unixMs())
@@ -313,14 +310,13 @@ final class GatewayPolicy: ProxyPolicy {
             return nil
         case .refuse(let refusal):
             exchange.throttledReason = switch refusal.kind {
-            case nil: "BLOCKED"
-            case .api?: "API_LIMIT_EXCEEDED"
-            case .resource?: "RESOURCE_LIMIT_EXCEEDED"
-            case .subscription?: "SUBSCRIPTION_LIMIT_EXCEEDED"
-            case .spikeArrest?: "SPIKE_ARREST"
-            case .application?: "APPLICATION_LIMIT_EXCEEDED"
-            case .custom?: "CUSTOM_POLICY_LIMIT_EXCEEDED"
-            case .hardLimit?: "HARD_LIMIT_EXCEEDED"
+            case .api: "API_LIMIT_EXCEEDED"
+            case .resource: "RESOURCE_LIMIT_EXCEEDED"
+            case .subscription: "SUBSCRIPTION_LIMIT_EXCEEDED"
+            case .spikeArrest: "SPIKE_ARREST"
+            case .application: "APPLICATION_LIMIT_EXCEEDED"
+            case .custom: "CUSTOM_POLICY_LIMIT_EXCEEDED"
+            case .hardLimit: "HARD_LIMIT_EXCEEDED"
             }
             var headers = responseHeaders
             if let retry = refusal.retryAfterSeconds { headers.append(("Retry-After", String(max(1, retry)))) }

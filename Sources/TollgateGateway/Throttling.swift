@@ -19,7 +19,6 @@ final class GatewayThrottling: Sendable {
     /// Requests that reached the throttling step (the denominator of the
     /// per-1,000-requests figures).
     private let requests = Atomic<UInt64>(0)
-    private let blockConditions = Mutex<[String: BlockCondition]>([:])
 
     init(configuration: LeaseThrottlerConfiguration, transport: any LeaseTransport) {
         throttler = LeaseThrottler(configuration: configuration, transport: transport)
@@ -45,17 +44,6 @@ final class GatewayThrottling: Sendable {
     }
 
     var requestCount: UInt64 { requests.load(ordering: .relaxed) }
-
-    /// Hands the throttler the block conditions of a new deployment state
-    /// when they changed.
-    func deploymentChanged(_ state: DeploymentState) {
-        let changed = blockConditions.withLock { held -> Bool in
-            guard held != state.blockConditions else { return false }
-            held = state.blockConditions
-            return true
-        }
-        if changed { throttler.updateBlockConditions(Array(state.blockConditions.values)) }
-    }
 }
 
 /// The gateway's ``LeaseTransport``: each exchange goes to the traffic

@@ -431,6 +431,12 @@ struct ApiSettings: ParsableArguments {
     @Option(name: .customLong("api-policy"), help: "An advanced throttling policy for the whole API, overriding resource policies; \"\" removes it.")
     var apiPolicy: String?
     @Option(name: .customLong("resource-auth"), help: "The token the resources added by this command require.") var resourceAuth: ResourceAuthOption = .anyToken
+    @Option(name: .customLong("resource-policy"), help: "An advanced throttling policy counted per resource, for the resources added by this command.")
+    var resourcePolicy: String?
+    @Option(name: .customLong("max-production-tps"),
+            help: "Hard backend limit: production calls per second the whole cluster lets through (503 900801 beyond); 0 removes it.")
+    var maxProductionTps: UInt32?
+    @Option(name: .customLong("max-sandbox-tps"), help: "The same for sandbox calls; 0 removes it.") var maxSandboxTps: UInt32?
 
     func validate() throws {
         for endpoint in endpoints where !isHTTPURL(endpoint) {
@@ -460,7 +466,8 @@ struct ApiSettings: ParsableArguments {
     /// True when no setting is given (--resource-auth alone changes nothing).
     var isEmpty: Bool {
         let given: [Bool] = [description != nil, !endpoints.isEmpty, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
-                             !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil]
+                             !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil, maxProductionTps != nil,
+                             maxSandboxTps != nil]
         return !given.contains(true)
     }
 
@@ -478,6 +485,15 @@ struct ApiSettings: ParsableArguments {
         if !transports.isEmpty { api.transports = transports.map(\.protoValue) }
         if let defaultVersion { api.defaultVersion = defaultVersion }
         if let apiPolicy { api.apiPolicy = apiPolicy }
+        if let maxProductionTps { api.maxProductionTps = maxProductionTps == 0 ? nil : maxProductionTps }
+        if let maxSandboxTps { api.maxSandboxTps = maxSandboxTps == 0 ? nil : maxSandboxTps }
+    }
+
+    /// A resource this command adds, with `--resource-auth` and `--resource-policy`.
+    func newResource(_ spec: String) throws -> ApiResource {
+        var resource = try parseResource(spec, authType: resourceAuth.protoValue)
+        if let resourcePolicy { resource.throttlingPolicy = resourcePolicy }
+        return resource
     }
 }
 
@@ -609,7 +625,7 @@ struct ApiCreate: AsyncParsableCommand {
         api.version = version
         api.context = context
         api.tags = tags
-        api.resources = try resources.map { try parseResource($0, authType: settings.resourceAuth.protoValue) }
+        api.resources = try resources.map(settings.newResource)
         settings.apply(to: &api)
         applyNewApiDefaults(&api)
         let request = CreateApiRequest(api: api)
@@ -764,7 +780,7 @@ struct ApiUpdate: AsyncParsableCommand {
             api.resources.remove(at: index)
         }
         for spec in addResources {
-            let resource = try parseResource(spec, authType: authType)
+            let resource = try settings.newResource(spec)
             api.resources.removeAll { $0.verb == resource.verb && $0.uriTemplate == resource.uriTemplate }
             api.resources.append(resource)
         }

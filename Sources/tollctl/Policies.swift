@@ -51,17 +51,19 @@ func describe(_ policy: ThrottlePolicy) -> (kind: String, name: String, limit: S
     case .subscriptionPolicy(let p)?:
         return ("subscription", p.name, limitText(p.defaultLimit), p.description,
                 ["kind": "subscription", "name": p.name, "limit": limitText(p.defaultLimit), "description": p.description,
-                 "spike_arrest_limit": p.spikeArrestLimit, "stop_on_quota_reach": p.stopOnQuotaReach, "id": p.id])
+                 "spike_arrest_limit": p.spikeArrestLimit, "spike_arrest_unit": p.spikeArrestLimit > 0 ? String(describing: p.spikeArrestUnit).lowercased() : "",
+                 "stop_on_quota_reach": p.stopOnQuotaReach, "id": p.id])
     case .applicationPolicy(let p)?:
         return ("application", p.name, limitText(p.defaultLimit), p.description,
                 ["kind": "application", "name": p.name, "limit": limitText(p.defaultLimit), "description": p.description, "id": p.id])
     case .advancedPolicy(let p)?:
         return ("advanced", p.name, limitText(p.defaultLimit), p.description,
                 ["kind": "advanced", "name": p.name, "limit": limitText(p.defaultLimit), "description": p.description,
-                 "condition_groups": p.conditionGroups.count, "id": p.id])
+                 "level": p.applicableLevel == .resource ? "resource" : "api",
+                 "condition_groups": p.conditionGroups.map { ["id": $0.id, "limit": limitText($0.limit), "description": $0.description] }, "id": p.id])
     case .globalPolicy(let p)?:
-        return ("global", p.name, p.keyTemplate, p.description,
-                ["kind": "global", "name": p.name, "key_template": p.keyTemplate, "description": p.description, "id": p.id])
+        return ("global", p.name, "\(limitText(p.limit)) per \(p.keyTemplate)", p.description,
+                ["kind": "global", "name": p.name, "limit": limitText(p.limit), "key_template": p.keyTemplate, "description": p.description, "id": p.id])
     case nil:
         return ("?", "?", "-", "", [:])
     }
@@ -105,22 +107,126 @@ struct PolicyShow: AsyncParsableCommand {
     }
 }
 
+enum SpikeArrestUnitOption: String, ExpressibleByArgument, CaseIterable {
+    case second, minute
+    var unit: TimeUnit { self == .second ? .second : .minute }
+}
+
+enum PolicyLevelOption: String, ExpressibleByArgument, CaseIterable {
+    case api, resource
+    var level: PolicyLevel { self == .api ? .api : .resource }
+}
+
+/// Reads `--condition-group` specifications (docs/tollctl.md):
+/// `LIMIT when CONDITION [and CONDITION]…`, LIMIT being `N/UNIT`, `N/K UNIT`
+/// or with a `b` after N for bytes (`4096b/minute`); a CONDITION is
+/// `ip=ADDRESS`, `ip-range=FIRST-LAST`, `header:NAME=REGEX`,
+/// `query:NAME=REGEX` or `claim:NAME=REGEX`, each negated by a leading `!`.
+enum ConditionGroupSpec {
+    static func parse(_ spec: String, id: String) throws -> ConditionGroup {
+        guard let when = spec.range(of: " when ") else {
+            throw ValidationError("condition group \"\(spec)\" is not LIMIT when CONDITION [and CONDITION]…, e.g. \"10/minute when ip=203.0.113.7 and !header:X-Tier=gold\"")
+        }
+        let limit = try parseLimit(String(spec[..<when.lowerBound]).trimmingCharacters(in: .whitespaces), in: spec)
+        let conditions = try spec[when.upperBound...].components(separatedBy: " and ").map { try parseCondition($0.trimmingCharacters(in: .whitespaces), in: spec) }
+        return ConditionGroup(id: id, description: spec, conditions: conditions, limit: limit)
+    }
+
+    static func parseLimit(_ text: String, in spec: String) throws -> ThrottleLimit {
+        let parts = text.split(separator: "/", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        var amount = parts.first ?? ""
+        let bytes = amount.hasSuffix("b")
+        if bytes { amount.removeLast() }
+        guard parts.count == 2, let count = UInt64(amount), count > 0 else {
+            throw ValidationError("condition group \"\(spec)\": the limit \"\(text)\" is not N/UNIT (or Nb/UNIT for bytes), e.g. 10/minute or 4096b/2 hour")
+        }
+        var period = parts[1]
+        let digits = period.prefix { $0.isNumber }
+        period = period.dropFirst(digits.count).trimmingCharacters(in: .whitespaces)
+        guard let unit = TimeUnitOption(rawValue: period.hasSuffix("s") ? String(period.dropLast()) : period) else {
+            throw ValidationError("condition group \"\(spec)\": \"\(parts[1])\" is no period: use second, minute, hour, day, month or year, optionally after a count")
+        }
+        let unitTime = digits.isEmpty ? 1 : UInt32(digits) ?? 0
+        guard unitTime > 0 else { throw ValidationError("condition group \"\(spec)\": the period's count must be at least 1") }
+        return ThrottleLimit(timeUnit: unit.unit, unitTime: unitTime, quota: bytes ? .bandwidthBytes(count) : .requestCount(count))
+    }
+
+    static func parseCondition(_ text: String, in spec: String) throws -> ThrottleCondition {
+        var body = Substring(text)
+        let invert = body.hasPrefix("!")
+        if invert { body = body.dropFirst() }
+        func named(_ prefix: String) throws -> NamedValueCondition? {
+            guard body.hasPrefix(prefix) else { return nil }
+            let rest = body.dropFirst(prefix.count)
+            guard let equals = rest.firstIndex(of: "="), equals != rest.startIndex, rest.index(after: equals) != rest.endIndex else {
+                throw ValidationError("condition group \"\(spec)\": \"\(text)\" needs \(prefix)NAME=REGEX")
+            }
+            return NamedValueCondition(name: String(rest[..<equals]), valuePattern: String(rest[rest.index(after: equals)...]))
+        }
+        var condition = ThrottleCondition(invert: invert)
+        if body.hasPrefix("ip=") {
+            condition.match = .ip(String(body.dropFirst(3)))
+        } else if body.hasPrefix("ip-range=") {
+            let bounds = body.dropFirst(9).split(separator: "-")
+            guard bounds.count == 2 else { throw ValidationError("condition group \"\(spec)\": \"\(text)\" needs ip-range=FIRST-LAST") }
+            condition.match = .ipRange(IpRange(startAddress: String(bounds[0]), endAddress: String(bounds[1])))
+        } else if let header = try named("header:") {
+            condition.match = .header(header)
+        } else if let query = try named("query:") {
+            condition.match = .queryParameter(query)
+        } else if let claim = try named("claim:") {
+            condition.match = .jwtClaim(claim)
+        } else {
+            throw ValidationError("condition group \"\(spec)\": \"\(text)\" is none of ip=, ip-range=, header:NAME=, query:NAME=, claim:NAME= (! negates)")
+        }
+        return condition
+    }
+}
+
 struct PolicyCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "create", abstract: "Create a subscription, application or advanced policy with a request or bandwidth quota.")
+        commandName: "create", abstract: "Create a subscription, application, advanced or global (custom) policy with a request or bandwidth quota.",
+        discussion: """
+            Subscription tiers may add a spike arrest (--spike-arrest, --spike-arrest-unit) and admit past their quota \
+            (--no-stop-on-quota: calls go on and are marked). Advanced policies take condition groups, each with its own limit: \
+            --condition-group "10/minute when ip-range=10.0.0.0-10.0.0.255 and !header:X-Tier=gold" (conditions: ip=, ip-range=, \
+            header:NAME=REGEX, query:NAME=REGEX, claim:NAME=REGEX; ! negates). Global policies count every call of the tenant's APIs \
+            under their expanded --key-template, e.g. "$userId:$apiContext".
+            """)
     @OptionGroup var connection: ConnectionOptions
-    @Option(help: "subscription, application or advanced.") var kind: PolicyKindOption
+    @Option(help: "subscription, application, advanced or global.") var kind: PolicyKindOption
     @Argument(help: "The policy's name (letters, digits, _ and -).") var name: String
     @Option(help: "Requests allowed per period.") var requests: UInt64?
     @Option(help: "Bytes allowed per period (instead of --requests).") var bandwidth: UInt64?
     @Option(help: "The period's unit.") var per: TimeUnitOption = .minute
     @Option(name: .customLong("unit-time"), help: "How many units make the period.") var unitTime: UInt32 = 1
     @Option(help: "A description.") var description: String = ""
-    @Option(name: .customLong("spike-arrest"), help: "Subscription policies: at most this many requests per second.") var spikeArrest: UInt32 = 0
+    @Option(name: .customLong("spike-arrest"), help: "Subscription policies: at most this many requests per --spike-arrest-unit on each gateway.")
+    var spikeArrest: UInt32 = 0
+    @Option(name: .customLong("spike-arrest-unit"), help: "second or minute.") var spikeArrestUnit: SpikeArrestUnitOption = .second
+    @Flag(name: .customLong("stop-on-quota"), inversion: .prefixedNo,
+          help: "Subscription policies: refuse calls past the quota (the default), or admit and mark them.")
+    var stopOnQuota = true
+    @Option(help: "Advanced policies: where the policy is meant to be attached.") var level: PolicyLevelOption = .api
+    @Option(name: .customLong("condition-group"), help: "Advanced policies: LIMIT when CONDITION [and CONDITION]… (repeat; see the discussion).")
+    var conditionGroups: [String] = []
+    @Option(name: .customLong("key-template"), help: "Global policies: the throttle key, from $userId, $apiContext, $apiVersion, $appId, $appTenant, $apiTenant, $resourceKey, $clientIp, $customProperty.HEADER.")
+    var keyTemplate: String?
 
     func validate() throws {
         guard (requests == nil) != (bandwidth == nil) else { throw ValidationError("give exactly one of --requests or --bandwidth") }
-        guard kind != .global else { throw ValidationError("global policies are not created from the command line yet; use the RPC API") }
+        if kind != .subscription, spikeArrest > 0 || !stopOnQuota {
+            throw ValidationError("--spike-arrest and --no-stop-on-quota apply to subscription policies only")
+        }
+        if kind != .advanced, !conditionGroups.isEmpty { throw ValidationError("--condition-group applies to advanced policies only") }
+        if kind == .global {
+            guard let keyTemplate, keyTemplate.contains("$") else {
+                throw ValidationError("a global policy needs --key-template built from $-variables, e.g. \"$userId:$apiContext\"")
+            }
+        } else if keyTemplate != nil {
+            throw ValidationError("--key-template applies to global policies only")
+        }
+        for (index, spec) in conditionGroups.enumerated() { _ = try ConditionGroupSpec.parse(spec, id: String(index + 1)) }
     }
 
     func run() async throws {
@@ -128,12 +234,16 @@ struct PolicyCreate: AsyncParsableCommand {
         let policy: ThrottlePolicy = switch kind {
         case .subscription:
             ThrottlePolicy(policy: .subscriptionPolicy(SubscriptionPolicy(name: name, displayName: name, description: description, defaultLimit: limit,
-                                                                           spikeArrestLimit: spikeArrest, spikeArrestUnit: spikeArrest > 0 ? .second : .unspecified,
-                                                                           stopOnQuotaReach: true)))
+                                                                           spikeArrestLimit: spikeArrest, spikeArrestUnit: spikeArrest > 0 ? spikeArrestUnit.unit : .unspecified,
+                                                                           stopOnQuotaReach: stopOnQuota)))
         case .application:
             ThrottlePolicy(policy: .applicationPolicy(ApplicationPolicy(name: name, displayName: name, description: description, defaultLimit: limit)))
-        case .advanced, .global:
-            ThrottlePolicy(policy: .advancedPolicy(AdvancedPolicy(name: name, displayName: name, description: description, applicableLevel: .api, defaultLimit: limit)))
+        case .advanced:
+            ThrottlePolicy(policy: .advancedPolicy(AdvancedPolicy(
+                name: name, displayName: name, description: description, applicableLevel: level.level, defaultLimit: limit,
+                conditionGroups: try conditionGroups.enumerated().map { try ConditionGroupSpec.parse($0.element, id: String($0.offset + 1)) })))
+        case .global:
+            ThrottlePolicy(policy: .globalPolicy(GlobalPolicy(name: name, description: description, keyTemplate: keyTemplate!, limit: limit)))
         }
         let created = try await NodeSession.with(connection) { node in
             try await node.run {

@@ -5,7 +5,9 @@ import NIOPosix
 import OpenSSLKit
 import RoleCore
 import RPCCore
+import RPCNIO
 import ServiceLifecycle
+import ThrottleCore
 import TollgateGateway
 import TollgateKeyManager
 import TollgateListeners
@@ -17,6 +19,7 @@ import TollgatePublisher
 import TollgateServices
 import TollgateStorage
 import TollgateStore
+import TollgateTLS
 import TollgateUsers
 
 /// The gateway against nginx on this machine, in one run, `wrk` with
@@ -26,6 +29,9 @@ import TollgateUsers
 /// - the gateway, an opaque token validated once and cached, a subscription
 ///   limit far away, usage records on;
 /// - the same over HTTPS;
+/// then throttling's cost: the same guarded resource with the subscription
+/// quota leased from a traffic manager over RPC (throttling on) and with
+/// an Unlimited subscription (nothing to count: throttling off), alternated;
 /// then p99 at half of nginx's peak rate for nginx and the full-policy
 /// gateway, and the time for a publish to be live with 5,000 APIs loaded.
 func benchGateway() async throws {
@@ -100,6 +106,34 @@ func benchGateway() async throws {
         print("gateway: backend nginx: " + status.split(separator: "\n").prefix(3).joined(separator: " | "))
     }
     if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
+
+    // Throttling on and off, alternated so drift in the machine's load falls on both alike.
+    let unlimitedBearer = "Authorization: Bearer \(cluster.unlimitedToken)"
+    _ = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: 4, seconds: 1)
+    var on: [WrkResult] = [], off: [WrkResult] = []
+    var exchanges: UInt64 = 0, leasedRequests: UInt64 = 0
+    let pairs = 5, pairSeconds = 6
+    for _ in 0..<pairs {
+        off.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: connections, seconds: pairSeconds))
+        let before = cluster.throttleStatistics
+        on.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds))
+        let after = cluster.throttleStatistics
+        exchanges += after.statistics.exchanges - before.statistics.exchanges
+        leasedRequests += (after.statistics.policies["sub:BenchTier"]?.admitted ?? 0) - (before.statistics.policies["sub:BenchTier"]?.admitted ?? 0)
+    }
+    let onRate = on.reduce(0) { $0 + $1.rate } / Double(on.count), offRate = off.reduce(0) { $0 + $1.rate } / Double(off.count)
+    for (label, runs) in [("off (Unlimited subscription)", off), ("on (subscription quota leased from a traffic manager)", on)] {
+        print("gateway: throttling \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + runs.map { String(format: "%9.0f", $0.rate) }.joined(separator: " ") + String(format: " req/s  p99 %5.2f ms", runs.map(\.p99).max() ?? 0))
+    }
+    let throttleRatio = onRate / offRate
+    let pairRatios = zip(on, off).map { $0.rate / $1.rate }.sorted()
+    print("gateway: throttling on / off, mean of \(pairs) alternated runs".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  %9.0f / %9.0f req/s = %5.3f× (median of pairs %5.3f×)   target ≥ 0.97×: %@", onRate, offRate, throttleRatio,
+                 pairRatios[pairRatios.count / 2], throttleRatio >= 0.97 ? "met" : "MISSED"))
+    print("gateway: traffic-manager round trips per 1,000 admitted requests".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  %8.3f  (%llu ExchangeLeases calls for %llu requests)", Double(exchanges) * 1000 / Double(max(1, leasedRequests)), exchanges, leasedRequests))
+    if on.contains(where: { $0.errors > 0 }) || off.contains(where: { $0.errors > 0 }) { print("gateway: wrk reported errors or non-2xx answers while comparing throttling") }
 
     // p99 at half of nginx's peak rate: each connection paced by wrk's delay() hook.
     let halfRate = baseline.rate / 2
@@ -259,13 +293,23 @@ final class BenchGatewayCluster: Sendable {
     let listeners: [Listener]
     let services: Task<Void, Never>
     let token: String
+    /// A token of an application subscribed at Unlimited: no quota to count.
+    let unlimitedToken: String
+    let trafficManager: NodeAssembly
+    let trafficManagerServer: RPCServer
+    let trafficManagerConnection: RPCConnection
     let httpPort: Int
     let httpsPort: Int
     let backendPort: Int
     let publisher: PublisherStore
 
     init(data: String, control: NodeAssembly, gateway: NodeAssembly, listeners: [Listener], services: Task<Void, Never>, token: String,
+         unlimitedToken: String, trafficManager: NodeAssembly, trafficManagerServer: RPCServer, trafficManagerConnection: RPCConnection,
          httpPort: Int, httpsPort: Int, backendPort: Int, publisher: PublisherStore) {
+        self.unlimitedToken = unlimitedToken
+        self.trafficManager = trafficManager
+        self.trafficManagerServer = trafficManagerServer
+        self.trafficManagerConnection = trafficManagerConnection
         self.data = data
         self.control = control
         self.gateway = gateway
@@ -278,12 +322,20 @@ final class BenchGatewayCluster: Sendable {
         self.publisher = publisher
     }
 
+    /// The control plane in this process; the traffic manager over RPC and TLS on loopback, as a gateway node reaches it.
     struct Peers: PeerDirectory {
         let transport: InProcessTransport
+        let trafficManager: RPCConnection
         func transports(for role: Role) -> [any RPCClientTransport] {
-            role == .publisher || role == .keymanager ? [transport] : []
+            switch role {
+            case .publisher, .keymanager: [transport]
+            case .trafficmanager: [trafficManager]
+            default: []
+            }
         }
     }
+
+    var throttleStatistics: (statistics: LeaseThrottler.Statistics, requests: UInt64) { gateway.module(GatewayModule.self)!.throttleStatistics }
 
     static func make(group: any EventLoopGroup, backendPort: Int, tlsDirectory: String) async throws -> BenchGatewayCluster {
         let data = try temporaryDirectory()
@@ -297,7 +349,8 @@ final class BenchGatewayCluster: Sendable {
         let keyManager = control.module(KeyManagerModule.self)!.keyManager
         let store = control.module(StoreModule.self)!.store
         let publisher = control.module(PublisherModule.self)!.store
-        // A tier far above what a run can send, so the subscription quota is counted on every call and never trips.
+        // A tier far above what a run can send, so the subscription quota is counted on every call and never trips
+        // (below 2^31 - 1, which WSO2 and ThrottleCore read as unlimited: such a tier would not be counted at all).
         let policies = control.module(PoliciesModule.self)!.store
         try await policies.installDefaults(tenant: superTenant)
         var tier = SubscriptionPolicy()
@@ -305,7 +358,7 @@ final class BenchGatewayCluster: Sendable {
         var limit = ThrottleLimit()
         limit.timeUnit = .minute
         limit.unitTime = 1
-        limit.quota = .requestCount(1_000_000_000_000)
+        limit.quota = .requestCount(1_000_000_000)
         tier.defaultLimit = limit
         var wrapped = ThrottlePolicy()
         wrapped.policy = .subscriptionPolicy(tier)
@@ -316,7 +369,7 @@ final class BenchGatewayCluster: Sendable {
         api.context = "/bench"
         api.resources = [ApiResource(uriTemplate: "/guarded", verb: .get, authType: .any), ApiResource(uriTemplate: "/open", verb: .get, authType: .none)]
         api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "http://127.0.0.1:\(backendPort)")))
-        api.subscriptionPolicies = ["BenchTier"]
+        api.subscriptionPolicies = ["BenchTier", "Unlimited"]
         let created = try await publisher.createApi(api, actor: "admin", tenant: superTenant)
         _ = try await publisher.changeLifecycle(created.id, to: .published, options: .init(), actor: "admin", tenant: superTenant)
         _ = try await keyManager.users.createUser(User(username: "alice", roles: ["subscriber"]), password: "Alice-Secret-1", tenant: superTenant)
@@ -325,6 +378,28 @@ final class BenchGatewayCluster: Sendable {
         let application = try await store.createApplication(Application(name: "bench"), caller: alice)
         _ = try await store.subscribe(application: application.id, api: created.id, tier: "BenchTier", caller: alice)
         let keys = try await store.generateKeys(GenerateKeysRequest(applicationId: application.id, keyType: .production), caller: alice)
+        let unlimited = try await store.createApplication(Application(name: "bench-unlimited"), caller: alice)
+        _ = try await store.subscribe(application: unlimited.id, api: created.id, tier: "Unlimited", caller: alice)
+        let unlimitedKeys = try await store.generateKeys(GenerateKeysRequest(applicationId: unlimited.id, keyType: .production), caller: alice)
+
+        // A traffic manager node behind its RPC server; the gateway leases from it over mutual TLS.
+        let trafficManagerData = data + "/trafficmanager"
+        try FileManager.default.createDirectory(atPath: trafficManagerData, withIntermediateDirectories: true)
+        let trafficManager = try await NodeAssembly.assemble(roles: [.trafficmanager], nodeID: "bench-tm",
+                                                             databases: try Databases.open(dataDirectory: trafficManagerData, only: RoleModules.databases(for: .trafficmanager)),
+                                                             logger: logger)
+        let rpcServerTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key",
+                                                                 trustRootsFile: tlsDirectory + "/ca.pem", verification: .peerRequired,
+                                                                 applicationProtocols: [RPCServer.alpn]))
+        let rpcClientTLS = try TLSContext(configuration: .client(trustRootsFile: tlsDirectory + "/ca.pem", certificateChainFile: tlsDirectory + "/node.pem",
+                                                                 privateKeyFile: tlsDirectory + "/node.key", applicationProtocols: [RPCServer.alpn]))
+        let trafficManagerAccess = trafficManager.access
+        let trafficManagerServer = RPCServer(methods: trafficManager.methods, tls: rpcServerTLS) { (context) throws(RPCError) -> Caller in
+            try trafficManagerAccess.authorize(context)
+        }
+        let trafficManagerPort = try await trafficManagerServer.bind(host: "127.0.0.1", port: 0, group: group).port!
+        let trafficManagerConnection = try await RPCConnection.connect(host: "127.0.0.1", port: trafficManagerPort, serverHostname: "localhost",
+                                                                       tls: rpcClientTLS, group: group)
 
         let access = control.access
         let transport = InProcessTransport(methods: control.methods, peer: .node(id: "bench-gateway", roles: ["gateway"])) { context throws(RPCError) in
@@ -334,7 +409,7 @@ final class BenchGatewayCluster: Sendable {
         try FileManager.default.createDirectory(atPath: gatewayData, withIntermediateDirectories: true)
         let gateway = try await NodeAssembly.assemble(roles: [.gateway], nodeID: "bench-gateway", databases: try Databases.open(dataDirectory: gatewayData, only: []),
                                                       logger: logger) { context in
-            context.provide(Peers(transport: transport), as: (any PeerDirectory).self)
+            context.provide(Peers(transport: transport, trafficManager: trafficManagerConnection), as: (any PeerDirectory).self)
             context.provide(NodeDataDirectory(path: gatewayData), as: NodeDataDirectory.self)
         }
         let module = gateway.module(GatewayModule.self)!
@@ -356,7 +431,8 @@ final class BenchGatewayCluster: Sendable {
             }
         }
         let cluster = BenchGatewayCluster(data: data, control: control, gateway: gateway, listeners: listeners, services: services,
-                                          token: keys.token!.accessToken, httpPort: ports[0], httpsPort: ports[1], backendPort: backendPort,
+                                          token: keys.token!.accessToken, unlimitedToken: unlimitedKeys.token!.accessToken, trafficManager: trafficManager,
+                                          trafficManagerServer: trafficManagerServer, trafficManagerConnection: trafficManagerConnection, httpPort: ports[0], httpsPort: ports[1], backendPort: backendPort,
                                           publisher: publisher)
         try await cluster.waitForRoute("/bench/1/open")
         return cluster
@@ -401,5 +477,7 @@ final class BenchGatewayCluster: Sendable {
     func stop() async {
         services.cancel()
         for listener in listeners { await listener.shutdown(drainTimeout: .seconds(1)) }
+        await trafficManagerConnection.close()
+        await trafficManagerServer.shutdown(drainTimeout: .seconds(1))
     }
 }

@@ -185,7 +185,7 @@ import TollgateProto
                 throttler.receive(operations, replies: replies, now: now)
             }
             Issue.record("no answer after 20 exchanges")
-            return .refuse(ThrottleRefusal(kind: nil, errorCode: 0, httpStatus: 0, policy: "", key: "", retryAfterSeconds: nil, rateLimit: nil))
+            return .refuse(ThrottleRefusal(kind: .subscription, errorCode: 0, httpStatus: 0, policy: "", key: "", retryAfterSeconds: nil, rateLimit: nil))
         }
         func admitted(_ outcome: ThrottleOutcome) -> Bool {
             if case .admit = outcome { return true }

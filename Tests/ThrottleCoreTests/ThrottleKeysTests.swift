@@ -96,27 +96,66 @@ import TollgateProto
         #expect(keys(RequestAttributes(clientIP: "10.0.0.1"), resourcePolicy: resource) == ["api:/pets:1_default", "res:/pets/1/pet:POST"])
     }
 
+    static func block(_ type: BlockConditionType, _ value: String? = nil, range: (String, String)? = nil, invert: Bool = false,
+                      tenant: String = "carbon.super", enabled: Bool = true) -> BlockCondition {
+        var condition = BlockCondition(tenantDomain: tenant, conditionType: type, enabled: enabled, invert: invert)
+        if let value { condition.target = .value(value) }
+        if let range { condition.target = .ipRange(IpRange(startAddress: range.0, endAddress: range.1)) }
+        return condition
+    }
+
     @Test func blockConditionsOfEveryType() {
         let set = BlockConditionSet([
-            BlockCondition(conditionType: .apiContext, enabled: true, target: .value("/blocked")),
-            BlockCondition(conditionType: .application, enabled: true, target: .value("alice:App")),
-            BlockCondition(conditionType: .user, enabled: true, target: .value("Mallory@carbon.super")),
-            BlockCondition(conditionType: .ip, enabled: true, target: .value("10.9.9.9")),
-            BlockCondition(conditionType: .ipRange, enabled: true, target: .ipRange(IpRange(startAddress: "192.168.0.0", endAddress: "192.168.255.255"))),
-            BlockCondition(conditionType: .apiContext, enabled: false, target: .value("/disabled")),
+            Self.block(.apiContext, "/blocked"), Self.block(.application, "alice:App"), Self.block(.user, "Mallory@carbon.super"),
+            Self.block(.user, "eve"), Self.block(.ip, "10.9.9.9"), Self.block(.ipRange, range: ("192.168.0.0", "192.168.255.255")),
+            Self.block(.apiContext, "/disabled", enabled: false),
         ])
-        #expect(set.blocks(apiContext: "/blocked", application: nil, user: nil, clientIP: "1.1.1.1"))
-        #expect(!set.blocks(apiContext: "/disabled", application: nil, user: nil, clientIP: "1.1.1.1"))
-        #expect(set.blocks(apiContext: "/x", application: "alice:App", user: nil, clientIP: "1.1.1.1"))
-        #expect(set.blocks(apiContext: "/x", application: nil, user: "mallory@carbon.super", clientIP: "1.1.1.1"))
-        #expect(set.blocks(apiContext: "/x", application: nil, user: nil, clientIP: "10.9.9.9"))
-        #expect(set.blocks(apiContext: "/x", application: nil, user: nil, clientIP: "192.168.4.4"))
-        #expect(!set.blocks(apiContext: "/x", application: "bob:App", user: "bob", clientIP: "1.1.1.1"))
-        // Inverted: everything outside the office range is blocked.
-        let office = BlockConditionSet([BlockCondition(conditionType: .ipRange, enabled: true, invert: true,
-                                                       target: .ipRange(IpRange(startAddress: "10.0.0.0", endAddress: "10.0.0.255")))])
-        #expect(office.blocks(apiContext: "/x", application: nil, user: nil, clientIP: "8.8.8.8"))
-        #expect(!office.blocks(apiContext: "/x", application: nil, user: nil, clientIP: "10.0.0.9"))
+        let tenant = "carbon.super"
+        #expect(set.blocks(context: "/blocked", versionedContext: "/blocked/1", tenant: tenant))
+        #expect(set.blocks(context: "/x", versionedContext: "/blocked//", tenant: tenant), "contexts compare with their slashes normalised")
+        #expect(!set.blocks(context: "/disabled", versionedContext: "/disabled/1", tenant: tenant))
+        #expect(set.hasCallerConditions(tenant: tenant) && set.blocks(application: "alice:App", tenant: tenant))
+        #expect(!set.blocks(application: "bob:App", tenant: tenant))
+        #expect(set.blocks(user: "mallory@carbon.super", userTenant: tenant, tenant: tenant), "user names compare without case")
+        #expect(set.blocks(user: "Eve", userTenant: tenant, tenant: tenant), "a name without a domain is in the caller's tenant")
+        #expect(!set.blocks(user: "eve", userTenant: "acme.com", tenant: tenant))
+        #expect(set.blocks(address: "10.9.9.9", tenant: tenant) && set.blocks(address: "::ffff:10.9.9.9", tenant: tenant))
+        #expect(set.blocks(address: "192.168.4.4", tenant: tenant) && !set.blocks(address: "192.169.0.0", tenant: tenant))
+        #expect(!set.blocks(address: "1.1.1.1", tenant: tenant))
+    }
+
+    @Test func blockRangesMergeAndInvert() {
+        let set = BlockConditionSet([
+            Self.block(.ipRange, range: ("10.0.0.0", "10.0.0.255")), Self.block(.ipRange, range: ("10.0.1.0", "10.0.1.9")),
+            Self.block(.ipRange, range: ("10.0.0.128", "10.0.0.130")), Self.block(.ipRange, range: ("10.5.0.0", "10.5.0.0")),
+            Self.block(.ipRange, range: ("2001:db8::", "2001:db8::ffff")), Self.block(.ip, "2001:db8:1::1"),
+            Self.block(.ipRange, range: ("10.9.0.9", "10.9.0.1")),  // start after end: ignored, as the store refuses it
+        ])
+        for blocked in ["10.0.0.0", "10.0.0.200", "10.0.1.9", "10.5.0.0", "2001:db8::1", "2001:DB8::FFFF", "2001:db8:1:0:0:0:0:1"] {
+            #expect(set.blocks(address: blocked, tenant: ""), "\(blocked)")
+        }
+        for open in ["9.255.255.255", "10.0.1.10", "10.4.255.255", "10.5.0.1", "2001:db8::1:0", "10.9.0.5", "not an address"] {
+            #expect(!set.blocks(address: open, tenant: ""), "\(open)")
+        }
+        // Inverted: everything outside the office range (and the one office address) is blocked.
+        let office = BlockConditionSet([Self.block(.ipRange, range: ("10.0.0.0", "10.0.0.255"), invert: true)])
+        #expect(office.blocks(address: "8.8.8.8", tenant: "carbon.super") && !office.blocks(address: "10.0.0.9", tenant: "carbon.super"))
+        #expect(office.blocks(address: "garbage", tenant: "carbon.super"), "an unreadable address is outside every range")
+        let single = BlockConditionSet([Self.block(.ip, "192.0.2.1", invert: true)])
+        #expect(!single.blocks(address: "192.0.2.1", tenant: "carbon.super") && single.blocks(address: "192.0.2.2", tenant: "carbon.super"))
+    }
+
+    @Test func blockConditionsApplyToTheirTenantOnly() {
+        let set = BlockConditionSet([Self.block(.ip, "203.0.113.7", tenant: "acme.com"), Self.block(.apiContext, "/t/acme.com/menu", tenant: "acme.com"),
+                                     Self.block(.application, "bob:App", tenant: "acme.com"), Self.block(.ipRange, range: ("0.0.0.0", "255.255.255.255"), invert: true, tenant: "ACME.com")])
+        #expect(set.blocks(address: "203.0.113.7", tenant: "acme.com"))
+        #expect(!set.blocks(address: "203.0.113.7", tenant: "carbon.super"), "another tenant's IP block")
+        #expect(!set.blocks(address: "2001:db8::1", tenant: "carbon.super"), "another tenant's inverted range")
+        #expect(set.blocks(address: "2001:db8::1", tenant: "acme.com"), "an IPv6 address is outside an inverted IPv4 range")
+        #expect(set.blocks(context: "/t/acme.com/menu", versionedContext: "/t/acme.com/menu/1", tenant: "acme.com"))
+        #expect(!set.hasCallerConditions(tenant: "carbon.super") && !set.blocks(application: "bob:App", tenant: "carbon.super"))
+        #expect(set.blocks(application: "bob:App", tenant: "acme.com"))
+        #expect(!BlockConditionSet().hasAddressConditions && BlockConditionSet().isEmpty)
     }
 }
 
@@ -134,7 +173,7 @@ struct ImmediateCluster {
             throttler.receive(operations, replies: replies, now: now)
         }
         Issue.record("still waiting after 50 exchanges")
-        return .wait(LeaseWait(key: "", windowStart: 0))
+        return .wait(LeaseWait(key: "", windowStart: 0, kind: .subscription))
     }
 }
 
@@ -222,13 +261,8 @@ struct ImmediateCluster {
         #expect(refusal(both.admit(tight, now: Self.now))?.errorCode == 900_800)
     }
 
-    @Test func blocksComeFirstAndStopOnQuotaOffAdmitsAndMarks() {
+    @Test func stopOnQuotaOffAdmitsAndMarks() {
         var cluster = ImmediateCluster()
-        cluster.throttler.updateBlockConditions([BlockCondition(conditionType: .application, enabled: true, target: .value("alice:App"))])
-        let blocked = refusal(cluster.admit(Self.request(api: 5), now: Self.now))
-        #expect(blocked?.errorCode == 900_805 && blocked?.kind == nil && blocked?.retryAfterSeconds == nil)
-        cluster.throttler.updateBlockConditions([])
-
         let lenient = Self.request(subscription: 1, stopOnQuota: false)
         #expect(cluster.admit(lenient, now: Self.now) == .admit(rateLimit: RateLimitValues(limit: 1, remaining: 0, resetSeconds: 30), marked: []))
         #expect(cluster.admit(lenient, now: Self.now) == .admit(rateLimit: RateLimitValues(limit: 1, remaining: 0, resetSeconds: 30), marked: ["Bronze"]))

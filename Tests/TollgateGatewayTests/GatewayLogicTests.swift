@@ -89,27 +89,29 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
     }
 
     @Test func addressesRangesAndInversion() {
-        let index = BlockIndex([block(.ip, "192.0.2.7"), block(.ipRange, range: ("10.0.0.0", "10.0.255.255")), block(.ip, "2001:db8::1")])
-        #expect(index.blocks(address: "192.0.2.7"))
-        #expect(index.blocks(address: "::ffff:192.0.2.7"), "an IPv4-mapped address is the IPv4 address")
-        #expect(index.blocks(address: "10.0.17.3"))
-        #expect(!index.blocks(address: "10.1.0.0"))
-        #expect(index.blocks(address: "2001:DB8:0:0::1"))
-        #expect(!index.blocks(address: "2001:db8::2"))
-        let inverted = BlockIndex([block(.ipRange, range: ("203.0.113.0", "203.0.113.255"), invert: true)])
-        #expect(!inverted.blocks(address: "203.0.113.9"))
-        #expect(inverted.blocks(address: "198.51.100.1"), "an inverted range blocks everything outside it")
+        let index = BlockConditionSet([block(.ip, "192.0.2.7"), block(.ipRange, range: ("10.0.0.0", "10.0.255.255")), block(.ip, "2001:db8::1")])
+        let tenant = "carbon.super"
+        #expect(index.blocks(address: "192.0.2.7", tenant: tenant))
+        #expect(index.blocks(address: "::ffff:192.0.2.7", tenant: tenant), "an IPv4-mapped address is the IPv4 address")
+        #expect(index.blocks(address: "10.0.17.3", tenant: tenant))
+        #expect(!index.blocks(address: "10.1.0.0", tenant: tenant))
+        #expect(index.blocks(address: "2001:DB8:0:0::1", tenant: tenant))
+        #expect(!index.blocks(address: "2001:db8::2", tenant: tenant))
+        let inverted = BlockConditionSet([block(.ipRange, range: ("203.0.113.0", "203.0.113.255"), invert: true)])
+        #expect(!inverted.blocks(address: "203.0.113.9", tenant: tenant))
+        #expect(inverted.blocks(address: "198.51.100.1", tenant: tenant), "an inverted range blocks everything outside it")
         var disabled = block(.ip, "192.0.2.7")
         disabled.enabled = false
-        #expect(!BlockIndex([disabled]).blocks(address: "192.0.2.7"))
+        #expect(!BlockConditionSet([disabled]).blocks(address: "192.0.2.7", tenant: tenant))
     }
 
     @Test func contextsApplicationsUsers() {
-        let index = BlockIndex([block(.apiContext, "/menu"), block(.application, "alice:web"), block(.user, "bob@carbon.super")])
-        #expect(index.blocks(context: "/menu", versionedContext: "/menu/1.0"))
-        #expect(!index.blocks(context: "/other", versionedContext: "/other/1"))
-        #expect(index.blocks(application: "alice:web") && !index.blocks(application: "alice:cli"))
-        #expect(index.blocks(user: "bob@carbon.super") && !index.blocks(user: "alice@carbon.super"))
+        let index = BlockConditionSet([block(.apiContext, "/menu"), block(.application, "alice:web"), block(.user, "bob@carbon.super")])
+        let tenant = "carbon.super"
+        #expect(index.blocks(context: "/menu", versionedContext: "/menu/1.0", tenant: tenant))
+        #expect(!index.blocks(context: "/other", versionedContext: "/other/1", tenant: tenant))
+        #expect(index.blocks(application: "alice:web", tenant: tenant) && !index.blocks(application: "alice:cli", tenant: tenant))
+        #expect(index.blocks(user: "bob@carbon.super", userTenant: tenant, tenant: tenant) && !index.blocks(user: "alice@carbon.super", userTenant: tenant, tenant: tenant))
     }
 }
 
@@ -294,13 +296,14 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
     }
 
     @Test func throttleRefusalFaults() {
-        let expected: [(ThrottleKind?, Int32, Int)] = [(nil, 900805, 403), (.api, 900800, 429), (.resource, 900802, 429), (.subscription, 900804, 429),
+        #expect(GatewayFault.blocked.code == 900805 && GatewayFault.blocked.status == 403)
+        let expected: [(ThrottleKind, Int32, Int)] = [(.api, 900800, 429), (.resource, 900802, 429), (.subscription, 900804, 429),
                                                       (.spikeArrest, 900807, 429), (.application, 900803, 429), (.custom, 900806, 429),
                                                       (.hardLimit, 900801, 503)]
         for (kind, code, status) in expected {
             let fault = GatewayFault.throttled(kind)
-            #expect(fault.code == code && fault.status == status, "\(String(describing: kind))")
-            if let kind { #expect(Int(fault.code) == kind.errorCode && fault.status == kind.httpStatus) }
+            #expect(fault.code == code && fault.status == status, "\(kind)")
+            #expect(Int(fault.code) == kind.errorCode && fault.status == kind.httpStatus)
         }
     }
 }
