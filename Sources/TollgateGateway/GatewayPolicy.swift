@@ -48,10 +48,13 @@ final class GatewayPolicy: ProxyPolicy {
 
     let jwt: JWTVerifier
     let peers: (any PeerDirectory)?
+    let backendJWT: BackendJWTIssuer
 
     init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttling: GatewayThrottling,
-         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings, jwt: JWTVerifier, peers: (any PeerDirectory)?) {
+         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings, jwt: JWTVerifier, peers: (any PeerDirectory)?,
+         backendJWT: BackendJWTIssuer) {
         self.jwt = jwt
+        self.backendJWT = backendJWT
         self.peers = peers
         self.deployment = deployment
         self.cache = cache
@@ -91,6 +94,11 @@ final class GatewayPolicy: ProxyPolicy {
 
         if state.blocks.blocks(address: head.clientAddress) { return fault(.blocked, &exchange) }
         guard let route = state.routes.route(exchange.path) else {
+            if exchange.path == BackendJWTIssuer.jwksPath, head.method == "GET" || head.method == "HEAD" {
+                // The backend JWT's public key, for backends to verify it (no API claims the path).
+                return respond(HTTPResponse(status: 200, headers: [("Content-Type", "application/jwk-set+json"), ("Cache-Control", "max-age=300")],
+                                            body: backendJWT.jwks), &exchange)
+            }
             let body = "{\"fault\":{\"code\":404,\"message\":\"Not Found\",\"description\":\"No API is deployed at \(GatewayFault.escapeJSON(String(exchange.path)))\"}}"
             return respond(HTTPResponse(status: 404, headers: [("Content-Type", "application/json; charset=UTF-8")], body: Array(body.utf8)), &exchange)
         }
@@ -286,10 +294,10 @@ final class GatewayPolicy: ProxyPolicy {
         }
         let head = exchange.head
         let authHeader = api.api.authorizationHeader.isEmpty ? "Authorization" : api.api.authorizationHeader
-        var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, requestIDHeader: settings.requestIDHeader,
-                                            requestID: exchange.requestID)
-        if let endUserToken = exchange.info?.endUserToken, !endUserToken.isEmpty {
-            headers.append(("X-JWT-Assertion", endUserToken))
+        var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, assertionHeader: backendJWT.headerName,
+                                            requestIDHeader: settings.requestIDHeader, requestID: exchange.requestID)
+        if api.api.backendJwt, let token, let info = exchange.info, let assertion = backendJWT.assertion(token: token, info: info, api: api, now: now) {
+            headers.append((backendJWT.headerName, assertion))
         }
         responseHeaders.append((settings.requestIDHeader, exchange.requestID))
         let completed = exchange
@@ -341,8 +349,10 @@ final class GatewayPolicy: ProxyPolicy {
 
     /// The client's header fields as the backend gets them: hop-by-hop
     /// fields, the credential and `Expect` removed; `Host` left for the
-    /// listener to set; `X-Forwarded-*` and the request id added.
-    static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, requestIDHeader: String,
+    /// listener to set; `X-Forwarded-*` and the request id added. The
+    /// backend JWT's field is always removed: only the gateway sets it, so a
+    /// backend never takes a client's for the gateway's.
+    static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, assertionHeader: String, requestIDHeader: String,
                                  requestID: String) -> [(name: String, value: String)] {
         var connectionNamed: [String] = []
         var forwardedFor: String?
@@ -361,6 +371,7 @@ final class GatewayPolicy: ProxyPolicy {
                 || name.caseInsensitiveEquals("content-length") { continue }
             if !connectionNamed.isEmpty && connectionNamed.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
             if let credentialHeader, name.caseInsensitiveEquals(credentialHeader) { continue }
+            if name.caseInsensitiveEquals(assertionHeader) { continue }
             if name.caseInsensitiveEquals("x-forwarded-for") {
                 forwardedFor = forwardedFor.map { $0 + ", " + field.value } ?? field.value
                 continue

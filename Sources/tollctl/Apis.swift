@@ -354,6 +354,7 @@ func apiJSON(_ api: Api) -> [String: Any] {
     json["scopes"] = api.scopes.map { scope in ["key": scope.key, "name": scope.name, "description": scope.description, "roles": scope.roles] as [String: Any] }
     json["tiers"] = api.subscriptionPolicies
     json["api_policy"] = api.apiPolicy
+    json["backend_jwt"] = api.backendJwt
     if let production = endpointJSON(api.productionEndpoints) { json["production_endpoints"] = production }
     if let sandbox = endpointJSON(api.sandboxEndpoints) { json["sandbox_endpoints"] = sandbox }
     if let tps = api.maxProductionTps { json["max_production_tps"] = tps }
@@ -431,6 +432,11 @@ struct ApiSettings: ParsableArguments {
     @Option(name: .customLong("api-policy"), help: "An advanced throttling policy for the whole API, overriding resource policies; \"\" removes it.")
     var apiPolicy: String?
     @Option(name: .customLong("resource-auth"), help: "The token the resources added by this command require.") var resourceAuth: ResourceAuthOption = .anyToken
+    @Option(name: .customLong("backend-jwt"),
+            help: "on: gateways send the backend a JWT they sign with the caller's claims (X-JWT-Assertion, as WSO2 does); off (the default for new APIs): none.")
+    var backendJWT: Switch?
+
+    enum Switch: String, ExpressibleByArgument, CaseIterable { case on, off }
 
     func validate() throws {
         for endpoint in endpoints where !isHTTPURL(endpoint) {
@@ -460,7 +466,7 @@ struct ApiSettings: ParsableArguments {
     /// True when no setting is given (--resource-auth alone changes nothing).
     var isEmpty: Bool {
         let given: [Bool] = [description != nil, !endpoints.isEmpty, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
-                             !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil]
+                             !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil, backendJWT != nil]
         return !given.contains(true)
     }
 
@@ -478,6 +484,7 @@ struct ApiSettings: ParsableArguments {
         if !transports.isEmpty { api.transports = transports.map(\.protoValue) }
         if let defaultVersion { api.defaultVersion = defaultVersion }
         if let apiPolicy { api.apiPolicy = apiPolicy }
+        if let backendJWT { api.backendJwt = backendJWT == .on }
     }
 }
 
@@ -563,6 +570,7 @@ struct ApiGet: AsyncParsableCommand {
                 ("sandbox", endpointSummary(api.sandboxEndpoints)),
                 ("tiers", listOrDash(api.subscriptionPolicies)),
                 ("api policy", api.apiPolicy.isEmpty ? "-" : api.apiPolicy),
+                ("backend JWT", api.backendJwt ? "on" : "off"),
                 ("revision", String(api.revision)),
                 ("created", "\(isoTimestamp(unixMs: api.createdAtUnixMs)) by \(api.createdBy.isEmpty ? "?" : api.createdBy)"),
                 ("updated", "\(isoTimestamp(unixMs: api.updatedAtUnixMs)) by \(api.updatedBy.isEmpty ? "?" : api.updatedBy)"),

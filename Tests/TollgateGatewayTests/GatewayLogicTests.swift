@@ -255,12 +255,13 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
     @Test func forwardedHeaders() {
         let head = ProxyRequestHead(method: "GET", uri: "/x", headers: [("Host", "gw.example"), ("Authorization", "Bearer t"), ("Connection", "keep-alive, X-Hop"),
                                                                           ("X-Hop", "1"), ("Keep-Alive", "5"), ("X-Forwarded-For", "198.51.100.1"),
-                                                                          ("Accept", "*/*"), ("Expect", "100-continue")],
+                                                                          ("Accept", "*/*"), ("Expect", "100-continue"), ("x-jwt-assertion", "forged")],
                                     clientAddress: "192.0.2.1", isSecure: true, host: "gw.example")
-        let headers = GatewayPolicy.forwardedHeaders(head, removing: "authorization", requestIDHeader: "X-Request-ID", requestID: "r1")
+        let headers = GatewayPolicy.forwardedHeaders(head, removing: "authorization", assertionHeader: "X-JWT-Assertion",
+                                                     requestIDHeader: "X-Request-ID", requestID: "r1")
         let names = headers.map { $0.name.lowercased() }
         #expect(!names.contains("authorization") && !names.contains("connection") && !names.contains("x-hop") && !names.contains("keep-alive")
-            && !names.contains("expect") && !names.contains("host"))
+            && !names.contains("expect") && !names.contains("host") && !names.contains("x-jwt-assertion"))
         #expect(headers.contains { $0.name == "X-Forwarded-For" && $0.value == "198.51.100.1, 192.0.2.1" })
         #expect(headers.contains { $0.name == "X-Forwarded-Proto" && $0.value == "https" })
         #expect(headers.contains { $0.name == "X-Forwarded-Host" && $0.value == "gw.example" })
