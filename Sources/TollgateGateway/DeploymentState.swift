@@ -28,22 +28,35 @@ public final class DeploymentState: Sendable {
 
     public static let empty = DeploymentState(revision: 0, appliedAtUnixMs: 0, apis: [:], policies: [:], blockConditions: [:], fromDisk: false)
 
-    init(revision: UInt64, appliedAtUnixMs: Int64, apis: [String: RoutedApi], policies: [PolicyKey: ThrottlePolicy],
-         blockConditions: [String: BlockCondition], fromDisk: Bool) {
+    convenience init(revision: UInt64, appliedAtUnixMs: Int64, apis: [String: RoutedApi], policies: [PolicyKey: ThrottlePolicy],
+                     blockConditions: [String: BlockCondition], fromDisk: Bool) {
+        self.init(revision: revision, appliedAtUnixMs: appliedAtUnixMs, apis: apis, policies: policies, blockConditions: blockConditions,
+                  fromDisk: fromDisk, routes: RoutingTable(apis: apis.values), blocks: BlockConditionSet(blockConditions.values),
+                  globalPolicies: Self.globalPolicies(policies))
+    }
+
+    /// With the derived indexes given: a change reuses those it leaves alone.
+    private init(revision: UInt64, appliedAtUnixMs: Int64, apis: [String: RoutedApi], policies: [PolicyKey: ThrottlePolicy],
+                 blockConditions: [String: BlockCondition], fromDisk: Bool, routes: RoutingTable, blocks: BlockConditionSet,
+                 globalPolicies: [String: [GlobalPolicy]]) {
         self.revision = revision
         self.appliedAtUnixMs = appliedAtUnixMs
         self.apis = apis
         self.policies = policies
         self.blockConditions = blockConditions
+        self.globalPolicies = globalPolicies
+        self.routes = routes
+        self.blocks = blocks
+        self.fromDisk = fromDisk
+    }
+
+    static func globalPolicies(_ policies: [PolicyKey: ThrottlePolicy]) -> [String: [GlobalPolicy]] {
         var global: [String: [GlobalPolicy]] = [:]
         for policy in policies.values {
             if case .globalPolicy(let custom) = policy.policy, custom.limit != nil { global[custom.tenantDomain, default: []].append(custom) }
         }
         // A stable order, so every gateway checks a tenant's policies alike.
-        globalPolicies = global.mapValues { $0.sorted { $0.name < $1.name } }
-        self.routes = RoutingTable(apis: apis.values)
-        self.blocks = BlockConditionSet(blockConditions.values)
-        self.fromDisk = fromDisk
+        return global.mapValues { $0.sorted { $0.name < $1.name } }
     }
 
     /// A state made whole from a snapshot's chunks.
@@ -71,28 +84,46 @@ public final class DeploymentState: Sendable {
     }
 
     /// This state with `changes` applied, in order; APIs not touched keep
-    /// their compiled form.
+    /// their compiled form, and the routing table changes only where the
+    /// touched APIs' prefixes fall (indexes nothing touched are shared).
     public func applying(_ changes: [DeploymentChange], appliedAtUnixMs: Int64) -> DeploymentState {
         var apis = self.apis
         var policies = self.policies
         var blocks = self.blockConditions
         var revision = self.revision
+        var touchedAPIs: Set<String> = []
+        var policiesChanged = false, blocksChanged = false
         for change in changes {
             revision = max(revision, change.revision)
             switch change.change {
             case .apiUpserted(let api):
                 let routed = RoutedApi(api)
                 apis[routed.api.id] = routed
-            case .apiRemoved(let id): apis[id] = nil
-            case .policyUpserted(let policy): if let key = Self.key(policy) { policies[key] = policy }
-            case .policyRemoved(let ref): policies[PolicyKey(kind: ref.kind, id: ref.id)] = nil
-            case .blockConditionUpserted(let block): blocks[block.id] = block
-            case .blockConditionRemoved(let id): blocks[id] = nil
+                touchedAPIs.insert(routed.api.id)
+            case .apiRemoved(let id):
+                apis[id] = nil
+                touchedAPIs.insert(id)
+            case .policyUpserted(let policy):
+                if let key = Self.key(policy) { policies[key] = policy }
+                policiesChanged = true
+            case .policyRemoved(let ref):
+                policies[PolicyKey(kind: ref.kind, id: ref.id)] = nil
+                policiesChanged = true
+            case .blockConditionUpserted(let block):
+                blocks[block.id] = block
+                blocksChanged = true
+            case .blockConditionRemoved(let id):
+                blocks[id] = nil
+                blocksChanged = true
             case .subscriptionChanged, nil: break
             }
         }
+        let routes = touchedAPIs.isEmpty ? self.routes
+            : self.routes.applying(removing: touchedAPIs.compactMap { self.apis[$0] }, adding: touchedAPIs.compactMap { apis[$0] })
         return DeploymentState(revision: revision, appliedAtUnixMs: appliedAtUnixMs, apis: apis, policies: policies,
-                               blockConditions: blocks, fromDisk: false)
+                               blockConditions: blocks, fromDisk: false, routes: routes,
+                               blocks: blocksChanged ? BlockConditionSet(blocks.values) : self.blocks,
+                               globalPolicies: policiesChanged ? Self.globalPolicies(policies) : self.globalPolicies)
     }
 
     public func subscriptionPolicy(named name: String, tenant: String) -> SubscriptionPolicy? {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import OpenSSLKit
 public import RoleCore
 public import RPCCore
 public import ServiceLifecycle
@@ -42,6 +43,10 @@ public struct GatewayModule: RoleModule {
         .init("header_timeout_seconds", .integer(1...3_600)),
         .init("usage_queue_capacity", .integer(1...100_000_000)),
         .init("request_id_header", .string),
+        // The JWT sent to backends of APIs with backend_jwt (docs/gateway.md, "Backend JWT").
+        .init("backend_jwt_header", .string),
+        .init("backend_jwt_issuer", .string),
+        .init("backend_jwt_seconds", .integer(10...86_400)),
         // WSO2's Thrift key validation (docs/thrift-key-validation.md).
         .init("thrift_keymanagers", .string),
         .init("thrift_authenticator_urls", .string),
@@ -62,6 +67,9 @@ public struct GatewayModule: RoleModule {
         if let mode = section.string("throttle_failure_mode"), LeaseThrottlerConfiguration.FailureMode(rawValue: mode) == nil {
             return [(key: "throttle_failure_mode", problem: "must be \"local-share\", \"open\" or \"closed\", not \"\(mode)\"")]
         }
+        if let header = section.string("backend_jwt_header"), !isFieldName(header) {
+            return [(key: "backend_jwt_header", problem: "\"\(header)\" is not an HTTP header name")]
+        }
         if let mode = section.string("key_validation"), mode != "rpc" && mode != "thrift" {
             return [(key: "key_validation", problem: "must be \"rpc\" or \"thrift\", not \"\(mode)\"")]
         }
@@ -75,6 +83,13 @@ public struct GatewayModule: RoleModule {
         }
         return []
     })
+
+    /// Whether `name` is an HTTP field name (RFC 9110 `token`).
+    static func isFieldName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        }
+    }
 
     /// A comma-separated list, entries trimmed, empty ones dropped.
     public static func list(_ text: String) -> [String] {
@@ -113,7 +128,18 @@ public struct GatewayModule: RoleModule {
                                            transport: PeerLeaseTransport(peers: peerDirectory ?? NoPeers(),
                                                                          timeout: .milliseconds(section.integer("throttle_lease_timeout_ms") ?? 1000)))
         let deployment = DeploymentHolder()
-        store = context.lookup(NodeDataDirectory.self).map { DeploymentStore(directory: $0.path) }
+        let dataDirectory = context.lookup(NodeDataDirectory.self)
+        store = dataDirectory.map { DeploymentStore(directory: $0.path) }
+        let backendKey: P256SigningKey
+        do {
+            // Without a data directory (an assembly for inspection) the key lives as long as the process.
+            backendKey = try dataDirectory.map { try BackendJWTIssuer.loadOrCreateKey(directory: $0.path) } ?? P256SigningKey.generate()
+        } catch {
+            throw NodeStartError("gateway: the backend JWT signing key: \(error)")
+        }
+        let backendJWT = BackendJWTIssuer(key: backendKey, headerName: section.string("backend_jwt_header") ?? "X-JWT-Assertion",
+                                          issuer: section.string("backend_jwt_issuer") ?? BackendJWTIssuer.defaultIssuer,
+                                          lifetimeSeconds: section.integer("backend_jwt_seconds") ?? 900)
         let feed = FeedStatus()
         self.feed = feed
         if let store {
@@ -153,7 +179,8 @@ public struct GatewayModule: RoleModule {
                                        maxRequestBodyBytes: section.integer("max_request_body_bytes").flatMap { $0 > 0 ? $0 : nil },
                                        requestIDHeader: section.string("request_id_header") ?? "X-Request-ID")
         policy = GatewayPolicy(deployment: deployment, cache: cache, validator: validator, health: health, throttling: throttling, usage: usage,
-                               metrics: metrics, settings: settings, jwt: JWTVerifier(), peers: peers)
+                               metrics: metrics, settings: settings, jwt: JWTVerifier(), peers: peers,
+                               backendJWT: backendJWT)
         limits = ProxyListenerLimits(maxHeaderBytes: section.integer("max_header_bytes") ?? 16 * 1024,
                                      maxHeaderCount: section.integer("max_header_count") ?? 100,
                                      maxURIBytes: section.integer("max_uri_bytes") ?? 8 * 1024,

@@ -43,10 +43,13 @@ final class GatewayPolicy: ProxyPolicy {
 
     let jwt: JWTVerifier
     let peers: (any PeerDirectory)?
+    let backendJWT: BackendJWTIssuer
 
     init(deployment: DeploymentHolder, cache: ValidationCache, validator: any KeyValidator, health: EndpointHealth, throttling: GatewayThrottling,
-         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings, jwt: JWTVerifier, peers: (any PeerDirectory)?) {
+         usage: UsageQueue, metrics: GatewayMetrics, settings: GatewaySettings, jwt: JWTVerifier, peers: (any PeerDirectory)?,
+         backendJWT: BackendJWTIssuer) {
         self.jwt = jwt
+        self.backendJWT = backendJWT
         self.peers = peers
         self.deployment = deployment
         self.cache = cache
@@ -85,6 +88,11 @@ final class GatewayPolicy: ProxyPolicy {
                                 path: uri[..<queryStart], query: uri[queryStart...])
 
         guard let route = state.routes.route(exchange.path) else {
+            if exchange.path == BackendJWTIssuer.jwksPath, head.method == "GET" || head.method == "HEAD" {
+                // The backend JWT's public key, for backends to verify it (no API claims the path).
+                return respond(HTTPResponse(status: 200, headers: [("Content-Type", "application/jwk-set+json"), ("Cache-Control", "max-age=300")],
+                                            body: backendJWT.jwks), &exchange)
+            }
             let body = "{\"fault\":{\"code\":404,\"message\":\"Not Found\",\"description\":\"No API is deployed at \(GatewayFault.escapeJSON(String(exchange.path)))\"}}"
             return respond(HTTPResponse(status: 404, headers: [("Content-Type", "application/json; charset=UTF-8")], body: Array(body.utf8)), &exchange)
         }
@@ -283,10 +291,10 @@ final class GatewayPolicy: ProxyPolicy {
         }
         let head = exchange.head
         let authHeader = api.api.authorizationHeader.isEmpty ? "Authorization" : api.api.authorizationHeader
-        var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, requestIDHeader: settings.requestIDHeader,
-                                            requestID: exchange.requestID)
-        if let endUserToken = exchange.info?.endUserToken, !endUserToken.isEmpty {
-            headers.append(("X-JWT-Assertion", endUserToken))
+        var headers = Self.forwardedHeaders(head, removing: token == nil ? nil : authHeader, assertionHeader: backendJWT.headerName,
+                                            requestIDHeader: settings.requestIDHeader, requestID: exchange.requestID)
+        if api.api.backendJwt, let token, let info = exchange.info, let assertion = backendJWT.assertion(token: token, info: info, api: api, now: now) {
+            headers.append((backendJWT.headerName, assertion))
         }
         responseHeaders.append((settings.requestIDHeader, exchange.requestID))
         let completed = exchange
@@ -337,8 +345,10 @@ final class GatewayPolicy: ProxyPolicy {
 
     /// The client's header fields as the backend gets them: hop-by-hop
     /// fields, the credential and `Expect` removed; `Host` left for the
-    /// listener to set; `X-Forwarded-*` and the request id added.
-    static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, requestIDHeader: String,
+    /// listener to set; `X-Forwarded-*` and the request id added. The
+    /// backend JWT's field is always removed: only the gateway sets it, so a
+    /// backend never takes a client's for the gateway's.
+    static func forwardedHeaders(_ head: ProxyRequestHead, removing credentialHeader: String?, assertionHeader: String, requestIDHeader: String,
                                  requestID: String) -> [(name: String, value: String)] {
         var connectionNamed: [String] = []
         var forwardedFor: String?
@@ -357,6 +367,7 @@ final class GatewayPolicy: ProxyPolicy {
                 || name.caseInsensitiveEquals("content-length") { continue }
             if !connectionNamed.isEmpty && connectionNamed.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
             if let credentialHeader, name.caseInsensitiveEquals(credentialHeader) { continue }
+            if name.caseInsensitiveEquals(assertionHeader) { continue }
             if name.caseInsensitiveEquals("x-forwarded-for") {
                 forwardedFor = forwardedFor.map { $0 + ", " + field.value } ?? field.value
                 continue
@@ -438,53 +449,29 @@ final class GatewayPolicy: ProxyPolicy {
         }
         metrics.requestFinished(api: exchange.api?.metricsName ?? "", status: outcome.status, totalNanoseconds: outcome.totalNanoseconds)
 
-        var event = UsageEvent()
-        event.correlationId = exchange.requestID
-        event.gatewayId = settings.gatewayID
-        event.requestTimestampUnixMs = exchange.startedAtUnixMs
-        if let info = exchange.info {
-            event.consumerKey = info.consumerKey
-            event.keyType = info.keyType
-            event.applicationId = info.applicationId
-            event.applicationName = info.applicationName
-            event.applicationOwner = info.subscriber
-            event.subscriptionPolicy = info.subscriptionPolicy
-            event.username = info.endUserName
-            event.userTenantDomain = info.subscriberTenantDomain
-        }
-        if let api = exchange.api?.api {
-            event.apiName = api.name
-            event.apiVersion = api.version
-            event.apiContext = api.context
-            event.apiCreator = api.provider
-            event.apiCreatorTenantDomain = api.tenantDomain
-        }
-        if let resource = exchange.resource { event.resource = resource.resource.uriTemplate }
-        event.requestPath = String(exchange.path)
-        event.verb = HttpVerb(method: exchange.head.method) ?? .unspecified
-        event.clientIp = exchange.head.clientAddress
-        event.userAgent = exchange.head.header("user-agent") ?? ""
-        event.responseTimeMs = Int64(outcome.totalNanoseconds / 1_000_000)
-        event.backendTimeMs = Int64(outcome.backendNanoseconds / 1_000_000)
-        event.serviceTimeMs = max(0, event.responseTimeMs - event.backendTimeMs)
-        event.responseCode = Int32(outcome.status)
-        event.requestSizeBytes = outcome.requestBodyBytes
-        event.responseSizeBytes = outcome.responseBodyBytes
-        event.destination = outcome.target?.description ?? ""
-        event.cacheHit = exchange.cacheHit
-        event.throttled = !exchange.throttledReason.isEmpty && exchange.faultCode != 0
-        event.throttledReason = exchange.throttledReason
+        // Made in one initializer: a default event's fields set one by one would copy its shared storage first.
+        let info = exchange.info, api = exchange.api?.api
+        let responseTimeMs = Int64(outcome.totalNanoseconds / 1_000_000), backendTimeMs = Int64(outcome.backendNanoseconds / 1_000_000)
+        var fault: UsageFault?
         if exchange.faultCode != 0 {
-            var fault = UsageFault()
-            fault.errorCode = exchange.faultCode
-            fault.errorMessage = exchange.faultMessage
-            event.fault = fault
+            fault = UsageFault(errorCode: exchange.faultCode, errorMessage: exchange.faultMessage)
         } else if outcome.target == nil && !outcome.failures.isEmpty {
-            var fault = UsageFault()
-            fault.errorCode = outcome.failures.last?.failure == .readTimeout ? 101504 : 101503
-            fault.errorMessage = outcome.failures.map { "\($0.target): \($0.failure.rawValue)" }.joined(separator: "; ")
-            event.fault = fault
+            fault = UsageFault(errorCode: outcome.failures.last?.failure == .readTimeout ? 101504 : 101503,
+                               errorMessage: outcome.failures.map { "\($0.target): \($0.failure.rawValue)" }.joined(separator: "; "))
         }
+        let event = UsageEvent(
+            correlationId: exchange.requestID, gatewayId: settings.gatewayID, requestTimestampUnixMs: exchange.startedAtUnixMs,
+            consumerKey: info?.consumerKey ?? "", keyType: info?.keyType ?? .unspecified, applicationId: info?.applicationId ?? "",
+            applicationName: info?.applicationName ?? "", applicationOwner: info?.subscriber ?? "",
+            apiName: api?.name ?? "", apiVersion: api?.version ?? "", apiContext: api?.context ?? "", apiCreator: api?.provider ?? "",
+            apiCreatorTenantDomain: api?.tenantDomain ?? "", resource: exchange.resource?.resource.uriTemplate ?? "",
+            requestPath: String(exchange.path), verb: HttpVerb(method: exchange.head.method) ?? .unspecified,
+            subscriptionPolicy: info?.subscriptionPolicy ?? "", username: info?.endUserName ?? "", userTenantDomain: info?.subscriberTenantDomain ?? "",
+            clientIp: exchange.head.clientAddress, userAgent: exchange.head.header("user-agent") ?? "",
+            responseTimeMs: responseTimeMs, backendTimeMs: backendTimeMs, serviceTimeMs: max(0, responseTimeMs - backendTimeMs),
+            responseCode: Int32(outcome.status), requestSizeBytes: outcome.requestBodyBytes, responseSizeBytes: outcome.responseBodyBytes,
+            destination: outcome.target?.description ?? "", cacheHit: exchange.cacheHit,
+            throttled: !exchange.throttledReason.isEmpty && exchange.faultCode != 0, throttledReason: exchange.throttledReason, fault: fault)
         if !usage.enqueue(event) { metrics.usageEventDropped() }
     }
 
@@ -492,14 +479,22 @@ final class GatewayPolicy: ProxyPolicy {
     /// call per request (the system's random source costs one each).
     static func newRequestID() -> String {
         let sequence = requestSequence.add(1, ordering: .relaxed).newValue
-        let digits = String(sequence, radix: 16)
-        return requestIDPrefix + String(repeating: "0", count: max(0, 16 - digits.count)) + digits
+        // 32 hex digits written straight into the string's storage: one allocation per request.
+        let prefix = requestIDPrefix
+        return String(unsafeUninitializedCapacity: 32) { buffer in
+            for digit in 0..<16 {
+                let shift = UInt64(60 - 4 * digit)
+                buffer[digit] = hexDigits[Int((prefix >> shift) & 0xF)]
+                buffer[16 + digit] = hexDigits[Int((sequence >> shift) & 0xF)]
+            }
+            return 32
+        }
     }
 
+    private static let hexDigits = Array("0123456789abcdef".utf8)
     private static let requestSequence = Atomic<UInt64>(0)
-    private static let requestIDPrefix: String = {
+    private static let requestIDPrefix: UInt64 = {
         var generator = SystemRandomNumberGenerator()
-        let digits = String(generator.next() as UInt64, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
+        return generator.next()
     }()
 }

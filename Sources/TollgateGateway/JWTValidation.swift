@@ -222,6 +222,11 @@ final class JWTVerifier: Sendable {
         info.apiName = subscription.name ?? api.name
         info.apiPublisher = subscription.publisher ?? api.provider
         info.endUserName = claims.sub ?? ""
+        info.userType = switch claims.aut {
+        case "APPLICATION": .application
+        case "APPLICATION_USER": .applicationUser
+        default: .unspecified
+        }
         info.scopes = scopes
         info.issuedAtUnixMs = iat * 1000
         info.expiresAtUnixMs = exp * 1000

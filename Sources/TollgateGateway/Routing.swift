@@ -82,6 +82,13 @@ public final class RoutedApi: Sendable {
         advancedPolicies = Dictionary(deployed.advancedPolicies.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
+    /// The prefixes the API is reached at, normalized: its versioned
+    /// context, then its default-version alias if it has one.
+    var routePrefixes: [Substring] {
+        guard let alias = normalizedDefaultContext, alias != normalizedContext else { return [Substring(normalizedContext)] }
+        return [Substring(normalizedContext), Substring(alias)]
+    }
+
     /// `/a/b`: one leading slash, none trailing, no empty segments.
     static func normalize(_ prefix: String) -> String {
         "/" + prefix.split(separator: "/").joined(separator: "/")
@@ -112,29 +119,144 @@ public final class RoutedApi: Sendable {
 
 /// Every deployed API by the path prefix it is reached at: its versioned
 /// context, and for a default version also the context without the version.
-/// Built whole from a deployment state and swapped in, never changed in place.
+/// Never changed in place: a deployment change makes a new table beside the
+/// old one, which keeps serving until the new one is swapped in.
+///
+/// The prefixes are spread over ``shardCount`` immutable shards by a hash of
+/// the prefix, and a change copies only the shards it touches: publishing
+/// one API on a gateway with thousands costs a copy of a few dozen entries,
+/// not a rebuild of every API's. Two APIs claiming one prefix are resolved
+/// the same way however the table was reached: a versioned context outranks
+/// another API's default-version alias, then the smaller API id wins.
 public struct RoutingTable: Sendable {
-    private var byPrefix: [Substring: RoutedApi] = [:]
-    /// Longest prefix, in segments, so a lookup tries no more than that.
+    static let shardCount = 64
+
+    /// The APIs claiming one prefix: the one routed to, and the others, kept
+    /// so that removing the winner hands the prefix to the next.
+    struct Slot: Sendable {
+        var winner: RoutedApi
+        var others: [RoutedApi]
+    }
+
+    final class Shard: Sendable {
+        let slots: [Substring: Slot]
+        init(_ slots: [Substring: Slot]) { self.slots = slots }
+        static let empty = Shard([:])
+    }
+
+    private var shards: [Shard]
+    /// Prefixes by depth in segments (index), so a lookup tries no more candidates than the deepest.
+    private var depthCounts: [Int] = []
+    /// Longest prefix, in segments.
     private var maxDepth = 0
+    public private(set) var count = 0
 
     public init(apis: some Sequence<RoutedApi>) {
+        shards = Array(repeating: Shard.empty, count: Self.shardCount)
+        var working = [[Substring: Slot]](repeating: [:], count: Self.shardCount)
         for api in apis {
-            add(api.normalizedContext, api)
-            if let alias = api.normalizedDefaultContext { add(alias, api) }
+            for prefix in api.routePrefixes { claim(prefix, by: api, in: &working[Self.shard(of: prefix)]) }
         }
+        shards = working.map(Shard.init)
     }
 
-    /// Adds an already normalized prefix (RoutedApi computes them once, so a
-    /// table of thousands of APIs is rebuilt in a few dictionary inserts each).
-    private mutating func add(_ normalized: String, _ api: RoutedApi) {
-        // A versioned context outranks another API's default-version alias.
-        if let existing = byPrefix[Substring(normalized)], existing.normalizedContext == normalized { return }
-        byPrefix[Substring(normalized)] = api
-        maxDepth = max(maxDepth, normalized.utf8.reduce(0) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 })
+    /// This table with `removed` APIs' prefixes given up and `added` APIs'
+    /// claimed (an API changed is removed in its old form and added in its
+    /// new). Shards no prefix of either falls in are shared with this table.
+    public func applying(removing removed: some Sequence<RoutedApi>, adding added: some Sequence<RoutedApi>) -> RoutingTable {
+        var table = self
+        var touched: [Int: [Substring: Slot]] = [:]
+        for api in removed {
+            for prefix in api.routePrefixes {
+                let index = Self.shard(of: prefix)
+                var slots = touched.removeValue(forKey: index) ?? shards[index].slots
+                table.release(prefix, by: api, in: &slots)
+                touched[index] = slots
+            }
+        }
+        for api in added {
+            for prefix in api.routePrefixes {
+                let index = Self.shard(of: prefix)
+                var slots = touched.removeValue(forKey: index) ?? shards[index].slots
+                table.claim(prefix, by: api, in: &slots)
+                touched[index] = slots
+            }
+        }
+        for (index, slots) in touched { table.shards[index] = Shard(slots) }
+        return table
     }
 
-    public var count: Int { byPrefix.count }
+    private mutating func claim(_ prefix: Substring, by api: RoutedApi, in slots: inout [Substring: Slot]) {
+        guard var slot = slots[prefix] else {
+            slots[prefix] = Slot(winner: api, others: [])
+            counted(prefix, 1)
+            return
+        }
+        // Another API holds it (rare: a name with two default versions, say): rank them all again.
+        var claimants = [slot.winner] + slot.others
+        claimants.removeAll { $0.api.id == api.api.id }
+        claimants.append(api)
+        var best = 0
+        for index in claimants.indices where Self.outranks(claimants[index], claimants[best], at: prefix) { best = index }
+        slot.winner = claimants.remove(at: best)
+        slot.others = claimants
+        slots[prefix] = slot
+    }
+
+    private mutating func release(_ prefix: Substring, by api: RoutedApi, in slots: inout [Substring: Slot]) {
+        guard var slot = slots[prefix] else { return }
+        if slot.winner.api.id != api.api.id {
+            slot.others.removeAll { $0.api.id == api.api.id }
+            slots[prefix] = slot
+            return
+        }
+        guard var best = slot.others.indices.first else {
+            slots[prefix] = nil
+            counted(prefix, -1)
+            return
+        }
+        for index in slot.others.indices where Self.outranks(slot.others[index], slot.others[best], at: prefix) { best = index }
+        slot.winner = slot.others.remove(at: best)
+        slots[prefix] = slot
+    }
+
+    /// Whether `api` takes `prefix` from `holder`.
+    static func outranks(_ api: RoutedApi, _ holder: RoutedApi, at prefix: Substring) -> Bool {
+        let versioned = api.normalizedContext == prefix, holderVersioned = holder.normalizedContext == prefix
+        if versioned != holderVersioned { return versioned }
+        return api.api.id < holder.api.id
+    }
+
+    private mutating func counted(_ prefix: Substring, _ delta: Int) {
+        let depth = prefix.utf8.reduce(0) { $1 == UInt8(ascii: "/") ? $0 + 1 : $0 }
+        if depthCounts.count <= depth { depthCounts += Array(repeating: 0, count: depth + 1 - depthCounts.count) }
+        depthCounts[depth] += delta
+        count += delta
+        maxDepth = depthCounts.lastIndex { $0 > 0 } ?? 0
+    }
+
+    /// FNV-1a over the prefix's bytes: cheap, and the same for a prefix and
+    /// for the slice of a request path spelling it.
+    static func shard(of prefix: Substring) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in prefix.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return Int(hash % UInt32(shardCount))
+    }
+
+    /// Every prefix and the API it routes to, for comparing tables.
+    var entries: [String: String] {
+        var entries: [String: String] = [:]
+        for shard in shards { for (prefix, slot) in shard.slots { entries[String(prefix)] = slot.winner.api.id } }
+        return entries
+    }
+
+    /// How many shards this table shares with `other` (not copied when one was made from the other).
+    func sharedShards(with other: RoutingTable) -> Int {
+        zip(shards, other.shards).filter { $0 === $1 }.count
+    }
+
+    /// The depth bound lookups use, for comparing tables.
+    var deepestPrefix: Int { maxDepth }
 
     public struct Route: Sendable {
         public let api: RoutedApi
@@ -159,8 +281,9 @@ public struct RoutingTable: Sendable {
             index = next < path.endIndex ? path.index(after: next) : next
         }
         for end in ends.reversed() {
-            if let api = byPrefix[path[path.startIndex..<end]] {
-                let prefix = path[path.startIndex..<end]
+            let prefix = path[path.startIndex..<end]
+            if let slot = shards[Self.shard(of: prefix)].slots[prefix] {
+                let api = slot.winner
                 return Route(api: api, remainder: path[end...], viaDefaultVersion: prefix != api.normalizedContext)
             }
         }

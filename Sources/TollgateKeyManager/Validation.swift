@@ -107,6 +107,7 @@ extension KeyManager {
         info.apiPublisher = api.provider
         info.endUserName = token.tenantDomain == superTenant ? token.username : "\(token.username)@\(token.tenantDomain)"
         info.scopes = token.scopes
+        info.userType = token.userType
         info.authorizedDomains = key.allowedDomains
         info.issuedAtUnixMs = token.issuedAtUnixMs
         info.expiresAtUnixMs = token.expiresAtUnixMs

@@ -147,10 +147,18 @@ extension ConnectionTimer: Sendable {}
 /// Response fields a proxied response drops: the hop-by-hop ones, and those the `Connection` header names.
 enum HopByHop {
     /// Drops hop-by-hop fields, and any field the `Connection` header names.
+    /// Runs on every response: `Connection: keep-alive` and `close` (the
+    /// usual values, naming no field) cost no allocation.
     static func strip(_ headers: HTTPHeaders) -> [(String, String)] {
         var named: [String] = []
         for (name, value) in headers where name.caseInsensitiveEquals("connection") {
-            for token in value.split(separator: ",") { named.append(String(token.trimmingCharacters(in: " \t"))) }
+            for token in value.split(separator: ",") {
+                guard let first = token.utf8.firstIndex(where: { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }),
+                      let last = token.utf8.lastIndex(where: { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }) else { continue }
+                let option = String(token[first...last])
+                if option.caseInsensitiveEquals("keep-alive") || option.caseInsensitiveEquals("close") { continue }
+                named.append(option)
+            }
         }
         var kept: [(String, String)] = []
         kept.reserveCapacity(headers.count)
@@ -160,15 +168,5 @@ enum HopByHop {
             kept.append((name, value))
         }
         return kept
-    }
-}
-
-extension StringProtocol {
-    func trimmingCharacters(in set: String) -> Substring {
-        let scalars = Set(set.unicodeScalars)
-        var slice = Substring(self)
-        while let first = slice.unicodeScalars.first, scalars.contains(first) { slice = slice.dropFirst() }
-        while let last = slice.unicodeScalars.last, scalars.contains(last) { slice = slice.dropLast() }
-        return slice
     }
 }

@@ -67,6 +67,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var readTimer: Scheduled<Void>?
     private var readDeadline: NIODeadline?
     private var readTimeoutTarget: BackendTarget?
+    /// The peer's address as text, made once per connection rather than per request.
+    private var peerAddress: String?
 
     init(policy: any ProxyPolicy, limits: ProxyListenerLimits, isSecure: Bool, timer: ConnectionTimer, connector: UpstreamConnector) {
         self.policy = policy
@@ -176,9 +178,16 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         for (name, value) in head.headers { fields.append((name, value)) }
         let request = ProxyRequestHead(method: head.method.rawValue, uri: head.uri, versionMajor: head.version.major,
                                        versionMinor: head.version.minor, headers: fields,
-                                       clientAddress: context.channel.remoteAddress?.ipAddress ?? "", isSecure: isSecure,
+                                       clientAddress: clientAddress(context), isSecure: isSecure,
                                        host: head.headers.first(name: "host"))
         decide(policy.decide(request))
+    }
+
+    private func clientAddress(_ context: ChannelHandlerContext) -> String {
+        if let peerAddress { return peerAddress }
+        let address = context.channel.remoteAddress?.ipAddress ?? ""
+        peerAddress = address
+        return address
     }
 
     private func decide(_ decision: ProxyDecision) {
@@ -267,9 +276,13 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             return
         }
         let target = plan.candidates[candidateIndex]
+        if let idle = connector.takeIdle(target, on: context.eventLoop) {
+            attach(idle, to: target)
+            return
+        }
         let generation = self.generation
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        connector.acquire(target, on: context.eventLoop).whenComplete { result in
+        connector.connect(target, key: UpstreamKey(target), on: context.eventLoop).whenComplete { result in
             let handler = bound.value
             guard handler.generation == generation, case .connecting = handler.phase, handler.context?.channel.isActive == true else {
                 if case .success(let connection) = result { connection.channel.close(promise: nil) }

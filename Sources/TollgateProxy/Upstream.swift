@@ -40,7 +40,8 @@ final class UpstreamConnection: @unchecked Sendable {
     /// Taken from the pool rather than newly connected: a failure before
     /// any response byte may be the backend having closed it while idle.
     var reused = false
-    var idleExpiry: Scheduled<Void>?
+    /// When it went back to the pool; the pool's sweep closes it once idle too long.
+    var idleSince = NIODeadline.uptimeNanoseconds(0)
 
     init(channel: any Channel, handler: UpstreamHandler, key: UpstreamKey) {
         self.channel = channel
@@ -120,6 +121,9 @@ extension UpstreamHandler: Sendable {}
 /// touches it (it lives in a thread-specific variable), so it needs no lock.
 final class UpstreamPool {
     var idle: [UpstreamKey: [UpstreamConnection]] = [:]
+    /// Closes connections idle too long: one repeated task per loop rather
+    /// than a timer scheduled and cancelled around every request.
+    var sweep: RepeatedTask?
 }
 
 /// Opens backend connections and keeps idle ones per event loop, so a
@@ -144,21 +148,22 @@ final class UpstreamConnector: Sendable {
         return box.pool
     }
 
-    /// A connection to `target` on `loop`: an idle one if the pool has one, else a new one.
-    func acquire(_ target: BackendTarget, on loop: any EventLoop) -> EventLoopFuture<UpstreamConnection> {
+    /// An idle pooled connection to `target`, taken at once (no future: this
+    /// is every keep-alive request's path), or nil.
+    func takeIdle(_ target: BackendTarget, on loop: any EventLoop) -> UpstreamConnection? {
         let key = UpstreamKey(target)
         let pool = pool(on: loop)
-        while var list = pool.idle[key], let connection = list.popLast() {
-            pool.idle[key] = list.isEmpty ? nil : list
-            connection.idleExpiry?.cancel()
-            connection.idleExpiry = nil
-            connection.handler.onClose = nil
-            if connection.channel.isActive {
+        let oldest = NIODeadline.now() - idleLifetime
+        // Popped in place: a copy of the list would cost an allocation per request.
+        while let connection = pool.idle[key]?.popLast() {
+            if pool.idle[key]?.isEmpty == true { pool.idle[key] = nil }
+            if connection.channel.isActive && connection.idleSince > oldest {
                 connection.reused = true
-                return loop.makeSucceededFuture(connection)
+                return connection
             }
+            connection.channel.close(promise: nil)
         }
-        return connect(target, key: key, on: loop)
+        return nil
     }
 
     /// Opens a new connection, never from the pool.
@@ -198,13 +203,27 @@ final class UpstreamConnector: Sendable {
             connection.channel.close(promise: nil)
             return
         }
+        connection.idleSince = .now()
         pool.idle[connection.key, default: []].append(connection)
-        let channel = connection.channel, key = connection.key
-        let remove: () -> Void = { [unowned pool] in
-            pool.idle[key]?.removeAll { $0.channel === channel }
+        if connection.handler.onClose == nil {
+            // Set once per connection: closed while idle, it leaves the pool (closed in use, it is not there).
+            let channel = connection.channel, key = connection.key
+            connection.handler.onClose = { [unowned pool] in
+                pool.idle[key]?.removeAll { $0.channel === channel }
+                if pool.idle[key]?.isEmpty == true { pool.idle[key] = nil }
+            }
         }
-        connection.handler.onClose = remove
-        connection.idleExpiry = loop.scheduleTask(in: idleLifetime) { channel.close(promise: nil) }
+        if pool.sweep == nil {
+            let lifetime = idleLifetime
+            // The task runs on the pool's own loop, the only thread that touches it.
+            let bound = NIOLoopBound(pool, eventLoop: loop)
+            pool.sweep = loop.scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) { _ in
+                let oldest = NIODeadline.now() - lifetime
+                for connections in bound.value.idle.values {
+                    for connection in connections where connection.idleSince <= oldest { connection.channel.close(promise: nil) }
+                }
+            }
+        }
     }
 }
 

@@ -354,6 +354,7 @@ func apiJSON(_ api: Api) -> [String: Any] {
     json["scopes"] = api.scopes.map { scope in ["key": scope.key, "name": scope.name, "description": scope.description, "roles": scope.roles] as [String: Any] }
     json["tiers"] = api.subscriptionPolicies
     json["api_policy"] = api.apiPolicy
+    json["backend_jwt"] = api.backendJwt
     if let production = endpointJSON(api.productionEndpoints) { json["production_endpoints"] = production }
     if let sandbox = endpointJSON(api.sandboxEndpoints) { json["sandbox_endpoints"] = sandbox }
     if let tps = api.maxProductionTps { json["max_production_tps"] = tps }
@@ -437,6 +438,11 @@ struct ApiSettings: ParsableArguments {
             help: "Hard backend limit: production calls per second the whole cluster lets through (503 900801 beyond); 0 removes it.")
     var maxProductionTps: UInt32?
     @Option(name: .customLong("max-sandbox-tps"), help: "The same for sandbox calls; 0 removes it.") var maxSandboxTps: UInt32?
+    @Option(name: .customLong("backend-jwt"),
+            help: "on: gateways send the backend a JWT they sign with the caller's claims (X-JWT-Assertion, as WSO2 does); off (the default for new APIs): none.")
+    var backendJWT: Switch?
+
+    enum Switch: String, ExpressibleByArgument, CaseIterable { case on, off }
 
     func validate() throws {
         for endpoint in endpoints where !isHTTPURL(endpoint) {
@@ -467,7 +473,7 @@ struct ApiSettings: ParsableArguments {
     var isEmpty: Bool {
         let given: [Bool] = [description != nil, !endpoints.isEmpty, sandboxEndpoint != nil, !tiers.isEmpty, visibility != nil,
                              !visibleRoles.isEmpty, !transports.isEmpty, defaultVersion != nil, apiPolicy != nil, maxProductionTps != nil,
-                             maxSandboxTps != nil]
+                             maxSandboxTps != nil, backendJWT != nil]
         return !given.contains(true)
     }
 
@@ -487,6 +493,7 @@ struct ApiSettings: ParsableArguments {
         if let apiPolicy { api.apiPolicy = apiPolicy }
         if let maxProductionTps { api.maxProductionTps = maxProductionTps == 0 ? nil : maxProductionTps }
         if let maxSandboxTps { api.maxSandboxTps = maxSandboxTps == 0 ? nil : maxSandboxTps }
+        if let backendJWT { api.backendJwt = backendJWT == .on }
     }
 
     /// A resource this command adds, with `--resource-auth` and `--resource-policy`.
@@ -579,6 +586,7 @@ struct ApiGet: AsyncParsableCommand {
                 ("sandbox", endpointSummary(api.sandboxEndpoints)),
                 ("tiers", listOrDash(api.subscriptionPolicies)),
                 ("api policy", api.apiPolicy.isEmpty ? "-" : api.apiPolicy),
+                ("backend JWT", api.backendJwt ? "on" : "off"),
                 ("revision", String(api.revision)),
                 ("created", "\(isoTimestamp(unixMs: api.createdAtUnixMs)) by \(api.createdBy.isEmpty ? "?" : api.createdBy)"),
                 ("updated", "\(isoTimestamp(unixMs: api.updatedAtUnixMs)) by \(api.updatedBy.isEmpty ? "?" : api.updatedBy)"),

@@ -150,6 +150,7 @@ func benchGateway() async throws {
 
     // Publishing with 5,000 APIs loaded.
     let loaded = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_APIS"] ?? "5000") ?? 5000
+    benchDeploymentChange(apis: loaded)
     let began = ContinuousClock.now
     try await cluster.publishAPIs(count: loaded)
     try await cluster.waitForAPIs(atLeast: loaded + 1)
@@ -174,6 +175,53 @@ func benchGateway() async throws {
         + String(format: "  %5.2f ms / %5.2f ms = %4.2f×   target ≤ 1.1×: %@", during.p99, quiet.p99, ratio, ratio <= 1.1 ? "met" : "MISSED"))
     await cluster.stop()
     try await group.shutdownGracefully()
+}
+
+/// The gateway's share of a publish: one API change applied to a state of
+/// `apis` APIs (the routing table changed by delta), against building the
+/// routing table whole, as every change did before deltas.
+func benchDeploymentChange(apis count: Int) {
+    var chunk = DeploymentSnapshotChunk()
+    chunk.revision = 1
+    chunk.last = true
+    func definition(_ index: Int) -> DeployedApi {
+        var api = Api()
+        api.id = "api-\(index)"
+        api.name = "Loaded\(index)"
+        api.version = "1"
+        api.context = "/loaded\(index)"
+        api.lifecycleState = .published
+        api.productionEndpoints = EndpointConfig(strategy: .single(Endpoint(url: "http://127.0.0.1:9")))
+        var deployed = DeployedApi()
+        deployed.api = api
+        deployed.gatewayContext = "/loaded\(index)/1"
+        deployed.defaultVersionContext = index % 2 == 0 ? "/loaded\(index)" : ""
+        var resource = ResolvedResource()
+        resource.uriTemplate = "/x"
+        resource.verb = .get
+        deployed.resources = [resource]
+        return deployed
+    }
+    chunk.apis = (0..<count).map(definition)
+    var state = DeploymentState(snapshot: [chunk], appliedAtUnixMs: 0)
+    var deltas: [Double] = [], wholes: [Double] = []
+    for round in 0..<200 {
+        var change = DeploymentChange()
+        change.revision = UInt64(2 + round)
+        change.change = .apiUpserted(definition(count + round))
+        let started = ContinuousClock.now
+        state = state.applying([change], appliedAtUnixMs: 0)
+        deltas.append(benchMilliseconds(ContinuousClock.now - started) * 1000)
+        let rebuilt = ContinuousClock.now
+        let table = RoutingTable(apis: state.apis.values)
+        wholes.append(benchMilliseconds(ContinuousClock.now - rebuilt) * 1000)
+        precondition(table.count == state.routes.count, "a delta-built table differs from a whole one")
+    }
+    deltas.sort()
+    wholes.sort()
+    print("gateway: one API change applied, \(count) APIs loaded".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  p50 %7.1f µs  p99 %7.1f µs   routing table built whole: p50 %7.1f µs", deltas[deltas.count / 2],
+                 deltas[deltas.count * 99 / 100], wholes[wholes.count / 2]))
 }
 
 struct WrkResult {

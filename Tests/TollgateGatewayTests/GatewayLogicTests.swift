@@ -257,12 +257,13 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
     @Test func forwardedHeaders() {
         let head = ProxyRequestHead(method: "GET", uri: "/x", headers: [("Host", "gw.example"), ("Authorization", "Bearer t"), ("Connection", "keep-alive, X-Hop"),
                                                                           ("X-Hop", "1"), ("Keep-Alive", "5"), ("X-Forwarded-For", "198.51.100.1"),
-                                                                          ("Accept", "*/*"), ("Expect", "100-continue")],
+                                                                          ("Accept", "*/*"), ("Expect", "100-continue"), ("x-jwt-assertion", "forged")],
                                     clientAddress: "192.0.2.1", isSecure: true, host: "gw.example")
-        let headers = GatewayPolicy.forwardedHeaders(head, removing: "authorization", requestIDHeader: "X-Request-ID", requestID: "r1")
+        let headers = GatewayPolicy.forwardedHeaders(head, removing: "authorization", assertionHeader: "X-JWT-Assertion",
+                                                     requestIDHeader: "X-Request-ID", requestID: "r1")
         let names = headers.map { $0.name.lowercased() }
         #expect(!names.contains("authorization") && !names.contains("connection") && !names.contains("x-hop") && !names.contains("keep-alive")
-            && !names.contains("expect") && !names.contains("host"))
+            && !names.contains("expect") && !names.contains("host") && !names.contains("x-jwt-assertion"))
         #expect(headers.contains { $0.name == "X-Forwarded-For" && $0.value == "198.51.100.1, 192.0.2.1" })
         #expect(headers.contains { $0.name == "X-Forwarded-Proto" && $0.value == "https" })
         #expect(headers.contains { $0.name == "X-Forwarded-Host" && $0.value == "gw.example" })
@@ -305,5 +306,81 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
             #expect(fault.code == code && fault.status == status, "\(kind)")
             #expect(Int(fault.code) == kind.errorCode && fault.status == kind.httpStatus)
         }
+    }
+}
+
+/// Tables reached by deltas route exactly as tables built whole.
+@Suite struct IncrementalRoutingTests {
+    /// SplitMix64: a seeded generator, so a failure can be replayed.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static func same(_ delta: RoutingTable, _ whole: RoutingTable, paths: [Substring]) -> Bool {
+        guard delta.entries == whole.entries, delta.count == whole.count, delta.deepestPrefix == whole.deepestPrefix else { return false }
+        return paths.allSatisfy { path in
+            let (a, b) = (delta.route(path), whole.route(path))
+            return a?.api.api.id == b?.api.api.id && a?.remainder == b?.remainder && a?.viaDefaultVersion == b?.viaDefaultVersion
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 4])
+    func randomizedDeltasMatchAWholeBuild(seed: UInt64) throws {
+        var random = SeededGenerator(state: seed)
+        // Few names, versions and tenants, so prefixes collide: defaults of one name, an alias equal to another API's context.
+        let contexts = ["/menu", "/menu/1", "/a/b", "/a", "/orders", "/x/y/z"]
+        let versions = ["1", "2", "v1"]
+        let tenants = ["carbon.super", "carbon.super", "acme.com"]
+        var state = DeploymentState.empty
+        var revision: UInt64 = 0
+        var paths: [Substring] = ["/", "/nothing"]
+        for context in contexts {
+            for version in versions {
+                paths.append(Substring(context + "/" + version + "/items"))
+                paths.append(Substring("/t/acme.com" + context + "/" + version))
+            }
+            paths.append(Substring(context + "/items"))
+            paths.append(Substring("/t/acme.com" + context))
+        }
+        for step in 0..<400 {
+            var changes: [DeploymentChange] = []
+            for _ in 0..<Int.random(in: 1...3, using: &random) {
+                revision += 1
+                var change = DeploymentChange()
+                change.revision = revision
+                let id = "api-\(Int.random(in: 0..<40, using: &random))"
+                if Bool.random(using: &random) || state.apis[id] == nil {
+                    change.change = .apiUpserted(deployed(id: id, context: contexts.randomElement(using: &random)!,
+                                                          version: versions.randomElement(using: &random)!,
+                                                          tenant: tenants.randomElement(using: &random)!, isDefault: Bool.random(using: &random),
+                                                          resources: [("/items", .get, .any)]))
+                } else {
+                    change.change = .apiRemoved(id)
+                }
+                changes.append(change)
+            }
+            state = state.applying(changes, appliedAtUnixMs: 0)
+            let whole = RoutingTable(apis: state.apis.values)
+            #expect(Self.same(state.routes, whole, paths: paths), "seed \(seed), step \(step): \(state.routes.entries) vs \(whole.entries)")
+        }
+        #expect(state.routes.count > 0)
+    }
+
+    @Test func unchangedShardsAreShared() {
+        let apis = (0..<1000).map { RoutedApi(deployed(id: "api-\($0)", context: "/c\($0)", version: "1", resources: [("/x", .get, .any)])) }
+        let table = RoutingTable(apis: apis)
+        let added = RoutedApi(deployed(id: "new", context: "/new", version: "1", isDefault: true, resources: [("/x", .get, .any)]))
+        let next = table.applying(removing: [], adding: [added])
+        #expect(next.count == table.count + 2 && next.route("/new/x")?.api.api.id == "new" && table.route("/new/x") == nil)
+        #expect(next.sharedShards(with: table) >= RoutingTable.shardCount - 2, "only the shards of the two new prefixes are copied")
+        let removed = next.applying(removing: [apis[7]], adding: [])
+        #expect(removed.route("/c7/1/x") == nil && removed.route("/c8/1/x")?.api.api.id == "api-8")
     }
 }

@@ -63,6 +63,75 @@ import Testing
         return line.split(separator: " ").compactMap { Int($0) }.first.map { $0 * 1024 }
     }
 
+    /// WSO2's backend JWT: a real backend receives the gateway's assertion for
+    /// the API that asks for one and nothing for the one that does not, and
+    /// PyJWT verifies it against the JWKS the gateway publishes
+    /// (Tests/Interop/backend_jwt_peer.py).
+    @Test func backendJWTVerifiedByABackend() async throws {
+        let fixture = try NodeFixture()
+        defer { fixture.remove() }
+        try fixture.issueNode("cp-1", roles: ["publisher", "store", "keymanager"])
+        try fixture.issueNode("gw-1", roles: ["gateway"])
+        let (cpCluster, cpAdmin) = (try NodeFixture.freePort(), try NodeFixture.freePort())
+        let (gwCluster, gwHTTP, gwHTTPS) = (try NodeFixture.freePort(), try NodeFixture.freePort(), try NodeFixture.freePort())
+        let cpConfig = try fixture.writeConfig("cp-1", roles: ["publisher", "store", "keymanager"], clusterPort: cpCluster, adminPort: cpAdmin,
+                                               extra: "\n[store]\nself_signup_tenants = \"*\"\n")
+        let gwConfig = try fixture.writeConfig("gw-1", roles: ["gateway"], clusterPort: gwCluster, adminPort: nil,
+                                               peers: ["publisher": ["127.0.0.1:\(cpCluster)"], "keymanager": ["127.0.0.1:\(cpCluster)"]])
+        var text = try String(contentsOfFile: gwConfig, encoding: .utf8)
+        text = text.replacingOccurrences(of: "cluster = \"127.0.0.1:\(gwCluster)\"\n",
+                                         with: "cluster = \"127.0.0.1:\(gwCluster)\"\nhttp = \"127.0.0.1:\(gwHTTP)\"\nhttps = \"127.0.0.1:\(gwHTTPS)\"\n")
+        try text.write(toFile: gwConfig, atomically: true, encoding: .utf8)
+        let backend = try Backend()
+        defer { backend.stop() }
+
+        try await withNodes { nodes in
+            let controlPlane = try nodes.start(config: cpConfig)
+            let gateway = try nodes.start(config: gwConfig)
+            #expect(await controlPlane.waitFor("ready: node cp-1"), "\(controlPlane.output)")
+            #expect(await gateway.waitFor("ready: node gw-1"), "\(gateway.output)")
+            var environment = ["TOLLCTL_NODE": "127.0.0.1:\(cpAdmin)", "TOLLCTL_CA": fixture.caPath, "XDG_STATE_HOME": fixture.path("state-admin"),
+                               "XDG_CONFIG_HOME": fixture.path("config")]
+            func tollctl(_ arguments: String..., input: String? = nil) throws -> String {
+                let result = try runTollctl(arguments, environment: environment, input: input)
+                #expect(result.status == 0, "tollctl \(arguments.joined(separator: " ")): \(result.output)")
+                return result.output
+            }
+            _ = try tollctl("login", "--user", "admin", "--password-stdin", input: fixture.adminPassword + "\n")
+            var apiIDs: [String] = []
+            for (name, context, backendJWT) in [("Signed", "/signed", "on"), ("Plain", "/plain", "off")] {
+                let api = Self.json(try tollctl("api", "create", "--name", name, "--api-version", "1", "--context", context, "--resource", "GET /echo",
+                                                "--endpoint", "http://127.0.0.1:\(backend.port)", "--tier", "Unlimited", "--backend-jwt", backendJWT,
+                                                "--output", "json"))
+                #expect(api["backend_jwt"] as? Bool == (backendJWT == "on"), "\(api)")
+                let id = try #require(api["id"] as? String)
+                _ = try tollctl("api", "lifecycle", id, "published")
+                apiIDs.append(id)
+            }
+            _ = try tollctl("signup", "--user", "alice", "--password-stdin", input: "Alice-Secret-1\n")
+            environment["XDG_STATE_HOME"] = fixture.path("state-alice")
+            _ = try tollctl("login", "--user", "alice", "--password-stdin", input: "Alice-Secret-1\n")
+            var tokens: [String] = []
+            for (name, type) in [("Mobile", "opaque"), ("Signed-In", "jwt")] {
+                let app = Self.json(try tollctl("app", "create", "--name", name, "--token-type", type, "--output", "json"))
+                let appID = try #require(app["id"] as? String)
+                for apiID in apiIDs { _ = try tollctl("sub", "create", "--app", appID, "--api", apiID, "--tier", "Unlimited") }
+                let keys = Self.json(try tollctl("key", "generate", appID, "--type", "production", "--output", "json"))
+                tokens.append(try #require(keys["access_token"] as? String))
+            }
+            let http = "http://127.0.0.1:\(gwHTTP)"
+            for context in ["/signed/1", "/plain/1"] {
+                try await Self.waitForStatus(http + context + "/echo", "200", headers: ["Authorization: Bearer \(tokens[0])"])
+            }
+            let peer = try await runTool(Self.python, [Self.interop + "/backend_jwt_peer.py", "--http", http, "--with-jwt", "/signed/1",
+                                                       "--without-jwt", "/plain/1", "--token", tokens[0], "--jwt-token", tokens[1],
+                                                       "--application", "Mobile", "--subscriber", "alice", "--api-version", "1", "--tier", "Unlimited"],
+                                         timeout: .seconds(120))
+            let failed = peer.output.split(separator: "\n").filter { $0.hasPrefix("FAIL") }
+            #expect(peer.status == 0 && failed.isEmpty && peer.output.contains("done:"), "\(failed.isEmpty ? peer.output : failed.joined(separator: "\n"))")
+        }
+    }
+
     @Test func apiTrafficThroughTheGateway() async throws {
         let fixture = try NodeFixture()
         defer { fixture.remove() }

@@ -683,6 +683,12 @@ public struct Api: ProtoMessage {
         set { _uniqueStorage().cors = newValue }
         _modify { yield &_uniqueStorage().cors }
     }
+    /// Field 25.
+    public var backendJwt: Bool {
+        get { _storage.backendJwt }
+        set { _uniqueStorage().backendJwt = newValue }
+        _modify { yield &_uniqueStorage().backendJwt }
+    }
     /// Field 30.
     public var resources: [ApiResource] {
         get { _storage.resources }
@@ -790,6 +796,7 @@ public struct Api: ProtoMessage {
         productionEndpoints: EndpointConfig? = nil,
         sandboxEndpoints: EndpointConfig? = nil,
         cors: CorsConfig? = nil,
+        backendJwt: Bool = false,
         resources: [ApiResource] = [],
         scopes: [ApiScope] = [],
         subscriptionPolicies: [String] = [],
@@ -822,6 +829,7 @@ public struct Api: ProtoMessage {
         _fields.productionEndpoints = productionEndpoints
         _fields.sandboxEndpoints = sandboxEndpoints
         _fields.cors = cors
+        _fields.backendJwt = backendJwt
         _fields.resources = resources
         _fields.scopes = scopes
         _fields.subscriptionPolicies = subscriptionPolicies
@@ -879,6 +887,7 @@ public struct Api: ProtoMessage {
         var productionEndpoints: EndpointConfig? = nil
         var sandboxEndpoints: EndpointConfig? = nil
         var cors: CorsConfig? = nil
+        var backendJwt: Bool = false
         var resources: [ApiResource] = []
         var scopes: [ApiScope] = []
         var subscriptionPolicies: [String] = []
@@ -914,6 +923,7 @@ public struct Api: ProtoMessage {
             productionEndpoints = other.productionEndpoints
             sandboxEndpoints = other.sandboxEndpoints
             cors = other.cors
+            backendJwt = other.backendJwt
             resources = other.resources
             scopes = other.scopes
             subscriptionPolicies = other.subscriptionPolicies
@@ -948,6 +958,7 @@ public struct Api: ProtoMessage {
             if productionEndpoints != other.productionEndpoints { return false }
             if sandboxEndpoints != other.sandboxEndpoints { return false }
             if cors != other.cors { return false }
+            if backendJwt != other.backendJwt { return false }
             if resources != other.resources { return false }
             if scopes != other.scopes { return false }
             if subscriptionPolicies != other.subscriptionPolicies { return false }
@@ -983,6 +994,7 @@ public struct Api: ProtoMessage {
             hasher.combine(productionEndpoints)
             hasher.combine(sandboxEndpoints)
             hasher.combine(cors)
+            hasher.combine(backendJwt)
             hasher.combine(resources)
             hasher.combine(scopes)
             hasher.combine(subscriptionPolicies)
@@ -1881,6 +1893,7 @@ extension Api {
         if let value = self.productionEndpoints { c.pointee.production_endpoints = try value._cMessage(in: arena) }
         if let value = self.sandboxEndpoints { c.pointee.sandbox_endpoints = try value._cMessage(in: arena) }
         if let value = self.cors { c.pointee.cors = try value._cMessage(in: arena) }
+        c.pointee.backend_jwt = (self.backendJwt ? 1 : 0)
         c.pointee.n_resources = self.resources.count
         c.pointee.resources = try arena.messages(self.resources) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.n_scopes = self.scopes.count
@@ -1927,6 +1940,7 @@ extension Api {
         if let value = c.pointee.production_endpoints { self.productionEndpoints = try EndpointConfig(_cMessage: value) }
         if let value = c.pointee.sandbox_endpoints { self.sandboxEndpoints = try EndpointConfig(_cMessage: value) }
         if let value = c.pointee.cors { self.cors = try CorsConfig(_cMessage: value) }
+        self.backendJwt = (c.pointee.backend_jwt != 0)
         self.resources = try ProtoDecode.messages(c.pointee.resources, count: c.pointee.n_resources, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiResource(_cMessage: element) }
         self.scopes = try ProtoDecode.messages(c.pointee.scopes, count: c.pointee.n_scopes, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ApiScope(_cMessage: element) }
         self.subscriptionPolicies = try ProtoDecode.strings(c.pointee.subscription_policies, count: c.pointee.n_subscription_policies, field: "subscription_policies", in: Self.protoName)

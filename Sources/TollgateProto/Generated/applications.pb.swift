@@ -1683,6 +1683,12 @@ public struct KeyValidationInfo: ProtoMessage {
         set { _uniqueStorage().authorizedDomains = newValue }
         _modify { yield &_uniqueStorage().authorizedDomains }
     }
+    /// Field 44.
+    public var userType: TokenUserType {
+        get { _storage.userType }
+        set { _uniqueStorage().userType = newValue }
+        _modify { yield &_uniqueStorage().userType }
+    }
     /// Field 50.
     public var issuedAtUnixMs: Int64 {
         get { _storage.issuedAtUnixMs }
@@ -1731,6 +1737,7 @@ public struct KeyValidationInfo: ProtoMessage {
         endUserToken: String = "",
         scopes: [String] = [],
         authorizedDomains: [String] = [],
+        userType: TokenUserType = .unspecified,
         issuedAtUnixMs: Int64 = 0,
         expiresAtUnixMs: Int64? = nil
     ) {
@@ -1759,6 +1766,7 @@ public struct KeyValidationInfo: ProtoMessage {
         _fields.endUserToken = endUserToken
         _fields.scopes = scopes
         _fields.authorizedDomains = authorizedDomains
+        _fields.userType = userType
         _fields.issuedAtUnixMs = issuedAtUnixMs
         _fields.expiresAtUnixMs = expiresAtUnixMs
         _storage = _fields
@@ -1812,6 +1820,7 @@ public struct KeyValidationInfo: ProtoMessage {
         var endUserToken: String = ""
         var scopes: [String] = []
         var authorizedDomains: [String] = []
+        var userType: TokenUserType = .unspecified
         var issuedAtUnixMs: Int64 = 0
         var expiresAtUnixMs: Int64? = nil
         var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
@@ -1843,6 +1852,7 @@ public struct KeyValidationInfo: ProtoMessage {
             endUserToken = other.endUserToken
             scopes = other.scopes
             authorizedDomains = other.authorizedDomains
+            userType = other.userType
             issuedAtUnixMs = other.issuedAtUnixMs
             expiresAtUnixMs = other.expiresAtUnixMs
             unknownFields = other.unknownFields
@@ -1873,6 +1883,7 @@ public struct KeyValidationInfo: ProtoMessage {
             if endUserToken != other.endUserToken { return false }
             if scopes != other.scopes { return false }
             if authorizedDomains != other.authorizedDomains { return false }
+            if userType != other.userType { return false }
             if issuedAtUnixMs != other.issuedAtUnixMs { return false }
             if expiresAtUnixMs != other.expiresAtUnixMs { return false }
             if unknownFields != other.unknownFields { return false }
@@ -1904,6 +1915,7 @@ public struct KeyValidationInfo: ProtoMessage {
             hasher.combine(endUserToken)
             hasher.combine(scopes)
             hasher.combine(authorizedDomains)
+            hasher.combine(userType)
             hasher.combine(issuedAtUnixMs)
             hasher.combine(expiresAtUnixMs)
             hasher.combine(unknownFields)
@@ -2447,6 +2459,7 @@ extension KeyValidationInfo {
         c.pointee.scopes = try arena.cStrings(self.scopes, field: "scopes", in: Self.protoName)
         c.pointee.n_authorized_domains = self.authorizedDomains.count
         c.pointee.authorized_domains = try arena.cStrings(self.authorizedDomains, field: "authorized_domains", in: Self.protoName)
+        c.pointee.user_type = .init(rawValue: .init(truncatingIfNeeded: self.userType.rawValue))
         c.pointee.issued_at_unix_ms = self.issuedAtUnixMs
         if let value = self.expiresAtUnixMs {
             c.pointee._expires_at_unix_ms_case = .init(rawValue: 51)
@@ -2483,6 +2496,7 @@ extension KeyValidationInfo {
         self.endUserToken = try ProtoDecode.string(c.pointee.end_user_token, field: "end_user_token", in: Self.protoName)
         self.scopes = try ProtoDecode.strings(c.pointee.scopes, count: c.pointee.n_scopes, field: "scopes", in: Self.protoName)
         self.authorizedDomains = try ProtoDecode.strings(c.pointee.authorized_domains, count: c.pointee.n_authorized_domains, field: "authorized_domains", in: Self.protoName)
+        self.userType = TokenUserType(rawValue: Int32(truncatingIfNeeded: c.pointee.user_type.rawValue))
         self.issuedAtUnixMs = c.pointee.issued_at_unix_ms
         if c.pointee._expires_at_unix_ms_case.rawValue == 51 {
             self.expiresAtUnixMs = c.pointee.expires_at_unix_ms

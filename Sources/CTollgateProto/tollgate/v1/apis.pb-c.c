@@ -1408,7 +1408,7 @@ const ProtobufCMessageDescriptor tollgate__v1__owner_contact__descriptor =
   (ProtobufCMessageInit) tollgate__v1__owner_contact__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__api__field_descriptors[30] =
+static const ProtobufCFieldDescriptor tollgate__v1__api__field_descriptors[31] =
 {
   {
     "id",
@@ -1615,6 +1615,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__api__field_descriptors[30] =
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "backend_jwt",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__Api, backend_jwt),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "resources",
     30,
     PROTOBUF_C_LABEL_REPEATED,
@@ -1772,33 +1784,34 @@ static const ProtobufCFieldDescriptor tollgate__v1__api__field_descriptors[30] =
   },
 };
 static const unsigned tollgate__v1__api__field_indices_by_name[] = {
-  20,   /* field[20] = api_policy */
+  21,   /* field[21] = api_policy */
   13,   /* field[13] = authorization_header */
-  24,   /* field[24] = business_owner */
+  17,   /* field[17] = backend_jwt */
+  25,   /* field[25] = business_owner */
   5,   /* field[5] = context */
   16,   /* field[16] = cors */
-  27,   /* field[27] = created_at_unix_ms */
-  26,   /* field[26] = created_by */
+  28,   /* field[28] = created_at_unix_ms */
+  27,   /* field[27] = created_by */
   8,   /* field[8] = default_version */
   6,   /* field[6] = description */
   0,   /* field[0] = id */
-  23,   /* field[23] = lifecycle_state */
-  21,   /* field[21] = max_production_tps */
-  22,   /* field[22] = max_sandbox_tps */
+  24,   /* field[24] = lifecycle_state */
+  22,   /* field[22] = max_production_tps */
+  23,   /* field[23] = max_sandbox_tps */
   3,   /* field[3] = name */
   14,   /* field[14] = production_endpoints */
   2,   /* field[2] = provider */
-  17,   /* field[17] = resources */
+  18,   /* field[18] = resources */
   9,   /* field[9] = revision */
   15,   /* field[15] = sandbox_endpoints */
-  18,   /* field[18] = scopes */
-  19,   /* field[19] = subscription_policies */
+  19,   /* field[19] = scopes */
+  20,   /* field[20] = subscription_policies */
   7,   /* field[7] = tags */
-  25,   /* field[25] = technical_owner */
+  26,   /* field[26] = technical_owner */
   1,   /* field[1] = tenant_domain */
   12,   /* field[12] = transports */
-  29,   /* field[29] = updated_at_unix_ms */
-  28,   /* field[28] = updated_by */
+  30,   /* field[30] = updated_at_unix_ms */
+  29,   /* field[29] = updated_by */
   4,   /* field[4] = version */
   10,   /* field[10] = visibility */
   11,   /* field[11] = visible_roles */
@@ -1808,12 +1821,12 @@ static const ProtobufCIntRange tollgate__v1__api__number_ranges[8 + 1] =
   { 1, 0 },
   { 15, 10 },
   { 20, 12 },
-  { 30, 17 },
-  { 40, 19 },
-  { 50, 23 },
-  { 55, 24 },
-  { 60, 26 },
-  { 0, 30 }
+  { 30, 18 },
+  { 40, 20 },
+  { 50, 24 },
+  { 55, 25 },
+  { 60, 27 },
+  { 0, 31 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__api__descriptor =
 {
@@ -1823,7 +1836,7 @@ const ProtobufCMessageDescriptor tollgate__v1__api__descriptor =
   "Tollgate__V1__Api",
   "tollgate.v1",
   sizeof(Tollgate__V1__Api),
-  30,
+  31,
   tollgate__v1__api__field_descriptors,
   tollgate__v1__api__field_indices_by_name,
   8,  tollgate__v1__api__number_ranges,

@@ -1712,7 +1712,7 @@ const ProtobufCMessageDescriptor tollgate__v1__issued_token__descriptor =
   (ProtobufCMessageInit) tollgate__v1__issued_token__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_descriptors[26] =
+static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_descriptors[27] =
 {
   {
     "authorized",
@@ -2003,6 +2003,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__key_validation_info__field_d
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "user_type",
+    44,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__KeyValidationInfo, user_type),
+    &tollgate__v1__token_user_type__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "issued_at_unix_ms",
     50,
     PROTOBUF_C_LABEL_NONE,
@@ -2041,8 +2053,8 @@ static const unsigned tollgate__v1__key_validation_info__field_indices_by_name[]
   14,   /* field[14] = content_aware */
   20,   /* field[20] = end_user_name */
   21,   /* field[21] = end_user_token */
-  25,   /* field[25] = expires_at_unix_ms */
-  24,   /* field[24] = issued_at_unix_ms */
+  26,   /* field[26] = expires_at_unix_ms */
+  25,   /* field[25] = issued_at_unix_ms */
   2,   /* field[2] = key_type */
   22,   /* field[22] = scopes */
   11,   /* field[11] = spike_arrest_limit */
@@ -2053,6 +2065,7 @@ static const unsigned tollgate__v1__key_validation_info__field_indices_by_name[]
   17,   /* field[17] = subscription_limit */
   9,   /* field[9] = subscription_policy */
   15,   /* field[15] = throttling_data */
+  24,   /* field[24] = user_type */
   1,   /* field[1] = validation_status */
 };
 static const ProtobufCIntRange tollgate__v1__key_validation_info__number_ranges[5 + 1] =
@@ -2061,8 +2074,8 @@ static const ProtobufCIntRange tollgate__v1__key_validation_info__number_ranges[
   { 10, 3 },
   { 20, 8 },
   { 40, 20 },
-  { 50, 24 },
-  { 0, 26 }
+  { 50, 25 },
+  { 0, 27 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__key_validation_info__descriptor =
 {
@@ -2072,7 +2085,7 @@ const ProtobufCMessageDescriptor tollgate__v1__key_validation_info__descriptor =
   "Tollgate__V1__KeyValidationInfo",
   "tollgate.v1",
   sizeof(Tollgate__V1__KeyValidationInfo),
-  26,
+  27,
   tollgate__v1__key_validation_info__field_descriptors,
   tollgate__v1__key_validation_info__field_indices_by_name,
   5,  tollgate__v1__key_validation_info__number_ranges,

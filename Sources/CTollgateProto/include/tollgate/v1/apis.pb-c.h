@@ -424,6 +424,12 @@ struct  Tollgate__V1__Api
   Tollgate__V1__EndpointConfig *production_endpoints;
   Tollgate__V1__EndpointConfig *sandbox_endpoints;
   Tollgate__V1__CorsConfig *cors;
+  /*
+   * Gateways send the backend a JWT they sign, carrying the caller's
+   * application, subscription and user claims (WSO2's backend JWT,
+   * `X-JWT-Assertion` by default; docs/gateway.md, "Backend JWT").
+   */
+  protobuf_c_boolean backend_jwt;
   size_t n_resources;
   Tollgate__V1__ApiResource **resources;
   size_t n_scopes;
@@ -456,7 +462,7 @@ struct  Tollgate__V1__Api
 };
 #define TOLLGATE__V1__API__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__api__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, TOLLGATE__V1__API_VISIBILITY__API_VISIBILITY_UNSPECIFIED, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, NULL, NULL, NULL, 0,NULL, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, TOLLGATE__V1__LIFECYCLE_STATE__LIFECYCLE_STATE_UNSPECIFIED, NULL, NULL, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__API___MAX_PRODUCTION_TPS__NOT_SET, {0}, TOLLGATE__V1__API___MAX_SANDBOX_TPS__NOT_SET, {0} }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, TOLLGATE__V1__API_VISIBILITY__API_VISIBILITY_UNSPECIFIED, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, NULL, NULL, NULL, 0, 0,NULL, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, TOLLGATE__V1__LIFECYCLE_STATE__LIFECYCLE_STATE_UNSPECIFIED, NULL, NULL, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__API___MAX_PRODUCTION_TPS__NOT_SET, {0}, TOLLGATE__V1__API___MAX_SANDBOX_TPS__NOT_SET, {0} }
 
 
 /*

@@ -508,6 +508,11 @@ struct  Tollgate__V1__KeyValidationInfo
   char **scopes;
   size_t n_authorized_domains;
   char **authorized_domains;
+  /*
+   * Whom the token stands for (the backend JWT's `usertype`); unspecified
+   * when the keymanager does not say (WSO2's Thrift service).
+   */
+  Tollgate__V1__TokenUserType user_type;
   int64_t issued_at_unix_ms;
   Tollgate__V1__KeyValidationInfo__ExpiresAtUnixMsCase _expires_at_unix_ms_case;
   union {
@@ -516,7 +521,7 @@ struct  Tollgate__V1__KeyValidationInfo
 };
 #define TOLLGATE__V1__KEY_VALIDATION_INFO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__key_validation_info__descriptor) \
-    , 0, 0, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__TIME_UNIT__TIME_UNIT_UNSPECIFIED, 0, 0, 0,NULL, NULL, NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, 0, TOLLGATE__V1__KEY_VALIDATION_INFO___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
+    , 0, 0, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, TOLLGATE__V1__TIME_UNIT__TIME_UNIT_UNSPECIFIED, 0, 0, 0,NULL, NULL, NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, TOLLGATE__V1__TOKEN_USER_TYPE__TOKEN_USER_TYPE_UNSPECIFIED, 0, TOLLGATE__V1__KEY_VALIDATION_INFO___EXPIRES_AT_UNIX_MS__NOT_SET, {0} }
 
 
 typedef enum {
