@@ -112,7 +112,9 @@ def config_text(name):
     role = role_of(name)
     cluster, admin, metrics = PORTS[role]
     host = NODES[name]
-    data = {"publisher": "control-plane", "store": "control-plane", "keymanager": "control-plane"}.get(role, name)
+    # Publisher, store, keymanagers and analytics share the host's databases
+    # (statdb included, so the store answers consumers' usage queries).
+    data = "control-plane" if role in ("publisher", "store", "keymanager", "analytics") else name
     lines = ['node_id = "%s"' % name, 'roles = ["%s"]' % role, 'data_directory = "/var/lib/tollgate/%s"' % data,
              'log_level = "info"', "", "[listen]", 'cluster = "%s:%d"' % (host, cluster)]
     if admin:
@@ -160,7 +162,7 @@ def configure():
             os.chmod("%s/%s.key" % (CERTS, name), 0o600)
         with open("/etc/tollgate/%s.toml" % name, "w") as file:
             file.write("# Written by the cluster scenario (tools/cluster-scenario.py).\n" + config_text(name))
-        data = "/var/lib/tollgate/" + (name if role_of(name) not in ("publisher", "store", "keymanager") else "control-plane")
+        data = "/var/lib/tollgate/" + (name if role_of(name) not in ("publisher", "store", "keymanager", "analytics") else "control-plane")
         run("install", "-d", "-o", "tollgate", "-g", "tollgate", "-m", "0750", data)
     systemctl("stop", *[unit(n) for n in NODES], check_rc=False)
     order = ["publisher", "store", "keymanager", "keymanager2", "trafficmanager", "analytics"] + GATEWAYS
@@ -322,7 +324,7 @@ def scenario(tollctl, load_script):
     tollctl("signup", "--user", "carol", "--password-stdin", input="Carol-Secret-1\n", node="store")
     tollctl("login", "--as", "consumer", "--user", "carol", "--password-stdin", input="Carol-Secret-1\n", node="store")
     applications = {}
-    for name, tier in (("menu-app", "ClusterTier"), ("load-app", "Roomy")):
+    for name, tier in (("menu-app", "ClusterTier"), ("load-app", "Roomy"), ("count-app", "Roomy")):
         app = tollctl.json("app", "create", "--name", name, **consumer)
         tollctl("sub", "create", "--app", app["id"], "--api", api_id, "--tier", tier, **consumer)
         keys = tollctl.json("key", "generate", app["id"], "--type", "production", **consumer)
@@ -379,9 +381,56 @@ def scenario(tollctl, load_script):
     delays.sort()
     figure("revocation to refusal on 3 gateways, 20 rounds (ms): p50 / p99 / max",
            "%.0f / %.0f / %.0f" % (1000 * delays[len(delays) // 2], 1000 * delays[len(delays) * 99 // 100], 1000 * delays[-1]) if delays else "none")
+    menu_calls = [0]
+    check("statistics: tollctl stats shows the consumer's calls", wait_for(
+        lambda: menu_calls.__setitem__(0, usage_requests(tollctl, app_id)) or menu_calls[0] > 0, 30, interval=1),
+        "tollctl stats usage --app %s: %d requests" % (app_id, menu_calls[0]))
+    figure("tollctl stats usage for the throttled application: requests", menu_calls[0])
     check("revocation: the token is refused on every gateway within 1 s (20 rounds)",
           not missed and delays and delays[-1] <= 1.0, "missed %s, slowest %s" % (missed[:5], delays[-3:]))
     return applications
+
+
+def usage_requests(tollctl, app_id):
+    """Calls of one application as the store's `tollctl stats` reports them."""
+    result = tollctl.json("stats", "usage", "--app", app_id, "--since", "2h", "--granularity", "minute",
+                          session="consumer", node="store")
+    return sum(row.get("requests", 0) for row in result.get("rows", []))
+
+
+def analytics_row(tollctl, applications):
+    """Analytics down for a minute while calls go on: once it is back, the
+    statistics hold every call exactly once."""
+    app_id, key, secret = applications["count-app"]
+    token = token_for(key, secret)
+    sent = 0
+    session = requests.Session()
+
+    def calls(count, pause=0.0):
+        nonlocal sent
+        for index in range(count):
+            try:
+                call(GATEWAYS[index % len(GATEWAYS)], token, session)
+            finally:
+                sent += 1  # answered or not, the gateway saw the request
+            time.sleep(pause)
+    calls(150)
+    systemctl("stop", unit("analytics"))
+    calls(300, pause=0.2)  # about a minute
+    spooled = sum(metric(g, "tollgate_gateway_usage_spool_bytes") for g in GATEWAYS)
+    systemctl("start", unit("analytics"))
+    calls(150)
+    counted = [0]
+
+    def complete():
+        counted[0] = usage_requests(tollctl, app_id)
+        return counted[0] >= sent
+    reached = wait_for(complete, 90, interval=1)
+    time.sleep(3)
+    final = usage_requests(tollctl, app_id)
+    figure("analytics down for a minute: calls sent / counted", "%d / %d (spool held %d bytes meanwhile)" % (sent, final, spooled))
+    check("fault: analytics down for a minute: no usage event lost or doubled once it returns",
+          reached and final == sent and spooled > 0, "sent %d, counted %d then %d" % (sent, counted[0], final))
 
 
 def fault_matrix(tollctl, applications):
@@ -658,6 +707,7 @@ def main():
     try:
         applications = scenario(tollctl, args.load_script)
         fault_matrix(tollctl, applications)
+        analytics_row(tollctl, applications)
         watchdog_row(args.debug_tollgated)
         if args.soak_seconds:
             soak(applications, args.soak_seconds)
