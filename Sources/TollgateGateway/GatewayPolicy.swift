@@ -471,13 +471,17 @@ final class GatewayPolicy: ProxyPolicy {
         event.responseTimeMs = Int64(outcome.totalNanoseconds / 1_000_000)
         event.backendTimeMs = Int64(outcome.backendNanoseconds / 1_000_000)
         event.serviceTimeMs = max(0, event.responseTimeMs - event.backendTimeMs)
+        event.responseTimeUs = Int64(outcome.totalNanoseconds / 1000)
+        event.backendTimeUs = Int64(outcome.backendNanoseconds / 1000)
         event.responseCode = Int32(outcome.status)
         event.requestSizeBytes = outcome.requestBodyBytes
         event.responseSizeBytes = outcome.responseBodyBytes
         event.destination = outcome.target?.description ?? ""
         event.cacheHit = exchange.cacheHit
-        event.throttled = !exchange.throttledReason.isEmpty && exchange.faultCode != 0
-        event.throttledReason = exchange.throttledReason
+        // Refused by a block condition (the throttler's too) or a blocked API or subscription: blocked, not throttled.
+        event.blocked = exchange.faultCode == GatewayFault.blocked.code || exchange.faultCode == GatewayFault.apiBlocked.code
+        event.throttled = !exchange.throttledReason.isEmpty && exchange.faultCode != 0 && !event.blocked
+        event.throttledReason = event.blocked ? "" : exchange.throttledReason
         if exchange.faultCode != 0 {
             var fault = UsageFault()
             fault.errorCode = exchange.faultCode

@@ -335,3 +335,45 @@ extension Table {
         return record
     }
 }
+
+extension Table {
+    /// Visits records whose primary key starts with `prefix`, from the first
+    /// key at or after `start`, in key order, while `body` returns true:
+    /// for scans too long to page.
+    public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
+                                                           _ body: (Record) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes, from: start) { _, value in try body(try decode(value)) }
+    }
+
+    /// Visits the primary keys under `prefix` without decoding the records.
+    /// The key is lent for the duration of each call.
+    public func forEachKey<T: TransactionReading & ~Copyable>(prefix: Key = Key(), in txn: borrowing T,
+                                                              _ body: (UnsafeRawBufferPointer) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes) { key, _ in try body(key) }
+    }
+
+    /// Stores `record` under its key without reading what it replaces, for
+    /// tables without indexes (counters rewritten in bulk).
+    public func store(_ record: Record, in txn: inout WriteTransaction) throws {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use put(_:in:)")
+        let primaryKey = definition.primaryKey(record)
+        do {
+            try txn.put(try record.serializedBytes(), forKey: primaryKey.bytes, in: records)
+        } catch LMDBError.badValueSize {
+            throw StorageError.keyTooLong(table: name, index: nil)
+        }
+    }
+
+    /// Removes the record under `key` without reading it, for tables without indexes.
+    @discardableResult
+    public func deleteKey(_ key: Key, in txn: inout WriteTransaction) throws -> Bool {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use delete(_:in:)")
+        return try txn.delete(key.bytes, in: records)
+    }
+
+    /// Removes every record and index entry.
+    public func clear(in txn: inout WriteTransaction) throws {
+        try txn.clear(records)
+        for database in indexDatabases.values { try txn.clear(database) }
+    }
+}
