@@ -24,6 +24,13 @@ public struct SummaryKey: Hashable, Sendable {
         return key
     }
 
+    /// The key of the same API's row in `api_usage_summaries`: no resource,
+    /// application, user, key type or status class.
+    var apiOnly: SummaryKey {
+        SummaryKey(granularity: granularity, bucketStart: bucketStart, tenant: tenant, context: context, version: version, resource: "",
+                   verb: .unspecified, applicationTenant: applicationTenant, applicationID: "", username: "", keyType: .unspecified, statusClass: 0)
+    }
+
     /// An empty row with these dimensions.
     var summary: UsageSummary {
         var s = UsageSummary()

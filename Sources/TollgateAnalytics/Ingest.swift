@@ -75,6 +75,12 @@ public final class UsageIngest: Sendable {
     private let pending = Mutex<(queue: [Submission], draining: Bool)>(([], false))
     private let counters = Mutex(Counters())
     private let gapReporter: @Sendable (String) -> Void
+    /// Rows as last written, so adding to a row written recently decodes
+    /// nothing: the stored bytes are compared with the remembered ones
+    /// (another process writing the same statdb is noticed, and the row
+    /// decoded again).
+    private let memo = RecordMemo<UsageSummary>(capacity: 400_000)
+    private let apiMemo = RecordMemo<UsageSummary>(capacity: 100_000)
     /// Granularities every minute row is rolled up to as it is written.
     static let granularities: [BucketGranularity] = [.minute, .hour, .day]
 
@@ -175,7 +181,7 @@ public final class UsageIngest: Sendable {
                 delta.add(submission.delta)
                 acks.append(Ack(duplicate: false, accepted: submission.delta.accepted, discarded: submission.delta.discarded))
             }
-            let rows = try Self.write(delta, statdb: statdb, in: &txn)
+            let rows = try Self.write(delta, statdb: statdb, memo: memo, apiMemo: apiMemo, in: &txn)
             for cursor in cursors.values { try statdb.cursors.store(cursor, in: &txn) }
             return (acks, rows)
         }
@@ -187,7 +193,8 @@ public final class UsageIngest: Sendable {
     }
 
     /// Adds minute rows, their hour and day roll-ups, and last-access times.
-    static func write(_ delta: BatchDelta, statdb: StatisticsDatabase, in txn: inout WriteTransaction) throws -> Int {
+    static func write(_ delta: BatchDelta, statdb: StatisticsDatabase, memo: RecordMemo<UsageSummary>, apiMemo: RecordMemo<UsageSummary>,
+                      in txn: inout WriteTransaction) throws -> Int {
         var rolled: [SummaryKey: UsageCounts] = [:]
         rolled.reserveCapacity(delta.rows.count * 3)
         for (key, counts) in delta.rows {
@@ -196,12 +203,25 @@ public final class UsageIngest: Sendable {
                 if rolled[target] == nil { rolled[target] = counts } else { rolled[target]!.add(counts) }
             }
         }
+        var perAPI: [SummaryKey: UsageCounts] = [:]
         for (key, counts) in rolled {
             var summary = key.summary
             let primaryKey = StatisticsDatabase.summaryKey(summary)
-            if let stored = try statdb.summaries.get(primaryKey, in: txn) { summary = stored }
+            if let stored = try statdb.summaries.get(primaryKey, in: txn, memo: memo) { summary = stored }
             counts.apply(to: &summary)
-            try statdb.summaries.store(summary, in: &txn)
+            try statdb.summaries.store(summary, in: &txn, memo: memo)
+            let apiKey = key.apiOnly
+            if perAPI[apiKey] == nil { perAPI[apiKey] = counts } else { perAPI[apiKey]!.add(counts) }
+        }
+        for (key, var counts) in perAPI {
+            var summary = key.summary
+            let primaryKey = StatisticsDatabase.apiSummaryKey(summary)
+            if let stored = try statdb.apiSummaries.get(primaryKey, in: txn, memo: apiMemo) { summary = stored }
+            // An API's row names no application.
+            counts.applicationName = ""
+            counts.applicationOwner = ""
+            counts.apply(to: &summary)
+            try statdb.apiSummaries.store(summary, in: &txn, memo: apiMemo)
         }
         for access in delta.apis.values {
             let key = statdb.apiLastAccess.primaryKey(of: access)
@@ -213,7 +233,7 @@ public final class UsageIngest: Sendable {
             if let stored = try statdb.applicationLastAccess.get(key, in: txn), stored.lastAccessUnixMs >= access.lastAccessUnixMs { continue }
             try statdb.applicationLastAccess.store(access, in: &txn)
         }
-        return rolled.count
+        return rolled.count + perAPI.count
     }
 
     static func now() -> Int64 {

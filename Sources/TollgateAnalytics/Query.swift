@@ -129,8 +129,8 @@ public struct UsageQueryEngine: Sendable {
     }
 
     public func run(_ request: QueryUsageRequest, scope: UsageScope, nowUnixMs: Int64) throws(RPCError) -> QueryUsageResponse {
-        let end = request.endUnixMs > 0 ? request.endUnixMs : nowUnixMs
-        let start = request.startUnixMs > 0 ? request.startUnixMs : end - 86_400_000
+        var end = request.endUnixMs > 0 ? request.endUnixMs : nowUnixMs
+        var start = request.startUnixMs > 0 ? request.startUnixMs : end - 86_400_000
         guard start < end else { throw RPCError(.invalidArgument, "start_unix_ms must be before end_unix_ms") }
         switch request.granularity {
         case .unspecified, .minute, .hour, .day: break
@@ -138,6 +138,18 @@ public struct UsageQueryEngine: Sendable {
         }
         let ranked = request.orderBy != .unspecified
         let merged = request.mergeBuckets || ranked
+        // A merged range of more than a week is read in whole UTC days: its
+        // edges widen to midnight rather than costing hours and minutes of rows.
+        if merged && request.granularity == .unspecified && end - start > 7 * 86_400_000 {
+            start = UsageTime.bucketStart(start, .day)
+            let last = UsageTime.bucketStart(end, .day)
+            end = last < end ? last + 86_400_000 : last
+        }
+        // Rows per API answer what names no finer dimension, for every
+        // scope but a consumer's (which needs the application's owner).
+        let perAPI = Set(request.groupBy).isSubset(of: [.api, .apiVersion, .tenant]) && request.applicationId.isEmpty
+            && request.username.isEmpty && request.resource.isEmpty && request.statusClasses.isEmpty && request.keyType == .unspecified
+            && (scope.tenant == nil || scope.administrator || !scope.consumer)
         let (pieces, granularity) = Self.pieces(request, start: start, end: end, merged: merged)
         let dimensions = Set(request.groupBy)
         let tenantFilter = scope.tenant == nil && !request.tenantDomain.isEmpty ? request.tenantDomain.lowercased() : nil
@@ -222,14 +234,14 @@ public struct UsageQueryEngine: Sendable {
                         while bucket < piece.end {
                             let prefix = StatisticsDatabase.summaryPrefix(granularity: piece.granularity, bucketStartUnixMs: bucket, tenant: seekTenant,
                                                                           context: context, version: version)
-                            try statdb.forEachSummary(prefix: prefix, in: txn) { row in
+                            try statdb.forEachSummary(prefix: prefix, perAPI: perAPI, in: txn) { row in
                                 visit(row)
                                 return true
                             }
                             bucket += length
                         }
                     } else {
-                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, in: txn) { row in
+                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, perAPI: perAPI, in: txn) { row in
                             visit(row)
                             return true
                         }

@@ -20,6 +20,10 @@ public struct StatisticsDatabase: Sendable {
     /// then the tenant and API, so one tenant's or API's rows of a bucket
     /// are a prefix.
     public static let summaryTable = TableDefinition<UsageSummary>("usage_summaries", primaryKey: { summaryKey($0) })
+    /// The same counts per API only (and the subscribers' tenant): what
+    /// tenant- and provider-wide queries read, one row per API and bucket
+    /// instead of one per resource, application, user, key type and status.
+    public static let apiSummaryTable = TableDefinition<UsageSummary>("api_usage_summaries", primaryKey: { apiSummaryKey($0) })
     /// Per gateway and spool epoch: the highest batch sequence applied.
     public static let cursorTable = TableDefinition<UsageIngestCursor>("ingest_cursors", primaryKey: {
         Key(.string($0.gatewayId), .uint64($0.epoch))
@@ -50,7 +54,13 @@ public struct StatisticsDatabase: Sendable {
             .appending(.int64(Int64(s.keyType.rawValue))).appending(.uint64(UInt64(s.statusClass)))
     }
 
-    /// The start of the keys of one bucket, narrowed by as many of tenant,
+    public static func apiSummaryKey(_ s: UsageSummary) -> Key {
+        summaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext,
+                      version: s.apiVersion)
+            .appending(.string(s.applicationTenantDomain.lowercased()))
+    }
+
+    /// The start of the keys of one bucket (in either summary table), narrowed by as many of tenant,
     /// context and version as are given (each only after the one before).
     public static func summaryPrefix(granularity: BucketGranularity, bucketStartUnixMs: Int64? = nil, tenant: String? = nil,
                                      context: String? = nil, version: String? = nil) -> Key {
@@ -68,6 +78,7 @@ public struct StatisticsDatabase: Sendable {
 
     public let database: LogicalDatabase
     public let summaries: Table<UsageSummary>
+    public let apiSummaries: Table<UsageSummary>
     public let cursors: Table<UsageIngestCursor>
     public let apiLastAccess: Table<UsageLastAccess>
     public let applicationLastAccess: Table<UsageLastAccess>
@@ -75,7 +86,8 @@ public struct StatisticsDatabase: Sendable {
     /// Opens `<dataDirectory>/statdb`.
     public static func open(in dataDirectory: String, options: Environment.Options = .init()) throws -> StatisticsDatabase {
         try LogicalDatabase.open(schema: schema, in: dataDirectory, options: options) { database in
-            StatisticsDatabase(database: database, summaries: try database.table(summaryTable), cursors: try database.table(cursorTable),
+            StatisticsDatabase(database: database, summaries: try database.table(summaryTable), apiSummaries: try database.table(apiSummaryTable),
+                               cursors: try database.table(cursorTable),
                                apiLastAccess: try database.table(apiLastAccessTable),
                                applicationLastAccess: try database.table(applicationLastAccessTable))
         }
@@ -96,25 +108,32 @@ public struct StatisticsDatabase: Sendable {
     /// Visits the summaries of one granularity whose buckets start in
     /// `[from, to)`, in key order, while `body` returns true.
     public func forEachSummary<T: TransactionReading & ~Copyable>(_ granularity: BucketGranularity, fromUnixMs from: Int64, toUnixMs to: Int64,
-                                                                  in txn: borrowing T, _ body: (UsageSummary) throws -> Bool) throws {
+                                                                  perAPI: Bool = false, in txn: borrowing T, _ body: (UsageSummary) throws -> Bool) throws {
         let start = Self.summaryPrefix(granularity: granularity, bucketStartUnixMs: from).bytes
-        try summaries.forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn) { summary in
+        try (perAPI ? apiSummaries : summaries).forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn) { summary in
             if summary.bucketStartUnixMs >= to { return false }
             return try body(summary)
         }
     }
 
     /// Visits the summaries under `prefix` (``summaryPrefix(granularity:bucketStartUnixMs:tenant:context:version:)``).
-    public func forEachSummary<T: TransactionReading & ~Copyable>(prefix: Key, in txn: borrowing T, _ body: (UsageSummary) throws -> Bool) throws {
-        try summaries.forEach(prefix: prefix, in: txn, body)
+    public func forEachSummary<T: TransactionReading & ~Copyable>(prefix: Key, perAPI: Bool = false, in txn: borrowing T,
+                                                                  _ body: (UsageSummary) throws -> Bool) throws {
+        try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, body)
     }
 
     /// Deletes up to `limit` summaries of `granularity` whose buckets start
     /// before `cutoff`, oldest first, in the caller's transaction; returns
     /// how many (fewer than `limit`: nothing older is left).
     public func pruneSummaries(_ granularity: BucketGranularity, before cutoff: Int64, limit: Int, in txn: inout WriteTransaction) throws -> Int {
+        let deleted = try prune(summaries, granularity, before: cutoff, limit: limit, in: &txn)
+        return deleted + (try prune(apiSummaries, granularity, before: cutoff, limit: max(1, limit - deleted), in: &txn))
+    }
+
+    private func prune(_ table: Table<UsageSummary>, _ granularity: BucketGranularity, before cutoff: Int64, limit: Int,
+                       in txn: inout WriteTransaction) throws -> Int {
         var keys: [Key] = []
-        try summaries.forEachKey(prefix: Self.summaryPrefix(granularity: granularity), in: txn) { key in
+        try table.forEachKey(prefix: Self.summaryPrefix(granularity: granularity), in: txn) { key in
             // The bucket start follows the 8-byte granularity.
             var bucket: UInt64 = 0
             for byte in key[8..<16] { bucket = bucket << 8 | UInt64(byte) }
@@ -122,7 +141,7 @@ public struct StatisticsDatabase: Sendable {
             keys.append(Key(bytes: Array(key)))
             return keys.count < limit
         }
-        for key in keys { try summaries.deleteKey(key, in: &txn) }
+        for key in keys { try table.deleteKey(key, in: &txn) }
         return keys.count
     }
 }

@@ -298,6 +298,16 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
         self.capacity = capacity
     }
 
+    /// Remembers a record just written under `key` as `bytes`, so the next
+    /// read of it decodes nothing (a counter row read, added to and written
+    /// again and again).
+    public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[key] = (bytes, record)
+        }
+    }
+
     func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
         let remembered = entries.withLock { $0[key] }
         if let remembered, remembered.bytes.count == bytes.count,
@@ -362,6 +372,19 @@ extension Table {
         } catch LMDBError.badValueSize {
             throw StorageError.keyTooLong(table: name, index: nil)
         }
+    }
+
+    /// ``store(_:in:)``, remembering the record in `memo` with the bytes written.
+    public func store(_ record: Record, in txn: inout WriteTransaction, memo: RecordMemo<Record>) throws {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use put(_:in:)")
+        let primaryKey = definition.primaryKey(record).bytes
+        let bytes = try record.serializedBytes()
+        do {
+            try txn.put(bytes, forKey: primaryKey, in: records)
+        } catch LMDBError.badValueSize {
+            throw StorageError.keyTooLong(table: name, index: nil)
+        }
+        memo.remember(primaryKey, bytes: bytes, record: record)
     }
 
     /// Removes the record under `key` without reading it, for tables without indexes.

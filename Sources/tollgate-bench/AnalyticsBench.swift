@@ -48,7 +48,10 @@ func benchAnalytics() async throws {
 
     // Four gateways, each one stream, 512 events a batch, 32 batches in flight.
     let now = Int64(Date().timeIntervalSince1970 * 1000)
-    let batches = (0..<64).map { seed in PublishUsageEventsRequest(events: (0..<512).map { benchEvent(seed * 512 + $0, now: now) }) }
+    // As gateways send them: calls of the last minute; 200 APIs, 500 applications (about 7,500 rows a minute).
+    let batches = (0..<64).map { seed in
+        PublishUsageEventsRequest(events: (0..<512).map { benchEvent(seed * 512 + $0, now: now, apis: 200, applications: 500, spreadMs: 60_000) })
+    }
     let acknowledged = BenchCounter()
     let duration: Duration = .seconds(6)
     let started = ContinuousClock.now
@@ -99,11 +102,11 @@ func benchAnalytics() async throws {
     try await benchQueries(directory: directory)
 }
 
-/// A call of a mixed workload: 1,000 APIs, 2,000 applications each calling
-/// two APIs, 3 resources each, one user per application; 90 % 2xx, 6 % 4xx,
-/// 3 % 5xx, 1 % throttled; latencies log-spread from 0.2 to 200 ms;
-/// timestamps over the hour before `now`.
-func benchEvent(_ index: Int, now: Int64, apis: Int = 1000, spreadMs: Int64 = 3_600_000) -> UsageEvent {
+/// A call of a mixed workload: `apis` APIs, `applications` applications
+/// each calling two APIs, 3 resources each, one user per application;
+/// 90 % 2xx, 6 % 4xx, 3 % 5xx, 1 % throttled; latencies log-spread from
+/// 0.2 to 200 ms; timestamps over the `spreadMs` before `now`.
+func benchEvent(_ index: Int, now: Int64, apis: Int = 1000, applications: Int = 2000, spreadMs: Int64 = 3_600_000) -> UsageEvent {
     var random = UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15
     func next(_ bound: Int) -> Int {
         random ^= random >> 31
@@ -111,7 +114,7 @@ func benchEvent(_ index: Int, now: Int64, apis: Int = 1000, spreadMs: Int64 = 3_
         random ^= random >> 29
         return Int(random % UInt64(bound))
     }
-    let application = next(2000)
+    let application = next(applications)
     let api = (application * (1 + next(2) * 6)) % apis
     var e = UsageEvent()
     e.gatewayId = "gw"
@@ -159,7 +162,8 @@ private func benchStatdbBytes(directory: String) async throws {
     var waits: [@Sendable () async throws -> UsageIngest.Ack] = []
     for start in stride(from: 0, to: total, by: 512) {
         sequence += 1
-        waits.append(ingest.enqueue(gateway: "gw", epoch: 1, sequence: sequence, events: (start..<min(total, start + 512)).map { benchEvent($0, now: now) }))
+        waits.append(ingest.enqueue(gateway: "gw", epoch: 1, sequence: sequence,
+                                    events: (start..<min(total, start + 512)).map { benchEvent($0, now: now, apis: 200, applications: 500) }))
         if waits.count == 64 {
             for wait in waits { _ = try await wait() }
             waits.removeAll()
@@ -169,12 +173,13 @@ private func benchStatdbBytes(directory: String) async throws {
     let used = statdb.database.environment.usedBytes
     let rows = try statdb.database.read { try statdb.summaries.count(in: $0) }
     print("analytics: statdb bytes per million calls".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%12.1f MB   (%d summary rows: minute, hour, day; 1,000 APIs, 2,000 applications, one hour)", Double(used) / 1e6, rows))
+        + String(format: "%12.1f MB   (%d summary rows: minute, hour, day; 200 APIs, 500 applications, one hour)", Double(used) / 1e6, rows))
 }
 
 /// 30 days of data for 1,000 APIs as retention keeps it: day rows for the
 /// 30 days, hour rows for the 30 days, minute rows for the last 2 hours;
-/// each API called by 2 applications on 3 resources (6 rows per API and bucket).
+/// each API called by 2 applications on 3 resources (6 rows per API and
+/// bucket, and the API's own row).
 private func benchQueries(directory: String) async throws {
     let data = directory + "/query"
     try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
@@ -182,11 +187,16 @@ private func benchQueries(directory: String) async throws {
     let now = Int64(Date().timeIntervalSince1970 * 1000)
     let hour: Int64 = 3_600_000, day: Int64 = 86_400_000
     let lastHour = now - now % hour
-    func rows(_ granularity: BucketGranularity, _ bucket: Int64) -> [UsageSummary] {
-        (0..<1000).flatMap { api in
-            (0..<6).map { combo in
+    /// One bucket's rows: 6 per API, and the API's own row (api_usage_summaries).
+    func rows(_ granularity: BucketGranularity, _ bucket: Int64) -> (detail: [UsageSummary], perAPI: [UsageSummary]) {
+        var detail: [UsageSummary] = []
+        var perAPI: [UsageSummary] = []
+        detail.reserveCapacity(6000)
+        for api in 0..<1000 {
+            var apiCounts = UsageCounts()
+            var e = benchEvent(api * 6, now: bucket + 1)
+            for combo in 0..<6 {
                 var counts = UsageCounts()
-                var e = benchEvent(api * 6 + combo, now: bucket + 1)
                 e.apiName = "api-\(api)"
                 e.apiContext = "/api-\(api)"
                 e.apiCreator = "provider-\(api % 50)"
@@ -197,6 +207,7 @@ private func benchQueries(directory: String) async throws {
                     e.responseTimeUs = Int64(300 + (api * 37 + sample * 911) % 20_000)
                     counts.add(e)
                 }
+                apiCounts.add(counts)
                 var row = UsageSummary()
                 row.granularity = granularity
                 row.bucketStartUnixMs = bucket
@@ -211,9 +222,21 @@ private func benchQueries(directory: String) async throws {
                 row.keyType = .production
                 row.statusClass = 2
                 counts.apply(to: &row)
-                return row
+                detail.append(row)
             }
+            var row = UsageSummary()
+            row.granularity = granularity
+            row.bucketStartUnixMs = bucket
+            row.tenantDomain = "carbon.super"
+            row.apiContext = e.apiContext
+            row.apiVersion = e.apiVersion
+            row.applicationTenantDomain = "carbon.super"
+            apiCounts.applicationName = ""
+            apiCounts.applicationOwner = ""
+            apiCounts.apply(to: &row)
+            perAPI.append(row)
         }
+        return (detail, perAPI)
     }
     var buckets: [(BucketGranularity, Int64)] = []
     for d in 0...30 { buckets.append((.day, now - now % day - Int64(d) * day)) }
@@ -223,10 +246,13 @@ private func benchQueries(directory: String) async throws {
     var written = 0
     for chunk in stride(from: 0, to: buckets.count, by: 8) {
         let slice = Array(buckets[chunk..<min(buckets.count, chunk + 8)])
-        let made = slice.flatMap { rows($0.0, $0.1) }
-        written += made.count
+        let made = slice.map { rows($0.0, $0.1) }
+        written += made.reduce(0) { $0 + $1.detail.count + $1.perAPI.count }
         try await statdb.database.write { txn in
-            for row in made { try statdb.summaries.store(row, in: &txn) }
+            for bucket in made {
+                for row in bucket.detail { try statdb.summaries.store(row, in: &txn) }
+                for row in bucket.perAPI { try statdb.apiSummaries.store(row, in: &txn) }
+            }
         }
     }
     print(String(format: "  query data: %d rows (%d MB) written in %.1f s", written, statdb.database.environment.usedBytes / 1_000_000,
@@ -244,8 +270,13 @@ private func benchQueries(directory: String) async throws {
          QueryUsageRequest(granularity: .day, startUnixMs: now - 30 * day, endUnixMs: now)),
         ("tenant top 10 APIs, whole days, 30 days", admin,
          QueryUsageRequest(granularity: .day, startUnixMs: now - now % day - 30 * day, endUnixMs: now - now % day, groupBy: [.api], orderBy: .requests, limit: 10)),
-        ("tenant top 10 APIs, last 30 days to the minute", operatorScope,
+        ("tenant top 10 APIs, last 30 days (read in whole days)", operatorScope,
          QueryUsageRequest(startUnixMs: now - 30 * day, endUnixMs: now, groupBy: [.api], orderBy: .requests, limit: 10)),
+        ("a provider's API, slowest resources, 30 days", UsageScope(tenant: "carbon.super", username: "provider-42", administrator: false,
+                                                                     provider: true, consumer: false),
+         QueryUsageRequest(startUnixMs: now - 30 * day, endUnixMs: now, groupBy: [.resource], orderBy: .latencyP95, limit: 5, apiContext: "/api-42")),
+        ("tenant top 10 applications, 30 days (6,000 rows a day)", admin,
+         QueryUsageRequest(startUnixMs: now - 30 * day, endUnixMs: now, groupBy: [.application], orderBy: .requests, limit: 10)),
     ]
     for (label, scope, request) in cases {
         var samples: [Double] = []

@@ -135,6 +135,12 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
                 #expect(total(rows, \.requestBytesSum) == 70)
             }
             #expect(Set(minutes.map(\.statusClass)) == [2, 4, 5])
+            let perAPI = try statdb.database.read { txn in
+                var rows: [UsageSummary] = []
+                try statdb.forEachSummary(.day, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { rows.append($0); return true }
+                return rows
+            }
+            #expect(total(perAPI, \.requestCount) == 7 && total(perAPI, \.throttledCount) == 2 && total(perAPI) { $0.responseLatency?.count ?? 0 } == 7)
             let reasons = days.flatMap(\.throttledReasons).reduce(into: [String: UInt64]()) { $0[$1.reason, default: 0] += $1.count }
             #expect(reasons == ["SUBSCRIPTION_LIMIT_EXCEEDED": 1, "APPLICATION_LIMIT_EXCEEDED": 1])
             #expect(Set(hours.map(\.bucketStartUnixMs)) == [base, base + 3_600_000])
@@ -181,11 +187,17 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             let pruner = UsagePruner(statdb: statdb, retention: UsageRetention(minuteMs: 3_600_000, hourMs: 86_400_000 * 10, dayMs: 86_400_000 * 100,
                                                                                 batchRows: 7))
             let deleted = try await pruner.prune(nowUnixMs: base + 300 * 60_000)
-            #expect(deleted == 240)
+            #expect(deleted == 2 * 240, "detail and per-API rows")
             let minutes = try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max)
             #expect(minutes.count == 60)
             #expect(minutes.allSatisfy { $0.bucketStartUnixMs >= base + 240 * 60_000 })
             #expect(try statdb.summaries(.hour, fromUnixMs: 0, toUnixMs: .max).map(\.requestCount).reduce(0, +) == 300)
+            let apiMinutes = try statdb.database.read { txn in
+                var count = 0
+                try statdb.forEachSummary(.minute, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { _ in count += 1; return true }
+                return count
+            }
+            #expect(apiMinutes == 60)
         }
     }
 }
