@@ -1,8 +1,8 @@
 import FoundationEssentials
 import Logging
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
-public import TollgateProto
+import TollgateProto
 public import TollgateStorage
 
 /// How long each granularity's rows are kept (`[analytics]`).
