@@ -131,7 +131,7 @@ let package = Package(
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
-        .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto", "ThrottleCore"]),
+        .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "RPCCore", "TollgateProto", "ThrottleCore", logging]),
         .testTarget(name: "TollgateAnalyticsTests", dependencies: ["TollctlCharts", "TollgateAnalytics", "TollgateStorage", "TollgateProto", "RPCCore", "TestSupport"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
