@@ -79,8 +79,8 @@ public final class UsageIngest: Sendable {
     /// nothing: the stored bytes are compared with the remembered ones
     /// (another process writing the same statdb is noticed, and the row
     /// decoded again).
-    private let memo = RecordMemo<UsageSummary>(capacity: 400_000)
-    private let apiMemo = RecordMemo<UsageSummary>(capacity: 100_000)
+    private let memo = RecordMemo<UsageSummary>(capacity: 100_000)
+    private let apiMemo = RecordMemo<UsageSummary>(capacity: 20_000)
     /// Granularities every minute row is rolled up to as it is written.
     static let granularities: [BucketGranularity] = [.minute, .hour, .day]
 
