@@ -37,88 +37,110 @@ public enum LatencyBuckets {
     }
 }
 
-/// A histogram being added to: dense per-bucket counts by index.
+/// A histogram being added to: counts of the buckets from `first` on, in
+/// one dense array (adding two is adding arrays; no hashing).
 public struct HistogramAccumulator: Sendable, Hashable {
-    public var counts: [UInt32: UInt64] = [:]
+    public private(set) var first: UInt32 = 0
+    public private(set) var counts: [UInt64] = []
     public var count: UInt64 = 0
     public var sum: UInt64 = 0
     public var max: UInt64 = 0
 
     public init() {}
 
+    /// Makes room for buckets `low...high`.
+    private mutating func cover(_ low: UInt32, _ high: UInt32) {
+        if counts.isEmpty {
+            first = low
+            counts = [UInt64](repeating: 0, count: Int(high - low) + 1)
+            return
+        }
+        if low < first {
+            counts.insert(contentsOf: [UInt64](repeating: 0, count: Int(first - low)), at: 0)
+            first = low
+        }
+        let last = first + UInt32(counts.count) - 1
+        if high > last { counts.append(contentsOf: [UInt64](repeating: 0, count: Int(high - last))) }
+    }
+
     public mutating func record(_ microseconds: UInt64) {
-        counts[LatencyBuckets.index(of: microseconds), default: 0] += 1
+        let index = LatencyBuckets.index(of: microseconds)
+        cover(index, index)
+        counts[Int(index - first)] += 1
         count += 1
         sum &+= microseconds
         if microseconds > max { max = microseconds }
     }
 
     public mutating func add(_ other: HistogramAccumulator) {
-        for (index, value) in other.counts { counts[index, default: 0] += value }
+        guard other.count > 0 || !other.counts.isEmpty else { return }
+        if !other.counts.isEmpty {
+            cover(other.first, other.first + UInt32(other.counts.count) - 1)
+            let offset = Int(other.first - first)
+            for (i, value) in other.counts.enumerated() where value > 0 { counts[offset + i] += value }
+        }
         count += other.count
         sum &+= other.sum
         if other.max > max { max = other.max }
     }
 
     public mutating func add(_ stored: LatencyHistogram) {
-        for (index, value) in zip(stored.bucketIndexes, stored.bucketCounts) { counts[index, default: 0] += value }
+        if let low = stored.bucketIndexes.first, let high = stored.bucketIndexes.last {
+            cover(min(low, high), Swift.max(low, high))
+            for (index, value) in zip(stored.bucketIndexes, stored.bucketCounts) { counts[Int(index - first)] += value }
+        }
+        if !stored.denseCounts.isEmpty {
+            cover(stored.firstBucket, stored.firstBucket + UInt32(stored.denseCounts.count) - 1)
+            let offset = Int(stored.firstBucket - first)
+            for (i, value) in stored.denseCounts.enumerated() where value > 0 { counts[offset + i] += value }
+        }
         count += stored.count
         sum &+= stored.sumUs
         if stored.maxUs > max { max = stored.maxUs }
     }
 
-    /// `stored` with this histogram added, sparse and sorted.
+    /// `stored` with this histogram added, in the smaller of the two forms.
     public func merged(into stored: LatencyHistogram) -> LatencyHistogram {
         guard count > 0 else { return stored }
-        var out = LatencyHistogram(count: stored.count + count, sumUs: stored.sumUs &+ sum, maxUs: Swift.max(stored.maxUs, max))
-        let mine = counts.sorted { $0.key < $1.key }
-        out.bucketIndexes.reserveCapacity(stored.bucketIndexes.count + mine.count)
-        out.bucketCounts.reserveCapacity(stored.bucketIndexes.count + mine.count)
-        var i = 0, j = 0
-        while i < stored.bucketIndexes.count || j < mine.count {
-            if j == mine.count || (i < stored.bucketIndexes.count && stored.bucketIndexes[i] < mine[j].key) {
-                out.bucketIndexes.append(stored.bucketIndexes[i])
-                out.bucketCounts.append(i < stored.bucketCounts.count ? stored.bucketCounts[i] : 0)
-                i += 1
-            } else if i == stored.bucketIndexes.count || mine[j].key < stored.bucketIndexes[i] {
-                out.bucketIndexes.append(mine[j].key)
-                out.bucketCounts.append(mine[j].value)
-                j += 1
-            } else {
-                out.bucketIndexes.append(mine[j].key)
-                out.bucketCounts.append((i < stored.bucketCounts.count ? stored.bucketCounts[i] : 0) + mine[j].value)
-                i += 1
-                j += 1
+        var all = self
+        all.add(stored)
+        return all.histogram
+    }
+
+    /// This histogram as stored: sparse when few buckets are used, dense otherwise.
+    public var histogram: LatencyHistogram {
+        var out = LatencyHistogram(count: count, sumUs: sum, maxUs: max)
+        guard let low = counts.firstIndex(where: { $0 > 0 }), let high = counts.lastIndex(where: { $0 > 0 }) else { return out }
+        let used = counts[low...high].reduce(0) { $0 + ($1 > 0 ? 1 : 0) }
+        // A sparse entry costs about three bytes (index and count), a dense one one or two.
+        if used * 3 < (high - low + 1) * 2 {
+            for i in low...high where counts[i] > 0 {
+                out.bucketIndexes.append(first + UInt32(i))
+                out.bucketCounts.append(counts[i])
             }
+        } else {
+            out.firstBucket = first + UInt32(low)
+            out.denseCounts = Array(counts[low...high])
         }
         return out
     }
 
-    public var histogram: LatencyHistogram { merged(into: LatencyHistogram()) }
-
     /// The value at quantile `q` (0…1): the midpoint of the bucket holding
     /// the ⌈q·count⌉-th smallest value, never above the largest seen.
     public func quantile(_ q: Double) -> UInt64 {
-        guard count > 0 else { return 0 }
-        let rank = Swift.max(1, UInt64((q * Double(count)).rounded(.up)))
-        var seen: UInt64 = 0
-        for (index, value) in counts.sorted(by: { $0.key < $1.key }) {
-            seen += value
-            if seen >= rank { return Swift.min(LatencyBuckets.representative(of: index), max) }
-        }
-        return max
+        quantiles([q])[0]
     }
 
-    /// Several quantiles at once (one sort).
+    /// Several quantiles in one pass.
     public func quantiles(_ qs: [Double]) -> [UInt64] {
-        guard count > 0 else { return qs.map { _ in 0 } }
-        let sorted = counts.sorted { $0.key < $1.key }
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return qs.map { _ in 0 } }
         return qs.map { q in
-            let rank = Swift.max(1, UInt64((q * Double(count)).rounded(.up)))
+            let rank = Swift.max(1, UInt64((q * Double(total)).rounded(.up)))
             var seen: UInt64 = 0
-            for (index, value) in sorted {
+            for (i, value) in counts.enumerated() where value > 0 {
                 seen += value
-                if seen >= rank { return Swift.min(LatencyBuckets.representative(of: index), max) }
+                if seen >= rank { return Swift.min(LatencyBuckets.representative(of: first + UInt32(i)), max) }
             }
             return max
         }

@@ -581,6 +581,10 @@ public struct LatencyHistogram: ProtoMessage {
     public var bucketIndexes: [UInt32] = []
     /// Field 5.
     public var bucketCounts: [UInt64] = []
+    /// Field 6.
+    public var firstBucket: UInt32 = 0
+    /// Field 7.
+    public var denseCounts: [UInt64] = []
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -591,13 +595,17 @@ public struct LatencyHistogram: ProtoMessage {
         sumUs: UInt64 = 0,
         maxUs: UInt64 = 0,
         bucketIndexes: [UInt32] = [],
-        bucketCounts: [UInt64] = []
+        bucketCounts: [UInt64] = [],
+        firstBucket: UInt32 = 0,
+        denseCounts: [UInt64] = []
     ) {
         self.count = count
         self.sumUs = sumUs
         self.maxUs = maxUs
         self.bucketIndexes = bucketIndexes
         self.bucketCounts = bucketCounts
+        self.firstBucket = firstBucket
+        self.denseCounts = denseCounts
     }
 }
 
@@ -1486,6 +1494,9 @@ extension LatencyHistogram {
         c.pointee.bucket_indexes = arena.scalars(self.bucketIndexes)
         c.pointee.n_bucket_counts = self.bucketCounts.count
         c.pointee.bucket_counts = arena.scalars(self.bucketCounts)
+        c.pointee.first_bucket = self.firstBucket
+        c.pointee.n_dense_counts = self.denseCounts.count
+        c.pointee.dense_counts = arena.scalars(self.denseCounts)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -1498,6 +1509,8 @@ extension LatencyHistogram {
         self.maxUs = c.pointee.max_us
         self.bucketIndexes = ProtoDecode.scalars(c.pointee.bucket_indexes, count: c.pointee.n_bucket_indexes)
         self.bucketCounts = ProtoDecode.scalars(c.pointee.bucket_counts, count: c.pointee.n_bucket_counts)
+        self.firstBucket = c.pointee.first_bucket
+        self.denseCounts = ProtoDecode.scalars(c.pointee.dense_counts, count: c.pointee.n_dense_counts)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

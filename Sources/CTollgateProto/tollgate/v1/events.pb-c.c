@@ -904,7 +904,7 @@ const ProtobufCMessageDescriptor tollgate__v1__usage_event__descriptor =
   (ProtobufCMessageInit) tollgate__v1__usage_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__latency_histogram__field_descriptors[5] =
+static const ProtobufCFieldDescriptor tollgate__v1__latency_histogram__field_descriptors[7] =
 {
   {
     "count",
@@ -966,18 +966,44 @@ static const ProtobufCFieldDescriptor tollgate__v1__latency_histogram__field_des
     0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "first_bucket",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LatencyHistogram, first_bucket),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dense_counts",
+    7,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Tollgate__V1__LatencyHistogram, n_dense_counts),
+    offsetof(Tollgate__V1__LatencyHistogram, dense_counts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__latency_histogram__field_indices_by_name[] = {
   4,   /* field[4] = bucket_counts */
   3,   /* field[3] = bucket_indexes */
   0,   /* field[0] = count */
+  6,   /* field[6] = dense_counts */
+  5,   /* field[5] = first_bucket */
   2,   /* field[2] = max_us */
   1,   /* field[1] = sum_us */
 };
 static const ProtobufCIntRange tollgate__v1__latency_histogram__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__latency_histogram__descriptor =
 {
@@ -987,7 +1013,7 @@ const ProtobufCMessageDescriptor tollgate__v1__latency_histogram__descriptor =
   "Tollgate__V1__LatencyHistogram",
   "tollgate.v1",
   sizeof(Tollgate__V1__LatencyHistogram),
-  5,
+  7,
   tollgate__v1__latency_histogram__field_descriptors,
   tollgate__v1__latency_histogram__field_indices_by_name,
   1,  tollgate__v1__latency_histogram__number_ranges,

@@ -137,8 +137,10 @@ struct  Tollgate__V1__UsageEvent
  * A latency histogram that merges by adding counts: log-linear buckets in
  * microseconds, 16 per power of two (values under 32 µs exactly), so a
  * quantile read from it (the bucket's midpoint) is within 1/32 (3.2 %) of a
- * value the bucket holds (docs/analytics.md). Sparse: `bucket_indexes`
- * ascending, `bucket_counts` the count of each.
+ * value the bucket holds (docs/analytics.md). Stored in whichever form is
+ * smaller: sparse (`bucket_indexes` ascending, `bucket_counts` the count of
+ * each) or dense (`dense_counts[i]` counts bucket `first_bucket + i`); a
+ * reader adds both.
  */
 struct  Tollgate__V1__LatencyHistogram
 {
@@ -150,10 +152,13 @@ struct  Tollgate__V1__LatencyHistogram
   uint32_t *bucket_indexes;
   size_t n_bucket_counts;
   uint64_t *bucket_counts;
+  uint32_t first_bucket;
+  size_t n_dense_counts;
+  uint64_t *dense_counts;
 };
 #define TOLLGATE__V1__LATENCY_HISTOGRAM__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__latency_histogram__descriptor) \
-    , 0, 0, 0, 0,NULL, 0,NULL }
+    , 0, 0, 0, 0,NULL, 0,NULL, 0, 0,NULL }
 
 
 /*
