@@ -29,11 +29,13 @@ public struct AnalyticsModule: RoleModule {
     /// nil on a node without the analytics role (publisher, store): it only answers queries.
     public let ingest: UsageIngest?
     public let pruner: UsagePruner?
+    public let queries: UsageQueryEngine
     let logger: Logger
     let roles: [Role]
 
     public init(context: NodeContext) async throws {
         statdb = try context.require(context.databases.statdb, .statdb, for: Self.name)
+        queries = UsageQueryEngine(statdb: statdb)
         logger = context.logger
         roles = context.roles
         if context.roles.contains(.analytics) {
@@ -55,7 +57,7 @@ public struct AnalyticsModule: RoleModule {
     }
 
     public var methods: [RPCMethodHandler] {
-        AnalyticsRPCService(ingest: ingest, queries: UsageQueryEngine(statdb: statdb), roles: roles.map(\.rawValue)).methodHandlers
+        AnalyticsRPCService(ingest: ingest, queries: queries, roles: roles.map(\.rawValue)).methodHandlers
     }
 
     public var services: [any Service] {

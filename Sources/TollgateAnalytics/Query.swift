@@ -83,9 +83,16 @@ public struct UsageScope: Sendable, Hashable, CustomStringConvertible {
 public struct UsageQueryEngine: Sendable {
     public let statdb: StatisticsDatabase
     public static let maxRows = 10_000
+    /// Rows decoded by earlier queries, kept while their stored bytes are
+    /// the same (past buckets never change): a dashboard asking again over
+    /// the same days decodes nothing.
+    let memo: RecordMemo<UsageSummary>
+    let apiMemo: RecordMemo<UsageSummary>
 
-    public init(statdb: StatisticsDatabase) {
+    public init(statdb: StatisticsDatabase, cachedRows: Int = 50_000, cachedAPIRows: Int = 50_000) {
         self.statdb = statdb
+        memo = RecordMemo(capacity: cachedRows)
+        apiMemo = RecordMemo(capacity: cachedAPIRows)
     }
 
     struct Piece: Hashable {
@@ -234,14 +241,15 @@ public struct UsageQueryEngine: Sendable {
                         while bucket < piece.end {
                             let prefix = StatisticsDatabase.summaryPrefix(granularity: piece.granularity, bucketStartUnixMs: bucket, tenant: seekTenant,
                                                                           context: context, version: version)
-                            try statdb.forEachSummary(prefix: prefix, perAPI: perAPI, in: txn) { row in
+                            try statdb.forEachSummary(prefix: prefix, perAPI: perAPI, in: txn, memo: perAPI ? apiMemo : memo) { row in
                                 visit(row)
                                 return true
                             }
                             bucket += length
                         }
                     } else {
-                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, perAPI: perAPI, in: txn) { row in
+                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, perAPI: perAPI, in: txn,
+                                                  memo: perAPI ? apiMemo : memo) { row in
                             visit(row)
                             return true
                         }

@@ -108,18 +108,29 @@ public struct StatisticsDatabase: Sendable {
     /// Visits the summaries of one granularity whose buckets start in
     /// `[from, to)`, in key order, while `body` returns true.
     public func forEachSummary<T: TransactionReading & ~Copyable>(_ granularity: BucketGranularity, fromUnixMs from: Int64, toUnixMs to: Int64,
-                                                                  perAPI: Bool = false, in txn: borrowing T, _ body: (UsageSummary) throws -> Bool) throws {
+                                                                  perAPI: Bool = false, in txn: borrowing T, memo: RecordMemo<UsageSummary>? = nil,
+                                                                  _ body: (UsageSummary) throws -> Bool) throws {
         let start = Self.summaryPrefix(granularity: granularity, bucketStartUnixMs: from).bytes
-        try (perAPI ? apiSummaries : summaries).forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn) { summary in
+        let table = perAPI ? apiSummaries : summaries
+        let visit = { (summary: UsageSummary) throws -> Bool in
             if summary.bucketStartUnixMs >= to { return false }
             return try body(summary)
+        }
+        if let memo {
+            try table.forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn, memo: memo, visit)
+        } else {
+            try table.forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn, visit)
         }
     }
 
     /// Visits the summaries under `prefix` (``summaryPrefix(granularity:bucketStartUnixMs:tenant:context:version:)``).
     public func forEachSummary<T: TransactionReading & ~Copyable>(prefix: Key, perAPI: Bool = false, in txn: borrowing T,
-                                                                  _ body: (UsageSummary) throws -> Bool) throws {
-        try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, body)
+                                                                  memo: RecordMemo<UsageSummary>? = nil, _ body: (UsageSummary) throws -> Bool) throws {
+        if let memo {
+            try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, memo: memo, body)
+        } else {
+            try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, body)
+        }
     }
 
     /// Deletes up to `limit` summaries of `granularity` whose buckets start

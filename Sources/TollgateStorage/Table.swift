@@ -355,6 +355,15 @@ extension Table {
         try txn.scan(records, prefix: prefix.bytes, from: start) { _, value in try body(try decode(value)) }
     }
 
+    /// ``forEach(prefix:from:in:_:)`` through a memo of decoded records:
+    /// records read before and unchanged since are not decoded again.
+    public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
+                                                           memo: RecordMemo<Record>, _ body: (Record) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes, from: start) { key, value in
+            try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+        }
+    }
+
     /// Visits the primary keys under `prefix` without decoding the records.
     /// The key is lent for the duration of each call.
     public func forEachKey<T: TransactionReading & ~Copyable>(prefix: Key = Key(), in txn: borrowing T,
