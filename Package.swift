@@ -93,6 +93,9 @@ let package = Package(
         // Quota leases for the gateways, durable in the node's own mbstoredb.
         .target(name: "TollgateTrafficManager", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
                                                              "LMDBKit", serviceLifecycle]),
+        // Usage analytics: gateways' batches applied to statdb exactly once, roll-ups, retention, QueryUsage.
+        .target(name: "TollgateAnalytics", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto",
+                                                        "LMDBKit", logging, serviceLifecycle]),
         // Consumers: discovery, sign-up, applications, subscriptions, keys (apimgtdb, regdb).
         .target(name: "TollgateStore", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateUsers", "TollgatePublisher", "TollgateKeyManager",
                                                     "TollgateProto", "LMDBKit", logging]),
@@ -103,7 +106,7 @@ let package = Package(
 
         // MARK: Node and executables
         .target(name: "TollgateNode", dependencies: ["TollgateStorage", "SystemdKit", "RoleCore", "TollgateListeners", "TollgateUsers", "TollgatePolicies", "TollgatePublisher",
-                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateTrafficManager", "ThriftNIO", "TollgateServices", "RPCCore", "RPCNIO",
+                                                     "TollgateKeyManager", "TollgateStore", "TollgateGateway", "TollgateProxy", "TollgateTrafficManager", "TollgateAnalytics", "ThriftNIO", "TollgateServices", "RPCCore", "RPCNIO",
                                                      "OpenSSLKit", "TollgateProto", nioCore, nioPosix,
                                                      .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                                                      .product(name: "TOMLKit", package: "TOMLKit"),
@@ -113,20 +116,23 @@ let package = Package(
                                                      .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                                                      .product(name: "Prometheus", package: "swift-prometheus")]),
         .executableTarget(name: "tollgated", dependencies: ["TollgateNode", "RoleCore", argumentParser, .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "tollctl", dependencies: ["TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "ThrottleCore", "OpenSSLKit", argumentParser, nioCore, nioPosix,
+        // tollctl's terminal charts (`tollctl stats --chart`), a library so they can be tested.
+        .target(name: "TollctlCharts"),
+        .executableTarget(name: "tollctl", dependencies: ["TollctlCharts", "TollgateProto", "RPCCore", "RPCNIO", "TollgateServices", "ThrottleCore", "OpenSSLKit", argumentParser, nioCore, nioPosix,
                                                       .product(name: "TOMLKit", package: "TOMLKit")]),
 
         // MARK: Benchmarks and test helpers
         .executableTarget(name: "tollgate-bench", dependencies: ["LMDBKit", "TollgateProto", "TollgateStorage", "OpenSSLKit", "TollgateTLS",
                                                                "RPCCore", "RPCNIO", "TollgateServices", "TollgateUsers", "TollgatePolicies",
                                                                "TollgatePublisher", "RoleCore", "TollgateNode", "TollgateKeyManager", "TollgateStore", "TollgateListeners",
-                                                               "TollgateGateway", "TollgateProxy", "ThrottleCore", "ThriftNIO", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
+                                                               "TollgateGateway", "TollgateProxy", "ThrottleCore", "ThriftNIO", "TollgateAnalytics", serviceLifecycle, logging, nioCore, nioPosix, nioHTTP1]),
         // A child process for the storage tests: writes and acknowledges commits
         // until it is killed, so the tests can check crash durability.
         .executableTarget(name: "tollgate-storage-probe", dependencies: ["LMDBKit", "TollgateStorage", "TestSupport"], path: "Tests/StorageProbe"),
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto", "ThrottleCore", "RPCCore", "OpenSSLKit", "TollgateStorage", logging]),
+        .testTarget(name: "TollgateAnalyticsTests", dependencies: ["TollctlCharts", "TollgateAnalytics", "TollgateStorage", "TollgateProto", "RPCCore", "TestSupport"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
         .testTarget(name: "ThriftCoreTests", dependencies: ["ThriftCore", "TollgateProto", "TestSupport"]),
@@ -149,7 +155,7 @@ let package = Package(
         .testTarget(name: "TollgateStorageTests", dependencies: ["TollgateStorage", "LMDBKit", "TollgateProto", "TestSupport", "RPCCore"]),
         .testTarget(name: "TollgateListenersTests", dependencies: ["TollgateListeners", "RoleCore", "TestSupport", "OpenSSLKit", nioCore, nioPosix]),
         .testTarget(name: "TollgateNodeTests", dependencies: ["TollgateNode", "RoleCore", logging, "SystemdKit", "TestSupport", "RPCCore", "RPCNIO", "OpenSSLKit", "TollgateProto", "TollgateServices",
-                                                             "ThrottleCore", "YAMLKit", nioCore, nioPosix]),
+                                                             "ThrottleCore", "YAMLKit", "TollgateStorage", nioCore, nioPosix]),
     ]
 )
 

@@ -55,12 +55,19 @@ bootstrap_password_file = "admin.password"
 [store]
 self_signup_tenants = "*"
 
+[analytics]
+minute_retention_hours = 48
+hour_retention_days = 90
+day_retention_days = 1095
+
 # The gateway role watches the publisher and keymanager of this same node,
-# and leases throttle quota from its traffic manager.
+# leases throttle quota from its traffic manager, and ships usage events to
+# its analytics role (tollctl stats).
 [peers]
 publisher = ["$cluster"]
 keymanager = ["$cluster"]
 trafficmanager = ["$cluster"]
+analytics = ["$cluster"]
 TOML
 
 # tollctl's settings for this node. A tollctl.toml this script did not write

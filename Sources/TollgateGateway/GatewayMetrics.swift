@@ -103,7 +103,7 @@ final class GatewayMetrics: MetricsSource {
         out += "# HELP tollgate_gateway_key_cache_entries Cached validation results.\n"
         out += "# TYPE tollgate_gateway_key_cache_entries gauge\n"
         out += "tollgate_gateway_key_cache_entries \(gauges.cacheEntries)\n"
-        out += "# HELP tollgate_gateway_usage_events_total Usage records by outcome: discarded (no analytics node yet), dropped (queue full).\n"
+        out += "# HELP tollgate_gateway_usage_events_total Usage records by outcome: shipped (acknowledged by analytics), discarded (see usage_events_discarded_total), dropped (queue full).\n"
         out += "# TYPE tollgate_gateway_usage_events_total counter\n"
         out += "tollgate_gateway_usage_events_total{outcome=\"shipped\"} \(gauges.usageShipped)\n"
         out += "tollgate_gateway_usage_events_total{outcome=\"discarded\"} \(gauges.usageDiscarded)\n"
@@ -111,6 +111,28 @@ final class GatewayMetrics: MetricsSource {
         out += "# HELP tollgate_gateway_usage_events_queued Usage records waiting to be shipped.\n"
         out += "# TYPE tollgate_gateway_usage_events_queued gauge\n"
         out += "tollgate_gateway_usage_events_queued \(gauges.usageQueued)\n"
+        out += "# HELP tollgate_gateway_usage_events_discarded_total Usage records never sent to analytics, by reason: spool_full (the spool at its cap), no_analytics (none configured), spool_error (the spool could not be written), queue_full (the in-memory queue was full).\n"
+        out += "# TYPE tollgate_gateway_usage_events_discarded_total counter\n"
+        for reason in UsageShipping.reasons {
+            let count = reason == "queue_full" ? state.usageDropped : gauges.usageShipping.discarded[reason] ?? 0
+            out += "tollgate_gateway_usage_events_discarded_total{reason=\"\(reason)\"} \(count)\n"
+        }
+        out += "# HELP tollgate_gateway_usage_spool_bytes Bytes of usage batches in the spool file waiting for an analytics node's acknowledgement.\n"
+        out += "# TYPE tollgate_gateway_usage_spool_bytes gauge\n"
+        out += "tollgate_gateway_usage_spool_bytes \(gauges.usageSpool?.pendingBytes ?? 0)\n"
+        out += "# HELP tollgate_gateway_usage_spool_batches Usage batches in the spool waiting for an acknowledgement.\n"
+        out += "# TYPE tollgate_gateway_usage_spool_batches gauge\n"
+        out += "tollgate_gateway_usage_spool_batches \(gauges.usageSpool?.pendingBatches ?? 0)\n"
+        out += "# HELP tollgate_gateway_usage_spool_file_bytes Bytes of the spool's files on disk (acknowledged batches included until their segment is dropped).\n"
+        out += "# TYPE tollgate_gateway_usage_spool_file_bytes gauge\n"
+        out += "tollgate_gateway_usage_spool_file_bytes \(gauges.usageSpool?.fileBytes ?? 0)\n"
+        out += "# HELP tollgate_gateway_usage_batches_acknowledged_total Usage batches analytics acknowledged, by whether it had applied them before (a re-send).\n"
+        out += "# TYPE tollgate_gateway_usage_batches_acknowledged_total counter\n"
+        out += "tollgate_gateway_usage_batches_acknowledged_total{duplicate=\"false\"} \(gauges.usageShipping.acknowledgedBatches - gauges.usageShipping.duplicateBatches)\n"
+        out += "tollgate_gateway_usage_batches_acknowledged_total{duplicate=\"true\"} \(gauges.usageShipping.duplicateBatches)\n"
+        out += "# HELP tollgate_gateway_usage_analytics_connected 1 while a usage stream to an analytics node has batches acknowledged.\n"
+        out += "# TYPE tollgate_gateway_usage_analytics_connected gauge\n"
+        out += "tollgate_gateway_usage_analytics_connected \(gauges.usageShipping.connected ? 1 : 0)\n"
         out += "# HELP tollgate_gateway_deployment_revision Deployment revision being served.\n"
         out += "# TYPE tollgate_gateway_deployment_revision gauge\n"
         out += "tollgate_gateway_deployment_revision \(gauges.revision)\n"
@@ -193,6 +215,8 @@ struct GatewayGauges: Sendable {
     var usageQueued = 0
     var usageShipped: UInt64 = 0
     var usageDiscarded: UInt64 = 0
+    var usageShipping = UsageShipping.State()
+    var usageSpool: (pendingBatches: Int, pendingEvents: Int, pendingBytes: Int64, fileBytes: Int64, nextSequence: UInt64)?
     var revision: UInt64 = 0
     var feedConnected = false
     var stateAgeSeconds: Double = 0

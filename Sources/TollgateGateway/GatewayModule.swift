@@ -42,6 +42,12 @@ public struct GatewayModule: RoleModule {
         .init("idle_timeout_seconds", .integer(1...86_400)),
         .init("header_timeout_seconds", .integer(1...3_600)),
         .init("usage_queue_capacity", .integer(1...100_000_000)),
+        // Usage analytics (docs/analytics.md).
+        .init("usage_batch_events", .integer(1...100_000)),
+        .init("usage_spool_max_bytes", .integer(1 << 16...(1 << 45))),
+        .init("usage_spool_sync_ms", .integer(1...60_000)),
+        .init("usage_window_batches", .integer(1...1024)),
+        .init("usage_ack_timeout_ms", .integer(100...600_000)),
         .init("request_id_header", .string),
         // The JWT sent to backends of APIs with backend_jwt (docs/gateway.md, "Backend JWT").
         .init("backend_jwt_header", .string),
@@ -104,9 +110,14 @@ public struct GatewayModule: RoleModule {
     let gatewayMetrics: GatewayMetrics
     let limits: ProxyListenerLimits
     let revocations: RevocationStatus
+    let spool: UsageSpool?
+    let shipping: UsageShipping
+    let usageSettings: (batch: Int, window: Int, ackTimeout: Duration)
+    let gatewayID: String
 
     public init(context: NodeContext) async throws {
         let section = context.section("gateway")
+        let spool_: UsageSpool?
         logger = context.logger
         let peerDirectory = context.lookup((any PeerDirectory).self)
         peers = peerDirectory
@@ -158,6 +169,29 @@ public struct GatewayModule: RoleModule {
                                     negativeLifetimeMs: Int64(section.integer("invalid_token_cache_seconds") ?? 10) * 1000,
                                     maxEntries: section.integer("validation_cache_entries") ?? 1_000_000)
         let usage = UsageQueue(capacity: section.integer("usage_queue_capacity") ?? 65_536)
+        gatewayID = context.nodeID
+        let shipping = UsageShipping()
+        self.shipping = shipping
+        usageSettings = (section.integer("usage_batch_events") ?? 512, section.integer("usage_window_batches") ?? 32,
+                         .milliseconds(section.integer("usage_ack_timeout_ms") ?? 15_000))
+        if let directory = context.lookup(NodeDataDirectory.self) {
+            do {
+                let spool = try UsageSpool(directory: directory.path + "/usage-spool",
+                                           maxBytes: Int64(section.integer("usage_spool_max_bytes") ?? 256 << 20),
+                                           syncInterval: .milliseconds(section.integer("usage_spool_sync_ms") ?? 1000))
+                let found = spool.recovery
+                for problem in found.problems { context.logger.warning("usage spool: \(problem)") }
+                if found.pendingBatches > 0 {
+                    context.logger.notice("usage spool: \(found.pendingBatches) batches (\(found.pendingEvents) events) wait for analytics, epoch \(found.epoch), next sequence \(found.nextSequence)")
+                }
+                spool_ = spool
+            } catch {
+                throw NodeStartError("gateway: the usage spool under \(directory.path) cannot be opened: \(error)")
+            }
+        } else {
+            spool_ = nil
+        }
+        spool = spool_
         let health = EndpointHealth()
         let revocations = RevocationStatus()
         self.revocations = revocations
@@ -166,7 +200,8 @@ public struct GatewayModule: RoleModule {
             let usageStats = usage.statistics
             let now = Clock.unixMs()
             return GatewayGauges(cacheEntries: cache.statistics.entries, usageQueued: usageStats.queued, usageShipped: usageStats.shipped,
-                                 usageDiscarded: usageStats.discarded, revision: state.revision, feedConnected: feed.connected,
+                                 usageDiscarded: usageStats.discarded, usageShipping: shipping.snapshot, usageSpool: spool_?.statistics,
+                                 revision: state.revision, feedConnected: feed.connected,
                                  stateAgeSeconds: Double(max(0, now - feed.confirmedAtUnixMs(fallback: state.appliedAtUnixMs))) / 1000,
                                  apis: state.apis.count, suspendedEndpoints: health.suspended(now: now).count,
                                  throttle: throttling.throttler.statistics, throttleRequests: throttling.requestCount,
@@ -197,7 +232,8 @@ public struct GatewayModule: RoleModule {
     }
 
     public var services: [any Service] {
-        var services: [any Service] = [UsageShipper(queue: policy.usage, batchSize: 512, logger: logger),
+        var services: [any Service] = [UsageShipper(queue: policy.usage, batchSize: usageSettings.batch, logger: logger, gatewayID: gatewayID, peers: peers,
+                                                    spool: spool, shipping: shipping, window: usageSettings.window, ackTimeout: usageSettings.ackTimeout),
                                         LeaseExchanger(throttler: policy.throttling.throttler)]
         if let peers {
             services.append(ThrottleDecisionWatcher(peers: peers, throttler: policy.throttling.throttler, logger: logger))

@@ -452,6 +452,8 @@ final class GatewayPolicy: ProxyPolicy {
         // Made in one initializer: a default event's fields set one by one would copy its shared storage first.
         let info = exchange.info, api = exchange.api?.api
         let responseTimeMs = Int64(outcome.totalNanoseconds / 1_000_000), backendTimeMs = Int64(outcome.backendNanoseconds / 1_000_000)
+        // Refused by a block condition (the throttler's too) or a blocked API or subscription: blocked, not throttled.
+        let blocked = exchange.faultCode == GatewayFault.blocked.code || exchange.faultCode == GatewayFault.apiBlocked.code
         var fault: UsageFault?
         if exchange.faultCode != 0 {
             fault = UsageFault(errorCode: exchange.faultCode, errorMessage: exchange.faultMessage)
@@ -469,9 +471,11 @@ final class GatewayPolicy: ProxyPolicy {
             subscriptionPolicy: info?.subscriptionPolicy ?? "", username: info?.endUserName ?? "", userTenantDomain: info?.subscriberTenantDomain ?? "",
             clientIp: exchange.head.clientAddress, userAgent: exchange.head.header("user-agent") ?? "",
             responseTimeMs: responseTimeMs, backendTimeMs: backendTimeMs, serviceTimeMs: max(0, responseTimeMs - backendTimeMs),
+            responseTimeUs: Int64(outcome.totalNanoseconds / 1000), backendTimeUs: Int64(outcome.backendNanoseconds / 1000),
             responseCode: Int32(outcome.status), requestSizeBytes: outcome.requestBodyBytes, responseSizeBytes: outcome.responseBodyBytes,
             destination: outcome.target?.description ?? "", cacheHit: exchange.cacheHit,
-            throttled: !exchange.throttledReason.isEmpty && exchange.faultCode != 0, throttledReason: exchange.throttledReason, fault: fault)
+            throttled: !exchange.throttledReason.isEmpty && exchange.faultCode != 0 && !blocked,
+            throttledReason: blocked ? "" : exchange.throttledReason, fault: fault, blocked: blocked)
         if !usage.enqueue(event) { metrics.usageEventDropped() }
     }
 

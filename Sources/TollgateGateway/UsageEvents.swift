@@ -1,8 +1,11 @@
+import Foundation
 import Logging
 import RoleCore
+import RPCCore
 import ServiceLifecycle
 import Synchronization
 public import TollgateProto
+import TollgateServices
 
 /// One usage record per request, queued off the request path in a bounded
 /// buffer. A full queue drops the newest record and counts it: the request
@@ -97,32 +100,311 @@ public final class UsageQueue: Sendable {
     func recordShipped(_ count: Int) { state.withLock { $0.shipped += UInt64(count) } }
     func recordDiscarded(_ count: Int) { state.withLock { $0.discarded += UInt64(count) } }
 
+    /// Takes what is queued now, without waiting (shutdown: into the spool).
+    func takeAll() -> [UsageEvent] {
+        state.withLock { state in
+            let rest = Array(state.events[state.head...])
+            state.events.removeAll()
+            state.head = 0
+            return rest
+        }
+    }
+
     public var statistics: (queued: Int, dropped: UInt64, shipped: UInt64, discarded: UInt64) {
         state.withLock { ($0.events.count - $0.head, $0.dropped, $0.shipped, $0.discarded) }
     }
 }
 
-/// Drains the usage queue in batches on its own task. Until an analytics
-/// node takes usage events (the analytics role), each batch is counted as
-/// discarded, with a warning once, so the queue never fills for want of a
-/// consumer.
+/// How shipping goes, for the metrics: discarded events by reason, whether
+/// an analytics node takes batches now, acknowledged batches.
+final class UsageShipping: Sendable {
+    struct State {
+        var discarded: [String: UInt64] = [:]
+        var connected = false
+        var analytics = ""
+        var acknowledgedBatches: UInt64 = 0
+        var duplicateBatches: UInt64 = 0
+        var lastOverflowLog: ContinuousClock.Instant?
+        var overflowSinceLog: UInt64 = 0
+    }
+    let state = Mutex(State())
+
+    /// Reasons always shown, at 0 until they happen.
+    static let reasons = ["no_analytics", "queue_full", "spool_error", "spool_full"]
+
+    func discarded(_ count: Int, reason: String) {
+        state.withLock { $0.discarded[reason, default: 0] += UInt64(count) }
+    }
+
+    var snapshot: State { state.withLock { $0 } }
+}
+
+/// Drains the usage queue into analytics (docs/analytics.md, "Shipping"):
+/// each batch is numbered and appended to the spool, streamed to an
+/// analytics node over `PublishUsageEvents`, and forgotten once that node
+/// acknowledges it (applied, or already applied). While no analytics node
+/// answers, batches stay in the spool, up to its cap, and are sent in order
+/// when one does; past the cap a batch is discarded, counted
+/// (`tollgate_gateway_usage_events_discarded_total{reason="spool_full"}`)
+/// and logged. With several analytics nodes the gateway uses the first that
+/// answers and moves to the next when a stream fails or stalls. A gateway
+/// with no analytics node configured discards its records, counted.
 struct UsageShipper: Service {
     let queue: UsageQueue
     let batchSize: Int
     let logger: Logger
+    let gatewayID: String
+    let peers: (any PeerDirectory)?
+    let spool: UsageSpool?
+    let shipping: UsageShipping
+    /// Batches sent and not yet acknowledged, at most.
+    var window = 32
+    /// A stream whose oldest batch waits longer than this for its
+    /// acknowledgement is given up, and the next analytics node tried.
+    var ackTimeout: Duration = .seconds(15)
+
+    /// Batches not yet acknowledged, kept decoded so a healthy stream does
+    /// not read the spool back.
+    final class Recent: Sendable {
+        let batches = Mutex<[UInt64: PublishUsageEventsRequest]>([:])
+    }
 
     func run() async throws {
+        let wakeup = Wakeup()
+        let recent = Recent()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await batch(wakeup, recent) }
+            if let spool {
+                group.addTask { await send(spool, wakeup, recent) }
+                group.addTask {
+                    await cancelWhenGracefulShutdown {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: spool.syncInterval)
+                            spool.syncIfDue()
+                        }
+                    }
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+        // What is still queued goes to the spool, for the next run.
+        let rest = queue.takeAll()
+        var index = 0
+        while index < rest.count {
+            spoolBatch(Array(rest[index..<min(rest.count, index + batchSize)]), recent: nil, wakeup: nil)
+            index += batchSize
+        }
+        spool?.close()
+    }
+
+    private var analyticsConfigured: Bool { !(peers?.transports(for: .analytics).isEmpty ?? true) }
+
+    private func batch(_ wakeup: Wakeup, _ recent: Recent) async {
         await cancelWhenGracefulShutdown {
             var warned = false
             while !Task.isCancelled {
                 let batch = await queue.takeBatch(max: batchSize)
                 guard !batch.isEmpty else { continue }
+                guard spool != nil, analyticsConfigured else {
+                    queue.recordDiscarded(batch.count)
+                    shipping.discarded(batch.count, reason: "no_analytics")
+                    if !warned {
+                        warned = true
+                        logger.notice("usage events are counted and discarded: no analytics node is configured under [peers] analytics (tollgate_gateway_usage_events_discarded_total{reason=\"no_analytics\"})")
+                    }
+                    continue
+                }
+                spoolBatch(batch, recent: recent, wakeup: wakeup)
+            }
+        }
+    }
+
+    private func spoolBatch(_ batch: [UsageEvent], recent: Recent?, wakeup: Wakeup?) {
+        guard let spool, analyticsConfigured else { return }
+        var made: PublishUsageEventsRequest?
+        do {
+            let appended = try spool.append(events: batch.count) { epoch, sequence in
+                let request = PublishUsageEventsRequest(events: batch, gatewayId: gatewayID, epoch: epoch, sequence: sequence)
+                made = request
+                return try request.serializedBytes()
+            }
+            guard let appended else {
                 queue.recordDiscarded(batch.count)
-                if !warned {
-                    warned = true
-                    logger.notice("usage events are counted and discarded: no analytics node takes them yet (tollgate_gateway_usage_events_total{outcome=\"discarded\"})")
+                shipping.discarded(batch.count, reason: "spool_full")
+                logOverflow(batch.count, spool: spool)
+                return
+            }
+            if let recent, let made {
+                recent.batches.withLock { batches in
+                    if batches.count < window * 4 { batches[appended.sequence] = made }
                 }
             }
+            wakeup?.signal()
+        } catch {
+            queue.recordDiscarded(batch.count)
+            shipping.discarded(batch.count, reason: "spool_error")
+            logger.error("usage batch of \(batch.count) events discarded: the spool cannot be written: \(error)")
+        }
+    }
+
+    /// Logs overflow at once, then at most once a minute with the count since.
+    private func logOverflow(_ count: Int, spool: UsageSpool) {
+        let now = ContinuousClock.now
+        let report: UInt64? = shipping.state.withLock { state in
+            state.overflowSinceLog += UInt64(count)
+            if let last = state.lastOverflowLog, now - last < .seconds(60) { return nil }
+            state.lastOverflowLog = now
+            defer { state.overflowSinceLog = 0 }
+            return state.overflowSinceLog
+        }
+        if let report {
+            logger.warning("usage spool full (\(spool.pendingBytes) of \(spool.maxBytes) bytes unacknowledged; no analytics node takes batches): discarded \(report) events (tollgate_gateway_usage_events_discarded_total{reason=\"spool_full\"})")
+        }
+    }
+
+    private func send(_ spool: UsageSpool, _ wakeup: Wakeup, _ recent: Recent) async {
+        await cancelWhenGracefulShutdown {
+            var next = 0
+            var failures = 0
+            while !Task.isCancelled {
+                let nodes = peers?.namedTransports(for: .analytics) ?? []
+                guard !nodes.isEmpty else {
+                    try? await Task.sleep(for: .seconds(1))
+                    continue
+                }
+                let (name, transport) = nodes[next % nodes.count]
+                let progress = StreamProgress()
+                do {
+                    try await stream(to: transport, name: name, spool: spool, wakeup: wakeup, recent: recent, progress: progress)
+                } catch {
+                    if !Task.isCancelled {
+                        if failures == 0 || progress.acknowledged {
+                            logger.warning("usage stream to analytics \(name) lost; batches wait in the spool: \(error)")
+                        }
+                    }
+                }
+                shipping.state.withLock { $0.connected = false }
+                if progress.acknowledged { failures = 0 } else { failures += 1 }
+                next += 1
+                // 0.1 s, doubling to 5 s after a round of failed nodes.
+                let delay = failures < nodes.count ? 100 : min(5000, 100 << min(failures - nodes.count + 1, 6))
+                try? await Task.sleep(for: .milliseconds(delay))
+            }
+        }
+    }
+
+    final class StreamProgress: Sendable {
+        private let state = Mutex<(acknowledged: Bool, oldestSentAt: ContinuousClock.Instant?, ackedThrough: UInt64)>((false, nil, 0))
+        var acknowledged: Bool { state.withLock { $0.acknowledged } }
+        func acked(_ sequence: UInt64) { state.withLock { $0.acknowledged = true; $0.ackedThrough = max($0.ackedThrough, sequence); $0.oldestSentAt = nil } }
+        func sent() { state.withLock { if $0.oldestSentAt == nil { $0.oldestSentAt = .now } } }
+        var ackedThrough: UInt64 { state.withLock { $0.ackedThrough } }
+        var waitingSince: ContinuousClock.Instant? { state.withLock { $0.oldestSentAt } }
+    }
+
+    /// One `PublishUsageEvents` stream: every unacknowledged batch from the
+    /// oldest, then new ones as they are spooled, at most `window` ahead of
+    /// the acknowledgements.
+    private func stream(to transport: any RPCClientTransport, name: String, spool: UsageSpool, wakeup: Wakeup, recent: Recent,
+                        progress: StreamProgress) async throws {
+        let (requests, continuation) = AsyncStream.makeStream(of: PublishUsageEventsRequest.self)
+        let epoch = spool.epoch
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await AnalyticsServiceClient(transport).publishUsageEvents(requests) { response in
+                    guard response.epoch == epoch || response.epoch == 0 else { return }
+                    spool.acknowledge(through: response.sequence)
+                    let events = recent.batches.withLock { batches in
+                        let events = batches[response.sequence]?.events.count
+                        batches = batches.filter { $0.key > response.sequence }
+                        return events
+                    }
+                    if !progress.acknowledged {
+                        shipping.state.withLock { $0.connected = true; $0.analytics = name }
+                        logger.info("usage batches go to analytics \(name)")
+                    }
+                    progress.acked(response.sequence)
+                    shipping.state.withLock { state in
+                        state.acknowledgedBatches += 1
+                        if response.duplicate { state.duplicateBatches += 1 }
+                    }
+                    queue.recordShipped(events ?? Int(response.acceptedCount))
+                    wakeup.signal()
+                }
+                throw CancellationError()  // the server ended the stream: start another
+            }
+            group.addTask {
+                defer { continuation.finish() }
+                var sentThrough: UInt64 = 0
+                while !Task.isCancelled {
+                    let floor = max(progress.ackedThrough, (spool.oldestPendingSequence ?? sentThrough + 1) - 1)
+                    let inFlight = sentThrough > floor ? Int(sentThrough - floor) : 0
+                    if inFlight < window {
+                        let batches = try spool.pending(after: sentThrough, limit: window - inFlight)
+                        for (sequence, _, bytes) in batches {
+                            let request = try recent.batches.withLock { $0[sequence] } ?? PublishUsageEventsRequest(serializedBytes: bytes)
+                            continuation.yield(request)
+                            progress.sent()
+                            sentThrough = sequence
+                        }
+                        if !batches.isEmpty { continue }
+                    }
+                    if let since = progress.waitingSince, ContinuousClock.now - since > ackTimeout {
+                        throw RPCError(.deadlineExceeded, "no acknowledgement from analytics \(name) in \(ackTimeout)")
+                    }
+                    await wakeup.wait(timeout: .milliseconds(500))
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// Wakes one waiting task; a signal with nobody waiting is kept for the next wait.
+final class Wakeup: Sendable {
+    private let state = Mutex<(signalled: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.signalled = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    func wait(timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let ready = state.withLock { state -> Bool in
+                            if state.signalled {
+                                state.signalled = false
+                                return true
+                            }
+                            state.waiter = continuation
+                            return false
+                        }
+                        if ready { continuation.resume() }
+                    }
+                } onCancel: { [self] in
+                    let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                        let waiter = state.waiter
+                        state.waiter = nil
+                        return waiter
+                    }
+                    waiter?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
         }
     }
 }

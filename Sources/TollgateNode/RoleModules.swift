@@ -9,6 +9,7 @@ import TollgateKeyManager
 import TollgateStore
 import TollgateGateway
 import TollgateTrafficManager
+import TollgateAnalytics
 public import TollgateStorage
 import TollgateUsers
 
@@ -27,12 +28,12 @@ public struct RoleModules: Sendable {
     /// The modules of Tollgate's roles.
     public static let standard = RoleModules { role in
         switch role {
-        case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self]
-        case .store: [UsersModule.self, PoliciesModule.self, StoreModule.self]
+        case .publisher: [UsersModule.self, PoliciesModule.self, PublisherModule.self, AnalyticsModule.self]
+        case .store: [UsersModule.self, PoliciesModule.self, StoreModule.self, AnalyticsModule.self]
         case .keymanager: [UsersModule.self, PoliciesModule.self, KeyManagerModule.self]
         case .gateway: [GatewayModule.self]
         case .trafficmanager: [TrafficManagerModule.self]
-        case .analytics: []
+        case .analytics: [AnalyticsModule.self]
         }
     }
 

@@ -164,7 +164,10 @@ public enum AccessTable {
         TrafficManagerServiceDescriptor.watchDecisions: .node(roles: ["gateway"]),
         TrafficManagerServiceDescriptor.getThrottleStatus: .either(.permission(Permission.monitor), .either(anyNode, .operatorCertificate)),
         AnalyticsServiceDescriptor.publishUsageEvents: .node(roles: ["gateway"]),
-        AnalyticsServiceDescriptor.queryUsage: .either(creatorOrPublisher, .permission(Permission.subscribe)),
+        // Providers their APIs, consumers their applications, a tenant's administrators the tenant (the
+        // service narrows each to its scope); an operator's certificate every tenant, on analytics nodes
+        // too, which have no users to check a session against.
+        AnalyticsServiceDescriptor.queryUsage: .either(.either(creatorOrPublisher, .permission(Permission.subscribe)), .operatorCertificate),
     ]
 
     /// The table keyed by method path, as ``AccessController`` takes it.

@@ -298,6 +298,16 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
         self.capacity = capacity
     }
 
+    /// Remembers a record just written under `key` as `bytes`, so the next
+    /// read of it decodes nothing (a counter row read, added to and written
+    /// again and again).
+    public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[key] = (bytes, record)
+        }
+    }
+
     func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
         let remembered = entries.withLock { $0[key] }
         if let remembered, remembered.bytes.count == bytes.count,
@@ -333,5 +343,69 @@ extension Table {
             throw StorageError.corruptRecord(table: name, detail: "index \(index.name) points at a missing record")
         }
         return record
+    }
+}
+
+extension Table {
+    /// Visits records whose primary key starts with `prefix`, from the first
+    /// key at or after `start`, in key order, while `body` returns true:
+    /// for scans too long to page.
+    public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
+                                                           _ body: (Record) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes, from: start) { _, value in try body(try decode(value)) }
+    }
+
+    /// ``forEach(prefix:from:in:_:)`` through a memo of decoded records:
+    /// records read before and unchanged since are not decoded again.
+    public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
+                                                           memo: RecordMemo<Record>, _ body: (Record) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes, from: start) { key, value in
+            try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+        }
+    }
+
+    /// Visits the primary keys under `prefix` without decoding the records.
+    /// The key is lent for the duration of each call.
+    public func forEachKey<T: TransactionReading & ~Copyable>(prefix: Key = Key(), in txn: borrowing T,
+                                                              _ body: (UnsafeRawBufferPointer) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes) { key, _ in try body(key) }
+    }
+
+    /// Stores `record` under its key without reading what it replaces, for
+    /// tables without indexes (counters rewritten in bulk).
+    public func store(_ record: Record, in txn: inout WriteTransaction) throws {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use put(_:in:)")
+        let primaryKey = definition.primaryKey(record)
+        do {
+            try txn.put(try record.serializedBytes(), forKey: primaryKey.bytes, in: records)
+        } catch LMDBError.badValueSize {
+            throw StorageError.keyTooLong(table: name, index: nil)
+        }
+    }
+
+    /// ``store(_:in:)``, remembering the record in `memo` with the bytes written.
+    public func store(_ record: Record, in txn: inout WriteTransaction, memo: RecordMemo<Record>) throws {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use put(_:in:)")
+        let primaryKey = definition.primaryKey(record).bytes
+        let bytes = try record.serializedBytes()
+        do {
+            try txn.put(bytes, forKey: primaryKey, in: records)
+        } catch LMDBError.badValueSize {
+            throw StorageError.keyTooLong(table: name, index: nil)
+        }
+        memo.remember(primaryKey, bytes: bytes, record: record)
+    }
+
+    /// Removes the record under `key` without reading it, for tables without indexes.
+    @discardableResult
+    public func deleteKey(_ key: Key, in txn: inout WriteTransaction) throws -> Bool {
+        precondition(definition.indexes.isEmpty, "\(name) has indexes; use delete(_:in:)")
+        return try txn.delete(key.bytes, in: records)
+    }
+
+    /// Removes every record and index entry.
+    public func clear(in txn: inout WriteTransaction) throws {
+        try txn.clear(records)
+        for database in indexDatabases.values { try txn.clear(database) }
     }
 }

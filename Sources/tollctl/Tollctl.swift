@@ -10,7 +10,7 @@ struct Tollctl: AsyncParsableCommand {
         commandName: "tollctl",
         abstract: "Administer a Tollgate cluster.",
         version: "0.1.0",
-        subcommands: [Login.self, Logout.self, Sessions.self, WhoAmI.self, Ping.self, Cluster.self, UserCommand.self, RoleCommand.self, TenantCommand.self, Policy.self, Block.self, ApiCommand.self, DocumentCommand.self, SubscriptionCommand.self, SignUp.self, StoreCommand.self, ApplicationCommand.self, KeyCommand.self, TokenCommand.self, GatewayCommand.self, Certs.self, ThrottleCommand.self, Methods.self]
+        subcommands: [Login.self, Logout.self, Sessions.self, WhoAmI.self, Ping.self, Cluster.self, UserCommand.self, RoleCommand.self, TenantCommand.self, Policy.self, Block.self, ApiCommand.self, DocumentCommand.self, SubscriptionCommand.self, SignUp.self, StoreCommand.self, ApplicationCommand.self, KeyCommand.self, TokenCommand.self, GatewayCommand.self, Certs.self, ThrottleCommand.self, StatsCommand.self, Methods.self]
     )
 }
 

@@ -156,7 +156,7 @@ func benchStorage() throws {
     if found == -1 { print("") }
 }
 
-// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node|publisher|keymanager|gateway|throttle]…` runs only the named groups.
+// `tollgate-bench [protobuf|lmdb|storage|tls|rpc|node|publisher|keymanager|gateway|throttle|analytics]…` runs only the named groups.
 let groups = Set(CommandLine.arguments.dropFirst())
 func wanted(_ group: String) -> Bool { groups.isEmpty || groups.contains(group) }
 print("tollgate-bench on \(ProcessInfo.processInfo.activeProcessorCount) cores (storage and message groups run on one thread)")
@@ -169,6 +169,7 @@ if wanted("publisher") { runAsync { try await benchPublisher() } }
 if wanted("keymanager") { runAsync { try await benchKeyManager() } }
 if wanted("gateway") { runAsync { try await benchGateway() } }
 if wanted("throttle") { runAsync { try await benchThrottling() } }
+if wanted("analytics") { runAsync { try await benchAnalytics() } }
 if wanted("rpc") {
     // The RPC client is async; run it to completion from this synchronous
     // main. Detached: a plain Task would wait for the main actor we block.

@@ -73,8 +73,8 @@ import TollgateStorage
                     == "tollgate.v1.KeyManagerService/ValidateKey is served by keymanager nodes; this node runs publisher")
             #expect(await unimplemented { _ = try await GatewayServiceClient(connection).getGatewayStatus(GetGatewayStatusRequest()) }
                     == "tollgate.v1.GatewayService/GetGatewayStatus is served by gateway nodes; this node runs publisher")
-            #expect(await unimplemented { _ = try await AnalyticsServiceClient(connection).queryUsage(QueryUsageRequest()) }
-                    == "tollgate.v1.AnalyticsService/QueryUsage is declared in proto/ but no role of this release serves it yet; this node runs publisher")
+            #expect(await unimplemented { _ = try await TrafficManagerServiceClient(connection).getThrottleStatus(GetThrottleStatusRequest()) }
+                    == "tollgate.v1.TrafficManagerService/GetThrottleStatus is served by trafficmanager nodes; this node runs publisher")
             let unknown = ProtoMethod(service: "tollgate.v1.StoreService", name: "Nothing", inputType: "tollgate.v1.PingRequest",
                                       outputType: "tollgate.v1.PingResponse", clientStreaming: false, serverStreaming: false)
             #expect(await unimplemented { let _: PingResponse = try await connection.unary(unknown, PingRequest()) }
@@ -86,7 +86,8 @@ import TollgateStorage
             #expect(placement["tollgate.v1.PublisherService"]?.servedHere == true && placement["tollgate.v1.PublisherService"]?.roles == [.publisher])
             #expect(placement["tollgate.v1.StoreService"]?.servedHere == false && placement["tollgate.v1.StoreService"]?.roles == [.store])
             #expect(placement["tollgate.v1.UserService"]?.roles == [.publisher, .store, .keyManager])
-            #expect(placement["tollgate.v1.GatewayService"]?.roles == [.gateway] && placement["tollgate.v1.AnalyticsService"]?.roles == []
+            #expect(placement["tollgate.v1.GatewayService"]?.roles == [.gateway] && placement["tollgate.v1.AnalyticsService"]?.roles == [.publisher, .store, .analytics]
+                    && placement["tollgate.v1.AnalyticsService"]?.servedHere == true
                     && placement["tollgate.v1.NodeService"]?.servedHere == true)
             #expect(Set(listed.services.map(\.service)) == Set(ProtoRegistry.methods.map(\.service)))
             await connection.close()
@@ -102,7 +103,8 @@ import TollgateStorage
             #expect(lines.contains { $0.hasPrefix("/tollgate.v1.StoreService/Subscribe ") && $0.hasSuffix("served by: store  not here") }, "\(methods.output)")
             #expect(lines.contains { $0.hasPrefix("/tollgate.v1.PublisherService/CreateApi ") && $0.hasSuffix("served by: publisher  here") }, "\(methods.output)")
             #expect(lines.contains { $0.hasPrefix("/tollgate.v1.GatewayService/FlushCaches ") && $0.hasSuffix("served by: gateway  not here") }, "\(methods.output)")
-            #expect(lines.contains { $0.hasPrefix("/tollgate.v1.AnalyticsService/QueryUsage ") && $0.hasSuffix("served by: no role yet  not here") }, "\(methods.output)")
+            #expect(lines.contains { $0.hasPrefix("/tollgate.v1.AnalyticsService/QueryUsage ") && $0.hasSuffix("served by: publisher,store,analytics  here") },
+                    "\(methods.output)")
             // Offline: the methods alone.
             let offline = try runTollctl(["methods", "--offline", "--filter", "StoreService/Subscribe"], environment: environment)
             #expect(offline.status == 0 && offline.output.hasPrefix("/tollgate.v1.StoreService/Subscribe ") && !offline.output.contains("served by"),

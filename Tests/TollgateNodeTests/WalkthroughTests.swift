@@ -74,7 +74,7 @@ import Testing
             // A new shell: tollctl on PATH, no TOLLCTL_* exports, only the settings make run wrote.
             var shell = ["-C", work.path, "-u", "TOLLCTL_NODE", "-u", "TOLLCTL_CA", "-u", "TOLLCTL_USER", "-u", "TOLLCTL_PASSWORD", "-u", "TOLLCTL_SESSION",
                          "PATH=\(NodeFixture.binDirectory.path):/usr/bin:/bin"]
-            for key in ["XDG_CONFIG_HOME", "XDG_STATE_HOME", "TOLLGATE_DEV_OAUTH"] { shell.append("\(key)=\(environment[key]!)") }
+            for key in ["XDG_CONFIG_HOME", "XDG_STATE_HOME", "TOLLGATE_DEV_OAUTH", "TOLLGATE_DEV_HTTP"] { shell.append("\(key)=\(environment[key]!)") }
             shell += ["bash", "-c", "set -euxo pipefail\n" + script]
             let run = try await runTool("/usr/bin/env", shell, timeout: .seconds(120))
             #expect(run.status == 0, "the walkthrough failed (the last command shown with + is the one):\n\(run.output)")
@@ -82,6 +82,10 @@ import Testing
             // The consumer's part: a token from the OAuth endpoint, active, then revoked.
             #expect(run.output.contains("\"token_type\":\"Bearer\"") && run.output.contains("revoked the token")
                     && run.output.contains("inactive (unknown, expired or revoked)"), "\(run.output)")
+            // The node's gateway shipped the call (502: no backend here) to its own analytics role.
+            #expect(run.output.contains("\n502\n") && run.output.contains("APIs of bob in carbon.super")
+                    && run.output.split(separator: "\n").contains { $0.hasPrefix("PizzaShack") && $0.contains("/pizzashack") && $0.contains("5xx") },
+                    "\(run.output)")
             let export = try String(contentsOf: work.appendingPathComponent("pizzashack-export.json"), encoding: .utf8)
             #expect(export.contains("\"x-team\": \"kitchen\"") && export.contains("https://login.pizzashack.example.com/token"), "\(export.prefix(400))")
         } teardown: {

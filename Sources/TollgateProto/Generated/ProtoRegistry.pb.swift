@@ -120,6 +120,7 @@ public enum ProtoRegistry {
         "tollgate.v1.IssueTokenResponse": IssueTokenResponse.self,
         "tollgate.v1.IssuedToken": IssuedToken.self,
         "tollgate.v1.KeyValidationInfo": KeyValidationInfo.self,
+        "tollgate.v1.LatencyHistogram": LatencyHistogram.self,
         "tollgate.v1.LeaseGrant": LeaseGrant.self,
         "tollgate.v1.LeaseOperation": LeaseOperation.self,
         "tollgate.v1.LifecycleHistoryEntries": LifecycleHistoryEntries.self,
@@ -170,6 +171,7 @@ public enum ProtoRegistry {
         "tollgate.v1.PublishUsageEventsResponse": PublishUsageEventsResponse.self,
         "tollgate.v1.QueryUsageRequest": QueryUsageRequest.self,
         "tollgate.v1.QueryUsageResponse": QueryUsageResponse.self,
+        "tollgate.v1.ReasonCount": ReasonCount.self,
         "tollgate.v1.RefreshTokenRequest": RefreshTokenRequest.self,
         "tollgate.v1.RefreshTokenResponse": RefreshTokenResponse.self,
         "tollgate.v1.RegenerateClientSecretRequest": RegenerateClientSecretRequest.self,
@@ -241,6 +243,8 @@ public enum ProtoRegistry {
         "tollgate.v1.UpdateUserResponse": UpdateUserResponse.self,
         "tollgate.v1.UsageEvent": UsageEvent.self,
         "tollgate.v1.UsageFault": UsageFault.self,
+        "tollgate.v1.UsageIngestCursor": UsageIngestCursor.self,
+        "tollgate.v1.UsageLastAccess": UsageLastAccess.self,
         "tollgate.v1.UsageSummary": UsageSummary.self,
         "tollgate.v1.User": User.self,
         "tollgate.v1.UserRole": UserRole.self,
@@ -289,6 +293,7 @@ extension ProtoStringScan {
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__flush_caches_response()),  // tollgate.v1.FlushCachesResponse
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__get_gateway_status_request()),  // tollgate.v1.GetGatewayStatusRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__get_node_status_request()),  // tollgate.v1.GetNodeStatusRequest
+        UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__latency_histogram()),  // tollgate.v1.LatencyHistogram
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_block_conditions_request()),  // tollgate.v1.ListBlockConditionsRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_policies_request()),  // tollgate.v1.ListPoliciesRequest
         UInt(bitPattern: CTollgateProto_descriptor_tollgate__v1__list_roles_request()),  // tollgate.v1.ListRolesRequest

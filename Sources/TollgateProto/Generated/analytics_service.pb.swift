@@ -11,6 +11,9 @@ public enum UsageDimension: ProtoEnum {
     case application
     case user
     case resource
+    case keyType
+    case statusClass
+    case tenant
     /// A number this build does not know; kept so the value round-trips.
     case unrecognized(Int32)
 
@@ -22,6 +25,9 @@ public enum UsageDimension: ProtoEnum {
         case 3: self = .application
         case 4: self = .user
         case 5: self = .resource
+        case 6: self = .keyType
+        case 7: self = .statusClass
+        case 8: self = .tenant
         default: self = .unrecognized(rawValue)
         }
     }
@@ -34,6 +40,9 @@ public enum UsageDimension: ProtoEnum {
         case .application: return 3
         case .user: return 4
         case .resource: return 5
+        case .keyType: return 6
+        case .statusClass: return 7
+        case .tenant: return 8
         case .unrecognized(let number): return number
         }
     }
@@ -46,11 +55,64 @@ public enum UsageDimension: ProtoEnum {
         case .application: return "USAGE_DIMENSION_APPLICATION"
         case .user: return "USAGE_DIMENSION_USER"
         case .resource: return "USAGE_DIMENSION_RESOURCE"
+        case .keyType: return "USAGE_DIMENSION_KEY_TYPE"
+        case .statusClass: return "USAGE_DIMENSION_STATUS_CLASS"
+        case .tenant: return "USAGE_DIMENSION_TENANT"
         case .unrecognized(let number): return String(number)
         }
     }
 
-    public static let allCases: [UsageDimension] = [.unspecified, .api, .apiVersion, .application, .user, .resource]
+    public static let allCases: [UsageDimension] = [.unspecified, .api, .apiVersion, .application, .user, .resource, .keyType, .statusClass, .tenant]
+}
+
+/// `tollgate.v1.UsageOrder`
+public enum UsageOrder: ProtoEnum {
+    case unspecified
+    case requests
+    case faults
+    case throttled
+    case latencyP95
+    case errors
+    /// A number this build does not know; kept so the value round-trips.
+    case unrecognized(Int32)
+
+    public init(rawValue: Int32) {
+        switch rawValue {
+        case 0: self = .unspecified
+        case 1: self = .requests
+        case 2: self = .faults
+        case 3: self = .throttled
+        case 4: self = .latencyP95
+        case 5: self = .errors
+        default: self = .unrecognized(rawValue)
+        }
+    }
+
+    public var rawValue: Int32 {
+        switch self {
+        case .unspecified: return 0
+        case .requests: return 1
+        case .faults: return 2
+        case .throttled: return 3
+        case .latencyP95: return 4
+        case .errors: return 5
+        case .unrecognized(let number): return number
+        }
+    }
+
+    public var protoName: String {
+        switch self {
+        case .unspecified: return "USAGE_ORDER_UNSPECIFIED"
+        case .requests: return "USAGE_ORDER_REQUESTS"
+        case .faults: return "USAGE_ORDER_FAULTS"
+        case .throttled: return "USAGE_ORDER_THROTTLED"
+        case .latencyP95: return "USAGE_ORDER_LATENCY_P95"
+        case .errors: return "USAGE_ORDER_ERRORS"
+        case .unrecognized(let number): return String(number)
+        }
+    }
+
+    public static let allCases: [UsageOrder] = [.unspecified, .requests, .faults, .throttled, .latencyP95, .errors]
 }
 
 /// `tollgate.v1.PublishUsageEventsRequest`
@@ -59,15 +121,27 @@ public struct PublishUsageEventsRequest: ProtoMessage {
 
     /// Field 1.
     public var events: [UsageEvent] = []
+    /// Field 2.
+    public var gatewayId: String = ""
+    /// Field 3.
+    public var epoch: UInt64 = 0
+    /// Field 4.
+    public var sequence: UInt64 = 0
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
     public init() {}
 
     public init(
-        events: [UsageEvent] = []
+        events: [UsageEvent] = [],
+        gatewayId: String = "",
+        epoch: UInt64 = 0,
+        sequence: UInt64 = 0
     ) {
         self.events = events
+        self.gatewayId = gatewayId
+        self.epoch = epoch
+        self.sequence = sequence
     }
 }
 
@@ -79,6 +153,12 @@ public struct PublishUsageEventsResponse: ProtoMessage {
     public var acceptedCount: UInt64 = 0
     /// Field 2.
     public var discardedCount: UInt64 = 0
+    /// Field 3.
+    public var sequence: UInt64 = 0
+    /// Field 5.
+    public var epoch: UInt64 = 0
+    /// Field 4.
+    public var duplicate: Bool = false
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -86,43 +166,149 @@ public struct PublishUsageEventsResponse: ProtoMessage {
 
     public init(
         acceptedCount: UInt64 = 0,
-        discardedCount: UInt64 = 0
+        discardedCount: UInt64 = 0,
+        sequence: UInt64 = 0,
+        epoch: UInt64 = 0,
+        duplicate: Bool = false
     ) {
         self.acceptedCount = acceptedCount
         self.discardedCount = discardedCount
+        self.sequence = sequence
+        self.epoch = epoch
+        self.duplicate = duplicate
     }
 }
 
 /// `tollgate.v1.QueryUsageRequest`
+///
+/// Its fields live in a storage object shared by copies until one of
+/// them changes (copy on write): the message is large, and copied far
+/// more often than changed.
 public struct QueryUsageRequest: ProtoMessage {
     public static let protoName = "tollgate.v1.QueryUsageRequest"
 
     /// Field 1.
-    public var granularity: BucketGranularity = .unspecified
+    public var granularity: BucketGranularity {
+        get { _storage.granularity }
+        set { _uniqueStorage().granularity = newValue }
+        _modify { yield &_uniqueStorage().granularity }
+    }
     /// Field 2.
-    public var startUnixMs: Int64 = 0
+    public var startUnixMs: Int64 {
+        get { _storage.startUnixMs }
+        set { _uniqueStorage().startUnixMs = newValue }
+        _modify { yield &_uniqueStorage().startUnixMs }
+    }
     /// Field 3.
-    public var endUnixMs: Int64 = 0
+    public var endUnixMs: Int64 {
+        get { _storage.endUnixMs }
+        set { _uniqueStorage().endUnixMs = newValue }
+        _modify { yield &_uniqueStorage().endUnixMs }
+    }
     /// Field 4.
-    public var groupBy: [UsageDimension] = []
+    public var groupBy: [UsageDimension] {
+        get { _storage.groupBy }
+        set { _uniqueStorage().groupBy = newValue }
+        _modify { yield &_uniqueStorage().groupBy }
+    }
     /// Field 5.
-    public var mergeBuckets: Bool = false
+    public var mergeBuckets: Bool {
+        get { _storage.mergeBuckets }
+        set { _uniqueStorage().mergeBuckets = newValue }
+        _modify { yield &_uniqueStorage().mergeBuckets }
+    }
+    /// Field 6.
+    public var orderBy: UsageOrder {
+        get { _storage.orderBy }
+        set { _uniqueStorage().orderBy = newValue }
+        _modify { yield &_uniqueStorage().orderBy }
+    }
+    /// Field 7.
+    public var limit: UInt32 {
+        get { _storage.limit }
+        set { _uniqueStorage().limit = newValue }
+        _modify { yield &_uniqueStorage().limit }
+    }
+    /// Field 8.
+    public var includeLastAccess: Bool {
+        get { _storage.includeLastAccess }
+        set { _uniqueStorage().includeLastAccess = newValue }
+        _modify { yield &_uniqueStorage().includeLastAccess }
+    }
     /// Field 10.
-    public var apiName: String = ""
+    public var apiName: String {
+        get { _storage.apiName }
+        set { _uniqueStorage().apiName = newValue }
+        _modify { yield &_uniqueStorage().apiName }
+    }
     /// Field 11.
-    public var apiVersion: String = ""
+    public var apiVersion: String {
+        get { _storage.apiVersion }
+        set { _uniqueStorage().apiVersion = newValue }
+        _modify { yield &_uniqueStorage().apiVersion }
+    }
     /// Field 12.
-    public var apiCreator: String = ""
+    public var apiCreator: String {
+        get { _storage.apiCreator }
+        set { _uniqueStorage().apiCreator = newValue }
+        _modify { yield &_uniqueStorage().apiCreator }
+    }
     /// Field 13.
-    public var applicationId: String = ""
+    public var applicationId: String {
+        get { _storage.applicationId }
+        set { _uniqueStorage().applicationId = newValue }
+        _modify { yield &_uniqueStorage().applicationId }
+    }
     /// Field 14.
-    public var username: String = ""
+    public var username: String {
+        get { _storage.username }
+        set { _uniqueStorage().username = newValue }
+        _modify { yield &_uniqueStorage().username }
+    }
     /// Field 15.
-    public var resource: String = ""
+    public var resource: String {
+        get { _storage.resource }
+        set { _uniqueStorage().resource = newValue }
+        _modify { yield &_uniqueStorage().resource }
+    }
+    /// Field 16.
+    public var statusClasses: [UInt32] {
+        get { _storage.statusClasses }
+        set { _uniqueStorage().statusClasses = newValue }
+        _modify { yield &_uniqueStorage().statusClasses }
+    }
+    /// Field 17.
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
+    /// Field 18.
+    public var apiContext: String {
+        get { _storage.apiContext }
+        set { _uniqueStorage().apiContext = newValue }
+        _modify { yield &_uniqueStorage().apiContext }
+    }
+    /// Field 19.
+    public var tenantDomain: String {
+        get { _storage.tenantDomain }
+        set { _uniqueStorage().tenantDomain = newValue }
+        _modify { yield &_uniqueStorage().tenantDomain }
+    }
     /// Field 20.
-    public var page: PageRequest? = nil
+    public var page: PageRequest? {
+        get { _storage.page }
+        set { _uniqueStorage().page = newValue }
+        _modify { yield &_uniqueStorage().page }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
-    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+    public var unknownFields: ProtoUnknownFields {
+        get { _storage.unknownFields }
+        set { _uniqueStorage().unknownFields = newValue }
+        _modify { yield &_uniqueStorage().unknownFields }
+    }
+
+    private var _storage = _Storage.empty
 
     public init() {}
 
@@ -132,26 +318,160 @@ public struct QueryUsageRequest: ProtoMessage {
         endUnixMs: Int64 = 0,
         groupBy: [UsageDimension] = [],
         mergeBuckets: Bool = false,
+        orderBy: UsageOrder = .unspecified,
+        limit: UInt32 = 0,
+        includeLastAccess: Bool = false,
         apiName: String = "",
         apiVersion: String = "",
         apiCreator: String = "",
         applicationId: String = "",
         username: String = "",
         resource: String = "",
+        statusClasses: [UInt32] = [],
+        keyType: KeyType = .unspecified,
+        apiContext: String = "",
+        tenantDomain: String = "",
         page: PageRequest? = nil
     ) {
-        self.granularity = granularity
-        self.startUnixMs = startUnixMs
-        self.endUnixMs = endUnixMs
-        self.groupBy = groupBy
-        self.mergeBuckets = mergeBuckets
-        self.apiName = apiName
-        self.apiVersion = apiVersion
-        self.apiCreator = apiCreator
-        self.applicationId = applicationId
-        self.username = username
-        self.resource = resource
-        self.page = page
+        let _fields = _Storage()
+        _fields.granularity = granularity
+        _fields.startUnixMs = startUnixMs
+        _fields.endUnixMs = endUnixMs
+        _fields.groupBy = groupBy
+        _fields.mergeBuckets = mergeBuckets
+        _fields.orderBy = orderBy
+        _fields.limit = limit
+        _fields.includeLastAccess = includeLastAccess
+        _fields.apiName = apiName
+        _fields.apiVersion = apiVersion
+        _fields.apiCreator = apiCreator
+        _fields.applicationId = applicationId
+        _fields.username = username
+        _fields.resource = resource
+        _fields.statusClasses = statusClasses
+        _fields.keyType = keyType
+        _fields.apiContext = apiContext
+        _fields.tenantDomain = tenantDomain
+        _fields.page = page
+        _storage = _fields
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs._storage === rhs._storage || lhs._storage.hasSameFields(as: rhs._storage)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        _storage.hashFields(into: &hasher)
+    }
+
+    /// The storage this value may change: its own, copied first if another value shares it.
+    private mutating func _uniqueStorage() -> _Storage {
+        if !isKnownUniquelyReferenced(&_storage) { _storage = _Storage(copying: _storage) }
+        return _storage
+    }
+
+    /// The fields of one or more equal values.
+    ///
+    /// `@unchecked Sendable`: a storage object is never mutated once shared.
+    /// Values change fields only through `_uniqueStorage()`, which copies the
+    /// object unless the changing value holds the only reference, so a
+    /// storage another value (or thread) can see is read-only from then on.
+    private final class _Storage: @unchecked Sendable {
+        /// Shared by every value made with `init()` until it changes.
+        static let empty = _Storage()
+
+        var granularity: BucketGranularity = .unspecified
+        var startUnixMs: Int64 = 0
+        var endUnixMs: Int64 = 0
+        var groupBy: [UsageDimension] = []
+        var mergeBuckets: Bool = false
+        var orderBy: UsageOrder = .unspecified
+        var limit: UInt32 = 0
+        var includeLastAccess: Bool = false
+        var apiName: String = ""
+        var apiVersion: String = ""
+        var apiCreator: String = ""
+        var applicationId: String = ""
+        var username: String = ""
+        var resource: String = ""
+        var statusClasses: [UInt32] = []
+        var keyType: KeyType = .unspecified
+        var apiContext: String = ""
+        var tenantDomain: String = ""
+        var page: PageRequest? = nil
+        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+        init() {}
+
+        init(copying other: _Storage) {
+            granularity = other.granularity
+            startUnixMs = other.startUnixMs
+            endUnixMs = other.endUnixMs
+            groupBy = other.groupBy
+            mergeBuckets = other.mergeBuckets
+            orderBy = other.orderBy
+            limit = other.limit
+            includeLastAccess = other.includeLastAccess
+            apiName = other.apiName
+            apiVersion = other.apiVersion
+            apiCreator = other.apiCreator
+            applicationId = other.applicationId
+            username = other.username
+            resource = other.resource
+            statusClasses = other.statusClasses
+            keyType = other.keyType
+            apiContext = other.apiContext
+            tenantDomain = other.tenantDomain
+            page = other.page
+            unknownFields = other.unknownFields
+        }
+
+        func hasSameFields(as other: _Storage) -> Bool {
+            if granularity != other.granularity { return false }
+            if startUnixMs != other.startUnixMs { return false }
+            if endUnixMs != other.endUnixMs { return false }
+            if groupBy != other.groupBy { return false }
+            if mergeBuckets != other.mergeBuckets { return false }
+            if orderBy != other.orderBy { return false }
+            if limit != other.limit { return false }
+            if includeLastAccess != other.includeLastAccess { return false }
+            if apiName != other.apiName { return false }
+            if apiVersion != other.apiVersion { return false }
+            if apiCreator != other.apiCreator { return false }
+            if applicationId != other.applicationId { return false }
+            if username != other.username { return false }
+            if resource != other.resource { return false }
+            if statusClasses != other.statusClasses { return false }
+            if keyType != other.keyType { return false }
+            if apiContext != other.apiContext { return false }
+            if tenantDomain != other.tenantDomain { return false }
+            if page != other.page { return false }
+            if unknownFields != other.unknownFields { return false }
+            return true
+        }
+
+        func hashFields(into hasher: inout Hasher) {
+            hasher.combine(granularity)
+            hasher.combine(startUnixMs)
+            hasher.combine(endUnixMs)
+            hasher.combine(groupBy)
+            hasher.combine(mergeBuckets)
+            hasher.combine(orderBy)
+            hasher.combine(limit)
+            hasher.combine(includeLastAccess)
+            hasher.combine(apiName)
+            hasher.combine(apiVersion)
+            hasher.combine(apiCreator)
+            hasher.combine(applicationId)
+            hasher.combine(username)
+            hasher.combine(resource)
+            hasher.combine(statusClasses)
+            hasher.combine(keyType)
+            hasher.combine(apiContext)
+            hasher.combine(tenantDomain)
+            hasher.combine(page)
+            hasher.combine(unknownFields)
+        }
     }
 }
 
@@ -163,6 +483,12 @@ public struct QueryUsageResponse: ProtoMessage {
     public var rows: [UsageSummary] = []
     /// Field 2.
     public var page: PageResponse? = nil
+    /// Field 3.
+    public var lastAccess: [UsageLastAccess] = []
+    /// Field 4.
+    public var granularity: BucketGranularity = .unspecified
+    /// Field 5.
+    public var scope: String = ""
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -170,10 +496,16 @@ public struct QueryUsageResponse: ProtoMessage {
 
     public init(
         rows: [UsageSummary] = [],
-        page: PageResponse? = nil
+        page: PageResponse? = nil,
+        lastAccess: [UsageLastAccess] = [],
+        granularity: BucketGranularity = .unspecified,
+        scope: String = ""
     ) {
         self.rows = rows
         self.page = page
+        self.lastAccess = lastAccess
+        self.granularity = granularity
+        self.scope = scope
     }
 }
 
@@ -206,6 +538,9 @@ extension PublishUsageEventsRequest {
         tollgate__v1__publish_usage_events_request__init(c)
         c.pointee.n_events = self.events.count
         c.pointee.events = try arena.messages(self.events) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
+        c.pointee.epoch = self.epoch
+        c.pointee.sequence = self.sequence
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -214,6 +549,9 @@ extension PublishUsageEventsRequest {
     init(_cMessage c: UnsafePointer<Tollgate__V1__PublishUsageEventsRequest>) throws(ProtoDecodingError) {
         self.init()
         self.events = try ProtoDecode.messages(c.pointee.events, count: c.pointee.n_events, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageEvent(_cMessage: element) }
+        self.gatewayId = try ProtoDecode.string(c.pointee.gateway_id, field: "gateway_id", in: Self.protoName)
+        self.epoch = c.pointee.epoch
+        self.sequence = c.pointee.sequence
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -248,6 +586,9 @@ extension PublishUsageEventsResponse {
         tollgate__v1__publish_usage_events_response__init(c)
         c.pointee.accepted_count = self.acceptedCount
         c.pointee.discarded_count = self.discardedCount
+        c.pointee.sequence = self.sequence
+        c.pointee.epoch = self.epoch
+        c.pointee.duplicate = (self.duplicate ? 1 : 0)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -257,6 +598,9 @@ extension PublishUsageEventsResponse {
         self.init()
         self.acceptedCount = c.pointee.accepted_count
         self.discardedCount = c.pointee.discarded_count
+        self.sequence = c.pointee.sequence
+        self.epoch = c.pointee.epoch
+        self.duplicate = (c.pointee.duplicate != 0)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -294,12 +638,20 @@ extension QueryUsageRequest {
         c.pointee.n_group_by = self.groupBy.count
         c.pointee.group_by = arena.mapped(self.groupBy) { .init(rawValue: .init(truncatingIfNeeded: $0.rawValue)) }
         c.pointee.merge_buckets = (self.mergeBuckets ? 1 : 0)
+        c.pointee.order_by = .init(rawValue: .init(truncatingIfNeeded: self.orderBy.rawValue))
+        c.pointee.limit = self.limit
+        c.pointee.include_last_access = (self.includeLastAccess ? 1 : 0)
         c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
         c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
         c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
         c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
         c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
+        c.pointee.n_status_classes = self.statusClasses.count
+        c.pointee.status_classes = arena.scalars(self.statusClasses)
+        c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
@@ -313,12 +665,19 @@ extension QueryUsageRequest {
         self.endUnixMs = c.pointee.end_unix_ms
         self.groupBy = ProtoDecode.mapped(c.pointee.group_by, count: c.pointee.n_group_by) { UsageDimension(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
         self.mergeBuckets = (c.pointee.merge_buckets != 0)
+        self.orderBy = UsageOrder(rawValue: Int32(truncatingIfNeeded: c.pointee.order_by.rawValue))
+        self.limit = c.pointee.limit
+        self.includeLastAccess = (c.pointee.include_last_access != 0)
         self.apiName = try ProtoDecode.string(c.pointee.api_name, field: "api_name", in: Self.protoName)
         self.apiVersion = try ProtoDecode.string(c.pointee.api_version, field: "api_version", in: Self.protoName)
         self.apiCreator = try ProtoDecode.string(c.pointee.api_creator, field: "api_creator", in: Self.protoName)
         self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.resource = try ProtoDecode.string(c.pointee.resource, field: "resource", in: Self.protoName)
+        self.statusClasses = ProtoDecode.scalars(c.pointee.status_classes, count: c.pointee.n_status_classes)
+        self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
+        self.apiContext = try ProtoDecode.string(c.pointee.api_context, field: "api_context", in: Self.protoName)
+        self.tenantDomain = try ProtoDecode.string(c.pointee.tenant_domain, field: "tenant_domain", in: Self.protoName)
         if let value = c.pointee.page { self.page = try PageRequest(_cMessage: value) }
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
@@ -354,6 +713,10 @@ extension QueryUsageResponse {
         c.pointee.n_rows = self.rows.count
         c.pointee.rows = try arena.messages(self.rows) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         if let value = self.page { c.pointee.page = value._cMessage(in: arena) }
+        c.pointee.n_last_access = self.lastAccess.count
+        c.pointee.last_access = try arena.messages(self.lastAccess) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
+        c.pointee.granularity = .init(rawValue: .init(truncatingIfNeeded: self.granularity.rawValue))
+        c.pointee.scope = try arena.cString(self.scope, field: "scope", in: Self.protoName)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -363,6 +726,9 @@ extension QueryUsageResponse {
         self.init()
         self.rows = try ProtoDecode.messages(c.pointee.rows, count: c.pointee.n_rows, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageSummary(_cMessage: element) }
         if let value = c.pointee.page { self.page = try PageResponse(_cMessage: value) }
+        self.lastAccess = try ProtoDecode.messages(c.pointee.last_access, count: c.pointee.n_last_access, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageLastAccess(_cMessage: element) }
+        self.granularity = BucketGranularity(rawValue: Int32(truncatingIfNeeded: c.pointee.granularity.rawValue))
+        self.scope = try ProtoDecode.string(c.pointee.scope, field: "scope", in: Self.protoName)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -371,11 +737,11 @@ extension QueryUsageResponse {
 public enum AnalyticsServiceDescriptor {
     public static let serviceName = "tollgate.v1.AnalyticsService"
 
-    /// `PublishUsageEvents` (tollgate.v1.PublishUsageEventsRequest) returns `tollgate.v1.PublishUsageEventsResponse`, client-streaming.
+    /// `PublishUsageEvents` (tollgate.v1.PublishUsageEventsRequest) returns `tollgate.v1.PublishUsageEventsResponse`, bidirectional.
     public static let publishUsageEvents = ProtoMethod(
         service: serviceName, name: "PublishUsageEvents",
         inputType: "tollgate.v1.PublishUsageEventsRequest", outputType: "tollgate.v1.PublishUsageEventsResponse",
-        clientStreaming: true, serverStreaming: false
+        clientStreaming: true, serverStreaming: true
     )
     /// `QueryUsage` (tollgate.v1.QueryUsageRequest) returns `tollgate.v1.QueryUsageResponse`.
     public static let queryUsage = ProtoMethod(

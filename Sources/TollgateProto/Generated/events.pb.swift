@@ -231,6 +231,18 @@ public struct UsageEvent: ProtoMessage {
         set { _uniqueStorage().serviceTimeMs = newValue }
         _modify { yield &_uniqueStorage().serviceTimeMs }
     }
+    /// Field 43.
+    public var responseTimeUs: Int64 {
+        get { _storage.responseTimeUs }
+        set { _uniqueStorage().responseTimeUs = newValue }
+        _modify { yield &_uniqueStorage().responseTimeUs }
+    }
+    /// Field 44.
+    public var backendTimeUs: Int64 {
+        get { _storage.backendTimeUs }
+        set { _uniqueStorage().backendTimeUs = newValue }
+        _modify { yield &_uniqueStorage().backendTimeUs }
+    }
     /// Field 50.
     public var responseCode: Int32 {
         get { _storage.responseCode }
@@ -279,6 +291,12 @@ public struct UsageEvent: ProtoMessage {
         set { _uniqueStorage().fault = newValue }
         _modify { yield &_uniqueStorage().fault }
     }
+    /// Field 63.
+    public var blocked: Bool {
+        get { _storage.blocked }
+        set { _uniqueStorage().blocked = newValue }
+        _modify { yield &_uniqueStorage().blocked }
+    }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields {
         get { _storage.unknownFields }
@@ -315,6 +333,8 @@ public struct UsageEvent: ProtoMessage {
         responseTimeMs: Int64 = 0,
         backendTimeMs: Int64 = 0,
         serviceTimeMs: Int64 = 0,
+        responseTimeUs: Int64 = 0,
+        backendTimeUs: Int64 = 0,
         responseCode: Int32 = 0,
         requestSizeBytes: UInt64 = 0,
         responseSizeBytes: UInt64 = 0,
@@ -322,7 +342,8 @@ public struct UsageEvent: ProtoMessage {
         cacheHit: Bool = false,
         throttled: Bool = false,
         throttledReason: String = "",
-        fault: UsageFault? = nil
+        fault: UsageFault? = nil,
+        blocked: Bool = false
     ) {
         let _fields = _Storage()
         _fields.correlationId = correlationId
@@ -349,6 +370,8 @@ public struct UsageEvent: ProtoMessage {
         _fields.responseTimeMs = responseTimeMs
         _fields.backendTimeMs = backendTimeMs
         _fields.serviceTimeMs = serviceTimeMs
+        _fields.responseTimeUs = responseTimeUs
+        _fields.backendTimeUs = backendTimeUs
         _fields.responseCode = responseCode
         _fields.requestSizeBytes = requestSizeBytes
         _fields.responseSizeBytes = responseSizeBytes
@@ -357,6 +380,7 @@ public struct UsageEvent: ProtoMessage {
         _fields.throttled = throttled
         _fields.throttledReason = throttledReason
         _fields.fault = fault
+        _fields.blocked = blocked
         _storage = _fields
     }
 
@@ -408,6 +432,8 @@ public struct UsageEvent: ProtoMessage {
         var responseTimeMs: Int64 = 0
         var backendTimeMs: Int64 = 0
         var serviceTimeMs: Int64 = 0
+        var responseTimeUs: Int64 = 0
+        var backendTimeUs: Int64 = 0
         var responseCode: Int32 = 0
         var requestSizeBytes: UInt64 = 0
         var responseSizeBytes: UInt64 = 0
@@ -416,6 +442,7 @@ public struct UsageEvent: ProtoMessage {
         var throttled: Bool = false
         var throttledReason: String = ""
         var fault: UsageFault? = nil
+        var blocked: Bool = false
         var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
@@ -445,6 +472,8 @@ public struct UsageEvent: ProtoMessage {
             responseTimeMs = other.responseTimeMs
             backendTimeMs = other.backendTimeMs
             serviceTimeMs = other.serviceTimeMs
+            responseTimeUs = other.responseTimeUs
+            backendTimeUs = other.backendTimeUs
             responseCode = other.responseCode
             requestSizeBytes = other.requestSizeBytes
             responseSizeBytes = other.responseSizeBytes
@@ -453,6 +482,7 @@ public struct UsageEvent: ProtoMessage {
             throttled = other.throttled
             throttledReason = other.throttledReason
             fault = other.fault
+            blocked = other.blocked
             unknownFields = other.unknownFields
         }
 
@@ -481,6 +511,8 @@ public struct UsageEvent: ProtoMessage {
             if responseTimeMs != other.responseTimeMs { return false }
             if backendTimeMs != other.backendTimeMs { return false }
             if serviceTimeMs != other.serviceTimeMs { return false }
+            if responseTimeUs != other.responseTimeUs { return false }
+            if backendTimeUs != other.backendTimeUs { return false }
             if responseCode != other.responseCode { return false }
             if requestSizeBytes != other.requestSizeBytes { return false }
             if responseSizeBytes != other.responseSizeBytes { return false }
@@ -489,6 +521,7 @@ public struct UsageEvent: ProtoMessage {
             if throttled != other.throttled { return false }
             if throttledReason != other.throttledReason { return false }
             if fault != other.fault { return false }
+            if blocked != other.blocked { return false }
             if unknownFields != other.unknownFields { return false }
             return true
         }
@@ -518,6 +551,8 @@ public struct UsageEvent: ProtoMessage {
             hasher.combine(responseTimeMs)
             hasher.combine(backendTimeMs)
             hasher.combine(serviceTimeMs)
+            hasher.combine(responseTimeUs)
+            hasher.combine(backendTimeUs)
             hasher.combine(responseCode)
             hasher.combine(requestSizeBytes)
             hasher.combine(responseSizeBytes)
@@ -526,8 +561,161 @@ public struct UsageEvent: ProtoMessage {
             hasher.combine(throttled)
             hasher.combine(throttledReason)
             hasher.combine(fault)
+            hasher.combine(blocked)
             hasher.combine(unknownFields)
         }
+    }
+}
+
+/// `tollgate.v1.LatencyHistogram`
+public struct LatencyHistogram: ProtoMessage {
+    public static let protoName = "tollgate.v1.LatencyHistogram"
+
+    /// Field 1.
+    public var count: UInt64 = 0
+    /// Field 2.
+    public var sumUs: UInt64 = 0
+    /// Field 3.
+    public var maxUs: UInt64 = 0
+    /// Field 4.
+    public var bucketIndexes: [UInt32] = []
+    /// Field 5.
+    public var bucketCounts: [UInt64] = []
+    /// Field 6.
+    public var firstBucket: UInt32 = 0
+    /// Field 7.
+    public var denseCounts: [UInt64] = []
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        count: UInt64 = 0,
+        sumUs: UInt64 = 0,
+        maxUs: UInt64 = 0,
+        bucketIndexes: [UInt32] = [],
+        bucketCounts: [UInt64] = [],
+        firstBucket: UInt32 = 0,
+        denseCounts: [UInt64] = []
+    ) {
+        self.count = count
+        self.sumUs = sumUs
+        self.maxUs = maxUs
+        self.bucketIndexes = bucketIndexes
+        self.bucketCounts = bucketCounts
+        self.firstBucket = firstBucket
+        self.denseCounts = denseCounts
+    }
+}
+
+/// `tollgate.v1.ReasonCount`
+public struct ReasonCount: ProtoMessage {
+    public static let protoName = "tollgate.v1.ReasonCount"
+
+    /// Field 1.
+    public var reason: String = ""
+    /// Field 2.
+    public var count: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        reason: String = "",
+        count: UInt64 = 0
+    ) {
+        self.reason = reason
+        self.count = count
+    }
+}
+
+/// `tollgate.v1.UsageLastAccess`
+public struct UsageLastAccess: ProtoMessage {
+    public static let protoName = "tollgate.v1.UsageLastAccess"
+
+    /// Field 1.
+    public var tenantDomain: String = ""
+    /// Field 2.
+    public var apiName: String = ""
+    /// Field 3.
+    public var apiVersion: String = ""
+    /// Field 4.
+    public var apiContext: String = ""
+    /// Field 5.
+    public var apiCreator: String = ""
+    /// Field 6.
+    public var applicationId: String = ""
+    /// Field 7.
+    public var applicationName: String = ""
+    /// Field 8.
+    public var applicationOwner: String = ""
+    /// Field 9.
+    public var lastAccessUnixMs: Int64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        tenantDomain: String = "",
+        apiName: String = "",
+        apiVersion: String = "",
+        apiContext: String = "",
+        apiCreator: String = "",
+        applicationId: String = "",
+        applicationName: String = "",
+        applicationOwner: String = "",
+        lastAccessUnixMs: Int64 = 0
+    ) {
+        self.tenantDomain = tenantDomain
+        self.apiName = apiName
+        self.apiVersion = apiVersion
+        self.apiContext = apiContext
+        self.apiCreator = apiCreator
+        self.applicationId = applicationId
+        self.applicationName = applicationName
+        self.applicationOwner = applicationOwner
+        self.lastAccessUnixMs = lastAccessUnixMs
+    }
+}
+
+/// `tollgate.v1.UsageIngestCursor`
+public struct UsageIngestCursor: ProtoMessage {
+    public static let protoName = "tollgate.v1.UsageIngestCursor"
+
+    /// Field 1.
+    public var gatewayId: String = ""
+    /// Field 2.
+    public var epoch: UInt64 = 0
+    /// Field 3.
+    public var lastSequence: UInt64 = 0
+    /// Field 4.
+    public var updatedAtUnixMs: Int64 = 0
+    /// Field 5.
+    public var batches: UInt64 = 0
+    /// Field 6.
+    public var events: UInt64 = 0
+    /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
+    public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+
+    public init() {}
+
+    public init(
+        gatewayId: String = "",
+        epoch: UInt64 = 0,
+        lastSequence: UInt64 = 0,
+        updatedAtUnixMs: Int64 = 0,
+        batches: UInt64 = 0,
+        events: UInt64 = 0
+    ) {
+        self.gatewayId = gatewayId
+        self.epoch = epoch
+        self.lastSequence = lastSequence
+        self.updatedAtUnixMs = updatedAtUnixMs
+        self.batches = batches
+        self.events = events
     }
 }
 
@@ -556,6 +744,24 @@ public struct UsageSummary: ProtoMessage {
         get { _storage.tenantDomain }
         set { _uniqueStorage().tenantDomain = newValue }
         _modify { yield &_uniqueStorage().tenantDomain }
+    }
+    /// Field 4.
+    public var keyType: KeyType {
+        get { _storage.keyType }
+        set { _uniqueStorage().keyType = newValue }
+        _modify { yield &_uniqueStorage().keyType }
+    }
+    /// Field 5.
+    public var statusClass: UInt32 {
+        get { _storage.statusClass }
+        set { _uniqueStorage().statusClass = newValue }
+        _modify { yield &_uniqueStorage().statusClass }
+    }
+    /// Field 6.
+    public var applicationTenantDomain: String {
+        get { _storage.applicationTenantDomain }
+        set { _uniqueStorage().applicationTenantDomain = newValue }
+        _modify { yield &_uniqueStorage().applicationTenantDomain }
     }
     /// Field 10.
     public var apiName: String {
@@ -611,6 +817,12 @@ public struct UsageSummary: ProtoMessage {
         set { _uniqueStorage().verb = newValue }
         _modify { yield &_uniqueStorage().verb }
     }
+    /// Field 19.
+    public var applicationOwner: String {
+        get { _storage.applicationOwner }
+        set { _uniqueStorage().applicationOwner = newValue }
+        _modify { yield &_uniqueStorage().applicationOwner }
+    }
     /// Field 20.
     public var requestCount: UInt64 {
         get { _storage.requestCount }
@@ -653,6 +865,18 @@ public struct UsageSummary: ProtoMessage {
         set { _uniqueStorage().serverErrorCount = newValue }
         _modify { yield &_uniqueStorage().serverErrorCount }
     }
+    /// Field 27.
+    public var blockedCount: UInt64 {
+        get { _storage.blockedCount }
+        set { _uniqueStorage().blockedCount = newValue }
+        _modify { yield &_uniqueStorage().blockedCount }
+    }
+    /// Field 28.
+    public var throttledReasons: [ReasonCount] {
+        get { _storage.throttledReasons }
+        set { _uniqueStorage().throttledReasons = newValue }
+        _modify { yield &_uniqueStorage().throttledReasons }
+    }
     /// Field 30.
     public var responseTimeSumMs: Int64 {
         get { _storage.responseTimeSumMs }
@@ -689,11 +913,65 @@ public struct UsageSummary: ProtoMessage {
         set { _uniqueStorage().responseBytesSum = newValue }
         _modify { yield &_uniqueStorage().responseBytesSum }
     }
+    /// Field 36.
+    public var requestBytesSum: UInt64 {
+        get { _storage.requestBytesSum }
+        set { _uniqueStorage().requestBytesSum = newValue }
+        _modify { yield &_uniqueStorage().requestBytesSum }
+    }
+    /// Field 37.
+    public var responseLatency: LatencyHistogram? {
+        get { _storage.responseLatency }
+        set { _uniqueStorage().responseLatency = newValue }
+        _modify { yield &_uniqueStorage().responseLatency }
+    }
+    /// Field 38.
+    public var backendLatency: LatencyHistogram? {
+        get { _storage.backendLatency }
+        set { _uniqueStorage().backendLatency = newValue }
+        _modify { yield &_uniqueStorage().backendLatency }
+    }
     /// Field 40.
     public var lastAccessUnixMs: Int64 {
         get { _storage.lastAccessUnixMs }
         set { _uniqueStorage().lastAccessUnixMs = newValue }
         _modify { yield &_uniqueStorage().lastAccessUnixMs }
+    }
+    /// Field 41.
+    public var responseP50Us: Int64 {
+        get { _storage.responseP50Us }
+        set { _uniqueStorage().responseP50Us = newValue }
+        _modify { yield &_uniqueStorage().responseP50Us }
+    }
+    /// Field 42.
+    public var responseP95Us: Int64 {
+        get { _storage.responseP95Us }
+        set { _uniqueStorage().responseP95Us = newValue }
+        _modify { yield &_uniqueStorage().responseP95Us }
+    }
+    /// Field 43.
+    public var responseP99Us: Int64 {
+        get { _storage.responseP99Us }
+        set { _uniqueStorage().responseP99Us = newValue }
+        _modify { yield &_uniqueStorage().responseP99Us }
+    }
+    /// Field 44.
+    public var backendP50Us: Int64 {
+        get { _storage.backendP50Us }
+        set { _uniqueStorage().backendP50Us = newValue }
+        _modify { yield &_uniqueStorage().backendP50Us }
+    }
+    /// Field 45.
+    public var backendP95Us: Int64 {
+        get { _storage.backendP95Us }
+        set { _uniqueStorage().backendP95Us = newValue }
+        _modify { yield &_uniqueStorage().backendP95Us }
+    }
+    /// Field 46.
+    public var backendP99Us: Int64 {
+        get { _storage.backendP99Us }
+        set { _uniqueStorage().backendP99Us = newValue }
+        _modify { yield &_uniqueStorage().backendP99Us }
     }
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields {
@@ -710,6 +988,9 @@ public struct UsageSummary: ProtoMessage {
         granularity: BucketGranularity = .unspecified,
         bucketStartUnixMs: Int64 = 0,
         tenantDomain: String = "",
+        keyType: KeyType = .unspecified,
+        statusClass: UInt32 = 0,
+        applicationTenantDomain: String = "",
         apiName: String = "",
         apiVersion: String = "",
         apiContext: String = "",
@@ -719,6 +1000,7 @@ public struct UsageSummary: ProtoMessage {
         username: String = "",
         resource: String = "",
         verb: HttpVerb = .unspecified,
+        applicationOwner: String = "",
         requestCount: UInt64 = 0,
         successCount: UInt64 = 0,
         faultCount: UInt64 = 0,
@@ -726,18 +1008,32 @@ public struct UsageSummary: ProtoMessage {
         cacheHitCount: UInt64 = 0,
         clientErrorCount: UInt64 = 0,
         serverErrorCount: UInt64 = 0,
+        blockedCount: UInt64 = 0,
+        throttledReasons: [ReasonCount] = [],
         responseTimeSumMs: Int64 = 0,
         backendTimeSumMs: Int64 = 0,
         serviceTimeSumMs: Int64 = 0,
         maxResponseTimeMs: Int64 = 0,
         responseTimeBuckets: [UInt64] = [],
         responseBytesSum: UInt64 = 0,
-        lastAccessUnixMs: Int64 = 0
+        requestBytesSum: UInt64 = 0,
+        responseLatency: LatencyHistogram? = nil,
+        backendLatency: LatencyHistogram? = nil,
+        lastAccessUnixMs: Int64 = 0,
+        responseP50Us: Int64 = 0,
+        responseP95Us: Int64 = 0,
+        responseP99Us: Int64 = 0,
+        backendP50Us: Int64 = 0,
+        backendP95Us: Int64 = 0,
+        backendP99Us: Int64 = 0
     ) {
         let _fields = _Storage()
         _fields.granularity = granularity
         _fields.bucketStartUnixMs = bucketStartUnixMs
         _fields.tenantDomain = tenantDomain
+        _fields.keyType = keyType
+        _fields.statusClass = statusClass
+        _fields.applicationTenantDomain = applicationTenantDomain
         _fields.apiName = apiName
         _fields.apiVersion = apiVersion
         _fields.apiContext = apiContext
@@ -747,6 +1043,7 @@ public struct UsageSummary: ProtoMessage {
         _fields.username = username
         _fields.resource = resource
         _fields.verb = verb
+        _fields.applicationOwner = applicationOwner
         _fields.requestCount = requestCount
         _fields.successCount = successCount
         _fields.faultCount = faultCount
@@ -754,13 +1051,24 @@ public struct UsageSummary: ProtoMessage {
         _fields.cacheHitCount = cacheHitCount
         _fields.clientErrorCount = clientErrorCount
         _fields.serverErrorCount = serverErrorCount
+        _fields.blockedCount = blockedCount
+        _fields.throttledReasons = throttledReasons
         _fields.responseTimeSumMs = responseTimeSumMs
         _fields.backendTimeSumMs = backendTimeSumMs
         _fields.serviceTimeSumMs = serviceTimeSumMs
         _fields.maxResponseTimeMs = maxResponseTimeMs
         _fields.responseTimeBuckets = responseTimeBuckets
         _fields.responseBytesSum = responseBytesSum
+        _fields.requestBytesSum = requestBytesSum
+        _fields.responseLatency = responseLatency
+        _fields.backendLatency = backendLatency
         _fields.lastAccessUnixMs = lastAccessUnixMs
+        _fields.responseP50Us = responseP50Us
+        _fields.responseP95Us = responseP95Us
+        _fields.responseP99Us = responseP99Us
+        _fields.backendP50Us = backendP50Us
+        _fields.backendP95Us = backendP95Us
+        _fields.backendP99Us = backendP99Us
         _storage = _fields
     }
 
@@ -791,6 +1099,9 @@ public struct UsageSummary: ProtoMessage {
         var granularity: BucketGranularity = .unspecified
         var bucketStartUnixMs: Int64 = 0
         var tenantDomain: String = ""
+        var keyType: KeyType = .unspecified
+        var statusClass: UInt32 = 0
+        var applicationTenantDomain: String = ""
         var apiName: String = ""
         var apiVersion: String = ""
         var apiContext: String = ""
@@ -800,6 +1111,7 @@ public struct UsageSummary: ProtoMessage {
         var username: String = ""
         var resource: String = ""
         var verb: HttpVerb = .unspecified
+        var applicationOwner: String = ""
         var requestCount: UInt64 = 0
         var successCount: UInt64 = 0
         var faultCount: UInt64 = 0
@@ -807,13 +1119,24 @@ public struct UsageSummary: ProtoMessage {
         var cacheHitCount: UInt64 = 0
         var clientErrorCount: UInt64 = 0
         var serverErrorCount: UInt64 = 0
+        var blockedCount: UInt64 = 0
+        var throttledReasons: [ReasonCount] = []
         var responseTimeSumMs: Int64 = 0
         var backendTimeSumMs: Int64 = 0
         var serviceTimeSumMs: Int64 = 0
         var maxResponseTimeMs: Int64 = 0
         var responseTimeBuckets: [UInt64] = []
         var responseBytesSum: UInt64 = 0
+        var requestBytesSum: UInt64 = 0
+        var responseLatency: LatencyHistogram? = nil
+        var backendLatency: LatencyHistogram? = nil
         var lastAccessUnixMs: Int64 = 0
+        var responseP50Us: Int64 = 0
+        var responseP95Us: Int64 = 0
+        var responseP99Us: Int64 = 0
+        var backendP50Us: Int64 = 0
+        var backendP95Us: Int64 = 0
+        var backendP99Us: Int64 = 0
         var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
@@ -822,6 +1145,9 @@ public struct UsageSummary: ProtoMessage {
             granularity = other.granularity
             bucketStartUnixMs = other.bucketStartUnixMs
             tenantDomain = other.tenantDomain
+            keyType = other.keyType
+            statusClass = other.statusClass
+            applicationTenantDomain = other.applicationTenantDomain
             apiName = other.apiName
             apiVersion = other.apiVersion
             apiContext = other.apiContext
@@ -831,6 +1157,7 @@ public struct UsageSummary: ProtoMessage {
             username = other.username
             resource = other.resource
             verb = other.verb
+            applicationOwner = other.applicationOwner
             requestCount = other.requestCount
             successCount = other.successCount
             faultCount = other.faultCount
@@ -838,13 +1165,24 @@ public struct UsageSummary: ProtoMessage {
             cacheHitCount = other.cacheHitCount
             clientErrorCount = other.clientErrorCount
             serverErrorCount = other.serverErrorCount
+            blockedCount = other.blockedCount
+            throttledReasons = other.throttledReasons
             responseTimeSumMs = other.responseTimeSumMs
             backendTimeSumMs = other.backendTimeSumMs
             serviceTimeSumMs = other.serviceTimeSumMs
             maxResponseTimeMs = other.maxResponseTimeMs
             responseTimeBuckets = other.responseTimeBuckets
             responseBytesSum = other.responseBytesSum
+            requestBytesSum = other.requestBytesSum
+            responseLatency = other.responseLatency
+            backendLatency = other.backendLatency
             lastAccessUnixMs = other.lastAccessUnixMs
+            responseP50Us = other.responseP50Us
+            responseP95Us = other.responseP95Us
+            responseP99Us = other.responseP99Us
+            backendP50Us = other.backendP50Us
+            backendP95Us = other.backendP95Us
+            backendP99Us = other.backendP99Us
             unknownFields = other.unknownFields
         }
 
@@ -852,6 +1190,9 @@ public struct UsageSummary: ProtoMessage {
             if granularity != other.granularity { return false }
             if bucketStartUnixMs != other.bucketStartUnixMs { return false }
             if tenantDomain != other.tenantDomain { return false }
+            if keyType != other.keyType { return false }
+            if statusClass != other.statusClass { return false }
+            if applicationTenantDomain != other.applicationTenantDomain { return false }
             if apiName != other.apiName { return false }
             if apiVersion != other.apiVersion { return false }
             if apiContext != other.apiContext { return false }
@@ -861,6 +1202,7 @@ public struct UsageSummary: ProtoMessage {
             if username != other.username { return false }
             if resource != other.resource { return false }
             if verb != other.verb { return false }
+            if applicationOwner != other.applicationOwner { return false }
             if requestCount != other.requestCount { return false }
             if successCount != other.successCount { return false }
             if faultCount != other.faultCount { return false }
@@ -868,13 +1210,24 @@ public struct UsageSummary: ProtoMessage {
             if cacheHitCount != other.cacheHitCount { return false }
             if clientErrorCount != other.clientErrorCount { return false }
             if serverErrorCount != other.serverErrorCount { return false }
+            if blockedCount != other.blockedCount { return false }
+            if throttledReasons != other.throttledReasons { return false }
             if responseTimeSumMs != other.responseTimeSumMs { return false }
             if backendTimeSumMs != other.backendTimeSumMs { return false }
             if serviceTimeSumMs != other.serviceTimeSumMs { return false }
             if maxResponseTimeMs != other.maxResponseTimeMs { return false }
             if responseTimeBuckets != other.responseTimeBuckets { return false }
             if responseBytesSum != other.responseBytesSum { return false }
+            if requestBytesSum != other.requestBytesSum { return false }
+            if responseLatency != other.responseLatency { return false }
+            if backendLatency != other.backendLatency { return false }
             if lastAccessUnixMs != other.lastAccessUnixMs { return false }
+            if responseP50Us != other.responseP50Us { return false }
+            if responseP95Us != other.responseP95Us { return false }
+            if responseP99Us != other.responseP99Us { return false }
+            if backendP50Us != other.backendP50Us { return false }
+            if backendP95Us != other.backendP95Us { return false }
+            if backendP99Us != other.backendP99Us { return false }
             if unknownFields != other.unknownFields { return false }
             return true
         }
@@ -883,6 +1236,9 @@ public struct UsageSummary: ProtoMessage {
             hasher.combine(granularity)
             hasher.combine(bucketStartUnixMs)
             hasher.combine(tenantDomain)
+            hasher.combine(keyType)
+            hasher.combine(statusClass)
+            hasher.combine(applicationTenantDomain)
             hasher.combine(apiName)
             hasher.combine(apiVersion)
             hasher.combine(apiContext)
@@ -892,6 +1248,7 @@ public struct UsageSummary: ProtoMessage {
             hasher.combine(username)
             hasher.combine(resource)
             hasher.combine(verb)
+            hasher.combine(applicationOwner)
             hasher.combine(requestCount)
             hasher.combine(successCount)
             hasher.combine(faultCount)
@@ -899,13 +1256,24 @@ public struct UsageSummary: ProtoMessage {
             hasher.combine(cacheHitCount)
             hasher.combine(clientErrorCount)
             hasher.combine(serverErrorCount)
+            hasher.combine(blockedCount)
+            hasher.combine(throttledReasons)
             hasher.combine(responseTimeSumMs)
             hasher.combine(backendTimeSumMs)
             hasher.combine(serviceTimeSumMs)
             hasher.combine(maxResponseTimeMs)
             hasher.combine(responseTimeBuckets)
             hasher.combine(responseBytesSum)
+            hasher.combine(requestBytesSum)
+            hasher.combine(responseLatency)
+            hasher.combine(backendLatency)
             hasher.combine(lastAccessUnixMs)
+            hasher.combine(responseP50Us)
+            hasher.combine(responseP95Us)
+            hasher.combine(responseP99Us)
+            hasher.combine(backendP50Us)
+            hasher.combine(backendP95Us)
+            hasher.combine(backendP99Us)
             hasher.combine(unknownFields)
         }
     }
@@ -1034,6 +1402,8 @@ extension UsageEvent {
         c.pointee.response_time_ms = self.responseTimeMs
         c.pointee.backend_time_ms = self.backendTimeMs
         c.pointee.service_time_ms = self.serviceTimeMs
+        c.pointee.response_time_us = self.responseTimeUs
+        c.pointee.backend_time_us = self.backendTimeUs
         c.pointee.response_code = self.responseCode
         c.pointee.request_size_bytes = self.requestSizeBytes
         c.pointee.response_size_bytes = self.responseSizeBytes
@@ -1042,6 +1412,7 @@ extension UsageEvent {
         c.pointee.throttled = (self.throttled ? 1 : 0)
         c.pointee.throttled_reason = try arena.cString(self.throttledReason, field: "throttled_reason", in: Self.protoName)
         if let value = self.fault { c.pointee.fault = try value._cMessage(in: arena) }
+        c.pointee.blocked = (self.blocked ? 1 : 0)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -1073,6 +1444,8 @@ extension UsageEvent {
         self.responseTimeMs = c.pointee.response_time_ms
         self.backendTimeMs = c.pointee.backend_time_ms
         self.serviceTimeMs = c.pointee.service_time_ms
+        self.responseTimeUs = c.pointee.response_time_us
+        self.backendTimeUs = c.pointee.backend_time_us
         self.responseCode = c.pointee.response_code
         self.requestSizeBytes = c.pointee.request_size_bytes
         self.responseSizeBytes = c.pointee.response_size_bytes
@@ -1081,6 +1454,211 @@ extension UsageEvent {
         self.throttled = (c.pointee.throttled != 0)
         self.throttledReason = try ProtoDecode.string(c.pointee.throttled_reason, field: "throttled_reason", in: Self.protoName)
         if let value = c.pointee.fault { self.fault = try UsageFault(_cMessage: value) }
+        self.blocked = (c.pointee.blocked != 0)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension LatencyHistogram {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__latency_histogram(), hasStrings: false) { (message: UnsafePointer<Tollgate__V1__LatencyHistogram>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    // No string field at any depth, so encoding cannot fail.
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws(Failure) -> Result {
+        try ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() -> [UInt8] {
+        ProtoEncode.withPacked({ arena in _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() -> Int {
+        ProtoEncode.packedSize { arena in _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) -> UnsafeMutablePointer<Tollgate__V1__LatencyHistogram> {
+        let c = arena.allocate(Tollgate__V1__LatencyHistogram.self)
+        tollgate__v1__latency_histogram__init(c)
+        c.pointee.count = self.count
+        c.pointee.sum_us = self.sumUs
+        c.pointee.max_us = self.maxUs
+        c.pointee.n_bucket_indexes = self.bucketIndexes.count
+        c.pointee.bucket_indexes = arena.scalars(self.bucketIndexes)
+        c.pointee.n_bucket_counts = self.bucketCounts.count
+        c.pointee.bucket_counts = arena.scalars(self.bucketCounts)
+        c.pointee.first_bucket = self.firstBucket
+        c.pointee.n_dense_counts = self.denseCounts.count
+        c.pointee.dense_counts = arena.scalars(self.denseCounts)
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__LatencyHistogram>) throws(ProtoDecodingError) {
+        self.init()
+        self.count = c.pointee.count
+        self.sumUs = c.pointee.sum_us
+        self.maxUs = c.pointee.max_us
+        self.bucketIndexes = ProtoDecode.scalars(c.pointee.bucket_indexes, count: c.pointee.n_bucket_indexes)
+        self.bucketCounts = ProtoDecode.scalars(c.pointee.bucket_counts, count: c.pointee.n_bucket_counts)
+        self.firstBucket = c.pointee.first_bucket
+        self.denseCounts = ProtoDecode.scalars(c.pointee.dense_counts, count: c.pointee.n_dense_counts)
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension ReasonCount {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__reason_count(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__ReasonCount>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__ReasonCount> {
+        let c = arena.allocate(Tollgate__V1__ReasonCount.self)
+        tollgate__v1__reason_count__init(c)
+        c.pointee.reason = try arena.cString(self.reason, field: "reason", in: Self.protoName)
+        c.pointee.count = self.count
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__ReasonCount>) throws(ProtoDecodingError) {
+        self.init()
+        self.reason = try ProtoDecode.string(c.pointee.reason, field: "reason", in: Self.protoName)
+        self.count = c.pointee.count
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension UsageLastAccess {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_last_access(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageLastAccess>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageLastAccess> {
+        let c = arena.allocate(Tollgate__V1__UsageLastAccess.self)
+        tollgate__v1__usage_last_access__init(c)
+        c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
+        c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
+        c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
+        c.pointee.api_creator = try arena.cString(self.apiCreator, field: "api_creator", in: Self.protoName)
+        c.pointee.application_id = try arena.cString(self.applicationId, field: "application_id", in: Self.protoName)
+        c.pointee.application_name = try arena.cString(self.applicationName, field: "application_name", in: Self.protoName)
+        c.pointee.application_owner = try arena.cString(self.applicationOwner, field: "application_owner", in: Self.protoName)
+        c.pointee.last_access_unix_ms = self.lastAccessUnixMs
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__UsageLastAccess>) throws(ProtoDecodingError) {
+        self.init()
+        self.tenantDomain = try ProtoDecode.string(c.pointee.tenant_domain, field: "tenant_domain", in: Self.protoName)
+        self.apiName = try ProtoDecode.string(c.pointee.api_name, field: "api_name", in: Self.protoName)
+        self.apiVersion = try ProtoDecode.string(c.pointee.api_version, field: "api_version", in: Self.protoName)
+        self.apiContext = try ProtoDecode.string(c.pointee.api_context, field: "api_context", in: Self.protoName)
+        self.apiCreator = try ProtoDecode.string(c.pointee.api_creator, field: "api_creator", in: Self.protoName)
+        self.applicationId = try ProtoDecode.string(c.pointee.application_id, field: "application_id", in: Self.protoName)
+        self.applicationName = try ProtoDecode.string(c.pointee.application_name, field: "application_name", in: Self.protoName)
+        self.applicationOwner = try ProtoDecode.string(c.pointee.application_owner, field: "application_owner", in: Self.protoName)
+        self.lastAccessUnixMs = c.pointee.last_access_unix_ms
+        self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
+    }
+}
+
+extension UsageIngestCursor {
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws(ProtoDecodingError) {
+        self = try ProtoDecode.unpack(bytes, messageType: Self.protoName, descriptor: CTollgateProto_descriptor_tollgate__v1__usage_ingest_cursor(), hasStrings: true) { (message: UnsafePointer<Tollgate__V1__UsageIngestCursor>) throws(ProtoDecodingError) in
+            try Self(_cMessage: message)
+        }
+    }
+
+    public func withSerializedBytes<Result, Failure: Error>(_ body: (UnsafeRawBufferPointer) throws(Failure) -> Result) throws -> Result {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serialize(lending body: (UnsafeRawBufferPointer) -> Void) throws(ProtoEncodingError) {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }, body).get()
+    }
+
+    public func serializedBytes() throws(ProtoEncodingError) -> [UInt8] {
+        try ProtoEncode.withPacked({ (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }) { Array($0) }.get()
+    }
+
+    public func serializedSize() throws(ProtoEncodingError) -> Int {
+        try ProtoEncode.packedSize { (arena) throws(ProtoEncodingError) in try _cMessage(in: arena) }
+    }
+
+    /// protobuf-c's struct for this value, allocated in `arena`.
+    func _cMessage(in arena: ProtoArena) throws(ProtoEncodingError) -> UnsafeMutablePointer<Tollgate__V1__UsageIngestCursor> {
+        let c = arena.allocate(Tollgate__V1__UsageIngestCursor.self)
+        tollgate__v1__usage_ingest_cursor__init(c)
+        c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
+        c.pointee.epoch = self.epoch
+        c.pointee.last_sequence = self.lastSequence
+        c.pointee.updated_at_unix_ms = self.updatedAtUnixMs
+        c.pointee.batches = self.batches
+        c.pointee.events = self.events
+        arena.attach(self.unknownFields, to: &c.pointee.base)
+        return c
+    }
+
+    /// Copies every field out of protobuf-c's unpacked struct.
+    init(_cMessage c: UnsafePointer<Tollgate__V1__UsageIngestCursor>) throws(ProtoDecodingError) {
+        self.init()
+        self.gatewayId = try ProtoDecode.string(c.pointee.gateway_id, field: "gateway_id", in: Self.protoName)
+        self.epoch = c.pointee.epoch
+        self.lastSequence = c.pointee.last_sequence
+        self.updatedAtUnixMs = c.pointee.updated_at_unix_ms
+        self.batches = c.pointee.batches
+        self.events = c.pointee.events
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -1115,6 +1693,9 @@ extension UsageSummary {
         c.pointee.granularity = .init(rawValue: .init(truncatingIfNeeded: self.granularity.rawValue))
         c.pointee.bucket_start_unix_ms = self.bucketStartUnixMs
         c.pointee.tenant_domain = try arena.cString(self.tenantDomain, field: "tenant_domain", in: Self.protoName)
+        c.pointee.key_type = .init(rawValue: .init(truncatingIfNeeded: self.keyType.rawValue))
+        c.pointee.status_class = self.statusClass
+        c.pointee.application_tenant_domain = try arena.cString(self.applicationTenantDomain, field: "application_tenant_domain", in: Self.protoName)
         c.pointee.api_name = try arena.cString(self.apiName, field: "api_name", in: Self.protoName)
         c.pointee.api_version = try arena.cString(self.apiVersion, field: "api_version", in: Self.protoName)
         c.pointee.api_context = try arena.cString(self.apiContext, field: "api_context", in: Self.protoName)
@@ -1124,6 +1705,7 @@ extension UsageSummary {
         c.pointee.username = try arena.cString(self.username, field: "username", in: Self.protoName)
         c.pointee.resource = try arena.cString(self.resource, field: "resource", in: Self.protoName)
         c.pointee.verb = .init(rawValue: .init(truncatingIfNeeded: self.verb.rawValue))
+        c.pointee.application_owner = try arena.cString(self.applicationOwner, field: "application_owner", in: Self.protoName)
         c.pointee.request_count = self.requestCount
         c.pointee.success_count = self.successCount
         c.pointee.fault_count = self.faultCount
@@ -1131,6 +1713,9 @@ extension UsageSummary {
         c.pointee.cache_hit_count = self.cacheHitCount
         c.pointee.client_error_count = self.clientErrorCount
         c.pointee.server_error_count = self.serverErrorCount
+        c.pointee.blocked_count = self.blockedCount
+        c.pointee.n_throttled_reasons = self.throttledReasons.count
+        c.pointee.throttled_reasons = try arena.messages(self.throttledReasons) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         c.pointee.response_time_sum_ms = self.responseTimeSumMs
         c.pointee.backend_time_sum_ms = self.backendTimeSumMs
         c.pointee.service_time_sum_ms = self.serviceTimeSumMs
@@ -1138,7 +1723,16 @@ extension UsageSummary {
         c.pointee.n_response_time_buckets = self.responseTimeBuckets.count
         c.pointee.response_time_buckets = arena.scalars(self.responseTimeBuckets)
         c.pointee.response_bytes_sum = self.responseBytesSum
+        c.pointee.request_bytes_sum = self.requestBytesSum
+        if let value = self.responseLatency { c.pointee.response_latency = value._cMessage(in: arena) }
+        if let value = self.backendLatency { c.pointee.backend_latency = value._cMessage(in: arena) }
         c.pointee.last_access_unix_ms = self.lastAccessUnixMs
+        c.pointee.response_p50_us = self.responseP50Us
+        c.pointee.response_p95_us = self.responseP95Us
+        c.pointee.response_p99_us = self.responseP99Us
+        c.pointee.backend_p50_us = self.backendP50Us
+        c.pointee.backend_p95_us = self.backendP95Us
+        c.pointee.backend_p99_us = self.backendP99Us
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -1149,6 +1743,9 @@ extension UsageSummary {
         self.granularity = BucketGranularity(rawValue: Int32(truncatingIfNeeded: c.pointee.granularity.rawValue))
         self.bucketStartUnixMs = c.pointee.bucket_start_unix_ms
         self.tenantDomain = try ProtoDecode.string(c.pointee.tenant_domain, field: "tenant_domain", in: Self.protoName)
+        self.keyType = KeyType(rawValue: Int32(truncatingIfNeeded: c.pointee.key_type.rawValue))
+        self.statusClass = c.pointee.status_class
+        self.applicationTenantDomain = try ProtoDecode.string(c.pointee.application_tenant_domain, field: "application_tenant_domain", in: Self.protoName)
         self.apiName = try ProtoDecode.string(c.pointee.api_name, field: "api_name", in: Self.protoName)
         self.apiVersion = try ProtoDecode.string(c.pointee.api_version, field: "api_version", in: Self.protoName)
         self.apiContext = try ProtoDecode.string(c.pointee.api_context, field: "api_context", in: Self.protoName)
@@ -1158,6 +1755,7 @@ extension UsageSummary {
         self.username = try ProtoDecode.string(c.pointee.username, field: "username", in: Self.protoName)
         self.resource = try ProtoDecode.string(c.pointee.resource, field: "resource", in: Self.protoName)
         self.verb = HttpVerb(rawValue: Int32(truncatingIfNeeded: c.pointee.verb.rawValue))
+        self.applicationOwner = try ProtoDecode.string(c.pointee.application_owner, field: "application_owner", in: Self.protoName)
         self.requestCount = c.pointee.request_count
         self.successCount = c.pointee.success_count
         self.faultCount = c.pointee.fault_count
@@ -1165,13 +1763,24 @@ extension UsageSummary {
         self.cacheHitCount = c.pointee.cache_hit_count
         self.clientErrorCount = c.pointee.client_error_count
         self.serverErrorCount = c.pointee.server_error_count
+        self.blockedCount = c.pointee.blocked_count
+        self.throttledReasons = try ProtoDecode.messages(c.pointee.throttled_reasons, count: c.pointee.n_throttled_reasons, in: Self.protoName) { (element) throws(ProtoDecodingError) in try ReasonCount(_cMessage: element) }
         self.responseTimeSumMs = c.pointee.response_time_sum_ms
         self.backendTimeSumMs = c.pointee.backend_time_sum_ms
         self.serviceTimeSumMs = c.pointee.service_time_sum_ms
         self.maxResponseTimeMs = c.pointee.max_response_time_ms
         self.responseTimeBuckets = ProtoDecode.scalars(c.pointee.response_time_buckets, count: c.pointee.n_response_time_buckets)
         self.responseBytesSum = c.pointee.response_bytes_sum
+        self.requestBytesSum = c.pointee.request_bytes_sum
+        if let value = c.pointee.response_latency { self.responseLatency = try LatencyHistogram(_cMessage: value) }
+        if let value = c.pointee.backend_latency { self.backendLatency = try LatencyHistogram(_cMessage: value) }
         self.lastAccessUnixMs = c.pointee.last_access_unix_ms
+        self.responseP50Us = c.pointee.response_p50_us
+        self.responseP95Us = c.pointee.response_p95_us
+        self.responseP99Us = c.pointee.response_p99_us
+        self.backendP50Us = c.pointee.backend_p50_us
+        self.backendP95Us = c.pointee.backend_p95_us
+        self.backendP99Us = c.pointee.backend_p99_us
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

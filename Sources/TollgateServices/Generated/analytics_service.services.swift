@@ -6,8 +6,12 @@ public import TollgateProto
 /// Implements `tollgate.v1.AnalyticsService`. Register with an RPC server through `methodHandlers`.
 public protocol AnalyticsServiceHandler: Sendable {
     /// A gateway's usage events, in batches, for as long as the gateway runs.
-    func publishUsageEvents(_ requests: RequestStream<PublishUsageEventsRequest>, context: ServerCallContext) async throws -> PublishUsageEventsResponse
-    /// Usage summaries over a time range, grouped and filtered.
+    /// Each batch is answered once its counts are durable in statdb (or it is
+    /// found already applied): the gateway forgets a batch only then
+    /// (docs/analytics.md, "Exactly once").
+    func publishUsageEvents(_ requests: RequestStream<PublishUsageEventsRequest>, writer: ResponseWriter<PublishUsageEventsResponse>, context: ServerCallContext) async throws
+    /// Usage summaries over a time range: grouped, filtered, ranked (top-N) or
+    /// as a time series; scoped to what the caller may see.
     func queryUsage(_ request: QueryUsageRequest, context: ServerCallContext) async throws -> QueryUsageResponse
 }
 
@@ -15,7 +19,7 @@ extension AnalyticsServiceHandler {
     /// Every method of `tollgate.v1.AnalyticsService`, bound to this handler.
     public var methodHandlers: [RPCMethodHandler] {
         [
-            .clientStreaming(AnalyticsServiceDescriptor.publishUsageEvents) { (requests: RequestStream<PublishUsageEventsRequest>, context) in try await self.publishUsageEvents(requests, context: context) },
+            .bidirectional(AnalyticsServiceDescriptor.publishUsageEvents) { (requests: RequestStream<PublishUsageEventsRequest>, writer: ResponseWriter<PublishUsageEventsResponse>, context) in try await self.publishUsageEvents(requests, writer: writer, context: context) },
             .unary(AnalyticsServiceDescriptor.queryUsage) { (request: QueryUsageRequest, context) in try await self.queryUsage(request, context: context) },
         ]
     }
@@ -33,11 +37,15 @@ public struct AnalyticsServiceClient: Sendable {
     }
 
     /// A gateway's usage events, in batches, for as long as the gateway runs.
-    public func publishUsageEvents<Requests: AsyncSequence & Sendable>(_ requests: Requests, options: CallOptions? = nil) async throws -> PublishUsageEventsResponse where Requests.Element == PublishUsageEventsRequest {
-        try await transport.clientStreaming(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests, options: options ?? defaultOptions, as: PublishUsageEventsResponse.self)
+    /// Each batch is answered once its counts are durable in statdb (or it is
+    /// found already applied): the gateway forgets a batch only then
+    /// (docs/analytics.md, "Exactly once").
+    public func publishUsageEvents<Requests: AsyncSequence & Sendable>(_ requests: Requests, options: CallOptions? = nil, onResponse: @escaping @Sendable (PublishUsageEventsResponse) async throws -> Void) async throws where Requests.Element == PublishUsageEventsRequest {
+        try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests, options: options ?? defaultOptions, onResponse: onResponse)
     }
 
-    /// Usage summaries over a time range, grouped and filtered.
+    /// Usage summaries over a time range: grouped, filtered, ranked (top-N) or
+    /// as a time series; scoped to what the caller may see.
     public func queryUsage(_ request: QueryUsageRequest, options: CallOptions? = nil) async throws -> QueryUsageResponse {
         try await transport.unary(AnalyticsServiceDescriptor.queryUsage, request, options: options ?? defaultOptions, as: QueryUsageResponse.self)
     }

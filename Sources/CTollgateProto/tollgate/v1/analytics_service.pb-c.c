@@ -187,7 +187,7 @@ void   tollgate__v1__query_usage_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__query_usage_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request__field_descriptors[4] =
 {
   {
     "events",
@@ -201,14 +201,53 @@ static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "gateway_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsRequest, gateway_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsRequest, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sequence",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsRequest, sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__publish_usage_events_request__field_indices_by_name[] = {
+  2,   /* field[2] = epoch */
   0,   /* field[0] = events */
+  1,   /* field[1] = gateway_id */
+  3,   /* field[3] = sequence */
 };
 static const ProtobufCIntRange tollgate__v1__publish_usage_events_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_request__descriptor =
 {
@@ -218,14 +257,14 @@ const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_request__des
   "Tollgate__V1__PublishUsageEventsRequest",
   "tollgate.v1",
   sizeof(Tollgate__V1__PublishUsageEventsRequest),
-  1,
+  4,
   tollgate__v1__publish_usage_events_request__field_descriptors,
   tollgate__v1__publish_usage_events_request__field_indices_by_name,
   1,  tollgate__v1__publish_usage_events_request__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__publish_usage_events_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_response__field_descriptors[5] =
 {
   {
     "accepted_count",
@@ -251,15 +290,54 @@ static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_respons
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "sequence",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsResponse, sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "duplicate",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsResponse, duplicate),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsResponse, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__publish_usage_events_response__field_indices_by_name[] = {
   0,   /* field[0] = accepted_count */
   1,   /* field[1] = discarded_count */
+  3,   /* field[3] = duplicate */
+  4,   /* field[4] = epoch */
+  2,   /* field[2] = sequence */
 };
 static const ProtobufCIntRange tollgate__v1__publish_usage_events_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_response__descriptor =
 {
@@ -269,14 +347,14 @@ const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_response__de
   "Tollgate__V1__PublishUsageEventsResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__PublishUsageEventsResponse),
-  2,
+  5,
   tollgate__v1__publish_usage_events_response__field_descriptors,
   tollgate__v1__publish_usage_events_response__field_indices_by_name,
   1,  tollgate__v1__publish_usage_events_response__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__publish_usage_events_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__query_usage_request__field_descriptors[12] =
+static const ProtobufCFieldDescriptor tollgate__v1__query_usage_request__field_descriptors[19] =
 {
   {
     "granularity",
@@ -333,6 +411,42 @@ static const ProtobufCFieldDescriptor tollgate__v1__query_usage_request__field_d
     PROTOBUF_C_TYPE_BOOL,
     0,   /* quantifier_offset */
     offsetof(Tollgate__V1__QueryUsageRequest, merge_buckets),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "order_by",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, order_by),
+    &tollgate__v1__usage_order__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "limit",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, limit),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "include_last_access",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, include_last_access),
     NULL,
     NULL,
     0,             /* flags */
@@ -411,6 +525,54 @@ static const ProtobufCFieldDescriptor tollgate__v1__query_usage_request__field_d
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "status_classes",
+    16,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tollgate__V1__QueryUsageRequest, n_status_classes),
+    offsetof(Tollgate__V1__QueryUsageRequest, status_classes),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "key_type",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, key_type),
+    &tollgate__v1__key_type__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "api_context",
+    18,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, api_context),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tenant_domain",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageRequest, tenant_domain),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "page",
     20,
     PROTOBUF_C_LABEL_NONE,
@@ -424,25 +586,31 @@ static const ProtobufCFieldDescriptor tollgate__v1__query_usage_request__field_d
   },
 };
 static const unsigned tollgate__v1__query_usage_request__field_indices_by_name[] = {
-  7,   /* field[7] = api_creator */
-  5,   /* field[5] = api_name */
-  6,   /* field[6] = api_version */
-  8,   /* field[8] = application_id */
+  16,   /* field[16] = api_context */
+  10,   /* field[10] = api_creator */
+  8,   /* field[8] = api_name */
+  9,   /* field[9] = api_version */
+  11,   /* field[11] = application_id */
   2,   /* field[2] = end_unix_ms */
   0,   /* field[0] = granularity */
   3,   /* field[3] = group_by */
+  7,   /* field[7] = include_last_access */
+  15,   /* field[15] = key_type */
+  6,   /* field[6] = limit */
   4,   /* field[4] = merge_buckets */
-  11,   /* field[11] = page */
-  10,   /* field[10] = resource */
+  5,   /* field[5] = order_by */
+  18,   /* field[18] = page */
+  13,   /* field[13] = resource */
   1,   /* field[1] = start_unix_ms */
-  9,   /* field[9] = username */
+  14,   /* field[14] = status_classes */
+  17,   /* field[17] = tenant_domain */
+  12,   /* field[12] = username */
 };
-static const ProtobufCIntRange tollgate__v1__query_usage_request__number_ranges[3 + 1] =
+static const ProtobufCIntRange tollgate__v1__query_usage_request__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 10, 5 },
-  { 20, 11 },
-  { 0, 12 }
+  { 10, 8 },
+  { 0, 19 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__query_usage_request__descriptor =
 {
@@ -452,14 +620,14 @@ const ProtobufCMessageDescriptor tollgate__v1__query_usage_request__descriptor =
   "Tollgate__V1__QueryUsageRequest",
   "tollgate.v1",
   sizeof(Tollgate__V1__QueryUsageRequest),
-  12,
+  19,
   tollgate__v1__query_usage_request__field_descriptors,
   tollgate__v1__query_usage_request__field_indices_by_name,
-  3,  tollgate__v1__query_usage_request__number_ranges,
+  2,  tollgate__v1__query_usage_request__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__query_usage_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__query_usage_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor tollgate__v1__query_usage_response__field_descriptors[5] =
 {
   {
     "rows",
@@ -485,15 +653,54 @@ static const ProtobufCFieldDescriptor tollgate__v1__query_usage_response__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "last_access",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__QueryUsageResponse, n_last_access),
+    offsetof(Tollgate__V1__QueryUsageResponse, last_access),
+    &tollgate__v1__usage_last_access__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "granularity",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageResponse, granularity),
+    &tollgate__v1__bucket_granularity__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "scope",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__QueryUsageResponse, scope),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__query_usage_response__field_indices_by_name[] = {
+  3,   /* field[3] = granularity */
+  2,   /* field[2] = last_access */
   1,   /* field[1] = page */
   0,   /* field[0] = rows */
+  4,   /* field[4] = scope */
 };
 static const ProtobufCIntRange tollgate__v1__query_usage_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__query_usage_response__descriptor =
 {
@@ -503,14 +710,14 @@ const ProtobufCMessageDescriptor tollgate__v1__query_usage_response__descriptor 
   "Tollgate__V1__QueryUsageResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__QueryUsageResponse),
-  2,
+  5,
   tollgate__v1__query_usage_response__field_descriptors,
   tollgate__v1__query_usage_response__field_indices_by_name,
   1,  tollgate__v1__query_usage_response__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__query_usage_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue tollgate__v1__usage_dimension__enum_values_by_number[6] =
+static const ProtobufCEnumValue tollgate__v1__usage_dimension__enum_values_by_number[9] =
 {
   { "USAGE_DIMENSION_UNSPECIFIED", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_UNSPECIFIED", 0 },
   { "USAGE_DIMENSION_API", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_API", 1 },
@@ -518,16 +725,22 @@ static const ProtobufCEnumValue tollgate__v1__usage_dimension__enum_values_by_nu
   { "USAGE_DIMENSION_APPLICATION", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_APPLICATION", 3 },
   { "USAGE_DIMENSION_USER", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_USER", 4 },
   { "USAGE_DIMENSION_RESOURCE", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_RESOURCE", 5 },
+  { "USAGE_DIMENSION_KEY_TYPE", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_KEY_TYPE", 6 },
+  { "USAGE_DIMENSION_STATUS_CLASS", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_STATUS_CLASS", 7 },
+  { "USAGE_DIMENSION_TENANT", "TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_TENANT", 8 },
 };
 static const ProtobufCIntRange tollgate__v1__usage_dimension__value_ranges[] = {
-{0, 0},{0, 6}
+{0, 0},{0, 9}
 };
-static const ProtobufCEnumValueIndex tollgate__v1__usage_dimension__enum_values_by_name[6] =
+static const ProtobufCEnumValueIndex tollgate__v1__usage_dimension__enum_values_by_name[9] =
 {
   { "USAGE_DIMENSION_API", 1 },
   { "USAGE_DIMENSION_API_VERSION", 2 },
   { "USAGE_DIMENSION_APPLICATION", 3 },
+  { "USAGE_DIMENSION_KEY_TYPE", 6 },
   { "USAGE_DIMENSION_RESOURCE", 5 },
+  { "USAGE_DIMENSION_STATUS_CLASS", 7 },
+  { "USAGE_DIMENSION_TENANT", 8 },
   { "USAGE_DIMENSION_UNSPECIFIED", 0 },
   { "USAGE_DIMENSION_USER", 4 },
 };
@@ -538,12 +751,48 @@ const ProtobufCEnumDescriptor tollgate__v1__usage_dimension__descriptor =
   "UsageDimension",
   "Tollgate__V1__UsageDimension",
   "tollgate.v1",
-  6,
+  9,
   tollgate__v1__usage_dimension__enum_values_by_number,
-  6,
+  9,
   tollgate__v1__usage_dimension__enum_values_by_name,
   1,
   tollgate__v1__usage_dimension__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue tollgate__v1__usage_order__enum_values_by_number[6] =
+{
+  { "USAGE_ORDER_UNSPECIFIED", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_UNSPECIFIED", 0 },
+  { "USAGE_ORDER_REQUESTS", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_REQUESTS", 1 },
+  { "USAGE_ORDER_FAULTS", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_FAULTS", 2 },
+  { "USAGE_ORDER_THROTTLED", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_THROTTLED", 3 },
+  { "USAGE_ORDER_LATENCY_P95", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_LATENCY_P95", 4 },
+  { "USAGE_ORDER_ERRORS", "TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_ERRORS", 5 },
+};
+static const ProtobufCIntRange tollgate__v1__usage_order__value_ranges[] = {
+{0, 0},{0, 6}
+};
+static const ProtobufCEnumValueIndex tollgate__v1__usage_order__enum_values_by_name[6] =
+{
+  { "USAGE_ORDER_ERRORS", 5 },
+  { "USAGE_ORDER_FAULTS", 2 },
+  { "USAGE_ORDER_LATENCY_P95", 4 },
+  { "USAGE_ORDER_REQUESTS", 1 },
+  { "USAGE_ORDER_THROTTLED", 3 },
+  { "USAGE_ORDER_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor tollgate__v1__usage_order__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "tollgate.v1.UsageOrder",
+  "UsageOrder",
+  "Tollgate__V1__UsageOrder",
+  "tollgate.v1",
+  6,
+  tollgate__v1__usage_order__enum_values_by_number,
+  6,
+  tollgate__v1__usage_order__enum_values_by_name,
+  1,
+  tollgate__v1__usage_order__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
 static const ProtobufCMethodDescriptor tollgate__v1__analytics_service__method_descriptors[2] =

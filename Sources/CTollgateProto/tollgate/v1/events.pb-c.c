@@ -97,6 +97,186 @@ void   tollgate__v1__usage_event__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__usage_event__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tollgate__v1__latency_histogram__init
+                     (Tollgate__V1__LatencyHistogram         *message)
+{
+  static const Tollgate__V1__LatencyHistogram init_value = TOLLGATE__V1__LATENCY_HISTOGRAM__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__latency_histogram__get_packed_size
+                     (const Tollgate__V1__LatencyHistogram *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__latency_histogram__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__latency_histogram__pack
+                     (const Tollgate__V1__LatencyHistogram *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__latency_histogram__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__latency_histogram__pack_to_buffer
+                     (const Tollgate__V1__LatencyHistogram *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__latency_histogram__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__LatencyHistogram *
+       tollgate__v1__latency_histogram__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__LatencyHistogram *)
+     protobuf_c_message_unpack (&tollgate__v1__latency_histogram__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__latency_histogram__free_unpacked
+                     (Tollgate__V1__LatencyHistogram *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__latency_histogram__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__reason_count__init
+                     (Tollgate__V1__ReasonCount         *message)
+{
+  static const Tollgate__V1__ReasonCount init_value = TOLLGATE__V1__REASON_COUNT__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__reason_count__get_packed_size
+                     (const Tollgate__V1__ReasonCount *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__reason_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__reason_count__pack
+                     (const Tollgate__V1__ReasonCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__reason_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__reason_count__pack_to_buffer
+                     (const Tollgate__V1__ReasonCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__reason_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__ReasonCount *
+       tollgate__v1__reason_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__ReasonCount *)
+     protobuf_c_message_unpack (&tollgate__v1__reason_count__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__reason_count__free_unpacked
+                     (Tollgate__V1__ReasonCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__reason_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__usage_last_access__init
+                     (Tollgate__V1__UsageLastAccess         *message)
+{
+  static const Tollgate__V1__UsageLastAccess init_value = TOLLGATE__V1__USAGE_LAST_ACCESS__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__usage_last_access__get_packed_size
+                     (const Tollgate__V1__UsageLastAccess *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_last_access__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__usage_last_access__pack
+                     (const Tollgate__V1__UsageLastAccess *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_last_access__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__usage_last_access__pack_to_buffer
+                     (const Tollgate__V1__UsageLastAccess *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_last_access__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__UsageLastAccess *
+       tollgate__v1__usage_last_access__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__UsageLastAccess *)
+     protobuf_c_message_unpack (&tollgate__v1__usage_last_access__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__usage_last_access__free_unpacked
+                     (Tollgate__V1__UsageLastAccess *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__usage_last_access__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tollgate__v1__usage_ingest_cursor__init
+                     (Tollgate__V1__UsageIngestCursor         *message)
+{
+  static const Tollgate__V1__UsageIngestCursor init_value = TOLLGATE__V1__USAGE_INGEST_CURSOR__INIT;
+  *message = init_value;
+}
+size_t tollgate__v1__usage_ingest_cursor__get_packed_size
+                     (const Tollgate__V1__UsageIngestCursor *message)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_ingest_cursor__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tollgate__v1__usage_ingest_cursor__pack
+                     (const Tollgate__V1__UsageIngestCursor *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_ingest_cursor__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tollgate__v1__usage_ingest_cursor__pack_to_buffer
+                     (const Tollgate__V1__UsageIngestCursor *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tollgate__v1__usage_ingest_cursor__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tollgate__V1__UsageIngestCursor *
+       tollgate__v1__usage_ingest_cursor__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tollgate__V1__UsageIngestCursor *)
+     protobuf_c_message_unpack (&tollgate__v1__usage_ingest_cursor__descriptor,
+                                allocator, len, data);
+}
+void   tollgate__v1__usage_ingest_cursor__free_unpacked
+                     (Tollgate__V1__UsageIngestCursor *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tollgate__v1__usage_ingest_cursor__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tollgate__v1__usage_summary__init
                      (Tollgate__V1__UsageSummary         *message)
 {
@@ -238,7 +418,7 @@ const ProtobufCMessageDescriptor tollgate__v1__usage_fault__descriptor =
   (ProtobufCMessageInit) tollgate__v1__usage_fault__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__usage_event__field_descriptors[32] =
+static const ProtobufCFieldDescriptor tollgate__v1__usage_event__field_descriptors[35] =
 {
   {
     "correlation_id",
@@ -529,6 +709,30 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_event__field_descripto
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "response_time_us",
+    43,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageEvent, response_time_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backend_time_us",
+    44,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageEvent, backend_time_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "response_code",
     50,
     PROTOBUF_C_LABEL_NONE,
@@ -624,6 +828,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_event__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "blocked",
+    63,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageEvent, blocked),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__usage_event__field_indices_by_name[] = {
   10,   /* field[10] = api_context */
@@ -635,25 +851,28 @@ static const unsigned tollgate__v1__usage_event__field_indices_by_name[] = {
   6,   /* field[6] = application_name */
   7,   /* field[7] = application_owner */
   22,   /* field[22] = backend_time_ms */
-  28,   /* field[28] = cache_hit */
+  25,   /* field[25] = backend_time_us */
+  34,   /* field[34] = blocked */
+  30,   /* field[30] = cache_hit */
   19,   /* field[19] = client_ip */
   3,   /* field[3] = consumer_key */
   0,   /* field[0] = correlation_id */
-  27,   /* field[27] = destination */
-  31,   /* field[31] = fault */
+  29,   /* field[29] = destination */
+  33,   /* field[33] = fault */
   1,   /* field[1] = gateway_id */
   4,   /* field[4] = key_type */
   14,   /* field[14] = request_path */
-  25,   /* field[25] = request_size_bytes */
+  27,   /* field[27] = request_size_bytes */
   2,   /* field[2] = request_timestamp_unix_ms */
   13,   /* field[13] = resource */
-  24,   /* field[24] = response_code */
-  26,   /* field[26] = response_size_bytes */
+  26,   /* field[26] = response_code */
+  28,   /* field[28] = response_size_bytes */
   21,   /* field[21] = response_time_ms */
+  24,   /* field[24] = response_time_us */
   23,   /* field[23] = service_time_ms */
   16,   /* field[16] = subscription_policy */
-  29,   /* field[29] = throttled */
-  30,   /* field[30] = throttled_reason */
+  31,   /* field[31] = throttled */
+  32,   /* field[32] = throttled_reason */
   20,   /* field[20] = user_agent */
   18,   /* field[18] = user_tenant_domain */
   17,   /* field[17] = username */
@@ -666,9 +885,9 @@ static const ProtobufCIntRange tollgate__v1__usage_event__number_ranges[7 + 1] =
   { 20, 8 },
   { 30, 17 },
   { 40, 21 },
-  { 50, 24 },
-  { 60, 29 },
-  { 0, 32 }
+  { 50, 26 },
+  { 60, 31 },
+  { 0, 35 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__usage_event__descriptor =
 {
@@ -678,14 +897,426 @@ const ProtobufCMessageDescriptor tollgate__v1__usage_event__descriptor =
   "Tollgate__V1__UsageEvent",
   "tollgate.v1",
   sizeof(Tollgate__V1__UsageEvent),
-  32,
+  35,
   tollgate__v1__usage_event__field_descriptors,
   tollgate__v1__usage_event__field_indices_by_name,
   7,  tollgate__v1__usage_event__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__usage_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descriptors[26] =
+static const ProtobufCFieldDescriptor tollgate__v1__latency_histogram__field_descriptors[7] =
+{
+  {
+    "count",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LatencyHistogram, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sum_us",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LatencyHistogram, sum_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "max_us",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LatencyHistogram, max_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bucket_indexes",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tollgate__V1__LatencyHistogram, n_bucket_indexes),
+    offsetof(Tollgate__V1__LatencyHistogram, bucket_indexes),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bucket_counts",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Tollgate__V1__LatencyHistogram, n_bucket_counts),
+    offsetof(Tollgate__V1__LatencyHistogram, bucket_counts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "first_bucket",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__LatencyHistogram, first_bucket),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dense_counts",
+    7,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Tollgate__V1__LatencyHistogram, n_dense_counts),
+    offsetof(Tollgate__V1__LatencyHistogram, dense_counts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__latency_histogram__field_indices_by_name[] = {
+  4,   /* field[4] = bucket_counts */
+  3,   /* field[3] = bucket_indexes */
+  0,   /* field[0] = count */
+  6,   /* field[6] = dense_counts */
+  5,   /* field[5] = first_bucket */
+  2,   /* field[2] = max_us */
+  1,   /* field[1] = sum_us */
+};
+static const ProtobufCIntRange tollgate__v1__latency_histogram__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__latency_histogram__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.LatencyHistogram",
+  "LatencyHistogram",
+  "Tollgate__V1__LatencyHistogram",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__LatencyHistogram),
+  7,
+  tollgate__v1__latency_histogram__field_descriptors,
+  tollgate__v1__latency_histogram__field_indices_by_name,
+  1,  tollgate__v1__latency_histogram__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__latency_histogram__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__reason_count__field_descriptors[2] =
+{
+  {
+    "reason",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ReasonCount, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__ReasonCount, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__reason_count__field_indices_by_name[] = {
+  1,   /* field[1] = count */
+  0,   /* field[0] = reason */
+};
+static const ProtobufCIntRange tollgate__v1__reason_count__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__reason_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.ReasonCount",
+  "ReasonCount",
+  "Tollgate__V1__ReasonCount",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__ReasonCount),
+  2,
+  tollgate__v1__reason_count__field_descriptors,
+  tollgate__v1__reason_count__field_indices_by_name,
+  1,  tollgate__v1__reason_count__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__reason_count__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__usage_last_access__field_descriptors[9] =
+{
+  {
+    "tenant_domain",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, tenant_domain),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "api_name",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, api_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "api_version",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, api_version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "api_context",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, api_context),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "api_creator",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, api_creator),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "application_id",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, application_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "application_name",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, application_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "application_owner",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, application_owner),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_access_unix_ms",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageLastAccess, last_access_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__usage_last_access__field_indices_by_name[] = {
+  3,   /* field[3] = api_context */
+  4,   /* field[4] = api_creator */
+  1,   /* field[1] = api_name */
+  2,   /* field[2] = api_version */
+  5,   /* field[5] = application_id */
+  6,   /* field[6] = application_name */
+  7,   /* field[7] = application_owner */
+  8,   /* field[8] = last_access_unix_ms */
+  0,   /* field[0] = tenant_domain */
+};
+static const ProtobufCIntRange tollgate__v1__usage_last_access__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__usage_last_access__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.UsageLastAccess",
+  "UsageLastAccess",
+  "Tollgate__V1__UsageLastAccess",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__UsageLastAccess),
+  9,
+  tollgate__v1__usage_last_access__field_descriptors,
+  tollgate__v1__usage_last_access__field_indices_by_name,
+  1,  tollgate__v1__usage_last_access__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__usage_last_access__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__usage_ingest_cursor__field_descriptors[6] =
+{
+  {
+    "gateway_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, gateway_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_sequence",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, last_sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "updated_at_unix_ms",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, updated_at_unix_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "batches",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, batches),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "events",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageIngestCursor, events),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tollgate__v1__usage_ingest_cursor__field_indices_by_name[] = {
+  4,   /* field[4] = batches */
+  1,   /* field[1] = epoch */
+  5,   /* field[5] = events */
+  0,   /* field[0] = gateway_id */
+  2,   /* field[2] = last_sequence */
+  3,   /* field[3] = updated_at_unix_ms */
+};
+static const ProtobufCIntRange tollgate__v1__usage_ingest_cursor__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor tollgate__v1__usage_ingest_cursor__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tollgate.v1.UsageIngestCursor",
+  "UsageIngestCursor",
+  "Tollgate__V1__UsageIngestCursor",
+  "tollgate.v1",
+  sizeof(Tollgate__V1__UsageIngestCursor),
+  6,
+  tollgate__v1__usage_ingest_cursor__field_descriptors,
+  tollgate__v1__usage_ingest_cursor__field_indices_by_name,
+  1,  tollgate__v1__usage_ingest_cursor__number_ranges,
+  (ProtobufCMessageInit) tollgate__v1__usage_ingest_cursor__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descriptors[41] =
 {
   {
     "granularity",
@@ -718,6 +1349,42 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descrip
     PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
     offsetof(Tollgate__V1__UsageSummary, tenant_domain),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "key_type",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, key_type),
+    &tollgate__v1__key_type__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "status_class",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, status_class),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "application_tenant_domain",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, application_tenant_domain),
     NULL,
     &protobuf_c_empty_string,
     0,             /* flags */
@@ -832,6 +1499,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descrip
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "application_owner",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, application_owner),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "request_count",
     20,
     PROTOBUF_C_LABEL_NONE,
@@ -916,6 +1595,30 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descrip
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "blocked_count",
+    27,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, blocked_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "throttled_reasons",
+    28,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__UsageSummary, n_throttled_reasons),
+    offsetof(Tollgate__V1__UsageSummary, throttled_reasons),
+    &tollgate__v1__reason_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "response_time_sum_ms",
     30,
     PROTOBUF_C_LABEL_NONE,
@@ -988,6 +1691,42 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descrip
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "request_bytes_sum",
+    36,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, request_bytes_sum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "response_latency",
+    37,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, response_latency),
+    &tollgate__v1__latency_histogram__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backend_latency",
+    38,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, backend_latency),
+    &tollgate__v1__latency_histogram__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "last_access_unix_ms",
     40,
     PROTOBUF_C_LABEL_NONE,
@@ -999,43 +1738,129 @@ static const ProtobufCFieldDescriptor tollgate__v1__usage_summary__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "response_p50_us",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, response_p50_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "response_p95_us",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, response_p95_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "response_p99_us",
+    43,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, response_p99_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backend_p50_us",
+    44,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, backend_p50_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backend_p95_us",
+    45,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, backend_p95_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backend_p99_us",
+    46,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__UsageSummary, backend_p99_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__usage_summary__field_indices_by_name[] = {
-  5,   /* field[5] = api_context */
-  6,   /* field[6] = api_creator */
-  3,   /* field[3] = api_name */
-  4,   /* field[4] = api_version */
-  7,   /* field[7] = application_id */
-  8,   /* field[8] = application_name */
-  20,   /* field[20] = backend_time_sum_ms */
+  8,   /* field[8] = api_context */
+  9,   /* field[9] = api_creator */
+  6,   /* field[6] = api_name */
+  7,   /* field[7] = api_version */
+  10,   /* field[10] = application_id */
+  11,   /* field[11] = application_name */
+  15,   /* field[15] = application_owner */
+  5,   /* field[5] = application_tenant_domain */
+  33,   /* field[33] = backend_latency */
+  38,   /* field[38] = backend_p50_us */
+  39,   /* field[39] = backend_p95_us */
+  40,   /* field[40] = backend_p99_us */
+  26,   /* field[26] = backend_time_sum_ms */
+  23,   /* field[23] = blocked_count */
   1,   /* field[1] = bucket_start_unix_ms */
-  16,   /* field[16] = cache_hit_count */
-  17,   /* field[17] = client_error_count */
-  14,   /* field[14] = fault_count */
+  20,   /* field[20] = cache_hit_count */
+  21,   /* field[21] = client_error_count */
+  18,   /* field[18] = fault_count */
   0,   /* field[0] = granularity */
-  25,   /* field[25] = last_access_unix_ms */
-  22,   /* field[22] = max_response_time_ms */
-  12,   /* field[12] = request_count */
-  10,   /* field[10] = resource */
-  24,   /* field[24] = response_bytes_sum */
-  23,   /* field[23] = response_time_buckets */
-  19,   /* field[19] = response_time_sum_ms */
-  18,   /* field[18] = server_error_count */
-  21,   /* field[21] = service_time_sum_ms */
-  13,   /* field[13] = success_count */
+  3,   /* field[3] = key_type */
+  34,   /* field[34] = last_access_unix_ms */
+  28,   /* field[28] = max_response_time_ms */
+  31,   /* field[31] = request_bytes_sum */
+  16,   /* field[16] = request_count */
+  13,   /* field[13] = resource */
+  30,   /* field[30] = response_bytes_sum */
+  32,   /* field[32] = response_latency */
+  35,   /* field[35] = response_p50_us */
+  36,   /* field[36] = response_p95_us */
+  37,   /* field[37] = response_p99_us */
+  29,   /* field[29] = response_time_buckets */
+  25,   /* field[25] = response_time_sum_ms */
+  22,   /* field[22] = server_error_count */
+  27,   /* field[27] = service_time_sum_ms */
+  4,   /* field[4] = status_class */
+  17,   /* field[17] = success_count */
   2,   /* field[2] = tenant_domain */
-  15,   /* field[15] = throttled_count */
-  9,   /* field[9] = username */
-  11,   /* field[11] = verb */
+  19,   /* field[19] = throttled_count */
+  24,   /* field[24] = throttled_reasons */
+  12,   /* field[12] = username */
+  14,   /* field[14] = verb */
 };
-static const ProtobufCIntRange tollgate__v1__usage_summary__number_ranges[5 + 1] =
+static const ProtobufCIntRange tollgate__v1__usage_summary__number_ranges[4 + 1] =
 {
   { 1, 0 },
-  { 10, 3 },
-  { 20, 12 },
-  { 30, 19 },
-  { 40, 25 },
-  { 0, 26 }
+  { 10, 6 },
+  { 30, 25 },
+  { 40, 34 },
+  { 0, 41 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__usage_summary__descriptor =
 {
@@ -1045,10 +1870,10 @@ const ProtobufCMessageDescriptor tollgate__v1__usage_summary__descriptor =
   "Tollgate__V1__UsageSummary",
   "tollgate.v1",
   sizeof(Tollgate__V1__UsageSummary),
-  26,
+  41,
   tollgate__v1__usage_summary__field_descriptors,
   tollgate__v1__usage_summary__field_indices_by_name,
-  5,  tollgate__v1__usage_summary__number_ranges,
+  4,  tollgate__v1__usage_summary__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__usage_summary__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

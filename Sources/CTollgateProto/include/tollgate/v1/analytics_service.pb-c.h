@@ -40,44 +40,108 @@ typedef enum _Tollgate__V1__UsageDimension {
   /*
    * Resource template and verb.
    */
-  TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_RESOURCE = 5
+  TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_RESOURCE = 5,
+  TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_KEY_TYPE = 6,
+  TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_STATUS_CLASS = 7,
+  /*
+   * The API's tenant (for cluster operators, who see every tenant).
+   */
+  TOLLGATE__V1__USAGE_DIMENSION__USAGE_DIMENSION_TENANT = 8
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__USAGE_DIMENSION)
 } Tollgate__V1__UsageDimension;
+/*
+ * How rows are ordered; every order but the default ranks merged rows
+ * (top-N with `limit`).
+ */
+typedef enum _Tollgate__V1__UsageOrder {
+  /*
+   * By bucket, then by the grouped dimensions.
+   */
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_UNSPECIFIED = 0,
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_REQUESTS = 1,
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_FAULTS = 2,
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_THROTTLED = 3,
+  /*
+   * Slowest first, by the 95th percentile of the whole call.
+   */
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_LATENCY_P95 = 4,
+  /*
+   * Client and server errors (4xx and 5xx) plus faults.
+   */
+  TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_ERRORS = 5
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TOLLGATE__V1__USAGE_ORDER)
+} Tollgate__V1__UsageOrder;
 
 /* --- messages --- */
 
+/*
+ * One batch of a gateway's usage events.
+ */
 struct  Tollgate__V1__PublishUsageEventsRequest
 {
   ProtobufCMessage base;
   size_t n_events;
   Tollgate__V1__UsageEvent **events;
+  /*
+   * The sending gateway; must be the node id of its certificate (analytics
+   * uses the certificate's when this is empty).
+   */
+  char *gateway_id;
+  /*
+   * The gateway's spool epoch (see UsageIngestCursor).
+   */
+  uint64_t epoch;
+  /*
+   * 1, 2, 3, … per gateway and epoch, in the order the batches were made.
+   * Analytics applies a batch once: a sequence at or below the highest it
+   * applied for the gateway is acknowledged as a duplicate.
+   */
+  uint64_t sequence;
 };
 #define TOLLGATE__V1__PUBLISH_USAGE_EVENTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__publish_usage_events_request__descriptor) \
-    , 0,NULL }
+    , 0,NULL, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 /*
- * Sent when the gateway closes its side of the stream.
+ * The acknowledgement of one batch, in the order the batches came.
  */
 struct  Tollgate__V1__PublishUsageEventsResponse
 {
   ProtobufCMessage base;
+  /*
+   * Events counted now (0 for a duplicate).
+   */
   uint64_t accepted_count;
+  /*
+   * Events of the batch that could not be counted (no timestamp).
+   */
   uint64_t discarded_count;
+  uint64_t sequence;
+  uint64_t epoch;
+  /*
+   * The batch had been applied before; nothing was counted again.
+   */
+  protobuf_c_boolean duplicate;
 };
 #define TOLLGATE__V1__PUBLISH_USAGE_EVENTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__publish_usage_events_response__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0, 0, 0 }
 
 
 /*
- * Usage of the caller's tenant: publishers see their APIs, subscribers
- * their applications.
+ * Usage the caller may see (docs/analytics.md, "Who sees what"): providers
+ * their own APIs, consumers their own applications, tenant administrators
+ * their tenant, cluster operators every tenant.
  */
 struct  Tollgate__V1__QueryUsageRequest
 {
   ProtobufCMessage base;
+  /*
+   * MINUTE, HOUR or DAY; UNSPECIFIED picks the coarsest whose buckets are
+   * whole in the range (merged queries then combine day, hour and minute
+   * rows to cover the range exactly).
+   */
   Tollgate__V1__BucketGranularity granularity;
   /*
    * Buckets starting in [start, end).
@@ -95,6 +159,18 @@ struct  Tollgate__V1__QueryUsageRequest
    */
   protobuf_c_boolean merge_buckets;
   /*
+   * A ranking (top-N): implies merge_buckets.
+   */
+  Tollgate__V1__UsageOrder order_by;
+  /*
+   * At most this many rows (top-N); 0 for the server's cap (10,000).
+   */
+  uint32_t limit;
+  /*
+   * Also answer when each API and application in scope was last called.
+   */
+  protobuf_c_boolean include_last_access;
+  /*
    * Filters; empty matches anything.
    */
   char *api_name;
@@ -103,26 +179,49 @@ struct  Tollgate__V1__QueryUsageRequest
   char *application_id;
   char *username;
   char *resource;
+  /*
+   * Hundreds digits of the status, e.g. [4, 5].
+   */
+  size_t n_status_classes;
+  uint32_t *status_classes;
+  Tollgate__V1__KeyType key_type;
+  char *api_context;
+  /*
+   * For cluster operators (admin certificate): one tenant only.
+   */
+  char *tenant_domain;
   Tollgate__V1__PageRequest *page;
 };
 #define TOLLGATE__V1__QUERY_USAGE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__query_usage_request__descriptor) \
-    , TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED, 0, 0, 0,NULL, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL }
+    , TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED, 0, 0, 0,NULL, 0, TOLLGATE__V1__USAGE_ORDER__USAGE_ORDER_UNSPECIFIED, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL }
 
 
 struct  Tollgate__V1__QueryUsageResponse
 {
   ProtobufCMessage base;
   /*
-   * Ordered by bucket, then by the grouped dimensions.
+   * Ordered by bucket, then by the grouped dimensions (or by `order_by`).
    */
   size_t n_rows;
   Tollgate__V1__UsageSummary **rows;
   Tollgate__V1__PageResponse *page;
+  size_t n_last_access;
+  Tollgate__V1__UsageLastAccess **last_access;
+  /*
+   * The granularity of the rows' buckets (UNSPECIFIED for merged rows
+   * combining several).
+   */
+  Tollgate__V1__BucketGranularity granularity;
+  /*
+   * What the caller saw: `all tenants`, `tenant T`, `APIs of P in T`,
+   * `applications of C in T`.
+   */
+  char *scope;
 };
 #define TOLLGATE__V1__QUERY_USAGE_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__query_usage_response__descriptor) \
-    , 0,NULL, NULL }
+    , 0,NULL, NULL, 0,NULL, TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED, (char *)protobuf_c_empty_string }
 
 
 /* Tollgate__V1__PublishUsageEventsRequest methods */
@@ -252,6 +351,7 @@ void tollgate__v1__analytics_service__query_usage(ProtobufCService *service,
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    tollgate__v1__usage_dimension__descriptor;
+extern const ProtobufCEnumDescriptor    tollgate__v1__usage_order__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_request__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_response__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__query_usage_request__descriptor;

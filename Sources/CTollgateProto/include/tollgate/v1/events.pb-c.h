@@ -19,6 +19,10 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Tollgate__V1__UsageFault Tollgate__V1__UsageFault;
 typedef struct Tollgate__V1__UsageEvent Tollgate__V1__UsageEvent;
+typedef struct Tollgate__V1__LatencyHistogram Tollgate__V1__LatencyHistogram;
+typedef struct Tollgate__V1__ReasonCount Tollgate__V1__ReasonCount;
+typedef struct Tollgate__V1__UsageLastAccess Tollgate__V1__UsageLastAccess;
+typedef struct Tollgate__V1__UsageIngestCursor Tollgate__V1__UsageIngestCursor;
 typedef struct Tollgate__V1__UsageSummary Tollgate__V1__UsageSummary;
 typedef struct Tollgate__V1__TrafficLogRecord Tollgate__V1__TrafficLogRecord;
 
@@ -94,6 +98,13 @@ struct  Tollgate__V1__UsageEvent
   int64_t response_time_ms;
   int64_t backend_time_ms;
   int64_t service_time_ms;
+  /*
+   * The same two times in microseconds, the unit of the latency histograms
+   * (0 from a gateway that sends milliseconds only: analytics then uses
+   * the millisecond fields).
+   */
+  int64_t response_time_us;
+  int64_t backend_time_us;
   int32_t response_code;
   uint64_t request_size_bytes;
   uint64_t response_size_bytes;
@@ -111,16 +122,118 @@ struct  Tollgate__V1__UsageEvent
    * Absent for calls that did not fault.
    */
   Tollgate__V1__UsageFault *fault;
+  /*
+   * Refused by a block condition (address, context, application, user) or
+   * because the API is blocked.
+   */
+  protobuf_c_boolean blocked;
 };
 #define TOLLGATE__V1__USAGE_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__usage_event__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, NULL }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0, (char *)protobuf_c_empty_string, NULL, 0 }
 
 
 /*
- * Usage totals for one time bucket and one combination of API, version,
- * application, user and resource, as analytics stores them (statdb). Query
- * results use the same shape, with the dimensions not grouped by left empty.
+ * A latency histogram that merges by adding counts: log-linear buckets in
+ * microseconds, 16 per power of two (values under 32 µs exactly), so a
+ * quantile read from it (the bucket's midpoint) is within 1/32 (3.2 %) of a
+ * value the bucket holds (docs/analytics.md). Stored in whichever form is
+ * smaller: sparse (`bucket_indexes` ascending, `bucket_counts` the count of
+ * each) or dense (`dense_counts[i]` counts bucket `first_bucket + i`); a
+ * reader adds both.
+ */
+struct  Tollgate__V1__LatencyHistogram
+{
+  ProtobufCMessage base;
+  uint64_t count;
+  uint64_t sum_us;
+  uint64_t max_us;
+  size_t n_bucket_indexes;
+  uint32_t *bucket_indexes;
+  size_t n_bucket_counts;
+  uint64_t *bucket_counts;
+  uint32_t first_bucket;
+  size_t n_dense_counts;
+  uint64_t *dense_counts;
+};
+#define TOLLGATE__V1__LATENCY_HISTOGRAM__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__latency_histogram__descriptor) \
+    , 0, 0, 0, 0,NULL, 0,NULL, 0, 0,NULL }
+
+
+/*
+ * How many calls one throttling reason refused, e.g.
+ * `SUBSCRIPTION_LIMIT_EXCEEDED`.
+ */
+struct  Tollgate__V1__ReasonCount
+{
+  ProtobufCMessage base;
+  char *reason;
+  uint64_t count;
+};
+#define TOLLGATE__V1__REASON_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__reason_count__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * When an API, or an application, was last called (statdb tables
+ * `api_last_access` and `application_last_access`).
+ */
+struct  Tollgate__V1__UsageLastAccess
+{
+  ProtobufCMessage base;
+  char *tenant_domain;
+  /*
+   * Set for an API's entry.
+   */
+  char *api_name;
+  char *api_version;
+  char *api_context;
+  char *api_creator;
+  /*
+   * Set for an application's entry (its tenant is the subscriber's).
+   */
+  char *application_id;
+  char *application_name;
+  char *application_owner;
+  int64_t last_access_unix_ms;
+};
+#define TOLLGATE__V1__USAGE_LAST_ACCESS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__usage_last_access__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * The highest batch sequence analytics has applied for one gateway's
+ * stream (statdb table `ingest_cursors`), written in the same transaction
+ * as the counts the batch added: a batch at or below it is a duplicate.
+ */
+struct  Tollgate__V1__UsageIngestCursor
+{
+  ProtobufCMessage base;
+  char *gateway_id;
+  /*
+   * The gateway's spool epoch: a gateway whose spool state was lost starts
+   * a new epoch, so its sequences restart at 1 without being taken for
+   * duplicates.
+   */
+  uint64_t epoch;
+  uint64_t last_sequence;
+  int64_t updated_at_unix_ms;
+  uint64_t batches;
+  uint64_t events;
+};
+#define TOLLGATE__V1__USAGE_INGEST_CURSOR__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__usage_ingest_cursor__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0 }
+
+
+/*
+ * Usage totals for one time bucket and one combination of tenant, API,
+ * version, resource, verb, application, user, key type and status class, as
+ * analytics stores them (statdb). Query results use the same shape, with the
+ * dimensions not grouped by left empty.
  */
 struct  Tollgate__V1__UsageSummary
 {
@@ -130,7 +243,20 @@ struct  Tollgate__V1__UsageSummary
    * Start of the bucket, in UTC.
    */
   int64_t bucket_start_unix_ms;
+  /*
+   * The API's tenant.
+   */
   char *tenant_domain;
+  Tollgate__V1__KeyType key_type;
+  /*
+   * The hundreds digit of the response status (2 for 2xx, 4 for 4xx, …);
+   * 0 when no response status was sent.
+   */
+  uint32_t status_class;
+  /*
+   * The subscriber's tenant (the application's).
+   */
+  char *application_tenant_domain;
   char *api_name;
   char *api_version;
   char *api_context;
@@ -140,6 +266,7 @@ struct  Tollgate__V1__UsageSummary
   char *username;
   char *resource;
   Tollgate__V1__HttpVerb verb;
+  char *application_owner;
   uint64_t request_count;
   /*
    * Responses with a status below 400 and no fault.
@@ -151,6 +278,15 @@ struct  Tollgate__V1__UsageSummary
   uint64_t client_error_count;
   uint64_t server_error_count;
   /*
+   * Refused by a block condition or a blocked API.
+   */
+  uint64_t blocked_count;
+  /*
+   * Throttled-out calls by reason, sorted by reason.
+   */
+  size_t n_throttled_reasons;
+  Tollgate__V1__ReasonCount **throttled_reasons;
+  /*
    * Sums, for averages; divide by request_count.
    */
   int64_t response_time_sum_ms;
@@ -158,19 +294,32 @@ struct  Tollgate__V1__UsageSummary
   int64_t service_time_sum_ms;
   int64_t max_response_time_ms;
   /*
-   * Response-time histogram, for percentiles. 18 elements: element 0 counts
-   * calls under 1 ms, element i (1 to 16) calls of at least 2^(i-1) and
-   * under 2^i ms, element 17 calls of 65536 ms or more. Histograms of two
-   * buckets merge by adding element by element.
+   * Superseded by `response_latency` (statdb schema 2); not written.
    */
   size_t n_response_time_buckets;
   uint64_t *response_time_buckets;
   uint64_t response_bytes_sum;
+  uint64_t request_bytes_sum;
+  /*
+   * Whole call, and the backend's share, as mergeable histograms.
+   */
+  Tollgate__V1__LatencyHistogram *response_latency;
+  Tollgate__V1__LatencyHistogram *backend_latency;
   int64_t last_access_unix_ms;
+  /*
+   * Quantiles read from the histograms, in microseconds: filled in query
+   * answers only, never stored.
+   */
+  int64_t response_p50_us;
+  int64_t response_p95_us;
+  int64_t response_p99_us;
+  int64_t backend_p50_us;
+  int64_t backend_p95_us;
+  int64_t backend_p99_us;
 };
 #define TOLLGATE__V1__USAGE_SUMMARY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__usage_summary__descriptor) \
-    , TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,NULL, 0, 0 }
+    , TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, TOLLGATE__V1__KEY_TYPE__KEY_TYPE_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, TOLLGATE__V1__HTTP_VERB__HTTP_VERB_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, 0, 0,NULL, 0, 0, 0, 0, 0,NULL, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0 }
 
 
 typedef enum {
@@ -237,6 +386,82 @@ Tollgate__V1__UsageEvent *
 void   tollgate__v1__usage_event__free_unpacked
                      (Tollgate__V1__UsageEvent *message,
                       ProtobufCAllocator *allocator);
+/* Tollgate__V1__LatencyHistogram methods */
+void   tollgate__v1__latency_histogram__init
+                     (Tollgate__V1__LatencyHistogram         *message);
+size_t tollgate__v1__latency_histogram__get_packed_size
+                     (const Tollgate__V1__LatencyHistogram   *message);
+size_t tollgate__v1__latency_histogram__pack
+                     (const Tollgate__V1__LatencyHistogram   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__latency_histogram__pack_to_buffer
+                     (const Tollgate__V1__LatencyHistogram   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__LatencyHistogram *
+       tollgate__v1__latency_histogram__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__latency_histogram__free_unpacked
+                     (Tollgate__V1__LatencyHistogram *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__ReasonCount methods */
+void   tollgate__v1__reason_count__init
+                     (Tollgate__V1__ReasonCount         *message);
+size_t tollgate__v1__reason_count__get_packed_size
+                     (const Tollgate__V1__ReasonCount   *message);
+size_t tollgate__v1__reason_count__pack
+                     (const Tollgate__V1__ReasonCount   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__reason_count__pack_to_buffer
+                     (const Tollgate__V1__ReasonCount   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__ReasonCount *
+       tollgate__v1__reason_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__reason_count__free_unpacked
+                     (Tollgate__V1__ReasonCount *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__UsageLastAccess methods */
+void   tollgate__v1__usage_last_access__init
+                     (Tollgate__V1__UsageLastAccess         *message);
+size_t tollgate__v1__usage_last_access__get_packed_size
+                     (const Tollgate__V1__UsageLastAccess   *message);
+size_t tollgate__v1__usage_last_access__pack
+                     (const Tollgate__V1__UsageLastAccess   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__usage_last_access__pack_to_buffer
+                     (const Tollgate__V1__UsageLastAccess   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__UsageLastAccess *
+       tollgate__v1__usage_last_access__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__usage_last_access__free_unpacked
+                     (Tollgate__V1__UsageLastAccess *message,
+                      ProtobufCAllocator *allocator);
+/* Tollgate__V1__UsageIngestCursor methods */
+void   tollgate__v1__usage_ingest_cursor__init
+                     (Tollgate__V1__UsageIngestCursor         *message);
+size_t tollgate__v1__usage_ingest_cursor__get_packed_size
+                     (const Tollgate__V1__UsageIngestCursor   *message);
+size_t tollgate__v1__usage_ingest_cursor__pack
+                     (const Tollgate__V1__UsageIngestCursor   *message,
+                      uint8_t             *out);
+size_t tollgate__v1__usage_ingest_cursor__pack_to_buffer
+                     (const Tollgate__V1__UsageIngestCursor   *message,
+                      ProtobufCBuffer     *buffer);
+Tollgate__V1__UsageIngestCursor *
+       tollgate__v1__usage_ingest_cursor__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tollgate__v1__usage_ingest_cursor__free_unpacked
+                     (Tollgate__V1__UsageIngestCursor *message,
+                      ProtobufCAllocator *allocator);
 /* Tollgate__V1__UsageSummary methods */
 void   tollgate__v1__usage_summary__init
                      (Tollgate__V1__UsageSummary         *message);
@@ -283,6 +508,18 @@ typedef void (*Tollgate__V1__UsageFault_Closure)
 typedef void (*Tollgate__V1__UsageEvent_Closure)
                  (const Tollgate__V1__UsageEvent *message,
                   void *closure_data);
+typedef void (*Tollgate__V1__LatencyHistogram_Closure)
+                 (const Tollgate__V1__LatencyHistogram *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__ReasonCount_Closure)
+                 (const Tollgate__V1__ReasonCount *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__UsageLastAccess_Closure)
+                 (const Tollgate__V1__UsageLastAccess *message,
+                  void *closure_data);
+typedef void (*Tollgate__V1__UsageIngestCursor_Closure)
+                 (const Tollgate__V1__UsageIngestCursor *message,
+                  void *closure_data);
 typedef void (*Tollgate__V1__UsageSummary_Closure)
                  (const Tollgate__V1__UsageSummary *message,
                   void *closure_data);
@@ -298,6 +535,10 @@ typedef void (*Tollgate__V1__TrafficLogRecord_Closure)
 extern const ProtobufCEnumDescriptor    tollgate__v1__bucket_granularity__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_fault__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_event__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__latency_histogram__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__reason_count__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__usage_last_access__descriptor;
+extern const ProtobufCMessageDescriptor tollgate__v1__usage_ingest_cursor__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__usage_summary__descriptor;
 extern const ProtobufCMessageDescriptor tollgate__v1__traffic_log_record__descriptor;
 

@@ -1,0 +1,302 @@
+public import TollgateProto
+import TollgateStorage
+
+/// The dimensions of one summary row, and its bucket.
+public struct SummaryKey: Hashable, Sendable {
+    public var granularity: BucketGranularity
+    public var bucketStart: Int64
+    public var tenant: String
+    public var context: String
+    public var version: String
+    public var resource: String
+    public var verb: HttpVerb
+    public var applicationTenant: String
+    public var applicationID: String
+    public var username: String
+    public var keyType: KeyType
+    public var statusClass: UInt32
+
+    /// The same dimensions in the bucket of a coarser granularity.
+    func rolled(to granularity: BucketGranularity) -> SummaryKey {
+        var key = self
+        key.granularity = granularity
+        key.bucketStart = UsageTime.bucketStart(bucketStart, granularity)
+        return key
+    }
+
+    /// The key of the same API's row in `api_usage_summaries`: no resource,
+    /// application, user, key type or status class.
+    var apiOnly: SummaryKey {
+        SummaryKey(granularity: granularity, bucketStart: bucketStart, tenant: tenant, context: context, version: version, resource: "",
+                   verb: .unspecified, applicationTenant: applicationTenant, applicationID: "", username: "", keyType: .unspecified, statusClass: 0)
+    }
+
+    /// An empty row with these dimensions.
+    var summary: UsageSummary {
+        var s = UsageSummary()
+        s.granularity = granularity
+        s.bucketStartUnixMs = bucketStart
+        s.tenantDomain = tenant
+        s.apiContext = context
+        s.apiVersion = version
+        s.resource = resource
+        s.verb = verb
+        s.applicationTenantDomain = applicationTenant
+        s.applicationId = applicationID
+        s.username = username
+        s.keyType = keyType
+        s.statusClass = statusClass
+        return s
+    }
+}
+
+/// Bucket arithmetic, in UTC.
+public enum UsageTime {
+    public static func length(_ granularity: BucketGranularity) -> Int64 {
+        switch granularity {
+        case .second: 1000
+        case .minute: 60_000
+        case .hour: 3_600_000
+        case .day: 86_400_000
+        default: 60_000
+        }
+    }
+
+    public static func bucketStart(_ unixMs: Int64, _ granularity: BucketGranularity) -> Int64 {
+        let length = length(granularity)
+        let remainder = unixMs % length
+        return remainder >= 0 ? unixMs - remainder : unixMs - remainder - length
+    }
+}
+
+/// What one row's counts gain from some events: everything a summary
+/// holds, added event by event, merged row by row.
+public struct UsageCounts: Sendable {
+    public var requests: UInt64 = 0
+    public var successes: UInt64 = 0
+    public var faults: UInt64 = 0
+    public var throttled: UInt64 = 0
+    public var blocked: UInt64 = 0
+    public var cacheHits: UInt64 = 0
+    public var clientErrors: UInt64 = 0
+    public var serverErrors: UInt64 = 0
+    public var requestBytes: UInt64 = 0
+    public var responseBytes: UInt64 = 0
+    public var responseMsSum: Int64 = 0
+    public var backendMsSum: Int64 = 0
+    public var serviceMsSum: Int64 = 0
+    public var maxResponseMs: Int64 = 0
+    public var lastAccess: Int64 = 0
+    public var reasons: [String: UInt64] = [:]
+    public var response = HistogramAccumulator()
+    public var backend = HistogramAccumulator()
+    // Attributes that follow from the dimensions (the newest seen wins).
+    public var apiName = ""
+    public var apiCreator = ""
+    public var applicationName = ""
+    public var applicationOwner = ""
+
+    public init() {}
+
+    public mutating func add(_ event: UsageEvent) {
+        requests += 1
+        let status = event.responseCode
+        let throttledOut = event.throttled
+        let faulted = event.fault != nil && !throttledOut && !event.blocked
+        if throttledOut {
+            throttled += 1
+            reasons[event.throttledReason.isEmpty ? "UNKNOWN" : event.throttledReason, default: 0] += 1
+        }
+        if event.blocked { blocked += 1 }
+        if faulted { faults += 1 }
+        if status >= 400 && status < 500 { clientErrors += 1 }
+        if status >= 500 { serverErrors += 1 }
+        if status > 0 && status < 400 && !faulted && !throttledOut && !event.blocked { successes += 1 }
+        if event.cacheHit { cacheHits += 1 }
+        requestBytes &+= event.requestSizeBytes
+        responseBytes &+= event.responseSizeBytes
+        responseMsSum &+= event.responseTimeMs
+        backendMsSum &+= event.backendTimeMs
+        serviceMsSum &+= event.serviceTimeMs
+        if event.responseTimeMs > maxResponseMs { maxResponseMs = event.responseTimeMs }
+        if event.requestTimestampUnixMs > lastAccess { lastAccess = event.requestTimestampUnixMs }
+        let responseUs = event.responseTimeUs > 0 ? event.responseTimeUs : event.responseTimeMs * 1000
+        response.record(UInt64(max(0, responseUs)))
+        // Calls that never reached a backend have no backend time to count.
+        if !event.destination.isEmpty {
+            let backendUs = event.backendTimeUs > 0 ? event.backendTimeUs : event.backendTimeMs * 1000
+            backend.record(UInt64(max(0, backendUs)))
+        }
+        if !event.apiName.isEmpty { apiName = event.apiName }
+        if !event.apiCreator.isEmpty { apiCreator = event.apiCreator }
+        if !event.applicationName.isEmpty { applicationName = event.applicationName }
+        if !event.applicationOwner.isEmpty { applicationOwner = event.applicationOwner }
+    }
+
+    public mutating func add(_ other: UsageCounts) {
+        requests += other.requests
+        successes += other.successes
+        faults += other.faults
+        throttled += other.throttled
+        blocked += other.blocked
+        cacheHits += other.cacheHits
+        clientErrors += other.clientErrors
+        serverErrors += other.serverErrors
+        requestBytes &+= other.requestBytes
+        responseBytes &+= other.responseBytes
+        responseMsSum &+= other.responseMsSum
+        backendMsSum &+= other.backendMsSum
+        serviceMsSum &+= other.serviceMsSum
+        maxResponseMs = max(maxResponseMs, other.maxResponseMs)
+        lastAccess = max(lastAccess, other.lastAccess)
+        for (reason, count) in other.reasons { reasons[reason, default: 0] += count }
+        response.add(other.response)
+        backend.add(other.backend)
+        if !other.apiName.isEmpty { apiName = other.apiName }
+        if !other.apiCreator.isEmpty { apiCreator = other.apiCreator }
+        if !other.applicationName.isEmpty { applicationName = other.applicationName }
+        if !other.applicationOwner.isEmpty { applicationOwner = other.applicationOwner }
+    }
+
+    /// A stored (or queried) row's counts.
+    public mutating func add(_ s: UsageSummary) {
+        requests += s.requestCount
+        successes += s.successCount
+        faults += s.faultCount
+        throttled += s.throttledCount
+        blocked += s.blockedCount
+        cacheHits += s.cacheHitCount
+        clientErrors += s.clientErrorCount
+        serverErrors += s.serverErrorCount
+        requestBytes &+= s.requestBytesSum
+        responseBytes &+= s.responseBytesSum
+        responseMsSum &+= s.responseTimeSumMs
+        backendMsSum &+= s.backendTimeSumMs
+        serviceMsSum &+= s.serviceTimeSumMs
+        maxResponseMs = max(maxResponseMs, s.maxResponseTimeMs)
+        lastAccess = max(lastAccess, s.lastAccessUnixMs)
+        for reason in s.throttledReasons { reasons[reason.reason, default: 0] += reason.count }
+        if let latency = s.responseLatency { response.add(latency) }
+        if let latency = s.backendLatency { backend.add(latency) }
+        if !s.apiName.isEmpty { apiName = s.apiName }
+        if !s.apiCreator.isEmpty { apiCreator = s.apiCreator }
+        if !s.applicationName.isEmpty { applicationName = s.applicationName }
+        if !s.applicationOwner.isEmpty { applicationOwner = s.applicationOwner }
+    }
+
+    /// Adds these counts to a stored row.
+    public func apply(to s: inout UsageSummary) {
+        s.requestCount += requests
+        s.successCount += successes
+        s.faultCount += faults
+        s.throttledCount += throttled
+        s.blockedCount += blocked
+        s.cacheHitCount += cacheHits
+        s.clientErrorCount += clientErrors
+        s.serverErrorCount += serverErrors
+        s.requestBytesSum &+= requestBytes
+        s.responseBytesSum &+= responseBytes
+        s.responseTimeSumMs &+= responseMsSum
+        s.backendTimeSumMs &+= backendMsSum
+        s.serviceTimeSumMs &+= serviceMsSum
+        s.maxResponseTimeMs = max(s.maxResponseTimeMs, maxResponseMs)
+        s.lastAccessUnixMs = max(s.lastAccessUnixMs, lastAccess)
+        if !reasons.isEmpty {
+            var merged: [String: UInt64] = [:]
+            for reason in s.throttledReasons { merged[reason.reason, default: 0] += reason.count }
+            for (reason, count) in reasons { merged[reason, default: 0] += count }
+            s.throttledReasons = merged.sorted { $0.key < $1.key }.map { ReasonCount(reason: $0.key, count: $0.value) }
+        }
+        if response.count > 0 { s.responseLatency = response.merged(into: s.responseLatency ?? LatencyHistogram()) }
+        if backend.count > 0 { s.backendLatency = backend.merged(into: s.backendLatency ?? LatencyHistogram()) }
+        if !apiName.isEmpty { s.apiName = apiName }
+        if !apiCreator.isEmpty { s.apiCreator = apiCreator }
+        if !applicationName.isEmpty { s.applicationName = applicationName }
+        if !applicationOwner.isEmpty { s.applicationOwner = applicationOwner }
+    }
+}
+
+/// One batch's events folded into per-minute rows, and the newest call per
+/// API and per application: built off the writer, merged under it.
+public struct BatchDelta: Sendable {
+    public struct APIKey: Hashable, Sendable { var tenant, context, version: String }
+    public struct ApplicationKey: Hashable, Sendable { var tenant, id: String }
+
+    public var rows: [SummaryKey: UsageCounts] = [:]
+    public var apis: [APIKey: UsageLastAccess] = [:]
+    public var applications: [ApplicationKey: UsageLastAccess] = [:]
+    public var accepted: UInt64 = 0
+    /// Events without a timestamp: no bucket to count them in.
+    public var discarded: UInt64 = 0
+
+    public init() {}
+
+    public init(_ events: [UsageEvent]) {
+        for event in events { add(event) }
+    }
+
+    public mutating func add(_ event: UsageEvent) {
+        guard event.requestTimestampUnixMs > 0 else {
+            discarded += 1
+            return
+        }
+        accepted += 1
+        let key = Self.key(of: event)
+        rows[key, default: UsageCounts()].add(event)
+        if !key.context.isEmpty {
+            let apiKey = APIKey(tenant: key.tenant, context: key.context, version: key.version)
+            if (apis[apiKey]?.lastAccessUnixMs ?? 0) < event.requestTimestampUnixMs {
+                apis[apiKey] = UsageLastAccess(tenantDomain: key.tenant, apiName: event.apiName, apiVersion: key.version, apiContext: key.context,
+                                               apiCreator: event.apiCreator, lastAccessUnixMs: event.requestTimestampUnixMs)
+            }
+        }
+        if !key.applicationID.isEmpty {
+            let applicationKey = ApplicationKey(tenant: key.applicationTenant, id: key.applicationID)
+            if (applications[applicationKey]?.lastAccessUnixMs ?? 0) < event.requestTimestampUnixMs {
+                applications[applicationKey] = UsageLastAccess(tenantDomain: key.applicationTenant, applicationId: key.applicationID,
+                                                               applicationName: event.applicationName, applicationOwner: event.applicationOwner,
+                                                               lastAccessUnixMs: event.requestTimestampUnixMs)
+            }
+        }
+    }
+
+    public mutating func add(_ other: BatchDelta) {
+        for (key, counts) in other.rows {
+            if rows[key] == nil { rows[key] = counts } else { rows[key]!.add(counts) }
+        }
+        for (key, access) in other.apis where (apis[key]?.lastAccessUnixMs ?? 0) < access.lastAccessUnixMs { apis[key] = access }
+        for (key, access) in other.applications where (applications[key]?.lastAccessUnixMs ?? 0) < access.lastAccessUnixMs {
+            applications[key] = access
+        }
+        accepted += other.accepted
+        discarded += other.discarded
+    }
+
+    /// The minute row an event counts in. Long strings are cut so every key
+    /// fits LMDB (``StatisticsDatabase/Limit``).
+    static func key(of event: UsageEvent) -> SummaryKey {
+        typealias Limit = StatisticsDatabase.Limit
+        let status = event.responseCode
+        return SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(event.requestTimestampUnixMs, .minute),
+                          tenant: clip(event.apiCreatorTenantDomain.lowercased(), Limit.tenant),
+                          context: clip(event.apiContext, Limit.context), version: clip(event.apiVersion, Limit.version),
+                          resource: clip(event.resource, Limit.resource), verb: event.verb,
+                          applicationTenant: clip(event.userTenantDomain.lowercased(), Limit.tenant),
+                          applicationID: clip(event.applicationId, Limit.applicationID), username: clip(event.username, Limit.username),
+                          keyType: event.keyType, statusClass: status > 0 && status < 1000 ? UInt32(status / 100) : 0)
+    }
+
+    /// `text` cut to at most `limit` UTF-8 bytes at a character boundary, NULs removed.
+    static func clip(_ text: String, _ limit: Int) -> String {
+        if text.utf8.count <= limit && !text.utf8.contains(0) { return text }
+        var out = ""
+        var bytes = 0
+        for character in text where character != "\0" {
+            let size = character.utf8.count
+            if bytes + size > limit { break }
+            out.append(character)
+            bytes += size
+        }
+        return out
+    }
+}

@@ -1,0 +1,201 @@
+import FoundationEssentials
+import Synchronization
+import Logging
+public import RoleCore
+public import RPCCore
+public import ServiceLifecycle
+public import TollgateProto
+public import TollgateServices
+public import TollgateStorage
+
+/// The analytics role: gateways' usage batches applied to statdb exactly
+/// once, summarized per minute, hour and day, pruned by retention, and
+/// queried (docs/analytics.md). Publisher and store nodes assemble the same
+/// module to answer `QueryUsage` from the host's statdb; only a node with
+/// the analytics role ingests.
+public struct AnalyticsModule: RoleModule {
+    public static let name = "analytics"
+    public static let rpcServices = [AnalyticsServiceDescriptor.serviceName]
+    public static let databases: Set<LogicalDatabaseName> = [.statdb]
+    public static let configSection: ConfigSectionSpec? = ConfigSectionSpec(name: "analytics", keys: [
+        .init("minute_retention_hours", .integer(1...8_760)),
+        .init("hour_retention_days", .integer(1...3_650)),
+        .init("day_retention_days", .integer(1...36_500)),
+        .init("prune_interval_seconds", .integer(1...86_400)),
+        .init("prune_batch_rows", .integer(10...1_000_000)),
+    ])
+
+    public let statdb: StatisticsDatabase
+    /// nil on a node without the analytics role (publisher, store): it only answers queries.
+    public let ingest: UsageIngest?
+    public let pruner: UsagePruner?
+    public let queries: UsageQueryEngine
+    let logger: Logger
+    let roles: [Role]
+
+    public init(context: NodeContext) async throws {
+        statdb = try context.require(context.databases.statdb, .statdb, for: Self.name)
+        queries = UsageQueryEngine(statdb: statdb)
+        logger = context.logger
+        roles = context.roles
+        if context.roles.contains(.analytics) {
+            let logger = context.logger
+            ingest = UsageIngest(statdb: statdb) { gap in logger.warning("usage batches missing: \(gap) (a damaged gateway spool was cut)") }
+            pruner = UsagePruner(statdb: statdb, retention: Self.retention(context.section("analytics")))
+        } else {
+            ingest = nil
+            pruner = nil
+        }
+    }
+
+    static func retention(_ section: ConfigSection) -> UsageRetention {
+        UsageRetention(minuteMs: Int64(section.integer("minute_retention_hours") ?? 48) * 3_600_000,
+                       hourMs: Int64(section.integer("hour_retention_days") ?? 90) * 86_400_000,
+                       dayMs: Int64(section.integer("day_retention_days") ?? 1095) * 86_400_000,
+                       intervalMs: Int64(section.integer("prune_interval_seconds") ?? 60) * 1000,
+                       batchRows: section.integer("prune_batch_rows") ?? 1000)
+    }
+
+    public var methods: [RPCMethodHandler] {
+        AnalyticsRPCService(ingest: ingest, queries: queries, roles: roles.map(\.rawValue)).methodHandlers
+    }
+
+    public var services: [any Service] {
+        pruner.map { [PruningService(pruner: $0, logger: logger)] } ?? []
+    }
+
+    public func reload(_ section: ConfigSection) async throws -> [String] {
+        pruner?.retention = Self.retention(section)
+        return []
+    }
+
+    public var metricSamples: [MetricSample] {
+        guard let ingest else { return [] }
+        let counts = ingest.statistics
+        func counter(_ name: String, _ help: String, _ value: UInt64) -> MetricSample {
+            MetricSample(name: "tollgate_analytics_" + name, help: help, kind: .counter, value: Double(value))
+        }
+        return [
+            counter("events_ingested_total", "Usage events counted into statdb (each once).", counts.events),
+            counter("events_discarded_total", "Usage events without a timestamp, not counted.", counts.discardedEvents),
+            counter("batches_total", "Usage batches acknowledged, duplicates included.", counts.batches),
+            counter("duplicate_batches_total", "Usage batches found already applied (re-sent after a lost acknowledgement) and not counted again.",
+                    counts.duplicateBatches),
+            counter("commits_total", "statdb write transactions of usage batches (several batches share one).", counts.commits),
+            counter("commit_failures_total", "statdb write transactions that failed; their batches were not acknowledged.", counts.failedCommits),
+            counter("summary_rows_written_total", "Summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
+            counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
+            counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
+        ]
+    }
+}
+
+/// `tollgate.v1.AnalyticsService`.
+public struct AnalyticsRPCService: AnalyticsServiceHandler {
+    public let ingest: UsageIngest?
+    public let queries: UsageQueryEngine
+    public let roles: [String]
+    /// More events than this in one batch is a broken gateway, not load.
+    public static let maxBatchEvents = 100_000
+    /// Batches a stream may have waiting for their commit before it stops reading.
+    public static let maxInFlight = 256
+
+    public init(ingest: UsageIngest?, queries: UsageQueryEngine, roles: [String]) {
+        self.ingest = ingest
+        self.queries = queries
+        self.roles = roles
+    }
+
+    public func publishUsageEvents(_ requests: RequestStream<PublishUsageEventsRequest>, writer: ResponseWriter<PublishUsageEventsResponse>,
+                                   context: ServerCallContext) async throws {
+        guard let ingest else {
+            throw RPCError(.failedPrecondition, "this node (\(roles.joined(separator: ","))) reads statdb but does not ingest: list analytics nodes under the gateways' [peers] analytics")
+        }
+        let certified: String? = if case .node(let id, _)? = context.peer { id } else { nil }
+        let (acks, continuation) = AsyncStream.makeStream(of: (@Sendable () async throws -> UsageIngest.Ack, UInt64, UInt64).self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let window = InFlightWindow(limit: Self.maxInFlight)
+            group.addTask {
+                // A failed write must not leave the reader waiting for room.
+                defer { window.close() }
+                for await (wait, epoch, sequence) in acks {
+                    let ack = try await wait()
+                    window.release()
+                    try await writer.write(PublishUsageEventsResponse(acceptedCount: ack.accepted, discardedCount: ack.discarded, sequence: sequence,
+                                                                      epoch: epoch, duplicate: ack.duplicate))
+                }
+            }
+            do {
+                for try await request in requests {
+                    let gateway = certified ?? request.gatewayId
+                    if let certified, !request.gatewayId.isEmpty, request.gatewayId != certified {
+                        throw RPCError(.permissionDenied, "batch names gateway \(request.gatewayId) but the certificate is node \(certified)")
+                    }
+                    guard !gateway.isEmpty, request.sequence > 0 else {
+                        throw RPCError(.invalidArgument, "every batch needs a gateway_id and a sequence from 1")
+                    }
+                    guard request.events.count <= Self.maxBatchEvents else {
+                        throw RPCError(.invalidArgument, "\(request.events.count) events in one batch; at most \(Self.maxBatchEvents)")
+                    }
+                    await window.acquire()
+                    let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events)
+                    continuation.yield((wait, request.epoch, request.sequence))
+                }
+                continuation.finish()
+            } catch {
+                continuation.finish()
+                throw error
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    public func queryUsage(_ request: QueryUsageRequest, context: ServerCallContext) async throws -> QueryUsageResponse {
+        let scope = try UsageScope.of(context.caller, actingIn: context.metadata["x-tenant"], requestedTenant: request.tenantDomain)
+        return try queries.run(request, scope: scope, nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+    }
+}
+
+/// Counts batches a stream has waiting; the reader waits while it is full.
+final class InFlightWindow: Sendable {
+    private let state: Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>], closed: Bool)>
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+        self.state = Mutex((0, [], false))
+    }
+
+    func close() {
+        let waiters = state.withLock { state in
+            state.closed = true
+            let waiters = state.waiters
+            state.waiters = []
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let admitted = state.withLock { state -> Bool in
+                if state.closed || state.count < limit {
+                    state.count += 1
+                    return true
+                }
+                state.waiters.append(continuation)
+                return false
+            }
+            if admitted { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if !state.waiters.isEmpty { return state.waiters.removeFirst() }
+            state.count -= 1
+            return nil
+        }
+        waiter?.resume()
+    }
+}

@@ -1,0 +1,379 @@
+import Foundation
+import Synchronization
+
+/// The gateway's write-ahead file of usage batches (docs/analytics.md,
+/// "The spool"). Every batch gets its sequence number here and is appended
+/// before it is sent; it leaves when analytics acknowledges it. So a batch
+/// is either in the spool or acknowledged: an analytics outage, a lost
+/// acknowledgement or a gateway killed with `kill -9` loses nothing and
+/// re-sends what is unacknowledged, which analytics counts once.
+///
+/// Files: `<data directory>/usage-spool/segment-<first sequence>.spool`, each
+/// a 24-byte header (`TGSPOOL1`, epoch, first sequence, big-endian) and
+/// records of `length u32 · crc32 u32 · sequence u64 · events u32 · batch`
+/// (the CRC covers what follows it). A new segment starts past
+/// `segmentBytes`; a segment whose batches are all acknowledged is deleted,
+/// except the newest, which keeps the next sequence number.
+///
+/// Durability: appends are `write(2)`s, which survive the process being
+/// killed (the kernel holds them); `fdatasync` runs at most every
+/// `syncInterval` and at shutdown, so a power loss costs at most that much.
+/// A torn or damaged record is found by its length or CRC when the spool is
+/// opened, and the segment is cut there (logged).
+final class UsageSpool: Sendable {
+    struct Record: Sendable {
+        let sequence: UInt64
+        let events: Int
+        let segment: UInt64
+        let offset: Int64
+        let length: Int
+    }
+
+    struct Recovery: Sendable {
+        var epoch: UInt64
+        var nextSequence: UInt64
+        var pendingBatches: Int
+        var pendingEvents: Int
+        var cutBytes: Int64
+        var problems: [String]
+    }
+
+    private struct Segment {
+        let firstSequence: UInt64
+        let path: String
+        var descriptor: Int32
+        var size: Int64
+        /// Unacknowledged records in this segment.
+        var pending: Int
+    }
+
+    private struct State {
+        var epoch: UInt64 = 0
+        var nextSequence: UInt64 = 1
+        var segments: [Segment] = []
+        var pending: [Record] = []
+        var pendingHead = 0
+        var pendingBytes: Int64 = 0
+        var totalBytes: Int64 = 0
+        var dirty = false
+        var lastSync = ContinuousClock.now
+    }
+
+    static let magic = Array("TGSPOOL1".utf8)
+    static let headerBytes = 24
+    static let recordHeaderBytes = 20
+
+    let directory: String
+    let maxBytes: Int64
+    let segmentBytes: Int64
+    let syncInterval: Duration
+    private let state = Mutex(State())
+
+    /// Opens (creating) the spool in `directory`, reading what an earlier
+    /// run left and cutting damaged tails.
+    init(directory: String, maxBytes: Int64, segmentBytes: Int64 = 4 << 20, syncInterval: Duration = .seconds(1),
+         now: UInt64 = UInt64(Date().timeIntervalSince1970 * 1000)) throws {
+        self.directory = directory
+        self.maxBytes = maxBytes
+        self.segmentBytes = segmentBytes
+        self.syncInterval = syncInterval
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw SpoolError("cannot create \(directory): \(String(cString: strerror(errno)))")
+        }
+        recovery = try state.withLock { state in try Self.recover(directory: directory, into: &state, now: now) }
+    }
+
+    /// What opening found.
+    let recovery: Recovery
+
+    struct SpoolError: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    // MARK: Opening
+
+    private static func recover(directory: String, into state: inout State, now: UInt64) throws -> Recovery {
+        var recovery = Recovery(epoch: 0, nextSequence: 1, pendingBatches: 0, pendingEvents: 0, cutBytes: 0, problems: [])
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasPrefix("segment-") && $0.hasSuffix(".spool") }.sorted()
+        var epoch: UInt64?
+        for name in names {
+            let path = directory + "/" + name
+            let descriptor = open(path, O_RDWR | O_CLOEXEC)
+            guard descriptor >= 0 else { throw SpoolError("cannot open \(path): \(String(cString: strerror(errno)))") }
+            var size = Int64(lseek(descriptor, 0, SEEK_END))
+            var header = [UInt8](repeating: 0, count: headerBytes)
+            guard size >= Int64(headerBytes), pread(descriptor, &header, headerBytes, 0) == headerBytes, Array(header[0..<8]) == magic else {
+                recovery.problems.append("\(name): no valid header; removed (\(size) bytes)")
+                recovery.cutBytes += max(0, size)
+                Foundation.close(descriptor)
+                unlink(path)
+                continue
+            }
+            let segmentEpoch = readUInt64(header, 8)
+            let first = readUInt64(header, 16)
+            if let epoch, epoch != segmentEpoch {
+                recovery.problems.append("\(name): from epoch \(segmentEpoch), not \(epoch); kept as is")
+            }
+            epoch = segmentEpoch
+            var offset = Int64(headerBytes)
+            var expected = first
+            var segment = Segment(firstSequence: first, path: path, descriptor: descriptor, size: size, pending: 0)
+            while offset < size {
+                var head = [UInt8](repeating: 0, count: recordHeaderBytes)
+                let problem: String?
+                if size - offset < Int64(recordHeaderBytes) || pread(descriptor, &head, recordHeaderBytes, off_t(offset)) != recordHeaderBytes {
+                    problem = "a torn record header"
+                } else {
+                    let length = Int(readUInt32(head, 0))
+                    let crc = readUInt32(head, 4)
+                    let sequence = readUInt64(head, 8)
+                    let events = Int(readUInt32(head, 16))
+                    if length > 64 << 20 || offset + Int64(recordHeaderBytes + length) > size {
+                        problem = "a torn record"
+                    } else {
+                        var body = [UInt8](repeating: 0, count: length)
+                        if length > 0 && pread(descriptor, &body, length, off_t(offset) + off_t(recordHeaderBytes)) != length {
+                            problem = "an unreadable record"
+                        } else if CRC32.checksum(head[8..<20], body) != crc {
+                            problem = "a record failing its CRC"
+                        } else if sequence != expected {
+                            problem = "sequence \(sequence) where \(expected) was due"
+                        } else {
+                            problem = nil
+                            state.pending.append(Record(sequence: sequence, events: events, segment: first, offset: offset + Int64(recordHeaderBytes),
+                                                        length: length))
+                            state.pendingBytes += Int64(recordHeaderBytes + length)
+                            segment.pending += 1
+                            recovery.pendingEvents += events
+                            offset += Int64(recordHeaderBytes + length)
+                            expected += 1
+                            continue
+                        }
+                    }
+                }
+                if let problem {
+                    recovery.problems.append("\(name): \(problem) at byte \(offset); cut \(size - offset) bytes")
+                    recovery.cutBytes += size - offset
+                    _ = ftruncate(descriptor, off_t(offset))
+                    _ = fdatasync(descriptor)
+                    size = offset
+                    segment.size = size
+                }
+            }
+            state.nextSequence = expected
+            state.segments.append(segment)
+            state.totalBytes += size
+        }
+        if let epoch {
+            state.epoch = epoch
+        } else {
+            // No spool yet, or none left: a new epoch, so sequences from 1
+            // are never taken for an earlier run's.
+            state.epoch = now
+            state.nextSequence = 1
+        }
+        if state.segments.isEmpty { try startSegment(directory: directory, &state) }
+        recovery.epoch = state.epoch
+        recovery.nextSequence = state.nextSequence
+        recovery.pendingBatches = state.pending.count
+        return recovery
+    }
+
+    private static func startSegment(directory: String, _ state: inout State) throws {
+        let first = state.nextSequence
+        let name = "segment-" + String(repeating: "0", count: max(0, 20 - String(first).count)) + String(first) + ".spool"
+        let path = directory + "/" + name
+        let descriptor = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw SpoolError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        var header = magic
+        appendUInt64(&header, state.epoch)
+        appendUInt64(&header, first)
+        guard header.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == header.count else {
+            Foundation.close(descriptor)
+            throw SpoolError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        _ = fdatasync(descriptor)
+        // The directory entry too, so the segment survives a power loss.
+        let directoryDescriptor = open(directory, O_RDONLY | O_CLOEXEC)
+        if directoryDescriptor >= 0 {
+            _ = fsync(directoryDescriptor)
+            Foundation.close(directoryDescriptor)
+        }
+        state.segments.append(Segment(firstSequence: first, path: path, descriptor: descriptor, size: Int64(headerBytes), pending: 0))
+        state.totalBytes += Int64(headerBytes)
+    }
+
+    // MARK: Appending and acknowledging
+
+    var epoch: UInt64 { state.withLock { $0.epoch } }
+
+    /// Appends a batch made by `make` with the next sequence number; nil
+    /// (nothing written, no number used) when the spool is at its cap.
+    func append(events: Int, make: (UInt64, UInt64) throws -> [UInt8]) throws -> (sequence: UInt64, bytes: Int)? {
+        try state.withLock { state in
+            let sequence = state.nextSequence
+            let body = try make(state.epoch, sequence)
+            let recordBytes = Int64(Self.recordHeaderBytes + body.count)
+            guard state.pendingBytes + recordBytes <= maxBytes else { return nil }
+            let current = state.segments[state.segments.count - 1]
+            // A full segment, or a fully acknowledged one worth dropping, gives way to a new one.
+            if current.size > Int64(Self.headerBytes)
+                && (current.size + recordBytes > segmentBytes || (current.pending == 0 && current.size > 64 << 10)) {
+                try Self.startSegment(directory: directory, &state)
+                dropAcknowledgedSegments(&state)
+            }
+            var head: [UInt8] = []
+            head.reserveCapacity(Self.recordHeaderBytes)
+            Self.appendUInt32(&head, UInt32(body.count))
+            Self.appendUInt32(&head, 0)
+            Self.appendUInt64(&head, sequence)
+            Self.appendUInt32(&head, UInt32(events))
+            let crc = CRC32.checksum(head[8..<20], body)
+            head[4] = UInt8(crc >> 24); head[5] = UInt8(crc >> 16 & 0xFF); head[6] = UInt8(crc >> 8 & 0xFF); head[7] = UInt8(crc & 0xFF)
+            let index = state.segments.count - 1
+            let segment = state.segments[index]
+            let record = head + body
+            var written = 0
+            while written < record.count {
+                let n = record[written...].withUnsafeBytes { pwrite(segment.descriptor, $0.baseAddress, $0.count, off_t(segment.size) + off_t(written)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    // Leave no partial record behind.
+                    _ = ftruncate(segment.descriptor, off_t(segment.size))
+                    throw SpoolError("cannot append to \(segment.path): \(String(cString: strerror(errno)))")
+                }
+                written += n
+            }
+            state.pending.append(Record(sequence: sequence, events: events, segment: segment.firstSequence,
+                                        offset: segment.size + Int64(Self.recordHeaderBytes), length: body.count))
+            state.segments[index].size += recordBytes
+            state.segments[index].pending += 1
+            state.pendingBytes += recordBytes
+            state.totalBytes += recordBytes
+            state.nextSequence += 1
+            state.dirty = true
+            return (sequence, record.count)
+        }
+    }
+
+    /// Forgets every batch up to and including `sequence` (acknowledged).
+    func acknowledge(through sequence: UInt64) {
+        state.withLock { state in
+            while state.pendingHead < state.pending.count && state.pending[state.pendingHead].sequence <= sequence {
+                let record = state.pending[state.pendingHead]
+                state.pendingHead += 1
+                state.pendingBytes -= Int64(Self.recordHeaderBytes + record.length)
+                if let index = state.segments.firstIndex(where: { $0.firstSequence == record.segment }) {
+                    state.segments[index].pending -= 1
+                }
+            }
+            if state.pendingHead > 1024 && state.pendingHead * 2 > state.pending.count {
+                state.pending.removeFirst(state.pendingHead)
+                state.pendingHead = 0
+            }
+            dropAcknowledgedSegments(&state)
+        }
+    }
+
+    private func dropAcknowledgedSegments(_ state: inout State) {
+        while state.segments.count > 1 && state.segments[0].pending == 0 {
+            let segment = state.segments.removeFirst()
+            Foundation.close(segment.descriptor)
+            unlink(segment.path)
+            state.totalBytes -= segment.size
+        }
+    }
+
+    /// Unacknowledged batches after `sequence` (0: from the oldest), oldest
+    /// first, at most `limit`, read back from the files.
+    func pending(after sequence: UInt64, limit: Int) throws -> [(sequence: UInt64, events: Int, bytes: [UInt8])] {
+        try state.withLock { state in
+            var out: [(UInt64, Int, [UInt8])] = []
+            var index = state.pendingHead
+            // Sequences are consecutive: jump near the start.
+            if index < state.pending.count, sequence >= state.pending[index].sequence {
+                index = min(state.pending.count, index + Int(sequence - state.pending[index].sequence) + 1)
+            }
+            while index < state.pending.count && out.count < limit {
+                let record = state.pending[index]
+                index += 1
+                if record.sequence <= sequence { continue }
+                guard let segment = state.segments.first(where: { $0.firstSequence == record.segment }) else { continue }
+                var body = [UInt8](repeating: 0, count: record.length)
+                if record.length > 0 {
+                    guard pread(segment.descriptor, &body, record.length, off_t(record.offset)) == record.length else {
+                        throw SpoolError("cannot read \(segment.path): \(String(cString: strerror(errno)))")
+                    }
+                }
+                out.append((record.sequence, record.events, body))
+            }
+            return out
+        }
+    }
+
+    /// Flushes appended records to the disk if the interval has passed (or `force`).
+    func syncIfDue(force: Bool = false) {
+        state.withLock { state in
+            guard state.dirty, force || ContinuousClock.now - state.lastSync >= syncInterval else { return }
+            _ = fdatasync(state.segments[state.segments.count - 1].descriptor)
+            state.dirty = false
+            state.lastSync = .now
+        }
+    }
+
+    var statistics: (pendingBatches: Int, pendingEvents: Int, pendingBytes: Int64, fileBytes: Int64, nextSequence: UInt64) {
+        state.withLock { state in
+            var events = 0
+            for record in state.pending[state.pendingHead...] { events += record.events }
+            return (state.pending.count - state.pendingHead, events, state.pendingBytes, state.totalBytes, state.nextSequence)
+        }
+    }
+
+    var pendingBytes: Int64 { state.withLock { $0.pendingBytes } }
+    var oldestPendingSequence: UInt64? { state.withLock { $0.pendingHead < $0.pending.count ? $0.pending[$0.pendingHead].sequence : nil } }
+    var hasPending: Bool { state.withLock { $0.pendingHead < $0.pending.count } }
+
+    func close() {
+        syncIfDue(force: true)
+        state.withLock { state in
+            for segment in state.segments { Foundation.close(segment.descriptor) }
+            state.segments.removeAll()
+        }
+    }
+
+    // MARK: Bytes
+
+    static func readUInt64(_ bytes: [UInt8], _ at: Int) -> UInt64 {
+        bytes[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    static func readUInt32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+        bytes[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    static func appendUInt64(_ bytes: inout [UInt8], _ value: UInt64) {
+        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(value >> UInt64(shift) & 0xFF)) }
+    }
+
+    static func appendUInt32(_ bytes: inout [UInt8], _ value: UInt32) {
+        for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(value >> UInt32(shift) & 0xFF)) }
+    }
+}
+
+/// CRC-32 (IEEE 802.3, as zlib computes it).
+enum CRC32 {
+    static let table: [UInt32] = (0..<256).map { index in
+        var c = UInt32(index)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func checksum<A: Collection<UInt8>, B: Collection<UInt8>>(_ first: A, _ second: B) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in first { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        for byte in second { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        return crc ^ 0xFFFF_FFFF
+    }
+}

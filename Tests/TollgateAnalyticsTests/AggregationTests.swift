@@ -1,0 +1,315 @@
+import Foundation
+import RPCCore
+import Testing
+import TollctlCharts
+@testable import TollgateAnalytics
+import TollgateProto
+import TollgateStorage
+
+func withStatdb<Result>(_ body: (StatisticsDatabase) async throws -> Result) async throws -> Result {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-analytics-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(try StatisticsDatabase.open(in: path))
+}
+
+/// 2026-11-28T10:00:00Z
+let base: Int64 = 1_795_860_000_000
+
+func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant: String = "carbon.super", creator: String = "alice",
+           app: String = "app-1", owner: String = "bob", user: String = "bob", status: Int32 = 200, latencyUs: Int64 = 1500,
+           backendUs: Int64 = 1000, throttled: String? = nil, blocked: Bool = false, fault: Bool = false, resource: String = "/items") -> UsageEvent {
+    var e = UsageEvent()
+    e.requestTimestampUnixMs = ms
+    e.apiName = api
+    e.apiContext = context
+    e.apiVersion = "1"
+    e.apiCreator = creator
+    e.apiCreatorTenantDomain = tenant
+    e.applicationId = app
+    e.applicationOwner = owner
+    e.applicationName = app
+    e.userTenantDomain = tenant
+    e.username = user
+    e.keyType = .production
+    e.resource = resource
+    e.verb = .get
+    e.responseCode = status
+    e.responseTimeUs = latencyUs
+    e.responseTimeMs = latencyUs / 1000
+    e.backendTimeUs = backendUs
+    e.destination = throttled == nil && !blocked ? "http://backend" : ""
+    e.requestSizeBytes = 10
+    e.responseSizeBytes = 100
+    if let throttled {
+        e.throttled = true
+        e.throttledReason = throttled
+        e.fault = UsageFault(errorCode: 900800, errorMessage: "throttled")
+    }
+    if blocked {
+        e.blocked = true
+        e.fault = UsageFault(errorCode: 900805, errorMessage: "blocked")
+    }
+    if fault { e.fault = UsageFault(errorCode: 101503, errorMessage: "backend") }
+    return e
+}
+
+@Suite struct HistogramTests {
+    @Test func bucketsCoverEveryValueWithinTheDocumentedError() {
+        var previousUpper: UInt64 = 0
+        for index in UInt32(0)..<600 {
+            let (lower, width) = LatencyBuckets.bounds(of: index)
+            #expect(lower == previousUpper, "bucket \(index) starts where \(index - 1) ends")
+            previousUpper = lower + width
+            #expect(LatencyBuckets.index(of: lower) == index)
+            #expect(LatencyBuckets.index(of: lower + width - 1) == index)
+            let representative = Double(LatencyBuckets.representative(of: index))
+            for value in [lower, lower + width - 1] where value > 0 {
+                #expect(abs(representative - Double(value)) / Double(value) <= LatencyBuckets.relativeError + 1e-12)
+            }
+        }
+    }
+
+    @Test func quantilesOfMergedHistogramsAreWithinTheErrorOfTheExactValues() {
+        var generator = SystemRandomNumberGenerator()
+        var values: [UInt64] = []
+        var parts = [HistogramAccumulator](repeating: HistogramAccumulator(), count: 7)
+        for index in 0..<20_000 {
+            // Log-uniform from 1 µs to 10 s.
+            let value = UInt64(exp(Double.random(in: 0..<log(10_000_000.0), using: &generator)))
+            values.append(value)
+            parts[index % parts.count].record(value)
+        }
+        var merged = HistogramAccumulator()
+        var stored = LatencyHistogram()
+        for part in parts {
+            merged.add(part)
+            stored = part.merged(into: stored)
+        }
+        var fromStored = HistogramAccumulator()
+        fromStored.add(stored)
+        values.sort()
+        for q in [0.5, 0.9, 0.95, 0.99, 0.999] {
+            let exact = Double(values[Int((q * Double(values.count)).rounded(.up)) - 1])
+            for histogram in [merged, fromStored] {
+                let estimate = Double(histogram.quantile(q))
+                #expect(abs(estimate - exact) / exact <= LatencyBuckets.relativeError, "q\(q): \(estimate) vs \(exact)")
+            }
+        }
+        #expect(fromStored.count == 20_000)
+        #expect(fromStored.max == values.last)
+    }
+}
+
+@Suite struct IngestTests {
+    @Test func aBatchIsCountedOnceAndRolledUpToHourAndDay() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            let events = [
+                event(at: base + 1_000), event(at: base + 2_000, status: 404), event(at: base + 61_000, status: 503, fault: true),
+                event(at: base + 62_000, status: 429, throttled: "SUBSCRIPTION_LIMIT_EXCEEDED"),
+                event(at: base + 63_000, status: 429, throttled: "APPLICATION_LIMIT_EXCEEDED"),
+                event(at: base + 3_600_000 + 5, status: 403, blocked: true),
+            ]
+            let first = try await ingest.submit(gateway: "gw-1", epoch: 7, sequence: 1, events: events)
+            #expect(first == UsageIngest.Ack(duplicate: false, accepted: 6, discarded: 0))
+            // Re-sent after a lost acknowledgement: nothing counted again.
+            let again = try await ingest.submit(gateway: "gw-1", epoch: 7, sequence: 1, events: events)
+            #expect(again.duplicate)
+            // Another gateway's batch 1 is its own.
+            _ = try await ingest.submit(gateway: "gw-2", epoch: 1, sequence: 1, events: [event(at: base + 10)])
+
+            let minutes = try statdb.summaries(.minute, fromUnixMs: base, toUnixMs: base + 86_400_000)
+            let hours = try statdb.summaries(.hour, fromUnixMs: base, toUnixMs: base + 86_400_000)
+            let days = try statdb.summaries(.day, fromUnixMs: base - 86_400_000, toUnixMs: base + 86_400_000)
+            func total(_ rows: [UsageSummary], _ field: (UsageSummary) -> UInt64) -> UInt64 { rows.map(field).reduce(0, +) }
+            for rows in [minutes, hours, days] {
+                #expect(total(rows, \.requestCount) == 7)
+                #expect(total(rows, \.throttledCount) == 2)
+                #expect(total(rows, \.blockedCount) == 1)
+                #expect(total(rows, \.faultCount) == 1)
+                #expect(total(rows, \.serverErrorCount) == 1)
+                #expect(total(rows, \.clientErrorCount) == 4)
+                #expect(total(rows, \.successCount) == 2)
+                #expect(total(rows) { $0.responseLatency?.count ?? 0 } == 7)
+                #expect(total(rows, \.requestBytesSum) == 70)
+            }
+            #expect(Set(minutes.map(\.statusClass)) == [2, 4, 5])
+            let perAPI = try statdb.database.read { txn in
+                var rows: [UsageSummary] = []
+                try statdb.forEachSummary(.day, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { rows.append($0); return true }
+                return rows
+            }
+            #expect(total(perAPI, \.requestCount) == 7 && total(perAPI, \.throttledCount) == 2 && total(perAPI) { $0.responseLatency?.count ?? 0 } == 7)
+            let reasons = days.flatMap(\.throttledReasons).reduce(into: [String: UInt64]()) { $0[$1.reason, default: 0] += $1.count }
+            #expect(reasons == ["SUBSCRIPTION_LIMIT_EXCEEDED": 1, "APPLICATION_LIMIT_EXCEEDED": 1])
+            #expect(Set(hours.map(\.bucketStartUnixMs)) == [base, base + 3_600_000])
+            let statistics = ingest.statistics
+            #expect(statistics.events == 7)
+            #expect(statistics.duplicateBatches == 1)
+            let cursor = try statdb.database.read { try statdb.cursors.get(Key(.string("gw-1"), .uint64(7)), in: $0) }
+            #expect(cursor?.lastSequence == 1)
+        }
+    }
+
+    @Test func concurrentBatchesFromManyGatewaysAddUpExactly() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for gateway in 0..<4 {
+                    group.addTask {
+                        for sequence in UInt64(1)...25 {
+                            let events = (0..<40).map { event(at: base + Int64($0) * 1000 + Int64(sequence) * 60_000, user: "u\($0 % 5)") }
+                            let wait = ingest.enqueue(gateway: "gw-\(gateway)", epoch: 1, sequence: sequence, events: events)
+                            // Every fifth batch is sent twice, as after a reconnect.
+                            let duplicate = sequence % 5 == 0 ? ingest.enqueue(gateway: "gw-\(gateway)", epoch: 1, sequence: sequence, events: events) : nil
+                            _ = try await wait()
+                            if let duplicate { #expect(try await duplicate().duplicate) }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let days = try statdb.summaries(.day, fromUnixMs: base - 86_400_000, toUnixMs: base + 86_400_000)
+            let expected: UInt64 = 4 * 25 * 40
+            #expect(days.map(\.requestCount).reduce(0, +) == expected)
+            let hours = try statdb.summaries(.hour, fromUnixMs: base, toUnixMs: base + 86_400_000)
+            #expect(hours.map(\.requestCount).reduce(0, +) == expected)
+        }
+    }
+
+    @Test func pruningDeletesOnlyRowsPastTheirRetention() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 1,
+                                        events: (0..<300).map { event(at: base + Int64($0) * 60_000) })
+            #expect(try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max).count == 300)
+            let pruner = UsagePruner(statdb: statdb, retention: UsageRetention(minuteMs: 3_600_000, hourMs: 86_400_000 * 10, dayMs: 86_400_000 * 100,
+                                                                                batchRows: 7))
+            let deleted = try await pruner.prune(nowUnixMs: base + 300 * 60_000)
+            #expect(deleted == 2 * 240, "detail and per-API rows")
+            let minutes = try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max)
+            #expect(minutes.count == 60)
+            #expect(minutes.allSatisfy { $0.bucketStartUnixMs >= base + 240 * 60_000 })
+            #expect(try statdb.summaries(.hour, fromUnixMs: 0, toUnixMs: .max).map(\.requestCount).reduce(0, +) == 300)
+            let apiMinutes = try statdb.database.read { txn in
+                var count = 0
+                try statdb.forEachSummary(.minute, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { _ in count += 1; return true }
+                return count
+            }
+            #expect(apiMinutes == 60)
+        }
+    }
+}
+
+@Suite struct QueryTests {
+    static func user(_ name: String, tenant: String = "carbon.super", permissions: [String]) -> Caller {
+        .user(UserPrincipal(username: name, tenant: tenant, roles: [], permissions: permissions, sessionID: nil, sessionExpiresAtUnixMs: 0))
+    }
+
+    func load(_ statdb: StatisticsDatabase) async throws {
+        let ingest = UsageIngest(statdb: statdb)
+        var events: [UsageEvent] = []
+        for minute in 0..<120 {
+            let t = base + Int64(minute) * 60_000
+            events.append(event(at: t, latencyUs: Int64(1000 + minute * 10)))
+            events.append(event(at: t, api: "Pets", context: "/pets", creator: "carol", app: "app-2", owner: "dave", user: "dave", status: 500, fault: true))
+            events.append(event(at: t, api: "Other", context: "/other", tenant: "acme.com", creator: "erin", app: "app-3", owner: "frank", user: "frank"))
+        }
+        _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 1, events: events)
+    }
+
+    func query(_ statdb: StatisticsDatabase, _ caller: Caller, tenant: String? = nil, _ change: (inout QueryUsageRequest) -> Void = { _ in }) throws -> QueryUsageResponse {
+        var request = QueryUsageRequest(startUnixMs: base, endUnixMs: base + 2 * 3_600_000, groupBy: [.api], mergeBuckets: true)
+        change(&request)
+        let scope = try UsageScope.of(caller, actingIn: tenant, requestedTenant: request.tenantDomain)
+        return try UsageQueryEngine(statdb: statdb).run(request, scope: scope, nowUnixMs: base + 3 * 3_600_000)
+    }
+
+    @Test func eachCallerSeesOnlyWhatIsTheirs() async throws {
+        try await withStatdb { statdb in
+            try await load(statdb)
+            let alice = try query(statdb, Self.user("alice", permissions: ["/permission/admin/manage/api/create"]))
+            #expect(alice.rows.map(\.apiName) == ["Menu"])
+            #expect(alice.rows.first?.requestCount == 120)
+            let carol = try query(statdb, Self.user("carol", permissions: ["/permission/admin/manage/api/publish"]))
+            #expect(carol.rows.map(\.apiName) == ["Pets"])
+            let bob = try query(statdb, Self.user("bob", permissions: ["/permission/admin/manage/api/subscribe"])) { $0.groupBy = [.application] }
+            #expect(bob.rows.map(\.applicationId) == ["app-1"])
+            let nobody = try query(statdb, Self.user("mallory", permissions: ["/permission/admin/manage/api/subscribe"]))
+            #expect(nobody.rows.isEmpty)
+            let admin = try query(statdb, Self.user("root", permissions: ["/permission/admin"]))
+            #expect(Set(admin.rows.map(\.apiName)) == ["Menu", "Pets"])
+            let acme = try query(statdb, Self.user("root", tenant: "acme.com", permissions: ["/permission/admin"]))
+            #expect(acme.rows.map(\.apiName) == ["Other"])
+            // A tenant's administrator cannot name another tenant.
+            #expect(throws: RPCError.self) {
+                try query(statdb, Self.user("root", tenant: "acme.com", permissions: ["/permission/admin"])) { $0.tenantDomain = "carbon.super" }
+            }
+            let operatorView = try query(statdb, .certificateHolder(name: "ops"))
+            #expect(Set(operatorView.rows.map(\.apiName)) == ["Menu", "Pets", "Other"])
+            #expect(throws: RPCError.self) { try query(statdb, .node(id: "gw-1", roles: ["gateway"])) }
+        }
+    }
+
+    @Test func topNTimeSeriesAndMixedGranularitiesAgree() async throws {
+        try await withStatdb { statdb in
+            try await load(statdb)
+            let ops = Caller.certificateHolder(name: "ops")
+            let top = try query(statdb, ops) { $0.orderBy = .requests; $0.limit = 2 }
+            #expect(top.rows.count == 2)
+            let faulty = try query(statdb, ops) { $0.orderBy = .errors; $0.groupBy = [.api, .resource] }
+            #expect(faulty.rows.map(\.apiName) == ["Pets"])
+            // 10:30 to 12:00: minutes, then an hour's rows; the same totals as minutes alone.
+            let mixed = try query(statdb, ops) { $0.startUnixMs = base + 30 * 60_000; $0.endUnixMs = base + 120 * 60_000; $0.groupBy = [] }
+            let minutes = try query(statdb, ops) {
+                $0.startUnixMs = base + 30 * 60_000; $0.endUnixMs = base + 120 * 60_000; $0.groupBy = []; $0.granularity = .minute
+            }
+            #expect(mixed.granularity == .unspecified)
+            #expect(mixed.rows.first?.requestCount == 3 * 90)
+            #expect(minutes.rows.first?.requestCount == 3 * 90)
+            let series = try query(statdb, ops) { $0.mergeBuckets = false; $0.groupBy = []; $0.granularity = .hour }
+            #expect(series.rows.map(\.requestCount) == [180, 180])
+            #expect(series.rows.map(\.bucketStartUnixMs) == [base, base + 3_600_000])
+            let latency = try query(statdb, ops) { $0.apiName = "Menu" }
+            let p99 = Double(latency.rows.first?.responseP99Us ?? 0)
+            #expect(abs(p99 - 2180) / 2180 <= LatencyBuckets.relativeError, "\(p99)")
+            let last = try query(statdb, Self.user("alice", permissions: ["/permission/admin/manage/api/create"])) { $0.includeLastAccess = true }
+            #expect(last.lastAccess.map(\.apiName) == ["Menu"])
+            #expect(last.lastAccess.first?.lastAccessUnixMs == base + 119 * 60_000)
+        }
+    }
+}
+
+@Suite struct ChartTests {
+    @Test func barsScaleToTheLargestValueAndFitTheWidth() {
+        let points = (0..<10).map { BarChart.Point(label: "t\($0)", value: Double($0)) }
+        let lines = BarChart(title: "requests", points: points, width: 40, height: 4).render()
+        #expect(lines.first == "requests")
+        #expect(lines.allSatisfy { $0.count <= 40 }, "\(lines)")
+        #expect(lines[1].hasPrefix("9 ┤"))
+        #expect(lines[1].hasSuffix("█"))
+        #expect(lines[4].hasPrefix("0 ┼"))
+        #expect(!lines.joined().contains("\u{1B}"), "no colour unless asked")
+        #expect(lines.last?.contains("t0") == true && lines.last?.contains("t9") == true)
+    }
+
+    @Test func moreBucketsThanColumnsAreCombined() {
+        let points = (0..<1000).map { BarChart.Point(label: "\($0)", value: 1) }
+        let sum = BarChart(title: "x", points: points, width: 60, height: 2, combine: .sum).render()
+        #expect(sum.allSatisfy { $0.count <= 60 }, "\(sum)")
+        #expect(sum[1].hasPrefix("18 ┤"), "18 buckets a column: \(sum[1])")
+        let max = BarChart(title: "x", points: points, width: 60, height: 2, combine: .max).render()
+        #expect(max[1].hasPrefix("1 ┤"))
+    }
+
+    @Test func tinyValuesStayVisibleAndColourIsOptional() {
+        let lines = BarChart(title: "x", points: [.init(label: "a", value: 1000), .init(label: "b", value: 1)], width: 30, height: 3, colour: true).render()
+        #expect(lines[3].contains("▁"))
+        #expect(lines[1].contains("\u{1B}[36m"))
+        #expect(chartWidth(environment: ["COLUMNS": "120"], terminalColumns: 90) == 120)
+        #expect(chartWidth(environment: [:], terminalColumns: 90) == 90)
+        #expect(chartWidth(environment: [:], terminalColumns: nil) == 80)
+        #expect(BarChart(title: "x", points: [], width: 30).render() == ["x", "(no data)"])
+    }
+}

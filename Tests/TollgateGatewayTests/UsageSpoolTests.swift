@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+@testable import TollgateGateway
+import TollgateProto
+
+@Suite struct UsageSpoolTests {
+    func withDirectory<Result>(_ body: (String) throws -> Result) throws -> Result {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-spool-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        return try body(path)
+    }
+
+    func batch(_ epoch: UInt64, _ sequence: UInt64, events: Int = 3) throws -> [UInt8] {
+        var request = PublishUsageEventsRequest(gatewayId: "gw", epoch: epoch, sequence: sequence)
+        request.events = (0..<events).map { UsageEvent(correlationId: "e\(sequence)-\($0)", requestTimestampUnixMs: 1000) }
+        return try request.serializedBytes()
+    }
+
+    func append(_ spool: UsageSpool, count: Int) throws -> [UInt64] {
+        try (0..<count).map { _ in try #require(try spool.append(events: 3) { try batch($0, $1) }).sequence }
+    }
+
+    @Test func sequencesAndUnacknowledgedBatchesSurviveAReopen() throws {
+        try withDirectory { directory in
+            let spool = try UsageSpool(directory: directory, maxBytes: 1 << 20, now: 42)
+            #expect(try append(spool, count: 5) == [1, 2, 3, 4, 5])
+            spool.acknowledge(through: 2)
+            #expect(spool.statistics.pendingBatches == 3)
+            #expect(try spool.pending(after: 0, limit: 10).map(\.sequence) == [3, 4, 5])
+            #expect(try spool.pending(after: 3, limit: 1).map(\.sequence) == [4])
+            // Killed here (no close, no sync): the kernel has the writes.
+            let reopened = try UsageSpool(directory: directory, maxBytes: 1 << 20, now: 99)
+            #expect(reopened.recovery.epoch == 42, "the epoch is kept")
+            #expect(reopened.recovery.nextSequence == 6)
+            #expect(reopened.recovery.problems.isEmpty)
+            // Acknowledgements are not persisted: 1 and 2 come again, and analytics answers them as duplicates.
+            let pending = try reopened.pending(after: 0, limit: 10)
+            #expect(pending.map(\.sequence) == [1, 2, 3, 4, 5])
+            let decoded = try PublishUsageEventsRequest(serializedBytes: pending[3].bytes)
+            #expect(decoded.sequence == 4 && decoded.epoch == 42 && decoded.events.count == 3)
+            #expect(try append(reopened, count: 1) == [6])
+        }
+    }
+
+    @Test func aTornOrDamagedTailIsCutAndTheRestKept() throws {
+        try withDirectory { directory in
+            let spool = try UsageSpool(directory: directory, maxBytes: 1 << 20, now: 7)
+            _ = try append(spool, count: 4)
+            spool.close()
+            let file = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".spool") })
+            let path = directory + "/" + file
+            var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            let whole = bytes.count
+            // A torn last record: half of it written.
+            bytes.removeLast(20)
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            let torn = try UsageSpool(directory: directory, maxBytes: 1 << 20)
+            #expect(torn.recovery.nextSequence == 4)
+            #expect(torn.recovery.pendingBatches == 3)
+            #expect(torn.recovery.cutBytes > 0 && torn.recovery.problems.count == 1, "\(torn.recovery.problems)")
+            torn.close()
+            let cut = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            #expect(cut.count < whole - 20)
+            // A flipped bit in the second record: it and what follows are cut.
+            var damaged = cut
+            let second = UsageSpool.headerBytes + (cut.count - UsageSpool.headerBytes) / 3 + 30
+            damaged[second] ^= 0x40
+            try Data(damaged).write(to: URL(fileURLWithPath: path))
+            let reopened = try UsageSpool(directory: directory, maxBytes: 1 << 20)
+            #expect(reopened.recovery.pendingBatches == 1, "\(reopened.recovery.problems)")
+            #expect(reopened.recovery.nextSequence == 2)
+            #expect(reopened.recovery.problems.first?.contains("CRC") == true, "\(reopened.recovery.problems)")
+            #expect(try append(reopened, count: 1) == [2])
+            // Garbage instead of a header: the file is dropped, a new epoch begins.
+            reopened.close()
+            try Data("not a spool".utf8).write(to: URL(fileURLWithPath: path))
+            let fresh = try UsageSpool(directory: directory, maxBytes: 1 << 20, now: 1234)
+            #expect(fresh.recovery.epoch == 1234 && fresh.recovery.nextSequence == 1)
+        }
+    }
+
+    @Test func theCapRefusesBatchesWithoutUsingSequenceNumbers() throws {
+        try withDirectory { directory in
+            let one = try batch(1, 1).count + UsageSpool.recordHeaderBytes
+            let spool = try UsageSpool(directory: directory, maxBytes: Int64(one * 3 + 5), now: 1)
+            #expect(try append(spool, count: 3) == [1, 2, 3])
+            #expect(try spool.append(events: 3) { try batch($0, $1) } == nil)
+            #expect(spool.pendingBytes == Int64(one * 3))
+            spool.acknowledge(through: 1)
+            #expect(try spool.append(events: 3) { try batch($0, $1) }?.sequence == 4)
+        }
+    }
+
+    @Test func acknowledgedSegmentsAreDeleted() throws {
+        try withDirectory { directory in
+            let spool = try UsageSpool(directory: directory, maxBytes: 1 << 30, segmentBytes: 2048)
+            let sequences = try append(spool, count: 200)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory).count > 3)
+            spool.acknowledge(through: sequences.last!)
+            _ = try append(spool, count: 1)
+            let left = try FileManager.default.contentsOfDirectory(atPath: directory)
+            #expect(left.count == 1, "\(left)")
+            #expect(spool.statistics.fileBytes < 2048 + 1024)
+            let reopened = try UsageSpool(directory: directory, maxBytes: 1 << 30, segmentBytes: 2048)
+            #expect(reopened.recovery.nextSequence == 202)
+        }
+    }
+}
