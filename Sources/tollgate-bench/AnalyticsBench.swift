@@ -29,7 +29,7 @@ func benchAnalytics() async throws {
 }
 
 /// Batches each gateway has in flight (`usage_window_batches`); TOLLGATE_BENCH_WINDOW overrides.
-let benchWindow = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_WINDOW"] ?? "") ?? 128
+let benchWindow = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_WINDOW"] ?? "") ?? 64
 
 private func benchIngest(directory: String) async throws {
     let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
