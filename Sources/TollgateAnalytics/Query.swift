@@ -135,6 +135,23 @@ public struct UsageQueryEngine: Sendable {
         var counts = UsageCounts()
     }
 
+    /// What rows are added up by: the grouped dimensions (others empty).
+    struct GroupKey: Hashable, Comparable {
+        var bucket: Int64
+        var tenant, context, version, applicationTenant, application, user, resource: String
+        var verb: Int32
+        var keyType: Int32
+        var statusClass: UInt32
+
+        static func < (a: GroupKey, b: GroupKey) -> Bool {
+            (a.bucket, a.tenant, a.context, a.version, a.applicationTenant, a.application)
+                < (b.bucket, b.tenant, b.context, b.version, b.applicationTenant, b.application)
+                || ((a.bucket, a.tenant, a.context, a.version, a.applicationTenant, a.application)
+                    == (b.bucket, b.tenant, b.context, b.version, b.applicationTenant, b.application)
+                    && (a.user, a.resource, a.verb, a.keyType, a.statusClass) < (b.user, b.resource, b.verb, b.keyType, b.statusClass))
+        }
+    }
+
     public func run(_ request: QueryUsageRequest, scope: UsageScope, nowUnixMs: Int64) throws(RPCError) -> QueryUsageResponse {
         var end = request.endUnixMs > 0 ? request.endUnixMs : nowUnixMs
         var start = request.startUnixMs > 0 ? request.startUnixMs : end - 86_400_000
@@ -163,7 +180,7 @@ public struct UsageQueryEngine: Sendable {
         let seekTenant = scope.apiTenantOnly ?? tenantFilter
         let statuses = Set(request.statusClasses)
 
-        var groups: [String: Group] = [:]
+        var groups: [GroupKey: Group] = [:]
         func visit(_ row: UsageSummary) {
             guard scope.admits(row) else { return }
             if let tenantFilter, row.tenantDomain != tenantFilter { return }
@@ -176,56 +193,44 @@ public struct UsageQueryEngine: Sendable {
             if !request.resource.isEmpty && row.resource != request.resource { return }
             if !statuses.isEmpty && !statuses.contains(row.statusClass) { return }
             if request.keyType != .unspecified && row.keyType != request.keyType { return }
-            var template = UsageSummary()
-            template.granularity = merged ? granularity : row.granularity
-            template.bucketStartUnixMs = merged ? start : row.bucketStartUnixMs
-            var key = merged ? "" : String(row.bucketStartUnixMs)
-            if dimensions.contains(.tenant) || dimensions.contains(.api) || dimensions.contains(.apiVersion) {
-                template.tenantDomain = row.tenantDomain
-                key += "\u{1}" + row.tenantDomain
-            }
-            if dimensions.contains(.api) || dimensions.contains(.apiVersion) {
-                template.apiContext = row.apiContext
-                template.apiName = row.apiName
-                template.apiCreator = row.apiCreator
-                key += "\u{1}" + row.apiContext
-            }
-            if dimensions.contains(.apiVersion) {
-                template.apiVersion = row.apiVersion
-                key += "\u{1}" + row.apiVersion
-            }
-            if dimensions.contains(.application) {
-                template.applicationTenantDomain = row.applicationTenantDomain
-                template.applicationId = row.applicationId
-                template.applicationName = row.applicationName
-                template.applicationOwner = row.applicationOwner
-                key += "\u{1}" + row.applicationTenantDomain + "\u{1}" + row.applicationId
-            }
-            if dimensions.contains(.user) {
-                template.username = row.username
-                key += "\u{1}" + row.username
-            }
-            if dimensions.contains(.resource) {
-                template.resource = row.resource
-                template.verb = row.verb
-                if !dimensions.contains(.api) && !dimensions.contains(.apiVersion) {
-                    // A resource means little without its API.
-                    template.apiContext = row.apiContext
+            let api = dimensions.contains(.api) || dimensions.contains(.apiVersion)
+            let resourceAlone = dimensions.contains(.resource) && !api
+            let key = GroupKey(
+                bucket: merged ? 0 : row.bucketStartUnixMs,
+                tenant: dimensions.contains(.tenant) || api || resourceAlone ? row.tenantDomain : "",
+                context: api || resourceAlone ? row.apiContext : "",
+                version: dimensions.contains(.apiVersion) ? row.apiVersion : "",
+                applicationTenant: dimensions.contains(.application) ? row.applicationTenantDomain : "",
+                application: dimensions.contains(.application) ? row.applicationId : "",
+                user: dimensions.contains(.user) ? row.username : "",
+                resource: dimensions.contains(.resource) ? row.resource : "",
+                verb: dimensions.contains(.resource) ? row.verb.rawValue : 0,
+                keyType: dimensions.contains(.keyType) ? row.keyType.rawValue : 0,
+                statusClass: dimensions.contains(.statusClass) ? row.statusClass : 0)
+            if groups[key] == nil {
+                var template = UsageSummary()
+                template.granularity = merged ? granularity : row.granularity
+                template.bucketStartUnixMs = merged ? start : row.bucketStartUnixMs
+                template.tenantDomain = key.tenant
+                template.apiContext = key.context
+                if api || resourceAlone {
                     template.apiName = row.apiName
-                    template.tenantDomain = row.tenantDomain
-                    key += "\u{1}" + row.tenantDomain + "\u{1}" + row.apiContext
+                    template.apiCreator = api ? row.apiCreator : ""
                 }
-                key += "\u{1}" + row.resource + "\u{1}" + String(row.verb.rawValue)
+                template.apiVersion = key.version
+                if dimensions.contains(.application) {
+                    template.applicationTenantDomain = row.applicationTenantDomain
+                    template.applicationId = row.applicationId
+                    template.applicationName = row.applicationName
+                    template.applicationOwner = row.applicationOwner
+                }
+                template.username = key.user
+                template.resource = key.resource
+                if dimensions.contains(.resource) { template.verb = row.verb }
+                if dimensions.contains(.keyType) { template.keyType = row.keyType }
+                template.statusClass = key.statusClass
+                groups[key] = Group(template: template)
             }
-            if dimensions.contains(.keyType) {
-                template.keyType = row.keyType
-                key += "\u{1}k" + String(row.keyType.rawValue)
-            }
-            if dimensions.contains(.statusClass) {
-                template.statusClass = row.statusClass
-                key += "\u{1}s" + String(row.statusClass)
-            }
-            if groups[key] == nil { groups[key] = Group(template: template) }
             groups[key]!.counts.add(row)
         }
 
@@ -260,7 +265,7 @@ public struct UsageQueryEngine: Sendable {
             throw RPCError(.internal, "statdb: \(error)")
         }
 
-        var rows: [(key: String, row: UsageSummary, metric: Double)] = groups.map { key, group in
+        var rows: [(key: GroupKey, row: UsageSummary, metric: Double)] = groups.map { key, group in
             var row = group.template
             group.counts.apply(to: &row)
             let response = group.counts.response.quantiles([0.5, 0.95, 0.99])
@@ -285,7 +290,7 @@ public struct UsageQueryEngine: Sendable {
             rows.removeAll { $0.metric == 0 && request.orderBy != .requests }
             rows.sort { $0.metric != $1.metric ? $0.metric > $1.metric : $0.key < $1.key }
         } else {
-            rows.sort { ($0.row.bucketStartUnixMs, $0.key) < ($1.row.bucketStartUnixMs, $1.key) }
+            rows.sort { $0.key < $1.key }
         }
         if request.limit > 0 && rows.count > Int(request.limit) { rows.removeLast(rows.count - Int(request.limit)) }
         let token = request.page?.pageToken ?? []

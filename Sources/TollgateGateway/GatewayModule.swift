@@ -172,7 +172,7 @@ public struct GatewayModule: RoleModule {
         gatewayID = context.nodeID
         let shipping = UsageShipping()
         self.shipping = shipping
-        usageSettings = (section.integer("usage_batch_events") ?? 512, section.integer("usage_window_batches") ?? 32,
+        usageSettings = (section.integer("usage_batch_events") ?? 512, section.integer("usage_window_batches") ?? 64,
                          .milliseconds(section.integer("usage_ack_timeout_ms") ?? 15_000))
         if let directory = context.lookup(NodeDataDirectory.self) {
             do {

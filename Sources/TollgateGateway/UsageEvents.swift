@@ -158,7 +158,7 @@ struct UsageShipper: Service {
     let spool: UsageSpool?
     let shipping: UsageShipping
     /// Batches sent and not yet acknowledged, at most.
-    var window = 32
+    var window = 64
     /// A stream whose oldest batch waits longer than this for its
     /// acknowledgement is given up, and the next analytics node tried.
     var ackTimeout: Duration = .seconds(15)
@@ -237,7 +237,7 @@ struct UsageShipper: Service {
             }
             if let recent, let made {
                 recent.batches.withLock { batches in
-                    if batches.count < window * 4 { batches[appended.sequence] = made }
+                    if batches.count < window * 2 { batches[appended.sequence] = made }
                 }
             }
             wakeup?.signal()

@@ -282,6 +282,14 @@ public struct Table<Record: ProtoMessage>: Sendable {
     }
 }
 
+/// A record key hashed in one pass over its bytes (an array of bytes hashes
+/// byte by byte).
+struct MemoKey: Hashable, Sendable {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
+}
+
 /// Decoded records remembered with the exact bytes they were decoded from.
 /// A read that finds the same bytes under the same key again returns the
 /// remembered record instead of decoding it: comparing a few hundred bytes
@@ -290,7 +298,7 @@ public struct Table<Record: ProtoMessage>: Sendable {
 /// paths that read the same slowly-changing records over and over (key
 /// validation: clients, applications, APIs, subscriptions, policies).
 public final class RecordMemo<Record: ProtoMessage>: Sendable {
-    private let entries = Mutex<[[UInt8]: (bytes: [UInt8], record: Record)]>([:])
+    private let entries = Mutex<[MemoKey: (bytes: [UInt8], record: Record)]>([:])
     private let capacity: Int
 
     /// - Parameter capacity: records kept; past it the memo starts over.
@@ -304,12 +312,13 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
         entries.withLock { entries in
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[key] = (bytes, record)
+            entries[MemoKey(key)] = (bytes, record)
         }
     }
 
     func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
-        let remembered = entries.withLock { $0[key] }
+        let memoKey = MemoKey(key)
+        let remembered = entries.withLock { $0[memoKey] }
         if let remembered, remembered.bytes.count == bytes.count,
            remembered.bytes.withUnsafeBytes({ stored in
                guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
@@ -321,7 +330,7 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
         let copy = Array(bytes.bindMemory(to: UInt8.self))
         entries.withLock { entries in
             if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[key] = (copy, record)
+            entries[memoKey] = (copy, record)
         }
         return record
     }

@@ -21,6 +21,17 @@ import TollgateStorage
 func benchAnalytics() async throws {
     let directory = try temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: directory) }
+    // TOLLGATE_BENCH_ANALYTICS=ingest,bytes,query runs only those parts.
+    let parts = Set((ProcessInfo.processInfo.environment["TOLLGATE_BENCH_ANALYTICS"] ?? "ingest,bytes,query").split(separator: ",").map(String.init))
+    if parts.contains("ingest") { try await benchIngest(directory: directory) }
+    if parts.contains("bytes") { try await benchStatdbBytes(directory: directory) }
+    if parts.contains("query") { try await benchQueries(directory: directory) }
+}
+
+/// Batches each gateway has in flight (`usage_window_batches`); TOLLGATE_BENCH_WINDOW overrides.
+let benchWindow = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_WINDOW"] ?? "") ?? 64
+
+private func benchIngest(directory: String) async throws {
     let ca = try CertificateIssuer.makeAuthority(commonName: "bench CA", validDays: 1)
     try ca.certificatePEM.write(toFile: directory + "/ca.pem", atomically: true, encoding: .utf8)
     func issue(_ id: String, role: String) throws {
@@ -46,7 +57,7 @@ func benchAnalytics() async throws {
     let module = try requireModule(assembly.module(AnalyticsModule.self))
     let ingest = try requireModule(module.ingest)
 
-    // Four gateways, each one stream, 512 events a batch, 32 batches in flight.
+    // Four gateways, each one stream, 512 events a batch, `benchWindow` batches in flight.
     let now = Int64(Date().timeIntervalSince1970 * 1000)
     // As gateways send them: calls of the last minute; 200 APIs, 500 applications (about 7,500 rows a minute).
     let batches = (0..<64).map { seed in
@@ -61,7 +72,7 @@ func benchAnalytics() async throws {
                 let tls = try TLSContext(configuration: .client(trustRootsFile: directory + "/ca.pem", certificateChainFile: "\(directory)/\(id).pem",
                                                                 privateKeyFile: "\(directory)/\(id).key", applicationProtocols: [RPCServer.alpn]))
                 let connection = try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost", tls: tls, group: group)
-                let window = BenchWindow(limit: 32)
+                let window = BenchWindow(limit: benchWindow)
                 let (requests, continuation) = AsyncStream.makeStream(of: PublishUsageEventsRequest.self)
                 let feeder = Task {
                     var sequence: UInt64 = 0
@@ -92,14 +103,11 @@ func benchAnalytics() async throws {
     let rate = Double(events) / seconds
     print("analytics: events ingested, 1 node, 4 streaming gateways (TLS)".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "%12.0f events/s   target 200000: %@", rate, rate >= 200_000 ? "met" : "MISSED"))
-    print(String(format: "  %d events in %.1f s; %llu commits (%.1f batches each), %llu summary rows written, clients in the same process",
-                 events, seconds, stats.commits, Double(stats.batches) / Double(max(1, stats.commits)), stats.rowsWritten))
+    print(String(format: "  %d events in %.1f s; %llu commits (%.1f batches each), %llu summary rows written; %d batches of 512 in flight per gateway; clients in the same process",
+                 events, seconds, stats.commits, Double(stats.batches) / Double(max(1, stats.commits)), stats.rowsWritten, benchWindow))
 
 
 
-    // statdb bytes per million calls: the same mix, one hour of traffic.
-    try await benchStatdbBytes(directory: directory)
-    try await benchQueries(directory: directory)
 }
 
 /// A call of a mixed workload: `apis` APIs, `applications` applications
@@ -240,8 +248,11 @@ private func benchQueries(directory: String) async throws {
     }
     var buckets: [(BucketGranularity, Int64)] = []
     for d in 0...30 { buckets.append((.day, now - now % day - Int64(d) * day)) }
-    for h in 0..<(30 * 24) { buckets.append((.hour, lastHour - Int64(h) * hour)) }
-    for m in 0..<120 { buckets.append((.minute, now - now % 60_000 - Int64(m) * 60_000)) }
+    // TOLLGATE_BENCH_QUERY_DAYS_ONLY=1: day rows only (quick profiling of the queries that read them).
+    if ProcessInfo.processInfo.environment["TOLLGATE_BENCH_QUERY_DAYS_ONLY"] == nil {
+        for h in 0..<(30 * 24) { buckets.append((.hour, lastHour - Int64(h) * hour)) }
+        for m in 0..<120 { buckets.append((.minute, now - now % 60_000 - Int64(m) * 60_000)) }
+    }
     let loadStarted = ContinuousClock.now
     var written = 0
     for chunk in stride(from: 0, to: buckets.count, by: 8) {
