@@ -83,7 +83,7 @@ public struct AnalyticsModule: RoleModule {
                     counts.duplicateBatches),
             counter("commits_total", "statdb write transactions of usage batches (several batches share one).", counts.commits),
             counter("commit_failures_total", "statdb write transactions that failed; their batches were not acknowledged.", counts.failedCommits),
-            counter("summary_rows_written_total", "Summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
+            counter("statdb_rows_written_total", "statdb summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
             counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
             counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
         ]

@@ -208,7 +208,7 @@ import TollgateStorage
             func expectExact(_ phase: String) async throws {
                 let expected = baseline + Self.expected(reports, contexts: contexts)
                 do {
-                    try await eventually("\(phase): statdb counts \(expected.requests) calls", timeout: .seconds(60), poll: .milliseconds(250)) {
+                    try await eventually("\(phase): statdb counts \(expected.requests) calls", timeout: .seconds(120), poll: .milliseconds(250)) {
                         (try? Self.totals(statdb, .minute, from: startedAt).requests) == expected.requests
                     }
                 } catch {
@@ -260,10 +260,19 @@ import TollgateStorage
             kill(analytics.process.processIdentifier, SIGKILL)
             _ = await analytics.stop()
             reports.append(try await load(1, scale: 2))
+            // Queue empty and the spool unchanged over more than one batching
+            // interval (200 ms): no batch is between the queue and the spool,
+            // where a kill would lose it (memory, not the spool's promise).
             try await eventually("gw-2 has spooled every batch", timeout: .seconds(30), poll: .milliseconds(200)) {
-                let queued = await ThrottlingEndToEndTests.metric(gateways[1].metrics, "tollgate_gateway_usage_events_queued")
-                let spooled = await ThrottlingEndToEndTests.metric(gateways[1].metrics, "tollgate_gateway_usage_spool_bytes")
-                return queued == 0 && (spooled ?? 0) > 0
+                func spoolState() async -> (queued: Double?, spooled: Double?) {
+                    (await ThrottlingEndToEndTests.metric(gateways[1].metrics, "tollgate_gateway_usage_events_queued"),
+                     await ThrottlingEndToEndTests.metric(gateways[1].metrics, "tollgate_gateway_usage_spool_bytes"))
+                }
+                let before = await spoolState()
+                guard before.queued == 0, (before.spooled ?? 0) > 0 else { return false }
+                try await Task.sleep(for: .milliseconds(700))
+                let after = await spoolState()
+                return after.queued == 0 && after.spooled == before.spooled
             }
             kill(gatewayNodes[1].process.processIdentifier, SIGKILL)
             _ = await gatewayNodes[1].stop()
