@@ -704,9 +704,6 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--load-script", required=True, help="throttle_load.py")
     parser.add_argument("--soak-seconds", type=int, default=0, help="soak length after the fault matrix (0: none)")
-    # Off by default: it fails today (batches spooled while analytics was
-    # down are not counted once it returns; docs/cluster.md, issue 19).
-    parser.add_argument("--analytics-row", action="store_true", help="run the 'analytics down for a minute' row")
     parser.add_argument("--debug-tollgated", required=True, help="a debug build of tollgated (its Swift libraries in lib/ beside it)")
     args = parser.parse_args()
     configure()
@@ -715,8 +712,7 @@ def main():
     try:
         applications = scenario(tollctl, args.load_script)
         fault_matrix(tollctl, applications)
-        if args.analytics_row:
-            analytics_row(tollctl, applications)
+        analytics_row(tollctl, applications)
         watchdog_row(args.debug_tollgated)
         if args.soak_seconds:
             soak(applications, args.soak_seconds)

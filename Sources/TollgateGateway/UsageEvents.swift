@@ -73,8 +73,12 @@ public final class UsageQueue: Sendable {
                 group.addTask { [self] in
                     await withTaskCancellationHandler {
                         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                            // A task cancelled before it got here has run its
+                            // cancellation handler already: checked under the
+                            // lock that handler takes, so the continuation is
+                            // either never stored or found by the handler.
                             let ready = state.withLock { state in
-                                if state.events.count - state.head >= wakeThreshold { return true }
+                                if Task.isCancelled || state.events.count - state.head >= wakeThreshold { return true }
                                 state.waiter = continuation
                                 return false
                             }
@@ -383,7 +387,13 @@ final class Wakeup: Sendable {
             group.addTask { [self] in
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        // Cancelled before it got here, the cancellation
+                        // handler has already run and found nothing to
+                        // resume: a stored continuation would wait for a
+                        // signal that may never come (the shipper stuck
+                        // behind an analytics outage, a stop that hangs).
                         let ready = state.withLock { state -> Bool in
+                            if Task.isCancelled { return true }
                             if state.signalled {
                                 state.signalled = false
                                 return true

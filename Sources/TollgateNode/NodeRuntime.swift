@@ -242,10 +242,17 @@ public final class NodeRuntime: Sendable {
 
     static func makePeers(_ config: NodeConfig, limits: RPCLimits, group: any EventLoopGroup) throws -> [PeerLink] {
         let tls = try clientTLS(config)
+        // A peer that comes back is found within 5 s: a refused connection
+        // attempt costs next to nothing, and a gateway waiting 30 s to see
+        // its analytics or traffic manager return holds its spool and its
+        // local throttling fallback that much longer.
+        var backoff = ReconnectBackoff()
+        backoff.maximum = .seconds(5)
         return config.peers.sorted { $0.key.rawValue < $1.key.rawValue }.flatMap { role, endpoints in
             endpoints.map { endpoint in
                 PeerLink(role: role, endpoint: endpoint,
-                         channel: RPCChannel(host: endpoint.host, port: endpoint.port, serverHostname: endpoint.host, tls: tls, limits: limits, group: group))
+                         channel: RPCChannel(host: endpoint.host, port: endpoint.port, serverHostname: endpoint.host, tls: tls, limits: limits, group: group,
+                                             backoff: backoff))
             }
         }
     }

@@ -4,7 +4,8 @@ reports every status code it got back, per label, as JSON:
 
   analytics_load.py PLAN.json   where PLAN.json is a list of
       {"label": "menu-ok", "url": "http://127.0.0.1:8280/menu/1/echo",
-       "token": "…" (optional), "count": 40}
+       "token": "…" (optional), "count": 40, "pause": 0.1 (optional, seconds
+       after each of this item's calls)}
 
 Calls go out in rounds, one of each item in turn, so every label's calls
 spread over the whole run. A call that gets no answer within 30 s counts
@@ -12,6 +13,7 @@ under "error". Prints {"codes": {label: {status: count}}, "sent": N}.
 """
 import json
 import sys
+import time
 
 import requests
 
@@ -36,6 +38,8 @@ def main():
                 status = "error"
             codes[item["label"]][status] = codes[item["label"]].get(status, 0) + 1
             sent += 1
+            if item.get("pause"):
+                time.sleep(item["pause"])
     print(json.dumps({"codes": codes, "sent": sent}))
 
 

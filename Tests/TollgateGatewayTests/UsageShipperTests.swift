@@ -9,16 +9,16 @@ import TollgateProto
 
 /// An analytics node played in process: acknowledges every batch, or fails
 /// the stream after `failAfter` batches of the first stream, or refuses
-/// every stream.
+/// every stream while `refusing` is set.
 final class FakeAnalytics: RPCClientTransport {
     let received = Mutex<[UInt64]>([])
     let streams = Atomic<Int>(0)
     let failAfter: Int?
-    let refuse: Bool
+    let refusing: Atomic<Bool>
 
     init(failAfter: Int? = nil, refuse: Bool = false) {
         self.failAfter = failAfter
-        self.refuse = refuse
+        self.refusing = Atomic(refuse)
     }
 
     func unary<Request: ProtoMessage, Response: ProtoMessage>(_ method: ProtoMethod, _ request: Request, options: CallOptions,
@@ -40,7 +40,7 @@ final class FakeAnalytics: RPCClientTransport {
         _ method: ProtoMethod, requests: Requests, options: CallOptions, onResponse: @escaping @Sendable (Response) async throws -> Void
     ) async throws where Requests.Element: ProtoMessage {
         let stream = streams.add(1, ordering: .relaxed).newValue
-        if refuse { throw RPCError(.unavailable, "connection refused") }
+        if refusing.load(ordering: .relaxed) { throw RPCError(.unavailable, "connection refused") }
         var count = 0
         for try await element in requests {
             let request = element as! PublishUsageEventsRequest  // swiftlint:disable:this force_cast
@@ -99,6 +99,47 @@ struct FakePeers: PeerDirectory {
             #expect(received.filter { $0 == 4 }.count == 2, "\(received)")
             #expect(shipping.snapshot.discarded.isEmpty)
         }
+    }
+
+    /// Batches spooled while no analytics node answered go out once one
+    /// does, with no new batch to wake the shipper: after many refused
+    /// streams, each cancelling its sender wherever it was.
+    @Test func batchesSpooledDuringAnOutageGoOutWhenAnalyticsReturns() async throws {
+        let analytics = FakeAnalytics(refuse: true)
+        try await withShipper(analytics: analytics, maxBytes: 1 << 30) { queue, spool, shipping in
+            for index in 0..<400 {
+                queue.enqueue(event(index))
+                if index % 50 == 49 { try await Task.sleep(for: .milliseconds(30)) }
+            }
+            try await waitFor("the queue drained into the spool") { queue.statistics.queued == 0 && spool.statistics.pendingEvents == 400 }
+            // A few refused streams, then analytics is back and nothing new is queued.
+            try await waitFor("several refused streams") { analytics.streams.load(ordering: .relaxed) >= 4 }
+            analytics.refusing.store(false, ordering: .relaxed)
+            try await waitFor("every spooled batch acknowledged") { queue.statistics.shipped == 400 && !spool.hasPending }
+            #expect(Set(analytics.received.withLock { $0 }) == Set(1...(spool.statistics.nextSequence - 1)))
+        }
+    }
+
+    /// A wait that starts in a cancelled task returns at once: nothing
+    /// would ever wake it otherwise (the cause of a shipper stuck after an
+    /// analytics outage, and of a gateway stop that hung until SIGKILL).
+    @Test func waitsStartedAfterCancellationReturn() async throws {
+        let wakeup = Wakeup()
+        let waits = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            await wakeup.wait(timeout: .seconds(3600))
+        }
+        let freed = Atomic<Bool>(false)
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(20))
+            // Free the wait so the test ends, failing.
+            freed.store(true, ordering: .relaxed)
+            wakeup.signal()
+        }
+        await waits.value
+        watchdog.cancel()
+        let wasFreed = freed.load(ordering: .relaxed)
+        #expect(!wasFreed, "a wait begun in a cancelled task returned only when signalled")
     }
 
     @Test func aFullSpoolDiscardsCountsAndKeepsItsCap() async throws {

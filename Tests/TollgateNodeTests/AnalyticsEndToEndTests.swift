@@ -161,7 +161,7 @@ import TollgateStorage
 
             // Every outcome, through both gateways.
             var contexts: [String: String] = [:]
-            func plan(_ gateway: Int, scale: Int) throws -> String {
+            func plan(_ gateway: Int, scale: Int, pause: Double = 0) throws -> String {
                 let base = "http://127.0.0.1:\(gateways[gateway].http)"
                 let items: [(String, String, String?, Int, String)] = [
                     ("ok", "/menu/1/echo", tokens["bob"], 12 * scale, "/menu"),
@@ -176,6 +176,7 @@ import TollgateStorage
                 let entries: [[String: Any]] = items.map { label, path, token, count, context in
                     contexts["\(gateway)-\(label)"] = context
                     var entry: [String: Any] = ["label": "\(gateway)-\(label)", "url": base + path, "count": count]
+                    if pause > 0 { entry["pause"] = pause }
                     if let token { entry["token"] = token }
                     return entry
                 }
@@ -212,7 +213,15 @@ import TollgateStorage
                         (try? Self.totals(statdb, .minute, from: startedAt).requests) == expected.requests
                     }
                 } catch {
-                    Issue.record("\(phase): statdb has \((try? Self.totals(statdb, .minute, from: startedAt))?.description ?? "?"), sent \(expected)")
+                    // Where the batches are: still spooled, answered as duplicates, or skipped.
+                    var where_ = ""
+                    for (index, gateway) in gateways.enumerated() {
+                        let metrics = await ThrottlingEndToEndTests.metricsText(gateway.metrics)
+                        let usage = metrics.split(separator: "\n").filter { $0.hasPrefix("tollgate_gateway_usage") }.joined(separator: "\n")
+                        where_ += "\n\(gateway.id) metrics:\n\(usage)\n\(gateway.id) log tail:\n\(gatewayNodes[index].output.suffix(3000))"
+                    }
+                    where_ += "\nanalytics log tail:\n\(analytics.output.suffix(3000))"
+                    Issue.record("\(phase): statdb has \((try? Self.totals(statdb, .minute, from: startedAt))?.description ?? "?"), sent \(expected)\(where_)")
                     throw error
                 }
                 // A moment more: nothing arrives twice.
@@ -256,7 +265,40 @@ import TollgateStorage
             reports.append(try await during.value)
             try await expectExact("analytics restarted")
 
-            // 3. Analytics down; gw-2's batches wait in its spool; gw-2 killed, restarted, then analytics back.
+            // 3. The analytics node stopped the way systemd stops it (SIGTERM),
+            // with calls before, while it drains, while it is down and after
+            // it is back, one or two per batch (the cluster scenario's pace).
+            func slow(_ gateway: Int) throws -> String {
+                // Only outcomes that return at once: a slow call would bunch the batches.
+                let entries: [[String: Any]] = [("ok", "/menu/1/echo", tokens["bob"]!, "/menu"), ("pets-ok", "/pets/1/echo", tokens["bob"]!, "/pets")]
+                    .map { label, path, token, context in
+                        contexts["\(gateway)-slow-\(label)"] = context
+                        return ["label": "\(gateway)-slow-\(label)", "url": "http://127.0.0.1:\(gateways[gateway].http)" + path, "count": 8,
+                                "token": token, "pause": 0.15]
+                    }
+                let file = fixture.path("slow-\(gateway)-\(UUID().uuidString).json")
+                try JSONSerialization.data(withJSONObject: entries).write(to: URL(fileURLWithPath: file))
+                return file
+            }
+            let (slowBefore, slowBefore2) = (try slow(0), try slow(1))
+            let beforeStop = Task { [try await Self.run(slowBefore), try await Self.run(slowBefore2)] }
+            try await Task.sleep(for: .milliseconds(800))
+            let stopping = Task { [analytics] in await analytics.stop() }
+            reports += try await beforeStop.value
+            _ = await stopping.value
+            let (slowDown, slowDown2) = (try slow(0), try slow(1))
+            async let down1 = Self.run(slowDown)
+            async let down2 = Self.run(slowDown2)
+            reports += [try await down1, try await down2]
+            analytics = try nodes.start(config: anConfig)
+            #expect(await analytics.waitFor("ready: node an-1"), "\(analytics.output)")
+            let (slowAfter, slowAfter2) = (try slow(0), try slow(1))
+            async let after1 = Self.run(slowAfter)
+            async let after2 = Self.run(slowAfter2)
+            reports += [try await after1, try await after2]
+            try await expectExact("analytics stopped by SIGTERM and started again")
+
+            // 4. Analytics down; gw-2's batches wait in its spool; gw-2 killed, restarted, then analytics back.
             kill(analytics.process.processIdentifier, SIGKILL)
             _ = await analytics.stop()
             reports.append(try await load(1, scale: 2))
@@ -285,7 +327,7 @@ import TollgateStorage
             let duplicates = await ThrottlingEndToEndTests.metric(gateways[1].metrics, "tollgate_gateway_usage_batches_acknowledged_total{duplicate=\"true\"}")
             print("measured: gw-2 batches re-sent and answered as duplicates: \(duplicates ?? -1)")
 
-            // 4. Who sees what, through tollctl against the control plane (it reads the same statdb).
+            // 5. Who sees what, through tollctl against the control plane (it reads the same statdb).
             func stats(_ who: String, _ arguments: [String]) throws -> [[String: Any]] {
                 let output = try tollctl(who, ["stats"] + arguments + ["--since", "1d", "--output", "json"])
                 return Gateway.json(output)["rows"] as? [[String: Any]] ?? []

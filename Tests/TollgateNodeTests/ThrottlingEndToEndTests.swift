@@ -18,6 +18,12 @@ import Testing
     }
 
     /// One sample of a gateway's Prometheus page; nil when it cannot be read.
+    /// The whole metrics page, or what went wrong fetching it.
+    static func metricsText(_ port: Int) async -> String {
+        guard let page = try? await Gateway.curl(["http://127.0.0.1:\(port)/metrics"], timeout: .seconds(10)) else { return "(curl failed)" }
+        return page.status == 0 ? page.output : "(curl exit \(page.status))"
+    }
+
     static func metric(_ port: Int, _ name: String) async -> Double? {
         guard let page = try? await Gateway.curl(["http://127.0.0.1:\(port)/metrics"], timeout: .seconds(10)), page.status == 0 else { return nil }
         for line in page.output.split(separator: "\n") where line.hasPrefix(name + " ") {

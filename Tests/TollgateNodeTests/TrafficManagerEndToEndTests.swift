@@ -47,9 +47,17 @@ import TollgateServices
 
         /// Admits as a gateway would: waiting for a lease when told to.
         func admit(_ request: ThrottleRequest) async -> ThrottleOutcome {
+            await decide(request).outcome
+        }
+
+        /// The outcome and the clock reading it was decided at: after a wait
+        /// for a lease that may be in the next window, so a tally per window
+        /// must use this time, not the time the request was offered.
+        func decide(_ request: ThrottleRequest) async -> (outcome: ThrottleOutcome, at: Int64) {
             while true {
-                let outcome = throttler.admit(request, now: TrafficManagerEndToEndTests.unixNow())
-                guard case .wait(let wait) = outcome else { return outcome }
+                let now = TrafficManagerEndToEndTests.unixNow()
+                let outcome = throttler.admit(request, now: now)
+                guard case .wait(let wait) = outcome else { return (outcome, now) }
                 await throttler.waitForLease(wait)
             }
         }
@@ -113,8 +121,8 @@ import TollgateServices
                         tasks.addTask {
                             while !Task.isCancelled {
                                 for _ in 0..<perTick {
-                                    let now = Self.unixNow()
-                                    let admitted = Self.isAdmit(await gateway.admit(request))
+                                    let (outcome, now) = await gateway.decide(request)
+                                    let admitted = Self.isAdmit(outcome)
                                     tally.counts.withLock { tally in
                                         let start = spec.window(containing: now).start
                                         tally[start, default: (0, 0)].offered += 1
