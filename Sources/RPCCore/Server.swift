@@ -14,15 +14,19 @@ public struct ServerCallContext: Sendable {
     /// The client's IP address, where the transport has one (sign-in
     /// throttling counts failures by it).
     public let sourceAddress: String?
+    /// Fired when the server starts stopping this connection gracefully;
+    /// nil where the transport has no such moment (in process).
+    public let stopping: StopSignal?
 
     public init(method: ProtoMethod, metadata: Metadata, peer: PeerIdentity?, deadline: ContinuousClock.Instant?, caller: Caller = .anonymous,
-                sourceAddress: String? = nil) {
+                sourceAddress: String? = nil, stopping: StopSignal? = nil) {
         self.method = method
         self.metadata = metadata
         self.peer = peer
         self.deadline = deadline
         self.caller = caller
         self.sourceAddress = sourceAddress
+        self.stopping = stopping
     }
 
     /// The signed-in user making the call, or UNAUTHENTICATED.

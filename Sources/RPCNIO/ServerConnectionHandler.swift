@@ -98,6 +98,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var loopExecutor: LoopTaskExecutor?
     /// The calls of the streams open in `machine`, by stream id.
     private var streams: [UInt32: Stream] = [:]
+    /// Fired with the GOAWAY of a graceful shutdown.
+    private let stopping = StopSignal()
     private var machine: ConnectionStateMachine
     private var peer: PeerIdentity?
     private var requestCounter = 0
@@ -322,7 +324,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         // handler's task before the handler runs (`launch`): a session token
         // is looked up in userdb, which must not happen on the event loop.
         let callContext = ServerCallContext(method: handler.method, metadata: metadata, peer: peer, deadline: deadline,
-                                            sourceAddress: context.remoteAddress?.ipAddress)
+                                            sourceAddress: context.remoteAddress?.ipAddress, stopping: stopping)
         if headers.timeoutMs == 0 {
             machine.closeStream(id)
             return emit(.trailers(streamID: id, error: RPCError(.deadlineExceeded, "deadline exceeded"), metadata: echo), context: context)
@@ -655,6 +657,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func startGoingAway(context: ChannelHandlerContext) {
         guard let goAway = machine.startQuiescing() else { return }
         emit(goAway, context: context)
+        // Long-lived streams watching it end now (UNAVAILABLE), the rest drain.
+        stopping.fire()
         streamClosed(context: context)
     }
 }

@@ -112,41 +112,45 @@ public struct AnalyticsRPCService: AnalyticsServiceHandler {
             throw RPCError(.failedPrecondition, "this node (\(roles.joined(separator: ","))) reads statdb but does not ingest: list analytics nodes under the gateways' [peers] analytics")
         }
         let certified: String? = if case .node(let id, _)? = context.peer { id } else { nil }
-        let (acks, continuation) = AsyncStream.makeStream(of: (@Sendable () async throws -> UsageIngest.Ack, UInt64, UInt64).self)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let window = InFlightWindow(limit: Self.maxInFlight)
-            group.addTask {
-                // A failed write must not leave the reader waiting for room.
-                defer { window.close() }
-                for await (wait, epoch, sequence) in acks {
-                    let ack = try await wait()
-                    window.release()
-                    try await writer.write(PublishUsageEventsResponse(acceptedCount: ack.accepted, discardedCount: ack.discarded, sequence: sequence,
-                                                                      epoch: epoch, duplicate: ack.duplicate))
+        // Batches in flight when the node stops are not acknowledged: the
+        // gateway sends them again and they are counted once.
+        try await context.untilStopping {
+            let (acks, continuation) = AsyncStream.makeStream(of: (@Sendable () async throws -> UsageIngest.Ack, UInt64, UInt64).self)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let window = InFlightWindow(limit: Self.maxInFlight)
+                group.addTask {
+                    // A failed write must not leave the reader waiting for room.
+                    defer { window.close() }
+                    for await (wait, epoch, sequence) in acks {
+                        let ack = try await wait()
+                        window.release()
+                        try await writer.write(PublishUsageEventsResponse(acceptedCount: ack.accepted, discardedCount: ack.discarded, sequence: sequence,
+                                                                          epoch: epoch, duplicate: ack.duplicate))
+                    }
                 }
-            }
-            do {
-                for try await request in requests {
-                    let gateway = certified ?? request.gatewayId
-                    if let certified, !request.gatewayId.isEmpty, request.gatewayId != certified {
-                        throw RPCError(.permissionDenied, "batch names gateway \(request.gatewayId) but the certificate is node \(certified)")
+                do {
+                    for try await request in requests {
+                        let gateway = certified ?? request.gatewayId
+                        if let certified, !request.gatewayId.isEmpty, request.gatewayId != certified {
+                            throw RPCError(.permissionDenied, "batch names gateway \(request.gatewayId) but the certificate is node \(certified)")
+                        }
+                        guard !gateway.isEmpty, request.sequence > 0 else {
+                            throw RPCError(.invalidArgument, "every batch needs a gateway_id and a sequence from 1")
+                        }
+                        guard request.events.count <= Self.maxBatchEvents else {
+                            throw RPCError(.invalidArgument, "\(request.events.count) events in one batch; at most \(Self.maxBatchEvents)")
+                        }
+                        await window.acquire()
+                        let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events)
+                        continuation.yield((wait, request.epoch, request.sequence))
                     }
-                    guard !gateway.isEmpty, request.sequence > 0 else {
-                        throw RPCError(.invalidArgument, "every batch needs a gateway_id and a sequence from 1")
-                    }
-                    guard request.events.count <= Self.maxBatchEvents else {
-                        throw RPCError(.invalidArgument, "\(request.events.count) events in one batch; at most \(Self.maxBatchEvents)")
-                    }
-                    await window.acquire()
-                    let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events)
-                    continuation.yield((wait, request.epoch, request.sequence))
+                    continuation.finish()
+                } catch {
+                    continuation.finish()
+                    throw error
                 }
-                continuation.finish()
-            } catch {
-                continuation.finish()
-                throw error
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
         }
     }
 

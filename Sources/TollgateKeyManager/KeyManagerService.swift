@@ -144,20 +144,22 @@ public struct KeyManagerRPCService: KeyManagerServiceHandler {
         do {
             // A fresh or lost watcher gets `reset` (drop every cached result)
             // instead of a snapshot: revocations have no state to rebuild.
-            try await log.follow(since: request.sinceSequence, batch: 512, heartbeat: feedHeartbeat, snapshot: {
-                let head = try log.currentRevision()
-                return ([head], head)
-            }, send: { event in
-                switch event {
-                case .snapshot(let head):
-                    try await writer.write(WatchRevocationsResponse(reset: true, revocations: [], headSequence: head))
-                case .change(let revocation):
-                    try await writer.write(WatchRevocationsResponse(reset: false, revocations: [revocation], headSequence: revocation.sequence))
-                case .caughtUp(let sequence):
-                    try await writer.write(WatchRevocationsResponse(reset: false, revocations: [], headSequence: sequence, caughtUp: true,
-                                                                    heartbeatSeconds: heartbeatSeconds))
-                }
-            })
+            try await context.untilStopping {
+                try await log.follow(since: request.sinceSequence, batch: 512, heartbeat: feedHeartbeat, snapshot: {
+                    let head = try log.currentRevision()
+                    return ([head], head)
+                }, send: { event in
+                    switch event {
+                    case .snapshot(let head):
+                        try await writer.write(WatchRevocationsResponse(reset: true, revocations: [], headSequence: head))
+                    case .change(let revocation):
+                        try await writer.write(WatchRevocationsResponse(reset: false, revocations: [revocation], headSequence: revocation.sequence))
+                    case .caughtUp(let sequence):
+                        try await writer.write(WatchRevocationsResponse(reset: false, revocations: [], headSequence: sequence, caughtUp: true,
+                                                                        heartbeatSeconds: heartbeatSeconds))
+                    }
+                })
+            }
         } catch ChangeLog<TokenRevocation>.FollowError.prunedPast(let sequence) {
             throw RPCError(.aborted, "the revocation feed no longer holds sequence \(sequence): reconnect with since_sequence 0 and drop cached results")
         }

@@ -134,18 +134,20 @@ public struct PublisherService: PublisherServiceHandler {
         let log = store.deploymentLog
         let heartbeatSeconds = ChangeLog<DeploymentChange>.announcedSeconds(feedHeartbeat)
         do {
-            try await log.log.follow(since: request.sinceRevision, heartbeat: feedHeartbeat, snapshot: {
-                let chunks = try log.snapshot(apisPerChunk: snapshotChunkSize)
-                return (chunks, chunks.last?.revision ?? 0)
-            }, send: { event in
-                switch event {
-                case .snapshot(let chunk): try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk)))
-                case .change(let change): try await writer.write(WatchDeploymentsResponse(frame: .change(change)))
-                case .caughtUp(let revision):
-                    try await writer.write(WatchDeploymentsResponse(frame: .caughtUp(DeploymentFeedCaughtUp(revision: revision,
-                                                                                                           heartbeatSeconds: heartbeatSeconds))))
-                }
-            })
+            try await context.untilStopping {
+                try await log.log.follow(since: request.sinceRevision, heartbeat: feedHeartbeat, snapshot: {
+                    let chunks = try log.snapshot(apisPerChunk: snapshotChunkSize)
+                    return (chunks, chunks.last?.revision ?? 0)
+                }, send: { event in
+                    switch event {
+                    case .snapshot(let chunk): try await writer.write(WatchDeploymentsResponse(frame: .snapshot(chunk)))
+                    case .change(let change): try await writer.write(WatchDeploymentsResponse(frame: .change(change)))
+                    case .caughtUp(let revision):
+                        try await writer.write(WatchDeploymentsResponse(frame: .caughtUp(DeploymentFeedCaughtUp(revision: revision,
+                                                                                                               heartbeatSeconds: heartbeatSeconds))))
+                    }
+                })
+            }
         } catch ChangeLog<DeploymentChange>.FollowError.prunedPast(let revision) {
             // The log was pruned past this watcher while it lagged: it must start over.
             throw RPCError(.aborted, "the deployment log no longer holds revision \(revision): reconnect with since_revision 0 for a new snapshot")

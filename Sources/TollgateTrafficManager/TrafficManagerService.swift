@@ -29,34 +29,36 @@ public struct TrafficManagerRPCService: TrafficManagerServiceHandler {
     }
 
     public func watchDecisions(_ request: WatchDecisionsRequest, writer: ResponseWriter<WatchDecisionsResponse>, context: ServerCallContext) async throws {
-        // Subscribed before reading the log, so nothing decided in between is missed.
-        let (id, live) = trafficManager.subscribe()
-        defer { trafficManager.unsubscribe(id) }
-        let database = trafficManager.database
-        let head = try RPCError.catching { try database.headSequence() }
-        let since = request.sinceSequence
-        let oldest = try RPCError.catching { try database.oldestRecord() }
-        let resumable = since > 0 && since <= head && (since == head || (oldest.map { $0.sequence <= since + 1 } ?? false))
-        var last: UInt64
-        if resumable {
-            last = since
-            while true {
-                let records = try RPCError.catching { try database.records(after: last, limit: 512) }
-                guard let newest = records.last else { break }
-                let decisions = records.compactMap { record -> ThrottleDecision? in
-                    if case .decision(let decision)? = record.entry { return decision }
-                    return nil
+        try await context.untilStopping { [trafficManager] in
+            // Subscribed before reading the log, so nothing decided in between is missed.
+            let (id, live) = trafficManager.subscribe()
+            defer { trafficManager.unsubscribe(id) }
+            let database = trafficManager.database
+            let head = try RPCError.catching { try database.headSequence() }
+            let since = request.sinceSequence
+            let oldest = try RPCError.catching { try database.oldestRecord() }
+            let resumable = since > 0 && since <= head && (since == head || (oldest.map { $0.sequence <= since + 1 } ?? false))
+            var last: UInt64
+            if resumable {
+                last = since
+                while true {
+                    let records = try RPCError.catching { try database.records(after: last, limit: 512) }
+                    guard let newest = records.last else { break }
+                    let decisions = records.compactMap { record -> ThrottleDecision? in
+                        if case .decision(let decision)? = record.entry { return decision }
+                        return nil
+                    }
+                    try await writer.write(WatchDecisionsResponse(snapshot: false, decisions: decisions, headSequence: newest.sequence))
+                    last = newest.sequence
                 }
-                try await writer.write(WatchDecisionsResponse(snapshot: false, decisions: decisions, headSequence: newest.sequence))
-                last = newest.sequence
+            } else {
+                try await writer.write(WatchDecisionsResponse(snapshot: true, decisions: trafficManager.currentDecisions(head: head), headSequence: head))
+                last = head
             }
-        } else {
-            try await writer.write(WatchDecisionsResponse(snapshot: true, decisions: trafficManager.currentDecisions(head: head), headSequence: head))
-            last = head
-        }
-        for await decision in live where decision.sequence > last {
-            try await writer.write(WatchDecisionsResponse(snapshot: false, decisions: [decision], headSequence: decision.sequence))
-            last = decision.sequence
+            for await decision in live where decision.sequence > last {
+                try await writer.write(WatchDecisionsResponse(snapshot: false, decisions: [decision], headSequence: decision.sequence))
+                last = decision.sequence
+            }
         }
     }
 

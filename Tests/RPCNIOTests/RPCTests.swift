@@ -277,6 +277,46 @@ struct Harness {
         }
     }
 
+    /// A feed that watches the stop signal ends with UNAVAILABLE when the
+    /// drain begins (its client resumes elsewhere), while a unary call in
+    /// flight on the same connection still runs to its end.
+    @Test func feedsEndWhenTheDrainBeginsAndOtherCallsFinish() async throws {
+        let feed = Echo.method("Feed", client: false, server: true)
+        let pausing = Watched(false)
+        let handlers = echoHandlers() + [
+            .serverStreaming(feed) { (_: PingRequest, writer: ResponseWriter<PingResponse>, context) in
+                try await context.untilStopping {
+                    try await writer.write(PingResponse(payload: [1]))
+                    try await Task.sleep(for: .seconds(3600))
+                }
+            },
+            .unary(Echo.method("Pause", client: false, server: false)) { (_: PingRequest, _) -> PingResponse in
+                pausing.update { $0 = true }
+                try await Task.sleep(for: .milliseconds(500))
+                return PingResponse(payload: [2])
+            },
+        ]
+        try await Harness.with(methods: handlers) { harness in
+            let client = try await harness.connect()
+            let first = Watched(false)
+            let watching = Task {
+                try await client.serverStreaming(feed, PingRequest()) { (_: PingResponse) in first.update { $0 = true } }
+            }
+            try await first.wait(for: "the feed's first response") { $0 }
+            let pause = Task { () -> PingResponse in try await client.unary(Echo.method("Pause", client: false, server: false), PingRequest()) }
+            try await pausing.wait(for: "the unary call to reach its handler") { $0 }
+            // Much longer than anything here takes: a feed still open would end "drain period is over".
+            let shutdown = Task { await harness.server.shutdown(drainTimeout: .seconds(60)) }
+            await #expect { try await watching.value } throws: { error in
+                let status = error as? RPCError
+                return status?.code == .unavailable && status?.message.contains("the node is stopping") == true
+            }
+            #expect(try await pause.value.payload == [2], "the unary call in flight finished")
+            await shutdown.value
+            await client.close()
+        }
+    }
+
     @Test func shutdownLetsCallsInFlightFinishAndRefusesNewOnes() async throws {
         try await Harness.with { harness in
             let client = try await harness.connect()
