@@ -353,7 +353,24 @@ public struct UsageQueryEngine: Sendable {
         }
         if ranked {
             rows.removeAll { $0.metric == 0 && request.orderBy != .requests }
-            rows.sort { $0.metric != $1.metric ? $0.metric > $1.metric : $0.key < $1.key }
+            let before = { (a: (key: GroupKey, row: UsageSummary, metric: Double), b: (key: GroupKey, row: UsageSummary, metric: Double)) -> Bool in
+                a.metric != b.metric ? a.metric > b.metric : a.key < b.key
+            }
+            let limit = Int(request.limit)
+            if limit > 0 && limit <= 1000 && rows.count > limit {
+                // Top-N of many groups (applications, users): the first N
+                // in one pass, not a sort of them all.
+                var top: [(key: GroupKey, row: UsageSummary, metric: Double)] = []
+                top.reserveCapacity(limit + 1)
+                for candidate in rows where top.count < limit || before(candidate, top[top.count - 1]) {
+                    let position = top.firstIndex { before(candidate, $0) } ?? top.count
+                    top.insert(candidate, at: position)
+                    if top.count > limit { top.removeLast() }
+                }
+                rows = top
+            } else {
+                rows.sort(by: before)
+            }
         } else {
             rows.sort { $0.key < $1.key }
         }

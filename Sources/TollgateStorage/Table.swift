@@ -298,8 +298,20 @@ struct MemoKey: Hashable, Sendable {
 /// paths that read the same slowly-changing records over and over (key
 /// validation: clients, applications, APIs, subscriptions, policies).
 public final class RecordMemo<Record: ProtoMessage>: Sendable {
+    /// One remembered record: a single reference, so a lookup copies one
+    /// pointer rather than a generic tuple field by field.
+    final class Entry: Sendable {
+        let bytes: [UInt8]
+        let record: Record
+
+        init(bytes: [UInt8], record: Record) {
+            self.bytes = bytes
+            self.record = record
+        }
+    }
+
     struct Entries {
-        var records: [MemoKey: (bytes: [UInt8], record: Record)] = [:]
+        var records: [MemoKey: Entry] = [:]
         /// The keys held, in no particular order: a full memo forgets one
         /// chosen at random for each new record.
         var keys: [MemoKey] = []
@@ -331,7 +343,7 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     /// evicting the oldest) keeps most of a working set a little larger
     /// than the memo: a scan over more rows than it holds, repeated, still
     /// finds most of them instead of none.
-    private func insert(_ key: MemoKey, _ value: (bytes: [UInt8], record: Record), into entries: inout Entries) {
+    private func insert(_ key: MemoKey, _ value: Entry, into entries: inout Entries) {
         if entries.records.updateValue(value, forKey: key) != nil { return }
         if entries.keys.count < capacity {
             entries.keys.append(key)
@@ -346,7 +358,7 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     /// read of it decodes nothing (a counter row read, added to and written
     /// again and again).
     public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
-        entries.withLock { entries in insert(MemoKey(key), (bytes, record), into: &entries) }
+        entries.withLock { entries in insert(MemoKey(key), Entry(bytes: bytes, record: record), into: &entries) }
     }
 
     func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
@@ -361,7 +373,7 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
         }
         let record = try decode(bytes)
         let copy = Array(bytes.bindMemory(to: UInt8.self))
-        entries.withLock { entries in insert(memoKey, (copy, record), into: &entries) }
+        entries.withLock { entries in insert(memoKey, Entry(bytes: copy, record: record), into: &entries) }
         return record
     }
 }

@@ -311,6 +311,13 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
             #expect(try applications(scopes[4]) == ["app-1"])
             #expect(try applications(scopes[5]) == ["app-4"])
             #expect(try applications(scopes[7]).isEmpty)
+            // The top 3 of 4 are the first 3 of all 4 ranked.
+            var everyApplication = top
+            everyApplication.limit = 0
+            let ranked = try engine.run(everyApplication, scope: scopes[0], nowUnixMs: base + 5 * 3_600_000).rows
+            #expect(ranked.count == 4)
+            #expect(Array(ranked.prefix(3)) == (try engine.run(top, scope: scopes[0], nowUnixMs: base + 5 * 3_600_000).rows))
+            #expect(ranked.map(\.requestCount) == ranked.map(\.requestCount).sorted(by: >))
             let bob = try engine.run(top, scope: scopes[4], nowUnixMs: base + 5 * 3_600_000).rows
             #expect(bob.first?.requestCount == 144 && bob.first?.applicationOwner == "bob")
         }
