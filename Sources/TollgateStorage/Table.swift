@@ -290,6 +290,18 @@ struct MemoKey: Hashable, Sendable {
     func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
 }
 
+/// What every ``RecordMemo`` entry holds whatever its record type.
+/// `@unchecked Sendable`: immutable (one `let` of a Sendable type) and
+/// subclassed only by `RecordMemo.Entry`, whose one addition is a `let` of a
+/// Sendable record; not final only for that subclass.
+class RecordMemoEntry: @unchecked Sendable {
+    let bytes: [UInt8]
+
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+}
+
 /// Decoded records remembered with the exact bytes they were decoded from.
 /// A read that finds the same bytes under the same key again returns the
 /// remembered record instead of decoding it: comparing a few hundred bytes
@@ -300,18 +312,20 @@ struct MemoKey: Hashable, Sendable {
 public final class RecordMemo<Record: ProtoMessage>: Sendable {
     /// One remembered record: a single reference, so a lookup copies one
     /// pointer rather than a generic tuple field by field.
-    final class Entry: Sendable {
-        let bytes: [UInt8]
+    final class Entry: RecordMemoEntry, @unchecked Sendable {
         let record: Record
 
         init(bytes: [UInt8], record: Record) {
-            self.bytes = bytes
             self.record = record
+            super.init(bytes: bytes)
         }
     }
 
     struct Entries {
-        var records: [MemoKey: Entry] = [:]
+        /// Values of a non-generic class: the dictionary's probing is
+        /// compiled for its concrete types instead of run through generic
+        /// value witnesses.
+        var records: [MemoKey: RecordMemoEntry] = [:]
         /// The keys held, in no particular order: a full memo forgets one
         /// chosen at random for each new record.
         var keys: [MemoKey] = []
@@ -369,7 +383,8 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
                guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
                return memcmp(storedBase, base, bytes.count) == 0
            }) {
-            return remembered.record
+            // Only `Entry` (of this memo's record type) is ever stored.
+            return unsafeDowncast(remembered, to: Entry.self).record
         }
         let record = try decode(bytes)
         let copy = Array(bytes.bindMemory(to: UInt8.self))
