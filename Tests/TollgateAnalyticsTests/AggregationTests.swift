@@ -323,6 +323,36 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
         }
     }
 
+    @Test func aSchema2StatdbIsMarkedAndAnsweredFromTheDetailedRowsUntilBackfilled() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-analytics-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            // Closed at the end of this scope, before the upgrade reopens it.
+            let statdb = try StatisticsDatabase.open(in: path)
+            // As schema 2 left it: detailed rows, no per-application rows.
+            var delta = BatchDelta()
+            for batch in 0..<2 { for event in mixedEvents(batch: batch) { delta.add(event) } }
+            let written = delta
+            try await statdb.database.write { txn in
+                _ = try UsageIngest.write(written, statdb: statdb, memo: RecordMemo(), apiMemo: RecordMemo(), applicationMemo: RecordMemo(), in: &txn)
+                try statdb.applicationSummaries.clear(in: &txn)
+                try statdb.database.setMetaValue(withUnsafeBytes(of: UInt64(2).bigEndian, Array.init), for: "schema_version", in: &txn)
+            }
+        }
+        let statdb = try StatisticsDatabase.open(in: path)
+        #expect(try statdb.database.storedVersion() == StatisticsDatabase.schema.version)
+        #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) })
+        let top = QueryUsageRequest(startUnixMs: base, endUnixMs: base + 4 * 3_600_000, groupBy: [.application], orderBy: .requests, limit: 10)
+        let engine = UsageQueryEngine(statdb: statdb)
+        let before = try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows
+        #expect(before.map(\.requestCount).reduce(0, +) == 180, "answered from the detailed rows")
+        try await ApplicationRowsBackfill(statdb: statdb).run()
+        #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) } == false)
+        #expect(try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows == before)
+        #expect(try rows(statdb, .day, .perApplication).map(\.requestCount).reduce(0, +) == 180)
+    }
+
     @Test func backfillRebuildsTheApplicationRowsOfAnOlderStatdbExactly() async throws {
         try await withStatdb { statdb in
             let ingest = UsageIngest(statdb: statdb)
