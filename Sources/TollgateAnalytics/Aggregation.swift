@@ -31,6 +31,14 @@ public struct SummaryKey: Hashable, Sendable {
                    verb: .unspecified, applicationTenant: applicationTenant, applicationID: "", username: "", keyType: .unspecified, statusClass: 0)
     }
 
+    /// The key of the same application's row in
+    /// `application_usage_summaries`: the API's tenant, the application's
+    /// tenant and id, nothing finer.
+    var applicationOnly: SummaryKey {
+        SummaryKey(granularity: granularity, bucketStart: bucketStart, tenant: tenant, context: "", version: "", resource: "", verb: .unspecified,
+                   applicationTenant: applicationTenant, applicationID: applicationID, username: "", keyType: .unspecified, statusClass: 0)
+    }
+
     /// An empty row with these dimensions.
     var summary: UsageSummary {
         var s = UsageSummary()
@@ -47,6 +55,15 @@ public struct SummaryKey: Hashable, Sendable {
         s.keyType = keyType
         s.statusClass = statusClass
         return s
+    }
+}
+
+extension SummaryKey {
+    /// The dimensions of a stored row.
+    init(of s: UsageSummary) {
+        self.init(granularity: s.granularity, bucketStart: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext, version: s.apiVersion,
+                  resource: s.resource, verb: s.verb, applicationTenant: s.applicationTenantDomain, applicationID: s.applicationId,
+                  username: s.username, keyType: s.keyType, statusClass: s.statusClass)
     }
 }
 
@@ -216,6 +233,29 @@ public struct UsageCounts: Sendable {
     }
 }
 
+/// The roll-up rows of detailed rows, by the same rule ingestion adds to
+/// them: for loading (the benchmark) and for backfilling a statdb written
+/// before a roll-up table existed.
+public enum UsageRollup {
+    /// Per-application rows (`application_usage_summaries`) of `detailed`
+    /// rows: their counts added up per bucket, API tenant and application.
+    public static func applicationRows(of detailed: some Sequence<UsageSummary>) -> [UsageSummary] {
+        var rows: [SummaryKey: UsageCounts] = [:]
+        for row in detailed { rows[SummaryKey(of: row).applicationOnly, default: UsageCounts()].add(row) }
+        return rows.map { key, counts in applicationRow(key, counts) }
+    }
+
+    /// The stored form of an application's row: names no API.
+    static func applicationRow(_ key: SummaryKey, _ counts: UsageCounts, adding stored: UsageSummary? = nil) -> UsageSummary {
+        var counts = counts
+        counts.apiName = ""
+        counts.apiCreator = ""
+        var summary = stored ?? key.summary
+        counts.apply(to: &summary)
+        return summary
+    }
+}
+
 /// One batch's events folded into per-minute rows, and the newest call per
 /// API and per application: built off the writer, merged under it.
 public struct BatchDelta: Sendable {
@@ -278,10 +318,10 @@ public struct BatchDelta: Sendable {
         typealias Limit = StatisticsDatabase.Limit
         let status = event.responseCode
         return SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(event.requestTimestampUnixMs, .minute),
-                          tenant: clip(event.apiCreatorTenantDomain.lowercased(), Limit.tenant),
+                          tenant: clip(StatisticsDatabase.lowercased(event.apiCreatorTenantDomain), Limit.tenant),
                           context: clip(event.apiContext, Limit.context), version: clip(event.apiVersion, Limit.version),
                           resource: clip(event.resource, Limit.resource), verb: event.verb,
-                          applicationTenant: clip(event.userTenantDomain.lowercased(), Limit.tenant),
+                          applicationTenant: clip(StatisticsDatabase.lowercased(event.userTenantDomain), Limit.tenant),
                           applicationID: clip(event.applicationId, Limit.applicationID), username: clip(event.username, Limit.username),
                           keyType: event.keyType, statusClass: status > 0 && status < 1000 ? UInt32(status / 100) : 0)
     }

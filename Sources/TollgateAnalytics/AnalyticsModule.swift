@@ -61,9 +61,9 @@ public struct AnalyticsModule: RoleModule {
     }
 
     public var services: [any Service] {
-        pruner.map { [PruningService(pruner: $0, logger: logger)] } ?? []
+        guard let pruner else { return [] }
+        return [PruningService(pruner: pruner, backfill: ApplicationRowsBackfill(statdb: statdb), logger: logger)]
     }
-
     public func reload(_ section: ConfigSection) async throws -> [String] {
         pruner?.retention = Self.retention(section)
         return []

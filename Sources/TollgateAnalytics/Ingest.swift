@@ -81,6 +81,7 @@ public final class UsageIngest: Sendable {
     /// decoded again).
     private let memo = RecordMemo<UsageSummary>(capacity: 100_000)
     private let apiMemo = RecordMemo<UsageSummary>(capacity: 20_000)
+    private let applicationMemo = RecordMemo<UsageSummary>(capacity: 20_000)
     /// Granularities every minute row is rolled up to as it is written.
     static let granularities: [BucketGranularity] = [.minute, .hour, .day]
 
@@ -181,7 +182,7 @@ public final class UsageIngest: Sendable {
                 delta.add(submission.delta)
                 acks.append(Ack(duplicate: false, accepted: submission.delta.accepted, discarded: submission.delta.discarded))
             }
-            let rows = try Self.write(delta, statdb: statdb, memo: memo, apiMemo: apiMemo, in: &txn)
+            let rows = try Self.write(delta, statdb: statdb, memo: memo, apiMemo: apiMemo, applicationMemo: applicationMemo, in: &txn)
             for cursor in cursors.values { try statdb.cursors.store(cursor, in: &txn) }
             return (acks, rows)
         }
@@ -192,9 +193,10 @@ public final class UsageIngest: Sendable {
         return result
     }
 
-    /// Adds minute rows, their hour and day roll-ups, and last-access times.
+    /// Adds minute rows, their hour and day roll-ups, the per-API and
+    /// per-application rows of all three, and last-access times.
     static func write(_ delta: BatchDelta, statdb: StatisticsDatabase, memo: RecordMemo<UsageSummary>, apiMemo: RecordMemo<UsageSummary>,
-                      in txn: inout WriteTransaction) throws -> Int {
+                      applicationMemo: RecordMemo<UsageSummary>, in txn: inout WriteTransaction) throws -> Int {
         var rolled: [SummaryKey: UsageCounts] = [:]
         rolled.reserveCapacity(delta.rows.count * 3)
         for (key, counts) in delta.rows {
@@ -204,6 +206,7 @@ public final class UsageIngest: Sendable {
             }
         }
         var perAPI: [SummaryKey: UsageCounts] = [:]
+        var perApplication: [SummaryKey: UsageCounts] = [:]
         for (key, counts) in rolled {
             var summary = key.summary
             let primaryKey = StatisticsDatabase.summaryKey(summary)
@@ -212,6 +215,8 @@ public final class UsageIngest: Sendable {
             try statdb.summaries.store(summary, in: &txn, memo: memo)
             let apiKey = key.apiOnly
             if perAPI[apiKey] == nil { perAPI[apiKey] = counts } else { perAPI[apiKey]!.add(counts) }
+            let applicationKey = key.applicationOnly
+            if perApplication[applicationKey] == nil { perApplication[applicationKey] = counts } else { perApplication[applicationKey]!.add(counts) }
         }
         for (key, var counts) in perAPI {
             var summary = key.summary
@@ -223,6 +228,10 @@ public final class UsageIngest: Sendable {
             counts.apply(to: &summary)
             try statdb.apiSummaries.store(summary, in: &txn, memo: apiMemo)
         }
+        for (key, counts) in perApplication {
+            let stored = try statdb.applicationSummaries.get(StatisticsDatabase.applicationSummaryKey(key.summary), in: txn, memo: applicationMemo)
+            try statdb.applicationSummaries.store(UsageRollup.applicationRow(key, counts, adding: stored), in: &txn, memo: applicationMemo)
+        }
         for access in delta.apis.values {
             let key = statdb.apiLastAccess.primaryKey(of: access)
             if let stored = try statdb.apiLastAccess.get(key, in: txn), stored.lastAccessUnixMs >= access.lastAccessUnixMs { continue }
@@ -233,7 +242,7 @@ public final class UsageIngest: Sendable {
             if let stored = try statdb.applicationLastAccess.get(key, in: txn), stored.lastAccessUnixMs >= access.lastAccessUnixMs { continue }
             try statdb.applicationLastAccess.store(access, in: &txn)
         }
-        return rolled.count + perAPI.count
+        return rolled.count + perAPI.count + perApplication.count
     }
 
     static func now() -> Int64 {

@@ -66,6 +66,14 @@ public struct UsageScope: Sendable, Hashable, CustomStringConvertible {
         return provider && !consumer ? tenant : nil
     }
 
+    /// Every row it admits lies in `tenant`'s applications' rows: queries
+    /// of per-application rows seek there.
+    var applicationTenantOnly: String? {
+        guard let tenant else { return nil }
+        if administrator { return nil }
+        return consumer && !provider ? tenant : nil
+    }
+
     public var description: String {
         guard let tenant else { return "all tenants" }
         if administrator { return "tenant \(tenant)" }
@@ -88,11 +96,13 @@ public struct UsageQueryEngine: Sendable {
     /// the same days decodes nothing.
     let memo: RecordMemo<UsageSummary>
     let apiMemo: RecordMemo<UsageSummary>
+    let applicationMemo: RecordMemo<UsageSummary>
 
-    public init(statdb: StatisticsDatabase, cachedRows: Int = 50_000, cachedAPIRows: Int = 50_000) {
+    public init(statdb: StatisticsDatabase, cachedRows: Int = 50_000, cachedAPIRows: Int = 50_000, cachedApplicationRows: Int = 50_000) {
         self.statdb = statdb
         memo = RecordMemo(capacity: cachedRows)
         apiMemo = RecordMemo(capacity: cachedAPIRows)
+        applicationMemo = RecordMemo(capacity: cachedApplicationRows)
     }
 
     struct Piece: Hashable {
@@ -170,15 +180,32 @@ public struct UsageQueryEngine: Sendable {
             end = last < end ? last + 86_400_000 : last
         }
         // Rows per API answer what names no finer dimension, for every
-        // scope but a consumer's (which needs the application's owner).
-        let perAPI = Set(request.groupBy).isSubset(of: [.api, .apiVersion, .tenant]) && request.applicationId.isEmpty
-            && request.username.isEmpty && request.resource.isEmpty && request.statusClasses.isEmpty && request.keyType == .unspecified
+        // scope but a consumer's (which needs the application's owner);
+        // rows per application what names nothing finer than the
+        // application and no API, for every scope but a provider's (which
+        // needs the API's creator).
+        let noFinerFilter = request.username.isEmpty && request.resource.isEmpty && request.statusClasses.isEmpty && request.keyType == .unspecified
+        let perAPI = Set(request.groupBy).isSubset(of: [.api, .apiVersion, .tenant]) && request.applicationId.isEmpty && noFinerFilter
             && (scope.tenant == nil || scope.administrator || !scope.consumer)
+        let perApplication = !perAPI && Set(request.groupBy).isSubset(of: [.application, .tenant]) && noFinerFilter
+            && request.apiName.isEmpty && request.apiVersion.isEmpty && request.apiContext.isEmpty && request.apiCreator.isEmpty
+            && (scope.tenant == nil || scope.administrator || !scope.provider)
         let (pieces, granularity) = Self.pieces(request, start: start, end: end, merged: merged)
         let dimensions = Set(request.groupBy)
         let tenantFilter = scope.tenant == nil && !request.tenantDomain.isEmpty ? request.tenantDomain.lowercased() : nil
         let seekTenant = scope.apiTenantOnly ?? tenantFilter
         let statuses = Set(request.statusClasses)
+
+        // What rows are grouped by, decided once rather than per row.
+        let byAPI = dimensions.contains(.api) || dimensions.contains(.apiVersion)
+        let byResource = dimensions.contains(.resource)
+        let byResourceAlone = byResource && !byAPI
+        let byTenant = dimensions.contains(.tenant) || byAPI || byResourceAlone
+        let byVersion = dimensions.contains(.apiVersion)
+        let byApplication = dimensions.contains(.application)
+        let byUser = dimensions.contains(.user)
+        let byKeyType = dimensions.contains(.keyType)
+        let byStatusClass = dimensions.contains(.statusClass)
 
         var groups: [GroupKey: Group] = [:]
         func visit(_ row: UsageSummary) {
@@ -193,68 +220,96 @@ public struct UsageQueryEngine: Sendable {
             if !request.resource.isEmpty && row.resource != request.resource { return }
             if !statuses.isEmpty && !statuses.contains(row.statusClass) { return }
             if request.keyType != .unspecified && row.keyType != request.keyType { return }
-            let api = dimensions.contains(.api) || dimensions.contains(.apiVersion)
-            let resourceAlone = dimensions.contains(.resource) && !api
             let key = GroupKey(
                 bucket: merged ? 0 : row.bucketStartUnixMs,
-                tenant: dimensions.contains(.tenant) || api || resourceAlone ? row.tenantDomain : "",
-                context: api || resourceAlone ? row.apiContext : "",
-                version: dimensions.contains(.apiVersion) ? row.apiVersion : "",
-                applicationTenant: dimensions.contains(.application) ? row.applicationTenantDomain : "",
-                application: dimensions.contains(.application) ? row.applicationId : "",
-                user: dimensions.contains(.user) ? row.username : "",
-                resource: dimensions.contains(.resource) ? row.resource : "",
-                verb: dimensions.contains(.resource) ? row.verb.rawValue : 0,
-                keyType: dimensions.contains(.keyType) ? row.keyType.rawValue : 0,
-                statusClass: dimensions.contains(.statusClass) ? row.statusClass : 0)
-            if groups[key] == nil {
-                var template = UsageSummary()
-                template.granularity = merged ? granularity : row.granularity
-                template.bucketStartUnixMs = merged ? start : row.bucketStartUnixMs
-                template.tenantDomain = key.tenant
-                template.apiContext = key.context
-                if api || resourceAlone {
-                    template.apiName = row.apiName
-                    template.apiCreator = api ? row.apiCreator : ""
-                }
-                template.apiVersion = key.version
-                if dimensions.contains(.application) {
-                    template.applicationTenantDomain = row.applicationTenantDomain
-                    template.applicationId = row.applicationId
-                    template.applicationName = row.applicationName
-                    template.applicationOwner = row.applicationOwner
-                }
-                template.username = key.user
-                template.resource = key.resource
-                if dimensions.contains(.resource) { template.verb = row.verb }
-                if dimensions.contains(.keyType) { template.keyType = row.keyType }
-                template.statusClass = key.statusClass
-                groups[key] = Group(template: template)
+                tenant: byTenant ? row.tenantDomain : "",
+                context: byAPI || byResourceAlone ? row.apiContext : "",
+                version: byVersion ? row.apiVersion : "",
+                applicationTenant: byApplication ? row.applicationTenantDomain : "",
+                application: byApplication ? row.applicationId : "",
+                user: byUser ? row.username : "",
+                resource: byResource ? row.resource : "",
+                verb: byResource ? row.verb.rawValue : 0,
+                keyType: byKeyType ? row.keyType.rawValue : 0,
+                statusClass: byStatusClass ? row.statusClass : 0)
+            // One hash of the key per row: found, the group is added to in place.
+            if let index = groups.index(forKey: key) {
+                groups.values[index].counts.add(row)
+                return
             }
-            groups[key]!.counts.add(row)
+            var template = UsageSummary()
+            template.granularity = merged ? granularity : row.granularity
+            template.bucketStartUnixMs = merged ? start : row.bucketStartUnixMs
+            template.tenantDomain = key.tenant
+            template.apiContext = key.context
+            if byAPI || byResourceAlone {
+                template.apiName = row.apiName
+                template.apiCreator = byAPI ? row.apiCreator : ""
+            }
+            template.apiVersion = key.version
+            if byApplication {
+                template.applicationTenantDomain = row.applicationTenantDomain
+                template.applicationId = row.applicationId
+                template.applicationName = row.applicationName
+                template.applicationOwner = row.applicationOwner
+            }
+            template.username = key.user
+            template.resource = key.resource
+            if byResource { template.verb = row.verb }
+            if byKeyType { template.keyType = row.keyType }
+            template.statusClass = key.statusClass
+            var group = Group(template: template)
+            group.counts.add(row)
+            groups[key] = group
         }
 
         do {
             try statdb.database.read { txn in
+                // An older statdb's per-application rows are complete once backfilled.
+                var rows: StatisticsDatabase.Rows = perAPI ? .perAPI : .detailed
+                if perApplication, try !statdb.applicationRowsPending(in: txn) { rows = .perApplication }
+                let memo = switch rows {
+                case .detailed: self.memo
+                case .perAPI: apiMemo
+                case .perApplication: applicationMemo
+                }
+                // A scan that cannot seek to the API or application a filter
+                // names skips other rows on their keys, before decoding.
+                let keyMatch: StatisticsDatabase.KeyMatch? = switch rows {
+                case .detailed, .perAPI: request.apiContext.isEmpty ? nil : .apiContext(request.apiContext)
+                case .perApplication: request.applicationId.isEmpty ? nil : .applicationID(request.applicationId)
+                }
                 for piece in pieces where piece.start < piece.end {
                     let length = UsageTime.length(piece.granularity)
                     let buckets = (piece.end - piece.start + length - 1) / length
-                    if let seekTenant, buckets <= 50_000 {
+                    if rows == .perApplication, let seekApplicationTenant = scope.applicationTenantOnly, buckets <= 50_000 {
+                        let application = request.applicationId.isEmpty ? nil : request.applicationId
+                        var bucket = piece.start
+                        while bucket < piece.end {
+                            let prefix = StatisticsDatabase.applicationSummaryPrefix(granularity: piece.granularity, bucketStartUnixMs: bucket,
+                                                                                     applicationTenant: seekApplicationTenant, applicationID: application)
+                            try statdb.forEachSummary(prefix: prefix, rows: rows, in: txn, memo: memo) { row in
+                                visit(row)
+                                return true
+                            }
+                            bucket += length
+                        }
+                    } else if rows != .perApplication, let seekTenant, buckets <= 50_000 {
                         let context = request.apiContext.isEmpty ? nil : request.apiContext
                         let version = context != nil && !request.apiVersion.isEmpty ? request.apiVersion : nil
                         var bucket = piece.start
                         while bucket < piece.end {
                             let prefix = StatisticsDatabase.summaryPrefix(granularity: piece.granularity, bucketStartUnixMs: bucket, tenant: seekTenant,
                                                                           context: context, version: version)
-                            try statdb.forEachSummary(prefix: prefix, perAPI: perAPI, in: txn, memo: perAPI ? apiMemo : memo) { row in
+                            try statdb.forEachSummary(prefix: prefix, rows: rows, in: txn, memo: memo) { row in
                                 visit(row)
                                 return true
                             }
                             bucket += length
                         }
                     } else {
-                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, perAPI: perAPI, in: txn,
-                                                  memo: perAPI ? apiMemo : memo) { row in
+                        try statdb.forEachSummary(piece.granularity, fromUnixMs: piece.start, toUnixMs: piece.end, rows: rows, matching: keyMatch,
+                                                  in: txn, memo: memo) { row in
                             visit(row)
                             return true
                         }
@@ -267,7 +322,17 @@ public struct UsageQueryEngine: Sendable {
 
         var rows: [(key: GroupKey, row: UsageSummary, metric: Double)] = groups.map { key, group in
             var row = group.template
-            group.counts.apply(to: &row)
+            // Names only of what is grouped by (the newest seen): a row of
+            // several APIs or applications names none of them, whichever
+            // rows it was added up from.
+            var counts = group.counts
+            if !byAPI && !byResourceAlone { counts.apiName = "" }
+            if !byAPI { counts.apiCreator = "" }
+            if !byApplication {
+                counts.applicationName = ""
+                counts.applicationOwner = ""
+            }
+            counts.apply(to: &row)
             let response = group.counts.response.quantiles([0.5, 0.95, 0.99])
             let backend = group.counts.backend.quantiles([0.5, 0.95, 0.99])
             row.responseP50Us = Int64(response[0])
@@ -288,7 +353,24 @@ public struct UsageQueryEngine: Sendable {
         }
         if ranked {
             rows.removeAll { $0.metric == 0 && request.orderBy != .requests }
-            rows.sort { $0.metric != $1.metric ? $0.metric > $1.metric : $0.key < $1.key }
+            let before = { (a: (key: GroupKey, row: UsageSummary, metric: Double), b: (key: GroupKey, row: UsageSummary, metric: Double)) -> Bool in
+                a.metric != b.metric ? a.metric > b.metric : a.key < b.key
+            }
+            let limit = Int(request.limit)
+            if limit > 0 && limit <= 1000 && rows.count > limit {
+                // Top-N of many groups (applications, users): the first N
+                // in one pass, not a sort of them all.
+                var top: [(key: GroupKey, row: UsageSummary, metric: Double)] = []
+                top.reserveCapacity(limit + 1)
+                for candidate in rows where top.count < limit || before(candidate, top[top.count - 1]) {
+                    let position = top.firstIndex { before(candidate, $0) } ?? top.count
+                    top.insert(candidate, at: position)
+                    if top.count > limit { top.removeLast() }
+                }
+                rows = top
+            } else {
+                rows.sort(by: before)
+            }
         } else {
             rows.sort { $0.key < $1.key }
         }

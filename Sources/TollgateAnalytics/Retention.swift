@@ -74,13 +74,22 @@ public final class UsagePruner: Sendable {
     }
 }
 
-/// Runs the pruner at its interval for as long as the node runs.
+/// Builds what an older statdb lacks (the per-application rows), then runs
+/// the pruner at its interval for as long as the node runs. One service:
+/// a service that returns would stop the node.
 struct PruningService: Service {
     let pruner: UsagePruner
+    let backfill: ApplicationRowsBackfill
     let logger: Logger
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
+            do {
+                let written = try await backfill.run()
+                if written > 0 { logger.info("statdb: built \(written) per-application summary rows from the detailed rows of an older statdb") }
+            } catch {
+                logger.error("statdb: building per-application summary rows failed: \(error); queries by application read the detailed rows until a restart builds them")
+            }
             while !Task.isCancelled {
                 do {
                     let deleted = try await pruner.prune(nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))

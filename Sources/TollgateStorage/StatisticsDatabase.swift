@@ -8,13 +8,20 @@ public import TollgateProto
 /// analytics; read by analytics, publisher and store nodes of the host.
 public struct StatisticsDatabase: Sendable {
     /// Version 2 keys summaries by key type and status class too; the
-    /// version-1 rows (never written by a release) are dropped.
-    public static let schema = Schema(name: LogicalDatabaseName.statdb.rawValue, version: 2, migrations: [
+    /// version-1 rows (never written by a release) are dropped. Version 3
+    /// adds the per-application rows; a version-2 statdb has none for the
+    /// buckets it already holds, so it is marked for their backfill
+    /// (``applicationRowsPending(in:)``), which analytics runs.
+    public static let schema = Schema(name: LogicalDatabaseName.statdb.rawValue, version: 3, migrations: [
         Schema.Migration(version: 2) { txn, database in
             let old = try database.table(summaryTable, in: &txn)
             try old.clear(in: &txn)
         },
+        Schema.Migration(version: 3) { txn, database in
+            try database.setMetaValue([1], for: applicationRowsPendingKey, in: &txn)
+        },
     ])
+    static let applicationRowsPendingKey = "application_usage_summaries.backfill_pending"
 
     /// Bucket first, so one granularity and time range is a contiguous scan,
     /// then the tenant and API, so one tenant's or API's rows of a bucket
@@ -24,6 +31,14 @@ public struct StatisticsDatabase: Sendable {
     /// tenant- and provider-wide queries read, one row per API and bucket
     /// instead of one per resource, application, user, key type and status.
     public static let apiSummaryTable = TableDefinition<UsageSummary>("api_usage_summaries", primaryKey: { apiSummaryKey($0) })
+    /// The same counts per application (its tenant and id) and API tenant
+    /// only: what "top applications" and a consumer's totals read, one row
+    /// per application and bucket instead of one per API, resource, user,
+    /// key type and status. The application's tenant comes before its id, so
+    /// one tenant's applications of a bucket are a prefix.
+    public static let applicationSummaryTable = TableDefinition<UsageSummary>("application_usage_summaries", primaryKey: {
+        applicationSummaryKey($0)
+    })
     /// Per gateway and spool epoch: the highest batch sequence applied.
     public static let cursorTable = TableDefinition<UsageIngestCursor>("ingest_cursors", primaryKey: {
         Key(.string($0.gatewayId), .uint64($0.epoch))
@@ -47,20 +62,51 @@ public struct StatisticsDatabase: Sendable {
     }
 
     public static func summaryKey(_ s: UsageSummary) -> Key {
-        summaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext,
-                      version: s.apiVersion)
-            .appending(.string(s.resource)).appending(.int64(Int64(s.verb.rawValue)))
-            .appending(.string(s.applicationTenantDomain.lowercased())).appending(.string(s.applicationId)).appending(.string(s.username))
-            .appending(.int64(Int64(s.keyType.rawValue))).appending(.uint64(UInt64(s.statusClass)))
+        // Appended in place: `appending` would copy the key per component,
+        // and this runs for every row an ingest commit writes.
+        var key = summaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext,
+                                version: s.apiVersion)
+        key.append(.string(s.resource))
+        key.append(.int64(Int64(s.verb.rawValue)))
+        key.append(.string(lowercased(s.applicationTenantDomain)))
+        key.append(.string(s.applicationId))
+        key.append(.string(s.username))
+        key.append(.int64(Int64(s.keyType.rawValue)))
+        key.append(.uint64(UInt64(s.statusClass)))
+        return key
+    }
+
+    /// `text` lowercased, without allocating when it already is (tenant
+    /// domains almost always are).
+    public static func lowercased(_ text: String) -> String {
+        text.utf8.contains { $0 >= 0x41 && $0 <= 0x5A || $0 >= 0x80 } ? text.lowercased() : text
     }
 
     public static func apiSummaryKey(_ s: UsageSummary) -> Key {
         summaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext,
                       version: s.apiVersion)
-            .appending(.string(s.applicationTenantDomain.lowercased()))
+            .appending(.string(lowercased(s.applicationTenantDomain)))
     }
 
-    /// The start of the keys of one bucket (in either summary table), narrowed by as many of tenant,
+    public static func applicationSummaryKey(_ s: UsageSummary) -> Key {
+        applicationSummaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, applicationTenant: s.applicationTenantDomain,
+                                 applicationID: s.applicationId)
+            .appending(.string(lowercased(s.tenantDomain)))
+    }
+
+    /// The start of the keys of one bucket in `application_usage_summaries`,
+    /// narrowed by the application's tenant and then its id.
+    public static func applicationSummaryPrefix(granularity: BucketGranularity, bucketStartUnixMs: Int64, applicationTenant: String? = nil,
+                                                applicationID: String? = nil) -> Key {
+        var key = Key(.int64(Int64(granularity.rawValue)), .int64(bucketStartUnixMs))
+        guard let applicationTenant else { return key }
+        key.append(.string(lowercased(applicationTenant)))
+        guard let applicationID else { return key }
+        key.append(.string(applicationID))
+        return key
+    }
+
+    /// The start of the keys of one bucket (in the detailed or per-API summary table), narrowed by as many of tenant,
     /// context and version as are given (each only after the one before).
     public static func summaryPrefix(granularity: BucketGranularity, bucketStartUnixMs: Int64? = nil, tenant: String? = nil,
                                      context: String? = nil, version: String? = nil) -> Key {
@@ -68,7 +114,7 @@ public struct StatisticsDatabase: Sendable {
         guard let bucketStartUnixMs else { return key }
         key.append(.int64(bucketStartUnixMs))
         guard let tenant else { return key }
-        key.append(.string(tenant.lowercased()))
+        key.append(.string(lowercased(tenant)))
         guard let context else { return key }
         key.append(.string(context))
         guard let version else { return key }
@@ -79,6 +125,7 @@ public struct StatisticsDatabase: Sendable {
     public let database: LogicalDatabase
     public let summaries: Table<UsageSummary>
     public let apiSummaries: Table<UsageSummary>
+    public let applicationSummaries: Table<UsageSummary>
     public let cursors: Table<UsageIngestCursor>
     public let apiLastAccess: Table<UsageLastAccess>
     public let applicationLastAccess: Table<UsageLastAccess>
@@ -87,6 +134,7 @@ public struct StatisticsDatabase: Sendable {
     public static func open(in dataDirectory: String, options: Environment.Options = .init()) throws -> StatisticsDatabase {
         try LogicalDatabase.open(schema: schema, in: dataDirectory, options: options) { database in
             StatisticsDatabase(database: database, summaries: try database.table(summaryTable), apiSummaries: try database.table(apiSummaryTable),
+                               applicationSummaries: try database.table(applicationSummaryTable),
                                cursors: try database.table(cursorTable),
                                apiLastAccess: try database.table(apiLastAccessTable),
                                applicationLastAccess: try database.table(applicationLastAccessTable))
@@ -105,50 +153,108 @@ public struct StatisticsDatabase: Sendable {
         }
     }
 
-    /// Visits the summaries of one granularity whose buckets start in
-    /// `[from, to)`, in key order, while `body` returns true.
-    public func forEachSummary<T: TransactionReading & ~Copyable>(_ granularity: BucketGranularity, fromUnixMs from: Int64, toUnixMs to: Int64,
-                                                                  perAPI: Bool = false, in txn: borrowing T, memo: RecordMemo<UsageSummary>? = nil,
-                                                                  _ body: (UsageSummary) throws -> Bool) throws {
-        let start = Self.summaryPrefix(granularity: granularity, bucketStartUnixMs: from).bytes
-        let table = perAPI ? apiSummaries : summaries
-        let visit = { (summary: UsageSummary) throws -> Bool in
-            if summary.bucketStartUnixMs >= to { return false }
-            return try body(summary)
-        }
-        if let memo {
-            try table.forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn, memo: memo, visit)
-        } else {
-            try table.forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn, visit)
+    /// Which summary table a scan reads: the detailed rows, or one of their
+    /// roll-ups (the same counts with fewer dimensions).
+    public enum Rows: Sendable, Hashable {
+        case detailed, perAPI, perApplication
+    }
+
+    public func table(_ rows: Rows) -> Table<UsageSummary> {
+        switch rows {
+        case .detailed: summaries
+        case .perAPI: apiSummaries
+        case .perApplication: applicationSummaries
         }
     }
 
-    /// Visits the summaries under `prefix` (``summaryPrefix(granularity:bucketStartUnixMs:tenant:context:version:)``).
-    public func forEachSummary<T: TransactionReading & ~Copyable>(prefix: Key, perAPI: Bool = false, in txn: borrowing T,
-                                                                  memo: RecordMemo<UsageSummary>? = nil, _ body: (UsageSummary) throws -> Bool) throws {
-        if let memo {
-            try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, memo: memo, body)
-        } else {
-            try (perAPI ? apiSummaries : summaries).forEach(prefix: prefix, in: txn, body)
+    /// A string dimension every row a scan visits must have, compared on
+    /// the row's key before the row is decoded (or looked up in a memo).
+    public struct KeyMatch: Sendable, Hashable {
+        /// Which string component after the granularity and bucket.
+        let component: Int
+        /// That component as a key encodes it (terminator included, so it matches whole).
+        let encoded: [UInt8]
+
+        /// Rows of this API context (detailed and per-API rows: after the tenant).
+        public static func apiContext(_ context: String) -> KeyMatch { KeyMatch(component: 1, encoded: Key(.string(context)).bytes) }
+        /// Rows of this application (per-application rows: after its tenant).
+        public static func applicationID(_ id: String) -> KeyMatch { KeyMatch(component: 1, encoded: Key(.string(id)).bytes) }
+
+        func matches(_ key: UnsafeRawBufferPointer) -> Bool {
+            var position = 16
+            for _ in 0..<component {
+                // A string ends at 0x00 0x01; a 0x00 inside it is written 0x00 0xFF.
+                while position + 1 < key.count && !(key[position] == 0 && key[position + 1] == 1) { position += key[position] == 0 ? 2 : 1 }
+                position += 2
+            }
+            guard key.count - position >= encoded.count else { return false }
+            for (offset, byte) in encoded.enumerated() where key[position + offset] != byte { return false }
+            return true
         }
+    }
+
+    /// The bucket start a summary key holds (after the 8-byte granularity).
+    static func bucketStart(ofKey key: UnsafeRawBufferPointer) -> Int64 {
+        var bucket: UInt64 = 0
+        for byte in key[8..<16] { bucket = bucket << 8 | UInt64(byte) }
+        return Int64(bitPattern: bucket ^ (1 << 63))
+    }
+
+    /// Visits the summaries of one granularity whose buckets start in
+    /// `[from, to)`, in key order, while `body` returns true; with `matching`,
+    /// only rows whose key has that dimension (others are not decoded).
+    public func forEachSummary<T: TransactionReading & ~Copyable>(_ granularity: BucketGranularity, fromUnixMs from: Int64, toUnixMs to: Int64,
+                                                                  rows: Rows = .detailed, matching: KeyMatch? = nil, in txn: borrowing T,
+                                                                  memo: RecordMemo<UsageSummary>? = nil,
+                                                                  _ body: (UsageSummary) throws -> Bool) throws {
+        // Every table's keys start with the granularity and the bucket.
+        let start = Self.summaryPrefix(granularity: granularity, bucketStartUnixMs: from).bytes
+        try table(rows).forEach(prefix: Self.summaryPrefix(granularity: granularity), from: start, in: txn, memo: memo, examine: { key in
+            if key.count < 16 || Self.bucketStart(ofKey: key) >= to { return .stop }
+            if let matching, !matching.matches(key) { return .skip }
+            return .visit
+        }, body)
+    }
+
+    /// Visits the summaries under `prefix` (``summaryPrefix(granularity:bucketStartUnixMs:tenant:context:version:)``,
+    /// or ``applicationSummaryPrefix(granularity:bucketStartUnixMs:applicationTenant:applicationID:)`` for per-application rows).
+    public func forEachSummary<T: TransactionReading & ~Copyable>(prefix: Key, rows: Rows = .detailed, matching: KeyMatch? = nil, in txn: borrowing T,
+                                                                  memo: RecordMemo<UsageSummary>? = nil, _ body: (UsageSummary) throws -> Bool) throws {
+        try table(rows).forEach(prefix: prefix, in: txn, memo: memo, examine: { key in
+            if let matching, !matching.matches(key) { return .skip }
+            return .visit
+        }, body)
     }
 
     /// Deletes up to `limit` summaries of `granularity` whose buckets start
-    /// before `cutoff`, oldest first, in the caller's transaction; returns
-    /// how many (fewer than `limit`: nothing older is left).
+    /// before `cutoff`, oldest first, from each summary table in turn, in
+    /// the caller's transaction; returns how many (fewer than `limit`:
+    /// nothing older is left in any table).
     public func pruneSummaries(_ granularity: BucketGranularity, before cutoff: Int64, limit: Int, in txn: inout WriteTransaction) throws -> Int {
-        let deleted = try prune(summaries, granularity, before: cutoff, limit: limit, in: &txn)
-        return deleted + (try prune(apiSummaries, granularity, before: cutoff, limit: max(1, limit - deleted), in: &txn))
+        var deleted = 0
+        for table in [summaries, apiSummaries, applicationSummaries] {
+            deleted += try prune(table, granularity, before: cutoff, limit: max(1, limit - deleted), in: &txn)
+            if deleted >= limit { break }
+        }
+        return deleted
+    }
+
+    /// Whether the per-application rows may lack buckets written before
+    /// they existed (a statdb from before schema 3 not yet backfilled):
+    /// until then queries read the detailed rows instead.
+    public func applicationRowsPending<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Bool {
+        try database.metaValue(Self.applicationRowsPendingKey, in: txn) == [1]
+    }
+
+    public func setApplicationRowsPending(_ pending: Bool, in txn: inout WriteTransaction) throws {
+        try database.setMetaValue([pending ? 1 : 0], for: Self.applicationRowsPendingKey, in: &txn)
     }
 
     private func prune(_ table: Table<UsageSummary>, _ granularity: BucketGranularity, before cutoff: Int64, limit: Int,
                        in txn: inout WriteTransaction) throws -> Int {
         var keys: [Key] = []
         try table.forEachKey(prefix: Self.summaryPrefix(granularity: granularity), in: txn) { key in
-            // The bucket start follows the 8-byte granularity.
-            var bucket: UInt64 = 0
-            for byte in key[8..<16] { bucket = bucket << 8 | UInt64(byte) }
-            if Int64(bitPattern: bucket ^ (1 << 63)) >= cutoff { return false }
+            if Self.bucketStart(ofKey: key) >= cutoff { return false }
             keys.append(Key(bytes: Array(key)))
             return keys.count < limit
         }

@@ -290,6 +290,18 @@ struct MemoKey: Hashable, Sendable {
     func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
 }
 
+/// What every ``RecordMemo`` entry holds whatever its record type.
+/// `@unchecked Sendable`: immutable (one `let` of a Sendable type) and
+/// subclassed only by `RecordMemo.Entry`, whose one addition is a `let` of a
+/// Sendable record; not final only for that subclass.
+class RecordMemoEntry: @unchecked Sendable {
+    let bytes: [UInt8]
+
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+}
+
 /// Decoded records remembered with the exact bytes they were decoded from.
 /// A read that finds the same bytes under the same key again returns the
 /// remembered record instead of decoding it: comparing a few hundred bytes
@@ -298,40 +310,85 @@ struct MemoKey: Hashable, Sendable {
 /// paths that read the same slowly-changing records over and over (key
 /// validation: clients, applications, APIs, subscriptions, policies).
 public final class RecordMemo<Record: ProtoMessage>: Sendable {
-    private let entries = Mutex<[MemoKey: (bytes: [UInt8], record: Record)]>([:])
+    /// One remembered record: a single reference, so a lookup copies one
+    /// pointer rather than a generic tuple field by field.
+    final class Entry: RecordMemoEntry, @unchecked Sendable {
+        let record: Record
+
+        init(bytes: [UInt8], record: Record) {
+            self.record = record
+            super.init(bytes: bytes)
+        }
+    }
+
+    struct Entries {
+        /// Values of a non-generic class: the dictionary's probing is
+        /// compiled for its concrete types instead of run through generic
+        /// value witnesses.
+        var records: [MemoKey: RecordMemoEntry] = [:]
+        /// The keys held, in no particular order: a full memo forgets one
+        /// chosen at random for each new record.
+        var keys: [MemoKey] = []
+        var random: UInt64 = 0x9E37_79B9_7F4A_7C15
+
+        /// A pseudo-random index below `bound` (xorshift: cheap, and
+        /// nothing depends on its quality beyond spreading evictions).
+        mutating func index(below bound: Int) -> Int {
+            random ^= random << 13
+            random ^= random >> 7
+            random ^= random << 17
+            return Int(random % UInt64(bound))
+        }
+    }
+
+    private let entries = Mutex(Entries())
     private let capacity: Int
 
-    /// - Parameter capacity: records kept; past it the memo starts over.
+    /// Records held now.
+    var count: Int { entries.withLock { $0.records.count } }
+
+    /// - Parameter capacity: records kept; past it, each new record takes
+    ///   the place of one chosen at random.
     public init(capacity: Int = 20_000) {
-        self.capacity = capacity
+        self.capacity = max(1, capacity)
+    }
+
+    /// Stores a record. Random replacement rather than starting over (or
+    /// evicting the oldest) keeps most of a working set a little larger
+    /// than the memo: a scan over more rows than it holds, repeated, still
+    /// finds most of them instead of none.
+    private func insert(_ key: MemoKey, _ value: Entry, into entries: inout Entries) {
+        if entries.records.updateValue(value, forKey: key) != nil { return }
+        if entries.keys.count < capacity {
+            entries.keys.append(key)
+            return
+        }
+        let slot = entries.index(below: entries.keys.count)
+        entries.records.removeValue(forKey: entries.keys[slot])
+        entries.keys[slot] = key
     }
 
     /// Remembers a record just written under `key` as `bytes`, so the next
     /// read of it decodes nothing (a counter row read, added to and written
     /// again and again).
     public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
-        entries.withLock { entries in
-            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[MemoKey(key)] = (bytes, record)
-        }
+        entries.withLock { entries in insert(MemoKey(key), Entry(bytes: bytes, record: record), into: &entries) }
     }
 
     func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
         let memoKey = MemoKey(key)
-        let remembered = entries.withLock { $0[memoKey] }
+        let remembered = entries.withLock { $0.records[memoKey] }
         if let remembered, remembered.bytes.count == bytes.count,
            remembered.bytes.withUnsafeBytes({ stored in
                guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
                return memcmp(storedBase, base, bytes.count) == 0
            }) {
-            return remembered.record
+            // Only `Entry` (of this memo's record type) is ever stored.
+            return unsafeDowncast(remembered, to: Entry.self).record
         }
         let record = try decode(bytes)
         let copy = Array(bytes.bindMemory(to: UInt8.self))
-        entries.withLock { entries in
-            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[memoKey] = (copy, record)
-        }
+        entries.withLock { entries in insert(memoKey, Entry(bytes: copy, record: record), into: &entries) }
         return record
     }
 }
@@ -370,6 +427,28 @@ extension Table {
                                                            memo: RecordMemo<Record>, _ body: (Record) throws -> Bool) throws {
         try txn.scan(records, prefix: prefix.bytes, from: start) { key, value in
             try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+        }
+    }
+
+    /// What a scan does with a record, decided on its key alone.
+    public enum KeyVerdict: Sendable {
+        case visit, skip, stop
+    }
+
+    /// ``forEach(prefix:from:in:memo:_:)``, with `examine` judging each key
+    /// first: records it skips are neither decoded nor looked up in the
+    /// memo, and `.stop` ends the scan.
+    public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
+                                                           memo: RecordMemo<Record>?, examine: (UnsafeRawBufferPointer) -> KeyVerdict,
+                                                           _ body: (Record) throws -> Bool) throws {
+        try txn.scan(records, prefix: prefix.bytes, from: start) { key, value in
+            switch examine(key) {
+            case .stop: return false
+            case .skip: return true
+            case .visit:
+                guard let memo else { return try body(try decode(value)) }
+                return try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+            }
         }
     }
 

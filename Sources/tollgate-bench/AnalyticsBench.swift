@@ -187,7 +187,7 @@ private func benchStatdbBytes(directory: String) async throws {
 /// 30 days of data for 1,000 APIs as retention keeps it: day rows for the
 /// 30 days, hour rows for the 30 days, minute rows for the last 2 hours;
 /// each API called by 2 applications on 3 resources (6 rows per API and
-/// bucket, and the API's own row).
+/// bucket, the API's own row, and each application's).
 private func benchQueries(directory: String) async throws {
     let data = directory + "/query"
     try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
@@ -195,8 +195,9 @@ private func benchQueries(directory: String) async throws {
     let now = Int64(Date().timeIntervalSince1970 * 1000)
     let hour: Int64 = 3_600_000, day: Int64 = 86_400_000
     let lastHour = now - now % hour
-    /// One bucket's rows: 6 per API, and the API's own row (api_usage_summaries).
-    func rows(_ granularity: BucketGranularity, _ bucket: Int64) -> (detail: [UsageSummary], perAPI: [UsageSummary]) {
+    /// One bucket's rows: 6 per API, the API's own row (api_usage_summaries)
+    /// and its applications' rows (application_usage_summaries).
+    func rows(_ granularity: BucketGranularity, _ bucket: Int64) -> (detail: [UsageSummary], perAPI: [UsageSummary], perApplication: [UsageSummary]) {
         var detail: [UsageSummary] = []
         var perAPI: [UsageSummary] = []
         detail.reserveCapacity(6000)
@@ -244,7 +245,7 @@ private func benchQueries(directory: String) async throws {
             apiCounts.apply(to: &row)
             perAPI.append(row)
         }
-        return (detail, perAPI)
+        return (detail, perAPI, UsageRollup.applicationRows(of: detail))
     }
     var buckets: [(BucketGranularity, Int64)] = []
     for d in 0...30 { buckets.append((.day, now - now % day - Int64(d) * day)) }
@@ -258,11 +259,12 @@ private func benchQueries(directory: String) async throws {
     for chunk in stride(from: 0, to: buckets.count, by: 8) {
         let slice = Array(buckets[chunk..<min(buckets.count, chunk + 8)])
         let made = slice.map { rows($0.0, $0.1) }
-        written += made.reduce(0) { $0 + $1.detail.count + $1.perAPI.count }
+        written += made.reduce(0) { $0 + $1.detail.count + $1.perAPI.count + $1.perApplication.count }
         try await statdb.database.write { txn in
             for bucket in made {
                 for row in bucket.detail { try statdb.summaries.store(row, in: &txn) }
                 for row in bucket.perAPI { try statdb.apiSummaries.store(row, in: &txn) }
+                for row in bucket.perApplication { try statdb.applicationSummaries.store(row, in: &txn) }
             }
         }
     }

@@ -137,7 +137,7 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             #expect(Set(minutes.map(\.statusClass)) == [2, 4, 5])
             let perAPI = try statdb.database.read { txn in
                 var rows: [UsageSummary] = []
-                try statdb.forEachSummary(.day, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { rows.append($0); return true }
+                try statdb.forEachSummary(.day, fromUnixMs: 0, toUnixMs: .max, rows: .perAPI, in: txn) { rows.append($0); return true }
                 return rows
             }
             #expect(total(perAPI, \.requestCount) == 7 && total(perAPI, \.throttledCount) == 2 && total(perAPI) { $0.responseLatency?.count ?? 0 } == 7)
@@ -187,17 +187,195 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             let pruner = UsagePruner(statdb: statdb, retention: UsageRetention(minuteMs: 3_600_000, hourMs: 86_400_000 * 10, dayMs: 86_400_000 * 100,
                                                                                 batchRows: 7))
             let deleted = try await pruner.prune(nowUnixMs: base + 300 * 60_000)
-            #expect(deleted == 2 * 240, "detail and per-API rows")
+            #expect(deleted == 3 * 240, "detailed, per-API and per-application rows")
             let minutes = try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max)
             #expect(minutes.count == 60)
             #expect(minutes.allSatisfy { $0.bucketStartUnixMs >= base + 240 * 60_000 })
             #expect(try statdb.summaries(.hour, fromUnixMs: 0, toUnixMs: .max).map(\.requestCount).reduce(0, +) == 300)
             let apiMinutes = try statdb.database.read { txn in
                 var count = 0
-                try statdb.forEachSummary(.minute, fromUnixMs: 0, toUnixMs: .max, perAPI: true, in: txn) { _ in count += 1; return true }
+                try statdb.forEachSummary(.minute, fromUnixMs: 0, toUnixMs: .max, rows: .perAPI, in: txn) { _ in count += 1; return true }
                 return count
             }
             #expect(apiMinutes == 60)
+            #expect(try rows(statdb, .minute, .perApplication).count == 60)
+            #expect(try rows(statdb, .hour, .perApplication).map(\.requestCount).reduce(0, +) == 300)
+        }
+    }
+}
+
+func rows(_ statdb: StatisticsDatabase, _ granularity: BucketGranularity, _ table: StatisticsDatabase.Rows) throws -> [UsageSummary] {
+    try statdb.database.read { txn in
+        var rows: [UsageSummary] = []
+        try statdb.forEachSummary(granularity, fromUnixMs: .min, toUnixMs: .max, rows: table, in: txn) { rows.append($0); return true }
+        return rows
+    }
+}
+
+/// Calls of three applications (two tenants' APIs, one subscriber tenant
+/// calling the other's API) over three hours, with every status and a
+/// throttled reason, in several batches.
+func mixedEvents(batch: Int) -> [UsageEvent] {
+    (0..<90).map { i in
+        let t = base + Int64(batch * 90 + i) * 29_000
+        switch i % 5 {
+        case 0: return event(at: t, app: "app-1", owner: "bob", user: "bob", status: 404, latencyUs: Int64(100 + i * 31))
+        case 1: return event(at: t, api: "Pets", context: "/pets", creator: "carol", app: "app-1", owner: "bob", user: "bob", status: 500, fault: true)
+        case 2: return event(at: t, api: "Pets", context: "/pets", creator: "carol", app: "app-2", owner: "dave", user: "dave", latencyUs: 9_000)
+        case 3: return event(at: t, api: "Other", context: "/other", tenant: "acme.com", creator: "erin", app: "app-3", owner: "frank", user: "frank",
+                             status: 429, throttled: "SUBSCRIPTION_LIMIT_EXCEEDED")
+        default:
+            // An acme.com application calling a carbon.super API.
+            var e = event(at: t, app: "app-4", owner: "gina", user: "gina", resource: "/other-items")
+            e.userTenantDomain = "acme.com"
+            return e
+        }
+    }
+}
+
+@Suite struct ApplicationRowsTests {
+    /// The rows' counts per application key, for comparing two row sets.
+    func totals(_ rows: [UsageSummary]) -> [String: [UInt64]] {
+        var out: [String: [UInt64]] = [:]
+        for row in rows {
+            let key = "\(row.granularity) \(row.bucketStartUnixMs) \(row.tenantDomain) \(row.applicationTenantDomain) \(row.applicationId)"
+            let values = [row.requestCount, row.successCount, row.faultCount, row.throttledCount, row.clientErrorCount, row.serverErrorCount,
+                          row.requestBytesSum, row.responseBytesSum, UInt64(row.responseTimeSumMs), row.responseLatency?.count ?? 0,
+                          row.backendLatency?.count ?? 0, row.throttledReasons.map(\.count).reduce(0, +)]
+            out[key] = zip(out[key] ?? Array(repeating: 0, count: values.count), values).map { $0 + $1 }
+        }
+        return out
+    }
+
+    @Test func perApplicationRowsAddUpToTheDetailedRowsAtEveryGranularity() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            for granularity in [BucketGranularity.minute, .hour, .day] {
+                let detailed = try rows(statdb, granularity, .detailed)
+                let perApplication = try rows(statdb, granularity, .perApplication)
+                #expect(perApplication.map(\.requestCount).reduce(0, +) == 360)
+                #expect(totals(perApplication) == totals(detailed))
+                #expect(totals(perApplication) == totals(UsageRollup.applicationRows(of: detailed)))
+                // One row per bucket, API tenant and application; no API named, the application's owner kept.
+                #expect(Set(perApplication.map(StatisticsDatabase.applicationSummaryKey)).count == perApplication.count)
+                #expect(perApplication.allSatisfy { $0.apiName.isEmpty && $0.apiContext.isEmpty && $0.resource.isEmpty && !$0.applicationOwner.isEmpty })
+            }
+            let days = try rows(statdb, .day, .perApplication)
+            #expect(Set(days.map { "\($0.applicationTenantDomain)/\($0.applicationId)@\($0.tenantDomain)" })
+                == ["carbon.super/app-1@carbon.super", "carbon.super/app-2@carbon.super", "acme.com/app-3@acme.com", "acme.com/app-4@carbon.super"])
+        }
+    }
+
+    @Test func queriesByApplicationAnswerAlikeFromEitherRowSetInEveryScope() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            let scopes: [UsageScope] = [
+                .everything(tenant: nil), .everything(tenant: "acme.com"),
+                UsageScope(tenant: "carbon.super", username: "root", administrator: true, provider: false, consumer: false),
+                UsageScope(tenant: "acme.com", username: "root", administrator: true, provider: false, consumer: false),
+                UsageScope(tenant: "carbon.super", username: "bob", administrator: false, provider: false, consumer: true),
+                UsageScope(tenant: "acme.com", username: "gina", administrator: false, provider: false, consumer: true),
+                UsageScope(tenant: "carbon.super", username: "alice", administrator: false, provider: true, consumer: false),
+                UsageScope(tenant: "carbon.super", username: "mallory", administrator: false, provider: false, consumer: true),
+            ]
+            let requests: [QueryUsageRequest] = [
+                QueryUsageRequest(startUnixMs: base, endUnixMs: base + 4 * 3_600_000, groupBy: [.application], orderBy: .requests, limit: 3),
+                QueryUsageRequest(startUnixMs: base + 1_000, endUnixMs: base + 3 * 3_600_000 + 17_000, groupBy: [.application, .tenant], mergeBuckets: true),
+                QueryUsageRequest(granularity: .minute, startUnixMs: base, endUnixMs: base + 3_600_000, groupBy: [.application]),
+                QueryUsageRequest(granularity: .hour, startUnixMs: base, endUnixMs: base + 4 * 3_600_000, applicationId: "app-1"),
+                QueryUsageRequest(startUnixMs: base, endUnixMs: base + 4 * 3_600_000, orderBy: .errors),
+            ]
+            let engine = UsageQueryEngine(statdb: statdb)
+            var answered = 0
+            for scope in scopes {
+                for request in requests {
+                    let fromApplicationRows = try engine.run(request, scope: scope, nowUnixMs: base + 5 * 3_600_000)
+                    // Marked as not yet backfilled, the same query reads the detailed rows.
+                    try await statdb.database.write { try statdb.setApplicationRowsPending(true, in: &$0) }
+                    let fromDetailedRows = try engine.run(request, scope: scope, nowUnixMs: base + 5 * 3_600_000)
+                    try await statdb.database.write { try statdb.setApplicationRowsPending(false, in: &$0) }
+                    #expect(fromApplicationRows.rows == fromDetailedRows.rows, "\(scope) \(request)")
+                    answered += fromApplicationRows.rows.count
+                }
+            }
+            #expect(answered > 0)
+            // What each caller sees of the applications.
+            let top = requests[0]
+            func applications(_ scope: UsageScope) throws -> [String] {
+                try engine.run(top, scope: scope, nowUnixMs: base + 5 * 3_600_000).rows.map(\.applicationId)
+            }
+            #expect(try Set(applications(scopes[2])) == ["app-1", "app-2", "app-4"], "carbon.super's APIs, and its applications")
+            #expect(try Set(applications(scopes[3])) == ["app-3", "app-4"], "acme.com's API, and its applications")
+            #expect(try applications(scopes[4]) == ["app-1"])
+            #expect(try applications(scopes[5]) == ["app-4"])
+            #expect(try applications(scopes[7]).isEmpty)
+            // The top 3 of 4 are the first 3 of all 4 ranked.
+            var everyApplication = top
+            everyApplication.limit = 0
+            let ranked = try engine.run(everyApplication, scope: scopes[0], nowUnixMs: base + 5 * 3_600_000).rows
+            #expect(ranked.count == 4)
+            #expect(Array(ranked.prefix(3)) == (try engine.run(top, scope: scopes[0], nowUnixMs: base + 5 * 3_600_000).rows))
+            #expect(ranked.map(\.requestCount) == ranked.map(\.requestCount).sorted(by: >))
+            let bob = try engine.run(top, scope: scopes[4], nowUnixMs: base + 5 * 3_600_000).rows
+            #expect(bob.first?.requestCount == 144 && bob.first?.applicationOwner == "bob")
+        }
+    }
+
+    @Test func aSchema2StatdbIsMarkedAndAnsweredFromTheDetailedRowsUntilBackfilled() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-analytics-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            // Closed at the end of this scope, before the upgrade reopens it.
+            let statdb = try StatisticsDatabase.open(in: path)
+            // As schema 2 left it: detailed rows, no per-application rows.
+            var delta = BatchDelta()
+            for batch in 0..<2 { for event in mixedEvents(batch: batch) { delta.add(event) } }
+            let written = delta
+            try await statdb.database.write { txn in
+                _ = try UsageIngest.write(written, statdb: statdb, memo: RecordMemo(), apiMemo: RecordMemo(), applicationMemo: RecordMemo(), in: &txn)
+                try statdb.applicationSummaries.clear(in: &txn)
+                try statdb.database.setMetaValue(withUnsafeBytes(of: UInt64(2).bigEndian, Array.init), for: "schema_version", in: &txn)
+            }
+        }
+        let statdb = try StatisticsDatabase.open(in: path)
+        #expect(try statdb.database.storedVersion() == StatisticsDatabase.schema.version)
+        #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) })
+        let top = QueryUsageRequest(startUnixMs: base, endUnixMs: base + 4 * 3_600_000, groupBy: [.application], orderBy: .requests, limit: 10)
+        let engine = UsageQueryEngine(statdb: statdb)
+        let before = try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows
+        #expect(before.map(\.requestCount).reduce(0, +) == 180, "answered from the detailed rows")
+        try await ApplicationRowsBackfill(statdb: statdb).run()
+        #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) } == false)
+        #expect(try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows == before)
+        #expect(try rows(statdb, .day, .perApplication).map(\.requestCount).reduce(0, +) == 180)
+    }
+
+    @Test func backfillRebuildsTheApplicationRowsOfAnOlderStatdbExactly() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            let written = try [BucketGranularity.minute, .hour, .day].map { try totals(rows(statdb, $0, .perApplication)) }
+            // As a statdb from before the per-application rows: none, and marked.
+            try await statdb.database.write { txn in
+                try statdb.applicationSummaries.clear(in: &txn)
+                try statdb.setApplicationRowsPending(true, in: &txn)
+            }
+            // Batches arriving before the backfill add to rows it then rebuilds.
+            _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 5, events: mixedEvents(batch: 0))
+            let built = try await ApplicationRowsBackfill(statdb: statdb, rowsPerTransaction: 3).run()
+            #expect(built > 0)
+            #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) } == false)
+            for (index, granularity) in [BucketGranularity.minute, .hour, .day].enumerated() {
+                let perApplication = try rows(statdb, granularity, .perApplication)
+                #expect(totals(perApplication) == totals(try rows(statdb, granularity, .detailed)))
+                #expect(perApplication.map(\.requestCount).reduce(0, +) == 450)
+                #expect(written[index].keys.sorted() == totals(perApplication).keys.sorted())
+            }
+            // Finished: nothing more to do.
+            #expect(try await ApplicationRowsBackfill(statdb: statdb).run() == 0)
         }
     }
 }
