@@ -333,7 +333,7 @@ inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-rec
     || { cat "$logs/cluster-deps.log" >&2; fatal "apt install python3-requests wrk nginx-light"; }
 inside rm -f /usr/sbin/policy-rc.d
 cluster_output=$(inside /usr/bin/python3 /mnt/cluster/cluster-scenario.py --load-script /mnt/cluster/throttle_load.py \
-    --soak-seconds "${TOLLGATE_SOAK_SECONDS:-60}" --debug-tollgated /opt/tollgate-debug/tollgated 2>"$logs/cluster.err") || true
+    --soak-seconds "${TOLLGATE_SOAK_SECONDS:-600}" --debug-tollgated /opt/tollgate-debug/tollgated 2>"$logs/cluster.err") || true
 echo "$cluster_output" > "$logs/cluster.log"
 echo "$cluster_output" | grep -E '^(pass|FAIL|figure): '
 cluster_failed=$(echo "$cluster_output" | grep -c '^FAIL: ' || true)
