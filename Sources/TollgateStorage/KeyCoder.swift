@@ -53,6 +53,32 @@ public struct Key: Hashable, Sendable {
     }
 }
 
+/// Reads components back out of encoded key bytes, where a scan must judge
+/// a key without decoding its record (the encoding is ``Key``'s).
+public enum KeyBytes {
+    /// The signed integer component at `offset` (8 bytes).
+    public static func int64(in key: UnsafeRawBufferPointer, at offset: Int) -> Int64 {
+        var value: UInt64 = 0
+        for byte in key[offset..<offset + 8] { value = value << 8 | UInt64(byte) }
+        return Int64(bitPattern: value ^ (1 << 63))
+    }
+
+    /// The offset just past the string component starting at `offset`
+    /// (past its closing 0x00 0x01), or `key.count` if it is not closed.
+    public static func endOfString(in key: UnsafeRawBufferPointer, at offset: Int) -> Int {
+        var position = offset
+        while position + 1 < key.count {
+            if key[position] == 0 {
+                if key[position + 1] == 1 { return position + 2 }
+                position += 2  // an escaped 0x00
+            } else {
+                position += 1
+            }
+        }
+        return key.count
+    }
+}
+
 /// One component of a ``Key``.
 public enum KeyComponent: Hashable, Sendable {
     case string(String)

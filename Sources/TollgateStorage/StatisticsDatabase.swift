@@ -181,12 +181,9 @@ public struct StatisticsDatabase: Sendable {
         public static func applicationID(_ id: String) -> KeyMatch { KeyMatch(component: 1, encoded: Key(.string(id)).bytes) }
 
         func matches(_ key: UnsafeRawBufferPointer) -> Bool {
+            // After the granularity and bucket start (two integers), skip `component` strings.
             var position = 16
-            for _ in 0..<component {
-                // A string ends at 0x00 0x01; a 0x00 inside it is written 0x00 0xFF.
-                while position + 1 < key.count && !(key[position] == 0 && key[position + 1] == 1) { position += key[position] == 0 ? 2 : 1 }
-                position += 2
-            }
+            for _ in 0..<component { position = KeyBytes.endOfString(in: key, at: position) }
             guard key.count - position >= encoded.count else { return false }
             for (offset, byte) in encoded.enumerated() where key[position + offset] != byte { return false }
             return true
@@ -195,9 +192,7 @@ public struct StatisticsDatabase: Sendable {
 
     /// The bucket start a summary key holds (after the 8-byte granularity).
     static func bucketStart(ofKey key: UnsafeRawBufferPointer) -> Int64 {
-        var bucket: UInt64 = 0
-        for byte in key[8..<16] { bucket = bucket << 8 | UInt64(byte) }
-        return Int64(bitPattern: bucket ^ (1 << 63))
+        KeyBytes.int64(in: key, at: 8)
     }
 
     /// Visits the summaries of one granularity whose buckets start in

@@ -27,4 +27,20 @@ import TollgateStorage
         let encoded = values.map { Key(.uint64($0)).bytes }
         #expect(encoded == encoded.sorted { $0.lexicographicallyPrecedes($1) })
     }
+
+    @Test func componentsReadBackFromTheBytes() {
+        for n: Int64 in [Int64.min, -1, 0, 1, 1_795_860_000_000, Int64.max] {
+            for text in ["", "a", "a\u{0}", "\u{0}\u{1}", "\u{0}", "tenant.com"] {
+                let key = Key(.int64(n), .string(text), .string("next")).bytes
+                key.withUnsafeBytes { raw in
+                    #expect(KeyBytes.int64(in: raw, at: 0) == n)
+                    let end = KeyBytes.endOfString(in: raw, at: 8)
+                    #expect(Array(key[8..<end]) == Key(.string(text)).bytes, "\(text.debugDescription)")
+                    #expect(KeyBytes.endOfString(in: raw, at: end) == key.count)
+                }
+            }
+        }
+        // An unclosed string runs to the end.
+        Key(.stringPrefix("ab")).bytes.withUnsafeBytes { #expect(KeyBytes.endOfString(in: $0, at: 0) == 2) }
+    }
 }
