@@ -1,20 +1,42 @@
-/// One connection of a raw stream listener, as role logic sees it: bytes in,
-/// bytes out, with back-pressure (a read waits for bytes; a write waits
-/// while the peer is slow). The Thrift key-validation port is served this way.
-public protocol ByteStream: Sendable {
-    /// The next bytes received; nil once the peer closed its side.
-    func read() async throws -> [UInt8]?
-    /// Sends bytes; returns once they are handed to the connection.
-    func write(_ bytes: [UInt8]) async throws
-    /// The peer's address, for logs.
-    var remoteAddress: String { get }
-    /// The peer certificate's `tollgate://` URIs, when it presented one.
-    var peerCertificateURIs: [String] { get }
+/// Serves the connections of a raw stream listener (the Thrift
+/// key-validation port): request/response protocols answered from local
+/// state. The listener hands each connection's bytes to its session on the
+/// connection's event loop, in order, and sends what the session answers:
+/// no task and no thread hop per message. A session therefore never blocks
+/// for long (a read transaction is fine; a network call is not).
+public protocol ByteStreamService: Sendable {
+    /// A connection opened (before its TLS handshake); throwing refuses it,
+    /// and the listener closes it.
+    func open(_ connection: ByteStreamConnection) throws -> any ByteStreamSession
 }
 
-/// Serves connections of a raw stream listener: one call per connection,
-/// which owns it until it returns (the listener then closes it). Only that
-/// call's task reads from the connection.
-public protocol ByteStreamService: Sendable {
-    func serve(_ connection: any ByteStream) async throws
+/// One connection's side of a ``ByteStreamService``, called only on the
+/// connection's event loop (hence not Sendable).
+public protocol ByteStreamSession: AnyObject {
+    /// Bytes from the peer, in order; returns the bytes to send back (empty
+    /// when no message is complete yet). Throwing closes the connection.
+    func received(_ bytes: [UInt8]) throws -> [UInt8]
+    /// While a message has begun to arrive and is not complete: how long
+    /// it may take in all, from its first bytes. nil between messages.
+    var messageTimeLimit: Duration? { get }
+    /// The connection closed (by either side). Called once, only for a
+    /// session `open` returned.
+    func closed()
 }
+
+/// What a session may know of its connection. The listener fills in the
+/// peer certificate when the TLS handshake completes, before any bytes
+/// reach the session.
+public final class ByteStreamConnection {
+    /// The peer's address, for logs.
+    public let remoteAddress: String
+    /// The peer certificate's `tollgate://` URIs, when it presented one.
+    public var peerCertificateURIs: [String] = []
+
+    public init(remoteAddress: String) {
+        self.remoteAddress = remoteAddress
+    }
+}
+
+@available(*, unavailable)
+extension ByteStreamConnection: Sendable {}

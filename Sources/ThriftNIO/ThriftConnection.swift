@@ -23,8 +23,7 @@ final class ThriftConnection: Sendable {
     }
 
     static func connect(host: String, port: Int, serverHostname: String?, tls: TLSContext, connectTimeout: TimeAmount,
-                        group: any EventLoopGroup) async throws -> ThriftConnection {
-        let loop = group.next()
+                        on loop: any EventLoop) async throws -> ThriftConnection {
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(connectTimeout)
@@ -49,6 +48,8 @@ final class ThriftConnection: Sendable {
     /// and throws.
     func call(_ name: String, _ message: [UInt8], timeout: TimeAmount) async throws -> [UInt8] {
         let loop = channel.eventLoop
+        // A caller on the connection's loop sends at once; others hop to it.
+        if loop.inEventLoop { return try await handler.value.call(name, message, timeout: timeout, on: loop).get() }
         return try await loop.flatSubmit { [handler] in
             handler.value.call(name, message, timeout: timeout, on: loop)
         }.get()

@@ -1,4 +1,5 @@
 public import NIOCore
+import NIOPosix
 import OpenSSLKit
 import Synchronization
 public import ThriftCore
@@ -64,6 +65,8 @@ public final class ThriftKeyValidationClient: Sendable {
     let configuration: Configuration
     private let pools: [KeymanagerPool]
     private let group: any EventLoopGroup
+    /// The group's loops, to tell whether a caller runs on one of them.
+    private let loops: [any EventLoop]
     private let tls: TLSContext
 
     public init(configuration: Configuration, eventLoopGroup: any EventLoopGroup) throws {
@@ -78,6 +81,7 @@ public final class ThriftKeyValidationClient: Sendable {
         self.configuration = configuration
         self.pools = pools
         self.group = eventLoopGroup
+        self.loops = Array(eventLoopGroup.makeIterator())
         self.tls = try TLSContext(configuration: .client(trustRootsFile: configuration.trustRootsFile))
     }
 
@@ -206,14 +210,19 @@ public final class ThriftKeyValidationClient: Sendable {
         }
     }
 
+    /// An idle connection, one on the caller's event loop first (a caller
+    /// running on a loop, as the gateway's request tasks do, then talks to
+    /// it without a thread hop either way); or a new one, on that loop.
     private func borrow(from pool: KeymanagerPool) async throws -> (ThriftConnection, reused: Bool) {
-        if let idle = pool.takeIdle() { return (idle, true) }
+        let callerLoop = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { current in loops.first { $0 === current } }
+        if let idle = pool.takeIdle(preferring: callerLoop) { return (idle, true) }
         let endpoint = pool.endpoint
         let connection: ThriftConnection
         do {
             connection = try await ThriftConnection.connect(host: endpoint.host, port: endpoint.thriftPort,
                                                             serverHostname: configuration.verifyHostname ? endpoint.host : nil, tls: tls,
-                                                            connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.nanoseconds)), group: group)
+                                                            connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.nanoseconds)),
+                                                            on: callerLoop ?? group.next())
         } catch {
             throw KeymanagerUnavailable(reason: "connecting: \(error)")
         }
@@ -300,9 +309,14 @@ final class KeymanagerPool: Sendable {
 
     func markHealthy() { state.withLock { if $0.retryAt != nil { $0.retryAt = nil } } }
 
-    func takeIdle() -> ThriftConnection? {
+    /// The most recently returned idle connection on `loop`, else the most
+    /// recently returned one; closed ones found are dropped.
+    func takeIdle(preferring loop: (any EventLoop)?) -> ThriftConnection? {
         let (connection, stale) = state.withLock { state -> (ThriftConnection?, [ThriftConnection]) in
             var stale: [ThriftConnection] = []
+            if let loop, let index = state.idle.lastIndex(where: { $0.channel.eventLoop === loop && $0.isActive }) {
+                return (state.idle.remove(at: index), stale)
+            }
             while let candidate = state.idle.popLast() {
                 if candidate.isActive { return (candidate, stale) }
                 state.open[ObjectIdentifier(candidate)] = nil

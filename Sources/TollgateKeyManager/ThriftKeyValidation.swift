@@ -10,7 +10,8 @@ import TollgateStorage
 /// unframed, strict TBinaryProtocol over TLS, one persistent connection per
 /// pooled gateway client, calls answered in order until the peer closes.
 /// `validateKey` answers from ``KeyManager/validate(_:)``, the code path of
-/// the `ValidateKey` RPC.
+/// the `ValidateKey` RPC. Every call is answered as its last byte arrives,
+/// on the connection's event loop (a read transaction; no suspension).
 public struct ThriftKeyValidationService: ByteStreamService {
     let keyManager: KeyManager
     let sessions: ThriftSessions
@@ -33,54 +34,45 @@ public struct ThriftKeyValidationService: ByteStreamService {
         let description: String
     }
 
-    public func serve(_ connection: any ByteStream) async throws {
-        let admitted = connections.open.wrappingAdd(1, ordering: .relaxed).newValue <= sessions.settings.maxConnections
-        defer { connections.open.wrappingSubtract(1, ordering: .relaxed) }
-        guard admitted else { throw ConnectionClosed(description: "over thrift_max_connections") }
-
-        // A message begun must be complete within the read timeout: a peer
-        // that stalls or trickles mid-message loses its connection. (A
-        // silent peer between messages is the listener's idle timeout.)
-        let pending = MessageClock()
-        let readTimeout = Duration.seconds(sessions.settings.readTimeoutSeconds)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await serveCalls(connection, messageStarted: pending) }
-            group.addTask {
-                while true {
-                    let started = pending.started.withLock { $0 }
-                    if let started, started + readTimeout <= .now {
-                        throw ConnectionClosed(description: "a message took longer than \(readTimeout) to arrive")
-                    }
-                    try await Task.sleep(until: (started ?? .now) + readTimeout, clock: .continuous)
-                }
-            }
-            try await group.next()
-            group.cancelAll()
+    public func open(_ connection: ByteStreamConnection) throws -> any ByteStreamSession {
+        guard connections.open.wrappingAdd(1, ordering: .relaxed).newValue <= sessions.settings.maxConnections else {
+            connections.open.wrappingSubtract(1, ordering: .relaxed)
+            throw ConnectionClosed(description: "over thrift_max_connections")
         }
+        return Session(service: self)
     }
 
-    /// When the message being received began to arrive; nil between messages.
-    final class MessageClock: Sendable {
-        let started = Mutex<ContinuousClock.Instant?>(nil)
-    }
+    /// One connection: the bytes of the message being received, and how
+    /// many reads it took so far.
+    final class Session: ByteStreamSession {
+        let service: ThriftKeyValidationService
+        private var buffer: [UInt8] = []
+        private var start = 0
+        /// Reads since the message being received began: each re-reads it from its start.
+        private var pieces = 0
+        private var isOpen = true
 
-    private func serveCalls(_ connection: any ByteStream, messageStarted: MessageClock) async throws {
-        var buffer: [UInt8] = []
-        var start = 0
-        var replies: [UInt8] = []
-        // Reads since the message being received began: each re-reads it from its start.
-        var pieces = 0
-        while true {
-            guard let chunk = try await connection.read() else { return }
-            if buffer.isEmpty || start == buffer.count {
+        init(service: ThriftKeyValidationService) {
+            self.service = service
+        }
+
+        /// A message begun must be complete within the read timeout: a peer
+        /// that stalls or trickles mid-message loses its connection. (A
+        /// silent peer between messages is the listener's idle timeout.)
+        var messageTimeLimit: Duration? {
+            start < buffer.count ? .seconds(service.sessions.settings.readTimeoutSeconds) : nil
+        }
+
+        func received(_ chunk: [UInt8]) throws -> [UInt8] {
+            if start == buffer.count {
                 buffer = chunk
-                start = 0
             } else {
                 buffer.removeSubrange(0..<start)
-                start = 0
                 buffer.append(contentsOf: chunk)
             }
-            replies.removeAll(keepingCapacity: true)
+            start = 0
+            let limits = service.limits
+            var replies: [UInt8] = []
             while start < buffer.count {
                 let call: KeyValidationCall, length: Int
                 do {
@@ -93,7 +85,7 @@ public struct ThriftKeyValidationService: ByteStreamService {
                     }
                     // A peer trickling a message in tiny pieces would make those re-reads quadratic.
                     pieces += 1
-                    guard pieces <= Self.maxPieces(of: received) else {
+                    guard pieces <= ThriftKeyValidationService.maxPieces(of: received) else {
                         throw ConnectionClosed(description: "a message of \(received) bytes still incomplete after \(pieces - 1) pieces")
                     }
                     break
@@ -103,10 +95,15 @@ public struct ThriftKeyValidationService: ByteStreamService {
                 }
                 start += length
                 pieces = 0
-                if let reply = await answer(call) { replies += reply }
+                if let reply = service.answer(call) { replies += reply }
             }
-            messageStarted.started.withLock { $0 = start < buffer.count ? ($0 ?? .now) : nil }
-            if !replies.isEmpty { try await connection.write(replies) }
+            return replies
+        }
+
+        func closed() {
+            guard isOpen else { return }
+            isOpen = false
+            service.connections.open.wrappingSubtract(1, ordering: .relaxed)
         }
     }
 
@@ -117,7 +114,7 @@ public struct ThriftKeyValidationService: ByteStreamService {
     public static func maxPieces(of received: Int) -> Int { 256 + received / 512 }
 
     /// The reply to one call, encoded (nil for ONEWAY).
-    func answer(_ call: KeyValidationCall) async -> [UInt8]? {
+    func answer(_ call: KeyValidationCall) -> [UInt8]? {
         let header = call.header
         func exception(_ type: ThriftApplicationException.Kind, _ message: String) -> [UInt8] {
             ThriftProtocol.binary.encode(ThriftApplicationException(type, message).message(name: header.name, sequenceID: header.sequenceID))
@@ -128,15 +125,15 @@ public struct ThriftKeyValidationService: ByteStreamService {
         let reply: [UInt8]
         switch call.arguments {
         case .validateKey(let arguments):
-            reply = await validate(arguments, sessionID: arguments.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
+            reply = validate(arguments, sessionID: arguments.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
         case .validateKeyforHandshake(let handshake):
             // WebSocket handshakes: any token type, no resource (WSO2's handshake check).
             let arguments = ValidateKeyArguments(context: handshake.context, version: handshake.version, accessToken: handshake.accessToken,
                                                  sessionId: handshake.sessionId, requiredAuthenticationLevel: "Any", clientDomain: nil,
                                                  matchingResource: "", httpVerb: "")
-            reply = await validate(arguments, sessionID: handshake.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
+            reply = validate(arguments, sessionID: handshake.sessionId).binaryReply(method: header.name, sequenceID: header.sequenceID)
         case .getAllURITemplates(let arguments):
-            let result = await uriTemplates(arguments).thrift { .list(.structure, $0.map { .structure($0.thrift) }) }
+            let result = uriTemplates(arguments).thrift { .list(.structure, $0.map { .structure($0.thrift) }) }
             reply = ThriftProtocol.binary.encode(ThriftMessage(name: header.name, type: .reply, sequenceID: header.sequenceID, body: result))
         case .unknownMethod:
             return exception(.unknownMethod, "Invalid method name: '\(header.name)'")
@@ -146,8 +143,8 @@ public struct ThriftKeyValidationService: ByteStreamService {
         return header.type == .call ? reply : nil
     }
 
-    func validate(_ arguments: ValidateKeyArguments, sessionID: String) async -> ThriftResult<APIKeyValidationInfoDTO> {
-        guard await sessions.check(sessionID) else { return .keyManagementException(KeyValidationService.invalidSessionMessage) }
+    func validate(_ arguments: ValidateKeyArguments, sessionID: String) -> ThriftResult<APIKeyValidationInfoDTO> {
+        guard sessions.check(sessionID) else { return .keyManagementException(KeyValidationService.invalidSessionMessage) }
         do {
             return .success(APIKeyValidationInfoDTO(try keyManager.validate(KeyManager.validateKeyRequest(arguments))))
         } catch {
@@ -156,8 +153,8 @@ public struct ThriftKeyValidationService: ByteStreamService {
         }
     }
 
-    func uriTemplates(_ arguments: GetAllURITemplatesArguments) async -> ThriftResult<[URITemplateDTO]> {
-        guard await sessions.check(arguments.sessionId) else { return .keyManagementException(KeyValidationService.invalidSessionMessage) }
+    func uriTemplates(_ arguments: GetAllURITemplatesArguments) -> ThriftResult<[URITemplateDTO]> {
+        guard sessions.check(arguments.sessionId) else { return .keyManagementException(KeyValidationService.invalidSessionMessage) }
         do {
             return .success(try keyManager.uriTemplates(context: arguments.context, version: arguments.apiVersion))
         } catch {

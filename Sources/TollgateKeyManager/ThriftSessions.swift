@@ -122,8 +122,10 @@ public final class ThriftSessions: Sendable {
     /// give: a remembered one is used only while `userdb` is unchanged and
     /// its deadline has not passed. The last use is written at most every
     /// ``slideIntervalMs`` (that write changes `userdb`, so the session is
-    /// read once more afterwards, with its new deadline).
-    public func check(_ sessionID: String) async -> Bool {
+    /// read once more afterwards, with its new deadline). Never suspends:
+    /// it runs on a connection's event loop, so the slide is written by a
+    /// task of its own (the answer does not depend on it).
+    public func check(_ sessionID: String) -> Bool {
         guard !sessionID.isEmpty else { return false }
         let now = users.currentTimeMs
         // Read before `userdb` is: a write racing the read costs one more read later, never a stale answer.
@@ -155,7 +157,10 @@ public final class ThriftSessions: Sendable {
             slid[hash] = now
             return true
         }
-        if due { try? await users.slideSession(token: sessionID) }
+        if due {
+            let users = self.users
+            Task { try? await users.slideSession(token: sessionID) }
+        }
         return true
     }
 }

@@ -259,21 +259,41 @@ public enum ListenerError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Closes a connection that stays idle for `timeout`; every kind of
-/// listener re-arms it on activity. Confined to the connection's loop.
-struct IdleTimeout {
+/// listener marks activity with `arm`. The deadline moves with activity
+/// while one timer per connection waits for it (re-armed when it fires
+/// early), instead of a timer scheduled and cancelled per read and write.
+/// Confined to the connection's loop.
+final class IdleTimeout {
     let timeout: TimeAmount
+    private var lastActivity = NIODeadline.now()
     private var scheduled: Scheduled<Void>?
 
     init(_ timeout: TimeAmount) { self.timeout = timeout }
 
-    mutating func arm(_ context: ChannelHandlerContext) {
-        scheduled?.cancel()
-        let channel = context.channel
-        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    func arm(_ context: ChannelHandlerContext) {
+        lastActivity = .now()
+        if scheduled == nil { wait(until: lastActivity + timeout, channel: context.channel) }
     }
 
-    mutating func cancel() {
+    func cancel() {
         scheduled?.cancel()
         scheduled = nil
     }
+
+    private func wait(until deadline: NIODeadline, channel: any Channel) {
+        let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        scheduled = channel.eventLoop.scheduleTask(deadline: deadline) {
+            let idle = this.value
+            idle.scheduled = nil
+            let due = idle.lastActivity + idle.timeout
+            if due <= .now() {
+                channel.close(promise: nil)
+            } else {
+                idle.wait(until: due, channel: channel)
+            }
+        }
+    }
 }
+
+@available(*, unavailable)
+extension IdleTimeout: Sendable {}

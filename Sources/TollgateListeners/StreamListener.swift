@@ -1,128 +1,168 @@
 public import NIOCore
-import NIOConcurrencyHelpers
 public import OpenSSLKit
 public import RoleCore
 import TollgateTLS
 
 /// How a raw stream listener sets up a connection: TLS if it has a context,
-/// then the bytes go to the role's ``ByteStreamService`` as an async stream
-/// with back-pressure (NIOAsyncChannel), served by one task per connection
-/// that runs on the connection's event loop (no thread hop per read or write).
+/// then a ``ByteStreamHandler`` that feeds the role's ``ByteStreamService``
+/// session on the connection's event loop.
 public enum StreamListener {
     public static func configure(service: any ByteStreamService, tls: (@Sendable () -> TLSContext)?, idleTimeout: TimeAmount)
         -> @Sendable (any Channel) throws -> Void {
         { channel in
             let sync = channel.pipeline.syncOperations
             if let tls { try sync.addHandler(TLSHandler(context: tls())) }
-            let peer = PeerCertificateBox()
-            try sync.addHandler(StreamConnectionEvents(peer: peer, idleTimeout: idleTimeout))
-            let async = try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-            let remote = channel.remoteAddress?.description ?? ""
-            Task(executorPreference: LoopTaskExecutor(eventLoop: channel.eventLoop)) {
-                do {
-                    try await async.executeThenClose { inbound, outbound in
-                        let stream = AsyncByteStream(inbound: inbound, outbound: outbound, remoteAddress: remote, peer: peer)
-                        try await service.serve(stream)
-                    }
-                } catch {
-                    channel.close(promise: nil)
-                }
-            }
+            try sync.addHandler(ByteStreamHandler(service: service, idleTimeout: idleTimeout))
         }
     }
 }
 
-/// The peer certificate's URIs, learned when the TLS handshake completes.
-final class PeerCertificateBox: Sendable {
-    let uris = NIOLockedValueBox<[String]>([])
-}
-
-/// Watches a stream connection's events: the TLS handshake (for the peer
-/// certificate), drain requests, and idleness.
-final class StreamConnectionEvents: ChannelDuplexHandler {
+/// Serves one stream connection: bytes read go to the service's session at
+/// once, its answers are written, and flushed when the read burst ends (so
+/// pipelined calls leave in one write). Reading pauses while the peer is
+/// not taking the answers (the channel is unwritable), so a peer that only
+/// sends cannot make the answers pile up in memory. Also closes the
+/// connection when a begun message is not complete within the session's
+/// limit, when it stays idle, and on the listener's drain.
+final class ByteStreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let peer: PeerCertificateBox
-    private var idle: IdleTimeout
+    private let service: any ByteStreamService
+    private let idle: IdleTimeout
+    private var connection: ByteStreamConnection?
+    private var session: (any ByteStreamSession)?
+    /// Closes the connection if the message begun then is still incomplete.
+    private var messageTimer: Scheduled<Void>?
+    private var unflushed = false
+    private var readHeld = false
+    /// Draining: close as soon as no message is half received.
+    private var closeBetweenMessages = false
 
-    init(peer: PeerCertificateBox, idleTimeout: TimeAmount) {
-        self.peer = peer
+    init(service: any ByteStreamService, idleTimeout: TimeAmount) {
+        self.service = service
         self.idle = IdleTimeout(idleTimeout)
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context) }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
-        idle.arm(context)
+        start(context)
         context.fireChannelActive()
+    }
+
+    private func start(_ context: ChannelHandlerContext) {
+        guard connection == nil else { return }
+        let connection = ByteStreamConnection(remoteAddress: context.channel.remoteAddress?.description ?? "")
+        self.connection = connection
+        idle.arm(context)
+        do {
+            session = try service.open(connection)
+        } catch {
+            context.close(promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         idle.arm(context)
-        context.fireChannelRead(data)
+        guard let session else { return }
+        let bytes = Array(unwrapInboundIn(data).readableBytesView)
+        let answer: [UInt8]
+        do {
+            answer = try session.received(bytes)
+        } catch {
+            end(context)
+            return
+        }
+        if !answer.isEmpty {
+            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: answer)), promise: nil)
+            unflushed = true
+        }
+        if let limit = session.messageTimeLimit {
+            if messageTimer == nil {
+                let channel = context.channel
+                let (seconds, attoseconds) = limit.components
+                messageTimer = context.eventLoop.scheduleTask(in: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)) {
+                    channel.close(promise: nil)
+                }
+            }
+        } else if let timer = messageTimer {
+            timer.cancel()
+            messageTimer = nil
+        }
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        idle.arm(context)
-        context.write(data, promise: promise)
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
+        if closeBetweenMessages, session?.messageTimeLimit == nil { context.close(promise: nil) }
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, readHeld {
+            readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case let tls as TLSEvent:
-            if case .handshakeCompleted(let session) = tls {
-                peer.uris.withLockedValue { $0 = session.peerCertificate?.uniformResourceIdentifiers ?? [] }
+            if case .handshakeCompleted(let tlsSession) = tls {
+                connection?.peerCertificateURIs = tlsSession.peerCertificate?.uniformResourceIdentifiers ?? []
             }
             context.fireUserInboundEventTriggered(event)
         case is ListenerQuiesceEvent:
-            // A stream has no message boundary the listener knows of: closing
-            // its input lets the service finish what it is answering and end.
-            // Where half-closure is refused, the drain deadline closes it.
-            context.close(mode: .input, promise: nil)
+            // Every answer is written as its message completes, so between
+            // messages nothing is lost by closing; a half-received message
+            // gets its answer first (or the drain deadline).
+            if session?.messageTimeLimit == nil {
+                end(context)
+            } else {
+                closeBetweenMessages = true
+            }
         case is ListenerDrainExpiredEvent:
-            context.close(promise: nil)
+            end(context)
         default:
             context.fireUserInboundEventTriggered(event)
         }
     }
 
+    /// Flushes what was answered and closes.
+    private func end(_ context: ChannelHandlerContext) {
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
+        context.close(promise: nil)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         idle.cancel()
+        messageTimer?.cancel()
+        messageTimer = nil
+        if let session {
+            self.session = nil
+            session.closed()
+        }
         context.fireChannelInactive()
     }
 }
 
 @available(*, unavailable)
-extension StreamConnectionEvents: Sendable {}
-
-/// A connection as ``ByteStream``: reads come from the async channel's
-/// inbound sequence, writes go to its outbound writer.
-final class AsyncByteStream: ByteStream, @unchecked Sendable {
-    // @unchecked Sendable: `iterator` is mutated only by `read`, which only
-    // the one task serving this connection calls (ByteStreamService's
-    // contract: the connection belongs to its `serve` call); the writer and
-    // the peer box are Sendable themselves.
-    private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
-    private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    let remoteAddress: String
-    private let peer: PeerCertificateBox
-
-    init(inbound: NIOAsyncChannelInboundStream<ByteBuffer>, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, remoteAddress: String,
-         peer: PeerCertificateBox) {
-        self.iterator = inbound.makeAsyncIterator()
-        self.outbound = outbound
-        self.remoteAddress = remoteAddress
-        self.peer = peer
-    }
-
-    var peerCertificateURIs: [String] { peer.uris.withLockedValue { $0 } }
-
-    func read() async throws -> [UInt8]? {
-        try await iterator.next().map { Array($0.readableBytesView) }
-    }
-
-    func write(_ bytes: [UInt8]) async throws {
-        try await outbound.write(ByteBuffer(bytes: bytes))
-    }
-}
+extension ByteStreamHandler: Sendable {}

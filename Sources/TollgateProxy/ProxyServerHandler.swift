@@ -64,6 +64,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     private var responseStatus = 0
     private var keepAlive = true
     private var readHeld = false
+    /// Runs deferred decisions on this connection's loop (made on the first one).
+    private var loopExecutor: LoopTaskExecutor?
     private var readTimer: Scheduled<Void>?
     private var readDeadline: NIODeadline?
     private var readTimeoutTarget: BackendTarget?
@@ -203,7 +205,10 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             let loop = context.eventLoop
             let bound = NIOLoopBound(self, eventLoop: loop)
             let generation = self.generation
-            Task {
+            // On this connection's loop: a validation over a pooled connection
+            // on the same loop then costs no thread hop either way.
+            if loopExecutor == nil { loopExecutor = LoopTaskExecutor(eventLoop: loop) }
+            Task(executorPreference: loopExecutor!) {
                 let next = await work()
                 loop.execute {
                     let handler = bound.value

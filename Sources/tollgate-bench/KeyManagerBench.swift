@@ -95,14 +95,21 @@ func benchKeyManager() async throws {
         for _ in 0..<200_000 { guard try keyManager.validate(validate).authorized else { throw BenchFailure("validation refused") } }
     }
     let validations = 100_000
-    let (validateSeconds, validateLatencies) = try await timedLatencies(calls: validations, callers: 16) { _, caller in
-        guard try await pool[caller % pool.count].validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
+    // Callers on the connections' event loops, as the gateway's request
+    // tasks call (no thread hop per call), then on Swift's global executor.
+    let loopExecutors: [any TaskExecutor] = connections.map(\.taskExecutor)
+    var rpcRates: [Bool: Double] = [:]
+    for onLoops in [true, false] {
+        let (validateSeconds, validateLatencies) = try await timedLatencies(calls: validations, callers: 16, executors: onLoops ? loopExecutors : []) { _, caller in
+            guard try await pool[caller % pool.count].validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
+        }
+        let validateRate = Double(validations) / validateSeconds
+        rpcRates[onLoops] = validateRate
+        let p99 = validateLatencies[validateLatencies.count * 99 / 100]
+        print("keymanager ValidateKey, RPC, 16 callers/4 conns, \(onLoops ? "on loops" : "global exec.")".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
+                     validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
     }
-    let validateRate = Double(validations) / validateSeconds
-    let p99 = validateLatencies[validateLatencies.count * 99 / 100]
-    print("keymanager ValidateKey, RPC, 16 callers on 4 connections".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", validateRate,
-                 validateLatencies[validateLatencies.count / 2], p99, validateRate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
 
     // For comparison with Thrift, which has one call in flight per connection:
     // the RPC with one connection per caller (no calls sharing a connection).
@@ -110,18 +117,20 @@ func benchKeyManager() async throws {
         try await RPCConnection.connect(host: "127.0.0.1", port: rpcPort, serverHostname: "localhost", tls: clientTLS, group: group)
     }
     let singlePool = single.map { KeyManagerServiceClient($0) }
-    let (singleSeconds, singleLatencies) = try await timedLatencies(calls: validations, callers: 16) { _, caller in
+    let (singleSeconds, singleLatencies) = try await timedLatencies(calls: validations, callers: 16, executors: single.map(\.taskExecutor)) { _, caller in
         guard try await singlePool[caller].validateKey(validate).info?.authorized == true else { throw BenchFailure("validation refused") }
     }
-    print("keymanager ValidateKey, RPC, 16 callers on 16 connections".padding(toLength: 62, withPad: " ", startingAt: 0)
+    print("keymanager ValidateKey, RPC, 16 callers/16 conns, on loops".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   (for comparison)", Double(validations) / singleSeconds,
                  singleLatencies[singleLatencies.count / 2], singleLatencies[singleLatencies.count * 99 / 100]))
     for connection in single { await connection.close() }
 
     let thrift = try await benchThriftValidation(node: empty, tlsDirectory: tlsDirectory, group: group)
-    let thriftRatio = validateRate / thrift.rate
-    print("keymanager validateKey, RPC / Thrift throughput".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%9.2f×   target ≤ 1.2×: %@", thriftRatio, thriftRatio <= 1.2 ? "met" : "MISSED"))
+    for onLoops in [true, false] {
+        let ratio = rpcRates[onLoops]! / thrift[onLoops]!
+        print("keymanager validateKey, RPC / Thrift rate, \(onLoops ? "on loops" : "global exec.")".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.2f×   target ≤ 1.2×: %@", ratio, ratio <= 1.2 ? "met" : "MISSED"))
+    }
 
     // Revoke → watcher: each revocation timed from the call's start to its arrival.
     let arrivals = AsyncStream<TokenRevocation>.makeStream()
@@ -165,7 +174,8 @@ func benchKeyManager() async throws {
 /// `key_validation = "thrift"`) calls it: the keymanager module's own
 /// `thrift` and `oauth` listeners, the gateway's pooled client with 16
 /// persistent TLS connections, 16 callers.
-func benchThriftValidation(node: BenchKeyManagerNode, tlsDirectory: String, group: any EventLoopGroup) async throws -> (rate: Double, p99: Double) {
+/// Thrift `validateKey` rates: callers on the group's loops (true), then on the global executor (false).
+func benchThriftValidation(node: BenchKeyManagerNode, tlsDirectory: String, group: any EventLoopGroup) async throws -> [Bool: Double] {
     let serverTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key"))
     guard let module = node.assembly.module(KeyManagerModule.self) else { throw BenchFailure("no keymanager module") }
     var listeners: [String: (Listener, Int)] = [:]
@@ -193,21 +203,26 @@ func benchThriftValidation(node: BenchKeyManagerNode, tlsDirectory: String, grou
                                      clientDomain: nil, matchingResource: "/menu", httpVerb: "GET").authorized
     }
     guard try await validate() else { throw BenchFailure("the bench token does not validate over Thrift") }
-    // Open the 16 connections before measuring.
-    _ = try await timedLatencies(calls: 2_000, callers: 16) { _, _ in guard try await validate() else { throw BenchFailure("validation refused") } }
+    // Open the 16 connections before measuring, spread over the loops as the callers are.
+    let loopExecutors: [any TaskExecutor] = group.makeIterator().map { LoopTaskExecutor(eventLoop: $0) }
+    _ = try await timedLatencies(calls: 2_000, callers: 16, executors: loopExecutors) { _, _ in guard try await validate() else { throw BenchFailure("validation refused") } }
     let calls = 100_000
-    let (seconds, latencies) = try await timedLatencies(calls: calls, callers: 16) { _, _ in
-        guard try await validate() else { throw BenchFailure("validation refused") }
+    var rates: [Bool: Double] = [:]
+    for onLoops in [true, false] {
+        let (seconds, latencies) = try await timedLatencies(calls: calls, callers: 16, executors: onLoops ? loopExecutors : []) { _, _ in
+            guard try await validate() else { throw BenchFailure("validation refused") }
+        }
+        let rate = Double(calls) / seconds
+        rates[onLoops] = rate
+        let p99 = latencies[latencies.count * 99 / 100]
+        print("keymanager validateKey, Thrift, 16 callers/\(client.openConnections) TLS, \(onLoops ? "on loops" : "global exec.")".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", rate,
+                     latencies[latencies.count / 2], p99, rate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
     }
-    let rate = Double(calls) / seconds
-    let p99 = latencies[latencies.count * 99 / 100]
-    print("keymanager validateKey, Thrift, 16 callers on \(client.openConnections) TLS connections".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%9.0f calls/s  p50 %5.2f ms  p99 %5.2f ms   target ≥ 20000/s, p99 ≤ 2 ms: %@", rate,
-                 latencies[latencies.count / 2], p99, rate >= 20_000 && p99 <= 2 ? "met" : "MISSED"))
     await client.shutdown()
     await thriftListener.shutdown(drainTimeout: .seconds(1))
     await oauthListener.shutdown(drainTimeout: .seconds(1))
-    return (rate, p99)
+    return rates
 }
 
 /// A control-plane node (publisher, store, keymanager) assembled as
@@ -305,12 +320,13 @@ func benchMilliseconds(_ duration: Duration) -> Double {
 
 /// Runs `calls` calls over `callers` tasks (each call gets its index and its
 /// caller's number); returns the elapsed seconds and the sorted latencies in ms.
-func timedLatencies(calls: Int, callers: Int, _ body: @escaping @Sendable (Int, Int) async throws -> Void) async throws -> (Double, [Double]) {
+/// With `executors`, caller `i` runs on `executors[i % count]`.
+func timedLatencies(calls: Int, callers: Int, executors: [any TaskExecutor] = [], _ body: @escaping @Sendable (Int, Int) async throws -> Void) async throws -> (Double, [Double]) {
     let next = Counter()
     let start = ContinuousClock.now
     let latencies = try await withThrowingTaskGroup(of: [Double].self) { tasks in
         for caller in 0..<callers {
-            tasks.addTask {
+            tasks.addTask(executorPreference: executors.isEmpty ? nil : executors[caller % executors.count]) {
                 var own: [Double] = []
                 while true {
                     let index = next.value.wrappingAdd(1, ordering: .relaxed).oldValue

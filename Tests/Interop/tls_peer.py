@@ -8,6 +8,10 @@
       Serves one mutual-TLS connection on an ephemeral port (printed as
       "port N"), answers each read with the bytes upper-cased, and prints the
       client certificate's URI.
+  tls_peer.py plain-lines <port> <text> <seconds>
+      Connects over plain TCP, sends the text, and reads for the given
+      seconds: prints the reply, then "closed by the server" if the server
+      closed the connection, else "open after N s".
 """
 import socket
 import ssl
@@ -57,9 +61,32 @@ def server(ca, cert, key):
                 tls.sendall(data.upper())
 
 
+def plain_lines(port, text, seconds):
+    import time
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as connection:
+        connection.sendall(text.encode())
+        received = b""
+        deadline = time.monotonic() + float(seconds)
+        closed = False
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            try:
+                chunk = connection.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+        print("reply", received.decode())
+        print("closed by the server" if closed else f"open after {seconds} s")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "client" and len(sys.argv) == 7:
         client(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "plain-lines":
+        plain_lines(*sys.argv[2:])
     elif len(sys.argv) == 5 and sys.argv[1] == "server":
         server(*sys.argv[2:])
     else:

@@ -8,49 +8,47 @@ import TollgateProto
 import TollgateStorage
 import TollgateUsers
 
-/// A connection in memory: the test writes chunks in, the service's replies
-/// come out, and the end of input is the peer closing.
-final class MemoryStream: ByteStream {
-    let remoteAddress = "test"
-    let peerCertificateURIs: [String] = []
-    private let inbound: AsyncStream<[UInt8]>
-    private let input: AsyncStream<[UInt8]>.Continuation
-    // Read only by the serving task (ByteStreamService's contract).
-    nonisolated(unsafe) private var iterator: AsyncStream<[UInt8]>.Iterator
-    let written = Mutex<[UInt8]>([])
-    /// Reads begun: the service is serving this connection.
-    let reads = Mutex(0)
+/// A connection in memory, driven as the stream listener drives one on
+/// its event loop: chunks go to the service's session, its answers are
+/// collected, and an error thrown closes the connection.
+final class MemoryStream {
+    private let session: any ByteStreamSession
+    private(set) var written: [UInt8] = []
+    private(set) var failure: (any Error)?
 
-    init() {
-        (inbound, input) = AsyncStream.makeStream(of: [UInt8].self)
-        iterator = inbound.makeAsyncIterator()
+    init(_ service: any ByteStreamService) throws {
+        session = try service.open(ByteStreamConnection(remoteAddress: "test"))
     }
 
-    func send(_ bytes: [UInt8]) { input.yield(bytes) }
-    func close() { input.finish() }
-    func read() async throws -> [UInt8]? {
-        reads.withLock { $0 += 1 }
-        return await iterator.next()
+    /// Whether the connection is still open after the bytes.
+    @discardableResult
+    func send(_ bytes: [UInt8]) -> Bool {
+        guard failure == nil else { return false }
+        do {
+            written += try session.received(bytes)
+            return true
+        } catch {
+            failure = error
+            session.closed()
+            return false
+        }
     }
-    func write(_ bytes: [UInt8]) async throws { written.withLock { $0 += bytes } }
+
+    var messageTimeLimit: Duration? { session.messageTimeLimit }
+
+    func close() {
+        if failure == nil { session.closed() }
+    }
 
     /// The replies decoded so far.
     var replies: [ThriftMessage] {
-        var bytes = written.withLock { $0 }[...]
+        var bytes = written[...]
         var messages: [ThriftMessage] = []
         while let (message, length) = try? ThriftProtocol.binary.decode(bytes) {
             messages.append(message)
             bytes = bytes.dropFirst(length)
         }
         return messages
-    }
-}
-
-func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(60)
-    while !condition() {
-        guard ContinuousClock.now < deadline else { throw CancellationError() }
-        try await Task.sleep(for: .milliseconds(5))
     }
 }
 
@@ -73,8 +71,7 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
             return
         }
         let service = ThriftKeyValidationService(keyManager: fixture.keyManager, sessions: sessions)
-        let stream = MemoryStream()
-        let serving = Task { try await service.serve(stream) }
+        let stream = try MemoryStream(service)
         let arguments = ValidateKeyArguments(context: api.context, version: api.version, accessToken: consumer.token, sessionId: session,
                                              requiredAuthenticationLevel: "Any", clientDomain: nil, matchingResource: "/menu", httpVerb: "GET")
         var refused = arguments
@@ -82,13 +79,18 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         var badSession = arguments
         badSession.sessionId = "nope"
         // Five calls pipelined, sent in 3-byte pieces.
-        let bytes = Self.call("validateKey", arguments.thrift, sequenceID: 1) + Self.call("validateKey", refused.thrift, sequenceID: 2)
-            + Self.call("validateKey", badSession.thrift, sequenceID: 3) + Self.call("noSuchMethod", ThriftStruct(), sequenceID: 4)
-            + Self.call("validateKey", ThriftStruct([ThriftField(1, .text("/x"))]), sequenceID: 5)
-        for start in stride(from: 0, to: bytes.count, by: 3) { stream.send(Array(bytes[start..<min(start + 3, bytes.count)])) }
-        try await waitUntil("five replies") { stream.replies.count == 5 }
+        let calls = [Self.call("validateKey", arguments.thrift, sequenceID: 1), Self.call("validateKey", refused.thrift, sequenceID: 2),
+                     Self.call("validateKey", badSession.thrift, sequenceID: 3), Self.call("noSuchMethod", ThriftStruct(), sequenceID: 4),
+                     Self.call("validateKey", ThriftStruct([ThriftField(1, .text("/x"))]), sequenceID: 5)]
+        let bytes = calls.flatMap { $0 }
+        let messageEnds = Set(calls.indices.map { calls[...$0].reduce(0) { $0 + $1.count } })
+        for start in stride(from: 0, to: bytes.count, by: 3) {
+            let end = min(start + 3, bytes.count)
+            #expect(stream.send(Array(bytes[start..<end])))
+            // Mid-message, the listener runs the read timeout; between messages it does not.
+            #expect((stream.messageTimeLimit == nil) == messageEnds.contains(end))
+        }
         stream.close()
-        try await serving.value
         let replies = stream.replies
         #expect(replies.map(\.sequenceID) == [1, 2, 3, 4, 5])
         // One code path: the RPC's answer, written as WSO2's DTO.
@@ -103,13 +105,11 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         #expect(ThriftApplicationException(thrift: replies[4].body).message == "Required field 'version' was not present! Struct: validateKey_args")
 
         // getAllURITemplates lists the API's resources.
-        let second = MemoryStream()
-        let again = Task { try await service.serve(second) }
+        let second = try MemoryStream(service)
         second.send(Self.call("getAllURITemplates", GetAllURITemplatesArguments(context: api.context + "/" + api.version, apiVersion: api.version, sessionId: session).thrift,
                               sequenceID: 1))
-        try await waitUntil("a reply") { second.replies.count == 1 }
+        #expect(second.replies.count == 1)
         second.close()
-        try await again.value
         let templates = second.replies[0].body.structures(0)?.map(URITemplateDTO.init(thrift:)) ?? []
         #expect(templates.contains { $0.uriTemplate == "/menu" && $0.httpVerb == "GET" && $0.authType == "Any" })
     }
@@ -122,24 +122,22 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         settings.maxConnections = 1
         let service = ThriftKeyValidationService(keyManager: fixture.keyManager, sessions: ThriftSessions(users: fixture.keyManager.users, settings: settings))
 
-        // Half a message, then silence: closed after the read timeout.
-        let slow = MemoryStream()
-        let serving = Task { try await service.serve(slow) }
+        // Half a message: the listener is told to allow it the read timeout
+        // (StreamListenerTests checks that the listener closes it then).
+        let slow = try MemoryStream(service)
         slow.send(Array(Self.call("validateKey", ThriftStruct(), sequenceID: 1).prefix(10)))
-        // While it is served, a second connection is over the limit.
-        try await waitUntil("the first connection to be served") { slow.reads.withLock { $0 } > 0 }
-        let extra = MemoryStream()
-        extra.close()
-        await #expect(throws: (any Error).self) { try await service.serve(extra) }
-        await #expect(throws: (any Error).self) { try await serving.value }
+        #expect(slow.messageTimeLimit == .seconds(1))
         #expect(slow.replies.isEmpty)
+        // While it is open, a second connection is over the limit; once it closed, one more is served.
+        #expect(throws: (any Error).self) { try MemoryStream(service) }
+        slow.close()
+        let next = try MemoryStream(service)
+        next.close()
 
         // Bytes that are no Thrift message: closed, nothing answered.
-        let garbage = MemoryStream()
-        let garbled = Task { try await service.serve(garbage) }
-        garbage.send([0x80, 0x07, 0x00, 0x01, 0, 0, 0, 0])
-        await #expect(throws: (any Error).self) { try await garbled.value }
-        #expect(garbage.written.withLock { $0.isEmpty })
+        let garbage = try MemoryStream(service)
+        #expect(garbage.send([0x80, 0x07, 0x00, 0x01, 0, 0, 0, 0]) == false)
+        #expect(garbage.written.isEmpty)
     }
 
     /// A message re-read from its start at every read must not arrive in
@@ -154,20 +152,17 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
         let message = Self.call("validateKey", arguments.thrift, sequenceID: 1)
         #expect(message.count > ThriftKeyValidationService.maxPieces(of: message.count))
 
-        let pieces = MemoryStream()
-        let served = Task { try await service.serve(pieces) }
+        let pieces = try MemoryStream(service)
         let size = (message.count + 15) / 16
-        for start in stride(from: 0, to: message.count, by: size) { pieces.send(Array(message[start..<min(start + size, message.count)])) }
-        try await waitUntil("the reply") { !pieces.replies.isEmpty }
+        for start in stride(from: 0, to: message.count, by: size) { #expect(pieces.send(Array(message[start..<min(start + size, message.count)]))) }
         #expect(pieces.replies.first?.body.structure(1)?.string(1) == KeyValidationService.invalidSessionMessage)
         pieces.close()
-        try await served.value
 
-        let trickle = MemoryStream()
-        let trickled = Task { try await service.serve(trickle) }
-        for byte in message { trickle.send([byte]) }
+        let trickle = try MemoryStream(service)
+        var open = true
+        for byte in message where open { open = trickle.send([byte]) }
+        #expect(open == false && trickle.failure != nil)
         trickle.close()
-        await #expect(throws: (any Error).self) { try await trickled.value }
         #expect(trickle.replies.isEmpty)
     }
 
@@ -185,21 +180,21 @@ func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
             return session
         }
         let first = try await session()
-        #expect(await sessions.check(first))
-        #expect(await sessions.check(first))
+        #expect(sessions.check(first))
+        #expect(sessions.check(first))
         try await fixture.keyManager.users.logout(sessionID: SecretHasher.tokenHash(first))
-        #expect(await sessions.check(first) == false)
+        #expect(sessions.check(first) == false)
 
         let second = try await session()
-        #expect(await sessions.check(second))
+        #expect(sessions.check(second))
         var settings = sessions.settings
         settings.authenticatorRoles = ["gateway"]
         sessions.update(settings)
-        #expect(await sessions.check(second) == false)
+        #expect(sessions.check(second) == false)
         settings.authenticatorRoles = ["admin"]
         sessions.update(settings)
-        #expect(await sessions.check(second))
-        #expect(await sessions.check("not-a-session") == false)
+        #expect(sessions.check(second))
+        #expect(sessions.check("not-a-session") == false)
     }
 
     @Test func theAuthenticatorGivesSessionsOnlyToPermittedRoles() async throws {

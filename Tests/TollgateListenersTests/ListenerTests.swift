@@ -37,15 +37,39 @@ final class GateResponder: HTTPResponder {
     func open() { for waiter in release.withLock({ list in defer { list = [] }; return list }) { waiter.resume() } }
 }
 
-/// Upper-cases what it reads and remembers the peer certificate.
+/// Upper-cases each line it reads and remembers the peer certificate; a
+/// line begun must end within `lineTimeLimit`.
 final class ShoutService: ByteStreamService {
     let peers = Mutex<[[String]]>([])
+    let lineTimeLimit: Duration
+    let closedSessions = Atomic<Int>(0)
 
-    func serve(_ connection: any ByteStream) async throws {
-        while let bytes = try await connection.read() {
-            peers.withLock { $0.append(connection.peerCertificateURIs) }
-            try await connection.write(Array(String(decoding: bytes, as: UTF8.self).uppercased().utf8))
+    init(lineTimeLimit: Duration = .seconds(30)) { self.lineTimeLimit = lineTimeLimit }
+
+    func open(_ connection: ByteStreamConnection) throws -> any ByteStreamSession { Session(service: self, connection: connection) }
+
+    final class Session: ByteStreamSession {
+        let service: ShoutService
+        let connection: ByteStreamConnection
+        var partial: [UInt8] = []
+
+        init(service: ShoutService, connection: ByteStreamConnection) {
+            self.service = service
+            self.connection = connection
         }
+
+        func received(_ bytes: [UInt8]) throws -> [UInt8] {
+            service.peers.withLock { $0.append(connection.peerCertificateURIs) }
+            partial += bytes
+            guard let end = partial.lastIndex(of: UInt8(ascii: "\n")) else { return [] }
+            let lines = partial[...end]
+            partial.removeSubrange(...end)
+            return Array(String(decoding: lines, as: UTF8.self).uppercased().utf8)
+        }
+
+        var messageTimeLimit: Duration? { partial.isEmpty ? nil : service.lineTimeLimit }
+
+        func closed() { service.closedSessions.add(1, ordering: .relaxed) }
     }
 }
 
@@ -205,10 +229,27 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
             return StreamListener.configure(service: service, tls: { context }, idleTimeout: .seconds(30))
         }) { _, port, pki in
             let (status, output) = try await runTool(python, [interop + "/tls_peer.py", "client", String(port), pki.certificate("ca"),
-                                                              pki.certificate("admin"), pki.key("admin"), "thrift would go here"])
+                                                              pki.certificate("admin"), pki.key("admin"), "thrift would go here\n"])
             #expect(status == 0, "\(output)")
             #expect(output.contains("reply THRIFT WOULD GO HERE"), "\(output)")
             #expect(service.peers.withLock { $0.first } == ["tollgate://user/admin"], "the service sees who connected")
+        }
+    }
+
+    /// A line begun must end within the service's limit; a connection
+    /// between lines stays open; every session is told of its close.
+    @Test func aMessageBegunAndNotEndedInTimeClosesTheConnection() async throws {
+        let service = ShoutService(lineTimeLimit: .milliseconds(300))
+        try await withListener(configure: { _ in StreamListener.configure(service: service, tls: nil, idleTimeout: .seconds(30)) }) { listener, port, _ in
+            let whole = try await runTool(python, [interop + "/tls_peer.py", "plain-lines", String(port), "hello\nworld\n", "2"], timeout: .seconds(30))
+            #expect(whole.status == 0, "\(whole.output)")
+            #expect(whole.output.contains("reply HELLO\nWORLD\n") && whole.output.contains("open after 2 s"), "\(whole.output)")
+            let half = try await runTool(python, [interop + "/tls_peer.py", "plain-lines", String(port), "no end of line", "2"], timeout: .seconds(30))
+            #expect(half.status == 0, "\(half.output)")
+            #expect(half.output.contains("closed by the server"), "\(half.output)")
+            let deadline = ContinuousClock.now + .seconds(10)
+            while service.closedSessions.load(ordering: .relaxed) < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(service.closedSessions.load(ordering: .relaxed) == 2)
         }
     }
 
