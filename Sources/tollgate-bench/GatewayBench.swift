@@ -7,7 +7,9 @@ import RoleCore
 import RPCCore
 import RPCNIO
 import ServiceLifecycle
+import Synchronization
 import ThrottleCore
+import TollgateAnalytics
 import TollgateGateway
 import TollgateKeyManager
 import TollgateListeners
@@ -33,7 +35,9 @@ import TollgateUsers
 /// quota leased from a traffic manager over RPC (throttling on) and with
 /// an Unlimited subscription (nothing to count: throttling off), alternated;
 /// then p99 at half of nginx's peak rate for nginx and the full-policy
-/// gateway, and the time for a publish to be live with 5,000 APIs loaded.
+/// gateway, and the time for a publish to be live with 5,000 APIs loaded;
+/// last, the full-policy rate with usage records shipped to an analytics
+/// node (in this process) against records discarded, alternated.
 func benchGateway() async throws {
     guard let nginx = which("nginx"), let wrk = which("wrk") else {
         print("gateway: skipped: nginx and wrk are needed (make bench installs them from Debian)")
@@ -173,6 +177,41 @@ func benchGateway() async throws {
     let ratio = during.p99 / max(quiet.p99, 0.001)
     print("gateway: p99 while publishing / without".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "  %5.2f ms / %5.2f ms = %4.2f×   target ≤ 1.1×: %@", during.p99, quiet.p99, ratio, ratio <= 1.1 ? "met" : "MISSED"))
+    // Usage analytics on and off, alternated (last: statdb's writes and the
+    // gateway's spool leave dirty pages that would disturb later runs): on, every call's record is
+    // spooled and streamed to an analytics node (in this process, so its
+    // ingestion shares the two cores with everything else); off, the
+    // gateway has no analytics peer and discards the records it makes.
+    var analyticsOn: [WrkResult] = [], analyticsOff: [WrkResult] = []
+    var shippedRequests = 0
+    let ingestedBefore = cluster.eventsIngested
+    for _ in 0..<pairs {
+        cluster.analyticsOn.value.store(false, ordering: .relaxed)
+        analyticsOff.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds))
+        cluster.analyticsOn.value.store(true, ordering: .relaxed)
+        let run = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds)
+        analyticsOn.append(run)
+        shippedRequests += run.requests
+        // Let the last records of the run go out before the gateway stops shipping.
+        try await Task.sleep(for: .seconds(1))
+    }
+    // Every call made while shipping reaches statdb (the last run's within a few seconds).
+    let shipDeadline = ContinuousClock.now + .seconds(30)
+    while Int(cluster.eventsIngested - ingestedBefore) < shippedRequests, ContinuousClock.now < shipDeadline { try await Task.sleep(for: .milliseconds(100)) }
+    cluster.analyticsOn.value.store(false, ordering: .relaxed)
+    let ingested = cluster.eventsIngested - ingestedBefore
+    for (label, runs) in [("off (records discarded)", analyticsOff), ("on (records shipped to an analytics node)", analyticsOn)] {
+        print("gateway: analytics \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + runs.map { String(format: "%9.0f", $0.rate) }.joined(separator: " ") + String(format: " req/s  p99 %5.2f ms", runs.map(\.p99).max() ?? 0))
+    }
+    let analyticsOnRate = analyticsOn.reduce(0) { $0 + $1.rate } / Double(pairs), analyticsOffRate = analyticsOff.reduce(0) { $0 + $1.rate } / Double(pairs)
+    let analyticsPairs = zip(analyticsOn, analyticsOff).map { $0.rate / $1.rate }.sorted()
+    print("gateway: analytics on / off, mean of \(pairs) alternated runs".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  %9.0f / %9.0f req/s = %5.3f× (median of pairs %5.3f×)   target ≥ 0.97×: %@", analyticsOnRate, analyticsOffRate,
+                 analyticsOnRate / analyticsOffRate, analyticsPairs[analyticsPairs.count / 2], analyticsOnRate / analyticsOffRate >= 0.97 ? "met" : "MISSED"))
+    print("gateway: calls made while shipping / events analytics counted".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + "  \(shippedRequests) / \(ingested)" + (Int(ingested) >= shippedRequests ? "" : "   (some not yet counted)"))
+
     await cluster.stop()
     try await group.shutdownGracefully()
 }
@@ -229,6 +268,8 @@ struct WrkResult {
     var p50: Double
     var p99: Double
     var errors: Int
+    /// Requests completed in the run.
+    var requests = 0
 }
 
 func runWrk(_ wrk: String, url: String, header: String? = nil, connections: Int, seconds: Int, script: String? = nil) async throws -> WrkResult {
@@ -247,6 +288,7 @@ func runWrk(_ wrk: String, url: String, header: String? = nil, connections: Int,
     for line in output.split(separator: "\n") {
         let fields = line.split(separator: " ", omittingEmptySubsequences: true)
         if line.hasPrefix("Requests/sec:"), let value = fields.last.flatMap({ Double($0) }) { result.rate = value }
+        if fields.count > 1, fields[1] == "requests", let value = Int(fields[0]) { result.requests = value }
         if fields.first == "50%", fields.count > 1 { result.p50 = milliseconds(fields[1]) }
         if fields.first == "99%", fields.count > 1 { result.p99 = milliseconds(fields[1]) }
         if line.contains("Non-2xx or 3xx responses:"), let value = fields.last.flatMap({ Int($0) }) { result.errors += value }
@@ -346,6 +388,11 @@ final class BenchGatewayCluster: Sendable {
     let trafficManager: NodeAssembly
     let trafficManagerServer: RPCServer
     let trafficManagerConnection: RPCConnection
+    /// An analytics node behind its RPC server; the gateway ships usage to it while `analyticsOn` says so.
+    let analytics: NodeAssembly
+    let analyticsServer: RPCServer
+    let analyticsConnection: RPCConnection
+    let analyticsOn: AnalyticsSwitch
     let httpPort: Int
     let httpsPort: Int
     let backendPort: Int
@@ -353,7 +400,12 @@ final class BenchGatewayCluster: Sendable {
 
     init(data: String, control: NodeAssembly, gateway: NodeAssembly, listeners: [Listener], services: Task<Void, Never>, token: String,
          unlimitedToken: String, trafficManager: NodeAssembly, trafficManagerServer: RPCServer, trafficManagerConnection: RPCConnection,
+         analytics: NodeAssembly, analyticsServer: RPCServer, analyticsConnection: RPCConnection, analyticsOn: AnalyticsSwitch,
          httpPort: Int, httpsPort: Int, backendPort: Int, publisher: PublisherStore) {
+        self.analytics = analytics
+        self.analyticsServer = analyticsServer
+        self.analyticsConnection = analyticsConnection
+        self.analyticsOn = analyticsOn
         self.unlimitedToken = unlimitedToken
         self.trafficManager = trafficManager
         self.trafficManagerServer = trafficManagerServer
@@ -370,18 +422,31 @@ final class BenchGatewayCluster: Sendable {
         self.publisher = publisher
     }
 
-    /// The control plane in this process; the traffic manager over RPC and TLS on loopback, as a gateway node reaches it.
+    /// The control plane in this process; the traffic manager and the
+    /// analytics node over RPC and TLS on loopback, as a gateway node reaches
+    /// them. With analytics switched off the gateway has no analytics peer
+    /// (its usage records are made, then counted and discarded).
     struct Peers: PeerDirectory {
         let transport: InProcessTransport
         let trafficManager: RPCConnection
+        let analytics: RPCConnection
+        let analyticsOn: AnalyticsSwitch
         func transports(for role: Role) -> [any RPCClientTransport] {
             switch role {
             case .publisher, .keymanager: [transport]
             case .trafficmanager: [trafficManager]
+            case .analytics: analyticsOn.value.load(ordering: .relaxed) ? [analytics] : []
             default: []
             }
         }
     }
+
+    final class AnalyticsSwitch: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    /// Events the analytics node has counted into statdb.
+    var eventsIngested: UInt64 { analytics.module(AnalyticsModule.self)?.ingest?.statistics.events ?? 0 }
 
     var throttleStatistics: (statistics: LeaseThrottler.Statistics, requests: UInt64) { gateway.module(GatewayModule.self)!.throttleStatistics }
 
@@ -449,15 +514,32 @@ final class BenchGatewayCluster: Sendable {
         let trafficManagerConnection = try await RPCConnection.connect(host: "127.0.0.1", port: trafficManagerPort, serverHostname: "localhost",
                                                                        tls: rpcClientTLS, group: group)
 
+        // An analytics node, reached the same way.
+        let analyticsData = data + "/analytics"
+        try FileManager.default.createDirectory(atPath: analyticsData, withIntermediateDirectories: true)
+        let analytics = try await NodeAssembly.assemble(roles: [.analytics], nodeID: "bench-analytics",
+                                                        databases: try Databases.open(dataDirectory: analyticsData, only: RoleModules.databases(for: .analytics)),
+                                                        logger: logger)
+        let analyticsAccess = analytics.access
+        let analyticsServer = RPCServer(methods: analytics.methods, tls: rpcServerTLS) { (context) throws(RPCError) -> Caller in
+            try analyticsAccess.authorize(context)
+        }
+        let analyticsPort = try await analyticsServer.bind(host: "127.0.0.1", port: 0, group: group).port!
+        let analyticsConnection = try await RPCConnection.connect(host: "127.0.0.1", port: analyticsPort, serverHostname: "localhost",
+                                                                  tls: rpcClientTLS, group: group)
+        let analyticsOn = AnalyticsSwitch()
+
         let access = control.access
-        let transport = InProcessTransport(methods: control.methods, peer: .node(id: "bench-gateway", roles: ["gateway"])) { context throws(RPCError) in
+        // The gateway is node "bench", as its certificate (tollgate://node/bench?role=gateway) says: analytics takes batches only from the node they name.
+        let transport = InProcessTransport(methods: control.methods, peer: .node(id: "bench", roles: ["gateway"])) { context throws(RPCError) in
             try access.authorize(context)
         }
         let gatewayData = data + "/gateway"
         try FileManager.default.createDirectory(atPath: gatewayData, withIntermediateDirectories: true)
-        let gateway = try await NodeAssembly.assemble(roles: [.gateway], nodeID: "bench-gateway", databases: try Databases.open(dataDirectory: gatewayData, only: []),
+        let gateway = try await NodeAssembly.assemble(roles: [.gateway], nodeID: "bench", databases: try Databases.open(dataDirectory: gatewayData, only: []),
                                                       logger: logger) { context in
-            context.provide(Peers(transport: transport, trafficManager: trafficManagerConnection), as: (any PeerDirectory).self)
+            context.provide(Peers(transport: transport, trafficManager: trafficManagerConnection, analytics: analyticsConnection, analyticsOn: analyticsOn),
+                            as: (any PeerDirectory).self)
             context.provide(NodeDataDirectory(path: gatewayData), as: NodeDataDirectory.self)
         }
         let module = gateway.module(GatewayModule.self)!
@@ -480,7 +562,9 @@ final class BenchGatewayCluster: Sendable {
         }
         let cluster = BenchGatewayCluster(data: data, control: control, gateway: gateway, listeners: listeners, services: services,
                                           token: keys.token!.accessToken, unlimitedToken: unlimitedKeys.token!.accessToken, trafficManager: trafficManager,
-                                          trafficManagerServer: trafficManagerServer, trafficManagerConnection: trafficManagerConnection, httpPort: ports[0], httpsPort: ports[1], backendPort: backendPort,
+                                          trafficManagerServer: trafficManagerServer, trafficManagerConnection: trafficManagerConnection,
+                                          analytics: analytics, analyticsServer: analyticsServer, analyticsConnection: analyticsConnection, analyticsOn: analyticsOn,
+                                          httpPort: ports[0], httpsPort: ports[1], backendPort: backendPort,
                                           publisher: publisher)
         try await cluster.waitForRoute("/bench/1/open")
         return cluster
@@ -523,9 +607,14 @@ final class BenchGatewayCluster: Sendable {
     }
 
     func stop() async {
+        // The gateway's services end first (its last deployment-state save
+        // among them), before the caller removes the data directory.
         services.cancel()
+        await services.value
         for listener in listeners { await listener.shutdown(drainTimeout: .seconds(1)) }
         await trafficManagerConnection.close()
         await trafficManagerServer.shutdown(drainTimeout: .seconds(1))
+        await analyticsConnection.close()
+        await analyticsServer.shutdown(drainTimeout: .seconds(1))
     }
 }
