@@ -8,6 +8,10 @@
       Serves one mutual-TLS connection on an ephemeral port (printed as
       "port N"), answers each read with the bytes upper-cased, and prints the
       client certificate's URI.
+  tls_peer.py plain-flood <port> <megabytes>
+      Connects over plain TCP and sends lines of 1 KiB without reading any
+      answer; prints "sent all" or, once a send has been blocked for 3 s,
+      "blocked after N bytes".
   tls_peer.py plain-lines <port> <text> <seconds>
       Connects over plain TCP, sends the text, and reads for the given
       seconds: prints the reply, then "closed by the server" if the server
@@ -82,9 +86,27 @@ def plain_lines(port, text, seconds):
         print("closed by the server" if closed else f"open after {seconds} s")
 
 
+def plain_flood(port, megabytes):
+    line = b"x" * 1023 + b"\n"
+    total = int(megabytes) * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as connection:
+        connection.settimeout(3)
+        sent = 0
+        try:
+            while sent < total:
+                connection.sendall(line * 64)
+                sent += len(line) * 64
+        except socket.timeout:
+            print(f"blocked after {sent} bytes")
+            return
+        print("sent all")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "client" and len(sys.argv) == 7:
         client(*sys.argv[2:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "plain-flood":
+        plain_flood(*sys.argv[2:])
     elif len(sys.argv) == 5 and sys.argv[1] == "plain-lines":
         plain_lines(*sys.argv[2:])
     elif len(sys.argv) == 5 and sys.argv[1] == "server":

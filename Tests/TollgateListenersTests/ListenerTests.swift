@@ -43,6 +43,7 @@ final class ShoutService: ByteStreamService {
     let peers = Mutex<[[String]]>([])
     let lineTimeLimit: Duration
     let closedSessions = Atomic<Int>(0)
+    let receivedBytes = Atomic<Int>(0)
 
     init(lineTimeLimit: Duration = .seconds(30)) { self.lineTimeLimit = lineTimeLimit }
 
@@ -60,6 +61,7 @@ final class ShoutService: ByteStreamService {
 
         func received(_ bytes: [UInt8]) throws -> [UInt8] {
             service.peers.withLock { $0.append(connection.peerCertificateURIs) }
+            service.receivedBytes.add(bytes.count, ordering: .relaxed)
             partial += bytes
             guard let end = partial.lastIndex(of: UInt8(ascii: "\n")) else { return [] }
             let lines = partial[...end]
@@ -250,6 +252,21 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
             let deadline = ContinuousClock.now + .seconds(10)
             while service.closedSessions.load(ordering: .relaxed) < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
             #expect(service.closedSessions.load(ordering: .relaxed) == 2)
+        }
+    }
+
+    /// A peer that sends and never reads its answers: once the answers
+    /// waiting to be sent pass the channel's high-water mark, the listener
+    /// stops reading, so the peer's sends block instead of the answers
+    /// piling up in the node's memory.
+    @Test func aPeerThatDoesNotReadItsAnswersIsNotReadEither() async throws {
+        let service = ShoutService()
+        try await withListener(configure: { _ in StreamListener.configure(service: service, tls: nil, idleTimeout: .seconds(30)) }) { _, port, _ in
+            let flood = try await runTool(python, [interop + "/tls_peer.py", "plain-flood", String(port), "256"], timeout: .seconds(60))
+            #expect(flood.status == 0, "\(flood.output)")
+            #expect(flood.output.contains("blocked after"), "\(flood.output)")
+            // Kernel buffers on both sides hold some megabytes; the rest was never read.
+            #expect(service.receivedBytes.load(ordering: .relaxed) < 64 * 1024 * 1024, "read \(service.receivedBytes.load(ordering: .relaxed)) bytes")
         }
     }
 
