@@ -166,6 +166,8 @@ struct UsageShipper: Service {
     /// A stream whose oldest batch waits longer than this for its
     /// acknowledgement is given up, and the next analytics node tried.
     var ackTimeout: Duration = .seconds(15)
+    /// While every stream attempt fails, at most one log line per this.
+    var failureLogInterval: Duration = .seconds(60)
 
     /// Batches not yet acknowledged, kept decoded so a healthy stream does
     /// not read the spool back.
@@ -271,6 +273,8 @@ struct UsageShipper: Service {
         await cancelWhenGracefulShutdown {
             var next = 0
             var failures = 0
+            // While every attempt fails, one line a minute (failureLogInterval) says so.
+            var lastFailureLog: ContinuousClock.Instant?
             while !Task.isCancelled {
                 let nodes = peers?.namedTransports(for: .analytics) ?? []
                 guard !nodes.isEmpty else {
@@ -283,8 +287,15 @@ struct UsageShipper: Service {
                     try await stream(to: transport, name: name, spool: spool, wakeup: wakeup, recent: recent, progress: progress)
                 } catch {
                     if !Task.isCancelled {
+                        let now = ContinuousClock.now
                         if failures == 0 || progress.acknowledged {
                             logger.warning("usage stream to analytics \(name) lost; batches wait in the spool: \(error)")
+                            lastFailureLog = now
+                        } else if let last = lastFailureLog, now - last < failureLogInterval {
+                            // Said within the last minute.
+                        } else {
+                            logger.warning("usage stream to analytics still failing after \(failures + 1) attempts (\(spool.pendingBytes) bytes of batches wait in the spool); \(name): \(error)")
+                            lastFailureLog = now
                         }
                     }
                 }

@@ -55,6 +55,25 @@ final class FakeAnalytics: RPCClientTransport {
     }
 }
 
+/// Keeps the messages logged through it.
+struct CapturingLogHandler: LogHandler {
+    let sink: LogLines
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        sink.lines.withLock { $0.append("\(event.level) \(event.message)") }
+    }
+}
+
+final class LogLines: Sendable {
+    let lines = Mutex<[String]>([])
+    var logger: Logger { Logger(label: "test") { _ in CapturingLogHandler(sink: self) } }
+}
+
 struct FakePeers: PeerDirectory {
     let analytics: FakeAnalytics
     func transports(for role: Role) -> [any RPCClientTransport] { role == .analytics ? [analytics] : [] }
@@ -65,14 +84,15 @@ struct FakePeers: PeerDirectory {
         UsageEvent(correlationId: "request-\(index)-" + String(repeating: "x", count: 150), requestTimestampUnixMs: 1_795_860_000_000 + Int64(index))
     }
 
-    func withShipper(analytics: FakeAnalytics, maxBytes: Int64, _ body: (UsageQueue, UsageSpool, UsageShipping) async throws -> Void) async throws {
+    func withShipper(analytics: FakeAnalytics, maxBytes: Int64, logger: Logger = Logger(label: "test"), failureLogInterval: Duration = .seconds(60),
+                     _ body: (UsageQueue, UsageSpool, UsageShipping) async throws -> Void) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-shipper-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let queue = UsageQueue(capacity: 100_000)
         let spool = try UsageSpool(directory: directory, maxBytes: maxBytes)
         let shipping = UsageShipping()
-        let shipper = UsageShipper(queue: queue, batchSize: 50, logger: Logger(label: "test"), gatewayID: "gw-1", peers: FakePeers(analytics: analytics),
-                                   spool: spool, shipping: shipping, window: 4, ackTimeout: .seconds(5))
+        let shipper = UsageShipper(queue: queue, batchSize: 50, logger: logger, gatewayID: "gw-1", peers: FakePeers(analytics: analytics),
+                                   spool: spool, shipping: shipping, window: 4, ackTimeout: .seconds(5), failureLogInterval: failureLogInterval)
         let running = Task { try await shipper.run() }
         defer { running.cancel() }
         try await body(queue, spool, shipping)
@@ -106,17 +126,28 @@ struct FakePeers: PeerDirectory {
     /// streams, each cancelling its sender wherever it was.
     @Test func batchesSpooledDuringAnOutageGoOutWhenAnalyticsReturns() async throws {
         let analytics = FakeAnalytics(refuse: true)
-        try await withShipper(analytics: analytics, maxBytes: 1 << 30) { queue, spool, shipping in
+        let log = LogLines()
+        try await withShipper(analytics: analytics, maxBytes: 1 << 30, logger: log.logger, failureLogInterval: .seconds(1)) { queue, spool, shipping in
             for index in 0..<400 {
                 queue.enqueue(event(index))
                 if index % 50 == 49 { try await Task.sleep(for: .milliseconds(30)) }
             }
             try await waitFor("the queue drained into the spool") { queue.statistics.queued == 0 && spool.statistics.pendingEvents == 400 }
             // A few refused streams, then analytics is back and nothing new is queued.
-            try await waitFor("several refused streams") { analytics.streams.load(ordering: .relaxed) >= 4 }
+            try await waitFor("several refused streams") { analytics.streams.load(ordering: .relaxed) >= 5 }
             analytics.refusing.store(false, ordering: .relaxed)
             try await waitFor("every spooled batch acknowledged") { queue.statistics.shipped == 400 && !spool.hasPending }
             #expect(Set(analytics.received.withLock { $0 }) == Set(1...(spool.statistics.nextSequence - 1)))
+            // The outage was in the journal from its first refusal, then once per interval, not once per attempt.
+            let lines = log.lines.withLock { $0 }
+            let failing = lines.filter { $0.contains("still failing after") }
+            let attempts = analytics.streams.load(ordering: .relaxed)
+            let sawLoss = lines.contains { $0.contains("lost; batches wait in the spool") }
+            let sawReturn = lines.contains { $0.contains("usage batches go to analytics") }
+            #expect(sawLoss, "\(lines)")
+            #expect(!failing.isEmpty, "\(lines)")
+            #expect(failing.count < attempts - 1, "\(attempts) attempts: \(lines)")
+            #expect(sawReturn, "\(lines)")
         }
     }
 
