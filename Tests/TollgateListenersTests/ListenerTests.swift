@@ -75,6 +75,58 @@ final class ShoutService: ByteStreamService {
     }
 }
 
+/// A plain TCP client that keeps what it receives and whether it was closed.
+final class RawStreamClient: Sendable {
+    private let channel: any Channel
+    private let state: ClientState
+
+    final class ClientState: Sendable {
+        let value = Mutex<(received: String, closed: Bool)>(("", false))
+    }
+
+    private init(channel: any Channel, state: ClientState) {
+        self.channel = channel
+        self.state = state
+    }
+
+    static func connect(port: Int, group: any EventLoopGroup) async throws -> RawStreamClient {
+        let state = ClientState()
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(state: state)) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        return RawStreamClient(channel: channel, state: state)
+    }
+
+    func send(_ text: String) { channel.writeAndFlush(ByteBuffer(string: text), promise: nil) }
+    var received: String { state.value.withLock { $0.received } }
+    var isClosed: Bool { state.value.withLock { $0.closed } }
+
+    private final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let state: ClientState
+        init(state: ClientState) { self.state = state }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let text = String(buffer: unwrapInboundIn(data))
+            state.value.withLock { $0.received += text }
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            state.value.withLock { $0.closed = true }
+            context.fireChannelInactive()
+        }
+    }
+}
+
+func eventually(_ what: String, within limit: Duration = .seconds(20), _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + limit
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting for \(what)")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
+
 final class CountingObserver: ListenerObserver {
     let failures = Mutex<[String]>([])
     func connectionOpened(listener: String) {}
@@ -267,6 +319,27 @@ let interop = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deleti
             #expect(flood.output.contains("blocked after"), "\(flood.output)")
             // Kernel buffers on both sides hold some megabytes; the rest was never read.
             #expect(service.receivedBytes.load(ordering: .relaxed) < 64 * 1024 * 1024, "read \(service.receivedBytes.load(ordering: .relaxed)) bytes")
+        }
+    }
+
+    /// On a drain, a connection between messages closes at once; one with a
+    /// message half received gets its answer when the rest arrives, then closes.
+    @Test func aDrainClosesIdleConnectionsAtOnceAndHalfMessagesAfterTheirAnswer() async throws {
+        let service = ShoutService()
+        try await withListener(configure: { _ in StreamListener.configure(service: service, tls: nil, idleTimeout: .seconds(30)) }) { listener, port, _ in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let idle = try await RawStreamClient.connect(port: port, group: group)
+            let busy = try await RawStreamClient.connect(port: port, group: group)
+            busy.send("half a li")
+            try await eventually("the half line read") { service.receivedBytes.load(ordering: .relaxed) >= 9 }
+            let draining = Task { await listener.shutdown(drainTimeout: .seconds(20)) }
+            try await eventually("the idle connection closed") { idle.isClosed }
+            #expect(!busy.isClosed)
+            busy.send("ne\n")
+            try await eventually("the busy connection closed") { busy.isClosed }
+            #expect(busy.received == "HALF A LINE\n")
+            await draining.value
+            try await group.shutdownGracefully()
         }
     }
 
