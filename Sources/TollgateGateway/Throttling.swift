@@ -117,7 +117,8 @@ struct ThrottleDecisionWatcher: Service {
                 }
             } catch {
                 if received.isSet { failures = 0 }
-                if failures == 0 { logger.warning("throttle decisions from traffic manager \(name) lost: \(error)") }
+                // A watch ended by the gateway's own stop is no loss.
+                if failures == 0 && !Task.isCancelled { logger.warning("throttle decisions from traffic manager \(name) lost: \(error)") }
                 failures += 1
             }
             let delay = min(5_000, 100 << min(failures, 6))

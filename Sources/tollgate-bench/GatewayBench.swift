@@ -495,38 +495,26 @@ final class BenchGatewayCluster: Sendable {
         _ = try await store.subscribe(application: unlimited.id, api: created.id, tier: "Unlimited", caller: alice)
         let unlimitedKeys = try await store.generateKeys(GenerateKeysRequest(applicationId: unlimited.id, keyType: .production), caller: alice)
 
-        // A traffic manager node behind its RPC server; the gateway leases from it over mutual TLS.
-        let trafficManagerData = data + "/trafficmanager"
-        try FileManager.default.createDirectory(atPath: trafficManagerData, withIntermediateDirectories: true)
-        let trafficManager = try await NodeAssembly.assemble(roles: [.trafficmanager], nodeID: "bench-tm",
-                                                             databases: try Databases.open(dataDirectory: trafficManagerData, only: RoleModules.databases(for: .trafficmanager)),
-                                                             logger: logger)
+        // A traffic manager and an analytics node, each behind its RPC
+        // server; the gateway reaches them over mutual TLS on loopback.
         let rpcServerTLS = try TLSContext(configuration: .server(certificateChainFile: tlsDirectory + "/node.pem", privateKeyFile: tlsDirectory + "/node.key",
                                                                  trustRootsFile: tlsDirectory + "/ca.pem", verification: .peerRequired,
                                                                  applicationProtocols: [RPCServer.alpn]))
         let rpcClientTLS = try TLSContext(configuration: .client(trustRootsFile: tlsDirectory + "/ca.pem", certificateChainFile: tlsDirectory + "/node.pem",
                                                                  privateKeyFile: tlsDirectory + "/node.key", applicationProtocols: [RPCServer.alpn]))
-        let trafficManagerAccess = trafficManager.access
-        let trafficManagerServer = RPCServer(methods: trafficManager.methods, tls: rpcServerTLS) { (context) throws(RPCError) -> Caller in
-            try trafficManagerAccess.authorize(context)
+        func rpcNode(_ role: Role, id: String) async throws -> (NodeAssembly, RPCServer, RPCConnection) {
+            let directory = data + "/" + role.rawValue
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let node = try await NodeAssembly.assemble(roles: [role], nodeID: id,
+                                                       databases: try Databases.open(dataDirectory: directory, only: RoleModules.databases(for: role)), logger: logger)
+            let access = node.access
+            let server = RPCServer(methods: node.methods, tls: rpcServerTLS) { (context) throws(RPCError) -> Caller in try access.authorize(context) }
+            let port = try await server.bind(host: "127.0.0.1", port: 0, group: group).port!
+            let connection = try await RPCConnection.connect(host: "127.0.0.1", port: port, serverHostname: "localhost", tls: rpcClientTLS, group: group)
+            return (node, server, connection)
         }
-        let trafficManagerPort = try await trafficManagerServer.bind(host: "127.0.0.1", port: 0, group: group).port!
-        let trafficManagerConnection = try await RPCConnection.connect(host: "127.0.0.1", port: trafficManagerPort, serverHostname: "localhost",
-                                                                       tls: rpcClientTLS, group: group)
-
-        // An analytics node, reached the same way.
-        let analyticsData = data + "/analytics"
-        try FileManager.default.createDirectory(atPath: analyticsData, withIntermediateDirectories: true)
-        let analytics = try await NodeAssembly.assemble(roles: [.analytics], nodeID: "bench-analytics",
-                                                        databases: try Databases.open(dataDirectory: analyticsData, only: RoleModules.databases(for: .analytics)),
-                                                        logger: logger)
-        let analyticsAccess = analytics.access
-        let analyticsServer = RPCServer(methods: analytics.methods, tls: rpcServerTLS) { (context) throws(RPCError) -> Caller in
-            try analyticsAccess.authorize(context)
-        }
-        let analyticsPort = try await analyticsServer.bind(host: "127.0.0.1", port: 0, group: group).port!
-        let analyticsConnection = try await RPCConnection.connect(host: "127.0.0.1", port: analyticsPort, serverHostname: "localhost",
-                                                                  tls: rpcClientTLS, group: group)
+        let (trafficManager, trafficManagerServer, trafficManagerConnection) = try await rpcNode(.trafficmanager, id: "bench-tm")
+        let (analytics, analyticsServer, analyticsConnection) = try await rpcNode(.analytics, id: "bench-analytics")
         let analyticsOn = AnalyticsSwitch()
 
         let access = control.access
