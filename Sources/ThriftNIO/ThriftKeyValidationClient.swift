@@ -200,7 +200,7 @@ public final class ThriftKeyValidationClient: Sendable {
             attempts += 1
             let (connection, reused) = try await borrow(from: pool)
             do {
-                let reply = try await connection.call(method, message, timeout: .nanoseconds(Int64(configuration.readTimeout.nanoseconds)))
+                let reply = try await connection.call(method, message, timeout: TimeAmount(configuration.readTimeout))
                 pool.giveBack(connection, maxIdle: configuration.maxIdlePerKeymanager)
                 return reply
             } catch {
@@ -221,7 +221,7 @@ public final class ThriftKeyValidationClient: Sendable {
         do {
             connection = try await ThriftConnection.connect(host: endpoint.host, port: endpoint.thriftPort,
                                                             serverHostname: configuration.verifyHostname ? endpoint.host : nil, tls: tls,
-                                                            connectTimeout: .nanoseconds(Int64(configuration.connectTimeout.nanoseconds)),
+                                                            connectTimeout: TimeAmount(configuration.connectTimeout),
                                                             on: callerLoop ?? group.next())
         } catch {
             throw KeymanagerUnavailable(reason: "connecting: \(error)")
@@ -238,7 +238,7 @@ public final class ThriftKeyValidationClient: Sendable {
     /// authentication.
     private func session(for pool: KeymanagerPool, replacing refused: String?) async throws -> String {
         let lookup = pool.session(replacing: refused) { [configuration, tls, group] in
-            let timeout = TimeAmount.nanoseconds(Int64(configuration.readTimeout.nanoseconds))
+            let timeout = TimeAmount(configuration.readTimeout)
             do throws(AuthenticatorClient.Failure) {
                 return .success(try await AuthenticatorClient.authenticate(at: pool.authenticator, username: configuration.username, password: configuration.password,
                                                                            tls: tls, verifyHostname: configuration.verifyHostname, timeout: timeout, group: group))
@@ -253,13 +253,6 @@ public final class ThriftKeyValidationClient: Sendable {
         case .ready(let session): return session
         case .pending(let task): return try await task.value.get()
         }
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }
 

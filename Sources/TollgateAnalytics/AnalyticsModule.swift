@@ -64,6 +64,7 @@ public struct AnalyticsModule: RoleModule {
         guard let pruner else { return [] }
         return [PruningService(pruner: pruner, backfill: ApplicationRowsBackfill(statdb: statdb), logger: logger)]
     }
+
     public func reload(_ section: ConfigSection) async throws -> [String] {
         pruner?.retention = Self.retention(section)
         return []

@@ -291,9 +291,7 @@ struct UsageShipper: Service {
                         if failures == 0 || progress.acknowledged {
                             logger.warning("usage stream to analytics \(name) lost; batches wait in the spool: \(error)")
                             lastFailureLog = now
-                        } else if let last = lastFailureLog, now - last < failureLogInterval {
-                            // Said within the last minute.
-                        } else {
+                        } else if lastFailureLog.map({ now - $0 >= failureLogInterval }) ?? true {
                             logger.warning("usage stream to analytics still failing after \(failures + 1) attempts (\(spool.pendingBytes) bytes of batches wait in the spool); \(name): \(error)")
                             lastFailureLog = now
                         }

@@ -50,7 +50,6 @@ public struct ThriftKeyValidationService: ByteStreamService {
         private var start = 0
         /// Reads since the message being received began: each re-reads it from its start.
         private var pieces = 0
-        private var isOpen = true
 
         init(service: ThriftKeyValidationService) {
             self.service = service
@@ -101,8 +100,6 @@ public struct ThriftKeyValidationService: ByteStreamService {
         }
 
         func closed() {
-            guard isOpen else { return }
-            isOpen = false
             service.connections.open.wrappingSubtract(1, ordering: .relaxed)
         }
     }

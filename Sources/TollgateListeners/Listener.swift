@@ -230,8 +230,7 @@ public final class Listener: Sendable {
             // Each closeFuture is awaited with the time left, not polled.
             let remaining = deadline - ContinuousClock.now
             if remaining > .zero {
-                let timeout = connection.eventLoop.scheduleTask(in: .nanoseconds(Int64(remaining.components.seconds) * 1_000_000_000
-                                                                                 + remaining.components.attoseconds / 1_000_000_000)) {
+                let timeout = connection.eventLoop.scheduleTask(in: TimeAmount(remaining)) {
                     connection.pipeline.fireUserInboundEventTriggered(ListenerDrainExpiredEvent())
                 }
                 try? await connection.closeFuture.get()

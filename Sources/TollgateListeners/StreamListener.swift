@@ -74,6 +74,9 @@ final class ByteStreamHandler: ChannelDuplexHandler {
         do {
             answer = try session.received(bytes)
         } catch {
+            // The session is done: nothing more of this connection reaches it.
+            self.session = nil
+            session.closed()
             end(context)
             return
         }
@@ -84,10 +87,7 @@ final class ByteStreamHandler: ChannelDuplexHandler {
         if let limit = session.messageTimeLimit {
             if messageTimer == nil {
                 let channel = context.channel
-                let (seconds, attoseconds) = limit.components
-                messageTimer = context.eventLoop.scheduleTask(in: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)) {
-                    channel.close(promise: nil)
-                }
+                messageTimer = context.eventLoop.scheduleTask(in: TimeAmount(limit)) { channel.close(promise: nil) }
             }
         } else if let timer = messageTimer {
             timer.cancel()
@@ -96,10 +96,7 @@ final class ByteStreamHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if unflushed {
-            unflushed = false
-            context.flush()
-        }
+        flushAnswers(context)
         if closeBetweenMessages, session?.messageTimeLimit == nil { context.close(promise: nil) }
         context.fireChannelReadComplete()
     }
@@ -143,12 +140,16 @@ final class ByteStreamHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Flushes what was answered and closes.
-    private func end(_ context: ChannelHandlerContext) {
+    private func flushAnswers(_ context: ChannelHandlerContext) {
         if unflushed {
             unflushed = false
             context.flush()
         }
+    }
+
+    /// Flushes what was answered and closes.
+    private func end(_ context: ChannelHandlerContext) {
+        flushAnswers(context)
         context.close(promise: nil)
     }
 
