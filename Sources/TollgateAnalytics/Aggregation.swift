@@ -39,6 +39,13 @@ public struct SummaryKey: Hashable, Sendable {
                    applicationTenant: applicationTenant, applicationID: applicationID, username: "", keyType: .unspecified, statusClass: 0)
     }
 
+    /// The key of the same tenant's row in `tenant_usage_summaries`: the
+    /// API's tenant and the application's, nothing finer.
+    var tenantOnly: SummaryKey {
+        SummaryKey(granularity: granularity, bucketStart: bucketStart, tenant: tenant, context: "", version: "", resource: "", verb: .unspecified,
+                   applicationTenant: applicationTenant, applicationID: "", username: "", keyType: .unspecified, statusClass: 0)
+    }
+
     /// An empty row with these dimensions.
     var summary: UsageSummary {
         var s = UsageSummary()
@@ -75,14 +82,20 @@ public enum UsageTime {
         case .minute: 60_000
         case .hour: 3_600_000
         case .day: 86_400_000
+        case .week: 7 * 86_400_000
         default: 60_000
         }
     }
 
+    /// Weeks start on Monday (ISO): 1970-01-05, four days after the epoch.
+    static let weekOffset: Int64 = 4 * 86_400_000
+
     public static func bucketStart(_ unixMs: Int64, _ granularity: BucketGranularity) -> Int64 {
         let length = length(granularity)
-        let remainder = unixMs % length
-        return remainder >= 0 ? unixMs - remainder : unixMs - remainder - length
+        let offset = granularity == .week ? weekOffset : 0
+        let shifted = unixMs - offset
+        let remainder = shifted % length
+        return (remainder >= 0 ? shifted - remainder : shifted - remainder - length) + offset
     }
 }
 
@@ -245,6 +258,26 @@ public enum UsageRollup {
         return rows.map { key, counts in applicationRow(key, counts) }
     }
 
+    /// Per-tenant rows (`tenant_usage_summaries`) of per-API rows: their
+    /// counts added up per bucket, API tenant and application tenant.
+    public static func tenantRows(of perAPI: some Sequence<UsageSummary>) -> [UsageSummary] {
+        var rows: [SummaryKey: UsageCounts] = [:]
+        for row in perAPI { rows[SummaryKey(of: row).tenantOnly, default: UsageCounts()].add(row) }
+        return rows.map { key, counts in tenantRow(key, counts) }
+    }
+
+    /// The stored form of a tenant's row: names no API and no application.
+    static func tenantRow(_ key: SummaryKey, _ counts: UsageCounts, adding stored: UsageSummary? = nil) -> UsageSummary {
+        var counts = counts
+        counts.apiName = ""
+        counts.apiCreator = ""
+        counts.applicationName = ""
+        counts.applicationOwner = ""
+        var summary = stored ?? key.summary
+        counts.apply(to: &summary)
+        return summary
+    }
+
     /// The stored form of an application's row: names no API.
     static func applicationRow(_ key: SummaryKey, _ counts: UsageCounts, adding stored: UsageSummary? = nil) -> UsageSummary {
         var counts = counts
@@ -272,6 +305,8 @@ public struct BatchDelta: Sendable {
     public init() {}
 
     public init(_ events: [UsageEvent]) {
+        // Most calls of a batch fall in rows of their own (many APIs, applications and users).
+        rows.reserveCapacity(events.count)
         for event in events { add(event) }
     }
 

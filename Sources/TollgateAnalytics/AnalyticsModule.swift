@@ -23,6 +23,7 @@ public struct AnalyticsModule: RoleModule {
         .init("day_retention_days", .integer(1...36_500)),
         .init("prune_interval_seconds", .integer(1...86_400)),
         .init("prune_batch_rows", .integer(10...1_000_000)),
+        .init("rollup_delay_seconds", .integer(0...3_600)),
     ])
 
     public let statdb: StatisticsDatabase
@@ -53,7 +54,8 @@ public struct AnalyticsModule: RoleModule {
                        hourMs: Int64(section.integer("hour_retention_days") ?? 90) * 86_400_000,
                        dayMs: Int64(section.integer("day_retention_days") ?? 1095) * 86_400_000,
                        intervalMs: Int64(section.integer("prune_interval_seconds") ?? 60) * 1000,
-                       batchRows: section.integer("prune_batch_rows") ?? 1000)
+                       batchRows: section.integer("prune_batch_rows") ?? 1000,
+                       rollupDelayMs: Int64(section.integer("rollup_delay_seconds") ?? 60) * 1000)
     }
 
     public var methods: [RPCMethodHandler] {
@@ -61,8 +63,8 @@ public struct AnalyticsModule: RoleModule {
     }
 
     public var services: [any Service] {
-        guard let pruner else { return [] }
-        return [PruningService(pruner: pruner, backfill: ApplicationRowsBackfill(statdb: statdb), logger: logger)]
+        guard let pruner, let ingest else { return [] }
+        return [PruningService(pruner: pruner, ingest: ingest, logger: logger)]
     }
 
     public func reload(_ section: ConfigSection) async throws -> [String] {
@@ -87,7 +89,16 @@ public struct AnalyticsModule: RoleModule {
             counter("statdb_rows_written_total", "statdb summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
             counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
             counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
+            counter("minutes_rolled_up_total", "Minutes whose rows were added to their hour and day rows.", ingest.minutesRolledUp),
+            MetricSample(name: "tollgate_analytics_rollup_lag_seconds",
+                         help: "How far the roll-up of minutes into hours and days trails the clock (normally one to two minutes; queries stay exact meanwhile).",
+                         kind: .gauge, value: rollupLagSeconds),
         ]
+    }
+
+    private var rollupLagSeconds: Double {
+        guard let watermark = try? statdb.database.read({ try statdb.rollupWatermark(in: $0) }) else { return 0 }
+        return max(0, Date().timeIntervalSince1970 - Double(watermark) / 1000)
     }
 }
 

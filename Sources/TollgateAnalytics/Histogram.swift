@@ -48,6 +48,12 @@ public struct HistogramAccumulator: Sendable, Hashable {
 
     public init() {}
 
+    /// Buckets added beyond what a growing histogram needs: latencies
+    /// arrive spread, and without room to spare each new lowest or highest
+    /// bucket would reallocate (and, below, move) the whole array.
+    static let growthSlack: UInt32 = 8
+    static let highestIndex = LatencyBuckets.index(of: .max)
+
     /// Makes room for buckets `low...high`.
     private mutating func cover(_ low: UInt32, _ high: UInt32) {
         if counts.isEmpty {
@@ -56,11 +62,15 @@ public struct HistogramAccumulator: Sendable, Hashable {
             return
         }
         if low < first {
-            counts.insert(contentsOf: [UInt64](repeating: 0, count: Int(first - low)), at: 0)
-            first = low
+            let start = low > Self.growthSlack ? low - Self.growthSlack : 0
+            counts.insert(contentsOf: repeatElement(0, count: Int(first - start)), at: 0)
+            first = start
         }
         let last = first + UInt32(counts.count) - 1
-        if high > last { counts.append(contentsOf: [UInt64](repeating: 0, count: Int(high - last))) }
+        if high > last {
+            let end = Swift.min(Self.highestIndex, Swift.max(high, last + Self.growthSlack))
+            counts.append(contentsOf: repeatElement(0, count: Int(end - last)))
+        }
     }
 
     public mutating func record(_ microseconds: UInt64) {

@@ -97,43 +97,69 @@ public struct UsageQueryEngine: Sendable {
     let memo: RecordMemo<UsageSummary>
     let apiMemo: RecordMemo<UsageSummary>
     let applicationMemo: RecordMemo<UsageSummary>
+    let tenantMemo: RecordMemo<UsageSummary>
 
     public init(statdb: StatisticsDatabase, cachedRows: Int = 50_000, cachedAPIRows: Int = 50_000, cachedApplicationRows: Int = 50_000) {
         self.statdb = statdb
         memo = RecordMemo(capacity: cachedRows)
         apiMemo = RecordMemo(capacity: cachedAPIRows)
         applicationMemo = RecordMemo(capacity: cachedApplicationRows)
+        tenantMemo = RecordMemo(capacity: 10_000)
     }
 
     struct Piece: Hashable {
         var granularity: BucketGranularity
         var start: Int64
         var end: Int64
+        /// Rows of `granularity` counted in the buckets of this coarser one
+        /// (days standing for weeks older than the statdb's week rows).
+        var into: BucketGranularity? = nil
     }
 
     /// The buckets a query reads: for a merged query without a granularity,
-    /// the coarsest buckets lying whole in the range, finer ones at its edges.
-    static func pieces(_ request: QueryUsageRequest, start: Int64, end: Int64, merged: Bool) -> (pieces: [Piece], granularity: BucketGranularity) {
+    /// the coarsest buckets lying whole in the range, finer ones at its
+    /// edges. Weeks before `weeksSince` have no rows of their own
+    /// (``StatisticsDatabase/weekRowsSince(in:)``): their days are read.
+    static func pieces(_ request: QueryUsageRequest, start: Int64, end: Int64, merged: Bool,
+                       weeksSince: Int64) -> (pieces: [Piece], granularity: BucketGranularity) {
         func alignUp(_ t: Int64, _ g: BucketGranularity) -> Int64 {
+            let length = UsageTime.length(g)
             let b = UsageTime.bucketStart(t, g)
-            return b < t ? b + UsageTime.length(g) : b
+            return b >= t ? b : b > Int64.max - length ? Int64.max : b + length
+        }
+        func cover(_ s: Int64, _ e: Int64, _ levels: ArraySlice<BucketGranularity>) -> [Piece] {
+            guard s < e else { return [] }
+            let g = levels.first!
+            if levels.count == 1 { return [Piece(granularity: g, start: alignUp(s, g), end: e)] }
+            let a = alignUp(s, g), b = UsageTime.bucketStart(e, g)
+            if a >= b { return cover(s, e, levels.dropFirst()) }
+            return cover(s, a, levels.dropFirst()) + [Piece(granularity: g, start: a, end: b)] + cover(b, e, levels.dropFirst())
+        }
+        /// `[s, e)` in the coarsest buckets lying whole in it, down to
+        /// `finest`; whole weeks as one row each where the statdb has them.
+        func coarsest(_ s: Int64, _ e: Int64, finest: BucketGranularity) -> [Piece] {
+            let all: [BucketGranularity] = [.week, .day, .hour, .minute]
+            let levels = all[...all.firstIndex(of: finest)!]
+            let weeks = max(s, weeksSince)
+            return cover(s, min(e, weeks), levels.dropFirst()) + cover(weeks, e, levels)
         }
         switch request.granularity {
         case .minute, .hour, .day:
             let g = request.granularity
-            return ([Piece(granularity: g, start: alignUp(start, g), end: end)], g)
+            let first = alignUp(start, g)
+            // Merged, the same buckets a series would read (from the first
+            // whole one to the one holding the end), in the fewest rows.
+            if merged { return (coarsest(first, alignUp(end, g), finest: g), g) }
+            return ([Piece(granularity: g, start: first, end: end)], g)
+        case .week:
+            let first = alignUp(start, .week)
+            var pieces: [Piece] = []
+            let daysEnd = min(alignUp(end, .week), weeksSince)
+            if first < daysEnd { pieces.append(Piece(granularity: .day, start: first, end: daysEnd, into: .week)) }
+            pieces.append(Piece(granularity: .week, start: max(first, weeksSince), end: end))
+            return (pieces, .week)
         default:
-            if merged {
-                func cover(_ s: Int64, _ e: Int64, _ levels: ArraySlice<BucketGranularity>) -> [Piece] {
-                    guard s < e else { return [] }
-                    let g = levels.first!
-                    if levels.count == 1 { return [Piece(granularity: g, start: alignUp(s, g), end: e)] }
-                    let a = alignUp(s, g), b = UsageTime.bucketStart(e, g)
-                    if a >= b { return cover(s, e, levels.dropFirst()) }
-                    return cover(s, a, levels.dropFirst()) + [Piece(granularity: g, start: a, end: b)] + cover(b, e, levels.dropFirst())
-                }
-                return (cover(start, end, [.day, .hour, .minute]), .unspecified)
-            }
+            if merged { return (coarsest(start, end, finest: .minute), .unspecified) }
             let span = end - start
             let g: BucketGranularity = span <= 6 * 3_600_000 ? .minute : span <= 14 * 86_400_000 ? .hour : .day
             return ([Piece(granularity: g, start: alignUp(start, g), end: end)], g)
@@ -167,8 +193,8 @@ public struct UsageQueryEngine: Sendable {
         var start = request.startUnixMs > 0 ? request.startUnixMs : end - 86_400_000
         guard start < end else { throw RPCError(.invalidArgument, "start_unix_ms must be before end_unix_ms") }
         switch request.granularity {
-        case .unspecified, .minute, .hour, .day: break
-        default: throw RPCError(.invalidArgument, "granularity must be MINUTE, HOUR or DAY (or unspecified)")
+        case .unspecified, .minute, .hour, .day, .week: break
+        default: throw RPCError(.invalidArgument, "granularity must be MINUTE, HOUR, DAY or WEEK (or unspecified)")
         }
         let ranked = request.orderBy != .unspecified
         let merged = request.mergeBuckets || ranked
@@ -187,10 +213,19 @@ public struct UsageQueryEngine: Sendable {
         let noFinerFilter = request.username.isEmpty && request.resource.isEmpty && request.statusClasses.isEmpty && request.keyType == .unspecified
         let perAPI = Set(request.groupBy).isSubset(of: [.api, .apiVersion, .tenant]) && request.applicationId.isEmpty && noFinerFilter
             && (scope.tenant == nil || scope.administrator || !scope.consumer)
-        let perApplication = !perAPI && Set(request.groupBy).isSubset(of: [.application, .tenant]) && noFinerFilter
-            && request.apiName.isEmpty && request.apiVersion.isEmpty && request.apiContext.isEmpty && request.apiCreator.isEmpty
+        let noAPIFilter = request.apiName.isEmpty && request.apiVersion.isEmpty && request.apiContext.isEmpty && request.apiCreator.isEmpty
+        let perApplication = !perAPI && Set(request.groupBy).isSubset(of: [.application, .tenant]) && noFinerFilter && noAPIFilter
             && (scope.tenant == nil || scope.administrator || !scope.provider)
-        let (pieces, granularity) = Self.pieces(request, start: start, end: end, merged: merged)
+        // Rows per tenant answer what names no API or application, for
+        // operators and tenant administrators (who see all of a tenant).
+        let perTenant = perAPI && Set(request.groupBy).isSubset(of: [.tenant]) && noAPIFilter && (scope.tenant == nil || scope.administrator)
+        let weeksSince: Int64
+        do {
+            weeksSince = try statdb.database.read { try statdb.weekRowsSince(in: $0) } ?? .max
+        } catch {
+            throw RPCError(.internal, "statdb: \(error)")
+        }
+        let (pieces, granularity) = Self.pieces(request, start: start, end: end, merged: merged, weeksSince: weeksSince)
         let dimensions = Set(request.groupBy)
         let tenantFilter = scope.tenant == nil && !request.tenantDomain.isEmpty ? request.tenantDomain.lowercased() : nil
         let seekTenant = scope.apiTenantOnly ?? tenantFilter
@@ -208,18 +243,21 @@ public struct UsageQueryEngine: Sendable {
         let byStatusClass = dimensions.contains(.statusClass)
 
         var groups: [GroupKey: Group] = [:]
+        // The filters, read from the request once rather than per row.
+        let (apiName, apiVersion, apiContext, apiCreator) = (request.apiName, request.apiVersion, request.apiContext, request.apiCreator)
+        let (applicationID, username, resource, keyType) = (request.applicationId, request.username, request.resource, request.keyType)
         func visit(_ row: UsageSummary) {
             guard scope.admits(row) else { return }
             if let tenantFilter, row.tenantDomain != tenantFilter { return }
-            if !request.apiName.isEmpty && row.apiName != request.apiName { return }
-            if !request.apiVersion.isEmpty && row.apiVersion != request.apiVersion { return }
-            if !request.apiContext.isEmpty && row.apiContext != request.apiContext { return }
-            if !request.apiCreator.isEmpty && row.apiCreator != request.apiCreator { return }
-            if !request.applicationId.isEmpty && row.applicationId != request.applicationId { return }
-            if !request.username.isEmpty && row.username != request.username { return }
-            if !request.resource.isEmpty && row.resource != request.resource { return }
+            if !apiName.isEmpty && row.apiName != apiName { return }
+            if !apiVersion.isEmpty && row.apiVersion != apiVersion { return }
+            if !apiContext.isEmpty && row.apiContext != apiContext { return }
+            if !apiCreator.isEmpty && row.apiCreator != apiCreator { return }
+            if !applicationID.isEmpty && row.applicationId != applicationID { return }
+            if !username.isEmpty && row.username != username { return }
+            if !resource.isEmpty && row.resource != resource { return }
             if !statuses.isEmpty && !statuses.contains(row.statusClass) { return }
-            if request.keyType != .unspecified && row.keyType != request.keyType { return }
+            if keyType != .unspecified && row.keyType != keyType { return }
             let key = GroupKey(
                 bucket: merged ? 0 : row.bucketStartUnixMs,
                 tenant: byTenant ? row.tenantDomain : "",
@@ -268,18 +306,46 @@ public struct UsageQueryEngine: Sendable {
                 // An older statdb's per-application rows are complete once backfilled.
                 var rows: StatisticsDatabase.Rows = perAPI ? .perAPI : .detailed
                 if perApplication, try !statdb.applicationRowsPending(in: txn) { rows = .perApplication }
+                if perTenant, try !statdb.tenantRowsPending(in: txn) { rows = .perTenant }
                 let memo = switch rows {
                 case .detailed: self.memo
                 case .perAPI: apiMemo
                 case .perApplication: applicationMemo
+                case .perTenant: tenantMemo
                 }
                 // A scan that cannot seek to the API or application a filter
                 // names skips other rows on their keys, before decoding.
                 let keyMatch: StatisticsDatabase.KeyMatch? = switch rows {
                 case .detailed, .perAPI: request.apiContext.isEmpty ? nil : .apiContext(request.apiContext)
                 case .perApplication: request.applicationId.isEmpty ? nil : .applicationID(request.applicationId)
+                case .perTenant: nil
                 }
+                // Hour and day rows hold the minutes before the roll-up
+                // watermark; the minutes from it on (normally the last one or
+                // two) are read as minute rows and counted in their hour or day.
+                let watermark = try statdb.rollupWatermark(in: txn) ?? .max
+                var scans: [(granularity: BucketGranularity, start: Int64, end: Int64, into: BucketGranularity?)] = []
                 for piece in pieces where piece.start < piece.end {
+                    scans.append((piece.granularity, piece.start, piece.end, piece.into))
+                    if piece.granularity != .minute && piece.end > watermark {
+                        // Every minute of the piece's last bucket, as its row would hold them.
+                        let length = UsageTime.length(piece.granularity)
+                        let last = UsageTime.bucketStart(piece.end - 1, piece.granularity)
+                        let end = last > Int64.max - length ? Int64.max : last + length
+                        scans.append((.minute, max(piece.start, watermark), end, piece.into ?? piece.granularity))
+                    }
+                }
+                for piece in scans {
+                    let visit: (UsageSummary) -> Void = if let into = piece.into {
+                        { minute in
+                            var row = minute
+                            row.granularity = into
+                            row.bucketStartUnixMs = UsageTime.bucketStart(minute.bucketStartUnixMs, into)
+                            visit(row)
+                        }
+                    } else {
+                        visit
+                    }
                     let length = UsageTime.length(piece.granularity)
                     let buckets = (piece.end - piece.start + length - 1) / length
                     if rows == .perApplication, let seekApplicationTenant = scope.applicationTenantOnly, buckets <= 50_000 {
@@ -320,7 +386,9 @@ public struct UsageQueryEngine: Sendable {
             throw RPCError(.internal, "statdb: \(error)")
         }
 
-        var rows: [(key: GroupKey, row: UsageSummary, metric: Double)] = groups.map { key, group in
+        /// A group's finished row: built only for the groups a page returns
+        /// (a top 10 of 2,000 applications builds 10).
+        func row(of group: Group) -> UsageSummary {
             var row = group.template
             // Names only of what is grouped by (the newest seen): a row of
             // several APIs or applications names none of them, whichever
@@ -341,40 +409,48 @@ public struct UsageQueryEngine: Sendable {
             row.backendP50Us = Int64(backend[0])
             row.backendP95Us = Int64(backend[1])
             row.backendP99Us = Int64(backend[2])
-            let metric: Double = switch request.orderBy {
-            case .requests: Double(row.requestCount)
-            case .faults: Double(row.faultCount)
-            case .throttled: Double(row.throttledCount)
-            case .latencyP95: Double(row.responseP95Us)
-            case .errors: Double(row.faultCount + row.serverErrorCount)
+            return row
+        }
+        /// What a ranked query orders by, from the counts alone (the same
+        /// values the finished row carries).
+        func metric(_ counts: UsageCounts) -> Double {
+            switch request.orderBy {
+            case .requests: Double(counts.requests)
+            case .faults: Double(counts.faults)
+            case .throttled: Double(counts.throttled)
+            case .latencyP95: Double(counts.response.quantile(0.95))
+            case .errors: Double(counts.faults + counts.serverErrors)
             default: 0
             }
-            return (key, row, metric)
         }
+        var ordered: [(key: GroupKey, metric: Double)]
         if ranked {
-            rows.removeAll { $0.metric == 0 && request.orderBy != .requests }
-            let before = { (a: (key: GroupKey, row: UsageSummary, metric: Double), b: (key: GroupKey, row: UsageSummary, metric: Double)) -> Bool in
+            ordered = groups.compactMap { key, group in
+                let value = metric(group.counts)
+                return value == 0 && request.orderBy != .requests ? nil : (key, value)
+            }
+            let before = { (a: (key: GroupKey, metric: Double), b: (key: GroupKey, metric: Double)) -> Bool in
                 a.metric != b.metric ? a.metric > b.metric : a.key < b.key
             }
             let limit = Int(request.limit)
-            if limit > 0 && limit <= 1000 && rows.count > limit {
+            if limit > 0 && limit <= 1000 && ordered.count > limit {
                 // Top-N of many groups (applications, users): the first N
                 // in one pass, not a sort of them all.
-                var top: [(key: GroupKey, row: UsageSummary, metric: Double)] = []
+                var top: [(key: GroupKey, metric: Double)] = []
                 top.reserveCapacity(limit + 1)
-                for candidate in rows where top.count < limit || before(candidate, top[top.count - 1]) {
+                for candidate in ordered where top.count < limit || before(candidate, top[top.count - 1]) {
                     let position = top.firstIndex { before(candidate, $0) } ?? top.count
                     top.insert(candidate, at: position)
                     if top.count > limit { top.removeLast() }
                 }
-                rows = top
+                ordered = top
             } else {
-                rows.sort(by: before)
+                ordered.sort(by: before)
             }
         } else {
-            rows.sort { $0.key < $1.key }
+            ordered = groups.keys.sorted().map { ($0, 0) }
         }
-        if request.limit > 0 && rows.count > Int(request.limit) { rows.removeLast(rows.count - Int(request.limit)) }
+        if request.limit > 0 && ordered.count > Int(request.limit) { ordered.removeLast(ordered.count - Int(request.limit)) }
         let token = request.page?.pageToken ?? []
         let offset = token.count == 8 ? Int(token.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }) : 0
         let requestedSize = Int(request.page?.pageSize ?? 0)
@@ -383,14 +459,14 @@ public struct UsageQueryEngine: Sendable {
         response.granularity = granularity
         response.scope = scope.description
         var page = PageResponse()
-        if offset < rows.count {
-            let slice = rows[offset..<min(rows.count, offset + pageSize)]
-            response.rows = slice.map(\.row)
-            if offset + pageSize < rows.count {
+        if offset < ordered.count {
+            let slice = ordered[offset..<min(ordered.count, offset + pageSize)]
+            response.rows = slice.map { row(of: groups[$0.key]!) }
+            if offset + pageSize < ordered.count {
                 page.nextPageToken = withUnsafeBytes(of: UInt64(offset + pageSize).bigEndian, Array.init)
             }
         }
-        page.totalCount = UInt64(rows.count)
+        page.totalCount = UInt64(ordered.count)
         response.page = page
         if request.includeLastAccess {
             response.lastAccess = try lastAccess(request, scope: scope, tenantFilter: tenantFilter)

@@ -1,10 +1,12 @@
+import Glibc
 public import LMDBKit
 public import TollgateProto
 
 /// `statdb`: usage summaries per tenant, API, version, resource, verb,
-/// application, user, key type and status class in minute, hour and day
-/// buckets, when each API and application was last called, and per gateway
-/// the highest usage batch applied (docs/analytics.md). Written by
+/// application, user, key type and status class in minute, hour, day and
+/// week buckets (with their sums per API, per application and per tenant),
+/// when each API and application was last called, and per gateway the
+/// highest usage batch applied (docs/analytics.md). Written by
 /// analytics; read by analytics, publisher and store nodes of the host.
 public struct StatisticsDatabase: Sendable {
     /// Version 2 keys summaries by key type and status class too; the
@@ -12,7 +14,17 @@ public struct StatisticsDatabase: Sendable {
     /// adds the per-application rows; a version-2 statdb has none for the
     /// buckets it already holds, so it is marked for their backfill
     /// (``applicationRowsPending(in:)``), which analytics runs.
-    public static let schema = Schema(name: LogicalDatabaseName.statdb.rawValue, version: 3, migrations: [
+    ///
+    /// Version 4 adds the per-tenant rows (built from the per-API rows of
+    /// an older statdb by a backfill, as version 3's were) and defers the
+    /// hour, day and (new) week rows of recent minutes
+    /// to a roll-up behind a stored watermark (``rollupWatermark(in:)``). Its
+    /// migration has nothing to move: the rows an older version wrote are
+    /// complete at every granularity it had, which ``open(in:options:nowUnixMs:)``
+    /// records by setting the watermark and the first week past them. The
+    /// version still changes so an older build, which would read the hour
+    /// and day rows as complete, refuses a statdb this one wrote.
+    public static let schema = Schema(name: LogicalDatabaseName.statdb.rawValue, version: 4, migrations: [
         Schema.Migration(version: 2) { txn, database in
             let old = try database.table(summaryTable, in: &txn)
             try old.clear(in: &txn)
@@ -20,8 +32,14 @@ public struct StatisticsDatabase: Sendable {
         Schema.Migration(version: 3) { txn, database in
             try database.setMetaValue([1], for: applicationRowsPendingKey, in: &txn)
         },
+        Schema.Migration(version: 4) { txn, database in
+            try database.setMetaValue([1], for: tenantRowsPendingKey, in: &txn)
+        },
     ])
     static let applicationRowsPendingKey = "application_usage_summaries.backfill_pending"
+    static let tenantRowsPendingKey = "tenant_usage_summaries.backfill_pending"
+    static let rollupWatermarkKey = "usage_summaries.rollup_watermark"
+    static let weekRowsSinceKey = "usage_summaries.week_rows_since"
 
     /// Bucket first, so one granularity and time range is a contiguous scan,
     /// then the tenant and API, so one tenant's or API's rows of a bucket
@@ -39,6 +57,10 @@ public struct StatisticsDatabase: Sendable {
     public static let applicationSummaryTable = TableDefinition<UsageSummary>("application_usage_summaries", primaryKey: {
         applicationSummaryKey($0)
     })
+    /// The same counts per tenant only (and the subscribers' tenant): what a
+    /// tenant's series and totals read, one row per bucket instead of one
+    /// per API.
+    public static let tenantSummaryTable = TableDefinition<UsageSummary>("tenant_usage_summaries", primaryKey: { tenantSummaryKey($0) })
     /// Per gateway and spool epoch: the highest batch sequence applied.
     public static let cursorTable = TableDefinition<UsageIngestCursor>("ingest_cursors", primaryKey: {
         Key(.string($0.gatewayId), .uint64($0.epoch))
@@ -88,6 +110,12 @@ public struct StatisticsDatabase: Sendable {
             .appending(.string(lowercased(s.applicationTenantDomain)))
     }
 
+    /// Laid out as the per-API rows up to the tenant, so the same prefixes seek both.
+    public static func tenantSummaryKey(_ s: UsageSummary) -> Key {
+        summaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, tenant: s.tenantDomain)
+            .appending(.string(lowercased(s.applicationTenantDomain)))
+    }
+
     public static func applicationSummaryKey(_ s: UsageSummary) -> Key {
         applicationSummaryPrefix(granularity: s.granularity, bucketStartUnixMs: s.bucketStartUnixMs, applicationTenant: s.applicationTenantDomain,
                                  applicationID: s.applicationId)
@@ -126,19 +154,96 @@ public struct StatisticsDatabase: Sendable {
     public let summaries: Table<UsageSummary>
     public let apiSummaries: Table<UsageSummary>
     public let applicationSummaries: Table<UsageSummary>
+    public let tenantSummaries: Table<UsageSummary>
     public let cursors: Table<UsageIngestCursor>
     public let apiLastAccess: Table<UsageLastAccess>
     public let applicationLastAccess: Table<UsageLastAccess>
 
-    /// Opens `<dataDirectory>/statdb`.
-    public static func open(in dataDirectory: String, options: Environment.Options = .init()) throws -> StatisticsDatabase {
-        try LogicalDatabase.open(schema: schema, in: dataDirectory, options: options) { database in
+    /// Opens `<dataDirectory>/statdb`. A statdb without a roll-up
+    /// watermark or a first week gets them: 0 when it holds no summary yet,
+    /// else the minute and the week after `nowUnixMs` (the clock's), since a
+    /// version before 4 wrote each minute's hour and day rows with it and no
+    /// week rows at all.
+    public static func open(in dataDirectory: String, options: Environment.Options = .init(),
+                            nowUnixMs: Int64? = nil) throws -> StatisticsDatabase {
+        let statdb = try LogicalDatabase.open(schema: schema, in: dataDirectory, options: options) { database in
             StatisticsDatabase(database: database, summaries: try database.table(summaryTable), apiSummaries: try database.table(apiSummaryTable),
                                applicationSummaries: try database.table(applicationSummaryTable),
+                               tenantSummaries: try database.table(tenantSummaryTable),
                                cursors: try database.table(cursorTable),
                                apiLastAccess: try database.table(apiLastAccessTable),
                                applicationLastAccess: try database.table(applicationLastAccessTable))
         }
+        func unset<T: TransactionReading & ~Copyable>(_ txn: borrowing T) throws -> Bool {
+            try statdb.rollupWatermark(in: txn) == nil || statdb.weekRowsSince(in: txn) == nil
+        }
+        if try statdb.database.read({ try unset($0) }) {
+            try statdb.database.environment.write { txn in
+                guard try unset(txn) else { return }
+                var empty = true
+                try statdb.summaries.forEachKey(in: txn) { _ in
+                    empty = false
+                    return false
+                }
+                let now = nowUnixMs ?? Int64(time(nil)) * 1000
+                if try statdb.rollupWatermark(in: txn) == nil {
+                    try statdb.setRollupWatermark(empty ? 0 : now - now % 60_000 + 60_000, in: &txn)
+                }
+                if try statdb.weekRowsSince(in: txn) == nil {
+                    // Weeks start on Monday, four days after the epoch's Thursday.
+                    let week: Int64 = 7 * 86_400_000, monday: Int64 = 4 * 86_400_000
+                    let nextWeek = now - (now - monday) % week + week
+                    try statdb.setMeta(empty ? 0 : nextWeek, Self.weekRowsSinceKey, in: &txn)
+                }
+            }
+        }
+        return statdb
+    }
+
+    /// The roll-up watermark: every minute row of a bucket before it is
+    /// counted in its hour and day rows too; the minute rows from it on are
+    /// not yet, and a reader of hour or day rows adds them (docs/analytics.md,
+    /// "Roll-ups"). nil only before ``open(in:options:nowUnixMs:)`` sets it
+    /// (another process opening the statdb at that moment).
+    public func rollupWatermark<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Int64? {
+        try meta(Self.rollupWatermarkKey, in: txn)
+    }
+
+    public func setRollupWatermark(_ unixMs: Int64, in txn: inout WriteTransaction) throws {
+        try setMeta(unixMs, Self.rollupWatermarkKey, in: &txn)
+    }
+
+    /// The first week with week rows: from it on every week's rows are
+    /// complete; before it (a statdb from before version 4) only its days
+    /// hold the counts, and queries read those instead. nil as for
+    /// ``rollupWatermark(in:)``.
+    public func weekRowsSince<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Int64? {
+        try meta(Self.weekRowsSinceKey, in: txn)
+    }
+
+    public func setWeekRowsSince(_ unixMs: Int64, in txn: inout WriteTransaction) throws {
+        try setMeta(unixMs, Self.weekRowsSinceKey, in: &txn)
+    }
+
+    private func meta<T: TransactionReading & ~Copyable>(_ name: String, in txn: borrowing T) throws -> Int64? {
+        guard let bytes = try database.metaValue(name, in: txn), bytes.count == 8 else { return nil }
+        return Int64(bitPattern: bytes.reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+    }
+
+    private func setMeta(_ value: Int64, _ name: String, in txn: inout WriteTransaction) throws {
+        try database.setMetaValue(withUnsafeBytes(of: UInt64(bitPattern: value).bigEndian, Array.init), for: name, in: &txn)
+    }
+
+    /// The first minute bucket at or after `fromUnixMs` that has a detailed
+    /// row (every counted call writes one), or nil.
+    public func firstMinuteBucket<T: TransactionReading & ~Copyable>(from fromUnixMs: Int64, in txn: borrowing T) throws -> Int64? {
+        var found: Int64?
+        try summaries.forEach(prefix: Self.summaryPrefix(granularity: .minute),
+                              from: Self.summaryPrefix(granularity: .minute, bucketStartUnixMs: fromUnixMs).bytes, in: txn, memo: nil, examine: { key in
+            if key.count >= 16 { found = Self.bucketStart(ofKey: key) }
+            return .stop
+        }) { _ in false }
+        return found
     }
 
     /// Summaries of one granularity whose buckets start in `[from, to)`.
@@ -156,7 +261,7 @@ public struct StatisticsDatabase: Sendable {
     /// Which summary table a scan reads: the detailed rows, or one of their
     /// roll-ups (the same counts with fewer dimensions).
     public enum Rows: Sendable, Hashable {
-        case detailed, perAPI, perApplication
+        case detailed, perAPI, perApplication, perTenant
     }
 
     public func table(_ rows: Rows) -> Table<UsageSummary> {
@@ -164,6 +269,7 @@ public struct StatisticsDatabase: Sendable {
         case .detailed: summaries
         case .perAPI: apiSummaries
         case .perApplication: applicationSummaries
+        case .perTenant: tenantSummaries
         }
     }
 
@@ -227,7 +333,7 @@ public struct StatisticsDatabase: Sendable {
     /// nothing older is left in any table).
     public func pruneSummaries(_ granularity: BucketGranularity, before cutoff: Int64, limit: Int, in txn: inout WriteTransaction) throws -> Int {
         var deleted = 0
-        for table in [summaries, apiSummaries, applicationSummaries] {
+        for table in [summaries, apiSummaries, applicationSummaries, tenantSummaries] {
             deleted += try prune(table, granularity, before: cutoff, limit: max(1, limit - deleted), in: &txn)
             if deleted >= limit { break }
         }
@@ -243,6 +349,17 @@ public struct StatisticsDatabase: Sendable {
 
     public func setApplicationRowsPending(_ pending: Bool, in txn: inout WriteTransaction) throws {
         try database.setMetaValue([pending ? 1 : 0], for: Self.applicationRowsPendingKey, in: &txn)
+    }
+
+    /// Whether the per-tenant rows may lack buckets written before they
+    /// existed (a statdb from before schema 4 not yet backfilled): until
+    /// then queries read the per-API rows instead.
+    public func tenantRowsPending<T: TransactionReading & ~Copyable>(in txn: borrowing T) throws -> Bool {
+        try database.metaValue(Self.tenantRowsPendingKey, in: txn) == [1]
+    }
+
+    public func setTenantRowsPending(_ pending: Bool, in txn: inout WriteTransaction) throws {
+        try database.setMetaValue([pending ? 1 : 0], for: Self.tenantRowsPendingKey, in: &txn)
     }
 
     private func prune(_ table: Table<UsageSummary>, _ granularity: BucketGranularity, before cutoff: Int64, limit: Int,

@@ -38,13 +38,14 @@ enum StatsDimension: String, ExpressibleByArgument, CaseIterable {
 }
 
 enum StatsGranularity: String, ExpressibleByArgument, CaseIterable {
-    case minute, hour, day, auto
+    case minute, hour, day, week, auto
 
     var proto: BucketGranularity {
         switch self {
         case .minute: .minute
         case .hour: .hour
         case .day: .day
+        case .week: .week
         case .auto: .unspecified
         }
     }
@@ -55,7 +56,7 @@ struct StatsOptions: ParsableArguments {
     @Option(help: "How far back from now: 30m, 6h, 7d (ignored with --from).") var since: String = "24h"
     @Option(help: "Start: ISO 8601 (2026-11-28T10:00:00Z) or Unix milliseconds.") var from: String?
     @Option(help: "End (exclusive), same forms; default now.") var to: String?
-    @Option(help: "Bucket length: minute, hour, day or auto.") var granularity: StatsGranularity = .auto
+    @Option(help: "Bucket length: minute, hour, day, week (from Monday, UTC) or auto.") var granularity: StatsGranularity = .auto
     @Option(name: .customLong("by"), parsing: .upToNextOption,
             help: "Group by: api, version, application, user, resource, key-type, status, tenant (several allowed).")
     var groupBy: [StatsDimension] = []
@@ -272,7 +273,7 @@ struct StatsRunner {
         let formatter = DateFormatter()
         formatter.timeZone = TimeZone(identifier: "UTC")
         formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.dateFormat = granularity == .day ? "yyyy-MM-dd" : "MM-dd HH:mm"
+        formatter.dateFormat = granularity == .day || granularity == .week ? "yyyy-MM-dd" : "MM-dd HH:mm"
         return formatter.string(from: Date(timeIntervalSince1970: Double(unixMs) / 1000))
     }
 
@@ -285,6 +286,7 @@ struct StatsRunner {
         case .minute: "minute"
         case .hour: "hour"
         case .day: "day"
+        case .week: "week"
         default: "range"
         }
     }

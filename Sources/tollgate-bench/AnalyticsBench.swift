@@ -105,6 +105,12 @@ private func benchIngest(directory: String) async throws {
         + String(format: "%12.0f events/s   target 200000: %@", rate, rate >= 200_000 ? "met" : "MISSED"))
     print(String(format: "  %d events in %.1f s; %llu commits (%.1f batches each), %llu summary rows written; %d batches of 512 in flight per gateway; clients in the same process",
                  events, seconds, stats.commits, Double(stats.batches) / Double(max(1, stats.commits)), stats.rowsWritten, benchWindow))
+    // What the node does once per minute on top: the minutes' hour and day rows.
+    let rollupStarted = ContinuousClock.now
+    let minutes = try await ingest.rollUp(before: Int64(Date().timeIntervalSince1970 * 1000) + 120_000)
+    let rollupMs = benchMilliseconds(ContinuousClock.now - rollupStarted)
+    print(String(format: "  then %d minutes rolled into their hours and days in %.0f ms (%.0f ms a minute, once per minute)", minutes, rollupMs,
+                 rollupMs / Double(max(1, minutes))))
 
 
 
@@ -178,14 +184,16 @@ private func benchStatdbBytes(directory: String) async throws {
         }
     }
     for wait in waits { _ = try await wait() }
+    // Every minute rolled into its hour and day, as a running node does a minute or two after each.
+    try await ingest.rollUp(before: now + 120_000)
     let used = statdb.database.environment.usedBytes
     let rows = try statdb.database.read { try statdb.summaries.count(in: $0) }
     print("analytics: statdb bytes per million calls".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "%12.1f MB   (%d summary rows: minute, hour, day; 200 APIs, 500 applications, one hour)", Double(used) / 1e6, rows))
 }
 
-/// 30 days of data for 1,000 APIs as retention keeps it: day rows for the
-/// 30 days, hour rows for the 30 days, minute rows for the last 2 hours;
+/// 30 days of data for 1,000 APIs as retention keeps it: week and day rows
+/// for the 30 days, hour rows for the 30 days, minute rows for the last 2 hours;
 /// each API called by 2 applications on 3 resources (6 rows per API and
 /// bucket, the API's own row, and each application's).
 private func benchQueries(directory: String) async throws {
@@ -197,7 +205,8 @@ private func benchQueries(directory: String) async throws {
     let lastHour = now - now % hour
     /// One bucket's rows: 6 per API, the API's own row (api_usage_summaries)
     /// and its applications' rows (application_usage_summaries).
-    func rows(_ granularity: BucketGranularity, _ bucket: Int64) -> (detail: [UsageSummary], perAPI: [UsageSummary], perApplication: [UsageSummary]) {
+    func rows(_ granularity: BucketGranularity, _ bucket: Int64)
+        -> (detail: [UsageSummary], perAPI: [UsageSummary], perApplication: [UsageSummary], perTenant: [UsageSummary]) {
         var detail: [UsageSummary] = []
         var perAPI: [UsageSummary] = []
         detail.reserveCapacity(6000)
@@ -245,10 +254,11 @@ private func benchQueries(directory: String) async throws {
             apiCounts.apply(to: &row)
             perAPI.append(row)
         }
-        return (detail, perAPI, UsageRollup.applicationRows(of: detail))
+        return (detail, perAPI, UsageRollup.applicationRows(of: detail), UsageRollup.tenantRows(of: perAPI))
     }
     var buckets: [(BucketGranularity, Int64)] = []
     for d in 0...30 { buckets.append((.day, now - now % day - Int64(d) * day)) }
+    for w in 0...5 { buckets.append((.week, UsageTime.bucketStart(now, .week) - Int64(w) * 7 * day)) }
     // TOLLGATE_BENCH_QUERY_DAYS_ONLY=1: day rows only (quick profiling of the queries that read them).
     if ProcessInfo.processInfo.environment["TOLLGATE_BENCH_QUERY_DAYS_ONLY"] == nil {
         for h in 0..<(30 * 24) { buckets.append((.hour, lastHour - Int64(h) * hour)) }
@@ -259,15 +269,20 @@ private func benchQueries(directory: String) async throws {
     for chunk in stride(from: 0, to: buckets.count, by: 8) {
         let slice = Array(buckets[chunk..<min(buckets.count, chunk + 8)])
         let made = slice.map { rows($0.0, $0.1) }
-        written += made.reduce(0) { $0 + $1.detail.count + $1.perAPI.count + $1.perApplication.count }
+        written += made.reduce(0) { $0 + $1.detail.count + $1.perAPI.count + $1.perApplication.count + $1.perTenant.count }
         try await statdb.database.write { txn in
             for bucket in made {
                 for row in bucket.detail { try statdb.summaries.store(row, in: &txn) }
                 for row in bucket.perAPI { try statdb.apiSummaries.store(row, in: &txn) }
                 for row in bucket.perApplication { try statdb.applicationSummaries.store(row, in: &txn) }
+                for row in bucket.perTenant { try statdb.tenantSummaries.store(row, in: &txn) }
             }
         }
     }
+    // As a running node leaves it: the last two minutes not yet rolled
+    // into their hour and day, so queries reaching them read their minute rows too.
+    let watermark = now - now % 60_000 - 60_000
+    try await statdb.database.write { txn in try statdb.setRollupWatermark(watermark, in: &txn) }
     print(String(format: "  query data: %d rows (%d MB) written in %.1f s", written, statdb.database.environment.usedBytes / 1_000_000,
                  benchMilliseconds(ContinuousClock.now - loadStarted) / 1000))
     let engine = UsageQueryEngine(statdb: statdb)

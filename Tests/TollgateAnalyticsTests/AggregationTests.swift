@@ -118,6 +118,10 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             #expect(again.duplicate)
             // Another gateway's batch 1 is its own.
             _ = try await ingest.submit(gateway: "gw-2", epoch: 1, sequence: 1, events: [event(at: base + 10)])
+            // A new statdb's minutes are all ahead of the roll-up: counted per minute only, until rolled.
+            #expect(try statdb.summaries(.hour, fromUnixMs: 0, toUnixMs: .max).isEmpty)
+            #expect(try await ingest.rollUp(before: base + 2 * 3_600_000) == 3)
+            #expect(try statdb.database.read { try statdb.rollupWatermark(in: $0) } == base + 2 * 3_600_000)
 
             let minutes = try statdb.summaries(.minute, fromUnixMs: base, toUnixMs: base + 86_400_000)
             let hours = try statdb.summaries(.hour, fromUnixMs: base, toUnixMs: base + 86_400_000)
@@ -170,6 +174,7 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
                 }
                 try await group.waitForAll()
             }
+            try await ingest.rollUp(before: .max)
             let days = try statdb.summaries(.day, fromUnixMs: base - 86_400_000, toUnixMs: base + 86_400_000)
             let expected: UInt64 = 4 * 25 * 40
             #expect(days.map(\.requestCount).reduce(0, +) == expected)
@@ -186,8 +191,11 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             #expect(try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max).count == 300)
             let pruner = UsagePruner(statdb: statdb, retention: UsageRetention(minuteMs: 3_600_000, hourMs: 86_400_000 * 10, dayMs: 86_400_000 * 100,
                                                                                 batchRows: 7))
+            // Minutes not yet in their hours are kept however old; rolled, they go.
+            #expect(try await pruner.prune(nowUnixMs: base + 300 * 60_000) == 0)
+            try await ingest.rollUp(before: .max)
             let deleted = try await pruner.prune(nowUnixMs: base + 300 * 60_000)
-            #expect(deleted == 3 * 240, "detailed, per-API and per-application rows")
+            #expect(deleted == 4 * 240, "detailed, per-API, per-application and per-tenant rows")
             let minutes = try statdb.summaries(.minute, fromUnixMs: 0, toUnixMs: .max)
             #expect(minutes.count == 60)
             #expect(minutes.allSatisfy { $0.bucketStartUnixMs >= base + 240 * 60_000 })
@@ -251,6 +259,7 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
         try await withStatdb { statdb in
             let ingest = UsageIngest(statdb: statdb)
             for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            try await ingest.rollUp(before: .max)
             for granularity in [BucketGranularity.minute, .hour, .day] {
                 let detailed = try rows(statdb, granularity, .detailed)
                 let perApplication = try rows(statdb, granularity, .perApplication)
@@ -335,28 +344,88 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
             for batch in 0..<2 { for event in mixedEvents(batch: batch) { delta.add(event) } }
             let written = delta
             try await statdb.database.write { txn in
-                _ = try UsageIngest.write(written, statdb: statdb, memo: RecordMemo(), apiMemo: RecordMemo(), applicationMemo: RecordMemo(), in: &txn)
+                // Every minute written with its hour and day, and no roll-up watermark.
+                try statdb.setRollupWatermark(.max, in: &txn)
+                _ = try UsageIngest.write(written, statdb: statdb, memos: .init(), in: &txn)
+                try statdb.database.setMetaValue([], for: "usage_summaries.rollup_watermark", in: &txn)
                 try statdb.applicationSummaries.clear(in: &txn)
+                try statdb.tenantSummaries.clear(in: &txn)
                 try statdb.database.setMetaValue(withUnsafeBytes(of: UInt64(2).bigEndian, Array.init), for: "schema_version", in: &txn)
             }
         }
-        let statdb = try StatisticsDatabase.open(in: path)
+        let statdb = try StatisticsDatabase.open(in: path, nowUnixMs: base + 6 * 3_600_000 + 5)
+        // Its rows are complete at every granularity: the roll-up starts after them.
+        #expect(try statdb.database.read { try statdb.rollupWatermark(in: $0) } == base + 6 * 3_600_000 + 60_000)
         #expect(try statdb.database.storedVersion() == StatisticsDatabase.schema.version)
         #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) })
         let top = QueryUsageRequest(startUnixMs: base, endUnixMs: base + 4 * 3_600_000, groupBy: [.application], orderBy: .requests, limit: 10)
         let engine = UsageQueryEngine(statdb: statdb)
         let before = try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows
         #expect(before.map(\.requestCount).reduce(0, +) == 180, "answered from the detailed rows")
-        try await ApplicationRowsBackfill(statdb: statdb).run()
+        try await SummaryRowsBackfill(statdb: statdb, target: .perApplication).run()
         #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) } == false)
         #expect(try engine.run(top, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows == before)
         #expect(try rows(statdb, .day, .perApplication).map(\.requestCount).reduce(0, +) == 180)
+        // The per-tenant rows likewise: a tenant's series from the per-API rows until built.
+        #expect(try statdb.database.read { try statdb.tenantRowsPending(in: $0) })
+        let series = QueryUsageRequest(granularity: .hour, startUnixMs: base, endUnixMs: base + 4 * 3_600_000, groupBy: [.tenant])
+        let fromAPIRows = try engine.run(series, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows
+        #expect(fromAPIRows.map(\.requestCount).reduce(0, +) == 180)
+        #expect(try await SummaryRowsBackfill(statdb: statdb, target: .perTenant).run() > 0)
+        #expect(try engine.run(series, scope: .everything(tenant: nil), nowUnixMs: base + 5 * 3_600_000).rows == fromAPIRows)
+    }
+
+    @Test func tenantRowsAddUpToTheAPIRowsAndAnswerAsTheyDo() async throws {
+        try await withStatdb { statdb in
+            let ingest = UsageIngest(statdb: statdb)
+            for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            try await ingest.rollUp(before: base + 2 * 3_600_000)
+            for granularity in [BucketGranularity.minute, .hour, .day, .week] {
+                let perTenant = try rows(statdb, granularity, .perTenant)
+                #expect(totals(perTenant) == totals(UsageRollup.tenantRows(of: try rows(statdb, granularity, .perAPI))), "\(granularity)")
+                #expect(perTenant.allSatisfy { $0.apiName.isEmpty && $0.apiContext.isEmpty && $0.applicationId.isEmpty && $0.applicationOwner.isEmpty })
+            }
+            #expect(try rows(statdb, .minute, .perTenant).map(\.requestCount).reduce(0, +) == 360)
+            let requests = [
+                QueryUsageRequest(granularity: .hour, startUnixMs: base, endUnixMs: base + 4 * 3_600_000),
+                QueryUsageRequest(granularity: .day, startUnixMs: base - 86_400_000, endUnixMs: base + 86_400_000, groupBy: [.tenant]),
+                QueryUsageRequest(startUnixMs: base + 1_000, endUnixMs: base + 3 * 3_600_000, groupBy: [.tenant], mergeBuckets: true),
+                QueryUsageRequest(startUnixMs: base - 20 * 86_400_000, endUnixMs: base + 86_400_000, mergeBuckets: true, tenantDomain: "acme.com"),
+            ]
+            let scopes: [UsageScope] = [.everything(tenant: nil), .everything(tenant: "acme.com"),
+                                        UsageScope(tenant: "carbon.super", username: "root", administrator: true, provider: false, consumer: false),
+                                        UsageScope(tenant: "acme.com", username: "root", administrator: true, provider: false, consumer: false)]
+            let engine = UsageQueryEngine(statdb: statdb)
+            var answered = 0
+            for scope in scopes {
+                for request in requests {
+                    guard !(scope.tenant != nil && !request.tenantDomain.isEmpty) else { continue }
+                    let fromTenantRows = try engine.run(request, scope: scope, nowUnixMs: base + 5 * 3_600_000)
+                    // Marked as not yet built, the same query reads the per-API rows.
+                    try await statdb.database.write { try statdb.setTenantRowsPending(true, in: &$0) }
+                    let fromAPIRows = try engine.run(request, scope: scope, nowUnixMs: base + 5 * 3_600_000)
+                    try await statdb.database.write { try statdb.setTenantRowsPending(false, in: &$0) }
+                    #expect(fromTenantRows.rows == fromAPIRows.rows, "\(scope) \(request)")
+                    answered += fromTenantRows.rows.count
+                }
+            }
+            #expect(answered > 0)
+            let written = try [BucketGranularity.minute, .hour, .day, .week].map { try totals(rows(statdb, $0, .perTenant)) }
+            // The tenant rows are what those queries read: without them, nothing.
+            try await statdb.database.write { try statdb.tenantSummaries.clear(in: &$0) }
+            #expect(try engine.run(requests[0], scope: scopes[0], nowUnixMs: base + 5 * 3_600_000).rows.isEmpty)
+            // Rebuilt from the per-API rows: the same rows.
+            try await statdb.database.write { try statdb.setTenantRowsPending(true, in: &$0) }
+            #expect(try await SummaryRowsBackfill(statdb: statdb, target: .perTenant, rowsPerTransaction: 2).run() > 0)
+            #expect(try [BucketGranularity.minute, .hour, .day, .week].map { try totals(rows(statdb, $0, .perTenant)) } == written)
+        }
     }
 
     @Test func backfillRebuildsTheApplicationRowsOfAnOlderStatdbExactly() async throws {
         try await withStatdb { statdb in
             let ingest = UsageIngest(statdb: statdb)
             for batch in 0..<4 { _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: UInt64(batch + 1), events: mixedEvents(batch: batch)) }
+            try await ingest.rollUp(before: .max)
             let written = try [BucketGranularity.minute, .hour, .day].map { try totals(rows(statdb, $0, .perApplication)) }
             // As a statdb from before the per-application rows: none, and marked.
             try await statdb.database.write { txn in
@@ -365,7 +434,7 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
             }
             // Batches arriving before the backfill add to rows it then rebuilds.
             _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 5, events: mixedEvents(batch: 0))
-            let built = try await ApplicationRowsBackfill(statdb: statdb, rowsPerTransaction: 3).run()
+            let built = try await SummaryRowsBackfill(statdb: statdb, target: .perApplication, rowsPerTransaction: 3).run()
             #expect(built > 0)
             #expect(try statdb.database.read { try statdb.applicationRowsPending(in: $0) } == false)
             for (index, granularity) in [BucketGranularity.minute, .hour, .day].enumerated() {
@@ -375,7 +444,7 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
                 #expect(written[index].keys.sorted() == totals(perApplication).keys.sorted())
             }
             // Finished: nothing more to do.
-            #expect(try await ApplicationRowsBackfill(statdb: statdb).run() == 0)
+            #expect(try await SummaryRowsBackfill(statdb: statdb, target: .perApplication).run() == 0)
         }
     }
 }
@@ -455,6 +524,101 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
             let last = try query(statdb, Self.user("alice", permissions: ["/permission/admin/manage/api/create"])) { $0.includeLastAccess = true }
             #expect(last.lastAccess.map(\.apiName) == ["Menu"])
             #expect(last.lastAccess.first?.lastAccessUnixMs == base + 119 * 60_000)
+        }
+    }
+}
+
+@Suite struct RollupTests {
+    func totals(_ statdb: StatisticsDatabase, _ granularity: BucketGranularity) throws -> [UInt64] {
+        try [StatisticsDatabase.Rows.detailed, .perAPI, .perApplication].map { table in
+            try rows(statdb, granularity, table).map(\.requestCount).reduce(0, +)
+        }
+    }
+
+    @Test func queriesAnswerAlikeBeforeDuringAndAfterTheRollupAndLateCallsCountOnce() async throws {
+        try await withStatdb { statdb in
+            try await QueryTests().load(statdb)
+            let requests: [QueryUsageRequest] = [
+                QueryUsageRequest(granularity: .hour, startUnixMs: base, endUnixMs: base + 3 * 3_600_000, groupBy: [.api]),
+                QueryUsageRequest(granularity: .day, startUnixMs: base - 86_400_000, endUnixMs: base + 86_400_000, groupBy: [.application]),
+                QueryUsageRequest(startUnixMs: base + 30 * 60_000, endUnixMs: base + 2 * 3_600_000, groupBy: [.api, .resource], mergeBuckets: true),
+                QueryUsageRequest(startUnixMs: base - 10 * 86_400_000, endUnixMs: base + 86_400_000, groupBy: [.application], orderBy: .requests, limit: 2),
+                QueryUsageRequest(granularity: .hour, startUnixMs: base, endUnixMs: base + 3 * 3_600_000, apiContext: "/pets"),
+                QueryUsageRequest(granularity: .minute, startUnixMs: base, endUnixMs: base + 3 * 3_600_000, groupBy: [.statusClass]),
+                QueryUsageRequest(granularity: .week, startUnixMs: base - 30 * 86_400_000, endUnixMs: base + 86_400_000, groupBy: [.api]),
+                QueryUsageRequest(startUnixMs: base - 30 * 86_400_000, endUnixMs: base + 86_400_000, groupBy: [.api], orderBy: .requests, limit: 2),
+            ]
+            let engine = UsageQueryEngine(statdb: statdb)
+            let scopes: [UsageScope] = [.everything(tenant: nil),
+                                        UsageScope(tenant: "carbon.super", username: "root", administrator: true, provider: false, consumer: false)]
+            func answers() throws -> [[UsageSummary]] {
+                try scopes.flatMap { scope in try requests.map { try engine.run($0, scope: scope, nowUnixMs: base + 3 * 3_600_000).rows } }
+            }
+            // Nothing rolled up: hours and days are read from the minutes alone.
+            #expect(try totals(statdb, .hour) == [0, 0, 0])
+            let before = try answers()
+            #expect(before[0].map(\.requestCount).reduce(0, +) == 360)
+            // Half rolled up: the first 45 minutes in their hour and day rows, the rest read as minutes.
+            let ingest = UsageIngest(statdb: statdb)
+            #expect(try await ingest.rollUp(before: base + 45 * 60_000) == 45)
+            #expect(try totals(statdb, .hour) == [135, 135, 135])
+            #expect(try answers() == before)
+            // All rolled up: hours and days equal the minutes in every table.
+            #expect(try await ingest.rollUp(before: base + 3 * 3_600_000) == 75)
+            #expect(try await ingest.rollUp(before: base + 3 * 3_600_000) == 0, "nothing left to roll")
+            #expect(try totals(statdb, .hour) == [360, 360, 360])
+            #expect(try totals(statdb, .day) == [360, 360, 360])
+            #expect(try totals(statdb, .week) == [360, 360, 360])
+            #expect(try answers() == before)
+            // A late call, for a minute already rolled: counted at every granularity at once, nowhere twice.
+            _ = try await ingest.submit(gateway: "late", epoch: 1, sequence: 1, events: [event(at: base + 5 * 60_000 + 7)])
+            #expect(try totals(statdb, .minute) == [361, 361, 361])
+            #expect(try totals(statdb, .hour) == [361, 361, 361])
+            #expect(try totals(statdb, .day) == [361, 361, 361])
+            try await ingest.rollUp(before: base + 4 * 3_600_000)
+            #expect(try totals(statdb, .hour) == [361, 361, 361])
+            let after = try engine.run(requests[0], scope: scopes[0], nowUnixMs: base + 3 * 3_600_000).rows
+            #expect(after.map(\.requestCount).reduce(0, +) == 361)
+        }
+    }
+}
+
+extension RollupTests {
+    @Test func weeksStartOnMondayUTC() {
+        // Saturday 2026-11-28 10:00 UTC is in the week of Monday 2026-11-23.
+        #expect(UsageTime.bucketStart(base, .week) == 1_795_392_000_000)
+        #expect(UsageTime.bucketStart(1_795_392_000_000, .week) == 1_795_392_000_000)
+        #expect(UsageTime.bucketStart(1_795_392_000_000 - 1, .week) == 1_795_392_000_000 - 7 * 86_400_000)
+        #expect(UsageTime.bucketStart(0, .week) == -3 * 86_400_000, "1970-01-01 was a Thursday")
+    }
+
+    @Test func weeksBeforeTheFirstWeekRowsAreReadAsTheirDays() async throws {
+        try await withStatdb { statdb in
+            // As a statdb upgraded from version 3 on base's Monday: no week rows for the weeks before.
+            let monday = UsageTime.bucketStart(base, .week)
+            try await statdb.database.write { try statdb.setWeekRowsSince(monday, in: &$0) }
+            let ingest = UsageIngest(statdb: statdb)
+            // One call a day at noon for 24 days up to base's day, then rolled up.
+            let days = (0..<24).map { UsageTime.bucketStart(base, .day) - Int64($0) * 86_400_000 + 12 * 3_600_000 }
+            _ = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 1, events: days.map { event(at: $0) })
+            try await ingest.rollUp(before: .max)
+            // Week rows only from the first week on.
+            let weekRows = try rows(statdb, .week, .detailed)
+            #expect(weekRows.allSatisfy { $0.bucketStartUnixMs >= monday })
+            #expect(weekRows.map(\.requestCount).reduce(0, +) == UInt64(days.filter { $0 >= monday }.count))
+            let engine = UsageQueryEngine(statdb: statdb)
+            let range = (start: base - 40 * 86_400_000, end: base + 86_400_000)
+            let weekly = try engine.run(QueryUsageRequest(granularity: .week, startUnixMs: range.start, endUnixMs: range.end),
+                                        scope: .everything(tenant: nil), nowUnixMs: base + 86_400_000)
+            var expected: [Int64: UInt64] = [:]
+            for day in days { expected[UsageTime.bucketStart(day, .week), default: 0] += 1 }
+            let alignedStart = UsageTime.bucketStart(range.start - 1, .week) + 7 * 86_400_000
+            expected = expected.filter { $0.key >= alignedStart }
+            #expect(Dictionary(uniqueKeysWithValues: weekly.rows.map { ($0.bucketStartUnixMs, $0.requestCount) }) == expected)
+            #expect(weekly.rows.allSatisfy { $0.granularity == .week })
+            let merged = try engine.run(QueryUsageRequest(startUnixMs: range.start, endUnixMs: range.end, mergeBuckets: true),
+                                        scope: .everything(tenant: nil), nowUnixMs: base + 86_400_000)
+            #expect(merged.rows.first?.requestCount == 24)
         }
     }
 }

@@ -34,14 +34,23 @@ import TollgateStorage
     }
 
     /// Totals of one granularity's rows, read from statdb as the nodes run.
+    /// The counts of `granularity`'s rows from `from` on. Hours and days
+    /// hold the minutes before the roll-up watermark; the minutes from it on
+    /// are added from their own rows, read in the same transaction.
     static func totals(_ statdb: StatisticsDatabase, _ granularity: BucketGranularity, from: Int64) throws -> Counts {
         var counts = Counts()
-        for row in try statdb.summaries(granularity, fromUnixMs: from, toUnixMs: .max) {
+        func add(_ row: UsageSummary) {
             counts.requests += row.requestCount
             counts.blocked += row.blockedCount
             counts.throttled += row.throttledCount
             counts.byContextAndClass["\(row.apiContext) \(row.statusClass)xx", default: 0] += row.requestCount
             for reason in row.throttledReasons { counts.reasons[reason.reason, default: 0] += reason.count }
+        }
+        try statdb.database.read { txn in
+            try statdb.forEachSummary(granularity, fromUnixMs: from, toUnixMs: .max, in: txn) { add($0); return true }
+            if granularity != .minute, let watermark = try statdb.rollupWatermark(in: txn) {
+                try statdb.forEachSummary(.minute, fromUnixMs: max(from, watermark), toUnixMs: .max, in: txn) { add($0); return true }
+            }
         }
         return counts
     }
@@ -84,7 +93,11 @@ import TollgateStorage
         let cpConfig = try fixture.writeConfig("cp-1", roles: ["publisher", "store", "keymanager"], clusterPort: cpCluster, adminPort: cpAdmin,
                                                extra: "\n[store]\nself_signup_tenants = \"*\"\n")
         // The analytics node writes the control plane's statdb, as on one host.
-        let anConfig = try fixture.writeConfig("an-1", roles: ["analytics"], clusterPort: anCluster, adminPort: nil)
+        // Minutes rolled into their hours and days as soon as they end, while
+        // their last batches may still arrive: the hour and day totals checked
+        // below then cover both paths of a call.
+        let anConfig = try fixture.writeConfig("an-1", roles: ["analytics"], clusterPort: anCluster, adminPort: nil,
+                                               extra: "\n[analytics]\nrollup_delay_seconds = 0\n")
         var text = try String(contentsOfFile: anConfig, encoding: .utf8)
         text = text.replacingOccurrences(of: "data_directory = \"data-an-1\"", with: "data_directory = \"data-cp-1\"")
         try text.write(toFile: anConfig, atomically: true, encoding: .utf8)

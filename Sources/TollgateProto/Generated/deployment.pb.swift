@@ -126,16 +126,24 @@ public struct DeployedApi: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var api: Api? = nil
-        var gatewayContext: String = ""
-        var defaultVersionContext: String = ""
-        var resources: [ResolvedResource] = []
-        var advancedPolicies: [AdvancedPolicy] = []
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var api: Api? = nil
+        @exclusivity(unchecked) var gatewayContext: String = ""
+        @exclusivity(unchecked) var defaultVersionContext: String = ""
+        @exclusivity(unchecked) var resources: [ResolvedResource] = []
+        @exclusivity(unchecked) var advancedPolicies: [AdvancedPolicy] = []
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

@@ -323,24 +323,32 @@ public struct Document: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var id: String = ""
-        var apiId: String = ""
-        var tenantDomain: String = ""
-        var name: String = ""
-        var documentType: DocumentType = .unspecified
-        var otherTypeName: String = ""
-        var summary: String = ""
-        var visibility: DocumentVisibility = .unspecified
-        var sourceType: DocumentSourceType = .unspecified
-        var createdBy: String = ""
-        var createdAtUnixMs: Int64 = 0
-        var updatedAtUnixMs: Int64 = 0
-        var body: Body? = nil
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var id: String = ""
+        @exclusivity(unchecked) var apiId: String = ""
+        @exclusivity(unchecked) var tenantDomain: String = ""
+        @exclusivity(unchecked) var name: String = ""
+        @exclusivity(unchecked) var documentType: DocumentType = .unspecified
+        @exclusivity(unchecked) var otherTypeName: String = ""
+        @exclusivity(unchecked) var summary: String = ""
+        @exclusivity(unchecked) var visibility: DocumentVisibility = .unspecified
+        @exclusivity(unchecked) var sourceType: DocumentSourceType = .unspecified
+        @exclusivity(unchecked) var createdBy: String = ""
+        @exclusivity(unchecked) var createdAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var updatedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var body: Body? = nil
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

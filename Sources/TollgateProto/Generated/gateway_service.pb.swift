@@ -268,32 +268,40 @@ public struct GetGatewayStatusResponse: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var deploymentRevision: UInt64 = 0
-        var deploymentAppliedAtUnixMs: Int64 = 0
-        var deploymentFeedConnected: Bool = false
-        var servingPersistedState: Bool = false
-        var apiCount: UInt32 = 0
-        var policyCount: UInt32 = 0
-        var blockConditionCount: UInt32 = 0
-        var keyCacheEntries: UInt64 = 0
-        var throttledKeys: UInt64 = 0
-        var revocationSequence: UInt64 = 0
-        var requestEventsQueued: UInt64 = 0
-        var requestEventsDropped: UInt64 = 0
-        var usageEventsQueued: UInt64 = 0
-        var usageEventsDropped: UInt64 = 0
-        var throttleTrafficManagers: UInt32 = 0
-        var throttleFailureMode: String = ""
-        var throttleKeysInFallback: UInt64 = 0
-        var throttleFallbackEntries: UInt64 = 0
-        var throttleRequests: UInt64 = 0
-        var throttleExchanges: UInt64 = 0
-        var throttleWaits: UInt64 = 0
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var deploymentRevision: UInt64 = 0
+        @exclusivity(unchecked) var deploymentAppliedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var deploymentFeedConnected: Bool = false
+        @exclusivity(unchecked) var servingPersistedState: Bool = false
+        @exclusivity(unchecked) var apiCount: UInt32 = 0
+        @exclusivity(unchecked) var policyCount: UInt32 = 0
+        @exclusivity(unchecked) var blockConditionCount: UInt32 = 0
+        @exclusivity(unchecked) var keyCacheEntries: UInt64 = 0
+        @exclusivity(unchecked) var throttledKeys: UInt64 = 0
+        @exclusivity(unchecked) var revocationSequence: UInt64 = 0
+        @exclusivity(unchecked) var requestEventsQueued: UInt64 = 0
+        @exclusivity(unchecked) var requestEventsDropped: UInt64 = 0
+        @exclusivity(unchecked) var usageEventsQueued: UInt64 = 0
+        @exclusivity(unchecked) var usageEventsDropped: UInt64 = 0
+        @exclusivity(unchecked) var throttleTrafficManagers: UInt32 = 0
+        @exclusivity(unchecked) var throttleFailureMode: String = ""
+        @exclusivity(unchecked) var throttleKeysInFallback: UInt64 = 0
+        @exclusivity(unchecked) var throttleFallbackEntries: UInt64 = 0
+        @exclusivity(unchecked) var throttleRequests: UInt64 = 0
+        @exclusivity(unchecked) var throttleExchanges: UInt64 = 0
+        @exclusivity(unchecked) var throttleWaits: UInt64 = 0
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

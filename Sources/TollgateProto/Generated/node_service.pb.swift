@@ -260,25 +260,33 @@ public struct PeerConnection: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var nodeId: String = ""
-        var role: NodeRole = .unspecified
-        var address: String = ""
-        var inbound: Bool = false
-        var state: PeerState = .unspecified
-        var stateSinceUnixMs: Int64 = 0
-        var activeCalls: UInt32 = 0
-        var reconnectCount: UInt64 = 0
-        var lastErrorMessage: String = ""
-        var lastErrorAtUnixMs: Int64 = 0
-        var version: String = ""
-        var uptimeMs: Int64 = 0
-        var ready: Bool = false
-        var reportedAtUnixMs: Int64 = 0
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var nodeId: String = ""
+        @exclusivity(unchecked) var role: NodeRole = .unspecified
+        @exclusivity(unchecked) var address: String = ""
+        @exclusivity(unchecked) var inbound: Bool = false
+        @exclusivity(unchecked) var state: PeerState = .unspecified
+        @exclusivity(unchecked) var stateSinceUnixMs: Int64 = 0
+        @exclusivity(unchecked) var activeCalls: UInt32 = 0
+        @exclusivity(unchecked) var reconnectCount: UInt64 = 0
+        @exclusivity(unchecked) var lastErrorMessage: String = ""
+        @exclusivity(unchecked) var lastErrorAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var version: String = ""
+        @exclusivity(unchecked) var uptimeMs: Int64 = 0
+        @exclusivity(unchecked) var ready: Bool = false
+        @exclusivity(unchecked) var reportedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

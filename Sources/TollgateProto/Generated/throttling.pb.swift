@@ -423,25 +423,33 @@ public struct SubscriptionPolicy: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var id: String = ""
-        var tenantDomain: String = ""
-        var name: String = ""
-        var displayName: String = ""
-        var description: String = ""
-        var defaultLimit: ThrottleLimit? = nil
-        var spikeArrestLimit: UInt32 = 0
-        var spikeArrestUnit: TimeUnit = .unspecified
-        var stopOnQuotaReach: Bool = false
-        var billingPlan: BillingPlan = .unspecified
-        var customAttributes: [Attribute] = []
-        var permission: TierPermission? = nil
-        var createdAtUnixMs: Int64 = 0
-        var updatedAtUnixMs: Int64 = 0
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var id: String = ""
+        @exclusivity(unchecked) var tenantDomain: String = ""
+        @exclusivity(unchecked) var name: String = ""
+        @exclusivity(unchecked) var displayName: String = ""
+        @exclusivity(unchecked) var description: String = ""
+        @exclusivity(unchecked) var defaultLimit: ThrottleLimit? = nil
+        @exclusivity(unchecked) var spikeArrestLimit: UInt32 = 0
+        @exclusivity(unchecked) var spikeArrestUnit: TimeUnit = .unspecified
+        @exclusivity(unchecked) var stopOnQuotaReach: Bool = false
+        @exclusivity(unchecked) var billingPlan: BillingPlan = .unspecified
+        @exclusivity(unchecked) var customAttributes: [Attribute] = []
+        @exclusivity(unchecked) var permission: TierPermission? = nil
+        @exclusivity(unchecked) var createdAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var updatedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

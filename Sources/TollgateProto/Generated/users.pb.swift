@@ -316,25 +316,33 @@ public struct User: ProtoMessage {
     /// Values change fields only through `_uniqueStorage()`, which copies the
     /// object unless the changing value holds the only reference, so a
     /// storage another value (or thread) can see is read-only from then on.
+    ///
+    /// `@exclusivity(unchecked)` on the fields: the same rule makes every
+    /// access exclusive already. A field is changed only through a value's
+    /// mutating accessor, whose own exclusive access to that value Swift
+    /// checks when compiling, while the value holds the storage's only
+    /// reference; reads go to storage nothing changes. The dynamic checks
+    /// would cost every field access a runtime call (measured at 5-10 %
+    /// of ingestion and of queries) to catch what cannot happen.
     private final class _Storage: @unchecked Sendable {
         /// Shared by every value made with `init()` until it changes.
         static let empty = _Storage()
 
-        var tenantDomain: String = ""
-        var username: String = ""
-        var email: String = ""
-        var givenName: String = ""
-        var familyName: String = ""
-        var claims: [Attribute] = []
-        var roles: [String] = []
-        var status: UserStatus = .unspecified
-        var failedLoginCount: UInt32 = 0
-        var passwordHash: SecretHash? = nil
-        var passwordChangedAtUnixMs: Int64 = 0
-        var createdAtUnixMs: Int64 = 0
-        var updatedAtUnixMs: Int64 = 0
-        var lockedUntilUnixMs: Int64? = nil
-        var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
+        @exclusivity(unchecked) var tenantDomain: String = ""
+        @exclusivity(unchecked) var username: String = ""
+        @exclusivity(unchecked) var email: String = ""
+        @exclusivity(unchecked) var givenName: String = ""
+        @exclusivity(unchecked) var familyName: String = ""
+        @exclusivity(unchecked) var claims: [Attribute] = []
+        @exclusivity(unchecked) var roles: [String] = []
+        @exclusivity(unchecked) var status: UserStatus = .unspecified
+        @exclusivity(unchecked) var failedLoginCount: UInt32 = 0
+        @exclusivity(unchecked) var passwordHash: SecretHash? = nil
+        @exclusivity(unchecked) var passwordChangedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var createdAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var updatedAtUnixMs: Int64 = 0
+        @exclusivity(unchecked) var lockedUntilUnixMs: Int64? = nil
+        @exclusivity(unchecked) var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
         init() {}
 

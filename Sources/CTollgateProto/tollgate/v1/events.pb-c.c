@@ -1941,7 +1941,7 @@ const ProtobufCMessageDescriptor tollgate__v1__traffic_log_record__descriptor =
   (ProtobufCMessageInit) tollgate__v1__traffic_log_record__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue tollgate__v1__bucket_granularity__enum_values_by_number[7] =
+static const ProtobufCEnumValue tollgate__v1__bucket_granularity__enum_values_by_number[8] =
 {
   { "BUCKET_GRANULARITY_UNSPECIFIED", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_UNSPECIFIED", 0 },
   { "BUCKET_GRANULARITY_SECOND", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_SECOND", 1 },
@@ -1950,11 +1950,12 @@ static const ProtobufCEnumValue tollgate__v1__bucket_granularity__enum_values_by
   { "BUCKET_GRANULARITY_DAY", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_DAY", 4 },
   { "BUCKET_GRANULARITY_MONTH", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_MONTH", 5 },
   { "BUCKET_GRANULARITY_YEAR", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_YEAR", 6 },
+  { "BUCKET_GRANULARITY_WEEK", "TOLLGATE__V1__BUCKET_GRANULARITY__BUCKET_GRANULARITY_WEEK", 7 },
 };
 static const ProtobufCIntRange tollgate__v1__bucket_granularity__value_ranges[] = {
-{0, 0},{0, 7}
+{0, 0},{0, 8}
 };
-static const ProtobufCEnumValueIndex tollgate__v1__bucket_granularity__enum_values_by_name[7] =
+static const ProtobufCEnumValueIndex tollgate__v1__bucket_granularity__enum_values_by_name[8] =
 {
   { "BUCKET_GRANULARITY_DAY", 4 },
   { "BUCKET_GRANULARITY_HOUR", 3 },
@@ -1962,6 +1963,7 @@ static const ProtobufCEnumValueIndex tollgate__v1__bucket_granularity__enum_valu
   { "BUCKET_GRANULARITY_MONTH", 5 },
   { "BUCKET_GRANULARITY_SECOND", 1 },
   { "BUCKET_GRANULARITY_UNSPECIFIED", 0 },
+  { "BUCKET_GRANULARITY_WEEK", 7 },
   { "BUCKET_GRANULARITY_YEAR", 6 },
 };
 const ProtobufCEnumDescriptor tollgate__v1__bucket_granularity__descriptor =
@@ -1971,9 +1973,9 @@ const ProtobufCEnumDescriptor tollgate__v1__bucket_granularity__descriptor =
   "BucketGranularity",
   "Tollgate__V1__BucketGranularity",
   "tollgate.v1",
-  7,
+  8,
   tollgate__v1__bucket_granularity__enum_values_by_number,
-  7,
+  8,
   tollgate__v1__bucket_granularity__enum_values_by_name,
   1,
   tollgate__v1__bucket_granularity__value_ranges,
