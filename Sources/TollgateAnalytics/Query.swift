@@ -320,22 +320,27 @@ public struct UsageQueryEngine: Sendable {
                 case .perApplication: request.applicationId.isEmpty ? nil : .applicationID(request.applicationId)
                 case .perTenant: nil
                 }
-                // Hour and day rows hold the minutes before the roll-up
+                // Hour, day and week rows hold the minutes before the roll-up
                 // watermark; the minutes from it on (normally the last one or
-                // two) are read as minute rows and counted in their hour or day.
+                // two) are read as minute rows and counted in their bucket.
                 let watermark = try statdb.rollupWatermark(in: txn) ?? .max
-                var scans: [(granularity: BucketGranularity, start: Int64, end: Int64, into: BucketGranularity?)] = []
+                var scans: [(granularity: BucketGranularity, start: Int64, end: Int64, into: BucketGranularity?, seek: Bool)] = []
                 for piece in pieces where piece.start < piece.end {
-                    scans.append((piece.granularity, piece.start, piece.end, piece.into))
+                    scans.append((piece.granularity, piece.start, piece.end, piece.into, true))
                     if piece.granularity != .minute && piece.end > watermark {
-                        // Every minute of the piece's last bucket, as its row would hold them.
+                        // Every minute of the piece's last bucket, as its row would hold them:
+                        // up to the next minute bucket by bucket, the rest (rows only a
+                        // gateway's fast clock could have written) in one range.
                         let length = UsageTime.length(piece.granularity)
                         let last = UsageTime.bucketStart(piece.end - 1, piece.granularity)
                         let end = last > Int64.max - length ? Int64.max : last + length
-                        scans.append((.minute, max(piece.start, watermark), end, piece.into ?? piece.granularity))
+                        let start = max(piece.start, watermark)
+                        let soon = max(start, min(end, UsageTime.bucketStart(nowUnixMs, .minute) + 120_000))
+                        scans.append((.minute, start, soon, piece.into ?? piece.granularity, true))
+                        scans.append((.minute, soon, end, piece.into ?? piece.granularity, false))
                     }
                 }
-                for piece in scans {
+                for piece in scans where piece.start < piece.end {
                     let visit: (UsageSummary) -> Void = if let into = piece.into {
                         { minute in
                             var row = minute
@@ -347,7 +352,8 @@ public struct UsageQueryEngine: Sendable {
                         visit
                     }
                     let length = UsageTime.length(piece.granularity)
-                    let buckets = (piece.end - piece.start + length - 1) / length
+                    // Seeking bucket by bucket pays per bucket, rows or not.
+                    let buckets = piece.seek ? (piece.end - piece.start + length - 1) / length : Int64.max
                     if rows == .perApplication, let seekApplicationTenant = scope.applicationTenantOnly, buckets <= 50_000 {
                         let application = request.applicationId.isEmpty ? nil : request.applicationId
                         var bucket = piece.start

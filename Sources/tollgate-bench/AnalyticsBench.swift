@@ -109,7 +109,7 @@ private func benchIngest(directory: String) async throws {
     let rollupStarted = ContinuousClock.now
     let minutes = try await ingest.rollUp(before: Int64(Date().timeIntervalSince1970 * 1000) + 120_000)
     let rollupMs = benchMilliseconds(ContinuousClock.now - rollupStarted)
-    print(String(format: "  then %d minutes rolled into their hours and days in %.0f ms (%.0f ms a minute, once per minute)", minutes, rollupMs,
+    print(String(format: "  then %d minutes rolled into their hours, days and weeks in %.0f ms (%.0f ms a minute, once per minute)", minutes, rollupMs,
                  rollupMs / Double(max(1, minutes))))
 
 
@@ -189,7 +189,7 @@ private func benchStatdbBytes(directory: String) async throws {
     let used = statdb.database.environment.usedBytes
     let rows = try statdb.database.read { try statdb.summaries.count(in: $0) }
     print("analytics: statdb bytes per million calls".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "%12.1f MB   (%d summary rows: minute, hour, day; 200 APIs, 500 applications, one hour)", Double(used) / 1e6, rows))
+        + String(format: "%12.1f MB   (%d detailed summary rows: minute, hour, day, week; 200 APIs, 500 applications, one hour)", Double(used) / 1e6, rows))
 }
 
 /// 30 days of data for 1,000 APIs as retention keeps it: week and day rows
