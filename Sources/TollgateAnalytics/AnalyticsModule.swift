@@ -89,7 +89,7 @@ public struct AnalyticsModule: RoleModule {
             counter("statdb_rows_written_total", "statdb summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
             counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
             counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
-            counter("minutes_rolled_up_total", "Minutes whose rows were added to their hour and day rows.", ingest.minutesRolledUp),
+            counter("rollups_total", "Minute buckets whose rows were added to their hour, day and week rows (one per minute with calls).", ingest.minutesRolledUp),
             MetricSample(name: "tollgate_analytics_rollup_lag_seconds",
                          help: "How far the roll-up of minutes into hours and days trails the clock (normally one to two minutes; queries stay exact meanwhile).",
                          kind: .gauge, value: rollupLagSeconds),

@@ -106,6 +106,13 @@ import YAMLKit
         #expect(pages["gw-1"]?.contains("tollgate_gateway_requests_total{") == true, "the gateway's page")
         #expect(pages["tm-1"]?.contains("tollgate_trafficmanager_lease_exchanges_total") == true, "the traffic manager's page")
         #expect(pages["cp-1"]?.contains("service=\"tollgate.v1.KeyManagerService\",method=\"ValidateKey\"") == true, "the keymanager's page")
+        // Every page passes Prometheus's own lint (names, base units, help texts).
+        let promtool = "/usr/bin/promtool"
+        try #require(FileManager.default.isExecutableFile(atPath: promtool), "promtool (Debian's prometheus package; tools/install-deps.sh)")
+        for (id, page) in pages.sorted(by: { $0.key < $1.key }) {
+            let lint = try await runTool(promtool, ["check", "metrics"], input: Data(page.utf8))
+            #expect(lint.status == 0, "\(id): promtool check metrics: \(lint.output)")
+        }
 
         var exported = Exposition()
         for (_, page) in pages.sorted(by: { $0.key < $1.key }) { exported.add(page) }
