@@ -86,12 +86,12 @@ public struct AnalyticsModule: RoleModule {
                     counts.duplicateBatches),
             counter("commits_total", "statdb write transactions of usage batches (several batches share one).", counts.commits),
             counter("commit_failures_total", "statdb write transactions that failed; their batches were not acknowledged.", counts.failedCommits),
-            counter("statdb_rows_written_total", "statdb summary rows (minute, hour, day) added to or created.", counts.rowsWritten),
+            counter("statdb_rows_written_total", "statdb summary rows added to or created by ingest commits.", counts.rowsWritten),
             counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
             counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
             counter("rollups_total", "Minute buckets whose rows were added to their hour, day and week rows (one per minute with calls).", ingest.minutesRolledUp),
             MetricSample(name: "tollgate_analytics_rollup_lag_seconds",
-                         help: "How far the roll-up of minutes into hours and days trails the clock (normally one to two minutes; queries stay exact meanwhile).",
+                         help: "How far the roll-up of minutes into hours, days and weeks trails the clock (normally one to two minutes; queries stay exact meanwhile).",
                          kind: .gauge, value: rollupLagSeconds),
         ]
     }

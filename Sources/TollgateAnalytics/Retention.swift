@@ -14,8 +14,8 @@ public struct UsageRetention: Sendable, Hashable {
     public var intervalMs: Int64
     /// Rows deleted per write transaction: pruning never holds the writer long.
     public var batchRows: Int
-    /// How long after its end a minute waits for its roll-up into its hour
-    /// and day, so batches still on their way add to the minute's rows alone.
+    /// How long after its end a minute waits for its roll-up into its hour,
+    /// day and week, so batches still on their way add to the minute's rows alone.
     public var rollupDelayMs: Int64
 
     public init(minuteMs: Int64 = 2 * 86_400_000, hourMs: Int64 = 90 * 86_400_000, dayMs: Int64 = 3 * 365 * 86_400_000,
