@@ -193,7 +193,7 @@ public struct StatisticsDatabase: Sendable {
                     // Weeks start on Monday, four days after the epoch's Thursday.
                     let week: Int64 = 7 * 86_400_000, monday: Int64 = 4 * 86_400_000
                     let nextWeek = now - (now - monday) % week + week
-                    try statdb.setMeta(empty ? 0 : nextWeek, Self.weekRowsSinceKey, in: &txn)
+                    try statdb.setWeekRowsSince(empty ? 0 : nextWeek, in: &txn)
                 }
             }
         }
