@@ -132,7 +132,7 @@ let package = Package(
 
         .testTarget(name: "TollgateProtoTests", dependencies: ["TollgateProto"]),
         .testTarget(name: "TollgateGatewayTests", dependencies: ["TollgateGateway", "RoleCore", "TollgateProto", "ThrottleCore", "RPCCore", "OpenSSLKit", "TollgateStorage", logging]),
-        .testTarget(name: "TollgateAnalyticsTests", dependencies: ["TollctlCharts", "TollgateAnalytics", "TollgateStorage", "TollgateProto", "RPCCore", "TestSupport"]),
+        .testTarget(name: "TollgateAnalyticsTests", dependencies: ["TollctlCharts", "TollgateAnalytics", "TollgateStorage", "LMDBKit", "TollgateProto", "RPCCore", "TestSupport"]),
         .testTarget(name: "RPCCoreTests", dependencies: ["RPCCore"]),
         .testTarget(name: "ThrottleCoreTests", dependencies: ["ThrottleCore", "TollgateProto"]),
         .testTarget(name: "ThriftCoreTests", dependencies: ["ThriftCore", "TollgateProto", "TestSupport"]),

@@ -289,15 +289,11 @@ public enum UsageRollup {
     }
 }
 
-/// One batch's events folded into per-minute rows, and the newest call per
-/// API and per application: built off the writer, merged under it.
+/// Events folded into per-minute rows: a batch's, or those of every batch
+/// a commit takes. The newest call per API and per application (statdb's
+/// last-access tables) follows from the rows when they are written.
 public struct BatchDelta: Sendable {
-    public struct APIKey: Hashable, Sendable { var tenant, context, version: String }
-    public struct ApplicationKey: Hashable, Sendable { var tenant, id: String }
-
     public var rows: [SummaryKey: UsageCounts] = [:]
-    public var apis: [APIKey: UsageLastAccess] = [:]
-    public var applications: [ApplicationKey: UsageLastAccess] = [:]
     public var accepted: UInt64 = 0
     /// Events without a timestamp: no bucket to count them in.
     public var discarded: UInt64 = 0
@@ -311,37 +307,23 @@ public struct BatchDelta: Sendable {
     }
 
     public mutating func add(_ event: UsageEvent) {
-        guard event.requestTimestampUnixMs > 0 else {
+        add(event, key: event.requestTimestampUnixMs > 0 ? Self.key(of: event) : nil)
+    }
+
+    /// Adds an event whose row's key (``key(of:)``, nil for an event
+    /// without a timestamp) was worked out beforehand.
+    mutating func add(_ event: UsageEvent, key: SummaryKey?) {
+        guard let key else {
             discarded += 1
             return
         }
         accepted += 1
-        let key = Self.key(of: event)
         rows[key, default: UsageCounts()].add(event)
-        if !key.context.isEmpty {
-            let apiKey = APIKey(tenant: key.tenant, context: key.context, version: key.version)
-            if (apis[apiKey]?.lastAccessUnixMs ?? 0) < event.requestTimestampUnixMs {
-                apis[apiKey] = UsageLastAccess(tenantDomain: key.tenant, apiName: event.apiName, apiVersion: key.version, apiContext: key.context,
-                                               apiCreator: event.apiCreator, lastAccessUnixMs: event.requestTimestampUnixMs)
-            }
-        }
-        if !key.applicationID.isEmpty {
-            let applicationKey = ApplicationKey(tenant: key.applicationTenant, id: key.applicationID)
-            if (applications[applicationKey]?.lastAccessUnixMs ?? 0) < event.requestTimestampUnixMs {
-                applications[applicationKey] = UsageLastAccess(tenantDomain: key.applicationTenant, applicationId: key.applicationID,
-                                                               applicationName: event.applicationName, applicationOwner: event.applicationOwner,
-                                                               lastAccessUnixMs: event.requestTimestampUnixMs)
-            }
-        }
     }
 
     public mutating func add(_ other: BatchDelta) {
         for (key, counts) in other.rows {
             if rows[key] == nil { rows[key] = counts } else { rows[key]!.add(counts) }
-        }
-        for (key, access) in other.apis where (apis[key]?.lastAccessUnixMs ?? 0) < access.lastAccessUnixMs { apis[key] = access }
-        for (key, access) in other.applications where (applications[key]?.lastAccessUnixMs ?? 0) < access.lastAccessUnixMs {
-            applications[key] = access
         }
         accepted += other.accepted
         discarded += other.discarded

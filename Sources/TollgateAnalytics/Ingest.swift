@@ -4,14 +4,27 @@ import Synchronization
 public import TollgateProto
 public import TollgateStorage
 
-/// Applies gateways' usage batches to statdb exactly once. Each batch is
-/// folded into per-minute rows where it arrives; batches queued while a
-/// commit runs share the next write transaction (group commit). In that
-/// transaction, per gateway and epoch, a batch whose sequence is at or
-/// below the stored cursor is a duplicate and adds nothing; the others add
-/// their rows to the minute summaries and move the cursor, so the counts
-/// and the cursor are durable together or not at all. A batch is
-/// acknowledged only after its commit.
+/// Applies gateways' usage batches to statdb exactly once.
+///
+/// A batch is checked and folded where it arrives: per gateway and epoch
+/// (a stream of batches), one whose sequence is at or below the highest
+/// accepted so far is a duplicate and adds nothing; the others' events are
+/// added, under a lock, to the rows of the group waiting for the next
+/// commit (group commit). The writer takes the whole group at once and
+/// writes its rows and the streams' cursors in one write transaction, so
+/// the counts and the cursors are durable together or not at all. A batch
+/// is acknowledged only after its group's commit, a duplicate too (its
+/// original may be in the same group or the one being committed).
+///
+/// Folding into one group, not a delta per batch merged by the writer,
+/// adds each call to its row once: most rows of a group already exist, so
+/// a call costs one lookup and no allocation, and the writer merges
+/// nothing. The highest accepted sequences live in memory, read from the
+/// stored cursors when a stream is first seen; a failed commit fails its
+/// group and the one gathering behind it (whose batches were checked
+/// against the failed one's), and forgets them, so every stream's cursor
+/// is read again: the gateways send the failed batches again, and they
+/// count once.
 ///
 /// The hour, day and week rows of a minute are written once, by
 /// ``rollUp(before:)`` a minute or two after it ends, not at every commit
@@ -68,21 +81,39 @@ public final class UsageIngest: Sendable {
         }
     }
 
-    struct Submission: Sendable {
-        let gateway: String
-        let epoch: UInt64
-        let sequence: UInt64
-        let delta: BatchDelta
-        let promise: Promise
-    }
-
     struct Stream: Hashable {
         let gateway: String
         let epoch: UInt64
     }
 
+    /// What a group moves a stream's cursor by.
+    struct Progress {
+        var lastSequence: UInt64 = 0
+        var batches: UInt64 = 0
+        var events: UInt64 = 0
+    }
+
+    /// The batches waiting for one commit.
+    struct Group {
+        var delta = BatchDelta()
+        var answers: [(promise: Promise, ack: Ack)] = []
+        var streams: [Stream: Progress] = [:]
+        /// Sequences skipped, reported once the group is committed.
+        var gaps: [String] = []
+    }
+
+    struct State {
+        var group = Group()
+        var draining = false
+        /// Per stream, the highest sequence accepted: committed, or in a group.
+        var accepted: [Stream: UInt64] = [:]
+        /// Moves when a failed commit makes `accepted` forget: a cursor read
+        /// before then may be older than what was accepted since.
+        var generation: UInt64 = 0
+    }
+
     public let statdb: StatisticsDatabase
-    private let pending = Mutex<(queue: [Submission], draining: Bool)>(([], false))
+    private let state = Mutex(State())
     private let counters = Mutex(Counters())
     private let gapReporter: @Sendable (String) -> Void
     /// Rows as last written, so adding to a row written recently decodes
@@ -98,12 +129,12 @@ public final class UsageIngest: Sendable {
         let perApplication = RecordMemo<UsageSummary>(capacity: 20_000)
         let perTenant = RecordMemo<UsageSummary>(capacity: 2_000)
     }
+    /// A commit taking this long or longer makes the next wait as long.
+    static let pacedCommit: Duration = .milliseconds(5)
     /// What a minute's rows are rolled up into.
     static let rollups: [BucketGranularity] = [.hour, .day, .week]
     /// Minutes rolled up into their hours, days and weeks (``rollUp(before:)``).
     private let rolledMinutes = Atomic<UInt64>(0)
-    /// The detailed rows of the last commit's batches.
-    private let lastCommitRows = Atomic<Int>(0)
 
     public init(statdb: StatisticsDatabase, gapReporter: @escaping @Sendable (String) -> Void = { _ in }) {
         self.statdb = statdb
@@ -115,19 +146,59 @@ public final class UsageIngest: Sendable {
     /// Minutes ``rollUp(before:)`` has rolled into their hours, days and weeks.
     public var minutesRolledUp: UInt64 { rolledMinutes.load(ordering: .relaxed) }
 
-    /// Queues a batch (in the caller's order: call from one task per
-    /// stream) and returns what to wait on for its acknowledgement.
+    /// Checks a batch and folds it into the group waiting for the next
+    /// commit (in the caller's order: call from one task per stream);
+    /// returns what to wait on for its acknowledgement.
     public func enqueue(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent]) -> @Sendable () async throws -> Ack {
-        let submission = Submission(gateway: gateway, epoch: epoch, sequence: sequence, delta: BatchDelta(events), promise: Promise())
-        let start = pending.withLock { state -> Bool in
-            state.queue.append(submission)
-            if state.draining { return false }
-            state.draining = true
-            return true
+        let promise = Promise()
+        let wait: @Sendable () async throws -> Ack = { try await promise.value }
+        let stream = Stream(gateway: gateway, epoch: epoch)
+        // The rows' keys (clipping, lower-casing) are worked out outside the lock.
+        let keys = events.map { $0.requestTimestampUnixMs > 0 ? BatchDelta.key(of: $0) : nil }
+        var stored: (cursor: UInt64, generation: UInt64)?
+        while true {
+            enum Outcome { case queued(startDrain: Bool), unknownStream(generation: UInt64) }
+            let outcome = state.withLock { state -> Outcome in
+                var last = state.accepted[stream]
+                if last == nil {
+                    guard let stored, stored.generation == state.generation else { return .unknownStream(generation: state.generation) }
+                    // Nothing of this stream was accepted since the cursor was read.
+                    last = stored.cursor
+                }
+                if sequence <= last! {
+                    state.group.answers.append((promise, Ack(duplicate: true, accepted: 0, discarded: 0)))
+                    state.accepted[stream] = last
+                } else {
+                    if sequence != last! + 1 {
+                        state.group.gaps.append("gateway \(gateway) epoch \(epoch): batch \(sequence) follows \(last!)")
+                    }
+                    state.accepted[stream] = sequence
+                    let before = (state.group.delta.accepted, state.group.delta.discarded)
+                    for (event, key) in zip(events, keys) { state.group.delta.add(event, key: key) }
+                    let accepted = state.group.delta.accepted - before.0
+                    state.group.streams[stream, default: Progress()].lastSequence = sequence
+                    state.group.streams[stream]!.batches += 1
+                    state.group.streams[stream]!.events += accepted
+                    state.group.answers.append((promise, Ack(duplicate: false, accepted: accepted, discarded: state.group.delta.discarded - before.1)))
+                }
+                if state.draining { return .queued(startDrain: false) }
+                state.draining = true
+                return .queued(startDrain: true)
+            }
+            switch outcome {
+            case .queued(let startDrain):
+                if startDrain { statdb.database.writer.submit { [self] in drain() } }
+                return wait
+            case .unknownStream(let generation):
+                do {
+                    let cursor = try statdb.database.read { txn in try statdb.cursors.get(Key(.string(gateway), .uint64(epoch)), in: txn) }
+                    stored = (cursor?.lastSequence ?? 0, generation)
+                } catch {
+                    promise.fulfill(.failure(error))
+                    return wait
+                }
+            }
         }
-        if start { statdb.database.writer.submit { [self] in drain() } }
-        let promise = submission.promise
-        return { try await promise.value }
     }
 
     /// Applies a batch and waits for its acknowledgement.
@@ -135,25 +206,32 @@ public final class UsageIngest: Sendable {
         try await enqueue(gateway: gateway, epoch: epoch, sequence: sequence, events: events)()
     }
 
-    /// On the writer: commits what is queued, again and again, until nothing is.
+    /// On the writer: commits the waiting group, again and again, until none is.
     private func drain() {
+        var reserve = 0
         while true {
-            let taken = pending.withLock { state -> [Submission] in
-                if state.queue.isEmpty {
+            let taken = state.withLock { state -> Group? in
+                if state.group.answers.isEmpty {
                     state.draining = false
-                    return []
+                    return nil
                 }
-                let taken = state.queue
-                state.queue.removeAll(keepingCapacity: true)
+                let taken = state.group
+                state.group = Group()
+                // About as many rows as this group had: no growing step by step.
+                state.group.delta.rows.reserveCapacity(max(reserve, taken.delta.rows.count))
                 return taken
             }
-            if taken.isEmpty { return }
+            guard let taken else { return }
+            reserve = taken.delta.rows.count
             do {
-                let (acks, rows) = try commit(taken)
+                let started = ContinuousClock.now
+                let rows = try commit(taken)
+                let took = ContinuousClock.now - started
                 counters.withLock { counters in
                     counters.commits += 1
                     counters.rowsWritten += UInt64(rows)
-                    for ack in acks {
+                    counters.gaps += UInt64(taken.gaps.count)
+                    for (_, ack) in taken.answers {
                         counters.batches += 1
                         if ack.duplicate { counters.duplicateBatches += 1 } else {
                             counters.events += ack.accepted
@@ -161,62 +239,57 @@ public final class UsageIngest: Sendable {
                         }
                     }
                 }
-                for (submission, ack) in zip(taken, acks) { submission.promise.fulfill(.success(ack)) }
+                for gap in taken.gaps { gapReporter(gap) }
+                for (promise, ack) in taken.answers { promise.fulfill(.success(ack)) }
+                if took >= Self.pacedCommit {
+                    // Under load, the next group gathers for as long as this
+                    // commit took: a commit's cost is in its rows, and the
+                    // rows a group touches grow far slower than its calls.
+                    // The writer stays free half the time for the roll-up,
+                    // pruning and the cores for decoding.
+                    let writer = statdb.database.writer
+                    Task { [self] in
+                        try? await Task.sleep(for: took)
+                        writer.submit { [self] in drain() }
+                    }
+                    return
+                }
             } catch {
+                // The group gathering behind this one was checked against
+                // it: it fails too, and every stream's cursor is read again.
+                let behind = state.withLock { state -> Group in
+                    let behind = state.group
+                    state.group = Group()
+                    state.accepted.removeAll()
+                    state.generation += 1
+                    return behind
+                }
                 counters.withLock { $0.failedCommits += 1 }
-                for submission in taken { submission.promise.fulfill(.failure(error)) }
+                for (promise, _) in taken.answers + behind.answers { promise.fulfill(.failure(error)) }
             }
         }
     }
 
-    /// One write transaction for `submissions`; the body may run again
-    /// after the map grows, so it decides everything afresh each time.
-    private func commit(_ submissions: [Submission]) throws -> (acks: [Ack], rows: Int) {
+    /// One write transaction for a group: its rows, and its streams'
+    /// cursors. The body may run again after the map grows, so it changes
+    /// nothing outside the transaction.
+    private func commit(_ group: Group) throws -> Int {
         let statdb = self.statdb
-        var gaps: [String] = []
+        let memos = self.memos
         let now = Self.now()
-        let result = try statdb.database.environment.write { txn -> (acks: [Ack], rows: Int) in
-            gaps.removeAll()
-            var cursors: [Stream: UsageIngestCursor] = [:]
-            var delta = BatchDelta()
-            // About as many rows as the last commit had: no growing step by step.
-            delta.rows.reserveCapacity(lastCommitRows.load(ordering: .relaxed))
-            var acks: [Ack] = []
-            acks.reserveCapacity(submissions.count)
-            for submission in submissions {
-                let stream = Stream(gateway: submission.gateway, epoch: submission.epoch)
-                var cursor: UsageIngestCursor
-                if let known = cursors[stream] {
-                    cursor = known
-                } else {
-                    cursor = try statdb.cursors.get(Key(.string(stream.gateway), .uint64(stream.epoch)), in: txn)
-                        ?? UsageIngestCursor(gatewayId: stream.gateway, epoch: stream.epoch)
-                }
-                if submission.sequence <= cursor.lastSequence {
-                    acks.append(Ack(duplicate: true, accepted: 0, discarded: 0))
-                    continue
-                }
-                if submission.sequence != cursor.lastSequence + 1 {
-                    gaps.append("gateway \(stream.gateway) epoch \(stream.epoch): batch \(submission.sequence) follows \(cursor.lastSequence)")
-                }
-                cursor.lastSequence = submission.sequence
-                cursor.batches += 1
-                cursor.events += submission.delta.accepted
+        return try statdb.database.environment.write { txn -> Int in
+            let rows = try Self.write(group.delta, statdb: statdb, memos: memos, in: &txn)
+            for (stream, progress) in group.streams {
+                var cursor = try statdb.cursors.get(Key(.string(stream.gateway), .uint64(stream.epoch)), in: txn)
+                    ?? UsageIngestCursor(gatewayId: stream.gateway, epoch: stream.epoch)
+                cursor.lastSequence = max(cursor.lastSequence, progress.lastSequence)
+                cursor.batches += progress.batches
+                cursor.events += progress.events
                 cursor.updatedAtUnixMs = now
-                cursors[stream] = cursor
-                delta.add(submission.delta)
-                acks.append(Ack(duplicate: false, accepted: submission.delta.accepted, discarded: submission.delta.discarded))
+                try statdb.cursors.store(cursor, in: &txn)
             }
-            lastCommitRows.store(delta.rows.count, ordering: .relaxed)
-            let rows = try Self.write(delta, statdb: statdb, memos: memos, in: &txn)
-            for cursor in cursors.values { try statdb.cursors.store(cursor, in: &txn) }
-            return (acks, rows)
+            return rows
         }
-        if !gaps.isEmpty {
-            counters.withLock { $0.gaps += UInt64(gaps.count) }
-            for gap in gaps { gapReporter(gap) }
-        }
-        return result
     }
 
     /// Adds minute rows (and, behind the roll-up watermark, their hour, day
@@ -233,17 +306,44 @@ public final class UsageIngest: Sendable {
             }
         }
         let last = try add(rolled, statdb: statdb, memos: memos, in: &txn)
-        for access in delta.apis.values {
+        try storeLastAccess(of: delta.rows, statdb: statdb, in: &txn)
+        return last
+    }
+
+    /// Moves the last-access time of each API and application called in
+    /// `rows` (minute rows) forward, with the names its newest row carries.
+    static func storeLastAccess(of rows: [SummaryKey: UsageCounts], statdb: StatisticsDatabase, in txn: inout WriteTransaction) throws {
+        struct APIKey: Hashable { var tenant, context, version: String }
+        struct ApplicationKey: Hashable { var tenant, id: String }
+        var apis: [APIKey: UsageLastAccess] = [:]
+        var applications: [ApplicationKey: UsageLastAccess] = [:]
+        for (key, counts) in rows {
+            if !key.context.isEmpty {
+                let apiKey = APIKey(tenant: key.tenant, context: key.context, version: key.version)
+                if (apis[apiKey]?.lastAccessUnixMs ?? 0) < counts.lastAccess {
+                    apis[apiKey] = UsageLastAccess(tenantDomain: key.tenant, apiName: counts.apiName, apiVersion: key.version, apiContext: key.context,
+                                                   apiCreator: counts.apiCreator, lastAccessUnixMs: counts.lastAccess)
+                }
+            }
+            if !key.applicationID.isEmpty {
+                let applicationKey = ApplicationKey(tenant: key.applicationTenant, id: key.applicationID)
+                if (applications[applicationKey]?.lastAccessUnixMs ?? 0) < counts.lastAccess {
+                    applications[applicationKey] = UsageLastAccess(tenantDomain: key.applicationTenant, applicationId: key.applicationID,
+                                                                   applicationName: counts.applicationName, applicationOwner: counts.applicationOwner,
+                                                                   lastAccessUnixMs: counts.lastAccess)
+                }
+            }
+        }
+        for access in apis.values {
             let key = statdb.apiLastAccess.primaryKey(of: access)
             if let stored = try statdb.apiLastAccess.get(key, in: txn), stored.lastAccessUnixMs >= access.lastAccessUnixMs { continue }
             try statdb.apiLastAccess.store(access, in: &txn)
         }
-        for access in delta.applications.values {
+        for access in applications.values {
             let key = statdb.applicationLastAccess.primaryKey(of: access)
             if let stored = try statdb.applicationLastAccess.get(key, in: txn), stored.lastAccessUnixMs >= access.lastAccessUnixMs { continue }
             try statdb.applicationLastAccess.store(access, in: &txn)
         }
-        return last
     }
 
     /// Adds a minute row's counts to its hour, day and week rows in `rolled`

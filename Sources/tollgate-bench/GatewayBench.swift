@@ -90,93 +90,97 @@ func benchGateway() async throws {
     _ = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: 4, seconds: 1)
 
     let connections = 64, seconds = 10
-    let baseline = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: connections, seconds: seconds)
-    let open = try await runWrk(wrk, url: plain + "/bench/1/open", connections: connections, seconds: seconds)
-    let full = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
-    let tls = try await runWrk(wrk, url: secure + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
-    func line(_ label: String, _ result: WrkResult, target: String = "") {
-        print(label.padding(toLength: 62, withPad: " ", startingAt: 0)
-            + String(format: "%9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  %5.2f× nginx%@", result.rate, result.p50, result.p99,
-                     result.rate / baseline.rate, target))
-    }
-    line("gateway: nginx proxy_pass, upstream keep-alive, 2 workers", baseline)
-    line("gateway: Tollgate, auth type None", open)
-    let fullRatio = full.rate / baseline.rate
-    line("gateway: Tollgate, token cached, subscription limit, usage", full,
-         target: "   target ≥ 0.85×: " + (fullRatio >= 0.85 ? "met" : "MISSED"))
-    line("gateway: Tollgate, the same over HTTPS", tls)
-    // Backend connections opened over the whole run: keep-alive pools keep this near the client connection count.
-    if let status = try? await runProcess("/usr/bin/curl", ["-s", "http://127.0.0.1:\(backendPort)/nginx-status"]) {
-        print("gateway: backend nginx: " + status.split(separator: "\n").prefix(3).joined(separator: " | "))
-    }
-    if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
-
-    // Throttling on and off, alternated so drift in the machine's load falls on both alike.
-    let unlimitedBearer = "Authorization: Bearer \(cluster.unlimitedToken)"
-    _ = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: 4, seconds: 1)
-    var on: [WrkResult] = [], off: [WrkResult] = []
-    var exchanges: UInt64 = 0, leasedRequests: UInt64 = 0
     let pairs = 5, pairSeconds = 6
-    for _ in 0..<pairs {
-        off.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: connections, seconds: pairSeconds))
-        let before = cluster.throttleStatistics
-        on.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds))
-        let after = cluster.throttleStatistics
-        exchanges += after.statistics.exchanges - before.statistics.exchanges
-        leasedRequests += (after.statistics.policies["sub:BenchTier"]?.admitted ?? 0) - (before.statistics.policies["sub:BenchTier"]?.admitted ?? 0)
-    }
-    let onRate = on.reduce(0) { $0 + $1.rate } / Double(on.count), offRate = off.reduce(0) { $0 + $1.rate } / Double(off.count)
-    for (label, runs) in [("off (Unlimited subscription)", off), ("on (subscription quota leased from a traffic manager)", on)] {
-        print("gateway: throttling \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
-            + runs.map { String(format: "%9.0f", $0.rate) }.joined(separator: " ") + String(format: " req/s  p99 %5.2f ms", runs.map(\.p99).max() ?? 0))
-    }
-    let throttleRatio = onRate / offRate
-    let pairRatios = zip(on, off).map { $0.rate / $1.rate }.sorted()
-    print("gateway: throttling on / off, mean of \(pairs) alternated runs".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "  %9.0f / %9.0f req/s = %5.3f× (median of pairs %5.3f×)   target ≥ 0.97×: %@", onRate, offRate, throttleRatio,
-                 pairRatios[pairRatios.count / 2], throttleRatio >= 0.97 ? "met" : "MISSED"))
-    print("gateway: traffic-manager round trips per 1,000 admitted requests".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "  %8.3f  (%llu ExchangeLeases calls for %llu requests)", Double(exchanges) * 1000 / Double(max(1, leasedRequests)), exchanges, leasedRequests))
-    if on.contains(where: { $0.errors > 0 }) || off.contains(where: { $0.errors > 0 }) { print("gateway: wrk reported errors or non-2xx answers while comparing throttling") }
+    // TOLLGATE_BENCH_GATEWAY=analytics runs only the analytics comparison.
+    if ProcessInfo.processInfo.environment["TOLLGATE_BENCH_GATEWAY"] != "analytics" {
+        let baseline = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: connections, seconds: seconds)
+        let open = try await runWrk(wrk, url: plain + "/bench/1/open", connections: connections, seconds: seconds)
+        let full = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
+        let tls = try await runWrk(wrk, url: secure + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
+        func line(_ label: String, _ result: WrkResult, target: String = "") {
+            print(label.padding(toLength: 62, withPad: " ", startingAt: 0)
+                + String(format: "%9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  %5.2f× nginx%@", result.rate, result.p50, result.p99,
+                         result.rate / baseline.rate, target))
+        }
+        line("gateway: nginx proxy_pass, upstream keep-alive, 2 workers", baseline)
+        line("gateway: Tollgate, auth type None", open)
+        let fullRatio = full.rate / baseline.rate
+        line("gateway: Tollgate, token cached, subscription limit, usage", full,
+             target: "   target ≥ 0.85×: " + (fullRatio >= 0.85 ? "met" : "MISSED"))
+        line("gateway: Tollgate, the same over HTTPS", tls)
+        // Backend connections opened over the whole run: keep-alive pools keep this near the client connection count.
+        if let status = try? await runProcess("/usr/bin/curl", ["-s", "http://127.0.0.1:\(backendPort)/nginx-status"]) {
+            print("gateway: backend nginx: " + status.split(separator: "\n").prefix(3).joined(separator: " | "))
+        }
+        if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
 
-    // p99 at half of nginx's peak rate: each connection paced by wrk's delay() hook.
-    let halfRate = baseline.rate / 2
-    let pacedConnections = 32
-    let script = work + "/paced.lua"
-    try "function delay() return \(Int(Double(pacedConnections) * 1000 / halfRate)) end\n".write(toFile: script, atomically: true, encoding: .utf8)
-    let nginxPaced = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: pacedConnections, seconds: seconds, script: script)
-    let gatewayPaced = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds,
-                                        script: script)
-    let added = gatewayPaced.p99 - nginxPaced.p99
-    print("gateway: p99 at half of nginx's peak (\(Int(halfRate)) req/s offered)".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "  nginx %5.2f ms, Tollgate %5.2f ms: added %5.2f ms   target ≤ 1 ms: %@", nginxPaced.p99, gatewayPaced.p99, added,
-                 added <= 1 ? "met" : "MISSED"))
+        // Throttling on and off, alternated so drift in the machine's load falls on both alike.
+        let unlimitedBearer = "Authorization: Bearer \(cluster.unlimitedToken)"
+        _ = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: 4, seconds: 1)
+        var on: [WrkResult] = [], off: [WrkResult] = []
+        var exchanges: UInt64 = 0, leasedRequests: UInt64 = 0
+        for _ in 0..<pairs {
+            off.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: unlimitedBearer, connections: connections, seconds: pairSeconds))
+            let before = cluster.throttleStatistics
+            on.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds))
+            let after = cluster.throttleStatistics
+            exchanges += after.statistics.exchanges - before.statistics.exchanges
+            leasedRequests += (after.statistics.policies["sub:BenchTier"]?.admitted ?? 0) - (before.statistics.policies["sub:BenchTier"]?.admitted ?? 0)
+        }
+        let onRate = on.reduce(0) { $0 + $1.rate } / Double(on.count), offRate = off.reduce(0) { $0 + $1.rate } / Double(off.count)
+        for (label, runs) in [("off (Unlimited subscription)", off), ("on (subscription quota leased from a traffic manager)", on)] {
+            print("gateway: throttling \(label)".padding(toLength: 62, withPad: " ", startingAt: 0)
+                + runs.map { String(format: "%9.0f", $0.rate) }.joined(separator: " ") + String(format: " req/s  p99 %5.2f ms", runs.map(\.p99).max() ?? 0))
+        }
+        let throttleRatio = onRate / offRate
+        let pairRatios = zip(on, off).map { $0.rate / $1.rate }.sorted()
+        print("gateway: throttling on / off, mean of \(pairs) alternated runs".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  %9.0f / %9.0f req/s = %5.3f× (median of pairs %5.3f×)   target ≥ 0.97×: %@", onRate, offRate, throttleRatio,
+                     pairRatios[pairRatios.count / 2], throttleRatio >= 0.97 ? "met" : "MISSED"))
+        print("gateway: traffic-manager round trips per 1,000 admitted requests".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  %8.3f  (%llu ExchangeLeases calls for %llu requests)", Double(exchanges) * 1000 / Double(max(1, leasedRequests)), exchanges, leasedRequests))
+        if on.contains(where: { $0.errors > 0 }) || off.contains(where: { $0.errors > 0 }) { print("gateway: wrk reported errors or non-2xx answers while comparing throttling") }
 
-    // Publishing with 5,000 APIs loaded.
-    let loaded = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_APIS"] ?? "5000") ?? 5000
-    benchDeploymentChange(apis: loaded)
-    let began = ContinuousClock.now
-    try await cluster.publishAPIs(count: loaded)
-    try await cluster.waitForAPIs(atLeast: loaded + 1)
-    print("gateway: \(loaded) APIs published and loaded on the gateway in \(Int(benchMilliseconds(ContinuousClock.now - began))) ms")
-    let quiet = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
-    async let publishing = runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
-    try await Task.sleep(for: .seconds(2))
-    var lives: [Double] = []
-    for round in 0..<10 {
-        let started = ContinuousClock.now
-        let context = try await cluster.publishOne(index: loaded + round)
-        try await cluster.waitForRoute(context)
-        lives.append(benchMilliseconds(ContinuousClock.now - started))
-        try await Task.sleep(for: .milliseconds(400))
+        // p99 at half of nginx's peak rate: each connection paced by wrk's delay() hook.
+        let halfRate = baseline.rate / 2
+        let pacedConnections = 32
+        let script = work + "/paced.lua"
+        try "function delay() return \(Int(Double(pacedConnections) * 1000 / halfRate)) end\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let nginxPaced = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: pacedConnections, seconds: seconds, script: script)
+        let gatewayPaced = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds,
+                                            script: script)
+        let added = gatewayPaced.p99 - nginxPaced.p99
+        print("gateway: p99 at half of nginx's peak (\(Int(halfRate)) req/s offered)".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  nginx %5.2f ms, Tollgate %5.2f ms: added %5.2f ms   target ≤ 1 ms: %@", nginxPaced.p99, gatewayPaced.p99, added,
+                     added <= 1 ? "met" : "MISSED"))
+
+        // Publishing with 5,000 APIs loaded.
+        let loaded = Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_APIS"] ?? "5000") ?? 5000
+        benchDeploymentChange(apis: loaded)
+        let began = ContinuousClock.now
+        try await cluster.publishAPIs(count: loaded)
+        try await cluster.waitForAPIs(atLeast: loaded + 1)
+        print("gateway: \(loaded) APIs published and loaded on the gateway in \(Int(benchMilliseconds(ContinuousClock.now - began))) ms")
+        let quiet = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
+        async let publishing = runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: pacedConnections, seconds: seconds, script: script)
+        try await Task.sleep(for: .seconds(2))
+        var lives: [Double] = []
+        for round in 0..<10 {
+            let started = ContinuousClock.now
+            let context = try await cluster.publishOne(index: loaded + round)
+            try await cluster.waitForRoute(context)
+            lives.append(benchMilliseconds(ContinuousClock.now - started))
+            try await Task.sleep(for: .milliseconds(400))
+        }
+        let during = try await publishing
+        lives.sort()
+        print("gateway: publish → live on the gateway, \(loaded) APIs loaded".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  p50 %6.1f ms  max %6.1f ms", lives[lives.count / 2], lives.last!))
+        let ratio = during.p99 / max(quiet.p99, 0.001)
+        print("gateway: p99 while publishing / without".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  %5.2f ms / %5.2f ms = %4.2f×   target ≤ 1.1×: %@", during.p99, quiet.p99, ratio, ratio <= 1.1 ? "met" : "MISSED"))
     }
-    let during = try await publishing
-    lives.sort()
-    print("gateway: publish → live on the gateway, \(loaded) APIs loaded".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "  p50 %6.1f ms  max %6.1f ms", lives[lives.count / 2], lives.last!))
-    let ratio = during.p99 / max(quiet.p99, 0.001)
-    print("gateway: p99 while publishing / without".padding(toLength: 62, withPad: " ", startingAt: 0)
-        + String(format: "  %5.2f ms / %5.2f ms = %4.2f×   target ≤ 1.1×: %@", during.p99, quiet.p99, ratio, ratio <= 1.1 ? "met" : "MISSED"))
+
     // Usage analytics on and off, alternated (last: statdb's writes and the
     // gateway's spool leave dirty pages that would disturb later runs): on, every call's record is
     // spooled and streamed to an analytics node (in this process, so its

@@ -1,4 +1,5 @@
 import Foundation
+import LMDBKit
 import RPCCore
 import Testing
 import TollctlCharts
@@ -181,6 +182,35 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             let hours = try statdb.summaries(.hour, fromUnixMs: base, toUnixMs: base + 86_400_000)
             #expect(hours.map(\.requestCount).reduce(0, +) == expected)
         }
+    }
+
+    @Test func aFailedCommitFailsItsBatchesAndThoseBehindThemAndTheirResendsCountOnce() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-analytics-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // A full disk, as LMDB sees one: the map may not grow past 2 MiB.
+        let statdb = try StatisticsDatabase.open(in: path, options: .init(mapSize: 2 << 20, maxMapSize: 2 << 20))
+        let ingest = UsageIngest(statdb: statdb)
+        let first = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 1, events: [event(at: base + 1_000)])
+        #expect(first == UsageIngest.Ack(duplicate: false, accepted: 1, discarded: 0))
+        // A batch of 20,000 rows (one user each) cannot fit, nor can the batch sent behind it.
+        let huge = (0..<20_000).map { event(at: base + 2_000, user: "user-\($0)") }
+        let tooBig = ingest.enqueue(gateway: "gw", epoch: 1, sequence: 2, events: huge)
+        let behind = ingest.enqueue(gateway: "gw", epoch: 1, sequence: 3, events: [event(at: base + 3_000)])
+        await #expect(throws: LMDBError.mapFull) { try await tooBig() }
+        await #expect(throws: LMDBError.mapFull) { try await behind() }
+        #expect(ingest.statistics.failedCommits >= 1)
+        // Sent again, they are not duplicates: nothing of them was counted.
+        await #expect(throws: LMDBError.mapFull) { try await ingest.submit(gateway: "gw", epoch: 1, sequence: 2, events: huge) }
+        let second = try await ingest.submit(gateway: "gw", epoch: 1, sequence: 2, events: [event(at: base + 2_000)])
+        #expect(second == UsageIngest.Ack(duplicate: false, accepted: 1, discarded: 0))
+        #expect(try await ingest.submit(gateway: "gw", epoch: 1, sequence: 3, events: [event(at: base + 3_000)]).duplicate == false)
+        #expect(try await ingest.submit(gateway: "gw", epoch: 1, sequence: 2, events: [event(at: base + 2_000)]).duplicate)
+        let minutes = try statdb.summaries(.minute, fromUnixMs: base, toUnixMs: base + 3_600_000)
+        #expect(minutes.map(\.requestCount).reduce(0, +) == 3)
+        let cursor = try statdb.database.read { try statdb.cursors.get(Key(.string("gw"), .uint64(1)), in: $0) }
+        #expect(cursor?.lastSequence == 3 && cursor?.batches == 3 && cursor?.events == 3)
+        #expect(ingest.statistics.gaps == 0)
     }
 
     @Test func pruningDeletesOnlyRowsPastTheirRetention() async throws {
