@@ -541,6 +541,9 @@ public final class LeaseThrottler: Sendable {
     public func receive(_ operations: [LeaseOperation], replies: [LeaseGrant?], now: Int64) {
         var granted: UInt64 = 0, failed: UInt64 = 0, entered: UInt64 = 0
         var requeue: [LeaseSlot] = []
+        // Woken once the counts below are in: a request that waited on a
+        // lost owner then finds its key's fallback in the statistics.
+        var woken: [CheckedContinuation<Void, Never>] = []
         for (index, operation) in operations.enumerated() {
             let reply = index < replies.count ? replies[index] : nil
             let slot = LeaseSlot(key: operation.throttleKey, windowStart: operation.windowStartUnixMs)
@@ -577,7 +580,7 @@ public final class LeaseThrottler: Sendable {
                 state.leases[slot] = lease
                 return waiters
             }
-            for waiter in waiters { waiter.resume() }
+            woken += waiters
         }
         if !requeue.isEmpty { pending.withLock { $0.formUnion(requeue) } }
         exchangeCounts.withLock {
@@ -585,6 +588,7 @@ public final class LeaseThrottler: Sendable {
             $0.failedOperations += failed
             $0.fallbackEntries += entered
         }
+        for waiter in woken { waiter.resume() }
         if !requeue.isEmpty { wake.yield() }
     }
 

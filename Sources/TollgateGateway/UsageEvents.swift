@@ -59,9 +59,20 @@ public final class UsageQueue: Sendable {
                 let available = state.events.count - state.head
                 guard available > 0 else { return nil }
                 let count = min(max, available)
+                if state.head == 0 && count == state.events.count {
+                    // Everything queued: the array itself, nothing copied.
+                    let batch = state.events
+                    state.events = []
+                    state.events.reserveCapacity(max)
+                    return batch
+                }
                 let batch = Array(state.events[state.head..<state.head + count])
                 state.head += count
-                if state.head > 4096 && state.head * 2 > state.events.count {
+                // A short rest moves to the front now, so the next take is
+                // usually the whole array; a long one waits for the head
+                // to pass half of it.
+                let rest = state.events.count - state.head
+                if rest <= 64 || (state.head > 4096 && state.head * 2 > state.events.count) {
                     state.events.removeFirst(state.head)
                     state.head = 0
                 }
@@ -169,19 +180,12 @@ struct UsageShipper: Service {
     /// While every stream attempt fails, at most one log line per this.
     var failureLogInterval: Duration = .seconds(60)
 
-    /// Batches not yet acknowledged, kept decoded so a healthy stream does
-    /// not read the spool back.
-    final class Recent: Sendable {
-        let batches = Mutex<[UInt64: PublishUsageEventsRequest]>([:])
-    }
-
     func run() async throws {
         let wakeup = Wakeup()
-        let recent = Recent()
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await batch(wakeup, recent) }
+            group.addTask { await batch(wakeup) }
             if let spool {
-                group.addTask { await send(spool, wakeup, recent) }
+                group.addTask { await send(spool, wakeup) }
                 group.addTask {
                     await cancelWhenGracefulShutdown {
                         while !Task.isCancelled {
@@ -198,7 +202,7 @@ struct UsageShipper: Service {
         let rest = queue.takeAll()
         var index = 0
         while index < rest.count {
-            spoolBatch(Array(rest[index..<min(rest.count, index + batchSize)]), recent: nil, wakeup: nil)
+            spoolBatch(Array(rest[index..<min(rest.count, index + batchSize)]), wakeup: nil)
             index += batchSize
         }
         spool?.close()
@@ -206,7 +210,7 @@ struct UsageShipper: Service {
 
     private var analyticsConfigured: Bool { !(peers?.transports(for: .analytics).isEmpty ?? true) }
 
-    private func batch(_ wakeup: Wakeup, _ recent: Recent) async {
+    private func batch(_ wakeup: Wakeup) async {
         await cancelWhenGracefulShutdown {
             var warned = false
             while !Task.isCancelled {
@@ -221,30 +225,22 @@ struct UsageShipper: Service {
                     }
                     continue
                 }
-                spoolBatch(batch, recent: recent, wakeup: wakeup)
+                spoolBatch(batch, wakeup: wakeup)
             }
         }
     }
 
-    private func spoolBatch(_ batch: [UsageEvent], recent: Recent?, wakeup: Wakeup?) {
+    private func spoolBatch(_ batch: [UsageEvent], wakeup: Wakeup?) {
         guard let spool, analyticsConfigured else { return }
-        var made: PublishUsageEventsRequest?
         do {
             let appended = try spool.append(events: batch.count) { epoch, sequence in
-                let request = PublishUsageEventsRequest(events: batch, gatewayId: gatewayID, epoch: epoch, sequence: sequence)
-                made = request
-                return try request.serializedBytes()
+                try PublishUsageEventsRequest(events: batch, gatewayId: gatewayID, epoch: epoch, sequence: sequence).serializedBytes()
             }
-            guard let appended else {
+            guard appended != nil else {
                 queue.recordDiscarded(batch.count)
                 shipping.discarded(batch.count, reason: "spool_full")
                 logOverflow(batch.count, spool: spool)
                 return
-            }
-            if let recent, let made {
-                recent.batches.withLock { batches in
-                    if batches.count < window * 2 { batches[appended.sequence] = made }
-                }
             }
             wakeup?.signal()
         } catch {
@@ -269,7 +265,7 @@ struct UsageShipper: Service {
         }
     }
 
-    private func send(_ spool: UsageSpool, _ wakeup: Wakeup, _ recent: Recent) async {
+    private func send(_ spool: UsageSpool, _ wakeup: Wakeup) async {
         await cancelWhenGracefulShutdown {
             var next = 0
             var failures = 0
@@ -284,7 +280,7 @@ struct UsageShipper: Service {
                 let (name, transport) = nodes[next % nodes.count]
                 let progress = StreamProgress()
                 do {
-                    try await stream(to: transport, name: name, spool: spool, wakeup: wakeup, recent: recent, progress: progress)
+                    try await stream(to: transport, name: name, spool: spool, wakeup: wakeup, progress: progress)
                 } catch {
                     if !Task.isCancelled {
                         let now = ContinuousClock.now
@@ -307,6 +303,10 @@ struct UsageShipper: Service {
         }
     }
 
+    final class SentEvents: Sendable {
+        let counts = Mutex<[UInt64: Int]>([:])
+    }
+
     final class StreamProgress: Sendable {
         private let state = Mutex<(acknowledged: Bool, oldestSentAt: ContinuousClock.Instant?, ackedThrough: UInt64)>((false, nil, 0))
         var acknowledged: Bool { state.withLock { $0.acknowledged } }
@@ -318,19 +318,23 @@ struct UsageShipper: Service {
 
     /// One `PublishUsageEvents` stream: every unacknowledged batch from the
     /// oldest, then new ones as they are spooled, at most `window` ahead of
-    /// the acknowledgements.
-    private func stream(to transport: any RPCClientTransport, name: String, spool: UsageSpool, wakeup: Wakeup, recent: Recent,
+    /// the acknowledgements. Batches go out as the spool holds them, encoded
+    /// once when they were appended.
+    private func stream(to transport: any RPCClientTransport, name: String, spool: UsageSpool, wakeup: Wakeup,
                         progress: StreamProgress) async throws {
-        let (requests, continuation) = AsyncStream.makeStream(of: PublishUsageEventsRequest.self)
+        let (requests, continuation) = AsyncStream.makeStream(of: EncodedMessage<PublishUsageEventsRequest>.self)
+        // The events of each batch sent and not yet acknowledged, for the shipped count.
+        let sentEvents = SentEvents()
         let epoch = spool.epoch
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await AnalyticsServiceClient(transport).publishUsageEvents(requests) { response in
+                try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests,
+                                                  options: CallOptions()) { (response: PublishUsageEventsResponse) in
                     guard response.epoch == epoch || response.epoch == 0 else { return }
                     spool.acknowledge(through: response.sequence)
-                    let events = recent.batches.withLock { batches in
-                        let events = batches[response.sequence]?.events.count
-                        batches = batches.filter { $0.key > response.sequence }
+                    let events = sentEvents.counts.withLock { sent in
+                        let events = sent[response.sequence]
+                        sent = sent.filter { $0.key > response.sequence }
                         return events
                     }
                     if !progress.acknowledged {
@@ -355,9 +359,9 @@ struct UsageShipper: Service {
                     let inFlight = sentThrough > floor ? Int(sentThrough - floor) : 0
                     if inFlight < window {
                         let batches = try spool.pending(after: sentThrough, limit: window - inFlight)
-                        for (sequence, _, bytes) in batches {
-                            let request = try recent.batches.withLock { $0[sequence] } ?? PublishUsageEventsRequest(serializedBytes: bytes)
-                            continuation.yield(request)
+                        for (sequence, events, bytes) in batches {
+                            sentEvents.counts.withLock { $0[sequence] = events }
+                            continuation.yield(EncodedMessage(bytes: bytes))
                             progress.sent()
                             sentThrough = sequence
                         }

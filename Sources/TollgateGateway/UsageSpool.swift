@@ -362,18 +362,57 @@ final class UsageSpool: Sendable {
     }
 }
 
-/// CRC-32 (IEEE 802.3, as zlib computes it).
+/// CRC-32 (IEEE 802.3, as zlib computes it), eight bytes a step
+/// ("slicing-by-8"): table k holds the CRC of a byte followed by k zero
+/// bytes, so eight lookups fold eight bytes at once. A record of 512 calls
+/// is some 150 KB; one byte a step cost a gateway about 4 % of its
+/// shipping work.
 enum CRC32 {
-    static let table: [UInt32] = (0..<256).map { index in
-        var c = UInt32(index)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-        return c
-    }
+    /// Eight tables of 256, one after the other.
+    static let tables: [UInt32] = {
+        var tables = [UInt32](repeating: 0, count: 8 * 256)
+        for index in 0..<256 {
+            var c = UInt32(index)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+            tables[index] = c
+        }
+        for k in 1..<8 {
+            for index in 0..<256 {
+                let previous = tables[(k - 1) * 256 + index]
+                tables[k * 256 + index] = (previous >> 8) ^ tables[Int(previous & 0xFF)]
+            }
+        }
+        return tables
+    }()
 
     static func checksum<A: Collection<UInt8>, B: Collection<UInt8>>(_ first: A, _ second: B) -> UInt32 {
         var crc: UInt32 = 0xFFFF_FFFF
-        for byte in first { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
-        for byte in second { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        update(&crc, first)
+        update(&crc, second)
         return crc ^ 0xFFFF_FFFF
+    }
+
+    private static func update<Bytes: Collection<UInt8>>(_ crc: inout UInt32, _ bytes: Bytes) {
+        let done: Void? = bytes.withContiguousStorageIfAvailable { buffer in update(&crc, UnsafeRawBufferPointer(buffer)) }
+        if done == nil { Array(bytes).withUnsafeBytes { update(&crc, $0) } }
+    }
+
+    private static func update(_ crc: inout UInt32, _ bytes: UnsafeRawBufferPointer) {
+        tables.withUnsafeBufferPointer { t in
+            var c = crc
+            var index = 0
+            while index + 8 <= bytes.count {
+                let low = c ^ UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt32.self))
+                let high = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: index + 4, as: UInt32.self))
+                c = t[7 * 256 + Int(low & 0xFF)] ^ t[6 * 256 + Int(low >> 8 & 0xFF)] ^ t[5 * 256 + Int(low >> 16 & 0xFF)] ^ t[4 * 256 + Int(low >> 24)]
+                    ^ t[3 * 256 + Int(high & 0xFF)] ^ t[2 * 256 + Int(high >> 8 & 0xFF)] ^ t[256 + Int(high >> 16 & 0xFF)] ^ t[Int(high >> 24)]
+                index += 8
+            }
+            while index < bytes.count {
+                c = t[Int((c ^ UInt32(bytes[index])) & 0xFF)] ^ (c >> 8)
+                index += 1
+            }
+            crc = c
+        }
     }
 }

@@ -43,7 +43,8 @@ final class FakeAnalytics: RPCClientTransport {
         if refusing.load(ordering: .relaxed) { throw RPCError(.unavailable, "connection refused") }
         var count = 0
         for try await element in requests {
-            let request = element as! PublishUsageEventsRequest  // swiftlint:disable:this force_cast
+            // As an RPC server would: the bytes on the wire decoded as the method's request.
+            let request = try PublishUsageEventsRequest(serializedBytes: element.serializedBytes())
             received.withLock { $0.append(request.sequence) }
             count += 1
             if stream == 1, let failAfter, count > failAfter {
@@ -184,6 +185,33 @@ struct FakePeers: PeerDirectory {
             #expect(spool.pendingBytes <= 64 << 10)
             #expect(discarded + UInt64(spooled) == 3000, "discarded \(discarded), spooled \(spooled)")
             #expect(queue.statistics.discarded == discarded)
+        }
+    }
+}
+
+@Suite struct SpoolChecksumTests {
+    /// The spool's CRC-32 is zlib's: its published check values, and a
+    /// byte-at-a-time reference over every length and split of a buffer.
+    @Test func crc32IsZlibsAtEveryLengthAndSplit() {
+        #expect(CRC32.checksum([UInt8](), [UInt8]()) == 0)
+        #expect(CRC32.checksum(Array("123456789".utf8), [UInt8]()) == 0xCBF4_3926)
+        #expect(CRC32.checksum(Array("The quick brown ".utf8), Array("fox jumps over the lazy dog".utf8)) == 0x414F_A339)
+        func reference(_ bytes: [UInt8]) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 != 0 ? 0xEDB8_8320 ^ (crc >> 1) : crc >> 1 }
+            }
+            return crc ^ 0xFFFF_FFFF
+        }
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<67).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for length in 0...bytes.count {
+            let prefix = Array(bytes[..<length])
+            let expected = reference(prefix)
+            for split in Set([0, length / 3, length / 2, length]) {
+                #expect(CRC32.checksum(prefix[..<split], prefix[split...]) == expected, "length \(length), split \(split)")
+            }
         }
     }
 }
