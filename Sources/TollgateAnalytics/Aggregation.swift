@@ -188,8 +188,9 @@ public struct UsageCounts: Sendable {
         if !other.applicationOwner.isEmpty { applicationOwner = other.applicationOwner }
     }
 
-    /// A stored (or queried) row's counts.
-    public mutating func add(_ s: UsageSummary) {
+    /// A stored (or queried) row's counts; without `latencies`, all but
+    /// its latency histograms (which the caller adds later, if at all).
+    public mutating func add(_ s: UsageSummary, latencies: Bool = true) {
         requests += s.requestCount
         successes += s.successCount
         faults += s.faultCount
@@ -206,8 +207,10 @@ public struct UsageCounts: Sendable {
         maxResponseMs = max(maxResponseMs, s.maxResponseTimeMs)
         lastAccess = max(lastAccess, s.lastAccessUnixMs)
         for reason in s.throttledReasons { reasons[reason.reason, default: 0] += reason.count }
-        if let latency = s.responseLatency { response.add(latency) }
-        if let latency = s.backendLatency { backend.add(latency) }
+        if latencies {
+            if let latency = s.responseLatency { response.add(latency) }
+            if let latency = s.backendLatency { backend.add(latency) }
+        }
         if !s.apiName.isEmpty { apiName = s.apiName }
         if !s.apiCreator.isEmpty { apiCreator = s.apiCreator }
         if !s.applicationName.isEmpty { applicationName = s.applicationName }

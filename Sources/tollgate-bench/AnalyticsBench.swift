@@ -306,7 +306,9 @@ private func benchQueries(directory: String) async throws {
         ("tenant top 10 applications, 30 days (6,000 rows a day)", admin,
          QueryUsageRequest(startUnixMs: now - 30 * day, endUnixMs: now, groupBy: [.application], orderBy: .requests, limit: 10)),
     ]
-    for (label, scope, request) in cases {
+    // TOLLGATE_BENCH_QUERY=text runs only the cases whose label holds it.
+    let only = ProcessInfo.processInfo.environment["TOLLGATE_BENCH_QUERY"]
+    for (label, scope, request) in cases where only.map({ label.contains($0) }) ?? true {
         var samples: [Double] = []
         var rowsAnswered = 0
         let runs = 60

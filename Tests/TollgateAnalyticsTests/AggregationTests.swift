@@ -548,6 +548,10 @@ func mixedEvents(batch: Int) -> [UsageEvent] {
             let series = try query(statdb, ops) { $0.mergeBuckets = false; $0.groupBy = []; $0.granularity = .hour }
             #expect(series.rows.map(\.requestCount) == [180, 180])
             #expect(series.rows.map(\.bucketStartUnixMs) == [base, base + 3_600_000])
+            // Ranked by latency, every group's histograms count (a page's rows merge theirs only when answered).
+            let slowest = try query(statdb, ops) { $0.orderBy = .latencyP95; $0.groupBy = [.api, .resource]; $0.limit = 5 }
+            #expect(!slowest.rows.isEmpty && slowest.rows.allSatisfy { $0.responseP95Us > 0 })
+            #expect(slowest.rows.map(\.responseP95Us) == slowest.rows.map(\.responseP95Us).sorted(by: >))
             let latency = try query(statdb, ops) { $0.apiName = "Menu" }
             let p99 = Double(latency.rows.first?.responseP99Us ?? 0)
             #expect(abs(p99 - 2180) / 2180 <= LatencyBuckets.relativeError, "\(p99)")
