@@ -41,7 +41,7 @@ public struct AnalyticsModule: RoleModule {
         roles = context.roles
         if context.roles.contains(.analytics) {
             let logger = context.logger
-            ingest = UsageIngest(statdb: statdb) { gap in logger.warning("usage batches missing: \(gap) (a damaged gateway spool was cut)") }
+            ingest = UsageIngest(statdb: statdb) { gap in logger.warning("usage batches missing: \(gap): the gateway numbered batches that never arrived") }
             pruner = UsagePruner(statdb: statdb, retention: Self.retention(context.section("analytics")))
         } else {
             ingest = nil
@@ -87,7 +87,7 @@ public struct AnalyticsModule: RoleModule {
             counter("commits_total", "statdb write transactions of usage batches (several batches share one).", counts.commits),
             counter("commit_failures_total", "statdb write transactions that failed; their batches were not acknowledged.", counts.failedCommits),
             counter("statdb_rows_written_total", "statdb summary rows added to or created by ingest commits.", counts.rowsWritten),
-            counter("sequence_gaps_total", "Usage batches that skipped sequence numbers (a gateway's damaged spool tail was cut).", counts.gaps),
+            counter("sequence_gaps_total", "Usage batches that skipped sequence numbers within their gateway's epoch (batches numbered that never arrived).", counts.gaps),
             counter("pruned_rows_total", "Summary rows deleted past their retention.", pruner?.prunedRows ?? 0),
             counter("rollups_total", "Minute buckets whose rows were added to their hour, day and week rows (one per minute with calls).", ingest.minutesRolledUp),
             MetricSample(name: "tollgate_analytics_rollup_lag_seconds",

@@ -169,7 +169,9 @@ public final class UsageIngest: Sendable {
                     state.group.answers.append((promise, Ack(duplicate: true, accepted: 0, discarded: 0)))
                     state.accepted[stream] = last
                 } else {
-                    if sequence != last! + 1 {
+                    // A stream's first batch may come with any number: a gateway
+                    // spool that lost its tail goes on under a new epoch.
+                    if last! != 0 && sequence != last! + 1 {
                         state.group.gaps.append("gateway \(gateway) epoch \(epoch): batch \(sequence) follows \(last!)")
                     }
                     state.accepted[stream] = sequence

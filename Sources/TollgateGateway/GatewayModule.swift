@@ -181,6 +181,9 @@ public struct GatewayModule: RoleModule {
                                            syncInterval: .milliseconds(section.integer("usage_spool_sync_ms") ?? 1000))
                 let found = spool.recovery
                 for problem in found.problems { context.logger.warning("usage spool: \(problem)") }
+                if let reason = found.newEpochReason {
+                    context.logger.notice("usage spool: \(reason): new batches go out under epoch \(found.epoch) from sequence \(found.nextSequence), so none is taken for one sent before")
+                }
                 if found.pendingBatches > 0 {
                     context.logger.notice("usage spool: \(found.pendingBatches) batches (\(found.pendingEvents) events) wait for analytics, epoch \(found.epoch), next sequence \(found.nextSequence)")
                 }

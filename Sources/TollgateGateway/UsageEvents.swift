@@ -189,7 +189,7 @@ struct UsageShipper: Service {
                 group.addTask {
                     await cancelWhenGracefulShutdown {
                         while !Task.isCancelled {
-                            try? await Task.sleep(for: spool.syncInterval)
+                            try? await Task.sleep(for: spool.syncInterval / 2)
                             spool.syncIfDue()
                         }
                     }
@@ -325,12 +325,11 @@ struct UsageShipper: Service {
         let (requests, continuation) = AsyncStream.makeStream(of: EncodedMessage<PublishUsageEventsRequest>.self)
         // The events of each batch sent and not yet acknowledged, for the shipped count.
         let sentEvents = SentEvents()
-        let epoch = spool.epoch
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests,
                                                   options: CallOptions()) { (response: PublishUsageEventsResponse) in
-                    guard response.epoch == epoch || response.epoch == 0 else { return }
+                    guard response.epoch == 0 || spool.holds(epoch: response.epoch) else { return }
                     spool.acknowledge(through: response.sequence)
                     let events = sentEvents.counts.withLock { sent in
                         let events = sent[response.sequence]

@@ -16,10 +16,18 @@ import Synchronization
 /// except the newest, which keeps the next sequence number.
 ///
 /// Durability: appends are `write(2)`s, which survive the process being
-/// killed (the kernel holds them); `fdatasync` runs at most every
-/// `syncInterval` and at shutdown, so a power loss costs at most that much.
-/// A torn or damaged record is found by its length or CRC when the spool is
-/// opened, and the segment is cut there (logged).
+/// killed (the kernel holds them); `fdatasync` runs at shutdown and once a
+/// batch has waited `syncInterval` unacknowledged (``syncIfDue(force:)``),
+/// so a power loss costs at most that much. A torn or damaged record is
+/// found by its length or CRC when the spool is opened, and the segment is
+/// cut there (logged).
+///
+/// Epochs: a spool not closed cleanly (``close()`` leaves a marker), or one
+/// whose tail was cut, may have lost appends whose numbers analytics has
+/// already seen; numbering again from there would have new batches taken
+/// for those and dropped as duplicates. So such a spool goes on under a new
+/// epoch (numbers continuing), and the batches it still holds go out under
+/// theirs.
 final class UsageSpool: Sendable {
     struct Record: Sendable {
         let sequence: UInt64
@@ -36,6 +44,8 @@ final class UsageSpool: Sendable {
         var pendingEvents: Int
         var cutBytes: Int64
         var problems: [String]
+        /// Why the spool went on under a new epoch; nil when it did not.
+        var newEpochReason: String?
     }
 
     private struct Segment {
@@ -56,10 +66,17 @@ final class UsageSpool: Sendable {
         var pendingBytes: Int64 = 0
         var totalBytes: Int64 = 0
         var dirty = false
-        var lastSync = ContinuousClock.now
+        /// The next sequence as the previous ``syncIfDue(force:)`` found it.
+        var syncMark: UInt64 = 0
+        var syncs = 0
+        /// Every epoch of a batch in the spool, and the current one.
+        var epochs: Set<UInt64> = []
     }
 
     static let magic = Array("TGSPOOL1".utf8)
+    /// Written by ``close()``, removed on opening: its absence says the
+    /// last run ended without closing the spool.
+    static let cleanMarker = "closed-cleanly"
     static let headerBytes = 24
     static let recordHeaderBytes = 20
 
@@ -95,6 +112,12 @@ final class UsageSpool: Sendable {
 
     private static func recover(directory: String, into state: inout State, now: UInt64) throws -> Recovery {
         var recovery = Recovery(epoch: 0, nextSequence: 1, pendingBatches: 0, pendingEvents: 0, cutBytes: 0, problems: [])
+        let marker = directory + "/" + cleanMarker
+        let closedCleanly = access(marker, F_OK) == 0
+        if closedCleanly {
+            unlink(marker)
+            syncDirectory(directory)
+        }
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { $0.hasPrefix("segment-") && $0.hasSuffix(".spool") }.sorted()
         var epoch: UInt64?
@@ -113,10 +136,12 @@ final class UsageSpool: Sendable {
             }
             let segmentEpoch = readUInt64(header, 8)
             let first = readUInt64(header, 16)
-            if let epoch, epoch != segmentEpoch {
-                recovery.problems.append("\(name): from epoch \(segmentEpoch), not \(epoch); kept as is")
+            // Segments of earlier epochs precede those of later ones.
+            if let epoch, segmentEpoch < epoch {
+                recovery.problems.append("\(name): from epoch \(segmentEpoch), older than \(epoch) before it; kept as is")
             }
-            epoch = segmentEpoch
+            epoch = max(epoch ?? 0, segmentEpoch)
+            state.epochs.insert(segmentEpoch)
             var offset = Int64(headerBytes)
             var expected = first
             var segment = Segment(firstSequence: first, path: path, descriptor: descriptor, size: size, pending: 0)
@@ -168,11 +193,25 @@ final class UsageSpool: Sendable {
         }
         if let epoch {
             state.epoch = epoch
+            if !closedCleanly || recovery.cutBytes > 0 {
+                recovery.newEpochReason = recovery.cutBytes > 0 ? "a damaged tail was cut"
+                    : "the spool was not closed (the gateway was killed, or the machine lost power)"
+                state.epoch = max(now, epoch + 1)
+                state.epochs.insert(state.epoch)
+                // A newest segment without records is replaced: its file name is the new one's.
+                if let last = state.segments.last, last.size <= Int64(headerBytes) {
+                    Foundation.close(last.descriptor)
+                    state.totalBytes -= last.size
+                    state.segments.removeLast()
+                }
+                try startSegment(directory: directory, &state)
+            }
         } else {
             // No spool yet, or none left: a new epoch, so sequences from 1
             // are never taken for an earlier run's.
             state.epoch = now
             state.nextSequence = 1
+            state.epochs.insert(now)
         }
         if state.segments.isEmpty { try startSegment(directory: directory, &state) }
         recovery.epoch = state.epoch
@@ -196,18 +235,26 @@ final class UsageSpool: Sendable {
         }
         _ = fdatasync(descriptor)
         // The directory entry too, so the segment survives a power loss.
-        let directoryDescriptor = open(directory, O_RDONLY | O_CLOEXEC)
-        if directoryDescriptor >= 0 {
-            _ = fsync(directoryDescriptor)
-            Foundation.close(directoryDescriptor)
-        }
+        syncDirectory(directory)
         state.segments.append(Segment(firstSequence: first, path: path, descriptor: descriptor, size: Int64(headerBytes), pending: 0))
         state.totalBytes += Int64(headerBytes)
+    }
+
+    private static func syncDirectory(_ directory: String) {
+        let descriptor = open(directory, O_RDONLY | O_CLOEXEC)
+        if descriptor >= 0 {
+            _ = fsync(descriptor)
+            Foundation.close(descriptor)
+        }
     }
 
     // MARK: Appending and acknowledging
 
     var epoch: UInt64 { state.withLock { $0.epoch } }
+
+    /// Whether a batch of `epoch` is or was in this spool (acknowledgements
+    /// name their batch's epoch, which after a restart may be an earlier one).
+    func holds(epoch: UInt64) -> Bool { state.withLock { $0.epochs.contains(epoch) } }
 
     /// Appends a batch made by `make` with the next sequence number; nil
     /// (nothing written, no number used) when the spool is at its cap.
@@ -291,10 +338,12 @@ final class UsageSpool: Sendable {
     func pending(after sequence: UInt64, limit: Int) throws -> [(sequence: UInt64, events: Int, bytes: [UInt8])] {
         try state.withLock { state in
             var out: [(UInt64, Int, [UInt8])] = []
-            var index = state.pendingHead
-            // Sequences are consecutive: jump near the start.
-            if index < state.pending.count, sequence >= state.pending[index].sequence {
-                index = min(state.pending.count, index + Int(sequence - state.pending[index].sequence) + 1)
+            // The first record after `sequence`: sequences rise, though not
+            // always by one (a deleted segment that a power loss brought back).
+            var index = state.pendingHead, end = state.pending.count
+            while index < end {
+                let middle = (index + end) / 2
+                if state.pending[middle].sequence <= sequence { index = middle + 1 } else { end = middle }
             }
             while index < state.pending.count && out.count < limit {
                 let record = state.pending[index]
@@ -313,15 +362,33 @@ final class UsageSpool: Sendable {
         }
     }
 
-    /// Flushes appended records to the disk if the interval has passed (or `force`).
+    /// Called every half `syncInterval`: flushes appended records to the
+    /// disk when one appended before the previous call is still
+    /// unacknowledged (or on `force`). An acknowledged batch is analytics'
+    /// to keep (statdb's commits are synced); flushing it here would only
+    /// write pages the spool deletes a moment later. So while analytics
+    /// keeps up, the spool costs no disk writes, and no batch waits longer
+    /// than `syncInterval` unacknowledged and unflushed. (Appends lost to a
+    /// power loss cannot be taken for later batches: see the epochs above.)
     func syncIfDue(force: Bool = false) {
         state.withLock { state in
-            guard state.dirty, force || ContinuousClock.now - state.lastSync >= syncInterval else { return }
-            _ = fdatasync(state.segments[state.segments.count - 1].descriptor)
+            let mark = state.syncMark
+            state.syncMark = state.nextSequence
+            guard state.dirty, !state.segments.isEmpty else { return }
+            if !force {
+                guard state.pendingHead < state.pending.count, state.pending[state.pendingHead].sequence < mark else { return }
+            }
+            let newest = state.segments.count - 1
+            for (index, segment) in state.segments.enumerated() where segment.pending > 0 || index == newest {
+                _ = fdatasync(segment.descriptor)
+            }
             state.dirty = false
-            state.lastSync = .now
+            state.syncs += 1
         }
     }
+
+    /// How many times the spool was flushed to the disk.
+    var syncs: Int { state.withLock { $0.syncs } }
 
     var statistics: (pendingBatches: Int, pendingEvents: Int, pendingBytes: Int64, fileBytes: Int64, nextSequence: UInt64) {
         state.withLock { state in
@@ -335,11 +402,21 @@ final class UsageSpool: Sendable {
     var oldestPendingSequence: UInt64? { state.withLock { $0.pendingHead < $0.pending.count ? $0.pending[$0.pendingHead].sequence : nil } }
     var hasPending: Bool { state.withLock { $0.pendingHead < $0.pending.count } }
 
+    /// Flushes the spool, closes its files and marks it closed cleanly.
     func close() {
         syncIfDue(force: true)
-        state.withLock { state in
+        let closed = state.withLock { state -> Bool in
+            guard !state.segments.isEmpty else { return false }
             for segment in state.segments { Foundation.close(segment.descriptor) }
             state.segments.removeAll()
+            return true
+        }
+        guard closed else { return }
+        let descriptor = open(directory + "/" + Self.cleanMarker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if descriptor >= 0 {
+            _ = fsync(descriptor)
+            Foundation.close(descriptor)
+            Self.syncDirectory(directory)
         }
     }
 

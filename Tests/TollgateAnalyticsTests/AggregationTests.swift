@@ -1,6 +1,7 @@
 import Foundation
 import LMDBKit
 import RPCCore
+import Synchronization
 import Testing
 import TollctlCharts
 @testable import TollgateAnalytics
@@ -211,6 +212,21 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
         let cursor = try statdb.database.read { try statdb.cursors.get(Key(.string("gw"), .uint64(1)), in: $0) }
         #expect(cursor?.lastSequence == 3 && cursor?.batches == 3 && cursor?.events == 3)
         #expect(ingest.statistics.gaps == 0)
+    }
+
+    @Test func aNewEpochMayStartAtAnyNumberButASkipWithinOneIsAGap() async throws {
+        try await withStatdb { statdb in
+            let reported = Mutex<[String]>([])
+            let ingest = UsageIngest(statdb: statdb) { gap in reported.withLock { $0.append(gap) } }
+            // A gateway whose spool lost its tail goes on under a new epoch, numbers continuing.
+            _ = try await ingest.submit(gateway: "gw", epoch: 2, sequence: 41, events: [event(at: base)])
+            _ = try await ingest.submit(gateway: "gw", epoch: 2, sequence: 42, events: [event(at: base)])
+            #expect(ingest.statistics.gaps == 0)
+            _ = try await ingest.submit(gateway: "gw", epoch: 2, sequence: 45, events: [event(at: base)])
+            #expect(ingest.statistics.gaps == 1)
+            #expect(reported.withLock { $0 } == ["gateway gw epoch 2: batch 45 follows 42"])
+            #expect(try statdb.summaries(.minute, fromUnixMs: base, toUnixMs: base + 60_000).map(\.requestCount).reduce(0, +) == 3)
+        }
     }
 
     @Test func pruningDeletesOnlyRowsPastTheirRetention() async throws {
