@@ -282,22 +282,17 @@ public struct Table<Record: ProtoMessage>: Sendable {
     }
 }
 
-/// A record key hashed in one pass over its bytes (an array of bytes hashes
-/// byte by byte).
-struct MemoKey: Hashable, Sendable {
-    let bytes: [UInt8]
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-    func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
-}
-
 /// What every ``RecordMemo`` entry holds whatever its record type.
-/// `@unchecked Sendable`: immutable (one `let` of a Sendable type) and
+/// `@unchecked Sendable`: immutable (`let`s of Sendable types) and
 /// subclassed only by `RecordMemo.Entry`, whose one addition is a `let` of a
 /// Sendable record; not final only for that subclass.
 class RecordMemoEntry: @unchecked Sendable {
+    /// The record's key: entries are found by its hash, and told apart by it.
+    let key: [UInt8]
     let bytes: [UInt8]
 
-    init(bytes: [UInt8]) {
+    init(key: [UInt8], bytes: [UInt8]) {
+        self.key = key
         self.bytes = bytes
     }
 }
@@ -315,20 +310,23 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     final class Entry: RecordMemoEntry, @unchecked Sendable {
         let record: Record
 
-        init(bytes: [UInt8], record: Record) {
+        init(key: [UInt8], bytes: [UInt8], record: Record) {
             self.record = record
-            super.init(bytes: bytes)
+            super.init(key: key, bytes: bytes)
         }
     }
 
     struct Entries {
-        /// Values of a non-generic class: the dictionary's probing is
-        /// compiled for its concrete types instead of run through generic
-        /// value witnesses.
-        var records: [MemoKey: RecordMemoEntry] = [:]
-        /// The keys held, in no particular order: a full memo forgets one
+        /// By the hash of the record's key: a lookup hashes the key bytes
+        /// it is lent (a scan's, straight from LMDB) and allocates nothing.
+        /// The entry's own key tells a colliding key apart, and the newer
+        /// of two takes the place. Values of a non-generic class: the
+        /// dictionary's probing is compiled for its concrete types instead
+        /// of run through generic value witnesses.
+        var records: [Int: RecordMemoEntry] = [:]
+        /// The hashes held, in no particular order: a full memo forgets one
         /// chosen at random for each new record.
-        var keys: [MemoKey] = []
+        var keys: [Int] = []
         var random: UInt64 = 0x9E37_79B9_7F4A_7C15
 
         /// A pseudo-random index below `bound` (xorshift: cheap, and
@@ -357,7 +355,7 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     /// evicting the oldest) keeps most of a working set a little larger
     /// than the memo: a scan over more rows than it holds, repeated, still
     /// finds most of them instead of none.
-    private func insert(_ key: MemoKey, _ value: Entry, into entries: inout Entries) {
+    private func insert(_ key: Int, _ value: Entry, into entries: inout Entries) {
         if entries.records.updateValue(value, forKey: key) != nil { return }
         if entries.keys.count < capacity {
             entries.keys.append(key)
@@ -372,24 +370,42 @@ public final class RecordMemo<Record: ProtoMessage>: Sendable {
     /// read of it decodes nothing (a counter row read, added to and written
     /// again and again).
     public func remember(_ key: [UInt8], bytes: [UInt8], record: Record) {
-        entries.withLock { entries in insert(MemoKey(key), Entry(bytes: bytes, record: record), into: &entries) }
+        let hash = key.withUnsafeBytes(Self.hash)
+        entries.withLock { entries in insert(hash, Entry(key: key, bytes: bytes, record: record), into: &entries) }
     }
 
-    func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
-        let memoKey = MemoKey(key)
-        let remembered = entries.withLock { $0.records[memoKey] }
-        if let remembered, remembered.bytes.count == bytes.count,
-           remembered.bytes.withUnsafeBytes({ stored in
-               guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
-               return memcmp(storedBase, base, bytes.count) == 0
-           }) {
+    /// The record stored under `key` as `bytes`: remembered if these are the
+    /// bytes it was remembered with, else decoded (and remembered).
+    func record(for key: UnsafeRawBufferPointer, bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
+        let hash = Self.hash(key)
+        let remembered = entries.withLock { $0.records[hash] }
+        if let remembered, Self.same(remembered.key, key), Self.same(remembered.bytes, bytes) {
             // Only `Entry` (of this memo's record type) is ever stored.
             return unsafeDowncast(remembered, to: Entry.self).record
         }
         let record = try decode(bytes)
-        let copy = Array(bytes.bindMemory(to: UInt8.self))
-        entries.withLock { entries in insert(memoKey, Entry(bytes: copy, record: record), into: &entries) }
+        let entry = Entry(key: Array(key.bindMemory(to: UInt8.self)), bytes: Array(bytes.bindMemory(to: UInt8.self)), record: record)
+        entries.withLock { entries in insert(hash, entry, into: &entries) }
         return record
+    }
+
+    func record(for key: [UInt8], bytes: UnsafeRawBufferPointer, decode: (UnsafeRawBufferPointer) throws -> Record) rethrows -> Record {
+        try key.withUnsafeBytes { raw in try record(for: raw, bytes: bytes, decode: decode) }
+    }
+
+    /// The key's bytes hashed in one pass (an array of bytes hashes byte by byte).
+    static func hash(_ key: UnsafeRawBufferPointer) -> Int {
+        var hasher = Hasher()
+        hasher.combine(bytes: key)
+        return hasher.finalize()
+    }
+
+    static func same(_ stored: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard stored.count == bytes.count else { return false }
+        return stored.withUnsafeBytes { stored in
+            guard let storedBase = stored.baseAddress, let base = bytes.baseAddress else { return bytes.isEmpty }
+            return memcmp(storedBase, base, bytes.count) == 0
+        }
     }
 }
 
@@ -426,7 +442,7 @@ extension Table {
     public func forEach<T: TransactionReading & ~Copyable>(prefix: Key = Key(), from start: [UInt8]? = nil, in txn: borrowing T,
                                                            memo: RecordMemo<Record>, _ body: (Record) throws -> Bool) throws {
         try txn.scan(records, prefix: prefix.bytes, from: start) { key, value in
-            try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+            try body(try memo.record(for: key, bytes: value) { try decode($0) })
         }
     }
 
@@ -447,7 +463,7 @@ extension Table {
             case .skip: return true
             case .visit:
                 guard let memo else { return try body(try decode(value)) }
-                return try body(try memo.record(for: Array(key.bindMemory(to: UInt8.self)), bytes: value) { try decode($0) })
+                return try body(try memo.record(for: key, bytes: value) { try decode($0) })
             }
         }
     }
