@@ -207,14 +207,17 @@ public struct UsageCounts: Sendable {
         maxResponseMs = max(maxResponseMs, s.maxResponseTimeMs)
         lastAccess = max(lastAccess, s.lastAccessUnixMs)
         for reason in s.throttledReasons { reasons[reason.reason, default: 0] += reason.count }
-        if latencies {
-            if let latency = s.responseLatency { response.add(latency) }
-            if let latency = s.backendLatency { backend.add(latency) }
-        }
+        if latencies { addLatencies(of: s) }
         if !s.apiName.isEmpty { apiName = s.apiName }
         if !s.apiCreator.isEmpty { apiCreator = s.apiCreator }
         if !s.applicationName.isEmpty { applicationName = s.applicationName }
         if !s.applicationOwner.isEmpty { applicationOwner = s.applicationOwner }
+    }
+
+    /// A stored (or queried) row's latency histograms.
+    public mutating func addLatencies(of s: UsageSummary) {
+        if let latency = s.responseLatency { response.add(latency) }
+        if let latency = s.backendLatency { backend.add(latency) }
     }
 
     /// Adds these counts to a stored row.
@@ -303,12 +306,6 @@ public struct BatchDelta: Sendable {
 
     public init() {}
 
-    public init(_ events: [UsageEvent]) {
-        // Most calls of a batch fall in rows of their own (many APIs, applications and users).
-        rows.reserveCapacity(events.count)
-        for event in events { add(event) }
-    }
-
     public mutating func add(_ event: UsageEvent) {
         add(event, key: event.requestTimestampUnixMs > 0 ? Self.key(of: event) : nil)
     }
@@ -322,14 +319,6 @@ public struct BatchDelta: Sendable {
         }
         accepted += 1
         rows[key, default: UsageCounts()].add(event)
-    }
-
-    public mutating func add(_ other: BatchDelta) {
-        for (key, counts) in other.rows {
-            if rows[key] == nil { rows[key] = counts } else { rows[key]!.add(counts) }
-        }
-        accepted += other.accepted
-        discarded += other.discarded
     }
 
     /// The minute row an event counts in. Long strings are cut so every key

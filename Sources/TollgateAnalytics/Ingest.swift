@@ -178,9 +178,11 @@ public final class UsageIngest: Sendable {
                     let before = (state.group.delta.accepted, state.group.delta.discarded)
                     for (event, key) in zip(events, keys) { state.group.delta.add(event, key: key) }
                     let accepted = state.group.delta.accepted - before.0
-                    state.group.streams[stream, default: Progress()].lastSequence = sequence
-                    state.group.streams[stream]!.batches += 1
-                    state.group.streams[stream]!.events += accepted
+                    var progress = state.group.streams[stream] ?? Progress()
+                    progress.lastSequence = sequence
+                    progress.batches += 1
+                    progress.events += accepted
+                    state.group.streams[stream] = progress
                     state.group.answers.append((promise, Ack(duplicate: false, accepted: accepted, discarded: state.group.delta.discarded - before.1)))
                 }
                 if state.draining { return .queued(startDrain: false) }
@@ -210,7 +212,6 @@ public final class UsageIngest: Sendable {
 
     /// On the writer: commits the waiting group, again and again, until none is.
     private func drain() {
-        var reserve = 0
         while true {
             let taken = state.withLock { state -> Group? in
                 if state.group.answers.isEmpty {
@@ -220,11 +221,10 @@ public final class UsageIngest: Sendable {
                 let taken = state.group
                 state.group = Group()
                 // About as many rows as this group had: no growing step by step.
-                state.group.delta.rows.reserveCapacity(max(reserve, taken.delta.rows.count))
+                state.group.delta.rows.reserveCapacity(taken.delta.rows.count)
                 return taken
             }
             guard let taken else { return }
-            reserve = taken.delta.rows.count
             do {
                 let started = ContinuousClock.now
                 let rows = try commit(taken)

@@ -184,10 +184,7 @@ public struct UsageQueryEngine: Sendable {
 
         /// `counts` with every row's latencies in.
         mutating func mergeLatencies() {
-            for row in unmerged {
-                if let latency = row.responseLatency { counts.response.add(latency) }
-                if let latency = row.backendLatency { counts.backend.add(latency) }
-            }
+            for row in unmerged { counts.addLatencies(of: row) }
             unmerged = []
         }
     }

@@ -303,10 +303,6 @@ struct UsageShipper: Service {
         }
     }
 
-    final class SentEvents: Sendable {
-        let counts = Mutex<[UInt64: Int]>([:])
-    }
-
     final class StreamProgress: Sendable {
         private let state = Mutex<(acknowledged: Bool, oldestSentAt: ContinuousClock.Instant?, ackedThrough: UInt64)>((false, nil, 0))
         var acknowledged: Bool { state.withLock { $0.acknowledged } }
@@ -323,19 +319,12 @@ struct UsageShipper: Service {
     private func stream(to transport: any RPCClientTransport, name: String, spool: UsageSpool, wakeup: Wakeup,
                         progress: StreamProgress) async throws {
         let (requests, continuation) = AsyncStream.makeStream(of: EncodedMessage<PublishUsageEventsRequest>.self)
-        // The events of each batch sent and not yet acknowledged, for the shipped count.
-        let sentEvents = SentEvents()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests,
                                                   options: CallOptions()) { (response: PublishUsageEventsResponse) in
                     guard response.epoch == 0 || spool.holds(epoch: response.epoch) else { return }
-                    spool.acknowledge(through: response.sequence)
-                    let events = sentEvents.counts.withLock { sent in
-                        let events = sent[response.sequence]
-                        sent = sent.filter { $0.key > response.sequence }
-                        return events
-                    }
+                    let events = spool.acknowledge(through: response.sequence)
                     if !progress.acknowledged {
                         shipping.state.withLock { $0.connected = true; $0.analytics = name }
                         logger.info("usage batches go to analytics \(name)")
@@ -345,7 +334,7 @@ struct UsageShipper: Service {
                         state.acknowledgedBatches += 1
                         if response.duplicate { state.duplicateBatches += 1 }
                     }
-                    queue.recordShipped(events ?? Int(response.acceptedCount))
+                    queue.recordShipped(events)
                     wakeup.signal()
                 }
                 throw CancellationError()  // the server ended the stream: start another
@@ -358,8 +347,7 @@ struct UsageShipper: Service {
                     let inFlight = sentThrough > floor ? Int(sentThrough - floor) : 0
                     if inFlight < window {
                         let batches = try spool.pending(after: sentThrough, limit: window - inFlight)
-                        for (sequence, events, bytes) in batches {
-                            sentEvents.counts.withLock { $0[sequence] = events }
+                        for (sequence, _, bytes) in batches {
                             continuation.yield(EncodedMessage(bytes: bytes))
                             progress.sent()
                             sentThrough = sequence

@@ -305,11 +305,15 @@ final class UsageSpool: Sendable {
         }
     }
 
-    /// Forgets every batch up to and including `sequence` (acknowledged).
-    func acknowledge(through sequence: UInt64) {
+    /// Forgets every batch up to and including `sequence` (acknowledged);
+    /// returns the events of those it held until now.
+    @discardableResult
+    func acknowledge(through sequence: UInt64) -> Int {
         state.withLock { state in
+            var events = 0
             while state.pendingHead < state.pending.count && state.pending[state.pendingHead].sequence <= sequence {
                 let record = state.pending[state.pendingHead]
+                events += record.events
                 state.pendingHead += 1
                 state.pendingBytes -= Int64(Self.recordHeaderBytes + record.length)
                 if let index = state.segments.firstIndex(where: { $0.firstSequence == record.segment }) {
@@ -321,6 +325,7 @@ final class UsageSpool: Sendable {
                 state.pendingHead = 0
             }
             dropAcknowledgedSegments(&state)
+            return events
         }
     }
 

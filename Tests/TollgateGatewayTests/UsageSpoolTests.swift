@@ -24,7 +24,9 @@ import TollgateProto
         try withDirectory { directory in
             let spool = try UsageSpool(directory: directory, maxBytes: 1 << 20, now: 42)
             #expect(try append(spool, count: 5) == [1, 2, 3, 4, 5])
-            spool.acknowledge(through: 2)
+            // The events of the batches an acknowledgement releases (the shipped count), once.
+            #expect(spool.acknowledge(through: 2) == 6)
+            #expect(spool.acknowledge(through: 2) == 0)
             #expect(spool.statistics.pendingBatches == 3)
             #expect(try spool.pending(after: 0, limit: 10).map(\.sequence) == [3, 4, 5])
             #expect(try spool.pending(after: 3, limit: 1).map(\.sequence) == [4])
