@@ -160,7 +160,7 @@ public struct DeploymentStore: Sendable {
             withUnsafeBytes(of: UInt32(body.count).bigEndian) { bytes.append(contentsOf: $0) }
             bytes.append(contentsOf: body)
         }
-        for api in state.apis.values.sorted(by: { $0.api.id < $1.api.id }) { record(1, try api.deployed.serializedBytes()) }
+        for api in state.apis.values { record(1, try api.serializedBytes()) }
         for policy in state.policies.values { record(2, try policy.serializedBytes()) }
         for block in state.blockConditions.values { record(3, try block.serializedBytes()) }
         let temporary = path + ".tmp"

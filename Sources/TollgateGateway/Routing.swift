@@ -1,4 +1,5 @@
 public import TollgateProto
+import Synchronization
 
 /// One resource of a deployed API, compiled for matching.
 public struct CompiledResource: Sendable {
@@ -67,6 +68,18 @@ public final class RoutedApi: Sendable {
     /// Endpoints by key type; timeouts of 0 mean the gateway's defaults.
     let production: EndpointGroup?
     let sandbox: EndpointGroup?
+    /// Its protobuf encoding, made by the first save of the deployment state
+    /// that holds it and kept for later ones: a save after one change then
+    /// encodes one API, not every API loaded.
+    private let encoded = Mutex<[UInt8]?>(nil)
+
+    /// The deployed API's protobuf bytes, encoded once.
+    func serializedBytes() throws -> [UInt8] {
+        if let bytes = encoded.withLock({ $0 }) { return bytes }
+        let bytes: [UInt8] = try deployed.serializedBytes()
+        encoded.withLock { $0 = bytes }
+        return bytes
+    }
 
     init(_ deployed: DeployedApi) {
         self.deployed = deployed

@@ -18,11 +18,14 @@ public enum ProxyListener {
                                  backendTLS: TLSContext?) -> @Sendable (any Channel) throws -> Void {
         let connector = UpstreamConnector(tls: backendTLS, maxIdle: limits.maxIdleBackendConnections)
         return { channel in
+            // A client that half-closes after its request still gets the answer.
+            try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             let sync = channel.pipeline.syncOperations
             if let tls { try sync.addHandler(TLSHandler(context: tls())) }
             let timer = ConnectionTimer(idleTimeout: .milliseconds(limits.idleTimeoutMs), headerTimeout: .milliseconds(limits.headerTimeoutMs))
             try sync.addHandler(timer)
-            try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+            // Pipelining and malformed requests are the proxy handler's own.
+            try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
             try sync.addHandler(ProxyServerHandler(policy: policy, limits: limits, isSecure: tls != nil, timer: timer,
                                                    connector: connector))
         }
@@ -81,6 +84,14 @@ final class ConnectionTimer: ChannelInboundHandler, RemovableChannelHandler {
         awaitingHead = false
         headerTimerArmed = false
         expiry = .none
+    }
+
+    /// Closes the connection once everything written to it has gone out
+    /// (an empty write completes after those before it).
+    func closeAfterWrites() {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// The exchange ended and the connection stays open for the next request.

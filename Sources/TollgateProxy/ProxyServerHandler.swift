@@ -10,6 +10,12 @@ import TollgateTLS
 /// response back. Reads on either side are held while the other side cannot
 /// take more (back-pressure both ways), so bodies of any size pass through
 /// a few buffers' worth of memory.
+///
+/// It answers pipelined requests in order itself, rather than through
+/// NIO's pipelining handler: that handler stops reading from the end of a
+/// request to the end of its response, which costs two `epoll_ctl` calls
+/// per request. Here the connection keeps reading; a request that arrives
+/// while another is in progress waits in `queued`, and reads stop only then.
 final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -72,6 +78,23 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     /// The peer's address as text, made once per connection rather than per request.
     private var peerAddress: String?
 
+    /// What arrived after the request in progress: pipelined requests' parts,
+    /// a parse error in them, the client's end of input. Taken in order
+    /// once the exchange ends; while anything waits here, reads are held.
+    private enum Pipelined {
+        case part(HTTPServerRequestPart)
+        case parseError
+        case inputClosed
+    }
+    private var queued = CircularBuffer<Pipelined>()
+    private var replaying = false
+    /// The connection is being closed: nothing more is read or answered.
+    private var closing = false
+    private var isIdle: Bool {
+        if case .idle = phase { return true }
+        return false
+    }
+
     init(policy: any ProxyPolicy, limits: ProxyListenerLimits, isSecure: Bool, timer: ConnectionTimer, connector: UpstreamConnector) {
         self.policy = policy
         self.limits = limits
@@ -86,13 +109,22 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        if closing { return }
+        if !queued.isEmpty {
+            queued.append(.part(part))
+            return
+        }
+        if case .head = part, !isIdle {
+            // A pipelined request: it waits for the exchange in progress.
+            queued.append(.part(part))
+            return
+        }
+        receive(part, context: context)
+    }
+
+    private func receive(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
-            guard case .idle = phase else {
-                // The pipelining handler hands over one request at a time.
-                context.close(promise: nil)
-                return
-            }
             begin(head, context: context)
         case .body(let buffer):
             requestBytes += UInt64(buffer.readableBytes)
@@ -137,13 +169,66 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         case .streaming: upstream?.channel.isWritable ?? true
         case .deciding, .connecting: false
         }
-        if mayRead { context.read() } else { readHeld = true }
+        if mayRead && queued.isEmpty { context.read() } else { readHeld = true }
     }
 
     private func resumeClientReads() {
-        guard readHeld, let context else { return }
+        guard readHeld, queued.isEmpty, !closing, let context else { return }
         readHeld = false
         context.read()
+    }
+
+    /// Takes what waited behind the exchange that just ended, in order:
+    /// the next request (whose local answer may end it at once, and so on),
+    /// a parse error, or the end of the client's input.
+    private func replayQueued() {
+        guard !replaying, let context else { return }
+        replaying = true
+        defer { replaying = false }
+        while !closing, let next = queued.first {
+            switch next {
+            case .part(.head), .parseError, .inputClosed:
+                // These wait for the exchange in progress to end.
+                guard isIdle else { return }
+            case .part:
+                break
+            }
+            queued.removeFirst()
+            switch next {
+            case .part(let part): receive(part, context: context)
+            case .parseError: answerParseError(context: context)
+            case .inputClosed: clientInputClosed(context: context)
+            }
+        }
+    }
+
+    /// A malformed request: 400 unless a response is under way (which
+    /// cannot be interrupted cleanly), then the connection closes.
+    private func answerParseError(context: ChannelHandlerContext) {
+        if !responseHeadSent || responseEnded {
+            let head = HTTPResponseHead(version: .http1_1, status: .badRequest,
+                                        headers: HTTPHeaders([("Connection", "close"), ("Content-Length", "0")]))
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        close(context: context)
+    }
+
+    /// No request follows: the connection closes once what was written has gone out.
+    private func clientInputClosed(context: ChannelHandlerContext) {
+        if isIdle {
+            closing = true
+            timer.closeAfterWrites()
+        } else {
+            // The exchange in progress is the last: its end closes the connection.
+            keepAlive = false
+        }
+    }
+
+    private func close(context: ChannelHandlerContext) {
+        closing = true
+        queued.removeAll()
+        context.close(promise: nil)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -494,6 +579,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
+            closing = true
+            queued.removeAll()
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -516,6 +603,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         reset()
         if keepAlive && !quiescing {
             timer.exchangeFinished()
+            replayQueued()
             resumeClientReads()
         }
     }
@@ -527,6 +615,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         keepAlive = false
         report()
         reset()
+        closing = true
+        queued.removeAll()
         context?.close(promise: nil)
     }
 
@@ -592,6 +682,14 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             if case .idle = phase { context.close(promise: nil) }
         case is ListenerDrainExpiredEvent:
             context.close(promise: nil)
+        case ChannelEvent.inputClosed:
+            // The client half-closed its connection (the channel allows it, so
+            // a request sent before the client's FIN is still answered).
+            if queued.isEmpty {
+                clientInputClosed(context: context)
+            } else {
+                queued.append(.inputClosed)
+            }
         default:
             context.fireUserInboundEventTriggered(event)
         }
@@ -612,7 +710,17 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
+        guard error is HTTPParserError, !closing else {
+            close(context: context)
+            return
+        }
+        if !queued.isEmpty || (!isIdle && requestEnded) {
+            // The malformed bytes came after a request still being answered:
+            // that answer goes out first.
+            queued.append(.parseError)
+            return
+        }
+        answerParseError(context: context)
     }
 }
 

@@ -39,6 +39,10 @@ import TollgateUsers
 /// last, the full-policy rate with usage records shipped to an analytics
 /// node (in this process) against records discarded, alternated.
 func benchGateway() async throws {
+    if ProcessInfo.processInfo.environment["TOLLGATE_BENCH_GATEWAY"] == "deployment" {
+        benchDeploymentChange(apis: Int(ProcessInfo.processInfo.environment["TOLLGATE_BENCH_APIS"] ?? "5000") ?? 5000)
+        return
+    }
     guard let nginx = which("nginx"), let wrk = which("wrk") else {
         print("gateway: skipped: nginx and wrk are needed (make bench installs them from Debian)")
         return
@@ -91,28 +95,48 @@ func benchGateway() async throws {
 
     let connections = 64, seconds = 10
     let pairs = 5, pairSeconds = 6
-    // TOLLGATE_BENCH_GATEWAY=analytics runs only the analytics comparison.
-    if ProcessInfo.processInfo.environment["TOLLGATE_BENCH_GATEWAY"] != "analytics" {
+    // TOLLGATE_BENCH_GATEWAY=analytics runs only the analytics comparison;
+    // TOLLGATE_BENCH_GATEWAY=rates only the four rates against nginx.
+    let only = ProcessInfo.processInfo.environment["TOLLGATE_BENCH_GATEWAY"]
+    if only != "analytics" {
+        // CPU time per request of the proxy alone (nginx's worker processes; this
+        // process for Tollgate, whose other roles sit idle meanwhile): steadier
+        // than rates on a shared machine, and what a proxy with cores of its own would be limited by.
+        let baselineCPU = ProcessCPU(childrenOf: proxy.process.processIdentifier)
         let baseline = try await runWrk(wrk, url: "http://127.0.0.1:\(proxyPort)/", connections: connections, seconds: seconds)
+        let baselineMicros = baselineCPU.microsecondsPerRequest(baseline.requests)
+        var gatewayCPU = ProcessCPU(childrenOf: nil)
         let open = try await runWrk(wrk, url: plain + "/bench/1/open", connections: connections, seconds: seconds)
+        let openMicros = gatewayCPU.microsecondsPerRequest(open.requests)
+        gatewayCPU = ProcessCPU(childrenOf: nil)
         let full = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
+        let fullMicros = gatewayCPU.microsecondsPerRequest(full.requests)
+        gatewayCPU = ProcessCPU(childrenOf: nil)
         let tls = try await runWrk(wrk, url: secure + "/bench/1/guarded", header: bearer, connections: connections, seconds: seconds)
-        func line(_ label: String, _ result: WrkResult, target: String = "") {
+        let tlsMicros = gatewayCPU.microsecondsPerRequest(tls.requests)
+        func line(_ label: String, _ result: WrkResult, cpu: Double, target: String = "") {
             print(label.padding(toLength: 62, withPad: " ", startingAt: 0)
-                + String(format: "%9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  %5.2f× nginx%@", result.rate, result.p50, result.p99,
-                         result.rate / baseline.rate, target))
+                + String(format: "%9.0f req/s  p50 %5.2f ms  p99 %5.2f ms  %5.2f× nginx  CPU %5.1f µs/req%@", result.rate, result.p50, result.p99,
+                         result.rate / baseline.rate, cpu, target))
         }
-        line("gateway: nginx proxy_pass, upstream keep-alive, 2 workers", baseline)
-        line("gateway: Tollgate, auth type None", open)
+        line("gateway: nginx proxy_pass, upstream keep-alive, 2 workers", baseline, cpu: baselineMicros)
+        line("gateway: Tollgate, auth type None", open, cpu: openMicros)
         let fullRatio = full.rate / baseline.rate
-        line("gateway: Tollgate, token cached, subscription limit, usage", full,
+        line("gateway: Tollgate, token cached, subscription limit, usage", full, cpu: fullMicros,
              target: "   target ≥ 0.85×: " + (fullRatio >= 0.85 ? "met" : "MISSED"))
-        line("gateway: Tollgate, the same over HTTPS", tls)
+        line("gateway: Tollgate, the same over HTTPS", tls, cpu: tlsMicros)
+        print("gateway: proxy CPU per request, Tollgate / nginx".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  auth None %4.2f×, full policy %4.2f×", openMicros / baselineMicros, fullMicros / baselineMicros))
         // Backend connections opened over the whole run: keep-alive pools keep this near the client connection count.
         if let status = try? await runProcess("/usr/bin/curl", ["-s", "http://127.0.0.1:\(backendPort)/nginx-status"]) {
             print("gateway: backend nginx: " + status.split(separator: "\n").prefix(3).joined(separator: " | "))
         }
         if full.errors + open.errors + tls.errors > 0 { print("gateway: wrk reported \(full.errors + open.errors + tls.errors) socket errors or non-2xx answers") }
+        if only == "rates" {
+            await cluster.stop()
+            try await group.shutdownGracefully()
+            return
+        }
 
         // Throttling on and off, alternated so drift in the machine's load falls on both alike.
         let unlimitedBearer = "Authorization: Bearer \(cluster.unlimitedToken)"
@@ -262,6 +286,24 @@ func benchDeploymentChange(apis count: Int) {
     }
     deltas.sort()
     wholes.sort()
+    // The gateway saves its state (at most every two seconds while changes come): what one save costs.
+    if let directory = try? temporaryDirectory() {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = DeploymentStore(directory: directory)
+        var saves: [Double] = []
+        for round in 0..<6 {
+            var change = DeploymentChange()
+            change.revision = UInt64(1000 + round)
+            change.change = .apiUpserted(definition(count + 1000 + round))
+            state = state.applying([change], appliedAtUnixMs: 0)
+            let started = ContinuousClock.now
+            try? store.save(state)
+            saves.append(benchMilliseconds(ContinuousClock.now - started))
+        }
+        saves.sort()
+        print("gateway: deployment state saved, \(state.apis.count) APIs, one changed".padding(toLength: 62, withPad: " ", startingAt: 0)
+            + String(format: "  p50 %6.1f ms  max %6.1f ms", saves[saves.count / 2], saves.last!))
+    }
     print("gateway: one API change applied, \(count) APIs loaded".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "  p50 %7.1f µs  p99 %7.1f µs   routing table built whole: p50 %7.1f µs", deltas[deltas.count / 2],
                  deltas[deltas.count * 99 / 100], wholes[wholes.count / 2]))
@@ -302,6 +344,36 @@ func runWrk(_ wrk: String, url: String, header: String? = nil, connections: Int,
     }
     guard result.rate > 0 else { throw BenchFailure("wrk \(url) measured nothing: \(output)") }
     return result
+}
+
+/// User and system CPU time used from its creation on, by this process, or
+/// by the children of a process (nginx's workers), read from `/proc`.
+struct ProcessCPU {
+    let parent: Int32?
+    let start: Double
+
+    init(childrenOf parent: Int32?) {
+        self.parent = parent
+        start = Self.seconds(childrenOf: parent)
+    }
+
+    func microsecondsPerRequest(_ requests: Int) -> Double {
+        (Self.seconds(childrenOf: parent) - start) * 1_000_000 / Double(max(1, requests))
+    }
+
+    static func seconds(childrenOf parent: Int32?) -> Double {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        // Fields after the command's closing parenthesis: state is field 3, ppid 4, utime 14, stime 15.
+        func fields(_ pid: String) -> [Substring]? {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { return nil }
+            return text[text.index(after: close)...].split(separator: " ")
+        }
+        func cpu(_ fields: [Substring]) -> Double { ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / ticks }
+        guard let parent else { return fields("self").map(cpu) ?? 0 }
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.filter { $0.first?.isNumber == true } ?? []
+        return pids.compactMap(fields).filter { $0.count > 12 && Int32($0[1]) == parent }.map(cpu).reduce(0, +)
+    }
 }
 
 func runProcess(_ executable: String, _ arguments: [String]) async throws -> String {

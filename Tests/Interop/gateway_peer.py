@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Drives a Tollgate gateway with stock HTTP clients (requests, and raw
-sockets only for the malformed cases), checking WSO2's answers. Prints one
+sockets only for what no HTTP library sends: malformed and pipelined
+requests, half-closed connections), checking WSO2's answers. Prints one
 PASS/FAIL line per check and "done: N checks" at the end; exits non-zero on
 any failure.
 """
 import argparse
 import base64
 import json
+import re
 import socket
 import sys
 import time
@@ -143,6 +145,45 @@ def main():
     except socket.timeout:
         pass
     check("the slow-header client gets 408 and is closed", answer.startswith(b"HTTP/1.1 408"), answer[:80])
+
+    # Pipelining, malformed bytes after a good request, and a client that
+    # half-closes its connection once its request is sent.
+    def raw_exchange(payload, half_close=False):
+        connection = socket.create_connection((host, int(port)))
+        connection.settimeout(20)
+        connection.sendall(payload)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+        received, closed = b"", False
+        try:
+            while True:
+                data = connection.recv(65536)
+                if not data:
+                    closed = True
+                    break
+                received += data
+        except socket.timeout:
+            pass
+        connection.close()
+        return received, closed
+
+    def raw_request(path, close=False):
+        return (b"GET " + arguments.context.encode() + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + arguments.token.encode() + b"\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+
+    received, closed = raw_exchange(raw_request(b"/echo?n=1") + raw_request(b"/open") + raw_request(b"/echo?n=3", close=True))
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    order = re.findall(rb'"path": "/echo\?n=(\d)"', received)
+    check("three pipelined requests are answered in order, the last closing the connection",
+          statuses == [b"200"] * 3 and order == [b"1", b"3"] and closed, f"{statuses} {order} closed={closed}")
+    received, closed = raw_exchange(raw_request(b"/echo?n=1") + b"GET /x HTTP/1.1\r\nBad Header: y\r\n\r\n")
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    check("malformed bytes after a good request: it is answered, then 400 and the connection closes",
+          statuses == [b"200", b"400"] and closed, f"{statuses} closed={closed}")
+    received, closed = raw_exchange(raw_request(b"/echo?n=1"), half_close=True)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    check("a client that half-closes after its request gets the answer, then the connection closes",
+          statuses == [b"200"] and b'"path": "/echo?n=1"' in received and closed, f"{statuses} closed={closed}")
 
     # Revocation reaches a gateway holding a cached success.
     revoked = requests.post(arguments.oauth + "/oauth2/token", data={"grant_type": "client_credentials"},

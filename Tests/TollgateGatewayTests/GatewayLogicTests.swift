@@ -243,6 +243,34 @@ func deployed(id: String, context: String, version: String, tenant: String = "ca
             #expect(throws: DeploymentStoreError.self, "cut at \(cut) of \(bytes.count)") { try store.load() }
         }
     }
+
+    /// Each API's encoding is kept between saves; a changed API is a new
+    /// definition, so the next save carries the change and keeps the rest.
+    @Test func aSaveAfterAChangeCarriesItAndKeepsTheRest() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tollgate-gw-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = DeploymentStore(directory: directory)
+        var chunk = DeploymentSnapshotChunk()
+        chunk.revision = 7
+        chunk.apis = [deployed(id: "menu-1", context: "/menu", version: "1.0", resources: [("/items", .get, .any)]),
+                      deployed(id: "shop-1", context: "/shop", version: "1.0", resources: [("/cart", .get, .any)])]
+        chunk.last = true
+        var state = DeploymentState(snapshot: [chunk], appliedAtUnixMs: 1)
+        try store.save(state)
+        var change = DeploymentChange()
+        change.revision = 8
+        change.change = .apiUpserted(deployed(id: "menu-1", context: "/menu", version: "1.0", resources: [("/orders", .post, .any)]))
+        state = state.applying([change], appliedAtUnixMs: 2)
+        try store.save(state)
+        let loaded = try #require(try store.load())
+        #expect(loaded.revision == 8 && loaded.apis.count == 2)
+        let menu = try #require(loaded.routes.route("/menu/1.0/orders"))
+        guard case .matched = menu.api.resource(for: "/orders", verb: .post) else { Issue.record("the changed API lost its new resource"); return }
+        guard case .noResource = menu.api.resource(for: "/items", verb: .get) else { Issue.record("the changed API kept its old resource"); return }
+        let shop = try #require(loaded.routes.route("/shop/1.0/cart"))
+        guard case .matched = shop.api.resource(for: "/cart", verb: .get) else { Issue.record("the unchanged API lost its resource"); return }
+    }
 }
 
 @Suite struct RequestPathTests {
