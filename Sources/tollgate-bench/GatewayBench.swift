@@ -213,15 +213,22 @@ func benchGateway() async throws {
     var analyticsOn: [WrkResult] = [], analyticsOff: [WrkResult] = []
     var shippedRequests = 0
     let ingestedBefore = cluster.eventsIngested
+    // CPU of this process per call: the gateway, and with records shipped also the analytics node's ingestion.
+    var cpuOn: [Double] = [], cpuOff: [Double] = []
     for _ in 0..<pairs {
         cluster.analyticsOn.value.store(false, ordering: .relaxed)
-        analyticsOff.append(try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds))
+        var cpu = ProcessCPU(childrenOf: nil)
+        let off = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds)
+        cpuOff.append(cpu.microsecondsPerRequest(off.requests))
+        analyticsOff.append(off)
         cluster.analyticsOn.value.store(true, ordering: .relaxed)
+        cpu = ProcessCPU(childrenOf: nil)
         let run = try await runWrk(wrk, url: plain + "/bench/1/guarded", header: bearer, connections: connections, seconds: pairSeconds)
+        // Let the last records of the run go out (and be counted) before the gateway stops shipping.
+        try await Task.sleep(for: .seconds(1))
+        cpuOn.append(cpu.microsecondsPerRequest(run.requests))
         analyticsOn.append(run)
         shippedRequests += run.requests
-        // Let the last records of the run go out before the gateway stops shipping.
-        try await Task.sleep(for: .seconds(1))
     }
     // Every call made while shipping reaches statdb (the last run's within a few seconds).
     let shipDeadline = ContinuousClock.now + .seconds(30)
@@ -237,6 +244,11 @@ func benchGateway() async throws {
     print("gateway: analytics on / off, mean of \(pairs) alternated runs".padding(toLength: 62, withPad: " ", startingAt: 0)
         + String(format: "  %9.0f / %9.0f req/s = %5.3f× (median of pairs %5.3f×)   target ≥ 0.97×: %@", analyticsOnRate, analyticsOffRate,
                  analyticsOnRate / analyticsOffRate, analyticsPairs[analyticsPairs.count / 2], analyticsOnRate / analyticsOffRate >= 0.97 ? "met" : "MISSED"))
+    cpuOn.sort()
+    cpuOff.sort()
+    print("gateway: CPU per call, analytics on / off, medians".padding(toLength: 62, withPad: " ", startingAt: 0)
+        + String(format: "  %6.1f / %6.1f µs: %5.1f µs per usage record (shipping and ingestion, both in this process)",
+                 cpuOn[pairs / 2], cpuOff[pairs / 2], cpuOn[pairs / 2] - cpuOff[pairs / 2]))
     print("gateway: calls made while shipping / events analytics counted".padding(toLength: 62, withPad: " ", startingAt: 0)
         + "  \(shippedRequests) / \(ingested)" + (Int(ingested) >= shippedRequests ? "" : "   (some not yet counted)"))
 
