@@ -217,7 +217,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     /// No request follows: the connection closes once what was written has gone out.
     private func clientInputClosed(context: ChannelHandlerContext) {
         if isIdle {
-            closing = true
+            stopTakingInput()
             timer.closeAfterWrites()
         } else {
             // The exchange in progress is the last: its end closes the connection.
@@ -226,9 +226,14 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     }
 
     private func close(context: ChannelHandlerContext) {
+        stopTakingInput()
+        context.close(promise: nil)
+    }
+
+    /// The connection is closing: what is queued, and anything read from now, is dropped.
+    private func stopTakingInput() {
         closing = true
         queued.removeAll()
-        context.close(promise: nil)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -579,8 +584,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
-            closing = true
-            queued.removeAll()
+            stopTakingInput()
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -615,9 +619,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         keepAlive = false
         report()
         reset()
-        closing = true
-        queued.removeAll()
-        context?.close(promise: nil)
+        guard let context else { return }
+        close(context: context)
     }
 
     private func closeUpstream() {
