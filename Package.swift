@@ -101,7 +101,8 @@ let package = Package(
                                                     "TollgateProto", "LMDBKit", logging]),
 
         // The data plane: routing, token checks, blocks, throttling, endpoints, usage records (no database).
-        .target(name: "TollgateGateway", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore",
+        // Usage records are folded into minute rows before shipping, by the analytics role's own rules.
+        .target(name: "TollgateGateway", dependencies: ["RoleCore", "RPCCore", "TollgateServices", "TollgateStorage", "TollgateProto", "ThrottleCore", "TollgateAnalytics",
                                                       logging, serviceLifecycle]),
 
         // MARK: Node and executables

@@ -349,3 +349,88 @@ public struct BatchDelta: Sendable {
         return out
     }
 }
+
+/// A gateway's minute row that cannot be counted.
+public struct UsageSummaryError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+extension BatchDelta {
+    /// Adds a call as a gateway folds it before shipping: its row's key as
+    /// the call names it, not yet clipped or lower-cased (analytics does
+    /// that to every row it takes, ``row(of:)``; rows that then coincide
+    /// are added together), which spares the gateway a pass over every
+    /// string of every call.
+    public mutating func addUnclipped(_ event: UsageEvent) {
+        let status = event.responseCode
+        add(event, key: event.requestTimestampUnixMs > 0
+            ? SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(event.requestTimestampUnixMs, .minute),
+                         tenant: event.apiCreatorTenantDomain, context: event.apiContext, version: event.apiVersion, resource: event.resource,
+                         verb: event.verb, applicationTenant: event.userTenantDomain, applicationID: event.applicationId, username: event.username,
+                         keyType: event.keyType, statusClass: status > 0 && status < 1000 ? UInt32(status / 100) : 0)
+            : nil)
+    }
+
+    /// The rows as a gateway ships them (``PublishUsageEventsRequest/summaries``):
+    /// minute rows of the calls added, which analytics adds to statdb as it
+    /// would the calls themselves.
+    public var summaries: [UsageSummary] {
+        rows.map { key, counts in
+            var summary = key.summary
+            counts.apply(to: &summary)
+            return summary
+        }
+    }
+
+    /// A gateway's minute row as a key and counts, checked, its key made the
+    /// way ``key(of:)`` makes a call's (bucket aligned, strings clipped,
+    /// tenants lower-cased); nil for a row of no calls.
+    public static func row(of summary: UsageSummary) throws(UsageSummaryError) -> (key: SummaryKey, counts: UsageCounts)? {
+        typealias Limit = StatisticsDatabase.Limit
+        guard summary.requestCount > 0 else { return nil }
+        guard summary.granularity == .minute else {
+            throw UsageSummaryError(description: "a usage summary from a gateway must be a minute row, not \(summary.granularity)")
+        }
+        guard summary.bucketStartUnixMs > 0 else { throw UsageSummaryError(description: "a usage summary without a bucket start") }
+        guard summary.statusClass < 10 else { throw UsageSummaryError(description: "status class \(summary.statusClass) is not a digit") }
+        for (name, histogram) in [("response", summary.responseLatency), ("backend", summary.backendLatency)] {
+            if let histogram, !histogram.isWellFormed {
+                throw UsageSummaryError(description: "the \(name) latency histogram of a usage summary has buckets out of order or out of range")
+            }
+        }
+        let key = SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(summary.bucketStartUnixMs, .minute),
+                             tenant: clip(StatisticsDatabase.lowercased(summary.tenantDomain), Limit.tenant),
+                             context: clip(summary.apiContext, Limit.context), version: clip(summary.apiVersion, Limit.version),
+                             resource: clip(summary.resource, Limit.resource), verb: summary.verb,
+                             applicationTenant: clip(StatisticsDatabase.lowercased(summary.applicationTenantDomain), Limit.tenant),
+                             applicationID: clip(summary.applicationId, Limit.applicationID), username: clip(summary.username, Limit.username),
+                             keyType: summary.keyType, statusClass: summary.statusClass)
+        var counts = UsageCounts()
+        counts.add(summary)
+        return (key, counts)
+    }
+
+    /// Adds a row of calls counted elsewhere (a gateway's, from ``row(of:)``).
+    public mutating func add(row key: SummaryKey, _ counts: UsageCounts) {
+        accepted += counts.requests
+        rows[key, default: UsageCounts()].add(counts)
+    }
+}
+
+extension LatencyHistogram {
+    /// Whether every bucket is one ``LatencyBuckets`` has, the sparse ones
+    /// in ascending order with a count each (what this node writes; a
+    /// histogram from elsewhere is checked before it is added to one).
+    var isWellFormed: Bool {
+        let highest = HistogramAccumulator.highestIndex
+        guard bucketIndexes.count == bucketCounts.count else { return false }
+        var previous: UInt32?
+        for index in bucketIndexes {
+            if index > highest { return false }
+            if let previous, index <= previous { return false }
+            previous = index
+        }
+        if !denseCounts.isEmpty && UInt64(firstBucket) + UInt64(denseCounts.count) - 1 > UInt64(highest) { return false }
+        return true
+    }
+}

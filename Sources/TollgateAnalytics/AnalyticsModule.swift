@@ -137,7 +137,7 @@ public struct AnalyticsRPCService: AnalyticsServiceHandler {
                         let ack = try await wait()
                         window.release()
                         try await writer.write(PublishUsageEventsResponse(acceptedCount: ack.accepted, discardedCount: ack.discarded, sequence: sequence,
-                                                                          epoch: epoch, duplicate: ack.duplicate))
+                                                                          epoch: epoch, duplicate: ack.duplicate, summariesCounted: true))
                     }
                 }
                 do {
@@ -149,11 +149,20 @@ public struct AnalyticsRPCService: AnalyticsServiceHandler {
                         guard !gateway.isEmpty, request.sequence > 0 else {
                             throw RPCError(.invalidArgument, "every batch needs a gateway_id and a sequence from 1")
                         }
-                        guard request.events.count <= Self.maxBatchEvents else {
-                            throw RPCError(.invalidArgument, "\(request.events.count) events in one batch; at most \(Self.maxBatchEvents)")
+                        guard request.events.count <= Self.maxBatchEvents, request.summaries.count <= Self.maxBatchEvents else {
+                            throw RPCError(.invalidArgument, "\(request.events.count) events and \(request.summaries.count) summaries in one batch; at most \(Self.maxBatchEvents) of each")
+                        }
+                        var rows: [(key: SummaryKey, counts: UsageCounts)] = []
+                        rows.reserveCapacity(request.summaries.count)
+                        for summary in request.summaries {
+                            do throws(UsageSummaryError) {
+                                if let row = try BatchDelta.row(of: summary) { rows.append(row) }
+                            } catch {
+                                throw RPCError(.invalidArgument, "batch \(request.sequence) of gateway \(gateway): \(error)")
+                            }
                         }
                         await window.acquire()
-                        let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events)
+                        let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events, rows: rows)
                         continuation.yield((wait, request.epoch, request.sequence))
                     }
                     continuation.finish()

@@ -131,6 +131,12 @@ public final class UsageIngest: Sendable {
     }
     /// A commit taking this long or longer makes the next wait as long.
     static let pacedCommit: Duration = .milliseconds(5)
+    /// Commits start at least this far apart: each ends in a disk flush,
+    /// and gateways' folded batches are small, so without it every batch
+    /// would cost a flush of its own (tens a second per gateway, each
+    /// stealing the machine's time from the calls being counted) for
+    /// acknowledgements nobody waits for.
+    static let commitInterval: Duration = .milliseconds(100)
     /// What a minute's rows are rolled up into.
     static let rollups: [BucketGranularity] = [.hour, .day, .week]
     /// Minutes rolled up into their hours, days and weeks (``rollUp(before:)``).
@@ -149,7 +155,10 @@ public final class UsageIngest: Sendable {
     /// Checks a batch and folds it into the group waiting for the next
     /// commit (in the caller's order: call from one task per stream);
     /// returns what to wait on for its acknowledgement.
-    public func enqueue(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent]) -> @Sendable () async throws -> Ack {
+    /// `rows` are the batch's calls a gateway folded into minute rows
+    /// itself (``BatchDelta/row(of:)``), counted with its events.
+    public func enqueue(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent],
+                        rows: [(key: SummaryKey, counts: UsageCounts)] = []) -> @Sendable () async throws -> Ack {
         let promise = Promise()
         let wait: @Sendable () async throws -> Ack = { try await promise.value }
         let stream = Stream(gateway: gateway, epoch: epoch)
@@ -177,6 +186,7 @@ public final class UsageIngest: Sendable {
                     state.accepted[stream] = sequence
                     let before = (state.group.delta.accepted, state.group.delta.discarded)
                     for (event, key) in zip(events, keys) { state.group.delta.add(event, key: key) }
+                    for row in rows { state.group.delta.add(row: row.key, row.counts) }
                     let accepted = state.group.delta.accepted - before.0
                     var progress = state.group.streams[stream] ?? Progress()
                     progress.lastSequence = sequence
@@ -206,8 +216,9 @@ public final class UsageIngest: Sendable {
     }
 
     /// Applies a batch and waits for its acknowledgement.
-    public func submit(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent]) async throws -> Ack {
-        try await enqueue(gateway: gateway, epoch: epoch, sequence: sequence, events: events)()
+    public func submit(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent],
+                       rows: [(key: SummaryKey, counts: UsageCounts)] = []) async throws -> Ack {
+        try await enqueue(gateway: gateway, epoch: epoch, sequence: sequence, events: events, rows: rows)()
     }
 
     /// On the writer: commits the waiting group, again and again, until none is.
@@ -243,15 +254,17 @@ public final class UsageIngest: Sendable {
                 }
                 for gap in taken.gaps { gapReporter(gap) }
                 for (promise, ack) in taken.answers { promise.fulfill(.success(ack)) }
-                if took >= Self.pacedCommit {
-                    // Under load, the next group gathers for as long as this
-                    // commit took: a commit's cost is in its rows, and the
-                    // rows a group touches grow far slower than its calls.
-                    // The writer stays free half the time for the roll-up,
-                    // pruning and the cores for decoding.
+                // The next group gathers for as long as this commit took, when
+                // that was long (under load: a commit's cost is in its rows,
+                // and the rows a group touches grow far slower than its calls,
+                // and the writer stays free half the time for the roll-up,
+                // pruning and the cores for decoding), and for the rest of
+                // the commit interval otherwise.
+                let pause = took >= Self.pacedCommit ? took : Self.commitInterval - took
+                if pause > .zero {
                     let writer = statdb.database.writer
                     Task { [self] in
-                        try? await Task.sleep(for: took)
+                        try? await Task.sleep(for: pause)
                         writer.submit { [self] in drain() }
                     }
                     return

@@ -27,6 +27,8 @@ public final class EndpointGroup: Sendable {
             list = [group.primary].compactMap { $0 } + group.secondaries
         }
         endpoints = list.compactMap { endpoint in BackendTarget(url: endpoint.url, endpoint: endpoint, defaults: defaults).map { (endpoint, $0) } }
+        destinations = endpoints.map(\.target.description)
+        targets = endpoints.map(\.target)
         guard !endpoints.isEmpty else { return nil }
     }
 
@@ -34,9 +36,9 @@ public final class EndpointGroup: Sendable {
     /// turn; failover at the primary. Suspended endpoints are left out.
     func candidates(health: EndpointHealth, now: Int64) -> [BackendTarget] {
         switch strategy {
-        case .single:
-            return endpoints.filter { !health.isSuspended($0.endpoint.url, now: now) }.map(\.target)
-        case .failover:
+        case .single, .failover:
+            // While every endpoint is healthy (the usual case): the list made once, shared.
+            if !health.anySuspension { return targets }
             return endpoints.filter { !health.isSuspended($0.endpoint.url, now: now) }.map(\.target)
         case .roundRobin:
             let start = Int(next.add(1, ordering: .relaxed).oldValue % UInt64(endpoints.count))
@@ -53,10 +55,25 @@ public final class EndpointGroup: Sendable {
     /// The endpoint a candidate came from (candidates carry the gateway's
     /// default timeouts where the endpoint set none, so only the address counts).
     func endpoint(for target: BackendTarget) -> Endpoint? {
-        endpoints.first {
-            $0.target.host == target.host && $0.target.port == target.port && $0.target.isSecure == target.isSecure
+        index(of: target).map { endpoints[$0].endpoint }
+    }
+
+    /// Each endpoint's address as usage records name it (`http(s)://host:port/base`),
+    /// made once here rather than for every request.
+    private let destinations: [String]
+    /// Every endpoint's target, in configuration order.
+    private let targets: [BackendTarget]
+
+    /// The endpoint a candidate came from, with its address for the usage record.
+    func entry(for target: BackendTarget) -> (endpoint: Endpoint, destination: String)? {
+        index(of: target).map { (endpoints[$0].endpoint, destinations[$0]) }
+    }
+
+    private func index(of target: BackendTarget) -> Int? {
+        endpoints.firstIndex {
+            $0.target.port == target.port && $0.target.isSecure == target.isSecure && $0.target.host == target.host
                 && $0.target.basePath == target.basePath
-        }?.endpoint
+        }
     }
 }
 
@@ -127,11 +144,18 @@ public final class EndpointHealth: Sendable {
     }
     private let states = Mutex<[String: State]>([:])
     private let anySuspended = Atomic<Bool>(false)
+    /// Endpoints `states` holds (set under its lock): while none has
+    /// failed, a success is recorded without taking the lock, which both
+    /// event loops would otherwise take on every request.
+    private let tracked = Atomic<Int>(0)
 
     public init() {}
 
     /// Defaults when an endpoint sets no suspension: WSO2's 30 s, not growing.
     static let defaultInitialMs: Int64 = 30_000
+
+    /// Whether any endpoint is (or was, until its next success) suspended.
+    var anySuspension: Bool { anySuspended.load(ordering: .relaxed) }
 
     func isSuspended(_ url: String, now: Int64) -> Bool {
         // No lock at all while every endpoint is healthy.
@@ -140,9 +164,11 @@ public final class EndpointHealth: Sendable {
     }
 
     func recordSuccess(_ url: String) {
+        guard tracked.load(ordering: .relaxed) > 0 else { return }
         guard anySuspended.load(ordering: .relaxed) || states.withLock({ $0[url] != nil }) else { return }
         states.withLock { states in
             states[url] = nil
+            tracked.store(states.count, ordering: .relaxed)
             if !states.values.contains(where: { $0.suspendedUntil > 0 }) { anySuspended.store(false, ordering: .relaxed) }
         }
     }
@@ -184,6 +210,7 @@ public final class EndpointHealth: Sendable {
                 anySuspended.store(true, ordering: .relaxed)
             }
             states[endpoint.url] = state
+            tracked.store(states.count, ordering: .relaxed)
             return suspended
         }
     }

@@ -4,6 +4,7 @@ import RoleCore
 import RPCCore
 import ServiceLifecycle
 import Synchronization
+import TollgateAnalytics
 public import TollgateProto
 import TollgateServices
 
@@ -141,6 +142,8 @@ final class UsageShipping: Sendable {
         var duplicateBatches: UInt64 = 0
         var lastOverflowLog: ContinuousClock.Instant?
         var overflowSinceLog: UInt64 = 0
+        /// An analytics node acknowledged a batch without counting its summaries (logged once).
+        var warnedUncountedSummaries = false
     }
     let state = Mutex(State())
 
@@ -155,7 +158,7 @@ final class UsageShipping: Sendable {
 }
 
 /// Drains the usage queue into analytics (docs/analytics.md, "Shipping"):
-/// each batch is numbered and appended to the spool, streamed to an
+/// each batch is folded into minute rows, numbered and appended to the spool, streamed to an
 /// analytics node over `PublishUsageEvents`, and forgotten once that node
 /// acknowledges it (applied, or already applied). While no analytics node
 /// answers, batches stay in the spool, up to its cap, and are sent in order
@@ -230,11 +233,28 @@ struct UsageShipper: Service {
         }
     }
 
+    /// A batch as it is shipped: its calls folded into minute rows by the
+    /// rules analytics adds calls to statdb by. Most calls of a batch share
+    /// a row (same minute, API, resource, application, user, status
+    /// class), so a batch of 512 calls is usually a few rows: encoding,
+    /// spooling, sending and counting a call each cost a gateway and its
+    /// analytics node several times what the rows do. A call without a
+    /// timestamp goes as it is, for analytics to report as discarded.
+    static func shipped(_ batch: [UsageEvent]) -> (summaries: [UsageSummary], events: [UsageEvent]) {
+        var delta = BatchDelta()
+        var unstamped: [UsageEvent] = []
+        for event in batch {
+            if event.requestTimestampUnixMs > 0 { delta.addUnclipped(event) } else { unstamped.append(event) }
+        }
+        return (delta.summaries, unstamped)
+    }
+
     private func spoolBatch(_ batch: [UsageEvent], wakeup: Wakeup?) {
         guard let spool, analyticsConfigured else { return }
         do {
+            let (summaries, events) = Self.shipped(batch)
             let appended = try spool.append(events: batch.count) { epoch, sequence in
-                try PublishUsageEventsRequest(events: batch, gatewayId: gatewayID, epoch: epoch, sequence: sequence).serializedBytes()
+                try PublishUsageEventsRequest(events: events, gatewayId: gatewayID, epoch: epoch, sequence: sequence, summaries: summaries).serializedBytes()
             }
             guard appended != nil else {
                 queue.recordDiscarded(batch.count)
@@ -324,6 +344,15 @@ struct UsageShipper: Service {
                 try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests,
                                                   options: CallOptions()) { (response: PublishUsageEventsResponse) in
                     guard response.epoch == 0 || spool.holds(epoch: response.epoch) else { return }
+                    if !response.summariesCounted && !response.duplicate {
+                        let first = shipping.state.withLock { state in
+                            defer { state.warnedUncountedSummaries = true }
+                            return !state.warnedUncountedSummaries
+                        }
+                        if first {
+                            logger.error("analytics \(name) does not count usage summaries (it is older than this gateway): the calls of batches it acknowledges are lost until it is upgraded; upgrade analytics nodes before gateways")
+                        }
+                    }
                     let events = spool.acknowledge(through: response.sequence)
                     if !progress.acknowledged {
                         shipping.state.withLock { $0.connected = true; $0.analytics = name }

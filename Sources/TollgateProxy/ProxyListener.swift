@@ -158,11 +158,15 @@ extension ConnectionTimer: Sendable {}
 /// Response fields a proxied response drops: the hop-by-hop ones, and those the `Connection` header names.
 enum HopByHop {
     /// Drops hop-by-hop fields, and any field the `Connection` header names.
-    /// Runs on every response: `Connection: keep-alive` and `close` (the
-    /// usual values, naming no field) cost no allocation.
-    static func strip(_ headers: HTTPHeaders) -> [(String, String)] {
+    /// Runs on every response: a response with no such field comes back as it
+    /// is (no copy), and `Connection: keep-alive` or `close` (the usual
+    /// values, naming no field) cost no allocation.
+    static func strip(_ headers: HTTPHeaders) -> HTTPHeaders {
         var named: [String] = []
-        for (name, value) in headers where name.caseInsensitiveEquals("connection") {
+        var dropsAny = false
+        for (name, value) in headers where HopByHopFields.contains(name) {
+            dropsAny = true
+            guard name.caseInsensitiveEquals("connection") else { continue }
             for token in value.split(separator: ",") {
                 guard let first = token.utf8.firstIndex(where: { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }),
                       let last = token.utf8.lastIndex(where: { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }) else { continue }
@@ -171,12 +175,13 @@ enum HopByHop {
                 named.append(option)
             }
         }
-        var kept: [(String, String)] = []
+        guard dropsAny else { return headers }
+        var kept = HTTPHeaders()
         kept.reserveCapacity(headers.count)
         for (name, value) in headers {
             if HopByHopFields.contains(name) { continue }
             if !named.isEmpty && named.contains(where: { $0.caseInsensitiveEquals(name) }) { continue }
-            kept.append((name, value))
+            kept.add(name: name, value: value)
         }
         return kept
     }

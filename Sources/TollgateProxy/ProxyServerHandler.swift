@@ -247,10 +247,35 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         self.head = head
         startedAt = .now()
         keepAlive = head.isKeepAlive && !quiescing
-        requestContentLength = head.headers.first(name: "content-length").flatMap { Int($0) }
-        let chunked = head.headers["transfer-encoding"].contains { $0.lowercased().contains("chunked") }
-        requestHasBody = chunked || (requestContentLength ?? 0) > 0
-        expectsContinue = head.headers["expect"].contains { $0.lowercased() == "100-continue" }
+
+        // One pass over the fields: the copy role logic gets, the head's
+        // size, and the few fields framing depends on (this runs per request).
+        var fields: [(name: String, value: String)] = []
+        fields.reserveCapacity(head.headers.count)
+        var headBytes = head.uri.utf8.count
+        var contentLength: Int?
+        var chunked = false
+        var expectsContinue = false
+        var host: String?
+        for (name, value) in head.headers {
+            fields.append((name, value))
+            headBytes += name.utf8.count + value.utf8.count + 4
+            switch name.utf8.count {
+            case 4 where host == nil && name.caseInsensitiveEquals("host"):
+                host = value
+            case 6 where name.caseInsensitiveEquals("expect"):
+                expectsContinue = expectsContinue || value.caseInsensitiveEquals("100-continue")
+            case 14 where contentLength == nil && name.caseInsensitiveEquals("content-length"):
+                contentLength = Int(value)
+            case 17 where name.caseInsensitiveEquals("transfer-encoding"):
+                chunked = chunked || value.lowercased().contains("chunked")
+            default:
+                break
+            }
+        }
+        requestContentLength = contentLength
+        requestHasBody = chunked || (contentLength ?? 0) > 0
+        self.expectsContinue = expectsContinue
 
         if head.uri.utf8.count > limits.maxURIBytes {
             respondLocally(status: 414, "the request URI is longer than \(limits.maxURIBytes) bytes")
@@ -260,18 +285,13 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             respondLocally(status: 431, "the request has more than \(limits.maxHeaderCount) header fields")
             return
         }
-        let headBytes = head.uri.utf8.count + head.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
         if headBytes > limits.maxHeaderBytes {
             respondLocally(status: 431, "the request head is larger than \(limits.maxHeaderBytes) bytes")
             return
         }
-        var fields: [(name: String, value: String)] = []
-        fields.reserveCapacity(head.headers.count)
-        for (name, value) in head.headers { fields.append((name, value)) }
         let request = ProxyRequestHead(method: head.method.rawValue, uri: head.uri, versionMajor: head.version.major,
                                        versionMinor: head.version.minor, headers: fields,
-                                       clientAddress: clientAddress(context), isSecure: isSecure,
-                                       host: head.headers.first(name: "host"))
+                                       clientAddress: clientAddress(context), isSecure: isSecure, host: host)
         decide(policy.decide(request))
     }
 
@@ -442,7 +462,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
     // MARK: Backend side
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
-        guard let context, let head, let plan else { return }
+        // The plan is read in place, not bound: a copy of it is a retain and release of each of its fields, for every part of every response.
+        guard let context, let head, plan != nil else { return }
         switch part {
         case .head(let response):
             // Interim answers (100 Continue) are the backend's to us, not the client's.
@@ -450,8 +471,8 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
             backendNanoseconds = NIODeadline.now().uptimeNanoseconds &- backendStartedAt.uptimeNanoseconds
             upstreamKeepAlive = response.isKeepAlive
             if let target { armReadTimer(target) }
-            var headers = HTTPHeaders(HopByHop.strip(response.headers))
-            for (name, value) in plan.responseHeaders { headers.add(name: name, value: value) }
+            var headers = HopByHop.strip(response.headers)
+            for (name, value) in plan?.responseHeaders ?? [] { headers.add(name: name, value: value) }
             let bodyless = head.method == .HEAD || response.status.code == 204 || response.status.code == 304
             if !bodyless && !headers.contains(name: "content-length") && head.version.minor == 0 {
                 // An HTTP/1.0 client cannot take chunks: the body ends with the connection.

@@ -158,6 +158,68 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
         }
     }
 
+    /// A gateway folds its calls into minute rows before shipping them:
+    /// statdb ends up with the very rows those calls would have made, at
+    /// every granularity, and the rows count as the calls they stand for.
+    @Test func aGatewaysMinuteRowsCountAsItsCallsWould() async throws {
+        let events = [
+            event(at: base + 1_000), event(at: base + 1_500, latencyUs: 90_000), event(at: base + 2_000, status: 404),
+            event(at: base + 61_000, status: 503, fault: true), event(at: base + 62_000, status: 429, throttled: "SUBSCRIPTION_LIMIT_EXCEEDED"),
+            event(at: base + 63_000, status: 429, throttled: "APPLICATION_LIMIT_EXCEEDED"), event(at: base + 3_600_000 + 5, status: 403, blocked: true),
+            event(at: base + 4_000, tenant: "Tenant.Example", app: "app-2", user: "carol", latencyUs: 7),
+            // Rows the gateway keeps apart that analytics' keys bring together: a tenant's case, a resource past its limit.
+            event(at: base + 4_500, tenant: "tenant.example", app: "app-2", user: "carol", latencyUs: 9),
+            event(at: base + 5_000, resource: "/" + String(repeating: "r", count: StatisticsDatabase.Limit.resource + 10)),
+            event(at: base + 5_500, resource: "/" + String(repeating: "r", count: StatisticsDatabase.Limit.resource + 20)),
+        ]
+        var delta = BatchDelta()
+        for event in events { delta.addUnclipped(event) }
+        let shipped = delta.summaries
+        #expect(shipped.count < events.count)
+        func stored(_ submit: (UsageIngest) async throws -> UsageIngest.Ack) async throws -> (ack: UsageIngest.Ack, rows: [[UsageSummary]]) {
+            try await withStatdb { statdb in
+                let ingest = UsageIngest(statdb: statdb)
+                let ack = try await submit(ingest)
+                _ = try await ingest.rollUp(before: base + 2 * 3_600_000)
+                let rows = try [BucketGranularity.minute, .hour, .day].map { granularity in
+                    try statdb.summaries(granularity, fromUnixMs: 0, toUnixMs: .max).map { (bytes: try $0.serializedBytes(), row: $0) }
+                        .sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) }.map(\.row)
+                }
+                return (ack, rows)
+            }
+        }
+        let fromEvents = try await stored { try await $0.submit(gateway: "gw-1", epoch: 1, sequence: 1, events: events) }
+        let fromRows = try await stored { ingest in
+            try await ingest.submit(gateway: "gw-1", epoch: 1, sequence: 1, events: [], rows: try shipped.compactMap { try BatchDelta.row(of: $0) })
+        }
+        #expect(fromRows.ack == fromEvents.ack)
+        #expect(fromRows.ack.accepted == UInt64(events.count))
+        #expect(fromRows.rows == fromEvents.rows)
+        #expect(fromRows.rows[2].map(\.requestCount).reduce(0, +) == UInt64(events.count))
+    }
+
+    /// A gateway's row that could not have been made by these rules is refused, not added.
+    @Test func malformedMinuteRowsAreRefused() throws {
+        var delta = BatchDelta()
+        delta.add(event(at: base + 1_000))
+        let good = try #require(delta.summaries.first)
+        #expect(try BatchDelta.row(of: good) != nil)
+        var hourly = good
+        hourly.granularity = .hour
+        var outOfOrder = good
+        outOfOrder.responseLatency = LatencyHistogram(count: 2, sumUs: 10, maxUs: 9, bucketIndexes: [9, 3], bucketCounts: [1, 1])
+        var outOfRange = good
+        outOfRange.backendLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, firstBucket: 5_000, denseCounts: [1])
+        var unpaired = good
+        unpaired.responseLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, bucketIndexes: [3], bucketCounts: [])
+        for bad in [hourly, outOfOrder, outOfRange, unpaired] {
+            #expect(throws: UsageSummaryError.self) { try BatchDelta.row(of: bad) }
+        }
+        var empty = good
+        empty.requestCount = 0
+        #expect(try BatchDelta.row(of: empty) == nil)
+    }
+
     @Test func concurrentBatchesFromManyGatewaysAddUpExactly() async throws {
         try await withStatdb { statdb in
             let ingest = UsageIngest(statdb: statdb)

@@ -50,7 +50,8 @@ final class FakeAnalytics: RPCClientTransport {
             if stream == 1, let failAfter, count > failAfter {
                 throw RPCError(.unavailable, "connection lost")  // this batch is never acknowledged
             }
-            let response = PublishUsageEventsResponse(acceptedCount: UInt64(request.events.count), sequence: request.sequence, epoch: request.epoch)
+            let calls = UInt64(request.events.count) + request.summaries.reduce(0) { $0 + $1.requestCount }
+            let response = PublishUsageEventsResponse(acceptedCount: calls, sequence: request.sequence, epoch: request.epoch, summariesCounted: true)
             try await onResponse(response as! Response)  // swiftlint:disable:this force_cast
         }
     }
@@ -81,8 +82,10 @@ struct FakePeers: PeerDirectory {
 }
 
 @Suite struct UsageShipperTests {
+    /// Each call its own minute row (its own user), so batches take room in the spool as a call each.
     func event(_ index: Int) -> UsageEvent {
-        UsageEvent(correlationId: "request-\(index)-" + String(repeating: "x", count: 150), requestTimestampUnixMs: 1_795_860_000_000 + Int64(index))
+        UsageEvent(correlationId: "request-\(index)", requestTimestampUnixMs: 1_795_860_000_000 + Int64(index),
+                   username: "user-\(index)-" + String(repeating: "x", count: 150))
     }
 
     func withShipper(analytics: FakeAnalytics, maxBytes: Int64, logger: Logger = Logger(label: "test"), failureLogInterval: Duration = .seconds(60),

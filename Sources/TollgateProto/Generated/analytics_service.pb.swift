@@ -127,6 +127,8 @@ public struct PublishUsageEventsRequest: ProtoMessage {
     public var epoch: UInt64 = 0
     /// Field 4.
     public var sequence: UInt64 = 0
+    /// Field 5.
+    public var summaries: [UsageSummary] = []
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -136,12 +138,14 @@ public struct PublishUsageEventsRequest: ProtoMessage {
         events: [UsageEvent] = [],
         gatewayId: String = "",
         epoch: UInt64 = 0,
-        sequence: UInt64 = 0
+        sequence: UInt64 = 0,
+        summaries: [UsageSummary] = []
     ) {
         self.events = events
         self.gatewayId = gatewayId
         self.epoch = epoch
         self.sequence = sequence
+        self.summaries = summaries
     }
 }
 
@@ -159,6 +163,8 @@ public struct PublishUsageEventsResponse: ProtoMessage {
     public var epoch: UInt64 = 0
     /// Field 4.
     public var duplicate: Bool = false
+    /// Field 6.
+    public var summariesCounted: Bool = false
     /// Fields this build's schema does not declare, kept from decoding so that re-encoding loses nothing.
     public var unknownFields: ProtoUnknownFields = ProtoUnknownFields()
 
@@ -169,13 +175,15 @@ public struct PublishUsageEventsResponse: ProtoMessage {
         discardedCount: UInt64 = 0,
         sequence: UInt64 = 0,
         epoch: UInt64 = 0,
-        duplicate: Bool = false
+        duplicate: Bool = false,
+        summariesCounted: Bool = false
     ) {
         self.acceptedCount = acceptedCount
         self.discardedCount = discardedCount
         self.sequence = sequence
         self.epoch = epoch
         self.duplicate = duplicate
+        self.summariesCounted = summariesCounted
     }
 }
 
@@ -549,6 +557,8 @@ extension PublishUsageEventsRequest {
         c.pointee.gateway_id = try arena.cString(self.gatewayId, field: "gateway_id", in: Self.protoName)
         c.pointee.epoch = self.epoch
         c.pointee.sequence = self.sequence
+        c.pointee.n_summaries = self.summaries.count
+        c.pointee.summaries = try arena.messages(self.summaries) { (value) throws(ProtoEncodingError) in try value._cMessage(in: arena) }
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -560,6 +570,7 @@ extension PublishUsageEventsRequest {
         self.gatewayId = try ProtoDecode.string(c.pointee.gateway_id, field: "gateway_id", in: Self.protoName)
         self.epoch = c.pointee.epoch
         self.sequence = c.pointee.sequence
+        self.summaries = try ProtoDecode.messages(c.pointee.summaries, count: c.pointee.n_summaries, in: Self.protoName) { (element) throws(ProtoDecodingError) in try UsageSummary(_cMessage: element) }
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }
@@ -597,6 +608,7 @@ extension PublishUsageEventsResponse {
         c.pointee.sequence = self.sequence
         c.pointee.epoch = self.epoch
         c.pointee.duplicate = (self.duplicate ? 1 : 0)
+        c.pointee.summaries_counted = (self.summariesCounted ? 1 : 0)
         arena.attach(self.unknownFields, to: &c.pointee.base)
         return c
     }
@@ -609,6 +621,7 @@ extension PublishUsageEventsResponse {
         self.sequence = c.pointee.sequence
         self.epoch = c.pointee.epoch
         self.duplicate = (c.pointee.duplicate != 0)
+        self.summariesCounted = (c.pointee.summaries_counted != 0)
         self.unknownFields = try ProtoUnknownFields(c.pointee.base, in: Self.protoName)
     }
 }

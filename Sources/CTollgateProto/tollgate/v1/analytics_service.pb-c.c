@@ -187,7 +187,7 @@ void   tollgate__v1__query_usage_response__free_unpacked
   assert(message->base.descriptor == &tollgate__v1__query_usage_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request__field_descriptors[4] =
+static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request__field_descriptors[5] =
 {
   {
     "events",
@@ -237,17 +237,30 @@ static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "summaries",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tollgate__V1__PublishUsageEventsRequest, n_summaries),
+    offsetof(Tollgate__V1__PublishUsageEventsRequest, summaries),
+    &tollgate__v1__usage_summary__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__publish_usage_events_request__field_indices_by_name[] = {
   2,   /* field[2] = epoch */
   0,   /* field[0] = events */
   1,   /* field[1] = gateway_id */
   3,   /* field[3] = sequence */
+  4,   /* field[4] = summaries */
 };
 static const ProtobufCIntRange tollgate__v1__publish_usage_events_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_request__descriptor =
 {
@@ -257,14 +270,14 @@ const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_request__des
   "Tollgate__V1__PublishUsageEventsRequest",
   "tollgate.v1",
   sizeof(Tollgate__V1__PublishUsageEventsRequest),
-  4,
+  5,
   tollgate__v1__publish_usage_events_request__field_descriptors,
   tollgate__v1__publish_usage_events_request__field_indices_by_name,
   1,  tollgate__v1__publish_usage_events_request__number_ranges,
   (ProtobufCMessageInit) tollgate__v1__publish_usage_events_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_response__field_descriptors[5] =
+static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_response__field_descriptors[6] =
 {
   {
     "accepted_count",
@@ -326,6 +339,18 @@ static const ProtobufCFieldDescriptor tollgate__v1__publish_usage_events_respons
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "summaries_counted",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tollgate__V1__PublishUsageEventsResponse, summaries_counted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tollgate__v1__publish_usage_events_response__field_indices_by_name[] = {
   0,   /* field[0] = accepted_count */
@@ -333,11 +358,12 @@ static const unsigned tollgate__v1__publish_usage_events_response__field_indices
   3,   /* field[3] = duplicate */
   4,   /* field[4] = epoch */
   2,   /* field[2] = sequence */
+  5,   /* field[5] = summaries_counted */
 };
 static const ProtobufCIntRange tollgate__v1__publish_usage_events_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_response__descriptor =
 {
@@ -347,7 +373,7 @@ const ProtobufCMessageDescriptor tollgate__v1__publish_usage_events_response__de
   "Tollgate__V1__PublishUsageEventsResponse",
   "tollgate.v1",
   sizeof(Tollgate__V1__PublishUsageEventsResponse),
-  5,
+  6,
   tollgate__v1__publish_usage_events_response__field_descriptors,
   tollgate__v1__publish_usage_events_response__field_indices_by_name,
   1,  tollgate__v1__publish_usage_events_response__number_ranges,

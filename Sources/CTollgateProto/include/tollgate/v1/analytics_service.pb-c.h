@@ -97,10 +97,18 @@ struct  Tollgate__V1__PublishUsageEventsRequest
    * applied for the gateway is acknowledged as a duplicate.
    */
   uint64_t sequence;
+  /*
+   * The batch's calls already folded by the gateway into minute rows
+   * (granularity MINUTE, one row per bucket and dimensions, as statdb's
+   * usage_summaries keeps them). Counted like the events they stand for;
+   * a batch may carry events, summaries or both.
+   */
+  size_t n_summaries;
+  Tollgate__V1__UsageSummary **summaries;
 };
 #define TOLLGATE__V1__PUBLISH_USAGE_EVENTS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__publish_usage_events_request__descriptor) \
-    , 0,NULL, (char *)protobuf_c_empty_string, 0, 0 }
+    , 0,NULL, (char *)protobuf_c_empty_string, 0, 0, 0,NULL }
 
 
 /*
@@ -123,10 +131,15 @@ struct  Tollgate__V1__PublishUsageEventsResponse
    * The batch had been applied before; nothing was counted again.
    */
   protobuf_c_boolean duplicate;
+  /*
+   * This node counts `summaries` (a node older than the field ignores them:
+   * a gateway told false logs that the node must be upgraded).
+   */
+  protobuf_c_boolean summaries_counted;
 };
 #define TOLLGATE__V1__PUBLISH_USAGE_EVENTS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tollgate__v1__publish_usage_events_response__descriptor) \
-    , 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0 }
 
 
 /*
