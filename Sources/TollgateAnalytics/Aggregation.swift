@@ -384,18 +384,35 @@ extension BatchDelta {
 
     /// A gateway's minute row as a key and counts, checked, its key made the
     /// way ``key(of:)`` makes a call's (bucket aligned, strings clipped,
-    /// tenants lower-cased); nil for a row of no calls.
+    /// tenants lower-cased); nil for a row of no calls. A row no gateway
+    /// could have made by these rules is refused: every count within its
+    /// calls, its histograms' buckets in range, in order, in one form, and
+    /// adding up to their counts (so nothing added from it, now or when a
+    /// query reads it back, can overflow).
     public static func row(of summary: UsageSummary) throws(UsageSummaryError) -> (key: SummaryKey, counts: UsageCounts)? {
         typealias Limit = StatisticsDatabase.Limit
-        guard summary.requestCount > 0 else { return nil }
+        let calls = summary.requestCount
+        guard calls > 0 else { return nil }
         guard summary.granularity == .minute else {
             throw UsageSummaryError(description: "a usage summary from a gateway must be a minute row, not \(summary.granularity)")
         }
-        guard summary.bucketStartUnixMs > 0 else { throw UsageSummaryError(description: "a usage summary without a bucket start") }
+        guard summary.bucketStartUnixMs >= 0 else { throw UsageSummaryError(description: "a usage summary with a negative bucket start") }
         guard summary.statusClass < 10 else { throw UsageSummaryError(description: "status class \(summary.statusClass) is not a digit") }
+        let counts: [(String, UInt64)] = [("success", summary.successCount), ("fault", summary.faultCount), ("throttled", summary.throttledCount),
+                                          ("blocked", summary.blockedCount), ("cache hit", summary.cacheHitCount),
+                                          ("client error", summary.clientErrorCount), ("server error", summary.serverErrorCount)]
+        for (name, count) in counts where count > calls {
+            throw UsageSummaryError(description: "a usage summary of \(calls) calls counts \(count) \(name)")
+        }
+        var reasons: UInt64 = 0
+        for reason in summary.throttledReasons {
+            let (sum, overflow) = reasons.addingReportingOverflow(reason.count)
+            guard !overflow, sum <= calls else { throw UsageSummaryError(description: "a usage summary's throttle reasons count more than its \(calls) calls") }
+            reasons = sum
+        }
         for (name, histogram) in [("response", summary.responseLatency), ("backend", summary.backendLatency)] {
-            if let histogram, !histogram.isWellFormed {
-                throw UsageSummaryError(description: "the \(name) latency histogram of a usage summary has buckets out of order or out of range")
+            if let histogram, !histogram.isWellFormed(maxCount: calls) {
+                throw UsageSummaryError(description: "the \(name) latency histogram of a usage summary of \(calls) calls is malformed (buckets out of order or range, in both forms, or not adding up to its count)")
             }
         }
         let key = SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(summary.bucketStartUnixMs, .minute),
@@ -405,9 +422,9 @@ extension BatchDelta {
                              applicationTenant: clip(StatisticsDatabase.lowercased(summary.applicationTenantDomain), Limit.tenant),
                              applicationID: clip(summary.applicationId, Limit.applicationID), username: clip(summary.username, Limit.username),
                              keyType: summary.keyType, statusClass: summary.statusClass)
-        var counts = UsageCounts()
-        counts.add(summary)
-        return (key, counts)
+        var rowCounts = UsageCounts()
+        rowCounts.add(summary)
+        return (key, rowCounts)
     }
 
     /// Adds a row of calls counted elsewhere (a gateway's, from ``row(of:)``).
@@ -418,12 +435,14 @@ extension BatchDelta {
 }
 
 extension LatencyHistogram {
-    /// Whether every bucket is one ``LatencyBuckets`` has, the sparse ones
-    /// in ascending order with a count each (what this node writes; a
-    /// histogram from elsewhere is checked before it is added to one).
-    var isWellFormed: Bool {
+    /// Whether this histogram could be one of `maxCount` calls as this node
+    /// writes them: every bucket one ``LatencyBuckets`` has, sparse or dense
+    /// (not both), the sparse ones in ascending order with a count each,
+    /// and the buckets adding up to `count`, at most `maxCount`.
+    func isWellFormed(maxCount: UInt64) -> Bool {
         let highest = HistogramAccumulator.highestIndex
-        guard bucketIndexes.count == bucketCounts.count else { return false }
+        guard count <= maxCount, bucketIndexes.count == bucketCounts.count else { return false }
+        guard bucketIndexes.isEmpty || denseCounts.isEmpty else { return false }
         var previous: UInt32?
         for index in bucketIndexes {
             if index > highest { return false }
@@ -431,6 +450,12 @@ extension LatencyHistogram {
             previous = index
         }
         if !denseCounts.isEmpty && UInt64(firstBucket) + UInt64(denseCounts.count) - 1 > UInt64(highest) { return false }
-        return true
+        var total: UInt64 = 0
+        for value in bucketCounts + denseCounts {
+            let (sum, overflow) = total.addingReportingOverflow(value)
+            if overflow || sum > count { return false }
+            total = sum
+        }
+        return total == count
     }
 }

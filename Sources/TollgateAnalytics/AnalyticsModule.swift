@@ -1,6 +1,6 @@
 import FoundationEssentials
 import Synchronization
-import Logging
+public import Logging
 public import RoleCore
 public import RPCCore
 public import ServiceLifecycle
@@ -59,7 +59,7 @@ public struct AnalyticsModule: RoleModule {
     }
 
     public var methods: [RPCMethodHandler] {
-        AnalyticsRPCService(ingest: ingest, queries: queries, roles: roles.map(\.rawValue)).methodHandlers
+        AnalyticsRPCService(ingest: ingest, queries: queries, roles: roles.map(\.rawValue), logger: logger).methodHandlers
     }
 
     public var services: [any Service] {
@@ -112,10 +112,41 @@ public struct AnalyticsRPCService: AnalyticsServiceHandler {
     /// Batches a stream may have waiting for their commit before it stops reading.
     public static let maxInFlight = 256
 
-    public init(ingest: UsageIngest?, queries: UsageQueryEngine, roles: [String]) {
+    let logger: Logger
+
+    public init(ingest: UsageIngest?, queries: UsageQueryEngine, roles: [String], logger: Logger = Logger(label: "tollgate.analytics")) {
         self.ingest = ingest
         self.queries = queries
         self.roles = roles
+        self.logger = logger
+    }
+
+    /// A batch's summary rows as keys and counts (``BatchDelta/row(of:)``).
+    /// A row that fails its checks, or would take the batch past
+    /// ``maxBatchEvents`` calls, is left out and its calls counted as
+    /// discarded, not the stream failed: the gateway would send the same
+    /// batch again forever, and nothing behind it would count.
+    static func checkedRows(of request: PublishUsageEventsRequest)
+        -> (rows: [(key: SummaryKey, counts: UsageCounts)], refused: (rows: Int, calls: UInt64, reason: String?)) {
+        var rows: [(key: SummaryKey, counts: UsageCounts)] = []
+        rows.reserveCapacity(request.summaries.count)
+        var calls = UInt64(min(request.events.count, maxBatchEvents))
+        var refused: (rows: Int, calls: UInt64, reason: String?) = (0, 0, nil)
+        for summary in request.summaries {
+            do throws(UsageSummaryError) {
+                guard let row = try BatchDelta.row(of: summary) else { continue }
+                guard row.counts.requests <= UInt64(maxBatchEvents) - calls else {
+                    throw UsageSummaryError(description: "the batch's rows count more than \(maxBatchEvents) calls")
+                }
+                calls += row.counts.requests
+                rows.append(row)
+            } catch {
+                refused.rows += 1
+                refused.calls &+= min(summary.requestCount, UInt64(maxBatchEvents))
+                if refused.reason == nil { refused.reason = error.description }
+            }
+        }
+        return (rows, refused)
     }
 
     public func publishUsageEvents(_ requests: RequestStream<PublishUsageEventsRequest>, writer: ResponseWriter<PublishUsageEventsResponse>,
@@ -152,17 +183,13 @@ public struct AnalyticsRPCService: AnalyticsServiceHandler {
                         guard request.events.count <= Self.maxBatchEvents, request.summaries.count <= Self.maxBatchEvents else {
                             throw RPCError(.invalidArgument, "\(request.events.count) events and \(request.summaries.count) summaries in one batch; at most \(Self.maxBatchEvents) of each")
                         }
-                        var rows: [(key: SummaryKey, counts: UsageCounts)] = []
-                        rows.reserveCapacity(request.summaries.count)
-                        for summary in request.summaries {
-                            do throws(UsageSummaryError) {
-                                if let row = try BatchDelta.row(of: summary) { rows.append(row) }
-                            } catch {
-                                throw RPCError(.invalidArgument, "batch \(request.sequence) of gateway \(gateway): \(error)")
-                            }
+                        let (rows, refused) = Self.checkedRows(of: request)
+                        if let reason = refused.reason {
+                            logger.error("usage batch \(request.sequence) (epoch \(request.epoch)) of gateway \(gateway): \(refused.rows) summary rows discarded, \(refused.calls) calls not counted (tollgate_analytics_events_discarded_total): \(reason)")
                         }
                         await window.acquire()
-                        let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events, rows: rows)
+                        let wait = ingest.enqueue(gateway: gateway, epoch: request.epoch, sequence: request.sequence, events: request.events, rows: rows,
+                                                  discarded: refused.calls)
                         continuation.yield((wait, request.epoch, request.sequence))
                     }
                     continuation.finish()

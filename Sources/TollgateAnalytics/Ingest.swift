@@ -156,9 +156,11 @@ public final class UsageIngest: Sendable {
     /// commit (in the caller's order: call from one task per stream);
     /// returns what to wait on for its acknowledgement.
     /// `rows` are the batch's calls a gateway folded into minute rows
-    /// itself (``BatchDelta/row(of:)``), counted with its events.
+    /// itself (``BatchDelta/row(of:)``), counted with its events;
+    /// `discarded`, calls of rows refused before they got here, counted as
+    /// discarded like events without a timestamp.
     public func enqueue(gateway: String, epoch: UInt64, sequence: UInt64, events: [UsageEvent],
-                        rows: [(key: SummaryKey, counts: UsageCounts)] = []) -> @Sendable () async throws -> Ack {
+                        rows: [(key: SummaryKey, counts: UsageCounts)] = [], discarded: UInt64 = 0) -> @Sendable () async throws -> Ack {
         let promise = Promise()
         let wait: @Sendable () async throws -> Ack = { try await promise.value }
         let stream = Stream(gateway: gateway, epoch: epoch)
@@ -187,6 +189,7 @@ public final class UsageIngest: Sendable {
                     let before = (state.group.delta.accepted, state.group.delta.discarded)
                     for (event, key) in zip(events, keys) { state.group.delta.add(event, key: key) }
                     for row in rows { state.group.delta.add(row: row.key, row.counts) }
+                    state.group.delta.discarded += discarded
                     let accepted = state.group.delta.accepted - before.0
                     var progress = state.group.streams[stream] ?? Progress()
                     progress.lastSequence = sequence
@@ -260,7 +263,7 @@ public final class UsageIngest: Sendable {
                 // and the writer stays free half the time for the roll-up,
                 // pruning and the cores for decoding), and for the rest of
                 // the commit interval otherwise.
-                let pause = took >= Self.pacedCommit ? took : Self.commitInterval - took
+                let pause = max(took >= Self.pacedCommit ? took : .zero, Self.commitInterval - took)
                 if pause > .zero {
                     let writer = statdb.database.writer
                     Task { [self] in

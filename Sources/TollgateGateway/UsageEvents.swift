@@ -144,6 +144,10 @@ final class UsageShipping: Sendable {
         var overflowSinceLog: UInt64 = 0
         /// An analytics node acknowledged a batch without counting its summaries (logged once).
         var warnedUncountedSummaries = false
+        /// Whether the last acknowledgement came from a node that counts
+        /// summaries: only then are new batches folded (an older node
+        /// would acknowledge folded calls without counting them).
+        var foldBatches = false
     }
     let state = Mutex(State())
 
@@ -233,7 +237,8 @@ struct UsageShipper: Service {
         }
     }
 
-    /// A batch as it is shipped: its calls folded into minute rows by the
+    /// A batch as it is shipped once an analytics node has said it counts
+    /// summaries (until then, a message per call): its calls folded into minute rows by the
     /// rules analytics adds calls to statdb by. Most calls of a batch share
     /// a row (same minute, API, resource, application, user, status
     /// class), so a batch of 512 calls is usually a few rows: encoding,
@@ -252,7 +257,8 @@ struct UsageShipper: Service {
     private func spoolBatch(_ batch: [UsageEvent], wakeup: Wakeup?) {
         guard let spool, analyticsConfigured else { return }
         do {
-            let (summaries, events) = Self.shipped(batch)
+            let fold = shipping.state.withLock { $0.foldBatches }
+            let (summaries, events) = fold ? Self.shipped(batch) : ([], batch)
             let appended = try spool.append(events: batch.count) { epoch, sequence in
                 try PublishUsageEventsRequest(events: events, gatewayId: gatewayID, epoch: epoch, sequence: sequence, summaries: summaries).serializedBytes()
             }
@@ -344,14 +350,14 @@ struct UsageShipper: Service {
                 try await transport.bidirectional(AnalyticsServiceDescriptor.publishUsageEvents, requests: requests,
                                                   options: CallOptions()) { (response: PublishUsageEventsResponse) in
                     guard response.epoch == 0 || spool.holds(epoch: response.epoch) else { return }
-                    if !response.summariesCounted && !response.duplicate {
-                        let first = shipping.state.withLock { state in
-                            defer { state.warnedUncountedSummaries = true }
-                            return !state.warnedUncountedSummaries
-                        }
-                        if first {
-                            logger.error("analytics \(name) does not count usage summaries (it is older than this gateway): the calls of batches it acknowledges are lost until it is upgraded; upgrade analytics nodes before gateways")
-                        }
+                    let warn = shipping.state.withLock { state in
+                        state.foldBatches = response.summariesCounted
+                        guard !response.summariesCounted, !state.warnedUncountedSummaries else { return false }
+                        state.warnedUncountedSummaries = true
+                        return true
+                    }
+                    if warn {
+                        logger.warning("analytics \(name) does not count usage summaries (it is older than this gateway): batches go to it a message per call; batches folded before it took over are acknowledged without being counted; upgrade analytics nodes before gateways")
                     }
                     let events = spool.acknowledge(through: response.sequence)
                     if !progress.acknowledged {

@@ -254,6 +254,7 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
         fields.reserveCapacity(head.headers.count)
         var headBytes = head.uri.utf8.count
         var contentLength: Int?
+        var sawContentLength = false
         var chunked = false
         var expectsContinue = false
         var host: String?
@@ -265,7 +266,9 @@ final class ProxyServerHandler: ChannelDuplexHandler, UpstreamDelegate {
                 host = value
             case 6 where name.caseInsensitiveEquals("expect"):
                 expectsContinue = expectsContinue || value.caseInsensitiveEquals("100-continue")
-            case 14 where contentLength == nil && name.caseInsensitiveEquals("content-length"):
+            case 14 where !sawContentLength && name.caseInsensitiveEquals("content-length"):
+                // The first field only, as `HTTPHeaders.first(name:)` reads it.
+                sawContentLength = true
                 contentLength = Int(value)
             case 17 where name.caseInsensitiveEquals("transfer-encoding"):
                 chunked = chunked || value.lowercased().contains("chunked")

@@ -198,26 +198,57 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
         #expect(fromRows.rows[2].map(\.requestCount).reduce(0, +) == UInt64(events.count))
     }
 
-    /// A gateway's row that could not have been made by these rules is refused, not added.
+    /// A gateway's row that could not have been made by these rules is
+    /// refused, not added: nothing taken from it could overflow a count
+    /// or index past a histogram, now or when a query reads it back.
     @Test func malformedMinuteRowsAreRefused() throws {
         var delta = BatchDelta()
-        delta.add(event(at: base + 1_000))
+        delta.addUnclipped(event(at: base + 1_000))
+        delta.addUnclipped(event(at: base + 2_000, latencyUs: 50_000))
         let good = try #require(delta.summaries.first)
+        #expect(good.requestCount == 2)
         #expect(try BatchDelta.row(of: good) != nil)
-        var hourly = good
-        hourly.granularity = .hour
-        var outOfOrder = good
-        outOfOrder.responseLatency = LatencyHistogram(count: 2, sumUs: 10, maxUs: 9, bucketIndexes: [9, 3], bucketCounts: [1, 1])
-        var outOfRange = good
-        outOfRange.backendLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, firstBucket: 5_000, denseCounts: [1])
-        var unpaired = good
-        unpaired.responseLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, bucketIndexes: [3], bucketCounts: [])
-        for bad in [hourly, outOfOrder, outOfRange, unpaired] {
-            #expect(throws: UsageSummaryError.self) { try BatchDelta.row(of: bad) }
+        var variants: [String: UsageSummary] = [:]
+        variants["hourly"] = good; variants["hourly"]!.granularity = .hour
+        variants["negative bucket"] = good; variants["negative bucket"]!.bucketStartUnixMs = -60_000
+        variants["status class"] = good; variants["status class"]!.statusClass = 12
+        variants["more successes than calls"] = good; variants["more successes than calls"]!.successCount = 3
+        variants["reasons past the calls"] = good
+        variants["reasons past the calls"]!.throttledReasons = [ReasonCount(reason: "A", count: .max), ReasonCount(reason: "B", count: 2)]
+        variants["out of order"] = good
+        variants["out of order"]!.responseLatency = LatencyHistogram(count: 2, sumUs: 10, maxUs: 9, bucketIndexes: [9, 3], bucketCounts: [1, 1])
+        variants["out of range"] = good
+        variants["out of range"]!.backendLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, firstBucket: 5_000, denseCounts: [1])
+        variants["unpaired"] = good
+        variants["unpaired"]!.responseLatency = LatencyHistogram(count: 1, sumUs: 10, maxUs: 9, bucketIndexes: [3], bucketCounts: [])
+        variants["both forms"] = good
+        variants["both forms"]!.responseLatency = LatencyHistogram(count: 2, sumUs: 10, maxUs: 9, bucketIndexes: [3], bucketCounts: [1],
+                                                                  firstBucket: 3, denseCounts: [1])
+        variants["buckets past the count"] = good
+        variants["buckets past the count"]!.responseLatency = LatencyHistogram(count: 2, sumUs: 10, maxUs: 9, bucketIndexes: [3, 4], bucketCounts: [.max, 2])
+        variants["count past the calls"] = good
+        variants["count past the calls"]!.responseLatency = LatencyHistogram(count: 3, sumUs: 10, maxUs: 9, firstBucket: 3, denseCounts: [1, 1, 1])
+        for (name, bad) in variants {
+            #expect(throws: UsageSummaryError.self, "\(name)") { try BatchDelta.row(of: bad) }
         }
         var empty = good
         empty.requestCount = 0
         #expect(try BatchDelta.row(of: empty) == nil)
+        // Calls in the epoch's first minute (bucket start 0) count, as their events would.
+        var early = BatchDelta()
+        early.addUnclipped(event(at: 30_000))
+        #expect(try BatchDelta.row(of: try #require(early.summaries.first))?.key.bucketStart == 0)
+
+        // In a batch, refused rows (and rows past the batch's cap) are left
+        // out and their calls counted as discarded; the others are kept.
+        var request = PublishUsageEventsRequest(gatewayId: "gw", epoch: 1, sequence: 1)
+        var huge = good
+        huge.requestCount = UInt64(AnalyticsRPCService.maxBatchEvents)
+        request.summaries = [good, variants["out of order"]!, huge, good]
+        let (rows, refused) = AnalyticsRPCService.checkedRows(of: request)
+        #expect(rows.count == 2 && rows.allSatisfy { $0.counts.requests == 2 })
+        #expect(refused.rows == 2 && refused.calls == 2 + UInt64(AnalyticsRPCService.maxBatchEvents))
+        #expect(refused.reason?.contains("malformed") == true)
     }
 
     @Test func concurrentBatchesFromManyGatewaysAddUpExactly() async throws {

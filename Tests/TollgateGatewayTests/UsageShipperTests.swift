@@ -12,13 +12,18 @@ import TollgateProto
 /// every stream while `refusing` is set.
 final class FakeAnalytics: RPCClientTransport {
     let received = Mutex<[UInt64]>([])
+    /// Per batch received: its events and summary rows.
+    let forms = Mutex<[(events: Int, summaries: Int)]>([])
     let streams = Atomic<Int>(0)
     let failAfter: Int?
     let refusing: Atomic<Bool>
+    /// False plays a node older than `summaries`: it ignores them and says nothing of them.
+    let countsSummaries: Bool
 
-    init(failAfter: Int? = nil, refuse: Bool = false) {
+    init(failAfter: Int? = nil, refuse: Bool = false, countsSummaries: Bool = true) {
         self.failAfter = failAfter
         self.refusing = Atomic(refuse)
+        self.countsSummaries = countsSummaries
     }
 
     func unary<Request: ProtoMessage, Response: ProtoMessage>(_ method: ProtoMethod, _ request: Request, options: CallOptions,
@@ -46,12 +51,14 @@ final class FakeAnalytics: RPCClientTransport {
             // As an RPC server would: the bytes on the wire decoded as the method's request.
             let request = try PublishUsageEventsRequest(serializedBytes: element.serializedBytes())
             received.withLock { $0.append(request.sequence) }
+            forms.withLock { $0.append((request.events.count, request.summaries.count)) }
             count += 1
             if stream == 1, let failAfter, count > failAfter {
                 throw RPCError(.unavailable, "connection lost")  // this batch is never acknowledged
             }
-            let calls = UInt64(request.events.count) + request.summaries.reduce(0) { $0 + $1.requestCount }
-            let response = PublishUsageEventsResponse(acceptedCount: calls, sequence: request.sequence, epoch: request.epoch, summariesCounted: true)
+            let calls = UInt64(request.events.count) + (countsSummaries ? request.summaries.reduce(0) { $0 + $1.requestCount } : 0)
+            let response = PublishUsageEventsResponse(acceptedCount: calls, sequence: request.sequence, epoch: request.epoch,
+                                                      summariesCounted: countsSummaries)
             try await onResponse(response as! Response)  // swiftlint:disable:this force_cast
         }
     }
@@ -175,6 +182,33 @@ struct FakePeers: PeerDirectory {
         watchdog.cancel()
         let wasFreed = freed.load(ordering: .relaxed)
         #expect(!wasFreed, "a wait begun in a cancelled task returned only when signalled")
+    }
+
+    /// Batches are folded into minute rows only once an analytics node has
+    /// said it counts them; a node that does not gets a message per call,
+    /// and the journal says why.
+    @Test func batchesAreFoldedOnlyForANodeThatCountsSummaries() async throws {
+        for counts in [true, false] {
+            let analytics = FakeAnalytics(countsSummaries: counts)
+            let log = LogLines()
+            try await withShipper(analytics: analytics, maxBytes: 1 << 30, logger: log.logger) { queue, spool, _ in
+                // Calls of one row each minute: a batch of 50 folds to one row.
+                func call(_ index: Int) -> UsageEvent { UsageEvent(correlationId: "c\(index)", requestTimestampUnixMs: 1_795_860_000_000 + Int64(index)) }
+                for index in 0..<50 { queue.enqueue(call(index)) }
+                try await waitFor("the first batch acknowledged") { queue.statistics.shipped == 50 }
+                for index in 50..<250 { queue.enqueue(call(index)) }
+                try await waitFor("every batch acknowledged") { queue.statistics.shipped == 250 && !spool.hasPending }
+                let forms = analytics.forms.withLock { $0 }
+                #expect(forms.first?.events == 50 && forms.first?.summaries == 0, "\(forms)")
+                if counts {
+                    #expect(forms.dropFirst().allSatisfy { $0.events == 0 && $0.summaries == 1 }, "\(forms)")
+                } else {
+                    #expect(forms.allSatisfy { $0.summaries == 0 }, "\(forms)")
+                    #expect(forms.map(\.events).reduce(0, +) == 250)
+                    #expect(log.lines.withLock { $0 }.filter { $0.contains("does not count usage summaries") }.count == 1)
+                }
+            }
+        }
     }
 
     @Test func aFullSpoolDiscardsCountsAndKeepsItsCap() async throws {
