@@ -66,6 +66,22 @@ public struct SummaryKey: Hashable, Sendable {
 }
 
 extension SummaryKey {
+    /// These dimensions as statdb keys them: tenants lower-cased, every
+    /// string cut to its limit (``StatisticsDatabase/Limit``) so the key
+    /// fits LMDB. Calls and gateways' rows alike are keyed through here.
+    var stored: SummaryKey {
+        typealias Limit = StatisticsDatabase.Limit
+        var key = self
+        key.tenant = BatchDelta.clip(StatisticsDatabase.lowercased(tenant), Limit.tenant)
+        key.context = BatchDelta.clip(context, Limit.context)
+        key.version = BatchDelta.clip(version, Limit.version)
+        key.resource = BatchDelta.clip(resource, Limit.resource)
+        key.applicationTenant = BatchDelta.clip(StatisticsDatabase.lowercased(applicationTenant), Limit.tenant)
+        key.applicationID = BatchDelta.clip(applicationID, Limit.applicationID)
+        key.username = BatchDelta.clip(username, Limit.username)
+        return key
+    }
+
     /// The dimensions of a stored row.
     init(of s: UsageSummary) {
         self.init(granularity: s.granularity, bucketStart: s.bucketStartUnixMs, tenant: s.tenantDomain, context: s.apiContext, version: s.apiVersion,
@@ -323,15 +339,14 @@ public struct BatchDelta: Sendable {
 
     /// The minute row an event counts in. Long strings are cut so every key
     /// fits LMDB (``StatisticsDatabase/Limit``).
-    static func key(of event: UsageEvent) -> SummaryKey {
-        typealias Limit = StatisticsDatabase.Limit
+    static func key(of event: UsageEvent) -> SummaryKey { unclippedKey(of: event).stored }
+
+    /// The minute row an event counts in, its strings as the event has them.
+    static func unclippedKey(of event: UsageEvent) -> SummaryKey {
         let status = event.responseCode
         return SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(event.requestTimestampUnixMs, .minute),
-                          tenant: clip(StatisticsDatabase.lowercased(event.apiCreatorTenantDomain), Limit.tenant),
-                          context: clip(event.apiContext, Limit.context), version: clip(event.apiVersion, Limit.version),
-                          resource: clip(event.resource, Limit.resource), verb: event.verb,
-                          applicationTenant: clip(StatisticsDatabase.lowercased(event.userTenantDomain), Limit.tenant),
-                          applicationID: clip(event.applicationId, Limit.applicationID), username: clip(event.username, Limit.username),
+                          tenant: event.apiCreatorTenantDomain, context: event.apiContext, version: event.apiVersion, resource: event.resource,
+                          verb: event.verb, applicationTenant: event.userTenantDomain, applicationID: event.applicationId, username: event.username,
                           keyType: event.keyType, statusClass: status > 0 && status < 1000 ? UInt32(status / 100) : 0)
     }
 
@@ -362,13 +377,7 @@ extension BatchDelta {
     /// are added together), which spares the gateway a pass over every
     /// string of every call.
     public mutating func addUnclipped(_ event: UsageEvent) {
-        let status = event.responseCode
-        add(event, key: event.requestTimestampUnixMs > 0
-            ? SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(event.requestTimestampUnixMs, .minute),
-                         tenant: event.apiCreatorTenantDomain, context: event.apiContext, version: event.apiVersion, resource: event.resource,
-                         verb: event.verb, applicationTenant: event.userTenantDomain, applicationID: event.applicationId, username: event.username,
-                         keyType: event.keyType, statusClass: status > 0 && status < 1000 ? UInt32(status / 100) : 0)
-            : nil)
+        add(event, key: event.requestTimestampUnixMs > 0 ? Self.unclippedKey(of: event) : nil)
     }
 
     /// The rows as a gateway ships them (``PublishUsageEventsRequest/summaries``):
@@ -390,7 +399,6 @@ extension BatchDelta {
     /// adding up to their counts (so nothing added from it, now or when a
     /// query reads it back, can overflow).
     public static func row(of summary: UsageSummary) throws(UsageSummaryError) -> (key: SummaryKey, counts: UsageCounts)? {
-        typealias Limit = StatisticsDatabase.Limit
         let calls = summary.requestCount
         guard calls > 0 else { return nil }
         guard summary.granularity == .minute else {
@@ -415,16 +423,11 @@ extension BatchDelta {
                 throw UsageSummaryError(description: "the \(name) latency histogram of a usage summary of \(calls) calls is malformed (buckets out of order or range, in both forms, or not adding up to its count)")
             }
         }
-        let key = SummaryKey(granularity: .minute, bucketStart: UsageTime.bucketStart(summary.bucketStartUnixMs, .minute),
-                             tenant: clip(StatisticsDatabase.lowercased(summary.tenantDomain), Limit.tenant),
-                             context: clip(summary.apiContext, Limit.context), version: clip(summary.apiVersion, Limit.version),
-                             resource: clip(summary.resource, Limit.resource), verb: summary.verb,
-                             applicationTenant: clip(StatisticsDatabase.lowercased(summary.applicationTenantDomain), Limit.tenant),
-                             applicationID: clip(summary.applicationId, Limit.applicationID), username: clip(summary.username, Limit.username),
-                             keyType: summary.keyType, statusClass: summary.statusClass)
+        var key = SummaryKey(of: summary)
+        key.bucketStart = UsageTime.bucketStart(summary.bucketStartUnixMs, .minute)
         var rowCounts = UsageCounts()
         rowCounts.add(summary)
-        return (key, rowCounts)
+        return (key.stored, rowCounts)
     }
 
     /// Adds a row of calls counted elsewhere (a gateway's, from ``row(of:)``).
@@ -451,10 +454,12 @@ extension LatencyHistogram {
         }
         if !denseCounts.isEmpty && UInt64(firstBucket) + UInt64(denseCounts.count) - 1 > UInt64(highest) { return false }
         var total: UInt64 = 0
-        for value in bucketCounts + denseCounts {
-            let (sum, overflow) = total.addingReportingOverflow(value)
-            if overflow || sum > count { return false }
-            total = sum
+        for counts in [bucketCounts, denseCounts] {
+            for value in counts {
+                let (sum, overflow) = total.addingReportingOverflow(value)
+                if overflow || sum > count { return false }
+                total = sum
+            }
         }
         return total == count
     }

@@ -193,6 +193,12 @@ func event(at ms: Int64, api: String = "Menu", context: String = "/menu", tenant
             try await ingest.submit(gateway: "gw-1", epoch: 1, sequence: 1, events: [], rows: try shipped.compactMap { try BatchDelta.row(of: $0) })
         }
         #expect(fromRows.ack == fromEvents.ack)
+        // Calls of rows refused before ingestion count as discarded, alongside the rest.
+        let withRefused = try await withStatdb { statdb in
+            try await UsageIngest(statdb: statdb).enqueue(gateway: "gw-1", epoch: 1, sequence: 1, events: [], rows: [try #require(try BatchDelta.row(of: shipped[0]))],
+                                                          discarded: 5)()
+        }
+        #expect(withRefused == UsageIngest.Ack(duplicate: false, accepted: shipped[0].requestCount, discarded: 5))
         #expect(fromRows.ack.accepted == UInt64(events.count))
         #expect(fromRows.rows == fromEvents.rows)
         #expect(fromRows.rows[2].map(\.requestCount).reduce(0, +) == UInt64(events.count))
