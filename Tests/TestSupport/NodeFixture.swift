@@ -37,21 +37,29 @@ public final class NodeFixture: @unchecked Sendable {
 
     /// A port nothing listens on right now.
     public static func freePort() throws -> Int {
+        // Below the kernel's ephemeral range (32768–60999 here): a port the
+        // kernel handed out for a moment could be taken by an outgoing
+        // connection before the node under test binds it ("address already
+        // in use" in CI). Ports here are only ever chosen on purpose; the
+        // bind checks nobody listens on this one now.
+        for _ in 0..<200 {
+            let port = Int.random(in: 10_000..<32_768)
+            if canBind(port) { return port }
+        }
+        throw POSIXError(.EADDRINUSE)
+    }
+
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
-                guard bind(fd, pointer, length) == 0 else { return -1 }
-                return getsockname(fd, pointer, &length)
-            }
+        address.sin_port = UInt16(port).bigEndian
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 }
         }
-        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// Writes `<id>.toml` for a node with its data directory under the fixture.
